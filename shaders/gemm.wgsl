@@ -1,0 +1,73 @@
+// gemm.wgsl: the projection GEMM, y = x · Wᵀ with W in PyTorch's [out, in] layout.
+//
+// Computes   out[m, c] = Σ_k lhs[m, k] · rhs[c, k]      (M × N output, K reduction)
+// Bindings   @binding(0) params (uniform)  m, n, k_vecs (= K / VEC), tiles_n
+//            @binding(1) lhs  [M, K]  row-major, read as array<KVec>
+//            @binding(2) rhs  [N, K]  row-major, read as array<KVec>
+//            @binding(3) out  [M, N]  row-major
+// Dispatch   one workgroup per (WG_Y·TILE_M) × (WG_X·TILE_N) output tile, numbered linearly over
+//            x and y: group = tile_m · tiles_n + tile_n. Each invocation accumulates TILE_M ×
+//            TILE_N outputs in registers from VEC-wide loads: TILE_M + TILE_N loads feed
+//            TILE_M · TILE_N · VEC multiply-adds.
+// Host constants  WG_X, WG_Y, TILE_M, TILE_N, and the vector type: KVec = vec4<f32> with
+//            VEC = 4 when K % 4 == 0, else f32 with VEC = 1, and kdot(a, b) its dot product.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k_vecs: u32,
+    tiles_n: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> lhs: array<KVec>;
+@group(0) @binding(2) var<storage, read> rhs: array<KVec>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+) {
+    let tile = group.x + group.y * groups.x;
+    let row0 = ((tile / params.tiles_n) * WG_Y + local.y) * TILE_M;
+    let col0 = ((tile % params.tiles_n) * WG_X + local.x) * TILE_N;
+    if (row0 >= params.m || col0 >= params.n) {
+        return;
+    }
+
+    // Rows and columns past the edge re-read the last one; their sums are never stored.
+    var lhs_base: array<u32, TILE_M>;
+    for (var t = 0u; t < TILE_M; t++) {
+        lhs_base[t] = min(row0 + t, params.m - 1u) * params.k_vecs;
+    }
+    var rhs_base: array<u32, TILE_N>;
+    for (var u = 0u; u < TILE_N; u++) {
+        rhs_base[u] = min(col0 + u, params.n - 1u) * params.k_vecs;
+    }
+
+    var acc: array<array<f32, TILE_N>, TILE_M>;
+    for (var k = 0u; k < params.k_vecs; k++) {
+        var a: array<KVec, TILE_M>;
+        for (var t = 0u; t < TILE_M; t++) {
+            a[t] = lhs[lhs_base[t] + k];
+        }
+        for (var u = 0u; u < TILE_N; u++) {
+            let b = rhs[rhs_base[u] + k];
+            for (var t = 0u; t < TILE_M; t++) {
+                acc[t][u] += kdot(a[t], b);
+            }
+        }
+    }
+
+    for (var t = 0u; t < TILE_M; t++) {
+        let row = row0 + t;
+        for (var u = 0u; u < TILE_N; u++) {
+            let col = col0 + u;
+            if (row < params.m && col < params.n) {
+                out[row * params.n + col] = acc[t][u];
+            }
+        }
+    }
+}

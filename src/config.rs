@@ -1,0 +1,225 @@
+//! The layer's hyper-parameters, named as in the PyTorch package.
+//!
+//! `CompositionalAttention(dim, dim_head=64, num_searches=8, num_retrievals=2, dropout=0.,
+//! prenorm=False, causal=False)`: the same names and defaults, so a model definition ports
+//! field for field. Validation here covers what any device rejects (zero sizes, a dropout
+//! outside `[0, 1)`); what depends on a particular device's limits is checked when a layer is
+//! placed on it.
+
+use crate::error::{Error, Result};
+
+/// LayerNorm epsilon of the PyTorch reference (`nn.LayerNorm` default). The Keras package uses
+/// 1e-3; weights ported from Keras with `prenorm` differ by that much.
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+
+/// Hyper-parameters of one Compositional Attention layer.
+///
+/// Searches (`num_searches`, the paper's `S`) are attention heads that each find *where* to
+/// look; retrievals (`num_retrievals`, the paper's `R`) are value projections that say *what*
+/// to take from there. Every search is paired with every retrieval and a second, small
+/// attention over the `R` retrieved vectors picks the mix for each search.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Config {
+    /// Model width `D`: the last axis of the input and the output.
+    pub dim: usize,
+    /// Width `d` of every search query/key, retrieval value and retrieval query/key.
+    pub dim_head: usize,
+    /// Number of searches `s`.
+    pub num_searches: usize,
+    /// Number of retrievals `r`.
+    pub num_retrievals: usize,
+    /// Dropout probability of the training-time reference. This crate runs inference only,
+    /// where dropout is the identity (as in PyTorch's `.eval()` and Keras' default call), so the
+    /// value is validated and kept for round-tripping but changes no output.
+    pub dropout: f32,
+    /// Apply `LayerNorm(dim)` (eps 1e-5) to the input before the four input projections.
+    /// There is no residual connection inside the layer either way.
+    pub prenorm: bool,
+    /// Query `i` may attend key `j` only when `j <= i`.
+    pub causal: bool,
+}
+
+impl Config {
+    /// A configuration with the reference defaults for everything but `dim`:
+    /// `dim_head 64, num_searches 8, num_retrievals 2, dropout 0, prenorm false, causal false`.
+    pub fn new(dim: usize) -> Self {
+        Config {
+            dim,
+            dim_head: 64,
+            num_searches: 8,
+            num_retrievals: 2,
+            dropout: 0.0,
+            prenorm: false,
+            causal: false,
+        }
+    }
+
+    /// Sets `dim_head`.
+    pub fn dim_head(mut self, dim_head: usize) -> Self {
+        self.dim_head = dim_head;
+        self
+    }
+
+    /// Sets `num_searches`.
+    pub fn num_searches(mut self, num_searches: usize) -> Self {
+        self.num_searches = num_searches;
+        self
+    }
+
+    /// Sets `num_retrievals`.
+    pub fn num_retrievals(mut self, num_retrievals: usize) -> Self {
+        self.num_retrievals = num_retrievals;
+        self
+    }
+
+    /// Sets `dropout` (identity at inference; see the field's documentation).
+    pub fn dropout(mut self, dropout: f32) -> Self {
+        self.dropout = dropout;
+        self
+    }
+
+    /// Sets `prenorm`.
+    pub fn prenorm(mut self, prenorm: bool) -> Self {
+        self.prenorm = prenorm;
+        self
+    }
+
+    /// Sets `causal`.
+    pub fn causal(mut self, causal: bool) -> Self {
+        self.causal = causal;
+        self
+    }
+
+    /// Checks the device-independent rules: positive sizes, `0 <= dropout < 1`, and sizes whose
+    /// products fit the 32-bit indices the kernels use.
+    pub fn validate(&self) -> Result<()> {
+        for (field, value) in [
+            ("dim", self.dim),
+            ("dim_head", self.dim_head),
+            ("num_searches", self.num_searches),
+            ("num_retrievals", self.num_retrievals),
+        ] {
+            if value == 0 {
+                return Err(Error::InvalidConfig {
+                    field,
+                    value: "0".into(),
+                    reason: "must be at least 1",
+                });
+            }
+        }
+        if !(self.dropout >= 0.0 && self.dropout < 1.0) {
+            return Err(Error::InvalidConfig {
+                field: "dropout",
+                value: self.dropout.to_string(),
+                reason: "must satisfy 0 <= dropout < 1",
+            });
+        }
+        let widest = self.projection_width().max(self.dim);
+        if widest > u32::MAX as usize / 4 {
+            return Err(Error::InvalidConfig {
+                field: "dim_head",
+                value: self.dim_head.to_string(),
+                reason: "(3·num_searches + num_retrievals)·dim_head must fit in 32-bit indices",
+            });
+        }
+        Ok(())
+    }
+
+    /// `s·d`: the width of the search queries, search keys, retrieval queries and of the
+    /// concatenated searches that feed the output projection.
+    pub fn search_width(&self) -> usize {
+        self.num_searches * self.dim_head
+    }
+
+    /// `r·d`: the width of the retrieval values.
+    pub fn value_width(&self) -> usize {
+        self.num_retrievals * self.dim_head
+    }
+
+    /// `(3s + r)·d`: the width of the packed input projection `[SQ | SK | RQ | RV]`.
+    pub fn projection_width(&self) -> usize {
+        3 * self.search_width() + self.value_width()
+    }
+
+    /// The softmax scale `dim_head^-0.5` applied to search and retrieval queries.
+    pub fn scale(&self) -> f64 {
+        (self.dim_head as f64).powf(-0.5)
+    }
+
+    /// Number of parameters: `D·d·(4s + r) + d²`, plus `2D` with `prenorm`.
+    pub fn parameter_count(&self) -> usize {
+        let norm = if self.prenorm { 2 * self.dim } else { 0 };
+        self.dim * self.dim_head * (4 * self.num_searches + self.num_retrievals)
+            + self.dim_head * self.dim_head
+            + norm
+    }
+
+    /// FLOPs of one forward pass as SPEC §7 counts them (multiply-add = 2), for throughput
+    /// reports: projections, `QKᵀ`, `r` times `A·V`, the retrieval keys and the selection.
+    pub fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
+        let (b, n) = (batch as f64, seq as f64);
+        let (dim, d) = (self.dim as f64, self.dim_head as f64);
+        let (s, r) = (self.num_searches as f64, self.num_retrievals as f64);
+        let projections = 2.0 * b * n * dim * d * (4.0 * s + r);
+        let attention = 2.0 * b * s * n * n * d * (1.0 + r);
+        let retrieval_keys = 2.0 * b * s * r * n * d * d;
+        let selection = 4.0 * b * s * r * n * d;
+        projections + attention + retrieval_keys + selection
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_sizes_are_named() {
+        for (config, field) in [
+            (Config::new(0), "dim"),
+            (Config::new(8).dim_head(0), "dim_head"),
+            (Config::new(8).num_searches(0), "num_searches"),
+            (Config::new(8).num_retrievals(0), "num_retrievals"),
+        ] {
+            match config.validate() {
+                Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn dropout_range() {
+        assert!(Config::new(8).dropout(0.1).validate().is_ok());
+        for p in [-0.1, 1.0, f32::NAN] {
+            assert!(matches!(
+                Config::new(8).dropout(p).validate(),
+                Err(Error::InvalidConfig {
+                    field: "dropout",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn spec_flop_examples() {
+        // SPEC §7: (b1,n512,D1024,d64,s8,r2) 3.16 GFLOP; (b1,n2048,D512,d64,s8,r2) 17.7 GFLOP.
+        let readme = Config::new(1024);
+        assert!((readme.forward_flops(1, 512) / 1e9 - 3.16).abs() < 0.01);
+        let long = Config::new(512);
+        assert!((long.forward_flops(1, 2048) / 1e9 - 17.7).abs() < 0.1);
+        let wide = Config::new(512).num_searches(4).num_retrievals(4);
+        assert!((wide.forward_flops(8, 256) / 1e9 - 4.30).abs() < 0.01);
+    }
+
+    #[test]
+    fn parameter_count_matches_spec() {
+        let c = Config::new(16)
+            .dim_head(8)
+            .num_searches(2)
+            .num_retrievals(2);
+        // 4 matrices [16,16] (sq, sk, rq, out) + rv [16,16] + rk [8,8]
+        assert_eq!(c.parameter_count(), 5 * 256 + 64);
+        assert_eq!(c.prenorm(true).parameter_count(), 5 * 256 + 64 + 32);
+    }
+}

@@ -1,0 +1,203 @@
+//! The crate's one error type.
+//!
+//! Every failure a user can cause (a bad shape, a missing tensor, a size over the device's limits)
+//! and every failure the GPU can report (validation, out of memory, a lost device) becomes a typed
+//! variant here, so callers can match on it and nothing panics on bad input.
+
+use std::path::PathBuf;
+
+/// Shorthand for `Result<T, compositional_attention::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is out of range (a zero size, a dropout outside `[0, 1)`).
+    #[error("invalid configuration: {field} = {value} ({reason})")]
+    InvalidConfig {
+        /// The configuration field, as named in the constructor (`dim`, `dim_head`, ...).
+        field: &'static str,
+        /// The offending value, formatted.
+        value: String,
+        /// What the value must satisfy.
+        reason: &'static str,
+    },
+
+    /// A problem needs more than the device (or WebGPU) allows.
+    #[error(
+        "{what} needs {required}, but the device allows at most {limit} ({limit_name}){hint}",
+        hint = hint.map(|h| format!("; {h}")).unwrap_or_default()
+    )]
+    LimitExceeded {
+        /// What would be too large (a buffer, a dispatch, a workgroup).
+        what: String,
+        /// How much is needed.
+        required: u64,
+        /// The device's limit.
+        limit: u64,
+        /// The `wgpu::Limits` field that sets the limit.
+        limit_name: &'static str,
+        /// What the user can do about it, if anything.
+        hint: Option<&'static str>,
+    },
+
+    /// An input tensor has the wrong number of elements or dimensions.
+    #[error("{name}: expected shape {expected:?}, found {found:?}")]
+    Shape {
+        /// Which input (`input`, `mask`, a parameter name).
+        name: String,
+        /// The shape the layer needs.
+        expected: Vec<usize>,
+        /// The shape that was given (for flat slices: `[len]`).
+        found: Vec<usize>,
+    },
+
+    /// A tensor has an element type this crate does not read.
+    #[error("{name}: expected dtype {expected}, found {found}")]
+    Dtype {
+        /// The tensor's name.
+        name: String,
+        /// The dtypes accepted.
+        expected: &'static str,
+        /// The dtype found, as safetensors names it.
+        found: String,
+    },
+
+    /// A required tensor is absent from a safetensors file.
+    #[error("missing tensor `{name}`{context}", context = context_suffix(.context))]
+    MissingTensor {
+        /// The tensor name (PyTorch `state_dict` key).
+        name: String,
+        /// Where it was looked for.
+        context: Option<String>,
+    },
+
+    /// A safetensors file holds a tensor the layer does not know.
+    #[error(
+        "unexpected tensor `{name}` (not a parameter of CompositionalAttention; known names: {known})"
+    )]
+    UnexpectedTensor {
+        /// The unknown name.
+        name: String,
+        /// The names the loader accepts.
+        known: String,
+    },
+
+    /// Weights and a requested configuration disagree.
+    #[error("configuration mismatch: {0}")]
+    ConfigMismatch(String),
+
+    /// A tensor holds NaN or infinity where finite numbers are required.
+    #[error("{name} holds a non-finite value at element {index}")]
+    NonFinite {
+        /// The tensor's name.
+        name: String,
+        /// The flat index of the first bad element.
+        index: usize,
+    },
+
+    /// A mask element is neither 0 nor 1.
+    #[error("{name}[{index}] = {value}: a mask holds only 0 (masked) and 1 (may be attended)")]
+    InvalidMask {
+        /// The mask tensor's name.
+        name: String,
+        /// The flat index of the bad element.
+        index: usize,
+        /// The byte found.
+        value: u8,
+    },
+
+    /// The safetensors container itself is malformed.
+    #[error("safetensors: {0}")]
+    Safetensors(#[from] safetensors::SafeTensorError),
+
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+
+    /// No GPU adapter matches the request.
+    #[error("no GPU adapter found{detail}. {hint}", detail = context_suffix(.detail))]
+    NoAdapter {
+        /// What was asked for and what exists.
+        detail: Option<String>,
+        /// How to get an adapter.
+        hint: &'static str,
+    },
+
+    /// The adapter refused to create a device.
+    #[error("could not open the GPU device: {0}")]
+    RequestDevice(#[from] wgpu::RequestDeviceError),
+
+    /// wgpu reported a validation error (a bug or a limit the host did not check).
+    #[error("GPU validation error during {operation}: {message}")]
+    GpuValidation {
+        /// What the host was doing.
+        operation: String,
+        /// wgpu's description.
+        message: String,
+    },
+
+    /// The device ran out of memory.
+    #[error("GPU out of memory during {operation}: {message}")]
+    GpuOutOfMemory {
+        /// What the host was doing.
+        operation: String,
+        /// wgpu's description.
+        message: String,
+    },
+
+    /// The device failed in a way WebGPU does not classify (a lost device, a driver failure).
+    #[error("GPU internal error during {operation}: {message}")]
+    GpuInternal {
+        /// What the host was doing.
+        operation: String,
+        /// wgpu's description.
+        message: String,
+    },
+
+    /// Reading results back from the GPU failed.
+    #[error("GPU readback failed: {0}")]
+    Readback(String),
+}
+
+fn context_suffix(context: &Option<String>) -> String {
+    context
+        .as_ref()
+        .map(|c| format!(" ({c})"))
+        .unwrap_or_default()
+}
+
+impl Error {
+    /// Wraps a wgpu error caught by an error scope, naming the operation that raised it.
+    pub(crate) fn from_wgpu(operation: &str, error: wgpu::Error) -> Self {
+        let operation = operation.to_string();
+        match error {
+            wgpu::Error::OutOfMemory { source } => Error::GpuOutOfMemory {
+                operation,
+                message: source.to_string(),
+            },
+            wgpu::Error::Validation { description, .. } => Error::GpuValidation {
+                operation,
+                message: description,
+            },
+            wgpu::Error::Internal { description, .. } => Error::GpuInternal {
+                operation,
+                message: description,
+            },
+        }
+    }
+
+    pub(crate) fn shape(name: impl Into<String>, expected: &[usize], found: &[usize]) -> Self {
+        Error::Shape {
+            name: name.into(),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        }
+    }
+}

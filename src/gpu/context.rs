@@ -1,0 +1,327 @@
+//! Adapter and device setup, and the error scopes that turn wgpu errors into [`Error`]s.
+//!
+//! One [`GpuContext`] owns a device, its queue and the pipeline cache; layers share it through
+//! cheap clones. The adapter is picked the way wgpu's own tools do it (`WGPU_BACKEND`,
+//! `WGPU_ADAPTER_NAME`), but a name that matches nothing is an error that lists what exists,
+//! where wgpu's helper would panic.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::pipelines::PipelineCache;
+
+/// Printed when no adapter exists: on a machine without a GPU, Mesa's CPU drivers provide one.
+pub const INSTALL_HINT: &str = "Install a Vulkan or OpenGL driver; on a machine without a GPU, Mesa's CPU \
+     drivers work: `sudo apt-get install -y mesa-vulkan-drivers` (Vulkan lavapipe) or \
+     `libegl1 libgl1-mesa-dri` (OpenGL llvmpipe)";
+
+/// Which limits to request from the adapter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LimitsPolicy {
+    /// Everything the adapter offers: larger tiles and buffers where the hardware allows.
+    #[default]
+    Adapter,
+    /// WebGPU's defaults (`wgpu::Limits::default()`, clamped to the adapter): what every browser
+    /// grants without asking, so a run with this policy proves the kernels fit there.
+    WebGpuDefaults,
+}
+
+impl LimitsPolicy {
+    /// `COMPATTN_LIMITS=webgpu` selects [`LimitsPolicy::WebGpuDefaults`]; unset or `adapter`
+    /// selects [`LimitsPolicy::Adapter`].
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("COMPATTN_LIMITS").as_deref() {
+            Err(_) | Ok("") | Ok("adapter") => Ok(LimitsPolicy::Adapter),
+            Ok("webgpu") | Ok("default") => Ok(LimitsPolicy::WebGpuDefaults),
+            Ok(other) => Err(Error::InvalidConfig {
+                field: "COMPATTN_LIMITS",
+                value: other.to_string(),
+                reason: "must be `adapter` or `webgpu`",
+            }),
+        }
+    }
+}
+
+/// How to pick the adapter and device.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backends to consider; `None` reads `WGPU_BACKEND` (`vulkan`, `gl`, `metal`, `dx12`,
+    /// comma-separated) and falls back to every backend compiled in.
+    pub backends: Option<wgpu::Backends>,
+    /// Pick the first adapter whose name contains this (case-insensitive); `None` reads
+    /// `WGPU_ADAPTER_NAME` and falls back to wgpu's default choice.
+    pub adapter_name: Option<String>,
+    /// Limits to request; see [`LimitsPolicy`].
+    pub limits: LimitsPolicy,
+    /// Passed to `request_adapter` when no name is given.
+    pub power_preference: wgpu::PowerPreference,
+}
+
+impl GpuOptions {
+    /// Options from the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`,
+    /// `WGPU_POWER_PREF`.
+    pub fn from_env() -> Result<Self> {
+        Ok(GpuOptions {
+            backends: backends_from_env()?,
+            adapter_name: env_var("WGPU_ADAPTER_NAME"),
+            limits: LimitsPolicy::from_env()?,
+            power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+        })
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Parses `WGPU_BACKEND` strictly: wgpu's own parser skips unknown names with a log line, which
+/// turns a typo into a confusing "no adapter".
+fn backends_from_env() -> Result<Option<wgpu::Backends>> {
+    let Some(value) = env_var("WGPU_BACKEND") else {
+        return Ok(None);
+    };
+    for name in value.split(',') {
+        let known = [
+            "vulkan", "vk", "dx12", "d3d12", "metal", "mtl", "opengl", "gles", "gl", "webgpu",
+        ];
+        if !known.contains(&name.trim().to_lowercase().as_str()) {
+            return Err(Error::InvalidConfig {
+                field: "WGPU_BACKEND",
+                value: value.clone(),
+                reason: "names must be among vulkan, gl, metal, dx12, webgpu (comma-separated)",
+            });
+        }
+    }
+    Ok(Some(wgpu::Backends::from_comma_list(&value)))
+}
+
+/// A device, its queue, and everything built on them once: shared by every layer on it.
+#[derive(Clone)]
+pub struct GpuContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pipelines: PipelineCache,
+    uncaptured: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .finish()
+    }
+}
+
+impl GpuContext {
+    /// Picks an adapter as `options` say and opens a device on it.
+    pub async fn new(options: &GpuOptions) -> Result<Self> {
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+        descriptor.backends = options.backends.unwrap_or(wgpu::Backends::all());
+        let instance = wgpu::Instance::new(descriptor);
+        let adapter = select_adapter(&instance, options).await?;
+        Self::from_adapter(adapter, options.limits).await
+    }
+
+    /// [`GpuContext::new`] with [`GpuOptions::from_env`].
+    pub async fn from_env() -> Result<Self> {
+        Self::new(&GpuOptions::from_env()?).await
+    }
+
+    /// Blocking [`GpuContext::from_env`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_env_blocking() -> Result<Self> {
+        pollster::block_on(Self::from_env())
+    }
+
+    /// Opens a device on an adapter the caller picked.
+    pub async fn from_adapter(adapter: wgpu::Adapter, policy: LimitsPolicy) -> Result<Self> {
+        let info = adapter.get_info();
+        let adapter_limits = adapter.limits();
+        let limits = match policy {
+            LimitsPolicy::Adapter => adapter_limits,
+            LimitsPolicy::WebGpuDefaults => {
+                wgpu::Limits::default().or_worse_values_from(&adapter_limits)
+            }
+        };
+        // Timestamp queries are the one optional feature we use (benchmarks); the kernels need
+        // nothing beyond WebGPU's core.
+        let required_features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("compositional-attention"),
+                required_features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await?;
+        // wgpu's default handler panics on any error no scope caught. Every operation here runs
+        // inside scopes, so this only records stragglers for the next call to report.
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            if let Ok(mut errors) = sink.lock() {
+                errors.push(error.to_string());
+            }
+        }));
+        Ok(GpuContext {
+            inner: Arc::new(Inner {
+                adapter,
+                device,
+                queue,
+                info,
+                limits,
+                pipelines: PipelineCache::default(),
+                uncaptured,
+            }),
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter the device was opened on.
+    pub fn adapter(&self) -> &wgpu::Adapter {
+        &self.inner.adapter
+    }
+
+    /// Name, backend and driver of the adapter.
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// The limits the device was opened with (what the kernels may rely on).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// Whether GPU timestamps can time passes on this device.
+    pub fn has_timestamps(&self) -> bool {
+        self.inner
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// "name (backend, device type)", for logs and reports.
+    pub fn describe(&self) -> String {
+        let info = &self.inner.info;
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            info.name, info.backend, info.device_type, info.driver, info.driver_info
+        )
+    }
+
+    pub(crate) fn pipelines(&self) -> &PipelineCache {
+        &self.inner.pipelines
+    }
+
+    /// Runs `work` inside validation, out-of-memory and internal error scopes and turns the first
+    /// error caught into an [`Error`] that names `operation`.
+    ///
+    /// The scope guards are consumed before the first `.await`, so the returned future stays
+    /// `Send` on native targets.
+    pub(crate) async fn scoped<T>(
+        &self,
+        operation: &str,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let device = &self.inner.device;
+        let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let value = work();
+        let internal = internal.pop();
+        let validation = validation.pop();
+        let out_of_memory = out_of_memory.pop();
+        let caught = [validation.await, out_of_memory.await, internal.await];
+        if let Some(error) = caught.into_iter().flatten().next() {
+            return Err(Error::from_wgpu(operation, error));
+        }
+        self.take_uncaptured(operation)?;
+        value
+    }
+
+    /// Reports errors that escaped every scope (for example from a callback thread).
+    fn take_uncaptured(&self, operation: &str) -> Result<()> {
+        let mut errors = self
+            .inner
+            .uncaptured
+            .lock()
+            .map_err(|_| Error::Readback("error log poisoned".into()))?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.drain(..).collect::<Vec<_>>().join("; ");
+        Err(Error::GpuValidation {
+            operation: operation.to_string(),
+            message,
+        })
+    }
+}
+
+async fn select_adapter(instance: &wgpu::Instance, options: &GpuOptions) -> Result<wgpu::Adapter> {
+    let backends = options.backends.unwrap_or(wgpu::Backends::all());
+    if let Some(wanted) = &options.adapter_name {
+        let adapters = instance.enumerate_adapters(backends).await;
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let info = a.get_info();
+                format!("{} ({:?})", info.name, info.backend)
+            })
+            .collect();
+        let wanted_lower = wanted.to_lowercase();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lower))
+            .ok_or_else(|| Error::NoAdapter {
+                detail: Some(format!(
+                    "named like {wanted:?} among backends {backends:?}; available: {}",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )),
+                hint: INSTALL_HINT,
+            });
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: options.power_preference,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        })
+        .await
+        .map_err(|e| Error::NoAdapter {
+            detail: Some(format!("among backends {backends:?}: {e}")),
+            hint: INSTALL_HINT,
+        })
+}
+
+/// Every adapter on the given backends, for `compattn info`.
+pub async fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = backends;
+    wgpu::Instance::new(descriptor)
+        .enumerate_adapters(backends)
+        .await
+}

@@ -1,0 +1,17 @@
+//! The wgpu host runtime: device setup, specialised pipelines, buffers, dispatch, timing.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`context`] | adapter and device selection, limits, error scopes |
+//! | [`pipelines`] | WGSL specialisation and the pipeline cache |
+//! | [`memory`] | buffer creation with limit checks, readback |
+//! | [`dispatch`] | a kernel bound to its buffers, and the linear workgroup grid |
+
+pub mod context;
+pub(crate) mod dispatch;
+pub(crate) mod memory;
+pub mod pipelines;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use context::{GpuContext, GpuOptions, LimitsPolicy};

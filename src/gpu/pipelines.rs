@@ -1,0 +1,215 @@
+//! Specialised WGSL sources and the compute-pipeline cache.
+//!
+//! A kernel is specialised by prepending WGSL `const` declarations (tile sizes, vector width,
+//! head width) to its source, rather than through pipeline-overridable constants: the text is
+//! then complete WGSL that naga, Tint and every back end accept as is (override-sized arrays and
+//! `@workgroup_size` overrides are where translators disagree), drivers see true constants and
+//! unroll, and `compattn shaders` can write out exactly what the host submits. Pipelines are
+//! built once per distinct text and cached for the life of the device.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use crate::error::Result;
+use crate::gpu::GpuContext;
+
+/// A WGSL kernel embedded at compile time (so the same binary works in a browser).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    /// File stem in `shaders/`, also the pipeline label.
+    pub name: &'static str,
+    /// The WGSL text, without its specialisation preamble.
+    pub source: &'static str,
+    /// Shared WGSL pieces (`shaders/common/`) placed before `source`; WGSL has no `#include`.
+    pub includes: &'static [&'static str],
+}
+
+/// Declares a [`Kernel`] for `shaders/<name>.wgsl`, optionally with pieces of `shaders/common/`.
+macro_rules! kernel {
+    ($name:literal $(, includes: [$($include:literal),*])?) => {
+        $crate::gpu::pipelines::Kernel {
+            name: $name,
+            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+            includes: &[$($(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"), "/shaders/common/", $include, ".wgsl"
+            ))),*)?],
+        }
+    };
+}
+pub(crate) use kernel;
+
+/// One specialisation constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Constant {
+    /// `const NAME: u32 = V;`
+    U32(u32),
+    /// `const NAME: bool = V;`
+    Bool(bool),
+    /// `alias NAME = TYPE;`
+    Type(&'static str),
+    /// The vector width of K-loops: `alias KVec`, `const VEC` and `fn kdot` (1 or 4 lanes).
+    Vector(u32),
+}
+
+/// A kernel plus its constants: exactly one compute pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ShaderVariant {
+    kernel: &'static Kernel,
+    constants: Vec<(&'static str, Constant)>,
+}
+
+impl ShaderVariant {
+    /// The kernel with no constants yet.
+    pub fn new(kernel: &'static Kernel) -> Self {
+        ShaderVariant {
+            kernel,
+            constants: Vec::new(),
+        }
+    }
+
+    /// Adds a `u32` constant.
+    pub fn u32(mut self, name: &'static str, value: u32) -> Self {
+        self.constants.push((name, Constant::U32(value)));
+        self
+    }
+
+    /// Adds a `bool` constant.
+    pub fn bool(mut self, name: &'static str, value: bool) -> Self {
+        self.constants.push((name, Constant::Bool(value)));
+        self
+    }
+
+    /// Adds a type alias.
+    pub fn alias(mut self, name: &'static str, ty: &'static str) -> Self {
+        self.constants.push((name, Constant::Type(ty)));
+        self
+    }
+
+    /// Sets the K-loop vector width (4 where rows are 16-byte aligned, else 1): declares
+    /// `alias KVec` (`vec4<f32>` or `f32`), `const VEC` and `fn kdot(a: KVec, b: KVec) -> f32`.
+    pub fn vector(mut self, width: u32) -> Self {
+        debug_assert!(width == 1 || width == 4);
+        self.constants.push(("VEC", Constant::Vector(width)));
+        self
+    }
+
+    /// The kernel's file stem.
+    pub fn kernel_name(&self) -> &'static str {
+        self.kernel.name
+    }
+
+    /// A file-name-safe label that identifies the variant: `gemm_TILE_M4_TILE_N4_...`.
+    pub fn label(&self) -> String {
+        let mut label = self.kernel.name.to_string();
+        for (name, value) in &self.constants {
+            let value = match value {
+                Constant::U32(v) => v.to_string(),
+                Constant::Bool(v) => v.to_string(),
+                Constant::Type(t) => t.replace(['<', '>'], ""),
+                Constant::Vector(width) => width.to_string(),
+            };
+            let _ = write!(label, "_{name}{value}");
+        }
+        label
+    }
+
+    /// The complete WGSL text the host submits: the preamble, then the kernel file.
+    pub fn wgsl(&self) -> String {
+        let mut text = format!(
+            "// {}.wgsl, specialised by the host (src/gpu/pipelines.rs)\n",
+            self.kernel.name
+        );
+        for (name, value) in &self.constants {
+            let _ = match value {
+                Constant::U32(v) => writeln!(text, "const {name}: u32 = {v}u;"),
+                Constant::Bool(v) => writeln!(text, "const {name}: bool = {v};"),
+                Constant::Type(t) => writeln!(text, "alias {name} = {t};"),
+                Constant::Vector(4) => writeln!(
+                    text,
+                    "alias KVec = vec4<f32>;\nconst {name}: u32 = 4u;\n\
+                     fn kdot(a: KVec, b: KVec) -> f32 {{ return dot(a, b); }}"
+                ),
+                Constant::Vector(_) => writeln!(
+                    text,
+                    "alias KVec = f32;\nconst {name}: u32 = 1u;\n\
+                     fn kdot(a: KVec, b: KVec) -> f32 {{ return a * b; }}"
+                ),
+            };
+        }
+        text.push('\n');
+        for include in self.kernel.includes {
+            text.push_str(include);
+            text.push('\n');
+        }
+        text.push_str(self.kernel.source);
+        text
+    }
+}
+
+/// Compute pipelines by variant, built on first use.
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    pipelines: Mutex<HashMap<ShaderVariant, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl PipelineCache {
+    /// Variants built so far, by label (what `compattn shaders` must reproduce).
+    pub(crate) fn built(&self) -> Vec<ShaderVariant> {
+        let map = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut variants: Vec<_> = map.keys().cloned().collect();
+        variants.sort_by_key(ShaderVariant::label);
+        variants
+    }
+}
+
+impl GpuContext {
+    /// The pipeline for `variant`, compiled on first use. A compile error is returned (and not
+    /// cached), so a failed variant cannot poison later calls.
+    pub(crate) async fn pipeline(
+        &self,
+        variant: &ShaderVariant,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let cache = &self.pipelines().pipelines;
+        if let Some(pipeline) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(variant) {
+            return Ok(pipeline.clone());
+        }
+        let label = variant.label();
+        let pipeline = self
+            .scoped(&format!("compiling {label}"), || {
+                let module = self
+                    .device()
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(&label),
+                        source: wgpu::ShaderSource::Wgsl(variant.wgsl().into()),
+                    });
+                Ok(self
+                    .device()
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(&label),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some("main"),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: &[],
+                            // Every kernel writes its workgroup memory before reading it, so
+                            // the zero fill wgpu adds by default is pure overhead.
+                            zero_initialize_workgroup_memory: false,
+                        },
+                        cache: None,
+                    }))
+            })
+            .await?;
+        let pipeline = Arc::new(pipeline);
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(variant.clone(), pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Every variant compiled on this device so far.
+    pub fn compiled_variants(&self) -> Vec<ShaderVariant> {
+        self.pipelines().built()
+    }
+}

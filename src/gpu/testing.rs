@@ -1,0 +1,87 @@
+//! Helpers for the kernel tests in `src/ops/`: one shared device, uploads, NaN-poisoned
+//! outputs, and readback.
+
+use std::sync::OnceLock;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::gpu::dispatch::Dispatch;
+use crate::gpu::{GpuContext, memory};
+use crate::verify::{self, ErrorStats};
+
+/// The device every kernel test runs on (chosen by `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` /
+/// `COMPATTN_LIMITS`).
+pub(crate) fn context() -> &'static GpuContext {
+    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
+    CONTEXT.get_or_init(|| match GpuContext::from_env_blocking() {
+        Ok(ctx) => {
+            eprintln!("kernel tests on {}", ctx.describe());
+            ctx
+        }
+        Err(e) => panic!("kernel tests need a GPU adapter: {e}"),
+    })
+}
+
+/// A fresh seeded generator; the seed goes into every assertion message.
+pub(crate) fn rng(test: &str) -> (StdRng, String) {
+    let seed = verify::test_seed();
+    (
+        StdRng::seed_from_u64(seed),
+        format!("{test} (reproduce with COMPATTN_SEED={seed})"),
+    )
+}
+
+pub(crate) fn upload<T: bytemuck::Pod>(data: &[T]) -> wgpu::Buffer {
+    memory::storage_init(context(), "test input", data).expect("upload")
+}
+
+/// An output buffer of `len` f32s filled with NaN, so that any element a kernel fails to write
+/// fails the comparison.
+pub(crate) fn poisoned(len: usize) -> wgpu::Buffer {
+    upload(&vec![f32::NAN; len.max(1)])
+}
+
+/// Submits the dispatches in one pass and waits.
+pub(crate) fn run(dispatches: &[&Dispatch]) {
+    let ctx = context();
+    pollster::block_on(ctx.scoped("test dispatch", || {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        ctx.queue().submit([encoder.finish()]);
+        Ok(())
+    }))
+    .expect("dispatch");
+}
+
+/// Copies `len` f32s of `buffer` back to the host.
+pub(crate) fn download(buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
+    let ctx = context();
+    let staging = memory::staging(ctx, "test readback", 4 * len as u64);
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, 4 * len as u64);
+    ctx.queue().submit([encoder.finish()]);
+    pollster::block_on(memory::read_f32(ctx, &staging, len)).expect("readback")
+}
+
+/// Builds a dispatch, blocking.
+pub(crate) fn build<F: std::future::Future<Output = crate::Result<Dispatch>>>(f: F) -> Dispatch {
+    pollster::block_on(f).expect("building the dispatch")
+}
+
+/// Asserts `actual` matches `expected` within `tol` (relative L2 and max-abs relative to the
+/// largest reference value), with no NaN left from the poison.
+#[track_caller]
+pub(crate) fn assert_close(what: &str, actual: &[f32], expected: &[f64], tol: f64) {
+    let stats = ErrorStats::compare(actual, expected);
+    assert!(stats.within(tol), "{what}: {stats} exceeds tolerance {tol}");
+}
+
+pub(crate) fn to_f64(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&v| v as f64).collect()
+}

@@ -1,0 +1,374 @@
+//! The layer on a device: parameters uploaded once, a workspace per input shape, and a forward
+//! pass recorded into one command encoder, submitted once and read back once.
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::gpu::dispatch::Dispatch;
+use crate::gpu::{GpuContext, memory};
+use crate::io::{self, Input};
+use crate::ops::{self, ProjectionLayout, gemm::GemmShape};
+use crate::reference;
+use crate::weights::Weights;
+
+/// How the attention core is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Step by step, each step a kernel of its own: logits, softmax, aggregation, selection.
+    /// Materialises the `b·s·n²` search logits and weights; every intermediate can be checked.
+    #[default]
+    Unfused,
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Strategy::Unfused => "unfused",
+        })
+    }
+}
+
+/// Parameters in device memory.
+struct DeviceParams {
+    /// `[W_sq; W_sk; W_rq; W_rv]`, `[(3s + r)·d, dim]`: one GEMM computes all four projections.
+    projection: wgpu::Buffer,
+    /// `W_o [dim, s·d]`.
+    out: wgpu::Buffer,
+    /// `W_rk [d, d]`.
+    retrieval_keys: wgpu::Buffer,
+    /// LayerNorm `(γ, β)` with `prenorm`.
+    norm: Option<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+impl DeviceParams {
+    fn upload(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
+        let packed: Vec<f32> = [
+            &weights.search_queries,
+            &weights.search_keys,
+            &weights.retrieval_queries,
+            &weights.retrieval_values,
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
+        let norm = match &weights.norm {
+            Some((gamma, beta)) => Some((
+                memory::storage_init(ctx, "norm.weight", gamma)?,
+                memory::storage_init(ctx, "norm.bias", beta)?,
+            )),
+            None => None,
+        };
+        Ok(DeviceParams {
+            projection: memory::storage_init(ctx, "packed input projections", &packed)?,
+            out: memory::storage_init(ctx, "to_out.weight", &weights.out)?,
+            retrieval_keys: memory::storage_init(
+                ctx,
+                "to_retrieval_keys.weight",
+                &weights.retrieval_keys,
+            )?,
+            norm,
+        })
+    }
+
+    fn bytes(&self) -> u64 {
+        let norm = self
+            .norm
+            .as_ref()
+            .map_or(0, |(gamma, beta)| gamma.size() + beta.size());
+        self.projection.size() + self.out.size() + self.retrieval_keys.size() + norm
+    }
+}
+
+/// Buffers and recorded dispatches for one `(batch, seq, strategy)`.
+struct Workspace {
+    batch: usize,
+    seq: usize,
+    strategy: Strategy,
+    x: wgpu::Buffer,
+    mask: wgpu::Buffer,
+    y: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    /// Intermediates, kept alive for the dispatches bound to them.
+    intermediates: Vec<wgpu::Buffer>,
+    dispatches: Vec<Dispatch>,
+}
+
+impl Workspace {
+    fn bytes(&self) -> u64 {
+        let own = [&self.x, &self.mask, &self.y, &self.staging]
+            .iter()
+            .map(|b| b.size())
+            .sum::<u64>();
+        let intermediates: u64 = self.intermediates.iter().map(|b| b.size()).sum();
+        let params: u64 = self.dispatches.iter().map(Dispatch::bytes).sum();
+        own + intermediates + params
+    }
+}
+
+const N_SQUARED_HINT: &str =
+    "the unfused strategy stores b·s·n² search logits; use a shorter sequence or a smaller batch";
+
+/// A Compositional Attention layer placed on a GPU.
+pub struct CompositionalAttention {
+    ctx: GpuContext,
+    config: Config,
+    params: DeviceParams,
+    strategy: Strategy,
+    workspace: Option<Workspace>,
+}
+
+impl std::fmt::Debug for CompositionalAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompositionalAttention")
+            .field("config", &self.config)
+            .field("strategy", &self.strategy)
+            .field("gpu", &self.ctx)
+            .finish()
+    }
+}
+
+impl CompositionalAttention {
+    /// Uploads `weights` to the device of `ctx`. The configuration (including `causal`) is the
+    /// weights' own.
+    pub fn new(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
+        let config = *weights.config();
+        config.validate()?;
+        Ok(CompositionalAttention {
+            ctx: ctx.clone(),
+            config,
+            params: DeviceParams::upload(ctx, weights)?,
+            strategy: Strategy::default(),
+            workspace: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The device the layer lives on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// The strategy the next forward uses.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Chooses how the next forward computes attention.
+    pub fn set_strategy(&mut self, strategy: Strategy) {
+        self.strategy = strategy;
+    }
+
+    /// Bytes of GPU buffers the layer holds now: parameters plus the workspace of the last shape.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.params.bytes() + self.workspace.as_ref().map_or(0, Workspace::bytes)
+    }
+
+    /// `x [batch, seq, dim]`, `mask [batch, seq]` (`true` = the key may be attended) →
+    /// `[batch, seq, dim]`. Shapes and values are checked first; buffers and bind groups are
+    /// built on the first call for a shape and reused after.
+    pub async fn forward(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        seq: usize,
+        mask: Option<&[bool]>,
+    ) -> Result<Vec<f32>> {
+        reference::check_input(&self.config, x, batch, seq, mask)?;
+        io::check_finite("input", x)?;
+        self.prepare(batch, seq).await?;
+        let workspace = self.workspace.as_ref().expect("prepared above");
+        let mask_words: Vec<u32> = match mask {
+            Some(mask) => mask.iter().map(|&allowed| allowed as u32).collect(),
+            None => vec![1; batch * seq],
+        };
+        let ctx = &self.ctx;
+        ctx.scoped("forward", || {
+            ctx.queue()
+                .write_buffer(&workspace.x, 0, bytemuck::cast_slice(x));
+            ctx.queue()
+                .write_buffer(&workspace.mask, 0, bytemuck::cast_slice(&mask_words));
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("forward"),
+                    });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("forward"),
+                    timestamp_writes: None,
+                });
+                for dispatch in &workspace.dispatches {
+                    dispatch.record(&mut pass);
+                }
+            }
+            encoder.copy_buffer_to_buffer(
+                &workspace.y,
+                0,
+                &workspace.staging,
+                0,
+                workspace.y.size(),
+            );
+            ctx.queue().submit([encoder.finish()]);
+            Ok(())
+        })
+        .await?;
+        memory::read_f32(ctx, &workspace.staging, batch * seq * self.config.dim).await
+    }
+
+    /// Blocking [`CompositionalAttention::forward`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_blocking(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        seq: usize,
+        mask: Option<&[bool]>,
+    ) -> Result<Vec<f32>> {
+        pollster::block_on(self.forward(x, batch, seq, mask))
+    }
+
+    /// [`CompositionalAttention::forward`] on an [`Input`]; checks its `dim` too.
+    pub async fn forward_input(&mut self, input: &Input) -> Result<Vec<f32>> {
+        if input.dim != self.config.dim {
+            return Err(crate::Error::shape(
+                "input",
+                &[input.batch, input.seq, self.config.dim],
+                &[input.batch, input.seq, input.dim],
+            ));
+        }
+        self.forward(&input.x, input.batch, input.seq, input.mask.as_deref())
+            .await
+    }
+
+    /// Builds the workspace for `(batch, seq)` and the current strategy, unless it exists.
+    pub async fn prepare(&mut self, batch: usize, seq: usize) -> Result<()> {
+        if let Some(w) = &self.workspace
+            && (w.batch, w.seq, w.strategy) == (batch, seq, self.strategy)
+        {
+            return Ok(());
+        }
+        // Free the old workspace before allocating the new one.
+        self.workspace = None;
+        let workspace = self.build_workspace(batch, seq).await?;
+        self.workspace = Some(workspace);
+        Ok(())
+    }
+
+    async fn build_workspace(&self, batch: usize, seq: usize) -> Result<Workspace> {
+        let ctx = &self.ctx;
+        let c = &self.config;
+        let tokens = batch * seq;
+        let layout =
+            ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
+        let scale = c.scale() as f32;
+
+        let x = memory::storage(ctx, "input", tokens * c.dim, None)?;
+        let mask = memory::storage(ctx, "mask", tokens, None)?;
+        let y = memory::storage(ctx, "output", tokens * c.dim, None)?;
+        let staging = memory::staging(ctx, "output readback", y.size());
+        let mut intermediates = Vec::new();
+        let mut dispatches = Vec::new();
+
+        let normed = match &self.params.norm {
+            Some((gamma, beta)) => {
+                let normed = memory::storage(ctx, "layer norm", tokens * c.dim, None)?;
+                dispatches.push(
+                    ops::layer_norm::dispatch(ctx, tokens, c.dim, &x, gamma, beta, &normed).await?,
+                );
+                Some(normed)
+            }
+            None => None,
+        };
+        let proj = memory::storage(ctx, "projections", tokens * layout.row_stride, None)?;
+        let projection = GemmShape {
+            m: tokens,
+            n: layout.row_stride,
+            k: c.dim,
+        };
+        dispatches.push(
+            ops::gemm::dispatch(
+                ctx,
+                projection,
+                normed.as_ref().unwrap_or(&x),
+                &self.params.projection,
+                &proj,
+            )
+            .await?,
+        );
+
+        let scores_len = batch * c.num_searches * seq * seq;
+        let logits = memory::storage(ctx, "search logits", scores_len, Some(N_SQUARED_HINT))?;
+        let weights = memory::storage(ctx, "search weights", scores_len, Some(N_SQUARED_HINT))?;
+        let retrieved = memory::storage(
+            ctx,
+            "retrieved",
+            batch * c.num_searches * seq * c.value_width(),
+            None,
+        )?;
+        let g_scratch = memory::storage(
+            ctx,
+            "retrieval logits",
+            batch * c.num_searches * seq * c.num_retrievals,
+            None,
+        )?;
+        let concat = memory::storage(
+            ctx,
+            "concatenated searches",
+            tokens * c.search_width(),
+            None,
+        )?;
+        dispatches.push(ops::search_scores::dispatch(ctx, &layout, scale, &proj, &logits).await?);
+        dispatches.push(
+            ops::masked_softmax::dispatch(
+                ctx,
+                batch,
+                c.num_searches,
+                seq,
+                c.causal,
+                &logits,
+                &mask,
+                &weights,
+            )
+            .await?,
+        );
+        dispatches
+            .push(ops::search_values::dispatch(ctx, &layout, &weights, &proj, &retrieved).await?);
+        dispatches.push(
+            ops::retrieval_select::dispatch(
+                ctx,
+                &layout,
+                scale,
+                &retrieved,
+                &proj,
+                &self.params.retrieval_keys,
+                &g_scratch,
+                &concat,
+            )
+            .await?,
+        );
+        let output = GemmShape {
+            m: tokens,
+            n: c.dim,
+            k: c.search_width(),
+        };
+        dispatches.push(ops::gemm::dispatch(ctx, output, &concat, &self.params.out, &y).await?);
+
+        intermediates.extend(normed);
+        intermediates.extend([proj, logits, weights, retrieved, g_scratch, concat]);
+        Ok(Workspace {
+            batch,
+            seq,
+            strategy: self.strategy,
+            x,
+            mask,
+            y,
+            staging,
+            intermediates,
+            dispatches,
+        })
+    }
+}

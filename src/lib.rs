@@ -1,0 +1,39 @@
+//! Compositional Attention (Mittal et al., "Compositional Attention: Disentangling Search and
+//! Retrieval", ICLR 2022) as WGSL compute kernels on any GPU through wgpu.
+//!
+//! The layer computes exactly what the PyTorch package `compositional-attention-pytorch`
+//! computes (see `SPEC.md` in the repository), loads its `state_dict` from safetensors, and
+//! checks every kernel against an independent `f64` CPU reference ([`reference`]).
+//!
+//! ```no_run
+//! use compositional_attention::{CompositionalAttention, Config, GpuContext, Weights};
+//!
+//! # fn main() -> compositional_attention::Result<()> {
+//! let gpu = GpuContext::from_env_blocking()?;            // WGPU_BACKEND, WGPU_ADAPTER_NAME
+//! let config = Config::new(256).dim_head(32).num_searches(4).num_retrievals(2);
+//! let weights = Weights::random(config, 0)?;              // or Weights::load("w.safetensors", false)?
+//! let mut layer = CompositionalAttention::new(&gpu, &weights)?;
+//! let (batch, seq) = (2, 100);
+//! let x = vec![0.1f32; batch * seq * 256];
+//! let y = layer.forward_blocking(&x, batch, seq, None)?;  // [batch, seq, 256]
+//! # Ok(()) }
+//! ```
+//!
+//! Inference only: dropout is the identity, as in PyTorch's `.eval()`.
+
+pub mod config;
+pub mod error;
+pub mod gpu;
+pub mod io;
+pub mod layer;
+mod ops;
+pub mod reference;
+pub mod verify;
+pub mod weights;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use gpu::{GpuContext, GpuOptions, LimitsPolicy};
+pub use io::Input;
+pub use layer::{CompositionalAttention, Strategy};
+pub use weights::Weights;

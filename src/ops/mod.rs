@@ -1,0 +1,73 @@
+//! One module per kernel: its WGSL file in `shaders/`, the host code that specialises and binds
+//! it, and its tests against the CPU reference of that one step.
+//!
+//! | module | shader | step |
+//! |---|---|---|
+//! | [`gemm`] | `gemm.wgsl` | projections `x·Wᵀ` |
+//! | [`layer_norm`] | `layer_norm.wgsl` | `prenorm` |
+//! | [`search_scores`] | `search_scores.wgsl` | `L = scale·SQ·SKᵀ` (unfused) |
+//! | [`masked_softmax`] | `masked_softmax.wgsl` | softmax over keys with mask/causal (unfused) |
+//! | [`search_values`] | `search_values.wgsl` | `Ret = A·RV` for all pairs (unfused) |
+//! | [`retrieval_select`] | `retrieval_select.wgsl` | softmax over retrievals, weighted sum (unfused) |
+
+pub(crate) mod gemm;
+pub(crate) mod layer_norm;
+pub(crate) mod masked_softmax;
+pub(crate) mod retrieval_select;
+pub(crate) mod search_scores;
+pub(crate) mod search_values;
+
+/// Where each projection lives in the packed buffer `proj [b·n, row_stride]` that one GEMM
+/// writes: columns `[SQ | SK | RQ | RV]`, widths `s·d, s·d, s·d, r·d`. (The fused path stores
+/// `RQ·W_rk` in the RQ block.) One GEMM with a wide output reuses each input row four times
+/// over, where four GEMMs would re-read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProjectionLayout {
+    pub batch: usize,
+    pub seq: usize,
+    pub searches: usize,
+    pub retrievals: usize,
+    pub head: usize,
+    /// `(3s + r)·d`.
+    pub row_stride: usize,
+    /// Column offset of SQ.
+    pub search_queries: usize,
+    /// Column offset of SK.
+    pub search_keys: usize,
+    /// Column offset of RQ (or `RQ·W_rk`).
+    pub retrieval_queries: usize,
+    /// Column offset of RV.
+    pub retrieval_values: usize,
+}
+
+impl ProjectionLayout {
+    pub(crate) fn new(
+        batch: usize,
+        seq: usize,
+        searches: usize,
+        retrievals: usize,
+        head: usize,
+    ) -> Self {
+        let search_width = searches * head;
+        ProjectionLayout {
+            batch,
+            seq,
+            searches,
+            retrievals,
+            head,
+            row_stride: 3 * search_width + retrievals * head,
+            search_queries: 0,
+            search_keys: search_width,
+            retrieval_queries: 2 * search_width,
+            retrieval_values: 3 * search_width,
+        }
+    }
+
+    /// Copies columns `offset..offset + width` of every row of a host copy of `proj`.
+    #[cfg(test)]
+    pub(crate) fn column_block(&self, proj: &[f32], offset: usize, width: usize) -> Vec<f64> {
+        proj.chunks_exact(self.row_stride)
+            .flat_map(|row| row[offset..offset + width].iter().map(|&v| v as f64))
+            .collect()
+    }
+}

@@ -1,0 +1,306 @@
+//! The CPU reference: SPEC §2.3 written out literally in `f64`.
+//!
+//! This is the oracle every kernel is checked against, so it shares nothing with them: plain
+//! loops, a two-pass softmax with PyTorch's `-FMAX` fill for masked keys (which makes a fully
+//! masked row uniform over *all* keys, SPEC §6), `RK = Ret·W_rkᵀ` computed as written rather than
+//! through the kernels' reassociation, and `f64` accumulation everywhere. It is not a fast path.
+//!
+//! Layouts: token-major projections `[b, n, s·d]` (feature `σ·d + k`), as PyTorch's linear layers
+//! produce them; search logits and weights `[b, s, n, n]`; retrieved vectors `[b, s, n, r·d]`
+//! (SPEC's `Ret[b,σ,ρ,i,:]` stored at `[b, σ, i, ρ·d ..]`); concatenated searches `[b, n, s·d]`.
+
+use crate::config::{Config, LAYER_NORM_EPS};
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// The fill PyTorch writes into masked logits: `-torch.finfo(float64).max`.
+const MASK_FILL: f64 = -f64::MAX;
+
+/// `LayerNorm(dim)` over each row of `x [rows, dim]`: biased variance, `eps = 1e-5`, affine.
+pub fn layer_norm(x: &[f64], dim: usize, gamma: &[f32], beta: &[f32]) -> Vec<f64> {
+    let eps = LAYER_NORM_EPS as f64;
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(dim) {
+        let mean = row.iter().sum::<f64>() / dim as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / dim as f64;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (k, v) in row.iter().enumerate() {
+            out.push((v - mean) * inv * gamma[k] as f64 + beta[k] as f64);
+        }
+    }
+    out
+}
+
+/// `y = x·Wᵀ` for `x [rows, in_dim]` and a PyTorch-layout weight `W [out_dim, in_dim]`.
+pub fn linear(x: &[f64], in_dim: usize, w: &[f32], out_dim: usize) -> Vec<f64> {
+    debug_assert_eq!(w.len(), in_dim * out_dim);
+    let mut out = Vec::with_capacity(x.len() / in_dim * out_dim);
+    for row in x.chunks_exact(in_dim) {
+        for w_row in w.chunks_exact(in_dim) {
+            out.push(row.iter().zip(w_row).map(|(a, b)| a * *b as f64).sum());
+        }
+    }
+    out
+}
+
+/// Shape of one attention problem: batch, tokens and the layer's head sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    /// Batch `b`.
+    pub batch: usize,
+    /// Tokens `n`.
+    pub seq: usize,
+    /// Searches `s`.
+    pub searches: usize,
+    /// Retrievals `r`.
+    pub retrievals: usize,
+    /// Head width `d`.
+    pub head: usize,
+}
+
+impl Dims {
+    /// The dims of `config` at `batch × seq`.
+    pub fn new(config: &Config, batch: usize, seq: usize) -> Self {
+        Dims {
+            batch,
+            seq,
+            searches: config.num_searches,
+            retrievals: config.num_retrievals,
+            head: config.dim_head,
+        }
+    }
+
+    /// Whether query `i` of batch `b` may attend key `j` (key mask and causal).
+    fn allowed(&self, mask: Option<&[bool]>, causal: bool, b: usize, i: usize, j: usize) -> bool {
+        mask.is_none_or(|m| m[b * self.seq + j]) && !(causal && j > i)
+    }
+}
+
+/// Search logits `L[b,σ,i,j] = Σ_k (scale·SQ[b,i,σ,k]) · SK[b,j,σ,k]` from token-major `SQ, SK
+/// [b, n, s·d]`; returns `[b, s, n, n]`.
+pub fn search_logits(sq: &[f64], sk: &[f64], dims: Dims, scale: f64) -> Vec<f64> {
+    let Dims { batch, seq, .. } = dims;
+    let mut out = Vec::with_capacity(batch * dims.searches * seq * seq);
+    for b in 0..batch {
+        for sigma in 0..dims.searches {
+            for i in 0..seq {
+                let q = &sq[(b * seq + i) * dims.searches * dims.head + sigma * dims.head..];
+                out.extend(logits_row(&q[..dims.head], sk, dims, scale, b, sigma));
+            }
+        }
+    }
+    out
+}
+
+/// Logits of one query `q [d]` (search `σ`, batch `b`) against every key of the batch.
+fn logits_row(q: &[f64], sk: &[f64], dims: Dims, scale: f64, b: usize, sigma: usize) -> Vec<f64> {
+    let (d, width) = (dims.head, dims.searches * dims.head);
+    (0..dims.seq)
+        .map(|j| {
+            let k = &sk[(b * dims.seq + j) * width + sigma * d..][..d];
+            q.iter().zip(k).map(|(q, k)| (q * scale) * k).sum()
+        })
+        .collect()
+}
+
+/// Softmax over keys with PyTorch's semantics: masked logits (key mask, causal) are replaced by
+/// `-FMAX`, the row max is subtracted, then `exp` and normalise. A row with no allowed key is
+/// uniform over all `n` keys. `logits [b, s, n, n]` → weights of the same shape.
+pub fn search_weights(logits: &[f64], dims: Dims, mask: Option<&[bool]>, causal: bool) -> Vec<f64> {
+    let n = dims.seq;
+    let mut out = Vec::with_capacity(logits.len());
+    for (row_index, row) in logits.chunks_exact(n).enumerate() {
+        let b = row_index / (dims.searches * n);
+        let i = row_index % n;
+        out.extend(softmax_row(row, |j| dims.allowed(mask, causal, b, i, j)));
+    }
+    out
+}
+
+fn softmax_row(row: &[f64], allowed: impl Fn(usize) -> bool) -> Vec<f64> {
+    let filled: Vec<f64> = row
+        .iter()
+        .enumerate()
+        .map(|(j, &l)| if allowed(j) { l } else { MASK_FILL })
+        .collect();
+    let max = filled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = filled.iter().map(|l| (l - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Retrieved vectors `Ret[b,σ,i,ρ,:] = Σ_j A[b,σ,i,j] · RV[b,j,ρ,:]` for every (search,
+/// retrieval) pair, from weights `A [b, s, n, n]` and token-major `RV [b, n, r·d]`; returns
+/// `[b, s, n, r·d]`.
+pub fn retrieve(weights: &[f64], rv: &[f64], dims: Dims) -> Vec<f64> {
+    let n = dims.seq;
+    let width = dims.retrievals * dims.head;
+    let mut out = Vec::with_capacity(dims.batch * dims.searches * n * width);
+    for (row_index, a_row) in weights.chunks_exact(n).enumerate() {
+        let b = row_index / (dims.searches * n);
+        out.extend(retrieve_row(
+            a_row,
+            &rv[b * n * width..][..n * width],
+            width,
+        ));
+    }
+    out
+}
+
+fn retrieve_row(a_row: &[f64], rv_batch: &[f64], width: usize) -> Vec<f64> {
+    let mut acc = vec![0.0; width];
+    for (a, v_row) in a_row.iter().zip(rv_batch.chunks_exact(width)) {
+        for (acc, v) in acc.iter_mut().zip(v_row) {
+            *acc += a * v;
+        }
+    }
+    acc
+}
+
+/// Retrieval selection (SPEC §2.3, as written): `RK = Ret·W_rkᵀ`, `G[ρ] = (scale·RQ)·RK[ρ]`,
+/// `C = softmax_ρ(G − max G)`, `O = Σ_ρ C[ρ]·Ret[ρ]`. Takes `Ret [b, s, n, r·d]` and token-major
+/// `RQ [b, n, s·d]`; returns the concatenated searches `[b, n, s·d]`.
+pub fn retrieval_select(
+    retrieved: &[f64],
+    rq: &[f64],
+    w_rk: &[f32],
+    dims: Dims,
+    scale: f64,
+) -> Vec<f64> {
+    let (n, d, s) = (dims.seq, dims.head, dims.searches);
+    let width = dims.retrievals * d;
+    let mut out = vec![0.0; dims.batch * n * s * d];
+    for b in 0..dims.batch {
+        for sigma in 0..s {
+            for i in 0..n {
+                let ret = &retrieved[((b * s + sigma) * n + i) * width..][..width];
+                let q = &rq[(b * n + i) * s * d + sigma * d..][..d];
+                let o = select_row(ret, q, w_rk, d, scale);
+                out[(b * n + i) * s * d + sigma * d..][..d].copy_from_slice(&o);
+            }
+        }
+    }
+    out
+}
+
+fn select_row(ret: &[f64], rq: &[f64], w_rk: &[f32], d: usize, scale: f64) -> Vec<f64> {
+    let logits: Vec<f64> = ret
+        .chunks_exact(d)
+        .map(|ret_rho| {
+            // RK[ρ, k'] = Σ_k Ret[ρ, k] · W_rk[k', k]; G[ρ] = Σ_k' (scale·RQ[k']) · RK[ρ, k'].
+            (0..d)
+                .map(|k_out| {
+                    let rk: f64 = (0..d)
+                        .map(|k| ret_rho[k] * w_rk[k_out * d + k] as f64)
+                        .sum();
+                    (rq[k_out] * scale) * rk
+                })
+                .sum()
+        })
+        .collect();
+    let weights = softmax_row(&logits, |_| true);
+    let mut out = vec![0.0; d];
+    for (c, ret_rho) in weights.iter().zip(ret.chunks_exact(d)) {
+        for (o, v) in out.iter_mut().zip(ret_rho) {
+            *o += c * v;
+        }
+    }
+    out
+}
+
+/// Checks `x` and `mask` against the weights' `dim` and `batch × seq`.
+pub fn check_input(
+    config: &Config,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+) -> Result<()> {
+    if batch == 0 || seq == 0 {
+        return Err(Error::shape(
+            "input",
+            &[batch.max(1), seq.max(1), config.dim],
+            &[batch, seq, config.dim],
+        ));
+    }
+    if x.len() != batch * seq * config.dim {
+        return Err(Error::shape("input", &[batch, seq, config.dim], &[x.len()]));
+    }
+    if let Some(mask) = mask
+        && mask.len() != batch * seq
+    {
+        return Err(Error::shape("mask", &[batch, seq], &[mask.len()]));
+    }
+    Ok(())
+}
+
+/// The whole forward pass in `f64`: `x [batch, seq, dim]` and an optional key mask `[batch, seq]`
+/// (`true` = may be attended) → `y [batch, seq, dim]`.
+pub fn forward(
+    weights: &Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+) -> Result<Vec<f64>> {
+    let rows: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..seq).map(move |i| (b, i)))
+        .collect();
+    forward_rows(weights, x, batch, seq, mask, &rows)
+}
+
+/// The forward pass for selected query rows `(b, i)` only: `[rows.len(), dim]`. Every key is
+/// still projected, but no `n × n` tensor is built, so long sequences can be spot-checked.
+pub fn forward_rows(
+    weights: &Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    rows: &[(usize, usize)],
+) -> Result<Vec<f64>> {
+    let config = weights.config();
+    check_input(config, x, batch, seq, mask)?;
+    if let Some(&(b, i)) = rows.iter().find(|&&(b, i)| b >= batch || i >= seq) {
+        return Err(Error::shape("rows", &[batch, seq], &[b, i]));
+    }
+    let dims = Dims::new(config, batch, seq);
+    let (dim, d, s) = (config.dim, config.dim_head, config.num_searches);
+    let (search_width, value_width) = (config.search_width(), config.value_width());
+    let scale = config.scale();
+
+    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let h = match &weights.norm {
+        Some((gamma, beta)) => layer_norm(&x64, dim, gamma, beta),
+        None => x64,
+    };
+    let sk = linear(&h, dim, &weights.search_keys, search_width);
+    let rv = linear(&h, dim, &weights.retrieval_values, value_width);
+
+    let mut out = Vec::with_capacity(rows.len() * dim);
+    for &(b, i) in rows {
+        let h_row = &h[(b * seq + i) * dim..][..dim];
+        let sq_row = linear(h_row, dim, &weights.search_queries, search_width);
+        let rq_row = linear(h_row, dim, &weights.retrieval_queries, search_width);
+        let mut concat = vec![0.0; search_width];
+        for sigma in 0..s {
+            let logits = logits_row(&sq_row[sigma * d..][..d], &sk, dims, scale, b, sigma);
+            let a_row = softmax_row(&logits, |j| dims.allowed(mask, config.causal, b, i, j));
+            let ret = retrieve_row(
+                &a_row,
+                &rv[b * seq * value_width..][..seq * value_width],
+                value_width,
+            );
+            let o = select_row(
+                &ret,
+                &rq_row[sigma * d..][..d],
+                &weights.retrieval_keys,
+                d,
+                scale,
+            );
+            concat[sigma * d..][..d].copy_from_slice(&o);
+        }
+        out.extend(linear(&concat, search_width, &weights.out, dim));
+    }
+    Ok(out)
+}

@@ -1,0 +1,161 @@
+//! Comparing results with the CPU reference, and random problems to compare on.
+//!
+//! Shared by the test suite, `compattn verify` and `compattn demo`, so that the numbers a user
+//! sees and the numbers the tests assert on are computed the same way.
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::io::Input;
+use crate::weights::Weights;
+
+/// How far a result is from the reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErrorStats {
+    /// `max |actual - expected|`.
+    pub max_abs: f64,
+    /// `‖actual - expected‖₂ / ‖expected‖₂` (0 when both are zero).
+    pub rel_l2: f64,
+    /// `max |expected|`, the scale `max_abs` is judged against.
+    pub max_expected: f64,
+    /// Elements of `actual` that are NaN or infinite (a poisoned or unwritten output).
+    pub non_finite: usize,
+    /// Number of elements compared.
+    pub len: usize,
+}
+
+impl ErrorStats {
+    /// Compares `actual` with `expected` element by element. A length mismatch counts every
+    /// missing element as non-finite.
+    pub fn compare(actual: &[f32], expected: &[f64]) -> ErrorStats {
+        let mut stats = ErrorStats {
+            max_abs: 0.0,
+            rel_l2: 0.0,
+            max_expected: 0.0,
+            non_finite: actual.len().abs_diff(expected.len()),
+            len: expected.len(),
+        };
+        let (mut diff2, mut ref2) = (0.0f64, 0.0f64);
+        for (&a, &e) in actual.iter().zip(expected) {
+            stats.max_expected = stats.max_expected.max(e.abs());
+            ref2 += e * e;
+            if !a.is_finite() {
+                stats.non_finite += 1;
+                continue;
+            }
+            let d = (a as f64 - e).abs();
+            stats.max_abs = stats.max_abs.max(d);
+            diff2 += d * d;
+        }
+        stats.rel_l2 = if ref2 > 0.0 {
+            (diff2 / ref2).sqrt()
+        } else {
+            diff2.sqrt()
+        };
+        stats
+    }
+
+    /// `max_abs / max |expected|`: the error relative to the output's scale.
+    pub fn max_abs_relative(&self) -> f64 {
+        if self.max_expected > 0.0 {
+            self.max_abs / self.max_expected
+        } else {
+            self.max_abs
+        }
+    }
+
+    /// Every element finite, `rel_l2 <= tol` and `max_abs <= tol · max |expected|`.
+    pub fn within(&self, tol: f64) -> bool {
+        self.non_finite == 0 && self.rel_l2 <= tol && self.max_abs_relative() <= tol
+    }
+}
+
+impl std::fmt::Display for ErrorStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "max-abs {:.3e} ({:.3e} of max|ref| {:.3e}), relative L2 {:.3e}, non-finite {}/{}",
+            self.max_abs,
+            self.max_abs_relative(),
+            self.max_expected,
+            self.rel_l2,
+            self.non_finite,
+            self.len
+        )
+    }
+}
+
+/// `len` draws from a normal distribution `N(0, std²)` (Box–Muller), for test inputs.
+pub fn normal(rng: &mut StdRng, len: usize, std: f32) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+            let u2: f64 = rng.random_range(0.0..1.0);
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (z * std as f64) as f32
+        })
+        .collect()
+}
+
+/// A key mask `[batch, seq]` where batch row `b` allows its first `lengths[b]` keys (lengths
+/// beyond `seq` are clamped; missing entries mean "all keys").
+pub fn length_mask(batch: usize, seq: usize, lengths: &[usize]) -> Vec<bool> {
+    (0..batch)
+        .flat_map(|b| {
+            let len = lengths.get(b).copied().unwrap_or(seq).min(seq);
+            (0..seq).map(move |j| j < len)
+        })
+        .collect()
+}
+
+/// Random weights (PyTorch init) and a standard-normal input scaled by `input_scale`, all from
+/// `seed`; with `mask_lengths`, a key mask from [`length_mask`].
+pub fn random_problem(
+    config: Config,
+    batch: usize,
+    seq: usize,
+    mask_lengths: Option<&[usize]>,
+    input_scale: f32,
+    seed: u64,
+) -> Result<(Weights, Input)> {
+    let weights = Weights::random(config, seed)?;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let x = normal(&mut rng, batch * seq * config.dim, input_scale);
+    let mask = mask_lengths.map(|lengths| length_mask(batch, seq, lengths));
+    Ok((
+        weights,
+        Input {
+            batch,
+            seq,
+            dim: config.dim,
+            x,
+            mask,
+        },
+    ))
+}
+
+/// A seed for a test run: `COMPATTN_SEED` if set (to reproduce a failure), else fresh from the
+/// clock, so every run draws new inputs.
+pub fn test_seed() -> u64 {
+    if let Some(seed) = std::env::var("COMPATTN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return seed;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5eed)
+    }
+    // std has no clock on wasm32-unknown-unknown; the browser suite passes its seeds explicitly.
+    #[cfg(target_arch = "wasm32")]
+    {
+        0x5eed
+    }
+}

@@ -1,0 +1,332 @@
+//! The layer's parameters, in PyTorch's `state_dict` names and layouts.
+//!
+//! Users port trained weights with `safetensors.torch.save_file(module.state_dict(), path)`, so
+//! the names (`to_searches_queries.weight`, ...) and the `[out, in]` layout of every matrix are
+//! exactly PyTorch's. The configuration is read off the shapes (SPEC §2.2), except `causal`,
+//! which no tensor records.
+
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use safetensors::SafeTensors;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::io::{self, F32Tensor};
+
+/// `norm.weight`: LayerNorm γ `[dim]` (only with `prenorm`).
+pub const NORM_WEIGHT: &str = "norm.weight";
+/// `norm.bias`: LayerNorm β `[dim]` (only with `prenorm`).
+pub const NORM_BIAS: &str = "norm.bias";
+/// `to_searches_queries.weight`: `W_sq [s·d, dim]`.
+pub const SEARCH_QUERIES: &str = "to_searches_queries.weight";
+/// `to_searches_keys.weight`: `W_sk [s·d, dim]`.
+pub const SEARCH_KEYS: &str = "to_searches_keys.weight";
+/// `to_retrieval_values.weight`: `W_rv [r·d, dim]`.
+pub const RETRIEVAL_VALUES: &str = "to_retrieval_values.weight";
+/// `to_retrieval_queries.weight`: `W_rq [s·d, dim]`.
+pub const RETRIEVAL_QUERIES: &str = "to_retrieval_queries.weight";
+/// `to_retrieval_keys.weight`: `W_rk [d, d]`, shared by every search and retrieval.
+pub const RETRIEVAL_KEYS: &str = "to_retrieval_keys.weight";
+/// `to_out.weight`: `W_o [dim, s·d]`.
+pub const OUT: &str = "to_out.weight";
+
+/// Every parameter name, in `state_dict` order.
+pub const PARAMETER_NAMES: [&str; 8] = [
+    NORM_WEIGHT,
+    NORM_BIAS,
+    SEARCH_QUERIES,
+    SEARCH_KEYS,
+    RETRIEVAL_VALUES,
+    RETRIEVAL_QUERIES,
+    RETRIEVAL_KEYS,
+    OUT,
+];
+
+/// Tensors a reference-case file may hold beside the parameters (`input`, `mask`, `output`):
+/// the loader skips them so that one file can carry a whole case.
+pub const CASE_TENSOR_NAMES: [&str; 3] = [io::INPUT, io::MASK, io::OUTPUT];
+
+/// All parameters of one layer, each a row-major `Vec<f32>` in PyTorch layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights {
+    config: Config,
+    /// LayerNorm `(γ, β)`, present exactly when `config.prenorm`.
+    pub norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// `W_sq [s·d, dim]`.
+    pub search_queries: Vec<f32>,
+    /// `W_sk [s·d, dim]`.
+    pub search_keys: Vec<f32>,
+    /// `W_rv [r·d, dim]`.
+    pub retrieval_values: Vec<f32>,
+    /// `W_rq [s·d, dim]`.
+    pub retrieval_queries: Vec<f32>,
+    /// `W_rk [d, d]`.
+    pub retrieval_keys: Vec<f32>,
+    /// `W_o [dim, s·d]`.
+    pub out: Vec<f32>,
+}
+
+impl Weights {
+    /// Seeded random weights with PyTorch's default initialisation: every `nn.Linear` weight
+    /// from `U(-1/√fan_in, 1/√fan_in)`, LayerNorm `γ = 1, β = 0`. The same seed gives the same
+    /// weights on every platform (not PyTorch's stream, which depends on its generator).
+    pub fn random(config: Config, seed: u64) -> Result<Weights> {
+        config.validate()?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut linear = |rows: usize, fan_in: usize| -> Vec<f32> {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            (0..rows * fan_in)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect()
+        };
+        let (dim, d) = (config.dim, config.dim_head);
+        let search_queries = linear(config.search_width(), dim);
+        let search_keys = linear(config.search_width(), dim);
+        let retrieval_values = linear(config.value_width(), dim);
+        let retrieval_queries = linear(config.search_width(), dim);
+        let retrieval_keys = linear(d, d);
+        let out = linear(dim, config.search_width());
+        let norm = config
+            .prenorm
+            .then(|| (vec![1.0; config.dim], vec![0.0; config.dim]));
+        Ok(Weights {
+            config,
+            norm,
+            search_queries,
+            search_keys,
+            retrieval_values,
+            retrieval_queries,
+            retrieval_keys,
+            out,
+        })
+    }
+
+    /// The configuration these weights belong to.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Sets the fields no tensor records (`causal`, `dropout`), keeping the shapes.
+    pub fn with_flags(mut self, causal: bool, dropout: f32) -> Result<Weights> {
+        let config = self.config.causal(causal).dropout(dropout);
+        config.validate()?;
+        self.config = config;
+        Ok(self)
+    }
+
+    /// Loads weights from a safetensors file; see [`Weights::from_safetensors`].
+    pub fn load(path: impl AsRef<Path>, causal: bool) -> Result<Weights> {
+        Self::from_safetensors(&io::read_file(path.as_ref())?, causal, "")
+    }
+
+    /// Reads weights from safetensors bytes, inferring `dim, dim_head, num_searches,
+    /// num_retrievals, prenorm` from the shapes. `prefix` is prepended to every parameter name
+    /// (`"layers.0.attn."` for a layer inside a larger model's `state_dict`; `""` for a bare
+    /// layer); tensors outside the prefix are ignored. Under the prefix, a missing, misshaped,
+    /// non-finite or unknown tensor is an error that names it (the case tensors `input`, `mask`
+    /// and `output` are allowed beside the parameters).
+    pub fn from_safetensors(bytes: &[u8], causal: bool, prefix: &str) -> Result<Weights> {
+        let file = SafeTensors::deserialize(bytes)?;
+        for (name, _) in file.iter() {
+            let Some(local) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let known = PARAMETER_NAMES.contains(&local)
+                || (prefix.is_empty() && CASE_TENSOR_NAMES.contains(&local));
+            if !known {
+                return Err(Error::UnexpectedTensor {
+                    name: name.to_string(),
+                    known: PARAMETER_NAMES.join(", "),
+                });
+            }
+        }
+        let shape_of = |local: &str| -> Result<Vec<usize>> {
+            let name = format!("{prefix}{local}");
+            file.tensor(&name)
+                .map(|view| view.shape().to_vec())
+                .map_err(|_| Error::MissingTensor {
+                    name,
+                    context: Some("required by CompositionalAttention".into()),
+                })
+        };
+        let fetch = |local: &str, expected: &[usize]| -> Result<Vec<f32>> {
+            let name = format!("{prefix}{local}");
+            let view = file.tensor(&name).map_err(|_| Error::MissingTensor {
+                name: name.clone(),
+                context: Some("required by CompositionalAttention".into()),
+            })?;
+            if view.shape() != expected {
+                return Err(Error::shape(name, expected, view.shape()));
+            }
+            io::tensor_to_f32(&name, &view)
+        };
+
+        // d from the square W_rk, dim from W_sq's columns, s and r from the row counts.
+        let rk_shape = shape_of(RETRIEVAL_KEYS)?;
+        let d = match rk_shape[..] {
+            [a, b] if a == b && a > 0 => a,
+            _ => {
+                return Err(Error::Shape {
+                    name: format!("{prefix}{RETRIEVAL_KEYS}"),
+                    expected: vec![rk_shape.first().copied().unwrap_or(0); 2],
+                    found: rk_shape,
+                });
+            }
+        };
+        let sq_shape = shape_of(SEARCH_QUERIES)?;
+        let (search_width, dim) = match sq_shape[..] {
+            [rows, cols] if rows > 0 && rows % d == 0 && cols > 0 => (rows, cols),
+            _ => {
+                return Err(Error::ConfigMismatch(format!(
+                    "{prefix}{SEARCH_QUERIES} has shape {sq_shape:?}; it must be [num_searches·{d}, dim] \
+                     with dim_head {d} taken from {prefix}{RETRIEVAL_KEYS}"
+                )));
+            }
+        };
+        let rv_shape = shape_of(RETRIEVAL_VALUES)?;
+        let value_width = match rv_shape[..] {
+            [rows, cols] if rows > 0 && rows % d == 0 && cols == dim => rows,
+            _ => {
+                return Err(Error::ConfigMismatch(format!(
+                    "{prefix}{RETRIEVAL_VALUES} has shape {rv_shape:?}; it must be [num_retrievals·{d}, {dim}]"
+                )));
+            }
+        };
+        let has_norm_weight = file.tensor(&format!("{prefix}{NORM_WEIGHT}")).is_ok();
+        let has_norm_bias = file.tensor(&format!("{prefix}{NORM_BIAS}")).is_ok();
+        if has_norm_weight != has_norm_bias {
+            let missing = if has_norm_weight {
+                NORM_BIAS
+            } else {
+                NORM_WEIGHT
+            };
+            return Err(Error::MissingTensor {
+                name: format!("{prefix}{missing}"),
+                context: Some("prenorm needs both norm.weight and norm.bias".into()),
+            });
+        }
+        let config = Config {
+            dim,
+            dim_head: d,
+            num_searches: search_width / d,
+            num_retrievals: value_width / d,
+            dropout: 0.0,
+            prenorm: has_norm_weight,
+            causal,
+        };
+        config.validate()?;
+
+        let norm = if config.prenorm {
+            Some((fetch(NORM_WEIGHT, &[dim])?, fetch(NORM_BIAS, &[dim])?))
+        } else {
+            None
+        };
+        Ok(Weights {
+            norm,
+            search_queries: fetch(SEARCH_QUERIES, &[search_width, dim])?,
+            search_keys: fetch(SEARCH_KEYS, &[search_width, dim])?,
+            retrieval_values: fetch(RETRIEVAL_VALUES, &[value_width, dim])?,
+            retrieval_queries: fetch(RETRIEVAL_QUERIES, &[search_width, dim])?,
+            retrieval_keys: fetch(RETRIEVAL_KEYS, &[d, d])?,
+            out: fetch(OUT, &[dim, search_width])?,
+            config,
+        })
+    }
+
+    /// Serialises the parameters as safetensors bytes, `F32`, `state_dict` names.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        Ok(safetensors::serialize(self.named_tensors(), None)?)
+    }
+
+    /// Writes the parameters to a safetensors file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        io::write_file(path.as_ref(), &self.to_safetensors()?)
+    }
+
+    /// Every parameter as `(state_dict name, shape, data)`, in `state_dict` order.
+    pub fn named_tensors(&self) -> Vec<(&'static str, F32Tensor<'_>)> {
+        let c = &self.config;
+        let (dim, d, sw, vw) = (c.dim, c.dim_head, c.search_width(), c.value_width());
+        let mut tensors = Vec::with_capacity(8);
+        if let Some((gamma, beta)) = &self.norm {
+            tensors.push((NORM_WEIGHT, F32Tensor::new(vec![dim], gamma)));
+            tensors.push((NORM_BIAS, F32Tensor::new(vec![dim], beta)));
+        }
+        tensors.extend([
+            (
+                SEARCH_QUERIES,
+                F32Tensor::new(vec![sw, dim], &self.search_queries),
+            ),
+            (
+                SEARCH_KEYS,
+                F32Tensor::new(vec![sw, dim], &self.search_keys),
+            ),
+            (
+                RETRIEVAL_VALUES,
+                F32Tensor::new(vec![vw, dim], &self.retrieval_values),
+            ),
+            (
+                RETRIEVAL_QUERIES,
+                F32Tensor::new(vec![sw, dim], &self.retrieval_queries),
+            ),
+            (
+                RETRIEVAL_KEYS,
+                F32Tensor::new(vec![d, d], &self.retrieval_keys),
+            ),
+            (OUT, F32Tensor::new(vec![dim, sw], &self.out)),
+        ]);
+        tensors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Config {
+        Config::new(12)
+            .dim_head(5)
+            .num_searches(3)
+            .num_retrievals(2)
+            .prenorm(true)
+    }
+
+    #[test]
+    fn round_trip_infers_the_configuration() {
+        let weights = Weights::random(small(), 3).unwrap();
+        let bytes = weights.to_safetensors().unwrap();
+        let loaded = Weights::from_safetensors(&bytes, false, "").unwrap();
+        assert_eq!(loaded, weights);
+        let causal = Weights::from_safetensors(&bytes, true, "").unwrap();
+        assert!(causal.config().causal);
+    }
+
+    #[test]
+    fn default_init_bounds() {
+        let w = Weights::random(Config::new(100).dim_head(4), 1).unwrap();
+        let bound = 1.0 / 10.0;
+        assert!(w.search_queries.iter().all(|v| v.abs() <= bound));
+        let max = w.search_queries.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max > 0.9 * bound, "draws should fill the range, max {max}");
+        assert_ne!(w.search_queries, w.search_keys);
+    }
+
+    #[test]
+    fn prefixed_state_dict() {
+        let weights = Weights::random(small(), 4).unwrap();
+        let tensors: Vec<_> = weights
+            .named_tensors()
+            .into_iter()
+            .map(|(name, t)| (format!("blocks.0.attn.{name}"), t))
+            .collect();
+        let bytes = safetensors::serialize(tensors, None).unwrap();
+        let loaded = Weights::from_safetensors(&bytes, false, "blocks.0.attn.").unwrap();
+        assert_eq!(loaded, weights);
+        assert!(matches!(
+            Weights::from_safetensors(&bytes, false, ""),
+            Err(Error::UnexpectedTensor { .. })
+        ));
+    }
+}
