@@ -19,11 +19,36 @@ pub enum Strategy {
     Unfused,
 }
 
+impl Strategy {
+    /// Every strategy, for tests and benchmarks that cover them all.
+    pub const ALL: [Strategy; 1] = [Strategy::Unfused];
+
+    /// The lowercase name used on the command line and in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Unfused => "unfused",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Strategy::ALL
+            .into_iter()
+            .find(|strategy| strategy.name() == s)
+            .ok_or_else(|| crate::Error::InvalidConfig {
+                field: "strategy",
+                value: s.to_string(),
+                reason: "must be `fused` or `unfused`",
+            })
+    }
+}
+
 impl std::fmt::Display for Strategy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Strategy::Unfused => "unfused",
-        })
+        f.write_str(self.name())
     }
 }
 

@@ -49,7 +49,7 @@ fn golden_cases_on_every_strategy() {
             let (shape, expected) = read_output(&bytes).unwrap().expect("case has `output`");
             assert_eq!(shape, [input.batch, input.seq, input.dim]);
             let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
-            for strategy in [Strategy::Unfused] {
+            for strategy in Strategy::ALL {
                 let mut layer = CompositionalAttention::new(gpu, &weights).unwrap();
                 layer.set_strategy(strategy);
                 let y = pollster::block_on(layer.forward_input(&input)).unwrap();

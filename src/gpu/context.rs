@@ -77,9 +77,13 @@ fn env_var(name: &str) -> Option<String> {
 /// Parses `WGPU_BACKEND` strictly: wgpu's own parser skips unknown names with a log line, which
 /// turns a typo into a confusing "no adapter".
 fn backends_from_env() -> Result<Option<wgpu::Backends>> {
-    let Some(value) = env_var("WGPU_BACKEND") else {
-        return Ok(None);
-    };
+    env_var("WGPU_BACKEND")
+        .map(|v| parse_backends(&v))
+        .transpose()
+}
+
+/// Parses a comma-separated backend list (`vulkan,gl`), rejecting unknown names.
+pub fn parse_backends(value: &str) -> Result<wgpu::Backends> {
     for name in value.split(',') {
         let known = [
             "vulkan", "vk", "dx12", "d3d12", "metal", "mtl", "opengl", "gles", "gl", "webgpu",
@@ -87,12 +91,12 @@ fn backends_from_env() -> Result<Option<wgpu::Backends>> {
         if !known.contains(&name.trim().to_lowercase().as_str()) {
             return Err(Error::InvalidConfig {
                 field: "WGPU_BACKEND",
-                value: value.clone(),
+                value: value.to_string(),
                 reason: "names must be among vulkan, gl, metal, dx12, webgpu (comma-separated)",
             });
         }
     }
-    Ok(Some(wgpu::Backends::from_comma_list(&value)))
+    Ok(wgpu::Backends::from_comma_list(value))
 }
 
 /// A device, its queue, and everything built on them once: shared by every layer on it.
@@ -324,4 +328,74 @@ pub async fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> 
     wgpu::Instance::new(descriptor)
         .enumerate_adapters(backends)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::testing::context;
+
+    #[test]
+    fn backend_names_are_checked() {
+        assert_eq!(parse_backends("vulkan").unwrap(), wgpu::Backends::VULKAN);
+        assert_eq!(
+            parse_backends("Vulkan, gl").unwrap(),
+            wgpu::Backends::VULKAN | wgpu::Backends::GL
+        );
+        assert!(matches!(
+            parse_backends("vulkn"),
+            Err(Error::InvalidConfig {
+                field: "WGPU_BACKEND",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn validation_errors_become_typed_errors() {
+        let ctx = context();
+        let result = pollster::block_on(ctx.scoped("an oversized buffer", || {
+            Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("too big"),
+                size: ctx.limits().max_buffer_size + 4,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }))
+        }));
+        match result {
+            Err(Error::GpuValidation { operation, .. }) => {
+                assert_eq!(operation, "an oversized buffer")
+            }
+            Err(Error::GpuOutOfMemory { .. }) => {}
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+        // The device is still usable afterwards.
+        pollster::block_on(ctx.scoped("a valid buffer", || {
+            Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }))
+        }))
+        .unwrap();
+    }
+
+    #[test]
+    fn shader_compile_errors_are_reported_not_cached() {
+        use crate::gpu::pipelines::{Kernel, ShaderVariant};
+        static BROKEN: Kernel = Kernel {
+            name: "broken",
+            source: "@compute @workgroup_size(1) fn main() { let x: u32 = UNDEFINED; }",
+            includes: &[],
+        };
+        let ctx = context();
+        for _ in 0..2 {
+            let result = pollster::block_on(ctx.pipeline(&ShaderVariant::new(&BROKEN)));
+            assert!(
+                matches!(result, Err(Error::GpuValidation { .. })),
+                "{result:?}"
+            );
+        }
+    }
 }

@@ -1,0 +1,227 @@
+//! The whole forward pass against the `f64` CPU reference, edge case by edge case, on every
+//! strategy. Inputs are drawn fresh each run; a failure prints the seed that reproduces it.
+
+mod common;
+
+use compositional_attention::verify::random_problem;
+use compositional_attention::{CompositionalAttention, Config, Strategy, reference};
+
+/// Tolerance on relative L2 and on max-abs relative to max|reference|.
+const TOL: f64 = 2e-5;
+
+struct Case {
+    config: Config,
+    batch: usize,
+    seq: usize,
+    mask_lengths: Option<Vec<usize>>,
+    input_scale: f32,
+}
+
+impl Case {
+    fn new(dim: usize, dim_head: usize, searches: usize, retrievals: usize) -> Self {
+        Case {
+            config: Config::new(dim)
+                .dim_head(dim_head)
+                .num_searches(searches)
+                .num_retrievals(retrievals),
+            batch: 1,
+            seq: 16,
+            mask_lengths: None,
+            input_scale: 1.0,
+        }
+    }
+
+    fn shape(mut self, batch: usize, seq: usize) -> Self {
+        self.batch = batch;
+        self.seq = seq;
+        self
+    }
+
+    fn causal(mut self) -> Self {
+        self.config = self.config.causal(true);
+        self
+    }
+
+    fn prenorm(mut self) -> Self {
+        self.config = self.config.prenorm(true);
+        self
+    }
+
+    fn mask(mut self, lengths: &[usize]) -> Self {
+        self.mask_lengths = Some(lengths.to_vec());
+        self
+    }
+
+    fn input_scale(mut self, scale: f32) -> Self {
+        self.input_scale = scale;
+        self
+    }
+
+    /// Runs every strategy against the reference.
+    fn check(self, name: &str) {
+        let (seed, what) = common::seed(name);
+        let (weights, input) = random_problem(
+            self.config,
+            self.batch,
+            self.seq,
+            self.mask_lengths.as_deref(),
+            self.input_scale,
+            seed,
+        )
+        .unwrap();
+        let expected = reference::forward(
+            &weights,
+            &input.x,
+            input.batch,
+            input.seq,
+            input.mask.as_deref(),
+        )
+        .unwrap();
+        for strategy in Strategy::ALL {
+            let mut layer = CompositionalAttention::new(common::gpu(), &weights).unwrap();
+            layer.set_strategy(strategy);
+            let y = pollster::block_on(layer.forward_input(&input)).unwrap();
+            common::assert_close(&format!("{what} [{strategy}]"), &y, &expected, TOL);
+        }
+    }
+}
+
+#[test]
+fn odd_sizes() {
+    Case::new(40, 10, 3, 4).shape(2, 29).check("odd_sizes");
+}
+
+#[test]
+fn sizes_past_every_tile() {
+    Case::new(72, 20, 3, 2)
+        .shape(1, 131)
+        .check("sizes_past_every_tile");
+}
+
+#[test]
+fn one_search() {
+    Case::new(24, 8, 1, 3).shape(2, 21).check("one_search");
+}
+
+#[test]
+fn one_retrieval() {
+    Case::new(24, 8, 3, 1).shape(2, 21).check("one_retrieval");
+}
+
+#[test]
+fn one_search_one_retrieval() {
+    Case::new(12, 6, 1, 1)
+        .shape(2, 9)
+        .check("one_search_one_retrieval");
+}
+
+#[test]
+fn single_token() {
+    Case::new(16, 4, 2, 2).shape(3, 1).check("single_token");
+}
+
+#[test]
+fn batch_of_four() {
+    Case::new(32, 8, 2, 3).shape(4, 17).check("batch_of_four");
+}
+
+#[test]
+fn causal() {
+    Case::new(48, 12, 2, 3)
+        .shape(2, 45)
+        .causal()
+        .check("causal");
+}
+
+#[test]
+fn padding_mask() {
+    Case::new(32, 8, 4, 2)
+        .shape(3, 37)
+        .mask(&[37, 20, 3])
+        .check("padding_mask");
+}
+
+#[test]
+fn fully_masked_row() {
+    Case::new(16, 8, 2, 3)
+        .shape(2, 11)
+        .mask(&[0, 5])
+        .check("fully_masked_row");
+}
+
+#[test]
+fn causal_with_padding() {
+    Case::new(32, 8, 2, 2)
+        .shape(2, 26)
+        .causal()
+        .mask(&[26, 9])
+        .check("causal_with_padding");
+}
+
+#[test]
+fn prenorm() {
+    Case::new(48, 16, 3, 2)
+        .shape(2, 13)
+        .prenorm()
+        .check("prenorm");
+}
+
+#[test]
+fn large_magnitude_inputs() {
+    // Search logits in the thousands: any softmax without max-subtraction overflows.
+    Case::new(32, 8, 2, 2)
+        .shape(2, 23)
+        .input_scale(100.0)
+        .causal()
+        .check("large_magnitude_inputs");
+}
+
+#[test]
+fn head_width_not_a_multiple_of_four() {
+    Case::new(30, 7, 3, 2)
+        .shape(1, 50)
+        .check("head_width_not_a_multiple_of_four");
+}
+
+#[test]
+fn wide_heads() {
+    Case::new(64, 64, 2, 2).shape(1, 70).check("wide_heads");
+}
+
+#[test]
+fn readme_width_short_sequence() {
+    Case::new(1024, 64, 8, 2)
+        .shape(1, 24)
+        .check("readme_width_short_sequence");
+}
+
+/// Repeated calls reuse the workspace; a new shape rebuilds it; results stay correct.
+#[test]
+fn workspace_reuse_across_shapes() {
+    let (seed, what) = common::seed("workspace_reuse_across_shapes");
+    let config = Config::new(24)
+        .dim_head(8)
+        .num_searches(2)
+        .num_retrievals(2);
+    for strategy in Strategy::ALL {
+        let mut layer = None;
+        for (batch, seq) in [(2, 10), (2, 10), (1, 33), (2, 10)] {
+            let (weights, input) =
+                random_problem(config, batch, seq, Some(&[seq, 3]), 1.0, seed).unwrap();
+            let layer = layer.get_or_insert_with(|| {
+                CompositionalAttention::new(common::gpu(), &weights).unwrap()
+            });
+            layer.set_strategy(strategy);
+            let y = pollster::block_on(layer.forward_input(&input)).unwrap();
+            let expected =
+                reference::forward(&weights, &input.x, batch, seq, input.mask.as_deref()).unwrap();
+            common::assert_close(
+                &format!("{what} [{strategy}] b{batch} n{seq}"),
+                &y,
+                &expected,
+                TOL,
+            );
+            assert!(layer.gpu_bytes() > 0);
+        }
+    }
+}
