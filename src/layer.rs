@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::gpu::dispatch::Dispatch;
 use crate::gpu::{GpuContext, memory};
 use crate::io::{self, Input};
+use crate::ops::fused_attention::FusedTiling;
 use crate::ops::{self, ProjectionLayout, gemm::GemmShape};
 use crate::reference;
 use crate::weights::Weights;
@@ -13,19 +14,24 @@ use crate::weights::Weights;
 /// How the attention core is computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Strategy {
+    /// One flash-style kernel per (batch, search, query tile): online softmax over key tiles,
+    /// all retrievals accumulated at once, the retrieval selection in its epilogue. GPU memory
+    /// is linear in `n`.
+    #[default]
+    Fused,
     /// Step by step, each step a kernel of its own: logits, softmax, aggregation, selection.
     /// Materialises the `b·s·n²` search logits and weights; every intermediate can be checked.
-    #[default]
     Unfused,
 }
 
 impl Strategy {
     /// Every strategy, for tests and benchmarks that cover them all.
-    pub const ALL: [Strategy; 1] = [Strategy::Unfused];
+    pub const ALL: [Strategy; 2] = [Strategy::Fused, Strategy::Unfused];
 
     /// The lowercase name used on the command line and in reports.
     pub fn name(&self) -> &'static str {
         match self {
+            Strategy::Fused => "fused",
             Strategy::Unfused => "unfused",
         }
     }
@@ -56,6 +62,10 @@ impl std::fmt::Display for Strategy {
 struct DeviceParams {
     /// `[W_sq; W_sk; W_rq; W_rv]`, `[(3s + r)·d, dim]`: one GEMM computes all four projections.
     projection: wgpu::Buffer,
+    /// `[W_sq; W_sk; W_q̃; W_rv]` with `W_q̃ = W_rkᵀ·W_rq` per search, so that the projection
+    /// GEMM yields `Q̃ = RQ·W_rk` directly and the fused kernel's retrieval logits are
+    /// `Q̃·Ret` (SPEC §2.4) with no per-token `d × d` product.
+    fused_projection: wgpu::Buffer,
     /// `W_o [dim, s·d]`.
     out: wgpu::Buffer,
     /// `W_rk [d, d]`.
@@ -66,16 +76,17 @@ struct DeviceParams {
 
 impl DeviceParams {
     fn upload(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
-        let packed: Vec<f32> = [
-            &weights.search_queries,
-            &weights.search_keys,
-            &weights.retrieval_queries,
-            &weights.retrieval_values,
-        ]
-        .into_iter()
-        .flatten()
-        .copied()
-        .collect();
+        let pack = |third: &[f32]| -> Vec<f32> {
+            [
+                &weights.search_queries[..],
+                &weights.search_keys[..],
+                third,
+                &weights.retrieval_values[..],
+            ]
+            .concat()
+        };
+        let packed = pack(&weights.retrieval_queries);
+        let fused_packed = pack(&retrieval_query_keys(weights));
         let norm = match &weights.norm {
             Some((gamma, beta)) => Some((
                 memory::storage_init(ctx, "norm.weight", gamma)?,
@@ -85,6 +96,11 @@ impl DeviceParams {
         };
         Ok(DeviceParams {
             projection: memory::storage_init(ctx, "packed input projections", &packed)?,
+            fused_projection: memory::storage_init(
+                ctx,
+                "packed input projections (fused)",
+                &fused_packed,
+            )?,
             out: memory::storage_init(ctx, "to_out.weight", &weights.out)?,
             retrieval_keys: memory::storage_init(
                 ctx,
@@ -100,8 +116,37 @@ impl DeviceParams {
             .norm
             .as_ref()
             .map_or(0, |(gamma, beta)| gamma.size() + beta.size());
-        self.projection.size() + self.out.size() + self.retrieval_keys.size() + norm
+        self.projection.size()
+            + self.fused_projection.size()
+            + self.out.size()
+            + self.retrieval_keys.size()
+            + norm
     }
+}
+
+/// `W_q̃[σ·d + k, c] = Σ_k' W_rk[k', k] · W_rq[σ·d + k', c]`, accumulated in f64: the weight
+/// that maps the (normalised) input straight to `RQ·W_rk` for every search.
+fn retrieval_query_keys(weights: &Weights) -> Vec<f32> {
+    let c = weights.config();
+    let (d, dim) = (c.dim_head, c.dim);
+    let mut fused = vec![0.0f32; c.search_width() * dim];
+    let mut row = vec![0.0f64; dim];
+    for sigma in 0..c.num_searches {
+        for k in 0..d {
+            row.fill(0.0);
+            for k_in in 0..d {
+                let w = weights.retrieval_keys[k_in * d + k] as f64;
+                let rq_row = &weights.retrieval_queries[(sigma * d + k_in) * dim..][..dim];
+                for (acc, &v) in row.iter_mut().zip(rq_row) {
+                    *acc += w * v as f64;
+                }
+            }
+            for (out, acc) in fused[(sigma * d + k) * dim..][..dim].iter_mut().zip(&row) {
+                *out = *acc as f32;
+            }
+        }
+    }
+    fused
 }
 
 /// Buffers and recorded dispatches for one `(batch, seq, strategy)`.
@@ -130,8 +175,8 @@ impl Workspace {
     }
 }
 
-const N_SQUARED_HINT: &str =
-    "the unfused strategy stores b·s·n² search logits; use a shorter sequence or a smaller batch";
+const N_SQUARED_HINT: &str = "the unfused strategy stores b·s·n² search logits; the fused strategy \
+     (Strategy::Fused, the default) needs no such buffer";
 
 /// A Compositional Attention layer placed on a GPU.
 pub struct CompositionalAttention {
@@ -309,6 +354,10 @@ impl CompositionalAttention {
             None => None,
         };
         let proj = memory::storage(ctx, "projections", tokens * layout.row_stride, None)?;
+        let projection_weights = match self.strategy {
+            Strategy::Fused => &self.params.fused_projection,
+            Strategy::Unfused => &self.params.projection,
+        };
         let projection = GemmShape {
             m: tokens,
             n: layout.row_stride,
@@ -319,12 +368,65 @@ impl CompositionalAttention {
                 ctx,
                 projection,
                 normed.as_ref().unwrap_or(&x),
-                &self.params.projection,
+                projection_weights,
                 &proj,
             )
             .await?,
         );
+        let concat = memory::storage(ctx, "concatenated searches", tokens * c.search_width(), None)?;
+        match self.strategy {
+            Strategy::Fused => {
+                let value_mean = memory::storage(ctx, "value mean", batch * c.value_width(), None)?;
+                let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
+                dispatches.push(ops::value_mean::dispatch(ctx, &layout, &proj, &value_mean).await?);
+                dispatches.push(
+                    ops::fused_attention::dispatch(
+                        ctx, &layout, tiling, scale, c.causal, &proj, &mask, &value_mean, &concat,
+                    )
+                    .await?,
+                );
+                intermediates.push(value_mean);
+            }
+            Strategy::Unfused => {
+                intermediates.extend(self.unfused_core(&layout, &proj, &mask, &concat, &mut dispatches).await?);
+            }
+        }
+        let output = GemmShape {
+            m: tokens,
+            n: c.dim,
+            k: c.search_width(),
+        };
+        dispatches.push(ops::gemm::dispatch(ctx, output, &concat, &self.params.out, &y).await?);
 
+        intermediates.extend(normed);
+        intermediates.extend([proj, concat]);
+        Ok(Workspace {
+            batch,
+            seq,
+            strategy: self.strategy,
+            x,
+            mask,
+            y,
+            staging,
+            intermediates,
+            dispatches,
+        })
+    }
+
+    /// The unfused attention core: logits, softmax, aggregation, selection. Returns the
+    /// intermediate buffers the dispatches are bound to.
+    async fn unfused_core(
+        &self,
+        layout: &ProjectionLayout,
+        proj: &wgpu::Buffer,
+        mask: &wgpu::Buffer,
+        concat: &wgpu::Buffer,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<Vec<wgpu::Buffer>> {
+        let ctx = &self.ctx;
+        let c = &self.config;
+        let (batch, seq) = (layout.batch, layout.seq);
+        let scale = c.scale() as f32;
         let scores_len = batch * c.num_searches * seq * seq;
         let logits = memory::storage(ctx, "search logits", scores_len, Some(N_SQUARED_HINT))?;
         let weights = memory::storage(ctx, "search weights", scores_len, Some(N_SQUARED_HINT))?;
@@ -340,13 +442,7 @@ impl CompositionalAttention {
             batch * c.num_searches * seq * c.num_retrievals,
             None,
         )?;
-        let concat = memory::storage(
-            ctx,
-            "concatenated searches",
-            tokens * c.search_width(),
-            None,
-        )?;
-        dispatches.push(ops::search_scores::dispatch(ctx, &layout, scale, &proj, &logits).await?);
+        dispatches.push(ops::search_scores::dispatch(ctx, layout, scale, proj, &logits).await?);
         dispatches.push(
             ops::masked_softmax::dispatch(
                 ctx,
@@ -355,45 +451,26 @@ impl CompositionalAttention {
                 seq,
                 c.causal,
                 &logits,
-                &mask,
+                mask,
                 &weights,
             )
             .await?,
         );
         dispatches
-            .push(ops::search_values::dispatch(ctx, &layout, &weights, &proj, &retrieved).await?);
+            .push(ops::search_values::dispatch(ctx, layout, &weights, proj, &retrieved).await?);
         dispatches.push(
             ops::retrieval_select::dispatch(
                 ctx,
-                &layout,
+                layout,
                 scale,
                 &retrieved,
-                &proj,
+                proj,
                 &self.params.retrieval_keys,
                 &g_scratch,
-                &concat,
+                concat,
             )
             .await?,
         );
-        let output = GemmShape {
-            m: tokens,
-            n: c.dim,
-            k: c.search_width(),
-        };
-        dispatches.push(ops::gemm::dispatch(ctx, output, &concat, &self.params.out, &y).await?);
-
-        intermediates.extend(normed);
-        intermediates.extend([proj, logits, weights, retrieved, g_scratch, concat]);
-        Ok(Workspace {
-            batch,
-            seq,
-            strategy: self.strategy,
-            x,
-            mask,
-            y,
-            staging,
-            intermediates,
-            dispatches,
-        })
+        Ok(vec![logits, weights, retrieved, g_scratch])
     }
 }

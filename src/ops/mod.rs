@@ -9,13 +9,17 @@
 //! | [`masked_softmax`] | `masked_softmax.wgsl` | softmax over keys with mask/causal (unfused) |
 //! | [`search_values`] | `search_values.wgsl` | `Ret = A·RV` for all pairs (unfused) |
 //! | [`retrieval_select`] | `retrieval_select.wgsl` | softmax over retrievals, weighted sum (unfused) |
+//! | [`value_mean`] | `value_mean.wgsl` | mean value per batch, for fully masked rows (fused) |
+//! | [`fused_attention`] | `fused_attention.wgsl` | the whole attention core, no `n × n` buffer |
 
+pub(crate) mod fused_attention;
 pub(crate) mod gemm;
 pub(crate) mod layer_norm;
 pub(crate) mod masked_softmax;
 pub(crate) mod retrieval_select;
 pub(crate) mod search_scores;
 pub(crate) mod search_values;
+pub(crate) mod value_mean;
 
 /// Where each projection lives in the packed buffer `proj [b·n, row_stride]` that one GEMM
 /// writes: columns `[SQ | SK | RQ | RV]`, widths `s·d, s·d, s·d, r·d`. (The fused path stores

@@ -1,0 +1,45 @@
+// value_mean.wgsl: the mean retrieval value of each batch, for fully masked query rows.
+//
+// Computes   value_mean[b, c] = (1/n) · Σ_j RV[b, j, c],   c < r·d,
+//            with RV the column block of the packed projection at v_offset. A query row whose
+//            every key is masked attends uniformly to all n keys in the reference (SPEC §6), so
+//            its retrieved vectors are exactly this mean; the fused kernel substitutes it.
+// Bindings   @binding(0) params (uniform)  batch, seq, value_width, row_stride, v_offset
+//            @binding(1) proj        [b·n, row_stride]
+//            @binding(2) value_mean  [b, r·d]
+// Dispatch   one invocation per (b, c), WG per workgroup, numbered linearly over x and y.
+// Host constants  WG.
+
+struct Params {
+    batch: u32,
+    seq: u32,
+    value_width: u32,
+    row_stride: u32,
+    v_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> proj: array<f32>;
+@group(0) @binding(2) var<storage, read_write> value_mean: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let index = (group.x + group.y * groups.x) * WG + lane;
+    if (index >= params.batch * params.value_width) {
+        return;
+    }
+    let b = index / params.value_width;
+    let c = index % params.value_width;
+    var sum = 0.0;
+    for (var j = 0u; j < params.seq; j++) {
+        sum += proj[(b * params.seq + j) * params.row_stride + params.v_offset + c];
+    }
+    value_mean[index] = sum / f32(params.seq);
+}

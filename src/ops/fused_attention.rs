@@ -1,0 +1,367 @@
+//! The fused attention core (`shaders/fused_attention.wgsl`): search softmax, aggregation over
+//! all retrievals and the retrieval selection in one kernel, with no `n × n` buffer.
+//!
+//! The kernel has two ways to read keys, chosen per device:
+//! * staged: each key tile is copied to workgroup memory once and read by every invocation,
+//!   the standard flash-attention structure that real GPUs need (coalesced loads, reuse);
+//! * direct: every invocation reads keys from the storage buffer at the same address. On CPU
+//!   drivers (lavapipe, SwiftShader) invocations are SIMD lanes and a load at a lane-uniform
+//!   address is done once and broadcast, while workgroup memory costs a copy plus barriers that
+//!   are coroutine switches; direct reads win there.
+//!
+//! Several queries per invocation (`qpi`) let each key and value element feed `qpi`
+//! multiply-adds: on SIMD CPUs that is what turns loads into arithmetic; on GPUs registers are
+//! scarcer and one query per invocation with more invocations is the better trade.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::dispatch::Dispatch;
+use crate::gpu::pipelines::{kernel, Kernel, ShaderVariant};
+use crate::gpu::GpuContext;
+use crate::ops::ProjectionLayout;
+
+static FUSED_ATTENTION: Kernel = kernel!("fused_attention");
+
+/// WGSL implementations may cap function-scope memory at 8 KiB per invocation (Tint does);
+/// the per-invocation registers (queries, accumulators, scores) are kept within it.
+const PRIVATE_BUDGET_BYTES: usize = 8192;
+
+/// Tile sizes of the fused kernel: the specialisation key of its pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FusedTiling {
+    /// Invocations per workgroup.
+    pub wg: u32,
+    /// Queries per invocation.
+    pub qpi: u32,
+    /// Keys per tile.
+    pub bk: u32,
+    /// Stage key tiles in workgroup memory.
+    pub stage: bool,
+}
+
+impl FusedTiling {
+    /// Queries per workgroup.
+    pub(crate) fn rows(&self) -> usize {
+        (self.wg * self.qpi) as usize
+    }
+
+    fn private_bytes(&self, head: usize, retrievals: usize) -> usize {
+        let per_query = head + retrievals * head + 2 * self.bk as usize + 4;
+        4 * (self.qpi as usize * per_query + retrievals)
+    }
+
+    fn workgroup_bytes(&self, head: usize, retrievals: usize) -> u64 {
+        if !self.stage {
+            return 0;
+        }
+        4 * self.bk as u64 * (head as u64 * (1 + retrievals as u64) + 1)
+    }
+
+    /// The tiling for this device and head size: direct reads with 8 queries per lane on CPU
+    /// adapters; staged tiles of the largest key count that fits workgroup memory, one query
+    /// per invocation, elsewhere. `COMPATTN_FUSED_TILING=wg,qpi,bk,stage` overrides it for
+    /// experiments (for example `8,8,16,0`).
+    pub(crate) fn choose(ctx: &GpuContext, head: usize, retrievals: usize) -> Result<Self> {
+        if let Some(tiling) = Self::from_env()? {
+            return tiling.check(ctx, head, retrievals);
+        }
+        let cpu = ctx.info().device_type == wgpu::DeviceType::Cpu;
+        let mut tiling = if cpu {
+            FusedTiling {
+                wg: 8,
+                qpi: 8,
+                bk: 16,
+                stage: false,
+            }
+        } else {
+            FusedTiling {
+                wg: 64,
+                qpi: 1,
+                bk: 32,
+                stage: true,
+            }
+        };
+        let workgroup_limit = ctx.limits().max_compute_workgroup_storage_size as u64;
+        while tiling.stage && tiling.workgroup_bytes(head, retrievals) > workgroup_limit {
+            if tiling.bk > 4 {
+                tiling.bk /= 2;
+            } else {
+                tiling.stage = false;
+                tiling.bk = 16;
+            }
+        }
+        while tiling.qpi > 1 && tiling.private_bytes(head, retrievals) > PRIVATE_BUDGET_BYTES {
+            tiling.qpi /= 2;
+        }
+        tiling.check(ctx, head, retrievals)
+    }
+
+    fn from_env() -> Result<Option<Self>> {
+        let Ok(value) = std::env::var("COMPATTN_FUSED_TILING") else {
+            return Ok(None);
+        };
+        let parts: Vec<u32> = value
+            .split(',')
+            .map(|p| p.trim().parse())
+            .collect::<std::result::Result<_, _>>()
+            .ok()
+            .filter(|p: &Vec<u32>| p.len() == 4 && p[..3].iter().all(|&v| v > 0))
+            .ok_or(Error::InvalidConfig {
+                field: "COMPATTN_FUSED_TILING",
+                value: value.clone(),
+                reason: "must be `wg,qpi,bk,stage` with positive sizes and stage 0 or 1",
+            })?;
+        Ok(Some(FusedTiling {
+            wg: parts[0],
+            qpi: parts[1],
+            bk: parts[2],
+            stage: parts[3] != 0,
+        }))
+    }
+
+    /// Fails with [`Error::LimitExceeded`] if the tiling cannot run on this device.
+    pub(crate) fn check(self, ctx: &GpuContext, head: usize, retrievals: usize) -> Result<Self> {
+        let limits = ctx.limits();
+        let hint = Some("the unfused strategy (Strategy::Unfused) has no such limit");
+        if self.wg > limits.max_compute_invocations_per_workgroup
+            || self.wg > limits.max_compute_workgroup_size_x
+        {
+            return Err(Error::LimitExceeded {
+                what: "fused attention workgroup".into(),
+                required: self.wg as u64,
+                limit: limits.max_compute_invocations_per_workgroup as u64,
+                limit_name: "max_compute_invocations_per_workgroup",
+                hint,
+            });
+        }
+        let workgroup = self.workgroup_bytes(head, retrievals);
+        if workgroup > limits.max_compute_workgroup_storage_size as u64 {
+            return Err(Error::LimitExceeded {
+                what: "fused attention key tile".into(),
+                required: workgroup,
+                limit: limits.max_compute_workgroup_storage_size as u64,
+                limit_name: "max_compute_workgroup_storage_size",
+                hint,
+            });
+        }
+        let private = self.private_bytes(head, retrievals);
+        if ctx.info().backend == wgpu::Backend::BrowserWebGpu && private > PRIVATE_BUDGET_BYTES {
+            return Err(Error::LimitExceeded {
+                what: format!("fused attention registers for dim_head {head}, {retrievals} retrievals"),
+                required: private as u64,
+                limit: PRIVATE_BUDGET_BYTES as u64,
+                limit_name: "WGSL function-scope memory (8 KiB in browsers)",
+                hint,
+            });
+        }
+        Ok(self)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    seq: u32,
+    searches: u32,
+    row_stride: u32,
+    q_offset: u32,
+    k_offset: u32,
+    qt_offset: u32,
+    v_offset: u32,
+    scale: f32,
+    tiles: u32,
+    causal: u32,
+    _pad: u32,
+}
+
+pub(crate) fn variant(layout: &ProjectionLayout, tiling: FusedTiling) -> ShaderVariant {
+    ShaderVariant::new(&FUSED_ATTENTION)
+        .u32("WG", tiling.wg)
+        .u32("QPI", tiling.qpi)
+        .u32("BK", tiling.bk)
+        .bool("STAGE", tiling.stage)
+        .u32("D", layout.head as u32)
+        .u32("R", layout.retrievals as u32)
+}
+
+/// Binds `concat [b, n, s·d]` from the packed `proj` (whose RQ block holds `RQ·W_rk`), the key
+/// `mask` and `value_mean`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn dispatch(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    tiling: FusedTiling,
+    scale: f32,
+    causal: bool,
+    proj: &wgpu::Buffer,
+    mask: &wgpu::Buffer,
+    value_mean: &wgpu::Buffer,
+    concat: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    let tiles = layout.seq.div_ceil(tiling.rows());
+    let params = Params {
+        batch: layout.batch as u32,
+        seq: layout.seq as u32,
+        searches: layout.searches as u32,
+        row_stride: layout.row_stride as u32,
+        q_offset: layout.search_queries as u32,
+        k_offset: layout.search_keys as u32,
+        qt_offset: layout.retrieval_queries as u32,
+        v_offset: layout.retrieval_values as u32,
+        scale,
+        tiles: tiles as u32,
+        causal: causal as u32,
+        _pad: 0,
+    };
+    Dispatch::new(
+        ctx,
+        &variant(layout, tiling),
+        bytemuck::bytes_of(&params),
+        &[proj, mask, value_mean, concat],
+        (layout.batch * layout.searches * tiles) as u64,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::testing::*;
+    use crate::ops::value_mean;
+    use crate::reference::{self, Dims};
+    use crate::verify::{length_mask, normal};
+
+    struct Case {
+        batch: usize,
+        seq: usize,
+        searches: usize,
+        retrievals: usize,
+        head: usize,
+        causal: bool,
+        mask: Option<Vec<bool>>,
+        magnitude: f32,
+    }
+
+    const DIRECT: FusedTiling = FusedTiling {
+        wg: 8,
+        qpi: 3,
+        bk: 5,
+        stage: false,
+    };
+    const STAGED: FusedTiling = FusedTiling {
+        wg: 16,
+        qpi: 1,
+        bk: 7,
+        stage: true,
+    };
+
+    /// Runs value_mean + fused on random projections and compares with the reference chain
+    /// logits → softmax → aggregation → selection (which uses RQ and W_rk as SPEC writes them).
+    fn check(case: Case, tiling: FusedTiling) {
+        let Case { batch, seq, searches, retrievals, head, causal, mask, magnitude } = case;
+        let (mut rng, what) = rng(&format!(
+            "fused b{batch} n{seq} s{searches} r{retrievals} d{head} causal {causal} \
+             mask {:?} x{magnitude} {tiling:?}",
+            mask.as_ref().map(|m| m.iter().filter(|&&a| a).count())
+        ));
+        let layout = ProjectionLayout::new(batch, seq, searches, retrievals, head);
+        let mut proj = normal(&mut rng, batch * seq * layout.row_stride, magnitude);
+        let w_rk = normal(&mut rng, head * head, (head as f32).powf(-0.5));
+        let rq = layout.column_block(&proj, layout.retrieval_queries, searches * head);
+        // The kernel reads Q̃ = RQ · W_rk in the RQ block (what the fused weights produce).
+        for (token, row) in proj.chunks_exact_mut(layout.row_stride).enumerate() {
+            for sigma in 0..searches {
+                for k in 0..head {
+                    let q_tilde: f64 = (0..head)
+                        .map(|kk| {
+                            rq[token * searches * head + sigma * head + kk]
+                                * w_rk[kk * head + k] as f64
+                        })
+                        .sum();
+                    row[layout.retrieval_queries + sigma * head + k] = q_tilde as f32;
+                }
+            }
+        }
+        let mask_words: Vec<u32> = match &mask {
+            Some(m) => m.iter().map(|&a| a as u32).collect(),
+            None => vec![1; batch * seq],
+        };
+        let scale = (head as f32).powf(-0.5);
+        let proj_buffer = upload(&proj);
+        let mask_buffer = upload(&mask_words);
+        let means = poisoned(batch * retrievals * head);
+        let concat = poisoned(batch * seq * searches * head);
+        let ctx = context();
+        let mean_dispatch = build(value_mean::dispatch(ctx, &layout, &proj_buffer, &means));
+        let tiling = tiling.check(ctx, head, retrievals).unwrap();
+        let fused = build(dispatch(
+            ctx, &layout, tiling, scale, causal, &proj_buffer, &mask_buffer, &means, &concat,
+        ));
+        run(&[&mean_dispatch, &fused]);
+
+        let dims = Dims { batch, seq, searches, retrievals, head };
+        let sq = layout.column_block(&proj, layout.search_queries, searches * head);
+        let sk = layout.column_block(&proj, layout.search_keys, searches * head);
+        let rv = layout.column_block(&proj, layout.retrieval_values, retrievals * head);
+        let logits = reference::search_logits(&sq, &sk, dims, scale as f64);
+        let weights = reference::search_weights(&logits, dims, mask.as_deref(), causal);
+        let retrieved = reference::retrieve(&weights, &rv, dims);
+        let expected = reference::retrieval_select(&retrieved, &rq, &w_rk, dims, scale as f64);
+        assert_close(&what, &download(&concat, expected.len()), &expected, 2e-5);
+    }
+
+    fn both(make: impl Fn() -> Case) {
+        check(make(), DIRECT);
+        check(make(), STAGED);
+    }
+
+    fn case(batch: usize, seq: usize, searches: usize, retrievals: usize, head: usize) -> Case {
+        Case { batch, seq, searches, retrievals, head, causal: false, mask: None, magnitude: 1.0 }
+    }
+
+    #[test]
+    fn odd_sizes_span_several_key_tiles() {
+        both(|| case(2, 29, 3, 4, 10));
+        both(|| case(1, 53, 2, 2, 7));
+    }
+
+    #[test]
+    fn single_key() {
+        both(|| case(2, 1, 2, 2, 4));
+    }
+
+    #[test]
+    fn one_search_one_retrieval() {
+        both(|| case(2, 9, 1, 1, 6));
+    }
+
+    #[test]
+    fn causal_skips_key_tiles() {
+        both(|| Case { causal: true, ..case(2, 45, 2, 3, 12) });
+    }
+
+    #[test]
+    fn padding_and_fully_masked_rows() {
+        both(|| Case { mask: Some(length_mask(3, 17, &[17, 0, 6])), ..case(3, 17, 2, 3, 8) });
+    }
+
+    #[test]
+    fn causal_rows_whose_keys_are_all_padded() {
+        // Keys 0..4 padded: causal queries 0..4 have no allowed key and must be uniform over
+        // all keys (future ones too); the rest are ordinary.
+        let late: Vec<bool> = (0..2 * 19).map(|t| t % 19 >= 4).collect();
+        both(|| Case { causal: true, mask: Some(late.clone()), ..case(2, 19, 2, 2, 8) });
+    }
+
+    #[test]
+    fn large_magnitude_scores() {
+        both(|| Case { magnitude: 8.0, causal: true, ..case(1, 40, 2, 2, 16) });
+    }
+
+    #[test]
+    fn wide_head() {
+        both(|| case(1, 37, 2, 2, 64));
+    }
+}

@@ -1,0 +1,81 @@
+//! The mean retrieval value per batch (`shaders/value_mean.wgsl`): what a fully masked query row
+//! retrieves under the reference's semantics (uniform weights over all `n` keys). The fused
+//! kernel substitutes it for such rows instead of dividing by a zero softmax sum.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::Result;
+use crate::gpu::dispatch::Dispatch;
+use crate::gpu::pipelines::{kernel, Kernel, ShaderVariant};
+use crate::gpu::GpuContext;
+use crate::ops::ProjectionLayout;
+
+static VALUE_MEAN: Kernel = kernel!("value_mean");
+
+const WG: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    seq: u32,
+    value_width: u32,
+    row_stride: u32,
+    v_offset: u32,
+    _pad: [u32; 3],
+}
+
+pub(crate) fn variant() -> ShaderVariant {
+    ShaderVariant::new(&VALUE_MEAN).u32("WG", WG)
+}
+
+/// Binds `value_mean [b, r·d]` = mean over tokens of the RV block of `proj`.
+pub(crate) async fn dispatch(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    proj: &wgpu::Buffer,
+    value_mean: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    let width = layout.retrievals * layout.head;
+    let params = Params {
+        batch: layout.batch as u32,
+        seq: layout.seq as u32,
+        value_width: width as u32,
+        row_stride: layout.row_stride as u32,
+        v_offset: layout.retrieval_values as u32,
+        _pad: [0; 3],
+    };
+    Dispatch::new(
+        ctx,
+        &variant(),
+        bytemuck::bytes_of(&params),
+        &[proj, value_mean],
+        (layout.batch * width).div_ceil(WG as usize) as u64,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::testing::*;
+    use crate::verify::normal;
+
+    #[test]
+    fn mean_over_all_keys() {
+        let (mut rng, what) = rng("value_mean");
+        let layout = ProjectionLayout::new(3, 29, 2, 3, 5);
+        let proj = normal(&mut rng, 3 * 29 * layout.row_stride, 1.0);
+        let out = poisoned(3 * 15);
+        let d = build(dispatch(context(), &layout, &upload(&proj), &out));
+        run(&[&d]);
+        let rv = layout.column_block(&proj, layout.retrieval_values, 15);
+        let expected: Vec<f64> = (0..3)
+            .flat_map(|b| {
+                let rv = &rv;
+                (0..15).map(move |c| (0..29).map(|j| rv[(b * 29 + j) * 15 + c]).sum::<f64>() / 29.0)
+            })
+            .collect();
+        assert_close(&what, &download(&out, 45), &expected, 1e-5);
+    }
+}
