@@ -1,16 +1,19 @@
-// gemm.wgsl: the projection GEMM, y = x · Wᵀ with W in PyTorch's [out, in] layout.
+// gemm.wgsl: the projection GEMM, y = x · Wᵀ with W in PyTorch's [out, in] layout, register
+// blocked for SIMD-lane execution (CPU drivers such as lavapipe and SwiftShader).
 //
 // Computes   out[m, c] = Σ_k lhs[m, k] · rhs[c, k]      (M × N output, K reduction)
 // Bindings   @binding(0) params (uniform)  m, n, k_vecs (= K / VEC), tiles_n
 //            @binding(1) lhs  [M, K]  row-major, read as array<KVec>
 //            @binding(2) rhs  [N, K]  row-major, read as array<KVec>
 //            @binding(3) out  [M, N]  row-major
-// Dispatch   one workgroup per (WG_Y·TILE_M) × (WG_X·TILE_N) output tile, numbered linearly over
-//            x and y: group = tile_m · tiles_n + tile_n. Each invocation accumulates TILE_M ×
-//            TILE_N outputs in registers from VEC-wide loads: TILE_M + TILE_N loads feed
-//            TILE_M · TILE_N · VEC multiply-adds.
-// Host constants  WG_X, WG_Y, TILE_M, TILE_N, and the vector type: KVec = vec4<f32> with
-//            VEC = 4 when K % 4 == 0, else f32 with VEC = 1, and kdot(a, b) its dot product.
+// Dispatch   one workgroup per (WG·TILE_M rows) × (TILE_N columns) tile, numbered linearly over x
+//            and y: group = tile_m · tiles_n + tile_n. Invocation `lane` owns rows
+//            tile_m·WG·TILE_M + t·WG + lane (t < TILE_M) and all TILE_N columns of the tile.
+//            Every lane reads the same rhs element at each step (one load, broadcast to the
+//            SIMD lanes) and its own lhs rows: TILE_M + TILE_N loads feed TILE_M·TILE_N·VEC
+//            multiply-adds held in registers.
+// Host constants  WG, TILE_M, TILE_N, and KVec = vec4<f32> with VEC = 4 when K % 4 == 0, else
+//            f32 with VEC = 1, with kdot(a, b) its dot product.
 
 struct Params {
     m: u32,
@@ -24,23 +27,23 @@ struct Params {
 @group(0) @binding(2) var<storage, read> rhs: array<KVec>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(WG_X, WG_Y)
+@compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
 ) {
     let tile = group.x + group.y * groups.x;
-    let row0 = ((tile / params.tiles_n) * WG_Y + local.y) * TILE_M;
-    let col0 = ((tile % params.tiles_n) * WG_X + local.x) * TILE_N;
-    if (row0 >= params.m || col0 >= params.n) {
+    let row0 = (tile / params.tiles_n) * WG * TILE_M + lane;
+    let col0 = (tile % params.tiles_n) * TILE_N;
+    if (col0 >= params.n) {
         return;
     }
 
     // Rows and columns past the edge re-read the last one; their sums are never stored.
     var lhs_base: array<u32, TILE_M>;
     for (var t = 0u; t < TILE_M; t++) {
-        lhs_base[t] = min(row0 + t, params.m - 1u) * params.k_vecs;
+        lhs_base[t] = min(row0 + t * WG, params.m - 1u) * params.k_vecs;
     }
     var rhs_base: array<u32, TILE_N>;
     for (var u = 0u; u < TILE_N; u++) {
@@ -62,11 +65,12 @@ fn main(
     }
 
     for (var t = 0u; t < TILE_M; t++) {
-        let row = row0 + t;
-        for (var u = 0u; u < TILE_N; u++) {
-            let col = col0 + u;
-            if (row < params.m && col < params.n) {
-                out[row * params.n + col] = acc[t][u];
+        let row = row0 + t * WG;
+        if (row < params.m) {
+            for (var u = 0u; u < TILE_N; u++) {
+                if (col0 + u < params.n) {
+                    out[row * params.n + col0 + u] = acc[t][u];
+                }
             }
         }
     }

@@ -1,8 +1,13 @@
-//! The projection GEMM `y = x·Wᵀ` (`shaders/gemm.wgsl`): the four input projections (packed
-//! into one matrix) and the output projection.
+//! The projection GEMM `y = x·Wᵀ`: the four input projections (packed into one matrix) and the
+//! output projection. Weights stay in PyTorch's `[out, in]` layout, so both operands are read
+//! along their rows, the reduction axis.
 //!
-//! Weights stay in PyTorch's `[out, in]` layout, so both operands are read along their rows
-//! (the reduction axis) and vec4 loads apply whenever `K % 4 == 0`.
+//! Two kernels, chosen per adapter:
+//! * `shaders/gemm.wgsl`, register-blocked with lane-uniform weight reads, for CPU drivers
+//!   (lavapipe, SwiftShader): invocations there are SIMD lanes, a load that every lane makes at
+//!   the same address is done once, and workgroup memory is ordinary memory behind barriers;
+//! * `shaders/gemm_tiled.wgsl`, workgroup-memory tiles with coalesced staging, for GPUs, where
+//!   that reuse is what keeps the arithmetic units fed.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -12,6 +17,7 @@ use crate::gpu::dispatch::Dispatch;
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 
 static GEMM: Kernel = kernel!("gemm");
+static GEMM_TILED: Kernel = kernel!("gemm_tiled");
 
 /// `[m, k] · [n, k]ᵀ → [m, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,30 +27,77 @@ pub(crate) struct GemmShape {
     pub k: usize,
 }
 
-/// Invocations per workgroup (`wg_x × wg_y`) and outputs per invocation (`tile_m × tile_n`).
+impl GemmShape {
+    /// Multiply-adds × 2.
+    pub(crate) fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
+/// Which kernel and tile sizes: the specialisation of the GEMM pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct GemmTiling {
-    pub wg_x: u32,
-    pub wg_y: u32,
-    pub tile_m: u32,
-    pub tile_n: u32,
+pub(crate) enum GemmTiling {
+    /// `gemm.wgsl`: `wg` lanes × `tile_m` rows each, `tile_n` shared columns.
+    Register { wg: u32, tile_m: u32, tile_n: u32 },
+    /// `gemm_tiled.wgsl`: `wg_side²` invocations, `tile²` outputs each, `bk`-deep slices.
+    Tiled { wg_side: u32, tile: u32, bk: u32 },
 }
 
 impl GemmTiling {
-    /// 8×8 invocations of 4×4 outputs: a 32×32 tile, 64 invocations (within WebGPU's 256).
-    pub(crate) const DEFAULT: GemmTiling = GemmTiling {
-        wg_x: 8,
-        wg_y: 8,
+    /// 8 lanes × 4 rows × 16 columns: 64 accumulators per lane, 20 loads per 256 FMAs (vec4).
+    pub(crate) const REGISTER: GemmTiling = GemmTiling::Register {
+        wg: 8,
         tile_m: 4,
-        tile_n: 4,
+        tile_n: 16,
+    };
+    /// 16 × 16 invocations of 4 × 4 outputs: a 64 × 64 tile, 8 KiB of workgroup memory at
+    /// `bk = 16`, within WebGPU's defaults.
+    pub(crate) const TILED: GemmTiling = GemmTiling::Tiled {
+        wg_side: 16,
+        tile: 4,
+        bk: 16,
     };
 
-    fn rows_per_group(&self) -> usize {
-        (self.wg_y * self.tile_m) as usize
+    /// The register kernel on CPU adapters, the tiled one elsewhere.
+    pub(crate) fn choose(ctx: &GpuContext) -> GemmTiling {
+        if ctx.info().device_type == wgpu::DeviceType::Cpu {
+            Self::REGISTER
+        } else {
+            Self::TILED
+        }
     }
 
-    fn cols_per_group(&self) -> usize {
-        (self.wg_x * self.tile_n) as usize
+    fn tile_shape(&self) -> (usize, usize) {
+        match *self {
+            GemmTiling::Register { wg, tile_m, tile_n } => {
+                ((wg * tile_m) as usize, tile_n as usize)
+            }
+            GemmTiling::Tiled { wg_side, tile, .. } => {
+                let side = (wg_side * tile) as usize;
+                (side, side)
+            }
+        }
+    }
+
+    fn vector_width(&self, shape: GemmShape) -> usize {
+        match self {
+            GemmTiling::Register { .. } if shape.k.is_multiple_of(4) => 4,
+            _ => 1,
+        }
+    }
+
+    pub(crate) fn variant(&self, shape: GemmShape) -> ShaderVariant {
+        match *self {
+            GemmTiling::Register { wg, tile_m, tile_n } => ShaderVariant::new(&GEMM)
+                .u32("WG", wg)
+                .u32("TILE_M", tile_m)
+                .u32("TILE_N", tile_n)
+                .vector(self.vector_width(shape) as u32),
+            GemmTiling::Tiled { wg_side, tile, bk } => ShaderVariant::new(&GEMM_TILED)
+                .u32("WG_SIDE", wg_side)
+                .u32("TILE", tile)
+                .u32("BK", bk),
+        }
     }
 }
 
@@ -57,17 +110,7 @@ struct Params {
     tiles_n: u32,
 }
 
-/// The WGSL variant for `shape`: vec4 loads when rows are 16-byte aligned.
-pub(crate) fn variant(shape: GemmShape, tiling: GemmTiling) -> ShaderVariant {
-    ShaderVariant::new(&GEMM)
-        .u32("WG_X", tiling.wg_x)
-        .u32("WG_Y", tiling.wg_y)
-        .u32("TILE_M", tiling.tile_m)
-        .u32("TILE_N", tiling.tile_n)
-        .vector(if shape.k % 4 == 0 { 4 } else { 1 })
-}
-
-/// Binds `out [m, n] = lhs [m, k] · rhs [n, k]ᵀ`.
+/// Binds `out [m, n] = lhs [m, k] · rhs [n, k]ᵀ` with the adapter's kernel.
 pub(crate) async fn dispatch(
     ctx: &GpuContext,
     shape: GemmShape,
@@ -75,20 +118,30 @@ pub(crate) async fn dispatch(
     rhs: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<Dispatch> {
-    let tiling = GemmTiling::DEFAULT;
-    let variant = variant(shape, tiling);
-    let vec = if shape.k % 4 == 0 { 4 } else { 1 };
-    let tiles_m = shape.m.div_ceil(tiling.rows_per_group());
-    let tiles_n = shape.n.div_ceil(tiling.cols_per_group());
+    dispatch_with(ctx, GemmTiling::choose(ctx), shape, lhs, rhs, out).await
+}
+
+/// Binds the GEMM with an explicit tiling (tests cover both kernels on any adapter).
+pub(crate) async fn dispatch_with(
+    ctx: &GpuContext,
+    tiling: GemmTiling,
+    shape: GemmShape,
+    lhs: &wgpu::Buffer,
+    rhs: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    let (rows, cols) = tiling.tile_shape();
+    let tiles_m = shape.m.div_ceil(rows);
+    let tiles_n = shape.n.div_ceil(cols);
     let params = Params {
         m: shape.m as u32,
         n: shape.n as u32,
-        k_vecs: (shape.k / vec) as u32,
+        k_vecs: (shape.k / tiling.vector_width(shape)) as u32,
         tiles_n: tiles_n as u32,
     };
     Dispatch::new(
         ctx,
-        &variant,
+        &tiling.variant(shape),
         bytemuck::bytes_of(&params),
         &[lhs, rhs, out],
         (tiles_m * tiles_n) as u64,
@@ -104,21 +157,24 @@ mod tests {
     use crate::verify::normal;
 
     fn check(m: usize, n: usize, k: usize) {
-        let (mut rng, what) = rng(&format!("gemm {m}x{n}x{k}"));
-        let lhs = normal(&mut rng, m * k, 1.0);
-        let rhs = normal(&mut rng, n * k, 0.5);
-        let out = poisoned(m * n);
-        let shape = GemmShape { m, n, k };
-        let d = build(dispatch(
-            context(),
-            shape,
-            &upload(&lhs),
-            &upload(&rhs),
-            &out,
-        ));
-        run(&[&d]);
-        let expected = reference::linear(&to_f64(&lhs), k, &rhs, n);
-        assert_close(&what, &download(&out, m * n), &expected, 1e-5);
+        for tiling in [GemmTiling::REGISTER, GemmTiling::TILED] {
+            let (mut rng, what) = rng(&format!("gemm {m}x{n}x{k} {tiling:?}"));
+            let lhs = normal(&mut rng, m * k, 1.0);
+            let rhs = normal(&mut rng, n * k, 0.5);
+            let out = poisoned(m * n);
+            let shape = GemmShape { m, n, k };
+            let d = build(dispatch_with(
+                context(),
+                tiling,
+                shape,
+                &upload(&lhs),
+                &upload(&rhs),
+                &out,
+            ));
+            run(&[&d]);
+            let expected = reference::linear(&to_f64(&lhs), k, &rhs, n);
+            assert_close(&what, &download(&out, m * n), &expected, 1e-5);
+        }
     }
 
     #[test]
