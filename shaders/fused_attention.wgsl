@@ -1,26 +1,30 @@
 // fused_attention.wgsl: compositional attention for one (batch, search, query tile), flash-style.
 //
 // Computes   for each query i of the tile, search σ, batch b (SPEC §2.3, reassociated per §2.4):
-//              A[j]   = softmax_j over allowed keys of scale · SQ[i] · SK[j]      (online, f32)
+//              A[j]   = softmax over allowed keys j of scale · SQ[i] · SK[j]     (online, f32)
 //              Ret[ρ] = Σ_j A[j] · RV[j, ρ·d ..]                 for all ρ at once
-//              G[ρ]   = scale · Q̃[i] · Ret[ρ]   with Q̃ = RQ · W_rk (= RQ · RKᵀ-side, precomputed)
+//              G[ρ]   = scale · Q̃[i] · Ret[ρ]      with Q̃ = RQ · W_rk, precomputed by the GEMM
 //              concat[b, i, σ·d + k] = Σ_ρ softmax_ρ(G)[ρ] · Ret[ρ, k]
 //            allowed(j) = mask[b, j] != 0 && (!causal || j <= i). A row with no allowed key
 //            uses Ret = value_mean[b] (uniform weights over all n keys, the reference's
-//            semantics). Nothing n × n is ever stored; masked scores never enter arithmetic
-//            that is kept.
-// Bindings   @binding(0) params (uniform)  see Params
-//            @binding(1) proj        [b·n, row_stride]  packed [SQ | SK | Q̃ | RV] columns
-//            @binding(2) mask        [b, n] u32, 1 = key may be attended
-//            @binding(3) value_mean  [b, r·d]  mean of RV over all keys (fully masked rows)
-//            @binding(4) concat      [b, n, s·d]  searches concatenated for the output GEMM
+//            semantics). Nothing n × n is stored; masked scores never enter kept arithmetic.
+//            One dispatch covers keys [key_begin, key_end); where the driver caps loop
+//            iterations per invocation, the host splits the keys over several dispatches that
+//            carry the running max, sum and accumulators in `carry_*` (first/last flags).
+// Bindings   @binding(0) params (uniform)  see Params; strides and offsets count KVec elements
+//            @binding(1) proj         [b·n, row_stride]  packed [SQ | SK | Q̃ | RV] columns
+//            @binding(2) mask         [b, n] u32, 1 = key may be attended
+//            @binding(3) value_mean   [b, r·d]  mean of RV over all keys (fully masked rows)
+//            @binding(4) carry_acc    [b·s·n, r·d]  accumulators between key chunks
+//            @binding(5) carry_stats  [b·s·n] (running max, running sum) between key chunks
+//            @binding(6) concat       [b, n, s·d]  searches concatenated for the output GEMM
 // Dispatch   one workgroup per (b, σ, tile of WG·QPI queries), group = (b·s + σ)·tiles + tile,
-//            numbered linearly over x and y. Invocation `lane` owns queries
-//            tile·WG·QPI + qi·WG + lane for qi < QPI, each with a d-wide query and r·d-wide
+//            numbered linearly over x and y. Invocation `lane` owns the queries
+//            tile·WG·QPI + qi·WG + lane (qi < QPI), each with a d-wide query and an r·d-wide
 //            accumulator in registers, so every key and value element read feeds QPI FMAs.
-// Host constants  WG, QPI, BK (keys per tile), D (= d), R (= r), STAGE (bool: stage each key
-//            tile in workgroup memory, for GPUs; false reads keys straight from `proj`, which
-//            suits CPU drivers where every lane reads the same address).
+// Host constants  WG, QPI, BK (keys per tile), D (= d), R (= r), KVec/VEC/kdot (vec4 when
+//            d % 4 == 0), STAGE (bool: copy each key tile to workgroup memory, for GPUs; false
+//            reads keys straight from `proj` at lane-uniform addresses, for CPU drivers).
 
 struct Params {
     batch: u32,
@@ -34,67 +38,70 @@ struct Params {
     scale: f32,
     tiles: u32,
     causal: u32,
+    key_begin: u32,
+    key_end: u32,
+    first: u32,
+    last: u32,
     _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> proj: array<f32>;
+@group(0) @binding(1) var<storage, read> proj: array<KVec>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
-@group(0) @binding(3) var<storage, read> value_mean: array<f32>;
-@group(0) @binding(4) var<storage, read_write> concat: array<f32>;
+@group(0) @binding(3) var<storage, read> value_mean: array<KVec>;
+@group(0) @binding(4) var<storage, read_write> carry_acc: array<KVec>;
+@group(0) @binding(5) var<storage, read_write> carry_stats: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> concat: array<KVec>;
 
-const VW: u32 = R * D;
+const DV: u32 = D / VEC;
+const VWV: u32 = R * DV;
 const ROWS: u32 = WG * QPI;
-const LOWEST: f32 = -3.4028235e38;
+// -FLT_MAX, spelled so that every WGSL front end accepts it as exactly representable.
+const LOWEST: f32 = -3.4028234663852886e38;
 
-// Key tile: staged copies (used when STAGE) of BK keys, their values and mask bits.
-var<workgroup> key_tile: array<f32, select(1u, BK * D, STAGE)>;
-var<workgroup> value_tile: array<f32, select(1u, BK * VW, STAGE)>;
+var<workgroup> key_tile: array<KVec, select(1u, BK * DV, STAGE)>;
+var<workgroup> value_tile: array<KVec, select(1u, BK * VWV, STAGE)>;
 var<workgroup> mask_tile: array<u32, select(1u, BK, STAGE)>;
 
-// The (batch b, search σ) this workgroup serves, and the first key row of batch b in `proj`.
-var<private> b: u32;
+var<private> batch_index: u32;
 var<private> head: u32;
 
-fn key_at(t0: u32, t: u32, k: u32) -> f32 {
-    if (STAGE) {
-        return key_tile[t * D + k];
-    }
-    let j = min(t0 + t, params.seq - 1u);
-    return proj[(b * params.seq + j) * params.row_stride + params.k_offset + head * D + k];
+fn token(j: u32) -> u32 {
+    return batch_index * params.seq + min(j, params.seq - 1u);
 }
 
-fn value_at(t0: u32, t: u32, c: u32) -> f32 {
+fn key_at(t0: u32, t: u32, k: u32) -> KVec {
     if (STAGE) {
-        return value_tile[t * VW + c];
+        return key_tile[t * DV + k];
     }
-    let j = min(t0 + t, params.seq - 1u);
-    return proj[(b * params.seq + j) * params.row_stride + params.v_offset + c];
+    return proj[token(t0 + t) * params.row_stride + params.k_offset + head * DV + k];
 }
 
-fn key_allowed(t0: u32, t: u32) -> bool {
-    let j = t0 + t;
+fn value_at(t0: u32, t: u32, c: u32) -> KVec {
+    if (STAGE) {
+        return value_tile[t * VWV + c];
+    }
+    return proj[token(t0 + t) * params.row_stride + params.v_offset + c];
+}
+
+fn key_allowed(t0: u32, t: u32, end: u32) -> bool {
     if (STAGE) {
         return mask_tile[t] != 0u;
     }
-    return j < params.seq && mask[b * params.seq + min(j, params.seq - 1u)] != 0u;
+    return t0 + t < end && mask[token(t0 + t)] != 0u;
 }
 
-// Copies keys t0 .. t0 + BK (their SK block, RV columns and mask bits) into workgroup memory.
-fn stage_tile(t0: u32, lane: u32) {
+// Copies keys t0 .. t0 + BK (their SK block, RV columns and mask bits) to workgroup memory.
+fn stage_tile(t0: u32, end: u32, lane: u32) {
     workgroupBarrier();
-    let n = params.seq;
-    for (var e = lane; e < BK * D; e += WG) {
-        let j = min(t0 + e / D, n - 1u);
-        key_tile[e] = proj[(b * n + j) * params.row_stride + params.k_offset + head * D + e % D];
+    for (var e = lane; e < BK * DV; e += WG) {
+        key_tile[e] = proj[token(t0 + e / DV) * params.row_stride + params.k_offset + head * DV + e % DV];
     }
-    for (var e = lane; e < BK * VW; e += WG) {
-        let j = min(t0 + e / VW, n - 1u);
-        value_tile[e] = proj[(b * n + j) * params.row_stride + params.v_offset + e % VW];
+    for (var e = lane; e < BK * VWV; e += WG) {
+        value_tile[e] = proj[token(t0 + e / VWV) * params.row_stride + params.v_offset + e % VWV];
     }
     for (var t = lane; t < BK; t += WG) {
-        let j = t0 + t;
-        mask_tile[t] = select(0u, mask[b * n + min(j, n - 1u)], j < n);
+        mask_tile[t] = select(0u, mask[token(t0 + t)], t0 + t < end);
     }
     workgroupBarrier();
 }
@@ -111,55 +118,72 @@ fn main(
     if (bs >= params.batch * params.searches) {
         return;
     }
-    b = bs / params.searches;
+    batch_index = bs / params.searches;
     head = bs % params.searches;
     let n = params.seq;
 
-    // This invocation's queries: rows past the end compute on row n-1 and are not stored.
-    var query: array<array<f32, D>, QPI>;
+    // Every array is written before it is read: some implementations skip WGSL's zero fill.
+    var query: array<array<KVec, DV>, QPI>;
     var row: array<u32, QPI>;
-    for (var qi = 0u; qi < QPI; qi++) {
-        row[qi] = tile * ROWS + qi * WG + lane;
-        let base = (b * n + min(row[qi], n - 1u)) * params.row_stride + params.q_offset + head * D;
-        for (var k = 0u; k < D; k++) {
-            query[qi][k] = params.scale * proj[base + k];
-        }
-    }
-
     var running_max: array<f32, QPI>;
     var running_sum: array<f32, QPI>;
-    var acc: array<array<f32, VW>, QPI>;
+    var acc: array<array<KVec, VWV>, QPI>;
+    var score: array<array<f32, BK>, QPI>;
+    var p: array<array<f32, BK>, QPI>;
+    var tile_max: array<f32, QPI>;
+    var dot: array<f32, QPI>;
+    var logit: array<f32, R>;
+
+    // This invocation's queries; rows past the end compute on row n-1 and are not stored.
     for (var qi = 0u; qi < QPI; qi++) {
-        running_max[qi] = LOWEST;
+        row[qi] = tile * ROWS + qi * WG + lane;
+        let base = token(row[qi]) * params.row_stride + params.q_offset + head * DV;
+        for (var k = 0u; k < DV; k++) {
+            query[qi][k] = params.scale * proj[base + k];
+        }
+        let carry = bs * n + min(row[qi], n - 1u);
+        if (params.first != 0u) {
+            running_max[qi] = LOWEST;
+            running_sum[qi] = 0.0;
+            for (var c = 0u; c < VWV; c++) {
+                acc[qi][c] = KVec();
+            }
+        } else {
+            running_max[qi] = carry_stats[carry].x;
+            running_sum[qi] = carry_stats[carry].y;
+            for (var c = 0u; c < VWV; c++) {
+                acc[qi][c] = carry_acc[carry * VWV + c];
+            }
+        }
     }
 
     // Causal: no query of this tile sees a key past its last row.
-    let key_end = select(n, min(n, (tile + 1u) * ROWS), params.causal != 0u);
-    for (var t0 = 0u; t0 < key_end; t0 += BK) {
+    let key_end = select(params.key_end, min(params.key_end, (tile + 1u) * ROWS), params.causal != 0u);
+    for (var t0 = params.key_begin; t0 < key_end; t0 += BK) {
         if (STAGE) {
-            stage_tile(t0, lane);
+            stage_tile(t0, key_end, lane);
         }
-        // Scores of the tile, the tile max over allowed keys, then one rescale per tile.
-        var score: array<array<f32, BK>, QPI>;
-        var tile_max: array<f32, QPI>;
+        // Scores of the tile and their max over allowed keys, then one rescale per tile.
         for (var qi = 0u; qi < QPI; qi++) {
             tile_max[qi] = LOWEST;
         }
         for (var t = 0u; t < BK; t++) {
-            let allowed = key_allowed(t0, t);
-            for (var k = 0u; k < D; k++) {
+            let allowed = key_allowed(t0, t, key_end);
+            for (var qi = 0u; qi < QPI; qi++) {
+                dot[qi] = 0.0;
+            }
+            for (var k = 0u; k < DV; k++) {
                 let key = key_at(t0, t, k);
                 for (var qi = 0u; qi < QPI; qi++) {
-                    score[qi][t] += query[qi][k] * key;
+                    dot[qi] += kdot(query[qi][k], key);
                 }
             }
             for (var qi = 0u; qi < QPI; qi++) {
-                let ok = allowed && !(params.causal != 0u && t0 + t > row[qi]);
-                score[qi][t] = select(LOWEST, score[qi][t], ok);
+                let visible = allowed && !(params.causal != 0u && t0 + t > row[qi]);
+                score[qi][t] = select(LOWEST, dot[qi], visible);
                 tile_max[qi] = max(tile_max[qi], score[qi][t]);
             }
         }
-        var p: array<array<f32, BK>, QPI>;
         for (var qi = 0u; qi < QPI; qi++) {
             let new_max = max(running_max[qi], tile_max[qi]);
             // Before the first allowed key the accumulator is empty: keep the rescale at 1.
@@ -172,12 +196,12 @@ fn main(
             }
             running_sum[qi] = running_sum[qi] * rescale + tile_sum;
             running_max[qi] = new_max;
-            for (var c = 0u; c < VW; c++) {
+            for (var c = 0u; c < VWV; c++) {
                 acc[qi][c] *= rescale;
             }
         }
         for (var t = 0u; t < BK; t++) {
-            for (var c = 0u; c < VW; c++) {
+            for (var c = 0u; c < VWV; c++) {
                 let value = value_at(t0, t, c);
                 for (var qi = 0u; qi < QPI; qi++) {
                     acc[qi][c] += p[qi][t] * value;
@@ -186,21 +210,33 @@ fn main(
         }
     }
 
+    if (params.last == 0u) {
+        // More key chunks follow: hand the running state to the next dispatch.
+        for (var qi = 0u; qi < QPI; qi++) {
+            if (row[qi] < n) {
+                let carry = bs * n + row[qi];
+                carry_stats[carry] = vec2<f32>(running_max[qi], running_sum[qi]);
+                for (var c = 0u; c < VWV; c++) {
+                    carry_acc[carry * VWV + c] = acc[qi][c];
+                }
+            }
+        }
+        return;
+    }
+
     // Epilogue: normalise, retrieval attention over the R retrieved vectors, one store.
     for (var qi = 0u; qi < QPI; qi++) {
-        let i = min(row[qi], n - 1u);
         // running_sum is 0 (no allowed key: uniform row) or at least 1 (the max key's exp(0)).
         let fully_masked = running_sum[qi] == 0.0;
         let inv_sum = 1.0 / max(running_sum[qi], 1.0);
-        let qt_base = (b * n + i) * params.row_stride + params.qt_offset + head * D;
-        var logit: array<f32, R>;
+        let qt_base = token(row[qi]) * params.row_stride + params.qt_offset + head * DV;
         var logit_max = LOWEST;
         for (var rho = 0u; rho < R; rho++) {
             var g = 0.0;
-            for (var k = 0u; k < D; k++) {
-                let c = rho * D + k;
-                acc[qi][c] = select(acc[qi][c] * inv_sum, value_mean[b * VW + c], fully_masked);
-                g += proj[qt_base + k] * acc[qi][c];
+            for (var k = 0u; k < DV; k++) {
+                let c = rho * DV + k;
+                acc[qi][c] = select(acc[qi][c] * inv_sum, value_mean[batch_index * VWV + c], fully_masked);
+                g += kdot(proj[qt_base + k], acc[qi][c]);
             }
             logit[rho] = params.scale * g;
             logit_max = max(logit_max, logit[rho]);
@@ -211,11 +247,11 @@ fn main(
             weight_sum += logit[rho];
         }
         if (row[qi] < n) {
-            let out_base = (b * n + i) * params.searches * D + head * D;
-            for (var k = 0u; k < D; k++) {
-                var o = 0.0;
+            let out_base = token(row[qi]) * params.searches * DV + head * DV;
+            for (var k = 0u; k < DV; k++) {
+                var o = KVec();
                 for (var rho = 0u; rho < R; rho++) {
-                    o += logit[rho] * acc[qi][rho * D + k];
+                    o += logit[rho] * acc[qi][rho * DV + k];
                 }
                 concat[out_base + k] = o / weight_sum;
             }

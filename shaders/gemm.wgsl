@@ -2,7 +2,9 @@
 // blocked for SIMD-lane execution (CPU drivers such as lavapipe and SwiftShader).
 //
 // Computes   out[m, c] = Σ_k lhs[m, k] · rhs[c, k]      (M × N output, K reduction)
-// Bindings   @binding(0) params (uniform)  m, n, k_vecs (= K / VEC), tiles_n
+// Bindings   @binding(0) params (uniform)  m, n, k_vecs (= K / VEC), tiles_n, and the slice
+//            [k_begin, k_end) of the reduction this dispatch adds (in KVec units; the host splits
+//            K where the driver caps loop iterations), accumulate (add to `out` if nonzero)
 //            @binding(1) lhs  [M, K]  row-major, read as array<KVec>
 //            @binding(2) rhs  [N, K]  row-major, read as array<KVec>
 //            @binding(3) out  [M, N]  row-major
@@ -20,6 +22,10 @@ struct Params {
     n: u32,
     k_vecs: u32,
     tiles_n: u32,
+    k_begin: u32,
+    k_end: u32,
+    accumulate: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -51,7 +57,12 @@ fn main(
     }
 
     var acc: array<array<f32, TILE_N>, TILE_M>;
-    for (var k = 0u; k < params.k_vecs; k++) {
+    for (var t = 0u; t < TILE_M; t++) {
+        for (var u = 0u; u < TILE_N; u++) {
+            acc[t][u] = 0.0;
+        }
+    }
+    for (var k = params.k_begin; k < params.k_end; k++) {
         var a: array<KVec, TILE_M>;
         for (var t = 0u; t < TILE_M; t++) {
             a[t] = lhs[lhs_base[t] + k];
@@ -68,8 +79,9 @@ fn main(
         let row = row0 + t * WG;
         if (row < params.m) {
             for (var u = 0u; u < TILE_N; u++) {
+                let index = row * params.n + col0 + u;
                 if (col0 + u < params.n) {
-                    out[row * params.n + col0 + u] = acc[t][u];
+                    out[index] = select(acc[t][u], out[index] + acc[t][u], params.accumulate != 0u);
                 }
             }
         }

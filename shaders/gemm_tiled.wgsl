@@ -1,7 +1,9 @@
 // gemm_tiled.wgsl: the projection GEMM, y = x · Wᵀ, with workgroup-memory tiles (GPUs).
 //
 // Computes   out[m, c] = Σ_k lhs[m, k] · rhs[c, k]      (M × N output, K reduction)
-// Bindings   @binding(0) params (uniform)  m, n, k, tiles_n
+// Bindings   @binding(0) params (uniform)  m, n, k, tiles_n, and the slice [k_begin, k_end)
+//            of the reduction this dispatch adds (the host splits K where the driver caps loop
+//            iterations), accumulate (add to `out` if nonzero)
 //            @binding(1) lhs  [M, K]  row-major
 //            @binding(2) rhs  [N, K]  row-major (PyTorch weight layout)
 //            @binding(3) out  [M, N]  row-major
@@ -18,6 +20,10 @@ struct Params {
     n: u32,
     k: u32,
     tiles_n: u32,
+    k_begin: u32,
+    k_end: u32,
+    accumulate: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -48,12 +54,17 @@ fn main(
     let col0 = tile_n * BM;
 
     var acc: array<array<f32, TILE>, TILE>;
-    for (var k0 = 0u; k0 < params.k; k0 += BK) {
+    for (var t = 0u; t < TILE; t++) {
+        for (var u = 0u; u < TILE; u++) {
+            acc[t][u] = 0.0;
+        }
+    }
+    for (var k0 = params.k_begin; k0 < params.k_end; k0 += BK) {
         for (var e = lane; e < BK * BM; e += THREADS) {
             let kk = e % BK;
             let r = e / BK;
             let k = k0 + kk;
-            let in_k = k < params.k;
+            let in_k = k < params.k_end;
             let lhs_row = min(row0 + r, params.m - 1u);
             let rhs_row = min(col0 + r, params.n - 1u);
             let k_safe = min(k, params.k - 1u);
@@ -84,8 +95,9 @@ fn main(
         let row = row0 + t * WG_SIDE + local.y;
         for (var u = 0u; u < TILE; u++) {
             let col = col0 + u * WG_SIDE + local.x;
+            let index = row * params.n + col;
             if (row < params.m && col < params.n) {
-                out[row * params.n + col] = acc[t][u];
+                out[index] = select(acc[t][u], out[index] + acc[t][u], params.accumulate != 0u);
             }
         }
     }

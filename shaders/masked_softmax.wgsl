@@ -26,7 +26,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
 @group(0) @binding(3) var<storage, read_write> weights: array<f32>;
 
-const LOWEST: f32 = -3.4028235e38;
+// -FLT_MAX, spelled so that every WGSL front end accepts it as exactly representable.
+const LOWEST: f32 = -3.4028234663852886e38;
 
 @compute @workgroup_size(WG)
 fn main(

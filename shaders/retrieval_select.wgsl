@@ -54,7 +54,7 @@ fn main(
     let ret_base = row * r * d;
     let rq_base = (b * n + i) * params.row_stride + params.rq_offset + sigma * d;
 
-    var g_max = -3.4028235e38;
+    var g_max = -3.4028234663852886e38;
     for (var rho = 0u; rho < r; rho++) {
         var g = 0.0;
         for (var k_out = 0u; k_out < d; k_out++) {

@@ -65,6 +65,11 @@ fn main(
     }
 
     var acc: array<array<f32, TILE_J>, TILE_I>;
+    for (var t = 0u; t < TILE_I; t++) {
+        for (var u = 0u; u < TILE_J; u++) {
+            acc[t][u] = 0.0;
+        }
+    }
     for (var k = 0u; k < params.head; k++) {
         var q: array<f32, TILE_I>;
         for (var t = 0u; t < TILE_I; t++) {

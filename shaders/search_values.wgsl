@@ -4,6 +4,8 @@
 //            i.e. Ret[b, σ, ρ, i, k] = A[b, σ] · RV[b, ρ] at c = ρ·d + k: one search's weights
 //            multiply all r value heads at once (SPEC §2.4). RV is a column block of the packed
 //            projection: RV[b, t, c] = proj[(b·n + t)·row_stride + v_offset + c].
+//            One dispatch sums keys [key_begin, key_end) and adds to `retrieved` when
+//            `accumulate` is set: the host splits the keys where the driver caps loop iterations.
 // Bindings   @binding(0) params (uniform)  see Params
 //            @binding(1) weights    [b, s, n, n]  search softmax
 //            @binding(2) proj       [b·n, row_stride]
@@ -22,6 +24,10 @@ struct Params {
     v_offset: u32,
     tiles_i: u32,
     tiles_c: u32,
+    key_begin: u32,
+    key_end: u32,
+    accumulate: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -62,7 +68,12 @@ fn main(
     }
 
     var acc: array<array<f32, TILE_C>, TILE_I>;
-    for (var j = 0u; j < n; j++) {
+    for (var t = 0u; t < TILE_I; t++) {
+        for (var u = 0u; u < TILE_C; u++) {
+            acc[t][u] = 0.0;
+        }
+    }
+    for (var j = params.key_begin; j < params.key_end; j++) {
         let v_row = (b * n + j) * params.row_stride;
         var v: array<f32, TILE_C>;
         for (var u = 0u; u < TILE_C; u++) {
@@ -80,8 +91,9 @@ fn main(
         let i = i0 + t;
         for (var u = 0u; u < TILE_C; u++) {
             let c = c0 + u;
+            let index = (bs * n + i) * width + c;
             if (i < n && c < width) {
-                retrieved[(bs * n + i) * width + c] = acc[t][u];
+                retrieved[index] = select(acc[t][u], retrieved[index] + acc[t][u], params.accumulate != 0u);
             }
         }
     }

@@ -7,8 +7,10 @@
 // Bindings   @binding(0) params (uniform)  batch, seq, value_width, row_stride, v_offset
 //            @binding(1) proj        [b·n, row_stride]
 //            @binding(2) value_mean  [b, r·d]
-// Dispatch   one invocation per (b, c), WG per workgroup, numbered linearly over x and y.
-// Host constants  WG.
+// Dispatch   one workgroup of WG invocations per (b, c), numbered linearly over x and y; the
+//            invocations stride over the n keys (n / WG loop iterations each) and reduce.
+// Host constants  WG (a power of two).
+// Includes   common/workgroup_reduce.wgsl.
 
 struct Params {
     batch: u32,
@@ -31,15 +33,18 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    let index = (group.x + group.y * groups.x) * WG + lane;
+    let index = group.x + group.y * groups.x;
     if (index >= params.batch * params.value_width) {
         return;
     }
     let b = index / params.value_width;
     let c = index % params.value_width;
     var sum = 0.0;
-    for (var j = 0u; j < params.seq; j++) {
+    for (var j = lane; j < params.seq; j += WG) {
         sum += proj[(b * params.seq + j) * params.row_stride + params.v_offset + c];
     }
-    value_mean[index] = sum / f32(params.seq);
+    let total = workgroup_sum(lane, sum);
+    if (lane == 0u) {
+        value_mean[index] = total / f32(params.seq);
+    }
 }

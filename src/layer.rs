@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::error::Result;
 use crate::gpu::dispatch::Dispatch;
+use crate::gpu::timing::{PassTimer, TimingSource};
 use crate::gpu::{GpuContext, memory};
 use crate::io::{self, Input};
 use crate::ops::fused_attention::FusedTiling;
@@ -161,6 +162,8 @@ struct Workspace {
     /// Intermediates, kept alive for the dispatches bound to them.
     intermediates: Vec<wgpu::Buffer>,
     dispatches: Vec<Dispatch>,
+    /// Timestamp queries, created on the first profiled call.
+    timer: Option<PassTimer>,
 }
 
 impl Workspace {
@@ -173,6 +176,30 @@ impl Workspace {
         let params: u64 = self.dispatches.iter().map(Dispatch::bytes).sum();
         own + intermediates + params
     }
+}
+
+/// Time of one kernel in a profiled forward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    /// The pipeline variant's label: kernel name and specialisation.
+    pub label: String,
+    /// Milliseconds on the GPU.
+    pub ms: f64,
+}
+
+/// The result and timing of one profiled forward.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// `[batch, seq, dim]`.
+    pub output: Vec<f32>,
+    /// Per-kernel GPU times (empty with [`TimingSource::HostWallClock`]).
+    pub kernels: Vec<KernelTime>,
+    /// The forward's time: the sum of the kernels' GPU times, or the wall time.
+    pub total_ms: f64,
+    /// Host wall time from upload to readback, always measured.
+    pub wall_ms: f64,
+    /// Where `total_ms` comes from.
+    pub source: TimingSource,
 }
 
 const N_SQUARED_HINT: &str = "the unfused strategy stores b·s·n² search logits; the fused strategy \
@@ -247,15 +274,45 @@ impl CompositionalAttention {
         seq: usize,
         mask: Option<&[bool]>,
     ) -> Result<Vec<f32>> {
+        Ok(self.execute(x, batch, seq, mask, false).await?.output)
+    }
+
+    /// A forward pass that also times each kernel: with GPU timestamps where the adapter has
+    /// them (each kernel in a compute pass of its own), else the host wall time of the whole
+    /// submit-and-readback. For benchmarks; [`CompositionalAttention::forward`] records all
+    /// kernels in one pass.
+    pub async fn profile(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        seq: usize,
+        mask: Option<&[bool]>,
+    ) -> Result<Profile> {
+        self.execute(x, batch, seq, mask, true).await
+    }
+
+    async fn execute(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        seq: usize,
+        mask: Option<&[bool]>,
+        timed: bool,
+    ) -> Result<Profile> {
         reference::check_input(&self.config, x, batch, seq, mask)?;
         io::check_finite("input", x)?;
         self.prepare(batch, seq).await?;
-        let workspace = self.workspace.as_ref().expect("prepared above");
+        let ctx = self.ctx.clone();
+        let workspace = self.workspace.as_mut().expect("prepared above");
+        if timed && workspace.timer.is_none() {
+            workspace.timer = PassTimer::new(&ctx, workspace.dispatches.len());
+        }
+        let timer = workspace.timer.as_ref().filter(|_| timed);
         let mask_words: Vec<u32> = match mask {
             Some(mask) => mask.iter().map(|&allowed| allowed as u32).collect(),
             None => vec![1; batch * seq],
         };
-        let ctx = &self.ctx;
+        let start = web_time::Instant::now();
         ctx.scoped("forward", || {
             ctx.queue()
                 .write_buffer(&workspace.x, 0, bytemuck::cast_slice(x));
@@ -266,13 +323,27 @@ impl CompositionalAttention {
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("forward"),
                     });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("forward"),
-                    timestamp_writes: None,
-                });
-                for dispatch in &workspace.dispatches {
-                    dispatch.record(&mut pass);
+            match timer {
+                // One pass per kernel, bracketed by timestamps.
+                Some(timer) => {
+                    for (index, dispatch) in workspace.dispatches.iter().enumerate() {
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(dispatch.label()),
+                            timestamp_writes: Some(timer.writes(index)),
+                        });
+                        dispatch.record(&mut pass);
+                    }
+                    timer.resolve(&mut encoder);
+                }
+                // Everything in one pass: no pass boundaries for the driver to synchronise.
+                None => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("forward"),
+                        timestamp_writes: None,
+                    });
+                    for dispatch in &workspace.dispatches {
+                        dispatch.record(&mut pass);
+                    }
                 }
             }
             encoder.copy_buffer_to_buffer(
@@ -286,7 +357,33 @@ impl CompositionalAttention {
             Ok(())
         })
         .await?;
-        memory::read_f32(ctx, &workspace.staging, batch * seq * self.config.dim).await
+        let output =
+            memory::read_f32(&ctx, &workspace.staging, batch * seq * self.config.dim).await?;
+        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        let (kernels, total_ms, source) = match timer {
+            Some(timer) => {
+                let times = timer.read_ms(&ctx).await?;
+                let kernels: Vec<KernelTime> = workspace
+                    .dispatches
+                    .iter()
+                    .zip(times)
+                    .map(|(d, ms)| KernelTime {
+                        label: d.label().to_string(),
+                        ms,
+                    })
+                    .collect();
+                let total = kernels.iter().map(|k| k.ms).sum();
+                (kernels, total, TimingSource::GpuTimestamps)
+            }
+            None => (Vec::new(), wall_ms, TimingSource::HostWallClock),
+        };
+        Ok(Profile {
+            output,
+            kernels,
+            total_ms,
+            wall_ms,
+            source,
+        })
     }
 
     /// Blocking [`CompositionalAttention::forward`] (native only).
@@ -336,16 +433,16 @@ impl CompositionalAttention {
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         let scale = c.scale() as f32;
 
-        let x = memory::storage(ctx, "input", tokens * c.dim, None)?;
-        let mask = memory::storage(ctx, "mask", tokens, None)?;
-        let y = memory::storage(ctx, "output", tokens * c.dim, None)?;
+        let x = memory::storage(ctx, "input", &[batch, seq, c.dim], None)?;
+        let mask = memory::storage(ctx, "mask", &[batch, seq], None)?;
+        let y = memory::storage(ctx, "output", &[batch, seq, c.dim], None)?;
         let staging = memory::staging(ctx, "output readback", y.size());
         let mut intermediates = Vec::new();
         let mut dispatches = Vec::new();
 
         let normed = match &self.params.norm {
             Some((gamma, beta)) => {
-                let normed = memory::storage(ctx, "layer norm", tokens * c.dim, None)?;
+                let normed = memory::storage(ctx, "layer norm", &[batch, seq, c.dim], None)?;
                 dispatches.push(
                     ops::layer_norm::dispatch(ctx, tokens, c.dim, &x, gamma, beta, &normed).await?,
                 );
@@ -353,7 +450,7 @@ impl CompositionalAttention {
             }
             None => None,
         };
-        let proj = memory::storage(ctx, "projections", tokens * layout.row_stride, None)?;
+        let proj = memory::storage(ctx, "projections", &[batch, seq, layout.row_stride], None)?;
         let projection_weights = match self.strategy {
             Strategy::Fused => &self.params.fused_projection,
             Strategy::Unfused => &self.params.projection,
@@ -363,8 +460,8 @@ impl CompositionalAttention {
             n: layout.row_stride,
             k: c.dim,
         };
-        dispatches.push(
-            ops::gemm::dispatch(
+        dispatches.extend(
+            ops::gemm::dispatches(
                 ctx,
                 projection,
                 normed.as_ref().unwrap_or(&x),
@@ -373,22 +470,44 @@ impl CompositionalAttention {
             )
             .await?,
         );
-        let concat = memory::storage(ctx, "concatenated searches", tokens * c.search_width(), None)?;
+        let concat = memory::storage(
+            ctx,
+            "concatenated searches",
+            &[batch, seq, c.search_width()],
+            None,
+        )?;
         match self.strategy {
             Strategy::Fused => {
-                let value_mean = memory::storage(ctx, "value mean", batch * c.value_width(), None)?;
                 let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
+                let value_mean =
+                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
+                let (acc_len, stats_len) = ops::fused_attention::carry_len(ctx, &layout, tiling)?;
+                let carry_acc =
+                    memory::storage(ctx, "fused carry (accumulators)", &[acc_len], None)?;
+                let carry_stats =
+                    memory::storage(ctx, "fused carry (max, sum)", &[stats_len], None)?;
                 dispatches.push(ops::value_mean::dispatch(ctx, &layout, &proj, &value_mean).await?);
-                dispatches.push(
-                    ops::fused_attention::dispatch(
-                        ctx, &layout, tiling, scale, c.causal, &proj, &mask, &value_mean, &concat,
+                let buffers = ops::fused_attention::FusedBuffers {
+                    proj: &proj,
+                    mask: &mask,
+                    value_mean: &value_mean,
+                    carry_acc: &carry_acc,
+                    carry_stats: &carry_stats,
+                    concat: &concat,
+                };
+                dispatches.extend(
+                    ops::fused_attention::dispatches(
+                        ctx, &layout, tiling, scale, c.causal, &buffers,
                     )
                     .await?,
                 );
-                intermediates.push(value_mean);
+                intermediates.extend([value_mean, carry_acc, carry_stats]);
             }
             Strategy::Unfused => {
-                intermediates.extend(self.unfused_core(&layout, &proj, &mask, &concat, &mut dispatches).await?);
+                intermediates.extend(
+                    self.unfused_core(&layout, &proj, &mask, &concat, &mut dispatches)
+                        .await?,
+                );
             }
         }
         let output = GemmShape {
@@ -396,7 +515,7 @@ impl CompositionalAttention {
             n: c.dim,
             k: c.search_width(),
         };
-        dispatches.push(ops::gemm::dispatch(ctx, output, &concat, &self.params.out, &y).await?);
+        dispatches.extend(ops::gemm::dispatches(ctx, output, &concat, &self.params.out, &y).await?);
 
         intermediates.extend(normed);
         intermediates.extend([proj, concat]);
@@ -410,6 +529,7 @@ impl CompositionalAttention {
             staging,
             intermediates,
             dispatches,
+            timer: None,
         })
     }
 
@@ -427,19 +547,19 @@ impl CompositionalAttention {
         let c = &self.config;
         let (batch, seq) = (layout.batch, layout.seq);
         let scale = c.scale() as f32;
-        let scores_len = batch * c.num_searches * seq * seq;
-        let logits = memory::storage(ctx, "search logits", scores_len, Some(N_SQUARED_HINT))?;
-        let weights = memory::storage(ctx, "search weights", scores_len, Some(N_SQUARED_HINT))?;
+        let scores = [batch, c.num_searches, seq, seq];
+        let logits = memory::storage(ctx, "search logits", &scores, Some(N_SQUARED_HINT))?;
+        let weights = memory::storage(ctx, "search weights", &scores, Some(N_SQUARED_HINT))?;
         let retrieved = memory::storage(
             ctx,
             "retrieved",
-            batch * c.num_searches * seq * c.value_width(),
+            &[batch, c.num_searches, seq, c.value_width()],
             None,
         )?;
         let g_scratch = memory::storage(
             ctx,
             "retrieval logits",
-            batch * c.num_searches * seq * c.num_retrievals,
+            &[batch, c.num_searches, seq, c.num_retrievals],
             None,
         )?;
         dispatches.push(ops::search_scores::dispatch(ctx, layout, scale, proj, &logits).await?);
@@ -457,7 +577,7 @@ impl CompositionalAttention {
             .await?,
         );
         dispatches
-            .push(ops::search_values::dispatch(ctx, layout, &weights, proj, &retrieved).await?);
+            .extend(ops::search_values::dispatches(ctx, layout, &weights, proj, &retrieved).await?);
         dispatches.push(
             ops::retrieval_select::dispatch(
                 ctx,

@@ -21,6 +21,7 @@
 //!
 //! Inference only: dropout is the identity, as in PyTorch's `.eval()`.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod gpu;
@@ -33,7 +34,8 @@ pub mod weights;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use gpu::timing::TimingSource;
 pub use gpu::{GpuContext, GpuOptions, LimitsPolicy};
 pub use io::Input;
-pub use layer::{CompositionalAttention, Strategy};
+pub use layer::{CompositionalAttention, KernelTime, Profile, Strategy};
 pub use weights::Weights;

@@ -215,6 +215,24 @@ impl GpuContext {
         &self.inner.limits
     }
 
+    /// The most loop iterations one invocation may run, summed over all its loops, where the
+    /// driver imposes such a cap; `None` where it does not.
+    ///
+    /// Mesa's gallivm (llvmpipe, lavapipe) guards against endless shaders with one counter per
+    /// invocation that every loop iteration decrements, starting at 65 535; at zero every loop
+    /// exits after one pass, silently. Kernels whose loops grow with the problem (the key loop
+    /// of attention, the K loop of a GEMM) split their range over several dispatches so that
+    /// each stays under this budget. CPU adapters get the cap whatever their driver: splitting
+    /// costs little there, and SwiftShader's limits are not documented.
+    pub fn loop_budget(&self) -> Option<u64> {
+        let info = &self.inner.info;
+        let gallivm = [&info.name, &info.driver]
+            .iter()
+            .any(|s| s.to_lowercase().contains("llvmpipe"));
+        // A margin below 65 535 for loops the cost models do not count.
+        (gallivm || info.device_type == wgpu::DeviceType::Cpu).then_some(48_000)
+    }
+
     /// Whether GPU timestamps can time passes on this device.
     pub fn has_timestamps(&self) -> bool {
         self.inner
@@ -226,10 +244,24 @@ impl GpuContext {
     /// "name (backend, device type)", for logs and reports.
     pub fn describe(&self) -> String {
         let info = &self.inner.info;
-        format!(
-            "{} ({:?}, {:?}, driver {} {})",
-            info.name, info.backend, info.device_type, info.driver, info.driver_info
-        )
+        let name = if info.name.is_empty() {
+            "unnamed adapter"
+        } else {
+            &info.name
+        };
+        let driver = [info.driver.as_str(), info.driver_info.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if driver.is_empty() {
+            format!("{name} ({:?}, {:?})", info.backend, info.device_type)
+        } else {
+            format!(
+                "{name} ({:?}, {:?}, driver {driver})",
+                info.backend, info.device_type
+            )
+        }
     }
 
     pub(crate) fn pipelines(&self) -> &PipelineCache {

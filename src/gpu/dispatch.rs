@@ -106,3 +106,56 @@ fn linear_grid(ctx: &GpuContext, what: &str, groups: u64) -> Result<[u32; 3]> {
     }
     Ok([x as u32, y as u32, 1])
 }
+
+/// Splits `0..total` into consecutive ranges small enough that an invocation running
+/// `fixed + per_item · len` loop iterations stays within the device's loop budget
+/// ([`GpuContext::loop_budget`]); range lengths are multiples of `align` except the last.
+/// Without a budget the whole range is one piece.
+pub(crate) fn split_for_loop_budget(
+    ctx: &GpuContext,
+    what: &str,
+    total: usize,
+    per_item: u64,
+    fixed: u64,
+    align: usize,
+) -> Result<Vec<std::ops::Range<usize>>> {
+    let Some(budget) = ctx.loop_budget() else {
+        return Ok(vec![0..total]);
+    };
+    let align = align.max(1);
+    let items = budget.saturating_sub(fixed) / per_item.max(1);
+    let chunk = (items as usize / align) * align;
+    if chunk == 0 {
+        return Err(Error::LimitExceeded {
+            what: format!("{what}: loop iterations per invocation"),
+            required: fixed + per_item * align as u64,
+            limit: budget,
+            limit_name: "the driver's loop-iteration cap (GpuContext::loop_budget)",
+            hint: Some("smaller head sizes, or a GPU driver without the cap"),
+        });
+    }
+    Ok((0..total.max(1))
+        .step_by(chunk)
+        .map(|begin| begin..(begin + chunk).min(total))
+        .collect())
+}
+
+/// Fails with [`Error::LimitExceeded`] if one invocation's `iterations` loop iterations exceed
+/// the device's loop budget ([`GpuContext::loop_budget`]); `hint` says what to do instead.
+pub(crate) fn check_loop_budget(
+    ctx: &GpuContext,
+    what: &str,
+    iterations: u64,
+    hint: &'static str,
+) -> Result<()> {
+    match ctx.loop_budget() {
+        Some(budget) if iterations > budget => Err(Error::LimitExceeded {
+            what: format!("{what}: loop iterations per invocation"),
+            required: iterations,
+            limit: budget,
+            limit_name: "the driver's loop-iteration cap (GpuContext::loop_budget)",
+            hint: Some(hint),
+        }),
+        _ => Ok(()),
+    }
+}

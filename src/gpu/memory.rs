@@ -47,15 +47,20 @@ pub(crate) fn check_storage_size(
     Ok(())
 }
 
-/// An uninitialised storage buffer of `len` f32/u32 elements (at least one, as WebGPU forbids
-/// empty bindings).
+/// An uninitialised storage buffer of 4-byte elements with shape `dims` (at least one element,
+/// as WebGPU forbids empty bindings). The size is computed in `u64`, so that a shape whose
+/// element count overflows a 32-bit `usize` (wasm32) is refused rather than wrapped.
 pub(crate) fn storage(
     ctx: &GpuContext,
     label: &str,
-    len: usize,
+    dims: &[usize],
     hint: Option<&'static str>,
 ) -> Result<wgpu::Buffer> {
-    let bytes = 4 * len.max(1) as u64;
+    let elements = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .unwrap_or(u64::MAX);
+    let bytes = elements.max(1).saturating_mul(4);
     check_storage_size(ctx, label, bytes, hint)?;
     Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -74,7 +79,7 @@ pub(crate) fn storage_init<T: bytemuck::Pod>(
     let bytes = std::mem::size_of_val(data) as u64;
     check_storage_size(ctx, label, bytes, None)?;
     if data.is_empty() {
-        return storage(ctx, label, 1, None);
+        return storage(ctx, label, &[1], None);
     }
     Ok(ctx
         .device()
@@ -137,4 +142,19 @@ pub(crate) async fn read_f32(
     };
     staging.unmap();
     Ok(values)
+}
+
+/// Waits until the queue has finished all submitted work.
+pub(crate) async fn wait_idle(ctx: &GpuContext) -> Result<()> {
+    let (sender, receiver) = futures::channel::oneshot::channel();
+    ctx.queue().on_submitted_work_done(move || {
+        let _ = sender.send(());
+    });
+    #[cfg(not(target_arch = "wasm32"))]
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Readback(e.to_string()))?;
+    receiver
+        .await
+        .map_err(|_| Error::Readback("the work-done callback was dropped".into()))
 }

@@ -6,6 +6,7 @@
 //! | [`pipelines`] | WGSL specialisation and the pipeline cache |
 //! | [`memory`] | buffer creation with limit checks, readback |
 //! | [`dispatch`] | a kernel bound to its buffers, and the linear workgroup grid |
+//! | [`timing`] | timestamp queries per compute pass |
 
 pub mod context;
 pub(crate) mod dispatch;
@@ -13,5 +14,6 @@ pub(crate) mod memory;
 pub mod pipelines;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod timing;
 
 pub use context::{GpuContext, GpuOptions, LimitsPolicy};

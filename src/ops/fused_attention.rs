@@ -16,9 +16,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::dispatch::Dispatch;
-use crate::gpu::pipelines::{kernel, Kernel, ShaderVariant};
 use crate::gpu::GpuContext;
+use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
+use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::ops::ProjectionLayout;
 
 static FUSED_ATTENTION: Kernel = kernel!("fused_attention");
@@ -148,7 +148,9 @@ impl FusedTiling {
         let private = self.private_bytes(head, retrievals);
         if ctx.info().backend == wgpu::Backend::BrowserWebGpu && private > PRIVATE_BUDGET_BYTES {
             return Err(Error::LimitExceeded {
-                what: format!("fused attention registers for dim_head {head}, {retrievals} retrievals"),
+                what: format!(
+                    "fused attention registers for dim_head {head}, {retrievals} retrievals"
+                ),
                 required: private as u64,
                 limit: PRIVATE_BUDGET_BYTES as u64,
                 limit_name: "WGSL function-scope memory (8 KiB in browsers)",
@@ -173,7 +175,16 @@ struct Params {
     scale: f32,
     tiles: u32,
     causal: u32,
+    key_begin: u32,
+    key_end: u32,
+    first: u32,
+    last: u32,
     _pad: u32,
+}
+
+/// 4 where the head width allows vec4 loads (every offset is then a multiple of 4), else 1.
+fn vector_width(head: usize) -> usize {
+    if head.is_multiple_of(4) { 4 } else { 1 }
 }
 
 pub(crate) fn variant(layout: &ProjectionLayout, tiling: FusedTiling) -> ShaderVariant {
@@ -184,45 +195,115 @@ pub(crate) fn variant(layout: &ProjectionLayout, tiling: FusedTiling) -> ShaderV
         .bool("STAGE", tiling.stage)
         .u32("D", layout.head as u32)
         .u32("R", layout.retrievals as u32)
+        .vector(vector_width(layout.head) as u32)
 }
 
-/// Binds `concat [b, n, s·d]` from the packed `proj` (whose RQ block holds `RQ·W_rk`), the key
-/// `mask` and `value_mean`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn dispatch(
+/// Buffers the fused kernel reads and writes.
+pub(crate) struct FusedBuffers<'a> {
+    /// Packed projections `[b·n, (3s + r)·d]` whose RQ block holds `RQ·W_rk`.
+    pub proj: &'a wgpu::Buffer,
+    /// Key mask `[b, n]` (u32).
+    pub mask: &'a wgpu::Buffer,
+    /// `[b, r·d]` from `value_mean`.
+    pub value_mean: &'a wgpu::Buffer,
+    /// `[b·s·n, r·d]` and `[b·s·n, 2]`: state between key chunks (see [`carry_len`]).
+    pub carry_acc: &'a wgpu::Buffer,
+    pub carry_stats: &'a wgpu::Buffer,
+    /// Output `[b, n, s·d]`.
+    pub concat: &'a wgpu::Buffer,
+}
+
+/// Elements of the carry buffers (`acc`, `stats`): empty when one dispatch covers every key.
+pub(crate) fn carry_len(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    tiling: FusedTiling,
+) -> Result<(usize, usize)> {
+    if key_chunks(ctx, layout, tiling)?.len() == 1 {
+        // Unused, but bound: one vec4 each, the smallest binding the kernel's types allow.
+        return Ok((4, 4));
+    }
+    let rows = layout.batch * layout.searches * layout.seq;
+    Ok((rows * layout.retrievals * layout.head, rows * 2))
+}
+
+/// The key ranges of the dispatches: one range unless the driver caps loop iterations.
+fn key_chunks(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    tiling: FusedTiling,
+) -> Result<Vec<std::ops::Range<usize>>> {
+    let v = vector_width(layout.head) as u64;
+    let (q, bk, wg) = (tiling.qpi as u64, tiling.bk as u64, tiling.wg as u64);
+    let (dv, r) = (layout.head as u64 / v, layout.retrievals as u64);
+    let vwv = r * dv;
+    // Loop iterations, counting every loop as if the compiler unrolled none of them.
+    let per_key = 2 + 2 * q + (dv + vwv) * (1 + q);
+    let per_tile = 2 * q + q * (1 + bk + vwv) + (bk * (dv + vwv + 1)).div_ceil(wg) + 3;
+    let fixed = q * (2 + dv + 2 * vwv) + q * (r * (1 + dv) + r + dv * (1 + r)) + 16;
+    split_for_loop_budget(
+        ctx,
+        "fused attention",
+        layout.seq,
+        per_key + per_tile.div_ceil(bk),
+        fixed,
+        tiling.bk as usize,
+    )
+}
+
+/// Binds the fused kernel: one dispatch per key chunk (usually one), writing `concat`.
+pub(crate) async fn dispatches(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
     tiling: FusedTiling,
     scale: f32,
     causal: bool,
-    proj: &wgpu::Buffer,
-    mask: &wgpu::Buffer,
-    value_mean: &wgpu::Buffer,
-    concat: &wgpu::Buffer,
-) -> Result<Dispatch> {
+    buffers: &FusedBuffers<'_>,
+) -> Result<Vec<Dispatch>> {
+    let v = vector_width(layout.head);
     let tiles = layout.seq.div_ceil(tiling.rows());
-    let params = Params {
-        batch: layout.batch as u32,
-        seq: layout.seq as u32,
-        searches: layout.searches as u32,
-        row_stride: layout.row_stride as u32,
-        q_offset: layout.search_queries as u32,
-        k_offset: layout.search_keys as u32,
-        qt_offset: layout.retrieval_queries as u32,
-        v_offset: layout.retrieval_values as u32,
-        scale,
-        tiles: tiles as u32,
-        causal: causal as u32,
-        _pad: 0,
-    };
-    Dispatch::new(
-        ctx,
-        &variant(layout, tiling),
-        bytemuck::bytes_of(&params),
-        &[proj, mask, value_mean, concat],
-        (layout.batch * layout.searches * tiles) as u64,
-    )
-    .await
+    let chunks = key_chunks(ctx, layout, tiling)?;
+    let count = chunks.len();
+    let variant = variant(layout, tiling);
+    let mut dispatches = Vec::with_capacity(count);
+    for (index, keys) in chunks.into_iter().enumerate() {
+        let params = Params {
+            batch: layout.batch as u32,
+            seq: layout.seq as u32,
+            searches: layout.searches as u32,
+            row_stride: (layout.row_stride / v) as u32,
+            q_offset: (layout.search_queries / v) as u32,
+            k_offset: (layout.search_keys / v) as u32,
+            qt_offset: (layout.retrieval_queries / v) as u32,
+            v_offset: (layout.retrieval_values / v) as u32,
+            scale,
+            tiles: tiles as u32,
+            causal: causal as u32,
+            key_begin: keys.start as u32,
+            key_end: keys.end as u32,
+            first: (index == 0) as u32,
+            last: (index + 1 == count) as u32,
+            _pad: 0,
+        };
+        dispatches.push(
+            Dispatch::new(
+                ctx,
+                &variant,
+                bytemuck::bytes_of(&params),
+                &[
+                    buffers.proj,
+                    buffers.mask,
+                    buffers.value_mean,
+                    buffers.carry_acc,
+                    buffers.carry_stats,
+                    buffers.concat,
+                ],
+                (layout.batch * layout.searches * tiles) as u64,
+            )
+            .await?,
+        );
+    }
+    Ok(dispatches)
 }
 
 #[cfg(test)]
@@ -260,7 +341,16 @@ mod tests {
     /// Runs value_mean + fused on random projections and compares with the reference chain
     /// logits → softmax → aggregation → selection (which uses RQ and W_rk as SPEC writes them).
     fn check(case: Case, tiling: FusedTiling) {
-        let Case { batch, seq, searches, retrievals, head, causal, mask, magnitude } = case;
+        let Case {
+            batch,
+            seq,
+            searches,
+            retrievals,
+            head,
+            causal,
+            mask,
+            magnitude,
+        } = case;
         let (mut rng, what) = rng(&format!(
             "fused b{batch} n{seq} s{searches} r{retrievals} d{head} causal {causal} \
              mask {:?} x{magnitude} {tiling:?}",
@@ -294,14 +384,31 @@ mod tests {
         let means = poisoned(batch * retrievals * head);
         let concat = poisoned(batch * seq * searches * head);
         let ctx = context();
-        let mean_dispatch = build(value_mean::dispatch(ctx, &layout, &proj_buffer, &means));
         let tiling = tiling.check(ctx, head, retrievals).unwrap();
-        let fused = build(dispatch(
-            ctx, &layout, tiling, scale, causal, &proj_buffer, &mask_buffer, &means, &concat,
-        ));
-        run(&[&mean_dispatch, &fused]);
+        let (acc_len, stats_len) = carry_len(ctx, &layout, tiling).unwrap();
+        let (carry_acc, carry_stats) = (poisoned(acc_len), poisoned(stats_len));
+        let mean_dispatch = build(value_mean::dispatch(ctx, &layout, &proj_buffer, &means));
+        let buffers = FusedBuffers {
+            proj: &proj_buffer,
+            mask: &mask_buffer,
+            value_mean: &means,
+            carry_acc: &carry_acc,
+            carry_stats: &carry_stats,
+            concat: &concat,
+        };
+        let fused = pollster::block_on(dispatches(ctx, &layout, tiling, scale, causal, &buffers))
+            .expect("fused dispatches");
+        let mut all = vec![&mean_dispatch];
+        all.extend(fused.iter());
+        run(&all);
 
-        let dims = Dims { batch, seq, searches, retrievals, head };
+        let dims = Dims {
+            batch,
+            seq,
+            searches,
+            retrievals,
+            head,
+        };
         let sq = layout.column_block(&proj, layout.search_queries, searches * head);
         let sk = layout.column_block(&proj, layout.search_keys, searches * head);
         let rv = layout.column_block(&proj, layout.retrieval_values, retrievals * head);
@@ -318,7 +425,16 @@ mod tests {
     }
 
     fn case(batch: usize, seq: usize, searches: usize, retrievals: usize, head: usize) -> Case {
-        Case { batch, seq, searches, retrievals, head, causal: false, mask: None, magnitude: 1.0 }
+        Case {
+            batch,
+            seq,
+            searches,
+            retrievals,
+            head,
+            causal: false,
+            mask: None,
+            magnitude: 1.0,
+        }
     }
 
     #[test]
@@ -339,12 +455,18 @@ mod tests {
 
     #[test]
     fn causal_skips_key_tiles() {
-        both(|| Case { causal: true, ..case(2, 45, 2, 3, 12) });
+        both(|| Case {
+            causal: true,
+            ..case(2, 45, 2, 3, 12)
+        });
     }
 
     #[test]
     fn padding_and_fully_masked_rows() {
-        both(|| Case { mask: Some(length_mask(3, 17, &[17, 0, 6])), ..case(3, 17, 2, 3, 8) });
+        both(|| Case {
+            mask: Some(length_mask(3, 17, &[17, 0, 6])),
+            ..case(3, 17, 2, 3, 8)
+        });
     }
 
     #[test]
@@ -352,12 +474,34 @@ mod tests {
         // Keys 0..4 padded: causal queries 0..4 have no allowed key and must be uniform over
         // all keys (future ones too); the rest are ordinary.
         let late: Vec<bool> = (0..2 * 19).map(|t| t % 19 >= 4).collect();
-        both(|| Case { causal: true, mask: Some(late.clone()), ..case(2, 19, 2, 2, 8) });
+        both(|| Case {
+            causal: true,
+            mask: Some(late.clone()),
+            ..case(2, 19, 2, 2, 8)
+        });
     }
 
     #[test]
     fn large_magnitude_scores() {
-        both(|| Case { magnitude: 8.0, causal: true, ..case(1, 40, 2, 2, 16) });
+        both(|| Case {
+            magnitude: 8.0,
+            causal: true,
+            ..case(1, 40, 2, 2, 16)
+        });
+    }
+
+    /// Long enough that a loop-capped driver (lavapipe) needs several key chunks, which must
+    /// carry the online-softmax state between dispatches exactly.
+    #[test]
+    fn keys_split_over_several_dispatches() {
+        both(|| Case {
+            causal: true,
+            ..case(1, 700, 1, 2, 64)
+        });
+        both(|| Case {
+            mask: Some(length_mask(2, 611, &[611, 300])),
+            ..case(2, 611, 2, 3, 20)
+        });
     }
 
     #[test]

@@ -13,7 +13,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 
 static GEMM: Kernel = kernel!("gemm");
@@ -108,45 +108,77 @@ struct Params {
     n: u32,
     k_vecs: u32,
     tiles_n: u32,
+    k_begin: u32,
+    k_end: u32,
+    accumulate: u32,
+    _pad: u32,
 }
 
 /// Binds `out [m, n] = lhs [m, k] · rhs [n, k]ᵀ` with the adapter's kernel.
-pub(crate) async fn dispatch(
+pub(crate) async fn dispatches(
     ctx: &GpuContext,
     shape: GemmShape,
     lhs: &wgpu::Buffer,
     rhs: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<Dispatch> {
-    dispatch_with(ctx, GemmTiling::choose(ctx), shape, lhs, rhs, out).await
+) -> Result<Vec<Dispatch>> {
+    dispatches_with(ctx, GemmTiling::choose(ctx), shape, lhs, rhs, out).await
 }
 
-/// Binds the GEMM with an explicit tiling (tests cover both kernels on any adapter).
-pub(crate) async fn dispatch_with(
+/// Binds the GEMM with an explicit tiling (tests cover both kernels on any adapter): one
+/// dispatch, or one per slice of K where the driver caps loop iterations, each adding to `out`.
+pub(crate) async fn dispatches_with(
     ctx: &GpuContext,
     tiling: GemmTiling,
     shape: GemmShape,
     lhs: &wgpu::Buffer,
     rhs: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     let (rows, cols) = tiling.tile_shape();
     let tiles_m = shape.m.div_ceil(rows);
     let tiles_n = shape.n.div_ceil(cols);
-    let params = Params {
-        m: shape.m as u32,
-        n: shape.n as u32,
-        k_vecs: (shape.k / tiling.vector_width(shape)) as u32,
-        tiles_n: tiles_n as u32,
+    let vec = tiling.vector_width(shape);
+    let k_len = shape.k / vec;
+    // Loop iterations per step of the reduction, counting no loop as unrolled.
+    let (per_step, fixed, align) = match tiling {
+        GemmTiling::Register { tile_m, tile_n, .. } => {
+            let (tm, tn) = (tile_m as u64, tile_n as u64);
+            (1 + tm + tn * (1 + tm), 2 * (tm + tn) + tm * tn, 1)
+        }
+        GemmTiling::Tiled { wg_side, tile, bk } => {
+            let (side, t, bk) = (wg_side as u64, tile as u64, bk as u64);
+            let staging = (bk * side * t).div_ceil(side * side);
+            let per_slice = 1 + staging + bk * (1 + t + t * (1 + t));
+            (per_slice.div_ceil(bk), 2 * t * (1 + t), bk as usize)
+        }
     };
-    Dispatch::new(
-        ctx,
-        &tiling.variant(shape),
-        bytemuck::bytes_of(&params),
-        &[lhs, rhs, out],
-        (tiles_m * tiles_n) as u64,
-    )
-    .await
+    let slices = split_for_loop_budget(ctx, "GEMM", k_len, per_step, fixed, align)?;
+    let variant = tiling.variant(shape);
+    let mut dispatches = Vec::with_capacity(slices.len());
+    for (index, slice) in slices.into_iter().enumerate() {
+        let params = Params {
+            m: shape.m as u32,
+            n: shape.n as u32,
+            k_vecs: k_len as u32,
+            tiles_n: tiles_n as u32,
+            k_begin: slice.start as u32,
+            k_end: slice.end as u32,
+            accumulate: (index > 0) as u32,
+            _pad: 0,
+        };
+        dispatches.push(
+            Dispatch::new(
+                ctx,
+                &variant,
+                bytemuck::bytes_of(&params),
+                &[lhs, rhs, out],
+                (tiles_m * tiles_n) as u64,
+            )
+            .await?,
+        );
+    }
+    Ok(dispatches)
 }
 
 #[cfg(test)]
@@ -163,15 +195,16 @@ mod tests {
             let rhs = normal(&mut rng, n * k, 0.5);
             let out = poisoned(m * n);
             let shape = GemmShape { m, n, k };
-            let d = build(dispatch_with(
+            let d = pollster::block_on(dispatches_with(
                 context(),
                 tiling,
                 shape,
                 &upload(&lhs),
                 &upload(&rhs),
                 &out,
-            ));
-            run(&[&d]);
+            ))
+            .expect("gemm dispatches");
+            run(&d.iter().collect::<Vec<_>>());
             let expected = reference::linear(&to_f64(&lhs), k, &rhs, n);
             assert_close(&what, &download(&out, m * n), &expected, 1e-5);
         }
@@ -194,5 +227,12 @@ mod tests {
     #[test]
     fn exact_tiles() {
         check(64, 96, 128);
+    }
+
+    /// A reduction long enough that a loop-capped driver splits K over several dispatches.
+    #[test]
+    fn long_reduction() {
+        check(20, 33, 4100);
+        check(9, 17, 3001);
     }
 }

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::config::LAYER_NORM_EPS;
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 
 static LAYER_NORM: Kernel = kernel!("layer_norm", includes: ["workgroup_reduce"]);
@@ -37,6 +37,8 @@ pub(crate) async fn dispatch(
     beta: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<Dispatch> {
+    let loops = 3 * dim.div_ceil(WG as usize) as u64 + 2 * WG.ilog2() as u64;
+    check_loop_budget(ctx, "layer norm", loops, "a smaller model width")?;
     let params = Params {
         rows: rows as u32,
         dim: dim as u32,

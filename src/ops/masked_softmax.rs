@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 
 static MASKED_SOFTMAX: Kernel = kernel!("masked_softmax", includes: ["workgroup_reduce"]);
@@ -38,6 +38,14 @@ pub(crate) async fn dispatch(
     mask: &wgpu::Buffer,
     weights: &wgpu::Buffer,
 ) -> Result<Dispatch> {
+    // Three strided passes over the row and three tree reductions.
+    let loops = 3 * seq.div_ceil(WG as usize) as u64 + 3 * WG.ilog2() as u64 + 1;
+    check_loop_budget(
+        ctx,
+        "masked softmax",
+        loops,
+        "the fused strategy (Strategy::Fused)",
+    )?;
     let rows = batch * searches * seq;
     let params = Params {
         rows: rows as u32,

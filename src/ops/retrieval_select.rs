@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::ops::ProjectionLayout;
 
@@ -45,6 +45,14 @@ pub(crate) async fn dispatch(
     g_scratch: &wgpu::Buffer,
     concat: &wgpu::Buffer,
 ) -> Result<Dispatch> {
+    let (d, r) = (layout.head as u64, layout.retrievals as u64);
+    let loops = r * (1 + d * (1 + d)) + 2 * r + d * (1 + r);
+    check_loop_budget(
+        ctx,
+        "retrieval selection",
+        loops,
+        "the fused strategy (Strategy::Fused)",
+    )?;
     let rows = layout.batch * layout.searches * layout.seq;
     let params = Params {
         rows: rows as u32,

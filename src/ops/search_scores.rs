@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::ops::ProjectionLayout;
 
@@ -49,6 +49,14 @@ pub(crate) async fn dispatch(
     proj: &wgpu::Buffer,
     logits: &wgpu::Buffer,
 ) -> Result<Dispatch> {
+    let (ti, tj) = (TILE_I as u64, TILE_J as u64);
+    let loops = layout.head as u64 * (1 + ti + tj * (1 + ti)) + 2 * (ti + tj) + ti * tj;
+    check_loop_budget(
+        ctx,
+        "search scores",
+        loops,
+        "the fused strategy (Strategy::Fused)",
+    )?;
     let n = layout.seq;
     let tiles_i = n.div_ceil((WG_Y * TILE_I) as usize);
     let tiles_j = n.div_ceil((WG_X * TILE_J) as usize);

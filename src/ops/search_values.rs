@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::ops::ProjectionLayout;
 
@@ -28,6 +28,10 @@ struct Params {
     v_offset: u32,
     tiles_i: u32,
     tiles_c: u32,
+    key_begin: u32,
+    key_end: u32,
+    accumulate: u32,
+    _pad: u32,
 }
 
 pub(crate) fn variant() -> ShaderVariant {
@@ -38,37 +42,52 @@ pub(crate) fn variant() -> ShaderVariant {
         .u32("TILE_C", TILE_C)
 }
 
-/// Binds `retrieved [b, s, n, r·d] = weights [b, s, n, n] · RV` (RV from the packed `proj`).
-pub(crate) async fn dispatch(
+/// Binds `retrieved [b, s, n, r·d] = weights [b, s, n, n] · RV` (RV from the packed `proj`):
+/// one dispatch, or one per slice of keys where the driver caps loop iterations.
+pub(crate) async fn dispatches(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
     weights: &wgpu::Buffer,
     proj: &wgpu::Buffer,
     retrieved: &wgpu::Buffer,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     let n = layout.seq;
     let width = layout.retrievals * layout.head;
     let tiles_i = n.div_ceil((WG_Y * TILE_I) as usize);
     let tiles_c = width.div_ceil((WG_X * TILE_C) as usize);
     let batch_searches = layout.batch * layout.searches;
-    let params = Params {
-        batch_searches: batch_searches as u32,
-        searches: layout.searches as u32,
-        seq: n as u32,
-        value_width: width as u32,
-        row_stride: layout.row_stride as u32,
-        v_offset: layout.retrieval_values as u32,
-        tiles_i: tiles_i as u32,
-        tiles_c: tiles_c as u32,
-    };
-    Dispatch::new(
-        ctx,
-        &variant(),
-        bytemuck::bytes_of(&params),
-        &[weights, proj, retrieved],
-        (batch_searches * tiles_i * tiles_c) as u64,
-    )
-    .await
+    let (ti, tc) = (TILE_I as u64, TILE_C as u64);
+    let per_key = 1 + tc + ti * (1 + tc);
+    let fixed = ti + tc + ti * (1 + tc);
+    let slices = split_for_loop_budget(ctx, "search values", n, per_key, fixed, 1)?;
+    let mut dispatches = Vec::with_capacity(slices.len());
+    for (index, keys) in slices.into_iter().enumerate() {
+        let params = Params {
+            batch_searches: batch_searches as u32,
+            searches: layout.searches as u32,
+            seq: n as u32,
+            value_width: width as u32,
+            row_stride: layout.row_stride as u32,
+            v_offset: layout.retrieval_values as u32,
+            tiles_i: tiles_i as u32,
+            tiles_c: tiles_c as u32,
+            key_begin: keys.start as u32,
+            key_end: keys.end as u32,
+            accumulate: (index > 0) as u32,
+            _pad: 0,
+        };
+        dispatches.push(
+            Dispatch::new(
+                ctx,
+                &variant(),
+                bytemuck::bytes_of(&params),
+                &[weights, proj, retrieved],
+                (batch_searches * tiles_i * tiles_c) as u64,
+            )
+            .await?,
+        );
+    }
+    Ok(dispatches)
 }
 
 #[cfg(test)]
@@ -91,14 +110,15 @@ mod tests {
         let proj = normal(&mut rng, batch * seq * layout.row_stride, 1.0);
         let width = retrievals * head;
         let retrieved = poisoned(batch * searches * seq * width);
-        let d = build(dispatch(
+        let d = pollster::block_on(dispatches(
             context(),
             &layout,
             &upload(&weights),
             &upload(&proj),
             &retrieved,
-        ));
-        run(&[&d]);
+        ))
+        .expect("search_values dispatches");
+        run(&d.iter().collect::<Vec<_>>());
         let rv = layout.column_block(&proj, layout.retrieval_values, width);
         let dims = Dims {
             batch,
@@ -126,6 +146,12 @@ mod tests {
     fn one_search_one_retrieval() {
         check(2, 9, 1, 1, 6);
         check(1, 1, 1, 1, 1);
+    }
+
+    /// Enough keys that a loop-capped driver splits them over several accumulating dispatches.
+    #[test]
+    fn many_keys() {
+        check(1, 2300, 1, 1, 4);
     }
 
     #[test]

@@ -5,13 +5,14 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
-use crate::gpu::dispatch::Dispatch;
-use crate::gpu::pipelines::{kernel, Kernel, ShaderVariant};
 use crate::gpu::GpuContext;
+use crate::gpu::dispatch::{Dispatch, check_loop_budget};
+use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::ops::ProjectionLayout;
 
-static VALUE_MEAN: Kernel = kernel!("value_mean");
+static VALUE_MEAN: Kernel = kernel!("value_mean", includes: ["workgroup_reduce"]);
 
+/// Invocations per (batch, column): each strides over `n / 64` keys, far below any loop cap.
 const WG: u32 = 64;
 
 #[repr(C)]
@@ -36,6 +37,8 @@ pub(crate) async fn dispatch(
     proj: &wgpu::Buffer,
     value_mean: &wgpu::Buffer,
 ) -> Result<Dispatch> {
+    let loops = layout.seq.div_ceil(WG as usize) as u64 + WG.ilog2() as u64;
+    check_loop_budget(ctx, "value mean", loops, "a shorter sequence")?;
     let width = layout.retrievals * layout.head;
     let params = Params {
         batch: layout.batch as u32,
@@ -50,7 +53,7 @@ pub(crate) async fn dispatch(
         &variant(),
         bytemuck::bytes_of(&params),
         &[proj, value_mean],
-        (layout.batch * width).div_ceil(WG as usize) as u64,
+        (layout.batch * width) as u64,
     )
     .await
 }
