@@ -50,6 +50,7 @@ impl KernelBench {
         n: usize,
         k: usize,
     ) -> Result<KernelBench> {
+        let _serial = ctx.serial().await;
         let mut rng = StdRng::seed_from_u64(1);
         let shape = GemmShape { m, n, k };
         let tiling = match kernel {
@@ -80,6 +81,7 @@ impl KernelBench {
         seq: usize,
     ) -> Result<Vec<KernelBench>> {
         config.validate()?;
+        let _serial = ctx.serial().await;
         let c = config;
         let mut rng = StdRng::seed_from_u64(2);
         let layout =
@@ -240,6 +242,7 @@ impl KernelBench {
     /// Runs the kernel once and returns its time in milliseconds.
     pub async fn sample_ms(&mut self) -> Result<(f64, TimingSource)> {
         let ctx = self.ctx.clone();
+        let _serial = ctx.serial().await;
         let start = web_time::Instant::now();
         ctx.scoped(&self.name, || {
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
@@ -296,7 +299,7 @@ pub fn summarize(samples: &[f64]) -> (f64, f64, f64) {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    let median = if sorted.len() % 2 == 0 {
+    let median = if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]

@@ -230,6 +230,7 @@ impl CompositionalAttention {
     pub fn new(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
         let config = *weights.config();
         config.validate()?;
+        let _serial = futures::executor::block_on(ctx.serial());
         Ok(CompositionalAttention {
             ctx: ctx.clone(),
             config,
@@ -301,8 +302,9 @@ impl CompositionalAttention {
     ) -> Result<Profile> {
         reference::check_input(&self.config, x, batch, seq, mask)?;
         io::check_finite("input", x)?;
-        self.prepare(batch, seq).await?;
         let ctx = self.ctx.clone();
+        let _serial = ctx.serial().await;
+        self.prepare_unserialized(batch, seq).await?;
         let workspace = self.workspace.as_mut().expect("prepared above");
         if timed && workspace.timer.is_none() {
             workspace.timer = PassTimer::new(&ctx, workspace.dispatches.len());
@@ -413,6 +415,12 @@ impl CompositionalAttention {
 
     /// Builds the workspace for `(batch, seq)` and the current strategy, unless it exists.
     pub async fn prepare(&mut self, batch: usize, seq: usize) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let _serial = ctx.serial().await;
+        self.prepare_unserialized(batch, seq).await
+    }
+
+    async fn prepare_unserialized(&mut self, batch: usize, seq: usize) -> Result<()> {
         if let Some(w) = &self.workspace
             && (w.batch, w.seq, w.strategy) == (batch, seq, self.strategy)
         {

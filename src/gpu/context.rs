@@ -113,6 +113,8 @@ struct Inner {
     limits: wgpu::Limits,
     pipelines: PipelineCache,
     uncaptured: Arc<Mutex<Vec<String>>>,
+    /// Serialises GPU work on the GL backend (see [`GpuContext::serial`]).
+    serial: Option<futures::lock::Mutex<()>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -127,10 +129,15 @@ impl std::fmt::Debug for GpuContext {
 impl GpuContext {
     /// Picks an adapter as `options` say and opens a device on it.
     pub async fn new(options: &GpuOptions) -> Result<Self> {
-        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
-        descriptor.backends = options.backends.unwrap_or(wgpu::Backends::all());
-        let instance = wgpu::Instance::new(descriptor);
-        let adapter = select_adapter(&instance, options).await?;
+        let adapter = match options.backends {
+            Some(backends) => select_adapter(backends, options).await?,
+            // Vulkan, Metal, DX12 or the browser first; GL only if none of them has an adapter.
+            // Probing GL initialises EGL, which is slow and, headless, prints warnings.
+            None => match select_adapter(wgpu::Backends::PRIMARY, options).await {
+                Ok(adapter) => adapter,
+                Err(_) => select_adapter(wgpu::Backends::all(), options).await?,
+            },
+        };
         Self::from_adapter(adapter, options.limits).await
     }
 
@@ -177,6 +184,7 @@ impl GpuContext {
                 errors.push(error.to_string());
             }
         }));
+        let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
         Ok(GpuContext {
             inner: Arc::new(Inner {
                 adapter,
@@ -186,6 +194,7 @@ impl GpuContext {
                 limits,
                 pipelines: PipelineCache::default(),
                 uncaptured,
+                serial,
             }),
         })
     }
@@ -264,6 +273,20 @@ impl GpuContext {
         }
     }
 
+    /// Exclusive use of the device for one public operation, on backends that need it.
+    ///
+    /// wgpu's GL backend guards its single GL context with a lock that panics after six seconds
+    /// of waiting, and on a CPU driver one shader compile or one wait for a long kernel holds it
+    /// that long. Public entry points (layer construction, forward, benchmarks) take this guard
+    /// first, so calls from several threads queue here instead. Other backends return `None`.
+    /// Internal functions never take it, so it cannot be taken twice.
+    pub(crate) async fn serial(&self) -> Option<futures::lock::MutexGuard<'_, ()>> {
+        match &self.inner.serial {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
+    }
+
     pub(crate) fn pipelines(&self) -> &PipelineCache {
         &self.inner.pipelines
     }
@@ -312,8 +335,10 @@ impl GpuContext {
     }
 }
 
-async fn select_adapter(instance: &wgpu::Instance, options: &GpuOptions) -> Result<wgpu::Adapter> {
-    let backends = options.backends.unwrap_or(wgpu::Backends::all());
+async fn select_adapter(backends: wgpu::Backends, options: &GpuOptions) -> Result<wgpu::Adapter> {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = backends;
+    let instance = wgpu::Instance::new(descriptor);
     if let Some(wanted) = &options.adapter_name {
         let adapters = instance.enumerate_adapters(backends).await;
         let names: Vec<String> = adapters

@@ -120,7 +120,7 @@ pub(crate) fn split_for_loop_budget(
     align: usize,
 ) -> Result<Vec<std::ops::Range<usize>>> {
     let Some(budget) = ctx.loop_budget() else {
-        return Ok(vec![0..total]);
+        return Ok(std::iter::once(0..total).collect());
     };
     let align = align.max(1);
     let items = budget.saturating_sub(fixed) / per_item.max(1);

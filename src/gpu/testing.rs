@@ -32,7 +32,13 @@ pub(crate) fn rng(test: &str) -> (StdRng, String) {
     )
 }
 
+/// Holds the device for one helper call (needed on GL; see `GpuContext::serial`).
+fn serial() -> Option<futures::lock::MutexGuard<'static, ()>> {
+    pollster::block_on(context().serial())
+}
+
 pub(crate) fn upload<T: bytemuck::Pod>(data: &[T]) -> wgpu::Buffer {
+    let _serial = serial();
     memory::storage_init(context(), "test input", data).expect("upload")
 }
 
@@ -44,6 +50,7 @@ pub(crate) fn poisoned(len: usize) -> wgpu::Buffer {
 
 /// Submits the dispatches in one pass and waits.
 pub(crate) fn run(dispatches: &[&Dispatch]) {
+    let _serial = serial();
     let ctx = context();
     pollster::block_on(ctx.scoped("test dispatch", || {
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
@@ -61,6 +68,7 @@ pub(crate) fn run(dispatches: &[&Dispatch]) {
 
 /// Copies `len` f32s of `buffer` back to the host.
 pub(crate) fn download(buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
+    let _serial = serial();
     let ctx = context();
     let staging = memory::staging(ctx, "test readback", 4 * len as u64);
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
@@ -71,7 +79,16 @@ pub(crate) fn download(buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
 
 /// Builds a dispatch, blocking.
 pub(crate) fn build<F: std::future::Future<Output = crate::Result<Dispatch>>>(f: F) -> Dispatch {
+    let _serial = serial();
     pollster::block_on(f).expect("building the dispatch")
+}
+
+/// Builds several dispatches, blocking.
+pub(crate) fn build_all<F: std::future::Future<Output = crate::Result<Vec<Dispatch>>>>(
+    f: F,
+) -> Vec<Dispatch> {
+    let _serial = serial();
+    pollster::block_on(f).expect("building the dispatches")
 }
 
 /// Asserts `actual` matches `expected` within `tol` (relative L2 and max-abs relative to the

@@ -396,8 +396,7 @@ mod tests {
             carry_stats: &carry_stats,
             concat: &concat,
         };
-        let fused = pollster::block_on(dispatches(ctx, &layout, tiling, scale, causal, &buffers))
-            .expect("fused dispatches");
+        let fused = build_all(dispatches(ctx, &layout, tiling, scale, causal, &buffers));
         let mut all = vec![&mean_dispatch];
         all.extend(fused.iter());
         run(&all);

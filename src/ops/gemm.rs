@@ -195,15 +195,14 @@ mod tests {
             let rhs = normal(&mut rng, n * k, 0.5);
             let out = poisoned(m * n);
             let shape = GemmShape { m, n, k };
-            let d = pollster::block_on(dispatches_with(
+            let d = build_all(dispatches_with(
                 context(),
                 tiling,
                 shape,
                 &upload(&lhs),
                 &upload(&rhs),
                 &out,
-            ))
-            .expect("gemm dispatches");
+            ));
             run(&d.iter().collect::<Vec<_>>());
             let expected = reference::linear(&to_f64(&lhs), k, &rhs, n);
             assert_close(&what, &download(&out, m * n), &expected, 1e-5);

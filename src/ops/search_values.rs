@@ -110,14 +110,13 @@ mod tests {
         let proj = normal(&mut rng, batch * seq * layout.row_stride, 1.0);
         let width = retrievals * head;
         let retrieved = poisoned(batch * searches * seq * width);
-        let d = pollster::block_on(dispatches(
+        let d = build_all(dispatches(
             context(),
             &layout,
             &upload(&weights),
             &upload(&proj),
             &retrieved,
-        ))
-        .expect("search_values dispatches");
+        ));
         run(&d.iter().collect::<Vec<_>>());
         let rv = layout.column_block(&proj, layout.retrieval_values, width);
         let dims = Dims {

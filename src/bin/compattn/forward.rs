@@ -1,0 +1,99 @@
+//! `compattn forward`: one layer on one input file, output to a safetensors file.
+
+use std::path::PathBuf;
+
+use compositional_attention::io::{self, Input};
+use compositional_attention::verify::ErrorStats;
+use compositional_attention::{CompositionalAttention, Error, Strategy, Weights};
+
+use crate::common::{self, CliResult, ms, timed, yes_no};
+
+/// Tolerance the reference comparison is reported against (relative to max|output|).
+const TOLERANCE: f64 = 1e-4;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Weights: the PyTorch module's `state_dict()` saved with `safetensors.torch.save_file`.
+    #[arg(long, value_name = "W.safetensors")]
+    weights: PathBuf,
+    /// Input: `input` [batch, seq, dim] and optionally `mask` [batch, seq] (U8/BOOL, 1 = may be
+    /// attended). If it also holds `output`, the result is compared with it. May be the weights
+    /// file.
+    #[arg(long, value_name = "X.safetensors")]
+    input: PathBuf,
+    /// Causal attention (query i attends keys j <= i). Not stored in the weights: pass it when
+    /// the PyTorch module was built with `causal=True`.
+    #[arg(long)]
+    causal: bool,
+    /// Prefix of the layer's parameter names inside a larger model's state_dict
+    /// (e.g. `layers.0.attn.`).
+    #[arg(long, default_value = "", value_name = "P")]
+    prefix: String,
+    /// How the attention core is computed (default: the library's default).
+    #[arg(long, value_parser = common::strategy_parser())]
+    strategy: Option<Strategy>,
+    /// Where to write `output` [batch, seq, dim] (F32 safetensors).
+    #[arg(long, value_name = "Y.safetensors")]
+    output: PathBuf,
+}
+
+pub fn run(args: &Args) -> CliResult {
+    let weights =
+        Weights::from_safetensors(&io::read_file(&args.weights)?, args.causal, &args.prefix)?;
+    let input_bytes = io::read_file(&args.input)?;
+    let input = Input::from_safetensors(&input_bytes)?;
+    let reference = io::read_output(&input_bytes)?;
+    let c = weights.config();
+    let (b, n, dim) = (input.batch, input.seq, input.dim);
+
+    let ctx = common::open_gpu()?;
+    println!(
+        "weights: dim {}, dim_head {}, {} searches, {} retrievals, prenorm {}, causal {}",
+        c.dim,
+        c.dim_head,
+        c.num_searches,
+        c.num_retrievals,
+        yes_no(c.prenorm),
+        yes_no(c.causal)
+    );
+    println!(
+        "input: [{b}, {n}, {dim}], mask {}",
+        yes_no(input.mask.is_some())
+    );
+    let mut layer = CompositionalAttention::new(&ctx, &weights)?;
+    if let Some(strategy) = args.strategy {
+        layer.set_strategy(strategy);
+    }
+    println!("strategy: {}", layer.strategy());
+
+    let (first, first_time) = timed(|| pollster::block_on(layer.forward_input(&input)));
+    first?;
+    let (y, steady_time) = timed(|| pollster::block_on(layer.forward_input(&input)));
+    let y = y?;
+    println!("first call (compiles pipelines): {}", ms(first_time));
+    println!("steady-state: {}", ms(steady_time));
+
+    io::write_file(&args.output, &io::output_to_safetensors(b, n, dim, &y)?)?;
+    println!(
+        "wrote output [{b}, {n}, {dim}] to {}",
+        args.output.display()
+    );
+
+    if let Some((shape, expected)) = reference {
+        if shape != [b, n, dim] {
+            return Err(Error::Shape {
+                name: format!("{}: output", args.input.display()),
+                expected: vec![b, n, dim],
+                found: shape,
+            }
+            .into());
+        }
+        let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+        let stats = ErrorStats::compare(&y, &expected);
+        println!(
+            "vs the file's `output`: {stats} (within {TOLERANCE:e}: {})",
+            yes_no(stats.within(TOLERANCE))
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! `compattn`: run, check and inspect the Compositional Attention layer from the command line.
+//!
+//! Every subcommand that uses a GPU picks it from the environment (`WGPU_BACKEND`,
+//! `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`) and prints the adapter it got. Errors are printed as
+//! `error: ...` with exit status 1; command-line usage errors exit with status 2.
+
+mod common;
+mod demo;
+mod forward;
+mod info;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Compositional Attention (searches × retrievals) on any GPU through wgpu.
+///
+/// The GPU is chosen with WGPU_BACKEND (vulkan, gl, metal, dx12), WGPU_ADAPTER_NAME (a substring
+/// of the adapter's name) and COMPATTN_LIMITS (adapter or webgpu).
+#[derive(Parser)]
+#[command(name = "compattn", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every GPU adapter with its limits and features, and the one the default selection
+    /// picks.
+    Info,
+    /// Run the layer on an input file with weights exported from PyTorch, and write the output.
+    Forward(forward::Args),
+    /// Check the GPU forward against the f64 CPU reference on a random problem.
+    Verify(verify::Args),
+    /// Time the README configuration (dim 1024, 8 searches, 2 retrievals, n 512) and check it.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Info => info::run(),
+        Command::Forward(args) => forward::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}

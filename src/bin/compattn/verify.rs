@@ -1,0 +1,131 @@
+//! `compattn verify`: the GPU forward against the f64 CPU reference on a random problem.
+
+use compositional_attention::verify::{self as check, ErrorStats};
+use compositional_attention::{CompositionalAttention, Config, Error, Strategy, reference};
+
+use crate::common::{self, CliResult, Failure, ms, timed, yes_no};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seed of the random weights and input (default: COMPATTN_SEED, else fresh from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Batch size b.
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Sequence length n.
+    #[arg(long, default_value_t = 77)]
+    seq: usize,
+    /// Model width (dim).
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    /// Width of every search and retrieval head (dim_head).
+    #[arg(long, default_value_t = 16)]
+    dim_head: usize,
+    /// Number of searches (num_searches).
+    #[arg(long, default_value_t = 3)]
+    searches: usize,
+    /// Number of retrievals (num_retrievals).
+    #[arg(long, default_value_t = 2)]
+    retrievals: usize,
+    /// Causal attention.
+    #[arg(long)]
+    causal: bool,
+    /// LayerNorm before the projections.
+    #[arg(long)]
+    prenorm: bool,
+    /// Key mask: batch row i may attend its first L_i keys (comma-separated; rows without a
+    /// length attend every key; 0 masks a whole row).
+    #[arg(long, value_delimiter = ',', value_name = "L,...")]
+    mask_lengths: Option<Vec<usize>>,
+    /// Standard deviation of the random input.
+    #[arg(long, default_value_t = 1.0)]
+    input_scale: f32,
+    /// Strategy to check (default: every strategy).
+    #[arg(long, value_parser = common::strategy_parser())]
+    strategy: Option<Strategy>,
+    /// Largest accepted max-abs error relative to max|reference| (and relative L2 error).
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f64,
+}
+
+pub fn run(args: &Args) -> CliResult {
+    let seed = args.seed.unwrap_or_else(check::test_seed);
+    println!("seed: {seed} (reproduce with --seed {seed})");
+    let config = Config::new(args.dim)
+        .dim_head(args.dim_head)
+        .num_searches(args.searches)
+        .num_retrievals(args.retrievals)
+        .causal(args.causal)
+        .prenorm(args.prenorm);
+    config.validate()?;
+    if let Some(lengths) = &args.mask_lengths
+        && lengths.len() > args.batch
+    {
+        return Err(Error::InvalidConfig {
+            field: "--mask-lengths",
+            value: format!("{lengths:?}"),
+            reason: "at most one length per batch row",
+        }
+        .into());
+    }
+    let (weights, input) = check::random_problem(
+        config,
+        args.batch,
+        args.seq,
+        args.mask_lengths.as_deref(),
+        args.input_scale,
+        seed,
+    )?;
+    let (b, n) = (args.batch, args.seq);
+    println!(
+        "problem: batch {b}, seq {n}, dim {}, dim_head {}, {} searches, {} retrievals, causal {}, \
+         prenorm {}, mask lengths {}, input scale {}",
+        config.dim,
+        config.dim_head,
+        config.num_searches,
+        config.num_retrievals,
+        yes_no(config.causal),
+        yes_no(config.prenorm),
+        args.mask_lengths
+            .as_ref()
+            .map_or("none".to_string(), |l| format!("{l:?}")),
+        args.input_scale
+    );
+
+    let ctx = common::open_gpu()?;
+    let (expected, reference_time) =
+        timed(|| reference::forward(&weights, &input.x, b, n, input.mask.as_deref()));
+    let expected = expected?;
+    println!("f64 CPU reference: {}", ms(reference_time));
+
+    let strategies: Vec<Strategy> = match args.strategy {
+        Some(strategy) => vec![strategy],
+        None => Strategy::ALL.to_vec(),
+    };
+    let mut layer = CompositionalAttention::new(&ctx, &weights)?;
+    let mut failed = Vec::new();
+    for strategy in strategies {
+        layer.set_strategy(strategy);
+        let y = pollster::block_on(layer.forward_input(&input))?;
+        let stats = ErrorStats::compare(&y, &expected);
+        let verdict = if stats.within(args.tolerance) {
+            "ok"
+        } else {
+            failed.push(strategy.name());
+            "FAILED"
+        };
+        println!("{strategy}: {stats}: {verdict}");
+    }
+    if failed.is_empty() {
+        println!("all within tolerance {:e}", args.tolerance);
+        Ok(())
+    } else {
+        Err(Failure::Check(format!(
+            "{} exceeded tolerance {:e} (seed {seed}: rerun the same command with --seed {seed} to \
+             reproduce)",
+            failed.join(", "),
+            args.tolerance
+        )))
+    }
+}

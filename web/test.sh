@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Browser tests for compositional_attention: builds the crate for wasm32-unknown-unknown, runs the
+# wasm-bindgen tests (web/tests/web.rs) in headless Chromium on WebGPU, builds the demo page into
+# web/pkg/ and runs its end-to-end test (web/e2e.mjs). Installs what a fresh Debian machine lacks.
+#
+#   bash web/test.sh             everything
+#   bash web/test.sh --no-e2e    only the wasm-bindgen tests
+#   bash web/test.sh --page      only build web/pkg/ (for serving the page)
+#
+# Env: COMPATTN_SEED=N fixes the random tests' seed; WEB_TEST_TIMEOUT (s, default 900) bounds the
+# browser test run; CHROMEDRIVER overrides /usr/bin/chromedriver and CHROMIUM /usr/bin/chromium for
+# e2e.mjs (the wasm-bindgen runner reads the browser binary from web/webdriver.json).
+# Exits non-zero when anything fails; the last line is "web: N passed, M failed".
+set -euo pipefail
+
+WEB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$WEB"
+
+RUN_TESTS=1
+RUN_E2E=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-e2e) RUN_E2E=0 ;;
+    --page) RUN_TESTS=0; RUN_E2E=0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '\n== %s\n' "$*"; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# --- system packages (only what is missing) ---------------------------------------------------
+need_apt=()
+for pkg in chromium chromium-driver; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+
+# A Rust toolchain that can build wasm32-unknown-unknown: rustup's with the target installed, or
+# Debian's rustc-web, whose std is built from source (rust-web-src) with -Zbuild-std.
+CARGO=(cargo)
+BUILD_STD=()
+if command -v rustup >/dev/null 2>&1 \
+  && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  echo "toolchain: rustup's, with wasm32-unknown-unknown installed"
+else
+  for pkg in rustc-web cargo-web rust-web-src rust-web-llvm lld-22; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+  done
+  CARGO=(/usr/bin/cargo)
+  BUILD_STD=(-Zbuild-std=std,panic_abort)
+  export RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
+  echo "toolchain: Debian's rustc-web with -Zbuild-std"
+fi
+
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_apt[@]}"
+fi
+[ -z "${RUSTC:-}" ] || echo "$($RUSTC --version), $("${CARGO[@]}" --version)"
+
+# --- wasm-bindgen-cli, the version Cargo.lock pins --------------------------------------------
+WB_VERSION="$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)"
+[ -n "$WB_VERSION" ] || { echo "no wasm-bindgen in web/Cargo.lock" >&2; exit 1; }
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WB_VERSION" ] \
+  || ! command -v wasm-bindgen-test-runner >/dev/null 2>&1; then
+  log "cargo install wasm-bindgen-cli --version $WB_VERSION"
+  # Native build: use the host cargo/rustc, not the wasm toolchain settings.
+  env -u RUSTC -u RUSTC_BOOTSTRAP cargo install wasm-bindgen-cli --version "$WB_VERSION" --locked \
+    || env -u RUSTC -u RUSTC_BOOTSTRAP cargo install wasm-bindgen-cli --version "$WB_VERSION" --force
+fi
+echo "$(wasm-bindgen --version), $(wasm-bindgen-test-runner --version 2>/dev/null || true)"
+
+# --- playwright-core (never a browser download) ------------------------------------------------
+if [ "$RUN_E2E" -eq 1 ] && [ ! -f node_modules/playwright-core/package.json ]; then
+  log "npm ci (playwright-core)"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+fi
+
+TARGET=wasm32-unknown-unknown
+# One profile for the tests and the page, so dependencies are built once.
+PROFILE=release
+passed=0
+failed=0
+
+# --- wasm-bindgen tests in headless Chromium --------------------------------------------------
+if [ "$RUN_TESTS" -eq 1 ]; then
+  log "wasm-bindgen tests (web/tests/web.rs) in headless Chromium"
+  export CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}"
+  export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
+  export WASM_BINDGEN_TEST_TIMEOUT="${WEB_TEST_TIMEOUT:-900}"
+  mkdir -p "$WEB/target"
+  test_log="$WEB/target/web-test.log"
+  set +e
+  "${CARGO[@]}" test --profile "$PROFILE" --target "$TARGET" "${BUILD_STD[@]}" --test web 2>&1 | tee "$test_log"
+  status=${PIPESTATUS[0]}
+  set -e
+  result="$(grep -E '^test result: ' "$test_log" | tail -1 || true)"
+  if [ -n "$result" ]; then
+    n_pass=$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<<"$result")
+    n_fail=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$result")
+    passed=$((passed + n_pass))
+    failed=$((failed + n_fail))
+  fi
+  if [ "$status" -ne 0 ] && { [ -z "$result" ] || [ "${n_fail:-0}" -eq 0 ]; }; then
+    failed=$((failed + 1)) # the build or the runner failed before reporting
+  fi
+  echo "browser tests: ${result:-no result line (status $status)}"
+fi
+
+# --- the demo page ------------------------------------------------------------------------------
+if [ "$RUN_E2E" -eq 1 ] || [ "$RUN_TESTS" -eq 0 ]; then
+  log "building the page into web/pkg/"
+  "${CARGO[@]}" build --lib --profile "$PROFILE" --target "$TARGET" "${BUILD_STD[@]}"
+  wasm-bindgen --target web --no-typescript --out-dir pkg "target/$TARGET/$PROFILE/compattn_web.wasm"
+  ls -l pkg
+fi
+
+if [ "$RUN_E2E" -eq 1 ]; then
+  log "end-to-end test of the page (web/e2e.mjs)"
+  set +e
+  node e2e.mjs 2>&1 | tee target/e2e.log
+  status=${PIPESTATUS[0]}
+  set -e
+  result="$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed$' target/e2e.log | tail -1 || true)"
+  if [ -n "$result" ]; then
+    passed=$((passed + $(sed -E 's/e2e: ([0-9]+) passed.*/\1/' <<<"$result")))
+    failed=$((failed + $(sed -E 's/.* ([0-9]+) failed/\1/' <<<"$result")))
+  fi
+  if [ "$status" -ne 0 ] && { [ -z "$result" ] || grep -q ' 0 failed$' <<<"$result"; }; then
+    failed=$((failed + 1))
+  fi
+fi
+
+echo
+echo "web: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,390 @@
+//! The layer in a real browser: WebGPU through wgpu's `BROWSER_WEBGPU` backend, checked against
+//! the `f64` CPU reference compiled to wasm as well.
+//!
+//! Run by `web/test.sh` with `wasm-bindgen-test-runner` in headless Chromium (WebGPU on
+//! SwiftShader there). Covers the PyTorch reference cases of `tests/golden/` (embedded at
+//! compile time) and random problems with the edge cases that matter (odd sizes, causal, a padding
+//! mask with a fully masked row, `s = r = 1`, a batch, `n = 1`), on every strategy in
+//! `Strategy::ALL`, at tolerance 1e-4. Inputs come from a fresh seed each run, printed on failure;
+//! `COMPATTN_SEED=N bash web/test.sh` fixes it (read at compile time: the browser has no env).
+
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+
+use compattn_web::{RunOptions, SAMPLED_ROWS, TOLERANCE, browser_options, check_size, run_on};
+use compositional_attention::io::{Input, read_output};
+use compositional_attention::verify::{self, ErrorStats};
+use compositional_attention::{
+    CompositionalAttention, Config, GpuContext, GpuOptions, LimitsPolicy, Strategy, Weights,
+    reference,
+};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+macro_rules! case {
+    ($name:literal) => {
+        (
+            $name,
+            include_bytes!(concat!("../../tests/golden/", $name, ".safetensors")).as_slice(),
+            include_str!(concat!("../../tests/golden/", $name, ".json")),
+        )
+    };
+}
+
+/// The PyTorch reference cases: name, safetensors bytes, JSON sidecar.
+const GOLDEN: [(&str, &[u8], &str); 7] = [
+    case!("causal"),
+    case!("fully_masked_row"),
+    case!("odd_sizes"),
+    case!("padding_mask"),
+    case!("prenorm"),
+    case!("r1_s1"),
+    case!("tiny"),
+];
+
+thread_local! {
+    static GPU: RefCell<Option<GpuContext>> = const { RefCell::new(None) };
+}
+
+/// One device for the whole test module, opened with WebGPU's default limits: what every
+/// browser grants without asking, so passing here means the kernels fit everywhere.
+async fn gpu() -> GpuContext {
+    if let Some(ctx) = GPU.with(|g| g.borrow().clone()) {
+        return ctx;
+    }
+    let ctx = GpuContext::new(&browser_options(LimitsPolicy::WebGpuDefaults))
+        .await
+        .unwrap_or_else(|e| panic!("no WebGPU device in this browser: {e}"));
+    console_log!("testing on {}", compattn_web::describe(&ctx).await);
+    GPU.with(|g| *g.borrow_mut() = Some(ctx.clone()));
+    ctx
+}
+
+/// `COMPATTN_SEED` at compile time, else fresh from the clock.
+fn seed() -> u64 {
+    option_env!("COMPATTN_SEED")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| js_sys::Date::now() as u64)
+}
+
+/// Compares with the reference; logs the result and records a failure rather than stopping, so
+/// one run shows every case that fails.
+fn check(failures: &mut Vec<String>, what: &str, actual: &[f32], expected: &[f64]) {
+    let stats = ErrorStats::compare(actual, expected);
+    if stats.within(TOLERANCE) {
+        console_log!("{what}: {stats}");
+    } else {
+        console_log!("FAILED {what}: {stats}");
+        failures.push(format!("{what}: {stats} exceeds tolerance {TOLERANCE}"));
+    }
+}
+
+#[track_caller]
+fn assert_none_failed(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[wasm_bindgen_test]
+async fn golden_cases_on_every_strategy() {
+    let gpu = gpu().await;
+    let mut failures = Vec::new();
+    for (name, bytes, sidecar) in GOLDEN {
+        let causal = sidecar.contains("\"causal\": true");
+        assert_eq!(
+            causal,
+            name == "causal",
+            "{name}: the sidecar's causal flag changed"
+        );
+        let weights = Weights::from_safetensors(bytes, causal, "").unwrap();
+        let input = Input::from_safetensors(bytes).unwrap();
+        let (shape, expected) = read_output(bytes).unwrap().expect("case has `output`");
+        assert_eq!(shape, [input.batch, input.seq, input.dim]);
+        let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+        for strategy in Strategy::ALL {
+            let mut layer = CompositionalAttention::new(&gpu, &weights).unwrap();
+            layer.set_strategy(strategy);
+            let what = format!("{name} ({strategy})");
+            match layer.forward_input(&input).await {
+                Ok(y) => check(&mut failures, &what, &y, &expected),
+                Err(e) => failures.push(format!("{what}: {e}")),
+            }
+        }
+    }
+    assert_none_failed(&failures);
+}
+
+/// The CPU reference compiled to wasm reproduces PyTorch's output too.
+#[wasm_bindgen_test]
+fn reference_matches_pytorch_in_wasm() {
+    for (name, bytes, sidecar) in GOLDEN {
+        let causal = sidecar.contains("\"causal\": true");
+        let weights = Weights::from_safetensors(bytes, causal, "").unwrap();
+        let input = Input::from_safetensors(bytes).unwrap();
+        let (_, expected) = read_output(bytes).unwrap().unwrap();
+        let y = reference::forward(
+            &weights,
+            &input.x,
+            input.batch,
+            input.seq,
+            input.mask.as_deref(),
+        )
+        .unwrap();
+        let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+        let stats = ErrorStats::compare(&y32, &expected);
+        assert!(stats.within(1e-6), "{name}: {stats}");
+    }
+}
+
+/// `(what, config, batch, seq, key lengths per batch row)`.
+fn random_cases() -> Vec<(&'static str, Config, usize, usize, Option<Vec<usize>>)> {
+    vec![
+        (
+            "odd sizes",
+            Config::new(37)
+                .dim_head(7)
+                .num_searches(3)
+                .num_retrievals(2),
+            2,
+            13,
+            None,
+        ),
+        (
+            "causal",
+            Config::new(32)
+                .dim_head(8)
+                .num_searches(2)
+                .num_retrievals(3)
+                .causal(true),
+            2,
+            21,
+            None,
+        ),
+        (
+            "padding mask with a fully masked row",
+            Config::new(24)
+                .dim_head(6)
+                .num_searches(2)
+                .num_retrievals(2),
+            3,
+            9,
+            Some(vec![9, 4, 0]),
+        ),
+        (
+            "causal, masked, prenorm",
+            Config::new(20)
+                .dim_head(5)
+                .num_searches(3)
+                .num_retrievals(2)
+                .causal(true)
+                .prenorm(true),
+            2,
+            11,
+            Some(vec![7, 11]),
+        ),
+        (
+            "s = 1, r = 1",
+            Config::new(16)
+                .dim_head(16)
+                .num_searches(1)
+                .num_retrievals(1),
+            1,
+            5,
+            None,
+        ),
+        (
+            "batch > 1, prenorm",
+            Config::new(40)
+                .dim_head(10)
+                .num_searches(4)
+                .num_retrievals(3)
+                .prenorm(true),
+            5,
+            6,
+            None,
+        ),
+        (
+            "one token",
+            Config::new(12)
+                .dim_head(4)
+                .num_searches(2)
+                .num_retrievals(2),
+            3,
+            1,
+            None,
+        ),
+        (
+            "several key tiles, causal",
+            Config::new(32)
+                .dim_head(8)
+                .num_searches(2)
+                .num_retrievals(2)
+                .causal(true),
+            1,
+            40,
+            None,
+        ),
+        (
+            "several key tiles",
+            Config::new(64)
+                .dim_head(16)
+                .num_searches(2)
+                .num_retrievals(2),
+            1,
+            70,
+            Some(vec![67]),
+        ),
+    ]
+}
+
+#[wasm_bindgen_test]
+async fn random_problems_on_every_strategy() {
+    let gpu = gpu().await;
+    let seed = seed();
+    let mut failures = Vec::new();
+    for (i, (what, config, batch, seq, lengths)) in random_cases().into_iter().enumerate() {
+        let case_seed = seed.wrapping_add(i as u64);
+        let (weights, input) =
+            verify::random_problem(config, batch, seq, lengths.as_deref(), 1.0, case_seed).unwrap();
+        let expected =
+            reference::forward(&weights, &input.x, batch, seq, input.mask.as_deref()).unwrap();
+        for strategy in Strategy::ALL {
+            let mut layer = CompositionalAttention::new(&gpu, &weights).unwrap();
+            layer.set_strategy(strategy);
+            let label = format!("{what} ({strategy}; COMPATTN_SEED={seed})");
+            let y = match layer.forward_input(&input).await {
+                Ok(y) => y,
+                Err(e) => {
+                    failures.push(format!("{label}: {e}"));
+                    continue;
+                }
+            };
+            check(&mut failures, &label, &y, &expected);
+            // A second call reuses the workspace and must give the same answer.
+            match layer.forward_input(&input).await {
+                Ok(again) if again == y => {}
+                Ok(_) => failures.push(format!("{label}: the second forward differs")),
+                Err(e) => failures.push(format!("{label}: second forward: {e}")),
+            }
+        }
+    }
+    assert_none_failed(&failures);
+}
+
+/// The page's path: `GpuOptions::default()` (all backends, adapter limits) and the entry
+/// crate's `run_on`, which the demo page calls through `Session.run`.
+#[wasm_bindgen_test]
+async fn page_path_with_adapter_limits() {
+    let ctx = GpuContext::new(&GpuOptions::default())
+        .await
+        .expect("GpuOptions::default() opens the browser's adapter");
+    assert_eq!(ctx.info().backend, wgpu::Backend::BrowserWebGpu);
+    for strategy in Strategy::ALL {
+        let options = RunOptions {
+            config: Config::new(48)
+                .dim_head(12)
+                .num_searches(3)
+                .num_retrievals(2)
+                .causal(true),
+            batch: 2,
+            seq: 17,
+            strategy,
+            seed: seed(),
+            mask_lengths: Some(vec![17, 5]),
+            repeats: 2,
+        };
+        let report = run_on(&ctx, &options).await.unwrap();
+        assert!(
+            report.within,
+            "{strategy}: {} (seed {})",
+            report.stats, options.seed
+        );
+        assert!(report.forward_ms.is_some_and(|ms| ms >= 0.0));
+        console_log!(
+            "page path ({strategy}) on {}: first {:.1} ms, forward {:.2} ms, {}",
+            report.adapter,
+            report.first_ms,
+            report.forward_ms.unwrap_or(f64::NAN),
+            report.stats
+        );
+    }
+}
+
+/// Bad input is an error, not a panic, in the browser too.
+#[wasm_bindgen_test]
+async fn errors_are_returned() {
+    let gpu = gpu().await;
+    let weights = Weights::random(Config::new(8).dim_head(4).num_searches(2), 3).unwrap();
+    let mut layer = CompositionalAttention::new(&gpu, &weights).unwrap();
+    let err = layer.forward(&[0.0; 7], 1, 1, None).await.unwrap_err();
+    assert!(err.to_string().contains("input"), "{err}");
+    let err = layer.forward(&[f32::NAN; 8], 1, 1, None).await.unwrap_err();
+    assert!(err.to_string().contains("non-finite"), "{err}");
+    // An oversized problem is refused before anything is allocated: the unfused strategy's
+    // 2·8192² logits (512 MiB) exceed WebGPU's 128 MiB binding limit.
+    let mut big = CompositionalAttention::new(&gpu, &weights).unwrap();
+    big.set_strategy(Strategy::Unfused);
+    let err = big.prepare(1, 8192).await.unwrap_err();
+    assert!(err.to_string().contains("needs"), "{err}");
+}
+
+/// A long sequence through the page's path: the reference checks sampled rows only.
+#[wasm_bindgen_test]
+async fn long_sequence_with_sampled_rows() {
+    let gpu = gpu().await;
+    let mut failures = Vec::new();
+    for strategy in Strategy::ALL {
+        let options = RunOptions {
+            config: Config::new(32)
+                .dim_head(8)
+                .num_searches(4)
+                .num_retrievals(2),
+            batch: 1,
+            seq: 1100,
+            strategy,
+            seed: seed(),
+            mask_lengths: Some(vec![1000]),
+            repeats: 0,
+        };
+        match run_on(&gpu, &options).await {
+            Ok(report) => {
+                assert_eq!(report.checked_rows, SAMPLED_ROWS);
+                let what = format!(
+                    "seq 1100, {SAMPLED_ROWS} rows ({strategy}; seed {})",
+                    options.seed
+                );
+                if report.within {
+                    console_log!("{what}: {}", report.stats);
+                } else {
+                    failures.push(format!("{what}: {}", report.stats));
+                }
+            }
+            Err(e) => failures.push(format!("{strategy}: {e}")),
+        }
+    }
+    assert_none_failed(&failures);
+}
+
+/// Sizes past 32 bits are refused by the page's path before anything is allocated (on wasm32
+/// the crate's `usize` size arithmetic would wrap).
+#[wasm_bindgen_test]
+fn sizes_past_32_bits_are_refused() {
+    let mut options = RunOptions {
+        config: Config::new(8).dim_head(4).num_searches(2),
+        batch: 64,
+        seq: 8192,
+        strategy: Strategy::Unfused,
+        ..RunOptions::default()
+    };
+    let err = check_size(&options).unwrap_err();
+    assert!(err.contains("2³²"), "{err}");
+    options.strategy = Strategy::Fused;
+    assert!(check_size(&options).is_ok());
+}
