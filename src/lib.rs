@@ -29,13 +29,14 @@ pub mod io;
 pub mod layer;
 mod ops;
 pub mod reference;
+pub mod shaders;
 pub mod verify;
 pub mod weights;
 
 pub use config::Config;
 pub use error::{Error, Result};
 pub use gpu::timing::TimingSource;
-pub use gpu::{GpuContext, GpuOptions, LimitsPolicy};
+pub use gpu::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
 pub use io::Input;
 pub use layer::{CompositionalAttention, KernelTime, Profile, Strategy};
 pub use weights::Weights;

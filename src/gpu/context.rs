@@ -42,6 +42,39 @@ impl LimitsPolicy {
     }
 }
 
+/// Which family of kernel variants to run.
+///
+/// CPU drivers (lavapipe, llvmpipe, SwiftShader) run invocations as SIMD lanes: they want big
+/// register blocks and lane-uniform loads. GPUs want workgroup-memory tiles and many small
+/// invocations. `Auto` picks by the adapter's device type; forcing one lets the other family
+/// be tested and benchmarked anywhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KernelProfile {
+    /// `Cpu` on CPU adapters, `Gpu` on everything else.
+    #[default]
+    Auto,
+    /// Register-blocked GEMM, fused kernel reading keys directly, several queries per lane.
+    Cpu,
+    /// Workgroup-tiled GEMM, fused kernel staging key tiles in workgroup memory.
+    Gpu,
+}
+
+impl KernelProfile {
+    /// `COMPATTN_KERNELS=cpu|gpu|auto` (unset: `auto`).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("COMPATTN_KERNELS").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(KernelProfile::Auto),
+            Ok("cpu") => Ok(KernelProfile::Cpu),
+            Ok("gpu") => Ok(KernelProfile::Gpu),
+            Ok(other) => Err(Error::InvalidConfig {
+                field: "COMPATTN_KERNELS",
+                value: other.to_string(),
+                reason: "must be `auto`, `cpu` or `gpu`",
+            }),
+        }
+    }
+}
+
 /// How to pick the adapter and device.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
@@ -53,18 +86,21 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Limits to request; see [`LimitsPolicy`].
     pub limits: LimitsPolicy,
+    /// Which kernel variants to run; see [`KernelProfile`].
+    pub kernels: KernelProfile,
     /// Passed to `request_adapter` when no name is given.
     pub power_preference: wgpu::PowerPreference,
 }
 
 impl GpuOptions {
     /// Options from the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`,
-    /// `WGPU_POWER_PREF`.
+    /// `COMPATTN_KERNELS`, `WGPU_POWER_PREF`.
     pub fn from_env() -> Result<Self> {
         Ok(GpuOptions {
             backends: backends_from_env()?,
             adapter_name: env_var("WGPU_ADAPTER_NAME"),
             limits: LimitsPolicy::from_env()?,
+            kernels: KernelProfile::from_env()?,
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
         })
     }
@@ -115,6 +151,8 @@ struct Inner {
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Serialises GPU work on the GL backend (see [`GpuContext::serial`]).
     serial: Option<futures::lock::Mutex<()>>,
+    /// Run the CPU-driver kernel variants (resolved from [`KernelProfile`]).
+    cpu_kernels: bool,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -138,7 +176,7 @@ impl GpuContext {
                 Err(_) => select_adapter(wgpu::Backends::all(), options).await?,
             },
         };
-        Self::from_adapter(adapter, options.limits).await
+        Self::from_adapter(adapter, options.limits, options.kernels).await
     }
 
     /// [`GpuContext::new`] with [`GpuOptions::from_env`].
@@ -153,7 +191,11 @@ impl GpuContext {
     }
 
     /// Opens a device on an adapter the caller picked.
-    pub async fn from_adapter(adapter: wgpu::Adapter, policy: LimitsPolicy) -> Result<Self> {
+    pub async fn from_adapter(
+        adapter: wgpu::Adapter,
+        policy: LimitsPolicy,
+        kernels: KernelProfile,
+    ) -> Result<Self> {
         let info = adapter.get_info();
         let adapter_limits = adapter.limits();
         let limits = match policy {
@@ -185,6 +227,11 @@ impl GpuContext {
             }
         }));
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
+        let cpu_kernels = match kernels {
+            KernelProfile::Auto => info.device_type == wgpu::DeviceType::Cpu,
+            KernelProfile::Cpu => true,
+            KernelProfile::Gpu => false,
+        };
         Ok(GpuContext {
             inner: Arc::new(Inner {
                 adapter,
@@ -195,6 +242,7 @@ impl GpuContext {
                 pipelines: PipelineCache::default(),
                 uncaptured,
                 serial,
+                cpu_kernels,
             }),
         })
     }
@@ -240,6 +288,11 @@ impl GpuContext {
             .any(|s| s.to_lowercase().contains("llvmpipe"));
         // A margin below 65 535 for loops the cost models do not count.
         (gallivm || info.device_type == wgpu::DeviceType::Cpu).then_some(48_000)
+    }
+
+    /// Whether the CPU-driver kernel variants run here (see [`KernelProfile`]).
+    pub fn cpu_kernels(&self) -> bool {
+        self.inner.cpu_kernels
     }
 
     /// Whether GPU timestamps can time passes on this device.

@@ -16,4 +16,4 @@ pub mod pipelines;
 pub(crate) mod testing;
 pub mod timing;
 
-pub use context::{GpuContext, GpuOptions, LimitsPolicy};
+pub use context::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};

@@ -66,7 +66,7 @@ impl FusedTiling {
         if let Some(tiling) = Self::from_env()? {
             return tiling.check(ctx, head, retrievals);
         }
-        let cpu = ctx.info().device_type == wgpu::DeviceType::Cpu;
+        let cpu = ctx.cpu_kernels();
         let mut tiling = if cpu {
             FusedTiling {
                 wg: 8,

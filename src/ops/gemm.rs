@@ -60,7 +60,7 @@ impl GemmTiling {
 
     /// The register kernel on CPU adapters, the tiled one elsewhere.
     pub(crate) fn choose(ctx: &GpuContext) -> GemmTiling {
-        if ctx.info().device_type == wgpu::DeviceType::Cpu {
+        if ctx.cpu_kernels() {
             Self::REGISTER
         } else {
             Self::TILED

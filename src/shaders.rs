@@ -1,0 +1,102 @@
+//! Every WGSL source the host submits, collected for offline translation.
+//!
+//! Nothing here can run Metal or DX12, so portability to them is proven by translation: the
+//! sources are gathered from the pipeline cache after layers were prepared for a set of
+//! problems (so they are exactly what the host compiled, specialisation preamble included) and
+//! handed to naga's back ends by `tests/shaders.rs`, or written out by `compattn shaders`.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::gpu::pipelines::ShaderVariant;
+use crate::layer::{CompositionalAttention, Strategy};
+use crate::weights::Weights;
+
+/// A configuration at one input shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Problem {
+    /// A short name for reports.
+    pub name: &'static str,
+    /// The layer's configuration.
+    pub config: Config,
+    /// Batch size.
+    pub batch: usize,
+    /// Sequence length.
+    pub seq: usize,
+}
+
+/// Problems that between them reach every kernel and every kind of specialisation: vec4 and
+/// scalar head widths, one and several retrievals, `prenorm`, causal, the README size and a
+/// sequence long enough to split keys on loop-capped drivers.
+pub fn representative_problems() -> Vec<Problem> {
+    let c = |dim, d, s, r| {
+        Config::new(dim)
+            .dim_head(d)
+            .num_searches(s)
+            .num_retrievals(r)
+    };
+    vec![
+        Problem {
+            name: "readme",
+            config: c(1024, 64, 8, 2),
+            batch: 1,
+            seq: 512,
+        },
+        Problem {
+            name: "odd_sizes",
+            config: c(40, 10, 3, 4),
+            batch: 2,
+            seq: 29,
+        },
+        Problem {
+            name: "odd_head",
+            config: c(30, 7, 3, 2).causal(true),
+            batch: 1,
+            seq: 50,
+        },
+        Problem {
+            name: "prenorm",
+            config: c(48, 16, 3, 2).prenorm(true),
+            batch: 2,
+            seq: 13,
+        },
+        Problem {
+            name: "r1_s1",
+            config: c(12, 6, 1, 1),
+            batch: 2,
+            seq: 9,
+        },
+        Problem {
+            name: "wide",
+            config: c(256, 128, 4, 4).causal(true),
+            batch: 1,
+            seq: 300,
+        },
+        Problem {
+            name: "long",
+            config: c(256, 32, 4, 4),
+            batch: 1,
+            seq: 4096,
+        },
+    ]
+}
+
+/// Prepares a layer for each problem with every strategy on `ctx` (skipping a strategy the
+/// device's limits rule out for that problem) and returns every pipeline variant compiled on
+/// `ctx` so far, sorted by label.
+pub async fn collect_variants(ctx: &GpuContext, problems: &[Problem]) -> Result<Vec<ShaderVariant>> {
+    for problem in problems {
+        let weights = Weights::random(problem.config, 0)?;
+        let mut layer = CompositionalAttention::new(ctx, &weights)?;
+        for strategy in Strategy::ALL {
+            layer.set_strategy(strategy);
+            match layer.prepare(problem.batch, problem.seq).await {
+                // A problem too large for one strategy on this device (the unfused n × n
+                // buffers) still contributes the other strategy's variants.
+                Ok(()) | Err(Error::LimitExceeded { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(ctx.compiled_variants())
+}
