@@ -18,13 +18,18 @@
 //            @binding(4) carry_acc    [b·s·n, r·d]  accumulators between key chunks
 //            @binding(5) carry_stats  [b·s·n] (running max, running sum) between key chunks
 //            @binding(6) concat       [b, n, s·d]  searches concatenated for the output GEMM
+//            @binding(7) proj_texels   `proj` as texel rows      (read instead of `proj` if TEXELS)
+//            @binding(8) concat_texels `concat` as texel rows (written instead of `concat` if TEXELS)
 // Dispatch   one workgroup per (b, σ, tile of WG·QPI queries), group = (b·s + σ)·tiles + tile,
 //            numbered linearly over x and y. Invocation `lane` owns the queries
 //            tile·WG·QPI + qi·WG + lane (qi < QPI), each with a d-wide query and an r·d-wide
 //            accumulator in registers, so every key and value element read feeds QPI FMAs.
 // Host constants  WG, QPI, BK (keys per tile), D (= d), R (= r), KVec/VEC/kdot (vec4 when
 //            d % 4 == 0), STAGE (bool: copy each key tile to workgroup memory, for GPUs; false
-//            reads keys straight from `proj` at lane-uniform addresses, for CPU drivers).
+//            reads keys straight from `proj` at lane-uniform addresses, for CPU drivers), TEXELS
+//            (bool, needs VEC = 4: read and write texel rows, the fast path of CPU drivers; see
+//            src/gpu/texture.rs), RPL (rows per texture layer).
+// Includes   common/texel_rows.wgsl.
 
 struct Params {
     batch: u32,
@@ -52,6 +57,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> carry_acc: array<KVec>;
 @group(0) @binding(5) var<storage, read_write> carry_stats: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read_write> concat: array<KVec>;
+@group(0) @binding(7) var proj_texels: texture_2d_array<f32>;
+@group(0) @binding(8) var concat_texels: texture_storage_2d_array<rgba32float, write>;
 
 const DV: u32 = D / VEC;
 const VWV: u32 = R * DV;
@@ -70,18 +77,26 @@ fn token(j: u32) -> u32 {
     return batch_index * params.seq + min(j, params.seq - 1u);
 }
 
+// Element `column` (in KVec units) of the packed projection row of token `row`.
+fn proj_at(row: u32, column: u32) -> KVec {
+    if (TEXELS) {
+        return kvec(textureLoad(proj_texels, texel_coords(row, column), texel_layer(row), 0));
+    }
+    return proj[row * params.row_stride + column];
+}
+
 fn key_at(t0: u32, t: u32, k: u32) -> KVec {
     if (STAGE) {
         return key_tile[t * DV + k];
     }
-    return proj[token(t0 + t) * params.row_stride + params.k_offset + head * DV + k];
+    return proj_at(token(t0 + t), params.k_offset + head * DV + k);
 }
 
 fn value_at(t0: u32, t: u32, c: u32) -> KVec {
     if (STAGE) {
         return value_tile[t * VWV + c];
     }
-    return proj[token(t0 + t) * params.row_stride + params.v_offset + c];
+    return proj_at(token(t0 + t), params.v_offset + c);
 }
 
 fn key_allowed(t0: u32, t: u32, end: u32) -> bool {
@@ -95,10 +110,10 @@ fn key_allowed(t0: u32, t: u32, end: u32) -> bool {
 fn stage_tile(t0: u32, end: u32, lane: u32) {
     workgroupBarrier();
     for (var e = lane; e < BK * DV; e += WG) {
-        key_tile[e] = proj[token(t0 + e / DV) * params.row_stride + params.k_offset + head * DV + e % DV];
+        key_tile[e] = proj_at(token(t0 + e / DV), params.k_offset + head * DV + e % DV);
     }
     for (var e = lane; e < BK * VWV; e += WG) {
-        value_tile[e] = proj[token(t0 + e / VWV) * params.row_stride + params.v_offset + e % VWV];
+        value_tile[e] = proj_at(token(t0 + e / VWV), params.v_offset + e % VWV);
     }
     for (var t = lane; t < BK; t += WG) {
         mask_tile[t] = select(0u, mask[token(t0 + t)], t0 + t < end);
@@ -137,9 +152,9 @@ fn main(
     // This invocation's queries; rows past the end compute on row n-1 and are not stored.
     for (var qi = 0u; qi < QPI; qi++) {
         row[qi] = tile * ROWS + qi * WG + lane;
-        let base = token(row[qi]) * params.row_stride + params.q_offset + head * DV;
+        let query_row = token(row[qi]);
         for (var k = 0u; k < DV; k++) {
-            query[qi][k] = params.scale * proj[base + k];
+            query[qi][k] = params.scale * proj_at(query_row, params.q_offset + head * DV + k);
         }
         let carry = bs * n + min(row[qi], n - 1u);
         if (params.first != 0u) {
@@ -229,14 +244,14 @@ fn main(
         // running_sum is 0 (no allowed key: uniform row) or at least 1 (the max key's exp(0)).
         let fully_masked = running_sum[qi] == 0.0;
         let inv_sum = 1.0 / max(running_sum[qi], 1.0);
-        let qt_base = token(row[qi]) * params.row_stride + params.qt_offset + head * DV;
+        let query_row = token(row[qi]);
         var logit_max = LOWEST;
         for (var rho = 0u; rho < R; rho++) {
             var g = 0.0;
             for (var k = 0u; k < DV; k++) {
                 let c = rho * DV + k;
                 acc[qi][c] = select(acc[qi][c] * inv_sum, value_mean[batch_index * VWV + c], fully_masked);
-                g += kdot(proj[qt_base + k], acc[qi][c]);
+                g += kdot(proj_at(query_row, params.qt_offset + head * DV + k), acc[qi][c]);
             }
             logit[rho] = params.scale * g;
             logit_max = max(logit_max, logit[rho]);
@@ -247,13 +262,18 @@ fn main(
             weight_sum += logit[rho];
         }
         if (row[qi] < n) {
-            let out_base = token(row[qi]) * params.searches * DV + head * DV;
+            let out_base = query_row * params.searches * DV + head * DV;
             for (var k = 0u; k < DV; k++) {
                 var o = KVec();
                 for (var rho = 0u; rho < R; rho++) {
                     o += logit[rho] * acc[qi][rho * DV + k];
                 }
-                concat[out_base + k] = o / weight_sum;
+                if (TEXELS) {
+                    let texel = head * DV + k;
+                    textureStore(concat_texels, texel_coords(query_row, texel), texel_layer(query_row), vec4<f32>(o / weight_sum));
+                } else {
+                    concat[out_base + k] = o / weight_sum;
+                }
             }
         }
     }

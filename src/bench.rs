@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::Dispatch;
 use crate::gpu::memory;
+use crate::gpu::texture::TexelRows;
 use crate::gpu::timing::{PassTimer, TimingSource};
 use crate::ops::fused_attention::FusedTiling;
 use crate::ops::gemm::{GemmShape, GemmTiling};
@@ -21,10 +22,13 @@ use crate::verify::normal;
 /// Which GEMM kernel to measure.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GemmKernel {
-    /// What the layer uses on this adapter.
+    /// What the layer uses on this adapter: `Texels` with the CPU kernel profile, else `Tiled`.
     #[default]
     Auto,
-    /// `gemm.wgsl`: register-blocked, lane-uniform weight reads (the CPU-driver kernel).
+    /// `gemm_texture.wgsl`: operands read as texels (the CPU profile's kernel).
+    Texels,
+    /// `gemm.wgsl`: register-blocked from storage buffers (CPU profile, layers whose operands
+    /// are not texels).
     Register,
     /// `gemm_tiled.wgsl`: workgroup-memory tiles (the GPU kernel).
     Tiled,
@@ -39,6 +43,7 @@ pub struct KernelBench {
     dispatches: Vec<Dispatch>,
     timer: Option<PassTimer>,
     _buffers: Vec<wgpu::Buffer>,
+    textures: Vec<TexelRows>,
 }
 
 impl KernelBench {
@@ -53,14 +58,33 @@ impl KernelBench {
         let _serial = ctx.serial().await;
         let mut rng = StdRng::seed_from_u64(1);
         let shape = GemmShape { m, n, k };
-        let tiling = match kernel {
-            GemmKernel::Auto => GemmTiling::choose(ctx),
-            GemmKernel::Register => GemmTiling::REGISTER,
-            GemmKernel::Tiled => GemmTiling::TILED,
-        };
-        let lhs = memory::storage_init(ctx, "lhs", &normal(&mut rng, m * k, 1.0))?;
-        let rhs = memory::storage_init(ctx, "rhs", &normal(&mut rng, n * k, 1.0))?;
+        let lhs_data = normal(&mut rng, m * k, 1.0);
+        let rhs_data = normal(&mut rng, n * k, 1.0);
         let out = memory::storage(ctx, "out", &[m, n], None)?;
+        let tiling = match kernel {
+            GemmKernel::Auto if ctx.cpu_kernels() => None,
+            GemmKernel::Auto => Some(GemmTiling::choose(ctx)),
+            GemmKernel::Texels => None,
+            GemmKernel::Register => Some(GemmTiling::REGISTER),
+            GemmKernel::Tiled => Some(GemmTiling::TILED),
+        };
+        let Some(tiling) = tiling else {
+            let lhs = TexelRows::with_data(ctx, "lhs", m, k, &lhs_data)?;
+            let rhs = TexelRows::with_data(ctx, "rhs", n, k, &rhs_data)?;
+            let dispatches =
+                ops::gemm::texel_dispatches(ctx, &lhs, &rhs, ops::Rows::Buffer(&out)).await?;
+            let mut bench = Self::new(
+                ctx,
+                format!("gemm {m}x{n}x{k}"),
+                shape.flops(),
+                dispatches,
+                vec![out],
+            );
+            bench.textures = vec![lhs, rhs];
+            return Ok(bench);
+        };
+        let lhs = memory::storage_init(ctx, "lhs", &lhs_data)?;
+        let rhs = memory::storage_init(ctx, "rhs", &rhs_data)?;
         let dispatches = ops::gemm::dispatches_with(ctx, tiling, shape, &lhs, &rhs, &out).await?;
         Ok(Self::new(
             ctx,
@@ -113,6 +137,27 @@ impl KernelBench {
         let concat = memory::storage(ctx, "concat", &[batch, seq, c.search_width()], None)?;
         let value_mean = memory::storage(ctx, "value_mean", &[batch, c.value_width()], None)?;
         let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
+        // The fused kernel reads and writes texel rows where the layer would (CPU profile).
+        let texels = ctx.cpu_kernels() && ops::fused_attention::texels_supported(c.dim_head);
+        let (proj_texels, concat_texels) = if texels {
+            let rows = batch * seq;
+            (
+                Some(TexelRows::with_data(
+                    ctx,
+                    "proj",
+                    rows,
+                    layout.row_stride,
+                    &proj_data,
+                )?),
+                Some(TexelRows::new(ctx, "concat", rows, c.search_width())?),
+            )
+        } else {
+            (None, None)
+        };
+        let fused_proj = match &proj_texels {
+            Some(rows) => ops::Rows::Texels(rows),
+            None => ops::Rows::Buffer(&proj),
+        };
         let (acc_len, stats_len) = ops::fused_attention::carry_len(ctx, &layout, tiling)?;
         let carry_acc = memory::storage(ctx, "carry_acc", &[acc_len], None)?;
         let carry_stats = memory::storage(ctx, "carry_stats", &[stats_len], None)?;
@@ -158,7 +203,7 @@ impl KernelBench {
             (
                 "value_mean",
                 b * n * r * d,
-                vec![ops::value_mean::dispatch(ctx, &layout, &proj, &value_mean).await?],
+                vec![ops::value_mean::dispatch(ctx, &layout, fused_proj, &value_mean).await?],
             ),
             (
                 "fused_attention",
@@ -170,12 +215,15 @@ impl KernelBench {
                     scale,
                     c.causal,
                     &ops::fused_attention::FusedBuffers {
-                        proj: &proj,
+                        proj: fused_proj,
                         mask: &mask,
                         value_mean: &value_mean,
                         carry_acc: &carry_acc,
                         carry_stats: &carry_stats,
-                        concat: &concat,
+                        concat: match &concat_texels {
+                            Some(rows) => ops::Rows::Texels(rows),
+                            None => ops::Rows::Buffer(&concat),
+                        },
                     },
                 )
                 .await?,
@@ -197,7 +245,16 @@ impl KernelBench {
         Ok(kernels
             .into_iter()
             .map(|(name, flops, dispatches)| {
-                Self::new(ctx, name.to_string(), flops, dispatches, buffers.to_vec())
+                let mut bench =
+                    Self::new(ctx, name.to_string(), flops, dispatches, buffers.to_vec());
+                if name == "fused_attention" || name == "value_mean" {
+                    bench.textures = [&proj_texels, &concat_texels]
+                        .into_iter()
+                        .flatten()
+                        .map(TexelRows::share)
+                        .collect();
+                }
+                bench
             })
             .collect())
     }
@@ -216,6 +273,7 @@ impl KernelBench {
             timer: PassTimer::new(ctx, dispatches.len()),
             dispatches,
             _buffers: buffers,
+            textures: Vec::new(),
         }
     }
 

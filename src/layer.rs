@@ -4,11 +4,12 @@
 use crate::config::Config;
 use crate::error::Result;
 use crate::gpu::dispatch::Dispatch;
+use crate::gpu::texture::TexelRows;
 use crate::gpu::timing::{PassTimer, TimingSource};
 use crate::gpu::{GpuContext, memory};
 use crate::io::{self, Input};
 use crate::ops::fused_attention::FusedTiling;
-use crate::ops::{self, ProjectionLayout, gemm::GemmShape};
+use crate::ops::{self, ProjectionLayout, Rows, gemm::GemmShape};
 use crate::reference;
 use crate::weights::Weights;
 
@@ -59,16 +60,53 @@ impl std::fmt::Display for Strategy {
     }
 }
 
+/// A weight matrix in the format this device's GEMM reads: texel rows with the CPU kernel
+/// profile (see `src/gpu/texture.rs`), a storage buffer otherwise.
+enum WeightMatrix {
+    Buffer(wgpu::Buffer),
+    Texels(TexelRows),
+}
+
+impl WeightMatrix {
+    fn upload(
+        ctx: &GpuContext,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<Self> {
+        Ok(if ctx.cpu_kernels() {
+            WeightMatrix::Texels(TexelRows::with_data(ctx, label, rows, cols, data)?)
+        } else {
+            WeightMatrix::Buffer(memory::storage_init(ctx, label, data)?)
+        })
+    }
+
+    fn rows(&self) -> Rows<'_> {
+        match self {
+            WeightMatrix::Buffer(buffer) => Rows::Buffer(buffer),
+            WeightMatrix::Texels(texels) => Rows::Texels(texels),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            WeightMatrix::Buffer(buffer) => buffer.size(),
+            WeightMatrix::Texels(texels) => texels.bytes(),
+        }
+    }
+}
+
 /// Parameters in device memory.
 struct DeviceParams {
     /// `[W_sq; W_sk; W_rq; W_rv]`, `[(3s + r)·d, dim]`: one GEMM computes all four projections.
-    projection: wgpu::Buffer,
+    projection: WeightMatrix,
     /// `[W_sq; W_sk; W_q̃; W_rv]` with `W_q̃ = W_rkᵀ·W_rq` per search, so that the projection
     /// GEMM yields `Q̃ = RQ·W_rk` directly and the fused kernel's retrieval logits are
     /// `Q̃·Ret` (SPEC §2.4) with no per-token `d × d` product.
-    fused_projection: wgpu::Buffer,
+    fused_projection: WeightMatrix,
     /// `W_o [dim, s·d]`.
-    out: wgpu::Buffer,
+    out: WeightMatrix,
     /// `W_rk [d, d]`.
     retrieval_keys: wgpu::Buffer,
     /// LayerNorm `(γ, β)` with `prenorm`.
@@ -77,6 +115,7 @@ struct DeviceParams {
 
 impl DeviceParams {
     fn upload(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
+        let c = weights.config();
         let pack = |third: &[f32]| -> Vec<f32> {
             [
                 &weights.search_queries[..],
@@ -95,14 +134,17 @@ impl DeviceParams {
             )),
             None => None,
         };
+        let (width, dim) = (c.projection_width(), c.dim);
         Ok(DeviceParams {
-            projection: memory::storage_init(ctx, "packed input projections", &packed)?,
-            fused_projection: memory::storage_init(
+            projection: WeightMatrix::upload(ctx, "packed input projections", width, dim, &packed)?,
+            fused_projection: WeightMatrix::upload(
                 ctx,
                 "packed input projections (fused)",
+                width,
+                dim,
                 &fused_packed,
             )?,
-            out: memory::storage_init(ctx, "to_out.weight", &weights.out)?,
+            out: WeightMatrix::upload(ctx, "to_out.weight", dim, c.search_width(), &weights.out)?,
             retrieval_keys: memory::storage_init(
                 ctx,
                 "to_retrieval_keys.weight",
@@ -117,9 +159,9 @@ impl DeviceParams {
             .norm
             .as_ref()
             .map_or(0, |(gamma, beta)| gamma.size() + beta.size());
-        self.projection.size()
-            + self.fused_projection.size()
-            + self.out.size()
+        self.projection.bytes()
+            + self.fused_projection.bytes()
+            + self.out.bytes()
             + self.retrieval_keys.size()
             + norm
     }
@@ -150,6 +192,28 @@ fn retrieval_query_keys(weights: &Weights) -> Vec<f32> {
     fused
 }
 
+/// The texel copy if there is one, else the buffer.
+fn rows_of<'a>(buffer: &'a wgpu::Buffer, copy: Option<&'a TexelRows>) -> Rows<'a> {
+    match copy {
+        Some(texels) => Rows::Texels(texels),
+        None => Rows::Buffer(buffer),
+    }
+}
+
+/// Intermediate buffers and textures a workspace's dispatches are bound to.
+#[derive(Default)]
+struct Held {
+    buffers: Vec<wgpu::Buffer>,
+    texels: Vec<TexelRows>,
+}
+
+impl Held {
+    fn bytes(&self) -> u64 {
+        self.buffers.iter().map(|b| b.size()).sum::<u64>()
+            + self.texels.iter().map(TexelRows::bytes).sum::<u64>()
+    }
+}
+
 /// Buffers and recorded dispatches for one `(batch, seq, strategy)`.
 struct Workspace {
     batch: usize,
@@ -160,7 +224,7 @@ struct Workspace {
     y: wgpu::Buffer,
     staging: wgpu::Buffer,
     /// Intermediates, kept alive for the dispatches bound to them.
-    intermediates: Vec<wgpu::Buffer>,
+    held: Held,
     dispatches: Vec<Dispatch>,
     /// Timestamp queries, created on the first profiled call.
     timer: Option<PassTimer>,
@@ -172,9 +236,8 @@ impl Workspace {
             .iter()
             .map(|b| b.size())
             .sum::<u64>();
-        let intermediates: u64 = self.intermediates.iter().map(|b| b.size()).sum();
         let params: u64 = self.dispatches.iter().map(Dispatch::bytes).sum();
-        own + intermediates + params
+        own + self.held.bytes() + params
     }
 }
 
@@ -440,12 +503,18 @@ impl CompositionalAttention {
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         let scale = c.scale() as f32;
+        // CPU kernel profile: GEMM operands (and, where heads align to texels, the fused
+        // kernel's projections and output) live in texel rows.
+        let texels = ctx.cpu_kernels();
+        let fused_texels = texels
+            && self.strategy == Strategy::Fused
+            && ops::fused_attention::texels_supported(c.dim_head);
 
         let x = memory::storage(ctx, "input", &[batch, seq, c.dim], None)?;
         let mask = memory::storage(ctx, "mask", &[batch, seq], None)?;
         let y = memory::storage(ctx, "output", &[batch, seq, c.dim], None)?;
         let staging = memory::staging(ctx, "output readback", y.size());
-        let mut intermediates = Vec::new();
+        let mut held = Held::default();
         let mut dispatches = Vec::new();
 
         let normed = match &self.params.norm {
@@ -458,32 +527,68 @@ impl CompositionalAttention {
             }
             None => None,
         };
-        let proj = memory::storage(ctx, "projections", &[batch, seq, layout.row_stride], None)?;
+        let input = normed.as_ref().unwrap_or(&x);
+
+        // Projections: [SQ | SK | RQ | RV] (or Q̃ in place of RQ for the fused strategy).
         let projection_weights = match self.strategy {
             Strategy::Fused => &self.params.fused_projection,
             Strategy::Unfused => &self.params.projection,
         };
-        let projection = GemmShape {
+        let proj_shape = GemmShape {
             m: tokens,
             n: layout.row_stride,
             k: c.dim,
         };
-        dispatches.extend(
-            ops::gemm::dispatches(
+        let proj_texels = if fused_texels {
+            Some(TexelRows::new(
                 ctx,
-                projection,
-                normed.as_ref().unwrap_or(&x),
-                projection_weights,
-                &proj,
+                "projections",
+                tokens,
+                layout.row_stride,
+            )?)
+        } else {
+            None
+        };
+        let proj = if fused_texels {
+            memory::storage(ctx, "projections (unused)", &[4], None)?
+        } else {
+            memory::storage(ctx, "projections", &[batch, seq, layout.row_stride], None)?
+        };
+        let proj_rows = match &proj_texels {
+            Some(texels) => Rows::Texels(texels),
+            None => Rows::Buffer(&proj),
+        };
+        let input_copy = self
+            .texel_copy(input, tokens, c.dim, texels, &mut dispatches)
+            .await?;
+        dispatches.extend(
+            ops::gemm::rows_dispatches(
+                ctx,
+                proj_shape,
+                rows_of(input, input_copy.as_ref()),
+                projection_weights.rows(),
+                proj_rows,
             )
             .await?,
         );
+
+        // Attention core → concatenated searches [b, n, s·d].
         let concat = memory::storage(
             ctx,
             "concatenated searches",
             &[batch, seq, c.search_width()],
             None,
         )?;
+        let concat_texels = if fused_texels {
+            Some(TexelRows::new(
+                ctx,
+                "concatenated searches",
+                tokens,
+                c.search_width(),
+            )?)
+        } else {
+            None
+        };
         match self.strategy {
             Strategy::Fused => {
                 let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
@@ -494,14 +599,18 @@ impl CompositionalAttention {
                     memory::storage(ctx, "fused carry (accumulators)", &[acc_len], None)?;
                 let carry_stats =
                     memory::storage(ctx, "fused carry (max, sum)", &[stats_len], None)?;
-                dispatches.push(ops::value_mean::dispatch(ctx, &layout, &proj, &value_mean).await?);
+                dispatches
+                    .push(ops::value_mean::dispatch(ctx, &layout, proj_rows, &value_mean).await?);
                 let buffers = ops::fused_attention::FusedBuffers {
-                    proj: &proj,
+                    proj: proj_rows,
                     mask: &mask,
                     value_mean: &value_mean,
                     carry_acc: &carry_acc,
                     carry_stats: &carry_stats,
-                    concat: &concat,
+                    concat: match &concat_texels {
+                        Some(texels) => Rows::Texels(texels),
+                        None => Rows::Buffer(&concat),
+                    },
                 };
                 dispatches.extend(
                     ops::fused_attention::dispatches(
@@ -509,24 +618,44 @@ impl CompositionalAttention {
                     )
                     .await?,
                 );
-                intermediates.extend([value_mean, carry_acc, carry_stats]);
+                held.buffers.extend([value_mean, carry_acc, carry_stats]);
             }
             Strategy::Unfused => {
-                intermediates.extend(
+                held.buffers.extend(
                     self.unfused_core(&layout, &proj, &mask, &concat, &mut dispatches)
                         .await?,
                 );
             }
         }
+
+        // Output projection.
         let output = GemmShape {
             m: tokens,
             n: c.dim,
             k: c.search_width(),
         };
-        dispatches.extend(ops::gemm::dispatches(ctx, output, &concat, &self.params.out, &y).await?);
+        let concat_copy = match concat_texels {
+            Some(texels) => Some(texels),
+            None => {
+                self.texel_copy(&concat, tokens, c.search_width(), texels, &mut dispatches)
+                    .await?
+            }
+        };
+        dispatches.extend(
+            ops::gemm::rows_dispatches(
+                ctx,
+                output,
+                rows_of(&concat, concat_copy.as_ref()),
+                self.params.out.rows(),
+                Rows::Buffer(&y),
+            )
+            .await?,
+        );
 
-        intermediates.extend(normed);
-        intermediates.extend([proj, concat]);
+        held.buffers.extend(normed);
+        held.buffers.extend([proj, concat]);
+        held.texels
+            .extend(proj_texels.into_iter().chain(input_copy).chain(concat_copy));
         Ok(Workspace {
             batch,
             seq,
@@ -535,10 +664,28 @@ impl CompositionalAttention {
             mask,
             y,
             staging,
-            intermediates,
+            held,
             dispatches,
             timer: None,
         })
+    }
+
+    /// With the CPU profile (`texels`), a texel copy of the `[rows, cols]` buffer for the texel
+    /// GEMM, made by a `texture_copy` dispatch appended to `dispatches`; `None` otherwise.
+    async fn texel_copy(
+        &self,
+        buffer: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+        texels: bool,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<Option<TexelRows>> {
+        if !texels {
+            return Ok(None);
+        }
+        let copy = TexelRows::new(&self.ctx, "GEMM operand", rows, cols)?;
+        dispatches.push(ops::texture_copy::dispatch(&self.ctx, buffer, &copy).await?);
+        Ok(Some(copy))
     }
 
     /// The unfused attention core: logits, softmax, aggregation, selection. Returns the

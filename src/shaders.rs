@@ -84,7 +84,10 @@ pub fn representative_problems() -> Vec<Problem> {
 /// Prepares a layer for each problem with every strategy on `ctx` (skipping a strategy the
 /// device's limits rule out for that problem) and returns every pipeline variant compiled on
 /// `ctx` so far, sorted by label.
-pub async fn collect_variants(ctx: &GpuContext, problems: &[Problem]) -> Result<Vec<ShaderVariant>> {
+pub async fn collect_variants(
+    ctx: &GpuContext,
+    problems: &[Problem],
+) -> Result<Vec<ShaderVariant>> {
     for problem in problems {
         let weights = Weights::random(problem.config, 0)?;
         let mut layer = CompositionalAttention::new(ctx, &weights)?;

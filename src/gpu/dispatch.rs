@@ -17,6 +17,13 @@ use crate::gpu::GpuContext;
 use crate::gpu::memory;
 use crate::gpu::pipelines::ShaderVariant;
 
+/// One resource bound to a kernel: a storage buffer or a texel matrix (read or written).
+#[derive(Clone, Copy)]
+pub(crate) enum Bind<'a> {
+    Buffer(&'a wgpu::Buffer),
+    Texture(&'a wgpu::TextureView),
+}
+
 /// One recorded kernel launch: pipeline, bind group and grid.
 pub(crate) struct Dispatch {
     label: String,
@@ -36,6 +43,18 @@ impl Dispatch {
         buffers: &[&wgpu::Buffer],
         groups: u64,
     ) -> Result<Dispatch> {
+        let binds: Vec<Bind<'_>> = buffers.iter().map(|&b| Bind::Buffer(b)).collect();
+        Self::with_binds(ctx, variant, params, &binds, groups).await
+    }
+
+    /// [`Dispatch::new`] with textures among the resources.
+    pub(crate) async fn with_binds(
+        ctx: &GpuContext,
+        variant: &ShaderVariant,
+        params: &[u8],
+        binds: &[Bind<'_>],
+        groups: u64,
+    ) -> Result<Dispatch> {
         let label = variant.label();
         let grid = linear_grid(ctx, &label, groups)?;
         let pipeline = ctx.pipeline(variant).await?;
@@ -46,12 +65,15 @@ impl Dispatch {
                 resource: params.as_entire_binding(),
             }];
             entries.extend(
-                buffers
+                binds
                     .iter()
                     .enumerate()
-                    .map(|(i, buffer)| wgpu::BindGroupEntry {
+                    .map(|(i, bind)| wgpu::BindGroupEntry {
                         binding: i as u32 + 1,
-                        resource: buffer.as_entire_binding(),
+                        resource: match bind {
+                            Bind::Buffer(buffer) => buffer.as_entire_binding(),
+                            Bind::Texture(view) => wgpu::BindingResource::TextureView(view),
+                        },
                     }),
             );
             let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {

@@ -6,6 +6,7 @@
 //! | [`pipelines`] | WGSL specialisation and the pipeline cache |
 //! | [`memory`] | buffer creation with limit checks, readback |
 //! | [`dispatch`] | a kernel bound to its buffers, and the linear workgroup grid |
+//! | [`texture`] | matrices as `rgba32float` texels, the CPU-driver operand format |
 //! | [`timing`] | timestamp queries per compute pass |
 
 pub mod context;
@@ -14,6 +15,7 @@ pub(crate) mod memory;
 pub mod pipelines;
 #[cfg(test)]
 pub(crate) mod testing;
+pub(crate) mod texture;
 pub mod timing;
 
 pub use context::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};

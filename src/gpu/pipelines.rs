@@ -87,7 +87,8 @@ impl ShaderVariant {
     }
 
     /// Sets the K-loop vector width (4 where rows are 16-byte aligned, else 1): declares
-    /// `alias KVec` (`vec4<f32>` or `f32`), `const VEC` and `fn kdot(a: KVec, b: KVec) -> f32`.
+    /// `alias KVec` (`vec4<f32>` or `f32`), `const VEC`, `fn kdot(a: KVec, b: KVec) -> f32` and
+    /// `fn kvec(texel: vec4<f32>) -> KVec` (a texel as a KVec, for kernels that may read texels).
     pub fn vector(mut self, width: u32) -> Self {
         debug_assert!(width == 1 || width == 4);
         self.constants.push(("VEC", Constant::Vector(width)));
@@ -128,12 +129,14 @@ impl ShaderVariant {
                 Constant::Vector(4) => writeln!(
                     text,
                     "alias KVec = vec4<f32>;\nconst {name}: u32 = 4u;\n\
-                     fn kdot(a: KVec, b: KVec) -> f32 {{ return dot(a, b); }}"
+                     fn kdot(a: KVec, b: KVec) -> f32 {{ return dot(a, b); }}\n\
+                     fn kvec(texel: vec4<f32>) -> KVec {{ return texel; }}"
                 ),
                 Constant::Vector(_) => writeln!(
                     text,
                     "alias KVec = f32;\nconst {name}: u32 = 1u;\n\
-                     fn kdot(a: KVec, b: KVec) -> f32 {{ return a * b; }}"
+                     fn kdot(a: KVec, b: KVec) -> f32 {{ return a * b; }}\n\
+                     fn kvec(texel: vec4<f32>) -> KVec {{ return texel.x; }}"
                 ),
             };
         }

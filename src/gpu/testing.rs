@@ -102,3 +102,53 @@ pub(crate) fn assert_close(what: &str, actual: &[f32], expected: &[f64], tol: f6
 pub(crate) fn to_f64(values: &[f32]) -> Vec<f64> {
     values.iter().map(|&v| v as f64).collect()
 }
+
+/// Copies texel rows back as the `[rows, cols]` matrix they hold.
+pub(crate) fn download_texels(rows: &crate::gpu::texture::TexelRows) -> Vec<f32> {
+    let _serial = serial();
+    let ctx = context();
+    let shape = rows.shape;
+    let texel_bytes = shape.width as u64 * 16;
+    let row_bytes = texel_bytes.next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as u64);
+    let height = shape.rows_per_layer.min(shape.rows as u32);
+    let staging = memory::staging(
+        ctx,
+        "texel readback",
+        row_bytes * height as u64 * shape.layers as u64,
+    );
+    let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    encoder.copy_texture_to_buffer(
+        wgpu::TexelCopyTextureInfo {
+            texture: rows.texture(),
+            mip_level: 0,
+            origin: wgpu::Origin3d::ZERO,
+            aspect: wgpu::TextureAspect::All,
+        },
+        wgpu::TexelCopyBufferInfo {
+            buffer: &staging,
+            layout: wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(row_bytes as u32),
+                rows_per_image: Some(height),
+            },
+        },
+        wgpu::Extent3d {
+            width: shape.width,
+            height,
+            depth_or_array_layers: shape.layers,
+        },
+    );
+    ctx.queue().submit([encoder.finish()]);
+    if let Some(error) = pollster::block_on(scope.pop()) {
+        panic!("texel readback: {error}");
+    }
+    let floats = (row_bytes / 4) as usize * height as usize * shape.layers as usize;
+    let raw = pollster::block_on(memory::read_f32(ctx, &staging, floats)).expect("readback");
+    (0..shape.rows)
+        .flat_map(|r| {
+            let start = r * (row_bytes / 4) as usize;
+            raw[start..start + shape.cols].to_vec()
+        })
+        .collect()
+}

@@ -17,11 +17,12 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
+use crate::gpu::dispatch::{Bind, Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
-use crate::ops::ProjectionLayout;
+use crate::gpu::texture::rows_per_layer;
+use crate::ops::{ProjectionLayout, Rows, Unused};
 
-static FUSED_ATTENTION: Kernel = kernel!("fused_attention");
+static FUSED_ATTENTION: Kernel = kernel!("fused_attention", includes: ["texel_rows"]);
 
 /// WGSL implementations may cap function-scope memory at 8 KiB per invocation (Tint does);
 /// the per-invocation registers (queries, accumulators, scores) are kept within it.
@@ -187,7 +188,12 @@ fn vector_width(head: usize) -> usize {
     if head.is_multiple_of(4) { 4 } else { 1 }
 }
 
-pub(crate) fn variant(layout: &ProjectionLayout, tiling: FusedTiling) -> ShaderVariant {
+pub(crate) fn variant(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    tiling: FusedTiling,
+    texels: bool,
+) -> ShaderVariant {
     ShaderVariant::new(&FUSED_ATTENTION)
         .u32("WG", tiling.wg)
         .u32("QPI", tiling.qpi)
@@ -196,12 +202,21 @@ pub(crate) fn variant(layout: &ProjectionLayout, tiling: FusedTiling) -> ShaderV
         .u32("D", layout.head as u32)
         .u32("R", layout.retrievals as u32)
         .vector(vector_width(layout.head) as u32)
+        .bool("TEXELS", texels)
+        .u32("RPL", rows_per_layer(ctx))
+}
+
+/// Whether the fused kernel can read and write texel rows for this head width: heads must
+/// start on texel boundaries.
+pub(crate) fn texels_supported(head: usize) -> bool {
+    vector_width(head) == 4
 }
 
 /// Buffers the fused kernel reads and writes.
 pub(crate) struct FusedBuffers<'a> {
-    /// Packed projections `[b·n, (3s + r)·d]` whose RQ block holds `RQ·W_rk`.
-    pub proj: &'a wgpu::Buffer,
+    /// Packed projections `[b·n, (3s + r)·d]` whose RQ block holds `RQ·W_rk`; texel rows only
+    /// where [`texels_supported`], and then `concat` must be texel rows too.
+    pub proj: Rows<'a>,
     /// Key mask `[b, n]` (u32).
     pub mask: &'a wgpu::Buffer,
     /// `[b, r·d]` from `value_mean`.
@@ -210,7 +225,7 @@ pub(crate) struct FusedBuffers<'a> {
     pub carry_acc: &'a wgpu::Buffer,
     pub carry_stats: &'a wgpu::Buffer,
     /// Output `[b, n, s·d]`.
-    pub concat: &'a wgpu::Buffer,
+    pub concat: Rows<'a>,
 }
 
 /// Elements of the carry buffers (`acc`, `stats`): empty when one dispatch covers every key.
@@ -264,7 +279,18 @@ pub(crate) async fn dispatches(
     let tiles = layout.seq.div_ceil(tiling.rows());
     let chunks = key_chunks(ctx, layout, tiling)?;
     let count = chunks.len();
-    let variant = variant(layout, tiling);
+    let unused = Unused::new(ctx)?;
+    let (proj, proj_texels, texels) = match buffers.proj {
+        Rows::Buffer(buffer) => (buffer, unused.read_texels.view(), false),
+        Rows::Texels(rows) => (&unused.read_buffer, rows.view(), true),
+    };
+    let (concat, concat_texels) = match buffers.concat {
+        Rows::Buffer(buffer) if !texels => (buffer, unused.write_texels.view()),
+        Rows::Texels(rows) if texels => (&unused.write_buffer, rows.view()),
+        _ => unreachable!("projections and concatenation use the same storage"),
+    };
+    debug_assert!(!texels || texels_supported(layout.head));
+    let variant = variant(ctx, layout, tiling, texels);
     let mut dispatches = Vec::with_capacity(count);
     for (index, keys) in chunks.into_iter().enumerate() {
         let params = Params {
@@ -286,17 +312,19 @@ pub(crate) async fn dispatches(
             _pad: 0,
         };
         dispatches.push(
-            Dispatch::new(
+            Dispatch::with_binds(
                 ctx,
                 &variant,
                 bytemuck::bytes_of(&params),
                 &[
-                    buffers.proj,
-                    buffers.mask,
-                    buffers.value_mean,
-                    buffers.carry_acc,
-                    buffers.carry_stats,
-                    buffers.concat,
+                    Bind::Buffer(proj),
+                    Bind::Buffer(buffers.mask),
+                    Bind::Buffer(buffers.value_mean),
+                    Bind::Buffer(buffers.carry_acc),
+                    Bind::Buffer(buffers.carry_stats),
+                    Bind::Buffer(concat),
+                    Bind::Texture(proj_texels),
+                    Bind::Texture(concat_texels),
                 ],
                 (layout.batch * layout.searches * tiles) as u64,
             )
@@ -310,6 +338,7 @@ pub(crate) async fn dispatches(
 mod tests {
     use super::*;
     use crate::gpu::testing::*;
+    use crate::gpu::texture::TexelRows;
     use crate::ops::value_mean;
     use crate::reference::{self, Dims};
     use crate::verify::{length_mask, normal};
@@ -340,7 +369,7 @@ mod tests {
 
     /// Runs value_mean + fused on random projections and compares with the reference chain
     /// logits → softmax → aggregation → selection (which uses RQ and W_rk as SPEC writes them).
-    fn check(case: Case, tiling: FusedTiling) {
+    fn check(case: Case, tiling: FusedTiling, texels: bool) {
         let Case {
             batch,
             seq,
@@ -353,7 +382,7 @@ mod tests {
         } = case;
         let (mut rng, what) = rng(&format!(
             "fused b{batch} n{seq} s{searches} r{retrievals} d{head} causal {causal} \
-             mask {:?} x{magnitude} {tiling:?}",
+             mask {:?} x{magnitude} {tiling:?} texels {texels}",
             mask.as_ref().map(|m| m.iter().filter(|&&a| a).count())
         ));
         let layout = ProjectionLayout::new(batch, seq, searches, retrievals, head);
@@ -387,19 +416,37 @@ mod tests {
         let tiling = tiling.check(ctx, head, retrievals).unwrap();
         let (acc_len, stats_len) = carry_len(ctx, &layout, tiling).unwrap();
         let (carry_acc, carry_stats) = (poisoned(acc_len), poisoned(stats_len));
-        let mean_dispatch = build(value_mean::dispatch(ctx, &layout, &proj_buffer, &means));
+        let (proj_texels, concat_texels) = {
+            let _serial = pollster::block_on(ctx.serial());
+            let rows = batch * seq;
+            (
+                TexelRows::with_data(ctx, "proj", rows, layout.row_stride, &proj).unwrap(),
+                TexelRows::new(ctx, "concat", rows, searches * head).unwrap(),
+            )
+        };
+        let (proj_rows, concat_rows) = if texels {
+            (Rows::Texels(&proj_texels), Rows::Texels(&concat_texels))
+        } else {
+            (Rows::Buffer(&proj_buffer), Rows::Buffer(&concat))
+        };
+        let mean_dispatch = build(value_mean::dispatch(ctx, &layout, proj_rows, &means));
         let buffers = FusedBuffers {
-            proj: &proj_buffer,
+            proj: proj_rows,
             mask: &mask_buffer,
             value_mean: &means,
             carry_acc: &carry_acc,
             carry_stats: &carry_stats,
-            concat: &concat,
+            concat: concat_rows,
         };
         let fused = build_all(dispatches(ctx, &layout, tiling, scale, causal, &buffers));
         let mut all = vec![&mean_dispatch];
         all.extend(fused.iter());
         run(&all);
+        let got = if texels {
+            download_texels(&concat_texels)
+        } else {
+            download(&concat, batch * seq * searches * head)
+        };
 
         let dims = Dims {
             batch,
@@ -415,12 +462,18 @@ mod tests {
         let weights = reference::search_weights(&logits, dims, mask.as_deref(), causal);
         let retrieved = reference::retrieve(&weights, &rv, dims);
         let expected = reference::retrieval_select(&retrieved, &rq, &w_rk, dims, scale as f64);
-        assert_close(&what, &download(&concat, expected.len()), &expected, 2e-5);
+        assert_close(&what, &got, &expected, 2e-5);
     }
 
+    /// Both key-reading modes, each on buffers and (where the head width allows) texel rows.
     fn both(make: impl Fn() -> Case) {
-        check(make(), DIRECT);
-        check(make(), STAGED);
+        for texels in [false, true] {
+            if texels && !texels_supported(make().head) {
+                continue;
+            }
+            check(make(), DIRECT, texels);
+            check(make(), STAGED, texels);
+        }
     }
 
     fn case(batch: usize, seq: usize, searches: usize, retrievals: usize, head: usize) -> Case {

@@ -7,17 +7,23 @@
 //!   (lavapipe, SwiftShader): invocations there are SIMD lanes, a load that every lane makes at
 //!   the same address is done once, and workgroup memory is ordinary memory behind barriers;
 //! * `shaders/gemm_tiled.wgsl`, workgroup-memory tiles with coalesced staging, for GPUs, where
-//!   that reuse is what keeps the arithmetic units fed.
+//!   that reuse is what keeps the arithmetic units fed;
+//! * `shaders/gemm_texture.wgsl`, the CPU-driver kernel of the layer: both operands read as
+//!   texels (vector gathers on lavapipe, where storage-buffer loads go lane by lane; see
+//!   `src/gpu/texture.rs`), 8 × 16 outputs per invocation as 4 × 4 matrix products.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
+use crate::gpu::dispatch::{Bind, Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::texture::{TexelRows, rows_per_layer};
+use crate::ops::{Rows, Unused};
 
 static GEMM: Kernel = kernel!("gemm");
 static GEMM_TILED: Kernel = kernel!("gemm_tiled");
+static GEMM_TEXTURE: Kernel = kernel!("gemm_texture", includes: ["texel_rows"]);
 
 /// `[m, k] · [n, k]ᵀ → [m, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +120,108 @@ struct Params {
     _pad: u32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct TexelParams {
+    m: u32,
+    n: u32,
+    tiles_n: u32,
+    k_begin: u32,
+    k_end: u32,
+    accumulate: u32,
+    _pad: [u32; 2],
+}
+
+/// Workgroup size of the texel GEMM: one 8-lane SIMD vector of rows on lavapipe.
+const TEXEL_WG: u32 = 8;
+
+pub(crate) fn texel_variant(ctx: &GpuContext, out_texels: bool) -> ShaderVariant {
+    ShaderVariant::new(&GEMM_TEXTURE)
+        .u32("WG", TEXEL_WG)
+        .u32("RPL", rows_per_layer(ctx))
+        .bool("OUT_TEXTURE", out_texels)
+}
+
+/// Binds `out [m, n] = lhs [m, k] · rhs [n, k]ᵀ` with both operands as texel rows (the CPU
+/// profile's GEMM). Texel output needs `n % 4 == 0` and a reduction that fits one dispatch.
+pub(crate) async fn texel_dispatches(
+    ctx: &GpuContext,
+    lhs: &TexelRows,
+    rhs: &TexelRows,
+    out: Rows<'_>,
+) -> Result<Vec<Dispatch>> {
+    let (m, n, k_texels) = (lhs.shape.rows, rhs.shape.rows, lhs.shape.width as usize);
+    debug_assert_eq!(lhs.shape.cols, rhs.shape.cols);
+    let rows_per_group = (TEXEL_WG * 8) as usize;
+    let tiles_m = m.div_ceil(rows_per_group);
+    let tiles_n = n.div_ceil(16);
+    // The block products are straight-line code: one loop iteration per texel of K.
+    let slices = split_for_loop_budget(ctx, "texel GEMM", k_texels, 1, 64, 1)?;
+    let out_texels = matches!(out, Rows::Texels(_));
+    if out_texels && (slices.len() > 1 || !n.is_multiple_of(4)) {
+        return Err(crate::Error::LimitExceeded {
+            what: format!("texel GEMM output {m} × {n}"),
+            required: slices.len() as u64,
+            limit: 1,
+            limit_name: "a texel output needs one reduction slice and n % 4 == 0",
+            hint: None,
+        });
+    }
+    // The binding the variant does not write still needs a resource.
+    let unused = Unused::new(ctx)?;
+    let (out_buffer, out_view) = match out {
+        Rows::Buffer(buffer) => (buffer, unused.write_texels.view()),
+        Rows::Texels(texels) => (&unused.write_buffer, texels.view()),
+    };
+    let variant = texel_variant(ctx, out_texels);
+    let mut dispatches = Vec::with_capacity(slices.len());
+    for (index, slice) in slices.into_iter().enumerate() {
+        let params = TexelParams {
+            m: m as u32,
+            n: n as u32,
+            tiles_n: tiles_n as u32,
+            k_begin: slice.start as u32,
+            k_end: slice.end as u32,
+            accumulate: (index > 0) as u32,
+            _pad: [0; 2],
+        };
+        dispatches.push(
+            Dispatch::with_binds(
+                ctx,
+                &variant,
+                bytemuck::bytes_of(&params),
+                &[
+                    Bind::Texture(lhs.view()),
+                    Bind::Texture(rhs.view()),
+                    Bind::Buffer(out_buffer),
+                    Bind::Texture(out_view),
+                ],
+                (tiles_m * tiles_n) as u64,
+            )
+            .await?,
+        );
+    }
+    Ok(dispatches)
+}
+
+/// The layer's GEMM for operands in either storage: texel rows go to the texel kernel, buffers
+/// to the adapter's buffer kernel.
+pub(crate) async fn rows_dispatches(
+    ctx: &GpuContext,
+    shape: GemmShape,
+    lhs: Rows<'_>,
+    rhs: Rows<'_>,
+    out: Rows<'_>,
+) -> Result<Vec<Dispatch>> {
+    match (lhs, rhs, out) {
+        (Rows::Texels(lhs), Rows::Texels(rhs), out) => texel_dispatches(ctx, lhs, rhs, out).await,
+        (Rows::Buffer(lhs), Rows::Buffer(rhs), Rows::Buffer(out)) => {
+            dispatches(ctx, shape, lhs, rhs, out).await
+        }
+        _ => unreachable!("GEMM operands come in one storage per kernel profile"),
+    }
+}
+
 /// Binds `out [m, n] = lhs [m, k] · rhs [n, k]ᵀ` with the adapter's kernel.
 pub(crate) async fn dispatches(
     ctx: &GpuContext,
@@ -207,6 +315,54 @@ mod tests {
             let expected = reference::linear(&to_f64(&lhs), k, &rhs, n);
             assert_close(&what, &download(&out, m * n), &expected, 1e-5);
         }
+    }
+
+    /// The texel GEMM (CPU profile): buffer and texel outputs, padded K, ragged M and N.
+    fn check_texels(m: usize, n: usize, k: usize) {
+        let ctx = context();
+        let (mut rng, what) = rng(&format!("texel gemm {m}x{n}x{k}"));
+        let lhs = normal(&mut rng, m * k, 1.0);
+        let rhs = normal(&mut rng, n * k, 0.5);
+        let expected = reference::linear(&to_f64(&lhs), k, &rhs, n);
+        let (lhs_t, rhs_t, out_t) = {
+            let _serial = pollster::block_on(ctx.serial());
+            (
+                TexelRows::with_data(ctx, "lhs", m, k, &lhs).unwrap(),
+                TexelRows::with_data(ctx, "rhs", n, k, &rhs).unwrap(),
+                TexelRows::new(ctx, "out", m, n).unwrap(),
+            )
+        };
+        let out = poisoned(m * n);
+        let d = build_all(texel_dispatches(ctx, &lhs_t, &rhs_t, Rows::Buffer(&out)));
+        run(&d.iter().collect::<Vec<_>>());
+        assert_close(&what, &download(&out, m * n), &expected, 1e-5);
+        if n % 4 == 0 {
+            // Texel output, read back through a texel → buffer round trip of the next GEMM:
+            // multiplying by the identity returns the matrix.
+            let d = build_all(texel_dispatches(ctx, &lhs_t, &rhs_t, Rows::Texels(&out_t)));
+            let eye: Vec<f32> = (0..n * n).map(|i| (i / n == i % n) as u8 as f32).collect();
+            let eye_t = {
+                let _serial = pollster::block_on(ctx.serial());
+                TexelRows::with_data(ctx, "eye", n, n, &eye).unwrap()
+            };
+            let back = poisoned(m * n);
+            let e = build_all(texel_dispatches(ctx, &out_t, &eye_t, Rows::Buffer(&back)));
+            run(&d.iter().chain(e.iter()).collect::<Vec<_>>());
+            assert_close(
+                &format!("{what} (texel output)"),
+                &download(&back, m * n),
+                &expected,
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn texel_kernel() {
+        check_texels(37, 45, 29);
+        check_texels(1, 1, 1);
+        check_texels(130, 68, 64);
+        check_texels(9, 16, 1030);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | [`masked_softmax`] | `masked_softmax.wgsl` | softmax over keys with mask/causal (unfused) |
 //! | [`search_values`] | `search_values.wgsl` | `Ret = A·RV` for all pairs (unfused) |
 //! | [`retrieval_select`] | `retrieval_select.wgsl` | softmax over retrievals, weighted sum (unfused) |
+//! | [`texture_copy`] | `texture_copy.wgsl` | a buffer matrix into texel rows (CPU profile) |
 //! | [`value_mean`] | `value_mean.wgsl` | mean value per batch, for fully masked rows (fused) |
 //! | [`fused_attention`] | `fused_attention.wgsl` | the whole attention core, no `n × n` buffer |
 
@@ -19,7 +20,39 @@ pub(crate) mod masked_softmax;
 pub(crate) mod retrieval_select;
 pub(crate) mod search_scores;
 pub(crate) mod search_values;
+pub(crate) mod texture_copy;
 pub(crate) mod value_mean;
+
+/// A matrix operand: a storage buffer, or texel rows (the CPU profile's fast format; see
+/// `src/gpu/texture.rs`).
+#[derive(Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    Buffer(&'a wgpu::Buffer),
+    Texels(&'a crate::gpu::texture::TexelRows),
+}
+
+/// Placeholders for bindings a variant declares but does not use: WebGPU wants every binding
+/// of the layout bound, and one WGSL file serves both the buffer and the texel variants. One
+/// placeholder per role, since a resource read in one binding and written in another of the
+/// same dispatch is a usage conflict.
+pub(crate) struct Unused {
+    pub read_buffer: wgpu::Buffer,
+    pub write_buffer: wgpu::Buffer,
+    pub read_texels: crate::gpu::texture::TexelRows,
+    pub write_texels: crate::gpu::texture::TexelRows,
+}
+
+impl Unused {
+    pub(crate) fn new(ctx: &crate::gpu::GpuContext) -> crate::Result<Unused> {
+        use crate::gpu::{memory, texture::TexelRows};
+        Ok(Unused {
+            read_buffer: memory::storage(ctx, "unused binding", &[4], None)?,
+            write_buffer: memory::storage(ctx, "unused binding", &[4], None)?,
+            read_texels: TexelRows::new(ctx, "unused binding", 1, 4)?,
+            write_texels: TexelRows::new(ctx, "unused binding", 1, 4)?,
+        })
+    }
+}
 
 /// Where each projection lives in the packed buffer `proj [b·n, row_stride]` that one GEMM
 /// writes: columns `[SQ | SK | RQ | RV]`, widths `s·d, s·d, s·d, r·d`. (The fused path stores

@@ -6,11 +6,12 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Dispatch, check_loop_budget};
+use crate::gpu::dispatch::{Bind, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
-use crate::ops::ProjectionLayout;
+use crate::gpu::texture::rows_per_layer;
+use crate::ops::{ProjectionLayout, Rows, Unused};
 
-static VALUE_MEAN: Kernel = kernel!("value_mean", includes: ["workgroup_reduce"]);
+static VALUE_MEAN: Kernel = kernel!("value_mean", includes: ["workgroup_reduce", "texel_rows"]);
 
 /// Invocations per (batch, column): each strides over `n / 64` keys, far below any loop cap.
 const WG: u32 = 64;
@@ -26,15 +27,18 @@ struct Params {
     _pad: [u32; 3],
 }
 
-pub(crate) fn variant() -> ShaderVariant {
-    ShaderVariant::new(&VALUE_MEAN).u32("WG", WG)
+pub(crate) fn variant(ctx: &GpuContext, texels: bool) -> ShaderVariant {
+    ShaderVariant::new(&VALUE_MEAN)
+        .u32("WG", WG)
+        .bool("TEXELS", texels)
+        .u32("RPL", rows_per_layer(ctx))
 }
 
 /// Binds `value_mean [b, r·d]` = mean over tokens of the RV block of `proj`.
 pub(crate) async fn dispatch(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
-    proj: &wgpu::Buffer,
+    proj: Rows<'_>,
     value_mean: &wgpu::Buffer,
 ) -> Result<Dispatch> {
     let loops = layout.seq.div_ceil(WG as usize) as u64 + WG.ilog2() as u64;
@@ -48,11 +52,20 @@ pub(crate) async fn dispatch(
         v_offset: layout.retrieval_values as u32,
         _pad: [0; 3],
     };
-    Dispatch::new(
+    let unused = Unused::new(ctx)?;
+    let (buffer, texels) = match proj {
+        Rows::Buffer(buffer) => (buffer, unused.read_texels.view()),
+        Rows::Texels(texels) => (&unused.read_buffer, texels.view()),
+    };
+    Dispatch::with_binds(
         ctx,
-        &variant(),
+        &variant(ctx, matches!(proj, Rows::Texels(_))),
         bytemuck::bytes_of(&params),
-        &[proj, value_mean],
+        &[
+            Bind::Buffer(buffer),
+            Bind::Buffer(value_mean),
+            Bind::Texture(texels),
+        ],
         (layout.batch * width) as u64,
     )
     .await
@@ -70,7 +83,13 @@ mod tests {
         let layout = ProjectionLayout::new(3, 29, 2, 3, 5);
         let proj = normal(&mut rng, 3 * 29 * layout.row_stride, 1.0);
         let out = poisoned(3 * 15);
-        let d = build(dispatch(context(), &layout, &upload(&proj), &out));
+        let proj_buffer = upload(&proj);
+        let d = build(dispatch(
+            context(),
+            &layout,
+            Rows::Buffer(&proj_buffer),
+            &out,
+        ));
         run(&[&d]);
         let rv = layout.column_block(&proj, layout.retrieval_values, 15);
         let expected: Vec<f64> = (0..3)

@@ -1,0 +1,44 @@
+// texture_copy.wgsl: a row-major matrix from a storage buffer into texel rows.
+//
+// Computes   dst[row, texel] = (src[row, 4·texel], …, src[row, 4·texel + 3]), with columns at or
+//            past `cols` written as 0, for the CPU-driver kernels that read texels (see
+//            src/gpu/texture.rs for why).
+// Bindings   @binding(0) params (uniform)  rows, cols, width (texels per row)
+//            @binding(1) src  [rows, cols] f32
+//            @binding(2) dst  texel rows, rgba32float, written
+// Dispatch   one invocation per texel, WG per workgroup, numbered linearly over x and y.
+// Host constants  WG, RPL.
+// Includes   common/texel_rows.wgsl.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    width: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var dst: texture_storage_2d_array<rgba32float, write>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let index = (group.x + group.y * groups.x) * WG + lane;
+    if (index >= params.rows * params.width) {
+        return;
+    }
+    let row = index / params.width;
+    let texel = index % params.width;
+    var value = vec4<f32>(0.0);
+    for (var c = 0u; c < 4u; c++) {
+        let col = 4u * texel + c;
+        if (col < params.cols) {
+            value[c] = src[row * params.cols + col];
+        }
+    }
+    textureStore(dst, texel_coords(row, texel), texel_layer(row), value);
+}

@@ -1,0 +1,202 @@
+//! Matrices stored as `rgba32float` texels, the operand format of the CPU-driver kernels.
+//!
+//! Why textures: lavapipe and llvmpipe turn every storage-buffer or workgroup-memory load into
+//! a loop over the SIMD lanes with a branch and a bounds check per lane and component, while a
+//! texel fetch is one vectorised gather. A GEMM that reads its operands as texels ran 7× faster
+//! there than the same GEMM reading storage buffers (BENCHMARKS.md). GPUs gain nothing from
+//! it, so only the CPU kernel profile uses this layout.
+//!
+//! Layout: a row-major `[rows, cols]` matrix becomes a 2-D array texture `ceil(cols / 4)`
+//! texels wide; row `r` lives at `y = r % rows_per_layer` of layer `r / rows_per_layer`, so
+//! that the row count is bounded by `max_texture_dimension_2d × max_texture_array_layers`
+//! instead of the (WebGPU default 8192) height alone. Columns past `cols` in the last texel of a
+//! row are zero, which GEMMs rely on when `cols % 4 != 0`.
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+
+/// Texels per row, rows per layer and layers of a `[rows, cols]` matrix on this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TexelShape {
+    pub rows: usize,
+    pub cols: usize,
+    pub width: u32,
+    pub rows_per_layer: u32,
+    pub layers: u32,
+}
+
+impl TexelShape {
+    pub(crate) fn new(ctx: &GpuContext, what: &str, rows: usize, cols: usize) -> Result<Self> {
+        let limits = ctx.limits();
+        let rows_per_layer = rows_per_layer(ctx);
+        let width = cols.div_ceil(4).max(1) as u64;
+        let layers = rows.div_ceil(rows_per_layer as usize).max(1) as u64;
+        for (required, limit, limit_name) in [
+            (
+                width,
+                limits.max_texture_dimension_2d as u64,
+                "max_texture_dimension_2d",
+            ),
+            (
+                layers,
+                limits.max_texture_array_layers as u64,
+                "max_texture_array_layers",
+            ),
+        ] {
+            if required > limit {
+                return Err(Error::LimitExceeded {
+                    what: format!("{what} as a texture ({rows} × {cols})"),
+                    required,
+                    limit,
+                    limit_name,
+                    hint: Some("the GPU kernel profile (COMPATTN_KERNELS=gpu) uses buffers"),
+                });
+            }
+        }
+        Ok(TexelShape {
+            rows,
+            cols,
+            width: width as u32,
+            rows_per_layer,
+            layers: layers as u32,
+        })
+    }
+}
+
+/// Rows per texture layer: the device's 2-D texture height limit. A pipeline constant (`RPL`)
+/// of every kernel that reads or writes texel rows.
+pub(crate) fn rows_per_layer(ctx: &GpuContext) -> u32 {
+    ctx.limits().max_texture_dimension_2d.max(1)
+}
+
+/// A `[rows, cols]` matrix in texels, readable by `textureLoad` and writable by `textureStore`.
+pub(crate) struct TexelRows {
+    pub shape: TexelShape,
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
+}
+
+impl TexelRows {
+    /// An uninitialised texel matrix.
+    pub(crate) fn new(ctx: &GpuContext, label: &str, rows: usize, cols: usize) -> Result<Self> {
+        let shape = TexelShape::new(ctx, label, rows, cols)?;
+        let texture = ctx.device().create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size: wgpu::Extent3d {
+                width: shape.width,
+                height: shape.rows_per_layer.min(rows.max(1) as u32),
+                depth_or_array_layers: shape.layers,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::STORAGE_BINDING
+                | wgpu::TextureUsages::COPY_DST
+                | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&wgpu::TextureViewDescriptor {
+            label: Some(label),
+            dimension: Some(wgpu::TextureViewDimension::D2Array),
+            ..Default::default()
+        });
+        Ok(TexelRows {
+            shape,
+            texture,
+            view,
+        })
+    }
+
+    /// A texel matrix holding `data` (`[rows, cols]`, row-major), padded with zeros.
+    pub(crate) fn with_data(
+        ctx: &GpuContext,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<Self> {
+        debug_assert_eq!(data.len(), rows * cols);
+        let matrix = Self::new(ctx, label, rows, cols)?;
+        let shape = matrix.shape;
+        let row_texels = shape.width as usize * 4;
+        for layer in 0..shape.layers as usize {
+            let first = layer * shape.rows_per_layer as usize;
+            let count = (rows - first).min(shape.rows_per_layer as usize);
+            let mut padded = vec![0.0f32; count * row_texels];
+            for (r, out) in padded.chunks_exact_mut(row_texels).enumerate() {
+                out[..cols].copy_from_slice(&data[(first + r) * cols..][..cols]);
+            }
+            ctx.queue().write_texture(
+                wgpu::TexelCopyTextureInfo {
+                    texture: &matrix.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d {
+                        x: 0,
+                        y: 0,
+                        z: layer as u32,
+                    },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                bytemuck::cast_slice(&padded),
+                wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(shape.width * 16),
+                    rows_per_image: Some(count as u32),
+                },
+                wgpu::Extent3d {
+                    width: shape.width,
+                    height: count as u32,
+                    depth_or_array_layers: 1,
+                },
+            );
+        }
+        Ok(matrix)
+    }
+
+    /// Another handle to the same texture (wgpu handles are reference counted).
+    pub(crate) fn share(&self) -> TexelRows {
+        TexelRows {
+            shape: self.shape,
+            texture: self.texture.clone(),
+            view: self.view.clone(),
+        }
+    }
+
+    /// The texture (tests read it back).
+    #[cfg(test)]
+    pub(crate) fn texture(&self) -> &wgpu::Texture {
+        &self.texture
+    }
+
+    /// The 2-D array view kernels bind.
+    pub(crate) fn view(&self) -> &wgpu::TextureView {
+        &self.view
+    }
+
+    /// Bytes of GPU memory.
+    pub(crate) fn bytes(&self) -> u64 {
+        let size = self.texture.size();
+        size.width as u64 * size.height as u64 * size.depth_or_array_layers as u64 * 16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::testing::{context, download_texels};
+
+    #[test]
+    fn texel_rows_round_trip() {
+        let ctx = context();
+        for (rows, cols) in [(3, 5), (1, 1), (70, 16)] {
+            let data: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let texels = {
+                let _serial = pollster::block_on(ctx.serial());
+                TexelRows::with_data(ctx, "round trip", rows, cols, &data).unwrap()
+            };
+            assert_eq!(download_texels(&texels), data, "{rows} x {cols}");
+        }
+    }
+}
