@@ -335,3 +335,259 @@ fn info_lists_adapters_and_the_default_choice() {
         );
     }
 }
+
+#[test]
+fn shaders_writes_every_variant_as_valid_wgsl() {
+    let dir = TempDir::new("shaders");
+    let out = dir.path("wgsl");
+    let run = compattn(&[
+        "shaders",
+        "--out",
+        arg(&out),
+        "--profile",
+        "cpu",
+        "--dim",
+        "16",
+        "--dim-head",
+        "8",
+        "--searches",
+        "2",
+        "--retrievals",
+        "2",
+        "--seq",
+        "6",
+    ]);
+    run.assert_success();
+    let files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert!(
+        run.stdout
+            .contains(&format!("wrote {} WGSL files", files.len())),
+        "{}",
+        run.transcript()
+    );
+    // At least the fused kernel and the GEMM the projections use.
+    for kernel in ["fused_attention_", "gemm_"] {
+        assert!(
+            files
+                .iter()
+                .any(|f| f.file_name().unwrap().to_string_lossy().starts_with(kernel)),
+            "no {kernel}* file among {files:?}\n{}",
+            run.transcript()
+        );
+    }
+    for file in &files {
+        assert_eq!(
+            file.extension().and_then(|e| e.to_str()),
+            Some("wgsl"),
+            "{}",
+            file.display()
+        );
+        let text = std::fs::read_to_string(file).unwrap();
+        let module = naga::front::wgsl::parse_str(&text)
+            .unwrap_or_else(|e| panic!("{}: {}", file.display(), e.emit_to_string(&text)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", file.display(), e.emit_to_string(&text)));
+    }
+
+    // Usage errors: a bad profile is clap's (status 2), a zero size the library's (status 1).
+    compattn(&["shaders", "--out", arg(&out), "--profile", "tpu"]).assert_error(2, &["tpu"]);
+    compattn(&["shaders", "--out", arg(&out), "--dim", "0"]).assert_error(1, &["dim"]);
+}
+
+/// Arguments of a tiny `compattn bench` problem (fast on any adapter).
+const TINY_BENCH: [&str; 16] = [
+    "--batch",
+    "2",
+    "--dim",
+    "16",
+    "--dim-head",
+    "8",
+    "--searches",
+    "2",
+    "--retrievals",
+    "3",
+    "--warmup",
+    "1",
+    "--iters",
+    "2",
+    "--no-gemm",
+    "--json",
+];
+
+/// stdout as one JSON value, or a failure that shows the transcript.
+#[track_caller]
+fn json_stdout(run: &Run) -> serde_json::Value {
+    run.assert_success();
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e})\n{}", run.transcript()))
+}
+
+/// The keys the issue requires of a `compattn bench --json` report, checked for sense.
+#[track_caller]
+fn check_bench_report(report: &serde_json::Value, strategy: &str, seq: u64, context: &str) {
+    for key in [
+        "strategy",
+        "batch",
+        "seq",
+        "dim",
+        "dim_head",
+        "searches",
+        "retrievals",
+        "causal",
+        "median_ms",
+        "min_ms",
+        "max_ms",
+        "gflop",
+        "gflops",
+        "timing",
+        "adapter",
+        "backend",
+        "gpu_bytes",
+        "iters",
+        "kernels",
+    ] {
+        assert!(
+            report.get(key).is_some(),
+            "no `{key}` in {report}\n{context}"
+        );
+    }
+    assert_eq!(report["strategy"], strategy, "{context}");
+    assert_eq!(report["seq"], seq, "{context}");
+    assert_eq!(report["dim_head"], 8, "{context}");
+    let ms = |key: &str| report[key].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        0.0 < ms("min_ms") && ms("min_ms") <= ms("median_ms") && ms("median_ms") <= ms("max_ms"),
+        "{report}\n{context}"
+    );
+    assert!(
+        ms("gflop") > 0.0 && ms("gflops") > 0.0,
+        "{report}\n{context}"
+    );
+    let timing = report["timing"].as_str().unwrap_or_default();
+    assert!(
+        ["gpu-timestamps", "host-wall-clock"].contains(&timing),
+        "{report}\n{context}"
+    );
+    let gpu_bytes = report["gpu_bytes"].as_u64().unwrap_or_default();
+    let kernels = report["kernels"].as_array().cloned().unwrap_or_default();
+    if strategy == "cpu" {
+        assert_eq!(timing, "host-wall-clock", "{context}");
+        assert_eq!(gpu_bytes, 0, "{context}");
+    } else {
+        assert!(gpu_bytes > 0, "{report}\n{context}");
+        if timing == "gpu-timestamps" {
+            assert!(!kernels.is_empty(), "{report}\n{context}");
+        }
+    }
+    for kernel in &kernels {
+        assert!(
+            kernel["label"].is_string() && kernel["median_ms"].is_number(),
+            "{kernel}\n{context}"
+        );
+    }
+}
+
+#[test]
+fn bench_json_reports_every_strategy() {
+    for strategy in ["fused", "unfused", "cpu"] {
+        let mut args = vec!["bench", "--strategy", strategy, "--seq", "9"];
+        args.extend(TINY_BENCH);
+        let run = compattn(&args);
+        check_bench_report(&json_stdout(&run), strategy, 9, &run.transcript());
+    }
+}
+
+#[test]
+fn bench_prints_a_table_without_json() {
+    let run = compattn(&[
+        "bench",
+        "--strategy",
+        "cpu",
+        "--seq",
+        "5",
+        "--dim",
+        "8",
+        "--dim-head",
+        "4",
+        "--iters",
+        "1",
+    ]);
+    run.assert_success();
+    for needle in ["cpu", "GFLOP/s", "host wall time"] {
+        assert!(
+            run.stdout.contains(needle),
+            "{needle}\n{}",
+            run.transcript()
+        );
+    }
+}
+
+#[test]
+fn bench_sweep_writes_a_plot_and_one_json_object() {
+    let dir = TempDir::new("bench-sweep");
+    let svg = dir.path("sweep.svg");
+    let mut args = vec![
+        "bench",
+        "--sweep",
+        "--seq-list",
+        "4,8",
+        "--cpu-max-seq",
+        "4",
+        "--out",
+        arg(&svg),
+    ];
+    args.extend(TINY_BENCH);
+    let run = compattn(&args);
+    let sweep = json_stdout(&run);
+    let results = sweep["results"].as_array().cloned().unwrap_or_default();
+    // fused and unfused at both n, the CPU reference at n = 4 only.
+    assert_eq!(results.len(), 5, "{}", run.transcript());
+    for result in &results {
+        let strategy = result["strategy"].as_str().unwrap_or_default();
+        let seq = result["seq"].as_u64().unwrap_or_default();
+        check_bench_report(result, strategy, seq, &run.transcript());
+    }
+    assert_eq!(
+        sweep["skipped"][0]["strategy"],
+        "cpu",
+        "{}",
+        run.transcript()
+    );
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("fused"), "{plot}");
+}
+
+#[test]
+fn bench_gemm_times_every_kernel() {
+    let run = compattn(&[
+        "bench", "--gemm", "8,20", "--warmup", "0", "--iters", "1", "--json",
+    ]);
+    let gemm = json_stdout(&run);
+    let results = gemm["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 6, "{}", run.transcript());
+    for result in &results {
+        assert!(
+            result["gflops"].as_f64().is_some_and(|g| g > 0.0),
+            "{result}\n{}",
+            run.transcript()
+        );
+    }
+}
+
+#[test]
+fn bench_bad_arguments_are_errors_not_panics() {
+    compattn(&["bench", "--strategy", "tpu"]).assert_error(2, &["tpu"]);
+    compattn(&["bench", "--seq-list", "8"]).assert_error(2, &["required"]);
+    compattn(&["bench", "--sweep", "--strategy", "fused"]).assert_error(2, &["--strategy"]);
+    compattn(&["bench", "--iters", "0"]).assert_error(1, &["--iters"]);
+    compattn(&["bench", "--dim", "0"]).assert_error(1, &["dim"]);
+    compattn(&["bench", "--sweep", "--seq-list", "8,0"]).assert_error(1, &["--seq-list"]);
+    compattn(&["bench", "--gemm", "0"]).assert_error(1, &["--gemm"]);
+}

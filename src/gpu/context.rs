@@ -391,6 +391,12 @@ impl GpuContext {
 async fn select_adapter(backends: wgpu::Backends, options: &GpuOptions) -> Result<wgpu::Adapter> {
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
     descriptor.backends = backends;
+    // With WebGPU's limits, also hide what WebGPU would not expose (native-only features and
+    // limits, adapters below WebGPU's baseline). Not for GL: no GL driver meets that baseline,
+    // and GL is only reached when asked for or when nothing else exists.
+    if options.limits == LimitsPolicy::WebGpuDefaults && !backends.contains(wgpu::Backends::GL) {
+        descriptor.flags |= wgpu::InstanceFlags::STRICT_WEBGPU_COMPLIANCE;
+    }
     let instance = wgpu::Instance::new(descriptor);
     if let Some(wanted) = &options.adapter_name {
         let adapters = instance.enumerate_adapters(backends).await;

@@ -59,10 +59,11 @@ impl FusedTiling {
         4 * self.bk as u64 * (head as u64 * (1 + retrievals as u64) + 1)
     }
 
-    /// The tiling for this device and head size: direct reads with 8 queries per lane on CPU
-    /// adapters; staged tiles of the largest key count that fits workgroup memory, one query
-    /// per invocation, elsewhere. `COMPATTN_FUSED_TILING=wg,qpi,bk,stage` overrides it for
-    /// experiments (for example `8,8,16,0`).
+    /// The tiling for this device and head size: with the CPU kernel profile, direct reads,
+    /// one query per lane (more queries per lane measured no faster on lavapipe, where the
+    /// per-lane arrays they need cost what they save, and compiled far slower); elsewhere,
+    /// staged tiles of the largest key count that fits workgroup memory. The override
+    /// `COMPATTN_FUSED_TILING=wg,qpi,bk,stage` (for example `8,4,16,0`) is for experiments.
     pub(crate) fn choose(ctx: &GpuContext, head: usize, retrievals: usize) -> Result<Self> {
         if let Some(tiling) = Self::from_env()? {
             return tiling.check(ctx, head, retrievals);
@@ -71,7 +72,7 @@ impl FusedTiling {
         let mut tiling = if cpu {
             FusedTiling {
                 wg: 8,
-                qpi: 8,
+                qpi: 1,
                 bk: 16,
                 stage: false,
             }

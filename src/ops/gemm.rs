@@ -336,7 +336,7 @@ mod tests {
         let d = build_all(texel_dispatches(ctx, &lhs_t, &rhs_t, Rows::Buffer(&out)));
         run(&d.iter().collect::<Vec<_>>());
         assert_close(&what, &download(&out, m * n), &expected, 1e-5);
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             // Texel output, read back through a texel → buffer round trip of the next GEMM:
             // multiplying by the identity returns the matrix.
             let d = build_all(texel_dispatches(ctx, &lhs_t, &rhs_t, Rows::Texels(&out_t)));

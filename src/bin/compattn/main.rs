@@ -4,10 +4,12 @@
 //! `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`) and prints the adapter it got. Errors are printed as
 //! `error: ...` with exit status 1; command-line usage errors exit with status 2.
 
+mod bench;
 mod common;
 mod demo;
 mod forward;
 mod info;
+mod shaders;
 mod verify;
 
 use std::process::ExitCode;
@@ -36,6 +38,12 @@ enum Command {
     Verify(verify::Args),
     /// Time the README configuration (dim 1024, 8 searches, 2 retrievals, n 512) and check it.
     Demo,
+    /// Write every WGSL source the host submits (one file per pipeline variant) to a directory,
+    /// for offline translation to Metal, HLSL, SPIR-V or GLSL.
+    Shaders(shaders::Args),
+    /// Time the forward pass (fused, unfused or the f64 CPU reference) with GPU timestamps where
+    /// the adapter has them; sweep n into an SVG plot (--sweep); or time our GEMM (--gemm N).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +53,8 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Demo => demo::run(),
+        Command::Shaders(args) => shaders::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

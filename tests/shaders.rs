@@ -1,0 +1,616 @@
+//! Portability of every WGSL source the host submits, proven offline with naga.
+//!
+//! The sources are collected exactly as `compattn shaders` writes them
+//! (`compositional_attention::shaders::collect_variants`): for both kernel families (CPU-driver
+//! and GPU variants, whatever the adapter) and both limits policies (the adapter's and WebGPU's
+//! defaults), so the set does not depend on `COMPATTN_LIMITS` or `COMPATTN_KERNELS`. Each variant
+//! must then
+//!
+//! * parse and validate with naga at WebGPU's capabilities (no optional feature: no `f16`, no
+//!   subgroups, no 64-bit types);
+//! * translate with every naga back end wgpu uses, with the options wgpu's back ends pass: MSL
+//!   (Metal 2.0 and 1.2), HLSL (DX12, shader models 5.1 and 6.0), SPIR-V 1.0 (Vulkan), GLSL ES
+//!   3.10 and GLSL 4.30 (OpenGL ES and desktop OpenGL);
+//! * fit the limits of the device it was specialised for and, where that device was opened with
+//!   `LimitsPolicy::WebGpuDefaults`, WebGPU's default limits themselves: workgroup size,
+//!   workgroup memory, buffers and textures per stage, bind groups.
+//!
+//! Metal and DX12 cannot run here; this is how they are tested. The last test also opens a device
+//! through a `STRICT_WEBGPU_COMPLIANCE` instance and runs the layer there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use compositional_attention::gpu::pipelines::ShaderVariant;
+use compositional_attention::shaders::{self, collect_variants};
+use compositional_attention::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
+use naga::back::{glsl, hlsl, msl, spv};
+use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
+use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+
+/// One distinct WGSL text and the limits of every device it was specialised for.
+struct Collected {
+    variant: ShaderVariant,
+    /// `(kernel family, limits policy, the device's limits)` for each context that compiled it.
+    origins: Vec<(KernelProfile, LimitsPolicy, wgpu::Limits)>,
+}
+
+/// Every variant, by label, for both kernel families under both limits policies.
+fn variants() -> &'static BTreeMap<String, Collected> {
+    static VARIANTS: OnceLock<BTreeMap<String, Collected>> = OnceLock::new();
+    VARIANTS.get_or_init(|| {
+        let problems = shaders::representative_problems();
+        let mut all: BTreeMap<String, Collected> = BTreeMap::new();
+        for limits in [LimitsPolicy::Adapter, LimitsPolicy::WebGpuDefaults] {
+            for kernels in [KernelProfile::Cpu, KernelProfile::Gpu] {
+                let options = GpuOptions {
+                    limits,
+                    kernels,
+                    ..GpuOptions::from_env().expect("GPU options from the environment")
+                };
+                let ctx = pollster::block_on(GpuContext::new(&options))
+                    .unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"));
+                let found =
+                    pollster::block_on(collect_variants(&ctx, &problems)).unwrap_or_else(|e| {
+                        panic!("collecting variants ({kernels:?}, {limits:?}) failed: {e}")
+                    });
+                eprintln!(
+                    "{kernels:?} kernels, {limits:?} limits on {}: {} variants",
+                    ctx.describe(),
+                    found.len()
+                );
+                for variant in found {
+                    all.entry(variant.label())
+                        .or_insert_with(|| Collected {
+                            variant,
+                            origins: Vec::new(),
+                        })
+                        .origins
+                        .push((kernels, limits, ctx.limits().clone()));
+                }
+            }
+        }
+        all
+    })
+}
+
+/// Parses and validates a variant with WebGPU's capabilities.
+fn parse(label: &str, wgsl: &str) -> Result<(naga::Module, ModuleInfo), String> {
+    let module = naga::front::wgsl::parse_str(wgsl)
+        .map_err(|e| format!("{label}: WGSL parse: {}", e.emit_to_string(wgsl)))?;
+    // The default capabilities are WebGPU's core (multisampled shading and cube-map arrays):
+    // anything optional (f16, subgroups, f64, 64-bit integers) fails validation.
+    let info = Validator::new(ValidationFlags::all(), Capabilities::default())
+        .validate(&module)
+        .map_err(|e| format!("{label}: naga validation: {}", e.emit_to_string(wgsl)))?;
+    Ok((module, info))
+}
+
+/// The bounds checks wgpu's Metal, Vulkan and DX12 back ends ask for when the shader module is
+/// checked (`create_shader_module`, as the host uses); like the host, no back end is asked to
+/// zero-fill workgroup memory (`zero_initialize_workgroup_memory: false`).
+fn bounds_checks() -> BoundsCheckPolicies {
+    BoundsCheckPolicies {
+        index: BoundsCheckPolicy::Restrict,
+        buffer: BoundsCheckPolicy::Restrict,
+        image_load: BoundsCheckPolicy::Restrict,
+        binding_array: BoundsCheckPolicy::Unchecked,
+    }
+}
+
+/// The single compute entry point every kernel has.
+const ENTRY: &str = "main";
+
+fn to_msl(module: &naga::Module, info: &ModuleInfo) -> Result<(), String> {
+    let options = msl::Options {
+        // Metal 2.0 (macOS 10.13, iOS 11), then 1.2 (macOS 10.12) below as the floor: wgpu
+        // writes the newest version the OS has.
+        lang_version: (2, 0),
+        bounds_check_policies: bounds_checks(),
+        zero_initialize_workgroup_memory: false,
+        ..msl::Options::default()
+    };
+    let pipeline = msl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, ENTRY.into())),
+        ..msl::PipelineOptions::default()
+    };
+    msl::write_string(module, info, &options, &pipeline)
+        .map_err(|e| format!("{e}"))
+        .and_then(|(text, _)| nonempty(&text))?;
+    let floor = msl::Options {
+        lang_version: (1, 2),
+        ..options
+    };
+    msl::write_string(module, info, &floor, &pipeline)
+        .map(|_| ())
+        .map_err(|e| format!("MSL 1.2: {e}"))
+}
+
+fn to_hlsl(
+    module: &naga::Module,
+    info: &ModuleInfo,
+    shader_model: hlsl::ShaderModel,
+) -> Result<(), String> {
+    let options = hlsl::Options {
+        shader_model,
+        zero_initialize_workgroup_memory: false,
+        ..hlsl::Options::default()
+    };
+    let pipeline = hlsl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, ENTRY.into())),
+    };
+    let mut text = String::new();
+    hlsl::Writer::new(&mut text, &options, &pipeline)
+        .write(module, info, None)
+        .map_err(|e| format!("{e}"))?;
+    nonempty(&text)
+}
+
+fn to_spirv(module: &naga::Module, info: &ModuleInfo) -> Result<(), String> {
+    let options = spv::Options {
+        // Vulkan 1.0's SPIR-V, what wgpu emits without optional features.
+        lang_version: (1, 0),
+        bounds_check_policies: bounds_checks(),
+        zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
+        ..spv::Options::default()
+    };
+    let pipeline = spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: ENTRY.into(),
+    };
+    let words =
+        spv::write_vec(module, info, &options, Some(&pipeline)).map_err(|e| format!("{e}"))?;
+    if words.first() == Some(&0x0723_0203) {
+        Ok(())
+    } else {
+        Err("no SPIR-V magic number in the output".into())
+    }
+}
+
+/// GLSL as wgpu's GL backend writes it: buffer and index checks are left to GLSL (Unchecked), and
+/// image loads are checked only on desktop GL 4.3+, since the level check needs
+/// `textureQueryLevels`, which OpenGL ES lacks.
+fn to_glsl(module: &naga::Module, info: &ModuleInfo, version: glsl::Version) -> Result<(), String> {
+    let image_load = match version {
+        glsl::Version::Desktop(v) if v >= 430 => BoundsCheckPolicy::ReadZeroSkipWrite,
+        _ => BoundsCheckPolicy::Unchecked,
+    };
+    let policies = BoundsCheckPolicies {
+        index: BoundsCheckPolicy::Unchecked,
+        buffer: BoundsCheckPolicy::Unchecked,
+        image_load,
+        binding_array: BoundsCheckPolicy::Unchecked,
+    };
+    let options = glsl::Options {
+        version,
+        zero_initialize_workgroup_memory: false,
+        ..glsl::Options::default()
+    };
+    let pipeline = glsl::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: ENTRY.into(),
+        multiview: None,
+    };
+    let mut text = String::new();
+    glsl::Writer::new(&mut text, module, info, &options, &pipeline, policies)
+        .and_then(|mut writer| writer.write().map(|_| ()))
+        .map_err(|e| format!("{e}"))?;
+    nonempty(&text)
+}
+
+fn nonempty(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        Err("empty output".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `check` on every variant and fails with every failure listed (label and back end).
+fn for_every_variant(what: &str, check: impl Fn(&str, &naga::Module, &ModuleInfo) -> Vec<String>) {
+    let variants = variants();
+    assert!(!variants.is_empty(), "no variants were collected");
+    let mut failures = Vec::new();
+    for (label, collected) in variants {
+        match parse(label, &collected.variant.wgsl()) {
+            Ok((module, info)) => failures.extend(check(label, &module, &info)),
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} variants failed {what}:\n{}",
+        failures.len(),
+        variants.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_variant_parses_and_validates_with_webgpu_capabilities() {
+    for_every_variant("WGSL validation", |_, module, _| {
+        let mut failures = Vec::new();
+        if module.entry_points.len() != 1
+            || module.entry_points[0].name != ENTRY
+            || module.entry_points[0].stage != naga::ShaderStage::Compute
+        {
+            failures.push(format!(
+                "expected exactly one compute entry point `{ENTRY}`, found {:?}",
+                module
+                    .entry_points
+                    .iter()
+                    .map(|e| (&e.name, e.stage))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        failures
+    });
+}
+
+#[test]
+fn every_variant_translates_to_msl_hlsl_spirv_and_glsl() {
+    for_every_variant("translation", |label, module, info| {
+        let results = [
+            ("MSL", to_msl(module, info)),
+            (
+                "HLSL SM 5.1",
+                to_hlsl(module, info, hlsl::ShaderModel::V5_1),
+            ),
+            (
+                "HLSL SM 6.0",
+                to_hlsl(module, info, hlsl::ShaderModel::V6_0),
+            ),
+            ("SPIR-V", to_spirv(module, info)),
+            // OpenGL ES 3.1 (the first with compute shaders; Android, ANGLE) and desktop
+            // OpenGL 4.3 (Mesa's llvmpipe, with image bounds checks).
+            (
+                "GLSL ES 3.10",
+                to_glsl(module, info, glsl::Version::new_gles(310)),
+            ),
+            (
+                "GLSL 4.30",
+                to_glsl(module, info, glsl::Version::Desktop(430)),
+            ),
+        ];
+        results
+            .into_iter()
+            .filter_map(|(back_end, result)| {
+                result.err().map(|e| format!("{label}: {back_end}: {e}"))
+            })
+            .collect()
+    });
+}
+
+/// What one variant needs of the device's limits, from its naga module.
+#[derive(Debug, Default)]
+struct Needs {
+    workgroup_size: [u32; 3],
+    /// Bytes, each variable rounded up to 16 as WebGPU counts them.
+    workgroup_storage: u32,
+    storage_buffers: u32,
+    uniform_buffers: u32,
+    sampled_textures: u32,
+    storage_textures: u32,
+    samplers: u32,
+    max_group: u32,
+    max_binding: u32,
+}
+
+fn needs(module: &naga::Module, info: &ModuleInfo) -> Result<Needs, String> {
+    let entry = &module.entry_points[0];
+    let uses = info.get_entry_point(0);
+    let mut layouter = naga::proc::Layouter::default();
+    layouter
+        .update(module.to_ctx())
+        .map_err(|e| format!("layout: {e}"))?;
+    let mut needs = Needs {
+        workgroup_size: entry.workgroup_size,
+        ..Needs::default()
+    };
+    for (handle, global) in module.global_variables.iter() {
+        if uses[handle].is_empty() {
+            continue; // wgpu's derived layout leaves out what the entry point does not use
+        }
+        match global.space {
+            naga::AddressSpace::WorkGroup => {
+                needs.workgroup_storage += layouter[global.ty].size.next_multiple_of(16);
+            }
+            naga::AddressSpace::Storage { .. } => needs.storage_buffers += 1,
+            naga::AddressSpace::Uniform => needs.uniform_buffers += 1,
+            naga::AddressSpace::Handle => match module.types[global.ty].inner {
+                naga::TypeInner::Image {
+                    class: naga::ImageClass::Storage { .. },
+                    ..
+                } => needs.storage_textures += 1,
+                naga::TypeInner::Image { .. } => needs.sampled_textures += 1,
+                naga::TypeInner::Sampler { .. } => needs.samplers += 1,
+                ref other => return Err(format!("unexpected handle type {other:?}")),
+            },
+            _ => {}
+        }
+        if let Some(binding) = &global.binding {
+            needs.max_group = needs.max_group.max(binding.group);
+            needs.max_binding = needs.max_binding.max(binding.binding);
+        }
+    }
+    Ok(needs)
+}
+
+/// Every way `needs` exceeds `limits`.
+fn exceeded(needs: &Needs, limits: &wgpu::Limits) -> Vec<String> {
+    let [x, y, z] = needs.workgroup_size;
+    let checks = [
+        (
+            "max_compute_invocations_per_workgroup",
+            x * y * z,
+            limits.max_compute_invocations_per_workgroup,
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            x,
+            limits.max_compute_workgroup_size_x,
+        ),
+        (
+            "max_compute_workgroup_size_y",
+            y,
+            limits.max_compute_workgroup_size_y,
+        ),
+        (
+            "max_compute_workgroup_size_z",
+            z,
+            limits.max_compute_workgroup_size_z,
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            needs.workgroup_storage,
+            limits.max_compute_workgroup_storage_size,
+        ),
+        (
+            "max_storage_buffers_per_shader_stage",
+            needs.storage_buffers,
+            limits.max_storage_buffers_per_shader_stage,
+        ),
+        (
+            "max_uniform_buffers_per_shader_stage",
+            needs.uniform_buffers,
+            limits.max_uniform_buffers_per_shader_stage,
+        ),
+        (
+            "max_sampled_textures_per_shader_stage",
+            needs.sampled_textures,
+            limits.max_sampled_textures_per_shader_stage,
+        ),
+        (
+            "max_storage_textures_per_shader_stage",
+            needs.storage_textures,
+            limits.max_storage_textures_per_shader_stage,
+        ),
+        (
+            "max_samplers_per_shader_stage",
+            needs.samplers,
+            limits.max_samplers_per_shader_stage,
+        ),
+        (
+            "max_bind_groups",
+            needs.max_group + 1,
+            limits.max_bind_groups,
+        ),
+        (
+            "max_bindings_per_bind_group",
+            needs.max_binding + 1,
+            limits.max_bindings_per_bind_group,
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|&(_, need, limit)| need > limit)
+        .map(|(name, need, limit)| format!("{name}: needs {need}, limit {limit}"))
+        .collect()
+}
+
+#[test]
+fn every_variant_fits_its_device_and_webgpu_variants_fit_webgpu_defaults() {
+    let webgpu = wgpu::Limits::default();
+    for_every_variant("the limits check", |label, module, info| {
+        let needs = match needs(module, info) {
+            Ok(needs) => needs,
+            Err(e) => return vec![format!("{label}: {e}")],
+        };
+        let collected = &variants()[label];
+        let mut failures = Vec::new();
+        for (kernels, policy, limits) in &collected.origins {
+            for e in exceeded(&needs, limits) {
+                failures.push(format!(
+                    "{label} ({kernels:?}, {policy:?}): the device's {e}"
+                ));
+            }
+            if *policy == LimitsPolicy::WebGpuDefaults {
+                for e in exceeded(&needs, &webgpu) {
+                    failures.push(format!(
+                        "{label} ({kernels:?}, {policy:?}): WebGPU's default {e}"
+                    ));
+                }
+            }
+        }
+        failures
+    });
+}
+
+/// Kernels in `shaders/` that the layer never compiles, so no problem can reach them: the
+/// register-blocked buffer GEMM is only benchmarked and unit-tested since the CPU profile reads
+/// its GEMM operands from textures (`gemm_texture`) and the GPU profile uses `gemm_tiled`.
+const NOT_USED_BY_THE_LAYER: &[&str] = &["gemm"];
+
+#[test]
+fn the_representative_problems_reach_every_kernel_in_both_families() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let kernels: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.unwrap().path();
+            (path.extension()? == "wgsl").then(|| path.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    assert!(!kernels.is_empty(), "no kernels in {}", dir.display());
+    let reached = |profile: KernelProfile| -> BTreeSet<&'static str> {
+        variants()
+            .values()
+            .filter(|c| c.origins.iter().any(|(k, _, _)| *k == profile))
+            .map(|c| c.variant.kernel_name())
+            .collect()
+    };
+    let (cpu, gpu) = (reached(KernelProfile::Cpu), reached(KernelProfile::Gpu));
+    let missed: Vec<&String> = kernels
+        .iter()
+        .filter(|k| {
+            !cpu.contains(k.as_str())
+                && !gpu.contains(k.as_str())
+                && !NOT_USED_BY_THE_LAYER.contains(&k.as_str())
+        })
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "no representative problem compiles {missed:?} (the cpu family reached {cpu:?}, the gpu \
+         family {gpu:?}): extend shaders::representative_problems, or list a kernel the layer \
+         never uses in NOT_USED_BY_THE_LAYER"
+    );
+    // The two families really differ (the forced profile took effect).
+    for profile in [KernelProfile::Cpu, KernelProfile::Gpu] {
+        assert!(
+            variants()
+                .values()
+                .any(|c| c.origins.iter().all(|(k, _, _)| *k == profile)),
+            "no variant is specific to the {profile:?} family"
+        );
+    }
+}
+
+#[test]
+fn labels_are_file_names_and_identify_the_text() {
+    let mut by_text: BTreeMap<String, &str> = BTreeMap::new();
+    for (label, collected) in variants() {
+        assert!(
+            label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "label {label:?} is not a plain file name"
+        );
+        if let Some(other) = by_text.insert(collected.variant.wgsl(), label) {
+            panic!("{label} and {other} have the same WGSL text");
+        }
+    }
+}
+
+#[test]
+fn the_checks_reject_what_webgpu_forbids() {
+    // An optional feature (f16) fails validation at WebGPU's core capabilities.
+    let f16 =
+        "enable f16;\n@compute @workgroup_size(1) fn main() { var x: f16 = 1.0h; x += 1.0h; }";
+    assert!(parse("f16", f16).is_err(), "f16 passed validation");
+    // Oversized workgroups and workgroup memory exceed WebGPU's defaults.
+    let big = "var<workgroup> tile: array<f32, 4097>;\n\
+               @compute @workgroup_size(16, 32) fn main(@builtin(local_invocation_index) i: u32) \
+               { tile[i] = 1.0; }";
+    let (module, info) = parse("big", big).unwrap();
+    let needs = needs(&module, &info).unwrap();
+    assert_eq!(needs.workgroup_storage, 16400);
+    let failures = exceeded(&needs, &wgpu::Limits::default());
+    assert!(
+        failures.len() == 2
+            && failures[0].starts_with("max_compute_invocations_per_workgroup")
+            && failures[1].starts_with("max_compute_workgroup_storage_size"),
+        "{failures:?}"
+    );
+    // Nine storage buffers are one too many.
+    let buffers: String = (0..9)
+        .map(|i| format!("@group(0) @binding({i}) var<storage, read_write> b{i}: array<f32>;\n"))
+        .collect();
+    let uses: String = (0..9).map(|i| format!("b{i}[0] = 1.0; ")).collect();
+    let nine = format!("{buffers}@compute @workgroup_size(64) fn main() {{ {uses} }}");
+    let (module, info) = parse("nine", &nine).unwrap();
+    let failures = exceeded(&needs_of(&module, &info), &wgpu::Limits::default());
+    assert_eq!(
+        failures,
+        ["max_storage_buffers_per_shader_stage: needs 9, limit 8"]
+    );
+}
+
+fn needs_of(module: &naga::Module, info: &ModuleInfo) -> Needs {
+    needs(module, info).unwrap()
+}
+
+/// wgpu 30 can also filter adapters and features to what the WebGPU specification defines
+/// (`InstanceFlags::STRICT_WEBGPU_COMPLIANCE`: no native-only features, no native-only limits,
+/// adapters without WebGPU's downlevel capabilities hidden). A device opened that way, with
+/// WebGPU's default limits, compiles every variant and computes the layer correctly.
+///
+/// wgpu never counts its GL backend as WebGPU-compliant (llvmpipe lacks several downlevel
+/// flags), so GL is left out; with `WGPU_BACKEND=gl` alone, or where no adapter passes the
+/// check, the test says so and returns.
+#[test]
+fn a_strict_webgpu_instance_compiles_and_runs_every_variant() {
+    use compositional_attention::verify::{self, ErrorStats};
+    use compositional_attention::{CompositionalAttention, Config, reference};
+
+    let options = GpuOptions::from_env().unwrap();
+    let backends = options.backends.unwrap_or(wgpu::Backends::PRIMARY) - wgpu::Backends::GL;
+    if backends.is_empty() {
+        eprintln!("skipped: wgpu's GL backend is never WebGPU-compliant");
+        return;
+    }
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = backends;
+    descriptor.flags |= wgpu::InstanceFlags::STRICT_WEBGPU_COMPLIANCE;
+    let instance = wgpu::Instance::new(descriptor);
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let wanted = options.adapter_name.as_deref().map(str::to_lowercase);
+    let Some(adapter) = adapters.into_iter().find(|a| {
+        wanted
+            .as_ref()
+            .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+    }) else {
+        eprintln!("skipped: no adapter on {backends:?} passes wgpu's WebGPU compliance check");
+        return;
+    };
+    let problems = shaders::representative_problems();
+    for kernels in [KernelProfile::Cpu, KernelProfile::Gpu] {
+        let ctx = pollster::block_on(GpuContext::from_adapter(
+            adapter.clone(),
+            LimitsPolicy::WebGpuDefaults,
+            kernels,
+        ))
+        .unwrap_or_else(|e| panic!("opening a strict WebGPU device failed: {e}"));
+        let found = pollster::block_on(collect_variants(&ctx, &problems))
+            .unwrap_or_else(|e| panic!("{kernels:?} kernels on a strict WebGPU device: {e}"));
+        eprintln!(
+            "strict WebGPU instance, {kernels:?} kernels on {}: {} variants",
+            ctx.describe(),
+            found.len()
+        );
+        for variant in &found {
+            assert!(
+                variants().contains_key(&variant.label()),
+                "{} compiled on the strict device but not in the collected set",
+                variant.label()
+            );
+        }
+
+        let seed = verify::test_seed();
+        let config = Config::new(40)
+            .dim_head(10)
+            .num_searches(3)
+            .num_retrievals(2)
+            .causal(true);
+        let (weights, input) =
+            verify::random_problem(config, 2, 37, Some(&[37, 5]), 1.0, seed).unwrap();
+        let expected =
+            reference::forward(&weights, &input.x, 2, 37, input.mask.as_deref()).unwrap();
+        let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
+        let y = pollster::block_on(layer.forward_input(&input)).unwrap();
+        let stats = ErrorStats::compare(&y, &expected);
+        assert!(
+            stats.within(1e-4),
+            "{kernels:?} kernels on a strict WebGPU device: {stats} (reproduce with \
+             COMPATTN_SEED={seed})"
+        );
+    }
+}
