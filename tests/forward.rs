@@ -15,6 +15,7 @@ struct Case {
     seq: usize,
     mask_lengths: Option<Vec<usize>>,
     input_scale: f32,
+    both_profiles: bool,
 }
 
 impl Case {
@@ -28,6 +29,7 @@ impl Case {
             seq: 16,
             mask_lengths: None,
             input_scale: 1.0,
+            both_profiles: false,
         }
     }
 
@@ -49,6 +51,12 @@ impl Case {
 
     fn mask(mut self, lengths: &[usize]) -> Self {
         self.mask_lengths = Some(lengths.to_vec());
+        self
+    }
+
+    /// Also run with the other kernel profile (see `common::gpu_other_profile`).
+    fn both_profiles(mut self) -> Self {
+        self.both_profiles = true;
         self
     }
 
@@ -77,18 +85,29 @@ impl Case {
             input.mask.as_deref(),
         )
         .unwrap();
-        for strategy in Strategy::ALL {
-            let mut layer = CompositionalAttention::new(common::gpu(), &weights).unwrap();
-            layer.set_strategy(strategy);
-            let y = pollster::block_on(layer.forward_input(&input)).unwrap();
-            common::assert_close(&format!("{what} [{strategy}]"), &y, &expected, TOL);
+        let mut devices = vec![common::gpu()];
+        if self.both_profiles {
+            devices.push(common::gpu_other_profile());
+        }
+        for gpu in devices {
+            let profile = if gpu.cpu_kernels() { "cpu" } else { "gpu" };
+            for strategy in Strategy::ALL {
+                let mut layer = CompositionalAttention::new(gpu, &weights).unwrap();
+                layer.set_strategy(strategy);
+                let y = pollster::block_on(layer.forward_input(&input)).unwrap();
+                let label = format!("{what} [{strategy}, {profile} kernels]");
+                common::assert_close(&label, &y, &expected, TOL);
+            }
         }
     }
 }
 
 #[test]
 fn odd_sizes() {
-    Case::new(40, 10, 3, 4).shape(2, 29).check("odd_sizes");
+    Case::new(40, 10, 3, 4)
+        .shape(2, 29)
+        .both_profiles()
+        .check("odd_sizes");
 }
 
 #[test]
@@ -146,6 +165,7 @@ fn fully_masked_row() {
     Case::new(16, 8, 2, 3)
         .shape(2, 11)
         .mask(&[0, 5])
+        .both_profiles()
         .check("fully_masked_row");
 }
 
@@ -155,6 +175,7 @@ fn causal_with_padding() {
         .shape(2, 26)
         .causal()
         .mask(&[26, 9])
+        .both_profiles()
         .check("causal_with_padding");
 }
 
@@ -163,6 +184,7 @@ fn prenorm() {
     Case::new(48, 16, 3, 2)
         .shape(2, 13)
         .prenorm()
+        .both_profiles()
         .check("prenorm");
 }
 
@@ -224,4 +246,37 @@ fn workspace_reuse_across_shapes() {
             assert!(layer.gpu_bytes() > 0);
         }
     }
+}
+
+/// The long-sequence requirement: n = 16384 on the fused strategy (the default) within
+/// 256 MiB of GPU buffers, with sample rows checked against the reference (which computes only
+/// those rows, so nothing n × n exists on either side).
+#[test]
+fn sixteen_thousand_tokens_fused() {
+    let (seed, what) = common::seed("sixteen_thousand_tokens_fused");
+    let config = Config::new(256)
+        .dim_head(32)
+        .num_searches(4)
+        .num_retrievals(4);
+    let seq = 16_384;
+    let (weights, input) = random_problem(config, 1, seq, None, 1.0, seed).unwrap();
+    let mut layer = CompositionalAttention::new(common::gpu(), &weights).unwrap();
+    assert_eq!(layer.strategy(), Strategy::Fused);
+    let y = pollster::block_on(layer.forward_input(&input)).unwrap();
+    let bytes = layer.gpu_bytes();
+    assert!(
+        bytes <= 256 << 20,
+        "{what}: {bytes} bytes of GPU buffers exceed 256 MiB"
+    );
+    let rows: Vec<(usize, usize)> = [0, 1, 4095, 8191, 12000, seq - 2, seq - 1]
+        .into_iter()
+        .map(|i| (0, i))
+        .collect();
+    let expected = reference::forward_rows(&weights, &input.x, 1, seq, None, &rows).unwrap();
+    let actual: Vec<f32> = rows
+        .iter()
+        .flat_map(|&(_, i)| y[i * config.dim..][..config.dim].to_vec())
+        .collect();
+    common::assert_close(&format!("{what} (sample rows)"), &actual, &expected, TOL);
+    assert!(y.iter().all(|v| v.is_finite()), "{what}: non-finite output");
 }

@@ -4,8 +4,8 @@
 
 use std::sync::OnceLock;
 
-use compositional_attention::GpuContext;
 use compositional_attention::verify::{self, ErrorStats};
+use compositional_attention::{GpuContext, GpuOptions, KernelProfile};
 
 /// The device under test (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS` pick it).
 pub fn gpu() -> &'static GpuContext {
@@ -16,6 +16,21 @@ pub fn gpu() -> &'static GpuContext {
             ctx
         }
         Err(e) => panic!("these tests need a GPU adapter: {e}"),
+    })
+}
+
+/// The same adapter with the other kernel profile (GPU-style kernels on a CPU driver and vice
+/// versa), so that both families of kernels run through the whole layer on any machine.
+pub fn gpu_other_profile() -> &'static GpuContext {
+    static GPU: OnceLock<GpuContext> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let mut options = GpuOptions::from_env().expect("environment");
+        options.kernels = if gpu().cpu_kernels() {
+            KernelProfile::Gpu
+        } else {
+            KernelProfile::Cpu
+        };
+        pollster::block_on(GpuContext::new(&options)).expect("the same adapter again")
     })
 }
 
