@@ -62,7 +62,7 @@ impl KernelBench {
         let rhs_data = normal(&mut rng, n * k, 1.0);
         let out = memory::storage(ctx, "out", &[m, n], None)?;
         let tiling = match kernel {
-            GemmKernel::Auto if ctx.cpu_kernels() => None,
+            GemmKernel::Auto if ctx.texel_operands() => None,
             GemmKernel::Auto => Some(GemmTiling::choose(ctx)),
             GemmKernel::Texels => None,
             GemmKernel::Register => Some(GemmTiling::REGISTER),
@@ -138,7 +138,7 @@ impl KernelBench {
         let value_mean = memory::storage(ctx, "value_mean", &[batch, c.value_width()], None)?;
         let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
         // The fused kernel reads and writes texel rows where the layer would (CPU profile).
-        let texels = ctx.cpu_kernels() && ops::fused_attention::texels_supported(c.dim_head);
+        let texels = ctx.texel_operands() && ops::fused_attention::texels_supported(c.dim_head);
         let (proj_texels, concat_texels) = if texels {
             let rows = batch * seq;
             (

@@ -75,7 +75,7 @@ impl WeightMatrix {
         cols: usize,
         data: &[f32],
     ) -> Result<Self> {
-        Ok(if ctx.cpu_kernels() {
+        Ok(if ctx.texel_operands() {
             WeightMatrix::Texels(TexelRows::with_data(ctx, label, rows, cols, data)?)
         } else {
             WeightMatrix::Buffer(memory::storage_init(ctx, label, data)?)
@@ -505,7 +505,7 @@ impl CompositionalAttention {
         let scale = c.scale() as f32;
         // CPU kernel profile: GEMM operands (and, where heads align to texels, the fused
         // kernel's projections and output) live in texel rows.
-        let texels = ctx.cpu_kernels();
+        let texels = ctx.texel_operands();
         let fused_texels = texels
             && self.strategy == Strategy::Fused
             && ops::fused_attention::texels_supported(c.dim_head);

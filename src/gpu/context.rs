@@ -295,6 +295,13 @@ impl GpuContext {
         self.inner.cpu_kernels
     }
 
+    /// Whether the CPU kernel family reads its operands as texel rows (`src/gpu/texture.rs`):
+    /// on every CPU-profile backend but GL, where wgpu's `textureLoad` of `rgba32float` array
+    /// textures in compute shaders returned zeros on llvmpipe; the CPU family uses buffers there.
+    pub fn texel_operands(&self) -> bool {
+        self.inner.cpu_kernels && self.inner.info.backend != wgpu::Backend::Gl
+    }
+
     /// Whether GPU timestamps can time passes on this device.
     pub fn has_timestamps(&self) -> bool {
         self.inner

@@ -111,15 +111,24 @@ pub(crate) fn staging(ctx: &GpuContext, label: &str, bytes: u64) -> wgpu::Buffer
 }
 
 /// Maps `staging` (after the submit that filled it), copies out its first `len` `f32`s and
-/// unmaps it. On native this waits on the device; in a browser it awaits the map callback
-/// (polling is a no-op there).
+/// unmaps it.
 pub(crate) async fn read_f32(
     ctx: &GpuContext,
     staging: &wgpu::Buffer,
     len: usize,
 ) -> Result<Vec<f32>> {
-    let bytes = 4 * len as u64;
-    let slice = staging.slice(..bytes);
+    read_mapped(ctx, staging, 4 * len as u64).await
+}
+
+/// Maps the first `bytes` of a `MAP_READ` buffer, copies them out as `T`s and unmaps it. On
+/// native this waits on the device; in a browser it awaits the map callback (polling is a no-op
+/// there).
+pub(crate) async fn read_mapped<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    bytes: u64,
+) -> Result<Vec<T>> {
+    let slice = buffer.slice(..bytes);
     let (sender, receiver) = futures::channel::oneshot::channel();
     slice.map_async(wgpu::MapMode::Read, move |result| {
         let _ = sender.send(result);
@@ -138,9 +147,9 @@ pub(crate) async fn read_f32(
         let view = slice
             .get_mapped_range()
             .map_err(|e| Error::Readback(e.to_string()))?;
-        bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        bytemuck::cast_slice::<u8, T>(&view).to_vec()
     };
-    staging.unmap();
+    buffer.unmap();
     Ok(values)
 }
 

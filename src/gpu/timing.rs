@@ -4,8 +4,8 @@
 //! do not count. Where the adapter lacks `TIMESTAMP_QUERY`, callers fall back to host wall
 //! time around a full submit-and-wait and must say so ([`TimingSource`]).
 
-use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
+use crate::error::Result;
+use crate::gpu::{GpuContext, memory};
 
 /// Where a duration came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,26 +82,8 @@ impl PassTimer {
 
     /// Durations of the passes in milliseconds, after the submit that resolved them.
     pub(crate) async fn read_ms(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
-        let slice = self.readback.slice(..);
-        let (sender, receiver) = futures::channel::oneshot::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
-        #[cfg(not(target_arch = "wasm32"))]
-        ctx.device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        receiver
-            .await
-            .map_err(|_| Error::Readback("the map callback was dropped".into()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        let ticks: Vec<u64> = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
-        self.readback.unmap();
+        let ticks: Vec<u64> =
+            memory::read_mapped(ctx, &self.readback, self.readback.size()).await?;
         let period_ns = ctx.queue().get_timestamp_period() as f64;
         Ok(ticks
             .chunks_exact(2)

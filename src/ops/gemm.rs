@@ -64,7 +64,8 @@ impl GemmTiling {
         bk: 16,
     };
 
-    /// The register kernel on CPU adapters, the tiled one elsewhere.
+    /// The buffer kernel for this device: register-blocked with the CPU profile (used where
+    /// operands are not texels, i.e. on GL), tiled elsewhere.
     pub(crate) fn choose(ctx: &GpuContext) -> GemmTiling {
         if ctx.cpu_kernels() {
             Self::REGISTER
@@ -320,6 +321,10 @@ mod tests {
     /// The texel GEMM (CPU profile): buffer and texel outputs, padded K, ragged M and N.
     fn check_texels(m: usize, n: usize, k: usize) {
         let ctx = context();
+        if ctx.info().backend == wgpu::Backend::Gl {
+            eprintln!("texel GEMM not run: the GL backend uses buffer operands");
+            return;
+        }
         let (mut rng, what) = rng(&format!("texel gemm {m}x{n}x{k}"));
         let lhs = normal(&mut rng, m * k, 1.0);
         let rhs = normal(&mut rng, n * k, 0.5);

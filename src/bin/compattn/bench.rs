@@ -23,7 +23,7 @@ use compositional_attention::{
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::common::CliResult;
+use crate::common::{CliResult, ProblemArgs, ProblemDefaults};
 
 /// Seed of the random weights and input: every run measures the same problem.
 const SEED: u64 = 0;
@@ -77,30 +77,11 @@ fn method_parser() -> impl TypedValueParser<Value = Method> {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Batch size b [default: 1].
-    #[arg(long)]
-    batch: Option<usize>,
-    /// Sequence length n [default: 512].
-    #[arg(long, conflicts_with = "sweep")]
-    seq: Option<usize>,
-    /// Model width (dim) [default: 512; with --sweep 256].
-    #[arg(long)]
-    dim: Option<usize>,
-    /// Width of every search and retrieval head (dim_head) [default: 64; with --sweep 32].
-    #[arg(long)]
-    dim_head: Option<usize>,
-    /// Number of searches (num_searches) [default: 8; with --sweep 4].
-    #[arg(long)]
-    searches: Option<usize>,
-    /// Number of retrievals (num_retrievals) [default: 2].
-    #[arg(long)]
-    retrievals: Option<usize>,
-    /// Causal attention (FLOPs are still counted dense).
-    #[arg(long)]
-    causal: bool,
-    /// LayerNorm before the projections.
-    #[arg(long)]
-    prenorm: bool,
+    /// Configuration and shape [defaults: batch 1, seq 512, dim 512, dim_head 64, 8 searches,
+    /// 2 retrievals; with --sweep dim 256, dim_head 32, 4 searches]. FLOPs are counted dense
+    /// with --causal.
+    #[command(flatten)]
+    problem: ProblemArgs,
     /// What to time: a GPU strategy of the layer, or `cpu` (the f64 reference on the host)
     /// [default: fused].
     #[arg(long, value_parser = method_parser(), conflicts_with = "sweep")]
@@ -120,7 +101,7 @@ pub struct Args {
     no_gemm: bool,
     /// Sweep the sequence length: fused, unfused and the CPU reference at every n of
     /// --seq-list, a table, and an SVG plot of GFLOP/s against n (--out).
-    #[arg(long, conflicts_with = "gemm")]
+    #[arg(long, conflicts_with_all = ["gemm", "seq"])]
     sweep: bool,
     /// Sequence lengths of the sweep [default: 128,256,512,1024,2048].
     #[arg(long, value_delimiter = ',', value_name = "N,...", requires = "sweep")]
@@ -157,16 +138,18 @@ impl Args {
         let pick = |value: Option<usize>, single: usize, swept: usize| {
             value.unwrap_or(if sweep { swept } else { single })
         };
-        let config = Config::new(pick(self.dim, 512, 256))
-            .dim_head(pick(self.dim_head, 64, 32))
-            .num_searches(pick(self.searches, 8, 4))
-            .num_retrievals(pick(self.retrievals, 2, 2))
-            .causal(self.causal)
-            .prenorm(self.prenorm);
-        config.validate()?;
+        let defaults = ProblemDefaults {
+            batch: 1,
+            seq: 512,
+            dim: if sweep { 256 } else { 512 },
+            dim_head: if sweep { 32 } else { 64 },
+            searches: if sweep { 4 } else { 8 },
+            retrievals: 2,
+        };
+        let (config, batch, _) = self.problem.resolve(defaults)?;
         let plan = Plan {
             config,
-            batch: self.batch.unwrap_or(1),
+            batch,
             warmup: pick(self.warmup, 2, 1),
             iters: pick(self.iters, 10, 5),
         };
@@ -627,7 +610,7 @@ fn open_gpu(json: bool) -> Result<GpuContext, Error> {
 
 fn run_single(args: &Args, plan: Plan) -> CliResult {
     let method = args.strategy.unwrap_or(Method::Gpu(Strategy::Fused));
-    let seq = args.seq.unwrap_or(512);
+    let seq = args.problem.seq.unwrap_or(512);
     at_least_one("--seq", seq)?;
     let json = args.json;
     let ctx = match method {

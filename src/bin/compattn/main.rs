@@ -35,14 +35,22 @@ enum Command {
     /// Run the layer on an input file with weights exported from PyTorch, and write the output.
     Forward(forward::Args),
     /// Check the GPU forward against the f64 CPU reference on a random problem.
+    ///
+    /// Sizes left out: batch 2, seq 77, dim 64, dim_head 16, 3 searches, 2 retrievals.
     Verify(verify::Args),
     /// Time the README configuration (dim 1024, 8 searches, 2 retrievals, n 512) and check it.
     Demo,
     /// Write every WGSL source the host submits (one file per pipeline variant) to a directory,
     /// for offline translation to Metal, HLSL, SPIR-V or GLSL.
+    ///
+    /// With a configuration flag, that one problem (sizes left out as in `verify`); with none, a
+    /// built-in set of problems that reaches every kind of variant.
     Shaders(shaders::Args),
     /// Time the forward pass (fused, unfused or the f64 CPU reference) with GPU timestamps where
     /// the adapter has them; sweep n into an SVG plot (--sweep); or time our GEMM (--gemm N).
+    ///
+    /// Sizes left out: batch 1, seq 512, dim 512, dim_head 64, 8 searches, 2 retrievals (with
+    /// --sweep: dim 256, dim_head 32, 4 searches).
     Bench(bench::Args),
 }
 

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 
 use compositional_attention::gpu::pipelines::ShaderVariant;
 use compositional_attention::shaders::{self, Problem};
-use compositional_attention::{Config, Error, GpuContext, GpuOptions, KernelProfile, io};
+use compositional_attention::{Error, GpuContext, GpuOptions, KernelProfile, io};
 
-use crate::common::CliResult;
+use crate::common::{CliResult, ProblemArgs, VERIFY_DEFAULTS};
 
 /// Which kernel families to collect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -47,69 +47,19 @@ pub struct Args {
     /// `COMPATTN_KERNELS`, else by the adapter's device type).
     #[arg(long, value_enum, default_value_t = ProfileArg::Both)]
     profile: ProfileArg,
-    /// Batch size (with any configuration flag: one problem, the others at `compattn verify`'s
-    /// defaults; with none: a built-in set of problems that reaches every variant kind).
-    #[arg(long)]
-    batch: Option<usize>,
-    /// Sequence length n.
-    #[arg(long)]
-    seq: Option<usize>,
-    /// Model width (dim).
-    #[arg(long)]
-    dim: Option<usize>,
-    /// Width of every search and retrieval head (dim_head).
-    #[arg(long)]
-    dim_head: Option<usize>,
-    /// Number of searches (num_searches).
-    #[arg(long)]
-    searches: Option<usize>,
-    /// Number of retrievals (num_retrievals).
-    #[arg(long)]
-    retrievals: Option<usize>,
-    /// Causal attention.
-    #[arg(long)]
-    causal: bool,
-    /// LayerNorm before the projections.
-    #[arg(long)]
-    prenorm: bool,
+    /// One configuration and shape (sizes left out take `compattn verify`'s defaults); with no
+    /// such flag, a built-in set of problems that reaches every variant kind.
+    #[command(flatten)]
+    problem: ProblemArgs,
 }
 
 impl Args {
     /// The one problem the flags describe, or `None` when no configuration flag was given.
     fn problem(&self) -> Result<Option<Problem>, Error> {
-        let given = [
-            self.batch,
-            self.seq,
-            self.dim,
-            self.dim_head,
-            self.searches,
-            self.retrievals,
-        ]
-        .iter()
-        .any(Option::is_some)
-            || self.causal
-            || self.prenorm;
-        if !given {
+        if !self.problem.any_given() {
             return Ok(None);
         }
-        // The defaults of `compattn verify`.
-        let config = Config::new(self.dim.unwrap_or(64))
-            .dim_head(self.dim_head.unwrap_or(16))
-            .num_searches(self.searches.unwrap_or(3))
-            .num_retrievals(self.retrievals.unwrap_or(2))
-            .causal(self.causal)
-            .prenorm(self.prenorm);
-        config.validate()?;
-        let (batch, seq) = (self.batch.unwrap_or(2), self.seq.unwrap_or(77));
-        for (field, value) in [("--batch", batch), ("--seq", seq)] {
-            if value == 0 {
-                return Err(Error::InvalidConfig {
-                    field,
-                    value: "0".into(),
-                    reason: "must be at least 1",
-                });
-            }
-        }
+        let (config, batch, seq) = self.problem.resolve(VERIFY_DEFAULTS)?;
         Ok(Some(Problem {
             name: "command line",
             config,

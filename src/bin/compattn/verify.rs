@@ -1,39 +1,19 @@
 //! `compattn verify`: the GPU forward against the f64 CPU reference on a random problem.
 
 use compositional_attention::verify::{self as check, ErrorStats};
-use compositional_attention::{CompositionalAttention, Config, Error, Strategy, reference};
+use compositional_attention::{CompositionalAttention, Error, Strategy, reference};
 
-use crate::common::{self, CliResult, Failure, ms, timed, yes_no};
+use crate::common::{self, CliResult, Failure, ProblemArgs, VERIFY_DEFAULTS, ms, timed, yes_no};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Seed of the random weights and input (default: COMPATTN_SEED, else fresh from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    /// Batch size b.
-    #[arg(long, default_value_t = 2)]
-    batch: usize,
-    /// Sequence length n.
-    #[arg(long, default_value_t = 77)]
-    seq: usize,
-    /// Model width (dim).
-    #[arg(long, default_value_t = 64)]
-    dim: usize,
-    /// Width of every search and retrieval head (dim_head).
-    #[arg(long, default_value_t = 16)]
-    dim_head: usize,
-    /// Number of searches (num_searches).
-    #[arg(long, default_value_t = 3)]
-    searches: usize,
-    /// Number of retrievals (num_retrievals).
-    #[arg(long, default_value_t = 2)]
-    retrievals: usize,
-    /// Causal attention.
-    #[arg(long)]
-    causal: bool,
-    /// LayerNorm before the projections.
-    #[arg(long)]
-    prenorm: bool,
+    /// Configuration and shape [defaults: batch 2, seq 77, dim 64, dim_head 16, 3 searches,
+    /// 2 retrievals].
+    #[command(flatten)]
+    problem: ProblemArgs,
     /// Key mask: batch row i may attend its first L_i keys (comma-separated; rows without a
     /// length attend every key; 0 masks a whole row).
     #[arg(long, value_delimiter = ',', value_name = "L,...")]
@@ -52,15 +32,9 @@ pub struct Args {
 pub fn run(args: &Args) -> CliResult {
     let seed = args.seed.unwrap_or_else(check::test_seed);
     println!("seed: {seed} (reproduce with --seed {seed})");
-    let config = Config::new(args.dim)
-        .dim_head(args.dim_head)
-        .num_searches(args.searches)
-        .num_retrievals(args.retrievals)
-        .causal(args.causal)
-        .prenorm(args.prenorm);
-    config.validate()?;
+    let (config, batch, seq) = args.problem.resolve(VERIFY_DEFAULTS)?;
     if let Some(lengths) = &args.mask_lengths
-        && lengths.len() > args.batch
+        && lengths.len() > batch
     {
         return Err(Error::InvalidConfig {
             field: "--mask-lengths",
@@ -71,13 +45,13 @@ pub fn run(args: &Args) -> CliResult {
     }
     let (weights, input) = check::random_problem(
         config,
-        args.batch,
-        args.seq,
+        batch,
+        seq,
         args.mask_lengths.as_deref(),
         args.input_scale,
         seed,
     )?;
-    let (b, n) = (args.batch, args.seq);
+    let (b, n) = (batch, seq);
     println!(
         "problem: batch {b}, seq {n}, dim {}, dim_head {}, {} searches, {} retrievals, causal {}, \
          prenorm {}, mask lengths {}, input scale {}",
