@@ -38,6 +38,19 @@ impl Run {
         );
     }
 
+    /// Success, and stdout containing every one of `needles`.
+    #[track_caller]
+    fn assert_prints(&self, needles: &[&str]) {
+        self.assert_success();
+        for needle in needles {
+            assert!(
+                self.stdout.contains(needle),
+                "expected {needle:?} on stdout\n{}",
+                self.transcript()
+            );
+        }
+    }
+
     /// Exit status `code` and an `error: ` line on stderr that contains every one of `needles`.
     #[track_caller]
     fn assert_error(&self, code: i32, needles: &[&str]) {
@@ -322,18 +335,11 @@ fn invalid_sizes_are_errors_not_panics() {
 #[test]
 fn info_lists_adapters_and_the_default_choice() {
     let run = compattn(&["info"]);
-    run.assert_success();
-    for needle in [
+    run.assert_prints(&[
         "max_storage_buffer_binding_size",
         "TIMESTAMP_QUERY",
         "default selection",
-    ] {
-        assert!(
-            run.stdout.contains(needle),
-            "{needle}\n{}",
-            run.transcript()
-        );
-    }
+    ]);
 }
 
 #[test]
@@ -519,14 +525,7 @@ fn bench_prints_a_table_without_json() {
         "--iters",
         "1",
     ]);
-    run.assert_success();
-    for needle in ["cpu", "GFLOP/s", "host wall time"] {
-        assert!(
-            run.stdout.contains(needle),
-            "{needle}\n{}",
-            run.transcript()
-        );
-    }
+    run.assert_prints(&["cpu", "GFLOP/s", "host wall time"]);
 }
 
 #[test]
