@@ -229,6 +229,37 @@ impl KernelBench {
                 .await?,
             ),
         ];
+        let mut kernels = kernels;
+        let retrieved_texels = if ops::blocked_attention::supported(ctx, &layout) {
+            let retrieved = TexelRows::new(
+                ctx,
+                "retrieved",
+                batch * c.num_searches * seq,
+                c.value_width(),
+            )?;
+            let (Some(proj_t), Some(concat_t)) = (&proj_texels, &concat_texels) else {
+                unreachable!("blocked attention runs on texels")
+            };
+            kernels.push((
+                "blocked_attention",
+                2.0 * b * s * n * n * d * (1.0 + r) + 4.0 * b * s * r * n * d,
+                ops::blocked_attention::dispatches(
+                    ctx,
+                    &layout,
+                    scale,
+                    c.causal,
+                    proj_t,
+                    &mask,
+                    &value_mean,
+                    &retrieved,
+                    concat_t,
+                )
+                .await?,
+            ));
+            Some(retrieved)
+        } else {
+            None
+        };
         let buffers = [
             proj,
             mask,
@@ -247,8 +278,8 @@ impl KernelBench {
             .map(|(name, flops, dispatches)| {
                 let mut bench =
                     Self::new(ctx, name.to_string(), flops, dispatches, buffers.to_vec());
-                if name == "fused_attention" || name == "value_mean" {
-                    bench.textures = [&proj_texels, &concat_texels]
+                if matches!(name, "fused_attention" | "value_mean" | "blocked_attention") {
+                    bench.textures = [&proj_texels, &concat_texels, &retrieved_texels]
                         .into_iter()
                         .flatten()
                         .map(TexelRows::share)

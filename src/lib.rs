@@ -3,7 +3,7 @@
 //!
 //! The layer computes exactly what the PyTorch package `compositional-attention-pytorch`
 //! computes (see `SPEC.md` in the repository), loads its `state_dict` from safetensors, and
-//! checks every kernel against an independent `f64` CPU reference ([`reference`]).
+//! checks every kernel against an independent `f64` CPU reference ([`mod@reference`]).
 //!
 //! ```no_run
 //! use compositional_attention::{CompositionalAttention, Config, GpuContext, Weights};

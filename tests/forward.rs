@@ -16,6 +16,7 @@ struct Case {
     mask_lengths: Option<Vec<usize>>,
     input_scale: f32,
     both_profiles: bool,
+    tolerance: f64,
 }
 
 impl Case {
@@ -30,6 +31,7 @@ impl Case {
             mask_lengths: None,
             input_scale: 1.0,
             both_profiles: false,
+            tolerance: TOL,
         }
     }
 
@@ -60,8 +62,15 @@ impl Case {
         self
     }
 
+    /// Inputs drawn with standard deviation `scale`. Search logits grow with its square, and
+    /// with logits in the thousands f32 rounding of the scores moves the softmax weights by
+    /// 1e-5 or more in any f32 implementation; such cases are held to the 1e-4 (of
+    /// max|reference|) instead of the suite's tighter default.
     fn input_scale(mut self, scale: f32) -> Self {
         self.input_scale = scale;
+        if scale > 10.0 {
+            self.tolerance = 1e-4;
+        }
         self
     }
 
@@ -96,7 +105,7 @@ impl Case {
                 layer.set_strategy(strategy);
                 let y = pollster::block_on(layer.forward_input(&input)).unwrap();
                 let label = format!("{what} [{strategy}, {profile} kernels]");
-                common::assert_close(&label, &y, &expected, TOL);
+                common::assert_close(&label, &y, &expected, self.tolerance);
             }
         }
     }

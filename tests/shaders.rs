@@ -438,9 +438,10 @@ fn every_variant_fits_its_device_and_webgpu_variants_fit_webgpu_defaults() {
 }
 
 /// Kernels in `shaders/` that the layer never compiles on this backend, so no problem can reach
-/// them: the CPU family reads its GEMM operands as texels (`gemm_texture`, `texture_copy`)
-/// wherever it can and falls back to the register-blocked buffer GEMM (`gemm`) where it cannot
-/// (`GpuContext::texel_operands`: the GL backend); the GPU family uses `gemm_tiled`.
+/// them: the CPU family reads its operands as texels (`gemm_texture`, `texture_copy`,
+/// `blocked_attention`, `retrieval_mix`) wherever it can and falls back to buffers (`gemm`, the
+/// fused kernel) where it cannot (`GpuContext::texel_operands`: the GL backend); the GPU family
+/// uses `gemm_tiled`.
 fn not_used_by_the_layer() -> &'static [&'static str] {
     let options = GpuOptions {
         kernels: KernelProfile::Cpu,
@@ -450,7 +451,12 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
     if ctx.texel_operands() {
         &["gemm"]
     } else {
-        &["gemm_texture", "texture_copy"]
+        &[
+            "gemm_texture",
+            "texture_copy",
+            "blocked_attention",
+            "retrieval_mix",
+        ]
     }
 }
 

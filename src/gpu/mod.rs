@@ -4,9 +4,9 @@
 //! |---|---|
 //! | [`context`] | adapter and device selection, limits, error scopes |
 //! | [`pipelines`] | WGSL specialisation and the pipeline cache |
-//! | [`memory`] | buffer creation with limit checks, readback |
-//! | [`dispatch`] | a kernel bound to its buffers, and the linear workgroup grid |
-//! | [`texture`] | matrices as `rgba32float` texels, the CPU-driver operand format |
+//! | `memory` | buffer creation with limit checks, readback |
+//! | `dispatch` | a kernel bound to its buffers, and the linear workgroup grid |
+//! | `texture` | matrices as `rgba32float` texels, the CPU-driver operand format |
 //! | [`timing`] | timestamp queries per compute pass |
 
 pub mod context;

@@ -370,7 +370,17 @@ mod tests {
 
     /// Runs value_mean + fused on random projections and compares with the reference chain
     /// logits → softmax → aggregation → selection (which uses RQ and W_rk as SPEC writes them).
-    fn check(case: Case, tiling: FusedTiling, texels: bool) {
+    /// How the core under test runs: the fused kernel on buffers or texels, or the blocked CPU
+    /// variant (`ops::blocked_attention`).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Mode {
+        Buffers,
+        Texels,
+        Blocked,
+    }
+
+    fn check(case: Case, tiling: FusedTiling, mode: Mode) {
+        let texels = mode != Mode::Buffers;
         let Case {
             batch,
             seq,
@@ -383,7 +393,7 @@ mod tests {
         } = case;
         let (mut rng, what) = rng(&format!(
             "fused b{batch} n{seq} s{searches} r{retrievals} d{head} causal {causal} \
-             mask {:?} x{magnitude} {tiling:?} texels {texels}",
+             mask {:?} x{magnitude} {tiling:?} {mode:?}",
             mask.as_ref().map(|m| m.iter().filter(|&&a| a).count())
         ));
         let layout = ProjectionLayout::new(batch, seq, searches, retrievals, head);
@@ -439,7 +449,25 @@ mod tests {
             carry_stats: &carry_stats,
             concat: concat_rows,
         };
-        let fused = build_all(dispatches(ctx, &layout, tiling, scale, causal, &buffers));
+        let retrieved = {
+            let _serial = pollster::block_on(ctx.serial());
+            TexelRows::new(ctx, "retrieved", batch * searches * seq, retrievals * head).unwrap()
+        };
+        let fused = if mode == Mode::Blocked {
+            build_all(crate::ops::blocked_attention::dispatches(
+                ctx,
+                &layout,
+                scale,
+                causal,
+                &proj_texels,
+                &mask_buffer,
+                &means,
+                &retrieved,
+                &concat_texels,
+            ))
+        } else {
+            build_all(dispatches(ctx, &layout, tiling, scale, causal, &buffers))
+        };
         let mut all = vec![&mean_dispatch];
         all.extend(fused.iter());
         run(&all);
@@ -463,19 +491,33 @@ mod tests {
         let weights = reference::search_weights(&logits, dims, mask.as_deref(), causal);
         let retrieved = reference::retrieve(&weights, &rv, dims);
         let expected = reference::retrieval_select(&retrieved, &rq, &w_rk, dims, scale as f64);
-        assert_close(&what, &got, &expected, 2e-5);
+        // Scores of large-magnitude inputs are large, and f32 rounding of a large score moves
+        // its softmax weight by more: such cases are held to 1e-4 rather than 2e-5.
+        let tolerance = if magnitude > 1.0 { 1e-4 } else { 2e-5 };
+        assert_close(&what, &got, &expected, tolerance);
     }
 
     /// Both key-reading modes, each on buffers and (where the head width allows) texel rows.
     fn both(make: impl Fn() -> Case) {
-        let gl = context().info().backend == wgpu::Backend::Gl;
-        for texels in [false, true] {
-            // GL runs the buffer variants only (see `GpuContext::texel_operands`).
-            if texels && (!texels_supported(make().head) || gl) {
-                continue;
-            }
-            check(make(), DIRECT, texels);
-            check(make(), STAGED, texels);
+        let ctx = context();
+        check(make(), DIRECT, Mode::Buffers);
+        check(make(), STAGED, Mode::Buffers);
+        // Texel variants where operands can be texels (not on GL; see
+        // `GpuContext::texel_operands`) and heads start on texel boundaries.
+        let case = make();
+        let layout = ProjectionLayout::new(
+            case.batch,
+            case.seq,
+            case.searches,
+            case.retrievals,
+            case.head,
+        );
+        if ctx.info().backend != wgpu::Backend::Gl && texels_supported(case.head) {
+            check(make(), DIRECT, Mode::Texels);
+            check(make(), STAGED, Mode::Texels);
+        }
+        if crate::ops::blocked_attention::supported(ctx, &layout) {
+            check(make(), DIRECT, Mode::Blocked);
         }
     }
 

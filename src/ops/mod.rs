@@ -12,7 +12,9 @@
 //! | [`texture_copy`] | `texture_copy.wgsl` | a buffer matrix into texel rows (CPU profile) |
 //! | [`value_mean`] | `value_mean.wgsl` | mean value per batch, for fully masked rows (fused) |
 //! | [`fused_attention`] | `fused_attention.wgsl` | the whole attention core, no `n × n` buffer |
+//! | [`blocked_attention`] | `blocked_attention.wgsl`, `retrieval_mix.wgsl` | the fused core in 4 × 4 blocks, for CPU drivers |
 
+pub(crate) mod blocked_attention;
 pub(crate) mod fused_attention;
 pub(crate) mod gemm;
 pub(crate) mod layer_norm;

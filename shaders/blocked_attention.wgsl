@@ -1,0 +1,319 @@
+// blocked_attention.wgsl: the fused search and aggregation for CPU drivers, as 4 × 4 blocks.
+//
+// Computes   for each query i of the tile, search σ, batch b and 4·COLS value columns from c0:
+//              A[j]   = softmax over allowed keys j of scale · SQ[i] · SK[j]      (online, f32)
+//              retrieved[b, σ, i, c] = Σ_j A[j] · RV[j, c]      (normalised; for every retrieval,
+//                                                                   since c runs over r·d)
+//            allowed(j) = mask[b, j] != 0 && (!causal || j <= i). A row with no allowed key gets
+//            value_mean[b, c] (uniform weights over all n keys, the reference's semantics). The
+//            retrieval selection follows in retrieval_mix.wgsl. Nothing n × n is stored.
+// Why        On CPU drivers (lavapipe, SwiftShader) invocations are SIMD lanes and every operand
+//            fetch is a gather; arrays indexed in loops live in memory. Here each lane holds 8
+//            queries × 4·COLS value columns as named 4 × 4 matrices and computes scores for 16
+//            keys at a time as 4 × 4 matrix products, like gemm_texture.wgsl: 23 to 30
+//            multiply-adds per texel fetched. Scores are recomputed for each block of value
+//            columns (r·d / (4·COLS) blocks): more arithmetic, far fewer fetches per multiply-add.
+// Bindings   @binding(0) params (uniform)  see Params; offsets and widths count texels
+//            @binding(1) proj        [b·n, (3s + r)·d] texel rows  packed [SQ | SK | Q̃ | RV]
+//            @binding(2) mask        [b, n] u32, 1 = key may be attended
+//            @binding(3) value_mean  [b, r·d / 4] vec4
+//            @binding(4) retrieved   [b·s·n, r·d] texel rows, written
+// Dispatch   one workgroup per (b, σ, tile of 8·WG queries, block of 4·COLS value columns), group =
+//            ((b·s + σ)·tiles + tile)·col_blocks + col_block, numbered linearly over x and y.
+//            Lane `lane` owns queries tile·8·WG + q·WG + lane (q < 8: rows of blocks 0 and 1).
+// Host constants  WG, DV (= d / 4), COLS (value texels per block: 8, or 4 for narrow values),
+//            RPL.
+// Includes   common/texel_rows.wgsl.
+
+struct Params {
+    batch: u32,
+    seq: u32,
+    searches: u32,
+    q_offset: u32,
+    k_offset: u32,
+    v_offset: u32,
+    value_texels: u32,
+    scale: f32,
+    tiles: u32,
+    col_blocks: u32,
+    causal: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var proj: texture_2d_array<f32>;
+@group(0) @binding(2) var<storage, read> mask: array<u32>;
+@group(0) @binding(3) var<storage, read> value_mean: array<vec4<f32>>;
+@group(0) @binding(4) var retrieved: texture_storage_2d_array<rgba32float, write>;
+
+const BK: u32 = 16u;
+// -FLT_MAX, spelled so that every WGSL front end accepts it as exactly representable.
+const LOWEST: f32 = -3.4028234663852886e38;
+
+var<private> batch_index: u32;
+var<private> head: u32;
+var<private> col0: u32;
+
+fn token(j: u32) -> u32 {
+    return batch_index * params.seq + min(j, params.seq - 1u);
+}
+
+fn texel(row: u32, column: u32) -> vec4<f32> {
+    let r = token(row);
+    return textureLoad(proj, texel_coords(r, column), texel_layer(r), 0);
+}
+
+// Queries r, r + WG, r + 2·WG, r + 3·WG at head texel t, scaled (SQ · d^-1/2, as SPEC orders
+// it), as [component][query].
+fn query_block(r: u32, t: u32) -> mat4x4<f32> {
+    let c = params.q_offset + head * DV + t;
+    let rows = mat4x4<f32>(texel(r, c), texel(r + WG, c), texel(r + 2u * WG, c), texel(r + 3u * WG, c));
+    return transpose(rows * params.scale);
+}
+
+// Keys j .. j + 3 at head texel t, as [key][component].
+fn key_block(j: u32, t: u32) -> mat4x4<f32> {
+    let c = params.k_offset + head * DV + t;
+    return mat4x4<f32>(texel(j, c), texel(j + 1u, c), texel(j + 2u, c), texel(j + 3u, c));
+}
+
+// Values of keys j .. j + 3 at this block's value texel cb, as [column][key].
+fn value_block(j: u32, cb: u32) -> mat4x4<f32> {
+    let c = params.v_offset + min(col0 + cb, params.value_texels - 1u);
+    return transpose(mat4x4<f32>(texel(j, c), texel(j + 1u, c), texel(j + 2u, c), texel(j + 3u, c)));
+}
+
+fn key_allowed(j: u32, end: u32) -> bool {
+    return j < end && mask[token(j)] != 0u;
+}
+
+fn keys_allowed(j: u32, end: u32) -> vec4<bool> {
+    return vec4<bool>(key_allowed(j, end), key_allowed(j + 1u, end), key_allowed(j + 2u, end), key_allowed(j + 3u, end));
+}
+
+// Scores of key j for four queries, LOWEST where the key is not visible to the query.
+fn visible(scores: vec4<f32>, allowed: bool, j: u32, rows: vec4<u32>) -> vec4<f32> {
+    let future = vec4<bool>(params.causal != 0u) & (vec4<u32>(j) > rows);
+    return select(vec4<f32>(LOWEST), scores, vec4<bool>(allowed) & !future);
+}
+
+// A [key][query] score block with invisible entries set to LOWEST.
+fn masked(s: mat4x4<f32>, j: u32, allowed: vec4<bool>, rows: vec4<u32>) -> mat4x4<f32> {
+    return mat4x4<f32>(
+        visible(s[0], allowed.x, j, rows),
+        visible(s[1], allowed.y, j + 1u, rows),
+        visible(s[2], allowed.z, j + 2u, rows),
+        visible(s[3], allowed.w, j + 3u, rows),
+    );
+}
+
+fn block_max(s: mat4x4<f32>) -> vec4<f32> {
+    return max(max(s[0], s[1]), max(s[2], s[3]));
+}
+
+fn weight(s: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), exp(s - m), s != vec4<f32>(LOWEST));
+}
+
+// exp(s - m) per query (row of m), 0 where masked; [key][query].
+fn weights(s: mat4x4<f32>, m: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(weight(s[0], m), weight(s[1], m), weight(s[2], m), weight(s[3], m));
+}
+
+fn block_sum(p: mat4x4<f32>) -> vec4<f32> {
+    return p[0] + p[1] + p[2] + p[3];
+}
+
+// The values of keys j .. j + 15 at one value texel: four [column][key] blocks.
+struct Values {
+    k0: mat4x4<f32>,
+    k1: mat4x4<f32>,
+    k2: mat4x4<f32>,
+    k3: mat4x4<f32>,
+}
+
+fn values(j: u32, cb: u32) -> Values {
+    return Values(value_block(j, cb), value_block(j + 4u, cb), value_block(j + 8u, cb), value_block(j + 12u, cb));
+}
+
+// o · rescale + Σ_k p_k · v_k: a [column][query] accumulator after one key tile, where p_k are
+// the [key][query] weights of keys 4k .. 4k + 3 of the tile.
+fn update(o: mat4x4<f32>, rescale: vec4<f32>, p0: mat4x4<f32>, p1: mat4x4<f32>, p2: mat4x4<f32>, p3: mat4x4<f32>, v: Values) -> mat4x4<f32> {
+    return rescaled(o, rescale) + p0 * v.k0 + p1 * v.k1 + p2 * v.k2 + p3 * v.k3;
+}
+
+// Every column of a [column][query] block times a per-query factor.
+fn rescaled(o: mat4x4<f32>, r: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(o[0] * r, o[1] * r, o[2] * r, o[3] * r);
+}
+
+// Writes a [column][query] block of retrieved values for rows r, r + WG, ... at value texel cb.
+fn store(o: mat4x4<f32>, r: u32, cb: u32, running_sum: vec4<f32>) {
+    let rows = transpose(o);
+    let t = col0 + cb;
+    if (t >= params.value_texels) {
+        return;
+    }
+    let mean = value_mean[batch_index * params.value_texels + t];
+    for (var q = 0u; q < 4u; q++) {
+        let row = r + q * WG;
+        if (row < params.seq) {
+            // running_sum is 0 (no allowed key: uniform row) or at least 1.
+            let value = select(rows[q] / max(running_sum[q], 1.0), mean, running_sum[q] == 0.0);
+            let out_row = (batch_index * params.searches + head) * params.seq + row;
+            textureStore(retrieved, texel_coords(out_row, t), texel_layer(out_row), value);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let linear = group.x + group.y * groups.x;
+    let col_block = linear % params.col_blocks;
+    let tile = (linear / params.col_blocks) % params.tiles;
+    let bs = linear / (params.col_blocks * params.tiles);
+    if (bs >= params.batch * params.searches) {
+        return;
+    }
+    batch_index = bs / params.searches;
+    head = bs % params.searches;
+    col0 = col_block * COLS;
+    let r0 = tile * 8u * WG + lane;
+    let r1 = r0 + 4u * WG;
+    let rows0 = vec4<u32>(r0, r0 + WG, r0 + 2u * WG, r0 + 3u * WG);
+    let rows1 = rows0 + vec4<u32>(4u * WG);
+
+    var max0 = vec4<f32>(LOWEST);
+    var max1 = vec4<f32>(LOWEST);
+    var sum0 = vec4<f32>(0.0);
+    var sum1 = vec4<f32>(0.0);
+    // o_bc: queries of block b, value texel c of this column block; [column][query].
+    var o00 = mat4x4<f32>();
+    var o01 = mat4x4<f32>();
+    var o02 = mat4x4<f32>();
+    var o03 = mat4x4<f32>();
+    var o10 = mat4x4<f32>();
+    var o11 = mat4x4<f32>();
+    var o12 = mat4x4<f32>();
+    var o13 = mat4x4<f32>();
+    // Value texels 4 .. 7 of the block (used when COLS == 8).
+    var o04 = mat4x4<f32>();
+    var o05 = mat4x4<f32>();
+    var o06 = mat4x4<f32>();
+    var o07 = mat4x4<f32>();
+    var o14 = mat4x4<f32>();
+    var o15 = mat4x4<f32>();
+    var o16 = mat4x4<f32>();
+    var o17 = mat4x4<f32>();
+
+    // Causal: no query of this tile sees a key past its last row.
+    let key_end = select(params.seq, min(params.seq, (tile + 1u) * 8u * WG), params.causal != 0u);
+    for (var j0 = 0u; j0 < key_end; j0 += BK) {
+        // Scores s_bk: queries of block b against keys j0 + 4k .. + 3; [key][query].
+        var s00 = mat4x4<f32>();
+        var s01 = mat4x4<f32>();
+        var s02 = mat4x4<f32>();
+        var s03 = mat4x4<f32>();
+        var s10 = mat4x4<f32>();
+        var s11 = mat4x4<f32>();
+        var s12 = mat4x4<f32>();
+        var s13 = mat4x4<f32>();
+        for (var t = 0u; t < DV; t++) {
+            let q0 = query_block(r0, t);
+            let q1 = query_block(r1, t);
+            let k0 = key_block(j0, t);
+            let k1 = key_block(j0 + 4u, t);
+            let k2 = key_block(j0 + 8u, t);
+            let k3 = key_block(j0 + 12u, t);
+            s00 += q0 * k0;
+            s01 += q0 * k1;
+            s02 += q0 * k2;
+            s03 += q0 * k3;
+            s10 += q1 * k0;
+            s11 += q1 * k1;
+            s12 += q1 * k2;
+            s13 += q1 * k3;
+        }
+        let a0 = keys_allowed(j0, key_end);
+        let a1 = keys_allowed(j0 + 4u, key_end);
+        let a2 = keys_allowed(j0 + 8u, key_end);
+        let a3 = keys_allowed(j0 + 12u, key_end);
+        s00 = masked(s00, j0, a0, rows0);
+        s01 = masked(s01, j0 + 4u, a1, rows0);
+        s02 = masked(s02, j0 + 8u, a2, rows0);
+        s03 = masked(s03, j0 + 12u, a3, rows0);
+        s10 = masked(s10, j0, a0, rows1);
+        s11 = masked(s11, j0 + 4u, a1, rows1);
+        s12 = masked(s12, j0 + 8u, a2, rows1);
+        s13 = masked(s13, j0 + 12u, a3, rows1);
+
+        // Online softmax, one rescale per tile; before the first allowed key keep it at 1.
+        let new0 = max(max0, max(max(block_max(s00), block_max(s01)), max(block_max(s02), block_max(s03))));
+        let new1 = max(max1, max(max(block_max(s10), block_max(s11)), max(block_max(s12), block_max(s13))));
+        let rescale0 = exp(select(max0, new0, sum0 == vec4<f32>(0.0)) - new0);
+        let rescale1 = exp(select(max1, new1, sum1 == vec4<f32>(0.0)) - new1);
+        max0 = new0;
+        max1 = new1;
+        let p00 = weights(s00, new0);
+        let p01 = weights(s01, new0);
+        let p02 = weights(s02, new0);
+        let p03 = weights(s03, new0);
+        let p10 = weights(s10, new1);
+        let p11 = weights(s11, new1);
+        let p12 = weights(s12, new1);
+        let p13 = weights(s13, new1);
+        sum0 = sum0 * rescale0 + block_sum(p00) + block_sum(p01) + block_sum(p02) + block_sum(p03);
+        sum1 = sum1 * rescale1 + block_sum(p10) + block_sum(p11) + block_sum(p12) + block_sum(p13);
+
+        // o += p · v for each value texel of the block.
+        let v0 = values(j0, 0u);
+        let v1 = values(j0, 1u);
+        let v2 = values(j0, 2u);
+        let v3 = values(j0, 3u);
+        o00 = update(o00, rescale0, p00, p01, p02, p03, v0);
+        o01 = update(o01, rescale0, p00, p01, p02, p03, v1);
+        o02 = update(o02, rescale0, p00, p01, p02, p03, v2);
+        o03 = update(o03, rescale0, p00, p01, p02, p03, v3);
+        o10 = update(o10, rescale1, p10, p11, p12, p13, v0);
+        o11 = update(o11, rescale1, p10, p11, p12, p13, v1);
+        o12 = update(o12, rescale1, p10, p11, p12, p13, v2);
+        o13 = update(o13, rescale1, p10, p11, p12, p13, v3);
+        if (COLS == 8u) {
+            let v4 = values(j0, 4u);
+            let v5 = values(j0, 5u);
+            let v6 = values(j0, 6u);
+            let v7 = values(j0, 7u);
+            o04 = update(o04, rescale0, p00, p01, p02, p03, v4);
+            o05 = update(o05, rescale0, p00, p01, p02, p03, v5);
+            o06 = update(o06, rescale0, p00, p01, p02, p03, v6);
+            o07 = update(o07, rescale0, p00, p01, p02, p03, v7);
+            o14 = update(o14, rescale1, p10, p11, p12, p13, v4);
+            o15 = update(o15, rescale1, p10, p11, p12, p13, v5);
+            o16 = update(o16, rescale1, p10, p11, p12, p13, v6);
+            o17 = update(o17, rescale1, p10, p11, p12, p13, v7);
+        }
+    }
+
+    store(o00, r0, 0u, sum0);
+    store(o01, r0, 1u, sum0);
+    store(o02, r0, 2u, sum0);
+    store(o03, r0, 3u, sum0);
+    store(o10, r1, 0u, sum1);
+    store(o11, r1, 1u, sum1);
+    store(o12, r1, 2u, sum1);
+    store(o13, r1, 3u, sum1);
+    if (COLS == 8u) {
+        store(o04, r0, 4u, sum0);
+        store(o05, r0, 5u, sum0);
+        store(o06, r0, 6u, sum0);
+        store(o07, r0, 7u, sum0);
+        store(o14, r1, 4u, sum1);
+        store(o15, r1, 5u, sum1);
+        store(o16, r1, 6u, sum1);
+        store(o17, r1, 7u, sum1);
+    }
+}
