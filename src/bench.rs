@@ -231,32 +231,26 @@ impl KernelBench {
         ];
         let mut kernels = kernels;
         let retrieved_texels = if ops::blocked_attention::supported(ctx, &layout) {
-            let retrieved = TexelRows::new(
-                ctx,
-                "retrieved",
-                batch * c.num_searches * seq,
-                c.value_width(),
-            )?;
             let (Some(proj_t), Some(concat_t)) = (&proj_texels, &concat_texels) else {
                 unreachable!("blocked attention runs on texels")
             };
+            let core = ops::blocked_attention::bind(
+                ctx,
+                &layout,
+                scale,
+                c.causal,
+                proj_t,
+                &mask,
+                &value_mean,
+                concat_t,
+            )
+            .await?;
             kernels.push((
                 "blocked_attention",
                 2.0 * b * s * n * n * d * (1.0 + r) + 4.0 * b * s * r * n * d,
-                ops::blocked_attention::dispatches(
-                    ctx,
-                    &layout,
-                    scale,
-                    c.causal,
-                    proj_t,
-                    &mask,
-                    &value_mean,
-                    &retrieved,
-                    concat_t,
-                )
-                .await?,
+                core.dispatches,
             ));
-            Some(retrieved)
+            Some(core.retrieved)
         } else {
             None
         };

@@ -594,33 +594,25 @@ impl CompositionalAttention {
                 // CPU drivers: the blocked variant and its selection kernel.
                 let value_mean =
                     memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                let retrieved = TexelRows::new(
-                    ctx,
-                    "retrieved",
-                    batch * c.num_searches * seq,
-                    c.value_width(),
-                )?;
                 let (Some(proj_t), Some(concat_t)) = (&proj_texels, &concat_texels) else {
                     unreachable!("fused_texels allocates both")
                 };
                 dispatches
                     .push(ops::value_mean::dispatch(ctx, &layout, proj_rows, &value_mean).await?);
-                dispatches.extend(
-                    ops::blocked_attention::dispatches(
-                        ctx,
-                        &layout,
-                        scale,
-                        c.causal,
-                        proj_t,
-                        &mask,
-                        &value_mean,
-                        &retrieved,
-                        concat_t,
-                    )
-                    .await?,
-                );
+                let core = ops::blocked_attention::bind(
+                    ctx,
+                    &layout,
+                    scale,
+                    c.causal,
+                    proj_t,
+                    &mask,
+                    &value_mean,
+                    concat_t,
+                )
+                .await?;
+                dispatches.extend(core.dispatches);
                 held.buffers.push(value_mean);
-                held.texels.push(retrieved);
+                held.texels.push(core.retrieved);
             }
             Strategy::Fused => {
                 let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;

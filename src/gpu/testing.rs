@@ -77,8 +77,8 @@ pub(crate) fn download(buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
     pollster::block_on(memory::read_f32(ctx, &staging, len)).expect("readback")
 }
 
-/// Builds a dispatch, blocking.
-pub(crate) fn build<F: std::future::Future<Output = crate::Result<Dispatch>>>(f: F) -> Dispatch {
+/// Builds a dispatch (or whatever a binding function returns), blocking.
+pub(crate) fn build<T, F: std::future::Future<Output = crate::Result<T>>>(f: F) -> T {
     let _serial = serial();
     pollster::block_on(f).expect("building the dispatch")
 }

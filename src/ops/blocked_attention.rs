@@ -79,7 +79,11 @@ pub(crate) fn supported(ctx: &GpuContext, layout: &ProjectionLayout) -> bool {
 /// Value texels per workgroup: 8 (32 columns) halves the recomputed scores against 4, where the
 /// values are wide enough to fill the block.
 fn block_texels(layout: &ProjectionLayout) -> usize {
-    if layout.retrievals * layout.head >= 32 { 8 } else { 4 }
+    if layout.retrievals * layout.head >= 32 {
+        8
+    } else {
+        4
+    }
 }
 
 pub(crate) fn variants(ctx: &GpuContext, layout: &ProjectionLayout) -> [ShaderVariant; 2] {
@@ -98,10 +102,18 @@ pub(crate) fn variants(ctx: &GpuContext, layout: &ProjectionLayout) -> [ShaderVa
     ]
 }
 
-/// Binds both kernels: `retrieved [b·s·n, r·d]` from `proj` (whose RQ block holds `RQ·W_rk`),
-/// then `concat [b·n, s·d]`. Call only where [`supported`].
+/// The blocked core, bound: its two dispatches and the intermediate they pass through, which
+/// the caller holds for as long as it replays them.
+pub(crate) struct BlockedCore {
+    pub dispatches: Vec<Dispatch>,
+    /// `retrieved [b·s·n, r·d]`: the normalised retrieved vectors, linear in `n`.
+    pub retrieved: TexelRows,
+}
+
+/// Allocates `retrieved [b·s·n, r·d]` and binds both kernels: `retrieved` from `proj` (whose RQ
+/// block holds `RQ·W_rk`), then `concat [b·n, s·d]`. Call only where [`supported`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn dispatches(
+pub(crate) async fn bind(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
     scale: f32,
@@ -109,10 +121,15 @@ pub(crate) async fn dispatches(
     proj: &TexelRows,
     mask: &wgpu::Buffer,
     value_mean: &wgpu::Buffer,
-    retrieved: &TexelRows,
     concat: &TexelRows,
-) -> Result<Vec<Dispatch>> {
+) -> Result<BlockedCore> {
     debug_assert!(supported(ctx, layout));
+    let retrieved = TexelRows::new(
+        ctx,
+        "retrieved",
+        layout.batch * layout.searches * layout.seq,
+        layout.retrievals * layout.head,
+    )?;
     let [blocked, mix] = variants(ctx, layout);
     let value_texels = layout.retrievals * layout.head / 4;
     let tiles = layout.seq.div_ceil(ROWS);
@@ -141,7 +158,7 @@ pub(crate) async fn dispatches(
         scale,
         _pad: [0; 3],
     };
-    Ok(vec![
+    let dispatches = vec![
         Dispatch::with_binds(
             ctx,
             &blocked,
@@ -167,5 +184,9 @@ pub(crate) async fn dispatches(
             rows.div_ceil(MIX_WG as usize) as u64,
         )
         .await?,
-    ])
+    ];
+    Ok(BlockedCore {
+        dispatches,
+        retrieved,
+    })
 }

@@ -449,12 +449,9 @@ mod tests {
             carry_stats: &carry_stats,
             concat: concat_rows,
         };
-        let retrieved = {
-            let _serial = pollster::block_on(ctx.serial());
-            TexelRows::new(ctx, "retrieved", batch * searches * seq, retrievals * head).unwrap()
-        };
-        let fused = if mode == Mode::Blocked {
-            build_all(crate::ops::blocked_attention::dispatches(
+        // The blocked core's `retrieved` intermediate lives as long as its dispatches.
+        let (fused, _retrieved) = if mode == Mode::Blocked {
+            let core = build(crate::ops::blocked_attention::bind(
                 ctx,
                 &layout,
                 scale,
@@ -462,11 +459,12 @@ mod tests {
                 &proj_texels,
                 &mask_buffer,
                 &means,
-                &retrieved,
                 &concat_texels,
-            ))
+            ));
+            (core.dispatches, Some(core.retrieved))
         } else {
-            build_all(dispatches(ctx, &layout, tiling, scale, causal, &buffers))
+            let fused = build_all(dispatches(ctx, &layout, tiling, scale, causal, &buffers));
+            (fused, None)
         };
         let mut all = vec![&mean_dispatch];
         all.extend(fused.iter());
