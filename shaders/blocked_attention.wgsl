@@ -21,7 +21,7 @@
 // Dispatch   one workgroup per (b, σ, tile of 8·WG queries, block of 4·COLS value columns), group =
 //            ((b·s + σ)·tiles + tile)·col_blocks + col_block, numbered linearly over x and y.
 //            Lane `lane` owns queries tile·8·WG + q·WG + lane (q < 8: rows of blocks 0 and 1).
-// Host constants  WG, DV (= d / 4), COLS (value texels per block: 8, or 4 for narrow values),
+// Host constants  WG, DV (= d / 4), COLS (value texels per block: 4, 8 or 16),
 //            RPL.
 // Includes   common/texel_rows.wgsl.
 
@@ -191,24 +191,40 @@ fn main(
     var max1 = vec4<f32>(LOWEST);
     var sum0 = vec4<f32>(0.0);
     var sum1 = vec4<f32>(0.0);
-    // o_bc: queries of block b, value texel c of this column block; [column][query].
-    var o00 = mat4x4<f32>();
-    var o01 = mat4x4<f32>();
-    var o02 = mat4x4<f32>();
-    var o03 = mat4x4<f32>();
-    var o10 = mat4x4<f32>();
-    var o11 = mat4x4<f32>();
-    var o12 = mat4x4<f32>();
-    var o13 = mat4x4<f32>();
-    // Value texels 4 .. 7 of the block (used when COLS == 8).
-    var o04 = mat4x4<f32>();
-    var o05 = mat4x4<f32>();
-    var o06 = mat4x4<f32>();
-    var o07 = mat4x4<f32>();
-    var o14 = mat4x4<f32>();
-    var o15 = mat4x4<f32>();
-    var o16 = mat4x4<f32>();
-    var o17 = mat4x4<f32>();
+    // o<b>_<c>: queries of block b, value texel c of this column block; [column][query].
+    // Texels 4 .. 7 are used when COLS >= 8, 8 .. 15 when COLS == 16.
+    var o0_0 = mat4x4<f32>();
+    var o1_0 = mat4x4<f32>();
+    var o0_1 = mat4x4<f32>();
+    var o1_1 = mat4x4<f32>();
+    var o0_2 = mat4x4<f32>();
+    var o1_2 = mat4x4<f32>();
+    var o0_3 = mat4x4<f32>();
+    var o1_3 = mat4x4<f32>();
+    var o0_4 = mat4x4<f32>();
+    var o1_4 = mat4x4<f32>();
+    var o0_5 = mat4x4<f32>();
+    var o1_5 = mat4x4<f32>();
+    var o0_6 = mat4x4<f32>();
+    var o1_6 = mat4x4<f32>();
+    var o0_7 = mat4x4<f32>();
+    var o1_7 = mat4x4<f32>();
+    var o0_8 = mat4x4<f32>();
+    var o1_8 = mat4x4<f32>();
+    var o0_9 = mat4x4<f32>();
+    var o1_9 = mat4x4<f32>();
+    var o0_10 = mat4x4<f32>();
+    var o1_10 = mat4x4<f32>();
+    var o0_11 = mat4x4<f32>();
+    var o1_11 = mat4x4<f32>();
+    var o0_12 = mat4x4<f32>();
+    var o1_12 = mat4x4<f32>();
+    var o0_13 = mat4x4<f32>();
+    var o1_13 = mat4x4<f32>();
+    var o0_14 = mat4x4<f32>();
+    var o1_14 = mat4x4<f32>();
+    var o0_15 = mat4x4<f32>();
+    var o1_15 = mat4x4<f32>();
 
     // Causal: no query of this tile sees a key past its last row.
     let key_end = select(params.seq, min(params.seq, (tile + 1u) * 8u * WG), params.causal != 0u);
@@ -274,46 +290,90 @@ fn main(
         let v1 = values(j0, 1u);
         let v2 = values(j0, 2u);
         let v3 = values(j0, 3u);
-        o00 = update(o00, rescale0, p00, p01, p02, p03, v0);
-        o01 = update(o01, rescale0, p00, p01, p02, p03, v1);
-        o02 = update(o02, rescale0, p00, p01, p02, p03, v2);
-        o03 = update(o03, rescale0, p00, p01, p02, p03, v3);
-        o10 = update(o10, rescale1, p10, p11, p12, p13, v0);
-        o11 = update(o11, rescale1, p10, p11, p12, p13, v1);
-        o12 = update(o12, rescale1, p10, p11, p12, p13, v2);
-        o13 = update(o13, rescale1, p10, p11, p12, p13, v3);
-        if (COLS == 8u) {
+        o0_0 = update(o0_0, rescale0, p00, p01, p02, p03, v0);
+        o0_1 = update(o0_1, rescale0, p00, p01, p02, p03, v1);
+        o0_2 = update(o0_2, rescale0, p00, p01, p02, p03, v2);
+        o0_3 = update(o0_3, rescale0, p00, p01, p02, p03, v3);
+        o1_0 = update(o1_0, rescale1, p10, p11, p12, p13, v0);
+        o1_1 = update(o1_1, rescale1, p10, p11, p12, p13, v1);
+        o1_2 = update(o1_2, rescale1, p10, p11, p12, p13, v2);
+        o1_3 = update(o1_3, rescale1, p10, p11, p12, p13, v3);
+        if (COLS >= 8u) {
             let v4 = values(j0, 4u);
             let v5 = values(j0, 5u);
             let v6 = values(j0, 6u);
             let v7 = values(j0, 7u);
-            o04 = update(o04, rescale0, p00, p01, p02, p03, v4);
-            o05 = update(o05, rescale0, p00, p01, p02, p03, v5);
-            o06 = update(o06, rescale0, p00, p01, p02, p03, v6);
-            o07 = update(o07, rescale0, p00, p01, p02, p03, v7);
-            o14 = update(o14, rescale1, p10, p11, p12, p13, v4);
-            o15 = update(o15, rescale1, p10, p11, p12, p13, v5);
-            o16 = update(o16, rescale1, p10, p11, p12, p13, v6);
-            o17 = update(o17, rescale1, p10, p11, p12, p13, v7);
+            o0_4 = update(o0_4, rescale0, p00, p01, p02, p03, v4);
+            o0_5 = update(o0_5, rescale0, p00, p01, p02, p03, v5);
+            o0_6 = update(o0_6, rescale0, p00, p01, p02, p03, v6);
+            o0_7 = update(o0_7, rescale0, p00, p01, p02, p03, v7);
+            o1_4 = update(o1_4, rescale1, p10, p11, p12, p13, v4);
+            o1_5 = update(o1_5, rescale1, p10, p11, p12, p13, v5);
+            o1_6 = update(o1_6, rescale1, p10, p11, p12, p13, v6);
+            o1_7 = update(o1_7, rescale1, p10, p11, p12, p13, v7);
+        }
+        if (COLS == 16u) {
+            let v8 = values(j0, 8u);
+            let v9 = values(j0, 9u);
+            let v10 = values(j0, 10u);
+            let v11 = values(j0, 11u);
+            let v12 = values(j0, 12u);
+            let v13 = values(j0, 13u);
+            let v14 = values(j0, 14u);
+            let v15 = values(j0, 15u);
+            o0_8 = update(o0_8, rescale0, p00, p01, p02, p03, v8);
+            o0_9 = update(o0_9, rescale0, p00, p01, p02, p03, v9);
+            o0_10 = update(o0_10, rescale0, p00, p01, p02, p03, v10);
+            o0_11 = update(o0_11, rescale0, p00, p01, p02, p03, v11);
+            o0_12 = update(o0_12, rescale0, p00, p01, p02, p03, v12);
+            o0_13 = update(o0_13, rescale0, p00, p01, p02, p03, v13);
+            o0_14 = update(o0_14, rescale0, p00, p01, p02, p03, v14);
+            o0_15 = update(o0_15, rescale0, p00, p01, p02, p03, v15);
+            o1_8 = update(o1_8, rescale1, p10, p11, p12, p13, v8);
+            o1_9 = update(o1_9, rescale1, p10, p11, p12, p13, v9);
+            o1_10 = update(o1_10, rescale1, p10, p11, p12, p13, v10);
+            o1_11 = update(o1_11, rescale1, p10, p11, p12, p13, v11);
+            o1_12 = update(o1_12, rescale1, p10, p11, p12, p13, v12);
+            o1_13 = update(o1_13, rescale1, p10, p11, p12, p13, v13);
+            o1_14 = update(o1_14, rescale1, p10, p11, p12, p13, v14);
+            o1_15 = update(o1_15, rescale1, p10, p11, p12, p13, v15);
         }
     }
 
-    store(o00, r0, 0u, sum0);
-    store(o01, r0, 1u, sum0);
-    store(o02, r0, 2u, sum0);
-    store(o03, r0, 3u, sum0);
-    store(o10, r1, 0u, sum1);
-    store(o11, r1, 1u, sum1);
-    store(o12, r1, 2u, sum1);
-    store(o13, r1, 3u, sum1);
-    if (COLS == 8u) {
-        store(o04, r0, 4u, sum0);
-        store(o05, r0, 5u, sum0);
-        store(o06, r0, 6u, sum0);
-        store(o07, r0, 7u, sum0);
-        store(o14, r1, 4u, sum1);
-        store(o15, r1, 5u, sum1);
-        store(o16, r1, 6u, sum1);
-        store(o17, r1, 7u, sum1);
+    store(o0_0, r0, 0u, sum0);
+    store(o0_1, r0, 1u, sum0);
+    store(o0_2, r0, 2u, sum0);
+    store(o0_3, r0, 3u, sum0);
+    store(o1_0, r1, 0u, sum1);
+    store(o1_1, r1, 1u, sum1);
+    store(o1_2, r1, 2u, sum1);
+    store(o1_3, r1, 3u, sum1);
+    if (COLS >= 8u) {
+        store(o0_4, r0, 4u, sum0);
+        store(o0_5, r0, 5u, sum0);
+        store(o0_6, r0, 6u, sum0);
+        store(o0_7, r0, 7u, sum0);
+        store(o1_4, r1, 4u, sum1);
+        store(o1_5, r1, 5u, sum1);
+        store(o1_6, r1, 6u, sum1);
+        store(o1_7, r1, 7u, sum1);
+    }
+    if (COLS == 16u) {
+        store(o0_8, r0, 8u, sum0);
+        store(o0_9, r0, 9u, sum0);
+        store(o0_10, r0, 10u, sum0);
+        store(o0_11, r0, 11u, sum0);
+        store(o0_12, r0, 12u, sum0);
+        store(o0_13, r0, 13u, sum0);
+        store(o0_14, r0, 14u, sum0);
+        store(o0_15, r0, 15u, sum0);
+        store(o1_8, r1, 8u, sum1);
+        store(o1_9, r1, 9u, sum1);
+        store(o1_10, r1, 10u, sum1);
+        store(o1_11, r1, 11u, sum1);
+        store(o1_12, r1, 12u, sum1);
+        store(o1_13, r1, 13u, sum1);
+        store(o1_14, r1, 14u, sum1);
+        store(o1_15, r1, 15u, sum1);
     }
 }

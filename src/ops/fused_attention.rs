@@ -603,4 +603,30 @@ mod tests {
     fn wide_head() {
         both(|| case(1, 37, 2, 2, 64));
     }
+
+    /// The blocked variant with `r·d` past one column block and not a multiple of it (80 and
+    /// 84 value columns: 20 and 21 texels against blocks of 16), so its last block is partial.
+    /// Only that variant: the general kernel's head loop does not depend on `r·d` blocks.
+    #[test]
+    fn blocked_values_wider_than_a_column_block() {
+        for case in [
+            case(2, 37, 2, 4, 20),
+            Case {
+                causal: true,
+                mask: Some(length_mask(1, 26, &[19])),
+                ..case(1, 26, 3, 3, 28)
+            },
+        ] {
+            let layout = ProjectionLayout::new(
+                case.batch,
+                case.seq,
+                case.searches,
+                case.retrievals,
+                case.head,
+            );
+            if crate::ops::blocked_attention::supported(context(), &layout) {
+                check(case, DIRECT, Mode::Blocked);
+            }
+        }
+    }
 }
