@@ -112,14 +112,16 @@ fn attention_kernel_flops(name: &str, config: &Config, seq: usize) -> f64 {
 }
 
 /// The kernels `KernelBench::attention_kernels` returns: the unfused strategy's four, then the
-/// fused strategy's two.
-const ATTENTION_KERNELS: [&str; 6] = [
+/// fused strategy's: `value_mean`, the general fused kernel, and the blocked core the layer runs
+/// on CPU drivers (only where `KernelBench::has_blocked_attention`).
+const ATTENTION_KERNELS: [&str; 7] = [
     "search_scores",
     "masked_softmax",
     "search_values",
     "retrieval_select",
     "value_mean",
     "fused_attention",
+    "blocked_attention",
 ];
 
 /// `slot`'s value, built on first use. Criterion calls a routine only for the entries its filter
@@ -182,6 +184,12 @@ fn attention_kernels(c: &mut Criterion) {
             continue;
         }
         for name in ATTENTION_KERNELS {
+            if name == "blocked_attention"
+                && !KernelBench::has_blocked_attention(ctx, &config, BATCH, seq)
+            {
+                eprintln!("note: blocked_attention at n = {seq} skipped: not run on this adapter");
+                continue;
+            }
             group.throughput(flops(attention_kernel_flops(name, &config, seq)));
             group.bench_function(BenchmarkId::new(name, seq), |b| {
                 let kernels = lazily(

@@ -97,7 +97,8 @@ impl KernelBench {
 
     /// Every attention-core kernel of both strategies at `batch × seq` for `config`, each on
     /// random projections: `search_scores`, `masked_softmax`, `search_values`,
-    /// `retrieval_select` (unfused), `value_mean` and `fused_attention` (fused).
+    /// `retrieval_select` (unfused), `value_mean`, `fused_attention` and, where
+    /// [`has_blocked_attention`](Self::has_blocked_attention), `blocked_attention` (fused).
     pub async fn attention_kernels(
         ctx: &GpuContext,
         config: &Config,
@@ -162,7 +163,7 @@ impl KernelBench {
         let carry_acc = memory::storage(ctx, "carry_acc", &[acc_len], None)?;
         let carry_stats = memory::storage(ctx, "carry_stats", &[stats_len], None)?;
 
-        let kernels = vec![
+        let mut kernels = vec![
             (
                 "search_scores",
                 2.0 * b * s * n * n * d,
@@ -229,11 +230,12 @@ impl KernelBench {
                 .await?,
             ),
         ];
-        let mut kernels = kernels;
-        let retrieved_texels = if ops::blocked_attention::supported(ctx, &layout) {
-            let (Some(proj_t), Some(concat_t)) = (&proj_texels, &concat_texels) else {
-                unreachable!("blocked attention runs on texels")
-            };
+        // The blocked CPU variant, where the layer would run it (texel operands, aligned heads).
+        let retrieved_texels = if let (Some(proj_t), Some(concat_t), true) = (
+            &proj_texels,
+            &concat_texels,
+            ops::blocked_attention::supported(ctx, &layout),
+        ) {
             let core = ops::blocked_attention::bind(
                 ctx,
                 &layout,
@@ -300,6 +302,20 @@ impl KernelBench {
             _buffers: buffers,
             textures: Vec::new(),
         }
+    }
+
+    /// Whether [`attention_kernels`](Self::attention_kernels) includes `blocked_attention`:
+    /// the fused core the layer runs on CPU drivers that read texels, for heads of `4k` values.
+    pub fn has_blocked_attention(
+        ctx: &GpuContext,
+        config: &Config,
+        batch: usize,
+        seq: usize,
+    ) -> bool {
+        let c = config;
+        let layout =
+            ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
+        ops::blocked_attention::supported(ctx, &layout)
     }
 
     /// The kernel's name.

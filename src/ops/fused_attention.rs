@@ -355,6 +355,18 @@ mod tests {
         magnitude: f32,
     }
 
+    impl Case {
+        fn layout(&self) -> ProjectionLayout {
+            ProjectionLayout::new(
+                self.batch,
+                self.seq,
+                self.searches,
+                self.retrievals,
+                self.head,
+            )
+        }
+    }
+
     const DIRECT: FusedTiling = FusedTiling {
         wg: 8,
         qpi: 3,
@@ -381,6 +393,7 @@ mod tests {
 
     fn check(case: Case, tiling: FusedTiling, mode: Mode) {
         let texels = mode != Mode::Buffers;
+        let layout = case.layout();
         let Case {
             batch,
             seq,
@@ -396,7 +409,6 @@ mod tests {
              mask {:?} x{magnitude} {tiling:?} {mode:?}",
             mask.as_ref().map(|m| m.iter().filter(|&&a| a).count())
         ));
-        let layout = ProjectionLayout::new(batch, seq, searches, retrievals, head);
         let mut proj = normal(&mut rng, batch * seq * layout.row_stride, magnitude);
         let w_rk = normal(&mut rng, head * head, (head as f32).powf(-0.5));
         let rq = layout.column_block(&proj, layout.retrieval_queries, searches * head);
@@ -503,18 +515,11 @@ mod tests {
         // Texel variants where operands can be texels (not on GL; see
         // `GpuContext::texel_operands`) and heads start on texel boundaries.
         let case = make();
-        let layout = ProjectionLayout::new(
-            case.batch,
-            case.seq,
-            case.searches,
-            case.retrievals,
-            case.head,
-        );
         if ctx.info().backend != wgpu::Backend::Gl && texels_supported(case.head) {
             check(make(), DIRECT, Mode::Texels);
             check(make(), STAGED, Mode::Texels);
         }
-        if crate::ops::blocked_attention::supported(ctx, &layout) {
+        if crate::ops::blocked_attention::supported(ctx, &case.layout()) {
             check(make(), DIRECT, Mode::Blocked);
         }
     }
@@ -617,14 +622,7 @@ mod tests {
                 ..case(1, 26, 3, 3, 28)
             },
         ] {
-            let layout = ProjectionLayout::new(
-                case.batch,
-                case.seq,
-                case.searches,
-                case.retrievals,
-                case.head,
-            );
-            if crate::ops::blocked_attention::supported(context(), &layout) {
+            if crate::ops::blocked_attention::supported(context(), &case.layout()) {
                 check(case, DIRECT, Mode::Blocked);
             }
         }
