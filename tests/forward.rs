@@ -199,10 +199,12 @@ fn prenorm() {
 
 #[test]
 fn large_magnitude_inputs() {
-    // Search logits in the thousands: any softmax without max-subtraction overflows.
+    // Search logits in the hundreds (standard deviation ≈ scale² / 3 = 300): any softmax
+    // without max-subtraction overflows (f32 `exp` overflows past 88.7). Larger scales only
+    // push the f32 rounding of the scores, which grows with scale², toward the tolerance.
     Case::new(32, 8, 2, 2)
         .shape(2, 23)
-        .input_scale(100.0)
+        .input_scale(30.0)
         .causal()
         .check("large_magnitude_inputs");
 }
