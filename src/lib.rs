@@ -29,6 +29,7 @@ pub mod io;
 pub mod layer;
 mod ops;
 pub mod reference;
+pub mod rng;
 pub mod shaders;
 pub mod verify;
 pub mod weights;

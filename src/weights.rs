@@ -7,13 +7,12 @@
 
 use std::path::Path;
 
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use safetensors::SafeTensors;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::io::{self, F32Tensor};
+use crate::rng::Rng;
 
 /// `norm.weight`: LayerNorm γ `[dim]` (only with `prenorm`).
 pub const NORM_WEIGHT: &str = "norm.weight";
@@ -74,11 +73,11 @@ impl Weights {
     /// weights on every platform (not PyTorch's stream, which depends on its generator).
     pub fn random(config: Config, seed: u64) -> Result<Weights> {
         config.validate()?;
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = Rng::seed_from_u64(seed);
         let mut linear = |rows: usize, fan_in: usize| -> Vec<f32> {
             let bound = 1.0 / (fan_in as f32).sqrt();
             (0..rows * fan_in)
-                .map(|_| rng.random_range(-bound..bound))
+                .map(|_| rng.uniform_f32(-bound, bound))
                 .collect()
         };
         let (dim, d) = (config.dim, config.dim_head);
