@@ -377,7 +377,7 @@ impl CompositionalAttention {
             Some(mask) => mask.iter().map(|&allowed| allowed as u32).collect(),
             None => vec![1; batch * seq],
         };
-        let start = web_time::Instant::now();
+        let start = crate::time::Instant::now();
         ctx.scoped("forward", || {
             ctx.queue()
                 .write_buffer(&workspace.x, 0, bytemuck::cast_slice(x));

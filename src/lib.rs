@@ -20,7 +20,22 @@
 //! ```
 //!
 //! Inference only: dropout is the identity, as in PyTorch's `.eval()`.
+//!
+//! # Features
+//!
+//! With default features the crate is the layer and what it needs (wgpu, safetensors, and a few
+//! small crates); the command line (`compattn`, the `cli/` package of the repository) and the
+//! test scaffolding stay out of it. Two features add the tools built on top:
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `testing` | [`verify`]: error statistics against the reference, random problems, test seeds |
+//! | `bench` | [`bench`] (`KernelBench`: one kernel on random inputs, timed); implies `testing` |
+//!
+//! The crate logs through the [`log`](https://docs.rs/log) facade; the application picks the
+//! logger (`compattn` uses `env_logger`: `RUST_LOG=info compattn ...`).
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
 pub mod error;
@@ -31,8 +46,18 @@ mod ops;
 pub mod reference;
 pub mod rng;
 pub mod shaders;
+#[cfg(any(test, feature = "testing"))]
 pub mod verify;
 pub mod weights;
+
+/// `Instant` that works everywhere: std's on native targets, web-time's on wasm32 (where
+/// `std::time::Instant::now()` panics).
+pub(crate) mod time {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub use std::time::Instant;
+    #[cfg(target_arch = "wasm32")]
+    pub use web_time::Instant;
+}
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -1,5 +1,5 @@
 //! The `compattn` binary end to end: it is run as a user would run it, on the reference cases in
-//! `tests/golden/` and on broken inputs, and judged by its exit status, its messages and the
+//! the library's `tests/golden/` and on broken inputs, and judged by its exit status, its messages and the
 //! files it writes.
 //!
 //! The adapter is whatever the environment picks (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,
@@ -95,8 +95,9 @@ fn compattn_with_env(args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 fn golden(name: &str) -> PathBuf {
+    // The library's reference cases: this package lives in `cli/` of the same repository.
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
+        .join("../tests/golden")
         .join(format!("{name}.safetensors"))
 }
 
