@@ -2,7 +2,8 @@
 //!
 //! Every subcommand that uses a GPU picks it from the environment (`WGPU_BACKEND`,
 //! `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`) and prints the adapter it got. Errors are printed as
-//! `error: ...` with exit status 1; command-line usage errors exit with status 2.
+//! `error: ...` with exit status 1; command-line usage errors exit with status 2. The library's
+//! log lines go to stderr through `env_logger` (`RUST_LOG=info`, `RUST_LOG=debug`, ...).
 
 mod bench;
 mod common;
@@ -55,6 +56,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_wayland_probes();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Info => info::run(),
@@ -71,4 +74,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Without a display, every command that opens a Vulkan instance used to print `error:
+/// XDG_RUNTIME_DIR is invalid or not set in the environment.` (once per instance). The line comes
+/// from libwayland-client: Mesa's Vulkan device-selection layer (`VK_LAYER_MESA_device_select`,
+/// an implicit layer that `mesa-vulkan-drivers` installs for every Vulkan application) calls
+/// `wl_display_connect` to find the display's GPU whenever the instance enables
+/// `VK_KHR_wayland_surface`, as wgpu's does. Where no Wayland connection is possible (no
+/// absolute `XDG_RUNTIME_DIR`, no absolute `WAYLAND_DISPLAY`, no `WAYLAND_SOCKET`), this points
+/// `XDG_RUNTIME_DIR` at a private empty directory, so the probe finds no socket and fails
+/// quietly, as on a desktop without Wayland. Where a display may exist nothing changes, and the
+/// layer keeps working (`MESA_VK_DEVICE_SELECT` still applies).
+fn quiet_wayland_probes() {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let absolute =
+        |name: &str| std::env::var_os(name).is_some_and(|v| v.to_string_lossy().starts_with('/'));
+    if absolute("XDG_RUNTIME_DIR") || absolute("WAYLAND_DISPLAY") || set("WAYLAND_SOCKET") {
+        return;
+    }
+    if let Some(dir) = private_runtime_dir() {
+        // SAFETY: the first thing `main` does, before any thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", dir) };
+    }
+}
+
+/// `$TMPDIR/compattn-runtime-<uid>`, created with mode 0700 and checked to be ours and private
+/// (a directory someone else made could hold a socket of theirs); `None` if that fails.
+#[cfg(unix)]
+fn private_runtime_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let dir = std::env::temp_dir().join(format!("compattn-runtime-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let private = meta.is_dir() && meta.uid() == uid && meta.permissions().mode() & 0o077 == 0;
+    private.then_some(dir)
+}
+
+#[cfg(not(unix))]
+fn private_runtime_dir() -> Option<std::path::PathBuf> {
+    None
 }
