@@ -29,8 +29,8 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `testing` | [`verify`]: error statistics against the reference, random problems, test seeds |
-//! | `bench` | [`bench`] (`KernelBench`: one kernel on random inputs, timed); implies `testing` |
+//! | `testing` | `verify`: error statistics against the reference, random problems, test seeds |
+//! | `bench` | `bench` (`KernelBench`: one kernel on random inputs, timed); implies `testing` |
 //!
 //! The crate logs through the [`log`](https://docs.rs/log) facade; the application picks the
 //! logger (`compattn` uses `env_logger`: `RUST_LOG=info compattn ...`).
