@@ -23,15 +23,20 @@
 
 pub mod bench;
 pub mod config;
+mod device_weights;
 pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod layer;
 mod ops;
+pub mod plan;
 pub mod reference;
+mod shape;
 pub mod shaders;
+mod time;
 pub mod verify;
 pub mod weights;
+mod workspace;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -39,4 +44,5 @@ pub use gpu::timing::TimingSource;
 pub use gpu::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
 pub use io::Input;
 pub use layer::{CompositionalAttention, KernelTime, Profile, Strategy};
+pub use plan::ExecutionPlan;
 pub use weights::Weights;

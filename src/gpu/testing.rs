@@ -57,7 +57,7 @@ pub(crate) fn run(dispatches: &[&Dispatch]) {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             for d in dispatches {
-                d.record(&mut pass);
+                d.record(&mut pass, None);
             }
         }
         ctx.queue().submit([encoder.finish()]);
