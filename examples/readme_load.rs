@@ -5,7 +5,10 @@
 use compositional_attention::{CompositionalAttention, GpuContext, Input, Weights};
 
 fn main() -> compositional_attention::Result<()> {
-    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/padding_mask.safetensors");
+    let golden = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/padding_mask.safetensors"
+    );
     let mut args = std::env::args().skip(1);
     let weights_path = args.next().unwrap_or_else(|| golden.to_string());
     let input_path = args.next().unwrap_or_else(|| golden.to_string());

@@ -4,7 +4,10 @@ use compositional_attention::{CompositionalAttention, Config, GpuContext, Weight
 
 fn main() -> compositional_attention::Result<()> {
     let gpu = GpuContext::from_env_blocking()?; // WGPU_BACKEND, WGPU_ADAPTER_NAME, COMPATTN_LIMITS
-    let config = Config::new(256).dim_head(32).num_searches(4).num_retrievals(2);
+    let config = Config::new(256)
+        .dim_head(32)
+        .num_searches(4)
+        .num_retrievals(2);
     let weights = Weights::random(config, 0)?; // seeded, PyTorch's default initialisation
     let mut layer = CompositionalAttention::new(&gpu, &weights)?;
     let (batch, seq) = (2, 100);

@@ -279,17 +279,14 @@ impl KernelBench {
             _ => None,
         };
         let mut buffers = vec![
-            proj,
-            mask,
-            logits,
-            weights,
-            retrieved,
-            w_rk,
-            g_scratch,
-            concat,
-            value_mean,
+            proj, mask, logits, weights, retrieved, w_rk, g_scratch, concat, value_mean,
         ];
-        buffers.extend(carry.map(|carry| [carry.acc, carry.stats]).into_iter().flatten());
+        buffers.extend(
+            carry
+                .map(|carry| [carry.acc, carry.stats])
+                .into_iter()
+                .flatten(),
+        );
         Ok(kernels
             .into_iter()
             .map(|(name, flops, dispatches)| {

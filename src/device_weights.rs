@@ -26,7 +26,7 @@ impl Stored {
 }
 
 /// Takes the value out of `slot` or makes it, and puts it back: a fallible `get_or_insert_with`.
-fn filled<'a, T>(slot: &'a mut Option<T>, make: impl FnOnce() -> Result<T>) -> Result<&'a T> {
+fn filled<T>(slot: &mut Option<T>, make: impl FnOnce() -> Result<T>) -> Result<&T> {
     let value = match slot.take() {
         Some(value) => value,
         None => make()?,

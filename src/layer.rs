@@ -282,13 +282,14 @@ impl CompositionalAttention {
         #[cfg(not(target_arch = "wasm32"))]
         let workspace = pollster::block_on(self.workspace(batch, seq))?;
         #[cfg(target_arch = "wasm32")]
-        let workspace = self.workspaces.get(batch, seq, self.strategy).ok_or(
-            crate::Error::NotPrepared {
-                batch,
-                seq,
-                strategy: self.strategy.name(),
-            },
-        )?;
+        let workspace =
+            self.workspaces
+                .get(batch, seq, self.strategy)
+                .ok_or(crate::Error::NotPrepared {
+                    batch,
+                    seq,
+                    strategy: self.strategy.name(),
+                })?;
         let mask = match mask {
             Some(mask) => mask.clone(),
             None => workspace.all_keys(&ctx)?,

@@ -562,6 +562,9 @@ impl ExecutionPlan {
             ),
             CorePlan::Unfused => "unfused".to_string(),
         };
-        format!("{:?} family, GEMM {:?}, core {core}", self.family, self.gemm)
+        format!(
+            "{:?} family, GEMM {:?}, core {core}",
+            self.family, self.gemm
+        )
     }
 }

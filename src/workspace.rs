@@ -13,11 +13,11 @@
 use crate::config::Config;
 use crate::device_weights::{GemmWeights, PlanWeights};
 use crate::error::Result;
+use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Buf, Dispatch, IoBuffers, IoSlot};
 use crate::gpu::memory;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::timing::PassTimer;
-use crate::gpu::GpuContext;
 use crate::layer::Strategy;
 use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmShape};
@@ -42,6 +42,8 @@ impl Held {
 }
 
 /// The projections the core reads and the concatenation it writes, in the plan's core storage.
+// One value per workspace build: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum CoreOperands {
     Buffers {
         proj: wgpu::Buffer,
@@ -176,15 +178,18 @@ impl Workspace {
             k: c.dim,
         };
         let operands = match (&weights.gemm, &core) {
-            (GemmWeights::Buffers { tiling, projection, .. }, CoreOperands::Buffers { proj, .. }) => {
-                GemmOperands::Buffers {
-                    tiling: *tiling,
-                    shape: proj_shape,
-                    lhs: input,
-                    rhs: projection,
-                    out: proj.into(),
-                }
-            }
+            (
+                GemmWeights::Buffers {
+                    tiling, projection, ..
+                },
+                CoreOperands::Buffers { proj, .. },
+            ) => GemmOperands::Buffers {
+                tiling: *tiling,
+                shape: proj_shape,
+                lhs: input,
+                rhs: projection,
+                out: proj.into(),
+            },
             (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
                 return Err(inconsistent("texel core operands with the buffer GEMM"));
             }
@@ -203,7 +208,8 @@ impl Workspace {
         // 3. The attention core: search, retrieval and selection into the concatenation.
         match (&plan.core, &core) {
             (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
-                let value_mean = memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
+                let value_mean =
+                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
                 dispatches
                     .push(ops::value_mean::dispatch(ctx, &layout, core.proj(), &value_mean).await?);
                 let bound = ops::blocked_attention::bind(
@@ -223,7 +229,8 @@ impl Workspace {
                 held.texels.push(bound.retrieved);
             }
             (CorePlan::Fused(fused), _) => {
-                let value_mean = memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
+                let value_mean =
+                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
                 dispatches
                     .push(ops::value_mean::dispatch(ctx, &layout, core.proj(), &value_mean).await?);
                 let carry = Carry::for_plan(ctx, &layout, fused)?;
@@ -246,7 +253,12 @@ impl Workspace {
                     .await?,
                 );
                 held.buffers.push(value_mean);
-                held.buffers.extend(carry.map(|carry| [carry.acc, carry.stats]).into_iter().flatten());
+                held.buffers.extend(
+                    carry
+                        .map(|carry| [carry.acc, carry.stats])
+                        .into_iter()
+                        .flatten(),
+                );
             }
             (CorePlan::Unfused, CoreOperands::Buffers { proj, concat }) => {
                 let w_rk = weights
@@ -421,7 +433,8 @@ impl Workspace {
         match self.timer.as_ref().filter(|_| timed) {
             // One pass per kernel, bracketed by timestamps.
             Some(timer) => {
-                for (index, (dispatch, group)) in self.dispatches.iter().zip(groups.iter()).enumerate()
+                for (index, (dispatch, group)) in
+                    self.dispatches.iter().zip(groups.iter()).enumerate()
                 {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some(dispatch.label()),
@@ -496,7 +509,12 @@ impl WorkspaceCache {
     }
 
     /// The workspace for `(batch, seq, strategy)`, moved to the most-recent end; `None` if absent.
-    pub(crate) fn get(&mut self, batch: usize, seq: usize, strategy: Strategy) -> Option<&mut Workspace> {
+    pub(crate) fn get(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        strategy: Strategy,
+    ) -> Option<&mut Workspace> {
         let index = self
             .workspaces
             .iter()
@@ -598,7 +616,8 @@ async fn unfused_core(
         )
         .await?,
     );
-    dispatches.extend(ops::search_values::dispatches(ctx, layout, &weights, proj, &retrieved).await?);
+    dispatches
+        .extend(ops::search_values::dispatches(ctx, layout, &weights, proj, &retrieved).await?);
     dispatches.push(
         ops::retrieval_select::dispatch(
             ctx, layout, scale, &retrieved, proj, w_rk, &g_scratch, concat,

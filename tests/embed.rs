@@ -21,7 +21,11 @@ const IO: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-fn buffer_with<T: bytemuck::Pod>(ctx: &GpuContext, data: &[T], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+fn buffer_with<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    data: &[T],
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
     ctx.device()
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("test io"),
@@ -76,7 +80,8 @@ fn encode_runs_on_submit_and_equals_forward() {
         .causal(true);
     let (batch, seq) = (2, 37);
     let (weights, input) = random_problem(config, batch, seq, Some(&[37, 20]), 1.0, seed).unwrap();
-    let expected = reference::forward(&weights, &input.x, batch, seq, input.mask.as_deref()).unwrap();
+    let expected =
+        reference::forward(&weights, &input.x, batch, seq, input.mask.as_deref()).unwrap();
     for strategy in Strategy::ALL {
         let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
         layer.set_strategy(strategy);
@@ -101,7 +106,10 @@ fn encode_runs_on_submit_and_equals_forward() {
         let forward = layer
             .forward_blocking(&input.x, batch, seq, input.mask.as_deref())
             .unwrap();
-        assert_eq!(encoded, forward, "{what} {strategy}: encode and forward differ");
+        assert_eq!(
+            encoded, forward,
+            "{what} {strategy}: encode and forward differ"
+        );
         assert_close(&format!("{what} {strategy}"), &encoded, &expected, 1e-4);
     }
 }
@@ -112,7 +120,10 @@ fn encode_runs_on_submit_and_equals_forward() {
 fn chained_layers_in_one_encoder_equal_host_chaining() {
     let ctx = gpu();
     let (seed, what) = seed("chain");
-    let config = Config::new(32).dim_head(8).num_searches(2).num_retrievals(3);
+    let config = Config::new(32)
+        .dim_head(8)
+        .num_searches(2)
+        .num_retrievals(3);
     let (batch, seq) = (3, 19);
     let (w1, input) = random_problem(config, batch, seq, None, 1.0, seed).unwrap();
     let w2 = Weights::random(config.prenorm(true).causal(true), seed ^ 1).unwrap();
@@ -132,7 +143,11 @@ fn chained_layers_in_one_encoder_equal_host_chaining() {
         .encode(&mut encoder, &hidden, None, &hidden, batch, seq)
         .unwrap();
     ctx.queue().submit([encoder.finish()]);
-    assert_eq!(read(ctx, &hidden), host, "{what}: GPU chain and host chain differ");
+    assert_eq!(
+        read(ctx, &hidden),
+        host,
+        "{what}: GPU chain and host chain differ"
+    );
     // The reference of the chain, from the first layer's reference output.
     let h = reference::forward(&w1, &input.x, batch, seq, None).unwrap();
     let h: Vec<f32> = h.iter().map(|&v| v as f32).collect();
@@ -144,7 +159,10 @@ fn chained_layers_in_one_encoder_equal_host_chaining() {
 #[test]
 fn bad_io_buffers_are_refused() {
     let ctx = gpu();
-    let config = Config::new(16).dim_head(4).num_searches(2).num_retrievals(2);
+    let config = Config::new(16)
+        .dim_head(4)
+        .num_searches(2)
+        .num_retrievals(2);
     let weights = Weights::random(config, 3).unwrap();
     let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
     let (batch, seq) = (2, 5);
@@ -156,12 +174,13 @@ fn bad_io_buffers_are_refused() {
     let mask = buffer_with(ctx, &vec![1u32; batch * seq], IO);
     let short_mask = buffer_with(ctx, &vec![1u32; batch * seq - 1], IO);
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let mut expect_io = |input: &wgpu::Buffer, m: Option<&wgpu::Buffer>, output: &wgpu::Buffer, name: &str| {
-        match layer.encode(&mut encoder, input, m, output, batch, seq) {
-            Err(Error::IoBuffer { name: got, .. }) => assert_eq!(got, name),
-            other => panic!("expected an IoBuffer error for {name}, got {other:?}"),
-        }
-    };
+    let mut expect_io =
+        |input: &wgpu::Buffer, m: Option<&wgpu::Buffer>, output: &wgpu::Buffer, name: &str| {
+            match layer.encode(&mut encoder, input, m, output, batch, seq) {
+                Err(Error::IoBuffer { name: got, .. }) => assert_eq!(got, name),
+                other => panic!("expected an IoBuffer error for {name}, got {other:?}"),
+            }
+        };
     expect_io(&small, None, &out, "input");
     expect_io(&good, None, &small, "output");
     expect_io(&no_storage, None, &out, "input");
@@ -230,7 +249,10 @@ fn from_device_keeps_the_callers_device_and_handler() {
     assert!(!ctx.has_timestamps() || device.features().contains(wgpu::Features::TIMESTAMP_QUERY));
 
     let (seed, what) = seed("from_device");
-    let config = Config::new(24).dim_head(8).num_searches(2).num_retrievals(2);
+    let config = Config::new(24)
+        .dim_head(8)
+        .num_searches(2)
+        .num_retrievals(2);
     let (weights, input) = random_problem(config, 1, 11, None, 1.0, seed).unwrap();
     let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
     let y = layer.forward_blocking(&input.x, 1, 11, None).unwrap();
@@ -250,7 +272,11 @@ fn from_device_keeps_the_callers_device_and_handler() {
         layer.encode(&mut encoder, &foreign, None, &out, 1, 11),
         Err(Error::GpuValidation { .. })
     ));
-    assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
     // The caller's handler is still installed: an error outside any scope reaches it.
     let _ = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("invalid on purpose"),
@@ -258,7 +284,11 @@ fn from_device_keeps_the_callers_device_and_handler() {
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE,
         mapped_at_creation: false,
     });
-    assert_eq!(seen.lock().unwrap().len(), 1, "the caller's handler was replaced");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the caller's handler was replaced"
+    );
 }
 
 /// A device opened with lower limits than the kernels need is refused, naming the limit.
@@ -278,7 +308,10 @@ fn from_device_names_what_the_device_lacks() {
     .unwrap();
     match GpuContext::from_device(&adapter, device, queue) {
         Err(Error::DeviceUnsuitable { missing, .. }) => {
-            assert!(missing.contains("max_storage_buffers_per_shader_stage"), "{missing}")
+            assert!(
+                missing.contains("max_storage_buffers_per_shader_stage"),
+                "{missing}"
+            )
         }
         other => panic!("expected DeviceUnsuitable, got {other:?}"),
     }
@@ -290,10 +323,17 @@ fn from_device_names_what_the_device_lacks() {
 fn workspaces_stay_alive_bounded_and_releasable() {
     let ctx = gpu();
     let (seed, what) = seed("workspaces");
-    let config = Config::new(32).dim_head(8).num_searches(2).num_retrievals(2);
+    let config = Config::new(32)
+        .dim_head(8)
+        .num_searches(2)
+        .num_retrievals(2);
     let weights = Weights::random(config, seed).unwrap();
     let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
-    assert_eq!(layer.gpu_bytes(), 0, "nothing is uploaded before a plan needs it");
+    assert_eq!(
+        layer.gpu_bytes(),
+        0,
+        "nothing is uploaded before a plan needs it"
+    );
     let shapes = [(1, 9), (2, 5), (1, 9), (3, 4)];
     let mut outputs = Vec::new();
     for (i, &(batch, seq)) in shapes.iter().enumerate() {
@@ -305,7 +345,11 @@ fn workspaces_stay_alive_bounded_and_releasable() {
     }
     assert_eq!(
         layer.workspace_shapes(),
-        vec![(2, 5, Strategy::Fused), (1, 9, Strategy::Fused), (3, 4, Strategy::Fused)]
+        vec![
+            (2, 5, Strategy::Fused),
+            (1, 9, Strategy::Fused),
+            (3, 4, Strategy::Fused)
+        ]
     );
     let fused_only = layer.gpu_bytes();
     assert_eq!(
@@ -324,7 +368,10 @@ fn workspaces_stay_alive_bounded_and_releasable() {
     let (_, input) = random_problem(config, 1, 9, None, 1.0, seed).unwrap();
     layer.forward_blocking(&input.x, 1, 9, None).unwrap();
     layer.release_workspaces();
-    assert!(layer.gpu_bytes() > weights_only, "{what}: unfused weights were not uploaded");
+    assert!(
+        layer.gpu_bytes() > weights_only,
+        "{what}: unfused weights were not uploaded"
+    );
 }
 
 /// Sizes whose products overflow are typed errors on every path, never a panic or a wrap.
@@ -333,9 +380,15 @@ fn huge_sizes_are_errors_not_overflows() {
     let huge = Config::new(8).dim_head(usize::MAX / 2).num_searches(3);
     assert!(matches!(
         huge.validate(),
-        Err(Error::InvalidConfig { field: "dim_head", .. })
+        Err(Error::InvalidConfig {
+            field: "dim_head",
+            ..
+        })
     ));
-    let config = Config::new(16).dim_head(4).num_searches(2).num_retrievals(2);
+    let config = Config::new(16)
+        .dim_head(4)
+        .num_searches(2)
+        .num_retrievals(2);
     let weights = Weights::random(config, 5).unwrap();
     let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
     for (batch, seq) in [(usize::MAX / 2, 3), (3, usize::MAX), (1 << 40, 1 << 30)] {
@@ -360,5 +413,9 @@ fn huge_sizes_are_errors_not_overflows() {
         layer.prepare_blocking(1 << 20, 1 << 12),
         Err(Error::LimitExceeded { .. })
     ));
-    assert_eq!(layer.gpu_bytes(), 0, "nothing was allocated for a refused shape");
+    assert_eq!(
+        layer.gpu_bytes(),
+        0,
+        "nothing was allocated for a refused shape"
+    );
 }

@@ -23,8 +23,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use compositional_attention::gpu::pipelines::ShaderVariant;
-use compositional_attention::shaders::{self, collect_variants};
 use compositional_attention::plan::Storage;
+use compositional_attention::shaders::{self, collect_variants};
 use compositional_attention::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
@@ -471,7 +471,9 @@ fn the_representative_problems_reach_every_io_piece() {
         ..GpuOptions::from_env().expect("GPU options from the environment")
     };
     let ctx = pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders").join("io");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shaders")
+        .join("io");
     let pieces: BTreeSet<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|entry| {

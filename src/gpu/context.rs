@@ -188,7 +188,13 @@ impl GpuContext {
                 Err(_) => select_adapter(wgpu::Backends::all(), options).await?,
             },
         };
-        Self::open(adapter, options.limits, options.kernels, options.fused_tiling).await
+        Self::open(
+            adapter,
+            options.limits,
+            options.kernels,
+            options.fused_tiling,
+        )
+        .await
     }
 
     /// [`GpuContext::new`] with [`GpuOptions::from_env`].

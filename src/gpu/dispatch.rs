@@ -196,7 +196,11 @@ impl Dispatch {
 
     /// Records the launch into an open compute pass with its own bind group, or `io_group` where
     /// it binds the caller's buffers (from [`Dispatch::create_bind_group`]).
-    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>, io_group: Option<&wgpu::BindGroup>) {
+    pub(crate) fn record(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        io_group: Option<&wgpu::BindGroup>,
+    ) {
         pass.set_pipeline(&self.pipeline);
         if let Some(group) = self.bind_group.as_ref().or(io_group) {
             pass.set_bind_group(0, group, &[]);

@@ -42,7 +42,12 @@ macro_rules! piece {
     ($name:literal) => {
         $crate::gpu::pipelines::Piece {
             name: $name,
-            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/io/", $name, ".wgsl")),
+            source: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/shaders/io/",
+                $name,
+                ".wgsl"
+            )),
         }
     };
 }

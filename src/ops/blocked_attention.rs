@@ -14,10 +14,10 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::uniform::uniform;
 use crate::gpu::dispatch::{Buf, Dispatch};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
+use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 use crate::plan::BlockedPlan;
 

@@ -16,10 +16,10 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::uniform::uniform;
 use crate::gpu::dispatch::{Bind, Buf, Dispatch};
 use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
+use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 use crate::plan::{FusedPlan, vector_width};
 
@@ -50,7 +50,11 @@ uniform! {
     }
 }
 
-pub(crate) fn variant(ctx: &GpuContext, layout: &ProjectionLayout, plan: &FusedPlan) -> ShaderVariant {
+pub(crate) fn variant(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    plan: &FusedPlan,
+) -> ShaderVariant {
     let tiling = plan.tiling;
     let io = match plan.storage {
         crate::plan::Storage::Texels => &IO_TEXELS,
@@ -58,7 +62,11 @@ pub(crate) fn variant(ctx: &GpuContext, layout: &ProjectionLayout, plan: &FusedP
     };
     ShaderVariant::new(&FUSED_ATTENTION)
         .piece(io)
-        .piece(if plan.splits_keys() { &CARRY } else { &SINGLE_PASS })
+        .piece(if plan.splits_keys() {
+            &CARRY
+        } else {
+            &SINGLE_PASS
+        })
         .u32("WG", tiling.wg)
         .u32("QPI", tiling.qpi)
         .u32("BK", tiling.bk)

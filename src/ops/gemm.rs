@@ -14,10 +14,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::gpu::uniform::uniform;
 use crate::gpu::dispatch::{Bind, Buf, Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
+use crate::gpu::uniform::uniform;
 use crate::ops::Rows;
 use crate::plan::GemmTiling;
 
@@ -314,7 +314,12 @@ mod tests {
             )
         };
         let out = poisoned(m * n);
-        let d = build_all(texel_dispatches(ctx, &lhs_t, &rhs_t, Rows::Buffer((&out).into())));
+        let d = build_all(texel_dispatches(
+            ctx,
+            &lhs_t,
+            &rhs_t,
+            Rows::Buffer((&out).into()),
+        ));
         run(&d.iter().collect::<Vec<_>>());
         assert_close(&what, &download(&out, m * n), &expected, 1e-5);
         if n.is_multiple_of(4) {
@@ -327,7 +332,12 @@ mod tests {
                 TexelRows::with_data(ctx, "eye", n, n, &eye).unwrap()
             };
             let back = poisoned(m * n);
-            let e = build_all(texel_dispatches(ctx, &out_t, &eye_t, Rows::Buffer((&back).into())));
+            let e = build_all(texel_dispatches(
+                ctx,
+                &out_t,
+                &eye_t,
+                Rows::Buffer((&back).into()),
+            ));
             run(&d.iter().chain(e.iter()).collect::<Vec<_>>());
             assert_close(
                 &format!("{what} (texel output)"),

@@ -4,9 +4,9 @@
 use crate::config::LAYER_NORM_EPS;
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::uniform::uniform;
 use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
 
 static LAYER_NORM: Kernel = kernel!("layer_norm", includes: ["workgroup_reduce"]);
 

@@ -4,9 +4,9 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::uniform::uniform;
 use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
 
 static MASKED_SOFTMAX: Kernel = kernel!("masked_softmax", includes: ["workgroup_reduce"]);
 

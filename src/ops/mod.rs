@@ -111,7 +111,8 @@ mod uniform_layouts {
         let blocked = BlockedPlan { block_texels: 4 };
         let [blocked_variant, mix_variant] = blocked_attention::variants(ctx, &layout, blocked);
         let shape = gemm::GemmShape { m: 4, n: 4, k: 4 };
-        let wgsl = |variant: crate::gpu::pipelines::ShaderVariant| (variant.label(), variant.wgsl());
+        let wgsl =
+            |variant: crate::gpu::pipelines::ShaderVariant| (variant.label(), variant.wgsl());
         let mut differences = Vec::new();
         macro_rules! check {
             ($ty:ty, $variant:expr) => {{
@@ -129,7 +130,10 @@ mod uniform_layouts {
         check!(search_values::Params, search_values::variant());
         check!(retrieval_select::Params, retrieval_select::variant());
         check!(value_mean::Params, value_mean::variant(ctx, false));
-        check!(fused_attention::Params, fused_attention::variant(ctx, &layout, &fused));
+        check!(
+            fused_attention::Params,
+            fused_attention::variant(ctx, &layout, &fused)
+        );
         check!(blocked_attention::Params, blocked_variant);
         check!(blocked_attention::MixParams, mix_variant);
         assert!(differences.is_empty(), "{}", differences.join("\n"));

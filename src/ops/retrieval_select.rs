@@ -5,9 +5,9 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::uniform::uniform;
 use crate::gpu::dispatch::{Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 
 static RETRIEVAL_SELECT: Kernel = kernel!("retrieval_select");

@@ -4,9 +4,9 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::uniform::uniform;
 use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 
 static SEARCH_VALUES: Kernel = kernel!("search_values");

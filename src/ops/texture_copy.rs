@@ -3,10 +3,10 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::uniform::uniform;
 use crate::gpu::dispatch::{Buf, Dispatch};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
+use crate::gpu::uniform::uniform;
 
 static TEXTURE_COPY: Kernel = kernel!("texture_copy", includes: ["texel_rows"]);
 

@@ -4,10 +4,10 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::uniform::uniform;
 use crate::gpu::dispatch::{Bind, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::rows_per_layer;
+use crate::gpu::uniform::uniform;
 use crate::ops::{ProjectionLayout, Rows};
 
 static VALUE_MEAN: Kernel = kernel!("value_mean", includes: ["workgroup_reduce", "texel_rows"]);
