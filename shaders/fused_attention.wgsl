@@ -13,23 +13,24 @@
 //            carry the running max, sum and accumulators in `carry_*` (first/last flags).
 // Bindings   @binding(0) params (uniform)  see Params; strides and offsets count KVec elements
 //            @binding(1) proj         [b·n, row_stride]  packed [SQ | SK | Q̃ | RV] columns
-//            @binding(2) mask         [b, n] u32, 1 = key may be attended
+//            @binding(2) mask         [b, n] u32, 0 = key masked
 //            @binding(3) value_mean   [b, r·d]  mean of RV over all keys (fully masked rows)
-//            @binding(4) carry_acc    [b·s·n, r·d]  accumulators between key chunks
-//            @binding(5) carry_stats  [b·s·n] (running max, running sum) between key chunks
-//            @binding(6) concat       [b, n, s·d]  searches concatenated for the output GEMM
-//            @binding(7) proj_texels   `proj` as texel rows      (read instead of `proj` if TEXELS)
-//            @binding(8) concat_texels `concat` as texel rows (written instead of `concat` if TEXELS)
+//            @binding(4) concat       [b, n, s·d]  searches concatenated for the output GEMM
+//            @binding(5) carry_acc    [b·s·n, r·d]  accumulators between key chunks (split keys)
+//            @binding(6) carry_stats  [b·s·n] (running max, running sum)         (split keys)
+//            `proj` and `concat` are storage buffers or texel rows, declared by the io piece the
+//            host places first: io/fused_buffers.wgsl or io/fused_texels.wgsl (which also
+//            define proj_at and store_concat); the carry by io/fused_carry.wgsl or, where one
+//            dispatch covers every key, io/fused_single_pass.wgsl (no bindings).
 // Dispatch   one workgroup per (b, σ, tile of WG·QPI queries), group = (b·s + σ)·tiles + tile,
 //            numbered linearly over x and y. Invocation `lane` owns the queries
 //            tile·WG·QPI + qi·WG + lane (qi < QPI), each with a d-wide query and an r·d-wide
 //            accumulator in registers, so every key and value element read feeds QPI FMAs.
 // Host constants  WG, QPI, BK (keys per tile), D (= d), R (= r), KVec/VEC/kdot (vec4 when
 //            d % 4 == 0), STAGE (bool: copy each key tile to workgroup memory, for GPUs; false
-//            reads keys straight from `proj` at lane-uniform addresses, for CPU drivers), TEXELS
-//            (bool, needs VEC = 4: read and write texel rows, the fast path of CPU drivers; see
-//            src/gpu/texture.rs), RPL (rows per texture layer).
-// Includes   common/texel_rows.wgsl.
+//            reads keys straight from `proj` at lane-uniform addresses, for CPU drivers), RPL
+//            (rows per texture layer).
+// Includes   common/texel_rows.wgsl; one io piece for proj/concat and one for the carry (above).
 
 struct Params {
     batch: u32,
@@ -51,14 +52,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> proj: array<KVec>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
 @group(0) @binding(3) var<storage, read> value_mean: array<KVec>;
-@group(0) @binding(4) var<storage, read_write> carry_acc: array<KVec>;
-@group(0) @binding(5) var<storage, read_write> carry_stats: array<vec2<f32>>;
-@group(0) @binding(6) var<storage, read_write> concat: array<KVec>;
-@group(0) @binding(7) var proj_texels: texture_2d_array<f32>;
-@group(0) @binding(8) var concat_texels: texture_storage_2d_array<rgba32float, write>;
 
 const DV: u32 = D / VEC;
 const VWV: u32 = R * DV;
@@ -75,14 +70,6 @@ var<private> head: u32;
 
 fn token(j: u32) -> u32 {
     return batch_index * params.seq + min(j, params.seq - 1u);
-}
-
-// Element `column` (in KVec units) of the packed projection row of token `row`.
-fn proj_at(row: u32, column: u32) -> KVec {
-    if (TEXELS) {
-        return kvec(textureLoad(proj_texels, texel_coords(row, column), texel_layer(row), 0));
-    }
-    return proj[row * params.row_stride + column];
 }
 
 fn key_at(t0: u32, t: u32, k: u32) -> KVec {
@@ -164,10 +151,11 @@ fn main(
                 acc[qi][c] = KVec();
             }
         } else {
-            running_max[qi] = carry_stats[carry].x;
-            running_sum[qi] = carry_stats[carry].y;
+            let stats = load_carry_stats(carry);
+            running_max[qi] = stats.x;
+            running_sum[qi] = stats.y;
             for (var c = 0u; c < VWV; c++) {
-                acc[qi][c] = carry_acc[carry * VWV + c];
+                acc[qi][c] = load_carry_acc(carry, c);
             }
         }
     }
@@ -230,9 +218,9 @@ fn main(
         for (var qi = 0u; qi < QPI; qi++) {
             if (row[qi] < n) {
                 let carry = bs * n + row[qi];
-                carry_stats[carry] = vec2<f32>(running_max[qi], running_sum[qi]);
+                store_carry_stats(carry, vec2<f32>(running_max[qi], running_sum[qi]));
                 for (var c = 0u; c < VWV; c++) {
-                    carry_acc[carry * VWV + c] = acc[qi][c];
+                    store_carry_acc(carry, c, acc[qi][c]);
                 }
             }
         }
@@ -262,18 +250,12 @@ fn main(
             weight_sum += logit[rho];
         }
         if (row[qi] < n) {
-            let out_base = query_row * params.searches * DV + head * DV;
             for (var k = 0u; k < DV; k++) {
                 var o = KVec();
                 for (var rho = 0u; rho < R; rho++) {
                     o += logit[rho] * acc[qi][rho * DV + k];
                 }
-                if (TEXELS) {
-                    let texel = head * DV + k;
-                    textureStore(concat_texels, texel_coords(query_row, texel), texel_layer(query_row), vec4<f32>(o / weight_sum));
-                } else {
-                    concat[out_base + k] = o / weight_sum;
-                }
+                store_concat(query_row, head * DV + k, o / weight_sum);
             }
         }
     }

@@ -6,8 +6,9 @@
 //                        driver caps loop iterations), accumulate (add to the buffer output)
 //            @binding(1) lhs      [M, K] texel rows (columns past K are 0)
 //            @binding(2) rhs      [N, K] texel rows (PyTorch weight layout, padded likewise)
-//            @binding(3) out      [M, N] f32 buffer            (written unless OUT_TEXTURE)
-//            @binding(4) out_tex  [M, N] texel rows, N % 4 == 0 (written if OUT_TEXTURE)
+//            @binding(3) out      [M, N]: an f32 buffer (io/gemm_out_buffer.wgsl) or texel rows
+//                                 with N % 4 == 0 (io/gemm_out_texels.wgsl); the host places
+//                                 one of the two pieces first, which declares `out` and `store`
 // Dispatch   one workgroup per (WG·8 rows) × 16 columns, numbered linearly over x and y:
 //            group = tile_m · tiles_n + tile_n. Invocation `lane` owns rows row0 + t·WG
 //            (t < 8, two blocks of four) and the 16 columns of the tile, held as eight 4 × 4
@@ -15,7 +16,7 @@
 //            512 multiply-adds as 4 × 4 matrix products: on a SIMD CPU the lanes are 8
 //            consecutive rows, texel fetches are vector gathers, and no private array is
 //            indexed dynamically.
-// Host constants  WG, RPL, OUT_TEXTURE.
+// Host constants  WG, RPL.
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
@@ -32,8 +33,6 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var lhs: texture_2d_array<f32>;
 @group(0) @binding(2) var rhs: texture_2d_array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var out_tex: texture_storage_2d_array<rgba32float, write>;
 
 // Rows (k-texel k of four rows r, r + WG, r + 2·WG, r + 3·WG) as a matrix whose columns are
 // the rows' texels, transposed: entry [i][j] = lhs[row i, 4k + j].
@@ -54,23 +53,6 @@ fn rhs_block(c: u32, k: u32) -> mat4x4<f32> {
 fn rhs_texel(col: u32, k: u32) -> vec4<f32> {
     let c = min(col, params.n - 1u);
     return textureLoad(rhs, texel_coords(c, k), texel_layer(c), 0);
-}
-
-// Stores columns col .. col + 3 of one row (`values[j]` is column col + j).
-fn store(row: u32, col: u32, values: vec4<f32>) {
-    if (row >= params.m) {
-        return;
-    }
-    if (OUT_TEXTURE) {
-        textureStore(out_tex, texel_coords(row, col / 4u), texel_layer(row), values);
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        if (col + j < params.n) {
-            let index = row * params.n + col + j;
-            out[index] = select(values[j], out[index] + values[j], params.accumulate != 0u);
-        }
-    }
 }
 
 @compute @workgroup_size(WG)

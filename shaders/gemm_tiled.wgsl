@@ -1,7 +1,7 @@
 // gemm_tiled.wgsl: the projection GEMM, y = x · Wᵀ, with workgroup-memory tiles (GPUs).
 //
 // Computes   out[m, c] = Σ_k lhs[m, k] · rhs[c, k]      (M × N output, K reduction)
-// Bindings   @binding(0) params (uniform)  m, n, k, tiles_n, and the slice [k_begin, k_end)
+// Bindings   @binding(0) params (uniform)  m, n, k_vecs (= K), tiles_n, and the slice [k_begin, k_end)
 //            of the reduction this dispatch adds (the host splits K where the driver caps loop
 //            iterations), accumulate (add to `out` if nonzero)
 //            @binding(1) lhs  [M, K]  row-major
@@ -18,7 +18,7 @@
 struct Params {
     m: u32,
     n: u32,
-    k: u32,
+    k_vecs: u32,
     tiles_n: u32,
     k_begin: u32,
     k_end: u32,
@@ -67,9 +67,9 @@ fn main(
             let in_k = k < params.k_end;
             let lhs_row = min(row0 + r, params.m - 1u);
             let rhs_row = min(col0 + r, params.n - 1u);
-            let k_safe = min(k, params.k - 1u);
-            lhs_tile[kk * BM + r] = select(0.0, lhs[lhs_row * params.k + k_safe], in_k);
-            rhs_tile[kk * BM + r] = select(0.0, rhs[rhs_row * params.k + k_safe], in_k);
+            let k_safe = min(k, params.k_vecs - 1u);
+            lhs_tile[kk * BM + r] = select(0.0, lhs[lhs_row * params.k_vecs + k_safe], in_k);
+            rhs_tile[kk * BM + r] = select(0.0, rhs[rhs_row * params.k_vecs + k_safe], in_k);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {

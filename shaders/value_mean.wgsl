@@ -5,12 +5,13 @@
 //            every key is masked attends uniformly to all n keys in the reference (SPEC §6), so
 //            its retrieved vectors are exactly this mean; the fused kernel substitutes it.
 // Bindings   @binding(0) params (uniform)  batch, seq, value_width, row_stride, v_offset
-//            @binding(1) proj        [b·n, row_stride]
+//            @binding(1) proj        [b·n, row_stride], a storage buffer or texel rows, declared
+//                                    with proj_at by io/value_mean_buffers.wgsl or
+//                                    io/value_mean_texels.wgsl, which the host places first
 //            @binding(2) value_mean  [b, r·d]
-//            @binding(3) proj_texels `proj` as texel rows (read instead of `proj` if TEXELS)
 // Dispatch   one workgroup of WG invocations per (b, c), numbered linearly over x and y; the
 //            invocations stride over the n keys (n / WG loop iterations each) and reduce.
-// Host constants  WG (a power of two), TEXELS (bool), RPL (rows per texture layer).
+// Host constants  WG (a power of two), RPL (rows per texture layer).
 // Includes   common/workgroup_reduce.wgsl, common/texel_rows.wgsl.
 
 struct Params {
@@ -25,16 +26,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> proj: array<f32>;
 @group(0) @binding(2) var<storage, read_write> value_mean: array<f32>;
-@group(0) @binding(3) var proj_texels: texture_2d_array<f32>;
-
-fn proj_at(row: u32, column: u32) -> f32 {
-    if (TEXELS) {
-        return textureLoad(proj_texels, texel_coords(row, column / 4u), texel_layer(row), 0)[column % 4u];
-    }
-    return proj[row * params.row_stride + column];
-}
 
 @compute @workgroup_size(WG)
 fn main(

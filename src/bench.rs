@@ -4,8 +4,7 @@
 //! and a recorded dispatch, so a sample is one submit of one kernel, bracketed by timestamps
 //! where the adapter has them, else by the host clock around submit-and-wait.
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use crate::rng::Rng as StdRng;
 
 use crate::config::Config;
 use crate::error::Result;
@@ -14,15 +13,19 @@ use crate::gpu::dispatch::Dispatch;
 use crate::gpu::memory;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::timing::{PassTimer, TimingSource};
-use crate::ops::fused_attention::FusedTiling;
-use crate::ops::gemm::{GemmShape, GemmTiling};
-use crate::ops::{self, ProjectionLayout};
+use crate::layer::Strategy;
+use crate::ops::fused_attention::{Carry, FusedIo};
+use crate::ops::gemm::{GemmOperands, GemmShape};
+use crate::ops::{self, ProjectionLayout, Rows};
+use crate::plan::{
+    BlockedPlan, CorePlan, ExecutionPlan, FusedPlan, FusedTiling, GemmPlan, GemmTiling, Storage,
+};
 use crate::verify::normal;
 
 /// Which GEMM kernel to measure.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GemmKernel {
-    /// What the layer uses on this adapter: `Texels` with the CPU kernel profile, else `Tiled`.
+    /// What the layer's plan uses on this adapter ([`GemmPlan::of`]).
     #[default]
     Auto,
     /// `gemm_texture.wgsl`: operands read as texels (the CPU profile's kernel).
@@ -47,7 +50,7 @@ pub struct KernelBench {
 }
 
 impl KernelBench {
-    /// `[m, k] · [n, k]ᵀ` with the chosen kernel.
+    /// `[m, k] · [n, k]ᵀ` with the chosen kernel (`Auto`: the plan's, [`GemmPlan::of`]).
     pub async fn gemm(
         ctx: &GpuContext,
         kernel: GemmKernel,
@@ -61,44 +64,60 @@ impl KernelBench {
         let lhs_data = normal(&mut rng, m * k, 1.0);
         let rhs_data = normal(&mut rng, n * k, 1.0);
         let out = memory::storage(ctx, "out", &[m, n], None)?;
-        let tiling = match kernel {
-            GemmKernel::Auto if ctx.texel_operands() => None,
-            GemmKernel::Auto => Some(GemmTiling::choose(ctx)),
-            GemmKernel::Texels => None,
-            GemmKernel::Register => Some(GemmTiling::REGISTER),
-            GemmKernel::Tiled => Some(GemmTiling::TILED),
+        let plan = match kernel {
+            GemmKernel::Auto => GemmPlan::of(ctx),
+            GemmKernel::Texels => GemmPlan::Texels,
+            GemmKernel::Register => GemmPlan::Buffers(GemmTiling::REGISTER),
+            GemmKernel::Tiled => GemmPlan::Buffers(GemmTiling::TILED),
         };
-        let Some(tiling) = tiling else {
-            let lhs = TexelRows::with_data(ctx, "lhs", m, k, &lhs_data)?;
-            let rhs = TexelRows::with_data(ctx, "rhs", n, k, &rhs_data)?;
-            let dispatches =
-                ops::gemm::texel_dispatches(ctx, &lhs, &rhs, ops::Rows::Buffer(&out)).await?;
-            let mut bench = Self::new(
-                ctx,
-                format!("gemm {m}x{n}x{k}"),
-                shape.flops(),
-                dispatches,
-                vec![out],
-            );
-            bench.textures = vec![lhs, rhs];
-            return Ok(bench);
-        };
-        let lhs = memory::storage_init(ctx, "lhs", &lhs_data)?;
-        let rhs = memory::storage_init(ctx, "rhs", &rhs_data)?;
-        let dispatches = ops::gemm::dispatches_with(ctx, tiling, shape, &lhs, &rhs, &out).await?;
-        Ok(Self::new(
-            ctx,
-            format!("gemm {m}x{n}x{k}"),
-            shape.flops(),
-            dispatches,
-            vec![lhs, rhs, out],
-        ))
+        let name = format!("gemm {m}x{n}x{k}");
+        match plan {
+            GemmPlan::Texels => {
+                let lhs = TexelRows::with_data(ctx, "lhs", m, k, &lhs_data)?;
+                let rhs = TexelRows::with_data(ctx, "rhs", n, k, &rhs_data)?;
+                let dispatches = ops::gemm::dispatches(
+                    ctx,
+                    GemmOperands::Texels {
+                        lhs: &lhs,
+                        rhs: &rhs,
+                        out: Rows::Buffer((&out).into()),
+                    },
+                )
+                .await?;
+                let mut bench = Self::new(ctx, name, shape.flops(), dispatches, vec![out]);
+                bench.textures = vec![lhs, rhs];
+                Ok(bench)
+            }
+            GemmPlan::Buffers(tiling) => {
+                let lhs = memory::storage_init(ctx, "lhs", &lhs_data)?;
+                let rhs = memory::storage_init(ctx, "rhs", &rhs_data)?;
+                let dispatches = ops::gemm::dispatches(
+                    ctx,
+                    GemmOperands::Buffers {
+                        tiling,
+                        shape,
+                        lhs: (&lhs).into(),
+                        rhs: &rhs,
+                        out: (&out).into(),
+                    },
+                )
+                .await?;
+                Ok(Self::new(
+                    ctx,
+                    name,
+                    shape.flops(),
+                    dispatches,
+                    vec![lhs, rhs, out],
+                ))
+            }
+        }
     }
 
     /// Every attention-core kernel of both strategies at `batch × seq` for `config`, each on
     /// random projections: `search_scores`, `masked_softmax`, `search_values`,
-    /// `retrieval_select` (unfused), `value_mean`, `fused_attention` and, where
-    /// [`has_blocked_attention`](Self::has_blocked_attention), `blocked_attention` (fused).
+    /// `retrieval_select` (unfused), `value_mean`, `fused_attention` and, where the plan runs
+    /// it ([`has_blocked_attention`](Self::has_blocked_attention)), `blocked_attention`. The
+    /// fused kernel runs with the tiling, storage and key chunks the layer's plan would use.
     pub async fn attention_kernels(
         ctx: &GpuContext,
         config: &Config,
@@ -137,10 +156,17 @@ impl KernelBench {
         )?;
         let concat = memory::storage(ctx, "concat", &[batch, seq, c.search_width()], None)?;
         let value_mean = memory::storage(ctx, "value_mean", &[batch, c.value_width()], None)?;
+        // The fused kernel as the layer's plan runs it (the general kernel even where the plan
+        // picks the blocked one, which is measured as well).
         let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
-        // The fused kernel reads and writes texel rows where the layer would (CPU profile).
-        let texels = ctx.texel_operands() && ops::fused_attention::texels_supported(c.dim_head);
-        let (proj_texels, concat_texels) = if texels {
+        let storage = match ExecutionPlan::resolve(ctx, c, Strategy::Fused, batch, seq)?.core {
+            CorePlan::Fused(fused) => fused.storage,
+            CorePlan::Blocked(_) => Storage::Texels,
+            CorePlan::Unfused => Storage::Buffers,
+        };
+        let fused = FusedPlan::resolve(ctx, &layout, tiling, storage)?;
+        let blocked = BlockedPlan::resolve(ctx, &layout);
+        let (proj_texels, concat_texels) = if storage == Storage::Texels {
             let rows = batch * seq;
             (
                 Some(TexelRows::with_data(
@@ -155,13 +181,17 @@ impl KernelBench {
         } else {
             (None, None)
         };
-        let fused_proj = match &proj_texels {
-            Some(rows) => ops::Rows::Texels(rows),
-            None => ops::Rows::Buffer(&proj),
+        let (fused_proj, fused_io) = match (&proj_texels, &concat_texels) {
+            (Some(proj), Some(concat)) => (Rows::Texels(proj), FusedIo::Texels { proj, concat }),
+            _ => (
+                Rows::Buffer((&proj).into()),
+                FusedIo::Buffers {
+                    proj: &proj,
+                    concat: &concat,
+                },
+            ),
         };
-        let (acc_len, stats_len) = ops::fused_attention::carry_len(ctx, &layout, tiling)?;
-        let carry_acc = memory::storage(ctx, "carry_acc", &[acc_len], None)?;
-        let carry_stats = memory::storage(ctx, "carry_stats", &[stats_len], None)?;
+        let carry = Carry::for_plan(ctx, &layout, &fused)?;
 
         let mut kernels = vec![
             (
@@ -212,63 +242,50 @@ impl KernelBench {
                 ops::fused_attention::dispatches(
                     ctx,
                     &layout,
-                    tiling,
+                    &fused,
                     scale,
                     c.causal,
-                    &ops::fused_attention::FusedBuffers {
-                        proj: fused_proj,
-                        mask: &mask,
-                        value_mean: &value_mean,
-                        carry_acc: &carry_acc,
-                        carry_stats: &carry_stats,
-                        concat: match &concat_texels {
-                            Some(rows) => ops::Rows::Texels(rows),
-                            None => ops::Rows::Buffer(&concat),
-                        },
-                    },
+                    fused_io,
+                    &mask,
+                    &value_mean,
+                    carry.as_ref(),
                 )
                 .await?,
             ),
         ];
-        // The blocked CPU variant, where the layer would run it (texel operands, aligned heads).
-        let retrieved_texels = if let (Some(proj_t), Some(concat_t), true) = (
-            &proj_texels,
-            &concat_texels,
-            ops::blocked_attention::supported(ctx, &layout),
-        ) {
-            let core = ops::blocked_attention::bind(
-                ctx,
-                &layout,
-                scale,
-                c.causal,
-                proj_t,
-                &mask,
-                &value_mean,
-                concat_t,
-            )
-            .await?;
-            kernels.push((
-                "blocked_attention",
-                2.0 * b * s * n * n * d * (1.0 + r) + 4.0 * b * s * r * n * d,
-                core.dispatches,
-            ));
-            Some(core.retrieved)
-        } else {
-            None
+        // The blocked CPU variant, where the layer's plan runs it.
+        let retrieved_texels = match (&proj_texels, &concat_texels, blocked) {
+            (Some(proj_t), Some(concat_t), Some(blocked)) => {
+                let core = ops::blocked_attention::bind(
+                    ctx,
+                    &layout,
+                    blocked,
+                    scale,
+                    c.causal,
+                    proj_t,
+                    &mask,
+                    &value_mean,
+                    concat_t,
+                )
+                .await?;
+                kernels.push((
+                    "blocked_attention",
+                    2.0 * b * s * n * n * d * (1.0 + r) + 4.0 * b * s * r * n * d,
+                    core.dispatches,
+                ));
+                Some(core.retrieved)
+            }
+            _ => None,
         };
-        let buffers = [
-            proj,
-            mask,
-            logits,
-            weights,
-            retrieved,
-            w_rk,
-            g_scratch,
-            concat,
-            value_mean,
-            carry_acc,
-            carry_stats,
+        let mut buffers = vec![
+            proj, mask, logits, weights, retrieved, w_rk, g_scratch, concat, value_mean,
         ];
+        buffers.extend(
+            carry
+                .map(|carry| [carry.acc, carry.stats])
+                .into_iter()
+                .flatten(),
+        );
         Ok(kernels
             .into_iter()
             .map(|(name, flops, dispatches)| {
@@ -315,7 +332,7 @@ impl KernelBench {
         let c = config;
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        ops::blocked_attention::supported(ctx, &layout)
+        BlockedPlan::resolve(ctx, &layout).is_some()
     }
 
     /// The kernel's name.
@@ -342,7 +359,7 @@ impl KernelBench {
     pub async fn sample_ms(&mut self) -> Result<(f64, TimingSource)> {
         let ctx = self.ctx.clone();
         let _serial = ctx.serial().await;
-        let start = web_time::Instant::now();
+        let start = crate::time::Instant::now();
         ctx.scoped(&self.name, || {
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             for (index, dispatch) in self.dispatches.iter().enumerate() {
@@ -350,7 +367,7 @@ impl KernelBench {
                     label: Some(&self.name),
                     timestamp_writes: self.timer.as_ref().map(|t| t.writes(index)),
                 });
-                dispatch.record(&mut pass);
+                dispatch.record(&mut pass, None);
             }
             if let Some(timer) = &self.timer {
                 timer.resolve(&mut encoder);

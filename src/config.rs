@@ -114,8 +114,13 @@ impl Config {
                 reason: "must satisfy 0 <= dropout < 1",
             });
         }
-        let widest = self.projection_width().max(self.dim);
-        if widest > u32::MAX as usize / 4 {
+        // Checked: a huge dim_head must be an error here, not an overflow in the product.
+        let projection_width = (self.num_searches as u64)
+            .checked_mul(3)
+            .and_then(|s3| s3.checked_add(self.num_retrievals as u64))
+            .and_then(|heads| heads.checked_mul(self.dim_head as u64));
+        let widest = projection_width.map(|w| w.max(self.dim as u64));
+        if widest.is_none_or(|w| w > u32::MAX as u64 / 4) {
             return Err(Error::InvalidConfig {
                 field: "dim_head",
                 value: self.dim_head.to_string(),

@@ -134,6 +134,42 @@ pub enum Error {
     #[error("could not open the GPU device: {0}")]
     RequestDevice(#[from] wgpu::RequestDeviceError),
 
+    /// A device the caller opened lacks what the kernels need
+    /// ([`GpuContext::from_device`](crate::GpuContext::from_device)).
+    #[error(
+        "the device on {adapter} cannot run the kernels: it lacks {missing}; open it with at least \
+         these limits (the adapter's own, or wgpu::Limits::default(), usually have them)"
+    )]
+    DeviceUnsuitable {
+        /// The adapter, as `GpuContext::describe` writes it.
+        adapter: String,
+        /// Every missing limit or capability, with what is needed and what the device has.
+        missing: String,
+    },
+
+    /// A buffer passed to `CompositionalAttention::encode` cannot serve as the named operand.
+    #[error("{name} buffer: {problem}")]
+    IoBuffer {
+        /// `input`, `mask` or `output`.
+        name: &'static str,
+        /// What is wrong: too small (with both sizes), missing usage.
+        problem: String,
+    },
+
+    /// A browser build must prepare a shape (an awaited call) before recording it synchronously.
+    #[error(
+        "no workspace for batch {batch} × seq {seq} with the {strategy} strategy: in a browser, \
+         await CompositionalAttention::prepare(batch, seq) before encode"
+    )]
+    NotPrepared {
+        /// Batch size.
+        batch: usize,
+        /// Sequence length.
+        seq: usize,
+        /// The strategy's name.
+        strategy: &'static str,
+    },
+
     /// wgpu reported a validation error (a bug or a limit the host did not check).
     #[error("GPU validation error during {operation}: {message}")]
     GpuValidation {

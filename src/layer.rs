@@ -1,17 +1,19 @@
-//! The layer on a device: parameters uploaded once, a workspace per input shape, and a forward
-//! pass recorded into one command encoder, submitted once and read back once.
+//! The layer on a device: its weights, the workspaces of recent shapes, and the two ways to run
+//! it: `encode` into the caller's encoder on the caller's buffers, and `forward` on host slices
+//! (upload, the same recording, one submit, one readback).
 
 use crate::config::Config;
+use crate::device_weights::DeviceWeights;
 use crate::error::Result;
-use crate::gpu::dispatch::Dispatch;
-use crate::gpu::texture::TexelRows;
-use crate::gpu::timing::{PassTimer, TimingSource};
+use crate::gpu::dispatch::IoBuffers;
+use crate::gpu::timing::TimingSource;
 use crate::gpu::{GpuContext, memory};
 use crate::io::{self, Input};
-use crate::ops::fused_attention::FusedTiling;
-use crate::ops::{self, ProjectionLayout, Rows, gemm::GemmShape};
+use crate::plan::ExecutionPlan;
 use crate::reference;
+use crate::shape;
 use crate::weights::Weights;
+use crate::workspace::{Workspace, WorkspaceCache};
 
 /// How the attention core is computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -60,187 +62,6 @@ impl std::fmt::Display for Strategy {
     }
 }
 
-/// A weight matrix in the format this device's GEMM reads: texel rows with the CPU kernel
-/// profile (see `src/gpu/texture.rs`), a storage buffer otherwise.
-enum WeightMatrix {
-    Buffer(wgpu::Buffer),
-    Texels(TexelRows),
-}
-
-impl WeightMatrix {
-    fn upload(
-        ctx: &GpuContext,
-        label: &str,
-        rows: usize,
-        cols: usize,
-        data: &[f32],
-    ) -> Result<Self> {
-        Ok(if ctx.texel_operands() {
-            WeightMatrix::Texels(TexelRows::with_data(ctx, label, rows, cols, data)?)
-        } else {
-            WeightMatrix::Buffer(memory::storage_init(ctx, label, data)?)
-        })
-    }
-
-    fn rows(&self) -> Rows<'_> {
-        match self {
-            WeightMatrix::Buffer(buffer) => Rows::Buffer(buffer),
-            WeightMatrix::Texels(texels) => Rows::Texels(texels),
-        }
-    }
-
-    fn bytes(&self) -> u64 {
-        match self {
-            WeightMatrix::Buffer(buffer) => buffer.size(),
-            WeightMatrix::Texels(texels) => texels.bytes(),
-        }
-    }
-}
-
-/// Parameters in device memory.
-struct DeviceParams {
-    /// `[W_sq; W_sk; W_rq; W_rv]`, `[(3s + r)·d, dim]`: one GEMM computes all four projections.
-    projection: WeightMatrix,
-    /// `[W_sq; W_sk; W_q̃; W_rv]` with `W_q̃ = W_rkᵀ·W_rq` per search, so that the projection
-    /// GEMM yields `Q̃ = RQ·W_rk` directly and the fused kernel's retrieval logits are
-    /// `Q̃·Ret` (SPEC §2.4) with no per-token `d × d` product.
-    fused_projection: WeightMatrix,
-    /// `W_o [dim, s·d]`.
-    out: WeightMatrix,
-    /// `W_rk [d, d]`.
-    retrieval_keys: wgpu::Buffer,
-    /// LayerNorm `(γ, β)` with `prenorm`.
-    norm: Option<(wgpu::Buffer, wgpu::Buffer)>,
-}
-
-impl DeviceParams {
-    fn upload(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
-        let c = weights.config();
-        let pack = |third: &[f32]| -> Vec<f32> {
-            [
-                &weights.search_queries[..],
-                &weights.search_keys[..],
-                third,
-                &weights.retrieval_values[..],
-            ]
-            .concat()
-        };
-        let packed = pack(&weights.retrieval_queries);
-        let fused_packed = pack(&retrieval_query_keys(weights));
-        let norm = match &weights.norm {
-            Some((gamma, beta)) => Some((
-                memory::storage_init(ctx, "norm.weight", gamma)?,
-                memory::storage_init(ctx, "norm.bias", beta)?,
-            )),
-            None => None,
-        };
-        let (width, dim) = (c.projection_width(), c.dim);
-        Ok(DeviceParams {
-            projection: WeightMatrix::upload(ctx, "packed input projections", width, dim, &packed)?,
-            fused_projection: WeightMatrix::upload(
-                ctx,
-                "packed input projections (fused)",
-                width,
-                dim,
-                &fused_packed,
-            )?,
-            out: WeightMatrix::upload(ctx, "to_out.weight", dim, c.search_width(), &weights.out)?,
-            retrieval_keys: memory::storage_init(
-                ctx,
-                "to_retrieval_keys.weight",
-                &weights.retrieval_keys,
-            )?,
-            norm,
-        })
-    }
-
-    fn bytes(&self) -> u64 {
-        let norm = self
-            .norm
-            .as_ref()
-            .map_or(0, |(gamma, beta)| gamma.size() + beta.size());
-        self.projection.bytes()
-            + self.fused_projection.bytes()
-            + self.out.bytes()
-            + self.retrieval_keys.size()
-            + norm
-    }
-}
-
-/// `W_q̃[σ·d + k, c] = Σ_k' W_rk[k', k] · W_rq[σ·d + k', c]`, accumulated in f64: the weight
-/// that maps the (normalised) input straight to `RQ·W_rk` for every search.
-fn retrieval_query_keys(weights: &Weights) -> Vec<f32> {
-    let c = weights.config();
-    let (d, dim) = (c.dim_head, c.dim);
-    let mut fused = vec![0.0f32; c.search_width() * dim];
-    let mut row = vec![0.0f64; dim];
-    for sigma in 0..c.num_searches {
-        for k in 0..d {
-            row.fill(0.0);
-            for k_in in 0..d {
-                let w = weights.retrieval_keys[k_in * d + k] as f64;
-                let rq_row = &weights.retrieval_queries[(sigma * d + k_in) * dim..][..dim];
-                for (acc, &v) in row.iter_mut().zip(rq_row) {
-                    *acc += w * v as f64;
-                }
-            }
-            for (out, acc) in fused[(sigma * d + k) * dim..][..dim].iter_mut().zip(&row) {
-                *out = *acc as f32;
-            }
-        }
-    }
-    fused
-}
-
-/// The texel copy if there is one, else the buffer.
-fn rows_of<'a>(buffer: &'a wgpu::Buffer, copy: Option<&'a TexelRows>) -> Rows<'a> {
-    match copy {
-        Some(texels) => Rows::Texels(texels),
-        None => Rows::Buffer(buffer),
-    }
-}
-
-/// Intermediate buffers and textures a workspace's dispatches are bound to.
-#[derive(Default)]
-struct Held {
-    buffers: Vec<wgpu::Buffer>,
-    texels: Vec<TexelRows>,
-}
-
-impl Held {
-    fn bytes(&self) -> u64 {
-        self.buffers.iter().map(|b| b.size()).sum::<u64>()
-            + self.texels.iter().map(TexelRows::bytes).sum::<u64>()
-    }
-}
-
-/// Buffers and recorded dispatches for one `(batch, seq, strategy)`.
-struct Workspace {
-    batch: usize,
-    seq: usize,
-    strategy: Strategy,
-    x: wgpu::Buffer,
-    mask: wgpu::Buffer,
-    y: wgpu::Buffer,
-    staging: wgpu::Buffer,
-    /// Intermediates, kept alive for the dispatches bound to them.
-    held: Held,
-    dispatches: Vec<Dispatch>,
-    /// Timestamp queries, created on the first profiled call.
-    timer: Option<PassTimer>,
-}
-
-impl Workspace {
-    fn bytes(&self) -> u64 {
-        let own = [&self.x, &self.mask, &self.y, &self.staging]
-            .iter()
-            .map(|b| b.size())
-            .sum::<u64>();
-        let params: u64 = self.dispatches.iter().map(Dispatch::bytes).sum();
-        own + self.held.bytes() + params
-    }
-}
-
 /// Time of one kernel in a profiled forward.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelTime {
@@ -265,16 +86,21 @@ pub struct Profile {
     pub source: TimingSource,
 }
 
-const N_SQUARED_HINT: &str = "the unfused strategy stores b·s·n² search logits; the fused strategy \
-     (Strategy::Fused, the default) needs no such buffer";
-
 /// A Compositional Attention layer placed on a GPU.
+///
+/// It holds its weights on the device (uploaded as plans need them) and the workspaces of
+/// recently used shapes. Two ways to run it:
+/// * [`forward`](Self::forward) (and `forward_blocking`): host slices in, host vector out. It
+///   uploads, records, submits once and reads back once.
+/// * [`encode`](Self::encode): records the forward into the caller's command encoder on the
+///   caller's buffers, for programs that keep tensors on the GPU; nothing runs until the caller
+///   submits. `forward` is a thin wrapper over the same recording.
 pub struct CompositionalAttention {
     ctx: GpuContext,
     config: Config,
-    params: DeviceParams,
+    weights: DeviceWeights,
     strategy: Strategy,
-    workspace: Option<Workspace>,
+    workspaces: WorkspaceCache,
 }
 
 impl std::fmt::Debug for CompositionalAttention {
@@ -283,23 +109,23 @@ impl std::fmt::Debug for CompositionalAttention {
             .field("config", &self.config)
             .field("strategy", &self.strategy)
             .field("gpu", &self.ctx)
+            .field("workspaces", &self.workspaces.shapes())
             .finish()
     }
 }
 
 impl CompositionalAttention {
-    /// Uploads `weights` to the device of `ctx`. The configuration (including `causal`) is the
-    /// weights' own.
+    /// Places `weights` on the device of `ctx` (uploaded on first use by a plan that reads
+    /// them). The configuration (including `causal`) is the weights' own.
     pub fn new(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
         let config = *weights.config();
         config.validate()?;
-        let _serial = futures::executor::block_on(ctx.serial());
         Ok(CompositionalAttention {
             ctx: ctx.clone(),
             config,
-            params: DeviceParams::upload(ctx, weights)?,
+            weights: DeviceWeights::new(weights),
             strategy: Strategy::default(),
-            workspace: None,
+            workspaces: WorkspaceCache::new(),
         })
     }
 
@@ -323,14 +149,174 @@ impl CompositionalAttention {
         self.strategy = strategy;
     }
 
-    /// Bytes of GPU buffers the layer holds now: parameters plus the workspace of the last shape.
+    /// The plan a forward at `batch × seq` would run with the current strategy: kernel family,
+    /// GEMM, core, tiles, storage and key chunks. Allocates nothing.
+    pub fn plan(&self, batch: usize, seq: usize) -> Result<ExecutionPlan> {
+        shape::check_tokens(&self.config, batch, seq)?;
+        ExecutionPlan::resolve(&self.ctx, &self.config, self.strategy, batch, seq)
+    }
+
+    /// Bytes of GPU memory the layer holds now: the weights uploaded so far and every workspace
+    /// alive.
     pub fn gpu_bytes(&self) -> u64 {
-        self.params.bytes() + self.workspace.as_ref().map_or(0, Workspace::bytes)
+        self.weights.bytes() + self.workspaces.bytes()
+    }
+
+    /// How many shapes keep their workspaces alive (default 4); the least recently used goes
+    /// first. At least 1.
+    pub fn set_workspace_capacity(&mut self, shapes: usize) {
+        self.workspaces.set_capacity(shapes);
+    }
+
+    /// See [`set_workspace_capacity`](Self::set_workspace_capacity).
+    pub fn workspace_capacity(&self) -> usize {
+        self.workspaces.capacity()
+    }
+
+    /// `(batch, seq, strategy)` of every workspace alive, least recently used first.
+    pub fn workspace_shapes(&self) -> Vec<(usize, usize, Strategy)> {
+        self.workspaces.shapes()
+    }
+
+    /// Frees every workspace (their buffers go when no submitted work uses them any more). The
+    /// weights stay; the next forward of a shape builds its workspace again.
+    pub fn release_workspaces(&mut self) {
+        self.workspaces.clear();
+    }
+
+    /// Builds the workspace for `(batch, seq)` and the current strategy, unless it is alive.
+    /// In a browser, call this before [`encode`](Self::encode) for each new shape.
+    pub async fn prepare(&mut self, batch: usize, seq: usize) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let _serial = ctx.serial().await;
+        self.workspace(batch, seq).await.map(|_| ())
+    }
+
+    /// Blocking [`CompositionalAttention::prepare`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn prepare_blocking(&mut self, batch: usize, seq: usize) -> Result<()> {
+        pollster::block_on(self.prepare(batch, seq))
+    }
+
+    /// The workspace for `(batch, seq)` and the current strategy, built if absent.
+    async fn workspace(&mut self, batch: usize, seq: usize) -> Result<&mut Workspace> {
+        shape::check_tokens(&self.config, batch, seq)?;
+        let strategy = self.strategy;
+        if self.workspaces.get(batch, seq, strategy).is_none() {
+            let plan = ExecutionPlan::resolve(&self.ctx, &self.config, strategy, batch, seq)?;
+            // Free the least recently used shape before allocating the new one.
+            self.workspaces.make_room();
+            let weights = self.weights.for_plan(&self.ctx, &plan)?;
+            let workspace = Workspace::build(&self.ctx, &self.config, weights, plan).await?;
+            return Ok(self.workspaces.insert(workspace));
+        }
+        self.workspaces
+            .get(batch, seq, strategy)
+            .ok_or(crate::Error::NotPrepared {
+                batch,
+                seq,
+                strategy: strategy.name(),
+            })
+    }
+
+    /// Records a forward pass into `encoder`: `input` and `output` are f32, row-major
+    /// `[batch, seq, dim]` from offset 0; `mask` is one `u32` per key, `[batch, seq]`, 0 meaning
+    /// the key is masked and anything else that it may be attended (`None`: every key).
+    ///
+    /// Every pass goes into the caller's encoder: no submit, no poll, no readback, no host copy,
+    /// and nothing runs until the caller submits. Buffers must have `STORAGE` usage, hold at
+    /// least the bytes named above, and belong to this layer's device; otherwise this returns
+    /// [`Error::IoBuffer`](crate::Error::IoBuffer) or a validation error
+    /// ([`Error::GpuValidation`](crate::Error::GpuValidation)) and records no pass. wgpu tells
+    /// devices apart within one `wgpu::Instance` only: never pass a buffer created through
+    /// another instance (`GpuContext::new` opens an instance of its own; a program embedding the
+    /// layer hands its device to [`GpuContext::from_device`] and keeps one instance).
+    ///
+    /// Aliasing: `output` may be `input` (the input is fully read before the output
+    /// projection writes), so a layer can run in place. `mask` may be neither.
+    ///
+    /// Reuse: the workspace (intermediates and bind groups) of a shape is built on the first
+    /// call and kept; recording the same buffers again builds nothing. Several `encode` calls
+    /// may go into one encoder, for one layer or several: passes run in recording order, and a
+    /// layer's intermediates are reused by the next recording of the same shape, which is safe
+    /// because each recording finishes with them before the next one's passes start. Two
+    /// layers never share intermediates.
+    ///
+    /// On native targets this builds a missing workspace (blocking on pipeline compiles) and
+    /// returns the device's validation errors typed. In a browser, `prepare` the shape first;
+    /// validation errors there reach the device's uncaptured-error handler.
+    ///
+    /// ```no_run
+    /// use compositional_attention::{CompositionalAttention, GpuContext};
+    ///
+    /// fn attend(
+    ///     adapter: &wgpu::Adapter,
+    ///     device: &wgpu::Device,
+    ///     queue: &wgpu::Queue,
+    ///     weights: &compositional_attention::Weights,
+    ///     x: &wgpu::Buffer, // [batch, seq, dim] f32, STORAGE usage
+    ///     y: &wgpu::Buffer, // [batch, seq, dim] f32, STORAGE usage
+    ///     (batch, seq): (usize, usize),
+    /// ) -> compositional_attention::Result<()> {
+    ///     let ctx = GpuContext::from_device(adapter, device.clone(), queue.clone())?;
+    ///     let mut layer = CompositionalAttention::new(&ctx, weights)?;
+    ///     let mut encoder = device.create_command_encoder(&Default::default());
+    ///     layer.encode(&mut encoder, x, None, y, batch, seq)?;
+    ///     queue.submit([encoder.finish()]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn encode(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        input: &wgpu::Buffer,
+        mask: Option<&wgpu::Buffer>,
+        output: &wgpu::Buffer,
+        batch: usize,
+        seq: usize,
+    ) -> Result<()> {
+        shape::check_io_buffers(&self.config, input, mask, output, batch, seq)?;
+        let ctx = self.ctx.clone();
+        #[cfg(not(target_arch = "wasm32"))]
+        let _serial = pollster::block_on(ctx.serial());
+        #[cfg(not(target_arch = "wasm32"))]
+        let workspace = pollster::block_on(self.workspace(batch, seq))?;
+        #[cfg(target_arch = "wasm32")]
+        let workspace =
+            self.workspaces
+                .get(batch, seq, self.strategy)
+                .ok_or(crate::Error::NotPrepared {
+                    batch,
+                    seq,
+                    strategy: self.strategy.name(),
+                })?;
+        let mask = match mask {
+            Some(mask) => mask.clone(),
+            None => workspace.all_keys(&ctx)?,
+        };
+        let io = IoBuffers {
+            input: input.clone(),
+            mask,
+            output: output.clone(),
+        };
+        // Bind first, in a scope of its own: a buffer wgpu refuses leaves no pass recorded.
+        let bound = ctx.scoped_now("binding the caller's buffers", || {
+            workspace.bind_io(&ctx, &io);
+            Ok(())
+        });
+        if let Err(error) = bound {
+            workspace.forget_io();
+            return Err(error);
+        }
+        ctx.scoped_now("encode", || {
+            workspace.record(&ctx, encoder, &io, false);
+            Ok(())
+        })
     }
 
     /// `x [batch, seq, dim]`, `mask [batch, seq]` (`true` = the key may be attended) →
-    /// `[batch, seq, dim]`. Shapes and values are checked first; buffers and bind groups are
-    /// built on the first call for a shape and reused after.
+    /// `[batch, seq, dim]`. Shapes and values are checked first; the workspace of a shape is
+    /// built on its first call and reused after.
     pub async fn forward(
         &mut self,
         x: &[f32],
@@ -355,6 +341,7 @@ impl CompositionalAttention {
         self.execute(x, batch, seq, mask, true).await
     }
 
+    /// Upload, [`Workspace::record`] (what `encode` records), submit, read back.
     async fn execute(
         &mut self,
         x: &[f32],
@@ -366,13 +353,10 @@ impl CompositionalAttention {
         reference::check_input(&self.config, x, batch, seq, mask)?;
         io::check_finite("input", x)?;
         let ctx = self.ctx.clone();
+        let dim = self.config.dim;
         let _serial = ctx.serial().await;
-        self.prepare_unserialized(batch, seq).await?;
-        let workspace = self.workspace.as_mut().expect("prepared above");
-        if timed && workspace.timer.is_none() {
-            workspace.timer = PassTimer::new(&ctx, workspace.dispatches.len());
-        }
-        let timer = workspace.timer.as_ref().filter(|_| timed);
+        let workspace = self.workspace(batch, seq).await?;
+        let host = workspace.host_io(&ctx, dim)?;
         let mask_words: Vec<u32> = match mask {
             Some(mask) => mask.iter().map(|&allowed| allowed as u32).collect(),
             None => vec![1; batch * seq],
@@ -380,60 +364,36 @@ impl CompositionalAttention {
         let start = crate::time::Instant::now();
         ctx.scoped("forward", || {
             ctx.queue()
-                .write_buffer(&workspace.x, 0, bytemuck::cast_slice(x));
+                .write_buffer(&host.io.input, 0, bytemuck::cast_slice(x));
             ctx.queue()
-                .write_buffer(&workspace.mask, 0, bytemuck::cast_slice(&mask_words));
+                .write_buffer(&host.io.mask, 0, bytemuck::cast_slice(&mask_words));
             let mut encoder =
                 ctx.device()
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("forward"),
                     });
-            match timer {
-                // One pass per kernel, bracketed by timestamps.
-                Some(timer) => {
-                    for (index, dispatch) in workspace.dispatches.iter().enumerate() {
-                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                            label: Some(dispatch.label()),
-                            timestamp_writes: Some(timer.writes(index)),
-                        });
-                        dispatch.record(&mut pass);
-                    }
-                    timer.resolve(&mut encoder);
-                }
-                // Everything in one pass: no pass boundaries for the driver to synchronise.
-                None => {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("forward"),
-                        timestamp_writes: None,
-                    });
-                    for dispatch in &workspace.dispatches {
-                        dispatch.record(&mut pass);
-                    }
-                }
-            }
+            workspace.record(&ctx, &mut encoder, &host.io, timed);
             encoder.copy_buffer_to_buffer(
-                &workspace.y,
+                &host.io.output,
                 0,
-                &workspace.staging,
+                &host.staging,
                 0,
-                workspace.y.size(),
+                host.io.output.size(),
             );
             ctx.queue().submit([encoder.finish()]);
             Ok(())
         })
         .await?;
-        let output =
-            memory::read_f32(&ctx, &workspace.staging, batch * seq * self.config.dim).await?;
+        let output = memory::read_f32(&ctx, &host.staging, batch * seq * dim).await?;
         let wall_ms = start.elapsed().as_secs_f64() * 1e3;
-        let (kernels, total_ms, source) = match timer {
+        let (kernels, total_ms, source) = match workspace.timer().filter(|_| timed) {
             Some(timer) => {
                 let times = timer.read_ms(&ctx).await?;
                 let kernels: Vec<KernelTime> = workspace
-                    .dispatches
-                    .iter()
+                    .labels()
                     .zip(times)
-                    .map(|(d, ms)| KernelTime {
-                        label: d.label().to_string(),
+                    .map(|(label, ms)| KernelTime {
+                        label: label.to_string(),
                         ms,
                     })
                     .collect();
@@ -474,302 +434,5 @@ impl CompositionalAttention {
         }
         self.forward(&input.x, input.batch, input.seq, input.mask.as_deref())
             .await
-    }
-
-    /// Builds the workspace for `(batch, seq)` and the current strategy, unless it exists.
-    pub async fn prepare(&mut self, batch: usize, seq: usize) -> Result<()> {
-        let ctx = self.ctx.clone();
-        let _serial = ctx.serial().await;
-        self.prepare_unserialized(batch, seq).await
-    }
-
-    async fn prepare_unserialized(&mut self, batch: usize, seq: usize) -> Result<()> {
-        if let Some(w) = &self.workspace
-            && (w.batch, w.seq, w.strategy) == (batch, seq, self.strategy)
-        {
-            return Ok(());
-        }
-        // Free the old workspace before allocating the new one.
-        self.workspace = None;
-        let workspace = self.build_workspace(batch, seq).await?;
-        self.workspace = Some(workspace);
-        Ok(())
-    }
-
-    async fn build_workspace(&self, batch: usize, seq: usize) -> Result<Workspace> {
-        let ctx = &self.ctx;
-        let c = &self.config;
-        let tokens = batch * seq;
-        let layout =
-            ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        let scale = c.scale() as f32;
-        // CPU kernel profile: GEMM operands (and, where heads align to texels, the fused
-        // kernel's projections and output) live in texel rows.
-        let texels = ctx.texel_operands();
-        let fused_texels = texels
-            && self.strategy == Strategy::Fused
-            && ops::fused_attention::texels_supported(c.dim_head);
-
-        let x = memory::storage(ctx, "input", &[batch, seq, c.dim], None)?;
-        let mask = memory::storage(ctx, "mask", &[batch, seq], None)?;
-        let y = memory::storage(ctx, "output", &[batch, seq, c.dim], None)?;
-        let staging = memory::staging(ctx, "output readback", y.size());
-        let mut held = Held::default();
-        let mut dispatches = Vec::new();
-
-        let normed = match &self.params.norm {
-            Some((gamma, beta)) => {
-                let normed = memory::storage(ctx, "layer norm", &[batch, seq, c.dim], None)?;
-                dispatches.push(
-                    ops::layer_norm::dispatch(ctx, tokens, c.dim, &x, gamma, beta, &normed).await?,
-                );
-                Some(normed)
-            }
-            None => None,
-        };
-        let input = normed.as_ref().unwrap_or(&x);
-
-        // Projections: [SQ | SK | RQ | RV] (or Q̃ in place of RQ for the fused strategy).
-        let projection_weights = match self.strategy {
-            Strategy::Fused => &self.params.fused_projection,
-            Strategy::Unfused => &self.params.projection,
-        };
-        let proj_shape = GemmShape {
-            m: tokens,
-            n: layout.row_stride,
-            k: c.dim,
-        };
-        let proj_texels = if fused_texels {
-            Some(TexelRows::new(
-                ctx,
-                "projections",
-                tokens,
-                layout.row_stride,
-            )?)
-        } else {
-            None
-        };
-        let proj = if fused_texels {
-            memory::storage(ctx, "projections (unused)", &[4], None)?
-        } else {
-            memory::storage(ctx, "projections", &[batch, seq, layout.row_stride], None)?
-        };
-        let proj_rows = match &proj_texels {
-            Some(texels) => Rows::Texels(texels),
-            None => Rows::Buffer(&proj),
-        };
-        let input_copy = self
-            .texel_copy(input, tokens, c.dim, texels, &mut dispatches)
-            .await?;
-        dispatches.extend(
-            ops::gemm::rows_dispatches(
-                ctx,
-                proj_shape,
-                rows_of(input, input_copy.as_ref()),
-                projection_weights.rows(),
-                proj_rows,
-            )
-            .await?,
-        );
-
-        // Attention core → concatenated searches [b, n, s·d].
-        let concat = memory::storage(
-            ctx,
-            "concatenated searches",
-            &[batch, seq, c.search_width()],
-            None,
-        )?;
-        let concat_texels = if fused_texels {
-            Some(TexelRows::new(
-                ctx,
-                "concatenated searches",
-                tokens,
-                c.search_width(),
-            )?)
-        } else {
-            None
-        };
-        match self.strategy {
-            Strategy::Fused if fused_texels && ops::blocked_attention::supported(ctx, &layout) => {
-                // CPU drivers: the blocked variant and its selection kernel.
-                let value_mean =
-                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                let (Some(proj_t), Some(concat_t)) = (&proj_texels, &concat_texels) else {
-                    unreachable!("fused_texels allocates both")
-                };
-                dispatches
-                    .push(ops::value_mean::dispatch(ctx, &layout, proj_rows, &value_mean).await?);
-                let core = ops::blocked_attention::bind(
-                    ctx,
-                    &layout,
-                    scale,
-                    c.causal,
-                    proj_t,
-                    &mask,
-                    &value_mean,
-                    concat_t,
-                )
-                .await?;
-                dispatches.extend(core.dispatches);
-                held.buffers.push(value_mean);
-                held.texels.push(core.retrieved);
-            }
-            Strategy::Fused => {
-                let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
-                let value_mean =
-                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                let (acc_len, stats_len) = ops::fused_attention::carry_len(ctx, &layout, tiling)?;
-                let carry_acc =
-                    memory::storage(ctx, "fused carry (accumulators)", &[acc_len], None)?;
-                let carry_stats =
-                    memory::storage(ctx, "fused carry (max, sum)", &[stats_len], None)?;
-                dispatches
-                    .push(ops::value_mean::dispatch(ctx, &layout, proj_rows, &value_mean).await?);
-                let buffers = ops::fused_attention::FusedBuffers {
-                    proj: proj_rows,
-                    mask: &mask,
-                    value_mean: &value_mean,
-                    carry_acc: &carry_acc,
-                    carry_stats: &carry_stats,
-                    concat: match &concat_texels {
-                        Some(texels) => Rows::Texels(texels),
-                        None => Rows::Buffer(&concat),
-                    },
-                };
-                dispatches.extend(
-                    ops::fused_attention::dispatches(
-                        ctx, &layout, tiling, scale, c.causal, &buffers,
-                    )
-                    .await?,
-                );
-                held.buffers.extend([value_mean, carry_acc, carry_stats]);
-            }
-            Strategy::Unfused => {
-                held.buffers.extend(
-                    self.unfused_core(&layout, &proj, &mask, &concat, &mut dispatches)
-                        .await?,
-                );
-            }
-        }
-
-        // Output projection.
-        let output = GemmShape {
-            m: tokens,
-            n: c.dim,
-            k: c.search_width(),
-        };
-        let concat_copy = match concat_texels {
-            Some(texels) => Some(texels),
-            None => {
-                self.texel_copy(&concat, tokens, c.search_width(), texels, &mut dispatches)
-                    .await?
-            }
-        };
-        dispatches.extend(
-            ops::gemm::rows_dispatches(
-                ctx,
-                output,
-                rows_of(&concat, concat_copy.as_ref()),
-                self.params.out.rows(),
-                Rows::Buffer(&y),
-            )
-            .await?,
-        );
-
-        held.buffers.extend(normed);
-        held.buffers.extend([proj, concat]);
-        held.texels
-            .extend(proj_texels.into_iter().chain(input_copy).chain(concat_copy));
-        Ok(Workspace {
-            batch,
-            seq,
-            strategy: self.strategy,
-            x,
-            mask,
-            y,
-            staging,
-            held,
-            dispatches,
-            timer: None,
-        })
-    }
-
-    /// With the CPU profile (`texels`), a texel copy of the `[rows, cols]` buffer for the texel
-    /// GEMM, made by a `texture_copy` dispatch appended to `dispatches`; `None` otherwise.
-    async fn texel_copy(
-        &self,
-        buffer: &wgpu::Buffer,
-        rows: usize,
-        cols: usize,
-        texels: bool,
-        dispatches: &mut Vec<Dispatch>,
-    ) -> Result<Option<TexelRows>> {
-        if !texels {
-            return Ok(None);
-        }
-        let copy = TexelRows::new(&self.ctx, "GEMM operand", rows, cols)?;
-        dispatches.push(ops::texture_copy::dispatch(&self.ctx, buffer, &copy).await?);
-        Ok(Some(copy))
-    }
-
-    /// The unfused attention core: logits, softmax, aggregation, selection. Returns the
-    /// intermediate buffers the dispatches are bound to.
-    async fn unfused_core(
-        &self,
-        layout: &ProjectionLayout,
-        proj: &wgpu::Buffer,
-        mask: &wgpu::Buffer,
-        concat: &wgpu::Buffer,
-        dispatches: &mut Vec<Dispatch>,
-    ) -> Result<Vec<wgpu::Buffer>> {
-        let ctx = &self.ctx;
-        let c = &self.config;
-        let (batch, seq) = (layout.batch, layout.seq);
-        let scale = c.scale() as f32;
-        let scores = [batch, c.num_searches, seq, seq];
-        let logits = memory::storage(ctx, "search logits", &scores, Some(N_SQUARED_HINT))?;
-        let weights = memory::storage(ctx, "search weights", &scores, Some(N_SQUARED_HINT))?;
-        let retrieved = memory::storage(
-            ctx,
-            "retrieved",
-            &[batch, c.num_searches, seq, c.value_width()],
-            None,
-        )?;
-        let g_scratch = memory::storage(
-            ctx,
-            "retrieval logits",
-            &[batch, c.num_searches, seq, c.num_retrievals],
-            None,
-        )?;
-        dispatches.push(ops::search_scores::dispatch(ctx, layout, scale, proj, &logits).await?);
-        dispatches.push(
-            ops::masked_softmax::dispatch(
-                ctx,
-                batch,
-                c.num_searches,
-                seq,
-                c.causal,
-                &logits,
-                mask,
-                &weights,
-            )
-            .await?,
-        );
-        dispatches
-            .extend(ops::search_values::dispatches(ctx, layout, &weights, proj, &retrieved).await?);
-        dispatches.push(
-            ops::retrieval_select::dispatch(
-                ctx,
-                layout,
-                scale,
-                &retrieved,
-                proj,
-                &self.params.retrieval_keys,
-                &g_scratch,
-                concat,
-            )
-            .await?,
-        );
-        Ok(vec![logits, weights, retrieved, g_scratch])
     }
 }

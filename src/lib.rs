@@ -38,26 +38,22 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
+mod device_weights;
 pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod layer;
 mod ops;
+pub mod plan;
 pub mod reference;
 pub mod rng;
 pub mod shaders;
+mod shape;
+mod time;
 #[cfg(any(test, feature = "testing"))]
 pub mod verify;
 pub mod weights;
-
-/// `Instant` that works everywhere: std's on native targets, web-time's on wasm32 (where
-/// `std::time::Instant::now()` panics).
-pub(crate) mod time {
-    #[cfg(not(target_arch = "wasm32"))]
-    pub use std::time::Instant;
-    #[cfg(target_arch = "wasm32")]
-    pub use web_time::Instant;
-}
+mod workspace;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -65,4 +61,5 @@ pub use gpu::timing::TimingSource;
 pub use gpu::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
 pub use io::Input;
 pub use layer::{CompositionalAttention, KernelTime, Profile, Strategy};
+pub use plan::ExecutionPlan;
 pub use weights::Weights;

@@ -216,13 +216,8 @@ pub fn check_input(
     seq: usize,
     mask: Option<&[bool]>,
 ) -> Result<()> {
-    if batch == 0 || seq == 0 {
-        return Err(Error::shape(
-            "input",
-            &[batch.max(1), seq.max(1), config.dim],
-            &[batch, seq, config.dim],
-        ));
-    }
+    // Positive, and `batch · seq · dim` representable: the products below cannot overflow.
+    crate::shape::check_tokens(config, batch, seq)?;
     if x.len() != batch * seq * config.dim {
         return Err(Error::shape("input", &[batch, seq, config.dim], &[x.len()]));
     }

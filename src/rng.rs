@@ -73,14 +73,6 @@ impl Source for Rng {
     }
 }
 
-// Until src/gpu/testing.rs and src/bench.rs draw from [`Rng`]: their `rand` generator.
-#[cfg(any(test, feature = "bench"))]
-impl Source for rand::rngs::StdRng {
-    fn next_u64(&mut self) -> u64 {
-        rand::Rng::next_u64(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

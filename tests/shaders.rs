@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use compositional_attention::gpu::pipelines::ShaderVariant;
+use compositional_attention::plan::Storage;
 use compositional_attention::shaders::{self, collect_variants};
 use compositional_attention::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
 use naga::back::{glsl, hlsl, msl, spv};
@@ -440,7 +441,7 @@ fn every_variant_fits_its_device_and_webgpu_variants_fit_webgpu_defaults() {
 /// Kernels in `shaders/` that the layer never compiles on this backend, so no problem can reach
 /// them: the CPU family reads its operands as texels (`gemm_texture`, `texture_copy`,
 /// `blocked_attention`, `retrieval_mix`) wherever it can and falls back to buffers (`gemm`, the
-/// fused kernel) where it cannot (`GpuContext::texel_operands`: the GL backend); the GPU family
+/// fused kernel) where it cannot (`plan::Storage::of_operands`: the GL backend); the GPU family
 /// uses `gemm_tiled`.
 fn not_used_by_the_layer() -> &'static [&'static str] {
     let options = GpuOptions {
@@ -448,7 +449,7 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
         ..GpuOptions::from_env().expect("GPU options from the environment")
     };
     let ctx = pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter");
-    if ctx.texel_operands() {
+    if Storage::of_operands(&ctx) == Storage::Texels {
         &["gemm"]
     } else {
         &[
@@ -458,6 +459,45 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
             "retrieval_mix",
         ]
     }
+}
+
+/// Every io piece in `shaders/io/` (an operand's declaration in one storage) is placed before
+/// some kernel by some representative problem, except the texel pieces where the CPU family
+/// reads buffers (GL) and the carry piece where no driver loop cap splits keys.
+#[test]
+fn the_representative_problems_reach_every_io_piece() {
+    let options = GpuOptions {
+        kernels: KernelProfile::Cpu,
+        ..GpuOptions::from_env().expect("GPU options from the environment")
+    };
+    let ctx = pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shaders")
+        .join("io");
+    let pieces: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.unwrap().path();
+            (path.extension()? == "wgsl").then(|| path.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    let reached: BTreeSet<&str> = variants()
+        .values()
+        .flat_map(|c| c.variant.piece_names())
+        .collect();
+    let excused = |piece: &str| {
+        (piece.contains("texels") && Storage::of_operands(&ctx) != Storage::Texels)
+            || (piece == "fused_carry" && ctx.loop_budget().is_none())
+    };
+    let missed: Vec<&String> = pieces
+        .iter()
+        .filter(|p| !reached.contains(p.as_str()) && !excused(p))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "no representative problem places {missed:?} (reached: {reached:?}); extend \
+         shaders::representative_problems"
+    );
 }
 
 #[test]

@@ -1,19 +1,22 @@
 //! Adapter and device setup, and the error scopes that turn wgpu errors into [`Error`]s.
 //!
-//! One [`GpuContext`] owns a device, its queue and the pipeline cache; layers share it through
-//! cheap clones. The adapter is picked the way wgpu's own tools do it (`WGPU_BACKEND`,
-//! `WGPU_ADAPTER_NAME`), but a name that matches nothing is an error that lists what exists,
-//! where wgpu's helper would panic.
+//! One [`GpuContext`] holds a device, its queue and the pipeline cache; layers share it through
+//! cheap clones. It either opens a device of its own ([`GpuContext::new`], picking the adapter
+//! the way wgpu's own tools do: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, but a name that matches
+//! nothing is an error that lists what exists, where wgpu's helper would panic), or works on a
+//! device the caller opened ([`GpuContext::from_device`]) within that device's limits and
+//! features.
 
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::pipelines::PipelineCache;
+use crate::plan::{FusedTiling, KernelFamily};
 
 /// Printed when no adapter exists: on a machine without a GPU, Mesa's CPU drivers provide one.
 pub const INSTALL_HINT: &str = "Install a Vulkan or OpenGL driver; on a machine without a GPU, Mesa's CPU \
-     drivers work: `sudo apt-get install -y mesa-vulkan-drivers` (Vulkan lavapipe) or \
-     `libegl1 libgl1-mesa-dri` (OpenGL llvmpipe)";
+     drivers work: `apt-get install -y mesa-vulkan-drivers` (Vulkan lavapipe) or \
+     `libegl1 libgl1-mesa-dri` (OpenGL llvmpipe), as root or with sudo";
 
 /// Which limits to request from the adapter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,11 +93,14 @@ pub struct GpuOptions {
     pub kernels: KernelProfile,
     /// Passed to `request_adapter` when no name is given.
     pub power_preference: wgpu::PowerPreference,
+    /// A fused-kernel tiling to use instead of the plan's choice, for experiments
+    /// (`COMPATTN_FUSED_TILING=wg,qpi,bk,stage`); checked against the device like any other.
+    pub fused_tiling: Option<FusedTiling>,
 }
 
 impl GpuOptions {
     /// Options from the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`,
-    /// `COMPATTN_KERNELS`, `WGPU_POWER_PREF`.
+    /// `COMPATTN_KERNELS`, `WGPU_POWER_PREF`, `COMPATTN_FUSED_TILING`.
     pub fn from_env() -> Result<Self> {
         Ok(GpuOptions {
             backends: backends_from_env()?,
@@ -102,6 +108,9 @@ impl GpuOptions {
             limits: LimitsPolicy::from_env()?,
             kernels: KernelProfile::from_env()?,
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+            fused_tiling: env_var("COMPATTN_FUSED_TILING")
+                .map(|v| FusedTiling::parse(&v))
+                .transpose()?,
         })
     }
 }
@@ -148,11 +157,14 @@ struct Inner {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     pipelines: PipelineCache,
-    uncaptured: Arc<Mutex<Vec<String>>>,
+    /// Errors no scope caught, recorded by the handler this crate installs on a device it opened
+    /// itself; `None` on a caller's device, whose handler stays in place.
+    uncaptured: Option<Arc<Mutex<Vec<String>>>>,
     /// Serialises GPU work on the GL backend (see [`GpuContext::serial`]).
     serial: Option<futures::lock::Mutex<()>>,
-    /// Run the CPU-driver kernel variants (resolved from [`KernelProfile`]).
-    cpu_kernels: bool,
+    /// The kernel family asked for (resolved per adapter by `plan::KernelFamily::of`).
+    profile: KernelProfile,
+    fused_tiling: Option<FusedTiling>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -176,7 +188,13 @@ impl GpuContext {
                 Err(_) => select_adapter(wgpu::Backends::all(), options).await?,
             },
         };
-        Self::from_adapter(adapter, options.limits, options.kernels).await
+        Self::open(
+            adapter,
+            options.limits,
+            options.kernels,
+            options.fused_tiling,
+        )
+        .await
     }
 
     /// [`GpuContext::new`] with [`GpuOptions::from_env`].
@@ -196,7 +214,15 @@ impl GpuContext {
         policy: LimitsPolicy,
         kernels: KernelProfile,
     ) -> Result<Self> {
-        let info = adapter.get_info();
+        Self::open(adapter, policy, kernels, None).await
+    }
+
+    async fn open(
+        adapter: wgpu::Adapter,
+        policy: LimitsPolicy,
+        kernels: KernelProfile,
+        fused_tiling: Option<FusedTiling>,
+    ) -> Result<Self> {
         let adapter_limits = adapter.limits();
         let limits = match policy {
             LimitsPolicy::Adapter => adapter_limits,
@@ -226,13 +252,62 @@ impl GpuContext {
                 errors.push(error.to_string());
             }
         }));
+        let ctx = Self::assemble(
+            adapter,
+            (device, queue),
+            limits,
+            Some(uncaptured),
+            (kernels, fused_tiling),
+        );
+        log::info!("opened a device on {}", ctx.describe());
+        Ok(ctx)
+    }
+
+    /// Works on a device the caller opened (a game engine's, a renderer's, burn's), within the
+    /// limits and features it was opened with: nothing more is asked for. Fails with
+    /// [`Error::DeviceUnsuitable`] naming every limit or capability the kernels need that the
+    /// device lacks. The caller's uncaptured-error handler stays in place; this crate's own
+    /// operations run inside error scopes, so their errors still come back as typed
+    /// [`Error`]s. The kernel family follows the adapter ([`KernelProfile::Auto`]); see
+    /// [`GpuContext::from_device_with`] to force one.
+    pub fn from_device(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Result<GpuContext> {
+        Self::from_device_with(adapter, device, queue, KernelProfile::Auto)
+    }
+
+    /// [`GpuContext::from_device`] with an explicit kernel family.
+    pub fn from_device_with(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        kernels: KernelProfile,
+    ) -> Result<GpuContext> {
+        let limits = device.limits();
+        let ctx = Self::assemble(
+            adapter.clone(),
+            (device, queue),
+            limits,
+            None,
+            (kernels, None),
+        );
+        ctx.check_requirements()?;
+        log::info!("using the caller's device on {}", ctx.describe());
+        Ok(ctx)
+    }
+
+    fn assemble(
+        adapter: wgpu::Adapter,
+        (device, queue): (wgpu::Device, wgpu::Queue),
+        limits: wgpu::Limits,
+        uncaptured: Option<Arc<Mutex<Vec<String>>>>,
+        (profile, fused_tiling): (KernelProfile, Option<FusedTiling>),
+    ) -> GpuContext {
+        let info = adapter.get_info();
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
-        let cpu_kernels = match kernels {
-            KernelProfile::Auto => info.device_type == wgpu::DeviceType::Cpu,
-            KernelProfile::Cpu => true,
-            KernelProfile::Gpu => false,
-        };
-        Ok(GpuContext {
+        GpuContext {
             inner: Arc::new(Inner {
                 adapter,
                 device,
@@ -242,9 +317,93 @@ impl GpuContext {
                 pipelines: PipelineCache::default(),
                 uncaptured,
                 serial,
-                cpu_kernels,
+                profile,
+                fused_tiling,
             }),
-        })
+        }
+    }
+
+    /// What every kernel variant of this device's family needs beyond WebGPU's guarantees for a
+    /// device opened with lower limits (`wgpu::Limits::downlevel_defaults`, say): compute
+    /// shaders, six storage buffers per stage (the fused kernel splitting keys, the unfused
+    /// selection), a 256-invocation, 8 KiB tiled GEMM, and in the CPU family with texel operands,
+    /// two sampled and one storage texture per stage. Per-problem sizes (buffers, textures,
+    /// workgroup counts) are checked when a plan is built.
+    fn check_requirements(&self) -> Result<()> {
+        let limits = &self.inner.limits;
+        let mut missing = Vec::new();
+        let downlevel = self.inner.adapter.get_downlevel_capabilities();
+        if !downlevel
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
+            missing.push("compute shaders (wgpu::DownlevelFlags::COMPUTE_SHADERS)".to_string());
+        }
+        let mut need = vec![
+            ("max_bind_groups", limits.max_bind_groups, 1),
+            (
+                "max_storage_buffers_per_shader_stage",
+                limits.max_storage_buffers_per_shader_stage,
+                6,
+            ),
+            (
+                "max_compute_invocations_per_workgroup",
+                limits.max_compute_invocations_per_workgroup,
+                256,
+            ),
+            (
+                "max_compute_workgroup_size_x",
+                limits.max_compute_workgroup_size_x,
+                64,
+            ),
+            (
+                "max_compute_workgroup_size_y",
+                limits.max_compute_workgroup_size_y,
+                16,
+            ),
+            (
+                "max_compute_workgroup_storage_size",
+                limits.max_compute_workgroup_storage_size,
+                8192,
+            ),
+            (
+                "max_compute_workgroups_per_dimension",
+                limits.max_compute_workgroups_per_dimension,
+                1,
+            ),
+            (
+                "max_uniform_buffer_binding_size",
+                limits.max_uniform_buffer_binding_size.min(u32::MAX as u64) as u32,
+                64,
+            ),
+        ];
+        if crate::plan::Storage::of_operands(self) == crate::plan::Storage::Texels {
+            need.extend([
+                (
+                    "max_sampled_textures_per_shader_stage",
+                    limits.max_sampled_textures_per_shader_stage,
+                    2,
+                ),
+                (
+                    "max_storage_textures_per_shader_stage",
+                    limits.max_storage_textures_per_shader_stage,
+                    1,
+                ),
+            ]);
+        }
+        for (name, have, need) in need {
+            if have < need {
+                missing.push(format!("{name} ≥ {need} (the device has {have})"));
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::DeviceUnsuitable {
+                adapter: self.describe(),
+                missing: missing.join(", "),
+            })
+        }
     }
 
     /// The device.
@@ -290,16 +449,24 @@ impl GpuContext {
         (gallivm || info.device_type == wgpu::DeviceType::Cpu).then_some(48_000)
     }
 
-    /// Whether the CPU-driver kernel variants run here (see [`KernelProfile`]).
-    pub fn cpu_kernels(&self) -> bool {
-        self.inner.cpu_kernels
+    /// The kernel family asked for; [`KernelFamily::of`] resolves it for this adapter.
+    pub fn kernel_profile(&self) -> KernelProfile {
+        self.inner.profile
     }
 
-    /// Whether the CPU kernel family reads its operands as texel rows (`src/gpu/texture.rs`):
-    /// on every CPU-profile backend but GL, where wgpu's `textureLoad` of `rgba32float` array
-    /// textures in compute shaders returned zeros on llvmpipe; the CPU family uses buffers there.
-    pub fn texel_operands(&self) -> bool {
-        self.inner.cpu_kernels && self.inner.info.backend != wgpu::Backend::Gl
+    /// Whether the CPU-driver kernel family runs here ([`KernelFamily::of`]).
+    pub fn cpu_kernels(&self) -> bool {
+        KernelFamily::of(self) == KernelFamily::Cpu
+    }
+
+    /// The fused tiling forced by [`GpuOptions::fused_tiling`], if any.
+    pub(crate) fn fused_tiling_override(&self) -> Option<FusedTiling> {
+        self.inner.fused_tiling
+    }
+
+    /// Whether this crate opened the device (and installed its own uncaptured-error handler).
+    pub fn owns_device(&self) -> bool {
+        self.inner.uncaptured.is_some()
     }
 
     /// Whether GPU timestamps can time passes on this device.
@@ -377,11 +544,30 @@ impl GpuContext {
         value
     }
 
+    /// [`GpuContext::scoped`] for synchronous callers (`encode`). On native targets wgpu reports
+    /// errors as the work is recorded, so the popped scopes are ready at once. In a browser the
+    /// scopes would resolve later, so none are pushed there: errors go to the device's
+    /// uncaptured-error handler (this crate's records them for the next awaited call).
+    pub(crate) fn scoped_now<T>(
+        &self,
+        operation: &str,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = operation;
+            work()
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        pollster::block_on(self.scoped(operation, work))
+    }
+
     /// Reports errors that escaped every scope (for example from a callback thread).
     fn take_uncaptured(&self, operation: &str) -> Result<()> {
-        let mut errors = self
-            .inner
-            .uncaptured
+        let Some(uncaptured) = &self.inner.uncaptured else {
+            return Ok(());
+        };
+        let mut errors = uncaptured
             .lock()
             .map_err(|_| Error::Readback("error log poisoned".into()))?;
         if errors.is_empty() {

@@ -1,9 +1,15 @@
-//! A kernel bound to its buffers: what a forward pass records, once per dispatch.
+//! A kernel bound to its resources: what a forward pass records, once per dispatch.
 //!
 //! Every kernel in `shaders/` follows one binding convention: `@binding(0)` is a uniform block
-//! of runtime sizes, `@binding(1..)` are storage buffers in the order the kernel's header lists
-//! them. That lets one constructor build every bind group, and a workspace build all of them once
-//! per shape so that a forward call only records and submits.
+//! of runtime sizes, `@binding(1..)` are storage buffers and texel matrices in the order the
+//! kernel's header lists them. That lets one constructor build every bind group, and a
+//! workspace build all of them once per shape so that a forward call only records.
+//!
+//! Three buffers of a forward belong to whoever runs it, not to the workspace: the input, the
+//! key mask and the output ([`IoSlot`]). A dispatch that binds one of them keeps the slot and
+//! builds its bind group when it is recorded with concrete [`IoBuffers`]: the host `forward`
+//! passes the workspace's own upload buffers, `CompositionalAttention::encode` the caller's.
+//! Every other dispatch is bound once, when it is built.
 //!
 //! Workgroups are numbered linearly and spread over the `x` and `y` grid axes, because a single
 //! axis stops at 65 535 groups (WebGPU's `max_compute_workgroups_per_dimension`), which a long
@@ -17,38 +23,103 @@ use crate::gpu::GpuContext;
 use crate::gpu::memory;
 use crate::gpu::pipelines::ShaderVariant;
 
+/// A buffer a forward reads or writes that its caller provides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IoSlot {
+    /// `x [batch, seq, dim]` (f32).
+    Input,
+    /// The key mask `[batch, seq]` (u32, 0 = masked).
+    Mask,
+    /// `y [batch, seq, dim]` (f32).
+    Output,
+}
+
+/// The concrete buffers behind the [`IoSlot`]s of one recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IoBuffers {
+    pub input: wgpu::Buffer,
+    pub mask: wgpu::Buffer,
+    pub output: wgpu::Buffer,
+}
+
+impl IoBuffers {
+    fn get(&self, slot: IoSlot) -> &wgpu::Buffer {
+        match slot {
+            IoSlot::Input => &self.input,
+            IoSlot::Mask => &self.mask,
+            IoSlot::Output => &self.output,
+        }
+    }
+}
+
+/// A storage buffer an operation binds: one the workspace owns, or an [`IoSlot`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Buf<'a> {
+    Owned(&'a wgpu::Buffer),
+    Io(IoSlot),
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Buf<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Buf::Owned(buffer)
+    }
+}
+
+impl From<IoSlot> for Buf<'_> {
+    fn from(slot: IoSlot) -> Self {
+        Buf::Io(slot)
+    }
+}
+
 /// One resource bound to a kernel: a storage buffer or a texel matrix (read or written).
 #[derive(Clone, Copy)]
 pub(crate) enum Bind<'a> {
-    Buffer(&'a wgpu::Buffer),
+    Buffer(Buf<'a>),
     Texture(&'a wgpu::TextureView),
 }
 
-/// One recorded kernel launch: pipeline, bind group and grid.
+impl<'a> From<&'a wgpu::Buffer> for Bind<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Bind::Buffer(Buf::Owned(buffer))
+    }
+}
+
+impl<'a> From<Buf<'a>> for Bind<'a> {
+    fn from(buffer: Buf<'a>) -> Self {
+        Bind::Buffer(buffer)
+    }
+}
+
+impl<'a> From<&'a wgpu::TextureView> for Bind<'a> {
+    fn from(view: &'a wgpu::TextureView) -> Self {
+        Bind::Texture(view)
+    }
+}
+
+/// A bound resource, owned by the dispatch (wgpu handles are reference counted).
+#[derive(Clone)]
+enum Resource {
+    Buffer(wgpu::Buffer),
+    Texture(wgpu::TextureView),
+    Io(IoSlot),
+}
+
+/// One recorded kernel launch: pipeline, resources and grid.
 pub(crate) struct Dispatch {
     label: String,
     pipeline: Arc<wgpu::ComputePipeline>,
-    bind_group: wgpu::BindGroup,
     params: wgpu::Buffer,
+    /// `@binding(1..)` in order.
+    resources: Vec<Resource>,
+    /// The bind group, built with the dispatch when it binds no [`IoSlot`].
+    bind_group: Option<wgpu::BindGroup>,
     grid: [u32; 3],
 }
 
 impl Dispatch {
-    /// Binds `params` (the uniform block) and `buffers` (storage, in binding order from 1) to
-    /// the pipeline of `variant`, with `groups` workgroups in all.
+    /// Binds `params` (the uniform block) and `binds` (in binding order from 1) to the pipeline
+    /// of `variant`, with `groups` workgroups in all.
     pub(crate) async fn new(
-        ctx: &GpuContext,
-        variant: &ShaderVariant,
-        params: &[u8],
-        buffers: &[&wgpu::Buffer],
-        groups: u64,
-    ) -> Result<Dispatch> {
-        let binds: Vec<Bind<'_>> = buffers.iter().map(|&b| Bind::Buffer(b)).collect();
-        Self::with_binds(ctx, variant, params, &binds, groups).await
-    }
-
-    /// [`Dispatch::new`] with textures among the resources.
-    pub(crate) async fn with_binds(
         ctx: &GpuContext,
         variant: &ShaderVariant,
         params: &[u8],
@@ -58,44 +129,82 @@ impl Dispatch {
         let label = variant.label();
         let grid = linear_grid(ctx, &label, groups)?;
         let pipeline = ctx.pipeline(variant).await?;
+        let resources: Vec<Resource> = binds
+            .iter()
+            .map(|bind| match *bind {
+                Bind::Buffer(Buf::Owned(buffer)) => Resource::Buffer(buffer.clone()),
+                Bind::Buffer(Buf::Io(slot)) => Resource::Io(slot),
+                Bind::Texture(view) => Resource::Texture(view.clone()),
+            })
+            .collect();
         ctx.scoped(&format!("binding {label}"), || {
             let params = memory::uniform_init(ctx, &label, params);
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: params.as_entire_binding(),
-            }];
-            entries.extend(
-                binds
-                    .iter()
-                    .enumerate()
-                    .map(|(i, bind)| wgpu::BindGroupEntry {
-                        binding: i as u32 + 1,
-                        resource: match bind {
-                            Bind::Buffer(buffer) => buffer.as_entire_binding(),
-                            Bind::Texture(view) => wgpu::BindingResource::TextureView(view),
-                        },
-                    }),
-            );
-            let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(&label),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
-            Ok(Dispatch {
+            let mut dispatch = Dispatch {
                 label: label.clone(),
                 pipeline: pipeline.clone(),
-                bind_group,
                 params,
+                resources,
+                bind_group: None,
                 grid,
-            })
+            };
+            if !dispatch.binds_io() {
+                dispatch.bind_group = Some(dispatch.create_bind_group(ctx, None));
+            }
+            Ok(dispatch)
         })
         .await
     }
 
-    /// Records the launch into an open compute pass.
-    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Whether the dispatch binds the caller's input, mask or output.
+    pub(crate) fn binds_io(&self) -> bool {
+        self.resources
+            .iter()
+            .any(|resource| matches!(resource, Resource::Io(_)))
+    }
+
+    /// The bind group with `io` behind the slots (call inside an error scope: a buffer of
+    /// another device is a validation error).
+    pub(crate) fn create_bind_group(
+        &self,
+        ctx: &GpuContext,
+        io: Option<&IoBuffers>,
+    ) -> wgpu::BindGroup {
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: self.params.as_entire_binding(),
+        }];
+        for (index, resource) in self.resources.iter().enumerate() {
+            let binding = index as u32 + 1;
+            let resource = match resource {
+                Resource::Buffer(buffer) => buffer.as_entire_binding(),
+                Resource::Texture(view) => wgpu::BindingResource::TextureView(view),
+                // Without `io` (only io-free dispatches are bound that way) nothing is bound
+                // here; a missing entry would be a validation error, never a wrong result.
+                Resource::Io(slot) => match io {
+                    Some(io) => io.get(*slot).as_entire_binding(),
+                    None => continue,
+                },
+            };
+            entries.push(wgpu::BindGroupEntry { binding, resource });
+        }
+        ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&self.label),
+            layout: &self.pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Records the launch into an open compute pass with its own bind group, or `io_group` where
+    /// it binds the caller's buffers (from [`Dispatch::create_bind_group`]).
+    pub(crate) fn record(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        io_group: Option<&wgpu::BindGroup>,
+    ) {
         pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        if let Some(group) = self.bind_group.as_ref().or(io_group) {
+            pass.set_bind_group(0, group, &[]);
+        }
         let [x, y, z] = self.grid;
         pass.dispatch_workgroups(x, y, z);
     }

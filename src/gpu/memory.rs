@@ -153,7 +153,8 @@ pub(crate) async fn read_mapped<T: bytemuck::Pod>(
     Ok(values)
 }
 
-/// Waits until the queue has finished all submitted work.
+/// Waits until the queue has finished all submitted work (benchmarks without timestamps).
+#[cfg(feature = "bench")]
 pub(crate) async fn wait_idle(ctx: &GpuContext) -> Result<()> {
     let (sender, receiver) = futures::channel::oneshot::channel();
     ctx.queue().on_submitted_work_done(move || {

@@ -8,6 +8,7 @@
 //! | `dispatch` | a kernel bound to its buffers, and the linear workgroup grid |
 //! | `texture` | matrices as `rgba32float` texels, the CPU-driver operand format |
 //! | [`timing`] | timestamp queries per compute pass |
+//! | `uniform` | each kernel's `Params` block, declared once and checked against its WGSL |
 
 pub mod context;
 pub(crate) mod dispatch;
@@ -17,5 +18,6 @@ pub mod pipelines;
 pub(crate) mod testing;
 pub(crate) mod texture;
 pub mod timing;
+pub(crate) mod uniform;
 
 pub use context::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};

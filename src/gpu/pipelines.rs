@@ -25,6 +25,34 @@ pub struct Kernel {
     pub includes: &'static [&'static str],
 }
 
+/// A piece of WGSL placed before a kernel by one variant and not another: the declaration of an
+/// operand in one storage (`shaders/io/`), with the functions that read or write it. Two pieces
+/// that stand for each other declare the same binding numbers and functions, so a kernel binds
+/// exactly the resources its variant uses and nothing is bound for show.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Piece {
+    /// File stem in `shaders/io/`, also part of the variant's label.
+    pub name: &'static str,
+    /// The WGSL text.
+    pub source: &'static str,
+}
+
+/// Declares a [`Piece`] for `shaders/io/<name>.wgsl`.
+macro_rules! piece {
+    ($name:literal) => {
+        $crate::gpu::pipelines::Piece {
+            name: $name,
+            source: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/shaders/io/",
+                $name,
+                ".wgsl"
+            )),
+        }
+    };
+}
+pub(crate) use piece;
+
 /// Declares a [`Kernel`] for `shaders/<name>.wgsl`, optionally with pieces of `shaders/common/`.
 macro_rules! kernel {
     ($name:literal $(, includes: [$($include:literal),*])?) => {
@@ -57,6 +85,7 @@ pub enum Constant {
 pub struct ShaderVariant {
     kernel: &'static Kernel,
     constants: Vec<(&'static str, Constant)>,
+    pieces: Vec<&'static Piece>,
 }
 
 impl ShaderVariant {
@@ -65,7 +94,14 @@ impl ShaderVariant {
         ShaderVariant {
             kernel,
             constants: Vec::new(),
+            pieces: Vec::new(),
         }
+    }
+
+    /// Places an io piece (`shaders/io/`) before the kernel.
+    pub fn piece(mut self, piece: &'static Piece) -> Self {
+        self.pieces.push(piece);
+        self
     }
 
     /// Adds a `u32` constant.
@@ -100,9 +136,17 @@ impl ShaderVariant {
         self.kernel.name
     }
 
+    /// The file stems of the io pieces (`shaders/io/`) placed before the kernel.
+    pub fn piece_names(&self) -> Vec<&'static str> {
+        self.pieces.iter().map(|piece| piece.name).collect()
+    }
+
     /// A file-name-safe label that identifies the variant: `gemm_TILE_M4_TILE_N4_...`.
     pub fn label(&self) -> String {
         let mut label = self.kernel.name.to_string();
+        for piece in &self.pieces {
+            let _ = write!(label, "_{}", piece.name);
+        }
         for (name, value) in &self.constants {
             let value = match value {
                 Constant::U32(v) => v.to_string(),
@@ -141,6 +185,10 @@ impl ShaderVariant {
             };
         }
         text.push('\n');
+        for piece in &self.pieces {
+            text.push_str(piece.source);
+            text.push('\n');
+        }
         for include in self.kernel.includes {
             text.push_str(include);
             text.push('\n');
@@ -178,6 +226,7 @@ impl GpuContext {
             return Ok(pipeline.clone());
         }
         let label = variant.label();
+        let start = crate::time::Instant::now();
         let pipeline = self
             .scoped(&format!("compiling {label}"), || {
                 let module = self
@@ -203,6 +252,10 @@ impl GpuContext {
                     }))
             })
             .await?;
+        log::info!(
+            "compiled {label} in {:.1} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
         let pipeline = Arc::new(pipeline);
         cache
             .lock()

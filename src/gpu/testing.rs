@@ -3,8 +3,7 @@
 
 use std::sync::OnceLock;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use crate::rng::Rng as StdRng;
 
 use crate::gpu::dispatch::Dispatch;
 use crate::gpu::{GpuContext, memory};
@@ -57,7 +56,7 @@ pub(crate) fn run(dispatches: &[&Dispatch]) {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             for d in dispatches {
-                d.record(&mut pass);
+                d.record(&mut pass, None);
             }
         }
         ctx.queue().submit([encoder.finish()]);

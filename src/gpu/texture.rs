@@ -156,6 +156,7 @@ impl TexelRows {
     }
 
     /// Another handle to the same texture (wgpu handles are reference counted).
+    #[cfg(feature = "bench")]
     pub(crate) fn share(&self) -> TexelRows {
         TexelRows {
             shape: self.shape,

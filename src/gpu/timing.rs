@@ -65,6 +65,11 @@ impl PassTimer {
         })
     }
 
+    /// Bytes of GPU memory (the resolve and readback buffers; the query set is not counted).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.resolve.size() + self.readback.size()
+    }
+
     /// Timestamp writes for pass `index`.
     pub(crate) fn writes(&self, index: usize) -> wgpu::ComputePassTimestampWrites<'_> {
         wgpu::ComputePassTimestampWrites {

@@ -1,7 +1,8 @@
 //! The fused attention core (`shaders/fused_attention.wgsl`): search softmax, aggregation over
 //! all retrievals and the retrieval selection in one kernel, with no `n × n` buffer.
 //!
-//! The kernel has two ways to read keys, chosen per device:
+//! The kernel has two ways to read keys; `src/plan.rs` (`FusedTiling::choose`) picks one per
+//! device:
 //! * staged: each key tile is copied to workgroup memory once and read by every invocation,
 //!   the standard flash-attention structure that real GPUs need (coalesced loads, reuse);
 //! * direct: every invocation reads keys from the storage buffer at the same address. On CPU
@@ -13,189 +14,59 @@
 //! multiply-adds: on SIMD CPUs that is what turns loads into arithmetic; on GPUs registers are
 //! scarcer and one query per invocation with more invocations is the better trade.
 
-use bytemuck::{Pod, Zeroable};
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Bind, Dispatch, split_for_loop_budget};
-use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
-use crate::gpu::texture::rows_per_layer;
-use crate::ops::{ProjectionLayout, Rows, Unused};
+use crate::gpu::dispatch::{Bind, Buf, Dispatch};
+use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
+use crate::gpu::texture::{TexelRows, rows_per_layer};
+use crate::gpu::uniform::uniform;
+use crate::ops::ProjectionLayout;
+use crate::plan::{FusedPlan, vector_width};
 
 static FUSED_ATTENTION: Kernel = kernel!("fused_attention", includes: ["texel_rows"]);
+static IO_BUFFERS: Piece = piece!("fused_buffers");
+static IO_TEXELS: Piece = piece!("fused_texels");
+static CARRY: Piece = piece!("fused_carry");
+static SINGLE_PASS: Piece = piece!("fused_single_pass");
 
-/// WGSL implementations may cap function-scope memory at 8 KiB per invocation (Tint does);
-/// the per-invocation registers (queries, accumulators, scores) are kept within it.
-const PRIVATE_BUDGET_BYTES: usize = 8192;
-
-/// Tile sizes of the fused kernel: the specialisation key of its pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct FusedTiling {
-    /// Invocations per workgroup.
-    pub wg: u32,
-    /// Queries per invocation.
-    pub qpi: u32,
-    /// Keys per tile.
-    pub bk: u32,
-    /// Stage key tiles in workgroup memory.
-    pub stage: bool,
-}
-
-impl FusedTiling {
-    /// Queries per workgroup.
-    pub(crate) fn rows(&self) -> usize {
-        (self.wg * self.qpi) as usize
+uniform! {
+    struct Params {
+        batch: u32,
+        seq: u32,
+        searches: u32,
+        row_stride: u32,
+        q_offset: u32,
+        k_offset: u32,
+        qt_offset: u32,
+        v_offset: u32,
+        scale: f32,
+        tiles: u32,
+        causal: u32,
+        key_begin: u32,
+        key_end: u32,
+        first: u32,
+        last: u32,
+        _pad: u32,
     }
-
-    fn private_bytes(&self, head: usize, retrievals: usize) -> usize {
-        let per_query = head + retrievals * head + 2 * self.bk as usize + 4;
-        4 * (self.qpi as usize * per_query + retrievals)
-    }
-
-    fn workgroup_bytes(&self, head: usize, retrievals: usize) -> u64 {
-        if !self.stage {
-            return 0;
-        }
-        4 * self.bk as u64 * (head as u64 * (1 + retrievals as u64) + 1)
-    }
-
-    /// The tiling for this device and head size: with the CPU kernel profile, direct reads,
-    /// one query per lane (more queries per lane measured no faster on lavapipe, where the
-    /// per-lane arrays they need cost what they save, and compiled far slower); elsewhere,
-    /// staged tiles of the largest key count that fits workgroup memory. The override
-    /// `COMPATTN_FUSED_TILING=wg,qpi,bk,stage` (for example `8,4,16,0`) is for experiments.
-    pub(crate) fn choose(ctx: &GpuContext, head: usize, retrievals: usize) -> Result<Self> {
-        if let Some(tiling) = Self::from_env()? {
-            return tiling.check(ctx, head, retrievals);
-        }
-        let cpu = ctx.cpu_kernels();
-        let mut tiling = if cpu {
-            FusedTiling {
-                wg: 8,
-                qpi: 1,
-                bk: 16,
-                stage: false,
-            }
-        } else {
-            FusedTiling {
-                wg: 64,
-                qpi: 1,
-                bk: 32,
-                stage: true,
-            }
-        };
-        let workgroup_limit = ctx.limits().max_compute_workgroup_storage_size as u64;
-        while tiling.stage && tiling.workgroup_bytes(head, retrievals) > workgroup_limit {
-            if tiling.bk > 4 {
-                tiling.bk /= 2;
-            } else {
-                tiling.stage = false;
-                tiling.bk = 16;
-            }
-        }
-        while tiling.qpi > 1 && tiling.private_bytes(head, retrievals) > PRIVATE_BUDGET_BYTES {
-            tiling.qpi /= 2;
-        }
-        tiling.check(ctx, head, retrievals)
-    }
-
-    fn from_env() -> Result<Option<Self>> {
-        let Ok(value) = std::env::var("COMPATTN_FUSED_TILING") else {
-            return Ok(None);
-        };
-        let parts: Vec<u32> = value
-            .split(',')
-            .map(|p| p.trim().parse())
-            .collect::<std::result::Result<_, _>>()
-            .ok()
-            .filter(|p: &Vec<u32>| p.len() == 4 && p[..3].iter().all(|&v| v > 0))
-            .ok_or(Error::InvalidConfig {
-                field: "COMPATTN_FUSED_TILING",
-                value: value.clone(),
-                reason: "must be `wg,qpi,bk,stage` with positive sizes and stage 0 or 1",
-            })?;
-        Ok(Some(FusedTiling {
-            wg: parts[0],
-            qpi: parts[1],
-            bk: parts[2],
-            stage: parts[3] != 0,
-        }))
-    }
-
-    /// Fails with [`Error::LimitExceeded`] if the tiling cannot run on this device.
-    pub(crate) fn check(self, ctx: &GpuContext, head: usize, retrievals: usize) -> Result<Self> {
-        let limits = ctx.limits();
-        let hint = Some("the unfused strategy (Strategy::Unfused) has no such limit");
-        if self.wg > limits.max_compute_invocations_per_workgroup
-            || self.wg > limits.max_compute_workgroup_size_x
-        {
-            return Err(Error::LimitExceeded {
-                what: "fused attention workgroup".into(),
-                required: self.wg as u64,
-                limit: limits.max_compute_invocations_per_workgroup as u64,
-                limit_name: "max_compute_invocations_per_workgroup",
-                hint,
-            });
-        }
-        let workgroup = self.workgroup_bytes(head, retrievals);
-        if workgroup > limits.max_compute_workgroup_storage_size as u64 {
-            return Err(Error::LimitExceeded {
-                what: "fused attention key tile".into(),
-                required: workgroup,
-                limit: limits.max_compute_workgroup_storage_size as u64,
-                limit_name: "max_compute_workgroup_storage_size",
-                hint,
-            });
-        }
-        let private = self.private_bytes(head, retrievals);
-        if ctx.info().backend == wgpu::Backend::BrowserWebGpu && private > PRIVATE_BUDGET_BYTES {
-            return Err(Error::LimitExceeded {
-                what: format!(
-                    "fused attention registers for dim_head {head}, {retrievals} retrievals"
-                ),
-                required: private as u64,
-                limit: PRIVATE_BUDGET_BYTES as u64,
-                limit_name: "WGSL function-scope memory (8 KiB in browsers)",
-                hint,
-            });
-        }
-        Ok(self)
-    }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    batch: u32,
-    seq: u32,
-    searches: u32,
-    row_stride: u32,
-    q_offset: u32,
-    k_offset: u32,
-    qt_offset: u32,
-    v_offset: u32,
-    scale: f32,
-    tiles: u32,
-    causal: u32,
-    key_begin: u32,
-    key_end: u32,
-    first: u32,
-    last: u32,
-    _pad: u32,
-}
-
-/// 4 where the head width allows vec4 loads (every offset is then a multiple of 4), else 1.
-fn vector_width(head: usize) -> usize {
-    if head.is_multiple_of(4) { 4 } else { 1 }
 }
 
 pub(crate) fn variant(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
-    tiling: FusedTiling,
-    texels: bool,
+    plan: &FusedPlan,
 ) -> ShaderVariant {
+    let tiling = plan.tiling;
+    let io = match plan.storage {
+        crate::plan::Storage::Texels => &IO_TEXELS,
+        crate::plan::Storage::Buffers => &IO_BUFFERS,
+    };
     ShaderVariant::new(&FUSED_ATTENTION)
+        .piece(io)
+        .piece(if plan.splits_keys() {
+            &CARRY
+        } else {
+            &SINGLE_PASS
+        })
         .u32("WG", tiling.wg)
         .u32("QPI", tiling.qpi)
         .u32("BK", tiling.bk)
@@ -203,97 +74,82 @@ pub(crate) fn variant(
         .u32("D", layout.head as u32)
         .u32("R", layout.retrievals as u32)
         .vector(vector_width(layout.head) as u32)
-        .bool("TEXELS", texels)
         .u32("RPL", rows_per_layer(ctx))
 }
 
-/// Whether the fused kernel can read and write texel rows for this head width: heads must
-/// start on texel boundaries.
-pub(crate) fn texels_supported(head: usize) -> bool {
-    vector_width(head) == 4
+/// The projections the kernel reads and the concatenation it writes, in the plan's storage.
+pub(crate) enum FusedIo<'a> {
+    /// Packed projections `[b·n, (3s + r)·d]` (RQ block holding `RQ·W_rk`) and `[b, n, s·d]`.
+    Buffers {
+        proj: &'a wgpu::Buffer,
+        concat: &'a wgpu::Buffer,
+    },
+    /// The same as texel rows (`d % 4 == 0`).
+    Texels {
+        proj: &'a TexelRows,
+        concat: &'a TexelRows,
+    },
 }
 
-/// Buffers the fused kernel reads and writes.
-pub(crate) struct FusedBuffers<'a> {
-    /// Packed projections `[b·n, (3s + r)·d]` whose RQ block holds `RQ·W_rk`; texel rows only
-    /// where [`texels_supported`], and then `concat` must be texel rows too.
-    pub proj: Rows<'a>,
-    /// Key mask `[b, n]` (u32).
-    pub mask: &'a wgpu::Buffer,
-    /// `[b, r·d]` from `value_mean`.
-    pub value_mean: &'a wgpu::Buffer,
-    /// `[b·s·n, r·d]` and `[b·s·n, 2]`: state between key chunks (see [`carry_len`]).
-    pub carry_acc: &'a wgpu::Buffer,
-    pub carry_stats: &'a wgpu::Buffer,
-    /// Output `[b, n, s·d]`.
-    pub concat: Rows<'a>,
+/// The state carried between key chunks where the plan splits the keys.
+pub(crate) struct Carry {
+    /// `[b·s·n, r·d]` accumulators.
+    pub acc: wgpu::Buffer,
+    /// `[b·s·n, 2]` running max and sum.
+    pub stats: wgpu::Buffer,
 }
 
-/// Elements of the carry buffers (`acc`, `stats`): empty when one dispatch covers every key.
-pub(crate) fn carry_len(
-    ctx: &GpuContext,
-    layout: &ProjectionLayout,
-    tiling: FusedTiling,
-) -> Result<(usize, usize)> {
-    if key_chunks(ctx, layout, tiling)?.len() == 1 {
-        // Unused, but bound: one vec4 each, the smallest binding the kernel's types allow.
-        return Ok((4, 4));
+impl Carry {
+    /// The carry buffers the plan needs: `None` when one dispatch covers every key.
+    pub(crate) fn for_plan(
+        ctx: &GpuContext,
+        layout: &ProjectionLayout,
+        plan: &FusedPlan,
+    ) -> Result<Option<Carry>> {
+        if !plan.splits_keys() {
+            return Ok(None);
+        }
+        let rows = layout.batch * layout.searches * layout.seq;
+        Ok(Some(Carry {
+            acc: crate::gpu::memory::storage(
+                ctx,
+                "fused carry (accumulators)",
+                &[rows, layout.retrievals * layout.head],
+                None,
+            )?,
+            stats: crate::gpu::memory::storage(ctx, "fused carry (max, sum)", &[rows, 2], None)?,
+        }))
     }
-    let rows = layout.batch * layout.searches * layout.seq;
-    Ok((rows * layout.retrievals * layout.head, rows * 2))
 }
 
-/// The key ranges of the dispatches: one range unless the driver caps loop iterations.
-fn key_chunks(
-    ctx: &GpuContext,
-    layout: &ProjectionLayout,
-    tiling: FusedTiling,
-) -> Result<Vec<std::ops::Range<usize>>> {
-    let v = vector_width(layout.head) as u64;
-    let (q, bk, wg) = (tiling.qpi as u64, tiling.bk as u64, tiling.wg as u64);
-    let (dv, r) = (layout.head as u64 / v, layout.retrievals as u64);
-    let vwv = r * dv;
-    // Loop iterations, counting every loop as if the compiler unrolled none of them.
-    let per_key = 2 + 2 * q + (dv + vwv) * (1 + q);
-    let per_tile = 2 * q + q * (1 + bk + vwv) + (bk * (dv + vwv + 1)).div_ceil(wg) + 3;
-    let fixed = q * (2 + dv + 2 * vwv) + q * (r * (1 + dv) + r + dv * (1 + r)) + 16;
-    split_for_loop_budget(
-        ctx,
-        "fused attention",
-        layout.seq,
-        per_key + per_tile.div_ceil(bk),
-        fixed,
-        tiling.bk as usize,
-    )
-}
-
-/// Binds the fused kernel: one dispatch per key chunk (usually one), writing `concat`.
+/// Binds the fused kernel: one dispatch per key chunk of the plan, writing the concatenation.
+/// `carry` must be [`Carry::for_plan`]'s.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn dispatches(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
-    tiling: FusedTiling,
+    plan: &FusedPlan,
     scale: f32,
     causal: bool,
-    buffers: &FusedBuffers<'_>,
+    io: FusedIo<'_>,
+    mask: impl Into<Buf<'_>>,
+    value_mean: &wgpu::Buffer,
+    carry: Option<&Carry>,
 ) -> Result<Vec<Dispatch>> {
     let v = vector_width(layout.head);
-    let tiles = layout.seq.div_ceil(tiling.rows());
-    let chunks = key_chunks(ctx, layout, tiling)?;
-    let count = chunks.len();
-    let unused = Unused::new(ctx)?;
-    let (proj, proj_texels, texels) = match buffers.proj {
-        Rows::Buffer(buffer) => (buffer, unused.read_texels.view(), false),
-        Rows::Texels(rows) => (&unused.read_buffer, rows.view(), true),
+    let tiles = layout.seq.div_ceil(plan.tiling.rows());
+    let count = plan.key_chunks.len();
+    let (proj, concat): (Bind<'_>, Bind<'_>) = match io {
+        FusedIo::Buffers { proj, concat } => (proj.into(), concat.into()),
+        FusedIo::Texels { proj, concat } => (proj.view().into(), concat.view().into()),
     };
-    let (concat, concat_texels) = match buffers.concat {
-        Rows::Buffer(buffer) if !texels => (buffer, unused.write_texels.view()),
-        Rows::Texels(rows) if texels => (&unused.write_buffer, rows.view()),
-        _ => unreachable!("projections and concatenation use the same storage"),
-    };
-    debug_assert!(!texels || texels_supported(layout.head));
-    let variant = variant(ctx, layout, tiling, texels);
+    let mut binds = vec![proj, mask.into().into(), value_mean.into(), concat];
+    if let Some(carry) = carry {
+        binds.extend([Bind::from(&carry.acc), Bind::from(&carry.stats)]);
+    }
+    let variant = variant(ctx, layout, plan);
     let mut dispatches = Vec::with_capacity(count);
-    for (index, keys) in chunks.into_iter().enumerate() {
+    for (index, keys) in plan.key_chunks.iter().enumerate() {
         let params = Params {
             batch: layout.batch as u32,
             seq: layout.seq as u32,
@@ -313,20 +169,11 @@ pub(crate) async fn dispatches(
             _pad: 0,
         };
         dispatches.push(
-            Dispatch::with_binds(
+            Dispatch::new(
                 ctx,
                 &variant,
                 bytemuck::bytes_of(&params),
-                &[
-                    Bind::Buffer(proj),
-                    Bind::Buffer(buffers.mask),
-                    Bind::Buffer(buffers.value_mean),
-                    Bind::Buffer(buffers.carry_acc),
-                    Bind::Buffer(buffers.carry_stats),
-                    Bind::Buffer(concat),
-                    Bind::Texture(proj_texels),
-                    Bind::Texture(concat_texels),
-                ],
+                &binds,
                 (layout.batch * layout.searches * tiles) as u64,
             )
             .await?,
@@ -339,8 +186,8 @@ pub(crate) async fn dispatches(
 mod tests {
     use super::*;
     use crate::gpu::testing::*;
-    use crate::gpu::texture::TexelRows;
-    use crate::ops::value_mean;
+    use crate::ops::{Rows, value_mean};
+    use crate::plan::{BlockedPlan, FusedTiling, Storage};
     use crate::reference::{self, Dims};
     use crate::verify::{length_mask, normal};
 
@@ -437,8 +284,21 @@ mod tests {
         let concat = poisoned(batch * seq * searches * head);
         let ctx = context();
         let tiling = tiling.check(ctx, head, retrievals).unwrap();
-        let (acc_len, stats_len) = carry_len(ctx, &layout, tiling).unwrap();
-        let (carry_acc, carry_stats) = (poisoned(acc_len), poisoned(stats_len));
+        let storage = if texels {
+            Storage::Texels
+        } else {
+            Storage::Buffers
+        };
+        let plan = FusedPlan::resolve(ctx, &layout, tiling, storage).unwrap();
+        let carry = Carry::for_plan(ctx, &layout, &plan).unwrap();
+        if let Some(carry) = &carry {
+            // Poisoned like every output: the first key chunk must write before later ones read.
+            for buffer in [&carry.acc, &carry.stats] {
+                let nan = vec![f32::NAN; buffer.size() as usize / 4];
+                ctx.queue()
+                    .write_buffer(buffer, 0, bytemuck::cast_slice(&nan));
+            }
+        }
         let (proj_texels, concat_texels) = {
             let _serial = pollster::block_on(ctx.serial());
             let rows = batch * seq;
@@ -447,25 +307,31 @@ mod tests {
                 TexelRows::new(ctx, "concat", rows, searches * head).unwrap(),
             )
         };
-        let (proj_rows, concat_rows) = if texels {
-            (Rows::Texels(&proj_texels), Rows::Texels(&concat_texels))
+        let (proj_rows, io) = if texels {
+            (
+                Rows::Texels(&proj_texels),
+                FusedIo::Texels {
+                    proj: &proj_texels,
+                    concat: &concat_texels,
+                },
+            )
         } else {
-            (Rows::Buffer(&proj_buffer), Rows::Buffer(&concat))
+            (
+                Rows::Buffer((&proj_buffer).into()),
+                FusedIo::Buffers {
+                    proj: &proj_buffer,
+                    concat: &concat,
+                },
+            )
         };
         let mean_dispatch = build(value_mean::dispatch(ctx, &layout, proj_rows, &means));
-        let buffers = FusedBuffers {
-            proj: proj_rows,
-            mask: &mask_buffer,
-            value_mean: &means,
-            carry_acc: &carry_acc,
-            carry_stats: &carry_stats,
-            concat: concat_rows,
-        };
         // The blocked core's `retrieved` intermediate lives as long as its dispatches.
         let (fused, _retrieved) = if mode == Mode::Blocked {
+            let blocked = BlockedPlan::resolve(ctx, &layout).expect("a blocked problem");
             let core = build(crate::ops::blocked_attention::bind(
                 ctx,
                 &layout,
+                blocked,
                 scale,
                 causal,
                 &proj_texels,
@@ -475,7 +341,17 @@ mod tests {
             ));
             (core.dispatches, Some(core.retrieved))
         } else {
-            let fused = build_all(dispatches(ctx, &layout, tiling, scale, causal, &buffers));
+            let fused = build_all(dispatches(
+                ctx,
+                &layout,
+                &plan,
+                scale,
+                causal,
+                io,
+                &mask_buffer,
+                &means,
+                carry.as_ref(),
+            ));
             (fused, None)
         };
         let mut all = vec![&mean_dispatch];
@@ -513,13 +389,13 @@ mod tests {
         check(make(), DIRECT, Mode::Buffers);
         check(make(), STAGED, Mode::Buffers);
         // Texel variants where operands can be texels (not on GL; see
-        // `GpuContext::texel_operands`) and heads start on texel boundaries.
+        // `Storage::of_operands`) and heads start on texel boundaries.
         let case = make();
-        if ctx.info().backend != wgpu::Backend::Gl && texels_supported(case.head) {
+        if ctx.info().backend != wgpu::Backend::Gl && case.head.is_multiple_of(4) {
             check(make(), DIRECT, Mode::Texels);
             check(make(), STAGED, Mode::Texels);
         }
-        if crate::ops::blocked_attention::supported(ctx, &case.layout()) {
+        if BlockedPlan::resolve(ctx, &case.layout()).is_some() {
             check(make(), DIRECT, Mode::Blocked);
         }
     }
@@ -622,7 +498,7 @@ mod tests {
                 ..case(1, 26, 3, 3, 28)
             },
         ] {
-            if crate::ops::blocked_attention::supported(context(), &case.layout()) {
+            if BlockedPlan::resolve(context(), &case.layout()).is_some() {
                 check(case, DIRECT, Mode::Blocked);
             }
         }

@@ -2,7 +2,7 @@
 //! output projection. Weights stay in PyTorch's `[out, in]` layout, so both operands are read
 //! along their rows, the reduction axis.
 //!
-//! Two kernels, chosen per adapter:
+//! Three kernels; `src/plan.rs` (`GemmPlan`) chooses which one runs on a device:
 //! * `shaders/gemm.wgsl`, register-blocked with lane-uniform weight reads, for CPU drivers
 //!   (lavapipe, SwiftShader): invocations there are SIMD lanes, a load that every lane makes at
 //!   the same address is done once, and workgroup memory is ordinary memory behind barriers;
@@ -12,18 +12,20 @@
 //!   texels (vector gathers on lavapipe, where storage-buffer loads go lane by lane; see
 //!   `src/gpu/texture.rs`), 8 × 16 outputs per invocation as 4 × 4 matrix products.
 
-use bytemuck::{Pod, Zeroable};
-
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Bind, Dispatch, split_for_loop_budget};
-use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::dispatch::{Bind, Buf, Dispatch, split_for_loop_budget};
+use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
-use crate::ops::{Rows, Unused};
+use crate::gpu::uniform::uniform;
+use crate::ops::Rows;
+use crate::plan::GemmTiling;
 
 static GEMM: Kernel = kernel!("gemm");
 static GEMM_TILED: Kernel = kernel!("gemm_tiled");
 static GEMM_TEXTURE: Kernel = kernel!("gemm_texture", includes: ["texel_rows"]);
+static OUT_BUFFER: Piece = piece!("gemm_out_buffer");
+static OUT_TEXELS: Piece = piece!("gemm_out_texels");
 
 /// `[m, k] · [n, k]ᵀ → [m, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,45 +37,49 @@ pub(crate) struct GemmShape {
 
 impl GemmShape {
     /// Multiply-adds × 2.
+    #[cfg(feature = "bench")]
     pub(crate) fn flops(&self) -> f64 {
         2.0 * self.m as f64 * self.n as f64 * self.k as f64
     }
 }
 
-/// Which kernel and tile sizes: the specialisation of the GEMM pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum GemmTiling {
-    /// `gemm.wgsl`: `wg` lanes × `tile_m` rows each, `tile_n` shared columns.
-    Register { wg: u32, tile_m: u32, tile_n: u32 },
-    /// `gemm_tiled.wgsl`: `wg_side²` invocations, `tile²` outputs each, `bk`-deep slices.
-    Tiled { wg_side: u32, tile: u32, bk: u32 },
+/// The operands of one GEMM, in the storage the plan chose ([`crate::plan::GemmPlan`]).
+pub(crate) enum GemmOperands<'a> {
+    /// `gemm.wgsl` or `gemm_tiled.wgsl`: `lhs [m, k]`, `rhs [n, k]`, `out [m, n]` buffers.
+    Buffers {
+        tiling: GemmTiling,
+        shape: GemmShape,
+        lhs: Buf<'a>,
+        rhs: &'a wgpu::Buffer,
+        out: Buf<'a>,
+    },
+    /// `gemm_texture.wgsl`: texel-row operands (the shape is theirs); the output is a buffer or,
+    /// for a consumer that reads texels, texel rows.
+    Texels {
+        lhs: &'a TexelRows,
+        rhs: &'a TexelRows,
+        out: Rows<'a>,
+    },
+}
+
+/// Binds one GEMM, whichever kernel its operands call for.
+pub(crate) async fn dispatches(
+    ctx: &GpuContext,
+    operands: GemmOperands<'_>,
+) -> Result<Vec<Dispatch>> {
+    match operands {
+        GemmOperands::Buffers {
+            tiling,
+            shape,
+            lhs,
+            rhs,
+            out,
+        } => buffer_dispatches(ctx, tiling, shape, lhs, rhs, out).await,
+        GemmOperands::Texels { lhs, rhs, out } => texel_dispatches(ctx, lhs, rhs, out).await,
+    }
 }
 
 impl GemmTiling {
-    /// 8 lanes × 4 rows × 16 columns: 64 accumulators per lane, 20 loads per 256 FMAs (vec4).
-    pub(crate) const REGISTER: GemmTiling = GemmTiling::Register {
-        wg: 8,
-        tile_m: 4,
-        tile_n: 16,
-    };
-    /// 16 × 16 invocations of 4 × 4 outputs: a 64 × 64 tile, 8 KiB of workgroup memory at
-    /// `bk = 16`, within WebGPU's defaults.
-    pub(crate) const TILED: GemmTiling = GemmTiling::Tiled {
-        wg_side: 16,
-        tile: 4,
-        bk: 16,
-    };
-
-    /// The buffer kernel for this device: register-blocked with the CPU profile (used where
-    /// operands are not texels, i.e. on GL), tiled elsewhere.
-    pub(crate) fn choose(ctx: &GpuContext) -> GemmTiling {
-        if ctx.cpu_kernels() {
-            Self::REGISTER
-        } else {
-            Self::TILED
-        }
-    }
-
     fn tile_shape(&self) -> (usize, usize) {
         match *self {
             GemmTiling::Register { wg, tile_m, tile_n } => {
@@ -108,29 +114,29 @@ impl GemmTiling {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k_vecs: u32,
-    tiles_n: u32,
-    k_begin: u32,
-    k_end: u32,
-    accumulate: u32,
-    _pad: u32,
+uniform! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k_vecs: u32,
+        tiles_n: u32,
+        k_begin: u32,
+        k_end: u32,
+        accumulate: u32,
+        _pad: u32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct TexelParams {
-    m: u32,
-    n: u32,
-    tiles_n: u32,
-    k_begin: u32,
-    k_end: u32,
-    accumulate: u32,
-    _pad: [u32; 2],
+uniform! {
+    struct TexelParams {
+        m: u32,
+        n: u32,
+        tiles_n: u32,
+        k_begin: u32,
+        k_end: u32,
+        accumulate: u32,
+        _pad: [u32; 2],
+    }
 }
 
 /// Workgroup size of the texel GEMM: one 8-lane SIMD vector of rows on lavapipe.
@@ -138,9 +144,9 @@ const TEXEL_WG: u32 = 8;
 
 pub(crate) fn texel_variant(ctx: &GpuContext, out_texels: bool) -> ShaderVariant {
     ShaderVariant::new(&GEMM_TEXTURE)
+        .piece(if out_texels { &OUT_TEXELS } else { &OUT_BUFFER })
         .u32("WG", TEXEL_WG)
         .u32("RPL", rows_per_layer(ctx))
-        .bool("OUT_TEXTURE", out_texels)
 }
 
 /// Binds `out [m, n] = lhs [m, k] · rhs [n, k]ᵀ` with both operands as texel rows (the CPU
@@ -152,7 +158,13 @@ pub(crate) async fn texel_dispatches(
     out: Rows<'_>,
 ) -> Result<Vec<Dispatch>> {
     let (m, n, k_texels) = (lhs.shape.rows, rhs.shape.rows, lhs.shape.width as usize);
-    debug_assert_eq!(lhs.shape.cols, rhs.shape.cols);
+    if lhs.shape.cols != rhs.shape.cols {
+        return Err(Error::shape(
+            "GEMM weight",
+            &[n, lhs.shape.cols],
+            &[n, rhs.shape.cols],
+        ));
+    }
     let rows_per_group = (TEXEL_WG * 8) as usize;
     let tiles_m = m.div_ceil(rows_per_group);
     let tiles_n = n.div_ceil(16);
@@ -160,7 +172,7 @@ pub(crate) async fn texel_dispatches(
     let slices = split_for_loop_budget(ctx, "texel GEMM", k_texels, 1, 64, 1)?;
     let out_texels = matches!(out, Rows::Texels(_));
     if out_texels && (slices.len() > 1 || !n.is_multiple_of(4)) {
-        return Err(crate::Error::LimitExceeded {
+        return Err(Error::LimitExceeded {
             what: format!("texel GEMM output {m} × {n}"),
             required: slices.len() as u64,
             limit: 1,
@@ -168,11 +180,9 @@ pub(crate) async fn texel_dispatches(
             hint: None,
         });
     }
-    // The binding the variant does not write still needs a resource.
-    let unused = Unused::new(ctx)?;
-    let (out_buffer, out_view) = match out {
-        Rows::Buffer(buffer) => (buffer, unused.write_texels.view()),
-        Rows::Texels(texels) => (&unused.write_buffer, texels.view()),
+    let out: Bind<'_> = match out {
+        Rows::Buffer(buffer) => buffer.into(),
+        Rows::Texels(texels) => texels.view().into(),
     };
     let variant = texel_variant(ctx, out_texels);
     let mut dispatches = Vec::with_capacity(slices.len());
@@ -187,16 +197,11 @@ pub(crate) async fn texel_dispatches(
             _pad: [0; 2],
         };
         dispatches.push(
-            Dispatch::with_binds(
+            Dispatch::new(
                 ctx,
                 &variant,
                 bytemuck::bytes_of(&params),
-                &[
-                    Bind::Texture(lhs.view()),
-                    Bind::Texture(rhs.view()),
-                    Bind::Buffer(out_buffer),
-                    Bind::Texture(out_view),
-                ],
+                &[lhs.view().into(), rhs.view().into(), out],
                 (tiles_m * tiles_n) as u64,
             )
             .await?,
@@ -205,45 +210,17 @@ pub(crate) async fn texel_dispatches(
     Ok(dispatches)
 }
 
-/// The layer's GEMM for operands in either storage: texel rows go to the texel kernel, buffers
-/// to the adapter's buffer kernel.
-pub(crate) async fn rows_dispatches(
-    ctx: &GpuContext,
-    shape: GemmShape,
-    lhs: Rows<'_>,
-    rhs: Rows<'_>,
-    out: Rows<'_>,
-) -> Result<Vec<Dispatch>> {
-    match (lhs, rhs, out) {
-        (Rows::Texels(lhs), Rows::Texels(rhs), out) => texel_dispatches(ctx, lhs, rhs, out).await,
-        (Rows::Buffer(lhs), Rows::Buffer(rhs), Rows::Buffer(out)) => {
-            dispatches(ctx, shape, lhs, rhs, out).await
-        }
-        _ => unreachable!("GEMM operands come in one storage per kernel profile"),
-    }
-}
-
-/// Binds `out [m, n] = lhs [m, k] · rhs [n, k]ᵀ` with the adapter's kernel.
-pub(crate) async fn dispatches(
-    ctx: &GpuContext,
-    shape: GemmShape,
-    lhs: &wgpu::Buffer,
-    rhs: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-) -> Result<Vec<Dispatch>> {
-    dispatches_with(ctx, GemmTiling::choose(ctx), shape, lhs, rhs, out).await
-}
-
-/// Binds the GEMM with an explicit tiling (tests cover both kernels on any adapter): one
-/// dispatch, or one per slice of K where the driver caps loop iterations, each adding to `out`.
-pub(crate) async fn dispatches_with(
+/// Binds the buffer GEMM with `tiling`: one dispatch, or one per slice of K where the driver
+/// caps loop iterations, each adding to `out`.
+pub(crate) async fn buffer_dispatches(
     ctx: &GpuContext,
     tiling: GemmTiling,
     shape: GemmShape,
-    lhs: &wgpu::Buffer,
+    lhs: impl Into<Buf<'_>>,
     rhs: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    out: impl Into<Buf<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    let (lhs, out) = (lhs.into(), out.into());
     let (rows, cols) = tiling.tile_shape();
     let tiles_m = shape.m.div_ceil(rows);
     let tiles_n = shape.n.div_ceil(cols);
@@ -281,7 +258,7 @@ pub(crate) async fn dispatches_with(
                 ctx,
                 &variant,
                 bytemuck::bytes_of(&params),
-                &[lhs, rhs, out],
+                &[lhs.into(), rhs.into(), out.into()],
                 (tiles_m * tiles_n) as u64,
             )
             .await?,
@@ -304,7 +281,7 @@ mod tests {
             let rhs = normal(&mut rng, n * k, 0.5);
             let out = poisoned(m * n);
             let shape = GemmShape { m, n, k };
-            let d = build_all(dispatches_with(
+            let d = build_all(buffer_dispatches(
                 context(),
                 tiling,
                 shape,
@@ -338,7 +315,12 @@ mod tests {
             )
         };
         let out = poisoned(m * n);
-        let d = build_all(texel_dispatches(ctx, &lhs_t, &rhs_t, Rows::Buffer(&out)));
+        let d = build_all(texel_dispatches(
+            ctx,
+            &lhs_t,
+            &rhs_t,
+            Rows::Buffer((&out).into()),
+        ));
         run(&d.iter().collect::<Vec<_>>());
         assert_close(&what, &download(&out, m * n), &expected, 1e-5);
         if n.is_multiple_of(4) {
@@ -351,7 +333,12 @@ mod tests {
                 TexelRows::with_data(ctx, "eye", n, n, &eye).unwrap()
             };
             let back = poisoned(m * n);
-            let e = build_all(texel_dispatches(ctx, &out_t, &eye_t, Rows::Buffer(&back)));
+            let e = build_all(texel_dispatches(
+                ctx,
+                &out_t,
+                &eye_t,
+                Rows::Buffer((&back).into()),
+            ));
             run(&d.iter().chain(e.iter()).collect::<Vec<_>>());
             assert_close(
                 &format!("{what} (texel output)"),

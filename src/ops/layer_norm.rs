@@ -1,26 +1,25 @@
 //! LayerNorm for `prenorm` (`shaders/layer_norm.wgsl`): one workgroup per token row, a two-pass
 //! mean and biased variance, `eps = 1e-5` as PyTorch's `nn.LayerNorm`.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::config::LAYER_NORM_EPS;
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Dispatch, check_loop_budget};
+use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
 
 static LAYER_NORM: Kernel = kernel!("layer_norm", includes: ["workgroup_reduce"]);
 
 /// Invocations per row: enough to stride a typical width (256–4096) in a few steps.
 const WG: u32 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    _pad: u32,
+uniform! {
+    struct Params {
+        rows: u32,
+        dim: u32,
+        eps: f32,
+        _pad: u32,
+    }
 }
 
 pub(crate) fn variant() -> ShaderVariant {
@@ -32,7 +31,7 @@ pub(crate) async fn dispatch(
     ctx: &GpuContext,
     rows: usize,
     dim: usize,
-    x: &wgpu::Buffer,
+    x: impl Into<Buf<'_>>,
     gamma: &wgpu::Buffer,
     beta: &wgpu::Buffer,
     out: &wgpu::Buffer,
@@ -49,7 +48,7 @@ pub(crate) async fn dispatch(
         ctx,
         &variant(),
         bytemuck::bytes_of(&params),
-        &[x, gamma, beta, out],
+        &[x.into().into(), gamma.into(), beta.into(), out.into()],
         rows as u64,
     )
     .await

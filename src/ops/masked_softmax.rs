@@ -2,24 +2,23 @@
 //! reference's semantics: masked keys get exactly 0, a row with no allowed key is uniform over
 //! all `n` keys. Neither case relies on infinities or NaN.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Dispatch, check_loop_budget};
+use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
 
 static MASKED_SOFTMAX: Kernel = kernel!("masked_softmax", includes: ["workgroup_reduce"]);
 
 const WG: u32 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    searches: u32,
-    seq: u32,
-    causal: u32,
+uniform! {
+    struct Params {
+        rows: u32,
+        searches: u32,
+        seq: u32,
+        causal: u32,
+    }
 }
 
 pub(crate) fn variant() -> ShaderVariant {
@@ -35,7 +34,7 @@ pub(crate) async fn dispatch(
     seq: usize,
     causal: bool,
     logits: &wgpu::Buffer,
-    mask: &wgpu::Buffer,
+    mask: impl Into<Buf<'_>>,
     weights: &wgpu::Buffer,
 ) -> Result<Dispatch> {
     // Three strided passes over the row and three tree reductions.
@@ -57,7 +56,7 @@ pub(crate) async fn dispatch(
         ctx,
         &variant(),
         bytemuck::bytes_of(&params),
-        &[logits, mask, weights],
+        &[logits.into(), mask.into().into(), weights.into()],
         rows as u64,
     )
     .await

@@ -1,9 +1,10 @@
-//! One module per kernel: its WGSL file in `shaders/`, the host code that specialises and binds
-//! it, and its tests against the CPU reference of that one step.
+//! One module per kernel: its WGSL file in `shaders/` (and its io pieces in `shaders/io/`), the
+//! host code that specialises and binds it as the execution plan (`src/plan.rs`) says, and its
+//! tests against the CPU reference of that one step.
 //!
 //! | module | shader | step |
 //! |---|---|---|
-//! | [`gemm`] | `gemm.wgsl` | projections `x·Wᵀ` |
+//! | [`gemm`] | `gemm.wgsl`, `gemm_tiled.wgsl`, `gemm_texture.wgsl` | projections `x·Wᵀ` |
 //! | [`layer_norm`] | `layer_norm.wgsl` | `prenorm` |
 //! | [`search_scores`] | `search_scores.wgsl` | `L = scale·SQ·SKᵀ` (unfused) |
 //! | [`masked_softmax`] | `masked_softmax.wgsl` | softmax over keys with mask/causal (unfused) |
@@ -29,31 +30,8 @@ pub(crate) mod value_mean;
 /// `src/gpu/texture.rs`).
 #[derive(Clone, Copy)]
 pub(crate) enum Rows<'a> {
-    Buffer(&'a wgpu::Buffer),
+    Buffer(crate::gpu::dispatch::Buf<'a>),
     Texels(&'a crate::gpu::texture::TexelRows),
-}
-
-/// Placeholders for bindings a variant declares but does not use: WebGPU wants every binding
-/// of the layout bound, and one WGSL file serves both the buffer and the texel variants. One
-/// placeholder per role, since a resource read in one binding and written in another of the
-/// same dispatch is a usage conflict.
-pub(crate) struct Unused {
-    pub read_buffer: wgpu::Buffer,
-    pub write_buffer: wgpu::Buffer,
-    pub read_texels: crate::gpu::texture::TexelRows,
-    pub write_texels: crate::gpu::texture::TexelRows,
-}
-
-impl Unused {
-    pub(crate) fn new(ctx: &crate::gpu::GpuContext) -> crate::Result<Unused> {
-        use crate::gpu::{memory, texture::TexelRows};
-        Ok(Unused {
-            read_buffer: memory::storage(ctx, "unused binding", &[4], None)?,
-            write_buffer: memory::storage(ctx, "unused binding", &[4], None)?,
-            read_texels: TexelRows::new(ctx, "unused binding", 1, 4)?,
-            write_texels: TexelRows::new(ctx, "unused binding", 1, 4)?,
-        })
-    }
 }
 
 /// Where each projection lives in the packed buffer `proj [b·n, row_stride]` that one GEMM
@@ -108,5 +86,71 @@ impl ProjectionLayout {
         proj.chunks_exact(self.row_stride)
             .flat_map(|row| row[offset..offset + width].iter().map(|&v| v as f64))
             .collect()
+    }
+}
+
+/// Every kernel's Rust `Params` against the `struct Params` naga reflects from its WGSL.
+#[cfg(test)]
+mod uniform_layouts {
+    use super::*;
+    use crate::gpu::testing::context;
+    use crate::gpu::uniform::layout_differences;
+    use crate::plan::{BlockedPlan, FusedPlan, FusedTiling, GemmTiling, Storage};
+
+    #[test]
+    fn every_params_block_matches_its_wgsl() {
+        let ctx = context();
+        let layout = ProjectionLayout::new(1, 8, 2, 2, 8);
+        let tiling = FusedTiling {
+            wg: 8,
+            qpi: 1,
+            bk: 16,
+            stage: false,
+        };
+        let fused = FusedPlan::resolve(ctx, &layout, tiling, Storage::Buffers).unwrap();
+        let blocked = BlockedPlan { block_texels: 4 };
+        let [blocked_variant, mix_variant] = blocked_attention::variants(ctx, &layout, blocked);
+        let shape = gemm::GemmShape { m: 4, n: 4, k: 4 };
+        let wgsl =
+            |variant: crate::gpu::pipelines::ShaderVariant| (variant.label(), variant.wgsl());
+        let mut differences = Vec::new();
+        macro_rules! check {
+            ($ty:ty, $variant:expr) => {{
+                let (label, text) = wgsl($variant);
+                differences.extend(layout_differences::<$ty>(&label, &text));
+            }};
+        }
+        check!(layer_norm::Params, layer_norm::variant());
+        check!(texture_copy::Params, texture_copy::variant(ctx));
+        check!(gemm::Params, GemmTiling::REGISTER.variant(shape));
+        check!(gemm::Params, GemmTiling::TILED.variant(shape));
+        check!(gemm::TexelParams, gemm::texel_variant(ctx, false));
+        check!(search_scores::Params, search_scores::variant());
+        check!(masked_softmax::Params, masked_softmax::variant());
+        check!(search_values::Params, search_values::variant());
+        check!(retrieval_select::Params, retrieval_select::variant());
+        check!(value_mean::Params, value_mean::variant(ctx, false));
+        check!(
+            fused_attention::Params,
+            fused_attention::variant(ctx, &layout, &fused)
+        );
+        check!(blocked_attention::Params, blocked_variant);
+        check!(blocked_attention::MixParams, mix_variant);
+        assert!(differences.is_empty(), "{}", differences.join("\n"));
+    }
+
+    /// The comparison itself can fail: a Rust struct with two members swapped is caught.
+    #[test]
+    fn a_swapped_member_is_caught() {
+        crate::gpu::uniform::uniform! {
+            struct Swapped {
+                dim: u32,
+                rows: u32,
+                eps: f32,
+                _pad: u32,
+            }
+        }
+        let text = layer_norm::variant().wgsl();
+        assert!(!layout_differences::<Swapped>("swapped", &text).is_empty());
     }
 }

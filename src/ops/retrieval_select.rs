@@ -3,29 +3,28 @@
 //! layout that the output projection reads. Computed as SPEC writes it, so that the fused
 //! kernel's reassociated form `(RQ·W_rk)·Ret` is checked against an independent path.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 
 static RETRIEVAL_SELECT: Kernel = kernel!("retrieval_select");
 
 const WG: u32 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    searches: u32,
-    retrievals: u32,
-    seq: u32,
-    head: u32,
-    row_stride: u32,
-    rq_offset: u32,
-    scale: f32,
+uniform! {
+    struct Params {
+        rows: u32,
+        searches: u32,
+        retrievals: u32,
+        seq: u32,
+        head: u32,
+        row_stride: u32,
+        rq_offset: u32,
+        scale: f32,
+    }
 }
 
 pub(crate) fn variant() -> ShaderVariant {
@@ -68,7 +67,13 @@ pub(crate) async fn dispatch(
         ctx,
         &variant(),
         bytemuck::bytes_of(&params),
-        &[retrieved, proj, w_rk, g_scratch, concat],
+        &[
+            retrieved.into(),
+            proj.into(),
+            w_rk.into(),
+            g_scratch.into(),
+            concat.into(),
+        ],
         rows.div_ceil(WG as usize) as u64,
     )
     .await

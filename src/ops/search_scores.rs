@@ -2,12 +2,11 @@
 //! first step of the unfused path. Materialises `b·s·n²` logits: the reason the fused kernel
 //! exists, and the reason this step is kept: it can be checked on its own.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 
 static SEARCH_SCORES: Kernel = kernel!("search_scores");
@@ -17,20 +16,20 @@ const WG_Y: u32 = 8;
 const TILE_I: u32 = 4;
 const TILE_J: u32 = 4;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    batch_searches: u32,
-    seq: u32,
-    searches: u32,
-    head: u32,
-    row_stride: u32,
-    q_offset: u32,
-    k_offset: u32,
-    scale: f32,
-    tiles_i: u32,
-    tiles_j: u32,
-    _pad: [u32; 2],
+uniform! {
+    struct Params {
+        batch_searches: u32,
+        seq: u32,
+        searches: u32,
+        head: u32,
+        row_stride: u32,
+        q_offset: u32,
+        k_offset: u32,
+        scale: f32,
+        tiles_i: u32,
+        tiles_j: u32,
+        _pad: [u32; 2],
+    }
 }
 
 pub(crate) fn variant() -> ShaderVariant {
@@ -78,7 +77,7 @@ pub(crate) async fn dispatch(
         ctx,
         &variant(),
         bytemuck::bytes_of(&params),
-        &[proj, logits],
+        &[proj.into(), logits.into()],
         (batch_searches * tiles_i * tiles_j) as u64,
     )
     .await

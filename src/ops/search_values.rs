@@ -2,12 +2,11 @@
 //! (`shaders/search_values.wgsl`): each search's weights multiply all `r` value heads at once,
 //! written as `[b, s, n, r·d]`.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 
 static SEARCH_VALUES: Kernel = kernel!("search_values");
@@ -17,21 +16,21 @@ const WG_Y: u32 = 8;
 const TILE_I: u32 = 4;
 const TILE_C: u32 = 4;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    batch_searches: u32,
-    searches: u32,
-    seq: u32,
-    value_width: u32,
-    row_stride: u32,
-    v_offset: u32,
-    tiles_i: u32,
-    tiles_c: u32,
-    key_begin: u32,
-    key_end: u32,
-    accumulate: u32,
-    _pad: u32,
+uniform! {
+    struct Params {
+        batch_searches: u32,
+        searches: u32,
+        seq: u32,
+        value_width: u32,
+        row_stride: u32,
+        v_offset: u32,
+        tiles_i: u32,
+        tiles_c: u32,
+        key_begin: u32,
+        key_end: u32,
+        accumulate: u32,
+        _pad: u32,
+    }
 }
 
 pub(crate) fn variant() -> ShaderVariant {
@@ -81,7 +80,7 @@ pub(crate) async fn dispatches(
                 ctx,
                 &variant(),
                 bytemuck::bytes_of(&params),
-                &[weights, proj, retrieved],
+                &[weights.into(), proj.into(), retrieved.into()],
                 (batch_searches * tiles_i * tiles_c) as u64,
             )
             .await?,

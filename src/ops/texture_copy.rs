@@ -1,25 +1,24 @@
 //! A storage-buffer matrix into texel rows (`shaders/texture_copy.wgsl`): the bridge from
 //! kernels that write buffers to the texel GEMM of the CPU kernel profile.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Bind, Dispatch};
+use crate::gpu::dispatch::{Buf, Dispatch};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
+use crate::gpu::uniform::uniform;
 
 static TEXTURE_COPY: Kernel = kernel!("texture_copy", includes: ["texel_rows"]);
 
 const WG: u32 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    width: u32,
-    _pad: u32,
+uniform! {
+    struct Params {
+        rows: u32,
+        cols: u32,
+        width: u32,
+        _pad: u32,
+    }
 }
 
 pub(crate) fn variant(ctx: &GpuContext) -> ShaderVariant {
@@ -31,7 +30,7 @@ pub(crate) fn variant(ctx: &GpuContext) -> ShaderVariant {
 /// Binds `dst` (texel rows) ← `src` (`[dst.rows, dst.cols]` f32).
 pub(crate) async fn dispatch(
     ctx: &GpuContext,
-    src: &wgpu::Buffer,
+    src: impl Into<Buf<'_>>,
     dst: &TexelRows,
 ) -> Result<Dispatch> {
     let shape = dst.shape;
@@ -42,11 +41,11 @@ pub(crate) async fn dispatch(
         _pad: 0,
     };
     let texels = shape.rows as u64 * shape.width as u64;
-    Dispatch::with_binds(
+    Dispatch::new(
         ctx,
         &variant(ctx),
         bytemuck::bytes_of(&params),
-        &[Bind::Buffer(src), Bind::Texture(dst.view())],
+        &[src.into().into(), dst.view().into()],
         texels.div_ceil(WG as u64),
     )
     .await

@@ -2,35 +2,36 @@
 //! retrieves under the reference's semantics (uniform weights over all `n` keys). The fused
 //! kernel substitutes it for such rows instead of dividing by a zero softmax sum.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Bind, Dispatch, check_loop_budget};
-use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::rows_per_layer;
-use crate::ops::{ProjectionLayout, Rows, Unused};
+use crate::gpu::uniform::uniform;
+use crate::ops::{ProjectionLayout, Rows};
 
 static VALUE_MEAN: Kernel = kernel!("value_mean", includes: ["workgroup_reduce", "texel_rows"]);
+static PROJ_BUFFERS: Piece = piece!("value_mean_buffers");
+static PROJ_TEXELS: Piece = piece!("value_mean_texels");
 
 /// Invocations per (batch, column): each strides over `n / 64` keys, far below any loop cap.
 const WG: u32 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    batch: u32,
-    seq: u32,
-    value_width: u32,
-    row_stride: u32,
-    v_offset: u32,
-    _pad: [u32; 3],
+uniform! {
+    struct Params {
+        batch: u32,
+        seq: u32,
+        value_width: u32,
+        row_stride: u32,
+        v_offset: u32,
+        _pad: [u32; 3],
+    }
 }
 
 pub(crate) fn variant(ctx: &GpuContext, texels: bool) -> ShaderVariant {
     ShaderVariant::new(&VALUE_MEAN)
+        .piece(if texels { &PROJ_TEXELS } else { &PROJ_BUFFERS })
         .u32("WG", WG)
-        .bool("TEXELS", texels)
         .u32("RPL", rows_per_layer(ctx))
 }
 
@@ -52,20 +53,15 @@ pub(crate) async fn dispatch(
         v_offset: layout.retrieval_values as u32,
         _pad: [0; 3],
     };
-    let unused = Unused::new(ctx)?;
-    let (buffer, texels) = match proj {
-        Rows::Buffer(buffer) => (buffer, unused.read_texels.view()),
-        Rows::Texels(texels) => (&unused.read_buffer, texels.view()),
+    let proj_bind: Bind<'_> = match proj {
+        Rows::Buffer(buffer) => buffer.into(),
+        Rows::Texels(texels) => texels.view().into(),
     };
-    Dispatch::with_binds(
+    Dispatch::new(
         ctx,
         &variant(ctx, matches!(proj, Rows::Texels(_))),
         bytemuck::bytes_of(&params),
-        &[
-            Bind::Buffer(buffer),
-            Bind::Buffer(value_mean),
-            Bind::Texture(texels),
-        ],
+        &[proj_bind, value_mean.into()],
         (layout.batch * width) as u64,
     )
     .await
@@ -87,7 +83,7 @@ mod tests {
         let d = build(dispatch(
             context(),
             &layout,
-            Rows::Buffer(&proj_buffer),
+            Rows::Buffer((&proj_buffer).into()),
             &out,
         ));
         run(&[&d]);

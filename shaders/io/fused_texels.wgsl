@@ -1,0 +1,17 @@
+// io/fused_texels.wgsl: fused_attention's projections and output as rgba32float texel rows (CPU
+// drivers, which fetch texels as vector gathers; see src/gpu/texture.rs). Needs VEC = 4. Placed
+// before the kernel by the host instead of io/fused_buffers.wgsl.
+//
+// Bindings   @binding(1) proj    [b·n, row_stride / 4] texel rows, packed [SQ | SK | Q̃ | RV]
+//            @binding(4) concat  [b·n, s·d / 4] texel rows
+
+@group(0) @binding(1) var proj: texture_2d_array<f32>;
+@group(0) @binding(4) var concat: texture_storage_2d_array<rgba32float, write>;
+
+fn proj_at(row: u32, column: u32) -> KVec {
+    return kvec(textureLoad(proj, texel_coords(row, column), texel_layer(row), 0));
+}
+
+fn store_concat(row: u32, column: u32, value: KVec) {
+    textureStore(concat, texel_coords(row, column), texel_layer(row), vec4<f32>(value));
+}

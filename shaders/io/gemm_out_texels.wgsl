@@ -1,0 +1,15 @@
+// io/gemm_out_texels.wgsl: gemm_texture's output as rgba32float texel rows, for a consumer that
+// reads texels (the fused core on CPU drivers). Needs N % 4 == 0 and one reduction slice. Placed
+// before the kernel by the host instead of io/gemm_out_buffer.wgsl.
+//
+// Bindings   @binding(3) out  [M, N / 4] texel rows
+
+@group(0) @binding(3) var out: texture_storage_2d_array<rgba32float, write>;
+
+// Stores columns col .. col + 3 of one row (`values[j]` is column col + j).
+fn store(row: u32, col: u32, values: vec4<f32>) {
+    if (row >= params.m) {
+        return;
+    }
+    textureStore(out, texel_coords(row, col / 4u), texel_layer(row), values);
+}

@@ -1,0 +1,207 @@
+//! The layer's parameters on the device, uploaded on first use by a plan that reads them.
+//!
+//! Which matrices exist depends on the plan: the unfused core reads the projections as SPEC
+//! writes them and `W_rk` on its own; the fused cores read `W_q̃ = W_rkᵀ·W_rq` folded into the
+//! projection instead; texel-operand GEMMs read every matrix as texel rows. Uploading only what
+//! a plan reads keeps a fused-only layer from holding a second packed projection it never uses.
+
+use crate::error::Result;
+use crate::gpu::texture::TexelRows;
+use crate::gpu::{GpuContext, memory};
+use crate::plan::{ExecutionPlan, GemmPlan, GemmTiling, ProjectionWeights};
+use crate::weights::Weights;
+
+/// One weight matrix in every storage it was asked for.
+#[derive(Default)]
+struct Stored {
+    buffer: Option<wgpu::Buffer>,
+    texels: Option<TexelRows>,
+}
+
+impl Stored {
+    fn bytes(&self) -> u64 {
+        self.buffer.as_ref().map_or(0, wgpu::Buffer::size)
+            + self.texels.as_ref().map_or(0, TexelRows::bytes)
+    }
+}
+
+/// Takes the value out of `slot` or makes it, and puts it back: a fallible `get_or_insert_with`.
+fn filled<T>(slot: &mut Option<T>, make: impl FnOnce() -> Result<T>) -> Result<&T> {
+    let value = match slot.take() {
+        Some(value) => value,
+        None => make()?,
+    };
+    Ok(slot.insert(value))
+}
+
+/// The two GEMM weights of a plan, in the storage of its GEMM.
+pub(crate) enum GemmWeights<'a> {
+    Buffers {
+        tiling: GemmTiling,
+        projection: &'a wgpu::Buffer,
+        out: &'a wgpu::Buffer,
+    },
+    Texels {
+        projection: &'a TexelRows,
+        out: &'a TexelRows,
+    },
+}
+
+/// Everything a plan reads, uploaded.
+pub(crate) struct PlanWeights<'a> {
+    /// Packed input projections `[(3s + r)·d, dim]` and `W_o [dim, s·d]`.
+    pub gemm: GemmWeights<'a>,
+    /// `W_rk [d, d]` where the plan reads it on its own (unfused).
+    pub retrieval_keys: Option<&'a wgpu::Buffer>,
+    /// LayerNorm `(γ, β)` with `prenorm`.
+    pub norm: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+}
+
+/// Parameters on the device, and the host copy they are uploaded from.
+pub(crate) struct DeviceWeights {
+    host: Weights,
+    plain: Stored,
+    folded: Stored,
+    out: Stored,
+    retrieval_keys: Option<wgpu::Buffer>,
+    norm: Option<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+impl DeviceWeights {
+    /// Keeps the host weights; uploads nothing yet.
+    pub(crate) fn new(weights: &Weights) -> DeviceWeights {
+        DeviceWeights {
+            host: weights.clone(),
+            plain: Stored::default(),
+            folded: Stored::default(),
+            out: Stored::default(),
+            retrieval_keys: None,
+            norm: None,
+        }
+    }
+
+    /// Bytes on the device.
+    pub(crate) fn bytes(&self) -> u64 {
+        let norm = self
+            .norm
+            .as_ref()
+            .map_or(0, |(gamma, beta)| gamma.size() + beta.size());
+        self.plain.bytes()
+            + self.folded.bytes()
+            + self.out.bytes()
+            + self.retrieval_keys.as_ref().map_or(0, wgpu::Buffer::size)
+            + norm
+    }
+
+    /// Uploads what `plan` reads that is not on the device yet, and returns all of it.
+    pub(crate) fn for_plan(
+        &mut self,
+        ctx: &GpuContext,
+        plan: &ExecutionPlan,
+    ) -> Result<PlanWeights<'_>> {
+        let host = &self.host;
+        let c = *host.config();
+        let (width, dim) = (c.projection_width(), c.dim);
+        let (projection, projection_data): (&mut Stored, fn(&Weights) -> Vec<f32>) =
+            match plan.projection_weights() {
+                ProjectionWeights::Plain => (&mut self.plain, plain_projection),
+                ProjectionWeights::RetrievalFolded => (&mut self.folded, folded_projection),
+            };
+        let label = match plan.projection_weights() {
+            ProjectionWeights::Plain => "packed input projections",
+            ProjectionWeights::RetrievalFolded => "packed input projections (W_rk folded)",
+        };
+        let gemm = match plan.gemm {
+            GemmPlan::Buffers(tiling) => GemmWeights::Buffers {
+                tiling,
+                projection: filled(&mut projection.buffer, || {
+                    log::debug!("uploading {label} as a buffer");
+                    memory::storage_init(ctx, label, &projection_data(host))
+                })?,
+                out: filled(&mut self.out.buffer, || {
+                    memory::storage_init(ctx, "to_out.weight", &host.out)
+                })?,
+            },
+            GemmPlan::Texels => GemmWeights::Texels {
+                projection: filled(&mut projection.texels, || {
+                    log::debug!("uploading {label} as texel rows");
+                    TexelRows::with_data(ctx, label, width, dim, &projection_data(host))
+                })?,
+                out: filled(&mut self.out.texels, || {
+                    TexelRows::with_data(ctx, "to_out.weight", dim, c.search_width(), &host.out)
+                })?,
+            },
+        };
+        let retrieval_keys = if plan.reads_retrieval_keys() {
+            Some(filled(&mut self.retrieval_keys, || {
+                memory::storage_init(ctx, "to_retrieval_keys.weight", &host.retrieval_keys)
+            })?)
+        } else {
+            None
+        };
+        let norm = match &host.norm {
+            Some((gamma, beta)) => {
+                let (g, b) = filled(&mut self.norm, || {
+                    Ok((
+                        memory::storage_init(ctx, "norm.weight", gamma)?,
+                        memory::storage_init(ctx, "norm.bias", beta)?,
+                    ))
+                })?;
+                Some((g, b))
+            }
+            None => None,
+        };
+        Ok(PlanWeights {
+            gemm,
+            retrieval_keys,
+            norm,
+        })
+    }
+}
+
+/// `[W_sq; W_sk; W_rq; W_rv]`.
+fn plain_projection(w: &Weights) -> Vec<f32> {
+    [
+        &w.search_queries[..],
+        &w.search_keys[..],
+        &w.retrieval_queries[..],
+        &w.retrieval_values[..],
+    ]
+    .concat()
+}
+
+/// `[W_sq; W_sk; W_q̃; W_rv]`.
+fn folded_projection(w: &Weights) -> Vec<f32> {
+    [
+        &w.search_queries[..],
+        &w.search_keys[..],
+        &retrieval_query_keys(w)[..],
+        &w.retrieval_values[..],
+    ]
+    .concat()
+}
+
+/// `W_q̃[σ·d + k, c] = Σ_k' W_rk[k', k] · W_rq[σ·d + k', c]`, accumulated in f64: the weight
+/// that maps the (normalised) input straight to `RQ·W_rk` for every search.
+fn retrieval_query_keys(weights: &Weights) -> Vec<f32> {
+    let c = weights.config();
+    let (d, dim) = (c.dim_head, c.dim);
+    let mut fused = vec![0.0f32; c.search_width() * dim];
+    let mut row = vec![0.0f64; dim];
+    for sigma in 0..c.num_searches {
+        for k in 0..d {
+            row.fill(0.0);
+            for k_in in 0..d {
+                let w = weights.retrieval_keys[k_in * d + k] as f64;
+                let rq_row = &weights.retrieval_queries[(sigma * d + k_in) * dim..][..dim];
+                for (acc, &v) in row.iter_mut().zip(rq_row) {
+                    *acc += w * v as f64;
+                }
+            }
+            for (out, acc) in fused[(sigma * d + k) * dim..][..dim].iter_mut().zip(&row) {
+                *out = *acc as f32;
+            }
+        }
+    }
+    fused
+}

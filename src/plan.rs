@@ -1,0 +1,570 @@
+//! The execution plan: which kernels run one forward shape on one device, with which tiles, in
+//! which storage, over which key ranges, and which weights they read. It is decided here and
+//! nowhere else; the layer, the workspace, `compattn bench`, the criterion benches and the kernel
+//! tests all take an [`ExecutionPlan`] (or one of its parts) and only carry it out.
+//!
+//! The inputs are facts: the adapter (device type, backend, limits, the driver's loop cap), the
+//! kernel family the context was asked for ([`KernelProfile`]), the layer's [`Config`], the
+//! [`Strategy`] and the shape. Resolution never allocates, so a plan can be inspected
+//! ([`CompositionalAttention::plan`](crate::CompositionalAttention::plan)) before anything runs.
+
+use std::ops::Range;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::gpu::dispatch::split_for_loop_budget;
+use crate::gpu::{GpuContext, KernelProfile};
+use crate::layer::Strategy;
+use crate::ops::ProjectionLayout;
+
+/// WGSL implementations may cap function-scope memory at 8 KiB per invocation (Tint does);
+/// the fused kernel's per-invocation registers (queries, accumulators, scores) stay within it.
+const PRIVATE_BUDGET_BYTES: usize = 8192;
+
+/// Which family of kernel variants runs (resolved from [`KernelProfile`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelFamily {
+    /// CPU drivers (lavapipe, llvmpipe, SwiftShader) run invocations as SIMD lanes: register
+    /// blocks, lane-uniform loads, texel operands.
+    Cpu,
+    /// GPUs: workgroup-memory tiles and many small invocations.
+    Gpu,
+}
+
+impl KernelFamily {
+    /// `Cpu` on CPU adapters (or when forced), `Gpu` otherwise.
+    pub fn of(ctx: &GpuContext) -> KernelFamily {
+        match ctx.kernel_profile() {
+            KernelProfile::Cpu => KernelFamily::Cpu,
+            KernelProfile::Gpu => KernelFamily::Gpu,
+            KernelProfile::Auto if ctx.info().device_type == wgpu::DeviceType::Cpu => {
+                KernelFamily::Cpu
+            }
+            KernelProfile::Auto => KernelFamily::Gpu,
+        }
+    }
+}
+
+/// Where a matrix operand lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// A storage buffer, row-major f32.
+    Buffers,
+    /// `rgba32float` texel rows (`src/gpu/texture.rs`): the CPU family's fast format. A GEMM
+    /// that reads its operands as texels ran 7× faster on lavapipe than from buffers.
+    Texels,
+}
+
+impl Storage {
+    /// The storage of GEMM operands (weights included): texels in the CPU family on every
+    /// backend but GL, where `textureLoad` of `rgba32float` array textures in compute shaders
+    /// returned zeros on llvmpipe; buffers everywhere else.
+    pub fn of_operands(ctx: &GpuContext) -> Storage {
+        if KernelFamily::of(ctx) == KernelFamily::Cpu && ctx.info().backend != wgpu::Backend::Gl {
+            Storage::Texels
+        } else {
+            Storage::Buffers
+        }
+    }
+}
+
+/// Which GEMM kernel computes the projections, and the storage of its operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmPlan {
+    /// `gemm_texture.wgsl`: both operands texel rows.
+    Texels,
+    /// `gemm.wgsl` or `gemm_tiled.wgsl` on storage buffers.
+    Buffers(GemmTiling),
+}
+
+impl GemmPlan {
+    /// The GEMM of this device: texels where operands are texels, else the family's buffer kernel.
+    pub fn of(ctx: &GpuContext) -> GemmPlan {
+        match (Storage::of_operands(ctx), KernelFamily::of(ctx)) {
+            (Storage::Texels, _) => GemmPlan::Texels,
+            (Storage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
+            (Storage::Buffers, KernelFamily::Gpu) => GemmPlan::Buffers(GemmTiling::TILED),
+        }
+    }
+
+    /// The storage of the operands.
+    pub fn storage(&self) -> Storage {
+        match self {
+            GemmPlan::Texels => Storage::Texels,
+            GemmPlan::Buffers(_) => Storage::Buffers,
+        }
+    }
+}
+
+/// Kernel and tile sizes of a buffer GEMM: the specialisation of its pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmTiling {
+    /// `gemm.wgsl`: `wg` lanes × `tile_m` rows each, `tile_n` shared columns.
+    Register {
+        /// Lanes per workgroup.
+        wg: u32,
+        /// Rows per lane.
+        tile_m: u32,
+        /// Columns per workgroup.
+        tile_n: u32,
+    },
+    /// `gemm_tiled.wgsl`: `wg_side²` invocations, `tile²` outputs each, `bk`-deep slices.
+    Tiled {
+        /// Invocations per side of the workgroup.
+        wg_side: u32,
+        /// Outputs per side of an invocation.
+        tile: u32,
+        /// Depth of a staged slice.
+        bk: u32,
+    },
+}
+
+impl GemmTiling {
+    /// 8 lanes × 4 rows × 16 columns: 64 accumulators per lane, 20 loads per 256 FMAs (vec4).
+    pub const REGISTER: GemmTiling = GemmTiling::Register {
+        wg: 8,
+        tile_m: 4,
+        tile_n: 16,
+    };
+    /// 16 × 16 invocations of 4 × 4 outputs: a 64 × 64 tile, 8 KiB of workgroup memory at
+    /// `bk = 16`, within WebGPU's defaults.
+    pub const TILED: GemmTiling = GemmTiling::Tiled {
+        wg_side: 16,
+        tile: 4,
+        bk: 16,
+    };
+}
+
+/// Tile sizes of the fused kernel: the specialisation key of its pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FusedTiling {
+    /// Invocations per workgroup.
+    pub wg: u32,
+    /// Queries per invocation.
+    pub qpi: u32,
+    /// Keys per tile.
+    pub bk: u32,
+    /// Stage key tiles in workgroup memory.
+    pub stage: bool,
+}
+
+impl FusedTiling {
+    /// Queries per workgroup.
+    pub fn rows(&self) -> usize {
+        (self.wg * self.qpi) as usize
+    }
+
+    fn private_bytes(&self, head: usize, retrievals: usize) -> usize {
+        let per_query = head + retrievals * head + 2 * self.bk as usize + 4;
+        4 * (self.qpi as usize * per_query + retrievals)
+    }
+
+    fn workgroup_bytes(&self, head: usize, retrievals: usize) -> u64 {
+        if !self.stage {
+            return 0;
+        }
+        4 * self.bk as u64 * (head as u64 * (1 + retrievals as u64) + 1)
+    }
+
+    /// The tiling for this device and head size: in the CPU family, direct reads, one query
+    /// per lane (more queries per lane measured no faster on lavapipe, where the per-lane
+    /// arrays they need cost what they save, and compiled far slower); in the GPU family,
+    /// staged tiles of the largest key count that fits workgroup memory. An explicit tiling
+    /// ([`GpuOptions::fused_tiling`](crate::GpuOptions::fused_tiling), for experiments) is
+    /// checked instead.
+    pub fn choose(ctx: &GpuContext, head: usize, retrievals: usize) -> Result<Self> {
+        if let Some(tiling) = ctx.fused_tiling_override() {
+            return tiling.check(ctx, head, retrievals);
+        }
+        let mut tiling = match KernelFamily::of(ctx) {
+            KernelFamily::Cpu => FusedTiling {
+                wg: 8,
+                qpi: 1,
+                bk: 16,
+                stage: false,
+            },
+            KernelFamily::Gpu => FusedTiling {
+                wg: 64,
+                qpi: 1,
+                bk: 32,
+                stage: true,
+            },
+        };
+        let workgroup_limit = ctx.limits().max_compute_workgroup_storage_size as u64;
+        while tiling.stage && tiling.workgroup_bytes(head, retrievals) > workgroup_limit {
+            if tiling.bk > 4 {
+                tiling.bk /= 2;
+            } else {
+                tiling.stage = false;
+                tiling.bk = 16;
+            }
+        }
+        while tiling.qpi > 1 && tiling.private_bytes(head, retrievals) > PRIVATE_BUDGET_BYTES {
+            tiling.qpi /= 2;
+        }
+        tiling.check(ctx, head, retrievals)
+    }
+
+    /// Parses `wg,qpi,bk,stage` (for example `8,4,16,0`).
+    pub fn parse(value: &str) -> Result<Self> {
+        let parts: Vec<u32> = value
+            .split(',')
+            .map(|p| p.trim().parse())
+            .collect::<std::result::Result<_, _>>()
+            .ok()
+            .filter(|p: &Vec<u32>| p.len() == 4 && p[..3].iter().all(|&v| v > 0) && p[3] <= 1)
+            .ok_or(Error::InvalidConfig {
+                field: "COMPATTN_FUSED_TILING",
+                value: value.to_string(),
+                reason: "must be `wg,qpi,bk,stage` with positive sizes and stage 0 or 1",
+            })?;
+        Ok(FusedTiling {
+            wg: parts[0],
+            qpi: parts[1],
+            bk: parts[2],
+            stage: parts[3] != 0,
+        })
+    }
+
+    /// Fails with [`Error::LimitExceeded`] if the tiling cannot run on this device.
+    pub fn check(self, ctx: &GpuContext, head: usize, retrievals: usize) -> Result<Self> {
+        let limits = ctx.limits();
+        let hint = Some("the unfused strategy (Strategy::Unfused) has no such limit");
+        if self.wg > limits.max_compute_invocations_per_workgroup
+            || self.wg > limits.max_compute_workgroup_size_x
+        {
+            return Err(Error::LimitExceeded {
+                what: "fused attention workgroup".into(),
+                required: self.wg as u64,
+                limit: limits
+                    .max_compute_invocations_per_workgroup
+                    .min(limits.max_compute_workgroup_size_x) as u64,
+                limit_name: "max_compute_invocations_per_workgroup",
+                hint,
+            });
+        }
+        let workgroup = self.workgroup_bytes(head, retrievals);
+        if workgroup > limits.max_compute_workgroup_storage_size as u64 {
+            return Err(Error::LimitExceeded {
+                what: "fused attention key tile".into(),
+                required: workgroup,
+                limit: limits.max_compute_workgroup_storage_size as u64,
+                limit_name: "max_compute_workgroup_storage_size",
+                hint,
+            });
+        }
+        let private = self.private_bytes(head, retrievals);
+        if ctx.info().backend == wgpu::Backend::BrowserWebGpu && private > PRIVATE_BUDGET_BYTES {
+            return Err(Error::LimitExceeded {
+                what: format!(
+                    "fused attention registers for dim_head {head}, {retrievals} retrievals"
+                ),
+                required: private as u64,
+                limit: PRIVATE_BUDGET_BYTES as u64,
+                limit_name: "WGSL function-scope memory (8 KiB in browsers)",
+                hint,
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// The general fused kernel (`fused_attention.wgsl`) at one shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FusedPlan {
+    /// Tile sizes.
+    pub tiling: FusedTiling,
+    /// Storage of the projections it reads and the concatenation it writes: texels only where
+    /// the GEMMs use texels and heads start on texel boundaries (`d % 4 == 0`).
+    pub storage: Storage,
+    /// The key range of each dispatch: one range, or several where the driver caps loop
+    /// iterations per invocation, carrying the online-softmax state between them.
+    pub key_chunks: Vec<Range<usize>>,
+}
+
+impl FusedPlan {
+    /// Whether the key range is split (and the running state carried between dispatches).
+    pub fn splits_keys(&self) -> bool {
+        self.key_chunks.len() > 1
+    }
+
+    /// Resolves the fused kernel for `layout` with `storage` (the caller's choice: the layer
+    /// passes [`CorePlan`]'s, kernel tests pass either).
+    pub(crate) fn resolve(
+        ctx: &GpuContext,
+        layout: &ProjectionLayout,
+        tiling: FusedTiling,
+        storage: Storage,
+    ) -> Result<FusedPlan> {
+        if storage == Storage::Texels && !layout.head.is_multiple_of(4) {
+            return Err(Error::InvalidConfig {
+                field: "dim_head",
+                value: layout.head.to_string(),
+                reason: "texel operands of the fused kernel need dim_head % 4 == 0",
+            });
+        }
+        let v = vector_width(layout.head) as u64;
+        let (q, bk, wg) = (tiling.qpi as u64, tiling.bk as u64, tiling.wg as u64);
+        let (dv, r) = (layout.head as u64 / v, layout.retrievals as u64);
+        let vwv = r * dv;
+        // Loop iterations, counting every loop as if the compiler unrolled none of them.
+        let per_key = 2 + 2 * q + (dv + vwv) * (1 + q);
+        let per_tile = 2 * q + q * (1 + bk + vwv) + (bk * (dv + vwv + 1)).div_ceil(wg) + 3;
+        let fixed = q * (2 + dv + 2 * vwv) + q * (r * (1 + dv) + r + dv * (1 + r)) + 16;
+        let key_chunks = split_for_loop_budget(
+            ctx,
+            "fused attention",
+            layout.seq,
+            per_key + per_tile.div_ceil(bk),
+            fixed,
+            tiling.bk as usize,
+        )?;
+        Ok(FusedPlan {
+            tiling,
+            storage,
+            key_chunks,
+        })
+    }
+}
+
+/// The K-loop vector width of kernels reading heads: 4 where `d % 4 == 0` (every offset is then
+/// a multiple of 4), else 1.
+pub(crate) fn vector_width(head: usize) -> usize {
+    if head.is_multiple_of(4) { 4 } else { 1 }
+}
+
+/// The blocked CPU core (`blocked_attention.wgsl` + `retrieval_mix.wgsl`) at one shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockedPlan {
+    /// Value texels per workgroup (4 value columns each); scores are recomputed once per block.
+    pub block_texels: usize,
+}
+
+impl BlockedPlan {
+    /// The blocked core where it can run: texel operands, heads on texel boundaries, and the
+    /// whole key range in one dispatch under the driver's loop budget (the key loop has one
+    /// iteration per 16 keys plus the head loop, so this holds below tens of thousands of keys).
+    pub(crate) fn resolve(ctx: &GpuContext, layout: &ProjectionLayout) -> Option<BlockedPlan> {
+        let dv = layout.head as u64 / 4;
+        let fits = Storage::of_operands(ctx) == Storage::Texels
+            && layout.head.is_multiple_of(4)
+            && split_for_loop_budget(
+                ctx,
+                "blocked attention",
+                layout.seq,
+                1 + dv.div_ceil(16),
+                64,
+                16,
+            )
+            .is_ok_and(|chunks| chunks.len() == 1);
+        fits.then(|| BlockedPlan {
+            block_texels: blocked_block_texels(layout),
+        })
+    }
+}
+
+/// Value texels per workgroup of the blocked core. Scores are recomputed once per block, so
+/// wider blocks do less arithmetic: at `r·d = 128` a block of 16 texels (64 columns) runs the
+/// scores twice where 8 texels ran them four times, and measured 1.6× faster on lavapipe
+/// despite holding twice the accumulators. Narrow values take the smallest block that covers
+/// them.
+fn blocked_block_texels(layout: &ProjectionLayout) -> usize {
+    match layout.retrievals * layout.head {
+        64.. => 16,
+        32.. => 8,
+        _ => 4,
+    }
+}
+
+/// How the attention core (search, retrieval, selection) runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorePlan {
+    /// The fused core in 4 × 4 blocks for CPU drivers, then a selection kernel.
+    Blocked(BlockedPlan),
+    /// The general fused kernel: online softmax, selection in its epilogue.
+    Fused(FusedPlan),
+    /// Logits, softmax, aggregation and selection, each a kernel; `b·s·n²` logits stored.
+    Unfused,
+}
+
+impl CorePlan {
+    /// A short name for logs and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CorePlan::Blocked(_) => "blocked",
+            CorePlan::Fused(_) => "fused",
+            CorePlan::Unfused => "unfused",
+        }
+    }
+}
+
+/// The input projection weights a plan reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProjectionWeights {
+    /// `[W_sq; W_sk; W_rq; W_rv]`: the projections as SPEC writes them (unfused core).
+    Plain,
+    /// `[W_sq; W_sk; W_q̃; W_rv]` with `W_q̃ = W_rkᵀ·W_rq` per search, so that the GEMM yields
+    /// `Q̃ = RQ·W_rk` directly and the fused cores' retrieval logits are `Q̃·Ret` (SPEC §2.4).
+    RetrievalFolded,
+}
+
+/// Everything one forward of one shape runs, decided from the device, the configuration and
+/// the shape. See the module documentation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutionPlan {
+    /// Batch size.
+    pub batch: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// The strategy asked for.
+    pub strategy: Strategy,
+    /// The kernel family.
+    pub family: KernelFamily,
+    /// The GEMM of both projections, and the storage of its operands and weights.
+    pub gemm: GemmPlan,
+    /// The attention core.
+    pub core: CorePlan,
+}
+
+impl ExecutionPlan {
+    /// Resolves the plan for `config` at `batch × seq` with `strategy` on `ctx`. Fails with a
+    /// typed error when no kernel of the strategy can run the problem here.
+    pub fn resolve(
+        ctx: &GpuContext,
+        config: &Config,
+        strategy: Strategy,
+        batch: usize,
+        seq: usize,
+    ) -> Result<ExecutionPlan> {
+        config.validate()?;
+        let c = config;
+        let layout =
+            ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
+        let gemm = GemmPlan::of(ctx);
+        let core = match strategy {
+            Strategy::Unfused => CorePlan::Unfused,
+            Strategy::Fused => match BlockedPlan::resolve(ctx, &layout) {
+                Some(blocked) => CorePlan::Blocked(blocked),
+                None => {
+                    let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
+                    let storage = match gemm.storage() {
+                        Storage::Texels if c.dim_head.is_multiple_of(4) => Storage::Texels,
+                        _ => Storage::Buffers,
+                    };
+                    CorePlan::Fused(FusedPlan::resolve(ctx, &layout, tiling, storage)?)
+                }
+            },
+        };
+        let plan = ExecutionPlan {
+            batch,
+            seq,
+            strategy,
+            family: KernelFamily::of(ctx),
+            gemm,
+            core,
+        };
+        plan.check_sizes(ctx, c, &layout)?;
+        log::debug!("plan for batch {batch} × seq {seq}: {}", plan.describe());
+        if let CorePlan::Fused(fused) = &plan.core
+            && fused.splits_keys()
+        {
+            log::info!(
+                "fused attention splits {seq} keys into {} dispatches (driver loop cap)",
+                fused.key_chunks.len()
+            );
+        }
+        Ok(plan)
+    }
+
+    /// Refuses, before anything is allocated, a plan whose largest buffers or texel matrices
+    /// exceed the device's limits, naming the buffer and the limit.
+    fn check_sizes(&self, ctx: &GpuContext, c: &Config, layout: &ProjectionLayout) -> Result<()> {
+        use crate::gpu::memory::check_storage_size;
+        use crate::shape::elements;
+        let (b, n) = (self.batch, self.seq);
+        let tokens = b * n;
+        let bytes = |what: &str, dims: &[usize]| -> Result<u64> {
+            elements(what, dims).map(|e| e.saturating_mul(4))
+        };
+        check_storage_size(ctx, "input", bytes("input", &[b, n, c.dim])?, None)?;
+        let core_texels = self.core_storage() == Storage::Texels;
+        if core_texels {
+            crate::gpu::texture::TexelShape::new(ctx, "projections", tokens, layout.row_stride)?;
+        } else {
+            let proj = bytes("projections", &[b, n, layout.row_stride])?;
+            check_storage_size(ctx, "projections", proj, None)?;
+        }
+        if self.gemm == GemmPlan::Texels {
+            crate::gpu::texture::TexelShape::new(ctx, "GEMM operand", tokens, c.dim)?;
+        }
+        match &self.core {
+            CorePlan::Unfused => {
+                let logits = bytes("search logits", &[b, c.num_searches, n, n])?;
+                check_storage_size(
+                    ctx,
+                    "search logits",
+                    logits,
+                    Some(
+                        "the unfused strategy stores b·s·n² search logits; the fused strategy \
+                         (Strategy::Fused, the default) needs no such buffer",
+                    ),
+                )?;
+            }
+            CorePlan::Fused(fused) if fused.splits_keys() => {
+                let carry = bytes("fused carry", &[b, c.num_searches, n, c.value_width()])?;
+                check_storage_size(ctx, "fused carry (accumulators)", carry, None)?;
+            }
+            CorePlan::Blocked(_) => {
+                crate::gpu::texture::TexelShape::new(
+                    ctx,
+                    "retrieved",
+                    b * c.num_searches * n,
+                    c.value_width(),
+                )?;
+            }
+            CorePlan::Fused(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The projection weights the plan reads.
+    pub fn projection_weights(&self) -> ProjectionWeights {
+        match self.core {
+            CorePlan::Unfused => ProjectionWeights::Plain,
+            CorePlan::Blocked(_) | CorePlan::Fused(_) => ProjectionWeights::RetrievalFolded,
+        }
+    }
+
+    /// Whether the plan reads `W_rk` itself (only the unfused selection does; the fused cores
+    /// read it folded into the projection).
+    pub fn reads_retrieval_keys(&self) -> bool {
+        self.core == CorePlan::Unfused
+    }
+
+    /// Storage of the projections the core reads and the concatenation it writes.
+    pub fn core_storage(&self) -> Storage {
+        match &self.core {
+            CorePlan::Blocked(_) => Storage::Texels,
+            CorePlan::Fused(fused) => fused.storage,
+            CorePlan::Unfused => Storage::Buffers,
+        }
+    }
+
+    /// One line for logs: family, GEMM, core and its tiles.
+    pub fn describe(&self) -> String {
+        let core = match &self.core {
+            CorePlan::Blocked(b) => format!("blocked ({} value texels per block)", b.block_texels),
+            CorePlan::Fused(f) => format!(
+                "fused {:?} on {:?}, {} key chunk(s)",
+                f.tiling,
+                f.storage,
+                f.key_chunks.len()
+            ),
+            CorePlan::Unfused => "unfused".to_string(),
+        };
+        format!(
+            "{:?} family, GEMM {:?}, core {core}",
+            self.family, self.gemm
+        )
+    }
+}

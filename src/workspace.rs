@@ -1,0 +1,628 @@
+//! A workspace carries out one [`ExecutionPlan`]: the intermediates and the bound dispatches of
+//! one forward shape, built once and recorded into any number of command encoders.
+//!
+//! Data flows one way: input → (LayerNorm) → projections GEMM → attention core → output GEMM.
+//! The input, the key mask and the output are [`IoSlot`]s: a recording names the buffers behind
+//! them ([`IoBuffers`]), the workspace's own host-upload buffers for `forward`, the caller's for
+//! `encode`. Bind groups for the last io buffers are kept, so recording the same buffers again
+//! builds nothing.
+//!
+//! A layer keeps a few workspaces alive ([`WorkspaceCache`]) so that inputs whose shape
+//! alternates do not rebuild them.
+
+use crate::config::Config;
+use crate::device_weights::{GemmWeights, PlanWeights};
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::gpu::dispatch::{Buf, Dispatch, IoBuffers, IoSlot};
+use crate::gpu::memory;
+use crate::gpu::texture::TexelRows;
+use crate::gpu::timing::PassTimer;
+use crate::layer::Strategy;
+use crate::ops::fused_attention::{Carry, FusedIo};
+use crate::ops::gemm::{GemmOperands, GemmShape};
+use crate::ops::{self, ProjectionLayout, Rows};
+use crate::plan::{CorePlan, ExecutionPlan, Storage};
+
+const N_SQUARED_HINT: &str = "the unfused strategy stores b·s·n² search logits; the fused strategy \
+     (Strategy::Fused, the default) needs no such buffer";
+
+/// Intermediate buffers and textures the dispatches are bound to.
+#[derive(Default)]
+struct Held {
+    buffers: Vec<wgpu::Buffer>,
+    texels: Vec<TexelRows>,
+}
+
+impl Held {
+    fn bytes(&self) -> u64 {
+        self.buffers.iter().map(|b| b.size()).sum::<u64>()
+            + self.texels.iter().map(TexelRows::bytes).sum::<u64>()
+    }
+}
+
+/// The projections the core reads and the concatenation it writes, in the plan's core storage.
+// One value per workspace build: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum CoreOperands {
+    Buffers {
+        proj: wgpu::Buffer,
+        concat: wgpu::Buffer,
+    },
+    Texels {
+        proj: TexelRows,
+        concat: TexelRows,
+    },
+}
+
+impl CoreOperands {
+    fn new(ctx: &GpuContext, layout: &ProjectionLayout, storage: Storage) -> Result<Self> {
+        let (batch, seq) = (layout.batch, layout.seq);
+        let search_width = layout.searches * layout.head;
+        Ok(match storage {
+            Storage::Buffers => CoreOperands::Buffers {
+                proj: memory::storage(ctx, "projections", &[batch, seq, layout.row_stride], None)?,
+                concat: memory::storage(
+                    ctx,
+                    "concatenated searches",
+                    &[batch, seq, search_width],
+                    None,
+                )?,
+            },
+            Storage::Texels => CoreOperands::Texels {
+                proj: TexelRows::new(ctx, "projections", batch * seq, layout.row_stride)?,
+                concat: TexelRows::new(ctx, "concatenated searches", batch * seq, search_width)?,
+            },
+        })
+    }
+
+    fn proj(&self) -> Rows<'_> {
+        match self {
+            CoreOperands::Buffers { proj, .. } => Rows::Buffer(proj.into()),
+            CoreOperands::Texels { proj, .. } => Rows::Texels(proj),
+        }
+    }
+
+    fn hold(self, held: &mut Held) {
+        match self {
+            CoreOperands::Buffers { proj, concat } => held.buffers.extend([proj, concat]),
+            CoreOperands::Texels { proj, concat } => held.texels.extend([proj, concat]),
+        }
+    }
+}
+
+/// A plan whose parts disagree (its GEMM, core and storage are resolved together by
+/// `ExecutionPlan::resolve`, so only a hand-made plan can get here).
+fn inconsistent(what: &'static str) -> crate::Error {
+    crate::Error::InvalidConfig {
+        field: "execution plan",
+        value: what.to_string(),
+        reason: "the plan's GEMM, core and operand storage disagree",
+    }
+}
+
+/// Buffers the host `forward` uploads into and reads back from.
+#[derive(Clone)]
+pub(crate) struct HostIo {
+    pub io: IoBuffers,
+    pub staging: wgpu::Buffer,
+}
+
+impl HostIo {
+    fn bytes(&self) -> u64 {
+        self.io.input.size() + self.io.mask.size() + self.io.output.size() + self.staging.size()
+    }
+}
+
+/// The intermediates and dispatches of one plan.
+pub(crate) struct Workspace {
+    plan: ExecutionPlan,
+    dispatches: Vec<Dispatch>,
+    held: Held,
+    /// The io buffers last recorded with, and the bind groups of the dispatches that bind them
+    /// (`None` for a dispatch bound once at build).
+    io_groups: Option<(IoBuffers, Vec<Option<wgpu::BindGroup>>)>,
+    /// Created by the first host `forward`.
+    host: Option<HostIo>,
+    /// A mask of ones, for recordings without a mask; created on first need.
+    all_keys: Option<wgpu::Buffer>,
+    /// Timestamp queries, created by the first profiled recording.
+    timer: Option<PassTimer>,
+}
+
+impl Workspace {
+    /// Allocates the intermediates of `plan` and binds every dispatch, in data-flow order.
+    pub(crate) async fn build(
+        ctx: &GpuContext,
+        config: &Config,
+        weights: PlanWeights<'_>,
+        plan: ExecutionPlan,
+    ) -> Result<Workspace> {
+        let start = crate::time::Instant::now();
+        let c = config;
+        let (batch, seq) = (plan.batch, plan.seq);
+        let tokens = batch * seq;
+        let layout =
+            ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
+        let scale = c.scale() as f32;
+        let mut held = Held::default();
+        let mut dispatches = Vec::new();
+
+        // 1. Prenorm: the GEMM reads the normalised input, else the caller's.
+        let normed = match weights.norm {
+            Some((gamma, beta)) => {
+                let normed = memory::storage(ctx, "layer norm", &[batch, seq, c.dim], None)?;
+                dispatches.push(
+                    ops::layer_norm::dispatch(
+                        ctx,
+                        tokens,
+                        c.dim,
+                        IoSlot::Input,
+                        gamma,
+                        beta,
+                        &normed,
+                    )
+                    .await?,
+                );
+                Some(normed)
+            }
+            None => None,
+        };
+        let input = normed.as_ref().map_or(Buf::Io(IoSlot::Input), Buf::Owned);
+
+        // 2. Projections [SQ | SK | RQ or Q̃ | RV], in the storage the core reads.
+        let core = CoreOperands::new(ctx, &layout, plan.core_storage())?;
+        let proj_shape = GemmShape {
+            m: tokens,
+            n: layout.row_stride,
+            k: c.dim,
+        };
+        let operands = match (&weights.gemm, &core) {
+            (
+                GemmWeights::Buffers {
+                    tiling, projection, ..
+                },
+                CoreOperands::Buffers { proj, .. },
+            ) => GemmOperands::Buffers {
+                tiling: *tiling,
+                shape: proj_shape,
+                lhs: input,
+                rhs: projection,
+                out: proj.into(),
+            },
+            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
+                return Err(inconsistent("texel core operands with the buffer GEMM"));
+            }
+            (GemmWeights::Texels { projection, .. }, _) => {
+                let copy = Self::texel_copy(ctx, input, tokens, c.dim, &mut dispatches).await?;
+                held.texels.push(copy);
+                GemmOperands::Texels {
+                    lhs: held.texels.last().expect("pushed above"),
+                    rhs: projection,
+                    out: core.proj(),
+                }
+            }
+        };
+        dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
+
+        // 3. The attention core: search, retrieval and selection into the concatenation.
+        match (&plan.core, &core) {
+            (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
+                let value_mean =
+                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
+                dispatches
+                    .push(ops::value_mean::dispatch(ctx, &layout, core.proj(), &value_mean).await?);
+                let bound = ops::blocked_attention::bind(
+                    ctx,
+                    &layout,
+                    *blocked,
+                    scale,
+                    c.causal,
+                    proj,
+                    IoSlot::Mask,
+                    &value_mean,
+                    concat,
+                )
+                .await?;
+                dispatches.extend(bound.dispatches);
+                held.buffers.push(value_mean);
+                held.texels.push(bound.retrieved);
+            }
+            (CorePlan::Fused(fused), _) => {
+                let value_mean =
+                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
+                dispatches
+                    .push(ops::value_mean::dispatch(ctx, &layout, core.proj(), &value_mean).await?);
+                let carry = Carry::for_plan(ctx, &layout, fused)?;
+                let io = match &core {
+                    CoreOperands::Buffers { proj, concat } => FusedIo::Buffers { proj, concat },
+                    CoreOperands::Texels { proj, concat } => FusedIo::Texels { proj, concat },
+                };
+                dispatches.extend(
+                    ops::fused_attention::dispatches(
+                        ctx,
+                        &layout,
+                        fused,
+                        scale,
+                        c.causal,
+                        io,
+                        IoSlot::Mask,
+                        &value_mean,
+                        carry.as_ref(),
+                    )
+                    .await?,
+                );
+                held.buffers.push(value_mean);
+                held.buffers.extend(
+                    carry
+                        .map(|carry| [carry.acc, carry.stats])
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+            (CorePlan::Unfused, CoreOperands::Buffers { proj, concat }) => {
+                let w_rk = weights
+                    .retrieval_keys
+                    .ok_or_else(|| inconsistent("the unfused core without W_rk"))?;
+                held.buffers.extend(
+                    unfused_core(ctx, c, &layout, proj, w_rk, concat, &mut dispatches).await?,
+                );
+            }
+            (CorePlan::Blocked(_), CoreOperands::Buffers { .. }) => {
+                return Err(inconsistent("the blocked core on buffers"));
+            }
+            (CorePlan::Unfused, CoreOperands::Texels { .. }) => {
+                return Err(inconsistent("the unfused core on texels"));
+            }
+        }
+
+        // 4. Output projection into the caller's output.
+        let out_shape = GemmShape {
+            m: tokens,
+            n: c.dim,
+            k: c.search_width(),
+        };
+        let operands = match (&weights.gemm, &core) {
+            (GemmWeights::Buffers { tiling, out, .. }, CoreOperands::Buffers { concat, .. }) => {
+                GemmOperands::Buffers {
+                    tiling: *tiling,
+                    shape: out_shape,
+                    lhs: concat.into(),
+                    rhs: out,
+                    out: Buf::Io(IoSlot::Output),
+                }
+            }
+            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
+                return Err(inconsistent("texel core operands with the buffer GEMM"));
+            }
+            (GemmWeights::Texels { out, .. }, CoreOperands::Texels { concat, .. }) => {
+                GemmOperands::Texels {
+                    lhs: concat,
+                    rhs: out,
+                    out: Rows::Buffer(Buf::Io(IoSlot::Output)),
+                }
+            }
+            (GemmWeights::Texels { out, .. }, CoreOperands::Buffers { concat, .. }) => {
+                let copy = Self::texel_copy(
+                    ctx,
+                    concat.into(),
+                    tokens,
+                    c.search_width(),
+                    &mut dispatches,
+                )
+                .await?;
+                held.texels.push(copy);
+                GemmOperands::Texels {
+                    lhs: held.texels.last().expect("pushed above"),
+                    rhs: out,
+                    out: Rows::Buffer(Buf::Io(IoSlot::Output)),
+                }
+            }
+        };
+        dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
+
+        held.buffers.extend(normed);
+        core.hold(&mut held);
+        let workspace = Workspace {
+            plan,
+            dispatches,
+            held,
+            io_groups: None,
+            host: None,
+            all_keys: None,
+            timer: None,
+        };
+        log::info!(
+            "workspace for batch {batch} × seq {seq} ({}): {} dispatches, {} bytes, built in {:.1} ms",
+            workspace.plan.core.name(),
+            workspace.dispatches.len(),
+            workspace.bytes(),
+            start.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(workspace)
+    }
+
+    /// A texel copy of the `[rows, cols]` buffer for the texel GEMM, made by a `texture_copy`
+    /// dispatch appended to `dispatches`.
+    async fn texel_copy(
+        ctx: &GpuContext,
+        buffer: Buf<'_>,
+        rows: usize,
+        cols: usize,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<TexelRows> {
+        let copy = TexelRows::new(ctx, "GEMM operand", rows, cols)?;
+        dispatches.push(ops::texture_copy::dispatch(ctx, buffer, &copy).await?);
+        Ok(copy)
+    }
+
+    /// Whether the workspace serves `(batch, seq, strategy)`.
+    pub(crate) fn serves(&self, batch: usize, seq: usize, strategy: Strategy) -> bool {
+        (self.plan.batch, self.plan.seq, self.plan.strategy) == (batch, seq, strategy)
+    }
+
+    /// Bytes of GPU memory the workspace holds.
+    pub(crate) fn bytes(&self) -> u64 {
+        let params: u64 = self.dispatches.iter().map(Dispatch::bytes).sum();
+        let host = self.host.as_ref().map_or(0, HostIo::bytes);
+        let all_keys = self.all_keys.as_ref().map_or(0, wgpu::Buffer::size);
+        let timer = self.timer.as_ref().map_or(0, PassTimer::bytes);
+        self.held.bytes() + params + host + all_keys + timer
+    }
+
+    /// The host forward's upload and readback buffers, created on first use.
+    pub(crate) fn host_io(&mut self, ctx: &GpuContext, dim: usize) -> Result<HostIo> {
+        let (batch, seq) = (self.plan.batch, self.plan.seq);
+        let host = match self.host.take() {
+            Some(host) => host,
+            None => {
+                let output = memory::storage(ctx, "output", &[batch, seq, dim], None)?;
+                HostIo {
+                    staging: memory::staging(ctx, "output readback", output.size()),
+                    io: IoBuffers {
+                        input: memory::storage(ctx, "input", &[batch, seq, dim], None)?,
+                        mask: memory::storage(ctx, "mask", &[batch, seq], None)?,
+                        output,
+                    },
+                }
+            }
+        };
+        Ok(self.host.insert(host).clone())
+    }
+
+    /// A mask that allows every key, for recordings without a mask; created on first use.
+    pub(crate) fn all_keys(&mut self, ctx: &GpuContext) -> Result<wgpu::Buffer> {
+        let mask = match self.all_keys.take() {
+            Some(mask) => mask,
+            None => memory::storage_init(
+                ctx,
+                "mask (every key allowed)",
+                &vec![1u32; self.plan.batch * self.plan.seq],
+            )?,
+        };
+        Ok(self.all_keys.insert(mask).clone())
+    }
+
+    /// Builds the bind groups of the dispatches that bind io slots for `io`, unless the last
+    /// recording used the same buffers. Call inside an error scope: a buffer of another device
+    /// fails validation here (then [`Workspace::forget_io`]).
+    pub(crate) fn bind_io(&mut self, ctx: &GpuContext, io: &IoBuffers) {
+        io_bind_groups(&mut self.io_groups, &self.dispatches, ctx, io);
+    }
+
+    /// Drops the io bind groups (after a failed [`Workspace::bind_io`]).
+    pub(crate) fn forget_io(&mut self) {
+        self.io_groups = None;
+    }
+
+    /// Records every dispatch into `encoder` with `io` behind the slots: in one compute pass, or
+    /// with `timed` in one pass per dispatch between timestamps (where the device has them).
+    /// Bind groups for `io` are built only when it differs from the last recording's. Call
+    /// inside an error scope: a buffer of another device fails validation here.
+    pub(crate) fn record(
+        &mut self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        io: &IoBuffers,
+        timed: bool,
+    ) {
+        if timed && self.timer.is_none() {
+            self.timer = PassTimer::new(ctx, self.dispatches.len());
+        }
+        let groups = io_bind_groups(&mut self.io_groups, &self.dispatches, ctx, io);
+        match self.timer.as_ref().filter(|_| timed) {
+            // One pass per kernel, bracketed by timestamps.
+            Some(timer) => {
+                for (index, (dispatch, group)) in
+                    self.dispatches.iter().zip(groups.iter()).enumerate()
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(dispatch.label()),
+                        timestamp_writes: Some(timer.writes(index)),
+                    });
+                    dispatch.record(&mut pass, group.as_ref());
+                }
+                timer.resolve(encoder);
+            }
+            // Everything in one pass: no pass boundaries for the driver to synchronise.
+            None => {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("compositional attention"),
+                    timestamp_writes: None,
+                });
+                for (dispatch, group) in self.dispatches.iter().zip(groups.iter()) {
+                    dispatch.record(&mut pass, group.as_ref());
+                }
+            }
+        }
+    }
+
+    /// The timer of profiled recordings, if the device has timestamps and one was recorded.
+    pub(crate) fn timer(&self) -> Option<&PassTimer> {
+        self.timer.as_ref()
+    }
+
+    /// The dispatches' labels, in recording order.
+    pub(crate) fn labels(&self) -> impl Iterator<Item = &str> {
+        self.dispatches.iter().map(Dispatch::label)
+    }
+}
+
+/// The bind groups for `io` of the `dispatches` that bind io slots (`None` for the others):
+/// those in `slot` when it holds the same buffers, else new ones, stored in `slot`.
+fn io_bind_groups<'a>(
+    slot: &'a mut Option<(IoBuffers, Vec<Option<wgpu::BindGroup>>)>,
+    dispatches: &[Dispatch],
+    ctx: &GpuContext,
+    io: &IoBuffers,
+) -> &'a [Option<wgpu::BindGroup>] {
+    let (last, groups) = match slot.take() {
+        Some((last, groups)) if &last == io => (last, groups),
+        _ => {
+            log::debug!("binding {} dispatches to new io buffers", dispatches.len());
+            let groups = dispatches
+                .iter()
+                .map(|d| d.binds_io().then(|| d.create_bind_group(ctx, Some(io))))
+                .collect();
+            (io.clone(), groups)
+        }
+    };
+    &slot.insert((last, groups)).1
+}
+
+/// Workspaces of recently used shapes, most recent last, up to a count.
+pub(crate) struct WorkspaceCache {
+    workspaces: Vec<Workspace>,
+    capacity: usize,
+}
+
+impl WorkspaceCache {
+    /// Shapes kept by default: enough for a prefill shape, a decode shape and a couple of
+    /// alternating batch shapes without rebuilding.
+    pub(crate) const DEFAULT_CAPACITY: usize = 4;
+
+    pub(crate) fn new() -> Self {
+        WorkspaceCache {
+            workspaces: Vec::new(),
+            capacity: Self::DEFAULT_CAPACITY,
+        }
+    }
+
+    /// The workspace for `(batch, seq, strategy)`, moved to the most-recent end; `None` if absent.
+    pub(crate) fn get(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        strategy: Strategy,
+    ) -> Option<&mut Workspace> {
+        let index = self
+            .workspaces
+            .iter()
+            .position(|w| w.serves(batch, seq, strategy))?;
+        let workspace = self.workspaces.remove(index);
+        self.workspaces.push(workspace);
+        self.workspaces.last_mut()
+    }
+
+    /// Frees least recently used workspaces until one more fits, before it is allocated.
+    pub(crate) fn make_room(&mut self) {
+        while self.workspaces.len() >= self.capacity.max(1) {
+            let evicted = self.workspaces.remove(0);
+            log::debug!(
+                "evicting the workspace for batch {} × seq {}",
+                evicted.plan.batch,
+                evicted.plan.seq
+            );
+        }
+    }
+
+    /// Adds a workspace as the most recent.
+    pub(crate) fn insert(&mut self, workspace: Workspace) -> &mut Workspace {
+        self.make_room();
+        self.workspaces.push(workspace);
+        let last = self.workspaces.len() - 1;
+        &mut self.workspaces[last]
+    }
+
+    /// Keeps at most `capacity` (at least 1) workspaces, evicting the least recently used.
+    pub(crate) fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        let excess = self.workspaces.len().saturating_sub(self.capacity);
+        self.workspaces.drain(..excess);
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Frees every workspace.
+    pub(crate) fn clear(&mut self) {
+        self.workspaces.clear();
+    }
+
+    /// The shapes held, least recently used first.
+    pub(crate) fn shapes(&self) -> Vec<(usize, usize, Strategy)> {
+        self.workspaces
+            .iter()
+            .map(|w| (w.plan.batch, w.plan.seq, w.plan.strategy))
+            .collect()
+    }
+
+    /// Bytes of every workspace.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.workspaces.iter().map(Workspace::bytes).sum()
+    }
+}
+
+/// The unfused attention core: logits, softmax, aggregation, selection. Returns the
+/// intermediate buffers the dispatches are bound to.
+async fn unfused_core(
+    ctx: &GpuContext,
+    c: &Config,
+    layout: &ProjectionLayout,
+    proj: &wgpu::Buffer,
+    w_rk: &wgpu::Buffer,
+    concat: &wgpu::Buffer,
+    dispatches: &mut Vec<Dispatch>,
+) -> Result<Vec<wgpu::Buffer>> {
+    let (batch, seq) = (layout.batch, layout.seq);
+    let scale = c.scale() as f32;
+    let scores = [batch, c.num_searches, seq, seq];
+    let logits = memory::storage(ctx, "search logits", &scores, Some(N_SQUARED_HINT))?;
+    let weights = memory::storage(ctx, "search weights", &scores, Some(N_SQUARED_HINT))?;
+    let retrieved = memory::storage(
+        ctx,
+        "retrieved",
+        &[batch, c.num_searches, seq, c.value_width()],
+        None,
+    )?;
+    let g_scratch = memory::storage(
+        ctx,
+        "retrieval logits",
+        &[batch, c.num_searches, seq, c.num_retrievals],
+        None,
+    )?;
+    dispatches.push(ops::search_scores::dispatch(ctx, layout, scale, proj, &logits).await?);
+    dispatches.push(
+        ops::masked_softmax::dispatch(
+            ctx,
+            batch,
+            c.num_searches,
+            seq,
+            c.causal,
+            &logits,
+            IoSlot::Mask,
+            &weights,
+        )
+        .await?,
+    );
+    dispatches
+        .extend(ops::search_values::dispatches(ctx, layout, &weights, proj, &retrieved).await?);
+    dispatches.push(
+        ops::retrieval_select::dispatch(
+            ctx, layout, scale, &retrieved, proj, w_rk, &g_scratch, concat,
+        )
+        .await?,
+    );
+    Ok(vec![logits, weights, retrieved, g_scratch])
+}
