@@ -25,9 +25,10 @@ pub struct Problem {
     pub seq: usize,
 }
 
-/// Problems that between them reach every kernel and every kind of specialisation: vec4 and
-/// scalar head widths, one and several retrievals, `prenorm`, causal, the README size and a
-/// sequence long enough to split keys on loop-capped drivers.
+/// Problems that between them reach every kernel, io piece and kind of specialisation: vec4 and
+/// scalar head widths, one and several retrievals, `prenorm`, causal, the README size, a
+/// sequence long enough to split keys on loop-capped drivers, and one too long for the blocked
+/// CPU core.
 pub fn representative_problems() -> Vec<Problem> {
     let c = |dim, d, s, r| {
         Config::new(dim)
@@ -77,6 +78,14 @@ pub fn representative_problems() -> Vec<Problem> {
             config: c(256, 32, 4, 4),
             batch: 1,
             seq: 4096,
+        },
+        // Past what the blocked CPU core covers in one dispatch on a loop-capped driver, so the
+        // general fused kernel reads texels there (prepared only, never run: small widths).
+        Problem {
+            name: "longer_than_blocked",
+            config: c(8, 4, 1, 1),
+            batch: 1,
+            seq: 30_000,
         },
     ]
 }
