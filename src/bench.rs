@@ -162,7 +162,7 @@ impl KernelBench {
         let storage = match ExecutionPlan::resolve(ctx, c, Strategy::Fused, batch, seq)?.core {
             CorePlan::Fused(fused) => fused.storage,
             CorePlan::Blocked(_) => Storage::Texels,
-            CorePlan::Unfused => Storage::Buffers,
+            CorePlan::Unfused | CorePlan::Cached(_) => Storage::Buffers,
         };
         let fused = FusedPlan::resolve(ctx, &layout, tiling, storage)?;
         let blocked = BlockedPlan::resolve(ctx, &layout);

@@ -170,6 +170,24 @@ pub enum Error {
         strategy: &'static str,
     },
 
+    /// Appending to a KV cache would pass its capacity; nothing was appended.
+    #[error(
+        "the KV cache holds {len} of {capacity} positions and cannot take {appended} more; \
+         create it with a larger max_seq, or clear it"
+    )]
+    CacheFull {
+        /// Positions cached.
+        len: usize,
+        /// Positions the call would append.
+        appended: usize,
+        /// The cache's `max_seq`.
+        capacity: usize,
+    },
+
+    /// A KV cache used with a layer (or batch) it was not made for.
+    #[error("KV cache: {0}")]
+    CacheMismatch(String),
+
     /// wgpu reported a validation error (a bug or a limit the host did not check).
     #[error("GPU validation error during {operation}: {message}")]
     GpuValidation {

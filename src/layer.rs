@@ -9,6 +9,7 @@ use crate::gpu::dispatch::IoBuffers;
 use crate::gpu::timing::TimingSource;
 use crate::gpu::{GpuContext, memory};
 use crate::io::{self, Input};
+use crate::kv_cache::KvCache;
 use crate::plan::ExecutionPlan;
 use crate::reference;
 use crate::shape;
@@ -96,6 +97,8 @@ pub struct Profile {
 ///   caller's buffers, for programs that keep tensors on the GPU; nothing runs until the caller
 ///   submits. `forward` is a thin wrapper over the same recording.
 pub struct CompositionalAttention {
+    /// Unique per layer: a KV cache records the layer that made it.
+    id: u64,
     ctx: GpuContext,
     config: Config,
     weights: DeviceWeights,
@@ -120,7 +123,9 @@ impl CompositionalAttention {
     pub fn new(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
         let config = *weights.config();
         config.validate()?;
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(CompositionalAttention {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             ctx: ctx.clone(),
             config,
             weights: DeviceWeights::new(weights),
@@ -207,7 +212,7 @@ impl CompositionalAttention {
             // Free the least recently used shape before allocating the new one.
             self.workspaces.make_room();
             let weights = self.weights.for_plan(&self.ctx, &plan)?;
-            let workspace = Workspace::build(&self.ctx, &self.config, weights, plan).await?;
+            let workspace = Workspace::build(&self.ctx, &self.config, weights, plan, None).await?;
             return Ok(self.workspaces.insert(workspace));
         }
         self.workspaces
@@ -341,7 +346,7 @@ impl CompositionalAttention {
         self.execute(x, batch, seq, mask, true).await
     }
 
-    /// Upload, [`Workspace::record`] (what `encode` records), submit, read back.
+    /// Checks the input, then [`run`] on the workspace of the shape.
     async fn execute(
         &mut self,
         x: &[f32],
@@ -356,59 +361,7 @@ impl CompositionalAttention {
         let dim = self.config.dim;
         let _serial = ctx.serial().await;
         let workspace = self.workspace(batch, seq).await?;
-        let host = workspace.host_io(&ctx, dim)?;
-        let mask_words: Vec<u32> = match mask {
-            Some(mask) => mask.iter().map(|&allowed| allowed as u32).collect(),
-            None => vec![1; batch * seq],
-        };
-        let start = crate::time::Instant::now();
-        ctx.scoped("forward", || {
-            ctx.queue()
-                .write_buffer(&host.io.input, 0, bytemuck::cast_slice(x));
-            ctx.queue()
-                .write_buffer(&host.io.mask, 0, bytemuck::cast_slice(&mask_words));
-            let mut encoder =
-                ctx.device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("forward"),
-                    });
-            workspace.record(&ctx, &mut encoder, &host.io, timed);
-            encoder.copy_buffer_to_buffer(
-                &host.io.output,
-                0,
-                &host.staging,
-                0,
-                host.io.output.size(),
-            );
-            ctx.queue().submit([encoder.finish()]);
-            Ok(())
-        })
-        .await?;
-        let output = memory::read_f32(&ctx, &host.staging, batch * seq * dim).await?;
-        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
-        let (kernels, total_ms, source) = match workspace.timer().filter(|_| timed) {
-            Some(timer) => {
-                let times = timer.read_ms(&ctx).await?;
-                let kernels: Vec<KernelTime> = workspace
-                    .labels()
-                    .zip(times)
-                    .map(|(label, ms)| KernelTime {
-                        label: label.to_string(),
-                        ms,
-                    })
-                    .collect();
-                let total = kernels.iter().map(|k| k.ms).sum();
-                (kernels, total, TimingSource::GpuTimestamps)
-            }
-            None => (Vec::new(), wall_ms, TimingSource::HostWallClock),
-        };
-        Ok(Profile {
-            output,
-            kernels,
-            total_ms,
-            wall_ms,
-            source,
-        })
+        run(&ctx, workspace, dim, x, mask, timed).await
     }
 
     /// Blocking [`CompositionalAttention::forward`] (native only).
@@ -434,5 +387,244 @@ impl CompositionalAttention {
         }
         self.forward(&input.x, input.batch, input.seq, input.mask.as_deref())
             .await
+    }
+}
+
+/// Upload, [`Workspace::record`] (what `encode` records), one submit, one readback; with
+/// `timed`, per-kernel timestamps where the device has them.
+async fn run(
+    ctx: &GpuContext,
+    workspace: &mut Workspace,
+    dim: usize,
+    x: &[f32],
+    mask: Option<&[bool]>,
+    timed: bool,
+) -> Result<Profile> {
+    let (batch, seq) = (workspace.plan().batch, workspace.plan().seq);
+    let host = workspace.host_io(ctx, dim)?;
+    let mask_words: Vec<u32> = match mask {
+        Some(mask) => mask.iter().map(|&allowed| allowed as u32).collect(),
+        None => vec![1; batch * seq],
+    };
+    let start = crate::time::Instant::now();
+    ctx.scoped("forward", || {
+        ctx.queue()
+            .write_buffer(&host.io.input, 0, bytemuck::cast_slice(x));
+        ctx.queue()
+            .write_buffer(&host.io.mask, 0, bytemuck::cast_slice(&mask_words));
+        let mut encoder = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("forward"),
+            });
+        workspace.record(ctx, &mut encoder, &host.io, timed);
+        encoder.copy_buffer_to_buffer(&host.io.output, 0, &host.staging, 0, host.io.output.size());
+        ctx.queue().submit([encoder.finish()]);
+        Ok(())
+    })
+    .await?;
+    let output = memory::read_f32(ctx, &host.staging, batch * seq * dim).await?;
+    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (kernels, total_ms, source) = match workspace.timer().filter(|_| timed) {
+        Some(timer) => {
+            let times = timer.read_ms(ctx).await?;
+            let kernels: Vec<KernelTime> = workspace
+                .labels()
+                .zip(times)
+                .map(|(label, ms)| KernelTime {
+                    label: label.to_string(),
+                    ms,
+                })
+                .collect();
+            let total = kernels.iter().map(|k| k.ms).sum();
+            (kernels, total, TimingSource::GpuTimestamps)
+        }
+        None => (Vec::new(), wall_ms, TimingSource::HostWallClock),
+    };
+    Ok(Profile {
+        output,
+        kernels,
+        total_ms,
+        wall_ms,
+        source,
+    })
+}
+
+/// Generation: a KV cache, prefill and decode (see `src/kv_cache.rs`).
+impl CompositionalAttention {
+    /// A GPU-resident KV cache for `batch` sequences of up to `max_seq` positions. Only a causal
+    /// layer generates; a non-causal one gets [`Error::InvalidConfig`](crate::Error).
+    pub fn kv_cache(&self, batch: usize, max_seq: usize) -> Result<KvCache> {
+        if !self.config.causal {
+            return Err(crate::Error::InvalidConfig {
+                field: "causal",
+                value: "false".into(),
+                reason: "a KV cache serves causal layers only: a non-causal position attends to \
+                         keys that do not exist yet",
+            });
+        }
+        shape::check_tokens(&self.config, batch, max_seq)?;
+        // Validates the sizes against the device before allocating.
+        ExecutionPlan::resolve_cached(&self.ctx, &self.config, batch, 1, max_seq)?;
+        KvCache::new(&self.ctx, self.id, &self.config, batch, max_seq)
+    }
+
+    /// Appends `seq` positions per sequence (`x [batch, seq, dim]`, `mask [batch, seq]`: the key
+    /// mask of the new positions) to `cache` and returns their outputs `[batch, seq, dim]`.
+    /// Several calls are chunked prefill. Position `t`'s output is row `t` of the causal
+    /// `forward` over the sequence up to `t` with the same key mask (see SPEC.md, "Generation").
+    pub async fn prefill(
+        &mut self,
+        cache: &mut KvCache,
+        x: &[f32],
+        seq: usize,
+        mask: Option<&[bool]>,
+    ) -> Result<Vec<f32>> {
+        let batch = cache.batch;
+        reference::check_input(&self.config, x, batch, seq, mask)?;
+        io::check_finite("input", x)?;
+        cache.check_append(self.id, batch, seq)?;
+        let ctx = self.ctx.clone();
+        let dim = self.config.dim;
+        let _serial = ctx.serial().await;
+        let workspace = self.cached_workspace(cache, seq).await?;
+        let profile = run(&ctx, workspace, dim, x, mask, false).await?;
+        cache.len += seq;
+        Ok(profile.output)
+    }
+
+    /// One new token per sequence: [`prefill`](Self::prefill) with `seq = 1`; `x` is
+    /// `[batch, 1, dim]` and so is the result.
+    pub async fn decode(
+        &mut self,
+        cache: &mut KvCache,
+        x: &[f32],
+        mask: Option<&[bool]>,
+    ) -> Result<Vec<f32>> {
+        self.prefill(cache, x, 1, mask).await
+    }
+
+    /// Blocking [`prefill`](Self::prefill) (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn prefill_blocking(
+        &mut self,
+        cache: &mut KvCache,
+        x: &[f32],
+        seq: usize,
+        mask: Option<&[bool]>,
+    ) -> Result<Vec<f32>> {
+        pollster::block_on(self.prefill(cache, x, seq, mask))
+    }
+
+    /// Blocking [`decode`](Self::decode) (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn decode_blocking(
+        &mut self,
+        cache: &mut KvCache,
+        x: &[f32],
+        mask: Option<&[bool]>,
+    ) -> Result<Vec<f32>> {
+        pollster::block_on(self.decode(cache, x, mask))
+    }
+
+    /// Records a decode step (`seq = 1`) or prefill chunk into the caller's encoder on the
+    /// caller's buffers, as [`encode`](Self::encode) does for a forward: `input` and `output`
+    /// `[batch, seq, dim]` f32, `mask` `[batch, seq]` u32. The cache's length advances on the GPU
+    /// when the step runs (and on the host now), so steps may be recorded back to back into one
+    /// encoder. On native targets a missing workspace is built here; in a browser,
+    /// [`prepare_cached`](Self::prepare_cached) the step shape first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_decode(
+        &mut self,
+        cache: &mut KvCache,
+        encoder: &mut wgpu::CommandEncoder,
+        input: &wgpu::Buffer,
+        mask: Option<&wgpu::Buffer>,
+        output: &wgpu::Buffer,
+        seq: usize,
+    ) -> Result<()> {
+        let batch = cache.batch;
+        shape::check_io_buffers(&self.config, input, mask, output, batch, seq)?;
+        cache.check_append(self.id, batch, seq)?;
+        let ctx = self.ctx.clone();
+        #[cfg(not(target_arch = "wasm32"))]
+        let _serial = pollster::block_on(ctx.serial());
+        #[cfg(not(target_arch = "wasm32"))]
+        let workspace = pollster::block_on(self.cached_workspace(cache, seq))?;
+        #[cfg(target_arch = "wasm32")]
+        let workspace =
+            cache
+                .workspaces
+                .get(batch, seq, Strategy::Fused)
+                .ok_or(crate::Error::NotPrepared {
+                    batch,
+                    seq,
+                    strategy: "cached",
+                })?;
+        let mask = match mask {
+            Some(mask) => mask.clone(),
+            None => workspace.all_keys(&ctx)?,
+        };
+        let io = IoBuffers {
+            input: input.clone(),
+            mask,
+            output: output.clone(),
+        };
+        let bound = ctx.scoped_now("binding the caller's buffers", || {
+            workspace.bind_io(&ctx, &io);
+            Ok(())
+        });
+        if let Err(error) = bound {
+            workspace.forget_io();
+            return Err(error);
+        }
+        ctx.scoped_now("encode_decode", || {
+            workspace.record(&ctx, encoder, &io, false);
+            Ok(())
+        })?;
+        cache.len += seq;
+        Ok(())
+    }
+
+    /// Builds the cache's workspace for steps of `seq` tokens per sequence (a decode step is
+    /// `seq = 1`), unless it is alive. In a browser, call this before
+    /// [`encode_decode`](Self::encode_decode) for each new step shape.
+    pub async fn prepare_cached(&mut self, cache: &mut KvCache, seq: usize) -> Result<()> {
+        shape::check_tokens(&self.config, cache.batch, seq)?;
+        if cache.layer != self.id {
+            return Err(crate::Error::CacheMismatch(
+                "the cache was made by another layer (CompositionalAttention::kv_cache)".into(),
+            ));
+        }
+        let ctx = self.ctx.clone();
+        let _serial = ctx.serial().await;
+        self.cached_workspace(cache, seq).await.map(|_| ())
+    }
+
+    /// The cache's workspace for steps of `seq` tokens, built if absent.
+    async fn cached_workspace<'c>(
+        &mut self,
+        cache: &'c mut KvCache,
+        seq: usize,
+    ) -> Result<&'c mut Workspace> {
+        let batch = cache.batch;
+        if cache.workspaces.get(batch, seq, Strategy::Fused).is_none() {
+            let plan =
+                ExecutionPlan::resolve_cached(&self.ctx, &self.config, batch, seq, cache.capacity)?;
+            cache.workspaces.make_room();
+            let weights = self.weights.for_plan(&self.ctx, &plan)?;
+            let workspace =
+                Workspace::build(&self.ctx, &self.config, weights, plan, Some(&cache.buffers))
+                    .await?;
+            return Ok(cache.workspaces.insert(workspace));
+        }
+        cache
+            .workspaces
+            .get(batch, seq, Strategy::Fused)
+            .ok_or(crate::Error::NotPrepared {
+                batch,
+                seq,
+                strategy: "cached",
+            })
     }
 }

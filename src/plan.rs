@@ -376,6 +376,60 @@ fn blocked_block_texels(layout: &ProjectionLayout) -> usize {
     }
 }
 
+/// The split-KV core over a KV cache (`src/ops/decode.rs`): prefill chunks and decode steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedPlan {
+    /// Positions the cache holds.
+    pub capacity: usize,
+    /// Keys per split (the last split may hold fewer).
+    pub keys_per_split: usize,
+    /// Splits covering the capacity; splits past a query's position do no work.
+    pub splits: usize,
+}
+
+impl CachedPlan {
+    /// Splits for a cache of `capacity` positions: keys per split as many as fit the driver's
+    /// loop budget (at most 256, so that a GPU gets enough invocations), fewer where that leaves
+    /// too few splits for the device to run in parallel (at least 32 keys per split).
+    pub(crate) fn resolve(
+        ctx: &GpuContext,
+        layout: &ProjectionLayout,
+        capacity: usize,
+    ) -> Result<Self> {
+        let v = vector_width(layout.head) as u64;
+        let (dv, vwv) = (
+            layout.head as u64 / v,
+            (layout.retrievals * layout.head) as u64 / v,
+        );
+        let per_key = 2 + dv + vwv;
+        let budget_keys = match ctx.loop_budget() {
+            Some(budget) => (budget.saturating_sub(dv + 2 * vwv + 8) / per_key) as usize,
+            None => usize::MAX,
+        };
+        if budget_keys == 0 {
+            return Err(Error::LimitExceeded {
+                what: "decode attention: loop iterations per key".into(),
+                required: per_key,
+                limit: ctx.loop_budget().unwrap_or(0),
+                limit_name: "the driver's loop-iteration cap (GpuContext::loop_budget)",
+                hint: Some("a smaller dim_head · num_retrievals"),
+            });
+        }
+        // Enough splits to spread a long context over the device; each split at least 32 keys.
+        let parallel = capacity.div_ceil(64).clamp(1, 64);
+        let keys_per_split = capacity
+            .div_ceil(parallel)
+            .clamp(32, 256)
+            .min(budget_keys)
+            .max(1);
+        Ok(CachedPlan {
+            capacity,
+            keys_per_split,
+            splits: capacity.div_ceil(keys_per_split).max(1),
+        })
+    }
+}
+
 /// How the attention core (search, retrieval, selection) runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CorePlan {
@@ -385,6 +439,8 @@ pub enum CorePlan {
     Fused(FusedPlan),
     /// Logits, softmax, aggregation and selection, each a kernel; `b·s·n²` logits stored.
     Unfused,
+    /// New queries over a KV cache, split-KV (prefill and decode).
+    Cached(CachedPlan),
 }
 
 impl CorePlan {
@@ -394,6 +450,7 @@ impl CorePlan {
             CorePlan::Blocked(_) => "blocked",
             CorePlan::Fused(_) => "fused",
             CorePlan::Unfused => "unfused",
+            CorePlan::Cached(_) => "cached",
         }
     }
 }
@@ -522,16 +579,62 @@ impl ExecutionPlan {
                     c.value_width(),
                 )?;
             }
+            CorePlan::Cached(cached) => {
+                let keys = bytes(
+                    "KV cache keys",
+                    &[b, c.num_searches, cached.capacity, c.dim_head],
+                )?;
+                check_storage_size(ctx, "KV cache keys", keys, None)?;
+                let values = bytes("KV cache values", &[b, cached.capacity, c.value_width()])?;
+                check_storage_size(ctx, "KV cache values", values, None)?;
+                let partials = bytes(
+                    "decode partials",
+                    &[b, c.num_searches, n, cached.splits, c.value_width()],
+                )?;
+                check_storage_size(ctx, "decode partial accumulators", partials, None)?;
+            }
             CorePlan::Fused(_) => {}
         }
         Ok(())
+    }
+
+    /// The plan of a prefill chunk or decode step: `seq` new tokens per sequence appended to a
+    /// KV cache of `capacity` positions and attended over it.
+    pub fn resolve_cached(
+        ctx: &GpuContext,
+        config: &Config,
+        batch: usize,
+        seq: usize,
+        capacity: usize,
+    ) -> Result<ExecutionPlan> {
+        config.validate()?;
+        let c = config;
+        let layout =
+            ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
+        let cached = CachedPlan::resolve(ctx, &layout, capacity)?;
+        let plan = ExecutionPlan {
+            batch,
+            seq,
+            strategy: Strategy::Fused,
+            family: KernelFamily::of(ctx),
+            gemm: GemmPlan::of(ctx),
+            core: CorePlan::Cached(cached),
+        };
+        plan.check_sizes(ctx, c, &layout)?;
+        log::debug!(
+            "cached plan for batch {batch} × seq {seq}: {}",
+            plan.describe()
+        );
+        Ok(plan)
     }
 
     /// The projection weights the plan reads.
     pub fn projection_weights(&self) -> ProjectionWeights {
         match self.core {
             CorePlan::Unfused => ProjectionWeights::Plain,
-            CorePlan::Blocked(_) | CorePlan::Fused(_) => ProjectionWeights::RetrievalFolded,
+            CorePlan::Blocked(_) | CorePlan::Fused(_) | CorePlan::Cached(_) => {
+                ProjectionWeights::RetrievalFolded
+            }
         }
     }
 
@@ -546,7 +649,7 @@ impl ExecutionPlan {
         match &self.core {
             CorePlan::Blocked(_) => Storage::Texels,
             CorePlan::Fused(fused) => fused.storage,
-            CorePlan::Unfused => Storage::Buffers,
+            CorePlan::Unfused | CorePlan::Cached(_) => Storage::Buffers,
         }
     }
 
@@ -561,6 +664,10 @@ impl ExecutionPlan {
                 f.key_chunks.len()
             ),
             CorePlan::Unfused => "unfused".to_string(),
+            CorePlan::Cached(c) => format!(
+                "cached ({} splits of {} keys over {} positions)",
+                c.splits, c.keys_per_split, c.capacity
+            ),
         };
         format!(
             "{:?} family, GEMM {:?}, core {core}",

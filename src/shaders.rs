@@ -91,8 +91,9 @@ pub fn representative_problems() -> Vec<Problem> {
 }
 
 /// Prepares a layer for each problem with every strategy on `ctx` (skipping a strategy the
-/// device's limits rule out for that problem) and returns every pipeline variant compiled on
-/// `ctx` so far, sorted by label.
+/// device's limits rule out for that problem), and for causal problems a prefill and a decode
+/// step over a KV cache, and returns every pipeline variant compiled on `ctx` so far, sorted
+/// by label.
 pub async fn collect_variants(
     ctx: &GpuContext,
     problems: &[Problem],
@@ -107,6 +108,13 @@ pub async fn collect_variants(
                 // buffers) still contributes the other strategy's variants.
                 Ok(()) | Err(Error::LimitExceeded { .. }) => {}
                 Err(e) => return Err(e),
+            }
+        }
+        // Causal layers generate: a prefill of the whole problem and a decode step.
+        if problem.config.causal {
+            let mut cache = layer.kv_cache(problem.batch, problem.seq)?;
+            for seq in [problem.seq, 1] {
+                layer.prepare_cached(&mut cache, seq).await?;
             }
         }
     }

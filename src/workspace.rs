@@ -19,6 +19,7 @@ use crate::gpu::memory;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::timing::PassTimer;
 use crate::layer::Strategy;
+use crate::ops::decode::CacheBuffers;
 use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmShape};
 use crate::ops::{self, ProjectionLayout, Rows};
@@ -137,6 +138,7 @@ impl Workspace {
         config: &Config,
         weights: PlanWeights<'_>,
         plan: ExecutionPlan,
+        cache: Option<&CacheBuffers>,
     ) -> Result<Workspace> {
         let start = crate::time::Instant::now();
         let c = config;
@@ -206,6 +208,7 @@ impl Workspace {
         dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
 
         // 3. The attention core: search, retrieval and selection into the concatenation.
+        let mut finish = None;
         match (&plan.core, &core) {
             (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
                 let value_mean =
@@ -268,6 +271,27 @@ impl Workspace {
                     unfused_core(ctx, c, &layout, proj, w_rk, concat, &mut dispatches).await?,
                 );
             }
+            (CorePlan::Cached(cached), CoreOperands::Buffers { proj, concat }) => {
+                let cache = cache.ok_or_else(|| inconsistent("the cached core without a cache"))?;
+                let step = ops::decode::bind(
+                    ctx,
+                    &layout,
+                    cached,
+                    scale,
+                    proj,
+                    IoSlot::Mask,
+                    cache,
+                    concat,
+                )
+                .await?;
+                dispatches.extend(step.dispatches);
+                held.buffers.extend(step.partials);
+                // The length update goes after everything that reads the length.
+                finish = Some(step.advance);
+            }
+            (CorePlan::Cached(_), CoreOperands::Texels { .. }) => {
+                return Err(inconsistent("the cached core on texels"));
+            }
             (CorePlan::Blocked(_), CoreOperands::Buffers { .. }) => {
                 return Err(inconsistent("the blocked core on buffers"));
             }
@@ -320,6 +344,7 @@ impl Workspace {
             }
         };
         dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
+        dispatches.extend(finish);
 
         held.buffers.extend(normed);
         core.hold(&mut held);
@@ -354,6 +379,11 @@ impl Workspace {
         let copy = TexelRows::new(ctx, "GEMM operand", rows, cols)?;
         dispatches.push(ops::texture_copy::dispatch(ctx, buffer, &copy).await?);
         Ok(copy)
+    }
+
+    /// The plan this workspace carries out.
+    pub(crate) fn plan(&self) -> &ExecutionPlan {
+        &self.plan
     }
 
     /// Whether the workspace serves `(batch, seq, strategy)`.

@@ -14,8 +14,10 @@
 //! | [`value_mean`] | `value_mean.wgsl` | mean value per batch, for fully masked rows (fused) |
 //! | [`fused_attention`] | `fused_attention.wgsl` | the whole attention core, no `n × n` buffer |
 //! | [`blocked_attention`] | `blocked_attention.wgsl`, `retrieval_mix.wgsl` | the fused core in 4 × 4 blocks, for CPU drivers |
+//! | [`decode`] | `cache_append.wgsl`, `decode_attention.wgsl`, `decode_reduce.wgsl`, `cache_advance.wgsl` | new queries over a KV cache, split-KV |
 
 pub(crate) mod blocked_attention;
+pub(crate) mod decode;
 pub(crate) mod fused_attention;
 pub(crate) mod gemm;
 pub(crate) mod layer_norm;
@@ -136,6 +138,11 @@ mod uniform_layouts {
         );
         check!(blocked_attention::Params, blocked_variant);
         check!(blocked_attention::MixParams, mix_variant);
+        let [append, attention, reduce, advance] = decode::variants(&layout);
+        check!(decode::AppendParams, append);
+        check!(decode::AttentionParams, attention);
+        check!(decode::ReduceParams, reduce);
+        check!(decode::AdvanceParams, advance);
         assert!(differences.is_empty(), "{}", differences.join("\n"));
     }
 

@@ -49,3 +49,24 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], tol: f64) -> E
     assert!(stats.within(tol), "{what}: {stats} exceeds tolerance {tol}");
     stats
 }
+
+/// Copies a `COPY_SRC` buffer of f32s to the host (its own encoder and submit).
+pub fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer) -> Vec<f32> {
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test readback"),
+        size: buffer.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    ctx.queue().submit([encoder.finish()]);
+    let slice = staging.slice(..);
+    slice.map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    let values = bytemuck::cast_slice(&slice.get_mapped_range().expect("mapped")).to_vec();
+    staging.unmap();
+    values
+}

@@ -1,0 +1,118 @@
+// decode_attention.wgsl: split-KV attention of new queries over the KV cache ("flash decoding"):
+// each invocation runs the online softmax over one split of the cached keys and writes a partial
+// result; decode_reduce.wgsl combines the splits and selects the retrieval.
+//
+// Computes   for query i < seq of batch b at position p = state.len + i, search σ, split t over
+//            keys j in [t·KPS, (t + 1)·KPS) ∩ [0, p]  (causal):
+//              uniform = first_allowed[b] > p           (no allowed key up to p: the row attends
+//                                                         uniformly to keys 0..p, SPEC §6 on the
+//                                                         prefix ending at p)
+//              allowed(j) = uniform || mask[b, j] != 0
+//              s_j = select(scale · SQ[i] · keys[b, σ, j], 0, uniform)
+//              m = max_j s_j,  l = Σ_j exp(s_j − m),  acc[ρ] = Σ_j exp(s_j − m) · values[b, j, ρ·d ..]
+//            over allowed j, and stores (m, l) and acc (r·d) for the split. A split with no
+//            allowed key stores (-FLT_MAX, 0) and zeros.
+// Bindings   @binding(0) params (uniform)  batch, seq, searches, capacity, row_stride and
+//                        q_offset (KVec units), scale, splits, keys_per_split (KPS)
+//            @binding(1) proj           [b·seq, row_stride] packed projections of the new tokens
+//            @binding(2) state          [1] u32: tokens cached before this step (len)
+//            @binding(3) keys           [b, s, capacity, d]
+//            @binding(4) values         [b, capacity, r·d]
+//            @binding(5) mask           [b, capacity] u32
+//            @binding(6) first_allowed  [b] u32
+//            @binding(7) partial_stats  [b·s·seq·splits] (m, l)
+//            @binding(8) partial_acc    [b·s·seq·splits, r·d]
+// Dispatch   one invocation per (b, σ, i, split), WG per workgroup, numbered linearly over x and
+//            y: index = ((b·s + σ)·seq + i)·splits + split.
+// Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0).
+
+struct Params {
+    batch: u32,
+    seq: u32,
+    searches: u32,
+    capacity: u32,
+    row_stride: u32,
+    q_offset: u32,
+    scale: f32,
+    splits: u32,
+    keys_per_split: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> proj: array<KVec>;
+@group(0) @binding(2) var<storage, read> state: array<u32>;
+@group(0) @binding(3) var<storage, read> keys: array<KVec>;
+@group(0) @binding(4) var<storage, read> values: array<KVec>;
+@group(0) @binding(5) var<storage, read> mask: array<u32>;
+@group(0) @binding(6) var<storage, read> first_allowed: array<u32>;
+@group(0) @binding(7) var<storage, read_write> partial_stats: array<vec2<f32>>;
+@group(0) @binding(8) var<storage, read_write> partial_acc: array<KVec>;
+
+const DV: u32 = D / VEC;
+const VWV: u32 = R * DV;
+// -FLT_MAX, spelled so that every WGSL front end accepts it as exactly representable.
+const LOWEST: f32 = -3.4028234663852886e38;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let index = (group.x + group.y * groups.x) * WG + lane;
+    if (index >= params.batch * params.searches * params.seq * params.splits) {
+        return;
+    }
+    let split = index % params.splits;
+    let row = index / params.splits;           // (b·s + σ)·seq + i
+    let i = row % params.seq;
+    let bs = row / params.seq;
+    let sigma = bs % params.searches;
+    let b = bs / params.searches;
+    let position = state[0] + i;
+    let uniform_row = first_allowed[b] > position;
+
+    // Every array is written before it is read: some implementations skip WGSL's zero fill.
+    var query: array<KVec, DV>;
+    var acc: array<KVec, VWV>;
+    let token = b * params.seq + i;
+    for (var k = 0u; k < DV; k++) {
+        query[k] = params.scale * proj[token * params.row_stride + params.q_offset + sigma * DV + k];
+    }
+    for (var c = 0u; c < VWV; c++) {
+        acc[c] = KVec();
+    }
+    var running_max = LOWEST;
+    var running_sum = 0.0;
+    let begin = split * params.keys_per_split;
+    let end = min(begin + params.keys_per_split, min(position + 1u, params.capacity));
+    let key_base = bs * params.capacity;
+    for (var j = begin; j < end; j++) {
+        let allowed = uniform_row || mask[b * params.capacity + j] != 0u;
+        if (!allowed) {
+            continue;
+        }
+        var score = 0.0;
+        if (!uniform_row) {
+            for (var k = 0u; k < DV; k++) {
+                score += kdot(query[k], keys[(key_base + j) * DV + k]);
+            }
+        }
+        let new_max = max(running_max, score);
+        let rescale = exp(running_max - new_max);
+        let weight = exp(score - new_max);
+        running_sum = running_sum * rescale + weight;
+        running_max = new_max;
+        let value_base = (b * params.capacity + j) * VWV;
+        for (var c = 0u; c < VWV; c++) {
+            acc[c] = acc[c] * rescale + weight * values[value_base + c];
+        }
+    }
+    partial_stats[index] = vec2<f32>(running_max, running_sum);
+    for (var c = 0u; c < VWV; c++) {
+        partial_acc[index * VWV + c] = acc[c];
+    }
+}

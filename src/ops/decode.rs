@@ -1,0 +1,260 @@
+//! Attention over a KV cache (`shaders/cache_append.wgsl`, `decode_attention.wgsl`,
+//! `decode_reduce.wgsl`, `cache_advance.wgsl`): the core of prefill and decode.
+//!
+//! A step appends the new tokens' keys, values and mask to the cache from the projection GEMM's
+//! output, runs split-KV attention for the new queries over every cached key up to each query's
+//! position (each split an invocation with its own online softmax, as onnxruntime-web's and
+//! llama.cpp's WebGPU decode paths do), combines the splits and selects the retrieval, and then
+//! advances the cache's length on the GPU. The length lives in a GPU buffer so that steps
+//! recorded back to back into one encoder each see their own.
+
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
+use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::uniform::uniform;
+use crate::ops::ProjectionLayout;
+use crate::plan::{CachedPlan, vector_width};
+
+static CACHE_APPEND: Kernel = kernel!("cache_append");
+static DECODE_ATTENTION: Kernel = kernel!("decode_attention");
+static DECODE_REDUCE: Kernel = kernel!("decode_reduce");
+static CACHE_ADVANCE: Kernel = kernel!("cache_advance");
+
+/// Invocations per workgroup of the append, attention and reduce kernels.
+const WG: u32 = 64;
+
+uniform! {
+    struct AppendParams {
+        batch: u32,
+        seq: u32,
+        searches: u32,
+        head: u32,
+        value_width: u32,
+        row_stride: u32,
+        k_offset: u32,
+        v_offset: u32,
+        capacity: u32,
+        _pad: [u32; 3],
+    }
+}
+
+uniform! {
+    struct AttentionParams {
+        batch: u32,
+        seq: u32,
+        searches: u32,
+        capacity: u32,
+        row_stride: u32,
+        q_offset: u32,
+        scale: f32,
+        splits: u32,
+        keys_per_split: u32,
+        _pad: [u32; 3],
+    }
+}
+
+uniform! {
+    struct ReduceParams {
+        batch: u32,
+        seq: u32,
+        searches: u32,
+        splits: u32,
+        row_stride: u32,
+        qt_offset: u32,
+        scale: f32,
+        _pad: u32,
+    }
+}
+
+uniform! {
+    struct AdvanceParams {
+        seq: u32,
+        _pad: [u32; 3],
+    }
+}
+
+/// The cache's buffers, as the kernels bind them.
+pub(crate) struct CacheBuffers {
+    /// `[b, s, capacity, d]` search keys.
+    pub keys: wgpu::Buffer,
+    /// `[b, capacity, r·d]` retrieval values.
+    pub values: wgpu::Buffer,
+    /// `[b, capacity]` u32 key mask.
+    pub mask: wgpu::Buffer,
+    /// `[b]` u32: the first allowed position (`u32::MAX`: none yet).
+    pub first_allowed: wgpu::Buffer,
+    /// `[1]` u32: tokens cached.
+    pub state: wgpu::Buffer,
+}
+
+pub(crate) fn variants(layout: &ProjectionLayout) -> [ShaderVariant; 4] {
+    let vec = vector_width(layout.head) as u32;
+    let heads = |kernel: &'static Kernel| {
+        ShaderVariant::new(kernel)
+            .u32("WG", WG)
+            .u32("D", layout.head as u32)
+            .u32("R", layout.retrievals as u32)
+            .vector(vec)
+    };
+    [
+        ShaderVariant::new(&CACHE_APPEND).u32("WG", WG),
+        heads(&DECODE_ATTENTION),
+        heads(&DECODE_REDUCE),
+        ShaderVariant::new(&CACHE_ADVANCE),
+    ]
+}
+
+/// Binds one step for the `layout.seq` new tokens of `proj` (`[b·seq, row_stride]`, RQ block
+/// holding `RQ·W_rk`) with key mask `new_mask` (`[b, seq]` u32): append, split attention, reduce
+/// into `concat` (`[b·seq, s·d]`), and — as `advance`, to be recorded after everything that
+/// reads the length — the length update. The split partials are allocated here and returned.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn bind(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    plan: &CachedPlan,
+    scale: f32,
+    proj: &wgpu::Buffer,
+    new_mask: impl Into<Buf<'_>>,
+    cache: &CacheBuffers,
+    concat: &wgpu::Buffer,
+) -> Result<BoundStep> {
+    let (b, n, s, r, d) = (
+        layout.batch,
+        layout.seq,
+        layout.searches,
+        layout.retrievals,
+        layout.head,
+    );
+    let v = vector_width(d);
+    let (dv, vwv) = ((d / v) as u64, (r * d / v) as u64);
+    check_loop_budget(
+        ctx,
+        "decode attention",
+        plan.keys_per_split as u64 * (2 + dv + vwv) + dv + 2 * vwv + 8,
+        "a smaller dim_head · num_retrievals",
+    )?;
+    check_loop_budget(
+        ctx,
+        "decode reduce",
+        plan.splits as u64 * (2 + vwv) + r as u64 * (2 + dv) + dv * (1 + r as u64) + vwv,
+        "a smaller cache (fewer splits)",
+    )?;
+    let rows = b * s * n;
+    let stats = crate::gpu::memory::storage(
+        ctx,
+        "decode partial (max, sum)",
+        &[rows, plan.splits, 2],
+        None,
+    )?;
+    let acc = crate::gpu::memory::storage(
+        ctx,
+        "decode partial accumulators",
+        &[rows, plan.splits, r * d],
+        None,
+    )?;
+    let [append, attention, reduce, advance] = variants(layout);
+    let append_params = AppendParams {
+        batch: b as u32,
+        seq: n as u32,
+        searches: s as u32,
+        head: d as u32,
+        value_width: (r * d) as u32,
+        row_stride: layout.row_stride as u32,
+        k_offset: layout.search_keys as u32,
+        v_offset: layout.retrieval_values as u32,
+        capacity: plan.capacity as u32,
+        _pad: [0; 3],
+    };
+    let append_elements = (b * n * (s * d + r * d + 1)) as u64;
+    let attention_params = AttentionParams {
+        batch: b as u32,
+        seq: n as u32,
+        searches: s as u32,
+        capacity: plan.capacity as u32,
+        row_stride: (layout.row_stride / v) as u32,
+        q_offset: (layout.search_queries / v) as u32,
+        scale,
+        splits: plan.splits as u32,
+        keys_per_split: plan.keys_per_split as u32,
+        _pad: [0; 3],
+    };
+    let reduce_params = ReduceParams {
+        batch: b as u32,
+        seq: n as u32,
+        searches: s as u32,
+        splits: plan.splits as u32,
+        row_stride: (layout.row_stride / v) as u32,
+        qt_offset: (layout.retrieval_queries / v) as u32,
+        scale,
+        _pad: 0,
+    };
+    let dispatches = vec![
+        Dispatch::new(
+            ctx,
+            &append,
+            bytemuck::bytes_of(&append_params),
+            &[
+                proj.into(),
+                new_mask.into().into(),
+                (&cache.state).into(),
+                (&cache.keys).into(),
+                (&cache.values).into(),
+                (&cache.mask).into(),
+                (&cache.first_allowed).into(),
+            ],
+            append_elements.div_ceil(WG as u64),
+        )
+        .await?,
+        Dispatch::new(
+            ctx,
+            &attention,
+            bytemuck::bytes_of(&attention_params),
+            &[
+                proj.into(),
+                (&cache.state).into(),
+                (&cache.keys).into(),
+                (&cache.values).into(),
+                (&cache.mask).into(),
+                (&cache.first_allowed).into(),
+                (&stats).into(),
+                (&acc).into(),
+            ],
+            ((rows * plan.splits) as u64).div_ceil(WG as u64),
+        )
+        .await?,
+        Dispatch::new(
+            ctx,
+            &reduce,
+            bytemuck::bytes_of(&reduce_params),
+            &[proj.into(), (&stats).into(), (&acc).into(), concat.into()],
+            (rows as u64).div_ceil(WG as u64),
+        )
+        .await?,
+    ];
+    let advance = Dispatch::new(
+        ctx,
+        &advance,
+        bytemuck::bytes_of(&AdvanceParams {
+            seq: n as u32,
+            _pad: [0; 3],
+        }),
+        &[(&cache.state).into()],
+        1,
+    )
+    .await?;
+    Ok(BoundStep {
+        dispatches,
+        advance,
+        partials: [stats, acc],
+    })
+}
+
+/// A bound step: the core's dispatches, the length update to record last, and the split
+/// partials the dispatches write.
+pub(crate) struct BoundStep {
+    pub dispatches: Vec<Dispatch>,
+    pub advance: Dispatch,
+    pub partials: [wgpu::Buffer; 2],
+}
