@@ -96,6 +96,15 @@ pub struct Args {
     /// Print one JSON object on stdout instead of tables (notes and progress go to stderr).
     #[arg(long)]
     json: bool,
+    /// Time generation instead of the forward: one decode step over a KV cache holding
+    /// --context positions, against recomputing the causal forward over context + 1 tokens
+    /// (the layer is made causal). Reports decode_ms, recompute_ms, tokens_per_s, cache_bytes
+    /// and the time to copy cache_bytes on the device.
+    #[arg(long, conflicts_with_all = ["sweep", "gemm", "strategy", "seq"])]
+    decode: bool,
+    /// Positions in the KV cache before the timed decode steps [default: 2048].
+    #[arg(long, value_name = "N", requires = "decode")]
+    context: Option<usize>,
     /// Skip measuring our GEMM (1024³) for the "fraction of our GEMM" comparison.
     #[arg(long)]
     no_gemm: bool,
@@ -175,6 +184,18 @@ pub fn run(args: &Args) -> CliResult {
         return run_gemm(args, sizes);
     }
     let plan = args.plan()?;
+    if args.decode {
+        let context = args.context.unwrap_or(2048);
+        at_least_one("--context", context)?;
+        return crate::bench_decode::run(
+            plan.config,
+            plan.batch,
+            context,
+            plan.warmup,
+            plan.iters,
+            args.json,
+        );
+    }
     if args.sweep {
         run_sweep(args, plan)
     } else {
@@ -444,17 +465,17 @@ fn core_flops(config: &Config, batch: usize, seq: usize) -> f64 {
 }
 
 /// Where the numbers were measured.
-struct Machine {
+pub(crate) struct Machine {
     /// `GpuContext::describe`: name, backend, device type, driver.
-    adapter: String,
+    pub(crate) adapter: String,
     /// `vulkan`, `metal`, `dx12`, `gl`, ... (`cpu` for the CPU reference alone).
-    backend: String,
+    pub(crate) backend: String,
     /// Name and backend only, for the plot's title.
     short: String,
 }
 
 impl Machine {
-    fn of(ctx: Option<&GpuContext>) -> Machine {
+    pub(crate) fn of(ctx: Option<&GpuContext>) -> Machine {
         match ctx {
             Some(ctx) => {
                 let info = ctx.info();
@@ -546,7 +567,7 @@ fn report(
 // Output helpers
 
 /// A note for the user: stderr with `--json` (stdout holds only the JSON), stdout otherwise.
-fn note(json: bool, message: &str) {
+pub(crate) fn note(json: bool, message: &str) {
     if json {
         eprintln!("{message}");
     } else {
@@ -554,7 +575,7 @@ fn note(json: bool, message: &str) {
     }
 }
 
-fn print_json(value: &impl Serialize) -> CliResult {
+pub(crate) fn print_json(value: &impl Serialize) -> CliResult {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Io {
         path: "<stdout>".into(),
         source: std::io::Error::other(e),
@@ -564,7 +585,7 @@ fn print_json(value: &impl Serialize) -> CliResult {
 }
 
 /// Milliseconds with about three significant digits.
-fn fmt_ms(ms: f64) -> String {
+pub(crate) fn fmt_ms(ms: f64) -> String {
     if ms >= 100.0 {
         format!("{ms:.0}")
     } else if ms >= 10.0 {
@@ -575,7 +596,7 @@ fn fmt_ms(ms: f64) -> String {
 }
 
 /// Bytes in MiB.
-fn fmt_mib(bytes: u64) -> String {
+pub(crate) fn fmt_mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
@@ -589,7 +610,7 @@ fn describe_problem(plan: &Plan, seq: Option<usize>) -> String {
 }
 
 /// A progress bar on stderr (drawn only when stderr is a terminal).
-fn progress_bar(len: u64) -> ProgressBar {
+pub(crate) fn progress_bar(len: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("[{elapsed_precise}] {bar:32} {pos}/{len} forwards  {msg}")
@@ -599,7 +620,7 @@ fn progress_bar(len: u64) -> ProgressBar {
 }
 
 /// Opens the GPU the environment selects, saying which on stderr (`--json`) or stdout.
-fn open_gpu(json: bool) -> Result<GpuContext, Error> {
+pub(crate) fn open_gpu(json: bool) -> Result<GpuContext, Error> {
     let ctx = pollster::block_on(GpuContext::new(&GpuOptions::from_env()?))?;
     note(json, &format!("adapter: {}", ctx.describe()));
     Ok(ctx)

@@ -6,6 +6,7 @@
 //! log lines go to stderr through `env_logger` (`RUST_LOG=info`, `RUST_LOG=debug`, ...).
 
 mod bench;
+mod bench_decode;
 mod common;
 mod demo;
 mod forward;

@@ -515,6 +515,35 @@ fn bench_json_reports_every_strategy() {
 }
 
 #[test]
+fn bench_decode_reports_decode_recompute_and_the_cache() {
+    let mut args = vec!["bench", "--decode", "--context", "40"];
+    args.extend(TINY_BENCH);
+    let run = compattn(&args);
+    let report = json_stdout(&run);
+    for key in [
+        "decode_ms",
+        "recompute_ms",
+        "tokens_per_s",
+        "copy_ms",
+        "speedup",
+    ] {
+        let value = report[key].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            value.is_finite() && value > 0.0,
+            "{key} = {value}: {}",
+            run.transcript()
+        );
+    }
+    assert!(
+        report["cache_bytes"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        run.transcript()
+    );
+    assert_eq!(report["context"], 40, "{}", run.transcript());
+    assert_eq!(report["precision"], "f32", "{}", run.transcript());
+}
+
+#[test]
 fn bench_prints_a_table_without_json() {
     let run = compattn(&[
         "bench",
