@@ -96,6 +96,33 @@ impl GemmPlan {
     }
 }
 
+/// Which texel GEMM kernel computes `m` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TexelGemmKernel {
+    /// `gemm_texture.wgsl`: 64 rows × 16 columns per workgroup in 4 × 4 blocks.
+    Blocked,
+    /// `gemv_texture.wgsl`: one output per lane, for a few rows (decode steps): the blocked
+    /// kernel would fetch every weight texel for one useful row in eight.
+    Vector,
+}
+
+/// Rows up to which the texel GEMV runs instead of the blocked texel GEMM (a buffer output,
+/// and `K` within the driver's loop budget in one pass). At one row the GEMV took the decode
+/// step's projection from 5.6 to under 1 ms on lavapipe (BENCHMARKS.md, decode).
+const GEMV_MAX_ROWS: usize = 8;
+
+/// The texel GEMM kernel for `m` rows and `k_texels` texels of reduction with a buffer output.
+pub(crate) fn texel_gemm_kernel(ctx: &GpuContext, m: usize, k_texels: usize) -> TexelGemmKernel {
+    let fits = ctx
+        .loop_budget()
+        .is_none_or(|budget| (k_texels as u64) < budget);
+    if m <= GEMV_MAX_ROWS && fits {
+        TexelGemmKernel::Vector
+    } else {
+        TexelGemmKernel::Blocked
+    }
+}
+
 /// Kernel and tile sizes of a buffer GEMM: the specialisation of its pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GemmTiling {
@@ -388,9 +415,12 @@ pub struct CachedPlan {
 }
 
 impl CachedPlan {
-    /// Splits for a cache of `capacity` positions: keys per split as many as fit the driver's
-    /// loop budget (at most 256, so that a GPU gets enough invocations), fewer where that leaves
-    /// too few splits for the device to run in parallel (at least 32 keys per split).
+    /// Splits for `layout.seq` new queries over a cache of `capacity` positions. Each split
+    /// holds as many keys as fit the driver's loop budget at most; within that, a decode step
+    /// (few query rows) takes enough splits for the device to run them in parallel (256
+    /// invocations in the CPU family, 4096 on a GPU; at least 32 keys per split), while a
+    /// prefill chunk (many query rows, already parallel) takes as few as the budget allows, so
+    /// its partials stay small.
     pub(crate) fn resolve(
         ctx: &GpuContext,
         layout: &ProjectionLayout,
@@ -415,17 +445,19 @@ impl CachedPlan {
                 hint: Some("a smaller dim_head · num_retrievals"),
             });
         }
-        // Enough splits to spread a long context over the device; each split at least 32 keys.
-        let parallel = capacity.div_ceil(64).clamp(1, 64);
-        let keys_per_split = capacity
-            .div_ceil(parallel)
-            .clamp(32, 256)
-            .min(budget_keys)
-            .max(1);
+        let capacity = capacity.max(1);
+        let rows = layout.batch * layout.searches * layout.seq;
+        let target: usize = match KernelFamily::of(ctx) {
+            KernelFamily::Cpu => 256,
+            KernelFamily::Gpu => 4096,
+        };
+        let fewest = capacity.div_ceil(budget_keys.min(capacity));
+        let wanted = target.div_ceil(rows.max(1)).min(capacity.div_ceil(32));
+        let keys_per_split = capacity.div_ceil(fewest.max(wanted).max(1));
         Ok(CachedPlan {
             capacity,
             keys_per_split,
-            splits: capacity.div_ceil(keys_per_split).max(1),
+            splits: capacity.div_ceil(keys_per_split),
         })
     }
 }

@@ -454,6 +454,7 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
     } else {
         &[
             "gemm_texture",
+            "gemv_texture",
             "texture_copy",
             "blocked_attention",
             "retrieval_mix",

@@ -2,7 +2,7 @@
 //! output projection. Weights stay in PyTorch's `[out, in]` layout, so both operands are read
 //! along their rows, the reduction axis.
 //!
-//! Three kernels; `src/plan.rs` (`GemmPlan`) chooses which one runs on a device:
+//! Four kernels; `src/plan.rs` (`GemmPlan`, `texel_gemm_kernel`) chooses which one runs:
 //! * `shaders/gemm.wgsl`, register-blocked with lane-uniform weight reads, for CPU drivers
 //!   (lavapipe, SwiftShader): invocations there are SIMD lanes, a load that every lane makes at
 //!   the same address is done once, and workgroup memory is ordinary memory behind barriers;
@@ -10,7 +10,8 @@
 //!   that reuse is what keeps the arithmetic units fed;
 //! * `shaders/gemm_texture.wgsl`, the CPU-driver kernel of the layer: both operands read as
 //!   texels (vector gathers on lavapipe, where storage-buffer loads go lane by lane; see
-//!   `src/gpu/texture.rs`), 8 × 16 outputs per invocation as 4 × 4 matrix products.
+//!   `src/gpu/texture.rs`), 8 × 16 outputs per invocation as 4 × 4 matrix products;
+//! * `shaders/gemv_texture.wgsl`, the same for a few rows (decode steps): one output per lane.
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
@@ -19,11 +20,12 @@ use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::Rows;
-use crate::plan::GemmTiling;
+use crate::plan::{GemmTiling, TexelGemmKernel, texel_gemm_kernel};
 
 static GEMM: Kernel = kernel!("gemm");
 static GEMM_TILED: Kernel = kernel!("gemm_tiled");
 static GEMM_TEXTURE: Kernel = kernel!("gemm_texture", includes: ["texel_rows"]);
+static GEMV_TEXTURE: Kernel = kernel!("gemv_texture", includes: ["texel_rows"]);
 static OUT_BUFFER: Piece = piece!("gemm_out_buffer");
 static OUT_TEXELS: Piece = piece!("gemm_out_texels");
 
@@ -139,6 +141,24 @@ uniform! {
     }
 }
 
+uniform! {
+    struct GemvParams {
+        m: u32,
+        n: u32,
+        k_texels: u32,
+        _pad: u32,
+    }
+}
+
+/// Lanes per workgroup of the texel GEMV: consecutive output columns.
+const GEMV_WG: u32 = 64;
+
+pub(crate) fn gemv_variant(ctx: &GpuContext) -> ShaderVariant {
+    ShaderVariant::new(&GEMV_TEXTURE)
+        .u32("WG", GEMV_WG)
+        .u32("RPL", rows_per_layer(ctx))
+}
+
 /// Workgroup size of the texel GEMM: one 8-lane SIMD vector of rows on lavapipe.
 const TEXEL_WG: u32 = 8;
 
@@ -164,6 +184,25 @@ pub(crate) async fn texel_dispatches(
             &[n, lhs.shape.cols],
             &[n, rhs.shape.cols],
         ));
+    }
+    if let (Rows::Buffer(out), TexelGemmKernel::Vector) = (out, texel_gemm_kernel(ctx, m, k_texels))
+    {
+        let params = GemvParams {
+            m: m as u32,
+            n: n as u32,
+            k_texels: k_texels as u32,
+            _pad: 0,
+        };
+        return Ok(vec![
+            Dispatch::new(
+                ctx,
+                &gemv_variant(ctx),
+                bytemuck::bytes_of(&params),
+                &[lhs.view().into(), rhs.view().into(), out.into()],
+                ((m * n) as u64).div_ceil(GEMV_WG as u64),
+            )
+            .await?,
+        ]);
     }
     let rows_per_group = (TEXEL_WG * 8) as usize;
     let tiles_m = m.div_ceil(rows_per_group);
@@ -353,6 +392,9 @@ mod tests {
     fn texel_kernel() {
         check_texels(37, 45, 29);
         check_texels(1, 1, 1);
+        // A few rows: the texel GEMV (plan::texel_gemm_kernel), ragged N and K.
+        check_texels(5, 45, 131);
+        check_texels(1, 70, 64);
         check_texels(130, 68, 64);
         check_texels(9, 16, 1030);
     }

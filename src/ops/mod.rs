@@ -4,7 +4,7 @@
 //!
 //! | module | shader | step |
 //! |---|---|---|
-//! | [`gemm`] | `gemm.wgsl`, `gemm_tiled.wgsl`, `gemm_texture.wgsl` | projections `x·Wᵀ` |
+//! | [`gemm`] | `gemm.wgsl`, `gemm_tiled.wgsl`, `gemm_texture.wgsl`, `gemv_texture.wgsl` | projections `x·Wᵀ` |
 //! | [`layer_norm`] | `layer_norm.wgsl` | `prenorm` |
 //! | [`search_scores`] | `search_scores.wgsl` | `L = scale·SQ·SKᵀ` (unfused) |
 //! | [`masked_softmax`] | `masked_softmax.wgsl` | softmax over keys with mask/causal (unfused) |
@@ -127,6 +127,7 @@ mod uniform_layouts {
         check!(gemm::Params, GemmTiling::REGISTER.variant(shape));
         check!(gemm::Params, GemmTiling::TILED.variant(shape));
         check!(gemm::TexelParams, gemm::texel_variant(ctx, false));
+        check!(gemm::GemvParams, gemm::gemv_variant(ctx));
         check!(search_scores::Params, search_scores::variant());
         check!(masked_softmax::Params, masked_softmax::variant());
         check!(search_values::Params, search_values::variant());

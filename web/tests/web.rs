@@ -120,6 +120,51 @@ async fn golden_cases_on_every_strategy() {
     assert_none_failed(&failures);
 }
 
+/// Generation in the browser: the causal reference case, a prefill of the first tokens and then
+/// one decode step per token over the GPU-resident KV cache, against PyTorch's output (no row of
+/// the case has every causal key masked, so the prefix and full-sequence definitions agree).
+#[wasm_bindgen_test]
+async fn golden_causal_case_prefill_then_decode() {
+    let gpu = gpu().await;
+    let (name, bytes, _) = GOLDEN[0];
+    assert_eq!(name, "causal");
+    let weights = Weights::from_safetensors(bytes, true, "").unwrap();
+    let input = Input::from_safetensors(bytes).unwrap();
+    let (_, expected) = read_output(bytes).unwrap().expect("case has `output`");
+    let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+    let (batch, seq, dim) = (input.batch, input.seq, input.dim);
+    let rows = |t0: usize, t1: usize| -> Vec<f32> {
+        (0..batch)
+            .flat_map(|b| input.x[(b * seq + t0) * dim..(b * seq + t1) * dim].to_vec())
+            .collect()
+    };
+    let mut layer = CompositionalAttention::new(&gpu, &weights).unwrap();
+    let mut cache = layer.kv_cache(batch, seq).unwrap();
+    let prompt = 5;
+    let mut generated = vec![f32::NAN; batch * seq * dim];
+    let y = layer
+        .prefill(&mut cache, &rows(0, prompt), prompt, None)
+        .await
+        .unwrap();
+    for b in 0..batch {
+        generated[b * seq * dim..][..prompt * dim]
+            .copy_from_slice(&y[b * prompt * dim..][..prompt * dim]);
+    }
+    for t in prompt..seq {
+        let y = layer
+            .decode(&mut cache, &rows(t, t + 1), None)
+            .await
+            .unwrap();
+        for b in 0..batch {
+            generated[(b * seq + t) * dim..][..dim].copy_from_slice(&y[b * dim..][..dim]);
+        }
+    }
+    assert_eq!(cache.len(), seq);
+    let mut failures = Vec::new();
+    check(&mut failures, "causal, prefill then decode", &generated, &expected);
+    assert_none_failed(&failures);
+}
+
 /// The CPU reference compiled to wasm reproduces PyTorch's output too.
 #[wasm_bindgen_test]
 fn reference_matches_pytorch_in_wasm() {
