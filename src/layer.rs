@@ -295,28 +295,7 @@ impl CompositionalAttention {
                     seq,
                     strategy: self.strategy.name(),
                 })?;
-        let mask = match mask {
-            Some(mask) => mask.clone(),
-            None => workspace.all_keys(&ctx)?,
-        };
-        let io = IoBuffers {
-            input: input.clone(),
-            mask,
-            output: output.clone(),
-        };
-        // Bind first, in a scope of its own: a buffer wgpu refuses leaves no pass recorded.
-        let bound = ctx.scoped_now("binding the caller's buffers", || {
-            workspace.bind_io(&ctx, &io);
-            Ok(())
-        });
-        if let Err(error) = bound {
-            workspace.forget_io();
-            return Err(error);
-        }
-        ctx.scoped_now("encode", || {
-            workspace.record(&ctx, encoder, &io, false);
-            Ok(())
-        })
+        record_on_callers_buffers(&ctx, workspace, encoder, input, mask, output, "encode")
     }
 
     /// `x [batch, seq, dim]`, `mask [batch, seq]` (`true` = the key may be attended) →
@@ -388,6 +367,41 @@ impl CompositionalAttention {
         self.forward(&input.x, input.batch, input.seq, input.mask.as_deref())
             .await
     }
+}
+
+/// Records `workspace` into the caller's `encoder` on the caller's buffers (`mask` `None`: every
+/// key). The buffers are bound first, in an error scope of their own, so a buffer wgpu refuses
+/// leaves no pass recorded.
+fn record_on_callers_buffers(
+    ctx: &GpuContext,
+    workspace: &mut Workspace,
+    encoder: &mut wgpu::CommandEncoder,
+    input: &wgpu::Buffer,
+    mask: Option<&wgpu::Buffer>,
+    output: &wgpu::Buffer,
+    operation: &str,
+) -> Result<()> {
+    let mask = match mask {
+        Some(mask) => mask.clone(),
+        None => workspace.all_keys(ctx)?,
+    };
+    let io = IoBuffers {
+        input: input.clone(),
+        mask,
+        output: output.clone(),
+    };
+    let bound = ctx.scoped_now("binding the caller's buffers", || {
+        workspace.bind_io(ctx, &io);
+        Ok(())
+    });
+    if let Err(error) = bound {
+        workspace.forget_io();
+        return Err(error);
+    }
+    ctx.scoped_now(operation, || {
+        workspace.record(ctx, encoder, &io, false);
+        Ok(())
+    })
 }
 
 /// Upload, [`Workspace::record`] (what `encode` records), one submit, one readback; with
@@ -561,27 +575,15 @@ impl CompositionalAttention {
                     seq,
                     strategy: "cached",
                 })?;
-        let mask = match mask {
-            Some(mask) => mask.clone(),
-            None => workspace.all_keys(&ctx)?,
-        };
-        let io = IoBuffers {
-            input: input.clone(),
+        record_on_callers_buffers(
+            &ctx,
+            workspace,
+            encoder,
+            input,
             mask,
-            output: output.clone(),
-        };
-        let bound = ctx.scoped_now("binding the caller's buffers", || {
-            workspace.bind_io(&ctx, &io);
-            Ok(())
-        });
-        if let Err(error) = bound {
-            workspace.forget_io();
-            return Err(error);
-        }
-        ctx.scoped_now("encode_decode", || {
-            workspace.record(&ctx, encoder, &io, false);
-            Ok(())
-        })?;
+            output,
+            "encode_decode",
+        )?;
         cache.len += seq;
         Ok(())
     }

@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{assert_close, gpu, seed};
+use common::{assert_close, gpu, read_buffer as read, seed};
 use compositional_attention::plan::{CorePlan, ProjectionWeights};
 use compositional_attention::verify::random_problem;
 use compositional_attention::{
@@ -37,27 +37,6 @@ fn buffer_with<T: bytemuck::Pod>(
 /// A buffer of `len` f32 NaNs: whatever a kernel fails to write stays NaN.
 fn poisoned(ctx: &GpuContext, len: usize) -> wgpu::Buffer {
     buffer_with(ctx, &vec![f32::NAN; len], IO)
-}
-
-/// Copies `buffer` to the host (its own encoder and submit).
-fn read(ctx: &GpuContext, buffer: &wgpu::Buffer) -> Vec<f32> {
-    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("test readback"),
-        size: buffer.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-    ctx.queue().submit([encoder.finish()]);
-    let slice = staging.slice(..);
-    slice.map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .expect("poll");
-    let values = bytemuck::cast_slice(&slice.get_mapped_range().expect("mapped")).to_vec();
-    staging.unmap();
-    values
 }
 
 fn mask_words(mask: Option<&[bool]>, batch: usize, seq: usize) -> Vec<u32> {

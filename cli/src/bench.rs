@@ -100,10 +100,12 @@ pub struct Args {
     /// --context positions, against recomputing the causal forward over context + 1 tokens
     /// (the layer is made causal). Reports decode_ms, recompute_ms, tokens_per_s, cache_bytes
     /// and the time to copy cache_bytes on the device.
-    #[arg(long, conflicts_with_all = ["sweep", "gemm", "strategy", "seq"])]
+    /// With --sweep: every context of --seq-list (default 256,512,1024,2048), a table, and an
+    /// SVG plot of decode_ms and recompute_ms against the context (--out).
+    #[arg(long, conflicts_with_all = ["gemm", "strategy", "seq"])]
     decode: bool,
     /// Positions in the KV cache before the timed decode steps [default: 2048].
-    #[arg(long, value_name = "N", requires = "decode")]
+    #[arg(long, value_name = "N", requires = "decode", conflicts_with = "sweep")]
     context: Option<usize>,
     /// Skip measuring our GEMM (1024³) for the "fraction of our GEMM" comparison.
     #[arg(long)]
@@ -134,16 +136,17 @@ pub struct Args {
 
 /// The problem and the sample counts, with the defaults of the chosen mode filled in.
 #[derive(Clone, Copy, Debug)]
-struct Plan {
-    config: Config,
-    batch: usize,
-    warmup: usize,
-    iters: usize,
+pub(crate) struct Plan {
+    pub(crate) config: Config,
+    pub(crate) batch: usize,
+    pub(crate) warmup: usize,
+    pub(crate) iters: usize,
 }
 
 impl Args {
     fn plan(&self) -> Result<Plan, Error> {
-        let sweep = self.sweep;
+        // A decode sweep keeps the single-run sizes (issue 8's configuration).
+        let sweep = self.sweep && !self.decode;
         let pick = |value: Option<usize>, single: usize, swept: usize| {
             value.unwrap_or(if sweep { swept } else { single })
         };
@@ -184,17 +187,24 @@ pub fn run(args: &Args) -> CliResult {
         return run_gemm(args, sizes);
     }
     let plan = args.plan()?;
+    if args.decode && args.sweep {
+        let contexts = args
+            .seq_list
+            .clone()
+            .unwrap_or_else(|| crate::bench_decode::SWEEP_CONTEXTS.to_vec());
+        for &context in &contexts {
+            at_least_one("--seq-list", context)?;
+        }
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("decode-sweep.svg"));
+        return crate::bench_decode::run_sweep(plan, &contexts, &out, args.json);
+    }
     if args.decode {
         let context = args.context.unwrap_or(2048);
         at_least_one("--context", context)?;
-        return crate::bench_decode::run(
-            plan.config,
-            plan.batch,
-            context,
-            plan.warmup,
-            plan.iters,
-            args.json,
-        );
+        return crate::bench_decode::run(plan, context, args.json);
     }
     if args.sweep {
         run_sweep(args, plan)

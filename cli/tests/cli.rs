@@ -544,6 +544,42 @@ fn bench_decode_reports_decode_recompute_and_the_cache() {
 }
 
 #[test]
+fn bench_decode_sweep_writes_a_plot_and_one_json_object() {
+    let dir = TempDir::new("bench-decode-sweep");
+    let svg = dir.path("decode.svg");
+    let mut args = vec![
+        "bench",
+        "--decode",
+        "--sweep",
+        "--seq-list",
+        "8,24",
+        "--out",
+        arg(&svg),
+    ];
+    args.extend(TINY_BENCH);
+    let run = compattn(&args);
+    let sweep = json_stdout(&run);
+    let results = sweep["results"].as_array().cloned().unwrap_or_default();
+    let contexts: Vec<u64> = results
+        .iter()
+        .map(|r| r["context"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(contexts, [8, 24], "{}", run.transcript());
+    for r in &results {
+        assert!(
+            r["decode_ms"].as_f64().unwrap_or(0.0) > 0.0,
+            "{}",
+            run.transcript()
+        );
+    }
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.contains("<svg") && plot.contains("decode step"),
+        "{plot}"
+    );
+}
+
+#[test]
 fn bench_prints_a_table_without_json() {
     let run = compattn(&[
         "bench",
