@@ -170,6 +170,25 @@ pub enum Error {
         strategy: &'static str,
     },
 
+    /// The device is lost (destroyed, reset by the driver, or a browser tab's GPU process went
+    /// away): every later call on its context and layers returns this. Open a new context.
+    #[error("the GPU device is lost ({reason}); {operation} did not run: open a new GpuContext")]
+    DeviceLost {
+        /// What the host was doing.
+        operation: String,
+        /// The driver's or wgpu's reason.
+        reason: String,
+    },
+
+    /// A wait on the GPU passed the context's timeout (`GpuContext::set_wait_timeout`).
+    #[error("waiting for the GPU during {operation} passed the timeout of {seconds} s")]
+    Timeout {
+        /// What the host was waiting for.
+        operation: String,
+        /// The timeout, in seconds.
+        seconds: f64,
+    },
+
     /// Appending to a KV cache would pass its capacity; nothing was appended.
     #[error(
         "the KV cache holds {len} of {capacity} positions and cannot take {appended} more; \

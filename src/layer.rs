@@ -123,6 +123,7 @@ impl CompositionalAttention {
     pub fn new(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
         let config = *weights.config();
         config.validate()?;
+        ctx.check_alive("creating a layer")?;
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(CompositionalAttention {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -281,6 +282,7 @@ impl CompositionalAttention {
         seq: usize,
     ) -> Result<()> {
         shape::check_io_buffers(&self.config, input, mask, output, batch, seq)?;
+        self.ctx.check_alive("encode")?;
         let ctx = self.ctx.clone();
         #[cfg(not(target_arch = "wasm32"))]
         let _serial = pollster::block_on(ctx.serial());
@@ -478,6 +480,7 @@ impl CompositionalAttention {
             });
         }
         shape::check_tokens(&self.config, batch, max_seq)?;
+        self.ctx.check_alive("creating a KV cache")?;
         // Validates the sizes against the device before allocating.
         ExecutionPlan::resolve_cached(&self.ctx, &self.config, batch, 1, max_seq)?;
         KvCache::new(&self.ctx, self.id, &self.config, batch, max_seq)
@@ -560,6 +563,7 @@ impl CompositionalAttention {
         let batch = cache.batch;
         shape::check_io_buffers(&self.config, input, mask, output, batch, seq)?;
         cache.check_append(self.id, batch, seq)?;
+        self.ctx.check_alive("encode_decode")?;
         let ctx = self.ctx.clone();
         #[cfg(not(target_arch = "wasm32"))]
         let _serial = pollster::block_on(ctx.serial());

@@ -96,6 +96,9 @@ pub struct GpuOptions {
     /// A fused-kernel tiling to use instead of the plan's choice, for experiments
     /// (`COMPATTN_FUSED_TILING=wg,qpi,bk,stage`); checked against the device like any other.
     pub fused_tiling: Option<FusedTiling>,
+    /// The longest a wait on the GPU may take before it is an [`Error::Timeout`]
+    /// (`COMPATTN_WAIT_TIMEOUT_S`); `None`: [`DEFAULT_WAIT_TIMEOUT`].
+    pub wait_timeout: Option<std::time::Duration>,
 }
 
 impl GpuOptions {
@@ -110,6 +113,16 @@ impl GpuOptions {
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
             fused_tiling: env_var("COMPATTN_FUSED_TILING")
                 .map(|v| FusedTiling::parse(&v))
+                .transpose()?,
+            wait_timeout: env_var("COMPATTN_WAIT_TIMEOUT_S")
+                .map(|v| match v.parse::<f64>() {
+                    Ok(s) if s.is_finite() && s > 0.0 => Ok(std::time::Duration::from_secs_f64(s)),
+                    _ => Err(Error::InvalidConfig {
+                        field: "COMPATTN_WAIT_TIMEOUT_S",
+                        value: v.clone(),
+                        reason: "must be a positive number of seconds",
+                    }),
+                })
                 .transpose()?,
         })
     }
@@ -165,7 +178,16 @@ struct Inner {
     /// The kernel family asked for (resolved per adapter by `plan::KernelFamily::of`).
     profile: KernelProfile,
     fused_tiling: Option<FusedTiling>,
+    /// Why the device was lost, once it is (set by the device-lost callback on a device this
+    /// crate opened, or by a failed readback).
+    lost: Arc<Mutex<Option<String>>>,
+    /// The longest a wait on the GPU may take, in milliseconds.
+    wait_timeout_ms: std::sync::atomic::AtomicU64,
 }
+
+/// The default [`GpuContext::wait_timeout`]: generous, since one forward of a long sequence on a
+/// CPU driver takes seconds; a wait this long means a hung device.
+pub const DEFAULT_WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl std::fmt::Debug for GpuContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,13 +210,17 @@ impl GpuContext {
                 Err(_) => select_adapter(wgpu::Backends::all(), options).await?,
             },
         };
-        Self::open(
+        let ctx = Self::open(
             adapter,
             options.limits,
             options.kernels,
             options.fused_tiling,
         )
-        .await
+        .await?;
+        if let Some(timeout) = options.wait_timeout {
+            ctx.set_wait_timeout(timeout);
+        }
+        Ok(ctx)
     }
 
     /// [`GpuContext::new`] with [`GpuOptions::from_env`].
@@ -259,6 +285,15 @@ impl GpuContext {
             Some(uncaptured),
             (kernels, fused_tiling),
         );
+        // Record why the device went (destroyed, driver reset): every later call reports it.
+        let lost = ctx.inner.lost.clone();
+        ctx.inner
+            .device
+            .set_device_lost_callback(move |reason, message| {
+                if let Ok(mut lost) = lost.lock() {
+                    *lost = Some(format!("{reason:?}: {message}"));
+                }
+            });
         log::info!("opened a device on {}", ctx.describe());
         Ok(ctx)
     }
@@ -319,6 +354,10 @@ impl GpuContext {
                 serial,
                 profile,
                 fused_tiling,
+                lost: Arc::new(Mutex::new(None)),
+                wait_timeout_ms: std::sync::atomic::AtomicU64::new(
+                    DEFAULT_WAIT_TIMEOUT.as_millis() as u64,
+                ),
             }),
         }
     }
@@ -464,6 +503,55 @@ impl GpuContext {
         self.inner.fused_tiling
     }
 
+    /// Whether the device is lost (see [`Error::DeviceLost`]). On a device this crate opened,
+    /// wgpu's device-lost callback says so; on a caller's device (whose callback this crate
+    /// leaves alone), the first readback that fails does.
+    pub fn is_lost(&self) -> bool {
+        self.inner.lost.lock().map(|l| l.is_some()).unwrap_or(true)
+    }
+
+    /// Fails with [`Error::DeviceLost`] once the device is lost: every public operation checks
+    /// this first, so nothing is submitted to, polled on or mapped from a lost device.
+    pub(crate) fn check_alive(&self, operation: &str) -> Result<()> {
+        let reason = match self.inner.lost.lock() {
+            Ok(lost) => lost.clone(),
+            Err(_) => Some("the device-loss record was poisoned".into()),
+        };
+        match reason {
+            Some(reason) => Err(Error::DeviceLost {
+                operation: operation.to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records that the device is lost, with `reason` (a failed map, say).
+    pub(crate) fn mark_lost(&self, reason: &str) {
+        if let Ok(mut lost) = self.inner.lost.lock()
+            && lost.is_none()
+        {
+            *lost = Some(reason.to_string());
+        }
+    }
+
+    /// The longest a wait on the GPU may take before it is an [`Error::Timeout`].
+    pub fn wait_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.inner
+                .wait_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Sets [`GpuContext::wait_timeout`] for every layer on this context.
+    pub fn set_wait_timeout(&self, timeout: std::time::Duration) {
+        self.inner.wait_timeout_ms.store(
+            timeout.as_millis().clamp(1, u64::MAX as u128) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Whether this crate opened the device (and installed its own uncaptured-error handler).
     pub fn owns_device(&self) -> bool {
         self.inner.uncaptured.is_some()
@@ -528,6 +616,7 @@ impl GpuContext {
         operation: &str,
         work: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
+        self.check_alive(operation)?;
         let device = &self.inner.device;
         let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);

@@ -138,7 +138,7 @@ impl Dispatch {
             })
             .collect();
         ctx.scoped(&format!("binding {label}"), || {
-            let params = memory::uniform_init(ctx, &label, params);
+            let params = memory::uniform_init(ctx, &label, params)?;
             let mut dispatch = Dispatch {
                 label: label.clone(),
                 pipeline: pipeline.clone(),

@@ -6,8 +6,6 @@
 //! [`Error::LimitExceeded`] that says which buffer and why, instead of a generic validation error
 //! after the fact.
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 
@@ -81,23 +79,62 @@ pub(crate) fn storage_init<T: bytemuck::Pod>(
     if data.is_empty() {
         return storage(ctx, label, &[1], None);
     }
-    Ok(ctx
-        .device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(data),
-            usage: STORAGE,
-        }))
+    buffer_init(ctx, label, bytemuck::cast_slice(data), STORAGE)
 }
 
 /// A uniform buffer holding one parameter block.
-pub(crate) fn uniform_init(ctx: &GpuContext, label: &str, data: &[u8]) -> wgpu::Buffer {
-    ctx.device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: data,
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+pub(crate) fn uniform_init(ctx: &GpuContext, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+    buffer_init(ctx, label, data, wgpu::BufferUsages::UNIFORM)
+}
+
+/// A buffer created mapped and filled with `bytes`: what `DeviceExt::create_buffer_init` does,
+/// but a device lost in between is an [`Error::DeviceLost`] where wgpu's helper panics.
+fn buffer_init(
+    ctx: &GpuContext,
+    label: &str,
+    bytes: &[u8],
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    ctx.check_alive(label)?;
+    let align = wgpu::COPY_BUFFER_ALIGNMENT;
+    let size = (bytes.len() as u64).div_ceil(align).max(1) * align;
+    let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: true,
+    });
+    match buffer.get_mapped_range_mut(..) {
+        Ok(mut range) => range.slice(..bytes.len()).copy_from_slice(bytes),
+        Err(e) => {
+            let reason = format!("mapping a new buffer failed: {e}");
+            ctx.mark_lost(&reason);
+            return Err(Error::DeviceLost {
+                operation: format!("uploading {label}"),
+                reason,
+            });
+        }
+    }
+    buffer.unmap();
+    Ok(buffer)
+}
+
+/// Waits for the device's submitted work, at most [`GpuContext::wait_timeout`] (native; in a
+/// browser the map callback arrives from the event loop).
+#[cfg(not(target_arch = "wasm32"))]
+fn wait(ctx: &GpuContext, operation: &str) -> Result<()> {
+    let timeout = ctx.wait_timeout();
+    match ctx.device().poll(wgpu::PollType::Wait {
+        submission_index: None,
+        timeout: Some(timeout),
+    }) {
+        Ok(_) => Ok(()),
+        Err(wgpu::PollError::Timeout) => Err(Error::Timeout {
+            operation: operation.to_string(),
+            seconds: timeout.as_secs_f64(),
+        }),
+        Err(e) => Err(Error::Readback(e.to_string())),
+    }
 }
 
 /// A host-mappable buffer that results are copied into and read from.
@@ -128,21 +165,27 @@ pub(crate) async fn read_mapped<T: bytemuck::Pod>(
     buffer: &wgpu::Buffer,
     bytes: u64,
 ) -> Result<Vec<T>> {
+    ctx.check_alive("reading back a result")?;
     let slice = buffer.slice(..bytes);
     let (sender, receiver) = futures::channel::oneshot::channel();
     slice.map_async(wgpu::MapMode::Read, move |result| {
         let _ = sender.send(result);
     });
     #[cfg(not(target_arch = "wasm32"))]
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::Readback(e.to_string()))?;
-    #[cfg(target_arch = "wasm32")]
-    let _ = ctx;
-    receiver
+    if let Err(error) = wait(ctx, "reading back a result") {
+        // Cancel the pending map, so the buffer is usable by the next call.
+        buffer.unmap();
+        return Err(error);
+    }
+    let mapped = receiver
         .await
-        .map_err(|_| Error::Readback("the map callback was dropped".into()))?
-        .map_err(|e| Error::Readback(e.to_string()))?;
+        .map_err(|_| Error::Readback("the map callback was dropped".into()))?;
+    if let Err(e) = mapped {
+        // Our buffers are always mappable: a failed map means the device went away.
+        let reason = format!("mapping the result failed: {e}");
+        ctx.mark_lost(&reason);
+        ctx.check_alive("reading back a result")?;
+    }
     let values = {
         let view = slice
             .get_mapped_range()
@@ -156,14 +199,13 @@ pub(crate) async fn read_mapped<T: bytemuck::Pod>(
 /// Waits until the queue has finished all submitted work (benchmarks without timestamps).
 #[cfg(feature = "bench")]
 pub(crate) async fn wait_idle(ctx: &GpuContext) -> Result<()> {
+    ctx.check_alive("waiting for the GPU")?;
     let (sender, receiver) = futures::channel::oneshot::channel();
     ctx.queue().on_submitted_work_done(move || {
         let _ = sender.send(());
     });
     #[cfg(not(target_arch = "wasm32"))]
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::Readback(e.to_string()))?;
+    wait(ctx, "waiting for the GPU")?;
     receiver
         .await
         .map_err(|_| Error::Readback("the work-done callback was dropped".into()))
