@@ -189,6 +189,11 @@ pub enum Error {
         seconds: f64,
     },
 
+    /// A result differs from the f64 reference by more than the tolerance (verification and
+    /// soak runs).
+    #[error("result differs from the reference: {0}")]
+    ReferenceMismatch(String),
+
     /// Appending to a KV cache would pass its capacity; nothing was appended.
     #[error(
         "the KV cache holds {len} of {capacity} positions and cannot take {appended} more; \

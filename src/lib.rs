@@ -50,6 +50,8 @@ pub mod reference;
 pub mod rng;
 pub mod shaders;
 mod shape;
+#[cfg(any(test, feature = "testing"))]
+pub mod soak;
 mod time;
 #[cfg(any(test, feature = "testing"))]
 pub mod verify;

@@ -12,6 +12,7 @@ mod demo;
 mod forward;
 mod info;
 mod shaders;
+mod soak;
 mod verify;
 
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ enum Command {
     /// Sizes left out: batch 1, seq 512, dim 512, dim_head 64, 8 searches, 2 retrievals (with
     /// --sweep: dim 256, dim_head 32, 4 searches).
     Bench(bench::Args),
+    /// Run many forwards on one layer, cycling shapes, masks and strategies, every output
+    /// checked against the f64 reference, and report the host memory and gpu_bytes curve.
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::Shaders(args) => shaders::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Soak(args) => soak::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

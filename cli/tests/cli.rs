@@ -580,6 +580,20 @@ fn bench_decode_sweep_writes_a_plot_and_one_json_object() {
 }
 
 #[test]
+fn soak_checks_every_forward_and_reports_flat_memory() {
+    let run = compattn(&["soak", "--forwards", "30", "--json"]);
+    let report = json_stdout(&run);
+    assert_eq!(report["forwards"], 30, "{}", run.transcript());
+    assert_eq!(report["gpu_growth_bytes"], 0, "{}", run.transcript());
+    assert!(
+        report["worst_error"].as_f64().unwrap_or(1.0) <= 1e-4,
+        "{}",
+        run.transcript()
+    );
+    compattn(&["soak", "--forwards", "0"]).assert_error(1, &["--forwards"]);
+}
+
+#[test]
 fn bench_prints_a_table_without_json() {
     let run = compattn(&[
         "bench",
