@@ -50,7 +50,7 @@ pub mod reference;
 pub mod rng;
 pub mod shaders;
 mod shape;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(all(any(test, feature = "testing"), not(target_arch = "wasm32")))]
 pub mod soak;
 mod time;
 #[cfg(any(test, feature = "testing"))]

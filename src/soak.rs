@@ -2,7 +2,8 @@
 //! checked against the f64 reference, with host memory (RSS) and `gpu_bytes` sampled as it goes.
 //!
 //! Shared by `tests/reliability.rs` (a few hundred forwards) and `compattn soak --forwards N`
-//! (long runs; RELIABILITY.md). Compiled with the `testing` feature.
+//! (long runs; RELIABILITY.md). Compiled with the `testing` feature, on native targets (it blocks
+//! on each forward).
 
 use crate::config::Config;
 use crate::error::{Error, Result};
