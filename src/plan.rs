@@ -107,8 +107,9 @@ pub enum TexelGemmKernel {
 }
 
 /// Rows up to which the texel GEMV runs instead of the blocked texel GEMM (a buffer output,
-/// and `K` within the driver's loop budget in one pass). At one row the GEMV took the decode
-/// step's projection from 5.6 to under 1 ms on lavapipe (BENCHMARKS.md, decode).
+/// and `K` within the driver's loop budget in one pass). With it, a one-token decode step at
+/// N = 2048 went from 15–18 to 7–10 ms on lavapipe, where the blocked kernel's input projection
+/// alone took 5.6 ms (BENCHMARKS.md, decode).
 const GEMV_MAX_ROWS: usize = 8;
 
 /// The texel GEMM kernel for `m` rows and `k_texels` texels of reduction with a buffer output.

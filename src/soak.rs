@@ -11,6 +11,7 @@ use crate::gpu::GpuContext;
 use crate::layer::{CompositionalAttention, Strategy};
 use crate::reference;
 use crate::verify::{ErrorStats, random_problem};
+use crate::weights::Weights;
 
 /// The shapes a soak cycles through: `(batch, seq, mask lengths)`. More shapes × strategies than
 /// the layer keeps workspaces for, so workspaces are evicted and rebuilt all along.
@@ -89,7 +90,7 @@ pub fn run(
         .num_retrievals(2)
         .causal(true);
     // One layer: the weights of the first problem; every shape gets its own seeded input.
-    let weights = random_problem(config, 1, 1, None, 1.0, seed)?.0;
+    let weights = Weights::random(config, seed)?;
     let problems: Vec<_> = SHAPES
         .iter()
         .enumerate()
