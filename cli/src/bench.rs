@@ -1098,6 +1098,14 @@ const COLOURS: [plotters::style::RGBColor; 4] = [
 
 /// GFLOP/s against n (both axes logarithmic), one line per strategy and the GEMM as a
 /// reference line; the SVG text.
+/// A plotters failure as this crate's error (the SVG goes to a string, so only plotting fails).
+pub(crate) fn plot_error(e: &dyn std::fmt::Display) -> Error {
+    Error::Io {
+        path: Path::new("<svg plot>").into(),
+        source: std::io::Error::other(format!("plotting failed: {e}")),
+    }
+}
+
 fn plot_sweep(
     title: &str,
     seqs: &[usize],
@@ -1107,10 +1115,6 @@ fn plot_sweep(
     use plotters::element::DashedPathElement;
     use plotters::prelude::*;
 
-    let plot_error = |e: &dyn std::fmt::Display| Error::Io {
-        path: Path::new("<svg plot>").into(),
-        source: std::io::Error::other(format!("plotting failed: {e}")),
-    };
     let x_min = seqs.iter().copied().min().unwrap_or(1) as f64;
     let x_max = seqs.iter().copied().max().unwrap_or(1) as f64;
     let values = results

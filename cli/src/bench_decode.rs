@@ -14,7 +14,9 @@ use compositional_attention::verify::random_problem;
 use compositional_attention::{CompositionalAttention, Error, GpuContext};
 use serde::Serialize;
 
-use crate::bench::{Machine, Plan, fmt_mib, fmt_ms, note, open_gpu, print_json, progress_bar};
+use crate::bench::{
+    Machine, Plan, fmt_mib, fmt_ms, note, open_gpu, plot_error, print_json, progress_bar,
+};
 use crate::common::CliResult;
 
 #[derive(Serialize)]
@@ -285,10 +287,6 @@ type Series = (
 fn plot(title: &str, results: &[DecodeReport]) -> Result<String, Error> {
     use plotters::prelude::*;
 
-    let plot_error = |e: &dyn std::fmt::Display| Error::Io {
-        path: Path::new("<svg plot>").into(),
-        source: std::io::Error::other(format!("plotting failed: {e}")),
-    };
     let xs: Vec<f64> = results.iter().map(|r| r.context as f64).collect();
     let x_min = xs.iter().copied().fold(f64::INFINITY, f64::min);
     let x_max = xs.iter().copied().fold(1.0, f64::max);
