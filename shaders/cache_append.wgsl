@@ -11,16 +11,17 @@
 //            attention, so several steps recorded into one encoder each see their own length.
 // Bindings   @binding(0) params (uniform)  batch, seq, searches, head (d), value_width (r·d),
 //                        row_stride, k_offset, v_offset, capacity
-//            @binding(1) proj           [b·seq, row_stride] f32, packed [SQ | SK | Q̃ | RV]
+//            @binding(1) proj           [b·seq, row_stride] Proj, packed [SQ | SK | Q̃ | RV]
 //            @binding(2) new_mask       [b, seq] u32
 //            @binding(3) state          [1] u32: tokens already cached (len)
-//            @binding(4) keys           [b, s, capacity, d] f32
-//            @binding(5) values         [b, capacity, r·d] f32
+//            @binding(4) keys           [b, s, capacity, d] Cache
+//            @binding(5) values         [b, capacity, r·d] Cache
 //            @binding(6) mask           [b, capacity] u32
 //            @binding(7) first_allowed  [b] atomic u32 (0xFFFFFFFF: no allowed key yet)
 // Dispatch   one invocation per element of (b, i, column) with column < s·d + r·d + 1, WG per
 //            workgroup, numbered linearly over x and y.
-// Host constants  WG.
+// Host constants  WG; the stored types Proj and Cache (f32 or f16, the same in a layer, so
+//            the copy is exact).
 
 struct Params {
     batch: u32,
@@ -38,11 +39,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> proj: array<f32>;
+@group(0) @binding(1) var<storage, read> proj: array<Proj>;
 @group(0) @binding(2) var<storage, read> new_mask: array<u32>;
 @group(0) @binding(3) var<storage, read> state: array<u32>;
-@group(0) @binding(4) var<storage, read_write> keys: array<f32>;
-@group(0) @binding(5) var<storage, read_write> values: array<f32>;
+@group(0) @binding(4) var<storage, read_write> keys: array<Cache>;
+@group(0) @binding(5) var<storage, read_write> values: array<Cache>;
 @group(0) @binding(6) var<storage, read_write> mask: array<u32>;
 @group(0) @binding(7) var<storage, read_write> first_allowed: array<atomic<u32>>;
 
@@ -69,11 +70,11 @@ fn main(
         let sigma = column / params.head;
         let k = column % params.head;
         let slot = ((b * params.searches + sigma) * params.capacity + position) * params.head + k;
-        keys[slot] = proj[token * params.row_stride + params.k_offset + column];
+        keys[slot] = Cache(proj[token * params.row_stride + params.k_offset + column]);
     } else if (column < key_width + params.value_width) {
         let c = column - key_width;
         values[(b * params.capacity + position) * params.value_width + c] =
-            proj[token * params.row_stride + params.v_offset + c];
+            Cache(proj[token * params.row_stride + params.v_offset + c]);
     } else {
         let allowed = new_mask[token];
         mask[b * params.capacity + position] = allowed;

@@ -14,17 +14,20 @@
 //            allowed key stores (-FLT_MAX, 0) and zeros.
 // Bindings   @binding(0) params (uniform)  batch, seq, searches, capacity, row_stride and
 //                        q_offset (KVec units), scale, splits, keys_per_split (KPS)
-//            @binding(1) proj           [b·seq, row_stride] packed projections of the new tokens
+//            @binding(1) proj           [b·seq, row_stride] packed projections of the new tokens,
+//                                       ProjVec
 //            @binding(2) state          [1] u32: tokens cached before this step (len)
-//            @binding(3) keys           [b, s, capacity, d]
-//            @binding(4) values         [b, capacity, r·d]
+//            @binding(3) keys           [b, s, capacity, d] CacheVec
+//            @binding(4) values         [b, capacity, r·d] CacheVec
 //            @binding(5) mask           [b, capacity] u32
 //            @binding(6) first_allowed  [b] u32
-//            @binding(7) partial_stats  [b·s·seq·splits] (m, l)
-//            @binding(8) partial_acc    [b·s·seq·splits, r·d]
+//            @binding(7) partial_stats  [b·s·seq·splits] (m, l) f32
+//            @binding(8) partial_acc    [b·s·seq·splits, r·d] f32
+//            Loads of stored (f32 or f16) operands widen to KVec; the arithmetic is f32.
 // Dispatch   one invocation per (b, σ, i, split), WG per workgroup, numbered linearly over x and
 //            y: index = ((b·s + σ)·seq + i)·splits + split.
-// Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0).
+// Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0), the stored
+//            types Proj/ProjVec and Cache/CacheVec (f32 or f16).
 
 struct Params {
     batch: u32,
@@ -42,10 +45,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> proj: array<KVec>;
+@group(0) @binding(1) var<storage, read> proj: array<ProjVec>;
 @group(0) @binding(2) var<storage, read> state: array<u32>;
-@group(0) @binding(3) var<storage, read> keys: array<KVec>;
-@group(0) @binding(4) var<storage, read> values: array<KVec>;
+@group(0) @binding(3) var<storage, read> keys: array<CacheVec>;
+@group(0) @binding(4) var<storage, read> values: array<CacheVec>;
 @group(0) @binding(5) var<storage, read> mask: array<u32>;
 @group(0) @binding(6) var<storage, read> first_allowed: array<u32>;
 @group(0) @binding(7) var<storage, read_write> partial_stats: array<vec2<f32>>;
@@ -80,7 +83,7 @@ fn main(
     var acc: array<KVec, VWV>;
     let token = b * params.seq + i;
     for (var k = 0u; k < DV; k++) {
-        query[k] = params.scale * proj[token * params.row_stride + params.q_offset + sigma * DV + k];
+        query[k] = params.scale * KVec(proj[token * params.row_stride + params.q_offset + sigma * DV + k]);
     }
     for (var c = 0u; c < VWV; c++) {
         acc[c] = KVec();
@@ -98,7 +101,7 @@ fn main(
         var score = 0.0;
         if (!uniform_row) {
             for (var k = 0u; k < DV; k++) {
-                score += kdot(query[k], keys[(key_base + j) * DV + k]);
+                score += kdot(query[k], KVec(keys[(key_base + j) * DV + k]));
             }
         }
         let new_max = max(running_max, score);
@@ -108,7 +111,7 @@ fn main(
         running_max = new_max;
         let value_base = (b * params.capacity + j) * VWV;
         for (var c = 0u; c < VWV; c++) {
-            acc[c] = acc[c] * rescale + weight * values[value_base + c];
+            acc[c] = acc[c] * rescale + weight * KVec(values[value_base + c]);
         }
     }
     partial_stats[index] = vec2<f32>(running_max, running_sum);

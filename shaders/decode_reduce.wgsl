@@ -7,12 +7,14 @@
 //            Every row has at least one allowed key (itself, or all keys when uniform), so l ≥ 1.
 // Bindings   @binding(0) params (uniform)  batch, seq, searches, splits, row_stride and
 //                        qt_offset (KVec units), scale
-//            @binding(1) proj           [b·seq, row_stride] packed projections of the new tokens
-//            @binding(2) partial_stats  [b·s·seq·splits] (m, l)
-//            @binding(3) partial_acc    [b·s·seq·splits, r·d]
-//            @binding(4) concat         [b·seq, s·d]
+//            @binding(1) proj           [b·seq, row_stride] packed projections of the new tokens,
+//                                       ProjVec (widened as read)
+//            @binding(2) partial_stats  [b·s·seq·splits] (m, l) f32
+//            @binding(3) partial_acc    [b·s·seq·splits, r·d] f32
+//            @binding(4) concat         [b·seq, s·d] ProjVec (narrowed as stored)
 // Dispatch   one invocation per (b, σ, i), WG per workgroup, numbered linearly over x and y.
-// Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0).
+// Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0), the stored
+//            types Proj/ProjVec (f32 or f16; Cache too, unused here).
 
 struct Params {
     batch: u32,
@@ -26,10 +28,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> proj: array<KVec>;
+@group(0) @binding(1) var<storage, read> proj: array<ProjVec>;
 @group(0) @binding(2) var<storage, read> partial_stats: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read> partial_acc: array<KVec>;
-@group(0) @binding(4) var<storage, read_write> concat: array<KVec>;
+@group(0) @binding(4) var<storage, read_write> concat: array<ProjVec>;
 
 const DV: u32 = D / VEC;
 const VWV: u32 = R * DV;
@@ -78,7 +80,7 @@ fn main(
         for (var k = 0u; k < DV; k++) {
             let c = rho * DV + k;
             ret[c] = ret[c] * inv_total;
-            g += kdot(proj[token * params.row_stride + params.qt_offset + sigma * DV + k], ret[c]);
+            g += kdot(KVec(proj[token * params.row_stride + params.qt_offset + sigma * DV + k]), ret[c]);
         }
         logit[rho] = params.scale * g;
         logit_max = max(logit_max, logit[rho]);
@@ -93,6 +95,6 @@ fn main(
         for (var rho = 0u; rho < R; rho++) {
             o += logit[rho] * ret[rho * DV + k];
         }
-        concat[token * params.searches * DV + sigma * DV + k] = o / weight_sum;
+        concat[token * params.searches * DV + sigma * DV + k] = ProjVec(o / weight_sum);
     }
 }

@@ -5,9 +5,11 @@
 // Bindings   @binding(0) params (uniform)  m, n, k_vecs (= K / VEC), tiles_n, and the slice
 //            [k_begin, k_end) of the reduction this dispatch adds (in KVec units; the host splits
 //            K where the driver caps loop iterations), accumulate (add to `out` if nonzero)
-//            @binding(1) lhs  [M, K]  row-major, read as array<KVec>
-//            @binding(2) rhs  [N, K]  row-major, read as array<KVec>
-//            @binding(3) out  [M, N]  row-major
+//            @binding(1) lhs  [M, K]  row-major, read as array<LhsVec>
+//            @binding(2) rhs  [N, K]  row-major, read as array<RhsVec>
+//            @binding(3) out  [M, N]  row-major, array<Out>
+//            Each is stored in f32 or f16 (Lhs, Rhs, Out); loads widen to f32 and the sums
+//            are f32, narrowed once as they are stored.
 // Dispatch   one workgroup per (WG·TILE_M rows) × (TILE_N columns) tile, numbered linearly over x
 //            and y: group = tile_m · tiles_n + tile_n. Invocation `lane` owns rows
 //            tile_m·WG·TILE_M + t·WG + lane (t < TILE_M) and all TILE_N columns of the tile.
@@ -15,7 +17,8 @@
 //            SIMD lanes) and its own lhs rows: TILE_M + TILE_N loads feed TILE_M·TILE_N·VEC
 //            multiply-adds held in registers.
 // Host constants  WG, TILE_M, TILE_N, and KVec = vec4<f32> with VEC = 4 when K % 4 == 0, else
-//            f32 with VEC = 1, with kdot(a, b) its dot product.
+//            f32 with VEC = 1, with kdot(a, b) its dot product; the stored types Lhs, Rhs, Out
+//            (f32 or f16, with `enable f16;`) and LhsVec, RhsVec of width VEC.
 
 struct Params {
     m: u32,
@@ -29,9 +32,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> lhs: array<KVec>;
-@group(0) @binding(2) var<storage, read> rhs: array<KVec>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> lhs: array<LhsVec>;
+@group(0) @binding(2) var<storage, read> rhs: array<RhsVec>;
+@group(0) @binding(3) var<storage, read_write> out: array<Out>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -65,10 +68,10 @@ fn main(
     for (var k = params.k_begin; k < params.k_end; k++) {
         var a: array<KVec, TILE_M>;
         for (var t = 0u; t < TILE_M; t++) {
-            a[t] = lhs[lhs_base[t] + k];
+            a[t] = KVec(lhs[lhs_base[t] + k]);
         }
         for (var u = 0u; u < TILE_N; u++) {
-            let b = rhs[rhs_base[u] + k];
+            let b = KVec(rhs[rhs_base[u] + k]);
             for (var t = 0u; t < TILE_M; t++) {
                 acc[t][u] += kdot(a[t], b);
             }
@@ -81,7 +84,8 @@ fn main(
             for (var u = 0u; u < TILE_N; u++) {
                 let index = row * params.n + col0 + u;
                 if (col0 + u < params.n) {
-                    out[index] = select(acc[t][u], out[index] + acc[t][u], params.accumulate != 0u);
+                    let sum = select(acc[t][u], f32(out[index]) + acc[t][u], params.accumulate != 0u);
+                    out[index] = Out(sum);
                 }
             }
         }

@@ -4,16 +4,19 @@
 // Bindings   @binding(0) params (uniform)  m, n, k_vecs (= K), tiles_n, and the slice [k_begin, k_end)
 //            of the reduction this dispatch adds (the host splits K where the driver caps loop
 //            iterations), accumulate (add to `out` if nonzero)
-//            @binding(1) lhs  [M, K]  row-major
-//            @binding(2) rhs  [N, K]  row-major (PyTorch weight layout)
-//            @binding(3) out  [M, N]  row-major
+//            @binding(1) lhs  [M, K]  row-major, array<Lhs>
+//            @binding(2) rhs  [N, K]  row-major (PyTorch weight layout), array<Rhs>
+//            @binding(3) out  [M, N]  row-major, array<Out>
+//            Each is stored in f32 or f16; staging widens to f32, and the sums are f32,
+//            narrowed once as they are stored.
 // Dispatch   one workgroup of WG_SIDE × WG_SIDE invocations per BM × BN output tile
 //            (BM = BN = WG_SIDE·TILE), numbered linearly over x and y: group = tile_m·tiles_n +
 //            tile_n. Each step stages a BK-deep slice of both operands in workgroup memory
 //            (coalesced: consecutive invocations read consecutive k), then every invocation
 //            accumulates its TILE × TILE outputs, strided by WG_SIDE so that neighbouring
 //            invocations read neighbouring workgroup-memory words.
-// Host constants  WG_SIDE, TILE, BK.
+// Host constants  WG_SIDE, TILE, BK; the stored types Lhs, Rhs, Out (f32 or f16, with
+//            `enable f16;`).
 
 struct Params {
     m: u32,
@@ -27,9 +30,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> lhs: array<f32>;
-@group(0) @binding(2) var<storage, read> rhs: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> lhs: array<Lhs>;
+@group(0) @binding(2) var<storage, read> rhs: array<Rhs>;
+@group(0) @binding(3) var<storage, read_write> out: array<Out>;
 
 const BM: u32 = WG_SIDE * TILE;
 const THREADS: u32 = WG_SIDE * WG_SIDE;
@@ -68,8 +71,8 @@ fn main(
             let lhs_row = min(row0 + r, params.m - 1u);
             let rhs_row = min(col0 + r, params.n - 1u);
             let k_safe = min(k, params.k_vecs - 1u);
-            lhs_tile[kk * BM + r] = select(0.0, lhs[lhs_row * params.k_vecs + k_safe], in_k);
-            rhs_tile[kk * BM + r] = select(0.0, rhs[rhs_row * params.k_vecs + k_safe], in_k);
+            lhs_tile[kk * BM + r] = select(0.0, f32(lhs[lhs_row * params.k_vecs + k_safe]), in_k);
+            rhs_tile[kk * BM + r] = select(0.0, f32(rhs[rhs_row * params.k_vecs + k_safe]), in_k);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
@@ -97,7 +100,8 @@ fn main(
             let col = col0 + u * WG_SIDE + local.x;
             let index = row * params.n + col;
             if (row < params.m && col < params.n) {
-                out[index] = select(acc[t][u], out[index] + acc[t][u], params.accumulate != 0u);
+                let sum = select(acc[t][u], f32(out[index]) + acc[t][u], params.accumulate != 0u);
+                out[index] = Out(sum);
             }
         }
     }

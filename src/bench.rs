@@ -15,11 +15,12 @@ use crate::gpu::texture::TexelRows;
 use crate::gpu::timing::{PassTimer, TimingSource};
 use crate::layer::Strategy;
 use crate::ops::fused_attention::{Carry, FusedIo};
-use crate::ops::gemm::{GemmOperands, GemmShape};
+use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::{self, ProjectionLayout, Rows};
 use crate::plan::{
     BlockedPlan, CorePlan, ExecutionPlan, FusedPlan, FusedTiling, GemmPlan, GemmTiling, Storage,
 };
+use crate::precision::Precision;
 use crate::verify::normal;
 
 /// Which GEMM kernel to measure.
@@ -65,7 +66,7 @@ impl KernelBench {
         let rhs_data = normal(&mut rng, n * k, 1.0);
         let out = memory::storage(ctx, "out", &[m, n], None)?;
         let plan = match kernel {
-            GemmKernel::Auto => GemmPlan::of(ctx),
+            GemmKernel::Auto => GemmPlan::of(ctx, Precision::F32),
             GemmKernel::Texels => GemmPlan::Texels,
             GemmKernel::Register => GemmPlan::Buffers(GemmTiling::REGISTER),
             GemmKernel::Tiled => GemmPlan::Buffers(GemmTiling::TILED),
@@ -96,6 +97,7 @@ impl KernelBench {
                     GemmOperands::Buffers {
                         tiling,
                         shape,
+                        precision: GemmPrecision::F32,
                         lhs: (&lhs).into(),
                         rhs: &rhs,
                         out: (&out).into(),
@@ -159,11 +161,13 @@ impl KernelBench {
         // The fused kernel as the layer's plan runs it (the general kernel even where the plan
         // picks the blocked one, which is measured as well).
         let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
-        let storage = match ExecutionPlan::resolve(ctx, c, Strategy::Fused, batch, seq)?.core {
-            CorePlan::Fused(fused) => fused.storage,
-            CorePlan::Blocked(_) => Storage::Texels,
-            CorePlan::Unfused | CorePlan::Cached(_) => Storage::Buffers,
-        };
+        let storage =
+            match ExecutionPlan::resolve(ctx, c, Precision::F32, Strategy::Fused, batch, seq)?.core
+            {
+                CorePlan::Fused(fused) => fused.storage,
+                CorePlan::Blocked(_) => Storage::Texels,
+                CorePlan::Unfused | CorePlan::Cached(_) => Storage::Buffers,
+            };
         let fused = FusedPlan::resolve(ctx, &layout, tiling, storage)?;
         let blocked = BlockedPlan::resolve(ctx, &layout);
         let (proj_texels, concat_texels) = if storage == Storage::Texels {
@@ -188,6 +192,7 @@ impl KernelBench {
                 FusedIo::Buffers {
                     proj: &proj,
                     concat: &concat,
+                    precision: Precision::F32,
                 },
             ),
         };
@@ -234,7 +239,16 @@ impl KernelBench {
             (
                 "value_mean",
                 b * n * r * d,
-                vec![ops::value_mean::dispatch(ctx, &layout, fused_proj, &value_mean).await?],
+                vec![
+                    ops::value_mean::dispatch(
+                        ctx,
+                        &layout,
+                        fused_proj,
+                        Precision::F32,
+                        &value_mean,
+                    )
+                    .await?,
+                ],
             ),
             (
                 "fused_attention",

@@ -111,15 +111,17 @@ impl DeviceWeights {
             ProjectionWeights::Plain => "packed input projections",
             ProjectionWeights::RetrievalFolded => "packed input projections (W_rk folded)",
         };
+        // A layer's plans share its precision, so each matrix is stored in one.
+        let precision = plan.precision;
         let gemm = match plan.gemm {
             GemmPlan::Buffers(tiling) => GemmWeights::Buffers {
                 tiling,
                 projection: filled(&mut projection.buffer, || {
-                    log::debug!("uploading {label} as a buffer");
-                    memory::storage_init(ctx, label, &projection_data(host))
+                    log::debug!("uploading {label} as an {precision} buffer");
+                    memory::stored_init(ctx, label, &projection_data(host), precision)
                 })?,
                 out: filled(&mut self.out.buffer, || {
-                    memory::storage_init(ctx, "to_out.weight", &host.out)
+                    memory::stored_init(ctx, "to_out.weight", &host.out, precision)
                 })?,
             },
             GemmPlan::Texels => GemmWeights::Texels {

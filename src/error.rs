@@ -147,6 +147,22 @@ pub enum Error {
         missing: String,
     },
 
+    /// The device lacks an optional feature that what was asked for needs (for example
+    /// `shader-f16` for [`Precision::F16`](crate::Precision::F16)).
+    #[error(
+        "the device on {adapter} lacks the `{feature}` feature, needed for {needed_for}; {hint}"
+    )]
+    MissingFeature {
+        /// The adapter, as `GpuContext::describe` writes it.
+        adapter: String,
+        /// The WebGPU name of the feature.
+        feature: &'static str,
+        /// What needs it.
+        needed_for: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+
     /// A buffer passed to `CompositionalAttention::encode` cannot serve as the named operand.
     #[error("{name} buffer: {problem}")]
     IoBuffer {

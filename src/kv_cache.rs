@@ -15,6 +15,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, memory};
 use crate::ops::decode::CacheBuffers;
+use crate::precision::Precision;
 use crate::workspace::WorkspaceCache;
 
 /// Keys, values and mask of every position generated so far, on the GPU. See the module docs.
@@ -23,6 +24,7 @@ pub struct KvCache {
     pub(crate) layer: u64,
     pub(crate) batch: usize,
     pub(crate) capacity: usize,
+    pub(crate) precision: Precision,
     pub(crate) len: usize,
     pub(crate) buffers: CacheBuffers,
     pub(crate) workspaces: WorkspaceCache,
@@ -34,6 +36,7 @@ impl std::fmt::Debug for KvCache {
             .field("batch", &self.batch)
             .field("len", &self.len)
             .field("capacity", &self.capacity)
+            .field("precision", &self.precision)
             .finish()
     }
 }
@@ -44,21 +47,25 @@ impl KvCache {
         ctx: &GpuContext,
         layer: u64,
         config: &crate::Config,
+        precision: Precision,
         batch: usize,
         capacity: usize,
     ) -> Result<KvCache> {
         let c = config;
         let buffers = CacheBuffers {
-            keys: memory::storage(
+            precision,
+            keys: memory::stored(
                 ctx,
                 "KV cache keys",
                 &[batch, c.num_searches, capacity, c.dim_head],
+                precision,
                 None,
             )?,
-            values: memory::storage(
+            values: memory::stored(
                 ctx,
                 "KV cache values",
                 &[batch, capacity, c.value_width()],
+                precision,
                 None,
             )?,
             mask: memory::storage(ctx, "KV cache mask", &[batch, capacity], None)?,
@@ -74,6 +81,7 @@ impl KvCache {
             layer,
             batch,
             capacity,
+            precision,
             len: 0,
             buffers,
             workspaces: WorkspaceCache::new(),
@@ -93,6 +101,11 @@ impl KvCache {
     /// The most positions the cache holds (`max_seq`).
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// How keys and values are stored: the layer's [`Precision`].
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Sequences per step.

@@ -11,6 +11,7 @@ use crate::gpu::{GpuContext, memory};
 use crate::io::{self, Input};
 use crate::kv_cache::KvCache;
 use crate::plan::ExecutionPlan;
+use crate::precision::Precision;
 use crate::reference;
 use crate::shape;
 use crate::weights::Weights;
@@ -101,6 +102,7 @@ pub struct CompositionalAttention {
     id: u64,
     ctx: GpuContext,
     config: Config,
+    precision: Precision,
     weights: DeviceWeights,
     strategy: Strategy,
     workspaces: WorkspaceCache,
@@ -110,6 +112,7 @@ impl std::fmt::Debug for CompositionalAttention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompositionalAttention")
             .field("config", &self.config)
+            .field("precision", &self.precision)
             .field("strategy", &self.strategy)
             .field("gpu", &self.ctx)
             .field("workspaces", &self.workspaces.shapes())
@@ -119,16 +122,34 @@ impl std::fmt::Debug for CompositionalAttention {
 
 impl CompositionalAttention {
     /// Places `weights` on the device of `ctx` (uploaded on first use by a plan that reads
-    /// them). The configuration (including `causal`) is the weights' own.
+    /// them), stored in f32. The configuration (including `causal`) is the weights' own.
     pub fn new(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
+        Self::with_precision(ctx, weights, Precision::F32)
+    }
+
+    /// [`new`](Self::new) with the weights, the KV cache and the large intermediates stored
+    /// in `precision` ([`Precision`] lists what each stores). Arithmetic stays f32.
+    ///
+    /// `Precision::F16` needs the device feature `shader-f16`; without it this is
+    /// [`Error::MissingFeature`](crate::Error::MissingFeature). Its error against the exact
+    /// result is what f16 rounding of the stored tensors alone causes, within a factor of two
+    /// (tests/precision.rs), and in the tests within 1e-2 of max|output|; a sharply peaked
+    /// softmax amplifies the rounding of the search keys.
+    pub fn with_precision(
+        ctx: &GpuContext,
+        weights: &Weights,
+        precision: Precision,
+    ) -> Result<Self> {
         let config = *weights.config();
         config.validate()?;
         ctx.check_alive("creating a layer")?;
+        precision.check_supported(ctx)?;
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(CompositionalAttention {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             ctx: ctx.clone(),
             config,
+            precision,
             weights: DeviceWeights::new(weights),
             strategy: Strategy::default(),
             workspaces: WorkspaceCache::new(),
@@ -138,6 +159,11 @@ impl CompositionalAttention {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// How the weights, KV cache and large intermediates are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The device the layer lives on.
@@ -159,7 +185,14 @@ impl CompositionalAttention {
     /// GEMM, core, tiles, storage and key chunks. Allocates nothing.
     pub fn plan(&self, batch: usize, seq: usize) -> Result<ExecutionPlan> {
         shape::check_tokens(&self.config, batch, seq)?;
-        ExecutionPlan::resolve(&self.ctx, &self.config, self.strategy, batch, seq)
+        ExecutionPlan::resolve(
+            &self.ctx,
+            &self.config,
+            self.precision,
+            self.strategy,
+            batch,
+            seq,
+        )
     }
 
     /// Bytes of GPU memory the layer holds now: the weights uploaded so far and every workspace
@@ -209,7 +242,14 @@ impl CompositionalAttention {
         shape::check_tokens(&self.config, batch, seq)?;
         let strategy = self.strategy;
         if self.workspaces.get(batch, seq, strategy).is_none() {
-            let plan = ExecutionPlan::resolve(&self.ctx, &self.config, strategy, batch, seq)?;
+            let plan = ExecutionPlan::resolve(
+                &self.ctx,
+                &self.config,
+                self.precision,
+                strategy,
+                batch,
+                seq,
+            )?;
             // Free the least recently used shape before allocating the new one.
             self.workspaces.make_room();
             let weights = self.weights.for_plan(&self.ctx, &plan)?;
@@ -482,8 +522,15 @@ impl CompositionalAttention {
         shape::check_tokens(&self.config, batch, max_seq)?;
         self.ctx.check_alive("creating a KV cache")?;
         // Validates the sizes against the device before allocating.
-        ExecutionPlan::resolve_cached(&self.ctx, &self.config, batch, 1, max_seq)?;
-        KvCache::new(&self.ctx, self.id, &self.config, batch, max_seq)
+        ExecutionPlan::resolve_cached(&self.ctx, &self.config, self.precision, batch, 1, max_seq)?;
+        KvCache::new(
+            &self.ctx,
+            self.id,
+            &self.config,
+            self.precision,
+            batch,
+            max_seq,
+        )
     }
 
     /// Appends `seq` positions per sequence (`x [batch, seq, dim]`, `mask [batch, seq]`: the key
@@ -615,8 +662,14 @@ impl CompositionalAttention {
     ) -> Result<&'c mut Workspace> {
         let batch = cache.batch;
         if cache.workspaces.get(batch, seq, Strategy::Fused).is_none() {
-            let plan =
-                ExecutionPlan::resolve_cached(&self.ctx, &self.config, batch, seq, cache.capacity)?;
+            let plan = ExecutionPlan::resolve_cached(
+                &self.ctx,
+                &self.config,
+                self.precision,
+                batch,
+                seq,
+                cache.capacity,
+            )?;
             cache.workspaces.make_room();
             let weights = self.weights.for_plan(&self.ctx, &plan)?;
             let workspace =

@@ -16,6 +16,7 @@ use crate::gpu::dispatch::split_for_loop_budget;
 use crate::gpu::{GpuContext, KernelProfile};
 use crate::layer::Strategy;
 use crate::ops::ProjectionLayout;
+use crate::precision::Precision;
 
 /// WGSL implementations may cap function-scope memory at 8 KiB per invocation (Tint does);
 /// the fused kernel's per-invocation registers (queries, accumulators, scores) stay within it.
@@ -78,9 +79,14 @@ pub enum GemmPlan {
 }
 
 impl GemmPlan {
-    /// The GEMM of this device: texels where operands are texels, else the family's buffer kernel.
-    pub fn of(ctx: &GpuContext) -> GemmPlan {
-        match (Storage::of_operands(ctx), KernelFamily::of(ctx)) {
+    /// The GEMM of this device in `precision`: texels where f32 operands are texels, else the
+    /// family's buffer kernel. f16 weights are buffers everywhere: texel rows are f32.
+    pub fn of(ctx: &GpuContext, precision: Precision) -> GemmPlan {
+        let storage = match precision {
+            Precision::F32 => Storage::of_operands(ctx),
+            Precision::F16 => Storage::Buffers,
+        };
+        match (storage, KernelFamily::of(ctx)) {
             (Storage::Texels, _) => GemmPlan::Texels,
             (Storage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
             (Storage::Buffers, KernelFamily::Gpu) => GemmPlan::Buffers(GemmTiling::TILED),
@@ -508,6 +514,10 @@ pub struct ExecutionPlan {
     pub seq: usize,
     /// The strategy asked for.
     pub strategy: Strategy,
+    /// The layer's storage precision: of its weights, its KV cache and, in the fused and
+    /// cached cores, of the projections and the concatenated searches
+    /// ([`ExecutionPlan::intermediates`]).
+    pub precision: Precision,
     /// The kernel family.
     pub family: KernelFamily,
     /// The GEMM of both projections, and the storage of its operands and weights.
@@ -522,18 +532,24 @@ impl ExecutionPlan {
     pub fn resolve(
         ctx: &GpuContext,
         config: &Config,
+        precision: Precision,
         strategy: Strategy,
         batch: usize,
         seq: usize,
     ) -> Result<ExecutionPlan> {
         config.validate()?;
+        precision.check_supported(ctx)?;
         let c = config;
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        let gemm = GemmPlan::of(ctx);
+        let gemm = GemmPlan::of(ctx, precision);
+        let blocked = match gemm.storage() {
+            Storage::Texels => BlockedPlan::resolve(ctx, &layout),
+            Storage::Buffers => None,
+        };
         let core = match strategy {
             Strategy::Unfused => CorePlan::Unfused,
-            Strategy::Fused => match BlockedPlan::resolve(ctx, &layout) {
+            Strategy::Fused => match blocked {
                 Some(blocked) => CorePlan::Blocked(blocked),
                 None => {
                     let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
@@ -549,6 +565,7 @@ impl ExecutionPlan {
             batch,
             seq,
             strategy,
+            precision,
             family: KernelFamily::of(ctx),
             gemm,
             core,
@@ -573,15 +590,20 @@ impl ExecutionPlan {
         use crate::shape::elements;
         let (b, n) = (self.batch, self.seq);
         let tokens = b * n;
-        let bytes = |what: &str, dims: &[usize]| -> Result<u64> {
-            elements(what, dims).map(|e| e.saturating_mul(4))
+        let bytes_in = |precision: Precision, what: &str, dims: &[usize]| -> Result<u64> {
+            elements(what, dims).map(|e| e.saturating_mul(precision.bytes()))
         };
+        let bytes = |what: &str, dims: &[usize]| bytes_in(Precision::F32, what, dims);
         check_storage_size(ctx, "input", bytes("input", &[b, n, c.dim])?, None)?;
         let core_texels = self.core_storage() == Storage::Texels;
         if core_texels {
             crate::gpu::texture::TexelShape::new(ctx, "projections", tokens, layout.row_stride)?;
         } else {
-            let proj = bytes("projections", &[b, n, layout.row_stride])?;
+            let proj = bytes_in(
+                self.intermediates(),
+                "projections",
+                &[b, n, layout.row_stride],
+            )?;
             check_storage_size(ctx, "projections", proj, None)?;
         }
         if self.gemm == GemmPlan::Texels {
@@ -613,12 +635,17 @@ impl ExecutionPlan {
                 )?;
             }
             CorePlan::Cached(cached) => {
-                let keys = bytes(
+                let keys = bytes_in(
+                    self.precision,
                     "KV cache keys",
                     &[b, c.num_searches, cached.capacity, c.dim_head],
                 )?;
                 check_storage_size(ctx, "KV cache keys", keys, None)?;
-                let values = bytes("KV cache values", &[b, cached.capacity, c.value_width()])?;
+                let values = bytes_in(
+                    self.precision,
+                    "KV cache values",
+                    &[b, cached.capacity, c.value_width()],
+                )?;
                 check_storage_size(ctx, "KV cache values", values, None)?;
                 let partials = bytes(
                     "decode partials",
@@ -636,11 +663,13 @@ impl ExecutionPlan {
     pub fn resolve_cached(
         ctx: &GpuContext,
         config: &Config,
+        precision: Precision,
         batch: usize,
         seq: usize,
         capacity: usize,
     ) -> Result<ExecutionPlan> {
         config.validate()?;
+        precision.check_supported(ctx)?;
         let c = config;
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
@@ -649,8 +678,9 @@ impl ExecutionPlan {
             batch,
             seq,
             strategy: Strategy::Fused,
+            precision,
             family: KernelFamily::of(ctx),
-            gemm: GemmPlan::of(ctx),
+            gemm: GemmPlan::of(ctx, precision),
             core: CorePlan::Cached(cached),
         };
         plan.check_sizes(ctx, c, &layout)?;
@@ -675,6 +705,16 @@ impl ExecutionPlan {
     /// read it folded into the projection).
     pub fn reads_retrieval_keys(&self) -> bool {
         self.core == CorePlan::Unfused
+    }
+
+    /// The precision of the projections the core reads and the concatenation it writes: the
+    /// layer's in the fused and cached cores, f32 in the unfused core (its kernels, a
+    /// debugging path, read and write f32) and the blocked core (texel rows are f32).
+    pub fn intermediates(&self) -> Precision {
+        match self.core {
+            CorePlan::Fused(_) | CorePlan::Cached(_) => self.precision,
+            CorePlan::Unfused | CorePlan::Blocked(_) => Precision::F32,
+        }
     }
 
     /// Storage of the projections the core reads and the concatenation it writes.
@@ -703,8 +743,8 @@ impl ExecutionPlan {
             ),
         };
         format!(
-            "{:?} family, GEMM {:?}, core {core}",
-            self.family, self.gemm
+            "{:?} family, {} storage, GEMM {:?}, core {core}",
+            self.family, self.precision, self.gemm
         )
     }
 }

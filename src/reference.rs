@@ -254,6 +254,36 @@ pub fn forward_rows(
     mask: Option<&[bool]>,
     rows: &[(usize, usize)],
 ) -> Result<Vec<f64>> {
+    forward_rows_stored(weights, x, batch, seq, mask, rows, &|v| v)
+}
+
+/// [`forward_rows`] with every tensor that a reduced storage precision stores passed through
+/// `store` (for example [`Precision::round`](crate::Precision::round)): the weights, the
+/// projections `SQ`, `SK`, `RQ`, `RV` and the concatenated searches. Everything else is exact
+/// f64, so the difference from [`forward_rows`] is the error that storage alone causes: the
+/// floor a kernel storing in that precision cannot beat.
+pub fn forward_rows_stored(
+    weights: &Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    rows: &[(usize, usize)],
+    store: &dyn Fn(f64) -> f64,
+) -> Result<Vec<f64>> {
+    let mut stored_weights = weights.clone();
+    for w in [
+        &mut stored_weights.search_queries,
+        &mut stored_weights.search_keys,
+        &mut stored_weights.retrieval_values,
+        &mut stored_weights.retrieval_queries,
+        &mut stored_weights.retrieval_keys,
+        &mut stored_weights.out,
+    ] {
+        w.iter_mut().for_each(|v| *v = store(*v as f64) as f32);
+    }
+    let weights = &stored_weights;
+    let stored = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(store).collect() };
     let config = weights.config();
     check_input(config, x, batch, seq, mask)?;
     if let Some(&(b, i)) = rows.iter().find(|&&(b, i)| b >= batch || i >= seq) {
@@ -269,14 +299,14 @@ pub fn forward_rows(
         Some((gamma, beta)) => layer_norm(&x64, dim, gamma, beta),
         None => x64,
     };
-    let sk = linear(&h, dim, &weights.search_keys, search_width);
-    let rv = linear(&h, dim, &weights.retrieval_values, value_width);
+    let sk = stored(linear(&h, dim, &weights.search_keys, search_width));
+    let rv = stored(linear(&h, dim, &weights.retrieval_values, value_width));
 
     let mut out = Vec::with_capacity(rows.len() * dim);
     for &(b, i) in rows {
         let h_row = &h[(b * seq + i) * dim..][..dim];
-        let sq_row = linear(h_row, dim, &weights.search_queries, search_width);
-        let rq_row = linear(h_row, dim, &weights.retrieval_queries, search_width);
+        let sq_row = stored(linear(h_row, dim, &weights.search_queries, search_width));
+        let rq_row = stored(linear(h_row, dim, &weights.retrieval_queries, search_width));
         let mut concat = vec![0.0; search_width];
         for sigma in 0..s {
             let logits = logits_row(&sq_row[sigma * d..][..d], &sk, dims, scale, b, sigma);
@@ -295,7 +325,7 @@ pub fn forward_rows(
             );
             concat[sigma * d..][..d].copy_from_slice(&o);
         }
-        out.extend(linear(&concat, search_width, &weights.out, dim));
+        out.extend(linear(&stored(concat), search_width, &weights.out, dim));
     }
     Ok(out)
 }

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::pipelines::ShaderVariant;
 use crate::layer::{CompositionalAttention, Strategy};
+use crate::precision::Precision;
 use crate::weights::Weights;
 
 /// A configuration at one input shape.
@@ -92,15 +93,24 @@ pub fn representative_problems() -> Vec<Problem> {
 
 /// Prepares a layer for each problem with every strategy on `ctx` (skipping a strategy the
 /// device's limits rule out for that problem), and for causal problems a prefill and a decode
-/// step over a KV cache, and returns every pipeline variant compiled on `ctx` so far, sorted
-/// by label.
+/// step over a KV cache, in f32 and, where the device has `shader-f16`, in f16 storage; and
+/// returns every pipeline variant compiled on `ctx` so far, sorted by label.
 pub async fn collect_variants(
     ctx: &GpuContext,
     problems: &[Problem],
 ) -> Result<Vec<ShaderVariant>> {
-    for problem in problems {
+    // f16 storage where the device has it: its variants of the same kernels.
+    let precisions: &[Precision] = if ctx.supports_f16() {
+        &Precision::ALL
+    } else {
+        &[Precision::F32]
+    };
+    for (problem, &precision) in problems
+        .iter()
+        .flat_map(|problem| precisions.iter().map(move |p| (problem, p)))
+    {
         let weights = Weights::random(problem.config, 0)?;
-        let mut layer = CompositionalAttention::new(ctx, &weights)?;
+        let mut layer = CompositionalAttention::with_precision(ctx, &weights, precision)?;
         for strategy in Strategy::ALL {
             layer.set_strategy(strategy);
             match layer.prepare(problem.batch, problem.seq).await {

@@ -21,9 +21,10 @@ use crate::gpu::timing::PassTimer;
 use crate::layer::Strategy;
 use crate::ops::decode::CacheBuffers;
 use crate::ops::fused_attention::{Carry, FusedIo};
-use crate::ops::gemm::{GemmOperands, GemmShape};
+use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::{self, ProjectionLayout, Rows};
 use crate::plan::{CorePlan, ExecutionPlan, Storage};
+use crate::precision::Precision;
 
 const N_SQUARED_HINT: &str = "the unfused strategy stores b·s·n² search logits; the fused strategy \
      (Strategy::Fused, the default) needs no such buffer";
@@ -57,16 +58,29 @@ enum CoreOperands {
 }
 
 impl CoreOperands {
-    fn new(ctx: &GpuContext, layout: &ProjectionLayout, storage: Storage) -> Result<Self> {
+    /// `precision`: of buffers (texel rows are f32).
+    fn new(
+        ctx: &GpuContext,
+        layout: &ProjectionLayout,
+        storage: Storage,
+        precision: Precision,
+    ) -> Result<Self> {
         let (batch, seq) = (layout.batch, layout.seq);
         let search_width = layout.searches * layout.head;
         Ok(match storage {
             Storage::Buffers => CoreOperands::Buffers {
-                proj: memory::storage(ctx, "projections", &[batch, seq, layout.row_stride], None)?,
-                concat: memory::storage(
+                proj: memory::stored(
+                    ctx,
+                    "projections",
+                    &[batch, seq, layout.row_stride],
+                    precision,
+                    None,
+                )?,
+                concat: memory::stored(
                     ctx,
                     "concatenated searches",
                     &[batch, seq, search_width],
+                    precision,
                     None,
                 )?,
             },
@@ -173,7 +187,10 @@ impl Workspace {
         let input = normed.as_ref().map_or(Buf::Io(IoSlot::Input), Buf::Owned);
 
         // 2. Projections [SQ | SK | RQ or Q̃ | RV], in the storage the core reads.
-        let core = CoreOperands::new(ctx, &layout, plan.core_storage())?;
+        // The projections and concatenation in the plan's intermediate precision; the input,
+        // LayerNorm output and layer output stay f32, the weights are the layer's precision.
+        let stored = plan.intermediates();
+        let core = CoreOperands::new(ctx, &layout, plan.core_storage(), stored)?;
         let proj_shape = GemmShape {
             m: tokens,
             n: layout.row_stride,
@@ -188,6 +205,11 @@ impl Workspace {
             ) => GemmOperands::Buffers {
                 tiling: *tiling,
                 shape: proj_shape,
+                precision: GemmPrecision {
+                    lhs: Precision::F32,
+                    rhs: plan.precision,
+                    out: stored,
+                },
                 lhs: input,
                 rhs: projection,
                 out: proj.into(),
@@ -213,8 +235,10 @@ impl Workspace {
             (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
                 let value_mean =
                     memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                dispatches
-                    .push(ops::value_mean::dispatch(ctx, &layout, core.proj(), &value_mean).await?);
+                dispatches.push(
+                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
+                        .await?,
+                );
                 let bound = ops::blocked_attention::bind(
                     ctx,
                     &layout,
@@ -234,11 +258,17 @@ impl Workspace {
             (CorePlan::Fused(fused), _) => {
                 let value_mean =
                     memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                dispatches
-                    .push(ops::value_mean::dispatch(ctx, &layout, core.proj(), &value_mean).await?);
+                dispatches.push(
+                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
+                        .await?,
+                );
                 let carry = Carry::for_plan(ctx, &layout, fused)?;
                 let io = match &core {
-                    CoreOperands::Buffers { proj, concat } => FusedIo::Buffers { proj, concat },
+                    CoreOperands::Buffers { proj, concat } => FusedIo::Buffers {
+                        proj,
+                        concat,
+                        precision: stored,
+                    },
                     CoreOperands::Texels { proj, concat } => FusedIo::Texels { proj, concat },
                 };
                 dispatches.extend(
@@ -311,6 +341,11 @@ impl Workspace {
                 GemmOperands::Buffers {
                     tiling: *tiling,
                     shape: out_shape,
+                    precision: GemmPrecision {
+                        lhs: stored,
+                        rhs: plan.precision,
+                        out: Precision::F32,
+                    },
                     lhs: concat.into(),
                     rhs: out,
                     out: Buf::Io(IoSlot::Output),

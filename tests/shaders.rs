@@ -6,11 +6,14 @@
 //! defaults), so the set does not depend on `COMPATTN_LIMITS` or `COMPATTN_KERNELS`. Each variant
 //! must then
 //!
-//! * parse and validate with naga at WebGPU's capabilities (no optional feature: no `f16`, no
-//!   subgroups, no 64-bit types);
+//! * parse and validate with naga at WebGPU's capabilities (no optional feature: no subgroups,
+//!   no 64-bit types; `f16` only in the f16-storage variants, which declare `enable f16;` and
+//!   are validated with exactly that capability added);
 //! * translate with every naga back end wgpu uses, with the options wgpu's back ends pass: MSL
 //!   (Metal 2.0 and 1.2), HLSL (DX12, shader models 5.1 and 6.0), SPIR-V 1.0 (Vulkan), GLSL ES
-//!   3.10 and GLSL 4.30 (OpenGL ES and desktop OpenGL);
+//!   3.10 and GLSL 4.30 (OpenGL ES and desktop OpenGL). The f16 variants translate where wgpu
+//!   offers `shader-f16`: MSL, HLSL shader model 6.2 (DX12 with DXC) and SPIR-V; wgpu's GL
+//!   backend never offers it, so they are not written as GLSL;
 //! * fit the limits of the device it was specialised for and, where that device was opened with
 //!   `LimitsPolicy::WebGpuDefaults`, WebGPU's default limits themselves: workgroup size,
 //!   workgroup memory, buffers and textures per stage, bind groups.
@@ -81,8 +84,14 @@ fn parse(label: &str, wgsl: &str) -> Result<(naga::Module, ModuleInfo), String> 
     let module = naga::front::wgsl::parse_str(wgsl)
         .map_err(|e| format!("{label}: WGSL parse: {}", e.emit_to_string(wgsl)))?;
     // The default capabilities are WebGPU's core (multisampled shading and cube-map arrays):
-    // anything optional (f16, subgroups, f64, 64-bit integers) fails validation.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::default())
+    // anything optional (f16, subgroups, f64, 64-bit integers) fails validation. The f16
+    // variants get `shader-f16`'s capability and nothing more.
+    let capabilities = if wgsl.starts_with("enable f16;") {
+        Capabilities::default() | Capabilities::SHADER_FLOAT16
+    } else {
+        Capabilities::default()
+    };
+    let info = Validator::new(ValidationFlags::all(), capabilities)
         .validate(&module)
         .map_err(|e| format!("{label}: naga validation: {}", e.emit_to_string(wgsl)))?;
     Ok((module, info))
@@ -249,9 +258,40 @@ fn every_variant_parses_and_validates_with_webgpu_capabilities() {
     });
 }
 
+/// Whether the module stores f16 (a variant of `Precision::F16`).
+fn uses_f16(module: &naga::Module) -> bool {
+    module.types.iter().any(|(_, ty)| {
+        matches!(
+            ty.inner,
+            naga::TypeInner::Scalar(naga::Scalar::F16)
+                | naga::TypeInner::Vector {
+                    scalar: naga::Scalar::F16,
+                    ..
+                }
+        )
+    })
+}
+
 #[test]
 fn every_variant_translates_to_msl_hlsl_spirv_and_glsl() {
     for_every_variant("translation", |label, module, info| {
+        if uses_f16(module) {
+            // Where wgpu offers shader-f16: Metal, DX12 with DXC (shader model 6.2), Vulkan.
+            let results = [
+                ("MSL", to_msl(module, info)),
+                (
+                    "HLSL SM 6.2",
+                    to_hlsl(module, info, hlsl::ShaderModel::V6_2),
+                ),
+                ("SPIR-V", to_spirv(module, info)),
+            ];
+            return results
+                .into_iter()
+                .filter_map(|(back_end, result)| {
+                    result.err().map(|e| format!("{label}: {back_end}: {e}"))
+                })
+                .collect();
+        }
         let results = [
             ("MSL", to_msl(module, info)),
             (
@@ -567,10 +607,23 @@ fn labels_are_file_names_and_identify_the_text() {
 
 #[test]
 fn the_checks_reject_what_webgpu_forbids() {
-    // An optional feature (f16) fails validation at WebGPU's core capabilities.
-    let f16 =
-        "enable f16;\n@compute @workgroup_size(1) fn main() { var x: f16 = 1.0h; x += 1.0h; }";
-    assert!(parse("f16", f16).is_err(), "f16 passed validation");
+    // An optional feature fails validation at WebGPU's core capabilities: subgroups, and f16
+    // without its `enable f16;` (only a variant that declares it gets the capability).
+    let subgroups = "@compute @workgroup_size(1) fn main() { let x = subgroupAdd(1.0); }";
+    assert!(
+        parse("subgroups", subgroups).is_err(),
+        "subgroups passed validation"
+    );
+    let f16 = "@compute @workgroup_size(1) fn main() { var x: f16 = 1.0h; x += 1.0h; }";
+    assert!(
+        parse("f16", f16).is_err(),
+        "undeclared f16 passed validation"
+    );
+    let declared = format!("enable f16;\n{f16}");
+    assert!(
+        parse("f16", &declared).is_ok(),
+        "declared f16 failed validation"
+    );
     // Oversized workgroups and workgroup memory exceed WebGPU's defaults.
     let big = "var<workgroup> tile: array<f32, 4097>;\n\
                @compute @workgroup_size(16, 32) fn main(@builtin(local_invocation_index) i: u32) \

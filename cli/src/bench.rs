@@ -17,7 +17,7 @@ use compositional_attention::bench::{GemmKernel, KernelBench, summarize};
 use compositional_attention::io::{self, Input};
 use compositional_attention::verify::random_problem;
 use compositional_attention::{
-    CompositionalAttention, Config, Error, GpuContext, GpuOptions, KernelTime, Strategy,
+    CompositionalAttention, Config, Error, GpuContext, GpuOptions, KernelTime, Precision, Strategy,
     TimingSource, Weights, reference,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -104,6 +104,10 @@ pub struct Args {
     /// SVG plot of decode_ms and recompute_ms against the context (--out).
     #[arg(long, conflicts_with_all = ["gemm", "strategy", "seq"])]
     decode: bool,
+    /// How the layer stores its weights, KV cache and large intermediates: `f32`, or `f16`
+    /// (needs the device feature shader-f16) [default: f32].
+    #[arg(long, value_parser = crate::common::precision_parser(), conflicts_with = "gemm")]
+    precision: Option<Precision>,
     /// Positions in the KV cache before the timed decode steps [default: 2048].
     #[arg(long, value_name = "N", requires = "decode", conflicts_with = "sweep")]
     context: Option<usize>,
@@ -138,6 +142,7 @@ pub struct Args {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Plan {
     pub(crate) config: Config,
+    pub(crate) precision: Precision,
     pub(crate) batch: usize,
     pub(crate) warmup: usize,
     pub(crate) iters: usize,
@@ -161,6 +166,7 @@ impl Args {
         let (config, batch, _) = self.problem.resolve(defaults)?;
         let plan = Plan {
             config,
+            precision: self.precision.unwrap_or_default(),
             batch,
             warmup: pick(self.warmup, 2, 1),
             iters: pick(self.iters, 10, 5),
@@ -261,6 +267,7 @@ fn group_kernels(kernels: &[KernelTime]) -> Vec<(String, usize, f64)> {
 fn measure(
     ctx: Option<&GpuContext>,
     method: Method,
+    precision: Precision,
     weights: &Weights,
     input: &Input,
     warmup: usize,
@@ -300,7 +307,7 @@ fn measure(
             hint: compositional_attention::gpu::context::INSTALL_HINT,
         });
     };
-    let mut layer = CompositionalAttention::new(ctx, weights)?;
+    let mut layer = CompositionalAttention::with_precision(ctx, weights, precision)?;
     layer.set_strategy(strategy);
     for index in 0..warmup + iters {
         let profile =
@@ -424,6 +431,8 @@ struct KernelReport {
 #[derive(Clone, Debug, Serialize)]
 struct Report {
     strategy: &'static str,
+    /// Storage precision of the layer (`f32` or `f16`; the CPU reference is f64).
+    precision: &'static str,
     batch: usize,
     seq: usize,
     dim: usize,
@@ -543,6 +552,10 @@ fn report(
     let gemm_gflops = gemm.map(|g| g.gflops);
     Report {
         strategy: measurement.method.name(),
+        precision: match measurement.method {
+            Method::Cpu => "f64",
+            Method::Gpu(_) => plan.precision.name(),
+        },
         batch,
         seq,
         dim: c.dim,
@@ -665,6 +678,7 @@ fn run_single(args: &Args, plan: Plan) -> CliResult {
     let measurement = measure(
         ctx.as_ref(),
         method,
+        plan.precision,
         &weights,
         &input,
         plan.warmup,
@@ -951,6 +965,7 @@ fn run_sweep(args: &Args, plan: Plan) -> CliResult {
                 measure(
                     Some(&ctx),
                     method,
+                    plan.precision,
                     &weights,
                     &input,
                     warmup,

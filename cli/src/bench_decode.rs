@@ -113,18 +113,19 @@ fn measure(
         json,
         &format!(
             "decode: batch {batch}, context {context}, dim {}, dim_head {}, {} searches, {} \
-             retrievals; {warmup} warm-up + {iters} timed steps, then the causal forward over \
-             {} tokens",
+             retrievals, {} storage; {warmup} warm-up + {iters} timed steps, then the causal \
+             forward over {} tokens",
             config.dim,
             config.dim_head,
             config.num_searches,
             config.num_retrievals,
+            plan.precision,
             context + 1
         ),
     );
     let total = context + 1;
     let (weights, input) = random_problem(config, batch, total, None, 1.0, 0)?;
-    let mut layer = CompositionalAttention::new(ctx, &weights)?;
+    let mut layer = CompositionalAttention::with_precision(ctx, &weights, plan.precision)?;
     let mut cache = layer.kv_cache(batch, context + warmup + iters)?;
     let dim = config.dim;
     // The prompt: the first `context` tokens, prefilled in chunks of at most 512.
@@ -156,8 +157,8 @@ fn measure(
     })?;
     progress.finish_and_clear();
     let kv_bytes =
-        (batch * context * (config.num_searches * config.dim_head + config.value_width()) * 4)
-            as u64;
+        (batch * context * (config.num_searches * config.dim_head + config.value_width())) as u64
+            * plan.precision.bytes();
     let copy_ms = copy_ms(ctx, kv_bytes, 1, iters)?;
     Ok(DecodeReport {
         adapter: machine.adapter,
@@ -168,7 +169,7 @@ fn measure(
         num_searches: config.num_searches,
         num_retrievals: config.num_retrievals,
         prenorm: config.prenorm,
-        precision: "f32",
+        precision: plan.precision.name(),
         context,
         decode_ms,
         decode_min_ms,

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use compositional_attention::{Config, Error, GpuContext, GpuOptions, Strategy};
+use compositional_attention::{Config, Error, GpuContext, GpuOptions, Precision, Strategy};
 
 /// Why a subcommand failed; printed as `error: <this>`.
 #[derive(Debug)]
@@ -136,6 +136,12 @@ pub fn open_gpu() -> Result<GpuContext, Error> {
 pub fn strategy_parser() -> impl TypedValueParser<Value = Strategy> {
     PossibleValuesParser::new(Strategy::ALL.map(|s| s.name()))
         .try_map(|name| name.parse::<Strategy>())
+}
+
+/// Parses `--precision`: `f32` or `f16` (`Precision::parse`).
+pub fn precision_parser() -> impl TypedValueParser<Value = Precision> {
+    PossibleValuesParser::new(Precision::ALL.map(|p| p.name()))
+        .try_map(|name| Precision::parse(&name))
 }
 
 /// Runs `work` and returns its value with the wall time it took.

@@ -2,18 +2,19 @@
 // kernel profile, and CPU drivers where texels are not used). Placed before the kernel by the
 // host instead of io/fused_texels.wgsl; the two declare the same bindings and functions.
 //
-// Bindings   @binding(1) proj    [b·n, row_stride] KVec elements, packed [SQ | SK | Q̃ | RV]
-//            @binding(4) concat  [b, n, s·d] KVec elements
+// Bindings   @binding(1) proj    [b·n, row_stride] ProjVec elements, packed [SQ | SK | Q̃ | RV]
+//            @binding(4) concat  [b, n, s·d] ProjVec elements
+//            Both stored in Proj (f32 or f16): widened to KVec as read, narrowed as stored.
 
-@group(0) @binding(1) var<storage, read> proj: array<KVec>;
-@group(0) @binding(4) var<storage, read_write> concat: array<KVec>;
+@group(0) @binding(1) var<storage, read> proj: array<ProjVec>;
+@group(0) @binding(4) var<storage, read_write> concat: array<ProjVec>;
 
 // Element `column` (in KVec units) of the packed projection row of token `row`.
 fn proj_at(row: u32, column: u32) -> KVec {
-    return proj[row * params.row_stride + column];
+    return KVec(proj[row * params.row_stride + column]);
 }
 
 // Stores element `column` (in KVec units, search σ at σ·DV) of token `row`'s output row.
 fn store_concat(row: u32, column: u32, value: KVec) {
-    concat[row * params.searches * DV + column] = value;
+    concat[row * params.searches * DV + column] = ProjVec(value);
 }

@@ -1,10 +1,10 @@
 // io/value_mean_buffers.wgsl: value_mean's projections as a storage buffer. Placed before the
 // kernel by the host instead of io/value_mean_texels.wgsl.
 //
-// Bindings   @binding(1) proj  [b·n, row_stride] f32
+// Bindings   @binding(1) proj  [b·n, row_stride] Proj (f32 or f16, widened as it is read)
 
-@group(0) @binding(1) var<storage, read> proj: array<f32>;
+@group(0) @binding(1) var<storage, read> proj: array<Proj>;
 
 fn proj_at(row: u32, column: u32) -> f32 {
-    return proj[row * params.row_stride + column];
+    return f32(proj[row * params.row_stride + column]);
 }

@@ -256,9 +256,11 @@ impl GpuContext {
                 wgpu::Limits::default().or_worse_values_from(&adapter_limits)
             }
         };
-        // Timestamp queries are the one optional feature we use (benchmarks); the kernels need
-        // nothing beyond WebGPU's core.
-        let required_features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // The optional features used where the adapter has them: timestamp queries
+        // (benchmarks) and shader-f16 (Precision::F16 storage). The f32 kernels need nothing
+        // beyond WebGPU's core.
+        let required_features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("compositional-attention"),
@@ -555,6 +557,15 @@ impl GpuContext {
     /// Whether this crate opened the device (and installed its own uncaptured-error handler).
     pub fn owns_device(&self) -> bool {
         self.inner.uncaptured.is_some()
+    }
+
+    /// Whether the device can store in f16 (`shader-f16`, for
+    /// [`Precision::F16`](crate::Precision::F16)).
+    pub fn supports_f16(&self) -> bool {
+        self.inner
+            .device
+            .features()
+            .contains(wgpu::Features::SHADER_F16)
     }
 
     /// Whether GPU timestamps can time passes on this device.

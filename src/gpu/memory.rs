@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::precision::Precision;
 
 /// Usage of every storage buffer: bound to kernels, written from the host, read back for tests.
 pub(crate) const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -54,11 +55,27 @@ pub(crate) fn storage(
     dims: &[usize],
     hint: Option<&'static str>,
 ) -> Result<wgpu::Buffer> {
+    stored(ctx, label, dims, Precision::F32, hint)
+}
+
+/// [`storage`] of `precision` elements, its size rounded up to a multiple of 4 bytes (an odd
+/// count of f16 elements), as buffer sizes and copies must be.
+pub(crate) fn stored(
+    ctx: &GpuContext,
+    label: &str,
+    dims: &[usize],
+    precision: Precision,
+    hint: Option<&'static str>,
+) -> Result<wgpu::Buffer> {
     let elements = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .unwrap_or(u64::MAX);
-    let bytes = elements.max(1).saturating_mul(4);
+    let bytes = elements
+        .max(1)
+        .saturating_mul(precision.bytes())
+        .div_ceil(4)
+        .saturating_mul(4);
     check_storage_size(ctx, label, bytes, hint)?;
     Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -80,6 +97,26 @@ pub(crate) fn storage_init<T: bytemuck::Pod>(
         return storage(ctx, label, &[1], None);
     }
     buffer_init(ctx, label, bytemuck::cast_slice(data), STORAGE)
+}
+
+/// A storage buffer holding `data` in `precision`.
+pub(crate) fn stored_init(
+    ctx: &GpuContext,
+    label: &str,
+    data: &[f32],
+    precision: Precision,
+) -> Result<wgpu::Buffer> {
+    match precision {
+        Precision::F32 => storage_init(ctx, label, data),
+        Precision::F16 => {
+            let bytes = (data.len() as u64).saturating_mul(2);
+            check_storage_size(ctx, label, bytes, None)?;
+            if data.is_empty() {
+                return stored(ctx, label, &[1], precision, None);
+            }
+            buffer_init(ctx, label, &precision.encode(data), STORAGE)
+        }
+    }
 }
 
 /// A uniform buffer holding one parameter block.

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
+use crate::precision::Precision;
 
 /// A WGSL kernel embedded at compile time (so the same binary works in a browser).
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -78,6 +79,9 @@ pub enum Constant {
     Type(&'static str),
     /// The vector width of K-loops: `alias KVec`, `const VEC` and `fn kdot` (1 or 4 lanes).
     Vector(u32),
+    /// The element type of a stored operand: `alias NAME = f32 | f16;`, and where the variant
+    /// has a vector width, `alias NAMEVec` of that width.
+    Stored(Precision),
 }
 
 /// A kernel plus its constants: exactly one compute pipeline.
@@ -131,6 +135,16 @@ impl ShaderVariant {
         self
     }
 
+    /// Declares the element type of a stored operand (`shaders/` call these `Proj`, `Cache`,
+    /// `Lhs`...): `alias NAME = f32;` or, with `enable f16;` first, `alias NAME = f16;`, and
+    /// `alias NAMEVec` (`vec4<NAME>` or `NAME`, by the variant's [`vector`](Self::vector)
+    /// width). Kernels widen loads with `KVec(...)` or `f32(...)` and narrow stores with
+    /// `NAMEVec(...)`, so the f32 variant is the same code with identity conversions.
+    pub fn stored(mut self, name: &'static str, precision: Precision) -> Self {
+        self.constants.push((name, Constant::Stored(precision)));
+        self
+    }
+
     /// The kernel's file stem.
     pub fn kernel_name(&self) -> &'static str {
         self.kernel.name
@@ -153,6 +167,7 @@ impl ShaderVariant {
                 Constant::Bool(v) => v.to_string(),
                 Constant::Type(t) => t.replace(['<', '>'], ""),
                 Constant::Vector(width) => width.to_string(),
+                Constant::Stored(precision) => precision.name().to_string(),
             };
             let _ = write!(label, "_{name}{value}");
         }
@@ -161,10 +176,20 @@ impl ShaderVariant {
 
     /// The complete WGSL text the host submits: the preamble, then the kernel file.
     pub fn wgsl(&self) -> String {
+        // Directives come before every declaration.
+        let needs_f16 = self
+            .constants
+            .iter()
+            .any(|(_, value)| *value == Constant::Stored(Precision::F16));
         let mut text = format!(
-            "// {}.wgsl, specialised by the host (src/gpu/pipelines.rs)\n",
+            "{}// {}.wgsl, specialised by the host (src/gpu/pipelines.rs)\n",
+            if needs_f16 { "enable f16;\n" } else { "" },
             self.kernel.name
         );
+        let width = self.constants.iter().find_map(|(_, value)| match value {
+            Constant::Vector(width) => Some(*width),
+            _ => None,
+        });
         for (name, value) in &self.constants {
             let _ = match value {
                 Constant::U32(v) => writeln!(text, "const {name}: u32 = {v}u;"),
@@ -182,6 +207,22 @@ impl ShaderVariant {
                      fn kdot(a: KVec, b: KVec) -> f32 {{ return a * b; }}\n\
                      fn kvec(texel: vec4<f32>) -> KVec {{ return texel.x; }}"
                 ),
+                Constant::Stored(precision) => {
+                    let scalar = precision.wgsl();
+                    match width {
+                        Some(4) => writeln!(
+                            text,
+                            "alias {name} = {scalar};\nalias {name}Vec = vec4<{scalar}>;"
+                        ),
+                        Some(_) => {
+                            writeln!(
+                                text,
+                                "alias {name} = {scalar};\nalias {name}Vec = {scalar};"
+                            )
+                        }
+                        None => writeln!(text, "alias {name} = {scalar};"),
+                    }
+                }
             };
         }
         text.push('\n');

@@ -7,6 +7,7 @@ use crate::rng::Rng as StdRng;
 
 use crate::gpu::dispatch::Dispatch;
 use crate::gpu::{GpuContext, memory};
+use crate::precision::Precision;
 use crate::verify::{self, ErrorStats};
 
 /// The device every kernel test runs on (chosen by `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` /
@@ -45,6 +46,50 @@ pub(crate) fn upload<T: bytemuck::Pod>(data: &[T]) -> wgpu::Buffer {
 /// fails the comparison.
 pub(crate) fn poisoned(len: usize) -> wgpu::Buffer {
     upload(&vec![f32::NAN; len.max(1)])
+}
+
+/// `data` stored in `precision` (f16: rounded to nearest).
+pub(crate) fn upload_stored(data: &[f32], precision: Precision) -> wgpu::Buffer {
+    let _serial = serial();
+    memory::stored_init(context(), "test input", data, precision).expect("upload")
+}
+
+/// [`poisoned`] in `precision` (f16 NaN is 0x7E00).
+pub(crate) fn poisoned_stored(len: usize, precision: Precision) -> wgpu::Buffer {
+    upload_stored(&vec![f32::NAN; len.max(1)], precision)
+}
+
+/// [`download`] of `len` elements stored in `precision`, widened to f32.
+pub(crate) fn download_stored(buffer: &wgpu::Buffer, len: usize, precision: Precision) -> Vec<f32> {
+    match precision {
+        Precision::F32 => download(buffer, len),
+        Precision::F16 => {
+            let words = download(buffer, len.div_ceil(2));
+            let bytes: &[u8] = bytemuck::cast_slice(&words);
+            bytes
+                .chunks_exact(2)
+                .take(len)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()
+        }
+    }
+}
+
+/// `values` rounded to `precision`, as the GPU stores them.
+pub(crate) fn rounded(values: &[f32], precision: Precision) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| precision.round(v as f64) as f32)
+        .collect()
+}
+
+/// Whether the test device stores f16 (lavapipe does; GL does not).
+pub(crate) fn has_f16() -> bool {
+    let has = context().supports_f16();
+    if !has {
+        eprintln!("f16 variant not run: the device has no shader-f16");
+    }
+    has
 }
 
 /// Submits the dispatches in one pass and waits.

@@ -15,6 +15,7 @@ use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 use crate::plan::{CachedPlan, vector_width};
+use crate::precision::Precision;
 
 static CACHE_APPEND: Kernel = kernel!("cache_append");
 static DECODE_ATTENTION: Kernel = kernel!("decode_attention");
@@ -76,6 +77,9 @@ uniform! {
 
 /// The cache's buffers, as the kernels bind them.
 pub(crate) struct CacheBuffers {
+    /// How keys and values are stored; a step's projections and concatenation are stored the
+    /// same way (`ExecutionPlan::intermediates`).
+    pub precision: Precision,
     /// `[b, s, capacity, d]` search keys.
     pub keys: wgpu::Buffer,
     /// `[b, capacity, r·d]` retrieval values.
@@ -88,7 +92,9 @@ pub(crate) struct CacheBuffers {
     pub state: wgpu::Buffer,
 }
 
-pub(crate) fn variants(layout: &ProjectionLayout) -> [ShaderVariant; 4] {
+/// The four kernels of a step whose cache, projections and concatenation are stored in
+/// `precision`.
+pub(crate) fn variants(layout: &ProjectionLayout, precision: Precision) -> [ShaderVariant; 4] {
     let vec = vector_width(layout.head) as u32;
     let heads = |kernel: &'static Kernel| {
         ShaderVariant::new(kernel)
@@ -96,9 +102,14 @@ pub(crate) fn variants(layout: &ProjectionLayout) -> [ShaderVariant; 4] {
             .u32("D", layout.head as u32)
             .u32("R", layout.retrievals as u32)
             .vector(vec)
+            .stored("Proj", precision)
+            .stored("Cache", precision)
     };
     [
-        ShaderVariant::new(&CACHE_APPEND).u32("WG", WG),
+        ShaderVariant::new(&CACHE_APPEND)
+            .u32("WG", WG)
+            .stored("Proj", precision)
+            .stored("Cache", precision),
         heads(&DECODE_ATTENTION),
         heads(&DECODE_REDUCE),
         ShaderVariant::new(&CACHE_ADVANCE),
@@ -154,7 +165,7 @@ pub(crate) async fn bind(
         &[rows, plan.splits, r * d],
         None,
     )?;
-    let [append, attention, reduce, advance] = variants(layout);
+    let [append, attention, reduce, advance] = variants(layout, cache.precision);
     let append_params = AppendParams {
         batch: b as u32,
         seq: n as u32,

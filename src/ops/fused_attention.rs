@@ -22,6 +22,7 @@ use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 use crate::plan::{FusedPlan, vector_width};
+use crate::precision::Precision;
 
 static FUSED_ATTENTION: Kernel = kernel!("fused_attention", includes: ["texel_rows"]);
 static IO_BUFFERS: Piece = piece!("fused_buffers");
@@ -50,15 +51,17 @@ uniform! {
     }
 }
 
+/// `precision`: of buffer projections and concatenation (texel rows are f32).
 pub(crate) fn variant(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
     plan: &FusedPlan,
+    precision: Precision,
 ) -> ShaderVariant {
     let tiling = plan.tiling;
-    let io = match plan.storage {
-        crate::plan::Storage::Texels => &IO_TEXELS,
-        crate::plan::Storage::Buffers => &IO_BUFFERS,
+    let (io, precision) = match plan.storage {
+        crate::plan::Storage::Texels => (&IO_TEXELS, Precision::F32),
+        crate::plan::Storage::Buffers => (&IO_BUFFERS, precision),
     };
     ShaderVariant::new(&FUSED_ATTENTION)
         .piece(io)
@@ -75,14 +78,17 @@ pub(crate) fn variant(
         .u32("R", layout.retrievals as u32)
         .vector(vector_width(layout.head) as u32)
         .u32("RPL", rows_per_layer(ctx))
+        .stored("Proj", precision)
 }
 
 /// The projections the kernel reads and the concatenation it writes, in the plan's storage.
 pub(crate) enum FusedIo<'a> {
-    /// Packed projections `[b·n, (3s + r)·d]` (RQ block holding `RQ·W_rk`) and `[b, n, s·d]`.
+    /// Packed projections `[b·n, (3s + r)·d]` (RQ block holding `RQ·W_rk`) and `[b, n, s·d]`,
+    /// both stored in `precision`.
     Buffers {
         proj: &'a wgpu::Buffer,
         concat: &'a wgpu::Buffer,
+        precision: Precision,
     },
     /// The same as texel rows (`d % 4 == 0`).
     Texels {
@@ -140,14 +146,18 @@ pub(crate) async fn dispatches(
     let tiles = layout.seq.div_ceil(plan.tiling.rows());
     let count = plan.key_chunks.len();
     let (proj, concat): (Bind<'_>, Bind<'_>) = match io {
-        FusedIo::Buffers { proj, concat } => (proj.into(), concat.into()),
+        FusedIo::Buffers { proj, concat, .. } => (proj.into(), concat.into()),
         FusedIo::Texels { proj, concat } => (proj.view().into(), concat.view().into()),
     };
     let mut binds = vec![proj, mask.into().into(), value_mean.into(), concat];
     if let Some(carry) = carry {
         binds.extend([Bind::from(&carry.acc), Bind::from(&carry.stats)]);
     }
-    let variant = variant(ctx, layout, plan);
+    let precision = match io {
+        FusedIo::Buffers { precision, .. } => precision,
+        FusedIo::Texels { .. } => Precision::F32,
+    };
+    let variant = variant(ctx, layout, plan, precision);
     let mut dispatches = Vec::with_capacity(count);
     for (index, keys) in plan.key_chunks.iter().enumerate() {
         let params = Params {
@@ -321,10 +331,17 @@ mod tests {
                 FusedIo::Buffers {
                     proj: &proj_buffer,
                     concat: &concat,
+                    precision: Precision::F32,
                 },
             )
         };
-        let mean_dispatch = build(value_mean::dispatch(ctx, &layout, proj_rows, &means));
+        let mean_dispatch = build(value_mean::dispatch(
+            ctx,
+            &layout,
+            proj_rows,
+            Precision::F32,
+            &means,
+        ));
         // The blocked core's `retrieved` intermediate lives as long as its dispatches.
         let (fused, _retrieved) = if mode == Mode::Blocked {
             let blocked = BlockedPlan::resolve(ctx, &layout).expect("a blocked problem");

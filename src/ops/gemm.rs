@@ -21,6 +21,7 @@ use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::Rows;
 use crate::plan::{GemmTiling, TexelGemmKernel, texel_gemm_kernel};
+use crate::precision::Precision;
 
 static GEMM: Kernel = kernel!("gemm");
 static GEMM_TILED: Kernel = kernel!("gemm_tiled");
@@ -45,12 +46,33 @@ impl GemmShape {
     }
 }
 
+/// The stored element types of a buffer GEMM's operands: the input is the caller's f32 (or the
+/// f16 concatenation), the weights are the layer's precision, the output the projections'
+/// precision or the caller's f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct GemmPrecision {
+    pub lhs: Precision,
+    pub rhs: Precision,
+    pub out: Precision,
+}
+
+#[cfg(any(test, feature = "bench"))]
+impl GemmPrecision {
+    /// Everything f32 (the kernel benchmarks and tests).
+    pub const F32: GemmPrecision = GemmPrecision {
+        lhs: Precision::F32,
+        rhs: Precision::F32,
+        out: Precision::F32,
+    };
+}
+
 /// The operands of one GEMM, in the storage the plan chose ([`crate::plan::GemmPlan`]).
 pub(crate) enum GemmOperands<'a> {
     /// `gemm.wgsl` or `gemm_tiled.wgsl`: `lhs [m, k]`, `rhs [n, k]`, `out [m, n]` buffers.
     Buffers {
         tiling: GemmTiling,
         shape: GemmShape,
+        precision: GemmPrecision,
         lhs: Buf<'a>,
         rhs: &'a wgpu::Buffer,
         out: Buf<'a>,
@@ -73,10 +95,11 @@ pub(crate) async fn dispatches(
         GemmOperands::Buffers {
             tiling,
             shape,
+            precision,
             lhs,
             rhs,
             out,
-        } => buffer_dispatches(ctx, tiling, shape, lhs, rhs, out).await,
+        } => buffer_dispatches(ctx, tiling, shape, precision, lhs, rhs, out).await,
         GemmOperands::Texels { lhs, rhs, out } => texel_dispatches(ctx, lhs, rhs, out).await,
     }
 }
@@ -101,8 +124,8 @@ impl GemmTiling {
         }
     }
 
-    pub(crate) fn variant(&self, shape: GemmShape) -> ShaderVariant {
-        match *self {
+    pub(crate) fn variant(&self, shape: GemmShape, precision: GemmPrecision) -> ShaderVariant {
+        let variant = match *self {
             GemmTiling::Register { wg, tile_m, tile_n } => ShaderVariant::new(&GEMM)
                 .u32("WG", wg)
                 .u32("TILE_M", tile_m)
@@ -112,7 +135,11 @@ impl GemmTiling {
                 .u32("WG_SIDE", wg_side)
                 .u32("TILE", tile)
                 .u32("BK", bk),
-        }
+        };
+        variant
+            .stored("Lhs", precision.lhs)
+            .stored("Rhs", precision.rhs)
+            .stored("Out", precision.out)
     }
 }
 
@@ -255,6 +282,7 @@ pub(crate) async fn buffer_dispatches(
     ctx: &GpuContext,
     tiling: GemmTiling,
     shape: GemmShape,
+    precision: GemmPrecision,
     lhs: impl Into<Buf<'_>>,
     rhs: &wgpu::Buffer,
     out: impl Into<Buf<'_>>,
@@ -279,7 +307,7 @@ pub(crate) async fn buffer_dispatches(
         }
     };
     let slices = split_for_loop_budget(ctx, "GEMM", k_len, per_step, fixed, align)?;
-    let variant = tiling.variant(shape);
+    let variant = tiling.variant(shape, precision);
     let mut dispatches = Vec::with_capacity(slices.len());
     for (index, slice) in slices.into_iter().enumerate() {
         let params = Params {
@@ -324,6 +352,7 @@ mod tests {
                 context(),
                 tiling,
                 shape,
+                GemmPrecision::F32,
                 &upload(&lhs),
                 &upload(&rhs),
                 &out,
@@ -332,6 +361,61 @@ mod tests {
             let expected = reference::linear(&to_f64(&lhs), k, &rhs, n);
             assert_close(&what, &download(&out, m * n), &expected, 1e-5);
         }
+    }
+
+    /// f16 storage: weights f16 with an f32 input and an f16 output (the input projection),
+    /// and f16 input and weights with an f32 output (the output projection). Operands are
+    /// drawn f16-exact, so the only rounding left is the output's (2⁻¹¹ of each value).
+    fn check_f16(m: usize, n: usize, k: usize) {
+        if !has_f16() {
+            return;
+        }
+        let (f32_, f16_) = (Precision::F32, Precision::F16);
+        let cases = [
+            GemmPrecision {
+                lhs: f32_,
+                rhs: f16_,
+                out: f16_,
+            },
+            GemmPrecision {
+                lhs: f16_,
+                rhs: f16_,
+                out: f32_,
+            },
+        ];
+        for tiling in [GemmTiling::REGISTER, GemmTiling::TILED] {
+            for precision in cases {
+                let (mut rng, what) = rng(&format!("gemm {m}x{n}x{k} {tiling:?} {precision:?}"));
+                let lhs = rounded(&normal(&mut rng, m * k, 3.0), f16_);
+                let rhs = rounded(&normal(&mut rng, n * k, 0.5), f16_);
+                let out = poisoned_stored(m * n, precision.out);
+                let d = build_all(buffer_dispatches(
+                    context(),
+                    tiling,
+                    GemmShape { m, n, k },
+                    precision,
+                    &upload_stored(&lhs, precision.lhs),
+                    &upload_stored(&rhs, precision.rhs),
+                    &out,
+                ));
+                run(&d.iter().collect::<Vec<_>>());
+                let expected = reference::linear(&to_f64(&lhs), k, &rhs, n);
+                let tol = match precision.out {
+                    Precision::F16 => 1e-3,
+                    Precision::F32 => 1e-5,
+                };
+                let actual = download_stored(&out, m * n, precision.out);
+                assert_close(&what, &actual, &expected, tol);
+            }
+        }
+    }
+
+    #[test]
+    fn f16_storage() {
+        check_f16(37, 45, 29);
+        check_f16(5, 66, 64);
+        check_f16(1, 1, 1);
+        check_f16(20, 33, 4100);
     }
 
     /// The texel GEMM (CPU profile): buffer and texel outputs, padded K, ragged M and N.

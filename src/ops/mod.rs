@@ -98,6 +98,7 @@ mod uniform_layouts {
     use crate::gpu::testing::context;
     use crate::gpu::uniform::layout_differences;
     use crate::plan::{BlockedPlan, FusedPlan, FusedTiling, GemmTiling, Storage};
+    use crate::precision::Precision;
 
     #[test]
     fn every_params_block_matches_its_wgsl() {
@@ -124,26 +125,40 @@ mod uniform_layouts {
         }
         check!(layer_norm::Params, layer_norm::variant());
         check!(texture_copy::Params, texture_copy::variant(ctx));
-        check!(gemm::Params, GemmTiling::REGISTER.variant(shape));
-        check!(gemm::Params, GemmTiling::TILED.variant(shape));
+        let f16 = gemm::GemmPrecision {
+            lhs: Precision::F16,
+            rhs: Precision::F16,
+            out: Precision::F16,
+        };
+        for precision in [gemm::GemmPrecision::F32, f16] {
+            check!(gemm::Params, GemmTiling::REGISTER.variant(shape, precision));
+            check!(gemm::Params, GemmTiling::TILED.variant(shape, precision));
+        }
         check!(gemm::TexelParams, gemm::texel_variant(ctx, false));
         check!(gemm::GemvParams, gemm::gemv_variant(ctx));
         check!(search_scores::Params, search_scores::variant());
         check!(masked_softmax::Params, masked_softmax::variant());
         check!(search_values::Params, search_values::variant());
         check!(retrieval_select::Params, retrieval_select::variant());
-        check!(value_mean::Params, value_mean::variant(ctx, false));
-        check!(
-            fused_attention::Params,
-            fused_attention::variant(ctx, &layout, &fused)
-        );
+        for precision in Precision::ALL {
+            check!(
+                value_mean::Params,
+                value_mean::variant(ctx, false, precision)
+            );
+            check!(
+                fused_attention::Params,
+                fused_attention::variant(ctx, &layout, &fused, precision)
+            );
+        }
         check!(blocked_attention::Params, blocked_variant);
         check!(blocked_attention::MixParams, mix_variant);
-        let [append, attention, reduce, advance] = decode::variants(&layout);
-        check!(decode::AppendParams, append);
-        check!(decode::AttentionParams, attention);
-        check!(decode::ReduceParams, reduce);
-        check!(decode::AdvanceParams, advance);
+        for precision in Precision::ALL {
+            let [append, attention, reduce, advance] = decode::variants(&layout, precision);
+            check!(decode::AppendParams, append);
+            check!(decode::AttentionParams, attention);
+            check!(decode::ReduceParams, reduce);
+            check!(decode::AdvanceParams, advance);
+        }
         assert!(differences.is_empty(), "{}", differences.join("\n"));
     }
 

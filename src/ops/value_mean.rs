@@ -9,6 +9,7 @@ use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::rows_per_layer;
 use crate::gpu::uniform::uniform;
 use crate::ops::{ProjectionLayout, Rows};
+use crate::precision::Precision;
 
 static VALUE_MEAN: Kernel = kernel!("value_mean", includes: ["workgroup_reduce", "texel_rows"]);
 static PROJ_BUFFERS: Piece = piece!("value_mean_buffers");
@@ -28,18 +29,26 @@ uniform! {
     }
 }
 
-pub(crate) fn variant(ctx: &GpuContext, texels: bool) -> ShaderVariant {
-    ShaderVariant::new(&VALUE_MEAN)
+/// `precision`: of a buffer `proj` (texel rows are f32).
+pub(crate) fn variant(ctx: &GpuContext, texels: bool, precision: Precision) -> ShaderVariant {
+    let variant = ShaderVariant::new(&VALUE_MEAN)
         .piece(if texels { &PROJ_TEXELS } else { &PROJ_BUFFERS })
         .u32("WG", WG)
-        .u32("RPL", rows_per_layer(ctx))
+        .u32("RPL", rows_per_layer(ctx));
+    if texels {
+        variant
+    } else {
+        variant.stored("Proj", precision)
+    }
 }
 
-/// Binds `value_mean [b, r·d]` = mean over tokens of the RV block of `proj`.
+/// Binds `value_mean [b, r·d]` (f32) = mean over tokens of the RV block of `proj`, a buffer
+/// stored in `precision` or texel rows.
 pub(crate) async fn dispatch(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
     proj: Rows<'_>,
+    precision: Precision,
     value_mean: &wgpu::Buffer,
 ) -> Result<Dispatch> {
     let loops = layout.seq.div_ceil(WG as usize) as u64 + WG.ilog2() as u64;
@@ -59,7 +68,7 @@ pub(crate) async fn dispatch(
     };
     Dispatch::new(
         ctx,
-        &variant(ctx, matches!(proj, Rows::Texels(_))),
+        &variant(ctx, matches!(proj, Rows::Texels(_)), precision),
         bytemuck::bytes_of(&params),
         &[proj_bind, value_mean.into()],
         (layout.batch * width) as u64,
@@ -84,6 +93,7 @@ mod tests {
             context(),
             &layout,
             Rows::Buffer((&proj_buffer).into()),
+            Precision::F32,
             &out,
         ));
         run(&[&d]);

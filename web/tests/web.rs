@@ -16,8 +16,8 @@ use compattn_web::{RunOptions, SAMPLED_ROWS, TOLERANCE, browser_options, check_s
 use compositional_attention::io::{Input, read_output};
 use compositional_attention::verify::{self, ErrorStats};
 use compositional_attention::{
-    CompositionalAttention, Config, GpuContext, GpuOptions, LimitsPolicy, Strategy, Weights,
-    reference,
+    CompositionalAttention, Config, Error, GpuContext, GpuOptions, LimitsPolicy, Precision,
+    Strategy, Weights, reference,
 };
 use wasm_bindgen_test::*;
 
@@ -378,6 +378,31 @@ async fn errors_are_returned() {
     big.set_strategy(Strategy::Unfused);
     let err = big.prepare(1, 8192).await.unwrap_err();
     assert!(err.to_string().contains("needs"), "{err}");
+}
+
+/// f16 storage in the browser: a typed error naming `shader-f16` where the browser's adapter
+/// lacks it (SwiftShader), else a forward within 1e-2 of the f64 reference.
+#[wasm_bindgen_test]
+async fn f16_storage_or_a_typed_error() {
+    let gpu = gpu().await;
+    let config = Config::new(24).dim_head(8).num_searches(3).causal(true);
+    let weights = Weights::random(config, seed()).unwrap();
+    match CompositionalAttention::with_precision(&gpu, &weights, Precision::F16) {
+        Err(err) => {
+            assert!(!gpu.supports_f16(), "{err}");
+            assert!(
+                matches!(err, Error::MissingFeature { feature: "shader-f16", .. }),
+                "{err}"
+            );
+        }
+        Ok(mut layer) => {
+            let x: Vec<f32> = (0..2 * 9 * 24).map(|i| (i as f32 * 0.37).sin()).collect();
+            let y = layer.forward(&x, 2, 9, None).await.unwrap();
+            let expected = reference::forward(&weights, &x, 2, 9, None).unwrap();
+            let stats = ErrorStats::compare(&y, &expected);
+            assert!(stats.within(1e-2), "f16 forward: {stats}");
+        }
+    }
 }
 
 /// A long sequence through the page's path: the reference checks sampled rows only.
