@@ -263,15 +263,15 @@ fn group_kernels(kernels: &[KernelTime]) -> Vec<(String, usize, f64)> {
     groups
 }
 
-/// `warmup + iters` forwards of `method` on `input`, one tick of `progress` each.
+/// `warmup + iters` forwards of `method` (a layer stored in `precision`) on `input`, one tick
+/// of `progress` each.
 fn measure(
     ctx: Option<&GpuContext>,
     method: Method,
     precision: Precision,
     weights: &Weights,
     input: &Input,
-    warmup: usize,
-    iters: usize,
+    (warmup, iters): (usize, usize),
     progress: &ProgressBar,
 ) -> Result<Measurement, Error> {
     let (batch, seq) = (input.batch, input.seq);
@@ -681,8 +681,7 @@ fn run_single(args: &Args, plan: Plan) -> CliResult {
         plan.precision,
         &weights,
         &input,
-        plan.warmup,
-        plan.iters,
+        (plan.warmup, plan.iters),
         &progress,
     );
     progress.finish_and_clear();
@@ -968,8 +967,7 @@ fn run_sweep(args: &Args, plan: Plan) -> CliResult {
                     plan.precision,
                     &weights,
                     &input,
-                    warmup,
-                    iters,
+                    (warmup, iters),
                     &progress,
                 )
             },
