@@ -546,6 +546,36 @@ fn bench_decode_reports_decode_recompute_and_the_cache() {
     assert_eq!(report["precision"], "f32", "{}", run.transcript());
 }
 
+/// `--precision f16`: half the key and value bytes of the f32 run where the device has
+/// shader-f16 (Vulkan), else an error that names the feature (GL).
+#[test]
+fn bench_decode_in_f16_halves_the_kv_bytes_or_names_the_feature() {
+    let run_with = |precision: &str| {
+        let mut args = vec![
+            "bench",
+            "--decode",
+            "--context",
+            "40",
+            "--precision",
+            precision,
+        ];
+        args.extend(TINY_BENCH);
+        compattn(&args)
+    };
+    // A bad precision is a usage error.
+    run_with("bf16").assert_error(2, &["bf16"]);
+    let f16 = run_with("f16");
+    if f16.code != Some(0) {
+        f16.assert_error(1, &["shader-f16"]);
+        return;
+    }
+    let (f16_report, f32_report) = (json_stdout(&f16), json_stdout(&run_with("f32")));
+    assert_eq!(f16_report["precision"], "f16", "{}", f16.transcript());
+    let kv = |r: &serde_json::Value| r["kv_bytes"].as_u64().unwrap_or(0);
+    assert!(kv(&f16_report) > 0, "{}", f16.transcript());
+    assert_eq!(2 * kv(&f16_report), kv(&f32_report), "{}", f16.transcript());
+}
+
 #[test]
 fn bench_decode_sweep_writes_a_plot_and_one_json_object() {
     let dir = TempDir::new("bench-decode-sweep");
