@@ -32,11 +32,18 @@ pub struct Config {
     /// where dropout is the identity (as in PyTorch's `.eval()` and Keras' default call), so the
     /// value is validated and kept for round-tripping but changes no output.
     pub dropout: f32,
-    /// Apply `LayerNorm(dim)` (eps 1e-5) to the input before the four input projections.
-    /// There is no residual connection inside the layer either way.
+    /// Apply `LayerNorm(dim)` (eps [`layer_norm_eps`](Self::layer_norm_eps)) to the input
+    /// before the four input projections. There is no residual connection inside the layer
+    /// either way.
     pub prenorm: bool,
     /// Query `i` may attend key `j` only when `j <= i`.
     pub causal: bool,
+    /// Every projection has a bias (`y = x·Wᵀ + b`): the official fairseq module and xformers.
+    /// The PyTorch and Keras packages have none (the default).
+    pub bias: bool,
+    /// The LayerNorm epsilon with `prenorm`: 1e-5 in the PyTorch package (the default), 1e-3 in
+    /// the Keras package.
+    pub layer_norm_eps: f32,
 }
 
 impl Config {
@@ -51,7 +58,21 @@ impl Config {
             dropout: 0.0,
             prenorm: false,
             causal: false,
+            bias: false,
+            layer_norm_eps: LAYER_NORM_EPS,
         }
+    }
+
+    /// Sets `bias`.
+    pub fn bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// Sets `layer_norm_eps`.
+    pub fn layer_norm_eps(mut self, eps: f32) -> Self {
+        self.layer_norm_eps = eps;
+        self
     }
 
     /// Sets `dim_head`.
@@ -107,6 +128,13 @@ impl Config {
                 });
             }
         }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(Error::InvalidConfig {
+                field: "layer_norm_eps",
+                value: self.layer_norm_eps.to_string(),
+                reason: "must be positive and finite",
+            });
+        }
         if !(self.dropout >= 0.0 && self.dropout < 1.0) {
             return Err(Error::InvalidConfig {
                 field: "dropout",
@@ -151,12 +179,19 @@ impl Config {
         (self.dim_head as f64).powf(-0.5)
     }
 
-    /// Number of parameters: `D·d·(4s + r) + d²`, plus `2D` with `prenorm`.
+    /// Number of parameters: `D·d·(4s + r) + d²`, plus `2D` with `prenorm`, plus the biases
+    /// `(3s + r)·d + D` with `bias`.
     pub fn parameter_count(&self) -> usize {
         let norm = if self.prenorm { 2 * self.dim } else { 0 };
+        let bias = if self.bias {
+            self.projection_width() + self.dim
+        } else {
+            0
+        };
         self.dim * self.dim_head * (4 * self.num_searches + self.num_retrievals)
             + self.dim_head * self.dim_head
             + norm
+            + bias
     }
 
     /// FLOPs of one forward pass as SPEC §7 counts them (multiply-add = 2), for throughput

@@ -47,6 +47,13 @@ pub(crate) enum GemmWeights<'a> {
     },
 }
 
+/// The biases of a biased layer, f32: the packed projection's `[SQ | SK | RQ or Q̃ | RV]`
+/// (matching the plan's projection weights) and the output's.
+pub(crate) struct PlanBiases<'a> {
+    pub projection: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+}
+
 /// Everything a plan reads, uploaded.
 pub(crate) struct PlanWeights<'a> {
     /// Packed input projections `[(3s + r)·d, dim]` and `W_o [dim, s·d]`.
@@ -55,6 +62,8 @@ pub(crate) struct PlanWeights<'a> {
     pub retrieval_keys: Option<&'a wgpu::Buffer>,
     /// LayerNorm `(γ, β)` with `prenorm`.
     pub norm: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+    /// With `Config::bias`.
+    pub biases: Option<PlanBiases<'a>>,
 }
 
 /// Parameters on the device, and the host copy they are uploaded from.
@@ -65,6 +74,10 @@ pub(crate) struct DeviceWeights {
     out: Stored,
     retrieval_keys: Option<wgpu::Buffer>,
     norm: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Packed projection biases, plain and folded (as the weights), and the output bias.
+    plain_bias: Option<wgpu::Buffer>,
+    folded_bias: Option<wgpu::Buffer>,
+    out_bias: Option<wgpu::Buffer>,
 }
 
 impl DeviceWeights {
@@ -77,6 +90,9 @@ impl DeviceWeights {
             out: Stored::default(),
             retrieval_keys: None,
             norm: None,
+            plain_bias: None,
+            folded_bias: None,
+            out_bias: None,
         }
     }
 
@@ -86,11 +102,16 @@ impl DeviceWeights {
             .norm
             .as_ref()
             .map_or(0, |(gamma, beta)| gamma.size() + beta.size());
+        let biases: u64 = [&self.plain_bias, &self.folded_bias, &self.out_bias]
+            .iter()
+            .filter_map(|b| b.as_ref().map(wgpu::Buffer::size))
+            .sum();
         self.plain.bytes()
             + self.folded.bytes()
             + self.out.bytes()
             + self.retrieval_keys.as_ref().map_or(0, wgpu::Buffer::size)
             + norm
+            + biases
     }
 
     /// Uploads what `plan` reads that is not on the device yet, and returns all of it.
@@ -153,12 +174,72 @@ impl DeviceWeights {
             }
             None => None,
         };
+        let biases = match &host.biases {
+            Some(b) => {
+                let (slot, packed): (_, fn(&Weights) -> Vec<f32>) = match plan.projection_weights()
+                {
+                    ProjectionWeights::Plain => (&mut self.plain_bias, plain_projection_bias),
+                    ProjectionWeights::RetrievalFolded => {
+                        (&mut self.folded_bias, folded_projection_bias)
+                    }
+                };
+                let projection = filled(slot, || {
+                    memory::storage_init(ctx, "packed projection biases", &packed(host))
+                })?;
+                let out = filled(&mut self.out_bias, || {
+                    memory::storage_init(ctx, "to_out.bias", &b.out)
+                })?;
+                Some(PlanBiases { projection, out })
+            }
+            None => None,
+        };
         Ok(PlanWeights {
             gemm,
             retrieval_keys,
             norm,
+            biases,
         })
     }
+}
+
+/// `[b_sq; b_sk; b_rq; b_rv]` (with biases; else empty).
+fn plain_projection_bias(w: &Weights) -> Vec<f32> {
+    w.biases.as_ref().map_or_else(Vec::new, |b| {
+        [
+            &b.search_queries[..],
+            &b.search_keys[..],
+            &b.retrieval_queries[..],
+            &b.retrieval_values[..],
+        ]
+        .concat()
+    })
+}
+
+/// `[b_sq; b_sk; b_q̃; b_rv]` with `b_q̃[σ·d + k] = Σ_k' W_rk[k', k] · b_rq[σ·d + k']`: the bias
+/// of `RQ·W_rk`, as [`retrieval_query_keys`] folds the weight.
+fn folded_projection_bias(w: &Weights) -> Vec<f32> {
+    let Some(b) = &w.biases else {
+        return Vec::new();
+    };
+    let d = w.config().dim_head;
+    let folded: Vec<f32> = b
+        .retrieval_queries
+        .chunks_exact(d)
+        .flat_map(|rq| {
+            (0..d).map(move |k| {
+                (0..d)
+                    .map(|k_in| w.retrieval_keys[k_in * d + k] as f64 * rq[k_in] as f64)
+                    .sum::<f64>() as f32
+            })
+        })
+        .collect();
+    [
+        &b.search_queries[..],
+        &b.search_keys[..],
+        &folded[..],
+        &b.retrieval_values[..],
+    ]
+    .concat()
 }
 
 /// `[W_sq; W_sk; W_rq; W_rv]`.

@@ -543,9 +543,10 @@ impl ExecutionPlan {
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         let gemm = GemmPlan::of(ctx, precision);
+        // Biases are added to buffers (ops::bias_add): a biased layer's core reads buffers.
         let blocked = match gemm.storage() {
-            Storage::Texels => BlockedPlan::resolve(ctx, &layout),
-            Storage::Buffers => None,
+            Storage::Texels if !c.bias => BlockedPlan::resolve(ctx, &layout),
+            _ => None,
         };
         let core = match strategy {
             Strategy::Unfused => CorePlan::Unfused,
@@ -554,7 +555,9 @@ impl ExecutionPlan {
                 None => {
                     let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
                     let storage = match gemm.storage() {
-                        Storage::Texels if c.dim_head.is_multiple_of(4) => Storage::Texels,
+                        Storage::Texels if c.dim_head.is_multiple_of(4) && !c.bias => {
+                            Storage::Texels
+                        }
                         _ => Storage::Buffers,
                     };
                     CorePlan::Fused(FusedPlan::resolve(ctx, &layout, tiling, storage)?)

@@ -16,9 +16,15 @@ use crate::weights::Weights;
 /// The fill PyTorch writes into masked logits: `-torch.finfo(float64).max`.
 const MASK_FILL: f64 = -f64::MAX;
 
-/// `LayerNorm(dim)` over each row of `x [rows, dim]`: biased variance, `eps = 1e-5`, affine.
+/// `LayerNorm(dim)` over each row of `x [rows, dim]`: biased variance, `eps = 1e-5`
+/// (PyTorch's default), affine.
 pub fn layer_norm(x: &[f64], dim: usize, gamma: &[f32], beta: &[f32]) -> Vec<f64> {
-    let eps = LAYER_NORM_EPS as f64;
+    layer_norm_eps(x, dim, gamma, beta, LAYER_NORM_EPS)
+}
+
+/// [`layer_norm`] with epsilon `eps` (the Keras package's is 1e-3).
+pub fn layer_norm_eps(x: &[f64], dim: usize, gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f64> {
+    let eps = eps as f64;
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks_exact(dim) {
         let mean = row.iter().sum::<f64>() / dim as f64;
@@ -41,6 +47,25 @@ pub fn linear(x: &[f64], in_dim: usize, w: &[f32], out_dim: usize) -> Vec<f64> {
         }
     }
     out
+}
+
+/// `y = x·Wᵀ + b`, [`linear`] with an optional bias `[out_dim]`.
+pub fn affine(
+    x: &[f64],
+    in_dim: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out_dim: usize,
+) -> Vec<f64> {
+    let mut y = linear(x, in_dim, w, out_dim);
+    if let Some(bias) = bias {
+        for row in y.chunks_exact_mut(out_dim) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += *b as f64;
+            }
+        }
+    }
+    y
 }
 
 /// Shape of one attention problem: batch, tokens and the layer's head sizes.
@@ -272,14 +297,24 @@ pub fn forward_rows_stored(
     store: &dyn Fn(f64) -> f64,
 ) -> Result<Vec<f64>> {
     let mut stored_weights = weights.clone();
-    for w in [
+    let mut tensors = vec![
         &mut stored_weights.search_queries,
         &mut stored_weights.search_keys,
         &mut stored_weights.retrieval_values,
         &mut stored_weights.retrieval_queries,
         &mut stored_weights.retrieval_keys,
         &mut stored_weights.out,
-    ] {
+    ];
+    if let Some(b) = &mut stored_weights.biases {
+        tensors.extend([
+            &mut b.search_queries,
+            &mut b.search_keys,
+            &mut b.retrieval_values,
+            &mut b.retrieval_queries,
+            &mut b.out,
+        ]);
+    }
+    for w in tensors {
         w.iter_mut().for_each(|v| *v = store(*v as f64) as f32);
     }
     let weights = &stored_weights;
@@ -296,17 +331,42 @@ pub fn forward_rows_stored(
 
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let h = match &weights.norm {
-        Some((gamma, beta)) => layer_norm(&x64, dim, gamma, beta),
+        Some((gamma, beta)) => layer_norm_eps(&x64, dim, gamma, beta, config.layer_norm_eps),
         None => x64,
     };
-    let sk = stored(linear(&h, dim, &weights.search_keys, search_width));
-    let rv = stored(linear(&h, dim, &weights.retrieval_values, value_width));
+    let biases = weights.biases.as_ref();
+    let sk = stored(affine(
+        &h,
+        dim,
+        &weights.search_keys,
+        biases.map(|b| &b.search_keys[..]),
+        search_width,
+    ));
+    let rv = stored(affine(
+        &h,
+        dim,
+        &weights.retrieval_values,
+        biases.map(|b| &b.retrieval_values[..]),
+        value_width,
+    ));
 
     let mut out = Vec::with_capacity(rows.len() * dim);
     for &(b, i) in rows {
         let h_row = &h[(b * seq + i) * dim..][..dim];
-        let sq_row = stored(linear(h_row, dim, &weights.search_queries, search_width));
-        let rq_row = stored(linear(h_row, dim, &weights.retrieval_queries, search_width));
+        let sq_row = stored(affine(
+            h_row,
+            dim,
+            &weights.search_queries,
+            biases.map(|b| &b.search_queries[..]),
+            search_width,
+        ));
+        let rq_row = stored(affine(
+            h_row,
+            dim,
+            &weights.retrieval_queries,
+            biases.map(|b| &b.retrieval_queries[..]),
+            search_width,
+        ));
         let mut concat = vec![0.0; search_width];
         for sigma in 0..s {
             let logits = logits_row(&sq_row[sigma * d..][..d], &sk, dims, scale, b, sigma);
@@ -325,7 +385,13 @@ pub fn forward_rows_stored(
             );
             concat[sigma * d..][..d].copy_from_slice(&o);
         }
-        out.extend(linear(&stored(concat), search_width, &weights.out, dim));
+        out.extend(affine(
+            &stored(concat),
+            search_width,
+            &weights.out,
+            biases.map(|b| &b.out[..]),
+            dim,
+        ));
     }
     Ok(out)
 }

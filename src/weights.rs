@@ -30,18 +30,50 @@ pub const RETRIEVAL_QUERIES: &str = "to_retrieval_queries.weight";
 pub const RETRIEVAL_KEYS: &str = "to_retrieval_keys.weight";
 /// `to_out.weight`: `W_o [dim, s·d]`.
 pub const OUT: &str = "to_out.weight";
+/// `to_searches_queries.bias`: `b_sq [s·d]` (with `Config::bias`).
+pub const SEARCH_QUERIES_BIAS: &str = "to_searches_queries.bias";
+/// `to_searches_keys.bias`: `b_sk [s·d]` (with `Config::bias`).
+pub const SEARCH_KEYS_BIAS: &str = "to_searches_keys.bias";
+/// `to_retrieval_values.bias`: `b_rv [r·d]` (with `Config::bias`).
+pub const RETRIEVAL_VALUES_BIAS: &str = "to_retrieval_values.bias";
+/// `to_retrieval_queries.bias`: `b_rq [s·d]` (with `Config::bias`).
+pub const RETRIEVAL_QUERIES_BIAS: &str = "to_retrieval_queries.bias";
+/// `to_out.bias`: `b_o [dim]` (with `Config::bias`).
+pub const OUT_BIAS: &str = "to_out.bias";
 
-/// Every parameter name, in `state_dict` order.
-pub const PARAMETER_NAMES: [&str; 8] = [
+/// Every parameter name, in `state_dict` order. The biases exist only with `Config::bias`
+/// (the general form, SPEC.md §9; the PyTorch package has none). `W_rk` has no bias: one
+/// would add the same logit to every retrieval and cancel in the selection softmax.
+pub const PARAMETER_NAMES: [&str; 13] = [
     NORM_WEIGHT,
     NORM_BIAS,
     SEARCH_QUERIES,
+    SEARCH_QUERIES_BIAS,
     SEARCH_KEYS,
+    SEARCH_KEYS_BIAS,
     RETRIEVAL_VALUES,
+    RETRIEVAL_VALUES_BIAS,
     RETRIEVAL_QUERIES,
+    RETRIEVAL_QUERIES_BIAS,
     RETRIEVAL_KEYS,
     OUT,
+    OUT_BIAS,
 ];
+
+/// The projections' biases (`Config::bias`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Biases {
+    /// `b_sq [s·d]`.
+    pub search_queries: Vec<f32>,
+    /// `b_sk [s·d]`.
+    pub search_keys: Vec<f32>,
+    /// `b_rv [r·d]`.
+    pub retrieval_values: Vec<f32>,
+    /// `b_rq [s·d]`.
+    pub retrieval_queries: Vec<f32>,
+    /// `b_o [dim]`.
+    pub out: Vec<f32>,
+}
 
 /// Tensors a reference-case file may hold beside the parameters (`input`, `mask`, `output`):
 /// the loader skips them so that one file can carry a whole case.
@@ -65,28 +97,37 @@ pub struct Weights {
     pub retrieval_keys: Vec<f32>,
     /// `W_o [dim, s·d]`.
     pub out: Vec<f32>,
+    /// The biases, present exactly when `config.bias`.
+    pub biases: Option<Biases>,
 }
 
 impl Weights {
     /// Seeded random weights with PyTorch's default initialisation: every `nn.Linear` weight
-    /// from `U(-1/√fan_in, 1/√fan_in)`, LayerNorm `γ = 1, β = 0`. The same seed gives the same
+    /// and bias from `U(-1/√fan_in, 1/√fan_in)`, LayerNorm `γ = 1, β = 0`. The same seed gives the same
     /// weights on every platform (not PyTorch's stream, which depends on its generator).
     pub fn random(config: Config, seed: u64) -> Result<Weights> {
         config.validate()?;
         let mut rng = Rng::seed_from_u64(seed);
-        let mut linear = |rows: usize, fan_in: usize| -> Vec<f32> {
+        // `count` values from U(-1/√fan_in, 1/√fan_in), as nn.Linear draws weight and bias.
+        let mut draw = |count: usize, fan_in: usize| -> Vec<f32> {
             let bound = 1.0 / (fan_in as f32).sqrt();
-            (0..rows * fan_in)
-                .map(|_| rng.uniform_f32(-bound, bound))
-                .collect()
+            (0..count).map(|_| rng.uniform_f32(-bound, bound)).collect()
         };
         let (dim, d) = (config.dim, config.dim_head);
-        let search_queries = linear(config.search_width(), dim);
-        let search_keys = linear(config.search_width(), dim);
-        let retrieval_values = linear(config.value_width(), dim);
-        let retrieval_queries = linear(config.search_width(), dim);
-        let retrieval_keys = linear(d, d);
-        let out = linear(dim, config.search_width());
+        let (sw, vw) = (config.search_width(), config.value_width());
+        let search_queries = draw(sw * dim, dim);
+        let search_keys = draw(sw * dim, dim);
+        let retrieval_values = draw(vw * dim, dim);
+        let retrieval_queries = draw(sw * dim, dim);
+        let retrieval_keys = draw(d * d, d);
+        let out = draw(dim * sw, sw);
+        let biases = config.bias.then(|| Biases {
+            search_queries: draw(sw, dim),
+            search_keys: draw(sw, dim),
+            retrieval_values: draw(vw, dim),
+            retrieval_queries: draw(sw, dim),
+            out: draw(dim, sw),
+        });
         let norm = config
             .prenorm
             .then(|| (vec![1.0; config.dim], vec![0.0; config.dim]));
@@ -99,6 +140,7 @@ impl Weights {
             retrieval_queries,
             retrieval_keys,
             out,
+            biases,
         })
     }
 
@@ -206,15 +248,32 @@ impl Weights {
                 context: Some("prenorm needs both norm.weight and norm.bias".into()),
             });
         }
-        let config = Config {
-            dim,
-            dim_head: d,
-            num_searches: search_width / d,
-            num_retrievals: value_width / d,
-            dropout: 0.0,
-            prenorm: has_norm_weight,
-            causal,
-        };
+        // Biases: all five or none.
+        let bias_names = [
+            SEARCH_QUERIES_BIAS,
+            SEARCH_KEYS_BIAS,
+            RETRIEVAL_VALUES_BIAS,
+            RETRIEVAL_QUERIES_BIAS,
+            OUT_BIAS,
+        ];
+        let present: Vec<bool> = bias_names
+            .iter()
+            .map(|name| file.tensor(&format!("{prefix}{name}")).is_ok())
+            .collect();
+        let bias = present.iter().any(|&p| p);
+        if let Some(missing) = bias_names.iter().zip(&present).find(|(_, p)| bias && !**p) {
+            return Err(Error::MissingTensor {
+                name: format!("{prefix}{}", missing.0),
+                context: Some("biased projections need all five biases".into()),
+            });
+        }
+        let config = Config::new(dim)
+            .dim_head(d)
+            .num_searches(search_width / d)
+            .num_retrievals(value_width / d)
+            .prenorm(has_norm_weight)
+            .causal(causal)
+            .bias(bias);
         config.validate()?;
 
         let norm = if config.prenorm {
@@ -230,6 +289,16 @@ impl Weights {
             retrieval_queries: fetch(RETRIEVAL_QUERIES, &[search_width, dim])?,
             retrieval_keys: fetch(RETRIEVAL_KEYS, &[d, d])?,
             out: fetch(OUT, &[dim, search_width])?,
+            biases: match bias {
+                true => Some(Biases {
+                    search_queries: fetch(SEARCH_QUERIES_BIAS, &[search_width])?,
+                    search_keys: fetch(SEARCH_KEYS_BIAS, &[search_width])?,
+                    retrieval_values: fetch(RETRIEVAL_VALUES_BIAS, &[value_width])?,
+                    retrieval_queries: fetch(RETRIEVAL_QUERIES_BIAS, &[search_width])?,
+                    out: fetch(OUT_BIAS, &[dim])?,
+                }),
+                false => None,
+            },
             config,
         })
     }
@@ -248,7 +317,7 @@ impl Weights {
     pub fn named_tensors(&self) -> Vec<(&'static str, F32Tensor<'_>)> {
         let c = &self.config;
         let (dim, d, sw, vw) = (c.dim, c.dim_head, c.search_width(), c.value_width());
-        let mut tensors = Vec::with_capacity(8);
+        let mut tensors = Vec::with_capacity(13);
         if let Some((gamma, beta)) = &self.norm {
             tensors.push((NORM_WEIGHT, F32Tensor::new(vec![dim], gamma)));
             tensors.push((NORM_BIAS, F32Tensor::new(vec![dim], beta)));
@@ -276,6 +345,24 @@ impl Weights {
             ),
             (OUT, F32Tensor::new(vec![dim, sw], &self.out)),
         ]);
+        if let Some(b) = &self.biases {
+            tensors.extend([
+                (
+                    SEARCH_QUERIES_BIAS,
+                    F32Tensor::new(vec![sw], &b.search_queries),
+                ),
+                (SEARCH_KEYS_BIAS, F32Tensor::new(vec![sw], &b.search_keys)),
+                (
+                    RETRIEVAL_VALUES_BIAS,
+                    F32Tensor::new(vec![vw], &b.retrieval_values),
+                ),
+                (
+                    RETRIEVAL_QUERIES_BIAS,
+                    F32Tensor::new(vec![sw], &b.retrieval_queries),
+                ),
+                (OUT_BIAS, F32Tensor::new(vec![dim], &b.out)),
+            ]);
+        }
         tensors
     }
 }
@@ -300,6 +387,27 @@ mod tests {
         assert_eq!(loaded, weights);
         let causal = Weights::from_safetensors(&bytes, true, "").unwrap();
         assert!(causal.config().causal);
+    }
+
+    #[test]
+    fn biases_round_trip_and_must_be_complete() {
+        let weights = Weights::random(small().bias(true), 5).unwrap();
+        assert!(weights.biases.is_some());
+        let bytes = weights.to_safetensors().unwrap();
+        let loaded = Weights::from_safetensors(&bytes, false, "").unwrap();
+        assert_eq!(loaded, weights);
+        assert!(loaded.config().bias);
+        // Four biases of five: the missing one is named.
+        let tensors: Vec<_> = weights
+            .named_tensors()
+            .into_iter()
+            .filter(|(name, _)| *name != RETRIEVAL_VALUES_BIAS)
+            .collect();
+        let bytes = safetensors::serialize(tensors, None).unwrap();
+        match Weights::from_safetensors(&bytes, false, "") {
+            Err(Error::MissingTensor { name, .. }) => assert_eq!(name, RETRIEVAL_VALUES_BIAS),
+            other => panic!("expected the missing bias named, got {other:?}"),
+        }
     }
 
     #[test]

@@ -173,9 +173,9 @@ impl Workspace {
                         ctx,
                         tokens,
                         c.dim,
+                        c.layer_norm_eps,
                         IoSlot::Input,
-                        gamma,
-                        beta,
+                        (gamma, beta),
                         &normed,
                     )
                     .await?,
@@ -228,6 +228,21 @@ impl Workspace {
             }
         };
         dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
+        if let (Some(biases), CoreOperands::Buffers { proj, .. }) = (&weights.biases, &core) {
+            dispatches.push(
+                ops::bias_add::dispatch(
+                    ctx,
+                    tokens,
+                    layout.row_stride,
+                    biases.projection,
+                    proj,
+                    stored,
+                )
+                .await?,
+            );
+        } else if weights.biases.is_some() {
+            return Err(inconsistent("biases with texel core operands"));
+        }
 
         // 3. The attention core: search, retrieval and selection into the concatenation.
         let mut finish = None;
@@ -379,6 +394,19 @@ impl Workspace {
             }
         };
         dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
+        if let Some(biases) = &weights.biases {
+            dispatches.push(
+                ops::bias_add::dispatch(
+                    ctx,
+                    tokens,
+                    c.dim,
+                    biases.out,
+                    IoSlot::Output,
+                    Precision::F32,
+                )
+                .await?,
+            );
+        }
         dispatches.extend(finish);
 
         held.buffers.extend(normed);

@@ -170,6 +170,20 @@ fn chunked_prefill_odd_head() {
     );
 }
 
+/// Biased projections (fairseq's and xformers' form): the biases reach the cached keys and
+/// values through the projection, and the output bias every step.
+#[test]
+fn biased_projections_prefill_and_decode() {
+    check(
+        config(20, 5, 2, 2).bias(true),
+        2,
+        14,
+        Some(&[14, 9]),
+        &[6],
+        "biased projections",
+    );
+}
+
 #[test]
 fn decode_only_one_search_one_retrieval() {
     check(

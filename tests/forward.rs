@@ -51,6 +51,12 @@ impl Case {
         self
     }
 
+    /// Biases on every projection (the official fairseq module's and xformers' form).
+    fn biases(mut self) -> Self {
+        self.config = self.config.bias(true);
+        self
+    }
+
     fn mask(mut self, lengths: &[usize]) -> Self {
         self.mask_lengths = Some(lengths.to_vec());
         self
@@ -195,6 +201,28 @@ fn prenorm() {
         .prenorm()
         .both_profiles()
         .check("prenorm");
+}
+
+/// Biased projections: the packed projection bias (with `b_rq` folded through `W_rk` in the
+/// fused cores) and the output bias, on both kernel families, causal with padding.
+#[test]
+fn biased_projections() {
+    Case::new(40, 12, 3, 2)
+        .shape(2, 21)
+        .biases()
+        .causal()
+        .mask(&[21, 8])
+        .both_profiles()
+        .check("biased_projections");
+}
+
+/// The Keras package's LayerNorm epsilon (1e-3): on unit-variance rows 1e-5 instead would miss
+/// by about 5e-4, far outside the tolerance.
+#[test]
+fn prenorm_with_keras_epsilon() {
+    let mut case = Case::new(24, 8, 2, 3).shape(2, 11).prenorm();
+    case.config = case.config.layer_norm_eps(1e-3);
+    case.check("prenorm_with_keras_epsilon");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! LayerNorm for `prenorm` (`shaders/layer_norm.wgsl`): one workgroup per token row, a two-pass
-//! mean and biased variance, `eps = 1e-5` as PyTorch's `nn.LayerNorm`.
+//! mean and biased variance, epsilon `Config::layer_norm_eps` (1e-5 as PyTorch's
+//! `nn.LayerNorm`, 1e-3 as Keras' `LayerNormalization`).
 
-use crate::config::LAYER_NORM_EPS;
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
@@ -31,9 +31,9 @@ pub(crate) async fn dispatch(
     ctx: &GpuContext,
     rows: usize,
     dim: usize,
+    eps: f32,
     x: impl Into<Buf<'_>>,
-    gamma: &wgpu::Buffer,
-    beta: &wgpu::Buffer,
+    (gamma, beta): (&wgpu::Buffer, &wgpu::Buffer),
     out: &wgpu::Buffer,
 ) -> Result<Dispatch> {
     let loops = 3 * dim.div_ceil(WG as usize) as u64 + 2 * WG.ilog2() as u64;
@@ -41,7 +41,7 @@ pub(crate) async fn dispatch(
     let params = Params {
         rows: rows as u32,
         dim: dim as u32,
-        eps: LAYER_NORM_EPS,
+        eps,
         _pad: 0,
     };
     Dispatch::new(
@@ -57,12 +57,19 @@ pub(crate) async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LAYER_NORM_EPS;
     use crate::gpu::testing::*;
     use crate::reference;
     use crate::verify::normal;
 
     fn check(rows: usize, dim: usize, offset: f32, scale: f32, tol: f64) {
-        let (mut rng, what) = rng(&format!("layer_norm {rows}x{dim} offset {offset}"));
+        check_eps(rows, dim, offset, scale, LAYER_NORM_EPS, tol);
+    }
+
+    fn check_eps(rows: usize, dim: usize, offset: f32, scale: f32, eps: f32, tol: f64) {
+        let (mut rng, what) = rng(&format!(
+            "layer_norm {rows}x{dim} offset {offset} eps {eps}"
+        ));
         let x: Vec<f32> = normal(&mut rng, rows * dim, scale)
             .into_iter()
             .map(|v| v + offset)
@@ -74,14 +81,21 @@ mod tests {
             context(),
             rows,
             dim,
+            eps,
             &upload(&x),
-            &upload(&gamma),
-            &upload(&beta),
+            (&upload(&gamma), &upload(&beta)),
             &out,
         ));
         run(&[&d]);
-        let expected = reference::layer_norm(&to_f64(&x), dim, &gamma, &beta);
+        let expected = reference::layer_norm_eps(&to_f64(&x), dim, &gamma, &beta, eps);
         assert_close(&what, &download(&out, rows * dim), &expected, tol);
+    }
+
+    /// The Keras package's epsilon (1e-3) on rows whose variance is of its order, where 1e-5
+    /// instead would move the output by a tenth.
+    #[test]
+    fn keras_epsilon() {
+        check_eps(9, 24, 0.5, 0.05, 1e-3, 1e-5);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | [`blocked_attention`] | `blocked_attention.wgsl`, `retrieval_mix.wgsl` | the fused core in 4 × 4 blocks, for CPU drivers |
 //! | [`decode`] | `cache_append.wgsl`, `decode_attention.wgsl`, `decode_reduce.wgsl`, `cache_advance.wgsl` | new queries over a KV cache, split-KV |
 
+pub(crate) mod bias_add;
 pub(crate) mod blocked_attention;
 pub(crate) mod decode;
 pub(crate) mod fused_attention;
@@ -124,6 +125,9 @@ mod uniform_layouts {
             }};
         }
         check!(layer_norm::Params, layer_norm::variant());
+        for precision in Precision::ALL {
+            check!(bias_add::Params, bias_add::variant(precision));
+        }
         check!(texture_copy::Params, texture_copy::variant(ctx));
         let f16 = gemm::GemmPrecision {
             lhs: Precision::F16,
