@@ -27,7 +27,7 @@ pub struct Problem {
 }
 
 /// Problems that between them reach every kernel, io piece and kind of specialisation: vec4 and
-/// scalar head widths, one and several retrievals, `prenorm`, causal, the README size, a
+/// scalar head widths, one and several retrievals, `prenorm`, causal, biases, the README size, a
 /// sequence long enough to split keys on loop-capped drivers, and one too long for the blocked
 /// CPU core.
 pub fn representative_problems() -> Vec<Problem> {
@@ -61,6 +61,17 @@ pub fn representative_problems() -> Vec<Problem> {
             config: c(48, 16, 3, 2).prenorm(true),
             batch: 2,
             seq: 13,
+        },
+        // The general form's biases (bias_add, after both GEMMs and before the cached core).
+        Problem {
+            name: "biased",
+            config: c(40, 12, 3, 2)
+                .bias(true)
+                .causal(true)
+                .prenorm(true)
+                .layer_norm_eps(1e-3),
+            batch: 2,
+            seq: 21,
         },
         Problem {
             name: "r1_s1",
