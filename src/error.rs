@@ -163,6 +163,17 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// A checkpoint uses an option of its implementation that this crate does not implement.
+    #[error("{format} option `{option}` is not supported: {reason}")]
+    Unsupported {
+        /// The checkpoint's format (`keras`, `fairseq`, `xformers`, `lucidrains`).
+        format: &'static str,
+        /// The option, under its original name (with its value where that matters).
+        option: String,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+
     /// A buffer passed to `CompositionalAttention::encode` cannot serve as the named operand.
     #[error("{name} buffer: {problem}")]
     IoBuffer {

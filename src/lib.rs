@@ -37,6 +37,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 mod device_weights;
 pub mod error;

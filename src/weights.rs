@@ -144,6 +144,74 @@ impl Weights {
         })
     }
 
+    /// Weights from their parts: `[W_sq, W_sk, W_rv, W_rq, W_rk, W_o]` (PyTorch layout), the
+    /// LayerNorm `(γ, β)` and the biases, each checked against `config` (which must have
+    /// `prenorm` and `bias` exactly when they are present).
+    pub fn from_parts(
+        config: Config,
+        norm: Option<(Vec<f32>, Vec<f32>)>,
+        [
+            search_queries,
+            search_keys,
+            retrieval_values,
+            retrieval_queries,
+            retrieval_keys,
+            out,
+        ]: [Vec<f32>; 6],
+        biases: Option<Biases>,
+    ) -> Result<Weights> {
+        config.validate()?;
+        let weights = Weights {
+            config,
+            norm,
+            search_queries,
+            search_keys,
+            retrieval_values,
+            retrieval_queries,
+            retrieval_keys,
+            out,
+            biases,
+        };
+        if weights.norm.is_some() != config.prenorm || weights.biases.is_some() != config.bias {
+            return Err(Error::ConfigMismatch(
+                "LayerNorm weights and biases must be present exactly with prenorm and bias".into(),
+            ));
+        }
+        let c = &weights.config;
+        let (dim, d, sw, vw) = (c.dim, c.dim_head, c.search_width(), c.value_width());
+        let w = &weights;
+        let mut parts: Vec<(&str, &[f32], Vec<usize>)> = vec![
+            (SEARCH_QUERIES, &w.search_queries, vec![sw, dim]),
+            (SEARCH_KEYS, &w.search_keys, vec![sw, dim]),
+            (RETRIEVAL_VALUES, &w.retrieval_values, vec![vw, dim]),
+            (RETRIEVAL_QUERIES, &w.retrieval_queries, vec![sw, dim]),
+            (RETRIEVAL_KEYS, &w.retrieval_keys, vec![d, d]),
+            (OUT, &w.out, vec![dim, sw]),
+        ];
+        if let Some((gamma, beta)) = &w.norm {
+            parts.extend([
+                (NORM_WEIGHT, &gamma[..], vec![dim]),
+                (NORM_BIAS, &beta[..], vec![dim]),
+            ]);
+        }
+        if let Some(b) = &w.biases {
+            parts.extend([
+                (SEARCH_QUERIES_BIAS, &b.search_queries[..], vec![sw]),
+                (SEARCH_KEYS_BIAS, &b.search_keys[..], vec![sw]),
+                (RETRIEVAL_VALUES_BIAS, &b.retrieval_values[..], vec![vw]),
+                (RETRIEVAL_QUERIES_BIAS, &b.retrieval_queries[..], vec![sw]),
+                (OUT_BIAS, &b.out[..], vec![dim]),
+            ]);
+        }
+        for (name, data, shape) in parts {
+            if data.len() != shape.iter().product::<usize>() {
+                return Err(Error::shape(name, &shape, &[data.len()]));
+            }
+            io::check_finite(name, data)?;
+        }
+        Ok(weights)
+    }
+
     /// The configuration these weights belong to.
     pub fn config(&self) -> &Config {
         &self.config

@@ -1,0 +1,142 @@
+//! The Keras package `compositional-attention` (SPEC-VARIANTS §1): lucidrains' math with
+//! `Dense` kernels in `[in, out]` layout, no biases, and LayerNorm epsilon 1e-3. Read from
+//! safetensors under the attribute names (`to_out.kernel`, `norm.gamma`).
+
+use crate::checkpoint::tensors::Tensors;
+use crate::checkpoint::{
+    Checkpoint, Constructor, Form, FormWeights, Format, Linear, Selection, SelectionWeights,
+};
+use crate::error::{Error, Result};
+
+/// Keras' `LayerNormalization` default epsilon.
+pub(crate) const KERAS_LAYER_NORM_EPS: f32 = 1e-3;
+
+/// The tensor names, in the order of the layer's attributes.
+pub(crate) const NAMES: [&str; 8] = [
+    "norm.gamma",
+    "norm.beta",
+    "to_searches_queries.kernel",
+    "to_searches_keys.kernel",
+    "to_retrieval_values.kernel",
+    "to_retrieval_queries.kernel",
+    "to_retrieval_keys.kernel",
+    "to_out.kernel",
+];
+
+/// A `Dense(use_bias=False)` kernel `[in, out]` as a [`Linear`] `[out, in]`.
+fn dense(tensors: &mut Tensors, name: &str) -> Result<Linear> {
+    let t = tensors.take(name, 2, "required by the Keras CompositionalAttention")?;
+    let (inp, out) = (t.shape[0], t.shape[1]);
+    let mut weight = vec![0.0f32; t.data.len()];
+    for i in 0..inp {
+        for o in 0..out {
+            weight[o * inp + i] = t.data[i * out + o];
+        }
+    }
+    Linear::new(weight, None, out, inp)
+}
+
+/// Reads the layer (see the module documentation).
+pub(crate) fn read(
+    mut tensors: Tensors,
+    constructor: Option<&Constructor>,
+    causal: bool,
+) -> Result<Checkpoint> {
+    let q = dense(&mut tensors, "to_searches_queries.kernel")?;
+    let k = dense(&mut tensors, "to_searches_keys.kernel")?;
+    let v = dense(&mut tensors, "to_retrieval_values.kernel")?;
+    let value_q = dense(&mut tensors, "to_retrieval_queries.kernel")?;
+    let value_k = dense(&mut tensors, "to_retrieval_keys.kernel")?;
+    let out = dense(&mut tensors, "to_out.kernel")?;
+    let gamma = tensors.take_optional("norm.gamma", 1)?;
+    let beta = tensors.take_optional("norm.beta", 1)?;
+    let norm = match (gamma, beta) {
+        (Some(g), Some(b)) => Some((g.data, b.data)),
+        (None, None) => None,
+        (g, _) => {
+            return Err(Error::MissingTensor {
+                name: if g.is_some() {
+                    "norm.beta"
+                } else {
+                    "norm.gamma"
+                }
+                .into(),
+                context: Some("prenorm needs both norm.gamma and norm.beta".into()),
+            });
+        }
+    };
+    tensors.finish(&NAMES.join(", "))?;
+
+    // d from the square W_rk; s and r from the widths (SPEC-VARIANTS §1).
+    let d = value_k.out;
+    if value_k.inp != d || d == 0 || q.out % d != 0 || v.out % d != 0 {
+        return Err(Error::ConfigMismatch(format!(
+            "to_retrieval_keys.kernel is [{}, {}] and must be square [dim_head, dim_head], with \
+             to_searches_queries.kernel [dim, num_searches·dim_head] ([{}, {}]) and \
+             to_retrieval_values.kernel [dim, num_retrievals·dim_head] ([{}, {}])",
+            value_k.inp, value_k.out, q.inp, q.out, v.inp, v.out
+        )));
+    }
+    let form = Form {
+        format: Format::Keras,
+        dim: q.inp,
+        searches: q.out / d,
+        retrievals: v.out / d,
+        head_dim: d,
+        value_dim: d,
+        selection_dim: d,
+        selection: Selection::DotProduct,
+        q_compose: false,
+        prenorm: norm.is_some(),
+        layer_norm_eps: KERAS_LAYER_NORM_EPS,
+        causal,
+    };
+    let mut form = form;
+    if let Some(c) = constructor {
+        check_constructor(c, &mut form)?;
+    }
+    Ok(Checkpoint {
+        form,
+        weights: FormWeights {
+            norm,
+            q,
+            k,
+            v,
+            value_q,
+            selection: SelectionWeights::DotProduct { value_k },
+            out,
+        },
+    })
+}
+
+/// Checks the constructor's sizes against the shapes and takes `causal` from it.
+fn check_constructor(c: &Constructor, form: &mut Form) -> Result<()> {
+    for (key, inferred) in [
+        ("dim", form.dim),
+        ("dim_head", form.head_dim),
+        ("num_searches", form.searches),
+        ("num_retrievals", form.retrievals),
+    ] {
+        if let Some(value) = c.usize(key)?
+            && value != inferred
+        {
+            return Err(Error::ConfigMismatch(format!(
+                "the constructor says {key} = {value}, the weights' shapes {inferred}"
+            )));
+        }
+    }
+    if let Some(prenorm) = c.bool("prenorm")?
+        && prenorm != form.prenorm
+    {
+        return Err(Error::ConfigMismatch(format!(
+            "the constructor says prenorm = {prenorm}, the weights {} norm.gamma/norm.beta",
+            if form.prenorm { "have" } else { "lack" }
+        )));
+    }
+    // The original crashes with causal=True (SPEC-VARIANTS §1); the crate implements the
+    // intended causal mask.
+    form.causal |= c.bool("causal")?.unwrap_or(false);
+    c.f64("dropout")?;
+    c.string("name")?;
+    c.check_all_read(Format::Keras)
+}

@@ -1,0 +1,216 @@
+//! Lowering the general form onto the layer's kernels (SPEC.md §9.3).
+//!
+//! The kernels compute lucidrains' form with biases: search logits `d^-½·SQ·SK`, retrieval
+//! logits `d^-½·Q̃·Ret` with `Q̃ = RQ·W_rk` folded into the projection, one width `d` for heads,
+//! values and retrieval queries. Every other form maps onto that exactly, by rewriting weights
+//! on the host, because what differs is linear or cancels:
+//!
+//! * widths: heads and values are zero-padded to `w = max(hd, vd)` (zero columns add nothing to
+//!   a dot product, and the output projection ignores the padded value columns);
+//! * scales: the search scale `hd^-½` and the selection scale `sel^-½` (or 1 for a score
+//!   network) are folded into the query weights, against the kernels' `w^-½`;
+//! * the dot-product selection `sel^-½·vq·(Ret·W_vkᵀ + b_vk)`: `vq·b_vk` is the same for every
+//!   retrieval and cancels in the retrieval softmax; what remains is `(vq·W_vk)·Ret`, so
+//!   `Q̃ = vq·W_vk`, linear in `x` (also with `q_compose`, where `vq` is linear in the search
+//!   query, itself linear in `x`);
+//! * the linear score network `[Ret, vq]·w_snᵀ + b`: only `Ret·w_ret` differs between
+//!   retrievals, so `Q̃ = w_ret` for every token: a zero weight with `w_ret` as its bias;
+//! * the MLP score network is not linear in `Ret`: it does not lower (typed error).
+//!
+//! lucidrains' and Keras' form (a dot product with `hd = vd = sel`, no `q_compose`) lowers to
+//! itself: the layer runs the same kernels as a lucidrains checkpoint, at the same speed.
+
+use crate::checkpoint::{Checkpoint, Linear, Selection, SelectionWeights};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::weights::{Biases, Weights};
+
+impl Checkpoint {
+    /// The layer's weights for this checkpoint (see the module documentation). Fails with
+    /// [`Error::Unsupported`] for the MLP score network.
+    pub fn layer_weights(&self) -> Result<Weights> {
+        self.validate()?;
+        let f = &self.form;
+        let w = &self.weights;
+        if f.selection == Selection::MlpScore {
+            return Err(Error::Unsupported {
+                format: f.format.name(),
+                option: "nonlinear".into(),
+                reason: "the MLP score network (nonlinear=True) is not linear in the retrieved \
+                         values, so the layer's kernels cannot run it; the f64 reference \
+                         (reference::general) does",
+            });
+        }
+        let same_widths = f.head_dim == f.value_dim && f.value_dim == f.selection_dim;
+        if let (true, false, SelectionWeights::DotProduct { value_k }) =
+            (same_widths, f.q_compose, &w.selection)
+        {
+            return self.lucidrains_weights(value_k);
+        }
+        self.padded_weights()
+    }
+
+    /// lucidrains' form as it is: `W_rk = W_vk`, `W_rq = W_vq`.
+    fn lucidrains_weights(&self, value_k: &Linear) -> Result<Weights> {
+        let f = &self.form;
+        let w = &self.weights;
+        let bias = [&w.q, &w.k, &w.v, &w.value_q, &w.out]
+            .iter()
+            .any(|l| l.bias.is_some());
+        let config = Config::new(f.dim)
+            .dim_head(f.head_dim)
+            .num_searches(f.searches)
+            .num_retrievals(f.retrievals)
+            .prenorm(f.prenorm)
+            .layer_norm_eps(f.layer_norm_eps)
+            .causal(f.causal)
+            .bias(bias);
+        let bias_of = |l: &Linear| l.bias.clone().unwrap_or_else(|| vec![0.0; l.out]);
+        Weights::from_parts(
+            config,
+            w.norm.clone(),
+            [
+                w.q.weight.clone(),
+                w.k.weight.clone(),
+                w.v.weight.clone(),
+                w.value_q.weight.clone(),
+                value_k.weight.clone(),
+                w.out.weight.clone(),
+            ],
+            bias.then(|| Biases {
+                search_queries: bias_of(&w.q),
+                search_keys: bias_of(&w.k),
+                retrieval_values: bias_of(&w.v),
+                retrieval_queries: bias_of(&w.value_q),
+                out: bias_of(&w.out),
+            }),
+        )
+    }
+
+    /// Every other form: padded to `w = max(hd, vd)`, scales and the selection folded.
+    fn padded_weights(&self) -> Result<Weights> {
+        let f = &self.form;
+        let wt = &self.weights;
+        let (dim, heads, rules) = (f.dim, f.searches, f.retrievals);
+        let (hd, vd, sel) = (f.head_dim, f.value_dim, f.selection_dim);
+        let width = hd.max(vd);
+        let kernel_scale = (width as f64).powf(-0.5);
+        let config = Config::new(dim)
+            .dim_head(width)
+            .num_searches(heads)
+            .num_retrievals(rules)
+            .prenorm(f.prenorm)
+            .layer_norm_eps(f.layer_norm_eps)
+            .causal(f.causal)
+            .bias(true);
+        config.validate()?;
+
+        // `rows` blocks of `width` rows, each filled from `rows_of(block)` (`used` rows of
+        // `[weight row, bias]`) and padded with zeros.
+        let blocks = |count: usize,
+                      used: usize,
+                      row: &dyn Fn(usize, usize) -> (Vec<f64>, f64)|
+         -> (Vec<f32>, Vec<f32>) {
+            let mut weight = vec![0.0f32; count * width * dim];
+            let mut bias = vec![0.0f32; count * width];
+            for block in 0..count {
+                for j in 0..used {
+                    let (w_row, b) = row(block, j);
+                    let at = block * width + j;
+                    for (dst, src) in weight[at * dim..][..dim].iter_mut().zip(&w_row) {
+                        *dst = *src as f32;
+                    }
+                    bias[at] = b as f32;
+                }
+            }
+            (weight, bias)
+        };
+        let copy_row = |l: &Linear, o: usize, scale: f64| -> (Vec<f64>, f64) {
+            (
+                l.row(o).iter().map(|&v| v as f64 * scale).collect(),
+                l.bias_at(o) as f64 * scale,
+            )
+        };
+
+        // Search queries carry hd^-½ in place of the kernels' w^-½.
+        let q_scale = (hd as f64).powf(-0.5) / kernel_scale;
+        let (sq, sq_b) = blocks(heads, hd, &|h, j| copy_row(&wt.q, h * hd + j, q_scale));
+        let (sk, sk_b) = blocks(heads, hd, &|h, j| copy_row(&wt.k, h * hd + j, 1.0));
+        let (rv, rv_b) = blocks(rules, vd, &|r, j| copy_row(&wt.v, r * vd + j, 1.0));
+
+        // vq of head h as an affine map of x: row t is (weight [dim], bias).
+        let vq_row = |h: usize, t: usize| -> (Vec<f64>, f64) {
+            if !self.form.q_compose {
+                return copy_row(&wt.value_q, h * sel + t, 1.0);
+            }
+            // vq = (hd^-½ (x·W_q,hᵀ + b_q,h))·W_vqᵀ + b_vq, with W_vq [sel, hd].
+            let s = (hd as f64).powf(-0.5);
+            let mut weight = vec![0.0f64; dim];
+            let mut bias = wt.value_q.bias_at(t) as f64;
+            for u in 0..hd {
+                let c = s * wt.value_q.row(t)[u] as f64;
+                for (acc, &q) in weight.iter_mut().zip(wt.q.row(h * hd + u)) {
+                    *acc += c * q as f64;
+                }
+                bias += c * wt.q.bias_at(h * hd + u) as f64;
+            }
+            (weight, bias)
+        };
+        // Q̃ of head h, element j < vd, with the selection scale against the kernels' w^-½.
+        let (rq, rq_b) = match &wt.selection {
+            SelectionWeights::DotProduct { value_k } => {
+                let scale = (sel as f64).powf(-0.5) / kernel_scale;
+                blocks(heads, vd, &|h, j| {
+                    let mut weight = vec![0.0f64; dim];
+                    let mut bias = 0.0;
+                    for t in 0..sel {
+                        let c = scale * value_k.row(t)[j] as f64;
+                        let (w_t, b_t) = vq_row(h, t);
+                        for (acc, v) in weight.iter_mut().zip(&w_t) {
+                            *acc += c * v;
+                        }
+                        bias += c * b_t;
+                    }
+                    (weight, bias)
+                })
+            }
+            SelectionWeights::LinearScore { score } => {
+                let scale = 1.0 / kernel_scale;
+                blocks(heads, vd, &|_, j| {
+                    (vec![0.0; dim], scale * score.row(0)[j] as f64)
+                })
+            }
+            SelectionWeights::MlpScore { .. } => {
+                return Err(Error::ConfigMismatch(
+                    "the MLP score network's weights with a form that is not MlpScore".into(),
+                ));
+            }
+        };
+
+        // The output projection reads the first vd of every width columns.
+        let mut out = vec![0.0f32; dim * heads * width];
+        for o in 0..dim {
+            for h in 0..heads {
+                for j in 0..vd {
+                    out[o * heads * width + h * width + j] = wt.out.row(o)[h * vd + j];
+                }
+            }
+        }
+        let out_b = wt.out.bias.clone().unwrap_or_else(|| vec![0.0; dim]);
+        let identity: Vec<f32> = (0..width * width)
+            .map(|i| (i / width == i % width) as u8 as f32)
+            .collect();
+        Weights::from_parts(
+            config,
+            wt.norm.clone(),
+            [sq, sk, rv, rq, identity, out],
+            Some(Biases {
+                search_queries: sq_b,
+                search_keys: sk_b,
+                retrieval_values: rv_b,
+                retrieval_queries: rq_b,
+                out: out_b,
+            }),
+        )
+    }
+}

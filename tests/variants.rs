@@ -1,0 +1,455 @@
+//! Checkpoints of the other implementations (issue 9): the Keras package, the official fairseq
+//! module and xformers, in the general form (`checkpoint`), against
+//!
+//! * the reference cases of `tests/golden-variants/` (the original modules run in f64), read
+//!   through the crate's own readers: the f64 general reference and the layer on every strategy
+//!   and both kernel families, within 1e-4 of max|output|;
+//! * random problems of every form against the f64 general reference (`reference::general`),
+//!   with the usual edge cases;
+//! * the options the crate does not implement, each refused with a typed error naming it.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_close, gpu, gpu_other_profile, seed};
+use compositional_attention::checkpoint::{
+    Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear, Selection,
+    SelectionWeights,
+};
+use compositional_attention::io::{Input, read_output};
+use compositional_attention::rng::Rng;
+use compositional_attention::verify::{ErrorStats, normal};
+use compositional_attention::{CompositionalAttention, Error, Strategy, reference};
+
+/// The suggested comparison of the golden-variants README, and the issue's bar.
+const TOLERANCE: f64 = 1e-4;
+
+/// Every case: (format folder, case name).
+const CASES: [(&str, &str); 6] = [
+    ("keras", "k01_defaults"),
+    ("keras", "k02_prenorm"),
+    ("fairseq", "f01_qk_rule"),
+    ("fairseq", "f02_score_net_padding"),
+    ("xformers", "x01_defaults_shared_proj"),
+    ("xformers", "x02_separate_proj_qk_rule"),
+];
+
+fn case_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden-variants")
+}
+
+/// The case's constructor arguments with `"format"`, as `compattn forward --config` takes them.
+fn constructor_json(folder: &str, case: &str) -> String {
+    let text =
+        std::fs::read_to_string(case_dir().join(folder).join(format!("{case}.json"))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut constructor = json["constructor"].as_object().unwrap().clone();
+    constructor.insert("format".into(), folder.into());
+    serde_json::Value::Object(constructor).to_string()
+}
+
+struct Case {
+    name: String,
+    checkpoint: Checkpoint,
+    input: Input,
+    output: Vec<f32>,
+}
+
+fn load(folder: &str, case: &str) -> Case {
+    let bytes = std::fs::read(case_dir().join(folder).join(format!("{case}.safetensors"))).unwrap();
+    let options = CheckpointOptions {
+        constructor: Some(Constructor::parse(&constructor_json(folder, case)).unwrap()),
+        ..Default::default()
+    };
+    let checkpoint = Checkpoint::from_safetensors(&bytes, &options)
+        .unwrap_or_else(|e| panic!("{folder}/{case}: {e}"));
+    assert_eq!(checkpoint.form.format.name(), folder);
+    let input = Input::from_safetensors(&bytes).unwrap();
+    let (_, output) = read_output(&bytes).unwrap().expect("the case's output");
+    Case {
+        name: format!("{folder}/{case}"),
+        checkpoint,
+        input,
+        output,
+    }
+}
+
+#[test]
+fn golden_variants_through_the_f64_reference() {
+    for (folder, case) in CASES {
+        let c = load(folder, case);
+        let y = reference::general::forward(
+            &c.checkpoint,
+            &c.input.x,
+            c.input.batch,
+            c.input.seq,
+            c.input.mask.as_deref(),
+        )
+        .unwrap();
+        let expected: Vec<f64> = c.output.iter().map(|&v| v as f64).collect();
+        let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        let stats = assert_close(
+            &format!("{} (f64 reference)", c.name),
+            &y32,
+            &expected,
+            1e-6,
+        );
+        eprintln!("{}: reference {stats}", c.name);
+    }
+}
+
+#[test]
+fn golden_variants_on_the_gpu() {
+    for (folder, case) in CASES {
+        let c = load(folder, case);
+        let weights = c.checkpoint.layer_weights().unwrap();
+        let expected: Vec<f64> = c.output.iter().map(|&v| v as f64).collect();
+        for ctx in [gpu(), gpu_other_profile()] {
+            let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+            for strategy in Strategy::ALL {
+                layer.set_strategy(strategy);
+                let y = layer
+                    .forward_blocking(
+                        &c.input.x,
+                        c.input.batch,
+                        c.input.seq,
+                        c.input.mask.as_deref(),
+                    )
+                    .unwrap();
+                let what = format!(
+                    "{} [{strategy}, {:?} kernels]",
+                    c.name,
+                    ctx.kernel_profile()
+                );
+                let stats = assert_close(&what, &y, &expected, TOLERANCE);
+                eprintln!("{what}: {stats}");
+            }
+        }
+    }
+}
+
+// ---- random problems of every form ------------------------------------------------------------
+
+fn random_linear(rng: &mut Rng, out: usize, inp: usize, bias: bool) -> Linear {
+    let bound = 1.0 / (inp as f32).sqrt();
+    let weight = (0..out * inp)
+        .map(|_| rng.uniform_f32(-bound, bound))
+        .collect();
+    let bias = bias.then(|| {
+        (0..out)
+            .map(|_| rng.uniform_f32(-0.5, 0.5) * bound)
+            .collect()
+    });
+    Linear::new(weight, bias, out, inp).unwrap()
+}
+
+/// A random checkpoint of `form` (biases on every projection when `bias`).
+fn random_checkpoint(form: Form, bias: bool, seed: u64) -> Checkpoint {
+    let mut rng = Rng::seed_from_u64(seed);
+    let (d, h, r, hd, vd, sel) = (
+        form.dim,
+        form.searches,
+        form.retrievals,
+        form.head_dim,
+        form.value_dim,
+        form.selection_dim,
+    );
+    // Search weights with a gain, so that the search softmaxes are not all flat.
+    let mut q = random_linear(&mut rng, h * hd, d, bias);
+    q.weight.iter_mut().for_each(|w| *w *= 3.0);
+    let k = random_linear(&mut rng, h * hd, d, bias);
+    let v = random_linear(&mut rng, r * vd, d, bias);
+    let value_q = match form.q_compose {
+        true => random_linear(&mut rng, sel, hd, bias),
+        false => random_linear(&mut rng, h * sel, d, bias),
+    };
+    let mut selection = match form.selection {
+        Selection::DotProduct => SelectionWeights::DotProduct {
+            value_k: random_linear(&mut rng, sel, vd, bias),
+        },
+        Selection::LinearScore => SelectionWeights::LinearScore {
+            score: random_linear(&mut rng, 1, vd + sel, bias),
+        },
+        Selection::MlpScore => SelectionWeights::MlpScore {
+            hidden: random_linear(&mut rng, sel, vd + sel, bias),
+            score: random_linear(&mut rng, 1, sel, bias),
+        },
+    };
+    // A gain on the selection too, so that it is not uniform either.
+    match &mut selection {
+        SelectionWeights::DotProduct { value_k: l }
+        | SelectionWeights::LinearScore { score: l } => l.weight.iter_mut().for_each(|w| *w *= 4.0),
+        SelectionWeights::MlpScore { score, .. } => score.weight.iter_mut().for_each(|w| *w *= 4.0),
+    }
+    let out = random_linear(&mut rng, d, h * vd, bias);
+    let norm = form.prenorm.then(|| {
+        (
+            (0..d).map(|_| rng.uniform_f32(0.5, 1.5)).collect(),
+            (0..d).map(|_| rng.uniform_f32(-0.5, 0.5)).collect(),
+        )
+    });
+    let checkpoint = Checkpoint {
+        form,
+        weights: FormWeights {
+            norm,
+            q,
+            k,
+            v,
+            value_q,
+            selection,
+            out,
+        },
+    };
+    checkpoint.validate().unwrap();
+    checkpoint
+}
+
+fn form(format: Format, dim: usize, heads: usize, rules: usize, widths: [usize; 3]) -> Form {
+    Form {
+        format,
+        dim,
+        searches: heads,
+        retrievals: rules,
+        head_dim: widths[0],
+        value_dim: widths[1],
+        selection_dim: widths[2],
+        selection: Selection::DotProduct,
+        q_compose: false,
+        prenorm: false,
+        layer_norm_eps: 1e-5,
+        causal: false,
+    }
+}
+
+/// A random problem of `form` on the GPU (every strategy, both families) against the general
+/// f64 reference.
+fn check_form(
+    form: Form,
+    bias: bool,
+    batch: usize,
+    seq: usize,
+    lengths: Option<&[usize]>,
+    name: &str,
+) {
+    let (seed, what) = seed(name);
+    let checkpoint = random_checkpoint(form, bias, seed);
+    let mut rng = Rng::seed_from_u64(seed ^ 0x5eed);
+    let x = normal(&mut rng, batch * seq * form.dim, 1.0);
+    let mask: Option<Vec<bool>> = lengths.map(|lengths| {
+        (0..batch * seq)
+            .map(|i| i % seq < lengths[i / seq])
+            .collect()
+    });
+    let expected =
+        reference::general::forward(&checkpoint, &x, batch, seq, mask.as_deref()).unwrap();
+    let weights = checkpoint.layer_weights().unwrap();
+    for ctx in [gpu(), gpu_other_profile()] {
+        let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+        for strategy in Strategy::ALL {
+            layer.set_strategy(strategy);
+            let y = layer
+                .forward_blocking(&x, batch, seq, mask.as_deref())
+                .unwrap();
+            let label = format!("{what} [{strategy}, {:?} kernels]", ctx.kernel_profile());
+            assert_close(&label, &y, &expected, 2e-5);
+        }
+    }
+}
+
+#[test]
+fn fairseq_dot_product_with_odd_widths_causal_and_padding() {
+    // hd 5, vd 7, sel 3: every width different, none a multiple of four.
+    let f = Form {
+        causal: true,
+        ..form(Format::Fairseq, 20, 4, 2, [5, 7, 3])
+    };
+    check_form(
+        f,
+        true,
+        2,
+        13,
+        Some(&[13, 6]),
+        "fairseq qk_rule, odd widths, causal, padding",
+    );
+}
+
+#[test]
+fn fairseq_linear_score_network_with_a_fully_masked_row() {
+    let f = Form {
+        selection: Selection::LinearScore,
+        ..form(Format::Fairseq, 24, 3, 3, [8, 6, 5])
+    };
+    // The second sequence's every key is masked: uniform over all keys (the crate's choice
+    // where fairseq gives NaN).
+    check_form(
+        f,
+        true,
+        2,
+        9,
+        Some(&[9, 0]),
+        "fairseq linear score, fully masked row",
+    );
+}
+
+#[test]
+fn q_compose_with_one_search_and_one_retrieval() {
+    let f = Form {
+        q_compose: true,
+        ..form(Format::Xformers, 16, 1, 1, [16, 4, 6])
+    };
+    check_form(f, true, 3, 7, None, "q_compose, s = 1, r = 1");
+    let f = Form {
+        q_compose: true,
+        selection: Selection::LinearScore,
+        ..form(Format::Fairseq, 18, 3, 2, [6, 9, 4])
+    };
+    check_form(f, true, 2, 11, None, "q_compose, linear score");
+}
+
+#[test]
+fn forms_without_biases_and_with_prenorm() {
+    let f = Form {
+        prenorm: true,
+        layer_norm_eps: 1e-3,
+        causal: true,
+        ..form(Format::Keras, 12, 2, 3, [4, 4, 4])
+    };
+    // lucidrains' own form: lowered to itself.
+    check_form(f, false, 2, 10, None, "keras form, prenorm, causal");
+    let f = Form {
+        selection: Selection::LinearScore,
+        ..form(Format::Xformers, 16, 2, 2, [8, 8, 8])
+    };
+    check_form(f, false, 1, 1, None, "linear score without biases, n = 1");
+}
+
+#[test]
+fn the_mlp_score_network_is_refused_by_the_layer_and_computed_by_the_reference() {
+    let f = Form {
+        selection: Selection::MlpScore,
+        ..form(Format::Xformers, 16, 2, 2, [8, 8, 4])
+    };
+    let checkpoint = random_checkpoint(f, true, 7);
+    let x: Vec<f32> = (0..2 * 5 * 16).map(|i| (i as f32 * 0.31).sin()).collect();
+    let y = reference::general::forward(&checkpoint, &x, 2, 5, None).unwrap();
+    assert!(y.iter().all(|v| v.is_finite()));
+    match checkpoint.layer_weights() {
+        Err(Error::Unsupported { option, .. }) => assert_eq!(option, "nonlinear"),
+        other => panic!("expected Unsupported(nonlinear), got {other:?}"),
+    }
+}
+
+// ---- readers: detection, constructor arguments, refused options ------------------------------
+
+fn fairseq_bytes() -> Vec<u8> {
+    std::fs::read(case_dir().join("fairseq/f01_qk_rule.safetensors")).unwrap()
+}
+
+fn with(json: &str) -> CheckpointOptions {
+    CheckpointOptions {
+        constructor: Some(Constructor::parse(json).unwrap()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn formats_are_detected_from_the_names() {
+    for (folder, case) in CASES {
+        let bytes =
+            std::fs::read(case_dir().join(folder).join(format!("{case}.safetensors"))).unwrap();
+        let json = constructor_json(folder, case);
+        // Without "format": detected.
+        let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        value.as_object_mut().unwrap().remove("format");
+        let checkpoint = Checkpoint::from_safetensors(&bytes, &with(&value.to_string())).unwrap();
+        assert_eq!(checkpoint.form.format.name(), folder, "{case}");
+    }
+}
+
+#[test]
+fn unsupported_options_are_refused_by_name() {
+    let bytes = fairseq_bytes();
+    let base =
+        r#""format": "fairseq", "embed_dim": 32, "num_heads": 4, "num_rules": 2, "qk_rule": true"#;
+    for (extra, option) in [
+        (r#""gumbel": true"#, "gumbel=True"),
+        (r#""add_bias_kv": true"#, "add_bias_kv=True"),
+        (r#""add_zero_attn": true"#, "add_zero_attn=True"),
+        (
+            r#""encoder_decoder_attention": true"#,
+            "encoder_decoder_attention=True",
+        ),
+        (r#""kdim": 16"#, "kdim=16"),
+        (r#""q_noise": 0.1"#, "q_noise"),
+        (r#""num_head": 4"#, "num_head"),
+    ] {
+        let options = with(&format!("{{{base}, {extra}}}"));
+        match Checkpoint::from_safetensors(&bytes, &options) {
+            Err(Error::Unsupported {
+                option: o, format, ..
+            }) => {
+                assert_eq!((o.as_str(), format), (option, "fairseq"), "{extra}")
+            }
+            other => panic!("{extra}: expected Unsupported({option}), got {other:?}"),
+        }
+    }
+    // xformers' custom projection container.
+    let bytes =
+        std::fs::read(case_dir().join("xformers/x01_defaults_shared_proj.safetensors")).unwrap();
+    let options = with(r#"{"dim_model": 32, "num_heads": 4, "in_proj_container": "custom"}"#);
+    assert!(matches!(
+        Checkpoint::from_safetensors(&bytes, &options),
+        Err(Error::Unsupported { .. })
+    ));
+}
+
+#[test]
+fn missing_and_contradicting_arguments_are_errors() {
+    let bytes = fairseq_bytes();
+    // No constructor: fairseq does not record num_heads.
+    let err = Checkpoint::from_safetensors(&bytes, &CheckpointOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("num_heads"), "{err}");
+    // A constructor that contradicts the shapes.
+    let err = Checkpoint::from_safetensors(
+        &bytes,
+        &with(r#"{"format": "fairseq", "num_heads": 4, "num_rules": 3}"#),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("num_rules"), "{err}");
+    // Not a JSON object, or an unknown format.
+    assert!(Constructor::parse("[1, 2]").is_err());
+    assert!(matches!(
+        Constructor::parse(r#"{"format": "jax"}"#),
+        Err(Error::InvalidConfig {
+            field: "format",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn golden_variant_errors_are_small_against_the_original_f32() {
+    // The layer is as close to the f64 original as the original's own f32 forward (the JSON's
+    // stats), within a factor that leaves room for a different summation order.
+    for (folder, case) in CASES {
+        let c = load(folder, case);
+        let weights = c.checkpoint.layer_weights().unwrap();
+        let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
+        let y = layer
+            .forward_blocking(
+                &c.input.x,
+                c.input.batch,
+                c.input.seq,
+                c.input.mask.as_deref(),
+            )
+            .unwrap();
+        let expected: Vec<f64> = c.output.iter().map(|&v| v as f64).collect();
+        let stats = ErrorStats::compare(&y, &expected);
+        assert!(
+            stats.max_abs / stats.max_expected < 2e-5,
+            "{}: {stats}",
+            c.name
+        );
+    }
+}
