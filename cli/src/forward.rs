@@ -1,7 +1,11 @@
-//! `compattn forward`: one layer on one input file, output to a safetensors file.
+//! `compattn forward`: one layer on one input file, output to a safetensors file. The weights
+//! may come from any implementation the crate reads (`checkpoint`): lucidrains' by default,
+//! Keras, fairseq or xformers with `--config C.json` (the module's constructor arguments and
+//! `"format"`) or by their tensor names.
 
 use std::path::PathBuf;
 
+use compositional_attention::checkpoint::{Checkpoint, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{self, Input};
 use compositional_attention::verify::ErrorStats;
 use compositional_attention::{CompositionalAttention, Error, Strategy, Weights};
@@ -13,9 +17,17 @@ const TOLERANCE: f64 = 1e-4;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Weights: the PyTorch module's `state_dict()` saved with `safetensors.torch.save_file`.
-    #[arg(long, value_name = "W.safetensors")]
+    /// Weights: a safetensors file (lucidrains', fairseq's or xformers' `state_dict()` saved
+    /// with `safetensors.torch.save_file`, or the Keras layer's kernels under their attribute
+    /// names) or a Keras `.weights.h5` (`model.save_weights`). The format is detected from the
+    /// tensor names unless --config sets "format".
+    #[arg(long, value_name = "W")]
     weights: PathBuf,
+    /// The original module's constructor arguments as a JSON object, under their original
+    /// names, with "format": one of lucidrains, keras, fairseq, xformers. Required for fairseq
+    /// and xformers (num_heads); optional for lucidrains and Keras, whose shapes say everything.
+    #[arg(long, value_name = "C.json")]
+    config: Option<PathBuf>,
     /// Input: `input` [batch, seq, dim] and optionally `mask` [batch, seq] (U8/BOOL, 1 = may be
     /// attended). If it also holds `output`, the result is compared with it. May be the weights
     /// file.
@@ -38,8 +50,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> CliResult {
-    let weights =
-        Weights::from_safetensors(&io::read_file(&args.weights)?, args.causal, &args.prefix)?;
+    let (weights, format) = load_weights(args)?;
     let input_bytes = io::read_file(&args.input)?;
     let input = Input::from_safetensors(&input_bytes)?;
     let reference = io::read_output(&input_bytes)?;
@@ -48,7 +59,8 @@ pub fn run(args: &Args) -> CliResult {
 
     let ctx = common::open_gpu()?;
     println!(
-        "weights: dim {}, dim_head {}, {} searches, {} retrievals, prenorm {}, causal {}",
+        "weights: {format} checkpoint; layer dim {}, dim_head {}, {} searches, {} retrievals, \
+         prenorm {}, causal {}",
         c.dim,
         c.dim_head,
         c.num_searches,
@@ -96,4 +108,29 @@ pub fn run(args: &Args) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// The layer's weights from `--weights` (and `--config`), and the format they came in.
+fn load_weights(args: &Args) -> Result<(Weights, Format), Error> {
+    let bytes = io::read_file(&args.weights)?;
+    let constructor = match &args.config {
+        Some(path) => {
+            let text =
+                String::from_utf8(io::read_file(path)?).map_err(|_| Error::InvalidConfig {
+                    field: "--config",
+                    value: path.display().to_string(),
+                    reason: "must be a UTF-8 JSON file",
+                })?;
+            Some(Constructor::parse(&text)?)
+        }
+        None => None,
+    };
+    let options = CheckpointOptions {
+        constructor,
+        format: None,
+        causal: args.causal,
+        prefix: args.prefix.clone(),
+    };
+    let checkpoint = Checkpoint::from_bytes(&bytes, &options)?;
+    Ok((checkpoint.layer_weights()?, checkpoint.form.format))
 }

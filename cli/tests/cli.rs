@@ -178,6 +178,92 @@ fn forward_reproduces_the_reference_cases() {
     }
 }
 
+/// Every case of `tests/golden-variants/` (Keras, fairseq, xformers) through
+/// `compattn forward --config`, against the original module's f64 output; Keras also without
+/// a configuration (its shapes say everything), fairseq without one is an error naming what is
+/// missing.
+#[test]
+fn forward_reproduces_the_variant_cases() {
+    let dir = TempDir::new("forward-variants");
+    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden-variants");
+    for (folder, case) in [
+        ("keras", "k01_defaults"),
+        ("keras", "k02_prenorm"),
+        ("fairseq", "f01_qk_rule"),
+        ("fairseq", "f02_score_net_padding"),
+        ("xformers", "x01_defaults_shared_proj"),
+        ("xformers", "x02_separate_proj_qk_rule"),
+    ] {
+        let file = cases.join(folder).join(format!("{case}.safetensors"));
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(cases.join(folder).join(format!("{case}.json"))).unwrap(),
+        )
+        .unwrap();
+        let mut constructor = json["constructor"].as_object().unwrap().clone();
+        constructor.insert("format".into(), folder.into());
+        let config = dir.path(&format!("{case}.json"));
+        std::fs::write(&config, serde_json::Value::Object(constructor).to_string()).unwrap();
+        let out = dir.path(&format!("{case}-out.safetensors"));
+        let run = compattn(&[
+            "forward",
+            "--weights",
+            arg(&file),
+            "--config",
+            arg(&config),
+            "--input",
+            arg(&file),
+            "--output",
+            arg(&out),
+        ]);
+        run.assert_success();
+        assert!(
+            run.stdout.contains(&format!("{folder} checkpoint")),
+            "{}",
+            run.transcript()
+        );
+        assert!(
+            run.stdout.contains("within 1e-4: yes"),
+            "{}",
+            run.transcript()
+        );
+        let (_, expected) = read_output(&std::fs::read(&file).unwrap())
+            .unwrap()
+            .unwrap();
+        let (_, y) = read_output(&std::fs::read(&out).unwrap()).unwrap().unwrap();
+        let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+        let stats = ErrorStats::compare(&y, &expected);
+        assert!(stats.within(1e-4), "{case}: {stats}\n{}", run.transcript());
+        if folder == "keras" {
+            let run = compattn(&[
+                "forward",
+                "--weights",
+                arg(&file),
+                "--input",
+                arg(&file),
+                "--output",
+                arg(&out),
+            ]);
+            assert!(
+                run.stdout.contains("within 1e-4: yes"),
+                "{}",
+                run.transcript()
+            );
+        }
+        if folder == "fairseq" {
+            compattn(&[
+                "forward",
+                "--weights",
+                arg(&file),
+                "--input",
+                arg(&file),
+                "--output",
+                arg(&out),
+            ])
+            .assert_error(1, &["num_heads"]);
+        }
+    }
+}
+
 #[test]
 fn verify_passes_on_odd_sizes_causal_and_masked() {
     let run = compattn(&[

@@ -101,6 +101,11 @@ impl Checkpoint {
         Self::from_tensors(format, tensors, options)
     }
 
+    /// Reads a checkpoint file of any format the crate reads.
+    pub fn from_bytes(bytes: &[u8], options: &CheckpointOptions) -> Result<Checkpoint> {
+        Self::from_safetensors(bytes, options)
+    }
+
     fn from_tensors(
         format: Format,
         tensors: Tensors,
