@@ -112,6 +112,11 @@ pub enum Error {
     #[error("safetensors: {0}")]
     Safetensors(#[from] safetensors::SafeTensorError),
 
+    /// A malformed or unsupported HDF5 file (a Keras `.weights.h5`); the message names the
+    /// problem and, where known, the byte offset or the dataset's path.
+    #[error("HDF5: {0}")]
+    Hdf5(String),
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

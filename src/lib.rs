@@ -42,6 +42,7 @@ pub mod config;
 mod device_weights;
 pub mod error;
 pub mod gpu;
+pub mod hdf5;
 pub mod io;
 mod kv_cache;
 pub mod layer;
