@@ -353,6 +353,29 @@ fn with(json: &str) -> CheckpointOptions {
     }
 }
 
+/// The Keras cases' `.weights.h5` (as `model.save_weights` wrote them) read through the crate's
+/// HDF5 reader: the same checkpoint as their safetensors, and the same output.
+#[test]
+fn keras_weights_h5_equal_their_safetensors() {
+    for case in ["k01_defaults", "k02_prenorm"] {
+        let dir = case_dir().join("keras");
+        let h5 = std::fs::read(dir.join(format!("{case}.weights.h5"))).unwrap();
+        // Without a configuration (the layer found by its attributes) and with one.
+        for options in [
+            CheckpointOptions::default(),
+            with(&constructor_json("keras", case)),
+        ] {
+            let from_h5 = Checkpoint::from_bytes(&h5, &options)
+                .unwrap_or_else(|e| panic!("{case}.weights.h5: {e}"));
+            assert_eq!(from_h5, load("keras", case).checkpoint, "{case}");
+        }
+        // A name that is not in the file.
+        let err = Checkpoint::from_bytes(&h5, &with(r#"{"format": "keras", "name": "other"}"#))
+            .unwrap_err();
+        assert!(err.to_string().contains("\"other\""), "{err}");
+    }
+}
+
 #[test]
 fn formats_are_detected_from_the_names() {
     for (folder, case) in CASES {

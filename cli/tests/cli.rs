@@ -234,20 +234,29 @@ fn forward_reproduces_the_variant_cases() {
         let stats = ErrorStats::compare(&y, &expected);
         assert!(stats.within(1e-4), "{case}: {stats}\n{}", run.transcript());
         if folder == "keras" {
-            let run = compattn(&[
-                "forward",
-                "--weights",
-                arg(&file),
-                "--input",
-                arg(&file),
-                "--output",
-                arg(&out),
-            ]);
-            assert!(
-                run.stdout.contains("within 1e-4: yes"),
-                "{}",
-                run.transcript()
-            );
+            // No configuration, from safetensors and from the .weights.h5 Keras saved.
+            let h5 = cases.join(folder).join(format!("{case}.weights.h5"));
+            for weights in [&file, &h5] {
+                let run = compattn(&[
+                    "forward",
+                    "--weights",
+                    arg(weights),
+                    "--input",
+                    arg(&file),
+                    "--output",
+                    arg(&out),
+                ]);
+                assert!(
+                    run.stdout.contains("keras checkpoint"),
+                    "{}",
+                    run.transcript()
+                );
+                assert!(
+                    run.stdout.contains("within 1e-4: yes"),
+                    "{}",
+                    run.transcript()
+                );
+            }
         }
         if folder == "fairseq" {
             compattn(&[

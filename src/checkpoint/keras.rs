@@ -2,11 +2,14 @@
 //! `Dense` kernels in `[in, out]` layout, no biases, and LayerNorm epsilon 1e-3. Read from
 //! safetensors under the attribute names (`to_out.kernel`, `norm.gamma`).
 
-use crate::checkpoint::tensors::Tensors;
+use std::collections::BTreeMap;
+
+use crate::checkpoint::tensors::{Tensor, Tensors};
 use crate::checkpoint::{
     Checkpoint, Constructor, Form, FormWeights, Format, Linear, Selection, SelectionWeights,
 };
 use crate::error::{Error, Result};
+use crate::hdf5::H5Dataset;
 
 /// Keras' `LayerNormalization` default epsilon.
 pub(crate) const KERAS_LAYER_NORM_EPS: f32 = 1e-3;
@@ -22,6 +25,78 @@ pub(crate) const NAMES: [&str; 8] = [
     "to_retrieval_keys.kernel",
     "to_out.kernel",
 ];
+
+/// The layer's tensors from a Keras `.weights.h5`: `layers/<name>/<attribute>/vars/0` as
+/// `<attribute>.kernel`, `layers/<name>/norm/vars/{0,1}` as `norm.gamma`, `norm.beta`.
+/// Datasets of other layers in the file (the model's other weights) are left aside.
+pub(crate) fn tensors_from_h5(
+    datasets: Vec<H5Dataset>,
+    constructor: Option<&Constructor>,
+) -> Result<Tensors> {
+    let named = constructor.map(|c| c.string("name")).transpose()?.flatten();
+    let name = match named {
+        Some(name) => name,
+        None => {
+            // The one layer that has the attention's output projection.
+            let mut layers: Vec<&str> = datasets
+                .iter()
+                .filter_map(|d| {
+                    d.path
+                        .strip_prefix("layers/")?
+                        .strip_suffix("/to_out/vars/0")
+                })
+                .collect();
+            layers.dedup();
+            match layers[..] {
+                [one] => one.to_string(),
+                [] => {
+                    return Err(Error::MissingTensor {
+                        name: "layers/<name>/to_out/vars/0".into(),
+                        context: Some(
+                            "a Keras .weights.h5 of a model holding a CompositionalAttention layer"
+                                .into(),
+                        ),
+                    });
+                }
+                _ => {
+                    return Err(Error::ConfigMismatch(format!(
+                        "the file holds several attention layers ({}); set \"name\" in the \
+                         configuration to pick one",
+                        layers.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let prefix = format!("layers/{name}/");
+    let mut map = BTreeMap::new();
+    for d in datasets {
+        let Some(local) = d.path.strip_prefix(&prefix) else {
+            continue;
+        };
+        let key = match local.split_once("/vars/") {
+            Some(("norm", "0")) => "norm.gamma".to_string(),
+            Some(("norm", "1")) => "norm.beta".to_string(),
+            Some((attribute, "0")) => format!("{attribute}.kernel"),
+            _ => local.to_string(),
+        };
+        crate::io::check_finite(&d.path, &d.data)?;
+        map.insert(
+            key,
+            Tensor {
+                shape: d.shape,
+                data: d.data,
+            },
+        );
+    }
+    if map.is_empty() {
+        return Err(Error::MissingTensor {
+            name: format!("{prefix}to_out/vars/0"),
+            context: Some(format!("no dataset of a layer named {name:?} in the file")),
+        });
+    }
+    Ok(Tensors::from_map(map))
+}
 
 /// A `Dense(use_bias=False)` kernel `[in, out]` as a [`Linear`] `[out, in]`.
 fn dense(tensors: &mut Tensors, name: &str) -> Result<Linear> {

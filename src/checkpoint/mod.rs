@@ -101,9 +101,23 @@ impl Checkpoint {
         Self::from_tensors(format, tensors, options)
     }
 
-    /// Reads a checkpoint file of any format the crate reads.
+    /// Reads a Keras `.weights.h5` (`model.save_weights`, Keras 3) holding one
+    /// `CompositionalAttention` layer: `layers/<name>/<attribute>/vars/<i>`, with `<name>` the
+    /// constructor's `"name"` or the one layer in the file that has the layer's attributes.
+    pub fn from_keras_h5(bytes: &[u8], options: &CheckpointOptions) -> Result<Checkpoint> {
+        let datasets = crate::hdf5::read_datasets(bytes)?;
+        let tensors = keras::tensors_from_h5(datasets, options.constructor.as_ref())?;
+        Self::from_tensors(Format::Keras, tensors, options)
+    }
+
+    /// Reads a checkpoint file of any format the crate reads: a Keras `.weights.h5` (by the
+    /// HDF5 signature) or safetensors.
     pub fn from_bytes(bytes: &[u8], options: &CheckpointOptions) -> Result<Checkpoint> {
-        Self::from_safetensors(bytes, options)
+        if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
+            Self::from_keras_h5(bytes, options)
+        } else {
+            Self::from_safetensors(bytes, options)
+        }
     }
 
     fn from_tensors(

@@ -49,6 +49,14 @@ impl Tensors {
         })
     }
 
+    /// Tensors already read (a Keras `.weights.h5`), by name.
+    pub(crate) fn from_map(map: BTreeMap<String, Tensor>) -> Tensors {
+        Tensors {
+            map,
+            prefix: String::new(),
+        }
+    }
+
     /// Whether `name` is present (not taken yet).
     pub(crate) fn has(&self, name: &str) -> bool {
         self.map.contains_key(name)

@@ -120,6 +120,55 @@ async fn golden_cases_on_every_strategy() {
     assert_none_failed(&failures);
 }
 
+/// One checkpoint of each other implementation (tests/golden-variants/: Keras with prenorm,
+/// fairseq's score network with padding, xformers' shared projection) through the crate's
+/// readers and the layer in the browser, against the original module's f64 output.
+#[wasm_bindgen_test]
+async fn variant_checkpoints_of_every_format() {
+    use compositional_attention::checkpoint::{Checkpoint, CheckpointOptions, Constructor};
+    let gpu = gpu().await;
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "keras/k02_prenorm",
+            include_bytes!("../../tests/golden-variants/keras/k02_prenorm.safetensors"),
+            r#"{"format": "keras", "dim": 24, "dim_head": 6, "num_searches": 3, "num_retrievals": 4, "prenorm": true}"#,
+        ),
+        (
+            "fairseq/f02_score_net_padding",
+            include_bytes!("../../tests/golden-variants/fairseq/f02_score_net_padding.safetensors"),
+            r#"{"format": "fairseq", "embed_dim": 24, "num_heads": 3, "num_rules": 3, "selection_dim": 5, "attn_dim": 18}"#,
+        ),
+        (
+            "xformers/x01_defaults_shared_proj",
+            include_bytes!("../../tests/golden-variants/xformers/x01_defaults_shared_proj.safetensors"),
+            r#"{"format": "xformers", "dim_model": 32, "num_heads": 4}"#,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, bytes, constructor) in cases {
+        let options = CheckpointOptions {
+            constructor: Some(Constructor::parse(constructor).unwrap()),
+            ..Default::default()
+        };
+        let weights = Checkpoint::from_safetensors(bytes, &options)
+            .and_then(|c| c.layer_weights())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let input = Input::from_safetensors(bytes).unwrap();
+        let (_, expected) = read_output(bytes).unwrap().expect("case has `output`");
+        let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+        for strategy in Strategy::ALL {
+            let mut layer = CompositionalAttention::new(&gpu, &weights).unwrap();
+            layer.set_strategy(strategy);
+            let what = format!("{name} ({strategy})");
+            match layer.forward_input(&input).await {
+                Ok(y) => check(&mut failures, &what, &y, &expected),
+                Err(e) => failures.push(format!("{what}: {e}")),
+            }
+        }
+    }
+    assert_none_failed(&failures);
+}
+
 /// Generation in the browser: the causal reference case, a prefill of the first tokens and then
 /// one decode step per token over the GPU-resident KV cache, against PyTorch's output (no row of
 /// the case has every causal key masked, so the prefix and full-sequence definitions agree).
