@@ -44,6 +44,10 @@ pub struct Config {
     /// The LayerNorm epsilon with `prenorm`: 1e-5 in the PyTorch package (the default), 1e-3 in
     /// the Keras package.
     pub layer_norm_eps: f32,
+    /// The retrieval selection is an MLP score network with this many hidden units (fairseq's
+    /// and xformers' `nonlinear=True`, lowered from a checkpoint: SPEC.md §9.1) instead of the
+    /// dot product `Q̃·Ret` (`None`, the default). Only the unfused strategy runs it.
+    pub selection_mlp: Option<usize>,
 }
 
 impl Config {
@@ -60,7 +64,14 @@ impl Config {
             causal: false,
             bias: false,
             layer_norm_eps: LAYER_NORM_EPS,
+            selection_mlp: None,
         }
+    }
+
+    /// Sets `selection_mlp`.
+    pub fn selection_mlp(mut self, hidden: Option<usize>) -> Self {
+        self.selection_mlp = hidden;
+        self
     }
 
     /// Sets `bias`.
@@ -127,6 +138,16 @@ impl Config {
                     reason: "must be at least 1",
                 });
             }
+        }
+        if let Some(hidden) = self.selection_mlp
+            && !(1..=self.dim_head).contains(&hidden)
+        {
+            return Err(Error::InvalidConfig {
+                field: "selection_mlp",
+                value: hidden.to_string(),
+                reason: "the hidden width must be between 1 and dim_head (its inputs sit in the \
+                         retrieval-query block of a head)",
+            });
         }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return Err(Error::InvalidConfig {

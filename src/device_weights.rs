@@ -8,6 +8,7 @@
 use crate::error::Result;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::{GpuContext, memory};
+use crate::ops::retrieval_mlp::MlpWeights;
 use crate::plan::{ExecutionPlan, GemmPlan, GemmTiling, ProjectionWeights};
 use crate::weights::Weights;
 
@@ -64,6 +65,9 @@ pub(crate) struct PlanWeights<'a> {
     pub norm: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
     /// With `Config::bias`.
     pub biases: Option<PlanBiases<'a>>,
+    /// The MLP score network (`Config::selection_mlp`) where the plan reads it (unfused), in
+    /// place of `W_rk`.
+    pub selection_mlp: Option<MlpWeights<'a>>,
 }
 
 /// Parameters on the device, and the host copy they are uploaded from.
@@ -78,6 +82,8 @@ pub(crate) struct DeviceWeights {
     plain_bias: Option<wgpu::Buffer>,
     folded_bias: Option<wgpu::Buffer>,
     out_bias: Option<wgpu::Buffer>,
+    /// `(W_h, w_s)` of the MLP score network.
+    selection_mlp: Option<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
 impl DeviceWeights {
@@ -93,6 +99,7 @@ impl DeviceWeights {
             plain_bias: None,
             folded_bias: None,
             out_bias: None,
+            selection_mlp: None,
         }
     }
 
@@ -106,12 +113,17 @@ impl DeviceWeights {
             .iter()
             .filter_map(|b| b.as_ref().map(wgpu::Buffer::size))
             .sum();
+        let mlp = self
+            .selection_mlp
+            .as_ref()
+            .map_or(0, |(h, s)| h.size() + s.size());
         self.plain.bytes()
             + self.folded.bytes()
             + self.out.bytes()
             + self.retrieval_keys.as_ref().map_or(0, wgpu::Buffer::size)
             + norm
             + biases
+            + mlp
     }
 
     /// Uploads what `plan` reads that is not on the device yet, and returns all of it.
@@ -155,7 +167,24 @@ impl DeviceWeights {
                 })?,
             },
         };
-        let retrieval_keys = if plan.reads_retrieval_keys() {
+        let mlp_units = c.selection_mlp.filter(|_| plan.reads_retrieval_keys());
+        let selection_mlp = match (mlp_units, &host.selection_mlp) {
+            (Some(units), Some(m)) => {
+                let (hidden, score) = filled(&mut self.selection_mlp, || {
+                    Ok((
+                        memory::storage_init(ctx, "selection_mlp.hidden", &m.hidden)?,
+                        memory::storage_init(ctx, "selection_mlp.score", &m.score)?,
+                    ))
+                })?;
+                Some(MlpWeights {
+                    units,
+                    hidden,
+                    score,
+                })
+            }
+            _ => None,
+        };
+        let retrieval_keys = if plan.reads_retrieval_keys() && selection_mlp.is_none() {
             Some(filled(&mut self.retrieval_keys, || {
                 memory::storage_init(ctx, "to_retrieval_keys.weight", &host.retrieval_keys)
             })?)
@@ -198,6 +227,7 @@ impl DeviceWeights {
             retrieval_keys,
             norm,
             biases,
+            selection_mlp,
         })
     }
 }

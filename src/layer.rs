@@ -151,7 +151,11 @@ impl CompositionalAttention {
             config,
             precision,
             weights: DeviceWeights::new(weights),
-            strategy: Strategy::default(),
+            // Only the unfused selection runs an MLP score network (ExecutionPlan::resolve).
+            strategy: match config.selection_mlp {
+                Some(_) => Strategy::Unfused,
+                None => Strategy::default(),
+            },
             workspaces: WorkspaceCache::new(),
         })
     }

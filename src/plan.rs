@@ -540,6 +540,15 @@ impl ExecutionPlan {
         config.validate()?;
         precision.check_supported(ctx)?;
         let c = config;
+        if c.selection_mlp.is_some() && strategy == Strategy::Fused {
+            return Err(Error::InvalidConfig {
+                field: "strategy",
+                value: "fused".into(),
+                reason: "the fused cores select retrievals by the dot product Q̃·Ret; an MLP \
+                         score network (Config::selection_mlp) runs in Strategy::Unfused, \
+                         which a layer with one starts with",
+            });
+        }
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         let gemm = GemmPlan::of(ctx, precision);
@@ -674,6 +683,14 @@ impl ExecutionPlan {
         config.validate()?;
         precision.check_supported(ctx)?;
         let c = config;
+        if c.selection_mlp.is_some() {
+            return Err(Error::InvalidConfig {
+                field: "selection_mlp",
+                value: format!("{:?}", c.selection_mlp),
+                reason: "generation (prefill, decode) selects retrievals by the dot product; a \
+                         layer with an MLP score network runs forward with Strategy::Unfused",
+            });
+        }
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         let cached = CachedPlan::resolve(ctx, &layout, capacity)?;
@@ -704,8 +721,8 @@ impl ExecutionPlan {
         }
     }
 
-    /// Whether the plan reads `W_rk` itself (only the unfused selection does; the fused cores
-    /// read it folded into the projection).
+    /// Whether the plan reads the selection's own weights: `W_rk` (only the unfused selection
+    /// does; the fused cores read it folded into the projection), or the MLP score network.
     pub fn reads_retrieval_keys(&self) -> bool {
         self.core == CorePlan::Unfused
     }

@@ -235,6 +235,39 @@ fn select_row(ret: &[f64], rq: &[f64], w_rk: &[f32], d: usize, scale: f64) -> Ve
     out
 }
 
+/// The selection by an MLP score network (`Config::selection_mlp`):
+/// `G[ρ] = Σ_t w_s[t]·relu(Σ_k W_h[t, k]·Ret[ρ, k] + RQ[t])`, then as [`select_row`].
+fn select_row_mlp(
+    ret: &[f64],
+    rq: &[f64],
+    mlp: &crate::weights::SelectionMlp,
+    d: usize,
+) -> Vec<f64> {
+    let units = mlp.score.len();
+    let logits: Vec<f64> = ret
+        .chunks_exact(d)
+        .map(|ret_rho| {
+            (0..units)
+                .map(|t| {
+                    let pre: f64 = rq[t]
+                        + (0..d)
+                            .map(|k| mlp.hidden[t * d + k] as f64 * ret_rho[k])
+                            .sum::<f64>();
+                    mlp.score[t] as f64 * pre.max(0.0)
+                })
+                .sum()
+        })
+        .collect();
+    let weights = softmax_row(&logits, |_| true);
+    let mut out = vec![0.0; d];
+    for (c, ret_rho) in weights.iter().zip(ret.chunks_exact(d)) {
+        for (o, v) in out.iter_mut().zip(ret_rho) {
+            *o += c * v;
+        }
+    }
+    out
+}
+
 /// Checks `x` and `mask` against the weights' `dim` and `batch × seq`.
 pub fn check_input(
     config: &Config,
@@ -378,13 +411,16 @@ pub fn forward_rows_stored(
                 &rv[b * seq * value_width..][..seq * value_width],
                 value_width,
             );
-            let o = select_row(
-                &ret,
-                &rq_row[sigma * d..][..d],
-                &weights.retrieval_keys,
-                d,
-                scale,
-            );
+            let o = match &weights.selection_mlp {
+                None => select_row(
+                    &ret,
+                    &rq_row[sigma * d..][..d],
+                    &weights.retrieval_keys,
+                    d,
+                    scale,
+                ),
+                Some(mlp) => select_row_mlp(&ret, &rq_row[sigma * d..][..d], mlp, d),
+            };
             concat[sigma * d..][..d].copy_from_slice(&o);
         }
         out.extend(affine(

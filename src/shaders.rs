@@ -73,6 +73,13 @@ pub fn representative_problems() -> Vec<Problem> {
             batch: 2,
             seq: 21,
         },
+        // The MLP score network of the general form (retrieval_mlp, unfused only).
+        Problem {
+            name: "mlp_selection",
+            config: c(24, 8, 2, 3).bias(true).selection_mlp(Some(5)),
+            batch: 1,
+            seq: 7,
+        },
         Problem {
             name: "r1_s1",
             config: c(12, 6, 1, 1),
@@ -126,8 +133,13 @@ pub async fn collect_variants(
             layer.set_strategy(strategy);
             match layer.prepare(problem.batch, problem.seq).await {
                 // A problem too large for one strategy on this device (the unfused n × n
-                // buffers) still contributes the other strategy's variants.
-                Ok(()) | Err(Error::LimitExceeded { .. }) => {}
+                // buffers), or a form one strategy does not run (an MLP score network in the
+                // fused cores), still contributes the other strategy's variants.
+                Ok(())
+                | Err(Error::LimitExceeded { .. })
+                | Err(Error::InvalidConfig {
+                    field: "strategy", ..
+                }) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -41,10 +41,11 @@ pub const RETRIEVAL_QUERIES_BIAS: &str = "to_retrieval_queries.bias";
 /// `to_out.bias`: `b_o [dim]` (with `Config::bias`).
 pub const OUT_BIAS: &str = "to_out.bias";
 
-/// Every parameter name, in `state_dict` order. The biases exist only with `Config::bias`
-/// (the general form, SPEC.md §9; the PyTorch package has none). `W_rk` has no bias: one
+/// Every parameter name, in `state_dict` order. The biases exist only with `Config::bias` and
+/// the score network only with `Config::selection_mlp` (the general form lowered, SPEC.md §9;
+/// the PyTorch package has neither). `W_rk` has no bias: one
 /// would add the same logit to every retrieval and cancel in the selection softmax.
-pub const PARAMETER_NAMES: [&str; 13] = [
+pub const PARAMETER_NAMES: [&str; 15] = [
     NORM_WEIGHT,
     NORM_BIAS,
     SEARCH_QUERIES,
@@ -58,7 +59,25 @@ pub const PARAMETER_NAMES: [&str; 13] = [
     RETRIEVAL_KEYS,
     OUT,
     OUT_BIAS,
+    SELECTION_MLP_HIDDEN,
+    SELECTION_MLP_SCORE,
 ];
+
+/// `selection_mlp.hidden`: `W_h [hidden, d]` (with `Config::selection_mlp`).
+pub const SELECTION_MLP_HIDDEN: &str = "selection_mlp.hidden";
+/// `selection_mlp.score`: `w_s [hidden]` (with `Config::selection_mlp`).
+pub const SELECTION_MLP_SCORE: &str = "selection_mlp.score";
+
+/// The MLP score network of the retrieval selection (`Config::selection_mlp`): the logit of
+/// retrieval ρ of search σ is `Σ_t w_s[t]·relu(W_h[t]·Ret[ρ] + RQ[σ, t])`, the hidden units'
+/// input from the query taken from the retrieval-query block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelectionMlp {
+    /// `W_h [hidden, d]`.
+    pub hidden: Vec<f32>,
+    /// `w_s [hidden]`.
+    pub score: Vec<f32>,
+}
 
 /// The projections' biases (`Config::bias`).
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +118,8 @@ pub struct Weights {
     pub out: Vec<f32>,
     /// The biases, present exactly when `config.bias`.
     pub biases: Option<Biases>,
+    /// The MLP score network, present exactly when `config.selection_mlp`.
+    pub selection_mlp: Option<SelectionMlp>,
 }
 
 impl Weights {
@@ -128,10 +149,15 @@ impl Weights {
             retrieval_queries: draw(sw, dim),
             out: draw(dim, sw),
         });
+        let selection_mlp = config.selection_mlp.map(|hidden| SelectionMlp {
+            hidden: draw(hidden * d, d),
+            score: draw(hidden, hidden),
+        });
         let norm = config
             .prenorm
             .then(|| (vec![1.0; config.dim], vec![0.0; config.dim]));
         Ok(Weights {
+            selection_mlp,
             config,
             norm,
             search_queries,
@@ -145,8 +171,8 @@ impl Weights {
     }
 
     /// Weights from their parts: `[W_sq, W_sk, W_rv, W_rq, W_rk, W_o]` (PyTorch layout), the
-    /// LayerNorm `(γ, β)` and the biases, each checked against `config` (which must have
-    /// `prenorm` and `bias` exactly when they are present).
+    /// LayerNorm `(γ, β)`, the biases and the MLP score network, each checked against `config`
+    /// (which must have `prenorm`, `bias` and `selection_mlp` exactly when they are present).
     pub fn from_parts(
         config: Config,
         norm: Option<(Vec<f32>, Vec<f32>)>,
@@ -159,6 +185,7 @@ impl Weights {
             out,
         ]: [Vec<f32>; 6],
         biases: Option<Biases>,
+        selection_mlp: Option<SelectionMlp>,
     ) -> Result<Weights> {
         config.validate()?;
         let weights = Weights {
@@ -171,10 +198,16 @@ impl Weights {
             retrieval_keys,
             out,
             biases,
+            selection_mlp,
         };
-        if weights.norm.is_some() != config.prenorm || weights.biases.is_some() != config.bias {
+        if weights.norm.is_some() != config.prenorm
+            || weights.biases.is_some() != config.bias
+            || weights.selection_mlp.is_some() != config.selection_mlp.is_some()
+        {
             return Err(Error::ConfigMismatch(
-                "LayerNorm weights and biases must be present exactly with prenorm and bias".into(),
+                "LayerNorm weights, biases and the MLP score network must be present exactly \
+                 with prenorm, bias and selection_mlp"
+                    .into(),
             ));
         }
         let c = &weights.config;
@@ -201,6 +234,12 @@ impl Weights {
                 (RETRIEVAL_VALUES_BIAS, &b.retrieval_values[..], vec![vw]),
                 (RETRIEVAL_QUERIES_BIAS, &b.retrieval_queries[..], vec![sw]),
                 (OUT_BIAS, &b.out[..], vec![dim]),
+            ]);
+        }
+        if let (Some(m), Some(hidden)) = (&w.selection_mlp, c.selection_mlp) {
+            parts.extend([
+                (SELECTION_MLP_HIDDEN, &m.hidden[..], vec![hidden, d]),
+                (SELECTION_MLP_SCORE, &m.score[..], vec![hidden]),
             ]);
         }
         for (name, data, shape) in parts {
@@ -335,13 +374,27 @@ impl Weights {
                 context: Some("biased projections need all five biases".into()),
             });
         }
+        let selection_mlp = match shape_of(SELECTION_MLP_HIDDEN).ok() {
+            Some(shape) => match shape[..] {
+                [hidden, cols] if cols == d => Some(hidden),
+                _ => {
+                    return Err(Error::shape(
+                        format!("{prefix}{SELECTION_MLP_HIDDEN}"),
+                        &[0, d],
+                        &shape,
+                    ));
+                }
+            },
+            None => None,
+        };
         let config = Config::new(dim)
             .dim_head(d)
             .num_searches(search_width / d)
             .num_retrievals(value_width / d)
             .prenorm(has_norm_weight)
             .causal(causal)
-            .bias(bias);
+            .bias(bias)
+            .selection_mlp(selection_mlp);
         config.validate()?;
 
         let norm = if config.prenorm {
@@ -367,6 +420,13 @@ impl Weights {
                 }),
                 false => None,
             },
+            selection_mlp: match selection_mlp {
+                Some(hidden) => Some(SelectionMlp {
+                    hidden: fetch(SELECTION_MLP_HIDDEN, &[hidden, d])?,
+                    score: fetch(SELECTION_MLP_SCORE, &[hidden])?,
+                }),
+                None => None,
+            },
             config,
         })
     }
@@ -385,7 +445,7 @@ impl Weights {
     pub fn named_tensors(&self) -> Vec<(&'static str, F32Tensor<'_>)> {
         let c = &self.config;
         let (dim, d, sw, vw) = (c.dim, c.dim_head, c.search_width(), c.value_width());
-        let mut tensors = Vec::with_capacity(13);
+        let mut tensors = Vec::with_capacity(15);
         if let Some((gamma, beta)) = &self.norm {
             tensors.push((NORM_WEIGHT, F32Tensor::new(vec![dim], gamma)));
             tensors.push((NORM_BIAS, F32Tensor::new(vec![dim], beta)));
@@ -429,6 +489,15 @@ impl Weights {
                     F32Tensor::new(vec![sw], &b.retrieval_queries),
                 ),
                 (OUT_BIAS, F32Tensor::new(vec![dim], &b.out)),
+            ]);
+        }
+        if let (Some(m), Some(hidden)) = (&self.selection_mlp, c.selection_mlp) {
+            tensors.extend([
+                (
+                    SELECTION_MLP_HIDDEN,
+                    F32Tensor::new(vec![hidden, d], &m.hidden),
+                ),
+                (SELECTION_MLP_SCORE, F32Tensor::new(vec![hidden], &m.score)),
             ]);
         }
         tensors

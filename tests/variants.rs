@@ -244,15 +244,23 @@ fn check_form(
     let expected =
         reference::general::forward(&checkpoint, &x, batch, seq, mask.as_deref()).unwrap();
     let weights = checkpoint.layer_weights().unwrap();
+    let mlp = form.selection == Selection::MlpScore;
     for ctx in [gpu(), gpu_other_profile()] {
         let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
         for strategy in Strategy::ALL {
             layer.set_strategy(strategy);
-            let y = layer
-                .forward_blocking(&x, batch, seq, mask.as_deref())
-                .unwrap();
+            let result = layer.forward_blocking(&x, batch, seq, mask.as_deref());
             let label = format!("{what} [{strategy}, {:?} kernels]", ctx.kernel_profile());
-            assert_close(&label, &y, &expected, 2e-5);
+            if mlp && strategy == Strategy::Fused {
+                // Only the unfused selection runs the MLP score network: a typed refusal.
+                match result {
+                    Err(Error::InvalidConfig {
+                        field: "strategy", ..
+                    }) => continue,
+                    other => panic!("{label}: expected the fused strategy refused, got {other:?}"),
+                }
+            }
+            assert_close(&label, &result.unwrap(), &expected, 2e-5);
         }
     }
 }
@@ -324,20 +332,51 @@ fn forms_without_biases_and_with_prenorm() {
     check_form(f, false, 1, 1, None, "linear score without biases, n = 1");
 }
 
+/// The MLP score network (`nonlinear=True`): the unfused strategy runs it (a layer made from
+/// such a checkpoint starts with it), the fused strategy and generation refuse it by name.
 #[test]
-fn the_mlp_score_network_is_refused_by_the_layer_and_computed_by_the_reference() {
+fn the_mlp_score_network_runs_unfused() {
     let f = Form {
         selection: Selection::MlpScore,
-        ..form(Format::Xformers, 16, 2, 2, [8, 8, 4])
+        causal: true,
+        ..form(Format::Xformers, 20, 3, 3, [6, 5, 7])
     };
-    let checkpoint = random_checkpoint(f, true, 7);
-    let x: Vec<f32> = (0..2 * 5 * 16).map(|i| (i as f32 * 0.31).sin()).collect();
-    let y = reference::general::forward(&checkpoint, &x, 2, 5, None).unwrap();
-    assert!(y.iter().all(|v| v.is_finite()));
-    match checkpoint.layer_weights() {
-        Err(Error::Unsupported { option, .. }) => assert_eq!(option, "nonlinear"),
-        other => panic!("expected Unsupported(nonlinear), got {other:?}"),
+    check_form(
+        f,
+        true,
+        2,
+        11,
+        Some(&[11, 4]),
+        "MLP score network, causal, padding",
+    );
+    let f = Form {
+        selection: Selection::MlpScore,
+        q_compose: true,
+        ..form(Format::Fairseq, 16, 2, 2, [8, 8, 4])
+    };
+    check_form(f, true, 1, 9, None, "MLP score network, q_compose");
+
+    let checkpoint = random_checkpoint(
+        Form {
+            selection: Selection::MlpScore,
+            causal: true,
+            ..form(Format::Xformers, 16, 2, 2, [8, 8, 4])
+        },
+        true,
+        7,
+    );
+    let weights = checkpoint.layer_weights().unwrap();
+    assert_eq!(weights.config().selection_mlp, Some(4));
+    let layer = CompositionalAttention::new(gpu(), &weights).unwrap();
+    assert_eq!(layer.strategy(), Strategy::Unfused);
+    match layer.kv_cache(1, 8) {
+        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "selection_mlp"),
+        other => panic!("expected generation refused, got {other:?}"),
     }
+    // The lowered weights round-trip through safetensors, score network included.
+    let bytes = weights.to_safetensors().unwrap();
+    let loaded = compositional_attention::Weights::from_safetensors(&bytes, true, "").unwrap();
+    assert_eq!(loaded, weights);
 }
 
 // ---- readers: detection, constructor arguments, refused options ------------------------------

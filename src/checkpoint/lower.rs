@@ -15,32 +15,27 @@
 //!   query, itself linear in `x`);
 //! * the linear score network `[Ret, vq]·w_snᵀ + b`: only `Ret·w_ret` differs between
 //!   retrievals, so `Q̃ = w_ret` for every token: a zero weight with `w_ret` as its bias;
-//! * the MLP score network is not linear in `Ret`: it does not lower (typed error).
+//! * the MLP score network `relu([Ret, vq]·W_1ᵀ + b_1)·w_2ᵀ + b_2` is not linear in `Ret`: its
+//!   query half `u = vq·W_1,vqᵀ + b_1` (linear in `x`) takes the retrieval-query block, and
+//!   `W_1,Ret` and `w_2` become the layer's `selection_mlp` (`Config::selection_mlp`), which
+//!   the unfused strategy's `retrieval_mlp` kernel runs (heads padded to `max(hd, vd, sel)`).
 //!
 //! lucidrains' and Keras' form (a dot product with `hd = vd = sel`, no `q_compose`) lowers to
 //! itself: the layer runs the same kernels as a lucidrains checkpoint, at the same speed.
 
 use crate::checkpoint::{Checkpoint, Linear, Selection, SelectionWeights};
 use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::weights::{Biases, Weights};
+use crate::error::Result;
+use crate::weights::{Biases, SelectionMlp, Weights};
 
 impl Checkpoint {
-    /// The layer's weights for this checkpoint (see the module documentation). Fails with
-    /// [`Error::Unsupported`] for the MLP score network.
+    /// The layer's weights for this checkpoint (see the module documentation). A checkpoint
+    /// with the MLP score network gives weights with `Config::selection_mlp`, which only the
+    /// unfused strategy runs (a layer made from them starts with it).
     pub fn layer_weights(&self) -> Result<Weights> {
         self.validate()?;
         let f = &self.form;
         let w = &self.weights;
-        if f.selection == Selection::MlpScore {
-            return Err(Error::Unsupported {
-                format: f.format.name(),
-                option: "nonlinear".into(),
-                reason: "the MLP score network (nonlinear=True) is not linear in the retrieved \
-                         values, so the layer's kernels cannot run it; the f64 reference \
-                         (reference::general) does",
-            });
-        }
         let same_widths = f.head_dim == f.value_dim && f.value_dim == f.selection_dim;
         if let (true, false, SelectionWeights::DotProduct { value_k }) =
             (same_widths, f.q_compose, &w.selection)
@@ -84,6 +79,7 @@ impl Checkpoint {
                 retrieval_queries: bias_of(&w.value_q),
                 out: bias_of(&w.out),
             }),
+            None,
         )
     }
 
@@ -93,7 +89,9 @@ impl Checkpoint {
         let wt = &self.weights;
         let (dim, heads, rules) = (f.dim, f.searches, f.retrievals);
         let (hd, vd, sel) = (f.head_dim, f.value_dim, f.selection_dim);
-        let width = hd.max(vd);
+        let mlp = f.selection == Selection::MlpScore;
+        // The MLP's hidden units take their query inputs from a head's retrieval-query block.
+        let width = if mlp { hd.max(vd).max(sel) } else { hd.max(vd) };
         let kernel_scale = (width as f64).powf(-0.5);
         let config = Config::new(dim)
             .dim_head(width)
@@ -102,7 +100,8 @@ impl Checkpoint {
             .prenorm(f.prenorm)
             .layer_norm_eps(f.layer_norm_eps)
             .causal(f.causal)
-            .bias(true);
+            .bias(true)
+            .selection_mlp(mlp.then_some(sel));
         config.validate()?;
 
         // `rows` blocks of `width` rows, each filled from `rows_of(block)` (`used` rows of
@@ -180,11 +179,32 @@ impl Checkpoint {
                     (vec![0.0; dim], scale * score.row(0)[j] as f64)
                 })
             }
-            SelectionWeights::MlpScore { .. } => {
-                return Err(Error::ConfigMismatch(
-                    "the MLP score network's weights with a form that is not MlpScore".into(),
-                ));
-            }
+            // u[t] = Σ_j W_1[t, vd + j]·vq[j] + b_1[t], the hidden units' query inputs.
+            SelectionWeights::MlpScore { hidden, .. } => blocks(heads, sel, &|h, t| {
+                let mut weight = vec![0.0f64; dim];
+                let mut bias = hidden.bias_at(t) as f64;
+                for j in 0..sel {
+                    let c = hidden.row(t)[vd + j] as f64;
+                    let (w_j, b_j) = vq_row(h, j);
+                    for (acc, v) in weight.iter_mut().zip(&w_j) {
+                        *acc += c * v;
+                    }
+                    bias += c * b_j;
+                }
+                (weight, bias)
+            }),
+        };
+        // W_1's retrieved half, padded to the head width, and w_2 (b_2 cancels).
+        let selection_mlp = match &wt.selection {
+            SelectionWeights::MlpScore { hidden, score } => Some(SelectionMlp {
+                hidden: (0..sel)
+                    .flat_map(|t| {
+                        (0..width).map(move |j| if j < vd { hidden.row(t)[j] } else { 0.0 })
+                    })
+                    .collect(),
+                score: score.row(0).to_vec(),
+            }),
+            _ => None,
         };
 
         // The output projection reads the first vd of every width columns.
@@ -211,6 +231,7 @@ impl Checkpoint {
                 retrieval_queries: rq_b,
                 out: out_b,
             }),
+            selection_mlp,
         )
     }
 }

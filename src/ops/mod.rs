@@ -23,6 +23,7 @@ pub(crate) mod fused_attention;
 pub(crate) mod gemm;
 pub(crate) mod layer_norm;
 pub(crate) mod masked_softmax;
+pub(crate) mod retrieval_mlp;
 pub(crate) mod retrieval_select;
 pub(crate) mod search_scores;
 pub(crate) mod search_values;
@@ -144,6 +145,7 @@ mod uniform_layouts {
         check!(masked_softmax::Params, masked_softmax::variant());
         check!(search_values::Params, search_values::variant());
         check!(retrieval_select::Params, retrieval_select::variant());
+        check!(retrieval_mlp::Params, retrieval_mlp::variant());
         for precision in Precision::ALL {
             check!(
                 value_mean::Params,
