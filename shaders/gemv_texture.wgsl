@@ -6,12 +6,12 @@
 // Bindings   @binding(0) params (uniform)  m, n, k_texels (texels of K)
 //            @binding(1) lhs  [M, K] texel rows (columns past K are 0)
 //            @binding(2) rhs  [N, K] texel rows (PyTorch weight layout, padded likewise)
-//            @binding(3) out  [M, N] f32 buffer
+//            @binding(3) out  [M, N] buffer of Out (f32, or f16 for an f16 layer's projections)
 // Dispatch   one invocation per output, column fastest: index = m·N + c, WG per workgroup,
 //            numbered linearly over x and y. The lanes of a workgroup are consecutive columns:
 //            their lhs fetch is lane-uniform and their rhs fetch one gather over WG weight rows.
 //            The host uses this kernel only where K fits the driver's loop budget in one pass.
-// Host constants  WG, RPL.
+// Host constants  WG, RPL; the stored type Out (f32 or f16, with `enable f16;`).
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
@@ -24,7 +24,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var lhs: texture_2d_array<f32>;
 @group(0) @binding(2) var rhs: texture_2d_array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<Out>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -44,5 +44,5 @@ fn main(
         let w = textureLoad(rhs, texel_coords(col, k), texel_layer(col), 0);
         acc += x * w;
     }
-    out[index] = acc.x + acc.y + acc.z + acc.w;
+    out[index] = Out(acc.x + acc.y + acc.z + acc.w);
 }

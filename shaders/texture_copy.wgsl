@@ -4,10 +4,10 @@
 //            past `cols` written as 0, for the CPU-driver kernels that read texels (see
 //            src/gpu/texture.rs for why).
 // Bindings   @binding(0) params (uniform)  rows, cols, width (texels per row)
-//            @binding(1) src  [rows, cols] f32
+//            @binding(1) src  [rows, cols] Src (f32, or an f16 layer's concatenation), widened
 //            @binding(2) dst  texel rows, rgba32float, written
 // Dispatch   one invocation per texel, WG per workgroup, numbered linearly over x and y.
-// Host constants  WG, RPL.
+// Host constants  WG, RPL; the stored type Src (f32 or f16, with `enable f16;`).
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
@@ -18,7 +18,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read> src: array<Src>;
 @group(0) @binding(2) var dst: texture_storage_2d_array<rgba32float, write>;
 
 @compute @workgroup_size(WG)
@@ -37,7 +37,7 @@ fn main(
     for (var c = 0u; c < 4u; c++) {
         let col = 4u * texel + c;
         if (col < params.cols) {
-            value[c] = src[row * params.cols + col];
+            value[c] = f32(src[row * params.cols + col]);
         }
     }
     textureStore(dst, texel_coords(row, texel), texel_layer(row), value);

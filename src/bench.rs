@@ -82,6 +82,7 @@ impl KernelBench {
                         lhs: &lhs,
                         rhs: &rhs,
                         out: Rows::Buffer((&out).into()),
+                        out_precision: Precision::F32,
                     },
                 )
                 .await?;

@@ -159,11 +159,25 @@ impl DeviceWeights {
             },
             GemmPlan::Texels => GemmWeights::Texels {
                 projection: filled(&mut projection.texels, || {
-                    log::debug!("uploading {label} as texel rows");
-                    TexelRows::with_data(ctx, label, width, dim, &projection_data(host))
+                    log::debug!("uploading {label} as {precision} texel rows");
+                    TexelRows::with_data_in(
+                        ctx,
+                        label,
+                        width,
+                        dim,
+                        &projection_data(host),
+                        precision,
+                    )
                 })?,
                 out: filled(&mut self.out.texels, || {
-                    TexelRows::with_data(ctx, "to_out.weight", dim, c.search_width(), &host.out)
+                    TexelRows::with_data_in(
+                        ctx,
+                        "to_out.weight",
+                        dim,
+                        c.search_width(),
+                        &host.out,
+                        precision,
+                    )
                 })?,
             },
         };

@@ -79,14 +79,11 @@ pub enum GemmPlan {
 }
 
 impl GemmPlan {
-    /// The GEMM of this device in `precision`: texels where f32 operands are texels, else the
-    /// family's buffer kernel. f16 weights are buffers everywhere: texel rows are f32.
-    pub fn of(ctx: &GpuContext, precision: Precision) -> GemmPlan {
-        let storage = match precision {
-            Precision::F32 => Storage::of_operands(ctx),
-            Precision::F16 => Storage::Buffers,
-        };
-        match (storage, KernelFamily::of(ctx)) {
+    /// The GEMM of this device: texels where operands are texels (an f16 layer's weights as
+    /// `rgba16float` texels), else the family's buffer kernel. The precision does not change
+    /// the kernel: texel fetches widen to f32 either way.
+    pub fn of(ctx: &GpuContext, _precision: Precision) -> GemmPlan {
+        match (Storage::of_operands(ctx), KernelFamily::of(ctx)) {
             (Storage::Texels, _) => GemmPlan::Texels,
             (Storage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
             (Storage::Buffers, KernelFamily::Gpu) => GemmPlan::Buffers(GemmTiling::TILED),
@@ -552,10 +549,13 @@ impl ExecutionPlan {
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         let gemm = GemmPlan::of(ctx, precision);
-        // Biases are added to buffers (ops::bias_add): a biased layer's core reads buffers.
-        let blocked = match gemm.storage() {
-            Storage::Texels if !c.bias => BlockedPlan::resolve(ctx, &layout),
-            _ => None,
+        // Texel projections are f32 and biases are added to buffers (ops::bias_add): an f16 or
+        // biased layer's core reads buffers.
+        let texel_core =
+            gemm.storage() == Storage::Texels && !c.bias && precision == Precision::F32;
+        let blocked = match texel_core {
+            true => BlockedPlan::resolve(ctx, &layout),
+            false => None,
         };
         let core = match strategy {
             Strategy::Unfused => CorePlan::Unfused,
@@ -563,11 +563,9 @@ impl ExecutionPlan {
                 Some(blocked) => CorePlan::Blocked(blocked),
                 None => {
                     let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
-                    let storage = match gemm.storage() {
-                        Storage::Texels if c.dim_head.is_multiple_of(4) && !c.bias => {
-                            Storage::Texels
-                        }
-                        _ => Storage::Buffers,
+                    let storage = match texel_core && c.dim_head.is_multiple_of(4) {
+                        true => Storage::Texels,
+                        false => Storage::Buffers,
                     };
                     CorePlan::Fused(FusedPlan::resolve(ctx, &layout, tiling, storage)?)
                 }

@@ -219,12 +219,15 @@ impl Workspace {
                 return Err(inconsistent("texel core operands with the buffer GEMM"));
             }
             (GemmWeights::Texels { projection, .. }, _) => {
-                let copy = Self::texel_copy(ctx, input, tokens, c.dim, &mut dispatches).await?;
+                let copy =
+                    Self::texel_copy(ctx, (input, Precision::F32), tokens, c.dim, &mut dispatches)
+                        .await?;
                 held.texels.push(copy);
                 GemmOperands::Texels {
                     lhs: held.texels.last().expect("pushed above"),
                     rhs: projection,
                     out: core.proj(),
+                    out_precision: stored,
                 }
             }
         };
@@ -379,12 +382,13 @@ impl Workspace {
                     lhs: concat,
                     rhs: out,
                     out: Rows::Buffer(Buf::Io(IoSlot::Output)),
+                    out_precision: Precision::F32,
                 }
             }
             (GemmWeights::Texels { out, .. }, CoreOperands::Buffers { concat, .. }) => {
                 let copy = Self::texel_copy(
                     ctx,
-                    concat.into(),
+                    (concat.into(), stored),
                     tokens,
                     c.search_width(),
                     &mut dispatches,
@@ -395,6 +399,7 @@ impl Workspace {
                     lhs: held.texels.last().expect("pushed above"),
                     rhs: out,
                     out: Rows::Buffer(Buf::Io(IoSlot::Output)),
+                    out_precision: Precision::F32,
                 }
             }
         };
@@ -435,17 +440,17 @@ impl Workspace {
         Ok(workspace)
     }
 
-    /// A texel copy of the `[rows, cols]` buffer for the texel GEMM, made by a `texture_copy`
-    /// dispatch appended to `dispatches`.
+    /// An f32 texel copy of the `[rows, cols]` buffer (stored in the precision given) for the
+    /// texel GEMM, made by a `texture_copy` dispatch appended to `dispatches`.
     async fn texel_copy(
         ctx: &GpuContext,
-        buffer: Buf<'_>,
+        (buffer, precision): (Buf<'_>, Precision),
         rows: usize,
         cols: usize,
         dispatches: &mut Vec<Dispatch>,
     ) -> Result<TexelRows> {
         let copy = TexelRows::new(ctx, "GEMM operand", rows, cols)?;
-        dispatches.push(ops::texture_copy::dispatch(ctx, buffer, &copy).await?);
+        dispatches.push(ops::texture_copy::dispatch(ctx, buffer, precision, &copy).await?);
         Ok(copy)
     }
 

@@ -1,10 +1,10 @@
-// io/gemm_out_buffer.wgsl: gemm_texture's output as an f32 storage buffer, added to where the
-// host splits the reduction (params.accumulate). Placed before the kernel by the host instead of
-// io/gemm_out_texels.wgsl.
+// io/gemm_out_buffer.wgsl: gemm_texture's output as a storage buffer of Out (f32, or f16 for an
+// f16 layer's projections; the sums stay f32), added to where the host splits the reduction
+// (params.accumulate). Placed before the kernel by the host instead of io/gemm_out_texels.wgsl.
 //
-// Bindings   @binding(3) out  [M, N] f32
+// Bindings   @binding(3) out  [M, N] Out
 
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<Out>;
 
 // Stores columns col .. col + 3 of one row (`values[j]` is column col + j).
 fn store(row: u32, col: u32, values: vec4<f32>) {
@@ -14,7 +14,7 @@ fn store(row: u32, col: u32, values: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         if (col + j < params.n) {
             let index = row * params.n + col + j;
-            out[index] = select(values[j], out[index] + values[j], params.accumulate != 0u);
+            out[index] = Out(select(values[j], f32(out[index]) + values[j], params.accumulate != 0u));
         }
     }
 }

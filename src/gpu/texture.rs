@@ -1,4 +1,6 @@
-//! Matrices stored as `rgba32float` texels, the operand format of the CPU-driver kernels.
+//! Matrices stored as `rgba32float` texels, the operand format of the CPU-driver kernels
+//! (`rgba16float` for the weights of an f16 layer: `textureLoad` widens them to f32 as it
+//! fetches, so the kernels that read texels are the same for both).
 //!
 //! Why textures: lavapipe and llvmpipe turn every storage-buffer or workgroup-memory load into
 //! a loop over the SIMD lanes with a branch and a bounds check per lane and component, while a
@@ -14,6 +16,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::precision::Precision;
 
 /// Texels per row, rows per layer and layers of a `[rows, cols]` matrix on this device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,14 +75,30 @@ pub(crate) fn rows_per_layer(ctx: &GpuContext) -> u32 {
 /// A `[rows, cols]` matrix in texels, readable by `textureLoad` and writable by `textureStore`.
 pub(crate) struct TexelRows {
     pub shape: TexelShape,
+    precision: Precision,
     texture: wgpu::Texture,
     view: wgpu::TextureView,
 }
 
 impl TexelRows {
-    /// An uninitialised texel matrix.
+    /// An uninitialised `rgba32float` texel matrix.
     pub(crate) fn new(ctx: &GpuContext, label: &str, rows: usize, cols: usize) -> Result<Self> {
+        Self::new_in(ctx, label, rows, cols, Precision::F32)
+    }
+
+    /// An uninitialised texel matrix of `precision` (`rgba16float` for f16).
+    fn new_in(
+        ctx: &GpuContext,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        precision: Precision,
+    ) -> Result<Self> {
         let shape = TexelShape::new(ctx, label, rows, cols)?;
+        let format = match precision {
+            Precision::F32 => wgpu::TextureFormat::Rgba32Float,
+            Precision::F16 => wgpu::TextureFormat::Rgba16Float,
+        };
         let texture = ctx.device().create_texture(&wgpu::TextureDescriptor {
             label: Some(label),
             size: wgpu::Extent3d {
@@ -90,7 +109,7 @@ impl TexelRows {
             mip_level_count: 1,
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::Rgba32Float,
+            format,
             usage: wgpu::TextureUsages::TEXTURE_BINDING
                 | wgpu::TextureUsages::STORAGE_BINDING
                 | wgpu::TextureUsages::COPY_DST
@@ -104,12 +123,14 @@ impl TexelRows {
         });
         Ok(TexelRows {
             shape,
+            precision,
             texture,
             view,
         })
     }
 
-    /// A texel matrix holding `data` (`[rows, cols]`, row-major), padded with zeros.
+    /// An `rgba32float` texel matrix holding `data` (`[rows, cols]`, row-major), padded with
+    /// zeros.
     pub(crate) fn with_data(
         ctx: &GpuContext,
         label: &str,
@@ -117,8 +138,20 @@ impl TexelRows {
         cols: usize,
         data: &[f32],
     ) -> Result<Self> {
+        Self::with_data_in(ctx, label, rows, cols, data, Precision::F32)
+    }
+
+    /// [`with_data`](Self::with_data) stored in `precision` (rounded to f16 for `F16`).
+    pub(crate) fn with_data_in(
+        ctx: &GpuContext,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+        precision: Precision,
+    ) -> Result<Self> {
         debug_assert_eq!(data.len(), rows * cols);
-        let matrix = Self::new(ctx, label, rows, cols)?;
+        let matrix = Self::new_in(ctx, label, rows, cols, precision)?;
         let shape = matrix.shape;
         let row_texels = shape.width as usize * 4;
         for layer in 0..shape.layers as usize {
@@ -139,10 +172,10 @@ impl TexelRows {
                     },
                     aspect: wgpu::TextureAspect::All,
                 },
-                bytemuck::cast_slice(&padded),
+                &precision.encode(&padded),
                 wgpu::TexelCopyBufferLayout {
                     offset: 0,
-                    bytes_per_row: Some(shape.width * 16),
+                    bytes_per_row: Some(shape.width * 4 * precision.bytes() as u32),
                     rows_per_image: Some(count as u32),
                 },
                 wgpu::Extent3d {
@@ -160,6 +193,7 @@ impl TexelRows {
     pub(crate) fn share(&self) -> TexelRows {
         TexelRows {
             shape: self.shape,
+            precision: self.precision,
             texture: self.texture.clone(),
             view: self.view.clone(),
         }
@@ -179,7 +213,11 @@ impl TexelRows {
     /// Bytes of GPU memory.
     pub(crate) fn bytes(&self) -> u64 {
         let size = self.texture.size();
-        size.width as u64 * size.height as u64 * size.depth_or_array_layers as u64 * 16
+        size.width as u64
+            * size.height as u64
+            * size.depth_or_array_layers as u64
+            * 4
+            * self.precision.bytes()
     }
 }
 

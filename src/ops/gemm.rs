@@ -77,12 +77,14 @@ pub(crate) enum GemmOperands<'a> {
         rhs: &'a wgpu::Buffer,
         out: Buf<'a>,
     },
-    /// `gemm_texture.wgsl`: texel-row operands (the shape is theirs); the output is a buffer or,
-    /// for a consumer that reads texels, texel rows.
+    /// `gemm_texture.wgsl`: texel-row operands (the shape is theirs; `rgba16float` weights of
+    /// an f16 layer read the same); the output is a buffer stored in `out_precision` or, for a
+    /// consumer that reads texels, f32 texel rows.
     Texels {
         lhs: &'a TexelRows,
         rhs: &'a TexelRows,
         out: Rows<'a>,
+        out_precision: Precision,
     },
 }
 
@@ -100,7 +102,12 @@ pub(crate) async fn dispatches(
             rhs,
             out,
         } => buffer_dispatches(ctx, tiling, shape, precision, lhs, rhs, out).await,
-        GemmOperands::Texels { lhs, rhs, out } => texel_dispatches(ctx, lhs, rhs, out).await,
+        GemmOperands::Texels {
+            lhs,
+            rhs,
+            out,
+            out_precision,
+        } => texel_dispatches(ctx, lhs, rhs, out, out_precision).await,
     }
 }
 
@@ -180,20 +187,32 @@ uniform! {
 /// Lanes per workgroup of the texel GEMV: consecutive output columns.
 const GEMV_WG: u32 = 64;
 
-pub(crate) fn gemv_variant(ctx: &GpuContext) -> ShaderVariant {
+/// `precision`: of the output buffer.
+pub(crate) fn gemv_variant(ctx: &GpuContext, precision: Precision) -> ShaderVariant {
     ShaderVariant::new(&GEMV_TEXTURE)
         .u32("WG", GEMV_WG)
         .u32("RPL", rows_per_layer(ctx))
+        .stored("Out", precision)
 }
 
 /// Workgroup size of the texel GEMM: one 8-lane SIMD vector of rows on lavapipe.
 const TEXEL_WG: u32 = 8;
 
-pub(crate) fn texel_variant(ctx: &GpuContext, out_texels: bool) -> ShaderVariant {
-    ShaderVariant::new(&GEMM_TEXTURE)
+/// `precision`: of a buffer output (texel outputs are f32).
+pub(crate) fn texel_variant(
+    ctx: &GpuContext,
+    out_texels: bool,
+    precision: Precision,
+) -> ShaderVariant {
+    let variant = ShaderVariant::new(&GEMM_TEXTURE)
         .piece(if out_texels { &OUT_TEXELS } else { &OUT_BUFFER })
         .u32("WG", TEXEL_WG)
-        .u32("RPL", rows_per_layer(ctx))
+        .u32("RPL", rows_per_layer(ctx));
+    if out_texels {
+        variant
+    } else {
+        variant.stored("Out", precision)
+    }
 }
 
 /// Binds `out [m, n] = lhs [m, k] · rhs [n, k]ᵀ` with both operands as texel rows (the CPU
@@ -203,6 +222,7 @@ pub(crate) async fn texel_dispatches(
     lhs: &TexelRows,
     rhs: &TexelRows,
     out: Rows<'_>,
+    out_precision: Precision,
 ) -> Result<Vec<Dispatch>> {
     let (m, n, k_texels) = (lhs.shape.rows, rhs.shape.rows, lhs.shape.width as usize);
     if lhs.shape.cols != rhs.shape.cols {
@@ -223,7 +243,7 @@ pub(crate) async fn texel_dispatches(
         return Ok(vec![
             Dispatch::new(
                 ctx,
-                &gemv_variant(ctx),
+                &gemv_variant(ctx, out_precision),
                 bytemuck::bytes_of(&params),
                 &[lhs.view().into(), rhs.view().into(), out.into()],
                 ((m * n) as u64).div_ceil(GEMV_WG as u64),
@@ -250,7 +270,7 @@ pub(crate) async fn texel_dispatches(
         Rows::Buffer(buffer) => buffer.into(),
         Rows::Texels(texels) => texels.view().into(),
     };
-    let variant = texel_variant(ctx, out_texels);
+    let variant = texel_variant(ctx, out_texels, out_precision);
     let mut dispatches = Vec::with_capacity(slices.len());
     for (index, slice) in slices.into_iter().enumerate() {
         let params = TexelParams {
@@ -443,13 +463,20 @@ mod tests {
             &lhs_t,
             &rhs_t,
             Rows::Buffer((&out).into()),
+            Precision::F32,
         ));
         run(&d.iter().collect::<Vec<_>>());
         assert_close(&what, &download(&out, m * n), &expected, 1e-5);
         if n.is_multiple_of(4) {
             // Texel output, read back through a texel → buffer round trip of the next GEMM:
             // multiplying by the identity returns the matrix.
-            let d = build_all(texel_dispatches(ctx, &lhs_t, &rhs_t, Rows::Texels(&out_t)));
+            let d = build_all(texel_dispatches(
+                ctx,
+                &lhs_t,
+                &rhs_t,
+                Rows::Texels(&out_t),
+                Precision::F32,
+            ));
             let eye: Vec<f32> = (0..n * n).map(|i| (i / n == i % n) as u8 as f32).collect();
             let eye_t = {
                 let _serial = pollster::block_on(ctx.serial());
@@ -461,6 +488,7 @@ mod tests {
                 &out_t,
                 &eye_t,
                 Rows::Buffer((&back).into()),
+                Precision::F32,
             ));
             run(&d.iter().chain(e.iter()).collect::<Vec<_>>());
             assert_close(
@@ -469,6 +497,48 @@ mod tests {
                 &expected,
                 1e-5,
             );
+        }
+    }
+
+    /// An f16 layer's texel GEMM: `rgba16float` weights (f16-exact data), an f32 texel input,
+    /// and an f16 or f32 output buffer; the GEMV (few rows) and the blocked kernel.
+    #[test]
+    fn texel_kernel_with_f16_weights() {
+        let ctx = context();
+        if ctx.info().backend == wgpu::Backend::Gl || !has_f16() {
+            return;
+        }
+        for (m, n, k) in [(3, 45, 29), (37, 20, 64)] {
+            for out_precision in Precision::ALL {
+                let (mut rng, what) = rng(&format!(
+                    "texel gemm f16 weights {m}x{n}x{k} {out_precision}"
+                ));
+                let lhs = normal(&mut rng, m * k, 1.0);
+                let rhs = rounded(&normal(&mut rng, n * k, 0.5), Precision::F16);
+                let expected = reference::linear(&to_f64(&lhs), k, &rhs, n);
+                let (lhs_t, rhs_t) = {
+                    let _serial = pollster::block_on(ctx.serial());
+                    (
+                        TexelRows::with_data(ctx, "lhs", m, k, &lhs).unwrap(),
+                        TexelRows::with_data_in(ctx, "rhs", n, k, &rhs, Precision::F16).unwrap(),
+                    )
+                };
+                let out = poisoned_stored(m * n, out_precision);
+                let d = build_all(texel_dispatches(
+                    ctx,
+                    &lhs_t,
+                    &rhs_t,
+                    Rows::Buffer((&out).into()),
+                    out_precision,
+                ));
+                run(&d.iter().collect::<Vec<_>>());
+                let tol = match out_precision {
+                    Precision::F32 => 1e-5,
+                    Precision::F16 => 1e-3,
+                };
+                let actual = download_stored(&out, m * n, out_precision);
+                assert_close(&what, &actual, &expected, tol);
+            }
         }
     }
 

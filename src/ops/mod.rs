@@ -129,7 +129,14 @@ mod uniform_layouts {
         for precision in Precision::ALL {
             check!(bias_add::Params, bias_add::variant(precision));
         }
-        check!(texture_copy::Params, texture_copy::variant(ctx));
+        for precision in Precision::ALL {
+            check!(texture_copy::Params, texture_copy::variant(ctx, precision));
+            check!(
+                gemm::TexelParams,
+                gemm::texel_variant(ctx, false, precision)
+            );
+            check!(gemm::GemvParams, gemm::gemv_variant(ctx, precision));
+        }
         let f16 = gemm::GemmPrecision {
             lhs: Precision::F16,
             rhs: Precision::F16,
@@ -139,8 +146,7 @@ mod uniform_layouts {
             check!(gemm::Params, GemmTiling::REGISTER.variant(shape, precision));
             check!(gemm::Params, GemmTiling::TILED.variant(shape, precision));
         }
-        check!(gemm::TexelParams, gemm::texel_variant(ctx, false));
-        check!(gemm::GemvParams, gemm::gemv_variant(ctx));
+
         check!(search_scores::Params, search_scores::variant());
         check!(masked_softmax::Params, masked_softmax::variant());
         check!(search_values::Params, search_values::variant());

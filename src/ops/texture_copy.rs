@@ -7,6 +7,7 @@ use crate::gpu::dispatch::{Buf, Dispatch};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
+use crate::precision::Precision;
 
 static TEXTURE_COPY: Kernel = kernel!("texture_copy", includes: ["texel_rows"]);
 
@@ -21,16 +22,19 @@ uniform! {
     }
 }
 
-pub(crate) fn variant(ctx: &GpuContext) -> ShaderVariant {
+/// `precision`: of the source buffer.
+pub(crate) fn variant(ctx: &GpuContext, precision: Precision) -> ShaderVariant {
     ShaderVariant::new(&TEXTURE_COPY)
         .u32("WG", WG)
         .u32("RPL", rows_per_layer(ctx))
+        .stored("Src", precision)
 }
 
-/// Binds `dst` (texel rows) ← `src` (`[dst.rows, dst.cols]` f32).
+/// Binds `dst` (f32 texel rows) ← `src` (`[dst.rows, dst.cols]`, stored in `precision`).
 pub(crate) async fn dispatch(
     ctx: &GpuContext,
     src: impl Into<Buf<'_>>,
+    precision: Precision,
     dst: &TexelRows,
 ) -> Result<Dispatch> {
     let shape = dst.shape;
@@ -43,7 +47,7 @@ pub(crate) async fn dispatch(
     let texels = shape.rows as u64 * shape.width as u64;
     Dispatch::new(
         ctx,
-        &variant(ctx),
+        &variant(ctx, precision),
         bytemuck::bytes_of(&params),
         &[src.into().into(), dst.view().into()],
         texels.div_ceil(WG as u64),
