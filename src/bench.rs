@@ -232,7 +232,13 @@ impl KernelBench {
                 2.0 * b * s * r * n * d * d + 4.0 * b * s * r * n * d,
                 vec![
                     ops::retrieval_select::dispatch(
-                        ctx, &layout, scale, &retrieved, &proj, &w_rk, &g_scratch, &concat,
+                        ctx,
+                        &layout,
+                        ops::retrieval_select::Selection::DotProduct { scale, w_rk: &w_rk },
+                        &retrieved,
+                        &proj,
+                        &g_scratch,
+                        &concat,
                     )
                     .await?,
                 ],

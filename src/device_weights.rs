@@ -8,7 +8,7 @@
 use crate::error::Result;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::{GpuContext, memory};
-use crate::ops::retrieval_mlp::MlpWeights;
+use crate::ops::retrieval_select::MlpWeights;
 use crate::plan::{ExecutionPlan, GemmPlan, GemmTiling, ProjectionWeights};
 use crate::weights::Weights;
 

@@ -225,7 +225,12 @@ fn select_row(ret: &[f64], rq: &[f64], w_rk: &[f32], d: usize, scale: f64) -> Ve
                 .sum()
         })
         .collect();
-    let weights = softmax_row(&logits, |_| true);
+    mix(&logits, ret, d)
+}
+
+/// `Σ_ρ softmax_ρ(logits)[ρ]·Ret[ρ]`: the retrieved vectors mixed by the selection.
+fn mix(logits: &[f64], ret: &[f64], d: usize) -> Vec<f64> {
+    let weights = softmax_row(logits, |_| true);
     let mut out = vec![0.0; d];
     for (c, ret_rho) in weights.iter().zip(ret.chunks_exact(d)) {
         for (o, v) in out.iter_mut().zip(ret_rho) {
@@ -258,14 +263,7 @@ fn select_row_mlp(
                 .sum()
         })
         .collect();
-    let weights = softmax_row(&logits, |_| true);
-    let mut out = vec![0.0; d];
-    for (c, ret_rho) in weights.iter().zip(ret.chunks_exact(d)) {
-        for (o, v) in out.iter_mut().zip(ret_rho) {
-            *o += c * v;
-        }
-    }
-    out
+    mix(&logits, ret, d)
 }
 
 /// Checks `x` and `mask` against the weights' `dim` and `batch × seq`.

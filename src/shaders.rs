@@ -73,7 +73,7 @@ pub fn representative_problems() -> Vec<Problem> {
             batch: 2,
             seq: 21,
         },
-        // The MLP score network of the general form (retrieval_mlp, unfused only).
+        // The MLP score network of the general form (retrieval_select with io/select_mlp, unfused only).
         Problem {
             name: "mlp_selection",
             config: c(24, 8, 2, 3).bias(true).selection_mlp(Some(5)),

@@ -22,7 +22,7 @@ use crate::layer::Strategy;
 use crate::ops::decode::CacheBuffers;
 use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
-use crate::ops::retrieval_mlp::MlpWeights;
+use crate::ops::retrieval_select::Selection;
 use crate::ops::{self, ProjectionLayout, Rows};
 use crate::plan::{CorePlan, ExecutionPlan, Storage};
 use crate::precision::Precision;
@@ -314,8 +314,11 @@ impl Workspace {
             }
             (CorePlan::Unfused, CoreOperands::Buffers { proj, concat }) => {
                 let selection = match (weights.selection_mlp, weights.retrieval_keys) {
-                    (Some(mlp), _) => UnfusedSelection::Mlp(mlp),
-                    (None, Some(w_rk)) => UnfusedSelection::DotProduct(w_rk),
+                    (Some(mlp), _) => Selection::Mlp(mlp),
+                    (None, Some(w_rk)) => Selection::DotProduct {
+                        scale: c.scale() as f32,
+                        w_rk,
+                    },
                     (None, None) => {
                         return Err(inconsistent("the unfused core without W_rk"));
                     }
@@ -679,18 +682,12 @@ impl WorkspaceCache {
 
 /// The unfused attention core: logits, softmax, aggregation, selection. Returns the
 /// intermediate buffers the dispatches are bound to.
-/// The selection the unfused core runs: `W_rk` (the dot product) or the MLP score network.
-enum UnfusedSelection<'a> {
-    DotProduct(&'a wgpu::Buffer),
-    Mlp(MlpWeights<'a>),
-}
-
 async fn unfused_core(
     ctx: &GpuContext,
     c: &Config,
     layout: &ProjectionLayout,
     proj: &wgpu::Buffer,
-    selection: UnfusedSelection<'_>,
+    selection: Selection<'_>,
     concat: &wgpu::Buffer,
     dispatches: &mut Vec<Dispatch>,
 ) -> Result<Vec<wgpu::Buffer>> {
@@ -727,17 +724,11 @@ async fn unfused_core(
     );
     dispatches
         .extend(ops::search_values::dispatches(ctx, layout, &weights, proj, &retrieved).await?);
-    dispatches.push(match selection {
-        UnfusedSelection::DotProduct(w_rk) => {
-            ops::retrieval_select::dispatch(
-                ctx, layout, scale, &retrieved, proj, w_rk, &g_scratch, concat,
-            )
-            .await?
-        }
-        UnfusedSelection::Mlp(mlp) => {
-            ops::retrieval_mlp::dispatch(ctx, layout, &retrieved, proj, mlp, &g_scratch, concat)
-                .await?
-        }
-    });
+    dispatches.push(
+        ops::retrieval_select::dispatch(
+            ctx, layout, selection, &retrieved, proj, &g_scratch, concat,
+        )
+        .await?,
+    );
     Ok(vec![logits, weights, retrieved, g_scratch])
 }

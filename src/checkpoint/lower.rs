@@ -18,7 +18,7 @@
 //! * the MLP score network `relu([Ret, vq]·W_1ᵀ + b_1)·w_2ᵀ + b_2` is not linear in `Ret`: its
 //!   query half `u = vq·W_1,vqᵀ + b_1` (linear in `x`) takes the retrieval-query block, and
 //!   `W_1,Ret` and `w_2` become the layer's `selection_mlp` (`Config::selection_mlp`), which
-//!   the unfused strategy's `retrieval_mlp` kernel runs (heads padded to `max(hd, vd, sel)`).
+//!   the unfused strategy's `retrieval_select` kernel runs with `io/select_mlp.wgsl` (heads padded to `max(hd, vd, sel)`).
 //!
 //! lucidrains' and Keras' form (a dot product with `hd = vd = sel`, no `q_compose`) lowers to
 //! itself: the layer runs the same kernels as a lucidrains checkpoint, at the same speed.

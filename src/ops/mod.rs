@@ -23,7 +23,6 @@ pub(crate) mod fused_attention;
 pub(crate) mod gemm;
 pub(crate) mod layer_norm;
 pub(crate) mod masked_softmax;
-pub(crate) mod retrieval_mlp;
 pub(crate) mod retrieval_select;
 pub(crate) mod search_scores;
 pub(crate) mod search_values;
@@ -150,8 +149,8 @@ mod uniform_layouts {
         check!(search_scores::Params, search_scores::variant());
         check!(masked_softmax::Params, masked_softmax::variant());
         check!(search_values::Params, search_values::variant());
-        check!(retrieval_select::Params, retrieval_select::variant());
-        check!(retrieval_mlp::Params, retrieval_mlp::variant());
+        check!(retrieval_select::Params, retrieval_select::variant(false));
+        check!(retrieval_select::Params, retrieval_select::variant(true));
         for precision in Precision::ALL {
             check!(
                 value_mean::Params,
