@@ -284,63 +284,27 @@ pub(crate) fn fairseq(
         });
     }
     mismatch(c, "embed_dim", e)?;
-    let heads = c.usize("num_heads")?.ok_or_else(|| {
-        Error::ConfigMismatch("the fairseq constructor arguments must give num_heads".into())
-    })?;
-    let hd = divide(q.out, heads, "embed_dim / num_heads")?;
-    let vd = divide(out.inp, heads, "out_proj's input width / num_heads")?;
-    let rules = divide(v.out, vd, "attn_dim / value width")?;
-    mismatch(c, "num_rules", rules)?;
-    mismatch(c, "attn_dim", v.out)?;
-    let q_compose = match c.bool("q_compose")? {
-        Some(q_compose) => q_compose,
-        None => value_q.inp != e,
+    let projections = Projections {
+        q,
+        k,
+        v,
+        value_q,
+        out,
     };
-    let sel = match q_compose {
-        true => value_q.out,
-        false => divide(value_q.out, heads, "value_q's rows / num_heads")?,
-    };
-    mismatch(c, "selection_dim", sel)?;
-    let selection = selection(
-        &mut tensors,
-        c,
-        SelectionNames {
+    let keys = HeadKeys {
+        head: None,
+        values: &["attn_dim"],
+        selection: "selection_dim",
+        names: SelectionNames {
             value_k: "value_k",
             linear_score: "score_network",
             mlp_hidden: "score_network1",
             mlp_out: "score_network2",
         },
-    )?;
-    selection_widths(&selection, vd, sel)?;
-    tensors.finish(
-        "q_proj, k_proj, v_proj, out_proj, value_q, value_k or score_network[1, 2] (.weight, .bias)",
-    )?;
-    c.check_all_read(format)?;
-    Ok(Checkpoint {
-        form: Form {
-            format,
-            dim: e,
-            searches: heads,
-            retrievals: rules,
-            head_dim: hd,
-            value_dim: vd,
-            selection_dim: sel,
-            selection: kind(&selection),
-            q_compose,
-            prenorm: false,
-            layer_norm_eps: crate::config::LAYER_NORM_EPS,
-            causal,
-        },
-        weights: FormWeights {
-            norm: None,
-            q,
-            k,
-            v,
-            value_q,
-            selection,
-            out,
-        },
-    })
+        known: "q_proj, k_proj, v_proj, out_proj, value_q, value_k or score_network[1, 2] \
+                (.weight, .bias)",
+    };
+    multi_head(format, tensors, c, projections, keys, causal)
 }
 
 fn kind(weights: &SelectionWeights) -> Selection {
@@ -394,41 +358,91 @@ pub(crate) fn xformers(
         ));
     }
     mismatch(c, "dim_model", dim)?;
-    let heads = c.usize("num_heads")?.ok_or_else(|| {
-        Error::ConfigMismatch("the xformers constructor arguments must give num_heads".into())
-    })?;
-    let hd = divide(q.out, heads, "dim_key / num_heads")?;
-    mismatch(c, "dim_key", q.out)?;
-    let vd = divide(out.inp, heads, "out_proj's input width / num_heads")?;
-    let rules = divide(v.out, vd, "dim_attn / value width")?;
-    mismatch(c, "num_rules", rules)?;
-    mismatch(c, "dim_attn", v.out)?;
-    mismatch(c, "dim_value", v.out)?;
-    let q_compose = match c.bool("q_compose")? {
-        Some(q_compose) => q_compose,
-        None => value_q.inp != dim,
+    let causal = causal || c.bool("causal")?.unwrap_or(false);
+    let projections = Projections {
+        q,
+        k,
+        v,
+        value_q,
+        out,
     };
-    let sel = match q_compose {
-        true => value_q.out,
-        false => divide(value_q.out, heads, "value_q's rows / num_heads")?,
-    };
-    mismatch(c, "dim_selection", sel)?;
-    let selection = selection(
-        &mut tensors,
-        c,
-        SelectionNames {
+    let keys = HeadKeys {
+        head: Some("dim_key"),
+        values: &["dim_attn", "dim_value"],
+        selection: "dim_selection",
+        names: SelectionNames {
             value_k: "value_k",
             linear_score: "score_network",
             mlp_hidden: "score_network.0",
             mlp_out: "score_network.2",
         },
-    )?;
+        known: "in_proj_container.{q,k,v}_proj, out_proj, value_q, value_k or score_network \
+                (.weight, .bias)",
+    };
+    multi_head(format, tensors, c, projections, keys, causal)
+}
+
+/// The five projections fairseq and xformers share.
+struct Projections {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    value_q: Linear,
+    out: Linear,
+}
+
+/// The constructor arguments and tensor names by which fairseq and xformers differ.
+struct HeadKeys {
+    /// The search projections' width (`dim_key`), where the constructor has one.
+    head: Option<&'static str>,
+    /// The value projection's width (`attn_dim`; `dim_attn`, `dim_value`).
+    values: &'static [&'static str],
+    /// The selection width (`selection_dim`, `dim_selection`).
+    selection: &'static str,
+    names: SelectionNames,
+    /// Every tensor name, for the unexpected-tensor error.
+    known: &'static str,
+}
+
+/// The rest of a fairseq or xformers checkpoint once its projections are read (SPEC-VARIANTS
+/// §2, §3): the widths from the shapes and `num_heads`, each checked against the constructor;
+/// `q_compose`, given or read off `value_q`'s shape; the selection rule; nothing left over.
+fn multi_head(
+    format: Format,
+    mut tensors: Tensors,
+    c: &Constructor,
+    p: Projections,
+    keys: HeadKeys,
+    causal: bool,
+) -> Result<Checkpoint> {
+    let dim = p.q.inp;
+    let heads = c.usize("num_heads")?.ok_or_else(|| {
+        Error::ConfigMismatch(format!(
+            "the {format} constructor arguments must give num_heads"
+        ))
+    })?;
+    let hd = divide(p.q.out, heads, "the search width / num_heads")?;
+    if let Some(key) = keys.head {
+        mismatch(c, key, p.q.out)?;
+    }
+    let vd = divide(p.out.inp, heads, "out_proj's input width / num_heads")?;
+    let rules = divide(p.v.out, vd, "the value width / the width per rule")?;
+    mismatch(c, "num_rules", rules)?;
+    for key in keys.values {
+        mismatch(c, key, p.v.out)?;
+    }
+    let q_compose = match c.bool("q_compose")? {
+        Some(q_compose) => q_compose,
+        None => p.value_q.inp != dim,
+    };
+    let sel = match q_compose {
+        true => p.value_q.out,
+        false => divide(p.value_q.out, heads, "value_q's rows / num_heads")?,
+    };
+    mismatch(c, keys.selection, sel)?;
+    let selection = selection(&mut tensors, c, keys.names)?;
     selection_widths(&selection, vd, sel)?;
-    tensors.finish(
-        "in_proj_container.{q,k,v}_proj, out_proj, value_q, value_k or score_network \
-         (.weight, .bias)",
-    )?;
-    let causal = causal || c.bool("causal")?.unwrap_or(false);
+    tensors.finish(keys.known)?;
     c.check_all_read(format)?;
     Ok(Checkpoint {
         form: Form {
@@ -447,12 +461,12 @@ pub(crate) fn xformers(
         },
         weights: FormWeights {
             norm: None,
-            q,
-            k,
-            v,
-            value_q,
+            q: p.q,
+            k: p.k,
+            v: p.v,
+            value_q: p.value_q,
             selection,
-            out,
+            out: p.out,
         },
     })
 }
