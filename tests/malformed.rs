@@ -163,7 +163,7 @@ fn offsets_that_disagree_with_the_shape() {
 #[test]
 fn zero_sized_tensors_with_huge_axes_allocate_nothing_large() {
     // [0, 2^62, 2^62]: zero elements, so no data, and a valid file. The input reader accepts it
-    // (a forward then refuses the empty batch); the weights loader refuses the zero width.
+    // (a forward then refuses it with Error::Shape); the weights loader refuses the zero width.
     let header = format!(
         r#"{{"input":{{"dtype":"F32","shape":[0,{0},{0}],"data_offsets":[0,0]}},"to_retrieval_keys.weight":{{"dtype":"F32","shape":[0,{0}],"data_offsets":[0,0]}}}}"#,
         1u64 << 62
