@@ -136,6 +136,7 @@ pub enum Error {
     },
 
     /// The adapter refused to create a device.
+    #[cfg(feature = "gpu")]
     #[error("could not open the GPU device: {0}")]
     RequestDevice(#[from] wgpu::RequestDeviceError),
 
@@ -285,6 +286,7 @@ fn context_suffix(context: &Option<String>) -> String {
 
 impl Error {
     /// Wraps a wgpu error caught by an error scope, naming the operation that raised it.
+    #[cfg(feature = "gpu")]
     pub(crate) fn from_wgpu(operation: &str, error: wgpu::Error) -> Self {
         let operation = operation.to_string();
         match error {

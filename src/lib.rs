@@ -32,6 +32,11 @@
 //! | `testing` | `verify`: error statistics against the reference, random problems, test seeds |
 //! | `bench` | `bench` (`KernelBench`: one kernel on random inputs, timed); implies `testing` |
 //!
+//! The default feature `gpu` is the layer itself (wgpu and everything built on it). Without it
+//! (`default-features = false`) the crate is only the configuration and the checkpoint readers
+//! and writers (`config`, `error`, `io`, `rng`, `weights`, `checkpoint`, `hdf5`): the fuzz
+//! targets (`fuzz/` in the repository) build that way, without compiling wgpu.
+//!
 //! The crate logs through the [`log`](https://docs.rs/log) facade; the application picks the
 //! logger (`compattn` uses `env_logger`: `RUST_LOG=info compattn ...`).
 
@@ -39,35 +44,57 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "gpu")]
 mod device_weights;
 pub mod error;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod hdf5;
 pub mod io;
+#[cfg(feature = "gpu")]
 mod kv_cache;
+#[cfg(feature = "gpu")]
 pub mod layer;
+#[cfg(feature = "gpu")]
 mod ops;
+#[cfg(feature = "gpu")]
 pub mod plan;
+#[cfg(feature = "gpu")]
 mod precision;
+#[cfg(feature = "gpu")]
 pub mod reference;
 pub mod rng;
+#[cfg(feature = "gpu")]
 pub mod shaders;
+#[cfg(feature = "gpu")]
 mod shape;
-#[cfg(all(any(test, feature = "testing"), not(target_arch = "wasm32")))]
+#[cfg(all(
+    feature = "gpu",
+    any(test, feature = "testing"),
+    not(target_arch = "wasm32")
+))]
 pub mod soak;
+#[cfg(feature = "gpu")]
 mod time;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(all(feature = "gpu", any(test, feature = "testing")))]
 pub mod verify;
 pub mod weights;
+#[cfg(feature = "gpu")]
 mod workspace;
 
 pub use config::Config;
 pub use error::{Error, Result};
+#[cfg(feature = "gpu")]
 pub use gpu::timing::TimingSource;
+#[cfg(feature = "gpu")]
 pub use gpu::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
 pub use io::Input;
+#[cfg(feature = "gpu")]
 pub use kv_cache::KvCache;
+#[cfg(feature = "gpu")]
 pub use layer::{CompositionalAttention, KernelTime, Profile, Strategy};
+#[cfg(feature = "gpu")]
 pub use plan::ExecutionPlan;
+#[cfg(feature = "gpu")]
 pub use precision::Precision;
 pub use weights::Weights;

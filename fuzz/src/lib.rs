@@ -1,0 +1,164 @@
+//! What every fuzz target shares: an allocator that aborts on any single allocation out of
+//! proportion to the input, and the properties a successful load must have.
+//!
+//! A loader must never allocate by a size the file declares before checking it against the data
+//! the file holds. Every legitimate allocation while loading is bounded by a small multiple of the
+//! file's length (an `F16` tensor widens to twice its bytes as `f32`; the JSON header's shape
+//! lists and maps take a few times their text), so [`guarded`] aborts the process, which libFuzzer
+//! reports as a crash and saves the input, on any single allocation or reallocation above
+//! `ALLOWANCE × input length + SLACK` bytes.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use compositional_attention::io::Input;
+use compositional_attention::weights::{self, Weights};
+use compositional_attention::{Error, Result};
+
+/// Bytes a load may allocate at once per byte of input.
+pub const ALLOWANCE: usize = 16;
+/// Bytes a load may allocate at once beyond `ALLOWANCE × input length`.
+pub const SLACK: usize = 1 << 20;
+
+/// The largest single allocation allowed now; `usize::MAX` outside [`guarded`].
+static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// The system allocator with the size check of [`guarded`].
+pub struct GuardedAllocator;
+
+#[global_allocator]
+static ALLOCATOR: GuardedAllocator = GuardedAllocator;
+
+fn check_size(size: usize) {
+    let limit = LIMIT.load(Ordering::Relaxed);
+    if size > limit {
+        // No allocation from here on: format both numbers into stack buffers.
+        let mut stderr = std::io::stderr();
+        let mut size_text = [0u8; 20];
+        let mut limit_text = [0u8; 20];
+        let _ = stderr.write_all(b"\nfuzz: a single allocation of ");
+        let _ = stderr.write_all(decimal(size, &mut size_text));
+        let _ = stderr.write_all(b" bytes exceeds the input's allowance of ");
+        let _ = stderr.write_all(decimal(limit, &mut limit_text));
+        let _ = stderr.write_all(b" bytes: a size taken from the file before checking it\n");
+        std::process::abort();
+    }
+}
+
+fn decimal(mut value: usize, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buffer[start..];
+        }
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; the check only reads an atomic and, on
+// failure, writes to stderr and aborts without allocating or unwinding.
+unsafe impl GlobalAlloc for GuardedAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        check_size(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        check_size(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        check_size(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Runs `load` with every single allocation bounded by `ALLOWANCE × input_len + SLACK` bytes.
+pub fn guarded<T>(input_len: usize, load: impl FnOnce() -> T) -> T {
+    LIMIT.store(
+        input_len.saturating_mul(ALLOWANCE).saturating_add(SLACK),
+        Ordering::Relaxed,
+    );
+    let result = load();
+    LIMIT.store(usize::MAX, Ordering::Relaxed);
+    result
+}
+
+/// An error must format (its `Display` runs in every CLI failure).
+fn check_error(error: &Error) {
+    assert!(!error.to_string().is_empty());
+}
+
+/// What a successful `Weights::from_safetensors(_, causal, prefix)` must hold: a valid
+/// configuration with the requested `causal`, every tensor as long as the configuration says,
+/// finite values, and the same weights again after a save and a load.
+pub fn check_weights(result: &Result<Weights>, causal: bool) {
+    let weights = match result {
+        Ok(weights) => weights,
+        Err(error) => return check_error(error),
+    };
+    let c = weights.config();
+    c.validate().expect("a loaded configuration is valid");
+    assert_eq!(c.causal, causal);
+    assert_eq!(c.prenorm, weights.norm.is_some());
+    let (dim, d, sw, vw) = (c.dim, c.dim_head, c.search_width(), c.value_width());
+    let mut lengths = vec![
+        (weights.search_queries.as_slice(), sw * dim),
+        (&weights.search_keys, sw * dim),
+        (&weights.retrieval_values, vw * dim),
+        (&weights.retrieval_queries, sw * dim),
+        (&weights.retrieval_keys, d * d),
+        (&weights.out, dim * sw),
+    ];
+    if let Some((gamma, beta)) = &weights.norm {
+        lengths.extend([(gamma.as_slice(), dim), (beta.as_slice(), dim)]);
+    }
+    for (values, expected) in lengths {
+        assert_eq!(values.len(), expected);
+        assert!(values.iter().all(|v| v.is_finite()));
+    }
+    let bytes = weights.to_safetensors().expect("loaded weights serialise");
+    let again = Weights::from_safetensors(&bytes, causal, "").expect("saved weights load");
+    assert_eq!(&again, weights);
+    assert_eq!(
+        weights.named_tensors().len(),
+        weights::PARAMETER_NAMES.len() - if c.prenorm { 0 } else { 2 }
+    );
+}
+
+/// What a successful `Input::from_safetensors` must hold: `x` of `batch · seq · dim` finite
+/// values and a mask, if any, of `batch · seq`.
+pub fn check_input(result: &Result<Input>) {
+    let input = match result {
+        Ok(input) => input,
+        Err(error) => return check_error(error),
+    };
+    let tokens = input.batch.checked_mul(input.seq);
+    let elements = tokens.and_then(|t| t.checked_mul(input.dim));
+    assert_eq!(elements, Some(input.x.len()));
+    assert!(input.x.iter().all(|v| v.is_finite()));
+    if let Some(mask) = &input.mask {
+        assert_eq!(Some(mask.len()), tokens);
+    }
+}
+
+/// What a successful `read_output` must hold: as many finite values as the shape says.
+pub fn check_output(result: &Result<Option<(Vec<usize>, Vec<f32>)>>) {
+    match result {
+        Ok(Some((shape, values))) => {
+            let elements = shape.iter().try_fold(1usize, |n, &s| n.checked_mul(s));
+            assert_eq!(elements, Some(values.len()));
+            assert!(values.iter().all(|v| v.is_finite()));
+        }
+        Ok(None) => {}
+        Err(error) => check_error(error),
+    }
+}
