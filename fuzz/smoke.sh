@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every fuzz target and runs each for FUZZ_SECONDS (default 15) of wall time, from a fresh
-# corpus seeded with the golden cases (and fuzz/seeds/<target>/; config_inference takes structured
-# input and starts from nothing). CI runs this (.ci/run, step 5); see RELIABILITY.md, Fuzzing.
+# corpus seeded with the golden cases, the Keras .weights.h5 and HDF5 fixtures for keras_h5, and
+# fuzz/seeds/<target>/ (checkpoint: each case behind the byte that picks its constructor;
+# constructor: each case's JSON); config_inference takes structured input and starts from nothing. CI runs this (.ci/run, step 5); see RELIABILITY.md, Fuzzing.
 #
 # Stable Rust is enough: cargo-fuzz passes -Zsanitizer=address to rustc, and RUSTC_BOOTSTRAP=1
 # lets the stable compiler take it. Installs cargo-fuzz if missing; libFuzzer needs a C++
@@ -36,11 +37,14 @@ cargo fuzz build
 
 for target in $(cargo fuzz list); do
     corpus="$(mktemp -d)"
-    if [ "$target" != config_inference ]; then
-        cp tests/golden/*.safetensors "$corpus/"
-        if [ -d "fuzz/seeds/$target" ]; then
-            cp "fuzz/seeds/$target"/*.safetensors "$corpus/"
-        fi
+    case "$target" in
+        # Structured input, or seeds of their own only (fuzz/seeds/<target>/).
+        config_inference | checkpoint | constructor) ;;
+        keras_h5) cp tests/golden-variants/keras/k02_prenorm.weights.h5 tests/hdf5-fixtures/*.h5 "$corpus/" ;;
+        *) cp tests/golden/*.safetensors "$corpus/" ;;
+    esac
+    if [ -d "fuzz/seeds/$target" ]; then
+        cp "fuzz/seeds/$target"/* "$corpus/"
     fi
     step "$target for $FUZZ_SECONDS s: RUSTC_BOOTSTRAP=1 cargo fuzz run $target <corpus> -- -max_total_time=$FUZZ_SECONDS"
     cargo fuzz run "$target" "$corpus" -- \

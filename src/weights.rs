@@ -79,6 +79,16 @@ pub struct SelectionMlp {
     pub score: Vec<f32>,
 }
 
+/// The safetensors metadata key of a non-default LayerNorm epsilon (prefixed like the tensors).
+pub const LAYER_NORM_EPS_KEY: &str = "layer_norm_eps";
+
+/// A string map of whatever type `safetensors` takes for metadata (std's or hashbrown's).
+fn string_map<M: Default + Extend<(String, String)>>(pairs: Vec<(String, String)>) -> M {
+    let mut map = M::default();
+    map.extend(pairs);
+    map
+}
+
 /// The projections' biases (`Config::bias`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Biases {
@@ -387,6 +397,16 @@ impl Weights {
             },
             None => None,
         };
+        let eps_key = format!("{prefix}{LAYER_NORM_EPS_KEY}");
+        let (_, metadata) = SafeTensors::read_metadata(bytes)?;
+        let layer_norm_eps = match metadata.metadata().as_ref().and_then(|m| m.get(&eps_key)) {
+            Some(text) => text.parse::<f32>().map_err(|_| Error::InvalidConfig {
+                field: "layer_norm_eps",
+                value: text.chars().take(40).collect(),
+                reason: "the file's layer_norm_eps metadata must be a number",
+            })?,
+            None => crate::config::LAYER_NORM_EPS,
+        };
         let config = Config::new(dim)
             .dim_head(d)
             .num_searches(search_width / d)
@@ -394,7 +414,8 @@ impl Weights {
             .prenorm(has_norm_weight)
             .causal(causal)
             .bias(bias)
-            .selection_mlp(selection_mlp);
+            .selection_mlp(selection_mlp)
+            .layer_norm_eps(layer_norm_eps);
         config.validate()?;
 
         let norm = if config.prenorm {
@@ -431,9 +452,19 @@ impl Weights {
         })
     }
 
-    /// Serialises the parameters as safetensors bytes, `F32`, `state_dict` names.
+    /// Serialises the parameters as safetensors bytes, `F32`, `state_dict` names. A LayerNorm
+    /// epsilon other than PyTorch's default (a Keras checkpoint's 1e-3), which no tensor
+    /// records, goes in the file's metadata as `layer_norm_eps`, and loads back from there.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
-        Ok(safetensors::serialize(self.named_tensors(), None)?)
+        let mut metadata = Vec::new();
+        if self.config.layer_norm_eps != crate::config::LAYER_NORM_EPS {
+            metadata.push((
+                LAYER_NORM_EPS_KEY.to_string(),
+                self.config.layer_norm_eps.to_string(),
+            ));
+        }
+        let metadata = (!metadata.is_empty()).then(|| string_map(metadata));
+        Ok(safetensors::serialize(self.named_tensors(), metadata)?)
     }
 
     /// Writes the parameters to a safetensors file.
@@ -524,6 +555,31 @@ mod tests {
         assert_eq!(loaded, weights);
         let causal = Weights::from_safetensors(&bytes, true, "").unwrap();
         assert!(causal.config().causal);
+    }
+
+    /// A non-default LayerNorm epsilon (Keras') survives a save and a load, through the file's
+    /// metadata; a malformed one is an error naming it.
+    #[test]
+    fn layer_norm_epsilon_round_trips() {
+        let weights = Weights::random(small().layer_norm_eps(1e-3), 6).unwrap();
+        let loaded =
+            Weights::from_safetensors(&weights.to_safetensors().unwrap(), false, "").unwrap();
+        assert_eq!(loaded.config().layer_norm_eps, 1e-3);
+        assert_eq!(loaded, weights);
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert(LAYER_NORM_EPS_KEY.to_string(), "tiny".to_string());
+        let bytes = safetensors::serialize(
+            weights.named_tensors(),
+            Some(string_map(metadata.into_iter().collect())),
+        )
+        .unwrap();
+        assert!(matches!(
+            Weights::from_safetensors(&bytes, false, ""),
+            Err(Error::InvalidConfig {
+                field: "layer_norm_eps",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -415,6 +415,18 @@ fn keras_weights_h5_equal_their_safetensors() {
     }
 }
 
+/// Found by the `checkpoint`, `keras_h5` and `constructor` fuzz targets: a Keras checkpoint's
+/// layer weights saved and loaded again lost the LayerNorm epsilon 1e-3 (no tensor records it),
+/// silently. It now travels in the file's metadata.
+#[test]
+fn lowered_keras_weights_keep_their_epsilon_through_a_file() {
+    let weights = load("keras", "k02_prenorm").checkpoint.layer_weights().unwrap();
+    assert_eq!(weights.config().layer_norm_eps, 1e-3);
+    let bytes = weights.to_safetensors().unwrap();
+    let again = compositional_attention::Weights::from_safetensors(&bytes, false, "").unwrap();
+    assert_eq!(again, weights);
+}
+
 #[test]
 fn formats_are_detected_from_the_names() {
     for (folder, case) in CASES {

@@ -12,6 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use compositional_attention::checkpoint::Checkpoint;
 use compositional_attention::io::Input;
 use compositional_attention::weights::{self, Weights};
 use compositional_attention::{Error, Result};
@@ -121,6 +122,20 @@ pub fn check_weights(result: &Result<Weights>, causal: bool) {
     if let Some((gamma, beta)) = &weights.norm {
         lengths.extend([(gamma.as_slice(), dim), (beta.as_slice(), dim)]);
     }
+    assert_eq!(c.bias, weights.biases.is_some());
+    if let Some(b) = &weights.biases {
+        lengths.extend([
+            (b.search_queries.as_slice(), sw),
+            (&b.search_keys, sw),
+            (&b.retrieval_values, vw),
+            (&b.retrieval_queries, sw),
+            (&b.out, dim),
+        ]);
+    }
+    assert_eq!(c.selection_mlp.is_some(), weights.selection_mlp.is_some());
+    if let (Some(m), Some(units)) = (&weights.selection_mlp, c.selection_mlp) {
+        lengths.extend([(m.hidden.as_slice(), units * d), (&m.score, units)]);
+    }
     for (values, expected) in lengths {
         assert_eq!(values.len(), expected);
         assert!(values.iter().all(|v| v.is_finite()));
@@ -128,10 +143,25 @@ pub fn check_weights(result: &Result<Weights>, causal: bool) {
     let bytes = weights.to_safetensors().expect("loaded weights serialise");
     let again = Weights::from_safetensors(&bytes, causal, "").expect("saved weights load");
     assert_eq!(&again, weights);
-    assert_eq!(
-        weights.named_tensors().len(),
-        weights::PARAMETER_NAMES.len() - if c.prenorm { 0 } else { 2 }
-    );
+    // Six matrices, and the optional groups exactly when the configuration has them.
+    let optional =
+        2 * c.prenorm as usize + 5 * c.bias as usize + 2 * c.selection_mlp.is_some() as usize;
+    assert_eq!(weights.named_tensors().len(), 6 + optional);
+    assert!(weights.named_tensors().len() <= weights::PARAMETER_NAMES.len());
+}
+
+/// What a successful checkpoint read must hold: a valid general form, and layer weights that
+/// are either an error or valid weights that survive a save and a load.
+pub fn check_checkpoint(result: &Result<Checkpoint>) {
+    let checkpoint = match result {
+        Ok(checkpoint) => checkpoint,
+        Err(error) => return check_error(error),
+    };
+    checkpoint.validate().expect("a read checkpoint is valid");
+    match checkpoint.layer_weights() {
+        Ok(weights) => check_weights(&Ok(weights), checkpoint.form.causal),
+        Err(error) => check_error(&error),
+    }
 }
 
 /// What a successful `Input::from_safetensors` must hold: `x` of `batch · seq · dim` finite
