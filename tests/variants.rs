@@ -420,7 +420,10 @@ fn keras_weights_h5_equal_their_safetensors() {
 /// silently. It now travels in the file's metadata.
 #[test]
 fn lowered_keras_weights_keep_their_epsilon_through_a_file() {
-    let weights = load("keras", "k02_prenorm").checkpoint.layer_weights().unwrap();
+    let weights = load("keras", "k02_prenorm")
+        .checkpoint
+        .layer_weights()
+        .unwrap();
     assert_eq!(weights.config().layer_norm_eps, 1e-3);
     let bytes = weights.to_safetensors().unwrap();
     let again = compositional_attention::Weights::from_safetensors(&bytes, false, "").unwrap();
