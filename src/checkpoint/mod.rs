@@ -54,14 +54,16 @@ impl CheckpointOptions {
     }
 }
 
-/// The format whose parameter names these are: `to_out.weight` (lucidrains), `to_out.kernel`
+/// The format whose parameter names these are: `to_*.weight` (lucidrains), `to_*.kernel`
 /// (Keras), `in_proj_container.*` (xformers), `q_proj.weight` with `value_q.weight` (fairseq).
+/// One name is enough, so that a checkpoint missing a tensor is told which one by its reader.
 pub fn detect_format<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> Result<Format> {
     let has = |wanted: &str| names.clone().into_iter().any(|n| n == wanted);
     let has_prefix = |wanted: &str| names.clone().into_iter().any(|n| n.starts_with(wanted));
-    let format = if has("to_out.weight") {
+    let any = |test: fn(&str) -> bool| names.clone().into_iter().any(test);
+    let format = if any(|n| n.starts_with("to_") && n.ends_with(".weight")) {
         Format::Lucidrains
-    } else if has("to_out.kernel") || has_prefix("layers/") {
+    } else if any(|n| n.starts_with("to_") && n.ends_with(".kernel")) || has_prefix("layers/") {
         Format::Keras
     } else if has_prefix("in_proj_container.") {
         Format::Xformers
