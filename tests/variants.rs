@@ -99,33 +99,58 @@ fn golden_variants_through_the_f64_reference() {
     }
 }
 
+/// The layer made from `weights` on both kernel families and every strategy, against
+/// `expected` within `tol`. A layer with an MLP score network must refuse the fused strategy
+/// with a typed error (only the unfused selection runs it).
+#[allow(clippy::too_many_arguments)]
+fn check_everywhere(
+    what: &str,
+    weights: &compositional_attention::Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    expected: &[f64],
+    tol: f64,
+) {
+    let mlp = weights.config().selection_mlp.is_some();
+    for ctx in [gpu(), gpu_other_profile()] {
+        let mut layer = CompositionalAttention::new(ctx, weights).unwrap();
+        for strategy in Strategy::ALL {
+            layer.set_strategy(strategy);
+            let result = layer.forward_blocking(x, batch, seq, mask);
+            let label = format!("{what} [{strategy}, {:?} kernels]", ctx.kernel_profile());
+            if mlp && strategy == Strategy::Fused {
+                match result {
+                    Err(Error::InvalidConfig {
+                        field: "strategy", ..
+                    }) => continue,
+                    other => panic!("{label}: expected the fused strategy refused, got {other:?}"),
+                }
+            }
+            let stats = assert_close(&label, &result.unwrap(), expected, tol);
+            eprintln!("{label}: {stats}");
+        }
+    }
+}
+
 #[test]
 fn golden_variants_on_the_gpu() {
     for (folder, case) in CASES {
         let c = load(folder, case);
         let weights = c.checkpoint.layer_weights().unwrap();
         let expected: Vec<f64> = c.output.iter().map(|&v| v as f64).collect();
-        for ctx in [gpu(), gpu_other_profile()] {
-            let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
-            for strategy in Strategy::ALL {
-                layer.set_strategy(strategy);
-                let y = layer
-                    .forward_blocking(
-                        &c.input.x,
-                        c.input.batch,
-                        c.input.seq,
-                        c.input.mask.as_deref(),
-                    )
-                    .unwrap();
-                let what = format!(
-                    "{} [{strategy}, {:?} kernels]",
-                    c.name,
-                    ctx.kernel_profile()
-                );
-                let stats = assert_close(&what, &y, &expected, TOLERANCE);
-                eprintln!("{what}: {stats}");
-            }
-        }
+        let i = &c.input;
+        check_everywhere(
+            &c.name,
+            &weights,
+            &i.x,
+            i.batch,
+            i.seq,
+            i.mask.as_deref(),
+            &expected,
+            TOLERANCE,
+        );
     }
 }
 
@@ -244,25 +269,16 @@ fn check_form(
     let expected =
         reference::general::forward(&checkpoint, &x, batch, seq, mask.as_deref()).unwrap();
     let weights = checkpoint.layer_weights().unwrap();
-    let mlp = form.selection == Selection::MlpScore;
-    for ctx in [gpu(), gpu_other_profile()] {
-        let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
-        for strategy in Strategy::ALL {
-            layer.set_strategy(strategy);
-            let result = layer.forward_blocking(&x, batch, seq, mask.as_deref());
-            let label = format!("{what} [{strategy}, {:?} kernels]", ctx.kernel_profile());
-            if mlp && strategy == Strategy::Fused {
-                // Only the unfused selection runs the MLP score network: a typed refusal.
-                match result {
-                    Err(Error::InvalidConfig {
-                        field: "strategy", ..
-                    }) => continue,
-                    other => panic!("{label}: expected the fused strategy refused, got {other:?}"),
-                }
-            }
-            assert_close(&label, &result.unwrap(), &expected, 2e-5);
-        }
-    }
+    check_everywhere(
+        &what,
+        &weights,
+        &x,
+        batch,
+        seq,
+        mask.as_deref(),
+        &expected,
+        2e-5,
+    );
 }
 
 #[test]
