@@ -168,7 +168,10 @@ fn f16_forward_s1_r1_prenorm() {
     );
 }
 
-/// Large inputs peak the softmax, which amplifies the rounding of the search keys.
+/// Large inputs peak the softmax, which amplifies the rounding of the search keys. Input scale 4
+/// keeps the floor of f16 storage itself at 1e-3 to 3e-3 of max|output|; at scale 8 the floor alone
+/// reached 1.2e-2 for some seeds (COMPATTN_SEED=1796187696638473989), past the 1e-2 bar,
+/// where no f16 storage can be (the layer was within the floor there too).
 #[test]
 fn f16_forward_large_magnitudes() {
     check_forward(
@@ -177,7 +180,7 @@ fn f16_forward_large_magnitudes() {
         1,
         40,
         None,
-        8.0,
+        4.0,
         "f16 large magnitudes",
     );
 }
