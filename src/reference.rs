@@ -312,7 +312,7 @@ pub fn forward_rows(
     mask: Option<&[bool]>,
     rows: &[(usize, usize)],
 ) -> Result<Vec<f64>> {
-    forward_rows_stored(weights, x, batch, seq, mask, rows, &|v| v)
+    forward_rows_with(weights, x, batch, seq, mask, rows, &|v| v)
 }
 
 /// [`forward_rows`] with every tensor that a reduced storage precision stores passed through
@@ -350,7 +350,20 @@ pub fn forward_rows_stored(
     for w in tensors {
         w.iter_mut().for_each(|v| *v = store(*v as f64) as f32);
     }
-    let weights = &stored_weights;
+    forward_rows_with(&stored_weights, x, batch, seq, mask, rows, store)
+}
+
+/// The forward of `rows` with the projections and the concatenation passed through `store`
+/// (the weights as given: [`forward_rows_stored`] rounds them first).
+fn forward_rows_with(
+    weights: &Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    rows: &[(usize, usize)],
+    store: &dyn Fn(f64) -> f64,
+) -> Result<Vec<f64>> {
     let stored = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(store).collect() };
     let config = weights.config();
     check_input(config, x, batch, seq, mask)?;

@@ -130,7 +130,8 @@ impl TexelRows {
     }
 
     /// An `rgba32float` texel matrix holding `data` (`[rows, cols]`, row-major), padded with
-    /// zeros.
+    /// zeros (kernel tests and benchmarks; the layer uploads through `with_data_in`).
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn with_data(
         ctx: &GpuContext,
         label: &str,
