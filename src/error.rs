@@ -42,6 +42,21 @@ pub enum Error {
         hint: Option<&'static str>,
     },
 
+    /// The attention maps asked of `forward_with_maps` would pass their stated size limit.
+    #[error(
+        "attention maps of {queries} query rows need {bytes} bytes, more than the limit of \
+         {limit} bytes (MapsOptions::max_bytes); ask for fewer query rows (MapsOptions::rows) or \
+         raise the limit"
+    )]
+    MapsTooLarge {
+        /// Query rows asked for (per batch row).
+        queries: usize,
+        /// Bytes the maps would take.
+        bytes: u64,
+        /// The limit, `MapsOptions::max_bytes`.
+        limit: u64,
+    },
+
     /// An input tensor has the wrong number of elements or dimensions.
     #[error("{name}: expected shape {expected:?}, found {found:?}")]
     Shape {

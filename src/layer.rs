@@ -10,6 +10,7 @@ use crate::gpu::timing::TimingSource;
 use crate::gpu::{GpuContext, memory};
 use crate::io::{self, Input};
 use crate::kv_cache::KvCache;
+use crate::maps::{AttentionMaps, MapsOptions};
 use crate::plan::ExecutionPlan;
 use crate::precision::Precision;
 use crate::reference;
@@ -243,8 +244,17 @@ impl CompositionalAttention {
 
     /// The workspace for `(batch, seq)` and the current strategy, built if absent.
     async fn workspace(&mut self, batch: usize, seq: usize) -> Result<&mut Workspace> {
+        self.workspace_for(batch, seq, self.strategy).await
+    }
+
+    /// The workspace for `(batch, seq)` and `strategy`, built if absent.
+    async fn workspace_for(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        strategy: Strategy,
+    ) -> Result<&mut Workspace> {
         shape::check_tokens(&self.config, batch, seq)?;
-        let strategy = self.strategy;
         if self.workspaces.get(batch, seq, strategy).is_none() {
             let plan = ExecutionPlan::resolve(
                 &self.ctx,
@@ -386,7 +396,7 @@ impl CompositionalAttention {
         let dim = self.config.dim;
         let _serial = ctx.serial().await;
         let workspace = self.workspace(batch, seq).await?;
-        run(&ctx, workspace, dim, x, mask, timed).await
+        run(&ctx, workspace, dim, x, mask, timed, None).await
     }
 
     /// Blocking [`CompositionalAttention::forward`] (native only).
@@ -450,8 +460,11 @@ fn record_on_callers_buffers(
     })
 }
 
-/// Upload, [`Workspace::record`] (what `encode` records), one submit, one readback; with
-/// `timed`, per-kernel timestamps where the device has them.
+/// What [`run`] records after the forward, before the output's readback copy.
+type AfterForward<'a> = &'a dyn Fn(&Workspace, &mut wgpu::CommandEncoder);
+
+/// Upload, [`Workspace::record`] (what `encode` records), `after`, one submit, one readback;
+/// with `timed`, per-kernel timestamps where the device has them.
 async fn run(
     ctx: &GpuContext,
     workspace: &mut Workspace,
@@ -459,6 +472,7 @@ async fn run(
     x: &[f32],
     mask: Option<&[bool]>,
     timed: bool,
+    after: Option<AfterForward<'_>>,
 ) -> Result<Profile> {
     let (batch, seq) = (workspace.plan().batch, workspace.plan().seq);
     let host = workspace.host_io(ctx, dim)?;
@@ -478,6 +492,9 @@ async fn run(
                 label: Some("forward"),
             });
         workspace.record(ctx, &mut encoder, &host.io, timed);
+        if let Some(after) = after {
+            after(workspace, &mut encoder);
+        }
         encoder.copy_buffer_to_buffer(&host.io.output, 0, &host.staging, 0, host.io.output.size());
         ctx.queue().submit([encoder.finish()]);
         Ok(())
@@ -508,6 +525,117 @@ async fn run(
         wall_ms,
         source,
     })
+}
+
+/// Attention maps: the search attention and the retrieval selection (see `src/maps.rs`).
+impl CompositionalAttention {
+    /// [`forward`](Self::forward), also returning what the layer attended to: for the query rows
+    /// `options` names (every row by default) of every batch row, the search attention `[batch,
+    /// s, q, n]` and the retrieval selection `[batch, s, q, r]` ([`AttentionMaps`]).
+    ///
+    /// The maps are intermediates of the unfused strategy, so this runs the unfused strategy
+    /// whatever [`strategy`](Self::strategy) is set (its output matches the fused one's to f32
+    /// rounding), and its `b·s·n²` search weights must fit the device's storage buffers. Only
+    /// the asked rows are copied back. Maps larger than [`MapsOptions::max_bytes`] are refused
+    /// with [`Error::MapsTooLarge`](crate::Error::MapsTooLarge) before anything runs.
+    pub async fn forward_with_maps(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        seq: usize,
+        mask: Option<&[bool]>,
+        options: &MapsOptions,
+    ) -> Result<(Vec<f32>, AttentionMaps)> {
+        let c = self.config;
+        let (searches, retrievals) = (c.num_searches, c.num_retrievals);
+        reference::check_input(&c, x, batch, seq, mask)?;
+        let query_rows = options.resolve(batch, seq, searches, retrievals)?;
+        io::check_finite("input", x)?;
+        let ctx = self.ctx.clone();
+        let _serial = ctx.serial().await;
+        let workspace = self
+            .workspace_for(batch, seq, Strategy::Unfused)
+            .await
+            .map_err(maps_hint)?;
+        if workspace.maps_buffers().is_none() {
+            return Err(crate::Error::InvalidConfig {
+                field: "execution plan",
+                value: workspace.plan().core.name().to_string(),
+                reason: "attention maps are read from the unfused core, which this plan lacks",
+            });
+        }
+        let rows = query_rows.len();
+        let search_len = batch * searches * rows * seq;
+        let selection_len = batch * searches * rows * retrievals;
+        let search = memory::staging(&ctx, "search attention readback", 4 * search_len as u64);
+        let selection =
+            memory::staging(&ctx, "selection logits readback", 4 * selection_len as u64);
+        let copy = |workspace: &Workspace, encoder: &mut wgpu::CommandEncoder| {
+            workspace.record_maps_copies(
+                encoder,
+                &query_rows,
+                (searches, retrievals),
+                [&search, &selection],
+            );
+        };
+        let profile = run(&ctx, workspace, c.dim, x, mask, false, Some(&copy)).await?;
+        let search = memory::read_f32(&ctx, &search, search_len).await?;
+        let logits = memory::read_f32(&ctx, &selection, selection_len).await?;
+        let maps = AttentionMaps {
+            batch,
+            searches,
+            retrievals,
+            seq,
+            query_rows,
+            search,
+            selection: logits.chunks_exact(retrievals).flat_map(softmax).collect(),
+        };
+        Ok((profile.output, maps))
+    }
+
+    /// Blocking [`forward_with_maps`](Self::forward_with_maps) (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_with_maps_blocking(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        seq: usize,
+        mask: Option<&[bool]>,
+        options: &MapsOptions,
+    ) -> Result<(Vec<f32>, AttentionMaps)> {
+        pollster::block_on(self.forward_with_maps(x, batch, seq, mask, options))
+    }
+}
+
+/// The unfused core's `b·s·n²` buffers are what maps need: say so, instead of the fused hint.
+fn maps_hint(error: crate::Error) -> crate::Error {
+    match error {
+        crate::Error::LimitExceeded {
+            what,
+            required,
+            limit,
+            limit_name,
+            hint: Some(_),
+        } => crate::Error::LimitExceeded {
+            what,
+            required,
+            limit,
+            limit_name,
+            hint: Some(
+                "attention maps are read from the unfused strategy's b·s·n² search weights; \
+                 run forward_with_maps on fewer batch rows or a shorter sequence",
+            ),
+        },
+        other => other,
+    }
+}
+
+/// The retrieval selection from its logits `G`: `softmax_ρ(G − max G)`, as the kernel mixes.
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|g| (g - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
 }
 
 /// Generation: a KV cache, prefill and decode (see `src/kv_cache.rs`).
@@ -556,7 +684,7 @@ impl CompositionalAttention {
         let dim = self.config.dim;
         let _serial = ctx.serial().await;
         let workspace = self.cached_workspace(cache, seq).await?;
-        let profile = run(&ctx, workspace, dim, x, mask, false).await?;
+        let profile = run(&ctx, workspace, dim, x, mask, false, None).await?;
         cache.len += seq;
         Ok(profile.output)
     }

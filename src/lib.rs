@@ -55,6 +55,7 @@ pub mod io;
 mod kv_cache;
 #[cfg(feature = "gpu")]
 pub mod layer;
+pub mod maps;
 #[cfg(feature = "gpu")]
 mod ops;
 #[cfg(feature = "gpu")]
@@ -93,6 +94,7 @@ pub use io::Input;
 pub use kv_cache::KvCache;
 #[cfg(feature = "gpu")]
 pub use layer::{CompositionalAttention, KernelTime, Profile, Strategy};
+pub use maps::{AttentionMaps, MapsOptions};
 #[cfg(feature = "gpu")]
 pub use plan::ExecutionPlan;
 #[cfg(feature = "gpu")]

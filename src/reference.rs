@@ -202,7 +202,7 @@ pub fn retrieval_select(
             for i in 0..n {
                 let ret = &retrieved[((b * s + sigma) * n + i) * width..][..width];
                 let q = &rq[(b * n + i) * s * d + sigma * d..][..d];
-                let o = select_row(ret, q, w_rk, d, scale);
+                let o = mix(&dot_logits(ret, q, w_rk, d, scale), ret, d);
                 out[(b * n + i) * s * d + sigma * d..][..d].copy_from_slice(&o);
             }
         }
@@ -210,9 +210,9 @@ pub fn retrieval_select(
     out
 }
 
-fn select_row(ret: &[f64], rq: &[f64], w_rk: &[f32], d: usize, scale: f64) -> Vec<f64> {
-    let logits: Vec<f64> = ret
-        .chunks_exact(d)
+/// The selection logits as written: `RK[ρ] = Ret[ρ]·W_rkᵀ`, `G[ρ] = (scale·RQ)·RK[ρ]`.
+fn dot_logits(ret: &[f64], rq: &[f64], w_rk: &[f32], d: usize, scale: f64) -> Vec<f64> {
+    ret.chunks_exact(d)
         .map(|ret_rho| {
             // RK[ρ, k'] = Σ_k Ret[ρ, k] · W_rk[k', k]; G[ρ] = Σ_k' (scale·RQ[k']) · RK[ρ, k'].
             (0..d)
@@ -224,8 +224,7 @@ fn select_row(ret: &[f64], rq: &[f64], w_rk: &[f32], d: usize, scale: f64) -> Ve
                 })
                 .sum()
         })
-        .collect();
-    mix(&logits, ret, d)
+        .collect()
 }
 
 /// `Σ_ρ softmax_ρ(logits)[ρ]·Ret[ρ]`: the retrieved vectors mixed by the selection.
@@ -240,17 +239,11 @@ fn mix(logits: &[f64], ret: &[f64], d: usize) -> Vec<f64> {
     out
 }
 
-/// The selection by an MLP score network (`Config::selection_mlp`):
-/// `G[ρ] = Σ_t w_s[t]·relu(Σ_k W_h[t, k]·Ret[ρ, k] + RQ[t])`, then as [`select_row`].
-fn select_row_mlp(
-    ret: &[f64],
-    rq: &[f64],
-    mlp: &crate::weights::SelectionMlp,
-    d: usize,
-) -> Vec<f64> {
+/// The selection logits of an MLP score network (`Config::selection_mlp`):
+/// `G[ρ] = Σ_t w_s[t]·relu(Σ_k W_h[t, k]·Ret[ρ, k] + RQ[t])`.
+fn mlp_logits(ret: &[f64], rq: &[f64], mlp: &crate::weights::SelectionMlp, d: usize) -> Vec<f64> {
     let units = mlp.score.len();
-    let logits: Vec<f64> = ret
-        .chunks_exact(d)
+    ret.chunks_exact(d)
         .map(|ret_rho| {
             (0..units)
                 .map(|t| {
@@ -262,8 +255,7 @@ fn select_row_mlp(
                 })
                 .sum()
         })
-        .collect();
-    mix(&logits, ret, d)
+        .collect()
 }
 
 /// Checks `x` and `mask` against the weights' `dim` and `batch × seq`.
@@ -364,6 +356,60 @@ fn forward_rows_with(
     rows: &[(usize, usize)],
     store: &dyn Fn(f64) -> f64,
 ) -> Result<Vec<f64>> {
+    forward_rows_observed(
+        weights,
+        x,
+        batch,
+        seq,
+        mask,
+        rows,
+        store,
+        &mut |_, _, _, _| {},
+    )
+}
+
+/// The search attention and the retrieval selection of `query_rows` in every batch row: `[b, s,
+/// q, n]` and `[b, s, q, r]` for `q = query_rows.len()`, from the same computation as
+/// [`forward_rows`] (what `CompositionalAttention::forward_with_maps` is checked against). The
+/// selection is `softmax_ρ(G)` of SPEC §2.3's selection logits `G`.
+pub fn attention_maps(
+    weights: &Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    query_rows: &[usize],
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let config = weights.config();
+    let (s, r, q) = (config.num_searches, config.num_retrievals, query_rows.len());
+    let rows: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| query_rows.iter().map(move |&i| (b, i)))
+        .collect();
+    let mut search = vec![f64::NAN; batch * s * q * seq];
+    let mut selection = vec![f64::NAN; batch * s * q * r];
+    let mut observe = |row: usize, sigma: usize, attention: &[f64], logits: &[f64]| {
+        let (b, k) = (row / q, row % q);
+        let index = (b * s + sigma) * q + k;
+        search[index * seq..][..seq].copy_from_slice(attention);
+        selection[index * r..][..r].copy_from_slice(&softmax_row(logits, |_| true));
+    };
+    forward_rows_observed(weights, x, batch, seq, mask, &rows, &|v| v, &mut observe)?;
+    Ok((search, selection))
+}
+
+/// [`forward_rows_with`], calling `observe(row index, σ, search attention [n], selection logits
+/// [r])` for every query row and search.
+#[allow(clippy::too_many_arguments)]
+fn forward_rows_observed(
+    weights: &Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    rows: &[(usize, usize)],
+    store: &dyn Fn(f64) -> f64,
+    observe: &mut dyn FnMut(usize, usize, &[f64], &[f64]),
+) -> Result<Vec<f64>> {
     let stored = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(store).collect() };
     let config = weights.config();
     check_input(config, x, batch, seq, mask)?;
@@ -397,7 +443,7 @@ fn forward_rows_with(
     ));
 
     let mut out = Vec::with_capacity(rows.len() * dim);
-    for &(b, i) in rows {
+    for (row, &(b, i)) in rows.iter().enumerate() {
         let h_row = &h[(b * seq + i) * dim..][..dim];
         let sq_row = stored(affine(
             h_row,
@@ -422,16 +468,13 @@ fn forward_rows_with(
                 &rv[b * seq * value_width..][..seq * value_width],
                 value_width,
             );
-            let o = match &weights.selection_mlp {
-                None => select_row(
-                    &ret,
-                    &rq_row[sigma * d..][..d],
-                    &weights.retrieval_keys,
-                    d,
-                    scale,
-                ),
-                Some(mlp) => select_row_mlp(&ret, &rq_row[sigma * d..][..d], mlp, d),
+            let rq = &rq_row[sigma * d..][..d];
+            let selection_logits = match &weights.selection_mlp {
+                None => dot_logits(&ret, rq, &weights.retrieval_keys, d, scale),
+                Some(mlp) => mlp_logits(&ret, rq, mlp, d),
             };
+            observe(row, sigma, &a_row, &selection_logits);
+            let o = mix(&selection_logits, &ret, d);
             concat[sigma * d..][..d].copy_from_slice(&o);
         }
         out.extend(affine(

@@ -144,6 +144,16 @@ pub(crate) struct Workspace {
     all_keys: Option<wgpu::Buffer>,
     /// Timestamp queries, created by the first profiled recording.
     timer: Option<PassTimer>,
+    /// The unfused core's search weights and selection logits (`None` for other cores).
+    maps: Option<MapsBuffers>,
+}
+
+/// The two intermediates of the unfused core that `forward_with_maps` reads back: the search
+/// weights `[b, s, n, n]` (the softmax over keys) and the selection logits `G` `[b, s, n, r]`.
+#[derive(Clone)]
+pub(crate) struct MapsBuffers {
+    pub search_weights: wgpu::Buffer,
+    pub selection_logits: wgpu::Buffer,
 }
 
 impl Workspace {
@@ -250,6 +260,7 @@ impl Workspace {
 
         // 3. The attention core: search, retrieval and selection into the concatenation.
         let mut finish = None;
+        let mut maps = None;
         match (&plan.core, &core) {
             (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
                 let value_mean =
@@ -323,9 +334,10 @@ impl Workspace {
                         return Err(inconsistent("the unfused core without W_rk"));
                     }
                 };
-                held.buffers.extend(
-                    unfused_core(ctx, c, &layout, proj, selection, concat, &mut dispatches).await?,
-                );
+                let (buffers, core_maps) =
+                    unfused_core(ctx, c, &layout, proj, selection, concat, &mut dispatches).await?;
+                held.buffers.extend(buffers);
+                maps = Some(core_maps);
             }
             (CorePlan::Cached(cached), CoreOperands::Buffers { proj, concat }) => {
                 let cache = cache.ok_or_else(|| inconsistent("the cached core without a cache"))?;
@@ -432,6 +444,7 @@ impl Workspace {
             host: None,
             all_keys: None,
             timer: None,
+            maps,
         };
         log::info!(
             "workspace for batch {batch} × seq {seq} ({}): {} dispatches, {} bytes, built in {:.1} ms",
@@ -568,6 +581,54 @@ impl Workspace {
         self.timer.as_ref()
     }
 
+    /// The intermediates the attention maps are read from (the unfused core only).
+    pub(crate) fn maps_buffers(&self) -> Option<&MapsBuffers> {
+        self.maps.as_ref()
+    }
+
+    /// Records copies of the maps of `query_rows` (in every batch row) into `[search, selection]`
+    /// (`COPY_DST` buffers of `[b, s, q, n]` and `[b, s, q, r]` f32): one copy per batch row,
+    /// search and run of consecutive rows. Records nothing without the unfused core's buffers.
+    pub(crate) fn record_maps_copies(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        query_rows: &[usize],
+        (searches, retrievals): (usize, usize),
+        [search, selection]: [&wgpu::Buffer; 2],
+    ) {
+        let Some(maps) = &self.maps else {
+            return;
+        };
+        let (batch, seq) = (self.plan.batch, self.plan.seq);
+        let q = query_rows.len() as u64;
+        // Runs of consecutive rows: (first row, its position in query_rows, length).
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for (k, &row) in query_rows.iter().enumerate() {
+            match runs.last_mut() {
+                Some((first, _, len)) if *first + *len == row => *len += 1,
+                _ => runs.push((row, k, 1)),
+            }
+        }
+        for plane in 0..(batch * searches) as u64 {
+            for &(first, at, len) in &runs {
+                for (from, to, width) in [
+                    (&maps.search_weights, search, seq as u64),
+                    (&maps.selection_logits, selection, retrievals as u64),
+                ] {
+                    let source = (plane * seq as u64 + first as u64) * width * 4;
+                    let destination = (plane * q + at as u64) * width * 4;
+                    encoder.copy_buffer_to_buffer(
+                        from,
+                        source,
+                        to,
+                        destination,
+                        len as u64 * width * 4,
+                    );
+                }
+            }
+        }
+    }
+
     /// The dispatches' labels, in recording order.
     pub(crate) fn labels(&self) -> impl Iterator<Item = &str> {
         self.dispatches.iter().map(Dispatch::label)
@@ -681,7 +742,7 @@ impl WorkspaceCache {
 }
 
 /// The unfused attention core: logits, softmax, aggregation, selection. Returns the
-/// intermediate buffers the dispatches are bound to.
+/// intermediate buffers the dispatches are bound to, and those the attention maps are read from.
 async fn unfused_core(
     ctx: &GpuContext,
     c: &Config,
@@ -690,7 +751,7 @@ async fn unfused_core(
     selection: Selection<'_>,
     concat: &wgpu::Buffer,
     dispatches: &mut Vec<Dispatch>,
-) -> Result<Vec<wgpu::Buffer>> {
+) -> Result<(Vec<wgpu::Buffer>, MapsBuffers)> {
     let (batch, seq) = (layout.batch, layout.seq);
     let scale = c.scale() as f32;
     let scores = [batch, c.num_searches, seq, seq];
@@ -730,5 +791,9 @@ async fn unfused_core(
         )
         .await?,
     );
-    Ok(vec![logits, weights, retrieved, g_scratch])
+    let maps = MapsBuffers {
+        search_weights: weights.clone(),
+        selection_logits: g_scratch.clone(),
+    };
+    Ok((vec![logits, weights, retrieved, g_scratch], maps))
 }
