@@ -239,12 +239,16 @@ fn maps_of_the_golden_cases() {
 
 #[test]
 fn maps_of_every_checkpoint_format() {
-    // Lowered to the layer's weights (the selection's dropped terms cancel in its softmax), with
-    // the MLP score network of f02 on the unfused selection.
+    // Lowered to the layer's weights, with the MLP score network of f02 on the unfused selection:
+    // the maps are the original module's (the lowering keeps the search logits, and the
+    // selection terms it drops cancel in the selection softmax).
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden-variants");
     for (folder, case) in [
+        ("keras", "k01_defaults"),
         ("keras", "k02_prenorm"),
+        ("fairseq", "f01_qk_rule"),
         ("fairseq", "f02_score_net_padding"),
+        ("xformers", "x01_defaults_shared_proj"),
         ("xformers", "x02_separate_proj_qk_rule"),
     ] {
         let bytes = std::fs::read(dir.join(folder).join(format!("{case}.safetensors"))).unwrap();
@@ -263,11 +267,29 @@ fn maps_of_every_checkpoint_format() {
         let checkpoint = Checkpoint::from_safetensors(&bytes, &options).unwrap();
         let weights = checkpoint.layer_weights().unwrap();
         let input = Input::from_safetensors(&bytes).unwrap();
-        let maps = check(
-            &format!("{folder}/{case}"),
-            &weights,
-            &input,
-            &MapsOptions::default(),
+        let what = format!("{folder}/{case}");
+        let maps = check(&what, &weights, &input, &MapsOptions::default());
+        // The maps of the original module, computed literally from SPEC-VARIANTS.
+        let (search, selection) = reference::general::attention_maps(
+            &checkpoint,
+            &input.x,
+            input.batch,
+            input.seq,
+            input.mask.as_deref(),
+        )
+        .unwrap();
+        let search_stats = ErrorStats::compare(&maps.search, &search);
+        let selection_stats = ErrorStats::compare(&maps.selection, &selection);
+        assert!(
+            search_stats.within(TOLERANCE),
+            "{what}: search {search_stats}"
+        );
+        assert!(
+            selection_stats.within(TOLERANCE),
+            "{what}: selection {selection_stats}"
+        );
+        eprintln!(
+            "{what} against the original module: search {search_stats}; selection {selection_stats}"
         );
         // And the output is the original implementation's.
         let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();

@@ -57,6 +57,40 @@ pub fn forward(
     seq: usize,
     mask: Option<&[bool]>,
 ) -> Result<Vec<f64>> {
+    forward_observed(checkpoint, x, batch, seq, mask, &mut |_, _, _| {})
+}
+
+/// The search attention `[b, s, n, n]` and the retrieval selection `[b, s, n, r]` of every query
+/// row, as the original module computes them (the softmaxes `a` and `c` of [`forward`]).
+pub fn attention_maps(
+    checkpoint: &Checkpoint,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (s, r) = (checkpoint.form.searches, checkpoint.form.retrievals);
+    let mut search = vec![f64::NAN; batch * s * seq * seq];
+    let mut selection = vec![f64::NAN; batch * s * seq * r];
+    let mut observe = |(b, i, h): (usize, usize, usize), a: &[f64], c: &[f64]| {
+        let row = (b * s + h) * seq + i;
+        search[row * seq..][..seq].copy_from_slice(a);
+        selection[row * r..][..r].copy_from_slice(c);
+    };
+    forward_observed(checkpoint, x, batch, seq, mask, &mut observe)?;
+    Ok((search, selection))
+}
+
+/// [`forward`], calling `observe((b, i, head), search attention [n], selection [r])` for every
+/// query row and head.
+fn forward_observed(
+    checkpoint: &Checkpoint,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    observe: &mut dyn FnMut((usize, usize, usize), &[f64], &[f64]),
+) -> Result<Vec<f64>> {
     checkpoint.validate()?;
     let f = &checkpoint.form;
     let w = &checkpoint.weights;
@@ -175,6 +209,7 @@ pub fn forward(
                         | (SelectionWeights::MlpScore { .. }, Selection::MlpScore)
                 ));
                 let c = softmax(&g, |_| true);
+                observe((b, i, h), &a, &c);
                 for (r, ret_r) in ret.iter().enumerate() {
                     for (o, val) in concat[h * vd..][..vd].iter_mut().zip(ret_r) {
                         *o += c[r] * val;
