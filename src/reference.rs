@@ -15,6 +15,10 @@ use crate::config::{Config, LAYER_NORM_EPS};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
+/// What a forward tells an observer for one query row and search: a key (which row, which
+/// search), the search attention over the keys `[n]`, and the selection `[r]`.
+type Observer<'a, K> = dyn FnMut(K, &[f64], &[f64]) + 'a;
+
 /// The fill PyTorch writes into masked logits: `-torch.finfo(float64).max`.
 const MASK_FILL: f64 = -f64::MAX;
 
@@ -356,16 +360,7 @@ fn forward_rows_with(
     rows: &[(usize, usize)],
     store: &dyn Fn(f64) -> f64,
 ) -> Result<Vec<f64>> {
-    forward_rows_observed(
-        weights,
-        x,
-        batch,
-        seq,
-        mask,
-        rows,
-        store,
-        &mut |_, _, _, _| {},
-    )
+    forward_rows_observed(weights, x, batch, seq, mask, rows, store, &mut |_, _, _| {})
 }
 
 /// The search attention and the retrieval selection of `query_rows` in every batch row: `[b, s,
@@ -387,7 +382,7 @@ pub fn attention_maps(
         .collect();
     let mut search = vec![f64::NAN; batch * s * q * seq];
     let mut selection = vec![f64::NAN; batch * s * q * r];
-    let mut observe = |row: usize, sigma: usize, attention: &[f64], logits: &[f64]| {
+    let mut observe = |(row, sigma): (usize, usize), attention: &[f64], logits: &[f64]| {
         let (b, k) = (row / q, row % q);
         let index = (b * s + sigma) * q + k;
         search[index * seq..][..seq].copy_from_slice(attention);
@@ -397,8 +392,8 @@ pub fn attention_maps(
     Ok((search, selection))
 }
 
-/// [`forward_rows_with`], calling `observe(row index, σ, search attention [n], selection logits
-/// [r])` for every query row and search.
+/// [`forward_rows_with`], calling `observe((row index, σ), search attention [n], selection
+/// logits [r])` for every query row and search.
 #[allow(clippy::too_many_arguments)]
 fn forward_rows_observed(
     weights: &Weights,
@@ -408,7 +403,7 @@ fn forward_rows_observed(
     mask: Option<&[bool]>,
     rows: &[(usize, usize)],
     store: &dyn Fn(f64) -> f64,
-    observe: &mut dyn FnMut(usize, usize, &[f64], &[f64]),
+    observe: &mut Observer<'_, (usize, usize)>,
 ) -> Result<Vec<f64>> {
     let stored = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(store).collect() };
     let config = weights.config();
@@ -473,7 +468,7 @@ fn forward_rows_observed(
                 None => dot_logits(&ret, rq, &weights.retrieval_keys, d, scale),
                 Some(mlp) => mlp_logits(&ret, rq, mlp, d),
             };
-            observe(row, sigma, &a_row, &selection_logits);
+            observe((row, sigma), &a_row, &selection_logits);
             let o = mix(&selection_logits, &ret, d);
             concat[sigma * d..][..d].copy_from_slice(&o);
         }

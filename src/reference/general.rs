@@ -89,7 +89,7 @@ fn forward_observed(
     batch: usize,
     seq: usize,
     mask: Option<&[bool]>,
-    observe: &mut dyn FnMut((usize, usize, usize), &[f64], &[f64]),
+    observe: &mut super::Observer<'_, (usize, usize, usize)>,
 ) -> Result<Vec<f64>> {
     checkpoint.validate()?;
     let f = &checkpoint.form;
