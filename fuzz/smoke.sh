@@ -39,7 +39,7 @@ for target in $(cargo fuzz list); do
     corpus="$(mktemp -d)"
     case "$target" in
         # Structured input, or seeds of their own only (fuzz/seeds/<target>/).
-        config_inference | checkpoint | constructor) ;;
+        config_inference | checkpoint | constructor | maps) ;;
         keras_h5) cp tests/golden-variants/keras/k02_prenorm.weights.h5 tests/hdf5-fixtures/*.h5 "$corpus/" ;;
         *) cp tests/golden/*.safetensors "$corpus/" ;;
     esac

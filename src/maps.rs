@@ -213,6 +213,13 @@ impl AttentionMaps {
         let rows_view = file.tensor(QUERY_ROWS).map_err(|_| missing(QUERY_ROWS))?;
         let [batch, searches, q, seq] = four(SEARCH_ATTENTION, search_view.shape())?;
         let [b2, s2, q2, retrievals] = four(RETRIEVAL_SELECTION, selection_view.shape())?;
+        if [batch, searches, q, seq, retrievals].contains(&0) {
+            return Err(Error::InvalidConfig {
+                field: "attention maps",
+                value: format!("[{batch}, {searches}, {q}, {seq}] and [.., {retrievals}]"),
+                reason: "every dimension of the maps must be at least 1",
+            });
+        }
         if (b2, s2, q2) != (batch, searches, q) {
             return Err(Error::shape(
                 RETRIEVAL_SELECTION,
@@ -267,10 +274,14 @@ fn missing(name: &str) -> Error {
     }
 }
 
+/// The four dimensions of a maps tensor, or an error naming it.
 fn four(name: &str, shape: &[usize]) -> Result<[usize; 4]> {
-    shape
-        .try_into()
-        .map_err(|_| Error::shape(name, &[0, 0, 0, 0], shape))
+    shape.try_into().map_err(|_| {
+        Error::ConfigMismatch(format!(
+            "{name} must have 4 dimensions [batch, searches, query rows, keys or retrievals], \
+             found {shape:?}"
+        ))
+    })
 }
 
 #[cfg(test)]

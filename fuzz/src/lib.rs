@@ -192,3 +192,34 @@ pub fn check_output(result: &Result<Option<(Vec<usize>, Vec<f32>)>>) {
         Err(error) => check_error(error),
     }
 }
+
+/// What a successful `AttentionMaps::from_safetensors` must hold: shapes that agree with the
+/// data, increasing query rows below `seq`, finite values, and the same maps after a round trip
+/// through `to_safetensors`.
+pub fn check_maps(result: &Result<compositional_attention::maps::AttentionMaps>) {
+    match result {
+        Ok(maps) => {
+            let q = maps.queries();
+            assert!(q > 0 && maps.seq > 0 && maps.retrievals > 0);
+            assert_eq!(maps.search.len(), maps.batch * maps.searches * q * maps.seq);
+            assert_eq!(
+                maps.selection.len(),
+                maps.batch * maps.searches * q * maps.retrievals
+            );
+            assert!(maps.query_rows.windows(2).all(|w| w[0] < w[1]));
+            assert!(maps.query_rows.iter().all(|&row| row < maps.seq));
+            assert!(
+                maps.search
+                    .iter()
+                    .chain(&maps.selection)
+                    .all(|v| v.is_finite())
+            );
+            let again = compositional_attention::maps::AttentionMaps::from_safetensors(
+                &maps.to_safetensors().expect("a map read back writes"),
+            )
+            .expect("a written map reads");
+            assert_eq!(&again, maps);
+        }
+        Err(error) => check_error(error),
+    }
+}
