@@ -117,7 +117,7 @@ fi
 if [ "$RUN_E2E" -eq 1 ] || [ "$RUN_TESTS" -eq 0 ]; then
   log "building the page into web/pkg/"
   "${CARGO[@]}" build --lib --profile "$PROFILE" --target "$TARGET" "${BUILD_STD[@]}"
-  wasm-bindgen --target web --no-typescript --out-dir pkg "target/$TARGET/$PROFILE/compattn_web.wasm"
+  wasm-bindgen --target web --out-dir pkg "target/$TARGET/$PROFILE/compattn_web.wasm"
   ls -l pkg
 fi
 

@@ -140,7 +140,9 @@ async fn variant_checkpoints_of_every_format() {
         ),
         (
             "xformers/x01_defaults_shared_proj",
-            include_bytes!("../../tests/golden-variants/xformers/x01_defaults_shared_proj.safetensors"),
+            include_bytes!(
+                "../../tests/golden-variants/xformers/x01_defaults_shared_proj.safetensors"
+            ),
             r#"{"format": "xformers", "dim_model": 32, "num_heads": 4}"#,
         ),
     ];
@@ -210,7 +212,12 @@ async fn golden_causal_case_prefill_then_decode() {
     }
     assert_eq!(cache.len(), seq);
     let mut failures = Vec::new();
-    check(&mut failures, "causal, prefill then decode", &generated, &expected);
+    check(
+        &mut failures,
+        "causal, prefill then decode",
+        &generated,
+        &expected,
+    );
     assert_none_failed(&failures);
 }
 
@@ -440,7 +447,13 @@ async fn f16_storage_or_a_typed_error() {
         Err(err) => {
             assert!(!gpu.supports_f16(), "{err}");
             assert!(
-                matches!(err, Error::MissingFeature { feature: "shader-f16", .. }),
+                matches!(
+                    err,
+                    Error::MissingFeature {
+                        feature: "shader-f16",
+                        ..
+                    }
+                ),
                 "{err}"
             );
         }
