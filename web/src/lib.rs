@@ -17,7 +17,9 @@
 use std::str::FromStr;
 
 mod api;
-pub use api::{JsCompositionalAttention, JsKvCache, random_normal, read_case};
+pub use api::{
+    JsCompositionalAttention, JsKvCache, LoadOptions, RandomOptions, random_normal, read_case,
+};
 
 use compositional_attention::verify::{self, ErrorStats};
 use compositional_attention::{
