@@ -666,7 +666,7 @@ mod js_api {
             ("searches", 3.into()),
             ("retrievals", 2.into()),
             ("causal", true.into()),
-            ("seed", (seed % 1_000_000).into()),
+            ("seed", ((seed % 1_000_000) as f64).into()),
         ])
         .await;
         let (batch, seq, dim, prompt) = (2usize, 9usize, 20usize, 3usize);
