@@ -162,7 +162,7 @@ try {
 
   // The JavaScript API's errors: JS Errors with the crate's message, never a panic.
   {
-    const errors = await page.evaluate(async () => {
+    const { out: errors, concurrent } = await page.evaluate(async () => {
       const api = await import('./pkg/compattn_web.js');
       const caught = async (f) => {
         try { await f(); return 'no error'; } catch (e) { return e instanceof Error ? `Error: ${e.message}` : `not an Error: ${e}`; }
@@ -177,13 +177,20 @@ try {
         load: await caught(() => api.CompositionalAttention.load(new Uint8Array([1, 2, 3]))),
         strategy: await caught(() => api.CompositionalAttention.random({ strategy: 'fast' })),
       };
+      // Calls take turns: concurrent forwards give what sequential ones give.
+      const xs = [1, 2, 3].map((seed) => api.randomNormal(2 * 5 * 8, seed));
+      const together = await Promise.all(xs.map((x) => layer.forward(x, 2, 5)));
+      const apart = [];
+      for (const x of xs) apart.push(await layer.forward(x, 2, 5));
+      const concurrent = together.every((y, i) => y.length === 80 && y.every((v, j) => v === apart[i][j]));
       layer.free();
       out.freed = await caught(() => layer.forward(new Float32Array(8), 1, 1));
-      return out;
+      return { out, concurrent };
     });
     for (const [what, text] of Object.entries(errors)) {
       check(text.startsWith('Error: ') && !/panicked|unreachable/.test(text), `API error (${what}): ${text}`);
     }
+    check(concurrent, 'three concurrent forwards (Promise.all) give what three sequential ones give');
   }
 
   const device = await page.textContent('#device');

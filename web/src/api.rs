@@ -7,9 +7,10 @@
 //! Every method validates its arguments before the crate sees them and turns every failure into
 //! a JavaScript `Error` carrying the crate's message; nothing panics on bad input.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::str::FromStr;
+use std::task::{Poll, Waker};
 
 use compositional_attention::checkpoint::{Checkpoint, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{Input, read_output};
@@ -317,7 +318,7 @@ fn check_elements(
 }
 
 fn busy() -> JsError {
-    err("this object is busy with another call: await the previous forward/prefill/decode first")
+    err("the layer or cache is in use by another call in flight; await it first")
 }
 
 fn set(o: &Object, key: &str, value: impl Into<JsValue>) {
@@ -344,16 +345,55 @@ fn config_object(c: &Config) -> Object {
     o
 }
 
+/// Calls on one layer take turns: each waits until the previous one has finished (in the order
+/// they get here, in practice), so `Promise.all([layer.forward(a), layer.forward(b)])` works.
+#[derive(Default)]
+struct Turns {
+    busy: Cell<bool>,
+    waiting: RefCell<Vec<Waker>>,
+}
+
+/// The current turn; the next caller may go when it is dropped.
+struct Turn(Rc<Turns>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+        for waker in self.0.waiting.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+async fn turn(turns: &Rc<Turns>) -> Turn {
+    std::future::poll_fn(|cx| {
+        if turns.busy.get() {
+            turns.waiting.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        } else {
+            turns.busy.set(true);
+            Poll::Ready(Turn(turns.clone()))
+        }
+    })
+    .await
+}
+
 /// Compositional Attention on a WebGPU device: load a checkpoint (`load`) or random weights
 /// (`random`), then `forward`, or `kvCache` + `prefill` + `decode` to generate. Calls on one
-/// layer run one at a time: await each before the next (a second call meanwhile is an Error).
+/// layer run one at a time, in turn.
 #[wasm_bindgen(js_name = CompositionalAttention)]
 #[derive(Clone)]
 pub struct JsCompositionalAttention {
     layer: Rc<RefCell<Layer>>,
+    turns: Rc<Turns>,
     device: Rc<SharedDevice>,
     format: &'static str,
     config: Config,
+    precision: Precision,
+    /// Applied at the start of each call (so `setStrategy` never waits for one).
+    strategy: Rc<Cell<Strategy>>,
+    /// After the last call (workspaces grow with new shapes).
+    gpu_bytes: Rc<Cell<u64>>,
 }
 
 impl JsCompositionalAttention {
@@ -368,16 +408,29 @@ impl JsCompositionalAttention {
         layer.set_strategy(choice.strategy);
         Ok(JsCompositionalAttention {
             config: *layer.config(),
+            precision: layer.precision(),
+            strategy: Rc::new(Cell::new(choice.strategy)),
+            gpu_bytes: Rc::new(Cell::new(layer.gpu_bytes())),
             layer: Rc::new(RefCell::new(layer)),
+            turns: Rc::default(),
             device,
             format,
         })
     }
 
-    /// The crate's layer, for the browser tests.
-    pub fn with_layer<T>(&self, f: impl FnOnce(&mut Layer) -> T) -> Result<T, JsError> {
+    /// Runs `f` on the layer in this call's turn, with the current strategy; records the GPU
+    /// bytes after.
+    async fn in_turn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Layer) -> Result<T, JsError>,
+    ) -> Result<T, JsError> {
+        let _turn = turn(&self.turns).await;
+        // Only calls in their turn borrow mutably, and nothing borrows across turns.
         let mut layer = self.layer.try_borrow_mut().map_err(|_| busy())?;
-        Ok(f(&mut layer))
+        layer.set_strategy(self.strategy.get());
+        let result = f(&mut layer).await;
+        self.gpu_bytes.set(layer.gpu_bytes());
+        result
     }
 
     /// [`Self::forward`] for Rust callers (the browser tests): resolves to the output.
@@ -389,17 +442,18 @@ impl JsCompositionalAttention {
         mask: Option<Vec<u8>>,
     ) -> Result<Vec<f32>, JsError> {
         let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
-        check_elements(&self.config, batch, seq, self.strategy_now()?)?;
+        check_elements(&self.config, batch, seq, self.strategy.get())?;
         let mask = check_x_mask(&self.config, &x, batch, seq, mask)?;
-        let layer = self.layer.clone();
-        let mut layer = layer.try_borrow_mut().map_err(|_| busy())?;
-        layer
-            .forward(&x, batch, seq, mask.as_deref())
-            .await
-            .map_err(crate_err)
+        self.in_turn(async |layer: &mut Layer| {
+            layer
+                .forward(&x, batch, seq, mask.as_deref())
+                .await
+                .map_err(crate_err)
+        })
+        .await
     }
 
-    /// [`Self::prefill`] for Rust callers.
+    /// [`Self::prefill`] for Rust callers (`seq = 1`: [`Self::decode`]).
     pub async fn prefill_vec(
         &self,
         cache: &JsKvCache,
@@ -407,38 +461,17 @@ impl JsCompositionalAttention {
         seq: f64,
         mask: Option<Vec<u8>>,
     ) -> Result<Vec<f32>, JsError> {
-        prefill_on(
-            self.layer.clone(),
-            self.config,
-            cache.cache.clone(),
-            x,
-            seq,
-            mask,
-        )
+        let seq = count("seq", seq)?;
+        let mask = check_x_mask(&self.config, &x, cache.batch, seq, mask)?;
+        let cache = cache.clone();
+        self.in_turn(async |layer: &mut Layer| {
+            let mut kv = cache.cache.try_borrow_mut().map_err(|_| busy())?;
+            let result = layer.prefill(&mut kv, &x, seq, mask.as_deref()).await;
+            cache.len.set(kv.len());
+            result.map_err(crate_err)
+        })
         .await
     }
-
-    fn strategy_now(&self) -> Result<Strategy, JsError> {
-        self.with_layer(|l| l.strategy())
-    }
-}
-
-async fn prefill_on(
-    layer: Rc<RefCell<Layer>>,
-    config: Config,
-    cache: Rc<RefCell<CrateKvCache>>,
-    x: Vec<f32>,
-    seq: f64,
-    mask: Option<Vec<u8>>,
-) -> Result<Vec<f32>, JsError> {
-    let seq = count("seq", seq)?;
-    let mut cache = cache.try_borrow_mut().map_err(|_| busy())?;
-    let mask = check_x_mask(&config, &x, cache.batch(), seq, mask)?;
-    let mut layer = layer.try_borrow_mut().map_err(|_| busy())?;
-    layer
-        .prefill(&mut cache, &x, seq, mask.as_deref())
-        .await
-        .map_err(crate_err)
 }
 
 fn to_promise(
@@ -544,9 +577,16 @@ impl JsCompositionalAttention {
     ) -> Result<JsKvCache, JsError> {
         let (batch, max_seq) = (count("batch", batch)?, count("maxSeq", max_seq)?);
         check_elements(&self.config, batch, max_seq, Strategy::Fused)?;
-        let cache = self.with_layer(|l| l.kv_cache(batch, max_seq))?;
+        let layer = self.layer.try_borrow().map_err(|_| {
+            err("kvCache: the layer is running a call; await it before making a cache")
+        })?;
+        let cache = layer.kv_cache(batch, max_seq).map_err(crate_err)?;
         Ok(JsKvCache {
-            cache: Rc::new(RefCell::new(cache.map_err(crate_err)?)),
+            batch: cache.batch(),
+            capacity: cache.capacity(),
+            gpu_bytes: cache.gpu_bytes(),
+            len: Rc::new(Cell::new(cache.len())),
+            cache: Rc::new(RefCell::new(cache)),
         })
     }
 
@@ -561,14 +601,8 @@ impl JsCompositionalAttention {
         seq: f64,
         mask: Option<Vec<u8>>,
     ) -> Promise {
-        to_promise(prefill_on(
-            self.layer.clone(),
-            self.config,
-            cache.cache.clone(),
-            x,
-            seq,
-            mask,
-        ))
+        let (this, cache) = (self.clone(), cache.clone());
+        to_promise(async move { this.prefill_vec(&cache, x, seq, mask).await })
     }
 
     /// One new token per sequence: `prefill` with `seq = 1` (`x [batch, 1, dim]`).
@@ -579,10 +613,10 @@ impl JsCompositionalAttention {
 
     /// The adapter, the device limits, how the layer runs and its configuration.
     #[wasm_bindgen(unchecked_return_type = "LayerInfo")]
-    pub fn info(&self) -> Result<JsValue, JsError> {
+    pub fn info(&self) -> JsValue {
         let ctx = &self.device.ctx;
         let (precision, strategy, gpu_bytes) =
-            self.with_layer(|l| (l.precision(), l.strategy(), l.gpu_bytes()))?;
+            (self.precision, self.strategy.get(), self.gpu_bytes.get());
         let o = config_object(&self.config);
         set(&o, "config", config_object(&self.config));
         set(&o, "adapter", self.device.adapter.clone());
@@ -625,7 +659,7 @@ impl JsCompositionalAttention {
         set(&o, "strategy", strategy.name());
         set(&o, "format", self.format);
         set(&o, "gpuBytes", gpu_bytes as f64);
-        Ok(o.into())
+        o.into()
     }
 
     /// The layer's hyper-parameters.
@@ -655,63 +689,69 @@ impl JsCompositionalAttention {
 
     /// The attention strategy (`"fused"` or `"unfused"`).
     #[wasm_bindgen(getter, unchecked_return_type = "StrategyName")]
-    pub fn strategy(&self) -> Result<String, JsError> {
-        self.strategy_now().map(|s| s.name().to_string())
+    pub fn strategy(&self) -> String {
+        self.strategy.get().name().to_string()
     }
 
-    /// Switches the attention strategy (same results within 1e-4).
+    /// Switches the attention strategy (same results within 1e-4) from the next call on.
     #[wasm_bindgen(js_name = setStrategy)]
     pub fn set_strategy(
         &self,
         #[wasm_bindgen(unchecked_param_type = "StrategyName")] strategy: String,
     ) -> Result<(), JsError> {
         let strategy = Strategy::from_str(&strategy).map_err(crate_err)?;
-        self.with_layer(|l| l.set_strategy(strategy))
+        self.strategy.set(strategy);
+        Ok(())
     }
 }
 
 /// A GPU-resident KV cache of one layer (`layer.kvCache(batch, maxSeq)`), for `prefill` and
 /// `decode`. Free it with `free()` when done (or let the garbage collector).
 #[wasm_bindgen(js_name = KvCache)]
+#[derive(Clone)]
 pub struct JsKvCache {
     cache: Rc<RefCell<CrateKvCache>>,
-}
-
-impl JsKvCache {
-    fn read<T>(&self, f: impl FnOnce(&CrateKvCache) -> T) -> Result<T, JsError> {
-        Ok(f(&*self.cache.try_borrow().map_err(|_| busy())?))
-    }
+    /// The cache's length after the last call (read without waiting for one in flight).
+    len: Rc<Cell<usize>>,
+    batch: usize,
+    capacity: usize,
+    gpu_bytes: u64,
 }
 
 #[wasm_bindgen(js_class = KvCache)]
 impl JsKvCache {
-    /// Positions cached per sequence so far.
+    /// Positions cached per sequence so far (after the last finished call).
     #[wasm_bindgen(getter)]
-    pub fn len(&self) -> Result<usize, JsError> {
-        self.read(|c| c.len())
+    pub fn len(&self) -> usize {
+        self.len.get()
     }
 
     /// The most positions it can hold per sequence (`maxSeq`).
     #[wasm_bindgen(getter)]
-    pub fn capacity(&self) -> Result<usize, JsError> {
-        self.read(|c| c.capacity())
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Sequences in the batch.
     #[wasm_bindgen(getter)]
-    pub fn batch(&self) -> Result<usize, JsError> {
-        self.read(|c| c.batch())
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// GPU bytes the cache holds.
     #[wasm_bindgen(getter, js_name = gpuBytes)]
-    pub fn gpu_bytes(&self) -> Result<f64, JsError> {
-        self.read(|c| c.gpu_bytes() as f64)
+    pub fn gpu_bytes(&self) -> f64 {
+        self.gpu_bytes as f64
     }
 
-    /// Empties the cache (keeps its memory) to start new sequences.
+    /// Empties the cache (keeps its memory) to start new sequences. An Error while a `prefill`
+    /// or `decode` on it is in flight.
     pub fn clear(&self) -> Result<(), JsError> {
-        self.cache.try_borrow_mut().map_err(|_| busy())?.clear();
+        let mut cache = self.cache.try_borrow_mut().map_err(|_| {
+            err("clear: a prefill or decode on this cache is in flight; await it first")
+        })?;
+        cache.clear();
+        self.len.set(cache.len());
         Ok(())
     }
 }

@@ -638,7 +638,7 @@ mod js_api {
         let mut failures = Vec::new();
         for (name, weights, case, options, format) in cases {
             let layer = load(weights, &options).await;
-            let info = layer.info().unwrap_or_else(|e| panic!("{}", message(e)));
+            let info = layer.info();
             assert_eq!(field(&info, "format").as_string().as_deref(), Some(format));
             assert_eq!(field(&info, "dim").as_f64(), Some(layer.dim() as f64));
             let (x, batch, seq, mask, output) = case_of(case);
@@ -710,7 +710,7 @@ mod js_api {
                 &expected(t, t + 1),
             );
         }
-        assert_eq!(cache.len().ok(), Some(seq));
+        assert_eq!(cache.len(), seq);
         // Full: one more token is a typed error; `clear` starts again.
         let err = layer
             .prefill_vec(&cache, rows(&x, 0, 1), 1.0, None)
@@ -719,7 +719,7 @@ mod js_api {
             .unwrap_err();
         console_log!("past capacity: {}", message(err));
         cache.clear().unwrap_or_else(|e| panic!("{}", message(e)));
-        assert_eq!(cache.len().ok(), Some(0));
+        assert_eq!(cache.len(), 0);
         assert_none_failed(&failures);
     }
 
@@ -794,7 +794,7 @@ mod js_api {
         .unchecked_into();
         match JsCompositionalAttention::random(Some(options)).await {
             Ok(layer) => {
-                let info = layer.info().unwrap_or_else(|e| panic!("{}", message(e)));
+                let info = layer.info();
                 assert_eq!(
                     field(&info, "precision").as_string().as_deref(),
                     Some("f16")
