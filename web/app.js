@@ -281,6 +281,7 @@ async function runModel() {
     caseStatus('failed');
   } finally {
     $('load-run').disabled = false;
+    result.dataset.finished = String(Number(result.dataset.finished) + 1);
   }
 }
 

@@ -3,13 +3,14 @@
 // consumer examples/js-consumer/ (`npm install`, as its package.json names the tgz), type-checks
 // the consumer against the package's TypeScript definitions (`tsc --noEmit`: main.js with
 // checkJs, and api.ts), then opens the consumer's page in headless Chromium (an import map
-// resolves the package name) and checks its forward against reference cases' `output`.
+// resolves the package name) and checks its forward against reference cases' `output`; runs the
+// complete example of web/README.md ("JavaScript API") there too, on tests/golden/padding_mask.
 //
 //   node web/consumer.mjs       (web/test.sh runs it after e2e.mjs)
 //
 // Env: CHROMIUM (default /usr/bin/chromium). The npm registry is needed once, for typescript.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { serve } from './serve.mjs';
@@ -84,6 +85,35 @@ try {
       `consumer page, ${checkpoint}: ${state === 'done'
         ? `${result.format} [${result.shape}], max-abs / max|output| ${result.relative.toExponential(2)} on ${result.adapter}`
         : await page.textContent('#result')}${problems.length ? `; ${problems.join('; ')}` : ''}`);
+    await page.close();
+  }
+
+  // The README's example, as written (its `model.safetensors` is a reference case of dim 32).
+  const readme = readFileSync(`${HERE}README.md`, 'utf8');
+  const section = readme.slice(readme.indexOf('## JavaScript API'));
+  const example = section.match(/```js\n([\s\S]*?)```/)[1]
+    .replace('"model.safetensors"', '"../../tests/golden/padding_mask.safetensors"');
+  writeFileSync(`${CONSUMER}/readme-example.js`, example);
+  writeFileSync(`${CONSUMER}/readme-example.html`, readFileSync(`${CONSUMER}/index.html`, 'utf8')
+    .replace('./main.js', './readme-example.js'));
+  {
+    const page = await browser.newPage();
+    const logs = [];
+    const problems = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
+      else logs.push(m.text());
+    });
+    await page.goto(base.replace('index.html', 'readme-example.html'));
+    // The example's last log is the caught error's message.
+    const deadline = Date.now() + 120_000;
+    while (!logs.some((l) => l.startsWith('true x: expected')) && problems.length === 0 && Date.now() < deadline) {
+      await new Promise((ok) => setTimeout(ok, 200));
+    }
+    const error = logs.find((l) => l.startsWith('true x: expected')) ?? '';
+    check(error.includes('1·1·32 = 32') && logs.includes('6 128 1') && problems.length === 0,
+      `web/README.md's example runs: ${[...logs.filter((l) => !l.startsWith('[object')).slice(-3), ...problems].join(' | ')}`);
     await page.close();
   }
 } catch (e) {

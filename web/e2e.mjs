@@ -108,18 +108,32 @@ try {
   ];
   const loadFile = async (file, causal) => {
     await page.setChecked('#load-causal', causal);
-    const before = Number(await page.getAttribute('#case-result', 'data-runs'));
+    const before = Number(await page.getAttribute('#case-result', 'data-finished'));
     await page.setInputFiles('#checkpoint', file);
+    // data-finished counts runs that ended, in success (data-state "done") or not ("error").
     await page.waitForFunction(
-      (n) => {
-        const r = document.getElementById('case-result');
-        return r.dataset.state === 'error' || Number(r.dataset.runs) > n;
-      },
+      (n) => Number(document.getElementById('case-result').dataset.finished) > n,
       before,
       { timeout: TIMEOUT },
     );
     return page.getAttribute('#case-result', 'data-state');
   };
+  // A bad file is an error message, not a crash (first, so the screenshot shows a good one).
+  {
+    const state = await loadFile({ name: 'bad.safetensors', mimeType: 'application/octet-stream',
+      buffer: Buffer.from('this is not a checkpoint') }, false);
+    const failure = await page.textContent('#case-failure');
+    check(state === 'error' && failure.length > 0, `a bad file is reported: ${failure}`);
+  }
+
+  // A Keras .weights.h5 holds no case: the page runs it on a random input and says so.
+  {
+    const file = 'tests/golden-variants/keras/k02_prenorm.weights.h5';
+    const state = await loadFile(`${REPO}${file}`, false);
+    const stats = await page.textContent('#case-stats');
+    check(state === 'done' && /^[-0-9.e]+, /.test(stats) && (await page.textContent('#error')).startsWith('–'),
+      `${file}: ${state === 'done' ? `output ${await page.textContent('#case-shape')}, mean/std/min/max ${stats}` : await page.textContent('#case-failure')}`);
+  }
   for (const [file, causal] of files) {
     const state = await loadFile(`${REPO}${file}`, causal);
     if (state !== 'done') {
@@ -130,25 +144,6 @@ try {
     const relative = Number(error.split(/\s+/)[0]);
     check(relative < TOLERANCE, `${file}: #error ${error}; ${await page.textContent('#case-time')}`);
   }
-  // A Keras .weights.h5 holds no case: the page runs it on a random input and says so.
-  {
-    const file = 'tests/golden-variants/keras/k02_prenorm.weights.h5';
-    const state = await loadFile(`${REPO}${file}`, false);
-    const stats = await page.textContent('#case-stats');
-    check(state === 'done' && /^[-0-9.e]+, /.test(stats) && (await page.textContent('#error')).startsWith('–'),
-      `${file}: ${state === 'done' ? `output ${await page.textContent('#case-shape')}, mean/std/min/max ${stats}` : await page.textContent('#case-failure')}`);
-  }
-  // A bad file is an error message, not a crash.
-  {
-    await page.setInputFiles('#checkpoint', { name: 'bad.safetensors', mimeType: 'application/octet-stream',
-      buffer: Buffer.from('this is not a checkpoint') });
-    await page.waitForFunction(() => document.getElementById('case-result').dataset.state !== 'running',
-      null, { timeout: TIMEOUT });
-    const state = await page.getAttribute('#case-result', 'data-state');
-    const failure = await page.textContent('#case-failure');
-    check(state === 'error' && failure.length > 0, `a bad file is reported: ${failure}`);
-  }
-
   // Generation: prefill, then decode token by token, against the full causal forward.
   {
     await page.click('#gen-run');
