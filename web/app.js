@@ -1,10 +1,15 @@
 // The demo page: loads the wasm module from ./pkg (wasm-bindgen --target web), opens the WebGPU
-// device, and runs the configuration in the form. Each run appends a row to the results table.
-import init, { Session, strategies, hasWebGpu } from './pkg/compattn_web.js';
+// device, and runs the configuration in the form (each run appends a row to the results table);
+// runs the user's own checkpoint file against the `output` it may hold; and demonstrates
+// generation (prefill, then decode token by token) against the full causal forward.
+import init, {
+  Session, strategies, hasWebGpu, CompositionalAttention, readCase, randomNormal,
+} from './pkg/compattn_web.js';
 
 const $ = (id) => document.getElementById(id);
 const status = (text) => { $('status').textContent = text; };
-const showError = (e) => { $('error').textContent = e ? String(e.message ?? e) : ''; };
+const message = (e) => (e ? String(e.message ?? e) : '');
+const showError = (e) => { $('failure').textContent = message(e); };
 
 let session = null;
 let sessionLimits = null;
@@ -113,6 +118,8 @@ async function main() {
     $('strategy').append(option);
   }
   $('config').addEventListener('submit', run);
+  setUpModel();
+  $('gen-form').addEventListener('submit', generate);
   if (!hasWebGpu()) {
     showError('This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome or Edge, or ' +
       'Firefox / Safari with WebGPU enabled, and open the page over https or localhost.');
@@ -120,8 +127,244 @@ async function main() {
     return;
   }
   $('run').disabled = false;
+  $('gen-run').disabled = false;
   status('ready');
   document.body.dataset.ready = 'true';
+}
+
+// ---- Your model: a checkpoint file, chosen or dropped -------------------------------------------
+
+const median = (times) => {
+  const sorted = [...times].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+};
+const sig = (v) => (Number.isFinite(v) ? Number(v.toPrecision(3)).toString() : String(v));
+
+/** mean, std, min, max of `y` (float64 sums). */
+function summary(y) {
+  let sum = 0, sq = 0, min = Infinity, max = -Infinity, nonFinite = 0;
+  for (const v of y) {
+    if (!Number.isFinite(v)) { nonFinite += 1; continue; }
+    sum += v; sq += v * v;
+    if (v < min) min = v;
+    if (v > max) max = v;
+  }
+  const n = y.length - nonFinite;
+  const mean = n ? sum / n : NaN;
+  const std = n ? Math.sqrt(Math.max(sq / n - mean * mean, 0)) : NaN;
+  return { mean, std, min, max, nonFinite };
+}
+
+/** max-abs / max|expected|, max-abs, max|expected|, relative L2 (non-finite actual: Infinity). */
+function compare(actual, expected) {
+  let maxAbs = 0, maxExpected = 0, diff2 = 0, ref2 = 0;
+  for (let i = 0; i < expected.length; i += 1) {
+    const d = Math.abs(actual[i] - expected[i]);
+    maxAbs = Number.isFinite(d) && maxAbs !== Infinity ? Math.max(maxAbs, d) : Infinity;
+    maxExpected = Math.max(maxExpected, Math.abs(expected[i]));
+    diff2 += d * d;
+    ref2 += expected[i] * expected[i];
+  }
+  return {
+    relative: maxAbs / (maxExpected || 1),
+    maxAbs,
+    maxExpected,
+    relL2: Math.sqrt(diff2) / (Math.sqrt(ref2) || 1),
+  };
+}
+
+let model = null; // the loaded CompositionalAttention
+let modelFile = null; // { name, bytes }
+
+const caseStatus = (text) => { $('load-status').textContent = text; };
+
+function setUpModel() {
+  const chosen = (file) => {
+    if (!file) return;
+    file.arrayBuffer().then((buffer) => {
+      modelFile = { name: file.name, bytes: new Uint8Array(buffer) };
+      $('load-run').disabled = false;
+      runModel();
+    }, (e) => { $('case-failure').textContent = `could not read ${file.name}: ${message(e)}`; });
+  };
+  $('checkpoint').addEventListener('change', () => chosen($('checkpoint').files[0]));
+  $('load-form').addEventListener('submit', (event) => { event.preventDefault(); runModel(); });
+  // Drop a file anywhere on the page.
+  let depth = 0;
+  document.addEventListener('dragenter', (e) => { e.preventDefault(); depth += 1; document.body.classList.add('dragging'); });
+  document.addEventListener('dragleave', () => { depth -= 1; if (depth <= 0) document.body.classList.remove('dragging'); });
+  document.addEventListener('dragover', (e) => e.preventDefault());
+  document.addEventListener('drop', (e) => {
+    e.preventDefault();
+    depth = 0;
+    document.body.classList.remove('dragging');
+    chosen(e.dataTransfer?.files?.[0]);
+  });
+}
+
+async function runModel() {
+  if (!modelFile) return;
+  const result = $('case-result');
+  result.dataset.state = 'running';
+  $('load-run').disabled = true;
+  $('case-failure').textContent = '';
+  for (const id of ['case-layer', 'case-input', 'case-shape', 'case-stats', 'error', 'case-time']) $(id).textContent = '–';
+  try {
+    const { name, bytes } = modelFile;
+    caseStatus(`reading ${name}…`);
+    const fileCase = readCase(bytes);
+    const config = $('load-config').value.trim();
+    const options = {
+      causal: $('load-causal').checked,
+      prefix: $('load-prefix').value.trim(),
+      config: config || undefined,
+      limits: $('limits').value,
+      strategy: $('strategy').value,
+    };
+    caseStatus(`loading ${name} onto the GPU…`);
+    if (model) model.free();
+    model = null;
+    model = await CompositionalAttention.load(bytes, options);
+    const info = model.info();
+    $('case-layer').textContent = `${name}: ${info.format}, dim ${info.dim}, dim_head ${info.dimHead}, ` +
+      `searches ${info.searches}, retrievals ${info.retrievals}${info.causal ? ', causal' : ''}` +
+      `${info.prenorm ? ', prenorm' : ''}${info.bias ? ', bias' : ''}; ${info.strategy}, ${info.precision}`;
+
+    let x = fileCase.input, batch = fileCase.batch, seq = fileCase.seq, inputWhat;
+    if (x && fileCase.dim !== info.dim) {
+      throw new Error(`the file's input has dim ${fileCase.dim}, the layer ${info.dim}`);
+    }
+    if (x) {
+      inputWhat = `the file's input [${batch}, ${seq}, ${info.dim}]${fileCase.mask ? ' with its mask' : ''}`;
+    } else {
+      batch = Number($('load-batch').value);
+      seq = Number($('load-seq').value);
+      const seed = Number($('load-seed').value);
+      x = randomNormal(batch * seq * info.dim, seed);
+      inputWhat = `standard normal [${batch}, ${seq}, ${info.dim}], seed ${seed} (the file has no input)`;
+    }
+    $('case-input').textContent = inputWhat;
+    caseStatus('running the forward…');
+    const start = performance.now();
+    const y = await model.forward(x, batch, seq, fileCase.mask);
+    const firstMs = performance.now() - start;
+    const times = [];
+    for (let i = 0; i < 5; i += 1) {
+      const t0 = performance.now();
+      await model.forward(x, batch, seq, fileCase.mask);
+      times.push(performance.now() - t0);
+    }
+    const s = summary(y);
+    $('case-shape').textContent = `[${batch}, ${seq}, ${info.dim}]`;
+    $('case-stats').textContent = `${sig(s.mean)}, ${sig(s.std)}, ${sig(s.min)}, ${sig(s.max)}` +
+      (s.nonFinite ? ` (${s.nonFinite} non-finite)` : '');
+    let error = null;
+    if (fileCase.output && fileCase.output.length === y.length) {
+      error = compare(y, fileCase.output);
+      $('error').textContent = `${error.relative.toExponential(2)} (max-abs ${error.maxAbs.toExponential(2)}, ` +
+        `max|output| ${sig(error.maxExpected)}, rel-L2 ${error.relL2.toExponential(2)})`;
+    } else if (fileCase.output) {
+      $('error').textContent = `– (the file's output has ${fileCase.output.length} numbers, the result ${y.length})`;
+    } else {
+      $('error').textContent = '– (the file has no output to compare with)';
+    }
+    const forwardMs = median(times);
+    $('case-time').textContent = `${forwardMs.toFixed(2)} ms (first ${firstMs.toFixed(1)} ms, ${times.length} timed)`;
+    window.lastCase = { name, info, batch, seq, error, stats: s, forwardMs, firstMs };
+    result.dataset.runs = String(Number(result.dataset.runs) + 1);
+    result.dataset.state = 'done';
+    caseStatus(`done: ${name}`);
+  } catch (e) {
+    console.warn(e);
+    $('case-failure').textContent = message(e);
+    result.dataset.state = 'error';
+    caseStatus('failed');
+  } finally {
+    $('load-run').disabled = false;
+    result.dataset.finished = String(Number(result.dataset.finished) + 1);
+  }
+}
+
+// ---- Generation: prefill, then decode token by token ------------------------------------------
+
+/** Rows [t0, t1) of every batch row of x [batch, seq, dim]. */
+function rows(x, batch, seq, dim, t0, t1) {
+  const out = new Float32Array(batch * (t1 - t0) * dim);
+  for (let b = 0; b < batch; b += 1) {
+    out.set(x.subarray((b * seq + t0) * dim, (b * seq + t1) * dim), b * (t1 - t0) * dim);
+  }
+  return out;
+}
+
+async function generate(event) {
+  event?.preventDefault();
+  const gen = $('generation');
+  const button = $('gen-run');
+  button.disabled = true;
+  gen.dataset.state = 'running';
+  $('gen-failure').textContent = '';
+  $('decode-diff').textContent = '–';
+  $('tokens').tBodies[0].replaceChildren();
+  let layer = null;
+  let cache = null;
+  try {
+    const form = readForm();
+    const batch = Number($('gen-batch').value);
+    const prompt = Number($('gen-prompt').value);
+    const total = Number($('gen-tokens').value);
+    if (!(prompt >= 1 && total > prompt)) throw new Error('need 1 ≤ prompt tokens < total tokens');
+    $('gen-status').textContent = 'building a causal layer with random weights…';
+    layer = await CompositionalAttention.random({
+      dim: form.dim, dimHead: form.dimHead, searches: form.searches, retrievals: form.retrievals,
+      prenorm: form.prenorm, causal: true, seed: form.seed,
+      limits: $('limits').value, strategy: form.strategy,
+    });
+    const dim = layer.dim;
+    const x = randomNormal(batch * total * dim, form.seed + 1);
+    $('gen-status').textContent = 'full causal forward…';
+    const full = await layer.forward(x, batch, total);
+    cache = layer.kvCache(batch, total);
+    let t0 = performance.now();
+    const y = await layer.prefill(cache, rows(x, batch, total, dim, 0, prompt), prompt);
+    const prefillMs = performance.now() - t0;
+    let overall = compare(y, rows(full, batch, total, dim, 0, prompt)).maxAbs;
+    const addToken = (token, step, ms, diff) => {
+      const tr = document.createElement('tr');
+      for (const text of [String(token), step, ms.toFixed(2), diff.toExponential(2)]) {
+        const td = document.createElement('td');
+        td.textContent = text;
+        tr.append(td);
+      }
+      $('tokens').tBodies[0].append(tr);
+    };
+    addToken(`0–${prompt - 1}`, 'prefill', prefillMs, overall);
+    const times = [];
+    for (let t = prompt; t < total; t += 1) {
+      $('gen-status').textContent = `decoding token ${t}…`;
+      t0 = performance.now();
+      const row = await layer.decode(cache, rows(x, batch, total, dim, t, t + 1));
+      const ms = performance.now() - t0;
+      times.push(ms);
+      const diff = compare(row, rows(full, batch, total, dim, t, t + 1)).maxAbs;
+      overall = Math.max(overall, diff);
+      addToken(t, 'decode', ms, diff);
+    }
+    $('decode-diff').textContent = `${overall.toExponential(2)}`;
+    $('prefill-time').textContent = `${prefillMs.toFixed(2)} ms for ${prompt} tokens × batch ${batch}`;
+    $('decode-time').textContent = `${median(times).toFixed(2)} ms (${times.length} tokens, cache ${cache.len}/${cache.capacity})`;
+    window.lastGeneration = { batch, prompt, total, maxAbs: overall, prefillMs, decodeMs: times, cacheLen: cache.len };
+    gen.dataset.state = 'done';
+    $('gen-status').textContent = `done: decode matches the full forward within ${overall.toExponential(2)}`;
+  } catch (e) {
+    console.warn(e);
+    $('gen-failure').textContent = message(e);
+    gen.dataset.state = 'error';
+    $('gen-status').textContent = 'failed';
+  } finally {
+    cache?.free();
+    layer?.free();
+    button.disabled = false;
+  }
 }
 
 main();

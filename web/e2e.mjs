@@ -1,6 +1,8 @@
 // End-to-end test of the demo page: serves web/ on localhost, opens index.html in headless
 // Chromium (WebGPU on SwiftShader), runs a small configuration with every strategy the page
-// offers, checks the error against the CPU reference and saves a screenshot.
+// offers and checks the error against the CPU reference; loads reference checkpoints through the
+// file input and checks #error against their `output`; runs the generation demo (decode against
+// the full forward); checks the JavaScript API's errors; saves a screenshot.
 //
 //   node web/e2e.mjs            (after web/pkg/ is built; web/test.sh does both)
 //
@@ -59,7 +61,7 @@ try {
 
   await page.goto(url);
   await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 }).catch(async () => {
-    throw new Error(`the page did not get ready: ${await page.textContent('#status')} ${await page.textContent('#error')}`);
+    throw new Error(`the page did not get ready: ${await page.textContent('#status')} ${await page.textContent('#failure')}`);
   });
   const strategies = await page.$$eval('#strategy option', (os) => os.map((o) => o.value));
   check(strategies.length >= 1, `the page offers strategies: ${strategies.join(', ')}`);
@@ -86,7 +88,7 @@ try {
     );
     const state = await page.getAttribute('#results', 'data-state');
     if (state !== 'done') {
-      check(false, `${strategy}: ${await page.textContent('#error')}`);
+      check(false, `${strategy}: ${await page.textContent('#failure')}`);
       continue;
     }
     const r = await page.evaluate(() => window.lastReport);
@@ -96,6 +98,96 @@ try {
       `${strategy}: first ${r.firstMs.toFixed(1)} ms, forward ${r.forwardMs?.toFixed(2)} ms, ` +
       `reference ${r.referenceMs.toFixed(1)} ms on ${r.adapter}`);
   }
+  // The user's own model: reference cases through the file input, checked against their output.
+  const REPO = `${HERE}../`;
+  const files = [
+    ['tests/golden/tiny.safetensors', false],
+    ['tests/golden/padding_mask.safetensors', false],
+    ['tests/golden/causal.safetensors', true],
+    ['tests/golden-variants/keras/k01_defaults.safetensors', false],
+  ];
+  const loadFile = async (file, causal) => {
+    await page.setChecked('#load-causal', causal);
+    const before = Number(await page.getAttribute('#case-result', 'data-finished'));
+    await page.setInputFiles('#checkpoint', file);
+    // data-finished counts runs that ended, in success (data-state "done") or not ("error").
+    await page.waitForFunction(
+      (n) => Number(document.getElementById('case-result').dataset.finished) > n,
+      before,
+      { timeout: TIMEOUT },
+    );
+    return page.getAttribute('#case-result', 'data-state');
+  };
+  // A bad file is an error message, not a crash (first, so the screenshot shows a good one).
+  {
+    const state = await loadFile({ name: 'bad.safetensors', mimeType: 'application/octet-stream',
+      buffer: Buffer.from('this is not a checkpoint') }, false);
+    const failure = await page.textContent('#case-failure');
+    check(state === 'error' && failure.length > 0, `a bad file is reported: ${failure}`);
+  }
+
+  // A Keras .weights.h5 holds no case: the page runs it on a random input and says so.
+  {
+    const file = 'tests/golden-variants/keras/k02_prenorm.weights.h5';
+    const state = await loadFile(`${REPO}${file}`, false);
+    const stats = await page.textContent('#case-stats');
+    check(state === 'done' && /^[-0-9.e]+, /.test(stats) && (await page.textContent('#error')).startsWith('–'),
+      `${file}: ${state === 'done' ? `output ${await page.textContent('#case-shape')}, mean/std/min/max ${stats}` : await page.textContent('#case-failure')}`);
+  }
+  for (const [file, causal] of files) {
+    const state = await loadFile(`${REPO}${file}`, causal);
+    if (state !== 'done') {
+      check(false, `${file}: ${await page.textContent('#case-failure')}`);
+      continue;
+    }
+    const error = (await page.textContent('#error')).trim();
+    const relative = Number(error.split(/\s+/)[0]);
+    check(relative < TOLERANCE, `${file}: #error ${error}; ${await page.textContent('#case-time')}`);
+  }
+  // Generation: prefill, then decode token by token, against the full causal forward.
+  {
+    await page.click('#gen-run');
+    await page.waitForFunction(() => ['done', 'error'].includes(document.getElementById('generation').dataset.state),
+      null, { timeout: TIMEOUT });
+    const state = await page.getAttribute('#generation', 'data-state');
+    const diff = (await page.textContent('#decode-diff')).trim();
+    check(state === 'done' && Number(diff) < TOLERANCE,
+      `generation: decode vs forward max-abs ${diff}; ${state === 'done' ? `prefill ${await page.textContent('#prefill-time')}, decode ${await page.textContent('#decode-time')}` : await page.textContent('#gen-failure')}`);
+  }
+
+  // The JavaScript API's errors: JS Errors with the crate's message, never a panic.
+  {
+    const { out: errors, concurrent } = await page.evaluate(async () => {
+      const api = await import('./pkg/compattn_web.js');
+      const caught = async (f) => {
+        try { await f(); return 'no error'; } catch (e) { return e instanceof Error ? `Error: ${e.message}` : `not an Error: ${e}`; }
+      };
+      const layer = await api.CompositionalAttention.random({ dim: 8, dimHead: 4, searches: 2, retrievals: 2, seed: 3 });
+      const out = {
+        length: await caught(() => layer.forward(new Float32Array(7), 1, 1)),
+        batch: await caught(() => layer.forward(new Float32Array(8), 1.5, 1)),
+        mask: await caught(() => layer.forward(new Float32Array(16), 1, 2, new Uint8Array(3))),
+        nan: await caught(() => layer.forward(new Float32Array(8).fill(NaN), 1, 1)),
+        kvCache: await caught(() => layer.kvCache(1, 4)),
+        load: await caught(() => api.CompositionalAttention.load(new Uint8Array([1, 2, 3]))),
+        strategy: await caught(() => api.CompositionalAttention.random({ strategy: 'fast' })),
+      };
+      // Calls take turns: concurrent forwards give what sequential ones give.
+      const xs = [1, 2, 3].map((seed) => api.randomNormal(2 * 5 * 8, seed));
+      const together = await Promise.all(xs.map((x) => layer.forward(x, 2, 5)));
+      const apart = [];
+      for (const x of xs) apart.push(await layer.forward(x, 2, 5));
+      const concurrent = together.every((y, i) => y.length === 80 && y.every((v, j) => v === apart[i][j]));
+      layer.free();
+      out.freed = await caught(() => layer.forward(new Float32Array(8), 1, 1));
+      return { out, concurrent };
+    });
+    for (const [what, text] of Object.entries(errors)) {
+      check(text.startsWith('Error: ') && !/panicked|unreachable/.test(text), `API error (${what}): ${text}`);
+    }
+    check(concurrent, 'three concurrent forwards (Promise.all) give what three sequential ones give');
+  }
+
   const device = await page.textContent('#device');
   check(/adapter: /.test(device), `the page shows the adapter: ${device.split('\n')[0]}`);
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Browser tests for compositional_attention: builds the crate for wasm32-unknown-unknown, runs the
-# wasm-bindgen tests (web/tests/web.rs) in headless Chromium on WebGPU, builds the demo page into
-# web/pkg/ and runs its end-to-end test (web/e2e.mjs). Installs what a fresh Debian machine lacks.
+# wasm-bindgen tests (web/tests/web.rs) in headless Chromium on WebGPU, builds the JS/TS package
+# into web/pkg/ (the module, its TypeScript definitions and package.json from web/package.pkg.json)
+# and runs the page's end-to-end test (web/e2e.mjs) and the outside consumer's test
+# (web/consumer.mjs: npm pack, npm install into examples/js-consumer/, tsc, its page).
+# Installs what a fresh Debian machine lacks.
 #
 #   bash web/test.sh             everything
 #   bash web/test.sh --no-e2e    only the wasm-bindgen tests
-#   bash web/test.sh --page      only build web/pkg/ (for serving the page)
+#   bash web/test.sh --page      only build web/pkg/ (for serving the page or npm pack)
 #
 # Env: COMPATTN_SEED=N fixes the random tests' seed; WEB_TEST_TIMEOUT (s, default 900) bounds the
 # browser test run; CHROMEDRIVER overrides /usr/bin/chromedriver and CHROMIUM /usr/bin/chromium for
@@ -117,24 +120,42 @@ fi
 if [ "$RUN_E2E" -eq 1 ] || [ "$RUN_TESTS" -eq 0 ]; then
   log "building the page into web/pkg/"
   "${CARGO[@]}" build --lib --profile "$PROFILE" --target "$TARGET" "${BUILD_STD[@]}"
-  wasm-bindgen --target web --no-typescript --out-dir pkg "target/$TARGET/$PROFILE/compattn_web.wasm"
+  wasm-bindgen --target web --out-dir pkg "target/$TARGET/$PROFILE/compattn_web.wasm"
+  # The npm package's manifest; its version must be the crate's.
+  crate_version="$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)"
+  pkg_version="$(node -p 'require("./package.pkg.json").version')"
+  if [ "$crate_version" != "$pkg_version" ]; then
+    echo "web/package.pkg.json has version $pkg_version, web/Cargo.toml $crate_version" >&2
+    exit 1
+  fi
+  cp package.pkg.json pkg/package.json
   ls -l pkg
 fi
 
-if [ "$RUN_E2E" -eq 1 ]; then
-  log "end-to-end test of the page (web/e2e.mjs)"
+# Runs a node script that ends with "<name>: N passed, M failed" and counts it.
+run_node_test() {
+  local name="$1" script="$2"
   set +e
-  node e2e.mjs 2>&1 | tee target/e2e.log
-  status=${PIPESTATUS[0]}
+  node "$script" 2>&1 | tee "target/$name.log"
+  local status=${PIPESTATUS[0]}
   set -e
-  result="$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed$' target/e2e.log | tail -1 || true)"
+  # (PIPESTATUS is read above, before `set -e` resets it.)
+  local result
+  result="$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed$" "target/$name.log" | tail -1 || true)"
   if [ -n "$result" ]; then
-    passed=$((passed + $(sed -E 's/e2e: ([0-9]+) passed.*/\1/' <<<"$result")))
+    passed=$((passed + $(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$result")))
     failed=$((failed + $(sed -E 's/.* ([0-9]+) failed/\1/' <<<"$result")))
   fi
   if [ "$status" -ne 0 ] && { [ -z "$result" ] || grep -q ' 0 failed$' <<<"$result"; }; then
     failed=$((failed + 1))
   fi
+}
+
+if [ "$RUN_E2E" -eq 1 ]; then
+  log "end-to-end test of the page (web/e2e.mjs)"
+  run_node_test e2e e2e.mjs
+  log "the packed package in an outside consumer (web/consumer.mjs, examples/js-consumer/)"
+  run_node_test consumer consumer.mjs
 fi
 
 echo

@@ -16,6 +16,11 @@
 
 use std::str::FromStr;
 
+mod api;
+pub use api::{
+    JsCompositionalAttention, JsKvCache, LoadOptions, RandomOptions, random_normal, read_case,
+};
+
 use compositional_attention::verify::{self, ErrorStats};
 use compositional_attention::{
     CompositionalAttention, Config, GpuContext, GpuOptions, LimitsPolicy, Strategy, reference,

@@ -140,7 +140,9 @@ async fn variant_checkpoints_of_every_format() {
         ),
         (
             "xformers/x01_defaults_shared_proj",
-            include_bytes!("../../tests/golden-variants/xformers/x01_defaults_shared_proj.safetensors"),
+            include_bytes!(
+                "../../tests/golden-variants/xformers/x01_defaults_shared_proj.safetensors"
+            ),
             r#"{"format": "xformers", "dim_model": 32, "num_heads": 4}"#,
         ),
     ];
@@ -210,7 +212,12 @@ async fn golden_causal_case_prefill_then_decode() {
     }
     assert_eq!(cache.len(), seq);
     let mut failures = Vec::new();
-    check(&mut failures, "causal, prefill then decode", &generated, &expected);
+    check(
+        &mut failures,
+        "causal, prefill then decode",
+        &generated,
+        &expected,
+    );
     assert_none_failed(&failures);
 }
 
@@ -440,7 +447,13 @@ async fn f16_storage_or_a_typed_error() {
         Err(err) => {
             assert!(!gpu.supports_f16(), "{err}");
             assert!(
-                matches!(err, Error::MissingFeature { feature: "shader-f16", .. }),
+                matches!(
+                    err,
+                    Error::MissingFeature {
+                        feature: "shader-f16",
+                        ..
+                    }
+                ),
                 "{err}"
             );
         }
@@ -506,4 +519,291 @@ fn sizes_past_32_bits_are_refused() {
     assert!(err.contains("2³²"), "{err}");
     options.strategy = Strategy::Fused;
     assert!(check_size(&options).is_ok());
+}
+
+// ---- The JavaScript API (`CompositionalAttention`, `KvCache`, `readCase`) ----------------------
+
+mod js_api {
+    use super::*;
+    use compattn_web::{JsCompositionalAttention, LoadOptions, RandomOptions, read_case};
+    use js_sys::{Float32Array, Object, Reflect, Uint8Array};
+    use wasm_bindgen::{JsCast, JsError, JsValue};
+
+    /// The message of a `JsError`, as JavaScript sees it.
+    fn message(e: JsError) -> String {
+        JsValue::from(e)
+            .dyn_into::<js_sys::Error>()
+            .map(|e| String::from(e.message()))
+            .unwrap_or_else(|v| format!("not an Error: {v:?}"))
+    }
+
+    fn object(fields: &[(&str, JsValue)]) -> Object {
+        let o = Object::new();
+        for (k, v) in fields {
+            Reflect::set(&o, &(*k).into(), v).unwrap();
+        }
+        o
+    }
+
+    fn field(o: &JsValue, key: &str) -> JsValue {
+        Reflect::get(o, &key.into()).unwrap()
+    }
+
+    async fn load(bytes: &[u8], fields: &[(&str, JsValue)]) -> JsCompositionalAttention {
+        let mut fields = fields.to_vec();
+        fields.push(("limits", "webgpu".into()));
+        let options: LoadOptions = JsValue::from(object(&fields)).unchecked_into();
+        JsCompositionalAttention::load(bytes.to_vec(), Some(options))
+            .await
+            .unwrap_or_else(|e| panic!("load: {}", message(e)))
+    }
+
+    async fn random(fields: &[(&str, JsValue)]) -> JsCompositionalAttention {
+        let mut fields = fields.to_vec();
+        fields.push(("limits", "webgpu".into()));
+        let options: RandomOptions = JsValue::from(object(&fields)).unchecked_into();
+        JsCompositionalAttention::random(Some(options))
+            .await
+            .unwrap_or_else(|e| panic!("random: {}", message(e)))
+    }
+
+    /// `readCase` of a file: x, batch, seq, mask bytes, output.
+    fn case_of(bytes: &[u8]) -> (Vec<f32>, f64, f64, Option<Vec<u8>>, Option<Vec<f32>>) {
+        let case = read_case(bytes.to_vec()).unwrap_or_else(|e| panic!("{}", message(e)));
+        let array = |key: &str| {
+            let v = field(&case, key);
+            (!v.is_null()).then_some(v)
+        };
+        let x = array("input").map_or_else(Vec::new, |v| Float32Array::from(v).to_vec());
+        let mask = array("mask").map(|v| Uint8Array::from(v).to_vec());
+        let output = array("output").map(|v| Float32Array::from(v).to_vec());
+        let batch = field(&case, "batch").as_f64().unwrap_or(0.0);
+        let seq = field(&case, "seq").as_f64().unwrap_or(0.0);
+        (x, batch, seq, mask, output)
+    }
+
+    /// `load` of every format the crate reads (lucidrains, Keras safetensors and .weights.h5,
+    /// fairseq with its constructor as an object, xformers with it as JSON text), the forward of
+    /// the file's input against the file's output.
+    #[wasm_bindgen_test]
+    async fn load_every_format_and_match_the_output() {
+        let keras_h5 = include_bytes!("../../tests/golden-variants/keras/k02_prenorm.weights.h5");
+        let keras = include_bytes!("../../tests/golden-variants/keras/k02_prenorm.safetensors");
+        let fairseq =
+            include_bytes!("../../tests/golden-variants/fairseq/f02_score_net_padding.safetensors");
+        let xformers = include_bytes!(
+            "../../tests/golden-variants/xformers/x01_defaults_shared_proj.safetensors"
+        );
+        let fairseq_config = js_sys::JSON::parse(
+            r#"{"embed_dim": 24, "num_heads": 3, "num_rules": 3, "selection_dim": 5, "attn_dim": 18}"#,
+        )
+        .unwrap();
+        let cases: Vec<(&str, &[u8], &[u8], Vec<(&str, JsValue)>, &str)> = vec![
+            ("tiny", GOLDEN[6].1, GOLDEN[6].1, vec![], "lucidrains"),
+            (
+                "causal",
+                GOLDEN[0].1,
+                GOLDEN[0].1,
+                vec![("causal", true.into())],
+                "lucidrains",
+            ),
+            (
+                "padding_mask",
+                GOLDEN[3].1,
+                GOLDEN[3].1,
+                vec![],
+                "lucidrains",
+            ),
+            ("keras safetensors", keras, keras, vec![], "keras"),
+            // The .weights.h5 holds the same weights; its case tensors are in the safetensors.
+            ("keras .weights.h5", keras_h5, keras, vec![], "keras"),
+            (
+                "fairseq",
+                fairseq,
+                fairseq,
+                vec![("config", fairseq_config), ("format", "fairseq".into())],
+                "fairseq",
+            ),
+            (
+                "xformers",
+                xformers,
+                xformers,
+                vec![(
+                    "config",
+                    r#"{"format": "xformers", "dim_model": 32, "num_heads": 4}"#.into(),
+                )],
+                "xformers",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (name, weights, case, options, format) in cases {
+            let layer = load(weights, &options).await;
+            let info = layer.info();
+            assert_eq!(field(&info, "format").as_string().as_deref(), Some(format));
+            assert_eq!(field(&info, "dim").as_f64(), Some(layer.dim() as f64));
+            let (x, batch, seq, mask, output) = case_of(case);
+            let expected: Vec<f64> = output.unwrap().iter().map(|&v| v as f64).collect();
+            match layer.forward_vec(x, batch, seq, mask).await {
+                Ok(y) => check(
+                    &mut failures,
+                    &format!("load + forward: {name}"),
+                    &y,
+                    &expected,
+                ),
+                Err(e) => failures.push(format!("{name}: {}", message(e))),
+            }
+        }
+        assert_none_failed(&failures);
+    }
+
+    /// `kvCache` + `prefill` + `decode` give the rows of the full causal forward.
+    #[wasm_bindgen_test]
+    async fn decode_matches_the_causal_forward() {
+        let seed = seed();
+        let layer = random(&[
+            ("dim", 20.into()),
+            ("dimHead", 5.into()),
+            ("searches", 3.into()),
+            ("retrievals", 2.into()),
+            ("causal", true.into()),
+            ("seed", ((seed % 1_000_000) as f64).into()),
+        ])
+        .await;
+        let (batch, seq, dim, prompt) = (2usize, 9usize, 20usize, 3usize);
+        let x: Vec<f32> = compattn_web::random_normal((batch * seq * dim) as f64, 5.0)
+            .unwrap_or_else(|e| panic!("{}", message(e)))
+            .to_vec();
+        let full = layer
+            .forward_vec(x.clone(), batch as f64, seq as f64, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let rows = |v: &[f32], t0: usize, t1: usize| -> Vec<f32> {
+            (0..batch)
+                .flat_map(|b| v[(b * seq + t0) * dim..(b * seq + t1) * dim].to_vec())
+                .collect()
+        };
+        let cache = layer
+            .kv_cache(batch as f64, seq as f64)
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let mut failures = Vec::new();
+        let y = layer
+            .prefill_vec(&cache, rows(&x, 0, prompt), prompt as f64, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let expected =
+            |t0, t1| -> Vec<f64> { rows(&full, t0, t1).iter().map(|&v| v as f64).collect() };
+        check(
+            &mut failures,
+            &format!("prefill (seed {seed})"),
+            &y,
+            &expected(0, prompt),
+        );
+        for t in prompt..seq {
+            let y = layer
+                .prefill_vec(&cache, rows(&x, t, t + 1), 1.0, None)
+                .await
+                .unwrap_or_else(|e| panic!("{}", message(e)));
+            check(
+                &mut failures,
+                &format!("decode token {t} (seed {seed})"),
+                &y,
+                &expected(t, t + 1),
+            );
+        }
+        assert_eq!(cache.len(), seq);
+        // Full: one more token is a typed error; `clear` starts again.
+        let err = layer
+            .prefill_vec(&cache, rows(&x, 0, 1), 1.0, None)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        console_log!("past capacity: {}", message(err));
+        cache.clear().unwrap_or_else(|e| panic!("{}", message(e)));
+        assert_eq!(cache.len(), 0);
+        assert_none_failed(&failures);
+    }
+
+    /// Bad input gives an `Error` with the crate's message, never a panic.
+    #[wasm_bindgen_test]
+    async fn errors_are_js_errors() {
+        let layer = random(&[
+            ("dim", 8.into()),
+            ("dimHead", 4.into()),
+            ("searches", 2.into()),
+        ])
+        .await;
+        let forward_err = |x: Vec<f32>, batch: f64, seq: f64, mask: Option<Vec<u8>>| {
+            let layer = layer.clone();
+            async move { message(layer.forward_vec(x, batch, seq, mask).await.unwrap_err()) }
+        };
+        let e = forward_err(vec![0.0; 7], 1.0, 1.0, None).await;
+        assert!(e.contains("x: expected batch·seq·dim = 1·1·8 = 8"), "{e}");
+        let e = forward_err(vec![0.0; 16], 1.0, 2.0, Some(vec![1; 3])).await;
+        assert!(e.contains("mask: expected batch·seq = 1·2 = 2"), "{e}");
+        let e = forward_err(vec![0.0; 8], 0.0, 1.0, None).await;
+        assert!(e.contains("batch must be a whole number"), "{e}");
+        let e = forward_err(vec![0.0; 8], 1.0, f64::NAN, None).await;
+        assert!(e.contains("seq must be a whole number"), "{e}");
+        let e = forward_err(vec![f32::INFINITY; 8], 1.0, 1.0, None).await;
+        assert!(e.contains("non-finite"), "{e}");
+        // A non-causal layer has no KV cache.
+        let e = message(layer.kv_cache(1.0, 4.0).map(|_| ()).unwrap_err());
+        assert!(e.contains("causal"), "{e}");
+        // A bad file, an empty one, a file of another model, unknown option values.
+        let e = message(
+            JsCompositionalAttention::load(b"not a checkpoint at all".to_vec(), None)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        );
+        assert!(e.contains("safetensors"), "{e}");
+        let e = message(
+            JsCompositionalAttention::load(Vec::new(), None)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        );
+        assert!(e.contains("empty"), "{e}");
+        for (key, value, wanted) in [
+            ("limits", "everything", "limits"),
+            ("precision", "f8", "precision"),
+            ("strategy", "fast", "strategy"),
+            ("format", "onnx", "format"),
+            ("config", "{not json", "configuration"),
+        ] {
+            let options: LoadOptions =
+                JsValue::from(object(&[(key, value.into())])).unchecked_into();
+            let e = message(
+                JsCompositionalAttention::load(GOLDEN[6].1.to_vec(), Some(options))
+                    .await
+                    .map(|_| ())
+                    .unwrap_err(),
+            );
+            assert!(e.contains(wanted), "{key} = {value}: {e}");
+        }
+        // Case tensors: a malformed file is an error, a weights-only one has none.
+        assert!(read_case(b"junk".to_vec()).is_err());
+        let h5 = include_bytes!("../../tests/golden-variants/keras/k01_defaults.weights.h5");
+        let case = read_case(h5.to_vec()).unwrap_or_else(|e| panic!("{}", message(e)));
+        assert!(field(&case, "input").is_null() && field(&case, "output").is_null());
+        // f16 where the adapter lacks shader-f16 (SwiftShader): a typed error naming it.
+        let options: RandomOptions = JsValue::from(object(&[
+            ("precision", "f16".into()),
+            ("limits", "webgpu".into()),
+        ]))
+        .unchecked_into();
+        match JsCompositionalAttention::random(Some(options)).await {
+            Ok(layer) => {
+                let info = layer.info();
+                assert_eq!(
+                    field(&info, "precision").as_string().as_deref(),
+                    Some("f16")
+                );
+            }
+            Err(e) => {
+                let e = message(e);
+                assert!(e.contains("shader-f16"), "{e}");
+            }
+        }
+    }
 }

@@ -1,0 +1,48 @@
+// Type-checked only (tsc --noEmit): the package's TypeScript definitions describe the API the
+// README documents. Never run.
+import init, {
+  CompositionalAttention,
+  KvCache,
+  readCase,
+  randomNormal,
+  type Case,
+  type LayerInfo,
+  type LoadOptions,
+} from 'compositional-attention';
+
+export async function typed(bytes: Uint8Array): Promise<number> {
+  await init();
+  const options: LoadOptions = {
+    causal: true,
+    prefix: '',
+    config: { format: 'fairseq', embed_dim: 32, num_heads: 4 },
+    limits: 'webgpu',
+    precision: 'f32',
+    strategy: 'fused',
+  };
+  const layer: CompositionalAttention = await CompositionalAttention.load(bytes, options);
+  const plain = await CompositionalAttention.load(bytes);
+  const random = await CompositionalAttention.random({ dim: 32, dimHead: 8, causal: true, seed: 7 });
+  const c: Case = readCase(bytes);
+  const x: Float32Array = randomNormal(2 * 5 * layer.dim, 1);
+  const y: Float32Array = await layer.forward(x, 2, 5);
+  const masked: Float32Array = await layer.forward(x, 2, 5, new Uint8Array(10).fill(1));
+  const cache: KvCache = random.kvCache(2, 16);
+  const p: Float32Array = await random.prefill(cache, x, 5);
+  const d: Float32Array = await random.decode(cache, x.subarray(0, 2 * layer.dim));
+  const len: number = cache.len + cache.capacity + cache.batch;
+  cache.clear();
+  const info: LayerInfo = layer.info();
+  const limit: number = info.limits.maxStorageBufferBindingSize;
+  const f16: boolean = info.limits.shaderF16;
+  const names: string = `${info.adapter} ${info.backend} ${info.precision} ${info.strategy} ${info.format}`;
+  const sizes: number = info.dim + info.dimHead + info.searches + info.retrievals + info.config.dim;
+  // @ts-expect-error: limits is "adapter" or "webgpu"
+  await CompositionalAttention.load(bytes, { limits: 'everything' });
+  // @ts-expect-error: strategy is "fused" or "unfused"
+  await CompositionalAttention.random({ strategy: 'fast' });
+  cache.free();
+  plain.free();
+  return y.length + masked.length + p.length + d.length + len + limit + Number(f16) + names.length
+    + sizes + (c.output?.length ?? 0);
+}

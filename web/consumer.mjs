@@ -1,0 +1,127 @@
+// The package as a user gets it: packs web/pkg/ (`npm pack`, after web/test.sh has built it and
+// written its package.json from web/package.pkg.json), installs the tarball into the outside
+// consumer examples/js-consumer/ (`npm install`, as its package.json names the tgz), type-checks
+// the consumer against the package's TypeScript definitions (`tsc --noEmit`: main.js with
+// checkJs, and api.ts), then opens the consumer's page in headless Chromium (an import map
+// resolves the package name) and checks its forward against reference cases' `output`; runs the
+// complete example of web/README.md ("JavaScript API") there too, on tests/golden/padding_mask.
+//
+//   node web/consumer.mjs       (web/test.sh runs it after e2e.mjs)
+//
+// Env: CHROMIUM (default /usr/bin/chromium). The npm registry is needed once, for typescript.
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from './serve.mjs';
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const REPO = fileURLToPath(new URL('..', import.meta.url));
+const PKG = `${HERE}pkg`;
+const CONSUMER = `${REPO}examples/js-consumer`;
+const TOLERANCE = 1e-4;
+
+let passed = 0;
+let failed = 0;
+const check = (ok, what) => {
+  if (ok) passed += 1;
+  else failed += 1;
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
+};
+const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+let browser = null;
+let server = null;
+try {
+  const pkg = JSON.parse(readFileSync(`${PKG}/package.json`, 'utf8'));
+  const tgz = `${pkg.name}-${pkg.version}.tgz`;
+  rmSync(`${PKG}/${tgz}`, { force: true });
+  const packed = run('npm', ['pack', '--json'], PKG);
+  const files = JSON.parse(packed)[0].files.map((f) => f.path).sort();
+  check(existsSync(`${PKG}/${tgz}`) && ['compattn_web.d.ts', 'compattn_web.js', 'compattn_web_bg.wasm', 'package.json']
+    .every((f) => files.includes(f)), `npm pack: web/pkg/${tgz} holds ${files.join(', ')}`);
+
+  // A fresh install of the package (npm would keep a stale copy of the same version).
+  rmSync(`${CONSUMER}/node_modules/compositional-attention`, { recursive: true, force: true });
+  run('npm', ['install', '--no-audit', '--no-fund', '--no-package-lock'], CONSUMER);
+  const installed = JSON.parse(readFileSync(`${CONSUMER}/node_modules/compositional-attention/package.json`, 'utf8'));
+  check(installed.name === 'compositional-attention' && installed.version === pkg.version &&
+    existsSync(`${CONSUMER}/node_modules/compositional-attention/${installed.types}`) &&
+    existsSync(`${CONSUMER}/node_modules/compositional-attention/${installed.module}`),
+  `npm install: examples/js-consumer/node_modules/${installed.name}@${installed.version} (module ${installed.module}, types ${installed.types})`);
+
+  try {
+    run(`${CONSUMER}/node_modules/.bin/tsc`, ['--noEmit', '-p', '.'], CONSUMER);
+    check(true, 'tsc --noEmit: the consumer (main.js, api.ts) type-checks against the package\'s definitions');
+  } catch (e) {
+    check(false, `tsc --noEmit: ${e.stdout ?? ''}${e.stderr ?? e}`);
+  }
+
+  server = await serve({ root: REPO, port: 0 });
+  const base = `http://localhost:${server.address().port}/examples/js-consumer/index.html`;
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader',
+      '--disable-background-networking', '--disable-component-update', '--no-first-run',
+      '--disable-dev-shm-usage'],
+  });
+  const cases = [
+    ['/tests/golden/padding_mask.safetensors', false],
+    ['/tests/golden/causal.safetensors', true],
+    ['/tests/golden-variants/keras/k02_prenorm.safetensors', false],
+  ];
+  for (const [checkpoint, causal] of cases) {
+    const page = await browser.newPage();
+    const problems = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
+    await page.goto(`${base}?checkpoint=${encodeURIComponent(checkpoint)}${causal ? '&causal=1' : ''}`);
+    await page.waitForFunction(() => document.getElementById('result').dataset.state !== 'running',
+      null, { timeout: 120_000 });
+    const state = await page.getAttribute('#result', 'data-state');
+    const result = await page.evaluate(() => window.result ?? null);
+    check(state === 'done' && result.relative < TOLERANCE && problems.length === 0,
+      `consumer page, ${checkpoint}: ${state === 'done'
+        ? `${result.format} [${result.shape}], max-abs / max|output| ${result.relative.toExponential(2)} on ${result.adapter}`
+        : await page.textContent('#result')}${problems.length ? `; ${problems.join('; ')}` : ''}`);
+    await page.close();
+  }
+
+  // The README's example, as written (its `model.safetensors` is a reference case of dim 32).
+  const readme = readFileSync(`${HERE}README.md`, 'utf8');
+  const section = readme.slice(readme.indexOf('## JavaScript API'));
+  const example = section.match(/```js\n([\s\S]*?)```/)[1]
+    .replace('"model.safetensors"', '"../../tests/golden/padding_mask.safetensors"');
+  writeFileSync(`${CONSUMER}/readme-example.js`, example);
+  writeFileSync(`${CONSUMER}/readme-example.html`, readFileSync(`${CONSUMER}/index.html`, 'utf8')
+    .replace('./main.js', './readme-example.js'));
+  {
+    const page = await browser.newPage();
+    const logs = [];
+    const problems = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
+      else logs.push(m.text());
+    });
+    await page.goto(base.replace('index.html', 'readme-example.html'));
+    // The example's last log is the caught error's message.
+    const deadline = Date.now() + 120_000;
+    while (!logs.some((l) => l.startsWith('true x: expected')) && problems.length === 0 && Date.now() < deadline) {
+      await new Promise((ok) => setTimeout(ok, 200));
+    }
+    const error = logs.find((l) => l.startsWith('true x: expected')) ?? '';
+    check(error.includes('1·1·32 = 32') && logs.includes('6 128 1') && problems.length === 0,
+      `web/README.md's example runs: ${[...logs.filter((l) => !l.startsWith('[object')).slice(-3), ...problems].join(' | ')}`);
+    await page.close();
+  }
+} catch (e) {
+  check(false, `consumer: ${e.stack ?? e}${e.stderr ? `\n${e.stderr}` : ''}`);
+} finally {
+  await browser?.close();
+  server?.close();
+}
+
+console.log(`consumer: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);

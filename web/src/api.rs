@@ -1,0 +1,829 @@
+//! The JavaScript API of the `compositional-attention` package: the class
+//! `CompositionalAttention` (a layer on a WebGPU device, loaded from a checkpoint file's bytes
+//! or built from random weights), its `KvCache` for generation, and `readCase` / `randomNormal`
+//! for the inputs. The TypeScript interfaces of the options and results are declared below in
+//! [`TS_INTERFACES`]; `web/README.md` ("JavaScript API") has a complete example.
+//!
+//! Every method validates its arguments before the crate sees them and turns every failure into
+//! a JavaScript `Error` carrying the crate's message; nothing panics on bad input.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::str::FromStr;
+use std::task::{Poll, Waker};
+
+use compositional_attention::checkpoint::{Checkpoint, CheckpointOptions, Constructor, Format};
+use compositional_attention::io::{Input, read_output};
+use compositional_attention::rng::Rng;
+use compositional_attention::{
+    CompositionalAttention as Layer, Config, Error, GpuContext, KvCache as CrateKvCache,
+    LimitsPolicy, Precision, Strategy, Weights, verify,
+};
+use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::{browser_options, describe, get, get_bool, get_usize, has_webgpu, parse_limits};
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_INTERFACES: &'static str = r#"
+/** The layer's attention strategy: `"fused"` (flash-style, no n×n buffer) or `"unfused"`. */
+export type StrategyName = "fused" | "unfused";
+/** Which device limits to ask for: everything the adapter offers, or WebGPU's defaults. */
+export type LimitsName = "adapter" | "webgpu";
+/** Storage precision of weights and activations (`"f16"` needs the `shader-f16` feature). */
+export type PrecisionName = "f32" | "f16";
+/** The checkpoint formats the crate reads; `"random"` for `CompositionalAttention.random`. */
+export type FormatName = "lucidrains" | "keras" | "fairseq" | "xformers";
+
+/** Where and how a layer runs (the WebGPU device is opened once per `limits` and shared). */
+export interface DeviceOptions {
+  /** Default `"adapter"`. */
+  limits?: LimitsName;
+  /** Default `"f32"`. */
+  precision?: PrecisionName;
+  /** Default `"fused"`. */
+  strategy?: StrategyName;
+}
+
+/** Options of `CompositionalAttention.load`. */
+export interface LoadOptions extends DeviceOptions {
+  /** Causal attention (fairseq passes it at call time; the other formats may also set `causal` in `config`). */
+  causal?: boolean;
+  /** Prefix of the layer's tensor names inside a larger model's state dict, e.g. `"layers.0.attn."`. */
+  prefix?: string;
+  /** The original module's constructor arguments under their original names (JSON text or an
+   *  object), e.g. `{ format: "fairseq", embed_dim: 32, num_heads: 4 }`; fairseq and xformers
+   *  need `num_heads`. */
+  config?: object | string;
+  /** Forces the format; else `config.format`, else detected from the tensor names. */
+  format?: FormatName;
+}
+
+/** Options of `CompositionalAttention.random` (missing sizes take the reference defaults:
+ *  dim 64, dimHead 64, searches 8, retrievals 2). */
+export interface RandomOptions extends DeviceOptions {
+  dim?: number;
+  dimHead?: number;
+  searches?: number;
+  retrievals?: number;
+  causal?: boolean;
+  prenorm?: boolean;
+  /** Biases on the projections (default false, as lucidrains' layer). */
+  bias?: boolean;
+  /** Seed of the weights (PyTorch's default initialisation), default 1. */
+  seed?: number;
+}
+
+/** The device limits the kernels depend on. */
+export interface DeviceLimits {
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  maxStorageBuffersPerShaderStage: number;
+  /** GPU timestamp queries available. */
+  timestamps: boolean;
+  /** The `shader-f16` feature (needed by `precision: "f16"`). */
+  shaderF16: boolean;
+}
+
+/** The layer's hyper-parameters. */
+export interface LayerConfig {
+  dim: number;
+  dimHead: number;
+  searches: number;
+  retrievals: number;
+  causal: boolean;
+  prenorm: boolean;
+  bias: boolean;
+  layerNormEps: number;
+  /** Hidden width of the MLP score network (fairseq/xformers `nonlinear`), else null. */
+  selectionMlp: number | null;
+  /** Number of parameters. */
+  parameters: number;
+}
+
+/** What `layer.info()` returns: the device, how the layer runs, and its configuration (the
+ *  configuration's fields also sit at the top level). */
+export interface LayerInfo extends LayerConfig {
+  /** The adapter as the browser describes it. */
+  adapter: string;
+  /** wgpu's backend, `"BrowserWebGpu"` in a browser. */
+  backend: string;
+  limitsPolicy: LimitsName;
+  limits: DeviceLimits;
+  precision: PrecisionName;
+  strategy: StrategyName;
+  /** The checkpoint's format, or `"random"`. */
+  format: FormatName | "random";
+  config: LayerConfig;
+  /** GPU memory the layer holds now (weights and workspaces), bytes. */
+  gpuBytes: number;
+}
+
+/** The case tensors of a safetensors file (`readCase`); null where the file has none. */
+export interface Case {
+  /** From `input` [batch, seq, dim] (else from a 3-d `output`). */
+  batch: number | null;
+  seq: number | null;
+  dim: number | null;
+  /** `input`, row-major [batch, seq, dim]. */
+  input: Float32Array | null;
+  /** `mask` [batch, seq], 1 = the key may be attended, 0 = masked. */
+  mask: Uint8Array | null;
+  /** `output`, the reference output. */
+  output: Float32Array | null;
+  outputShape: number[] | null;
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    /// `LoadOptions` of the TypeScript definitions (a plain object).
+    #[wasm_bindgen(typescript_type = "LoadOptions")]
+    pub type LoadOptions;
+    /// `RandomOptions` of the TypeScript definitions (a plain object).
+    #[wasm_bindgen(typescript_type = "RandomOptions")]
+    pub type RandomOptions;
+}
+
+fn err(message: impl AsRef<str>) -> JsError {
+    JsError::new(message.as_ref())
+}
+
+fn crate_err(error: Error) -> JsError {
+    JsError::new(&error.to_string())
+}
+
+/// One device per limits policy, opened on first use and shared by every layer after (opening a
+/// device is slow); a lost device is replaced on the next load.
+struct SharedDevice {
+    policy: LimitsPolicy,
+    ctx: GpuContext,
+    adapter: String,
+}
+
+thread_local! {
+    static DEVICES: RefCell<Vec<Rc<SharedDevice>>> = const { RefCell::new(Vec::new()) };
+}
+
+async fn shared_device(policy: LimitsPolicy) -> Result<Rc<SharedDevice>, JsError> {
+    let cached = DEVICES.with(|d| {
+        d.borrow()
+            .iter()
+            .find(|s| s.policy == policy && !s.ctx.is_lost())
+            .cloned()
+    });
+    if let Some(device) = cached {
+        return Ok(device);
+    }
+    if !has_webgpu() {
+        return Err(err(
+            "this browser has no WebGPU (navigator.gpu is missing): use a recent Chrome/Edge, \
+             or Firefox/Safari with WebGPU enabled, over https or localhost",
+        ));
+    }
+    let ctx = GpuContext::new(&browser_options(policy))
+        .await
+        .map_err(crate_err)?;
+    let adapter = describe(&ctx).await;
+    let device = Rc::new(SharedDevice {
+        policy,
+        ctx,
+        adapter,
+    });
+    DEVICES.with(|d| {
+        let mut d = d.borrow_mut();
+        d.retain(|s| s.policy != policy);
+        d.push(device.clone());
+    });
+    Ok(device)
+}
+
+fn get_string(options: &JsValue, key: &str) -> Result<Option<String>, JsError> {
+    match get(options, key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_string()
+            .map(Some)
+            .ok_or_else(|| err(format!("{key} must be a string"))),
+    }
+}
+
+/// `limits`, `precision`, `strategy` of a [`DeviceOptions`] object.
+struct DeviceChoice {
+    policy: LimitsPolicy,
+    precision: Precision,
+    strategy: Strategy,
+}
+
+impl DeviceChoice {
+    fn from_js(options: &JsValue) -> Result<DeviceChoice, JsError> {
+        let policy = parse_limits(&get_string(options, "limits")?.unwrap_or_default())
+            .map_err(|e| err(e))?;
+        let precision = match get_string(options, "precision")? {
+            Some(name) => Precision::parse(&name).map_err(crate_err)?,
+            None => Precision::F32,
+        };
+        let strategy = match get_string(options, "strategy")? {
+            Some(name) => Strategy::from_str(&name).map_err(crate_err)?,
+            None => Strategy::default(),
+        };
+        Ok(DeviceChoice {
+            policy,
+            precision,
+            strategy,
+        })
+    }
+}
+
+fn check_options_object(options: &JsValue, what: &str) -> Result<(), JsError> {
+    if options.is_undefined() || options.is_null() || options.is_object() {
+        Ok(())
+    } else {
+        Err(err(format!("{what}: options must be an object")))
+    }
+}
+
+/// A whole number ≥ 1 from a JavaScript number (no silent truncation of `2.5` or `-1`).
+fn count(name: &str, value: f64) -> Result<usize, JsError> {
+    if value.fract() != 0.0 || !(1.0..=u32::MAX as f64).contains(&value) {
+        return Err(err(format!(
+            "{name} must be a whole number ≥ 1, not {value}"
+        )));
+    }
+    Ok(value as usize)
+}
+
+fn product(what: &str, factors: &[usize]) -> Result<usize, JsError> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+        .filter(|&n| n <= u32::MAX as usize)
+        .ok_or_else(|| {
+            err(format!(
+                "{what} = {factors:?} multiplied is more than 2³² elements"
+            ))
+        })
+}
+
+/// Checks `x` holds `batch·seq·dim` numbers and `mask` (if any) `batch·seq` bytes, and turns the
+/// mask into booleans (nonzero = may be attended).
+fn check_x_mask(
+    config: &Config,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<Vec<u8>>,
+) -> Result<Option<Vec<bool>>, JsError> {
+    let want = product("batch·seq·dim", &[batch, seq, config.dim])?;
+    if x.len() != want {
+        return Err(err(format!(
+            "x: expected batch·seq·dim = {batch}·{seq}·{} = {want} numbers ([batch, seq, dim] \
+             row-major), found {}",
+            config.dim,
+            x.len()
+        )));
+    }
+    let Some(mask) = mask else {
+        return Ok(None);
+    };
+    if mask.len() != batch * seq {
+        return Err(err(format!(
+            "mask: expected batch·seq = {batch}·{seq} = {} bytes (one per key), found {}",
+            batch * seq,
+            mask.len()
+        )));
+    }
+    Ok(Some(mask.into_iter().map(|m| m != 0).collect()))
+}
+
+/// Element counts past 32 bits are refused up front (wasm32's `usize` and the kernels' indices).
+fn check_elements(
+    config: &Config,
+    batch: usize,
+    seq: usize,
+    strategy: Strategy,
+) -> Result<(), JsError> {
+    let widest = config.dim.max(config.projection_width());
+    product("batch·seq·width", &[batch, seq, widest])?;
+    if strategy == Strategy::Unfused {
+        product(
+            "batch·searches·seq·seq (unfused; use the fused strategy)",
+            &[batch, config.num_searches, seq, seq],
+        )?;
+    }
+    Ok(())
+}
+
+fn busy() -> JsError {
+    err("the layer or cache is in use by another call in flight; await it first")
+}
+
+fn set(o: &Object, key: &str, value: impl Into<JsValue>) {
+    // Setting a property on a fresh plain object cannot fail.
+    let _ = Reflect::set(o, &key.into(), &value.into());
+}
+
+fn config_object(c: &Config) -> Object {
+    let o = Object::new();
+    set(&o, "dim", c.dim as f64);
+    set(&o, "dimHead", c.dim_head as f64);
+    set(&o, "searches", c.num_searches as f64);
+    set(&o, "retrievals", c.num_retrievals as f64);
+    set(&o, "causal", c.causal);
+    set(&o, "prenorm", c.prenorm);
+    set(&o, "bias", c.bias);
+    set(&o, "layerNormEps", c.layer_norm_eps as f64);
+    set(
+        &o,
+        "selectionMlp",
+        c.selection_mlp.map_or(JsValue::NULL, |h| (h as f64).into()),
+    );
+    set(&o, "parameters", c.parameter_count() as f64);
+    o
+}
+
+/// Calls on one layer take turns: each waits until the previous one has finished (in the order
+/// they get here, in practice), so `Promise.all([layer.forward(a), layer.forward(b)])` works.
+#[derive(Default)]
+struct Turns {
+    busy: Cell<bool>,
+    waiting: RefCell<Vec<Waker>>,
+}
+
+/// The current turn; the next caller may go when it is dropped.
+struct Turn(Rc<Turns>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+        for waker in self.0.waiting.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+async fn turn(turns: &Rc<Turns>) -> Turn {
+    std::future::poll_fn(|cx| {
+        if turns.busy.get() {
+            turns.waiting.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        } else {
+            turns.busy.set(true);
+            Poll::Ready(Turn(turns.clone()))
+        }
+    })
+    .await
+}
+
+/// Compositional Attention on a WebGPU device: load a checkpoint (`load`) or random weights
+/// (`random`), then `forward`, or `kvCache` + `prefill` + `decode` to generate. Calls on one
+/// layer run one at a time, in turn.
+#[wasm_bindgen(js_name = CompositionalAttention)]
+#[derive(Clone)]
+pub struct JsCompositionalAttention {
+    layer: Rc<RefCell<Layer>>,
+    turns: Rc<Turns>,
+    device: Rc<SharedDevice>,
+    format: &'static str,
+    config: Config,
+    precision: Precision,
+    /// Applied at the start of each call (so `setStrategy` never waits for one).
+    strategy: Rc<Cell<Strategy>>,
+    /// After the last call (workspaces grow with new shapes).
+    gpu_bytes: Rc<Cell<u64>>,
+}
+
+impl JsCompositionalAttention {
+    async fn build(
+        weights: &Weights,
+        choice: DeviceChoice,
+        format: &'static str,
+    ) -> Result<JsCompositionalAttention, JsError> {
+        let device = shared_device(choice.policy).await?;
+        let mut layer =
+            Layer::with_precision(&device.ctx, weights, choice.precision).map_err(crate_err)?;
+        layer.set_strategy(choice.strategy);
+        Ok(JsCompositionalAttention {
+            config: *layer.config(),
+            precision: layer.precision(),
+            strategy: Rc::new(Cell::new(choice.strategy)),
+            gpu_bytes: Rc::new(Cell::new(layer.gpu_bytes())),
+            layer: Rc::new(RefCell::new(layer)),
+            turns: Rc::default(),
+            device,
+            format,
+        })
+    }
+
+    /// Runs `f` on the layer in this call's turn, with the current strategy; records the GPU
+    /// bytes after.
+    async fn in_turn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Layer) -> Result<T, JsError>,
+    ) -> Result<T, JsError> {
+        let _turn = turn(&self.turns).await;
+        // Only calls in their turn borrow mutably, and nothing borrows across turns.
+        let mut layer = self.layer.try_borrow_mut().map_err(|_| busy())?;
+        layer.set_strategy(self.strategy.get());
+        let result = f(&mut layer).await;
+        self.gpu_bytes.set(layer.gpu_bytes());
+        result
+    }
+
+    /// [`Self::forward`] for Rust callers (the browser tests): resolves to the output.
+    pub async fn forward_vec(
+        &self,
+        x: Vec<f32>,
+        batch: f64,
+        seq: f64,
+        mask: Option<Vec<u8>>,
+    ) -> Result<Vec<f32>, JsError> {
+        let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
+        check_elements(&self.config, batch, seq, self.strategy.get())?;
+        let mask = check_x_mask(&self.config, &x, batch, seq, mask)?;
+        self.in_turn(async |layer: &mut Layer| {
+            layer
+                .forward(&x, batch, seq, mask.as_deref())
+                .await
+                .map_err(crate_err)
+        })
+        .await
+    }
+
+    /// [`Self::prefill`] for Rust callers (`seq = 1`: [`Self::decode`]).
+    pub async fn prefill_vec(
+        &self,
+        cache: &JsKvCache,
+        x: Vec<f32>,
+        seq: f64,
+        mask: Option<Vec<u8>>,
+    ) -> Result<Vec<f32>, JsError> {
+        let seq = count("seq", seq)?;
+        let mask = check_x_mask(&self.config, &x, cache.batch, seq, mask)?;
+        let cache = cache.clone();
+        self.in_turn(async |layer: &mut Layer| {
+            let mut kv = cache.cache.try_borrow_mut().map_err(|_| busy())?;
+            let result = layer.prefill(&mut kv, &x, seq, mask.as_deref()).await;
+            cache.len.set(kv.len());
+            result.map_err(crate_err)
+        })
+        .await
+    }
+}
+
+fn to_promise(
+    future: impl std::future::Future<Output = Result<Vec<f32>, JsError>> + 'static,
+) -> Promise {
+    future_to_promise(async move {
+        match future.await {
+            Ok(y) => Ok(Float32Array::from(y.as_slice()).into()),
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+#[wasm_bindgen(js_class = CompositionalAttention)]
+impl JsCompositionalAttention {
+    /// Reads a checkpoint in any format the crate reads (lucidrains, Keras, fairseq or xformers
+    /// safetensors, or a Keras `.weights.h5`) and builds the layer on the browser's WebGPU
+    /// device. Case tensors (`input`, `mask`, `output`) beside the weights are ignored.
+    pub async fn load(
+        bytes: Vec<u8>,
+        options: Option<LoadOptions>,
+    ) -> Result<JsCompositionalAttention, JsError> {
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
+        check_options_object(&options, "load")?;
+        let choice = DeviceChoice::from_js(&options)?;
+        let constructor = match get(&options, "config") {
+            None => None,
+            Some(value) => {
+                let json = match value.as_string() {
+                    Some(text) if text.trim().is_empty() => None,
+                    Some(text) => Some(text),
+                    None => Some(
+                        js_sys::JSON::stringify(&value)
+                            .ok()
+                            .and_then(|s| s.as_string())
+                            .ok_or_else(|| err("config must be a JSON object or its text"))?,
+                    ),
+                };
+                json.map(|j| Constructor::parse(&j).map_err(crate_err))
+                    .transpose()?
+            }
+        };
+        let format = match get_string(&options, "format")? {
+            Some(name) if !name.is_empty() => Some(Format::parse(&name).map_err(crate_err)?),
+            _ => None,
+        };
+        let checkpoint_options = CheckpointOptions {
+            constructor,
+            format,
+            causal: get_bool(&options, "causal", false),
+            prefix: get_string(&options, "prefix")?.unwrap_or_default(),
+        };
+        if bytes.is_empty() {
+            return Err(err("load: the checkpoint file is empty"));
+        }
+        let checkpoint = Checkpoint::from_bytes(&bytes, &checkpoint_options).map_err(crate_err)?;
+        let weights = checkpoint.layer_weights().map_err(crate_err)?;
+        Self::build(&weights, choice, checkpoint.form.format.name()).await
+    }
+
+    /// A layer with seeded random weights (PyTorch's default initialisation), for demos and
+    /// tests: the same seed gives the same weights on every platform.
+    pub async fn random(
+        options: Option<RandomOptions>,
+    ) -> Result<JsCompositionalAttention, JsError> {
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
+        check_options_object(&options, "random")?;
+        let choice = DeviceChoice::from_js(&options)?;
+        let d = Config::new(get_usize(&options, "dim", 64).map_err(err)?);
+        let config = d
+            .dim_head(get_usize(&options, "dimHead", d.dim_head).map_err(err)?)
+            .num_searches(get_usize(&options, "searches", d.num_searches).map_err(err)?)
+            .num_retrievals(get_usize(&options, "retrievals", d.num_retrievals).map_err(err)?)
+            .causal(get_bool(&options, "causal", false))
+            .prenorm(get_bool(&options, "prenorm", false))
+            .bias(get_bool(&options, "bias", false));
+        let seed = get_usize(&options, "seed", 1).map_err(err)? as u64;
+        let weights = Weights::random(config, seed).map_err(crate_err)?;
+        Self::build(&weights, choice, "random").await
+    }
+
+    /// `x [batch, seq, dim]` (row-major) → `[batch, seq, dim]`. `mask [batch, seq]`: one byte
+    /// per key, nonzero = the key may be attended.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Float32Array>")]
+    pub fn forward(&self, x: Vec<f32>, batch: f64, seq: f64, mask: Option<Vec<u8>>) -> Promise {
+        let this = self.clone();
+        to_promise(async move { this.forward_vec(x, batch, seq, mask).await })
+    }
+
+    // forwardWithMaps(x, batch, seq, mask?) → { output, search [batch, searches, n, n],
+    // selection [batch, searches, n, retrievals] } goes here, once the library's
+    // `forward_with_maps` lands: validate with `count`, `check_elements` and `check_x_mask` as
+    // `forward_vec` does, borrow `self.layer` with `try_borrow_mut`, and resolve to a plain object
+    // of Float32Arrays (see `to_promise` for the pattern).
+
+    /// A GPU-resident KV cache for `batch` sequences of up to `maxSeq` positions (causal layers
+    /// only: a non-causal layer gives an Error).
+    #[wasm_bindgen(js_name = kvCache)]
+    pub fn kv_cache(
+        &self,
+        batch: f64,
+        #[wasm_bindgen(js_name = maxSeq)] max_seq: f64,
+    ) -> Result<JsKvCache, JsError> {
+        let (batch, max_seq) = (count("batch", batch)?, count("maxSeq", max_seq)?);
+        check_elements(&self.config, batch, max_seq, Strategy::Fused)?;
+        let layer = self.layer.try_borrow().map_err(|_| {
+            err("kvCache: the layer is running a call; await it before making a cache")
+        })?;
+        let cache = layer.kv_cache(batch, max_seq).map_err(crate_err)?;
+        Ok(JsKvCache {
+            batch: cache.batch(),
+            capacity: cache.capacity(),
+            gpu_bytes: cache.gpu_bytes(),
+            len: Rc::new(Cell::new(cache.len())),
+            cache: Rc::new(RefCell::new(cache)),
+        })
+    }
+
+    /// Appends `seq` positions per sequence (`x [batch, seq, dim]`, `mask [batch, seq]` of the
+    /// new keys) to `cache` and resolves to their outputs `[batch, seq, dim]`: row `t` equals
+    /// row `t` of the causal `forward` over the sequence so far.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Float32Array>")]
+    pub fn prefill(
+        &self,
+        cache: &JsKvCache,
+        x: Vec<f32>,
+        seq: f64,
+        mask: Option<Vec<u8>>,
+    ) -> Promise {
+        let (this, cache) = (self.clone(), cache.clone());
+        to_promise(async move { this.prefill_vec(&cache, x, seq, mask).await })
+    }
+
+    /// One new token per sequence: `prefill` with `seq = 1` (`x [batch, 1, dim]`).
+    #[wasm_bindgen(unchecked_return_type = "Promise<Float32Array>")]
+    pub fn decode(&self, cache: &JsKvCache, x: Vec<f32>, mask: Option<Vec<u8>>) -> Promise {
+        self.prefill(cache, x, 1.0, mask)
+    }
+
+    /// The adapter, the device limits, how the layer runs and its configuration.
+    #[wasm_bindgen(unchecked_return_type = "LayerInfo")]
+    pub fn info(&self) -> JsValue {
+        let ctx = &self.device.ctx;
+        let (precision, strategy, gpu_bytes) =
+            (self.precision, self.strategy.get(), self.gpu_bytes.get());
+        let o = config_object(&self.config);
+        set(&o, "config", config_object(&self.config));
+        set(&o, "adapter", self.device.adapter.clone());
+        set(&o, "backend", format!("{:?}", ctx.info().backend));
+        set(
+            &o,
+            "limitsPolicy",
+            match self.device.policy {
+                LimitsPolicy::Adapter => "adapter",
+                LimitsPolicy::WebGpuDefaults => "webgpu",
+            },
+        );
+        let l = ctx.limits();
+        let limits = Object::new();
+        set(
+            &limits,
+            "maxStorageBufferBindingSize",
+            l.max_storage_buffer_binding_size as f64,
+        );
+        set(&limits, "maxBufferSize", l.max_buffer_size as f64);
+        set(
+            &limits,
+            "maxComputeWorkgroupStorageSize",
+            l.max_compute_workgroup_storage_size as f64,
+        );
+        set(
+            &limits,
+            "maxComputeInvocationsPerWorkgroup",
+            l.max_compute_invocations_per_workgroup as f64,
+        );
+        set(
+            &limits,
+            "maxStorageBuffersPerShaderStage",
+            l.max_storage_buffers_per_shader_stage as f64,
+        );
+        set(&limits, "timestamps", ctx.has_timestamps());
+        set(&limits, "shaderF16", ctx.supports_f16());
+        set(&o, "limits", limits);
+        set(&o, "precision", precision.name());
+        set(&o, "strategy", strategy.name());
+        set(&o, "format", self.format);
+        set(&o, "gpuBytes", gpu_bytes as f64);
+        o.into()
+    }
+
+    /// The layer's hyper-parameters.
+    #[wasm_bindgen(getter, unchecked_return_type = "LayerConfig")]
+    pub fn config(&self) -> JsValue {
+        config_object(&self.config).into()
+    }
+
+    /// Model width: `x` holds `batch·seq·dim` numbers.
+    #[wasm_bindgen(getter)]
+    pub fn dim(&self) -> usize {
+        self.config.dim
+    }
+
+    /// Whether the layer is causal (only a causal layer has a `kvCache`).
+    #[wasm_bindgen(getter)]
+    pub fn causal(&self) -> bool {
+        self.config.causal
+    }
+
+    /// The checkpoint's format (`"lucidrains"`, `"keras"`, `"fairseq"`, `"xformers"`) or
+    /// `"random"`.
+    #[wasm_bindgen(getter, unchecked_return_type = "FormatName | \"random\"")]
+    pub fn format(&self) -> String {
+        self.format.to_string()
+    }
+
+    /// The attention strategy (`"fused"` or `"unfused"`).
+    #[wasm_bindgen(getter, unchecked_return_type = "StrategyName")]
+    pub fn strategy(&self) -> String {
+        self.strategy.get().name().to_string()
+    }
+
+    /// Switches the attention strategy (same results within 1e-4) from the next call on.
+    #[wasm_bindgen(js_name = setStrategy)]
+    pub fn set_strategy(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "StrategyName")] strategy: String,
+    ) -> Result<(), JsError> {
+        let strategy = Strategy::from_str(&strategy).map_err(crate_err)?;
+        self.strategy.set(strategy);
+        Ok(())
+    }
+}
+
+/// A GPU-resident KV cache of one layer (`layer.kvCache(batch, maxSeq)`), for `prefill` and
+/// `decode`. Free it with `free()` when done (or let the garbage collector).
+#[wasm_bindgen(js_name = KvCache)]
+#[derive(Clone)]
+pub struct JsKvCache {
+    cache: Rc<RefCell<CrateKvCache>>,
+    /// The cache's length after the last call (read without waiting for one in flight).
+    len: Rc<Cell<usize>>,
+    batch: usize,
+    capacity: usize,
+    gpu_bytes: u64,
+}
+
+#[wasm_bindgen(js_class = KvCache)]
+impl JsKvCache {
+    /// Positions cached per sequence so far (after the last finished call).
+    #[wasm_bindgen(getter)]
+    pub fn len(&self) -> usize {
+        self.len.get()
+    }
+
+    /// The most positions it can hold per sequence (`maxSeq`).
+    #[wasm_bindgen(getter)]
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Sequences in the batch.
+    #[wasm_bindgen(getter)]
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// GPU bytes the cache holds.
+    #[wasm_bindgen(getter, js_name = gpuBytes)]
+    pub fn gpu_bytes(&self) -> f64 {
+        self.gpu_bytes as f64
+    }
+
+    /// Empties the cache (keeps its memory) to start new sequences. An Error while a `prefill`
+    /// or `decode` on it is in flight.
+    pub fn clear(&self) -> Result<(), JsError> {
+        let mut cache = self.cache.try_borrow_mut().map_err(|_| {
+            err("clear: a prefill or decode on this cache is in flight; await it first")
+        })?;
+        cache.clear();
+        self.len.set(cache.len());
+        Ok(())
+    }
+}
+
+const HDF5_SIGNATURE: &[u8] = b"\x89HDF\r\n\x1a\n";
+
+/// The case tensors of a safetensors file: `input` [batch, seq, dim], `mask` [batch, seq] and
+/// `output`, each null where absent (a Keras `.weights.h5` has none). A malformed file is an
+/// Error.
+#[wasm_bindgen(js_name = readCase, unchecked_return_type = "Case")]
+pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, JsError> {
+    let o = Object::new();
+    for key in [
+        "batch",
+        "seq",
+        "dim",
+        "input",
+        "mask",
+        "output",
+        "outputShape",
+    ] {
+        set(&o, key, JsValue::NULL);
+    }
+    if bytes.starts_with(HDF5_SIGNATURE) {
+        return Ok(o.into());
+    }
+    let input = match Input::from_safetensors(&bytes) {
+        Ok(input) => Some(input),
+        Err(Error::MissingTensor { name, .. }) if name == "input" => None,
+        Err(e) => return Err(crate_err(e)),
+    };
+    let output = read_output(&bytes).map_err(crate_err)?;
+    let mut shape = None;
+    if let Some(input) = &input {
+        shape = Some([input.batch, input.seq, input.dim]);
+        set(&o, "input", Float32Array::from(input.x.as_slice()));
+        if let Some(mask) = &input.mask {
+            let bytes: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
+            set(&o, "mask", Uint8Array::from(bytes.as_slice()));
+        }
+    }
+    if let Some((out_shape, y)) = &output {
+        if let (None, &[b, n, d]) = (shape, out_shape.as_slice()) {
+            shape = Some([b, n, d]);
+        }
+        set(&o, "output", Float32Array::from(y.as_slice()));
+        let dims = Array::new();
+        for &s in out_shape {
+            dims.push(&(s as f64).into());
+        }
+        set(&o, "outputShape", dims);
+    }
+    if let Some([b, n, d]) = shape {
+        set(&o, "batch", b as f64);
+        set(&o, "seq", n as f64);
+        set(&o, "dim", d as f64);
+    }
+    Ok(o.into())
+}
+
+/// `length` standard-normal numbers from `seed` (the crate's generator: the same numbers on
+/// every platform), e.g. a random input `[batch, seq, dim]`.
+#[wasm_bindgen(js_name = randomNormal)]
+pub fn random_normal(length: f64, seed: f64) -> Result<Float32Array, JsError> {
+    if length.fract() != 0.0 || !(0.0..=(1u64 << 28) as f64).contains(&length) {
+        return Err(err(format!(
+            "length must be a whole number from 0 to 2²⁸, not {length}"
+        )));
+    }
+    if seed.fract() != 0.0 || !(0.0..=u64::MAX as f64).contains(&seed) {
+        return Err(err(format!("seed must be a whole number ≥ 0, not {seed}")));
+    }
+    let values = verify::normal(&mut Rng::seed_from_u64(seed as u64), length as usize, 1.0);
+    Ok(Float32Array::from(values.as_slice()))
+}
