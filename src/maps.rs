@@ -301,10 +301,7 @@ mod tests {
         let maps = sample();
         let bytes = maps.to_safetensors().unwrap();
         assert_eq!(AttentionMaps::from_safetensors(&bytes).unwrap(), maps);
-        assert_eq!(
-            maps.search_row(1, 2, 1)[0],
-            maps.search[(5 * 3 + 1) * 5] as f32
-        );
+        assert_eq!(maps.search_row(1, 2, 1)[0], maps.search[(5 * 3 + 1) * 5]);
         assert_eq!(maps.selection_row(0, 1, 2), &maps.selection[10..12]);
     }
 

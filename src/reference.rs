@@ -399,7 +399,7 @@ pub fn attention_maps(
 
 /// [`forward_rows_with`], calling `observe(row index, σ, search attention [n], selection logits
 /// [r])` for every query row and search.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn forward_rows_observed(
     weights: &Weights,
     x: &[f32],
