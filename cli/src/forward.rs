@@ -57,7 +57,7 @@ pub struct Args {
     maps: Option<PathBuf>,
     /// Only these query rows (token positions, strictly increasing, comma-separated, e.g.
     /// `0,5,9`) in the maps; default: every row.
-    #[arg(long, value_name = "I,J,..", value_delimiter = ',', num_args = 1.., requires = "maps")]
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',', requires = "maps")]
     maps_rows: Option<Vec<usize>>,
     /// The most MiB the maps may take (both tensors, f32); larger requests are refused before
     /// anything runs. Default: the library's `MapsOptions::DEFAULT_MAX_BYTES` (256 MiB).
