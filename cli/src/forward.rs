@@ -1,14 +1,15 @@
 //! `compattn forward`: one layer on one input file, output to a safetensors file. The weights
 //! may come from any implementation the crate reads (`checkpoint`): lucidrains' by default,
 //! Keras, fairseq or xformers with `--config C.json` (the module's constructor arguments and
-//! `"format"`) or by their tensor names.
+//! `"format"`) or by their tensor names. With `--maps M.safetensors` it also writes the layer's
+//! attention maps (`forward_with_maps`), which `compattn plot` draws.
 
 use std::path::PathBuf;
 
 use compositional_attention::checkpoint::{Checkpoint, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{self, Input};
 use compositional_attention::verify::ErrorStats;
-use compositional_attention::{CompositionalAttention, Error, Strategy, Weights};
+use compositional_attention::{CompositionalAttention, Error, MapsOptions, Strategy, Weights};
 
 use crate::common::{self, CliResult, ms, timed, yes_no};
 
@@ -47,6 +48,35 @@ pub struct Args {
     /// Where to write `output` [batch, seq, dim] (F32 safetensors).
     #[arg(long, value_name = "Y.safetensors")]
     output: PathBuf,
+    /// Also write the attention maps to this file: `search_attention` [batch, searches,
+    /// queries, seq] (each query's softmax over the keys), `retrieval_selection` [batch,
+    /// searches, queries, retrievals] and `query_rows` (I64) — F32 safetensors, loadable with
+    /// `safetensors.torch.load_file` and drawn by `compattn plot`. They come from one more
+    /// forward on the unfused core, after the timed ones.
+    #[arg(long, value_name = "M.safetensors")]
+    maps: Option<PathBuf>,
+    /// Only these query rows (token positions, strictly increasing, comma-separated, e.g.
+    /// `0,5,9`) in the maps; default: every row.
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',', requires = "maps")]
+    maps_rows: Option<Vec<usize>>,
+    /// The most MiB the maps may take (both tensors, f32); larger requests are refused before
+    /// anything runs. Default: the library's `MapsOptions::DEFAULT_MAX_BYTES` (256 MiB).
+    #[arg(long, value_name = "N", requires = "maps")]
+    maps_max_mib: Option<u64>,
+}
+
+impl Args {
+    /// The maps options the flags ask for.
+    fn maps_options(&self) -> MapsOptions {
+        let options = match &self.maps_rows {
+            Some(rows) => MapsOptions::rows(rows.clone()),
+            None => MapsOptions::default(),
+        };
+        match self.maps_max_mib {
+            Some(mib) => options.max_bytes(mib.saturating_mul(1 << 20)),
+            None => options,
+        }
+    }
 }
 
 pub fn run(args: &Args) -> CliResult {
@@ -56,6 +86,11 @@ pub fn run(args: &Args) -> CliResult {
     let reference = io::read_output(&input_bytes)?;
     let c = weights.config();
     let (b, n, dim) = (input.batch, input.seq, input.dim);
+    // Refuse bad query rows or maps over the size limit before anything runs.
+    let maps_options = args.maps_options();
+    if args.maps.is_some() {
+        maps_options.resolve(b, n, c.num_searches, c.num_retrievals)?;
+    }
 
     let ctx = common::open_gpu()?;
     println!(
@@ -90,6 +125,25 @@ pub fn run(args: &Args) -> CliResult {
         "wrote output [{b}, {n}, {dim}] to {}",
         args.output.display()
     );
+
+    if let Some(path) = &args.maps {
+        let (_, maps) = layer.forward_with_maps_blocking(
+            &input.x,
+            b,
+            n,
+            input.mask.as_deref(),
+            &maps_options,
+        )?;
+        let bytes = maps.to_safetensors()?;
+        io::write_file(path, &bytes)?;
+        let (s, q, r) = (maps.searches, maps.queries(), maps.retrievals);
+        println!(
+            "wrote attention maps: search_attention [{b}, {s}, {q}, {n}], retrieval_selection \
+             [{b}, {s}, {q}, {r}], {q} query rows, {} bytes to {}",
+            bytes.len(),
+            path.display()
+        );
+    }
 
     if let Some((shape, expected)) = reference {
         if shape != [b, n, dim] {

@@ -11,6 +11,7 @@ mod common;
 mod demo;
 mod forward;
 mod info;
+mod plot;
 mod shaders;
 mod soak;
 mod verify;
@@ -58,6 +59,12 @@ enum Command {
     /// Run many forwards on one layer, cycling shapes, masks and strategies, every output
     /// checked against the f64 reference, and report the host memory and gpu_bytes curve.
     Soak(soak::Args),
+    /// Draw an attention maps file (`forward --maps`) as SVG heatmaps, with an index.html.
+    ///
+    /// Per batch row b and search s: search_b{b}_s{s}.svg (the search attention, query rows ×
+    /// keys, colour scale 0..its largest value) and selection_b{b}_s{s}.svg (the retrieval
+    /// selection, query rows × retrievals, 0..1). No GPU.
+    Plot(plot::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +79,7 @@ fn main() -> ExitCode {
         Command::Shaders(args) => shaders::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),
+        Command::Plot(args) => plot::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use compositional_attention::io::read_output;
 use compositional_attention::verify::ErrorStats;
-use compositional_attention::{Strategy, weights};
+use compositional_attention::{AttentionMaps, Strategy, weights};
 
 /// The outcome of one `compattn` run.
 struct Run {
@@ -800,4 +800,284 @@ fn bench_bad_arguments_are_errors_not_panics() {
     compattn(&["bench", "--dim", "0"]).assert_error(1, &["dim"]);
     compattn(&["bench", "--sweep", "--seq-list", "8,0"]).assert_error(1, &["--seq-list"]);
     compattn(&["bench", "--gemm", "0"]).assert_error(1, &["--gemm"]);
+}
+
+/// `forward --maps` on the causal reference case: every query row's search attention sums to 1
+/// over the keys and is exactly 0 above the diagonal, every retrieval selection sums to 1;
+/// `--maps-rows` gives those rows only, the same values; `plot` draws the file.
+#[test]
+fn forward_maps_writes_causal_attention_maps() {
+    let dir = TempDir::new("forward-maps");
+    let file = golden("causal");
+    assert!(golden_causal("causal"));
+    let forward = |maps: &Path, extra: &[&str]| {
+        let out = dir.path("y.safetensors");
+        let mut args = vec![
+            "forward",
+            "--weights",
+            arg(&file),
+            "--input",
+            arg(&file),
+            "--causal",
+            "--output",
+            arg(&out),
+            "--maps",
+            arg(maps),
+        ];
+        args.extend(extra);
+        let run = compattn(&args);
+        run.assert_prints(&["steady-state", "wrote attention maps", "bytes to"]);
+        AttentionMaps::from_safetensors(&std::fs::read(maps).unwrap()).unwrap()
+    };
+
+    let all = dir.path("maps.safetensors");
+    let maps = forward(&all, &[]);
+    let (b, s, n, r) = (2, 2, 19, 3);
+    assert_eq!(
+        (maps.batch, maps.searches, maps.seq, maps.retrievals),
+        (b, s, n, r)
+    );
+    assert_eq!(maps.query_rows, (0..n).collect::<Vec<_>>());
+    assert_eq!(maps.search.len(), b * s * n * n);
+    assert_eq!(maps.selection.len(), b * s * n * r);
+    for batch in 0..b {
+        for sigma in 0..s {
+            for (q, &i) in maps.query_rows.iter().enumerate() {
+                let search = maps.search_row(batch, sigma, q);
+                let sum: f32 = search.iter().sum();
+                assert!(
+                    (sum - 1.0).abs() < 1e-5,
+                    "search row {batch},{sigma},{i}: {sum}"
+                );
+                assert!(
+                    search[i + 1..].iter().all(|&a| a == 0.0),
+                    "causal: row {i} attends a later key: {search:?}"
+                );
+                let selection = maps.selection_row(batch, sigma, q);
+                let sum: f32 = selection.iter().sum();
+                assert!(
+                    (sum - 1.0).abs() < 1e-5,
+                    "selection {batch},{sigma},{i}: {sum}"
+                );
+                assert!(selection.iter().all(|&c| (0.0..=1.0).contains(&c)));
+            }
+        }
+    }
+
+    let some = forward(&dir.path("rows.safetensors"), &["--maps-rows", "0,5,9"]);
+    assert_eq!(some.query_rows, [0, 5, 9]);
+    assert_eq!(some.search.len(), b * s * 3 * n);
+    assert_eq!(some.selection.len(), b * s * 3 * r);
+    for batch in 0..b {
+        for sigma in 0..s {
+            for (q, &i) in some.query_rows.iter().enumerate() {
+                let close =
+                    |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(x, y)| (x - y).abs() < 1e-6);
+                assert!(close(
+                    some.search_row(batch, sigma, q),
+                    maps.search_row(batch, sigma, i)
+                ));
+                assert!(close(
+                    some.selection_row(batch, sigma, q),
+                    maps.selection_row(batch, sigma, i)
+                ));
+            }
+        }
+    }
+
+    let plots = dir.path("plots");
+    let run = compattn(&["plot", arg(&all), "--out", arg(&plots), "--batch", "1"]);
+    run.assert_prints(&["search_b1_s0.svg", "selection_b1_s1.svg", "index.html"]);
+    let mut written: Vec<String> = std::fs::read_dir(&plots)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "index.html",
+            "search_b1_s0.svg",
+            "search_b1_s1.svg",
+            "selection_b1_s0.svg",
+            "selection_b1_s1.svg"
+        ]
+    );
+}
+
+/// Maps over the size limit, bad query rows and maps flags without `--maps` are refused before
+/// anything is written.
+#[test]
+fn forward_maps_refuses_bad_requests() {
+    let dir = TempDir::new("forward-maps-refusals");
+    let file = golden("causal");
+    let out = dir.path("y.safetensors");
+    let maps = dir.path("maps.safetensors");
+    let forward = |extra: &[&str]| {
+        let mut args = vec![
+            "forward",
+            "--weights",
+            arg(&file),
+            "--input",
+            arg(&file),
+            "--causal",
+            "--output",
+            arg(&out),
+        ];
+        args.extend(extra);
+        compattn(&args)
+    };
+    forward(&["--maps", arg(&maps), "--maps-max-mib", "0"]).assert_error(
+        1,
+        &["attention maps of 19 query rows", "MapsOptions::max_bytes"],
+    );
+    forward(&["--maps", arg(&maps), "--maps-rows", "5,3"])
+        .assert_error(1, &["query_rows", "strictly increasing"]);
+    forward(&["--maps", arg(&maps), "--maps-rows", "0,19"]).assert_error(1, &["query_rows"]);
+    assert!(!out.exists() && !maps.exists(), "a refusal wrote a file");
+    forward(&["--maps", arg(&maps), "--maps-rows", "a"]).assert_error(2, &["--maps-rows"]);
+    for flag in [["--maps-rows", "0,5"], ["--maps-max-mib", "1"]] {
+        let run = forward(&flag);
+        run.assert_error(2, &["required arguments were not provided"]);
+        assert!(
+            run.stderr.contains("--maps <M.safetensors>"),
+            "{}",
+            run.transcript()
+        );
+    }
+}
+
+/// Maps with recognisable values: query row `i`'s search attention falls off with `|i - j|`.
+fn sample_maps(batch: usize, searches: usize, query_rows: Vec<usize>, seq: usize) -> AttentionMaps {
+    let retrievals = 2;
+    let mut search = Vec::new();
+    let mut selection = Vec::new();
+    for b in 0..batch {
+        for sigma in 0..searches {
+            for &i in &query_rows {
+                let row: Vec<f32> = (0..seq)
+                    .map(|j| 1.0 / (1.0 + (i.abs_diff(j) + b + sigma) as f32))
+                    .collect();
+                let sum: f32 = row.iter().sum();
+                search.extend(row.iter().map(|a| a / sum));
+                let c = (i % 5) as f32 / 4.0;
+                selection.extend([c, 1.0 - c]);
+            }
+        }
+    }
+    AttentionMaps {
+        batch,
+        searches,
+        retrievals,
+        seq,
+        query_rows,
+        search,
+        selection,
+    }
+}
+
+fn fills(svg: &str) -> std::collections::BTreeSet<&str> {
+    svg.match_indices("fill=\"#")
+        .map(|(at, _)| &svg[at + 7..at + 13])
+        .collect()
+}
+
+#[test]
+fn plot_writes_a_heatmap_per_batch_row_and_search() {
+    let dir = TempDir::new("plot");
+    let maps_file = dir.path("maps.safetensors");
+    let maps = sample_maps(2, 3, vec![0, 4, 7, 11], 12);
+    std::fs::write(&maps_file, maps.to_safetensors().unwrap()).unwrap();
+    let out = dir.path("plots");
+    let run = compattn(&["plot", arg(&maps_file), "--out", arg(&out)]);
+    let mut expected = vec!["index.html".to_string()];
+    for b in 0..2 {
+        for s in 0..3 {
+            expected.push(format!("search_b{b}_s{s}.svg"));
+            expected.push(format!("selection_b{b}_s{s}.svg"));
+        }
+    }
+    let needles: Vec<&str> = expected.iter().map(String::as_str).collect();
+    run.assert_prints(&needles);
+    let index = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for name in &expected[1..] {
+        let svg = std::fs::read_to_string(out.join(name)).unwrap();
+        assert!(
+            svg.starts_with("<svg"),
+            "{name}: {}",
+            &svg[..svg.len().min(200)]
+        );
+        assert!(svg.trim_end().ends_with("</svg>"), "{name}");
+        // 4 query rows × 12 keys (or 2 retrievals) cells, and a colour bar.
+        let cells = if name.starts_with("search") { 48 } else { 8 };
+        assert!(svg.matches("<rect").count() > cells, "{name}");
+        assert!(fills(&svg).len() >= 4, "{name}: fills {:?}", fills(&svg));
+        assert!(index.contains(&format!("src=\"{name}\"")), "{index}");
+    }
+    let search = std::fs::read_to_string(out.join("search_b0_s1.svg")).unwrap();
+    for label in [
+        "key j",
+        "query i",
+        "search attention, batch row 0, search 1",
+        ">\n11\n<",
+    ] {
+        assert!(search.contains(label), "{label:?} not in\n{search}");
+    }
+    let selection = std::fs::read_to_string(out.join("selection_b1_s2.svg")).unwrap();
+    assert!(selection.contains("retrieval ρ") && selection.contains("query i"));
+
+    // One batch row only.
+    let one = dir.path("one");
+    compattn(&["plot", arg(&maps_file), "--out", arg(&one), "--batch", "1"])
+        .assert_prints(&["search_b1_s2.svg"]);
+    assert_eq!(std::fs::read_dir(&one).unwrap().count(), 1 + 2 * 3);
+    assert!(!one.join("search_b0_s0.svg").exists());
+
+    // A long sequence is drawn in blocks, so the SVG stays small.
+    let long_file = dir.path("long.safetensors");
+    let long = sample_maps(1, 1, (0..600).step_by(2).collect(), 600);
+    std::fs::write(&long_file, long.to_safetensors().unwrap()).unwrap();
+    let long_out = dir.path("long");
+    compattn(&["plot", arg(&long_file), "--out", arg(&long_out)]).assert_success();
+    let svg = std::fs::read_to_string(long_out.join("search_b0_s0.svg")).unwrap();
+    assert!(
+        svg.contains("blocks of 2 rows × 3 columns"),
+        "{}",
+        &svg[..1000]
+    );
+    assert!(svg.len() < 8 << 20, "{} bytes", svg.len());
+}
+
+#[test]
+fn plot_refuses_what_is_not_a_maps_file() {
+    let dir = TempDir::new("plot-refusals");
+    let out = dir.path("plots");
+    // A reference case holds weights and `input`, not maps.
+    compattn(&["plot", arg(&golden("causal")), "--out", arg(&out)])
+        .assert_error(1, &["search_attention", "compattn forward --maps"]);
+    compattn(&[
+        "plot",
+        arg(&dir.path("absent.safetensors")),
+        "--out",
+        arg(&out),
+    ])
+    .assert_error(1, &["absent.safetensors"]);
+    let garbage = dir.path("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file").unwrap();
+    compattn(&["plot", arg(&garbage), "--out", arg(&out)]).assert_error(1, &[]);
+    assert!(!out.exists(), "a refusal created the output directory");
+
+    let maps_file = dir.path("maps.safetensors");
+    std::fs::write(
+        &maps_file,
+        sample_maps(2, 1, vec![1, 2], 3).to_safetensors().unwrap(),
+    )
+    .unwrap();
+    compattn(&["plot", arg(&maps_file), "--out", arg(&out), "--batch", "2"])
+        .assert_error(1, &["--batch", "2 batch rows"]);
+    // --out naming a file.
+    compattn(&["plot", arg(&maps_file), "--out", arg(&garbage)]).assert_error(1, &["garbage"]);
+    let run = compattn(&["plot", arg(&maps_file)]);
+    run.assert_error(2, &["required arguments were not provided"]);
+    assert!(run.stderr.contains("--out <DIR>"), "{}", run.transcript());
 }
