@@ -802,6 +802,23 @@ fn bench_bad_arguments_are_errors_not_panics() {
     compattn(&["bench", "--gemm", "0"]).assert_error(1, &["--gemm"]);
 }
 
+/// `compattn forward` of a causal case file (weights, input and output in one) to `out`, with
+/// `extra` arguments.
+fn forward_causal_case(file: &Path, out: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "forward",
+        "--weights",
+        arg(file),
+        "--input",
+        arg(file),
+        "--causal",
+        "--output",
+        arg(out),
+    ];
+    args.extend(extra);
+    compattn(&args)
+}
+
 /// `forward --maps` on the causal reference case: every query row's search attention sums to 1
 /// over the keys and is exactly 0 above the diagonal, every retrieval selection sums to 1;
 /// `--maps-rows` gives those rows only, the same values; `plot` draws the file.
@@ -812,20 +829,7 @@ fn forward_maps_writes_causal_attention_maps() {
     assert!(golden_causal("causal"));
     let forward = |maps: &Path, extra: &[&str]| {
         let out = dir.path("y.safetensors");
-        let mut args = vec![
-            "forward",
-            "--weights",
-            arg(&file),
-            "--input",
-            arg(&file),
-            "--causal",
-            "--output",
-            arg(&out),
-            "--maps",
-            arg(maps),
-        ];
-        args.extend(extra);
-        let run = compattn(&args);
+        let run = forward_causal_case(&file, &out, &[&["--maps", arg(maps)], extra].concat());
         run.assert_prints(&["steady-state", "wrote attention maps", "bytes to"]);
         AttentionMaps::from_safetensors(&std::fs::read(maps).unwrap()).unwrap()
     };
@@ -913,20 +917,7 @@ fn forward_maps_refuses_bad_requests() {
     let file = golden("causal");
     let out = dir.path("y.safetensors");
     let maps = dir.path("maps.safetensors");
-    let forward = |extra: &[&str]| {
-        let mut args = vec![
-            "forward",
-            "--weights",
-            arg(&file),
-            "--input",
-            arg(&file),
-            "--causal",
-            "--output",
-            arg(&out),
-        ];
-        args.extend(extra);
-        compattn(&args)
-    };
+    let forward = |extra: &[&str]| forward_causal_case(&file, &out, extra);
     forward(&["--maps", arg(&maps), "--maps-max-mib", "0"]).assert_error(
         1,
         &["attention maps of 19 query rows", "MapsOptions::max_bytes"],
