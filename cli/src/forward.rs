@@ -127,13 +127,14 @@ pub fn run(args: &Args) -> CliResult {
     );
 
     if let Some(path) = &args.maps {
-        let (_, maps) = layer.forward_with_maps_blocking(
-            &input.x,
-            b,
-            n,
-            input.mask.as_deref(),
-            &maps_options,
-        )?;
+        let (result, maps_time) = timed(|| {
+            layer.forward_with_maps_blocking(&input.x, b, n, input.mask.as_deref(), &maps_options)
+        });
+        let (_, maps) = result?;
+        println!(
+            "forward with maps (the unfused strategy; a first call compiles its pipelines): {}",
+            ms(maps_time)
+        );
         let bytes = maps.to_safetensors()?;
         io::write_file(path, &bytes)?;
         let (s, q, r) = (maps.searches, maps.queries(), maps.retrievals);
