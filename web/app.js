@@ -119,6 +119,7 @@ async function main() {
   }
   $('config').addEventListener('submit', run);
   setUpModel();
+  setUpMaps();
   $('gen-form').addEventListener('submit', generate);
   if (!hasWebGpu()) {
     showError('This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome or Edge, or ' +
@@ -273,6 +274,8 @@ async function runModel() {
     window.lastCase = { name, info, batch, seq, error, stats: s, forwardMs, firstMs };
     result.dataset.runs = String(Number(result.dataset.runs) + 1);
     result.dataset.state = 'done';
+    caseStatus(`attention maps of ${name}…`);
+    await showMaps(model, x, batch, seq, fileCase.mask, name);
     caseStatus(`done: ${name}`);
   } catch (e) {
     console.warn(e);
@@ -283,6 +286,210 @@ async function runModel() {
     $('load-run').disabled = false;
     result.dataset.finished = String(Number(result.dataset.finished) + 1);
   }
+}
+
+// ---- Attention maps: heatmaps of forwardWithMaps ----------------------------------------------
+
+/** The query rows to draw: every row up to 64 tokens, else 64 spread evenly (so a long file's
+ *  maps stay small: batch·searches·64·(seq + retrievals) numbers). */
+function mapRows(seq, most = 64) {
+  if (seq <= most) return null;
+  const rows = new Set();
+  for (let i = 0; i < most; i += 1) rows.add(Math.round((i * (seq - 1)) / (most - 1)));
+  return [...rows].sort((a, b) => a - b);
+}
+
+let maps = null; // { result: MapsResult, name }
+
+/** forwardWithMaps on the model run, then the heatmaps; a failure leaves the run itself done. */
+async function showMaps(layer, x, batch, seq, mask, name) {
+  const section = $('maps');
+  section.dataset.state = 'running';
+  try {
+    const rows = mapRows(seq);
+    const result = await layer.forwardWithMaps(x, batch, seq, mask, rows ? { rows } : undefined);
+    maps = { result, name };
+    window.lastMaps = result;
+    const q = result.queryRows.length;
+    $('maps-note').textContent = `${name}: ${result.batch} batch row(s), ${result.searches} searches, ` +
+      `${result.retrievals} retrievals, ${seq} keys; ${q === seq ? 'every query token' : `${q} of ${seq} query tokens, spread evenly`} ` +
+      '(forwardWithMaps, the unfused strategy).';
+    $('map-batch').max = String(result.batch - 1);
+    $('map-search').max = String(result.searches - 1);
+    for (const id of ['map-batch', 'map-search']) {
+      if (Number($(id).value) > Number($(id).max)) $(id).value = '0';
+    }
+    const token = $('map-token');
+    const previous = Number(token.selectedOptions[0]?.textContent);
+    token.replaceChildren(...result.queryRows.map((row, i) => {
+      const option = document.createElement('option');
+      option.value = String(i);
+      option.textContent = String(row);
+      return option;
+    }));
+    const keep = result.queryRows.indexOf(previous);
+    token.value = String(keep >= 0 ? keep : 0);
+    section.hidden = false;
+    drawMaps();
+    section.dataset.state = 'done';
+  } catch (e) {
+    console.warn(e);
+    showError(`attention maps of ${name}: ${message(e)}`);
+    section.dataset.state = 'error';
+  }
+}
+
+function setUpMaps() {
+  for (const id of ['map-batch', 'map-search', 'map-token']) {
+    $(id).addEventListener('input', () => { if (maps) drawMaps(); });
+    $(id).addEventListener('change', () => { if (maps) drawMaps(); });
+  }
+  $('maps-form').addEventListener('submit', (event) => event.preventDefault());
+}
+
+// Viridis (matplotlib), 9 stops, interpolated linearly.
+const VIRIDIS = [
+  [68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
+  [31, 158, 137], [53, 183, 121], [110, 206, 88], [253, 231, 37],
+];
+function viridis(t) {
+  const x = Math.min(Math.max(Number.isFinite(t) ? t : 0, 0), 1) * (VIRIDIS.length - 1);
+  const i = Math.min(Math.floor(x), VIRIDIS.length - 2);
+  const f = x - i;
+  return VIRIDIS[i].map((c, k) => Math.round(c + f * (VIRIDIS[i + 1][k] - c)));
+}
+
+const BACKGROUND = '#ffffff';
+const INK = '#222222';
+const FONT = '11px system-ui, sans-serif';
+
+/** The selector's value as a whole number in [0, max]. */
+function choice(id, max) {
+  const v = Math.floor(Number($(id).value));
+  return Number.isFinite(v) ? Math.min(Math.max(v, 0), max) : 0;
+}
+
+/** Draws a rows × cols matrix (values[r * cols + c]) as a heatmap with axis labels, a colour bar
+ *  (0 to `top`) and `highlight` (a row index) outlined. */
+function heatmap(canvas, values, rowsN, cols, { rowLabels, colLabel, rowLabel, colTicks, highlight,
+  maxWidth, maxHeight, title }) {
+  const cellW = Math.max(1, Math.min(28, Math.floor(maxWidth / cols)));
+  const cellH = Math.max(1, Math.min(28, Math.floor(maxHeight / rowsN)));
+  const plotW = Math.min(cols * cellW, maxWidth);
+  const plotH = Math.min(rowsN * cellH, maxHeight);
+  const left = 56, top = 34, barGap = 14, barW = 12, right = 60, bottom = 16;
+  canvas.width = left + plotW + barGap + barW + right;
+  canvas.height = top + plotH + bottom;
+  const g = canvas.getContext('2d');
+  g.fillStyle = BACKGROUND;
+  g.fillRect(0, 0, canvas.width, canvas.height);
+  let top1 = 0;
+  for (const v of values) if (v > top1) top1 = v;
+  const scale = top1 > 0 ? top1 : 1;
+  // The matrix at one pixel per value, scaled onto the plot without smoothing.
+  const image = new ImageData(cols, rowsN);
+  for (let i = 0; i < rowsN * cols; i += 1) {
+    const [r, gr, b] = viridis(values[i] / scale);
+    image.data.set([r, gr, b, 255], 4 * i);
+  }
+  const off = document.createElement('canvas');
+  off.width = cols;
+  off.height = rowsN;
+  off.getContext('2d').putImageData(image, 0, 0);
+  g.imageSmoothingEnabled = false;
+  g.drawImage(off, left, top, plotW, plotH);
+  // Axes and labels.
+  g.fillStyle = INK;
+  g.strokeStyle = INK;
+  g.font = FONT;
+  g.textBaseline = 'alphabetic';
+  g.textAlign = 'left';
+  g.fillText(title, 0, 11);
+  g.textAlign = 'center';
+  g.fillText(colLabel, left + plotW / 2, 24);
+  const colX = (c) => left + ((c + 0.5) * plotW) / cols;
+  g.textBaseline = 'bottom';
+  for (const c of colTicks) g.fillText(String(c), colX(c), top - 1);
+  g.save();
+  g.translate(10, top + plotH / 2);
+  g.rotate(-Math.PI / 2);
+  g.textAlign = 'center';
+  g.textBaseline = 'middle';
+  g.fillText(rowLabel, 0, 0);
+  g.restore();
+  g.textAlign = 'right';
+  g.textBaseline = 'middle';
+  const rowY = (r) => top + ((r + 0.5) * plotH) / rowsN;
+  const every = Math.max(1, Math.ceil(rowsN / Math.max(1, Math.floor(plotH / 14))));
+  for (let r = 0; r < rowsN; r += every) g.fillText(rowLabels[r], left - 4, rowY(r));
+  g.strokeRect(left - 0.5, top - 0.5, plotW + 1, plotH + 1);
+  // The chosen token's row.
+  if (highlight !== null) {
+    const y0 = top + (highlight * plotH) / rowsN;
+    const h = Math.max(plotH / rowsN, 2);
+    g.lineWidth = 2;
+    g.strokeStyle = '#ff2d55';
+    g.strokeRect(left - 1, y0 - 1, plotW + 2, h + 2);
+    // Its label in the highlight colour, over the row labels there.
+    g.fillStyle = BACKGROUND;
+    g.fillRect(14, y0 + h / 2 - 7, left - 16, 14);
+    g.fillStyle = '#ff2d55';
+    g.fillText(`${rowLabels[highlight]} ▶`, left - 3, y0 + h / 2);
+    g.lineWidth = 1;
+  }
+  // Colour bar: 0 at the bottom, the matrix's largest value at the top.
+  const bx = left + plotW + barGap;
+  for (let y = 0; y < plotH; y += 1) {
+    const [r, gr, b] = viridis(1 - y / Math.max(plotH - 1, 1));
+    g.fillStyle = `rgb(${r},${gr},${b})`;
+    g.fillRect(bx, top + y, barW, 1);
+  }
+  g.strokeStyle = INK;
+  g.strokeRect(bx - 0.5, top - 0.5, barW + 1, plotH + 1);
+  g.fillStyle = INK;
+  g.textAlign = 'left';
+  g.textBaseline = 'top';
+  g.fillText(sig(top1), bx + barW + 4, top);
+  g.textBaseline = 'bottom';
+  g.fillText('0', bx + barW + 4, top + plotH);
+}
+
+/** Ticks for an axis of n: 0, the last, and a few between. */
+function ticks(n, most = 6) {
+  if (n <= most) return [...Array(n).keys()];
+  const out = new Set();
+  for (let i = 0; i < most; i += 1) out.add(Math.round((i * (n - 1)) / (most - 1)));
+  return [...out];
+}
+
+/** Draws both heatmaps of the chosen batch row and search, and the chosen token's readout. */
+function drawMaps() {
+  const m = maps.result;
+  const q = m.queryRows.length;
+  const b = choice('map-batch', m.batch - 1);
+  const sigma = choice('map-search', m.searches - 1);
+  const t = choice('map-token', q - 1);
+  const base = (b * m.searches + sigma) * q;
+  const search = m.search.subarray(base * m.seq, (base + q) * m.seq);
+  const selection = m.selection.subarray(base * m.retrievals, (base + q) * m.retrievals);
+  const rowLabels = m.queryRows.map(String);
+  heatmap($('search-map'), search, q, m.seq, {
+    rowLabels, rowLabel: 'query token', colLabel: 'key →', colTicks: ticks(m.seq), highlight: t,
+    maxWidth: 480, maxHeight: 480, title: `search attention, batch row ${b}, search ${sigma}`,
+  });
+  heatmap($('selection-map'), selection, q, m.retrievals, {
+    rowLabels, rowLabel: 'query token', colLabel: 'retrieval →', colTicks: ticks(m.retrievals),
+    highlight: t, maxWidth: 28 * Math.min(m.retrievals, 8), maxHeight: 480,
+    title: `selection, search ${sigma}`,
+  });
+  // The chosen token's row: its largest keys and its selection.
+  const row = search.subarray(t * m.seq, (t + 1) * m.seq);
+  const top = [...row.keys()].sort((i, j) => row[j] - row[i]).slice(0, 5);
+  const sel = selection.subarray(t * m.retrievals, (t + 1) * m.retrievals);
+  $('map-readout').textContent = `token ${m.queryRows[t]} (batch row ${b}, search ${sigma}): ` +
+    `top keys ${top.map((j) => `${j} (${row[j].toFixed(3)})`).join(', ')}\n` +
+    `selection over retrievals: ${[...sel].map((v, k) => `ρ${k} ${v.toFixed(3)}`).join(', ')}`;
+  $('maps').dataset.drawn = String(Number($('maps').dataset.drawn ?? 0) + 1);
 }
 
 // ---- Generation: prefill, then decode token by token ------------------------------------------

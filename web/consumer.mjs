@@ -83,7 +83,8 @@ try {
     const result = await page.evaluate(() => window.result ?? null);
     check(state === 'done' && result.relative < TOLERANCE && problems.length === 0,
       `consumer page, ${checkpoint}: ${state === 'done'
-        ? `${result.format} [${result.shape}], max-abs / max|output| ${result.relative.toExponential(2)} on ${result.adapter}`
+        ? `${result.format} [${result.shape}], max-abs / max|output| ${result.relative.toExponential(2)} on ${result.adapter}; ` +
+          `forwardWithMaps rows [${result.mapsRows}] sum to 1 within ${result.mapsSumError.toExponential(1)}`
         : await page.textContent('#result')}${problems.length ? `; ${problems.join('; ')}` : ''}`);
     await page.close();
   }

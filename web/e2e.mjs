@@ -134,6 +134,51 @@ try {
     check(state === 'done' && /^[-0-9.e]+, /.test(stats) && (await page.textContent('#error')).startsWith('–'),
       `${file}: ${state === 'done' ? `output ${await page.textContent('#case-shape')}, mean/std/min/max ${stats}` : await page.textContent('#case-failure')}`);
   }
+  // The attention maps the page draws after a file run: both canvases non-blank, a new search
+  // redraws the search map, and window.lastMaps' rows are distributions.
+  const pixels = (id) => page.evaluate((id) => {
+    const c = document.getElementById(id);
+    if (!c.width || !c.height) return { width: 0, height: 0, colours: 0, coloured: 0, hash: 0 };
+    const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const colours = new Set();
+    let coloured = 0, hash = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      const rgb = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2];
+      colours.add(rgb);
+      if (rgb !== 0xffffff) coloured += 1;
+      hash = (hash * 31 + rgb) >>> 0;
+    }
+    return { width: c.width, height: c.height, colours: colours.size, coloured, hash };
+  }, id);
+  const checkMaps = async (file) => {
+    await page.waitForFunction(() => ['done', 'error'].includes(document.getElementById('maps').dataset.state),
+      null, { timeout: TIMEOUT });
+    const state = await page.getAttribute('#maps', 'data-state');
+    const hidden = await page.$eval('#maps', (s) => s.hidden);
+    check(state === 'done' && !hidden, `${file}: #maps drawn${state === 'done' ? '' : `: ${await page.textContent('#failure')}`}`);
+    if (state !== 'done') return;
+    const sums = await page.evaluate(() => {
+      const m = window.lastMaps;
+      const q = m.queryRows.length;
+      let worstSearch = 0, worstSelection = 0, rows = 0;
+      for (let r = 0; r < m.batch * m.searches * q; r += 1) {
+        let a = 0, b = 0;
+        for (let j = 0; j < m.seq; j += 1) a += m.search[r * m.seq + j];
+        for (let k = 0; k < m.retrievals; k += 1) b += m.selection[r * m.retrievals + k];
+        worstSearch = Math.max(worstSearch, Math.abs(a - 1));
+        worstSelection = Math.max(worstSelection, Math.abs(b - 1));
+        rows += 1;
+      }
+      const shapes = m.search.length === m.batch * m.searches * q * m.seq &&
+        m.selection.length === m.batch * m.searches * q * m.retrievals &&
+        m.output.length === window.lastCase.batch * window.lastCase.seq * window.lastCase.info.dim;
+      return { worstSearch, worstSelection, rows, shapes, seq: m.seq, q, batch: m.batch, searches: m.searches };
+    });
+    check(sums.shapes && sums.rows > 0 && sums.worstSearch < 1e-4 && sums.worstSelection < 1e-4,
+      `${file}: lastMaps [${sums.batch}, ${sums.searches}, ${sums.q}, ${sums.seq}]: ${sums.rows} search rows sum to 1 ` +
+      `within ${sums.worstSearch.toExponential(1)}, selection rows within ${sums.worstSelection.toExponential(1)}`);
+    return sums;
+  };
   for (const [file, causal] of files) {
     const state = await loadFile(`${REPO}${file}`, causal);
     if (state !== 'done') {
@@ -143,6 +188,26 @@ try {
     const error = (await page.textContent('#error')).trim();
     const relative = Number(error.split(/\s+/)[0]);
     check(relative < TOLERANCE, `${file}: #error ${error}; ${await page.textContent('#case-time')}`);
+    const sums = await checkMaps(file);
+    if (file.endsWith('padding_mask.safetensors') && sums) {
+      const search = await pixels('search-map');
+      const selection = await pixels('selection-map');
+      check(search.colours >= 50 && search.coloured > search.width * search.height / 4,
+        `#search-map ${search.width}×${search.height}: ${search.colours} colours, ${search.coloured} non-background pixels`);
+      check(selection.colours >= 10 && selection.coloured > selection.width * selection.height / 8,
+        `#selection-map ${selection.width}×${selection.height}: ${selection.colours} colours, ${selection.coloured} non-background pixels`);
+      // Another search (and batch row, token): the maps are redrawn and differ.
+      await page.fill('#map-search', '2');
+      await page.fill('#map-batch', '1');
+      const options = await page.$$eval('#map-token option', (os) => os.map((o) => o.value));
+      await page.selectOption('#map-token', options[5]);
+      const search2 = await pixels('search-map');
+      const selection2 = await pixels('selection-map');
+      const readout = await page.textContent('#map-readout');
+      check(search2.hash !== search.hash && selection2.hash !== selection.hash && search2.colours >= 50 &&
+        /^token 5 \(batch row 1, search 2\): top keys /.test(readout),
+        `changing the selectors redraws both maps: ${readout.split('\n')[0]}`);
+    }
   }
   // Generation: prefill, then decode token by token, against the full causal forward.
   {

@@ -8,6 +8,8 @@ import init, {
   type Case,
   type LayerInfo,
   type LoadOptions,
+  type MapsOptions,
+  type MapsResult,
 } from 'compositional-attention';
 
 export async function typed(bytes: Uint8Array): Promise<number> {
@@ -27,6 +29,15 @@ export async function typed(bytes: Uint8Array): Promise<number> {
   const x: Float32Array = randomNormal(2 * 5 * layer.dim, 1);
   const y: Float32Array = await layer.forward(x, 2, 5);
   const masked: Float32Array = await layer.forward(x, 2, 5, new Uint8Array(10).fill(1));
+  const mapsOptions: MapsOptions = { rows: [0, 4], maxBytes: 1 << 20 };
+  const maps: MapsResult = await layer.forwardWithMaps(x, 2, 5, new Uint8Array(10).fill(1), mapsOptions);
+  const all: MapsResult = await layer.forwardWithMaps(x, 2, 5);
+  const mapsOutput: Float32Array = maps.output;
+  const search: Float32Array = maps.search; // [batch, searches, q, seq]
+  const selection: Float32Array = maps.selection; // [batch, searches, q, retrievals]
+  const mapSizes: number = maps.batch + maps.searches + maps.retrievals + maps.seq + maps.queryRows[0];
+  // @ts-expect-error: rows is an array of numbers
+  await layer.forwardWithMaps(x, 2, 5, undefined, { rows: '0,4' });
   const cache: KvCache = random.kvCache(2, 16);
   const p: Float32Array = await random.prefill(cache, x, 5);
   const d: Float32Array = await random.decode(cache, x.subarray(0, 2 * layer.dim));
@@ -44,5 +55,6 @@ export async function typed(bytes: Uint8Array): Promise<number> {
   cache.free();
   plain.free();
   return y.length + masked.length + p.length + d.length + len + limit + Number(f16) + names.length
-    + sizes + (c.output?.length ?? 0);
+    + sizes + (c.output?.length ?? 0) + mapsOutput.length + search.length + selection.length + mapSizes
+    + all.queryRows.length;
 }

@@ -28,6 +28,19 @@ async function main() {
     maxAbs = Math.max(maxAbs, Math.abs(y[i] - v));
     maxOutput = Math.max(maxOutput, Math.abs(v));
   });
+  // What the layer attended to: every search row (and selection row) is a distribution.
+  const maps = await layer.forwardWithMaps(fileCase.input, fileCase.batch, fileCase.seq, fileCase.mask,
+    { rows: fileCase.seq > 1 ? [0, fileCase.seq - 1] : [0] });
+  let mapsSumError = 0;
+  for (let r = 0; r < maps.batch * maps.searches * maps.queryRows.length; r += 1) {
+    const row = maps.search.subarray(r * maps.seq, (r + 1) * maps.seq);
+    const sel = maps.selection.subarray(r * maps.retrievals, (r + 1) * maps.retrievals);
+    mapsSumError = Math.max(mapsSumError, Math.abs(row.reduce((a, v) => a + v, 0) - 1),
+      Math.abs(sel.reduce((a, v) => a + v, 0) - 1));
+  }
+  if (!(mapsSumError < 1e-4) || maps.output.length !== y.length) {
+    throw new Error(`forwardWithMaps: rows sum to 1 only within ${mapsSumError}`);
+  }
   const info = layer.info();
   const result = {
     url,
@@ -36,6 +49,8 @@ async function main() {
     shape: [fileCase.batch, fileCase.seq, layer.dim],
     length: y.length,
     relative: maxAbs / maxOutput,
+    mapsRows: maps.queryRows,
+    mapsSumError,
   };
   layer.free();
   Object.assign(window, { result });

@@ -16,8 +16,8 @@ use compositional_attention::checkpoint::{Checkpoint, CheckpointOptions, Constru
 use compositional_attention::io::{Input, read_output};
 use compositional_attention::rng::Rng;
 use compositional_attention::{
-    CompositionalAttention as Layer, Config, Error, GpuContext, KvCache as CrateKvCache,
-    LimitsPolicy, Precision, Strategy, Weights, verify,
+    AttentionMaps, CompositionalAttention as Layer, Config, Error, GpuContext,
+    KvCache as CrateKvCache, LimitsPolicy, MapsOptions, Precision, Strategy, Weights, verify,
 };
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -122,6 +122,35 @@ export interface LayerInfo extends LayerConfig {
   gpuBytes: number;
 }
 
+/** Options of `layer.forwardWithMaps`. */
+export interface MapsOptions {
+  /** Query token positions to return maps of (the same in every batch row): whole numbers,
+   *  strictly increasing, below `seq`. Default: every position. */
+  rows?: number[];
+  /** The most bytes the maps may take (both tensors, 4 bytes a number); larger requests are an
+   *  Error ("MapsTooLarge"-style message) before anything runs. Default 256 MiB. */
+  maxBytes?: number;
+}
+
+/** What `layer.forwardWithMaps` resolves to: the output and what the layer attended to, for the
+ *  query rows `queryRows` (q = `queryRows.length`) of every batch row. */
+export interface MapsResult {
+  /** The layer's output, `[batch, seq, dim]` (as `forward`'s). */
+  output: Float32Array;
+  /** Search attention `[batch, searches, q, seq]`: how strongly search σ of query token
+   *  `queryRows[i]` attends each key; each row sums to 1. */
+  search: Float32Array;
+  /** Retrieval selection `[batch, searches, q, retrievals]`: how search σ of that token weighs
+   *  each retrieval; each row sums to 1. */
+  selection: Float32Array;
+  batch: number;
+  searches: number;
+  retrievals: number;
+  seq: number;
+  /** The query token positions the maps are of, strictly increasing. */
+  queryRows: number[];
+}
+
 /** The case tensors of a safetensors file (`readCase`); null where the file has none. */
 export interface Case {
   /** From `input` [batch, seq, dim] (else from a 3-d `output`). */
@@ -146,6 +175,9 @@ extern "C" {
     /// `RandomOptions` of the TypeScript definitions (a plain object).
     #[wasm_bindgen(typescript_type = "RandomOptions")]
     pub type RandomOptions;
+    /// `MapsOptions` of the TypeScript definitions (a plain object).
+    #[wasm_bindgen(typescript_type = "MapsOptions")]
+    pub type JsMapsOptions;
 }
 
 fn err(message: impl AsRef<str>) -> JsError {
@@ -317,6 +349,83 @@ fn check_elements(
     Ok(())
 }
 
+/// A JavaScript value as text, for messages.
+fn js_text(value: &JsValue) -> String {
+    if let Some(text) = value.as_string() {
+        return format!("{text:?}");
+    }
+    if let Some(number) = value.as_f64() {
+        return number.to_string();
+    }
+    js_sys::JSON::stringify(value)
+        .ok()
+        .and_then(|s| s.as_string())
+        .unwrap_or_else(|| format!("{value:?}"))
+}
+
+/// `rows` and `maxBytes` of a [`MapsOptions`] object (TypeScript `MapsOptions`): rows must be
+/// whole numbers ≥ 0 (the crate checks their order and range), `maxBytes` a whole number ≥ 0.
+fn maps_options(options: &JsValue) -> Result<MapsOptions, JsError> {
+    check_options_object(options, "forwardWithMaps")?;
+    let mut maps = MapsOptions::default();
+    if let Some(rows) = get(options, "rows") {
+        if !Array::is_array(&rows) {
+            return Err(err(
+                "rows must be an array of query positions (whole numbers ≥ 0)",
+            ));
+        }
+        let rows = Array::from(&rows)
+            .iter()
+            .map(|row| match row.as_f64() {
+                Some(r) if r.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&r) => {
+                    Ok(r as usize)
+                }
+                _ => Err(err(format!(
+                    "rows must be whole numbers ≥ 0, not {}",
+                    js_text(&row)
+                ))),
+            })
+            .collect::<Result<Vec<usize>, JsError>>()?;
+        maps.query_rows = Some(rows);
+    }
+    if let Some(value) = get(options, "maxBytes") {
+        match value.as_f64() {
+            Some(n) if n.fract() == 0.0 && (0.0..=9_007_199_254_740_991.0).contains(&n) => {
+                maps.max_bytes = n as u64;
+            }
+            _ => {
+                return Err(err(format!(
+                    "maxBytes must be a whole number ≥ 0, not {}",
+                    js_text(&value)
+                )));
+            }
+        }
+    }
+    Ok(maps)
+}
+
+/// A [`MapsResult`] object (TypeScript) of the output and the maps.
+fn maps_object(output: &[f32], maps: &AttentionMaps) -> Object {
+    let o = Object::new();
+    set(&o, "output", Float32Array::from(output));
+    set(&o, "search", Float32Array::from(maps.search.as_slice()));
+    set(
+        &o,
+        "selection",
+        Float32Array::from(maps.selection.as_slice()),
+    );
+    set(&o, "batch", maps.batch as f64);
+    set(&o, "searches", maps.searches as f64);
+    set(&o, "retrievals", maps.retrievals as f64);
+    set(&o, "seq", maps.seq as f64);
+    let rows = Array::new();
+    for &row in &maps.query_rows {
+        rows.push(&(row as f64).into());
+    }
+    set(&o, "queryRows", rows);
+    o
+}
+
 fn busy() -> JsError {
     err("the layer or cache is in use by another call in flight; await it first")
 }
@@ -453,6 +562,30 @@ impl JsCompositionalAttention {
         .await
     }
 
+    /// [`Self::forward_with_maps`] for Rust callers (the browser tests): resolves to the output
+    /// and the crate's [`AttentionMaps`]. `options` is a `MapsOptions` object (or undefined).
+    pub async fn forward_with_maps_vec(
+        &self,
+        x: Vec<f32>,
+        batch: f64,
+        seq: f64,
+        mask: Option<Vec<u8>>,
+        options: JsValue,
+    ) -> Result<(Vec<f32>, AttentionMaps), JsError> {
+        let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
+        // The maps come from the unfused strategy, whatever the layer's is.
+        check_elements(&self.config, batch, seq, Strategy::Unfused)?;
+        let mask = check_x_mask(&self.config, &x, batch, seq, mask)?;
+        let options = maps_options(&options)?;
+        self.in_turn(async |layer: &mut Layer| {
+            layer
+                .forward_with_maps(&x, batch, seq, mask.as_deref(), &options)
+                .await
+                .map_err(crate_err)
+        })
+        .await
+    }
+
     /// [`Self::prefill`] for Rust callers (`seq = 1`: [`Self::decode`]).
     pub async fn prefill_vec(
         &self,
@@ -561,11 +694,33 @@ impl JsCompositionalAttention {
         to_promise(async move { this.forward_vec(x, batch, seq, mask).await })
     }
 
-    // forwardWithMaps(x, batch, seq, mask?) → { output, search [batch, searches, n, n],
-    // selection [batch, searches, n, retrievals] } goes here, once the library's
-    // `forward_with_maps` lands: validate with `count`, `check_elements` and `check_x_mask` as
-    // `forward_vec` does, borrow `self.layer` with `try_borrow_mut`, and resolve to a plain object
-    // of Float32Arrays (see `to_promise` for the pattern).
+    /// `forward`, also resolving to what the layer attended to (`MapsResult`): for the query
+    /// rows `options.rows` (every row by default) of every batch row, the search attention
+    /// `[batch, searches, q, seq]` and the retrieval selection `[batch, searches, q, retrievals]`.
+    /// Runs the unfused strategy whatever `strategy` is (the output matches the fused one's to
+    /// f32 rounding). Maps larger than `options.maxBytes` (default 256 MiB) are an Error before
+    /// anything runs.
+    #[wasm_bindgen(js_name = forwardWithMaps, unchecked_return_type = "Promise<MapsResult>")]
+    pub fn forward_with_maps(
+        &self,
+        x: Vec<f32>,
+        batch: f64,
+        seq: f64,
+        mask: Option<Vec<u8>>,
+        options: Option<JsMapsOptions>,
+    ) -> Promise {
+        let this = self.clone();
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
+        future_to_promise(async move {
+            match this
+                .forward_with_maps_vec(x, batch, seq, mask, options)
+                .await
+            {
+                Ok((output, maps)) => Ok(maps_object(&output, &maps).into()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
 
     /// A GPU-resident KV cache for `batch` sequences of up to `maxSeq` positions (causal layers
     /// only: a non-causal layer gives an Error).

@@ -18,7 +18,8 @@ use std::str::FromStr;
 
 mod api;
 pub use api::{
-    JsCompositionalAttention, JsKvCache, LoadOptions, RandomOptions, random_normal, read_case,
+    JsCompositionalAttention, JsKvCache, JsMapsOptions, LoadOptions, RandomOptions, random_normal,
+    read_case,
 };
 
 use compositional_attention::verify::{self, ErrorStats};

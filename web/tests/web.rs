@@ -525,7 +525,9 @@ fn sizes_past_32_bits_are_refused() {
 
 mod js_api {
     use super::*;
-    use compattn_web::{JsCompositionalAttention, LoadOptions, RandomOptions, read_case};
+    use compattn_web::{
+        JsCompositionalAttention, JsMapsOptions, LoadOptions, RandomOptions, read_case,
+    };
     use js_sys::{Float32Array, Object, Reflect, Uint8Array};
     use wasm_bindgen::{JsCast, JsError, JsValue};
 
@@ -721,6 +723,257 @@ mod js_api {
         cache.clear().unwrap_or_else(|e| panic!("{}", message(e)));
         assert_eq!(cache.len(), 0);
         assert_none_failed(&failures);
+    }
+
+    /// `forwardWithMaps` against `reference::attention_maps` (f64): the golden padding-mask case
+    /// (loaded as the page loads it) with every row, and a random causal problem with a padding
+    /// mask (a fully masked batch row included) with every row and with `rows`; its output
+    /// against the file's output / the f64 forward.
+    #[wasm_bindgen_test]
+    async fn forward_with_maps_matches_the_reference() {
+        let seed = seed();
+        let mut failures = Vec::new();
+        let maps_options = |fields: &[(&str, JsValue)]| -> JsValue { object(fields).into() };
+        let rows_array = |rows: &[usize]| -> JsValue {
+            rows.iter()
+                .map(|&r| JsValue::from(r as f64))
+                .collect::<js_sys::Array>()
+                .into()
+        };
+
+        // The golden case through `load`, every row.
+        let (_, bytes, _) = GOLDEN[3];
+        let layer = load(bytes, &[]).await;
+        let (x, batch, seq, mask, output) = case_of(bytes);
+        let weights = Weights::from_safetensors(bytes, false, "").unwrap();
+        let bool_mask: Option<Vec<bool>> =
+            mask.as_ref().map(|m| m.iter().map(|&v| v != 0).collect());
+        let (b, n) = (batch as usize, seq as usize);
+        let (y, maps) = layer
+            .forward_with_maps_vec(x.clone(), batch, seq, mask.clone(), JsValue::UNDEFINED)
+            .await
+            .unwrap_or_else(|e| panic!("padding_mask: {}", message(e)));
+        assert_eq!(maps.query_rows, (0..n).collect::<Vec<_>>());
+        let all: Vec<usize> = (0..n).collect();
+        let (search, selection) =
+            reference::attention_maps(&weights, &x, b, n, bool_mask.as_deref(), &all).unwrap();
+        check(
+            &mut failures,
+            "maps padding_mask: search",
+            &maps.search,
+            &search,
+        );
+        check(
+            &mut failures,
+            "maps padding_mask: selection",
+            &maps.selection,
+            &selection,
+        );
+        let expected: Vec<f64> = output.unwrap().iter().map(|&v| v as f64).collect();
+        check(&mut failures, "maps padding_mask: output", &y, &expected);
+
+        // A random causal problem with a padding mask (batch row 1 fully masked), odd sizes.
+        let (dim, dim_head, searches, retrievals) = (20usize, 5usize, 3usize, 2usize);
+        let weight_seed = seed % 1_000_000;
+        let layer = random(&[
+            ("dim", (dim as f64).into()),
+            ("dimHead", (dim_head as f64).into()),
+            ("searches", (searches as f64).into()),
+            ("retrievals", (retrievals as f64).into()),
+            ("causal", true.into()),
+            ("seed", (weight_seed as f64).into()),
+        ])
+        .await;
+        let config = Config::new(dim)
+            .dim_head(dim_head)
+            .num_searches(searches)
+            .num_retrievals(retrievals)
+            .causal(true);
+        let weights = Weights::random(config, weight_seed).unwrap();
+        let (b, n) = (3usize, 13usize);
+        let x: Vec<f32> = compattn_web::random_normal((b * n * dim) as f64, (seed % 1000) as f64)
+            .unwrap_or_else(|e| panic!("{}", message(e)))
+            .to_vec();
+        let lengths = [13usize, 0, 6];
+        let mask: Vec<u8> = lengths
+            .iter()
+            .flat_map(|&len| (0..n).map(move |j| (j < len) as u8))
+            .collect();
+        let bool_mask: Vec<bool> = mask.iter().map(|&m| m != 0).collect();
+        for rows in [None, Some(vec![0usize, 5, 12])] {
+            let options = match &rows {
+                None => JsValue::UNDEFINED,
+                Some(rows) => maps_options(&[("rows", rows_array(rows))]),
+            };
+            let what = format!("maps random causal padded, rows {rows:?} (seed {seed})");
+            let (y, maps) = match layer
+                .forward_with_maps_vec(x.clone(), b as f64, n as f64, Some(mask.clone()), options)
+                .await
+            {
+                Ok(result) => result,
+                Err(e) => {
+                    failures.push(format!("{what}: {}", message(e)));
+                    continue;
+                }
+            };
+            let query_rows = rows.clone().unwrap_or_else(|| (0..n).collect());
+            assert_eq!(maps.query_rows, query_rows, "{what}");
+            assert_eq!(
+                (maps.batch, maps.searches, maps.retrievals, maps.seq),
+                (b, searches, retrievals, n)
+            );
+            assert_eq!(maps.search.len(), b * searches * query_rows.len() * n);
+            assert_eq!(
+                maps.selection.len(),
+                b * searches * query_rows.len() * retrievals
+            );
+            let (search, selection) =
+                reference::attention_maps(&weights, &x, b, n, Some(&bool_mask), &query_rows)
+                    .unwrap();
+            check(
+                &mut failures,
+                &format!("{what}: search"),
+                &maps.search,
+                &search,
+            );
+            check(
+                &mut failures,
+                &format!("{what}: selection"),
+                &maps.selection,
+                &selection,
+            );
+            let expected = reference::forward(&weights, &x, b, n, Some(&bool_mask)).unwrap();
+            check(&mut failures, &format!("{what}: output"), &y, &expected);
+            // Each search row sums to 1; causal: nothing past the query's own position (in
+            // batch rows with at least one visible key).
+            for bi in 0..b {
+                for sigma in 0..searches {
+                    for (q, &row) in query_rows.iter().enumerate() {
+                        let r = maps.search_row(bi, sigma, q);
+                        let sum: f32 = r.iter().sum();
+                        assert!((sum - 1.0).abs() < 1e-4, "{what}: row sum {sum}");
+                        if lengths[bi] > 0 {
+                            assert!(r[row + 1..].iter().all(|&v| v == 0.0), "{what}: causal");
+                        }
+                    }
+                }
+            }
+        }
+        assert_none_failed(&failures);
+    }
+
+    /// `forwardWithMaps`' options and errors: the JS object comes back with its fields; bad
+    /// rows, rows out of order or range and maps past `maxBytes` (MapsTooLarge) are Errors.
+    #[wasm_bindgen_test]
+    async fn forward_with_maps_options_and_errors() {
+        let layer = random(&[
+            ("dim", 8.into()),
+            ("dimHead", 4.into()),
+            ("searches", 2.into()),
+            ("retrievals", 3.into()),
+        ])
+        .await;
+        let (b, n) = (2usize, 5usize);
+        let x: Vec<f32> = compattn_web::random_normal((b * n * 8) as f64, 9.0)
+            .unwrap_or_else(|e| panic!("{}", message(e)))
+            .to_vec();
+        let options = |fields: &[(&str, JsValue)]| -> JsMapsOptions {
+            JsValue::from(object(fields)).unchecked_into()
+        };
+        let rows = |rows: &[f64]| -> JsValue {
+            rows.iter()
+                .map(|&r| JsValue::from(r))
+                .collect::<js_sys::Array>()
+                .into()
+        };
+        // The JS method: a MapsResult object.
+        let promise = layer.forward_with_maps(
+            x.clone(),
+            b as f64,
+            n as f64,
+            None,
+            Some(options(&[("rows", rows(&[1.0, 4.0]))])),
+        );
+        let result = wasm_bindgen_futures::JsFuture::from(promise)
+            .await
+            .unwrap_or_else(|e| panic!("forwardWithMaps: {e:?}"));
+        let len = |key: &str| Float32Array::from(field(&result, key)).length() as usize;
+        assert_eq!(len("output"), b * n * 8);
+        assert_eq!(len("search"), b * 2 * 2 * n);
+        assert_eq!(len("selection"), b * 2 * 2 * 3);
+        for (key, want) in [
+            ("batch", 2.0),
+            ("searches", 2.0),
+            ("retrievals", 3.0),
+            ("seq", 5.0),
+        ] {
+            assert_eq!(field(&result, key).as_f64(), Some(want), "{key}");
+        }
+        let query_rows: Vec<f64> = js_sys::Array::from(&field(&result, "queryRows"))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(query_rows, [1.0, 4.0]);
+
+        let maps_err = |options: JsValue| {
+            let (layer, x) = (layer.clone(), x.clone());
+            async move {
+                let promise = layer.forward_with_maps(
+                    x,
+                    b as f64,
+                    n as f64,
+                    None,
+                    Some(options.unchecked_into()),
+                );
+                let e = wasm_bindgen_futures::JsFuture::from(promise)
+                    .await
+                    .unwrap_err();
+                e.dyn_into::<js_sys::Error>()
+                    .map(|e| String::from(e.message()))
+                    .unwrap_or_else(|v| format!("not an Error: {v:?}"))
+            }
+        };
+        // MapsTooLarge: every row takes 4·2·2·5·(5 + 3) = 640 bytes.
+        let e = maps_err(object(&[("maxBytes", 639.into())]).into()).await;
+        assert!(e.contains("640 bytes") && e.contains("limit of 639"), "{e}");
+        let e = maps_err(object(&[("rows", rows(&[2.0])), ("maxBytes", 100.into())]).into()).await;
+        assert!(e.contains("need 128 bytes"), "{e}");
+        // At the limit it runs.
+        let ok = layer
+            .forward_with_maps_vec(
+                x.clone(),
+                b as f64,
+                n as f64,
+                None,
+                options(&[("maxBytes", 640.into())]).into(),
+            )
+            .await;
+        assert!(ok.is_ok());
+        for (bad, wanted) in [
+            (rows(&[-1.0]), "whole numbers ≥ 0"),
+            (rows(&[1.5]), "whole numbers ≥ 0"),
+            (JsValue::from("0,1"), "array"),
+            (rows(&[3.0, 1.0]), "strictly increasing"),
+            (rows(&[1.0, 1.0]), "strictly increasing"),
+            (rows(&[5.0]), "query_rows"),
+            (rows(&[]), "at least one"),
+        ] {
+            let e = maps_err(object(&[("rows", bad.clone())]).into()).await;
+            assert!(e.contains(wanted), "rows {bad:?}: {e}");
+        }
+        let e = maps_err(object(&[("maxBytes", (-1).into())]).into()).await;
+        assert!(e.contains("maxBytes must be a whole number"), "{e}");
+        let e = maps_err(JsValue::from(7)).await;
+        assert!(e.contains("options must be an object"), "{e}");
+        // The usual input checks apply.
+        let e = message(
+            layer
+                .forward_with_maps_vec(vec![0.0; 7], 1.0, 1.0, None, JsValue::UNDEFINED)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        );
+        assert!(e.contains("x: expected batch·seq·dim"), "{e}");
     }
 
     /// Bad input gives an `Error` with the crate's message, never a panic.
