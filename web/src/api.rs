@@ -252,8 +252,8 @@ struct DeviceChoice {
 
 impl DeviceChoice {
     fn from_js(options: &JsValue) -> Result<DeviceChoice, JsError> {
-        let policy = parse_limits(&get_string(options, "limits")?.unwrap_or_default())
-            .map_err(|e| err(e))?;
+        let policy =
+            parse_limits(&get_string(options, "limits")?.unwrap_or_default()).map_err(err)?;
         let precision = match get_string(options, "precision")? {
             Some(name) => Precision::parse(&name).map_err(crate_err)?,
             None => Precision::F32,
@@ -529,6 +529,10 @@ impl JsCompositionalAttention {
 
     /// Runs `f` on the layer in this call's turn, with the current strategy; records the GPU
     /// bytes after.
+    // The borrow is held across `f`'s awaits on purpose: only the call whose turn it is borrows
+    // the layer (or a cache) mutably, turns never overlap, and what must not wait (`info`, the
+    // cache's `len`) reads `Cell`s instead; `kvCache` and `clear` try_borrow and throw if busy.
+    #[allow(clippy::await_holding_refcell_ref)]
     async fn in_turn<T>(
         &self,
         f: impl AsyncFnOnce(&mut Layer) -> Result<T, JsError>,
@@ -587,6 +591,8 @@ impl JsCompositionalAttention {
     }
 
     /// [`Self::prefill`] for Rust callers (`seq = 1`: [`Self::decode`]).
+    // The cache's borrow spans the step, inside this call's turn (see `in_turn`).
+    #[allow(clippy::await_holding_refcell_ref)]
     pub async fn prefill_vec(
         &self,
         cache: &JsKvCache,
@@ -876,6 +882,8 @@ pub struct JsKvCache {
 #[wasm_bindgen(js_class = KvCache)]
 impl JsKvCache {
     /// Positions cached per sequence so far (after the last finished call).
+    // A JavaScript getter (`cache.len`); an `isEmpty` would add nothing in JS.
+    #[allow(clippy::len_without_is_empty)]
     #[wasm_bindgen(getter)]
     pub fn len(&self) -> usize {
         self.len.get()
