@@ -1,5 +1,5 @@
 //! Criterion benchmarks: our GEMM, every attention kernel of both strategies, the whole forward
-//! per strategy, and the `f64` CPU reference.
+//! per strategy, what attention maps cost, and the `f64` CPU reference.
 //!
 //! GPU entries report **GPU time**: each iteration's time is what `KernelBench::sample_ms` or
 //! `CompositionalAttention::profile` measured (timestamp queries where the adapter has them, else
@@ -24,7 +24,7 @@ use std::time::Duration;
 use compositional_attention::bench::{GemmKernel, KernelBench};
 use compositional_attention::verify::random_problem;
 use compositional_attention::{
-    CompositionalAttention, Config, Error, GpuContext, Strategy, reference,
+    CompositionalAttention, Config, Error, GpuContext, MapsOptions, Strategy, reference,
 };
 use criterion::measurement::WallTime;
 use criterion::{
@@ -249,6 +249,60 @@ fn forward(c: &mut Criterion) {
     group.finish();
 }
 
+/// What attention maps cost: the host forward of each strategy against `forward_with_maps` with
+/// every query row and with 8 rows, all as host wall time (upload to readback), since the maps
+/// call has no profiled variant.
+fn maps(c: &mut Criterion) {
+    let Some(ctx) = gpu() else { return };
+    let config = config();
+    let mut group = c.benchmark_group("maps");
+    configure(&mut group);
+    let eight = |seq: usize| -> Vec<usize> { (0..8).map(|k| k * (seq - 1) / 7).collect() };
+    for seq in SEQS {
+        if !unfused_fits(ctx, &config, seq) {
+            eprintln!("note: maps/*/{seq} skipped: the b·s·n² weights exceed the device's limits");
+            continue;
+        }
+        for entry in ["fused", "unfused", "maps_all", "maps_8"] {
+            let mut slot = None;
+            group.bench_function(BenchmarkId::new(entry, seq), |b| {
+                let (layer, input) = lazily(&mut slot, &format!("maps/{entry}/{seq}"), || {
+                    let (weights, input) = random_problem(config, BATCH, seq, None, 1.0, SEED)?;
+                    let mut layer = CompositionalAttention::new(ctx, &weights)?;
+                    if entry == "unfused" {
+                        layer.set_strategy(Strategy::Unfused);
+                    }
+                    Ok((layer, input))
+                });
+                let options = match entry {
+                    "maps_8" => Some(MapsOptions::rows(eight(seq))),
+                    "maps_all" => Some(MapsOptions::default()),
+                    _ => None,
+                };
+                let mut once = || {
+                    let result = match &options {
+                        Some(options) => layer
+                            .forward_with_maps_blocking(&input.x, BATCH, seq, None, options)
+                            .map(|(y, _)| y),
+                        None => layer.forward_blocking(&input.x, BATCH, seq, None),
+                    };
+                    if let Err(error) = result {
+                        panic!("maps/{entry}/{seq}: {error}");
+                    }
+                };
+                // Compiles the pipelines and builds the workspace outside the timing.
+                once();
+                b.iter_custom(|iters| {
+                    let start = std::time::Instant::now();
+                    (0..iters).for_each(|_| once());
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn cpu_reference(c: &mut Criterion) {
     let config = config();
     let mut group = c.benchmark_group("cpu_reference");
@@ -266,5 +320,12 @@ fn cpu_reference(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemm, attention_kernels, forward, cpu_reference);
+criterion_group!(
+    benches,
+    gemm,
+    attention_kernels,
+    forward,
+    maps,
+    cpu_reference
+);
 criterion_main!(benches);
