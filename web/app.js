@@ -129,6 +129,7 @@ async function main() {
     return;
   }
   $('run').disabled = false;
+  $('load-random').disabled = false;
   $('gen-run').disabled = false;
   status('ready');
   document.body.dataset.ready = 'true';
@@ -175,7 +176,9 @@ function compare(actual, expected) {
 }
 
 let model = null; // the loaded CompositionalAttention
-let modelFile = null; // { name, bytes }
+// What the model section runs: a file ({ name, bytes }) or random weights ({ name, random: options }).
+let modelSource = null;
+let lastFile = null; // the file last chosen or dropped
 
 const caseStatus = (text) => { $('load-status').textContent = text; };
 
@@ -183,13 +186,26 @@ function setUpModel() {
   const chosen = (file) => {
     if (!file) return;
     file.arrayBuffer().then((buffer) => {
-      modelFile = { name: file.name, bytes: new Uint8Array(buffer) };
+      lastFile = { name: file.name, bytes: new Uint8Array(buffer) };
+      modelSource = lastFile;
       $('load-run').disabled = false;
       runModel();
     }, (e) => { $('case-failure').textContent = `could not read ${file.name}: ${message(e)}`; });
   };
   $('checkpoint').addEventListener('change', () => chosen($('checkpoint').files[0]));
-  $('load-form').addEventListener('submit', (event) => { event.preventDefault(); runModel(); });
+  $('load-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    modelSource = lastFile;
+    runModel();
+  });
+  // No file: a layer of the top form's sizes with random weights, on the input section's sizes.
+  $('load-random').addEventListener('click', () => {
+    const f = readForm();
+    const random = { dim: f.dim, dimHead: f.dimHead, searches: f.searches, retrievals: f.retrievals,
+      causal: f.causal, prenorm: f.prenorm, seed: f.seed };
+    modelSource = { name: `random weights (seed ${f.seed})`, random };
+    runModel();
+  });
   // Drop a file anywhere on the page.
   let depth = 0;
   document.addEventListener('dragenter', (e) => { e.preventDefault(); depth += 1; document.body.classList.add('dragging'); });
@@ -204,16 +220,17 @@ function setUpModel() {
 }
 
 async function runModel() {
-  if (!modelFile) return;
+  if (!modelSource) return;
   const result = $('case-result');
   result.dataset.state = 'running';
   $('load-run').disabled = true;
+  $('load-random').disabled = true;
   $('case-failure').textContent = '';
   for (const id of ['case-layer', 'case-input', 'case-shape', 'case-stats', 'error', 'case-time']) $(id).textContent = '–';
   try {
-    const { name, bytes } = modelFile;
+    const { name, bytes, random } = modelSource;
     caseStatus(`reading ${name}…`);
-    const fileCase = readCase(bytes);
+    const fileCase = bytes ? readCase(bytes) : { input: null, mask: null, output: null };
     const config = $('load-config').value.trim();
     const options = {
       causal: $('load-causal').checked,
@@ -225,7 +242,9 @@ async function runModel() {
     caseStatus(`loading ${name} onto the GPU…`);
     if (model) model.free();
     model = null;
-    model = await CompositionalAttention.load(bytes, options);
+    model = bytes
+      ? await CompositionalAttention.load(bytes, options)
+      : await CompositionalAttention.random({ ...random, limits: options.limits, strategy: options.strategy });
     const info = model.info();
     $('case-layer').textContent = `${name}: ${info.format}, dim ${info.dim}, dim_head ${info.dimHead}, ` +
       `searches ${info.searches}, retrievals ${info.retrievals}${info.causal ? ', causal' : ''}` +
@@ -242,7 +261,7 @@ async function runModel() {
       seq = Number($('load-seq').value);
       const seed = Number($('load-seed').value);
       x = randomNormal(batch * seq * info.dim, seed);
-      inputWhat = `standard normal [${batch}, ${seq}, ${info.dim}], seed ${seed} (the file has no input)`;
+      inputWhat = `standard normal [${batch}, ${seq}, ${info.dim}], seed ${seed} (${bytes ? 'the file has no input' : 'no file'})`;
     }
     $('case-input').textContent = inputWhat;
     caseStatus('running the forward…');
@@ -267,7 +286,7 @@ async function runModel() {
     } else if (fileCase.output) {
       $('error').textContent = `– (the file's output has ${fileCase.output.length} numbers, the result ${y.length})`;
     } else {
-      $('error').textContent = '– (the file has no output to compare with)';
+      $('error').textContent = bytes ? '– (the file has no output to compare with)' : '– (random weights: no reference output)';
     }
     const forwardMs = median(times);
     $('case-time').textContent = `${forwardMs.toFixed(2)} ms (first ${firstMs.toFixed(1)} ms, ${times.length} timed)`;
@@ -283,7 +302,8 @@ async function runModel() {
     result.dataset.state = 'error';
     caseStatus('failed');
   } finally {
-    $('load-run').disabled = false;
+    $('load-run').disabled = !lastFile;
+    $('load-random').disabled = false;
     result.dataset.finished = String(Number(result.dataset.finished) + 1);
   }
 }
