@@ -7,8 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{gpu, seed};
-use compositional_attention::checkpoint::{Checkpoint, CheckpointOptions, Constructor};
+use common::{gpu, seed, variants};
+use compositional_attention::checkpoint::Checkpoint;
 use compositional_attention::io::{Input, read_output};
 use compositional_attention::maps::{AttentionMaps, MapsOptions};
 use compositional_attention::verify::{ErrorStats, random_problem};
@@ -242,28 +242,9 @@ fn maps_of_every_checkpoint_format() {
     // Lowered to the layer's weights, with the MLP score network of f02 on the unfused selection:
     // the maps are the original module's (the lowering keeps the search logits, and the
     // selection terms it drops cancel in the selection softmax).
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden-variants");
-    for (folder, case) in [
-        ("keras", "k01_defaults"),
-        ("keras", "k02_prenorm"),
-        ("fairseq", "f01_qk_rule"),
-        ("fairseq", "f02_score_net_padding"),
-        ("xformers", "x01_defaults_shared_proj"),
-        ("xformers", "x02_separate_proj_qk_rule"),
-    ] {
-        let bytes = std::fs::read(dir.join(folder).join(format!("{case}.safetensors"))).unwrap();
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(folder).join(format!("{case}.json"))).unwrap(),
-        )
-        .unwrap();
-        let mut constructor = json["constructor"].as_object().unwrap().clone();
-        constructor.insert("format".into(), folder.into());
-        let options = CheckpointOptions {
-            constructor: Some(
-                Constructor::parse(&serde_json::Value::Object(constructor).to_string()).unwrap(),
-            ),
-            ..Default::default()
-        };
+    for (folder, case) in variants::CASES {
+        let bytes = variants::case_bytes(folder, case);
+        let options = variants::options(folder, case);
         let checkpoint = Checkpoint::from_safetensors(&bytes, &options).unwrap();
         let weights = checkpoint.layer_weights().unwrap();
         let input = Input::from_safetensors(&bytes).unwrap();

@@ -10,8 +10,7 @@
 
 mod common;
 
-use std::path::Path;
-
+use common::variants::{CASES, case_bytes, case_dir, constructor_json, options};
 use common::{assert_close, gpu, gpu_other_profile, seed};
 use compositional_attention::checkpoint::{
     Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear, Selection,
@@ -25,30 +24,6 @@ use compositional_attention::{CompositionalAttention, Error, Strategy, reference
 /// The suggested comparison of the golden-variants README, and the bar.
 const TOLERANCE: f64 = 1e-4;
 
-/// Every case: (format folder, case name).
-const CASES: [(&str, &str); 6] = [
-    ("keras", "k01_defaults"),
-    ("keras", "k02_prenorm"),
-    ("fairseq", "f01_qk_rule"),
-    ("fairseq", "f02_score_net_padding"),
-    ("xformers", "x01_defaults_shared_proj"),
-    ("xformers", "x02_separate_proj_qk_rule"),
-];
-
-fn case_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden-variants")
-}
-
-/// The case's constructor arguments with `"format"`, as `compattn forward --config` takes them.
-fn constructor_json(folder: &str, case: &str) -> String {
-    let text =
-        std::fs::read_to_string(case_dir().join(folder).join(format!("{case}.json"))).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut constructor = json["constructor"].as_object().unwrap().clone();
-    constructor.insert("format".into(), folder.into());
-    serde_json::Value::Object(constructor).to_string()
-}
-
 struct Case {
     name: String,
     checkpoint: Checkpoint,
@@ -57,11 +32,8 @@ struct Case {
 }
 
 fn load(folder: &str, case: &str) -> Case {
-    let bytes = std::fs::read(case_dir().join(folder).join(format!("{case}.safetensors"))).unwrap();
-    let options = CheckpointOptions {
-        constructor: Some(Constructor::parse(&constructor_json(folder, case)).unwrap()),
-        ..Default::default()
-    };
+    let bytes = case_bytes(folder, case);
+    let options = options(folder, case);
     let checkpoint = Checkpoint::from_safetensors(&bytes, &options)
         .unwrap_or_else(|e| panic!("{folder}/{case}: {e}"));
     assert_eq!(checkpoint.form.format.name(), folder);

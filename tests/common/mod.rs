@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod variants;
+
 use std::sync::OnceLock;
 
 use compositional_attention::verify::{self, ErrorStats};
