@@ -12,7 +12,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium, tally } from './harness.mjs';
 import { serve } from './serve.mjs';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
@@ -21,13 +21,7 @@ const PKG = `${HERE}pkg`;
 const CONSUMER = `${REPO}examples/js-consumer`;
 const TOLERANCE = 1e-4;
 
-let passed = 0;
-let failed = 0;
-const check = (ok, what) => {
-  if (ok) passed += 1;
-  else failed += 1;
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
-};
+const { check, finish } = tally('consumer');
 const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
 let browser = null;
@@ -59,13 +53,7 @@ try {
 
   server = await serve({ root: REPO, port: 0 });
   const base = `http://localhost:${server.address().port}/examples/js-consumer/index.html`;
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader',
-      '--disable-background-networking', '--disable-component-update', '--no-first-run',
-      '--disable-dev-shm-usage'],
-  });
+  browser = await launchChromium();
   const cases = [
     ['/tests/golden/padding_mask.safetensors', false],
     ['/tests/golden/causal.safetensors', true],
@@ -124,5 +112,4 @@ try {
   server?.close();
 }
 
-console.log(`consumer: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+finish();

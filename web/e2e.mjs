@@ -10,7 +10,7 @@
 // Never downloads a browser: playwright-core only drives the system Chromium.
 import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium, tally } from './harness.mjs';
 import { serve } from './serve.mjs';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
@@ -20,31 +20,8 @@ const TIMEOUT = Number(process.env.E2E_TIMEOUT_MS ?? 240_000);
 
 const server = await serve({ root: HERE, port: 0 });
 const url = `http://localhost:${server.address().port}/index.html`;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--no-sandbox',
-    '--enable-unsafe-webgpu',
-    '--use-webgpu-adapter=swiftshader',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--disable-default-apps',
-    '--disable-extensions',
-    '--no-first-run',
-    '--no-default-browser-check',
-    '--disable-dev-shm-usage',
-  ],
-});
-
-let passed = 0;
-let failed = 0;
-const check = (ok, what) => {
-  if (ok) passed += 1;
-  else failed += 1;
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
-};
+const browser = await launchChromium();
+const { check, finish } = tally('e2e');
 
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
@@ -286,5 +263,4 @@ try {
   server.close();
 }
 
-console.log(`e2e: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+finish();
