@@ -103,21 +103,32 @@ async fn golden_cases_on_every_strategy() {
             "{name}: the sidecar's causal flag changed"
         );
         let weights = Weights::from_safetensors(bytes, causal, "").unwrap();
-        let input = Input::from_safetensors(bytes).unwrap();
-        let (shape, expected) = read_output(bytes).unwrap().expect("case has `output`");
-        assert_eq!(shape, [input.batch, input.seq, input.dim]);
-        let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
-        for strategy in Strategy::ALL {
-            let mut layer = CompositionalAttention::new(&gpu, &weights).unwrap();
-            layer.set_strategy(strategy);
-            let what = format!("{name} ({strategy})");
-            match layer.forward_input(&input).await {
-                Ok(y) => check(&mut failures, &what, &y, &expected),
-                Err(e) => failures.push(format!("{what}: {e}")),
-            }
-        }
+        every_strategy(&gpu, name, &weights, bytes, &mut failures).await;
     }
     assert_none_failed(&failures);
+}
+
+/// The case file's `input` through a layer of `weights` on every strategy, against its `output`.
+async fn every_strategy(
+    gpu: &GpuContext,
+    name: &str,
+    weights: &Weights,
+    bytes: &[u8],
+    failures: &mut Vec<String>,
+) {
+    let input = Input::from_safetensors(bytes).unwrap();
+    let (shape, expected) = read_output(bytes).unwrap().expect("case has `output`");
+    assert_eq!(shape, [input.batch, input.seq, input.dim]);
+    let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+    for strategy in Strategy::ALL {
+        let mut layer = CompositionalAttention::new(gpu, weights).unwrap();
+        layer.set_strategy(strategy);
+        let what = format!("{name} ({strategy})");
+        match layer.forward_input(&input).await {
+            Ok(y) => check(failures, &what, &y, &expected),
+            Err(e) => failures.push(format!("{what}: {e}")),
+        }
+    }
 }
 
 /// One checkpoint of each other implementation (tests/golden-variants/: Keras with prenorm,
@@ -155,18 +166,7 @@ async fn variant_checkpoints_of_every_format() {
         let weights = Checkpoint::from_safetensors(bytes, &options)
             .and_then(|c| c.layer_weights())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let input = Input::from_safetensors(bytes).unwrap();
-        let (_, expected) = read_output(bytes).unwrap().expect("case has `output`");
-        let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
-        for strategy in Strategy::ALL {
-            let mut layer = CompositionalAttention::new(&gpu, &weights).unwrap();
-            layer.set_strategy(strategy);
-            let what = format!("{name} ({strategy})");
-            match layer.forward_input(&input).await {
-                Ok(y) => check(&mut failures, &what, &y, &expected),
-                Err(e) => failures.push(format!("{what}: {e}")),
-            }
-        }
+        every_strategy(&gpu, name, &weights, bytes, &mut failures).await;
     }
     assert_none_failed(&failures);
 }
