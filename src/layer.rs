@@ -557,30 +557,15 @@ impl CompositionalAttention {
             .workspace_for(batch, seq, Strategy::Unfused)
             .await
             .map_err(maps_hint)?;
-        if workspace.maps_buffers().is_none() {
-            return Err(crate::Error::InvalidConfig {
-                field: "execution plan",
-                value: workspace.plan().core.name().to_string(),
-                reason: "attention maps are read from the unfused core, which this plan lacks",
-            });
-        }
         let rows = query_rows.len();
-        let search_len = batch * searches * rows * seq;
-        let selection_len = batch * searches * rows * retrievals;
-        let search = memory::staging(&ctx, "search attention readback", 4 * search_len as u64);
-        let selection =
-            memory::staging(&ctx, "selection logits readback", 4 * selection_len as u64);
+        let readback = workspace.maps_readback(&ctx, rows, (searches, retrievals))?;
         let copy = |workspace: &Workspace, encoder: &mut wgpu::CommandEncoder| {
-            workspace.record_maps_copies(
-                encoder,
-                &query_rows,
-                (searches, retrievals),
-                [&search, &selection],
-            );
+            workspace.record_maps_copies(encoder, &query_rows, (searches, retrievals), &readback);
         };
         let profile = run(&ctx, workspace, c.dim, x, mask, false, Some(&copy)).await?;
-        let search = memory::read_f32(&ctx, &search, search_len).await?;
-        let logits = memory::read_f32(&ctx, &selection, selection_len).await?;
+        let planes = batch * searches * rows;
+        let search = memory::read_f32(&ctx, &readback[0], planes * seq).await?;
+        let logits = memory::read_f32(&ctx, &readback[1], planes * retrievals).await?;
         let maps = AttentionMaps {
             batch,
             searches,

@@ -149,11 +149,13 @@ pub(crate) struct Workspace {
 }
 
 /// The two intermediates of the unfused core that `forward_with_maps` reads back: the search
-/// weights `[b, s, n, n]` (the softmax over keys) and the selection logits `G` `[b, s, n, r]`.
-#[derive(Clone)]
+/// weights `[b, s, n, n]` (the softmax over keys) and the selection logits `G` `[b, s, n, r]`;
+/// and the staging buffers their asked rows are copied into, kept for the next call and grown
+/// when a call asks for more rows.
 pub(crate) struct MapsBuffers {
-    pub search_weights: wgpu::Buffer,
-    pub selection_logits: wgpu::Buffer,
+    search_weights: wgpu::Buffer,
+    selection_logits: wgpu::Buffer,
+    readback: Option<[wgpu::Buffer; 2]>,
 }
 
 impl Workspace {
@@ -486,7 +488,13 @@ impl Workspace {
         let host = self.host.as_ref().map_or(0, HostIo::bytes);
         let all_keys = self.all_keys.as_ref().map_or(0, wgpu::Buffer::size);
         let timer = self.timer.as_ref().map_or(0, PassTimer::bytes);
-        self.held.bytes() + params + host + all_keys + timer
+        let maps_readback: u64 = self
+            .maps
+            .iter()
+            .flat_map(|maps| maps.readback.iter().flatten())
+            .map(wgpu::Buffer::size)
+            .sum();
+        self.held.bytes() + params + host + all_keys + timer + maps_readback
     }
 
     /// The host forward's upload and readback buffers, created on first use.
@@ -581,20 +589,49 @@ impl Workspace {
         self.timer.as_ref()
     }
 
-    /// The intermediates the attention maps are read from (the unfused core only).
-    pub(crate) fn maps_buffers(&self) -> Option<&MapsBuffers> {
-        self.maps.as_ref()
+    /// Staging buffers for the maps of `queries` query rows (`[b, s, q, n]` search attention and
+    /// `[b, s, q, r]` selection logits, f32), kept from the last call when large enough; an error
+    /// for a plan without the unfused core, whose intermediates the maps are.
+    pub(crate) fn maps_readback(
+        &mut self,
+        ctx: &GpuContext,
+        queries: usize,
+        (searches, retrievals): (usize, usize),
+    ) -> Result<[wgpu::Buffer; 2]> {
+        let core = self.plan.core.name();
+        let planes = (self.plan.batch * searches * queries) as u64;
+        let maps = self
+            .maps
+            .as_mut()
+            .ok_or_else(|| crate::Error::InvalidConfig {
+                field: "execution plan",
+                value: core.to_string(),
+                reason: "attention maps are read from the unfused core, which this plan lacks",
+            })?;
+        let bytes = [
+            4 * planes * self.plan.seq as u64,
+            4 * planes * retrievals as u64,
+        ];
+        let fits = |kept: &[wgpu::Buffer; 2]| (0..2).all(|k| kept[k].size() >= bytes[k]);
+        let readback = match maps.readback.take() {
+            Some(kept) if fits(&kept) => kept,
+            _ => [
+                memory::staging(ctx, "search attention readback", bytes[0]),
+                memory::staging(ctx, "selection logits readback", bytes[1]),
+            ],
+        };
+        Ok(maps.readback.insert(readback).clone())
     }
 
     /// Records copies of the maps of `query_rows` (in every batch row) into `[search, selection]`
-    /// (`COPY_DST` buffers of `[b, s, q, n]` and `[b, s, q, r]` f32): one copy per batch row,
-    /// search and run of consecutive rows. Records nothing without the unfused core's buffers.
+    /// (from [`Workspace::maps_readback`]): one copy per batch row, search and run of consecutive
+    /// rows. Records nothing without the unfused core's buffers.
     pub(crate) fn record_maps_copies(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         query_rows: &[usize],
         (searches, retrievals): (usize, usize),
-        [search, selection]: [&wgpu::Buffer; 2],
+        [search, selection]: &[wgpu::Buffer; 2],
     ) {
         let Some(maps) = &self.maps else {
             return;
@@ -794,6 +831,7 @@ async fn unfused_core(
     let maps = MapsBuffers {
         search_weights: weights.clone(),
         selection_logits: g_scratch.clone(),
+        readback: None,
     };
     Ok((vec![logits, weights, retrieved, g_scratch], maps))
 }
