@@ -8,6 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The library's golden-variants cases (names, files, constructors), shared with its own tests.
+#[path = "../../tests/common/variants.rs"]
+#[allow(dead_code)]
+mod variants;
+
 use compositional_attention::io::read_output;
 use compositional_attention::verify::ErrorStats;
 use compositional_attention::{AttentionMaps, Strategy, weights};
@@ -185,24 +190,11 @@ fn forward_reproduces_the_reference_cases() {
 #[test]
 fn forward_reproduces_the_variant_cases() {
     let dir = TempDir::new("forward-variants");
-    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden-variants");
-    for (folder, case) in [
-        ("keras", "k01_defaults"),
-        ("keras", "k02_prenorm"),
-        ("fairseq", "f01_qk_rule"),
-        ("fairseq", "f02_score_net_padding"),
-        ("xformers", "x01_defaults_shared_proj"),
-        ("xformers", "x02_separate_proj_qk_rule"),
-    ] {
+    let cases = variants::case_dir();
+    for (folder, case) in variants::CASES {
         let file = cases.join(folder).join(format!("{case}.safetensors"));
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(cases.join(folder).join(format!("{case}.json"))).unwrap(),
-        )
-        .unwrap();
-        let mut constructor = json["constructor"].as_object().unwrap().clone();
-        constructor.insert("format".into(), folder.into());
         let config = dir.path(&format!("{case}.json"));
-        std::fs::write(&config, serde_json::Value::Object(constructor).to_string()).unwrap();
+        std::fs::write(&config, variants::constructor_json(folder, case)).unwrap();
         let out = dir.path(&format!("{case}-out.safetensors"));
         let run = compattn(&[
             "forward",

@@ -15,8 +15,14 @@ pub const CASES: [(&str, &str); 6] = [
     ("xformers", "x02_separate_proj_qk_rule"),
 ];
 
+/// `tests/golden-variants/` of the repository, from the library's tests or the command line's
+/// (`cli/tests/cli.rs` includes this file).
 pub fn case_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden-variants")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("tests/golden-variants"))
+        .find(|dir| dir.is_dir())
+        .expect("tests/golden-variants in the repository")
 }
 
 /// The bytes of a case's safetensors file (weights, `input`, `output`, maybe `mask`).
