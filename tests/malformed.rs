@@ -187,3 +187,15 @@ fn zero_sized_tensors_with_huge_axes_allocate_nothing_large() {
     let input = Input::from_safetensors(&bytes).unwrap();
     assert_eq!((input.batch, input.seq, input.x.len()), (0, 1 << 62, 0));
 }
+
+/// A constructor argument of the wrong type is named with its value cut at 80 characters, also
+/// when the 80th byte falls inside a multi-byte character (it once panicked there).
+#[test]
+fn a_long_non_ascii_constructor_value_is_cut_not_a_panic() {
+    use compositional_attention::checkpoint::Constructor;
+    let value = "é".repeat(100);
+    let constructor = Constructor::parse(&format!(r#"{{"num_heads": "{value}"}}"#)).unwrap();
+    let error = constructor.usize("num_heads").unwrap_err();
+    assert!(matches!(error, Error::InvalidConfig { .. }), "{error}");
+    assert!(error.to_string().contains(&"é".repeat(70)), "{error}");
+}

@@ -27,7 +27,7 @@ struct Case {
     use_prefix: bool,
     /// The `dim, dim_head, num_searches, num_retrievals` the parameters' shapes are built from.
     sizes: [Dim; 4],
-    /// `PARAMETER_NAMES` in order.
+    /// `BASE_NAMES` in order.
     parameters: [Parameter; 8],
     /// Tensors beside the parameters.
     extra: Vec<Tensor>,
@@ -135,8 +135,22 @@ fn json_string(text: &str, out: &mut String) {
     out.push('"');
 }
 
+/// The eight parameters of a lucidrains layer without biases or an MLP score network, in the
+/// order of [`consistent_shapes`] (`weights::PARAMETER_NAMES` also holds the optional ones, with
+/// the biases between the matrices).
+const BASE_NAMES: [&str; 8] = [
+    weights::NORM_WEIGHT,
+    weights::NORM_BIAS,
+    weights::SEARCH_QUERIES,
+    weights::SEARCH_KEYS,
+    weights::RETRIEVAL_VALUES,
+    weights::RETRIEVAL_QUERIES,
+    weights::RETRIEVAL_KEYS,
+    weights::OUT,
+];
+
 /// `[[dim], [dim], [s·d, dim], [s·d, dim], [r·d, dim], [s·d, dim], [d, d], [dim, s·d]]`: each
-/// parameter's shape in `PARAMETER_NAMES` order (products wrap, as a hostile writer's would).
+/// parameter's shape in `BASE_NAMES` order (products wrap, as a hostile writer's would).
 fn consistent_shapes(sizes: &[Dim; 4]) -> [Vec<usize>; 8] {
     let [dim, d, s, r] = sizes.each_ref().map(Dim::get);
     let (sw, vw) = (s.wrapping_mul(d), r.wrapping_mul(d));
@@ -202,12 +216,7 @@ fn build(case: &Case, prefix: &str) -> (Vec<u8>, Vec<(String, Vec<usize>)>) {
         declared: Vec::new(),
     };
     let consistent = consistent_shapes(&case.sizes);
-    for ((parameter, local), consistent) in case
-        .parameters
-        .iter()
-        .zip(weights::PARAMETER_NAMES)
-        .zip(consistent)
-    {
+    for ((parameter, local), consistent) in case.parameters.iter().zip(BASE_NAMES).zip(consistent) {
         let shape = match &parameter.shape {
             ShapeSpec::Consistent => consistent,
             ShapeSpec::Perturbed(axis, value) => {
@@ -227,7 +236,7 @@ fn build(case: &Case, prefix: &str) -> (Vec<u8>, Vec<(String, Vec<usize>)>) {
     }
     for tensor in &case.extra {
         let local = match &tensor.name {
-            Name::Parameter(i) => weights::PARAMETER_NAMES[*i as usize % 8].to_string(),
+            Name::Parameter(i) => BASE_NAMES[*i as usize % BASE_NAMES.len()].to_string(),
             Name::CaseTensor(i) => weights::CASE_TENSOR_NAMES[*i as usize % 3].to_string(),
             Name::Other(name) => name.clone(),
         };

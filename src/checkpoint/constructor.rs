@@ -123,10 +123,9 @@ impl Constructor {
     }
 }
 
+/// The value's JSON text, cut at 80 characters (not bytes: the text may be any UTF-8).
 fn short(value: &Value) -> String {
-    let mut text = value.to_string();
-    text.truncate(80);
-    text
+    value.to_string().chars().take(80).collect()
 }
 
 fn invalid(key: &str, value: &Value, reason: &'static str) -> Error {
