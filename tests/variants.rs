@@ -518,3 +518,35 @@ fn golden_variant_errors_are_small_against_the_original_f32() {
         );
     }
 }
+
+/// A layer lowered from a checkpoint with an MLP score network and saved with
+/// `Weights::to_safetensors` is a lucidrains-named file with `selection_mlp.*`. Read back for
+/// running (`layer_weights_from_bytes`, what `compattn forward` and the browser's `load` call) it
+/// is the same layer and computes the original form; read as a general-form `Checkpoint` it is
+/// refused by name (it once lost its MLP there and ran a dot-product selection).
+#[test]
+fn a_saved_layer_with_an_mlp_score_network_reads_back_whole() {
+    use compositional_attention::checkpoint::layer_weights_from_bytes;
+    let (seed, what) = seed("a_saved_layer_with_an_mlp_score_network_reads_back_whole");
+    let f = Form {
+        selection: Selection::MlpScore,
+        ..form(Format::Xformers, 20, 3, 3, [6, 5, 7])
+    };
+    let checkpoint = random_checkpoint(f, true, seed);
+    let lowered = checkpoint.layer_weights().unwrap();
+    assert!(lowered.config().selection_mlp.is_some());
+    let saved = lowered.to_safetensors().unwrap();
+    let (read, format) = layer_weights_from_bytes(&saved, &CheckpointOptions::default()).unwrap();
+    assert_eq!(format, Format::Lucidrains);
+    assert_eq!(read, lowered);
+    let (batch, seq) = (2, 9);
+    let x = normal(&mut Rng::seed_from_u64(seed ^ 1), batch * seq * 20, 1.0);
+    let expected = reference::general::forward(&checkpoint, &x, batch, seq, None).unwrap();
+    let mut layer = CompositionalAttention::new(gpu(), &read).unwrap();
+    let y = layer.forward_blocking(&x, batch, seq, None).unwrap();
+    assert_close(&what, &y, &expected, TOLERANCE);
+    match Checkpoint::from_safetensors(&saved, &CheckpointOptions::default()) {
+        Err(Error::Unsupported { option, .. }) => assert_eq!(option, "selection_mlp.hidden"),
+        other => panic!("{what}: expected the MLP refused by name, got {other:?}"),
+    }
+}

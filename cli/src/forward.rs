@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use compositional_attention::checkpoint::{Checkpoint, CheckpointOptions, Constructor, Format};
+use compositional_attention::checkpoint::{self, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{self, Input};
 use compositional_attention::verify::ErrorStats;
 use compositional_attention::{CompositionalAttention, Error, MapsOptions, Strategy, Weights};
@@ -186,6 +186,5 @@ fn load_weights(args: &Args) -> Result<(Weights, Format), Error> {
         causal: args.causal,
         prefix: args.prefix.clone(),
     };
-    let checkpoint = Checkpoint::from_bytes(&bytes, &options)?;
-    Ok((checkpoint.layer_weights()?, checkpoint.form.format))
+    checkpoint::layer_weights_from_bytes(&bytes, &options)
 }

@@ -83,21 +83,53 @@ pub fn detect_format<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> Re
     Ok(format)
 }
 
+/// The file's tensors and its format (forced, from the constructor, or detected from the names
+/// under the prefix).
+fn safetensors_format<'a>(
+    bytes: &'a [u8],
+    options: &CheckpointOptions,
+) -> Result<(safetensors::SafeTensors<'a>, Format)> {
+    let file = safetensors::SafeTensors::deserialize(bytes)?;
+    let names: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(options.prefix.as_str()).map(str::to_string))
+        .collect();
+    let format = options.format(names.iter().map(String::as_str))?;
+    log::info!("checkpoint format: {format}");
+    Ok((file, format))
+}
+
+/// The layer's weights from a checkpoint file of any format, and the format: what `compattn
+/// forward` and the browser's `load` run. A lucidrains file is the layer's own form and is read
+/// as it is, with everything `Weights::to_safetensors` writes (biases, the LayerNorm epsilon, an
+/// MLP score network); the other formats go through [`Checkpoint`] and its lowering.
+pub fn layer_weights_from_bytes(
+    bytes: &[u8],
+    options: &CheckpointOptions,
+) -> Result<(Weights, Format)> {
+    if !is_keras_h5(bytes) && safetensors_format(bytes, options)?.1 == Format::Lucidrains {
+        return Ok((
+            torch::lucidrains_weights(bytes, options)?,
+            Format::Lucidrains,
+        ));
+    }
+    let checkpoint = Checkpoint::from_bytes(bytes, options)?;
+    Ok((checkpoint.layer_weights()?, checkpoint.form.format))
+}
+
+/// Whether `bytes` start with the HDF5 signature (a Keras `.weights.h5`).
+pub fn is_keras_h5(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\x89HDF\r\n\x1a\n")
+}
+
 impl Checkpoint {
     /// Reads a safetensors checkpoint of any format (see the module documentation). The case
     /// tensors `input`, `mask` and `output` may sit beside the parameters.
     pub fn from_safetensors(bytes: &[u8], options: &CheckpointOptions) -> Result<Checkpoint> {
-        let file = safetensors::SafeTensors::deserialize(bytes)?;
-        let names: Vec<String> = file
-            .names()
-            .into_iter()
-            .filter_map(|n| n.strip_prefix(options.prefix.as_str()).map(str::to_string))
-            .collect();
-        let format = options.format(names.iter().map(String::as_str))?;
-        log::info!("checkpoint format: {format}");
+        let (file, format) = safetensors_format(bytes, options)?;
         if format == Format::Lucidrains {
-            let weights = Weights::from_safetensors(bytes, options.causal, &options.prefix)?;
-            return torch::lucidrains(&weights, options.constructor.as_ref());
+            return torch::lucidrains(&torch::lucidrains_weights(bytes, options)?);
         }
         let tensors = Tensors::from_safetensors(&file, &options.prefix)?;
         Self::from_tensors(format, tensors, options)
@@ -115,7 +147,7 @@ impl Checkpoint {
     /// Reads a checkpoint file of any format the crate reads: a Keras `.weights.h5` (by the
     /// HDF5 signature) or safetensors.
     pub fn from_bytes(bytes: &[u8], options: &CheckpointOptions) -> Result<Checkpoint> {
-        if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
+        if is_keras_h5(bytes) {
             Self::from_keras_h5(bytes, options)
         } else {
             Self::from_safetensors(bytes, options)

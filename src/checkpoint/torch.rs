@@ -4,7 +4,8 @@
 
 use crate::checkpoint::tensors::Tensors;
 use crate::checkpoint::{
-    Checkpoint, Constructor, Form, FormWeights, Format, Linear, Selection, SelectionWeights,
+    Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear, Selection,
+    SelectionWeights,
 };
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -22,18 +23,60 @@ fn linear(tensors: &mut Tensors, base: &str, why: &str) -> Result<Linear> {
     Linear::new(w.data, b.map(|b| b.data), out, inp)
 }
 
-/// A lucidrains checkpoint (already read by [`Weights::from_safetensors`]) in the general form.
-pub(crate) fn lucidrains(
-    weights: &Weights,
-    constructor: Option<&Constructor>,
-) -> Result<Checkpoint> {
+/// A lucidrains checkpoint: the layer's own form, read by [`Weights::from_safetensors`], with
+/// the constructor's arguments (if any) checked against the shapes; `causal` from the options or
+/// the constructor.
+pub(crate) fn lucidrains_weights(bytes: &[u8], options: &CheckpointOptions) -> Result<Weights> {
+    let constructor = options.constructor.as_ref();
+    let causal = match constructor {
+        Some(cons) => options.causal || cons.bool("causal")?.unwrap_or(false),
+        None => options.causal,
+    };
+    let weights = Weights::from_safetensors(bytes, causal, &options.prefix)?;
+    if let Some(cons) = constructor {
+        let c = weights.config();
+        for (key, inferred) in [
+            ("dim", c.dim),
+            ("dim_head", c.dim_head),
+            ("num_searches", c.num_searches),
+            ("num_retrievals", c.num_retrievals),
+        ] {
+            mismatch(cons, key, inferred)?;
+        }
+        if let Some(prenorm) = cons.bool("prenorm")?
+            && prenorm != c.prenorm
+        {
+            return Err(Error::ConfigMismatch(format!(
+                "the constructor says prenorm = {prenorm}; the weights disagree"
+            )));
+        }
+        cons.f64("dropout")?;
+        cons.check_all_read(Format::Lucidrains)?;
+    }
+    Ok(weights)
+}
+
+/// A lucidrains layer in the general form. A layer file with an MLP score network (which only
+/// the crate's own `Weights::to_safetensors` writes: lowered from fairseq or xformers) has no
+/// general form here and is refused by name; `checkpoint::layer_weights_from_bytes` runs it.
+pub(crate) fn lucidrains(weights: &Weights) -> Result<Checkpoint> {
+    if weights.selection_mlp.is_some() {
+        return Err(Error::Unsupported {
+            format: "lucidrains",
+            option: crate::weights::SELECTION_MLP_HIDDEN.to_string(),
+            reason: "a saved layer with an MLP score network is the lowered form of a fairseq or \
+                     xformers checkpoint and has no general form here; run it through \
+                     checkpoint::layer_weights_from_bytes (compattn forward, the browser's \
+                     load) or Weights::from_safetensors",
+        });
+    }
     let c = *weights.config();
     let (dim, d) = (c.dim, c.dim_head);
     let b = weights.biases.as_ref();
     let lin = |w: &[f32], bias: Option<&Vec<f32>>, out: usize, inp: usize| {
         Linear::new(w.to_vec(), bias.cloned(), out, inp)
     };
-    let mut form = Form {
+    let form = Form {
         format: Format::Lucidrains,
         dim,
         searches: c.num_searches,
@@ -47,26 +90,6 @@ pub(crate) fn lucidrains(
         layer_norm_eps: c.layer_norm_eps,
         causal: c.causal,
     };
-    if let Some(cons) = constructor {
-        for (key, inferred) in [
-            ("dim", dim),
-            ("dim_head", d),
-            ("num_searches", c.num_searches),
-            ("num_retrievals", c.num_retrievals),
-        ] {
-            mismatch(cons, key, inferred)?;
-        }
-        if let Some(prenorm) = cons.bool("prenorm")?
-            && prenorm != c.prenorm
-        {
-            return Err(Error::ConfigMismatch(format!(
-                "the constructor says prenorm = {prenorm}; the weights disagree"
-            )));
-        }
-        form.causal |= cons.bool("causal")?.unwrap_or(false);
-        cons.f64("dropout")?;
-        cons.check_all_read(Format::Lucidrains)?;
-    }
     Ok(Checkpoint {
         form,
         weights: FormWeights {

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::str::FromStr;
 use std::task::{Poll, Waker};
 
-use compositional_attention::checkpoint::{Checkpoint, CheckpointOptions, Constructor, Format};
+use compositional_attention::checkpoint::{self, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{Input, read_output};
 use compositional_attention::rng::Rng;
 use compositional_attention::{
@@ -666,9 +666,9 @@ impl JsCompositionalAttention {
         if bytes.is_empty() {
             return Err(err("load: the checkpoint file is empty"));
         }
-        let checkpoint = Checkpoint::from_bytes(&bytes, &checkpoint_options).map_err(crate_err)?;
-        let weights = checkpoint.layer_weights().map_err(crate_err)?;
-        Self::build(&weights, choice, checkpoint.form.format.name()).await
+        let (weights, format) =
+            checkpoint::layer_weights_from_bytes(&bytes, &checkpoint_options).map_err(crate_err)?;
+        Self::build(&weights, choice, format.name()).await
     }
 
     /// A layer with seeded random weights (PyTorch's default initialisation), for demos and
@@ -919,8 +919,6 @@ impl JsKvCache {
     }
 }
 
-const HDF5_SIGNATURE: &[u8] = b"\x89HDF\r\n\x1a\n";
-
 /// The case tensors of a safetensors file: `input` [batch, seq, dim], `mask` [batch, seq] and
 /// `output`, each null where absent (a Keras `.weights.h5` has none). A malformed file is an
 /// Error.
@@ -938,7 +936,7 @@ pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, JsError> {
     ] {
         set(&o, key, JsValue::NULL);
     }
-    if bytes.starts_with(HDF5_SIGNATURE) {
+    if checkpoint::is_keras_h5(&bytes) {
         return Ok(o.into());
     }
     let input = match Input::from_safetensors(&bytes) {
