@@ -36,8 +36,8 @@ pub struct MapsOptions {
 }
 
 impl MapsOptions {
-    /// The stated size limit of [`MapsOptions::default`]: 256 MiB of maps, 64 Mi values (for
-    /// example every row of one 2048-token sequence with 16 searches).
+    /// The stated size limit of [`MapsOptions::default`]: 256 MiB of maps, 64 Mi values (every
+    /// row of one 2048-token sequence with 8 searches takes 32 Mi of them).
     pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
     /// Maps of only these query positions (of every batch row), with the default size limit.

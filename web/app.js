@@ -361,8 +361,8 @@ async function showMaps(layer, x, batch, seq, mask, name) {
 
 function setUpMaps() {
   for (const id of ['map-batch', 'map-search', 'map-token']) {
+    // `input` fires on every edit of a number and every pick in a select (`change` would draw twice).
     $(id).addEventListener('input', () => { if (maps) drawMaps(); });
-    $(id).addEventListener('change', () => { if (maps) drawMaps(); });
   }
   $('maps-form').addEventListener('submit', (event) => event.preventDefault());
 }

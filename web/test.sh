@@ -25,7 +25,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-e2e) RUN_E2E=0 ;;
     --page) RUN_TESTS=0; RUN_E2E=0 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$WEB/test.sh" | sed '$d'; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done

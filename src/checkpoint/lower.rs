@@ -104,8 +104,8 @@ impl Checkpoint {
             .selection_mlp(mlp.then_some(sel));
         config.validate()?;
 
-        // `rows` blocks of `width` rows, each filled from `rows_of(block)` (`used` rows of
-        // `[weight row, bias]`) and padded with zeros.
+        // `count` blocks of `width` rows, each filled with `used` rows `row(block, j)` (a
+        // weight row and its bias) and padded with zeros.
         let blocks = |count: usize,
                       used: usize,
                       row: &dyn Fn(usize, usize) -> (Vec<f64>, f64)|

@@ -9,7 +9,8 @@
 //! | [`search_scores`] | `search_scores.wgsl` | `L = scale·SQ·SKᵀ` (unfused) |
 //! | [`masked_softmax`] | `masked_softmax.wgsl` | softmax over keys with mask/causal (unfused) |
 //! | [`search_values`] | `search_values.wgsl` | `Ret = A·RV` for all pairs (unfused) |
-//! | [`retrieval_select`] | `retrieval_select.wgsl` | softmax over retrievals, weighted sum (unfused) |
+//! | [`retrieval_select`] | `retrieval_select.wgsl` with `io/select_dot.wgsl` or `io/select_mlp.wgsl` | selection logits, softmax over retrievals, weighted sum (unfused) |
+//! | [`bias_add`] | `bias_add.wgsl` | a bias per column after a GEMM (biased layers) |
 //! | [`texture_copy`] | `texture_copy.wgsl` | a buffer matrix into texel rows (CPU profile) |
 //! | [`value_mean`] | `value_mean.wgsl` | mean value per batch, for fully masked rows (fused) |
 //! | [`fused_attention`] | `fused_attention.wgsl` | the whole attention core, no `n × n` buffer |

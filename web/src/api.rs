@@ -23,7 +23,9 @@ use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::{browser_options, describe, get, get_bool, get_usize, has_webgpu, parse_limits};
+use crate::{
+    browser_options, describe, get, get_bool, get_usize, has_webgpu, js_error, parse_limits,
+};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_INTERFACES: &'static str = r#"
@@ -184,10 +186,6 @@ fn err(message: impl AsRef<str>) -> JsError {
     JsError::new(message.as_ref())
 }
 
-fn crate_err(error: Error) -> JsError {
-    JsError::new(&error.to_string())
-}
-
 /// One device per limits policy, opened on first use and shared by every layer after (opening a
 /// device is slow); a lost device is replaced on the next load.
 struct SharedDevice {
@@ -218,7 +216,7 @@ async fn shared_device(policy: LimitsPolicy) -> Result<Rc<SharedDevice>, JsError
     }
     let ctx = GpuContext::new(&browser_options(policy))
         .await
-        .map_err(crate_err)?;
+        .map_err(js_error)?;
     let adapter = describe(&ctx).await;
     let device = Rc::new(SharedDevice {
         policy,
@@ -255,11 +253,11 @@ impl DeviceChoice {
         let policy =
             parse_limits(&get_string(options, "limits")?.unwrap_or_default()).map_err(err)?;
         let precision = match get_string(options, "precision")? {
-            Some(name) => Precision::parse(&name).map_err(crate_err)?,
+            Some(name) => Precision::parse(&name).map_err(js_error)?,
             None => Precision::F32,
         };
         let strategy = match get_string(options, "strategy")? {
-            Some(name) => Strategy::from_str(&name).map_err(crate_err)?,
+            Some(name) => Strategy::from_str(&name).map_err(js_error)?,
             None => Strategy::default(),
         };
         Ok(DeviceChoice {
@@ -513,7 +511,7 @@ impl JsCompositionalAttention {
     ) -> Result<JsCompositionalAttention, JsError> {
         let device = shared_device(choice.policy).await?;
         let mut layer =
-            Layer::with_precision(&device.ctx, weights, choice.precision).map_err(crate_err)?;
+            Layer::with_precision(&device.ctx, weights, choice.precision).map_err(js_error)?;
         layer.set_strategy(choice.strategy);
         Ok(JsCompositionalAttention {
             config: *layer.config(),
@@ -561,7 +559,7 @@ impl JsCompositionalAttention {
             layer
                 .forward(&x, batch, seq, mask.as_deref())
                 .await
-                .map_err(crate_err)
+                .map_err(js_error)
         })
         .await
     }
@@ -585,7 +583,7 @@ impl JsCompositionalAttention {
             layer
                 .forward_with_maps(&x, batch, seq, mask.as_deref(), &options)
                 .await
-                .map_err(crate_err)
+                .map_err(js_error)
         })
         .await
     }
@@ -607,7 +605,7 @@ impl JsCompositionalAttention {
             let mut kv = cache.cache.try_borrow_mut().map_err(|_| busy())?;
             let result = layer.prefill(&mut kv, &x, seq, mask.as_deref()).await;
             cache.len.set(kv.len());
-            result.map_err(crate_err)
+            result.map_err(js_error)
         })
         .await
     }
@@ -649,12 +647,12 @@ impl JsCompositionalAttention {
                             .ok_or_else(|| err("config must be a JSON object or its text"))?,
                     ),
                 };
-                json.map(|j| Constructor::parse(&j).map_err(crate_err))
+                json.map(|j| Constructor::parse(&j).map_err(js_error))
                     .transpose()?
             }
         };
         let format = match get_string(&options, "format")? {
-            Some(name) if !name.is_empty() => Some(Format::parse(&name).map_err(crate_err)?),
+            Some(name) if !name.is_empty() => Some(Format::parse(&name).map_err(js_error)?),
             _ => None,
         };
         let checkpoint_options = CheckpointOptions {
@@ -667,7 +665,7 @@ impl JsCompositionalAttention {
             return Err(err("load: the checkpoint file is empty"));
         }
         let (weights, format) =
-            checkpoint::layer_weights_from_bytes(&bytes, &checkpoint_options).map_err(crate_err)?;
+            checkpoint::layer_weights_from_bytes(&bytes, &checkpoint_options).map_err(js_error)?;
         Self::build(&weights, choice, format.name()).await
     }
 
@@ -688,7 +686,7 @@ impl JsCompositionalAttention {
             .prenorm(get_bool(&options, "prenorm", false))
             .bias(get_bool(&options, "bias", false));
         let seed = get_usize(&options, "seed", 1).map_err(err)? as u64;
-        let weights = Weights::random(config, seed).map_err(crate_err)?;
+        let weights = Weights::random(config, seed).map_err(js_error)?;
         Self::build(&weights, choice, "random").await
     }
 
@@ -741,7 +739,7 @@ impl JsCompositionalAttention {
         let layer = self.layer.try_borrow().map_err(|_| {
             err("kvCache: the layer is running a call; await it before making a cache")
         })?;
-        let cache = layer.kv_cache(batch, max_seq).map_err(crate_err)?;
+        let cache = layer.kv_cache(batch, max_seq).map_err(js_error)?;
         Ok(JsKvCache {
             batch: cache.batch(),
             capacity: cache.capacity(),
@@ -860,7 +858,7 @@ impl JsCompositionalAttention {
         &self,
         #[wasm_bindgen(unchecked_param_type = "StrategyName")] strategy: String,
     ) -> Result<(), JsError> {
-        let strategy = Strategy::from_str(&strategy).map_err(crate_err)?;
+        let strategy = Strategy::from_str(&strategy).map_err(js_error)?;
         self.strategy.set(strategy);
         Ok(())
     }
@@ -942,9 +940,9 @@ pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, JsError> {
     let input = match Input::from_safetensors(&bytes) {
         Ok(input) => Some(input),
         Err(Error::MissingTensor { name, .. }) if name == "input" => None,
-        Err(e) => return Err(crate_err(e)),
+        Err(e) => return Err(js_error(e)),
     };
-    let output = read_output(&bytes).map_err(crate_err)?;
+    let output = read_output(&bytes).map_err(js_error)?;
     let mut shape = None;
     if let Some(input) = &input {
         shape = Some([input.batch, input.seq, input.dim]);

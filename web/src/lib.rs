@@ -115,7 +115,7 @@ pub async fn describe(ctx: &GpuContext) -> String {
 }
 
 /// Turns a crate error into a JavaScript `Error` with the crate's message.
-fn js_error(error: impl std::fmt::Display) -> JsError {
+pub(crate) fn js_error(error: impl std::fmt::Display) -> JsError {
     JsError::new(&error.to_string())
 }
 
