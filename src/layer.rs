@@ -553,10 +553,7 @@ impl CompositionalAttention {
         io::check_finite("input", x)?;
         let ctx = self.ctx.clone();
         let _serial = ctx.serial().await;
-        let workspace = self
-            .workspace_for(batch, seq, Strategy::Unfused)
-            .await
-            .map_err(maps_hint)?;
+        let workspace = self.workspace_for(batch, seq, Strategy::Unfused).await?;
         let rows = query_rows.len();
         let readback = workspace.maps_readback(&ctx, rows, (searches, retrievals))?;
         let copy = |workspace: &Workspace, encoder: &mut wgpu::CommandEncoder| {
@@ -589,29 +586,6 @@ impl CompositionalAttention {
         options: &MapsOptions,
     ) -> Result<(Vec<f32>, AttentionMaps)> {
         pollster::block_on(self.forward_with_maps(x, batch, seq, mask, options))
-    }
-}
-
-/// The unfused core's `b·s·n²` buffers are what maps need: say so, instead of the fused hint.
-fn maps_hint(error: crate::Error) -> crate::Error {
-    match error {
-        crate::Error::LimitExceeded {
-            what,
-            required,
-            limit,
-            limit_name,
-            hint: Some(_),
-        } => crate::Error::LimitExceeded {
-            what,
-            required,
-            limit,
-            limit_name,
-            hint: Some(
-                "attention maps are read from the unfused strategy's b·s·n² search weights; \
-                 run forward_with_maps on fewer batch rows or a shorter sequence",
-            ),
-        },
-        other => other,
     }
 }
 

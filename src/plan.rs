@@ -18,6 +18,14 @@ use crate::layer::Strategy;
 use crate::ops::ProjectionLayout;
 use crate::precision::Precision;
 
+/// What to do when the unfused core's `b·s·n²` search logits and weights do not fit: true of a
+/// plain unfused forward, of an MLP score network (which only the unfused core runs) and of the
+/// attention maps (read from those buffers).
+pub(crate) const UNFUSED_SIZE_HINT: &str = "the unfused strategy stores b·s·n² search logits and \
+     weights (attention maps and an MLP score network need it): use fewer batch rows or a shorter \
+     sequence, or the fused strategy (Strategy::Fused, the default), which needs no such buffer, \
+     where the layer allows it";
+
 /// WGSL implementations may cap function-scope memory at 8 KiB per invocation (Tint does);
 /// the fused kernel's per-invocation registers (queries, accumulators, scores) stay within it.
 const PRIVATE_BUDGET_BYTES: usize = 8192;
@@ -622,15 +630,7 @@ impl ExecutionPlan {
         match &self.core {
             CorePlan::Unfused => {
                 let logits = bytes("search logits", &[b, c.num_searches, n, n])?;
-                check_storage_size(
-                    ctx,
-                    "search logits",
-                    logits,
-                    Some(
-                        "the unfused strategy stores b·s·n² search logits; the fused strategy \
-                         (Strategy::Fused, the default) needs no such buffer",
-                    ),
-                )?;
+                check_storage_size(ctx, "search logits", logits, Some(UNFUSED_SIZE_HINT))?;
             }
             CorePlan::Fused(fused) if fused.splits_keys() => {
                 let carry = bytes("fused carry", &[b, c.num_searches, n, c.value_width()])?;

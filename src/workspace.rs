@@ -24,11 +24,8 @@ use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::retrieval_select::Selection;
 use crate::ops::{self, ProjectionLayout, Rows};
-use crate::plan::{CorePlan, ExecutionPlan, Storage};
+use crate::plan::{CorePlan, ExecutionPlan, Storage, UNFUSED_SIZE_HINT};
 use crate::precision::Precision;
-
-const N_SQUARED_HINT: &str = "the unfused strategy stores b·s·n² search logits; the fused strategy \
-     (Strategy::Fused, the default) needs no such buffer";
 
 /// Intermediate buffers and textures the dispatches are bound to.
 #[derive(Default)]
@@ -792,8 +789,8 @@ async fn unfused_core(
     let (batch, seq) = (layout.batch, layout.seq);
     let scale = c.scale() as f32;
     let scores = [batch, c.num_searches, seq, seq];
-    let logits = memory::storage(ctx, "search logits", &scores, Some(N_SQUARED_HINT))?;
-    let weights = memory::storage(ctx, "search weights", &scores, Some(N_SQUARED_HINT))?;
+    let logits = memory::storage(ctx, "search logits", &scores, Some(UNFUSED_SIZE_HINT))?;
+    let weights = memory::storage(ctx, "search weights", &scores, Some(UNFUSED_SIZE_HINT))?;
     let retrieved = memory::storage(
         ctx,
         "retrieved",
