@@ -75,13 +75,7 @@ impl MapsOptions {
                 if let Some(&row) = rows.iter().find(|&&row| row >= seq) {
                     return Err(Error::shape("query_rows", &[seq], &[row]));
                 }
-                if rows.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err(Error::InvalidConfig {
-                        field: "query_rows",
-                        value: format!("{rows:?}"),
-                        reason: "query rows must be strictly increasing",
-                    });
-                }
+                check_increasing(rows)?;
                 rows.clone()
             }
         };
@@ -248,13 +242,7 @@ impl AttentionMaps {
                     .ok_or_else(|| Error::shape(QUERY_ROWS, &[seq], &[row.max(0) as usize]))
             })
             .collect::<Result<Vec<usize>>>()?;
-        if query_rows.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::InvalidConfig {
-                field: "query_rows",
-                value: format!("{query_rows:?}"),
-                reason: "query rows must be strictly increasing",
-            });
-        }
+        check_increasing(&query_rows)?;
         Ok(AttentionMaps {
             batch,
             searches,
@@ -265,6 +253,18 @@ impl AttentionMaps {
             selection: crate::io::tensor_to_f32(RETRIEVAL_SELECTION, &selection_view)?,
         })
     }
+}
+
+/// Query rows must be strictly increasing (each at most once, in order).
+fn check_increasing(rows: &[usize]) -> Result<()> {
+    if rows.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Error::InvalidConfig {
+            field: "query_rows",
+            value: format!("{rows:?}"),
+            reason: "query rows must be strictly increasing",
+        });
+    }
+    Ok(())
 }
 
 fn missing(name: &str) -> Error {
