@@ -66,7 +66,7 @@ impl KernelBench {
         let rhs_data = normal(&mut rng, n * k, 1.0);
         let out = memory::storage(ctx, "out", &[m, n], None)?;
         let plan = match kernel {
-            GemmKernel::Auto => GemmPlan::of(ctx, Precision::F32),
+            GemmKernel::Auto => GemmPlan::of(ctx),
             GemmKernel::Texels => GemmPlan::Texels,
             GemmKernel::Register => GemmPlan::Buffers(GemmTiling::REGISTER),
             GemmKernel::Tiled => GemmPlan::Buffers(GemmTiling::TILED),

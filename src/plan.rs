@@ -88,9 +88,9 @@ pub enum GemmPlan {
 
 impl GemmPlan {
     /// The GEMM of this device: texels where operands are texels (an f16 layer's weights as
-    /// `rgba16float` texels), else the family's buffer kernel. The precision does not change
-    /// the kernel: texel fetches widen to f32 either way.
-    pub fn of(ctx: &GpuContext, _precision: Precision) -> GemmPlan {
+    /// `rgba16float` texels), else the family's buffer kernel. The storage precision does not
+    /// change the kernel: texel fetches and buffer loads widen to f32 either way.
+    pub fn of(ctx: &GpuContext) -> GemmPlan {
         match (Storage::of_operands(ctx), KernelFamily::of(ctx)) {
             (Storage::Texels, _) => GemmPlan::Texels,
             (Storage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
@@ -556,7 +556,7 @@ impl ExecutionPlan {
         }
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        let gemm = GemmPlan::of(ctx, precision);
+        let gemm = GemmPlan::of(ctx);
         // Texel projections are f32 and biases are added to buffers (ops::bias_add): an f16 or
         // biased layer's core reads buffers.
         let texel_core =
@@ -698,7 +698,7 @@ impl ExecutionPlan {
             strategy: Strategy::Fused,
             precision,
             family: KernelFamily::of(ctx),
-            gemm: GemmPlan::of(ctx, precision),
+            gemm: GemmPlan::of(ctx),
             core: CorePlan::Cached(cached),
         };
         plan.check_sizes(ctx, c, &layout)?;
