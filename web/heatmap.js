@@ -10,12 +10,17 @@ const VIRIDIS = [
   [68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
   [31, 158, 137], [53, 183, 121], [110, 206, 88], [253, 231, 37],
 ];
-export function viridis(t) {
+function viridis(t) {
   const x = Math.min(Math.max(Number.isFinite(t) ? t : 0, 0), 1) * (VIRIDIS.length - 1);
   const i = Math.min(Math.floor(x), VIRIDIS.length - 2);
   const f = x - i;
   return VIRIDIS[i].map((c, k) => Math.round(c + f * (VIRIDIS[i + 1][k] - c)));
 }
+
+// The ramp at 256 levels, looked up per pixel (a large map has a million values).
+const LEVELS = 256;
+const LUT = new Uint8ClampedArray(3 * LEVELS);
+for (let k = 0; k < LEVELS; k += 1) LUT.set(viridis(k / (LEVELS - 1)), 3 * k);
 
 const BACKGROUND = '#ffffff';
 const INK = '#222222';
@@ -40,9 +45,14 @@ export function heatmap(canvas, values, rowsN, cols, { rowLabels, colLabel, rowL
   const scale = top1 > 0 ? top1 : 1;
   // The matrix at one pixel per value, scaled onto the plot without smoothing.
   const image = new ImageData(cols, rowsN);
+  const data = image.data;
   for (let i = 0; i < rowsN * cols; i += 1) {
-    const [r, gr, b] = viridis(values[i] / scale);
-    image.data.set([r, gr, b, 255], 4 * i);
+    const t = values[i] / scale;
+    const k = 3 * (Number.isFinite(t) ? Math.round(Math.min(Math.max(t, 0), 1) * (LEVELS - 1)) : 0);
+    data[4 * i] = LUT[k];
+    data[4 * i + 1] = LUT[k + 1];
+    data[4 * i + 2] = LUT[k + 2];
+    data[4 * i + 3] = 255;
   }
   const off = document.createElement('canvas');
   off.width = cols;

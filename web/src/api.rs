@@ -187,18 +187,18 @@ fn err(message: impl AsRef<str>) -> JsError {
 }
 
 /// One device per limits policy, opened on first use and shared by every layer after (opening a
-/// device is slow); a lost device is replaced on the next load.
-struct SharedDevice {
+/// device is slow), the page's `Session` included; a lost device is replaced on the next open.
+pub(crate) struct SharedDevice {
     policy: LimitsPolicy,
-    ctx: GpuContext,
-    adapter: String,
+    pub(crate) ctx: GpuContext,
+    pub(crate) adapter: String,
 }
 
 thread_local! {
     static DEVICES: RefCell<Vec<Rc<SharedDevice>>> = const { RefCell::new(Vec::new()) };
 }
 
-async fn shared_device(policy: LimitsPolicy) -> Result<Rc<SharedDevice>, JsError> {
+pub(crate) async fn shared_device(policy: LimitsPolicy) -> Result<Rc<SharedDevice>, JsError> {
     let cached = DEVICES.with(|d| {
         d.borrow()
             .iter()

@@ -471,21 +471,17 @@ pub struct Session {
 
 #[wasm_bindgen]
 impl Session {
-    /// Opens the browser's WebGPU adapter and a device on it. `limits`: `"adapter"` (everything
+    /// The browser's WebGPU device for `limits` (opened on first use, shared with
+    /// `CompositionalAttention.load` and `random`). `limits`: `"adapter"` (everything
     /// the adapter offers) or `"webgpu"` (WebGPU's defaults, what every browser grants).
     pub async fn open(limits: String) -> Result<Session, JsError> {
-        if !has_webgpu() {
-            return Err(JsError::new(
-                "this browser has no WebGPU (navigator.gpu is missing): use a recent Chrome/Edge, \
-                 or Firefox/Safari with WebGPU enabled, over https or localhost",
-            ));
-        }
         let policy = parse_limits(&limits).map_err(|e| JsError::new(&e))?;
-        let ctx = GpuContext::new(&browser_options(policy))
-            .await
-            .map_err(js_error)?;
-        let adapter = describe(&ctx).await;
-        Ok(Session { ctx, adapter })
+        // The device `CompositionalAttention.load` and `random` share: one per page and policy.
+        let device = api::shared_device(policy).await?;
+        Ok(Session {
+            ctx: device.ctx.clone(),
+            adapter: device.adapter.clone(),
+        })
     }
 
     /// "name (backend, device type, driver …)", the browser's description where wgpu has no name.
