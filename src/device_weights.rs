@@ -259,31 +259,18 @@ fn plain_projection_bias(w: &Weights) -> Vec<f32> {
     })
 }
 
-/// `[b_sq; b_sk; b_q̃; b_rv]` with `b_q̃[σ·d + k] = Σ_k' W_rk[k', k] · b_rq[σ·d + k']`: the bias
-/// of `RQ·W_rk`, as [`retrieval_query_keys`] folds the weight.
+/// `[b_sq; b_sk; b_q̃; b_rv]` with `b_q̃ = fold_retrieval_keys(b_rq)`: the bias of `RQ·W_rk`, as
+/// [`folded_projection`] folds the weight (with biases; else empty).
 fn folded_projection_bias(w: &Weights) -> Vec<f32> {
-    let Some(b) = &w.biases else {
-        return Vec::new();
-    };
-    let d = w.config().dim_head;
-    let folded: Vec<f32> = b
-        .retrieval_queries
-        .chunks_exact(d)
-        .flat_map(|rq| {
-            (0..d).map(move |k| {
-                (0..d)
-                    .map(|k_in| w.retrieval_keys[k_in * d + k] as f64 * rq[k_in] as f64)
-                    .sum::<f64>() as f32
-            })
-        })
-        .collect();
-    [
-        &b.search_queries[..],
-        &b.search_keys[..],
-        &folded[..],
-        &b.retrieval_values[..],
-    ]
-    .concat()
+    w.biases.as_ref().map_or_else(Vec::new, |b| {
+        [
+            &b.search_queries[..],
+            &b.search_keys[..],
+            &fold_retrieval_keys(w, &b.retrieval_queries, 1)[..],
+            &b.retrieval_values[..],
+        ]
+        .concat()
+    })
 }
 
 /// `[W_sq; W_sk; W_rq; W_rv]`.
@@ -302,30 +289,31 @@ fn folded_projection(w: &Weights) -> Vec<f32> {
     [
         &w.search_queries[..],
         &w.search_keys[..],
-        &retrieval_query_keys(w)[..],
+        &fold_retrieval_keys(w, &w.retrieval_queries, w.config().dim)[..],
         &w.retrieval_values[..],
     ]
     .concat()
 }
 
-/// `W_q̃[σ·d + k, c] = Σ_k' W_rk[k', k] · W_rq[σ·d + k', c]`, accumulated in f64: the weight
-/// that maps the (normalised) input straight to `RQ·W_rk` for every search.
-fn retrieval_query_keys(weights: &Weights) -> Vec<f32> {
+/// `out[σ·d + k, c] = Σ_k' W_rk[k', k] · rq[σ·d + k', c]` for `rq [s·d, cols]`, accumulated in
+/// f64: `W_q̃` from `W_rq` (`cols = dim`), the weight that maps the (normalised) input straight
+/// to `RQ·W_rk` for every search, and `b_q̃` from `b_rq` (`cols = 1`).
+fn fold_retrieval_keys(weights: &Weights, rq: &[f32], cols: usize) -> Vec<f32> {
     let c = weights.config();
-    let (d, dim) = (c.dim_head, c.dim);
-    let mut fused = vec![0.0f32; c.search_width() * dim];
-    let mut row = vec![0.0f64; dim];
+    let d = c.dim_head;
+    let mut fused = vec![0.0f32; c.search_width() * cols];
+    let mut row = vec![0.0f64; cols];
     for sigma in 0..c.num_searches {
         for k in 0..d {
             row.fill(0.0);
             for k_in in 0..d {
                 let w = weights.retrieval_keys[k_in * d + k] as f64;
-                let rq_row = &weights.retrieval_queries[(sigma * d + k_in) * dim..][..dim];
+                let rq_row = &rq[(sigma * d + k_in) * cols..][..cols];
                 for (acc, &v) in row.iter_mut().zip(rq_row) {
                     *acc += w * v as f64;
                 }
             }
-            for (out, acc) in fused[(sigma * d + k) * dim..][..dim].iter_mut().zip(&row) {
+            for (out, acc) in fused[(sigma * d + k) * cols..][..cols].iter_mut().zip(&row) {
                 *out = *acc as f32;
             }
         }
