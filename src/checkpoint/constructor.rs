@@ -75,6 +75,17 @@ impl Constructor {
         }
     }
 
+    /// Fails with [`Error::ConfigMismatch`] if `key` is given and disagrees with `inferred`,
+    /// the value the weights' shapes give.
+    pub(crate) fn expect_usize(&self, key: &str, inferred: usize) -> Result<()> {
+        match self.usize(key)? {
+            Some(value) if value != inferred => Err(Error::ConfigMismatch(format!(
+                "the constructor says {key} = {value}, the weights' shapes {inferred}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// A boolean argument (`null` or absent: `None`).
     pub fn bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {

@@ -192,13 +192,7 @@ fn check_constructor(c: &Constructor, form: &mut Form) -> Result<()> {
         ("num_searches", form.searches),
         ("num_retrievals", form.retrievals),
     ] {
-        if let Some(value) = c.usize(key)?
-            && value != inferred
-        {
-            return Err(Error::ConfigMismatch(format!(
-                "the constructor says {key} = {value}, the weights' shapes {inferred}"
-            )));
-        }
+        c.expect_usize(key, inferred)?;
     }
     if let Some(prenorm) = c.bool("prenorm")?
         && prenorm != form.prenorm

@@ -41,7 +41,7 @@ pub(crate) fn lucidrains_weights(bytes: &[u8], options: &CheckpointOptions) -> R
             ("num_searches", c.num_searches),
             ("num_retrievals", c.num_retrievals),
         ] {
-            mismatch(cons, key, inferred)?;
+            cons.expect_usize(key, inferred)?;
         }
         if let Some(prenorm) = cons.bool("prenorm")?
             && prenorm != c.prenorm
@@ -124,16 +124,6 @@ pub(crate) fn lucidrains(weights: &Weights) -> Result<Checkpoint> {
             out: lin(&weights.out, b.map(|b| &b.out), dim, c.search_width())?,
         },
     })
-}
-
-/// Fails if the constructor's `key` disagrees with the value the shapes gave.
-fn mismatch(c: &Constructor, key: &str, inferred: usize) -> Result<()> {
-    match c.usize(key)? {
-        Some(value) if value != inferred => Err(Error::ConfigMismatch(format!(
-            "the constructor says {key} = {value}, the weights' shapes {inferred}"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// Refuses `key` unless it is absent, `null` or `false`.
@@ -306,7 +296,7 @@ pub(crate) fn fairseq(
             reason: "k_proj and v_proj must read embed_dim features (self-attention)",
         });
     }
-    mismatch(c, "embed_dim", e)?;
+    c.expect_usize("embed_dim", e)?;
     let projections = Projections {
         q,
         k,
@@ -380,7 +370,7 @@ pub(crate) fn xformers(
             "in_proj_container's k_proj and v_proj must read dim_model features".into(),
         ));
     }
-    mismatch(c, "dim_model", dim)?;
+    c.expect_usize("dim_model", dim)?;
     let causal = causal || c.bool("causal")?.unwrap_or(false);
     let projections = Projections {
         q,
@@ -446,13 +436,13 @@ fn multi_head(
     })?;
     let hd = divide(p.q.out, heads, "the search width / num_heads")?;
     if let Some(key) = keys.head {
-        mismatch(c, key, p.q.out)?;
+        c.expect_usize(key, p.q.out)?;
     }
     let vd = divide(p.out.inp, heads, "out_proj's input width / num_heads")?;
     let rules = divide(p.v.out, vd, "the value width / the width per rule")?;
-    mismatch(c, "num_rules", rules)?;
+    c.expect_usize("num_rules", rules)?;
     for key in keys.values {
-        mismatch(c, key, p.v.out)?;
+        c.expect_usize(key, p.v.out)?;
     }
     let q_compose = match c.bool("q_compose")? {
         Some(q_compose) => q_compose,
@@ -462,7 +452,7 @@ fn multi_head(
         true => p.value_q.out,
         false => divide(p.value_q.out, heads, "value_q's rows / num_heads")?,
     };
-    mismatch(c, keys.selection, sel)?;
+    c.expect_usize(keys.selection, sel)?;
     let selection = selection(&mut tensors, c, keys.names)?;
     selection_widths(&selection, vd, sel)?;
     tensors.finish(keys.known)?;
