@@ -336,15 +336,7 @@ fn check_elements(
     seq: usize,
     strategy: Strategy,
 ) -> Result<(), JsError> {
-    let widest = config.dim.max(config.projection_width());
-    product("batch·seq·width", &[batch, seq, widest])?;
-    if strategy == Strategy::Unfused {
-        product(
-            "batch·searches·seq·seq (unfused; use the fused strategy)",
-            &[batch, config.num_searches, seq, seq],
-        )?;
-    }
-    Ok(())
+    crate::check_elements(config, batch, seq, strategy).map_err(err)
 }
 
 /// A JavaScript value as text, for messages.

@@ -349,19 +349,37 @@ pub const SAMPLED_ROWS: usize = 64;
 /// Refuses sizes whose element counts do not fit 32 bits: `usize` is 32 bits on wasm32, so the
 /// crate's size arithmetic would wrap there (and the kernels index with `u32` anyway).
 pub fn check_size(options: &RunOptions) -> Result<(), String> {
-    let c = &options.config;
-    let (b, n) = (options.batch as u64, options.seq as u64);
-    let widest = (c.dim as u64).max(c.projection_width() as u64);
-    let mut counts = vec![("batch·seq·width", b * n * widest)];
-    if options.strategy == Strategy::Unfused {
-        counts.push(("batch·searches·seq²", b * c.num_searches as u64 * n * n));
+    check_elements(
+        &options.config,
+        options.batch,
+        options.seq,
+        options.strategy,
+    )
+}
+
+/// [`check_size`] of a layer's problem: `batch·seq·width`, and the unfused strategy's
+/// `batch·searches·seq²`, must fit 32 bits (the products checked, so no size can wrap).
+pub fn check_elements(
+    c: &Config,
+    batch: usize,
+    seq: usize,
+    strategy: Strategy,
+) -> Result<(), String> {
+    let widest = c.dim.max(c.projection_width());
+    let mut counts = vec![("batch·seq·width", [batch, seq, widest, 1])];
+    if strategy == Strategy::Unfused {
+        counts.push(("batch·searches·seq²", [batch, c.num_searches, seq, seq]));
     }
-    for (what, count) in counts {
-        if count > u32::MAX as u64 {
+    for (what, factors) in counts {
+        let count = factors
+            .iter()
+            .try_fold(1u64, |acc, &f| acc.checked_mul(f as u64));
+        if count.is_none_or(|count| count > u32::MAX as u64) {
             return Err(format!(
-                "{what} = {count} elements: more than 2³² (the kernels' 32-bit indices and wasm32's \
+                "{what} = {}: more than 2³² elements (the kernels' 32-bit indices and wasm32's \
                  usize); make the problem smaller{}",
-                if options.strategy == Strategy::Unfused {
+                count.map_or_else(|| "past 2⁶⁴".to_string(), |n| n.to_string()),
+                if strategy == Strategy::Unfused {
                     " or use the fused strategy"
                 } else {
                     ""
