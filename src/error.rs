@@ -42,6 +42,21 @@ pub enum Error {
         hint: Option<&'static str>,
     },
 
+    /// A host allocation sized by the caller's numbers could not be made (the machine cannot
+    /// hold it): nothing was allocated, and the process goes on.
+    #[error(
+        "{what} needs {bytes} bytes of host memory, which this machine could not allocate{hint}",
+        hint = hint.map(|h| format!("; {h}")).unwrap_or_default()
+    )]
+    HostMemory {
+        /// What would have been allocated (`random weights`, `input`, a tensor's name).
+        what: String,
+        /// The bytes asked for (`u64::MAX` when the size itself overflows).
+        bytes: u64,
+        /// What the user can change, if anything (a command-line option, a smaller shape).
+        hint: Option<&'static str>,
+    },
+
     /// The attention maps asked of `forward_with_maps` would pass their stated size limit.
     #[error(
         "attention maps of {queries} query rows need {bytes} bytes, more than the limit of \

@@ -50,6 +50,7 @@ pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod hdf5;
+pub mod host_memory;
 pub mod io;
 #[cfg(feature = "gpu")]
 mod kv_cache;

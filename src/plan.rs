@@ -601,6 +601,18 @@ impl ExecutionPlan {
         Ok(plan)
     }
 
+    /// Host bytes a [`forward`](crate::CompositionalAttention::forward) of this plan holds: the
+    /// input and the output `[batch, seq, dim]` (f32) and the mask `[batch, seq]` (one byte
+    /// each), in checked `u64` (`u64::MAX` if the product overflows). A program asks this (and
+    /// [`ExecutionPlan::resolve`], which refuses what the device cannot hold) before it makes
+    /// or allocates a problem of a user's size.
+    pub fn host_bytes(&self, config: &Config) -> u64 {
+        use crate::host_memory::bytes_of;
+        let tensor = bytes_of(&[self.batch, self.seq, config.dim], 4);
+        let mask = bytes_of(&[self.batch, self.seq], 1);
+        tensor.saturating_mul(2).saturating_add(mask)
+    }
+
     /// Refuses, before anything is allocated, a plan whose largest buffers or texel matrices
     /// exceed the device's limits, naming the buffer and the limit.
     fn check_sizes(&self, ctx: &GpuContext, c: &Config, layout: &ProjectionLayout) -> Result<()> {
