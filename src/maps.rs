@@ -73,7 +73,11 @@ impl MapsOptions {
                     });
                 }
                 if let Some(&row) = rows.iter().find(|&&row| row >= seq) {
-                    return Err(Error::shape("query_rows", &[seq], &[row]));
+                    return Err(Error::InvalidConfig {
+                        field: "query_rows",
+                        value: format!("{row}: row {row} is past the sequence (n = {seq})"),
+                        reason: "a query row is a token position, below n",
+                    });
                 }
                 check_increasing(rows)?;
                 rows.clone()

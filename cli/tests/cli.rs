@@ -1064,3 +1064,135 @@ fn plot_refuses_what_is_not_a_maps_file() {
     run.assert_error(2, &["required arguments were not provided"]);
     assert!(run.stderr.contains("--out <DIR>"), "{}", run.transcript());
 }
+
+/// `--causal` and a constructor's `"causal"` mean the same thing however they are combined
+/// (issue 16): for every format with a `causal` constructor argument (lucidrains, Keras,
+/// xformers), the flag on or off × the file's `causal` true, false or absent. Either one makes
+/// the layer causal; the flag with `"causal": false` is an error naming both. The non-causal
+/// variant cases match the original's output only when the layer is not causal, and the
+/// causal reference case only when it is, so a wrong combination shows in the output too.
+/// fairseq has no such argument: `--causal` is its way (its `attn_mask`), and `"causal"` in
+/// its constructor is refused as unknown, as README documents.
+#[test]
+fn forward_causal_flag_and_constructor_causal_combine() {
+    let dir = TempDir::new("forward-causal-combinations");
+    let out = dir.path("y.safetensors");
+    let cases = variants::case_dir();
+    // (format, weights and input file, constructor without `causal`, is the file's output causal)
+    let mut formats: Vec<(
+        &str,
+        PathBuf,
+        serde_json::Map<String, serde_json::Value>,
+        bool,
+    )> = vec![(
+        "lucidrains",
+        golden("causal"),
+        serde_json::json!({"format": "lucidrains"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        true,
+    )];
+    for (folder, case) in [
+        ("keras", "k01_defaults"),
+        ("xformers", "x01_defaults_shared_proj"),
+    ] {
+        let json: serde_json::Value =
+            serde_json::from_str(&variants::constructor_json(folder, case)).unwrap();
+        let mut constructor = json.as_object().unwrap().clone();
+        constructor.remove("causal");
+        let file = cases.join(folder).join(format!("{case}.safetensors"));
+        formats.push((folder, file, constructor, false));
+    }
+    for (format, file, constructor, causal_output) in &formats {
+        for flag in [false, true] {
+            for in_file in [None, Some(false), Some(true)] {
+                let mut constructor = constructor.clone();
+                if let Some(causal) = in_file {
+                    constructor.insert("causal".into(), causal.into());
+                }
+                let config = dir.path(&format!("{format}-{in_file:?}.json"));
+                std::fs::write(&config, serde_json::Value::Object(constructor).to_string())
+                    .unwrap();
+                let mut args = vec![
+                    "forward",
+                    "--weights",
+                    arg(file),
+                    "--config",
+                    arg(&config),
+                    "--input",
+                    arg(file),
+                    "--output",
+                    arg(&out),
+                ];
+                if flag {
+                    args.push("--causal");
+                }
+                let run = compattn(&args);
+                let what = format!("{format}: --causal {flag}, \"causal\" in the file {in_file:?}");
+                if flag && in_file == Some(false) {
+                    run.assert_error(1, &["--causal", "\"causal\": false"]);
+                    continue;
+                }
+                let causal = flag || in_file == Some(true);
+                assert_eq!(run.code, Some(0), "{what}\n{}", run.transcript());
+                assert!(
+                    run.stdout
+                        .contains(&format!("causal {}", if causal { "yes" } else { "no" })),
+                    "{what}\n{}",
+                    run.transcript()
+                );
+                let matches = if causal == *causal_output {
+                    "yes"
+                } else {
+                    "no"
+                };
+                assert!(
+                    run.stdout.contains(&format!("within 1e-4: {matches}")),
+                    "{what}\n{}",
+                    run.transcript()
+                );
+            }
+        }
+    }
+
+    // fairseq: the flag is the way; a constructor's `causal` is not one of its arguments.
+    let (folder, case) = ("fairseq", "f01_qk_rule");
+    let file = cases.join(folder).join(format!("{case}.safetensors"));
+    let json: serde_json::Value =
+        serde_json::from_str(&variants::constructor_json(folder, case)).unwrap();
+    let config = dir.path("fairseq.json");
+    std::fs::write(&config, json.to_string()).unwrap();
+    let forward = |config: &Path, flag: bool| {
+        let mut args = vec![
+            "forward",
+            "--weights",
+            arg(&file),
+            "--config",
+            arg(config),
+            "--input",
+            arg(&file),
+            "--output",
+            arg(&out),
+        ];
+        if flag {
+            args.push("--causal");
+        }
+        compattn(&args)
+    };
+    forward(&config, false).assert_prints(&["causal no", "within 1e-4: yes"]);
+    forward(&config, true).assert_prints(&["causal yes", "within 1e-4: no"]);
+    for causal in [false, true] {
+        let mut constructor = json.as_object().unwrap().clone();
+        constructor.insert("causal".into(), causal.into());
+        let with_causal = dir.path(&format!("fairseq-{causal}.json"));
+        std::fs::write(
+            &with_causal,
+            serde_json::Value::Object(constructor).to_string(),
+        )
+        .unwrap();
+        for flag in [false, true] {
+            forward(&with_causal, flag).assert_error(1, &["causal", "not a constructor argument"]);
+        }
+    }
+}
