@@ -915,8 +915,11 @@ fn forward_maps_refuses_bad_requests() {
         &["attention maps of 19 query rows", "MapsOptions::max_bytes"],
     );
     forward(&["--maps", arg(&maps), "--maps-rows", "5,3"])
-        .assert_error(1, &["query_rows", "strictly increasing"]);
-    forward(&["--maps", arg(&maps), "--maps-rows", "0,19"]).assert_error(1, &["query_rows"]);
+        .assert_error(1, &["--maps-rows", "strictly increasing"]);
+    forward(&["--maps", arg(&maps), "--maps-rows", "0,19"])
+        .assert_error(1, &["--maps-rows", "row 19 is past the sequence (n = 19)"]);
+    forward(&["--maps", arg(&maps), "--maps-rows", "99"])
+        .assert_error(1, &["--maps-rows", "row 99 is past the sequence (n = 19)"]);
     assert!(!out.exists() && !maps.exists(), "a refusal wrote a file");
     forward(&["--maps", arg(&maps), "--maps-rows", "a"]).assert_error(2, &["--maps-rows"]);
     for flag in [["--maps-rows", "0,5"], ["--maps-max-mib", "1"]] {
@@ -1194,5 +1197,94 @@ fn forward_causal_flag_and_constructor_causal_combine() {
         for flag in [false, true] {
             forward(&with_causal, flag).assert_error(1, &["causal", "not a constructor argument"]);
         }
+    }
+}
+
+/// An extra zero in a size is an error naming the option to change, within seconds, never an
+/// allocator abort (issue 20): every command whose problem the user sizes asks the device's
+/// plan and the host before it makes anything. (`demo` has fixed sizes; `soak`'s one number,
+/// `--forwards`, sizes no allocation; `forward` reads sizes from files, whose readers check
+/// them against the file's length.)
+#[test]
+fn sizes_too_large_are_errors_naming_the_option() {
+    let dir = TempDir::new("too-large");
+    let shaders_out = dir.path("shaders");
+    let plot = dir.path("sweep.svg");
+    let cases: [(&[&str], &str); 13] = [
+        (&["bench", "--seq", "100000000"], "--seq 100000000"),
+        (
+            &["bench", "--batch", "100000", "--seq", "4096"],
+            "--batch 100000",
+        ),
+        (&["bench", "--dim", "100000000"], "--dim 100000000"),
+        (
+            &["bench", "--strategy", "unfused", "--seq", "100000000"],
+            "--seq",
+        ),
+        (
+            &["bench", "--strategy", "cpu", "--seq", "100000000"],
+            "--seq",
+        ),
+        (
+            &["bench", "--decode", "--context", "100000000"],
+            "--context 100000000",
+        ),
+        (
+            &[
+                "bench",
+                "--decode",
+                "--sweep",
+                "--seq-list",
+                "256,100000000",
+                "--out",
+                arg(&plot),
+            ],
+            "--seq-list 100000000",
+        ),
+        (
+            &[
+                "bench",
+                "--sweep",
+                "--seq-list",
+                "128,100000000",
+                "--out",
+                arg(&plot),
+            ],
+            "--seq-list 100000000",
+        ),
+        (&["bench", "--gemm", "64,100000"], "--gemm 100000"),
+        (&["verify", "--seq", "100000000"], "--seq 100000000"),
+        (
+            &["verify", "--batch", "100000", "--seq", "4096"],
+            "--batch 100000",
+        ),
+        (&["verify", "--dim", "100000000"], "--dim 100000000"),
+        (
+            &["shaders", "--dim", "100000000", "--out", arg(&shaders_out)],
+            "--dim 100000000",
+        ),
+    ];
+    for (args, option) in cases {
+        let start = std::time::Instant::now();
+        let run = compattn(args);
+        let seconds = start.elapsed().as_secs_f64();
+        run.assert_error(1, &[option]);
+        let errors = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .count();
+        assert_eq!(errors, 1, "{args:?}: one error line\n{}", run.transcript());
+        assert!(
+            !run.stderr.contains("memory allocation"),
+            "{args:?}\n{}",
+            run.transcript()
+        );
+        assert!(
+            seconds < 30.0,
+            "{args:?} took {seconds:.1} s\n{}",
+            run.transcript()
+        );
+        assert!(!plot.exists(), "{args:?} wrote a plot");
     }
 }

@@ -11,7 +11,8 @@ use compositional_attention::io::{self, Input};
 use compositional_attention::verify::ErrorStats;
 use compositional_attention::{CompositionalAttention, Error, MapsOptions, Strategy, Weights};
 
-use crate::common::{self, CliResult, ms, timed, yes_no};
+use crate::common::{self, CliResult, timed};
+use crate::output::{ms, yes_no};
 
 /// Tolerance the reference comparison is reported against (relative to max|output|).
 const TOLERANCE: f64 = 1e-4;
@@ -89,10 +90,24 @@ pub fn run(args: &Args) -> CliResult {
     // Refuse bad query rows or maps over the size limit before anything runs.
     let maps_options = args.maps_options();
     if args.maps.is_some() {
-        maps_options.resolve(b, n, c.num_searches, c.num_retrievals)?;
+        maps_options
+            .resolve(b, n, c.num_searches, c.num_retrievals)
+            .map_err(|error| match error {
+                // The rows come from --maps-rows: name the option, keep the library's reason.
+                Error::InvalidConfig {
+                    field: "query_rows",
+                    value,
+                    reason,
+                } => Error::InvalidConfig {
+                    field: "--maps-rows",
+                    value,
+                    reason,
+                },
+                other => other,
+            })?;
     }
 
-    let ctx = common::open_gpu()?;
+    let ctx = common::open_gpu(false)?;
     println!(
         "weights: {format} checkpoint; layer dim {}, dim_head {}, {} searches, {} retrievals, \
          prenorm {}, causal {}",
