@@ -6,7 +6,7 @@
 //! with arbitrary numbers, so it must answer every one with a value or a typed error. When a
 //! problem is too large, [`SizeOption::blame`] names the option to change.
 
-use compositional_attention::{Config, Error};
+use compositional_attention::{Config, Error, MapsOptions};
 
 /// The layer configuration and input shape, shared by `verify`, `bench` and `shaders`; each
 /// command fills the sizes left out with defaults of its own (its `--help` says which).
@@ -146,6 +146,20 @@ pub fn list_of_positive(option: &'static str, values: &[usize]) -> Result<(), Er
     values.iter().try_for_each(|&v| at_least_one(option, v))
 }
 
+/// The maps options of `forward --maps-rows I,J,.. --maps-max-mib N`: those rows (default:
+/// every row) and that many MiB (default: `MapsOptions::DEFAULT_MAX_BYTES`; saturating, so a
+/// huge `N` means no limit rather than a wrapped small one).
+pub fn maps_options(rows: Option<&[usize]>, max_mib: Option<u64>) -> MapsOptions {
+    let options = match rows {
+        Some(rows) => MapsOptions::rows(rows.to_vec()),
+        None => MapsOptions::default(),
+    };
+    match max_mib {
+        Some(mib) => options.max_bytes(mib.saturating_mul(1 << 20)),
+        None => options,
+    }
+}
+
 /// A size option as the user gave it (or the command's default for it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SizeOption {
@@ -263,6 +277,37 @@ mod tests {
         assert!(list_of_positive("--gemm", &[]).is_err());
         assert!(list_of_positive("--gemm", &[3, 0]).is_err());
         assert!(list_of_positive("--gemm", &[3, 1]).is_ok());
+    }
+
+    /// Found by the fuzz target `cli_sizes`: the maps' byte count overflowed (a panic in debug
+    /// builds, a wrapped small count past the limit in release ones).
+    #[test]
+    fn huge_maps_are_refused_not_wrapped() {
+        let options = maps_options(Some(&[0, 1]), Some(u64::MAX));
+        let huge = usize::MAX / 2;
+        let err = options.resolve(huge, 2, huge, 3).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::MapsTooLarge {
+                    bytes: u64::MAX,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let rows = maps_options(Some(&[0, 5]), None)
+            .resolve(1, 6, 2, 2)
+            .unwrap();
+        assert_eq!(rows, [0, 5]);
+        let err = maps_options(Some(&[99]), None)
+            .resolve(1, 6, 2, 2)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("row 99 is past the sequence (n = 6)"),
+            "{err}"
+        );
     }
 
     #[test]

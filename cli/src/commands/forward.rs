@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use compositional_attention::checkpoint::{self, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{self, Input};
 use compositional_attention::verify::ErrorStats;
-use compositional_attention::{CompositionalAttention, Error, MapsOptions, Strategy, Weights};
+use compositional_attention::{CompositionalAttention, Error, Strategy, Weights};
 
 use crate::common::{self, CliResult, timed};
 use crate::output::{ms, yes_no};
+use crate::sizes::maps_options;
 
 /// Tolerance the reference comparison is reported against (relative to max|output|).
 const TOLERANCE: f64 = 1e-4;
@@ -66,20 +67,6 @@ pub struct Args {
     maps_max_mib: Option<u64>,
 }
 
-impl Args {
-    /// The maps options the flags ask for.
-    fn maps_options(&self) -> MapsOptions {
-        let options = match &self.maps_rows {
-            Some(rows) => MapsOptions::rows(rows.clone()),
-            None => MapsOptions::default(),
-        };
-        match self.maps_max_mib {
-            Some(mib) => options.max_bytes(mib.saturating_mul(1 << 20)),
-            None => options,
-        }
-    }
-}
-
 pub fn run(args: &Args) -> CliResult {
     let (weights, format) = load_weights(args)?;
     let input_bytes = io::read_file(&args.input)?;
@@ -88,7 +75,7 @@ pub fn run(args: &Args) -> CliResult {
     let c = weights.config();
     let (b, n, dim) = (input.batch, input.seq, input.dim);
     // Refuse bad query rows or maps over the size limit before anything runs.
-    let maps_options = args.maps_options();
+    let maps_options = maps_options(args.maps_rows.as_deref(), args.maps_max_mib);
     if args.maps.is_some() {
         maps_options
             .resolve(b, n, c.num_searches, c.num_retrievals)
