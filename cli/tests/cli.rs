@@ -1210,7 +1210,7 @@ fn sizes_too_large_are_errors_naming_the_option() {
     let dir = TempDir::new("too-large");
     let shaders_out = dir.path("shaders");
     let plot = dir.path("sweep.svg");
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 14] = [
         (&["bench", "--seq", "100000000"], "--seq 100000000"),
         (
             &["bench", "--batch", "100000", "--seq", "4096"],
@@ -1253,6 +1253,17 @@ fn sizes_too_large_are_errors_naming_the_option() {
             "--seq-list 100000000",
         ),
         (&["bench", "--gemm", "64,100000"], "--gemm 100000"),
+        (
+            &[
+                "bench",
+                "--decode",
+                "--context",
+                "64",
+                "--iters",
+                "100000000000000000",
+            ],
+            "--iters 100000000000000000",
+        ),
         (&["verify", "--seq", "100000000"], "--seq 100000000"),
         (
             &["verify", "--batch", "100000", "--seq", "4096"],

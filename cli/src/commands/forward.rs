@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long, value_name = "X.safetensors")]
     input: PathBuf,
     /// Causal attention (query i attends keys j <= i). Not stored in the weights: pass it when
-    /// the PyTorch module was built with `causal=True`.
+    /// the module was built with `causal=True`. The same as `"causal": true` in --config (either
+    /// one is enough; both agree); with `"causal": false` there, an error.
     #[arg(long)]
     causal: bool,
     /// Prefix of the layer's parameter names inside a larger model's state_dict

@@ -64,7 +64,8 @@ fn time_ms(
     for _ in 0..warmup {
         f()?;
     }
-    let mut samples = Vec::with_capacity(iters);
+    // Grown as steps finish: `iters` is a count of work, not a size to allocate.
+    let mut samples = Vec::new();
     for _ in 0..iters {
         let start = Instant::now();
         f()?;
@@ -113,7 +114,20 @@ const PREFILL_CHUNK: usize = 512;
 /// tokens, and the random problem of that length. `context` is the option that set it
 /// (`--context`, or `--seq-list` in a sweep).
 fn check_fits(ctx: &GpuContext, case: &BenchCase, context: SizeOption) -> Result<(), Failure> {
-    let options = case.options_with(context);
+    // The cache also holds a position per warm-up and timed step.
+    let steps = [
+        SizeOption {
+            name: "--iters",
+            value: case.iters,
+            default: 10,
+        },
+        SizeOption {
+            name: "--warmup",
+            value: case.warmup,
+            default: 2,
+        },
+    ];
+    let options = [case.options_with(context).as_slice(), &steps].concat();
     let context = context.value;
     let config = case.config.causal(true);
     let (batch, precision) = (case.batch, case.precision);
@@ -166,7 +180,7 @@ fn measure(
     let total = context + 1;
     let (weights, input) = random_problem(config, batch, total, None, 1.0, 0)?;
     let mut layer = CompositionalAttention::with_precision(ctx, &weights, case.precision)?;
-    let mut cache = layer.kv_cache(batch, context + warmup + iters)?;
+    let mut cache = layer.kv_cache(batch, context.saturating_add(warmup).saturating_add(iters))?;
     let dim = config.dim;
     // The prompt: the first `context` tokens, prefilled in chunks of at most PREFILL_CHUNK.
     let mut t = 0;
@@ -181,7 +195,7 @@ fn measure(
     let token: Vec<f32> = (0..batch)
         .flat_map(|b| input.x[(b * total + context) * dim..][..dim].to_vec())
         .collect();
-    let progress = progress_bar((2 * (warmup + iters)) as u64);
+    let progress = progress_bar(warmup.saturating_add(iters).saturating_mul(2) as u64);
     progress.set_message("decode");
     let (decode_ms, decode_min_ms) = time_ms(warmup, iters, || {
         progress.inc(1);

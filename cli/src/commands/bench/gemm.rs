@@ -56,7 +56,8 @@ fn measure_gemm(
     for _ in 0..warmup {
         bench.sample_ms_blocking()?;
     }
-    let mut samples = Vec::with_capacity(iters);
+    // Grown as samples come (a count of work, not a size to allocate up front).
+    let mut samples = Vec::new();
     let mut source = TimingSource::HostWallClock;
     for _ in 0..iters {
         let (ms, from) = bench.sample_ms_blocking()?;

@@ -69,15 +69,16 @@ pub fn measure(
     let mut measurement = Measurement {
         method,
         seq,
-        samples_ms: Vec::with_capacity(iters),
-        wall_ms: Vec::with_capacity(iters),
+        // Grown as forwards finish: `iters` is a count of work, not a size to allocate.
+        samples_ms: Vec::new(),
+        wall_ms: Vec::new(),
         source: TimingSource::HostWallClock,
         kernels: Vec::new(),
         gpu_bytes: 0,
     };
     let strategy = match method {
         Method::Cpu => {
-            for index in 0..warmup + iters {
+            for index in 0..warmup.saturating_add(iters) {
                 let start = Instant::now();
                 let y = reference::forward(weights, &input.x, batch, seq, input.mask.as_deref())?;
                 let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -100,7 +101,7 @@ pub fn measure(
     };
     let mut layer = CompositionalAttention::with_precision(ctx, weights, precision)?;
     layer.set_strategy(strategy);
-    for index in 0..warmup + iters {
+    for index in 0..warmup.saturating_add(iters) {
         let profile =
             pollster::block_on(layer.profile(&input.x, batch, seq, input.mask.as_deref()))?;
         progress.inc(1);

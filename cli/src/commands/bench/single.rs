@@ -50,7 +50,7 @@ pub fn run(case: BenchCase, method: Method, no_gemm: bool, json: bool) -> CliRes
         ),
     );
     let (weights, input) = random_problem(case.config, case.batch, seq, None, 1.0, SEED)?;
-    let progress = progress_bar((case.warmup + case.iters) as u64);
+    let progress = progress_bar(case.warmup.saturating_add(case.iters) as u64);
     progress.set_message(method.name());
     let measurement = measure(
         ctx.as_ref(),

@@ -117,7 +117,7 @@ pub fn run(case: BenchCase, request: SweepRequest<'_>) -> CliResult {
     }
     let forwards = |method: Method| match method {
         Method::Cpu => cpu_iters,
-        Method::Gpu(_) => case.warmup + case.iters,
+        Method::Gpu(_) => case.warmup.saturating_add(case.iters),
     };
     let total: usize = points.iter().map(|&(_, m)| forwards(m)).sum();
     let progress = progress_bar(total as u64);
