@@ -13,10 +13,10 @@
 //! anything is made (`fits`): a size too large is an error naming the option to change.
 
 mod case;
-mod decode;
-mod gemm;
+mod decode_timing;
+mod forward_timing;
+mod gemm_timing;
 mod machine;
-mod measure;
 mod report;
 mod single;
 mod sweep;
@@ -125,23 +125,23 @@ impl Args {
 
 pub fn run(args: &Args) -> CliResult {
     if let Some(sizes) = &args.gemm {
-        return gemm::run(sizes, args.warmup, args.iters, args.json);
+        return gemm_timing::run(sizes, args.warmup, args.iters, args.json);
     }
     let case = args.case()?;
     if args.decode && args.sweep {
         let contexts = args
             .seq_list
             .clone()
-            .unwrap_or_else(|| decode::SWEEP_CONTEXTS.to_vec());
+            .unwrap_or_else(|| decode_timing::SWEEP_CONTEXTS.to_vec());
         let out = args
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("decode-sweep.svg"));
-        return decode::run_sweep(case, &contexts, &out, args.json);
+        return decode_timing::run_sweep(case, &contexts, &out, args.json);
     }
     if args.decode {
-        let context = args.context.unwrap_or(decode::DEFAULT_CONTEXT);
-        return decode::run(case, context, args.json);
+        let context = args.context.unwrap_or(decode_timing::DEFAULT_CONTEXT);
+        return decode_timing::run(case, context, args.json);
     }
     if args.sweep {
         let seqs = args

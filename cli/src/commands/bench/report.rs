@@ -7,9 +7,9 @@ use compositional_attention::bench::summarize;
 use serde::Serialize;
 
 use super::case::{BenchCase, Method};
-use super::gemm::GemmReport;
+use super::forward_timing::Measurement;
+use super::gemm_timing::GemmReport;
 use super::machine::Machine;
-use super::measure::Measurement;
 use crate::output::{fmt_mib, fmt_ms};
 
 /// Label prefixes of the kernels outside the attention core (projections, format copies, norm).

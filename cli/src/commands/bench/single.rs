@@ -4,9 +4,9 @@
 use compositional_attention::verify::random_problem;
 
 use super::case::{BenchCase, Method, SEED};
-use super::gemm::time_our_gemm;
+use super::forward_timing::measure;
+use super::gemm_timing::time_our_gemm;
 use super::machine::Machine;
-use super::measure::measure;
 use super::report::{print_report, report};
 use crate::common::{CliResult, open_gpu};
 use crate::fits;

@@ -8,9 +8,9 @@ use compositional_attention::{Error, Strategy, io};
 use serde::Serialize;
 
 use super::case::{BenchCase, Method, SEED};
-use super::gemm::{GemmReport, time_our_gemm};
+use super::forward_timing::{Measurement, measure};
+use super::gemm_timing::{GemmReport, time_our_gemm};
 use super::machine::Machine;
-use super::measure::{Measurement, measure};
 use super::report::{Report, report};
 use crate::common::{CliResult, open_gpu};
 use crate::fits;
