@@ -2,7 +2,7 @@
 # Builds every fuzz target and runs each for FUZZ_SECONDS (default 15) of wall time, from a fresh
 # corpus seeded with the golden cases, the Keras .weights.h5 and HDF5 fixtures for keras_h5, and
 # fuzz/seeds/<target>/ (checkpoint: each case behind the byte that picks its constructor;
-# constructor: each case's JSON); config_inference takes structured input and starts from nothing. CI runs this (.ci/run, step 5); see RELIABILITY.md, Fuzzing.
+# constructor: each case's JSON); config_inference and cli_sizes take structured input and start from nothing. CI runs this (.ci/run, step 5); see RELIABILITY.md, Fuzzing.
 #
 # Stable Rust is enough: cargo-fuzz passes -Zsanitizer=address to rustc, and RUSTC_BOOTSTRAP=1
 # lets the stable compiler take it. Installs cargo-fuzz if missing; libFuzzer needs a C++
@@ -39,7 +39,7 @@ for target in $(cargo fuzz list); do
     corpus="$(mktemp -d)"
     case "$target" in
         # Structured input, or seeds of their own only (fuzz/seeds/<target>/).
-        config_inference | checkpoint | constructor | maps) ;;
+        config_inference | checkpoint | constructor | maps | cli_sizes) ;;
         keras_h5) cp tests/golden-variants/keras/k02_prenorm.weights.h5 tests/hdf5-fixtures/*.h5 "$corpus/" ;;
         *) cp tests/golden/*.safetensors "$corpus/" ;;
     esac

@@ -56,6 +56,26 @@ pub fn try_tensor<T: Clone>(what: &str, dims: &[usize], value: T) -> Result<Vec<
     try_filled(what, len, value)
 }
 
+/// Whether this machine can give `bytes` of host memory now: they are reserved with
+/// `try_reserve_exact` and released at once, and a refusal is [`Error::HostMemory`] naming
+/// `what` with `hint`. A program asks this once, for the total, before it makes a problem of a
+/// user's size in many allocations (weights, inputs, a reference's intermediates), so that an
+/// impossible total is an error before anything is made. It is a probe, not a promise: the
+/// allocations that follow may still fail (they should use [`try_filled`] and friends).
+pub fn check_available(what: &str, bytes: u64, hint: Option<&'static str>) -> Result<()> {
+    let refused = || Error::HostMemory {
+        what: what.to_string(),
+        bytes,
+        hint,
+    };
+    let len = usize::try_from(bytes)
+        .ok()
+        .filter(|&len| len <= isize::MAX as usize)
+        .ok_or_else(refused)?;
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(len).map_err(|_| refused())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +101,18 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_impossible_total_is_refused_up_front() {
+        let err = check_available("problem", u64::MAX, Some("lower --seq")).unwrap_err();
+        assert!(err.to_string().contains("lower --seq"), "{err}");
+        let err = check_available("problem", 1 << 62, None).unwrap_err();
+        assert!(
+            matches!(err, Error::HostMemory { bytes, .. } if bytes == 1 << 62),
+            "{err}"
+        );
+        check_available("problem", 1 << 20, None).unwrap();
     }
 
     #[test]

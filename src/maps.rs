@@ -73,7 +73,11 @@ impl MapsOptions {
                     });
                 }
                 if let Some(&row) = rows.iter().find(|&&row| row >= seq) {
-                    return Err(Error::shape("query_rows", &[seq], &[row]));
+                    return Err(Error::InvalidConfig {
+                        field: "query_rows",
+                        value: format!("{row}: row {row} is past the sequence (n = {seq})"),
+                        reason: "a query row is a token position, below n",
+                    });
                 }
                 check_increasing(rows)?;
                 rows.clone()
@@ -121,7 +125,8 @@ pub struct AttentionMaps {
 }
 
 impl AttentionMaps {
-    /// Bytes of the maps of `queries` rows (both tensors, f32).
+    /// Bytes of the maps of `queries` rows (both tensors, f32), saturating at `u64::MAX` (so
+    /// that no size wraps below a limit it is checked against).
     pub fn bytes_for(
         batch: usize,
         searches: usize,
@@ -129,7 +134,12 @@ impl AttentionMaps {
         seq: usize,
         retrievals: usize,
     ) -> u64 {
-        4 * batch as u64 * searches as u64 * queries as u64 * (seq as u64 + retrievals as u64)
+        let width = (seq as u64).saturating_add(retrievals as u64);
+        [batch, searches, queries]
+            .iter()
+            .fold(4u64.saturating_mul(width), |acc, &n| {
+                acc.saturating_mul(n as u64)
+            })
     }
 
     /// The number of query rows.

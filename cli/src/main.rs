@@ -5,20 +5,16 @@
 //! `error: ...` with exit status 1; command-line usage errors exit with status 2. The library's
 //! log lines go to stderr through `env_logger` (`RUST_LOG=info`, `RUST_LOG=debug`, ...).
 
-mod bench;
-mod bench_decode;
+mod commands;
 mod common;
-mod demo;
-mod forward;
-mod info;
-mod plot;
-mod shaders;
-mod soak;
-mod verify;
+mod fits;
+mod output;
+mod sizes;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use commands::{bench, demo, forward, info, plot, shaders, soak, verify};
 
 /// Compositional Attention (searches × retrievals) on any GPU through wgpu.
 ///

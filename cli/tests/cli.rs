@@ -915,8 +915,11 @@ fn forward_maps_refuses_bad_requests() {
         &["attention maps of 19 query rows", "MapsOptions::max_bytes"],
     );
     forward(&["--maps", arg(&maps), "--maps-rows", "5,3"])
-        .assert_error(1, &["query_rows", "strictly increasing"]);
-    forward(&["--maps", arg(&maps), "--maps-rows", "0,19"]).assert_error(1, &["query_rows"]);
+        .assert_error(1, &["--maps-rows", "strictly increasing"]);
+    forward(&["--maps", arg(&maps), "--maps-rows", "0,19"])
+        .assert_error(1, &["--maps-rows", "row 19 is past the sequence (n = 19)"]);
+    forward(&["--maps", arg(&maps), "--maps-rows", "99"])
+        .assert_error(1, &["--maps-rows", "row 99 is past the sequence (n = 19)"]);
     assert!(!out.exists() && !maps.exists(), "a refusal wrote a file");
     forward(&["--maps", arg(&maps), "--maps-rows", "a"]).assert_error(2, &["--maps-rows"]);
     for flag in [["--maps-rows", "0,5"], ["--maps-max-mib", "1"]] {
@@ -1063,4 +1066,236 @@ fn plot_refuses_what_is_not_a_maps_file() {
     let run = compattn(&["plot", arg(&maps_file)]);
     run.assert_error(2, &["required arguments were not provided"]);
     assert!(run.stderr.contains("--out <DIR>"), "{}", run.transcript());
+}
+
+/// `--causal` and a constructor's `"causal"` mean the same thing however they are combined
+/// (issue 16): for every format with a `causal` constructor argument (lucidrains, Keras,
+/// xformers), the flag on or off × the file's `causal` true, false or absent. Either one makes
+/// the layer causal; the flag with `"causal": false` is an error naming both. The non-causal
+/// variant cases match the original's output only when the layer is not causal, and the
+/// causal reference case only when it is, so a wrong combination shows in the output too.
+/// fairseq has no such argument: `--causal` is its way (its `attn_mask`), and `"causal"` in
+/// its constructor is refused as unknown, as README documents.
+#[test]
+fn forward_causal_flag_and_constructor_causal_combine() {
+    let dir = TempDir::new("forward-causal-combinations");
+    let out = dir.path("y.safetensors");
+    let cases = variants::case_dir();
+    // (format, weights and input file, constructor without `causal`, is the file's output causal)
+    let mut formats: Vec<(
+        &str,
+        PathBuf,
+        serde_json::Map<String, serde_json::Value>,
+        bool,
+    )> = vec![(
+        "lucidrains",
+        golden("causal"),
+        serde_json::json!({"format": "lucidrains"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        true,
+    )];
+    for (folder, case) in [
+        ("keras", "k01_defaults"),
+        ("xformers", "x01_defaults_shared_proj"),
+    ] {
+        let json: serde_json::Value =
+            serde_json::from_str(&variants::constructor_json(folder, case)).unwrap();
+        let mut constructor = json.as_object().unwrap().clone();
+        constructor.remove("causal");
+        let file = cases.join(folder).join(format!("{case}.safetensors"));
+        formats.push((folder, file, constructor, false));
+    }
+    for (format, file, constructor, causal_output) in &formats {
+        for flag in [false, true] {
+            for in_file in [None, Some(false), Some(true)] {
+                let mut constructor = constructor.clone();
+                if let Some(causal) = in_file {
+                    constructor.insert("causal".into(), causal.into());
+                }
+                let config = dir.path(&format!("{format}-{in_file:?}.json"));
+                std::fs::write(&config, serde_json::Value::Object(constructor).to_string())
+                    .unwrap();
+                let mut args = vec![
+                    "forward",
+                    "--weights",
+                    arg(file),
+                    "--config",
+                    arg(&config),
+                    "--input",
+                    arg(file),
+                    "--output",
+                    arg(&out),
+                ];
+                if flag {
+                    args.push("--causal");
+                }
+                let run = compattn(&args);
+                let what = format!("{format}: --causal {flag}, \"causal\" in the file {in_file:?}");
+                if flag && in_file == Some(false) {
+                    run.assert_error(1, &["--causal", "\"causal\": false"]);
+                    continue;
+                }
+                let causal = flag || in_file == Some(true);
+                assert_eq!(run.code, Some(0), "{what}\n{}", run.transcript());
+                assert!(
+                    run.stdout
+                        .contains(&format!("causal {}", if causal { "yes" } else { "no" })),
+                    "{what}\n{}",
+                    run.transcript()
+                );
+                let matches = if causal == *causal_output {
+                    "yes"
+                } else {
+                    "no"
+                };
+                assert!(
+                    run.stdout.contains(&format!("within 1e-4: {matches}")),
+                    "{what}\n{}",
+                    run.transcript()
+                );
+            }
+        }
+    }
+
+    // fairseq: the flag is the way; a constructor's `causal` is not one of its arguments.
+    let (folder, case) = ("fairseq", "f01_qk_rule");
+    let file = cases.join(folder).join(format!("{case}.safetensors"));
+    let json: serde_json::Value =
+        serde_json::from_str(&variants::constructor_json(folder, case)).unwrap();
+    let config = dir.path("fairseq.json");
+    std::fs::write(&config, json.to_string()).unwrap();
+    let forward = |config: &Path, flag: bool| {
+        let mut args = vec![
+            "forward",
+            "--weights",
+            arg(&file),
+            "--config",
+            arg(config),
+            "--input",
+            arg(&file),
+            "--output",
+            arg(&out),
+        ];
+        if flag {
+            args.push("--causal");
+        }
+        compattn(&args)
+    };
+    forward(&config, false).assert_prints(&["causal no", "within 1e-4: yes"]);
+    forward(&config, true).assert_prints(&["causal yes", "within 1e-4: no"]);
+    for causal in [false, true] {
+        let mut constructor = json.as_object().unwrap().clone();
+        constructor.insert("causal".into(), causal.into());
+        let with_causal = dir.path(&format!("fairseq-{causal}.json"));
+        std::fs::write(
+            &with_causal,
+            serde_json::Value::Object(constructor).to_string(),
+        )
+        .unwrap();
+        for flag in [false, true] {
+            forward(&with_causal, flag).assert_error(1, &["causal", "not a constructor argument"]);
+        }
+    }
+}
+
+/// An extra zero in a size is an error naming the option to change, within seconds, never an
+/// allocator abort (issue 20): every command whose problem the user sizes asks the device's
+/// plan and the host before it makes anything. (`demo` has fixed sizes; `soak`'s one number,
+/// `--forwards`, sizes no allocation; `forward` reads sizes from files, whose readers check
+/// them against the file's length.)
+#[test]
+fn sizes_too_large_are_errors_naming_the_option() {
+    let dir = TempDir::new("too-large");
+    let shaders_out = dir.path("shaders");
+    let plot = dir.path("sweep.svg");
+    let cases: [(&[&str], &str); 14] = [
+        (&["bench", "--seq", "100000000"], "--seq 100000000"),
+        (
+            &["bench", "--batch", "100000", "--seq", "4096"],
+            "--batch 100000",
+        ),
+        (&["bench", "--dim", "100000000"], "--dim 100000000"),
+        (
+            &["bench", "--strategy", "unfused", "--seq", "100000000"],
+            "--seq",
+        ),
+        (
+            &["bench", "--strategy", "cpu", "--seq", "100000000"],
+            "--seq",
+        ),
+        (
+            &["bench", "--decode", "--context", "100000000"],
+            "--context 100000000",
+        ),
+        (
+            &[
+                "bench",
+                "--decode",
+                "--sweep",
+                "--seq-list",
+                "256,100000000",
+                "--out",
+                arg(&plot),
+            ],
+            "--seq-list 100000000",
+        ),
+        (
+            &[
+                "bench",
+                "--sweep",
+                "--seq-list",
+                "128,100000000",
+                "--out",
+                arg(&plot),
+            ],
+            "--seq-list 100000000",
+        ),
+        (&["bench", "--gemm", "64,100000"], "--gemm 100000"),
+        (
+            &[
+                "bench",
+                "--decode",
+                "--context",
+                "64",
+                "--iters",
+                "100000000000000000",
+            ],
+            "--iters 100000000000000000",
+        ),
+        (&["verify", "--seq", "100000000"], "--seq 100000000"),
+        (
+            &["verify", "--batch", "100000", "--seq", "4096"],
+            "--batch 100000",
+        ),
+        (&["verify", "--dim", "100000000"], "--dim 100000000"),
+        (
+            &["shaders", "--dim", "100000000", "--out", arg(&shaders_out)],
+            "--dim 100000000",
+        ),
+    ];
+    for (args, option) in cases {
+        let start = std::time::Instant::now();
+        let run = compattn(args);
+        let seconds = start.elapsed().as_secs_f64();
+        run.assert_error(1, &[option]);
+        let errors = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .count();
+        assert_eq!(errors, 1, "{args:?}: one error line\n{}", run.transcript());
+        assert!(
+            !run.stderr.contains("memory allocation"),
+            "{args:?}\n{}",
+            run.transcript()
+        );
+        assert!(
+            seconds < 30.0,
+            "{args:?} took {seconds:.1} s\n{}",
+            run.transcript()
+        );
+        assert!(!plot.exists(), "{args:?} wrote a plot");
+    }
 }

@@ -86,6 +86,22 @@ impl Constructor {
         }
     }
 
+    /// Whether the layer is causal: the constructor's `causal` (always read, so that
+    /// [`Constructor::check_all_read`] accepts it) combined with `option`
+    /// ([`CheckpointOptions::causal`](super::CheckpointOptions::causal)). Either one set makes the
+    /// layer causal; the option set while the constructor says `false` is
+    /// [`Error::ConfigMismatch`], naming both.
+    pub(crate) fn causal(&self, option: bool) -> Result<bool> {
+        match self.bool("causal")? {
+            Some(false) if option => Err(Error::ConfigMismatch(
+                "the options ask for causal attention (CheckpointOptions::causal; `compattn \
+                 forward --causal`), the constructor says \"causal\": false: drop one of them"
+                    .into(),
+            )),
+            from_constructor => Ok(option || from_constructor.unwrap_or(false)),
+        }
+    }
+
     /// A boolean argument (`null` or absent: `None`).
     pub fn bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {

@@ -204,7 +204,7 @@ fn check_constructor(c: &Constructor, form: &mut Form) -> Result<()> {
     }
     // The original crashes with causal=True (SPEC-VARIANTS §1); the crate implements the
     // intended causal mask.
-    form.causal |= c.bool("causal")?.unwrap_or(false);
+    form.causal = c.causal(form.causal)?;
     c.f64("dropout")?;
     c.string("name")?;
     c.check_all_read(Format::Keras)

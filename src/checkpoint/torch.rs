@@ -29,7 +29,7 @@ fn linear(tensors: &mut Tensors, base: &str, why: &str) -> Result<Linear> {
 pub(crate) fn lucidrains_weights(bytes: &[u8], options: &CheckpointOptions) -> Result<Weights> {
     let constructor = options.constructor.as_ref();
     let causal = match constructor {
-        Some(cons) => options.causal || cons.bool("causal")?.unwrap_or(false),
+        Some(cons) => cons.causal(options.causal)?,
         None => options.causal,
     };
     let weights = Weights::from_safetensors(bytes, causal, &options.prefix)?;
@@ -371,7 +371,7 @@ pub(crate) fn xformers(
         ));
     }
     c.expect_usize("dim_model", dim)?;
-    let causal = causal || c.bool("causal")?.unwrap_or(false);
+    let causal = c.causal(causal)?;
     let projections = Projections {
         q,
         k,

@@ -1,9 +1,12 @@
 //! `compattn verify`: the GPU forward against the f64 CPU reference on a random problem.
 
 use compositional_attention::verify::{self as check, ErrorStats};
-use compositional_attention::{CompositionalAttention, Error, Strategy, reference};
+use compositional_attention::{CompositionalAttention, Error, Precision, Strategy, reference};
 
-use crate::common::{self, CliResult, Failure, ProblemArgs, VERIFY_DEFAULTS, ms, timed, yes_no};
+use crate::common::{self, CliResult, Failure, timed};
+use crate::fits;
+use crate::output::{ms, yes_no};
+use crate::sizes::{ProblemArgs, VERIFY_DEFAULTS, problem_bytes, reference_bytes};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,7 +35,8 @@ pub struct Args {
 pub fn run(args: &Args) -> CliResult {
     let seed = args.seed.unwrap_or_else(check::test_seed);
     println!("seed: {seed} (reproduce with --seed {seed})");
-    let (config, batch, seq) = args.problem.resolve(VERIFY_DEFAULTS)?;
+    let problem = args.problem.resolve(VERIFY_DEFAULTS)?;
+    let (config, batch, seq) = (problem.config, problem.batch, problem.seq);
     if let Some(lengths) = &args.mask_lengths
         && lengths.len() > batch
     {
@@ -43,14 +47,6 @@ pub fn run(args: &Args) -> CliResult {
         }
         .into());
     }
-    let (weights, input) = check::random_problem(
-        config,
-        batch,
-        seq,
-        args.mask_lengths.as_deref(),
-        args.input_scale,
-        seed,
-    )?;
     let (b, n) = (batch, seq);
     println!(
         "problem: batch {b}, seq {n}, dim {}, dim_head {}, {} searches, {} retrievals, causal {}, \
@@ -67,16 +63,36 @@ pub fn run(args: &Args) -> CliResult {
         args.input_scale
     );
 
-    let ctx = common::open_gpu()?;
+    let ctx = common::open_gpu(false)?;
+    let strategies: Vec<Strategy> = match args.strategy {
+        Some(strategy) => vec![strategy],
+        None => Strategy::ALL.to_vec(),
+    };
+    // Asked before anything is made: can the device run every strategy checked, and can the
+    // host hold the problem and the f64 reference's intermediates?
+    for &strategy in &strategies {
+        let precision = Precision::default();
+        fits::forward(&ctx, &config, precision, strategy, (b, n), &problem.options)?;
+    }
+    let host_bytes = problem_bytes(&config, b, n).saturating_add(reference_bytes(&config, b, n));
+    fits::host(
+        "the problem and its f64 reference",
+        host_bytes,
+        &problem.options,
+    )?;
+    let (weights, input) = check::random_problem(
+        config,
+        batch,
+        seq,
+        args.mask_lengths.as_deref(),
+        args.input_scale,
+        seed,
+    )?;
     let (expected, reference_time) =
         timed(|| reference::forward(&weights, &input.x, b, n, input.mask.as_deref()));
     let expected = expected?;
     println!("f64 CPU reference: {}", ms(reference_time));
 
-    let strategies: Vec<Strategy> = match args.strategy {
-        Some(strategy) => vec![strategy],
-        None => Strategy::ALL.to_vec(),
-    };
     let mut layer = CompositionalAttention::new(&ctx, &weights)?;
     let mut failed = Vec::new();
     for strategy in strategies {

@@ -2,12 +2,12 @@
 //! one layer cycling shapes, masks and strategies, every output checked against the f64
 //! reference, with the host memory (RSS) and `gpu_bytes` curve.
 
+use compositional_attention::Error;
 use compositional_attention::soak::{self, SoakReport};
-use compositional_attention::{Error, GpuContext, GpuOptions};
 use serde::Serialize;
 
-use crate::bench::{fmt_mib, note, print_json, progress_bar};
-use crate::common::CliResult;
+use crate::common::{CliResult, open_gpu};
+use crate::output::{fmt_mib, print_json, progress_bar};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -50,8 +50,7 @@ pub fn run(args: &Args) -> CliResult {
         }
         .into());
     }
-    let ctx = pollster::block_on(GpuContext::new(&GpuOptions::from_env()?))?;
-    note(args.json, &format!("adapter: {}", ctx.describe()));
+    let ctx = open_gpu(args.json)?;
     let progress = progress_bar(args.forwards as u64);
     let report: SoakReport = soak::run(&ctx, args.forwards, args.seed, 1e-4, |done| {
         progress.set_position(done as u64)
@@ -76,7 +75,7 @@ pub fn run(args: &Args) -> CliResult {
             .collect(),
     };
     if args.json {
-        return print_json(&out);
+        return Ok(print_json(&out)?);
     }
     println!(
         "{} forwards in {:.1} s, every output within 1e-4 of the reference (worst {:.2e})",

@@ -5,7 +5,8 @@ use std::time::Duration;
 use compositional_attention::verify::{self as check, ErrorStats};
 use compositional_attention::{CompositionalAttention, Config, reference};
 
-use crate::common::{self, CliResult, Failure, ms, timed};
+use crate::common::{self, CliResult, Failure, timed};
+use crate::output::ms;
 
 const BATCH: usize = 1;
 const SEQ: usize = 512;
@@ -30,7 +31,7 @@ pub fn run() -> CliResult {
     );
     let (weights, input) = check::random_problem(config, BATCH, SEQ, None, 1.0, SEED)?;
 
-    let ctx = common::open_gpu()?;
+    let ctx = common::open_gpu(false)?;
     let mut layer = CompositionalAttention::new(&ctx, &weights)?;
     println!("strategy: {}", layer.strategy());
     let (y, first) = timed(|| pollster::block_on(layer.forward_input(&input)));

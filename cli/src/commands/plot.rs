@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use compositional_attention::io;
 use compositional_attention::{AttentionMaps, Error};
 
-use crate::bench::plot_error;
 use crate::common::CliResult;
+use crate::output::svg_plot::plot_error;
 
 /// The most cells a heatmap draws along either axis; larger maps are drawn in blocks of
 /// neighbouring rows or keys, each showing the block's largest value (the SVG stays a few MB).

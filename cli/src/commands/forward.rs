@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use compositional_attention::checkpoint::{self, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{self, Input};
 use compositional_attention::verify::ErrorStats;
-use compositional_attention::{CompositionalAttention, Error, MapsOptions, Strategy, Weights};
+use compositional_attention::{CompositionalAttention, Error, Strategy, Weights};
 
-use crate::common::{self, CliResult, ms, timed, yes_no};
+use crate::common::{self, CliResult, timed};
+use crate::output::{ms, yes_no};
+use crate::sizes::maps_options;
 
 /// Tolerance the reference comparison is reported against (relative to max|output|).
 const TOLERANCE: f64 = 1e-4;
@@ -35,7 +37,8 @@ pub struct Args {
     #[arg(long, value_name = "X.safetensors")]
     input: PathBuf,
     /// Causal attention (query i attends keys j <= i). Not stored in the weights: pass it when
-    /// the PyTorch module was built with `causal=True`.
+    /// the module was built with `causal=True`. The same as `"causal": true` in --config (either
+    /// one is enough; both agree); with `"causal": false` there, an error.
     #[arg(long)]
     causal: bool,
     /// Prefix of the layer's parameter names inside a larger model's state_dict
@@ -65,20 +68,6 @@ pub struct Args {
     maps_max_mib: Option<u64>,
 }
 
-impl Args {
-    /// The maps options the flags ask for.
-    fn maps_options(&self) -> MapsOptions {
-        let options = match &self.maps_rows {
-            Some(rows) => MapsOptions::rows(rows.clone()),
-            None => MapsOptions::default(),
-        };
-        match self.maps_max_mib {
-            Some(mib) => options.max_bytes(mib.saturating_mul(1 << 20)),
-            None => options,
-        }
-    }
-}
-
 pub fn run(args: &Args) -> CliResult {
     let (weights, format) = load_weights(args)?;
     let input_bytes = io::read_file(&args.input)?;
@@ -87,12 +76,26 @@ pub fn run(args: &Args) -> CliResult {
     let c = weights.config();
     let (b, n, dim) = (input.batch, input.seq, input.dim);
     // Refuse bad query rows or maps over the size limit before anything runs.
-    let maps_options = args.maps_options();
+    let maps_options = maps_options(args.maps_rows.as_deref(), args.maps_max_mib);
     if args.maps.is_some() {
-        maps_options.resolve(b, n, c.num_searches, c.num_retrievals)?;
+        maps_options
+            .resolve(b, n, c.num_searches, c.num_retrievals)
+            .map_err(|error| match error {
+                // The rows come from --maps-rows: name the option, keep the library's reason.
+                Error::InvalidConfig {
+                    field: "query_rows",
+                    value,
+                    reason,
+                } => Error::InvalidConfig {
+                    field: "--maps-rows",
+                    value,
+                    reason,
+                },
+                other => other,
+            })?;
     }
 
-    let ctx = common::open_gpu()?;
+    let ctx = common::open_gpu(false)?;
     println!(
         "weights: {format} checkpoint; layer dim {}, dim_head {}, {} searches, {} retrievals, \
          prenorm {}, causal {}",

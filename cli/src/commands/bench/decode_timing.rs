@@ -11,13 +11,16 @@ use std::time::Instant;
 
 use compositional_attention::bench::summarize;
 use compositional_attention::verify::random_problem;
-use compositional_attention::{CompositionalAttention, Error, GpuContext};
+use compositional_attention::{CompositionalAttention, Error, GpuContext, Strategy};
 use serde::Serialize;
 
-use crate::bench::{
-    Machine, Plan, fmt_mib, fmt_ms, note, open_gpu, plot_error, print_json, progress_bar,
-};
-use crate::common::CliResult;
+use super::case::BenchCase;
+use super::machine::Machine;
+use crate::common::{CliResult, Failure, open_gpu};
+use crate::fits;
+use crate::output::svg_plot::{COLOURS, LinePlot, Series};
+use crate::output::{fmt_mib, fmt_ms, note, print_json, progress_bar};
+use crate::sizes::{SizeOption, problem_bytes};
 
 #[derive(Serialize)]
 struct DecodeReport {
@@ -61,7 +64,8 @@ fn time_ms(
     for _ in 0..warmup {
         f()?;
     }
-    let mut samples = Vec::with_capacity(iters);
+    // Grown as steps finish: `iters` is a count of work, not a size to allocate.
+    let mut samples = Vec::new();
     for _ in 0..iters {
         let start = Instant::now();
         f()?;
@@ -99,15 +103,65 @@ fn copy_ms(ctx: &GpuContext, bytes: u64, warmup: usize, iters: usize) -> Result<
 /// Contexts of `--decode --sweep` without `--seq-list`.
 pub const SWEEP_CONTEXTS: [usize; 4] = [256, 512, 1024, 2048];
 
+/// `--context` without a value.
+pub const DEFAULT_CONTEXT: usize = 2048;
+
+/// Prompt chunks are prefilled `PREFILL_CHUNK` tokens at a time at most.
+const PREFILL_CHUNK: usize = 512;
+
+/// Refuses, before anything is made, a context the device or the host cannot hold: the KV
+/// cache with its decode step and prefill chunks, the recompute's forward over `context + 1`
+/// tokens, and the random problem of that length. `context` is the option that set it
+/// (`--context`, or `--seq-list` in a sweep).
+fn check_fits(ctx: &GpuContext, case: &BenchCase, context: SizeOption) -> Result<(), Failure> {
+    // The cache also holds a position per warm-up and timed step.
+    let steps = [
+        SizeOption {
+            name: "--iters",
+            value: case.iters,
+            default: 10,
+        },
+        SizeOption {
+            name: "--warmup",
+            value: case.warmup,
+            default: 2,
+        },
+    ];
+    let options = [case.options_with(context).as_slice(), &steps].concat();
+    let context = context.value;
+    let config = case.config.causal(true);
+    let (batch, precision) = (case.batch, case.precision);
+    let capacity = context
+        .saturating_add(case.warmup)
+        .saturating_add(case.iters);
+    let total = context.saturating_add(1);
+    for seq in [1, context.min(PREFILL_CHUNK)] {
+        fits::cached(ctx, &config, precision, (batch, seq, capacity), &options)?;
+    }
+    fits::forward(
+        ctx,
+        &config,
+        precision,
+        Strategy::Fused,
+        (batch, total),
+        &options,
+    )?;
+    fits::host(
+        "the decode benchmark's problem",
+        problem_bytes(&config, batch, total),
+        &options,
+    )
+}
+
 /// Prefills `context` positions and times decode steps, the recompute and the copy.
 fn measure(
     ctx: &GpuContext,
-    plan: Plan,
+    case: BenchCase,
     context: usize,
     json: bool,
 ) -> Result<DecodeReport, Error> {
-    let (batch, warmup, iters) = (plan.batch, plan.warmup, plan.iters);
-    let config = plan.config.causal(true);
+    let (batch, warmup, iters) = (case.batch, case.warmup, case.iters);
+    let config = case.config.causal(true);
     let machine = Machine::of(Some(ctx));
     note(
         json,
@@ -119,19 +173,19 @@ fn measure(
             config.dim_head,
             config.num_searches,
             config.num_retrievals,
-            plan.precision,
+            case.precision,
             context + 1
         ),
     );
     let total = context + 1;
     let (weights, input) = random_problem(config, batch, total, None, 1.0, 0)?;
-    let mut layer = CompositionalAttention::with_precision(ctx, &weights, plan.precision)?;
-    let mut cache = layer.kv_cache(batch, context + warmup + iters)?;
+    let mut layer = CompositionalAttention::with_precision(ctx, &weights, case.precision)?;
+    let mut cache = layer.kv_cache(batch, context.saturating_add(warmup).saturating_add(iters))?;
     let dim = config.dim;
-    // The prompt: the first `context` tokens, prefilled in chunks of at most 512.
+    // The prompt: the first `context` tokens, prefilled in chunks of at most PREFILL_CHUNK.
     let mut t = 0;
     while t < context {
-        let chunk = (context - t).min(512);
+        let chunk = (context - t).min(PREFILL_CHUNK);
         let x: Vec<f32> = (0..batch)
             .flat_map(|b| input.x[(b * total + t) * dim..(b * total + t + chunk) * dim].to_vec())
             .collect();
@@ -141,7 +195,7 @@ fn measure(
     let token: Vec<f32> = (0..batch)
         .flat_map(|b| input.x[(b * total + context) * dim..][..dim].to_vec())
         .collect();
-    let progress = progress_bar((2 * (warmup + iters)) as u64);
+    let progress = progress_bar(warmup.saturating_add(iters).saturating_mul(2) as u64);
     progress.set_message("decode");
     let (decode_ms, decode_min_ms) = time_ms(warmup, iters, || {
         progress.inc(1);
@@ -158,7 +212,7 @@ fn measure(
     progress.finish_and_clear();
     let kv_bytes =
         (batch * context * (config.num_searches * config.dim_head + config.value_width())) as u64
-            * plan.precision.bytes();
+            * case.precision.bytes();
     let copy_ms = copy_ms(ctx, kv_bytes, 1, iters)?;
     Ok(DecodeReport {
         adapter: machine.adapter,
@@ -169,7 +223,7 @@ fn measure(
         num_searches: config.num_searches,
         num_retrievals: config.num_retrievals,
         prenorm: config.prenorm,
-        precision: plan.precision.name(),
+        precision: case.precision.name(),
         context,
         decode_ms,
         decode_min_ms,
@@ -185,11 +239,19 @@ fn measure(
     })
 }
 
-pub fn run(plan: Plan, context: usize, json: bool) -> CliResult {
+/// `--decode`: one context, a table or one JSON object.
+pub fn run(case: BenchCase, context: usize, json: bool) -> CliResult {
+    crate::sizes::at_least_one("--context", context)?;
     let ctx = open_gpu(json)?;
-    let report = measure(&ctx, plan, context, json)?;
+    let option = SizeOption {
+        name: "--context",
+        value: context,
+        default: DEFAULT_CONTEXT,
+    };
+    check_fits(&ctx, &case, option)?;
+    let report = measure(&ctx, case, context, json)?;
     if json {
-        return print_json(&report);
+        return Ok(print_json(&report)?);
     }
     println!();
     println!(
@@ -229,32 +291,41 @@ struct DecodeSweep {
 }
 
 /// `--decode --sweep`: [`measure`] at every context, a table (or one JSON object) and a plot.
-pub fn run_sweep(plan: Plan, contexts: &[usize], out: &Path, json: bool) -> CliResult {
+pub fn run_sweep(case: BenchCase, contexts: &[usize], out: &Path, json: bool) -> CliResult {
+    crate::sizes::list_of_positive("--seq-list", contexts)?;
     let ctx = open_gpu(json)?;
+    for &context in contexts {
+        let option = SizeOption {
+            name: "--seq-list",
+            value: context,
+            default: SWEEP_CONTEXTS[SWEEP_CONTEXTS.len() - 1],
+        };
+        check_fits(&ctx, &case, option)?;
+    }
     let mut results = Vec::with_capacity(contexts.len());
     for &context in contexts {
-        results.push(measure(&ctx, plan, context, json)?);
+        results.push(measure(&ctx, case, context, json)?);
     }
-    let c = plan.config;
+    let c = case.config;
     let title = format!(
         "decode vs recompute, {} (b {}, dim {}, d {}, s {}, r {})",
         ctx.info().name,
-        plan.batch,
+        case.batch,
         c.dim,
         c.dim_head,
         c.num_searches,
         c.num_retrievals
     );
-    let svg = plot(&title, &results)?;
+    let svg = plot(&title, &results).draw()?;
     std::fs::write(out, svg).map_err(|source| Error::Io {
         path: out.to_path_buf(),
         source,
     })?;
     if json {
-        return print_json(&DecodeSweep {
+        return Ok(print_json(&DecodeSweep {
             plot: out.display().to_string(),
             results,
-        });
+        })?);
     }
     println!();
     println!(
@@ -277,99 +348,33 @@ pub fn run_sweep(plan: Plan, contexts: &[usize], out: &Path, json: bool) -> CliR
     Ok(())
 }
 
-/// A plotted line: its legend, colour and the field it reads.
-type Series = (
-    &'static str,
-    plotters::style::RGBColor,
-    fn(&DecodeReport) -> f64,
-);
-
 /// decode_ms, recompute_ms and copy_ms against the context, log–log.
-fn plot(title: &str, results: &[DecodeReport]) -> Result<String, Error> {
-    use plotters::prelude::*;
-
-    let xs: Vec<f64> = results.iter().map(|r| r.context as f64).collect();
-    let x_min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let x_max = xs.iter().copied().fold(1.0, f64::max);
-    let ys = results
-        .iter()
-        .flat_map(|r| [r.decode_ms, r.recompute_ms, r.copy_ms])
-        .filter(|v| v.is_finite() && *v > 0.0);
-    let (y_min, y_max) = ys.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    let (y_min, y_max) = if y_max > 0.0 {
-        (y_min / 4.0, y_max * 2.0)
-    } else {
-        (0.01, 10.0)
+fn plot<'a>(title: &'a str, results: &[DecodeReport]) -> LinePlot<'a> {
+    let line = |label: &str, colour, value: fn(&DecodeReport) -> f64| Series {
+        label: label.into(),
+        colour,
+        points: results
+            .iter()
+            .map(|r| (r.context as f64, value(r)))
+            .collect(),
+        dashed: false,
     };
-    let series: [Series; 3] = [
-        ("decode step (KV cache)", RGBColor(31, 119, 180), |r| {
-            r.decode_ms
-        }),
-        (
-            "recompute: causal forward over N + 1",
-            RGBColor(214, 39, 40),
-            |r| r.recompute_ms,
-        ),
-        (
-            "device copy of the cache's keys and values",
-            RGBColor(127, 127, 127),
-            |r| r.copy_ms,
-        ),
-    ];
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (960, 600)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| plot_error(&e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(
-                (x_min / 1.25..x_max * 1.25)
-                    .log_scale()
-                    .base(2.0)
-                    .with_key_points(xs.clone()),
-                (y_min..y_max).log_scale(),
-            )
-            .map_err(|e| plot_error(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("context N (positions in the cache)")
-            .y_desc("median ms (host clock)")
-            .x_label_formatter(&|x| format!("{}", x.round()))
-            .draw()
-            .map_err(|e| plot_error(&e))?;
-        for (label, colour, value) in series {
-            let points: Vec<(f64, f64)> = results
-                .iter()
-                .map(|r| (r.context as f64, value(r)))
-                .filter(|(_, y)| y.is_finite() && *y > 0.0)
-                .collect();
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    colour.stroke_width(2),
-                ))
-                .map_err(|e| plot_error(&e))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
-                .map_err(|e| plot_error(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| plot_error(&e))?;
-        root.present().map_err(|e| plot_error(&e))?;
+    LinePlot {
+        title,
+        x_desc: "context N (positions in the cache)",
+        y_desc: "median ms (host clock)",
+        x_keys: results.iter().map(|r| r.context as f64).collect(),
+        y_room: (4.0, 2.0),
+        series: vec![
+            line("decode step (KV cache)", COLOURS[0], |r| r.decode_ms),
+            line("recompute: causal forward over N + 1", COLOURS[1], |r| {
+                r.recompute_ms
+            }),
+            line(
+                "device copy of the cache's keys and values",
+                COLOURS[3],
+                |r| r.copy_ms,
+            ),
+        ],
     }
-    Ok(svg)
 }

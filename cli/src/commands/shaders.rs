@@ -9,9 +9,13 @@ use std::path::PathBuf;
 
 use compositional_attention::gpu::pipelines::ShaderVariant;
 use compositional_attention::shaders::{self, Problem};
-use compositional_attention::{Error, GpuContext, GpuOptions, KernelProfile, io};
+use compositional_attention::{
+    Error, GpuContext, GpuOptions, KernelProfile, Precision, Strategy, io,
+};
 
-use crate::common::{CliResult, ProblemArgs, VERIFY_DEFAULTS};
+use crate::common::{CliResult, Failure};
+use crate::fits;
+use crate::sizes::{ProblemArgs, SizeOption, VERIFY_DEFAULTS, weights_bytes};
 
 /// Which kernel families to collect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -55,23 +59,29 @@ pub struct Args {
 
 impl Args {
     /// The one problem the flags describe, or `None` when no configuration flag was given.
-    fn problem(&self) -> Result<Option<Problem>, Error> {
+    fn problem(&self) -> Result<Option<(Problem, [SizeOption; 6])>, Failure> {
         if !self.problem.any_given() {
             return Ok(None);
         }
-        let (config, batch, seq) = self.problem.resolve(VERIFY_DEFAULTS)?;
-        Ok(Some(Problem {
-            name: "command line",
-            config,
-            batch,
-            seq,
-        }))
+        let problem = self.problem.resolve(VERIFY_DEFAULTS)?;
+        // Its random weights are made on the host for every kernel family.
+        let bytes = weights_bytes(&problem.config);
+        fits::host("the layer's random weights", bytes, &problem.options)?;
+        Ok(Some((
+            Problem {
+                name: "command line",
+                config: problem.config,
+                batch: problem.batch,
+                seq: problem.seq,
+            },
+            problem.options,
+        )))
     }
 }
 
 pub fn run(args: &Args) -> CliResult {
-    let problems = match args.problem()? {
-        Some(problem) => {
+    let (problems, size_options) = match args.problem()? {
+        Some((problem, options)) => {
             let c = problem.config;
             println!(
                 "problem: batch {}, seq {}, dim {}, dim_head {}, {} searches, {} retrievals, \
@@ -85,13 +95,13 @@ pub fn run(args: &Args) -> CliResult {
                 c.causal,
                 c.prenorm
             );
-            vec![problem]
+            (vec![problem], Some(options))
         }
         None => {
             let problems = shaders::representative_problems();
             let names: Vec<&str> = problems.iter().map(|p| p.name).collect();
             println!("problems: the representative set ({})", names.join(", "));
-            problems
+            (problems, None)
         }
     };
 
@@ -103,6 +113,17 @@ pub fn run(args: &Args) -> CliResult {
             ..env.clone()
         };
         let ctx = pollster::block_on(GpuContext::new(&options))?;
+        // A problem of the user's sizes must run in one strategy at least (the other one's
+        // variants are left out where it cannot, as for the built-in set).
+        if let Some(size_options) = &size_options {
+            for p in &problems {
+                let run = |strategy| {
+                    let (precision, shape) = (Precision::default(), (p.batch, p.seq));
+                    fits::forward(&ctx, &p.config, precision, strategy, shape, size_options)
+                };
+                run(Strategy::Unfused).or_else(|_| run(Strategy::Fused))?;
+            }
+        }
         let family = if ctx.cpu_kernels() { "cpu" } else { "gpu" };
         let collected = pollster::block_on(shaders::collect_variants(&ctx, &problems))?;
         println!(

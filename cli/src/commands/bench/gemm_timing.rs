@@ -1,0 +1,187 @@
+//! Our GEMM kernels timed on their own: `compattn bench --gemm N,...` (every kernel at every
+//! size), and [`time_our_gemm`], the one GEMM the forward's reports compare with ("fraction of
+//! our GEMM").
+
+use compositional_attention::bench::{GemmKernel, KernelBench, summarize};
+use compositional_attention::{Error, GpuContext, TimingSource};
+use serde::Serialize;
+
+use super::machine::Machine;
+use crate::common::{CliResult, open_gpu};
+use crate::fits;
+use crate::output::{fmt_ms, note, print_json, progress_bar};
+use crate::sizes::{SizeOption, at_least_one, list_of_positive};
+
+/// Size of the GEMM the forward is compared with (`m = n = k`).
+const COMPARISON_SIZE: usize = 1024;
+/// Timed samples of that GEMM (after one warm-up sample).
+const COMPARISON_SAMPLES: usize = 5;
+
+/// One GEMM kernel timed at `size³`.
+#[derive(Clone, Debug, Serialize)]
+pub struct GemmReport {
+    /// `texels`, `register`, `tiled` or `auto` (the layer's choice).
+    pub kernel: &'static str,
+    /// The pipeline variant's label.
+    pub variant: String,
+    /// `m = n = k`.
+    pub size: usize,
+    /// Dispatches per sample (the K range is split where the driver caps loops).
+    pub launches: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub gflops: f64,
+    pub timing: &'static str,
+}
+
+fn gemm_kernel_name(kernel: GemmKernel) -> &'static str {
+    match kernel {
+        GemmKernel::Auto => "auto",
+        GemmKernel::Texels => "texels",
+        GemmKernel::Register => "register",
+        GemmKernel::Tiled => "tiled",
+    }
+}
+
+/// `warmup` untimed and `iters` timed samples of one GEMM kernel at `size³`.
+fn measure_gemm(
+    ctx: &GpuContext,
+    kernel: GemmKernel,
+    size: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<GemmReport, Error> {
+    let mut bench = pollster::block_on(KernelBench::gemm(ctx, kernel, size, size, size))?;
+    for _ in 0..warmup {
+        bench.sample_ms_blocking()?;
+    }
+    // Grown as samples come (a count of work, not a size to allocate up front).
+    let mut samples = Vec::new();
+    let mut source = TimingSource::HostWallClock;
+    for _ in 0..iters {
+        let (ms, from) = bench.sample_ms_blocking()?;
+        samples.push(ms);
+        source = from;
+    }
+    let (median_ms, min_ms, max_ms) = summarize(&samples);
+    Ok(GemmReport {
+        kernel: gemm_kernel_name(kernel),
+        variant: bench.variant().to_string(),
+        size,
+        launches: bench.launches(),
+        median_ms,
+        min_ms,
+        max_ms,
+        gflops: bench.flops() / 1e9 / (median_ms / 1e3),
+        timing: source.name(),
+    })
+}
+
+/// Times the GEMM the layer uses here at 1024³, for the forward's "fraction of our GEMM".
+pub fn time_our_gemm(ctx: &GpuContext, json: bool) -> Result<GemmReport, Error> {
+    note(
+        json,
+        &format!("timing our GEMM at {COMPARISON_SIZE}³ for comparison (--no-gemm skips it)"),
+    );
+    measure_gemm(
+        ctx,
+        GemmKernel::Auto,
+        COMPARISON_SIZE,
+        1,
+        COMPARISON_SAMPLES,
+    )
+}
+
+#[derive(Serialize)]
+struct GemmSweep {
+    adapter: String,
+    backend: String,
+    /// The variant the layer uses here (`GemmKernel::Auto`).
+    layer_variant: String,
+    results: Vec<GemmReport>,
+}
+
+/// `compattn bench --gemm N,...`: every kernel at every size, a table or one JSON object.
+pub fn run(sizes: &[usize], warmup: Option<usize>, iters: Option<usize>, json: bool) -> CliResult {
+    let warmup = warmup.unwrap_or(2);
+    let iters = iters.unwrap_or(10);
+    at_least_one("--iters", iters)?;
+    list_of_positive("--gemm", sizes)?;
+    let ctx = open_gpu(json)?;
+    // Every size is asked of the device and the host before any operand is made.
+    for &size in sizes {
+        let option = SizeOption {
+            name: "--gemm",
+            value: size,
+            default: COMPARISON_SIZE,
+        };
+        fits::gemm(&ctx, size, option)?;
+    }
+    let machine = Machine::of(Some(&ctx));
+    let kernels = [GemmKernel::Texels, GemmKernel::Register, GemmKernel::Tiled];
+    let layer_variant = match sizes.first() {
+        Some(&size) => {
+            pollster::block_on(KernelBench::gemm(&ctx, GemmKernel::Auto, size, size, size))?
+                .variant()
+                .to_string()
+        }
+        None => String::new(),
+    };
+    let progress = progress_bar((sizes.len() * kernels.len()) as u64);
+    let mut results = Vec::new();
+    for &size in sizes {
+        for kernel in kernels {
+            progress.set_message(format!("{} {size}³", gemm_kernel_name(kernel)));
+            let result = measure_gemm(&ctx, kernel, size, warmup, iters);
+            progress.inc(1);
+            match result {
+                Ok(report) => results.push(report),
+                Err(error) => {
+                    progress.finish_and_clear();
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let sweep = GemmSweep {
+        adapter: machine.adapter,
+        backend: machine.backend,
+        layer_variant,
+        results,
+    };
+    if json {
+        return Ok(print_json(&sweep)?);
+    }
+    println!();
+    println!(
+        "{:>6}  {:<9} {:>10} {:>9}  variant ({warmup} warm-up + {iters} timed samples; \
+         * = the layer's kernel here)",
+        "size", "kernel", "median ms", "GFLOP/s"
+    );
+    for r in &sweep.results {
+        let mark = if r.variant == sweep.layer_variant {
+            "*"
+        } else {
+            " "
+        };
+        let launches = if r.launches > 1 {
+            format!(" (×{})", r.launches)
+        } else {
+            String::new()
+        };
+        println!(
+            "{:>5}³  {:<9} {:>10} {:>9.2} {mark}{}{launches}",
+            r.size,
+            r.kernel,
+            fmt_ms(r.median_ms),
+            r.gflops,
+            r.variant
+        );
+    }
+    if let Some(r) = sweep.results.first() {
+        println!("timing: {}", r.timing);
+    }
+    Ok(())
+}

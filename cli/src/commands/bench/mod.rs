@@ -1,0 +1,166 @@
+//! `compattn bench`: the forward pass timed per strategy (fused, unfused, or the `f64` CPU
+//! reference), a sweep over sequence lengths drawn as an SVG plot, generation over a KV cache
+//! (`--decode`), and our GEMM on its own (`--gemm`). Each mode has its module; this one holds
+//! the arguments and picks the mode.
+//!
+//! GPU times come from `TIMESTAMP_QUERY` where the adapter has it (the kernels alone, on the
+//! GPU's clock, one compute pass per kernel), else from the host wall clock around upload, submit
+//! and readback; every report says which (`timing`). The CPU reference is timed with the host
+//! clock. FLOPs are `Config::forward_flops` (SPEC §7, dense: causal masking does not reduce them).
+//!
+//! Everything but the results goes to stderr (progress bar, notes), so `--json` output can be
+//! piped straight into a JSON parser. Every size is asked of the device and the host before
+//! anything is made (`fits`): a size too large is an error naming the option to change.
+
+mod case;
+mod decode_timing;
+mod forward_timing;
+mod gemm_timing;
+mod machine;
+mod report;
+mod single;
+mod sweep;
+
+use std::path::PathBuf;
+
+use compositional_attention::{Error, Precision, Strategy};
+
+use crate::common::CliResult;
+use crate::sizes::{ProblemArgs, ProblemDefaults, at_least_one};
+use case::{BenchCase, Method, method_parser};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Configuration and shape [defaults: batch 1, seq 512, dim 512, dim_head 64, 8 searches,
+    /// 2 retrievals; with --sweep dim 256, dim_head 32, 4 searches]. FLOPs are counted dense
+    /// with --causal.
+    #[command(flatten)]
+    problem: ProblemArgs,
+    /// What to time: a GPU strategy of the layer, or `cpu` (the f64 reference on the host)
+    /// [default: fused].
+    #[arg(long, value_parser = method_parser(), conflicts_with = "sweep")]
+    strategy: Option<Method>,
+    /// Untimed forwards (or GEMM samples) before the timed ones; the first compiles the pipelines
+    /// [default: 2; with --sweep 1].
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Timed forwards (or GEMM samples) [default: 10; with --sweep 5].
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Print one JSON object on stdout instead of tables (notes and progress go to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Time generation instead of the forward: one decode step over a KV cache holding
+    /// --context positions, against recomputing the causal forward over context + 1 tokens
+    /// (the layer is made causal). Reports decode_ms, recompute_ms, tokens_per_s, cache_bytes
+    /// and the time to copy cache_bytes on the device.
+    /// With --sweep: every context of --seq-list (default 256,512,1024,2048), a table, and an
+    /// SVG plot of decode_ms and recompute_ms against the context (--out).
+    #[arg(long, conflicts_with_all = ["gemm", "strategy", "seq"])]
+    decode: bool,
+    /// How the layer stores its weights, KV cache and large intermediates: `f32`, or `f16`
+    /// (needs the device feature shader-f16) [default: f32].
+    #[arg(long, value_parser = crate::common::precision_parser(), conflicts_with = "gemm")]
+    precision: Option<Precision>,
+    /// Positions in the KV cache before the timed decode steps [default: 2048].
+    #[arg(long, value_name = "N", requires = "decode", conflicts_with = "sweep")]
+    context: Option<usize>,
+    /// Skip measuring our GEMM (1024³) for the "fraction of our GEMM" comparison.
+    #[arg(long)]
+    no_gemm: bool,
+    /// Sweep the sequence length: fused, unfused and the CPU reference at every n of
+    /// --seq-list, a table, and an SVG plot of GFLOP/s against n (--out).
+    #[arg(long, conflicts_with_all = ["gemm", "seq"])]
+    sweep: bool,
+    /// Sequence lengths of the sweep [default: 128,256,512,1024,2048].
+    #[arg(long, value_delimiter = ',', value_name = "N,...", requires = "sweep")]
+    seq_list: Option<Vec<usize>>,
+    /// Where the sweep writes its SVG plot [default: sweep.svg].
+    #[arg(long, value_name = "PLOT.svg", requires = "sweep")]
+    out: Option<PathBuf>,
+    /// The sweep runs the CPU reference up to this n only (it is slow) [default: 1024].
+    #[arg(long, value_name = "N", requires = "sweep")]
+    cpu_max_seq: Option<usize>,
+    /// Time our GEMM kernels (texels, register, tiled) at these sizes (m = n = k) instead of the
+    /// layer, and print their GFLOP/s.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "N,...",
+        conflicts_with_all = ["strategy", "seq", "batch", "dim", "dim_head", "searches", "retrievals", "causal", "prenorm"]
+    )]
+    gemm: Option<Vec<usize>>,
+}
+
+impl Args {
+    /// The problem and sample counts of the chosen mode.
+    fn case(&self) -> Result<BenchCase, Error> {
+        // A decode sweep keeps the single-run sizes (issue 8's configuration).
+        let sweep = self.sweep && !self.decode;
+        let pick = |value: Option<usize>, single: usize, swept: usize| {
+            value.unwrap_or(if sweep { swept } else { single })
+        };
+        let defaults = ProblemDefaults {
+            batch: 1,
+            seq: 512,
+            dim: if sweep { 256 } else { 512 },
+            dim_head: if sweep { 32 } else { 64 },
+            searches: if sweep { 4 } else { 8 },
+            retrievals: 2,
+        };
+        let problem = self.problem.resolve(defaults)?;
+        let case = BenchCase {
+            config: problem.config,
+            precision: self.precision.unwrap_or_default(),
+            batch: problem.batch,
+            seq: problem.seq,
+            warmup: pick(self.warmup, 2, 1),
+            iters: pick(self.iters, 10, 5),
+            options: problem.options,
+        };
+        at_least_one("--iters", case.iters)?;
+        Ok(case)
+    }
+}
+
+pub fn run(args: &Args) -> CliResult {
+    if let Some(sizes) = &args.gemm {
+        return gemm_timing::run(sizes, args.warmup, args.iters, args.json);
+    }
+    let case = args.case()?;
+    if args.decode && args.sweep {
+        let contexts = args
+            .seq_list
+            .clone()
+            .unwrap_or_else(|| decode_timing::SWEEP_CONTEXTS.to_vec());
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("decode-sweep.svg"));
+        return decode_timing::run_sweep(case, &contexts, &out, args.json);
+    }
+    if args.decode {
+        let context = args.context.unwrap_or(decode_timing::DEFAULT_CONTEXT);
+        return decode_timing::run(case, context, args.json);
+    }
+    if args.sweep {
+        let seqs = args
+            .seq_list
+            .clone()
+            .unwrap_or_else(|| sweep::SWEEP_SEQS.to_vec());
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("sweep.svg"));
+        let request = sweep::SweepRequest {
+            seqs: &seqs,
+            cpu_max_seq: args.cpu_max_seq.unwrap_or(1024),
+            out: &out,
+            no_gemm: args.no_gemm,
+            json: args.json,
+        };
+        return sweep::run(case, request);
+    }
+    let method = args.strategy.unwrap_or(Method::Gpu(Strategy::Fused));
+    single::run(case, method, args.no_gemm, args.json)
+}
