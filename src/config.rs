@@ -201,18 +201,31 @@ impl Config {
     }
 
     /// Number of parameters: `D·d·(4s + r) + d²`, plus `2D` with `prenorm`, plus the biases
-    /// `(3s + r)·d + D` with `bias`.
+    /// `(3s + r)·d + D` with `bias` (`usize::MAX` where that does not fit `usize`).
     pub fn parameter_count(&self) -> usize {
-        let norm = if self.prenorm { 2 * self.dim } else { 0 };
+        self.checked_parameter_count().unwrap_or(usize::MAX)
+    }
+
+    /// [`Config::parameter_count`] in checked arithmetic: `None` when it does not fit `usize`
+    /// (huge sizes on a 32-bit target), so that callers sizing host memory by it get an error
+    /// rather than a wrapped count.
+    pub fn checked_parameter_count(&self) -> Option<usize> {
+        let mul = |a: usize, b: usize| a.checked_mul(b);
+        let heads = mul(4, self.num_searches)?.checked_add(self.num_retrievals)?;
+        let matrices = mul(mul(self.dim, self.dim_head)?, heads)?;
+        let norm = if self.prenorm { mul(2, self.dim)? } else { 0 };
         let bias = if self.bias {
-            self.projection_width() + self.dim
+            let width = mul(3, self.num_searches)?
+                .checked_add(self.num_retrievals)
+                .and_then(|h| h.checked_mul(self.dim_head))?;
+            width.checked_add(self.dim)?
         } else {
             0
         };
-        self.dim * self.dim_head * (4 * self.num_searches + self.num_retrievals)
-            + self.dim_head * self.dim_head
-            + norm
-            + bias
+        matrices
+            .checked_add(mul(self.dim_head, self.dim_head)?)?
+            .checked_add(norm)?
+            .checked_add(bias)
     }
 
     /// FLOPs of one forward pass as SPEC §7 counts them (multiply-add = 2), for throughput

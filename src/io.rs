@@ -38,23 +38,20 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Converts a floating-point tensor to `f32`, whatever its stored precision.
 pub fn tensor_to_f32(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
     let data = view.data();
+    // The f32 copy may be twice the file's bytes (f16, bf16): reserved fallibly, so a tensor
+    // this machine cannot widen is Error::HostMemory, not an abort.
+    let widen = |width: usize, convert: &dyn Fn(&[u8]) -> f32| -> Result<Vec<f32>> {
+        let mut values = crate::host_memory::try_with_capacity(name, data.len() / width)?;
+        values.extend(data.chunks_exact(width).map(convert));
+        Ok(values)
+    };
     let values: Vec<f32> = match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("chunk of 8")) as f32)
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        Dtype::F32 => widen(4, &|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
+        Dtype::F64 => widen(8, &|b| {
+            f64::from_le_bytes(b.try_into().expect("chunk of 8")) as f32
+        })?,
+        Dtype::F16 => widen(2, &|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())?,
+        Dtype::BF16 => widen(2, &|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())?,
         other => {
             return Err(Error::Dtype {
                 name: name.to_string(),

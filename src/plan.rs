@@ -543,6 +543,8 @@ impl ExecutionPlan {
         seq: usize,
     ) -> Result<ExecutionPlan> {
         config.validate()?;
+        // Before any product of the sizes: batch · seq · dim must be representable here.
+        crate::shape::check_tokens(config, batch, seq)?;
         precision.check_supported(ctx)?;
         let c = config;
         if c.selection_mlp.is_some() && strategy == Strategy::Fused {
@@ -691,6 +693,8 @@ impl ExecutionPlan {
         capacity: usize,
     ) -> Result<ExecutionPlan> {
         config.validate()?;
+        crate::shape::check_tokens(config, batch, seq)?;
+        crate::shape::check_tokens(config, batch, capacity)?;
         precision.check_supported(ctx)?;
         let c = config;
         if c.selection_mlp.is_some() {

@@ -6,6 +6,7 @@
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::host_memory;
 use crate::io::Input;
 use crate::rng::{Rng, Source};
 use crate::weights::Weights;
@@ -88,25 +89,45 @@ impl std::fmt::Display for ErrorStats {
 
 /// `len` draws from a normal distribution `N(0, std²)` (Box–Muller), for test inputs.
 pub fn normal<R: Source + ?Sized>(rng: &mut R, len: usize, std: f32) -> Vec<f32> {
-    (0..len)
-        .map(|_| {
-            let u1 = 1.0 - rng.next_f64(); // (0, 1]: ln(u1) is finite
-            let u2 = rng.next_f64();
-            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-            (z * std as f64) as f32
-        })
-        .collect()
+    (0..len).map(|_| normal_draw(rng, std)).collect()
+}
+
+/// [`normal`] for a length that comes from a user's numbers: the vector is reserved fallibly
+/// first, so a size the machine cannot hold is [`Error::HostMemory`](crate::Error::HostMemory)
+/// naming `what` instead of an abort.
+pub fn try_normal<R: Source + ?Sized>(
+    rng: &mut R,
+    what: &str,
+    len: usize,
+    std: f32,
+) -> Result<Vec<f32>> {
+    let mut v = host_memory::try_with_capacity(what, len)?;
+    v.extend((0..len).map(|_| normal_draw(rng, std)));
+    Ok(v)
+}
+
+fn normal_draw<R: Source + ?Sized>(rng: &mut R, std: f32) -> f32 {
+    let u1 = 1.0 - rng.next_f64(); // (0, 1]: ln(u1) is finite
+    let u2 = rng.next_f64();
+    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+    (z * std as f64) as f32
 }
 
 /// A key mask `[batch, seq]` where batch row `b` allows its first `lengths[b]` keys (lengths
 /// beyond `seq` are clamped; missing entries mean "all keys").
 pub fn length_mask(batch: usize, seq: usize, lengths: &[usize]) -> Vec<bool> {
-    (0..batch)
-        .flat_map(|b| {
-            let len = lengths.get(b).copied().unwrap_or(seq).min(seq);
-            (0..seq).map(move |j| j < len)
-        })
-        .collect()
+    length_mask_iter(batch, seq, lengths).collect()
+}
+
+fn length_mask_iter(
+    batch: usize,
+    seq: usize,
+    lengths: &[usize],
+) -> impl Iterator<Item = bool> + '_ {
+    (0..batch).flat_map(move |b| {
+        let len = lengths.get(b).copied().unwrap_or(seq).min(seq);
+        (0..seq).map(move |j| j < len)
+    })
 }
 
 /// Random weights (PyTorch init) and a standard-normal input scaled by `input_scale`, all from
@@ -119,10 +140,30 @@ pub fn random_problem(
     input_scale: f32,
     seed: u64,
 ) -> Result<(Weights, Input)> {
+    // Checked before anything is drawn: the input's and the mask's element counts, then the
+    // whole problem's host bytes, so that an extra zero in a size is an error, not an abort.
+    let tokens = host_memory::element_count("input", &[batch, seq, config.dim], 4)?;
+    let keys = host_memory::element_count("mask", &[batch, seq], 1)?;
+    let parameters = config.checked_parameter_count().unwrap_or(usize::MAX);
+    let total = host_memory::bytes_of(&[tokens], 4)
+        .saturating_add(host_memory::bytes_of(&[parameters], 4))
+        .saturating_add(if mask_lengths.is_some() {
+            keys as u64
+        } else {
+            0
+        });
+    host_memory::check_available("random problem (weights, input, mask)", total, None)?;
     let weights = Weights::random(config, seed)?;
     let mut rng = Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
-    let x = normal(&mut rng, batch * seq * config.dim, input_scale);
-    let mask = mask_lengths.map(|lengths| length_mask(batch, seq, lengths));
+    let x = try_normal(&mut rng, "input", tokens, input_scale)?;
+    let mask = match mask_lengths {
+        Some(lengths) => {
+            let mut mask = host_memory::try_with_capacity("mask", keys)?;
+            mask.extend(length_mask_iter(batch, seq, lengths));
+            Some(mask)
+        }
+        None => None,
+    };
     Ok((
         weights,
         Input {

@@ -11,6 +11,7 @@ use safetensors::SafeTensors;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::host_memory;
 use crate::io::{self, F32Tensor};
 use crate::rng::Rng;
 
@@ -138,34 +139,60 @@ impl Weights {
     /// weights on every platform (not PyTorch's stream, which depends on its generator).
     pub fn random(config: Config, seed: u64) -> Result<Weights> {
         config.validate()?;
+        // The whole layer's bytes are asked for before the first draw, so that a size no machine
+        // holds (an extra zero in `dim`) is Error::HostMemory at once rather than an abort
+        // halfway; each matrix is then reserved fallibly too (crate::host_memory).
+        let parameters = config.checked_parameter_count().ok_or(Error::HostMemory {
+            what: "random weights".into(),
+            bytes: u64::MAX,
+            hint: None,
+        })?;
+        host_memory::check_available(
+            "random weights",
+            host_memory::bytes_of(&[parameters], 4),
+            None,
+        )?;
         let mut rng = Rng::seed_from_u64(seed);
-        // `count` values from U(-1/√fan_in, 1/√fan_in), as nn.Linear draws weight and bias.
-        let mut draw = |count: usize, fan_in: usize| -> Vec<f32> {
+        // `rows × cols` values from U(-1/√fan_in, 1/√fan_in), as nn.Linear draws weight and bias.
+        let mut draw = |what: &str, dims: &[usize], fan_in: usize| -> Result<Vec<f32>> {
             let bound = 1.0 / (fan_in as f32).sqrt();
-            (0..count).map(|_| rng.uniform_f32(-bound, bound)).collect()
+            let count = host_memory::element_count(what, dims, 4)?;
+            let mut v = host_memory::try_with_capacity(what, count)?;
+            v.extend((0..count).map(|_| rng.uniform_f32(-bound, bound)));
+            Ok(v)
         };
         let (dim, d) = (config.dim, config.dim_head);
         let (sw, vw) = (config.search_width(), config.value_width());
-        let search_queries = draw(sw * dim, dim);
-        let search_keys = draw(sw * dim, dim);
-        let retrieval_values = draw(vw * dim, dim);
-        let retrieval_queries = draw(sw * dim, dim);
-        let retrieval_keys = draw(d * d, d);
-        let out = draw(dim * sw, sw);
-        let biases = config.bias.then(|| Biases {
-            search_queries: draw(sw, dim),
-            search_keys: draw(sw, dim),
-            retrieval_values: draw(vw, dim),
-            retrieval_queries: draw(sw, dim),
-            out: draw(dim, sw),
-        });
-        let selection_mlp = config.selection_mlp.map(|hidden| SelectionMlp {
-            hidden: draw(hidden * d, d),
-            score: draw(hidden, hidden),
-        });
-        let norm = config
-            .prenorm
-            .then(|| (vec![1.0; config.dim], vec![0.0; config.dim]));
+        let search_queries = draw("search_queries", &[sw, dim], dim)?;
+        let search_keys = draw("search_keys", &[sw, dim], dim)?;
+        let retrieval_values = draw("retrieval_values", &[vw, dim], dim)?;
+        let retrieval_queries = draw("retrieval_queries", &[sw, dim], dim)?;
+        let retrieval_keys = draw("retrieval_keys", &[d, d], d)?;
+        let out = draw("out", &[dim, sw], sw)?;
+        let biases = match config.bias {
+            true => Some(Biases {
+                search_queries: draw("search_queries.bias", &[sw], dim)?,
+                search_keys: draw("search_keys.bias", &[sw], dim)?,
+                retrieval_values: draw("retrieval_values.bias", &[vw], dim)?,
+                retrieval_queries: draw("retrieval_queries.bias", &[sw], dim)?,
+                out: draw("out.bias", &[dim], sw)?,
+            }),
+            false => None,
+        };
+        let selection_mlp = match config.selection_mlp {
+            Some(hidden) => Some(SelectionMlp {
+                hidden: draw("selection_mlp.hidden", &[hidden, d], d)?,
+                score: draw("selection_mlp.score", &[hidden], hidden)?,
+            }),
+            None => None,
+        };
+        let norm = match config.prenorm {
+            true => Some((
+                host_memory::try_filled("norm.gamma", config.dim, 1.0)?,
+                host_memory::try_filled("norm.beta", config.dim, 0.0)?,
+            )),
+            false => None,
+        };
         Ok(Weights {
             selection_mlp,
             config,

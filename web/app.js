@@ -175,6 +175,44 @@ function compare(actual, expected) {
   };
 }
 
+// The error against a file's `output` past which a run is marked as failed (the e2e test's
+// tolerance; correct layers land near 1e-7).
+const FILE_TOLERANCE = 1e-4;
+
+// Marks the error against the file's output as passed or failed. A checkpoint does not record
+// `causal`, so a failure is most often that box: the file is run again with the other setting,
+// and the verdict says which one matches; otherwise it names the usual causes.
+async function judge(error, { bytes, options, x, batch, seq, mask, expected }) {
+  const verdict = $('error-verdict');
+  if (error.relative <= FILE_TOLERANCE) {
+    verdict.dataset.verdict = 'ok';
+    verdict.textContent = `ok (≤ ${FILE_TOLERANCE})`;
+    return;
+  }
+  verdict.dataset.verdict = 'fail';
+  verdict.textContent = `FAIL (> ${FILE_TOLERANCE}): checking the other "causal" setting…`;
+  const other = !options.causal;
+  let otherError = null;
+  let otherModel = null;
+  try {
+    otherModel = await CompositionalAttention.load(bytes, { ...options, causal: other });
+    otherError = compare(await otherModel.forward(x, batch, seq, mask), expected);
+  } catch (e) {
+    console.warn('the other causal setting did not run:', e);
+  } finally {
+    if (otherModel) otherModel.free();
+  }
+  if (otherError && otherError.relative <= FILE_TOLERANCE) {
+    verdict.textContent = `FAIL (> ${FILE_TOLERANCE}): the file's output matches with "causal" ` +
+      `${other ? 'ticked' : 'unticked'} (error ${otherError.relative.toExponential(2)}): ` +
+      `${other ? 'tick' : 'untick'} "causal" and run the file again (a checkpoint does not record it)`;
+  } else {
+    verdict.textContent = `FAIL (> ${FILE_TOLERANCE}): the usual causes are "causal" (a checkpoint ` +
+      `does not record it; the other setting does not match either), "prenorm" or the parameter ` +
+      `prefix, or a wrong format or constructor JSON`;
+  }
+}
+
 let model = null; // the loaded CompositionalAttention
 // What the model section runs: a file ({ name, bytes }) or random weights ({ name, random: options }).
 let modelSource = null;
@@ -227,6 +265,8 @@ async function runModel() {
   $('load-random').disabled = true;
   $('case-failure').textContent = '';
   for (const id of ['case-layer', 'case-input', 'case-shape', 'case-stats', 'error', 'case-time']) $(id).textContent = '–';
+  $('error-verdict').textContent = '';
+  delete $('error-verdict').dataset.verdict;
   try {
     const { name, bytes, random } = modelSource;
     caseStatus(`reading ${name}…`);
@@ -283,6 +323,7 @@ async function runModel() {
       error = compare(y, fileCase.output);
       $('error').textContent = `${error.relative.toExponential(2)} (max-abs ${error.maxAbs.toExponential(2)}, ` +
         `max|output| ${sig(error.maxExpected)}, rel-L2 ${error.relL2.toExponential(2)})`;
+      await judge(error, { bytes, options, x, batch, seq, mask: fileCase.mask, expected: fileCase.output });
     } else if (fileCase.output) {
       $('error').textContent = `– (the file's output has ${fileCase.output.length} numbers, the result ${y.length})`;
     } else {

@@ -156,6 +156,24 @@ try {
       `within ${sums.worstSearch.toExponential(1)}, selection rows within ${sums.worstSelection.toExponential(1)}`);
     return sums;
   };
+  // A causal checkpoint run with "causal" unticked: the error is marked as failed, and the page
+  // finds that the other setting matches and says to tick it (a checkpoint does not record it).
+  {
+    const file = 'tests/golden/causal.safetensors';
+    const state = await loadFile(`${REPO}${file}`, false);
+    const verdict = (await page.textContent('#error-verdict')).trim();
+    check(state === 'done' && await page.getAttribute('#error-verdict', 'data-verdict') === 'fail' &&
+      verdict.startsWith('FAIL') && verdict.includes('tick "causal"'),
+      `${file} without causal: #error ${(await page.textContent('#error')).trim()}; #error-verdict ${verdict}`);
+  }
+  // A non-causal checkpoint run with "causal" ticked: neither hint is a match for the other way round.
+  {
+    const file = 'tests/golden/tiny.safetensors';
+    const state = await loadFile(`${REPO}${file}`, true);
+    const verdict = (await page.textContent('#error-verdict')).trim();
+    check(state === 'done' && verdict.startsWith('FAIL') && verdict.includes('untick "causal"'),
+      `${file} with causal: #error-verdict ${verdict}`);
+  }
   for (const [file, causal] of files) {
     const state = await loadFile(`${REPO}${file}`, causal);
     if (state !== 'done') {
@@ -165,6 +183,8 @@ try {
     const error = (await page.textContent('#error')).trim();
     const relative = Number(error.split(/\s+/)[0]);
     check(relative < TOLERANCE, `${file}: #error ${error}; ${await page.textContent('#case-time')}`);
+    check(await page.getAttribute('#error-verdict', 'data-verdict') === 'ok',
+      `${file}: #error-verdict ${await page.textContent('#error-verdict')}`);
     const sums = await checkMaps(file);
     if (file.endsWith('padding_mask.safetensors') && sums) {
       const search = await pixels('search-map');
