@@ -229,13 +229,15 @@ fn forward(c: &mut Criterion) {
                         let mut layer = CompositionalAttention::new(ctx, &weights)?;
                         layer.set_strategy(strategy);
                         // Compiles the pipelines and builds the workspace outside the timing.
-                        pollster::block_on(layer.profile(&input.x, BATCH, seq, None))?;
+                        pollster::block_on(layer.forward_timed(&input.x, BATCH, seq, None))?;
                         Ok((layer, input))
                     });
                 b.iter_custom(|iters| {
                     let total: f64 = (0..iters)
                         .map(|_| {
-                            match pollster::block_on(layer.profile(&input.x, BATCH, seq, None)) {
+                            match pollster::block_on(
+                                layer.forward_timed(&input.x, BATCH, seq, None),
+                            ) {
                                 Ok(profile) => profile.total_ms,
                                 Err(error) => panic!("forward/{strategy}/{seq}: {error}"),
                             }

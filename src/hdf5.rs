@@ -758,7 +758,7 @@ impl<'a> Walk<'a> {
             &[]
         } else {
             match storage {
-                Storage::Compact(data) => {
+                DataLayout::Compact(data) => {
                     if data.remaining() as u64 != nbytes {
                         return Err(err(format!(
                             "dataset `{path}` holds {} bytes of compact data, its shape and \
@@ -769,7 +769,7 @@ impl<'a> Walk<'a> {
                     // Already counted against the budget with its header.
                     data.rest()
                 }
-                Storage::Contiguous { address, size } => {
+                DataLayout::Contiguous { address, size } => {
                     let address = address.ok_or_else(|| {
                         err(format!(
                             "dataset `{path}` has no data (storage never allocated)"
@@ -1000,7 +1000,7 @@ fn datatype(mut c: Cursor, path: &str) -> Result<Float> {
     }
 }
 
-enum Storage<'a> {
+enum DataLayout<'a> {
     /// The data inside the header message.
     Compact(Cursor<'a>),
     /// The data elsewhere in the file; `size` is given from layout version 3 on.
@@ -1010,7 +1010,7 @@ enum Storage<'a> {
     },
 }
 
-fn layout<'a>(file: File<'a>, mut c: Cursor<'a>, path: &str) -> Result<Storage<'a>> {
+fn layout<'a>(file: File<'a>, mut c: Cursor<'a>, path: &str) -> Result<DataLayout<'a>> {
     let refuse = |what: &str| {
         err(format!(
             "dataset `{path}` has a {what} layout; not supported"
@@ -1027,9 +1027,9 @@ fn layout<'a>(file: File<'a>, mut c: Cursor<'a>, path: &str) -> Result<Storage<'
                     c.skip(rank.saturating_mul(4))?;
                     let size = c.u32()?;
                     let size = to_usize(u64::from(size), || "compact data size".to_string())?;
-                    Ok(Storage::Compact(c.sub(size, "compact data")?))
+                    Ok(DataLayout::Compact(c.sub(size, "compact data")?))
                 }
-                1 => Ok(Storage::Contiguous {
+                1 => Ok(DataLayout::Contiguous {
                     address: file.address(&mut c)?,
                     size: None,
                 }),
@@ -1040,9 +1040,9 @@ fn layout<'a>(file: File<'a>, mut c: Cursor<'a>, path: &str) -> Result<Storage<'
         3 | 4 => match c.u8()? {
             0 => {
                 let size = usize::from(c.u16()?);
-                Ok(Storage::Compact(c.sub(size, "compact data")?))
+                Ok(DataLayout::Compact(c.sub(size, "compact data")?))
             }
-            1 => Ok(Storage::Contiguous {
+            1 => Ok(DataLayout::Contiguous {
                 address: file.address(&mut c)?,
                 size: Some(file.length(&mut c)?),
             }),

@@ -12,60 +12,13 @@ use crate::io::{self, Input};
 use crate::kv_cache::KvCache;
 use crate::maps::{AttentionMaps, MapsOptions};
 use crate::plan::ExecutionPlan;
+pub use crate::plan::Strategy;
 use crate::precision::Precision;
-use crate::reference;
 use crate::shape;
 use crate::weights::Weights;
 use crate::workspace::{Workspace, WorkspaceCache};
 
-/// How the attention core is computed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Strategy {
-    /// One flash-style kernel per (batch, search, query tile): online softmax over key tiles,
-    /// all retrievals accumulated at once, the retrieval selection in its epilogue. GPU memory
-    /// is linear in `n`.
-    #[default]
-    Fused,
-    /// Step by step, each step a kernel of its own: logits, softmax, aggregation, selection.
-    /// Materialises the `b·s·n²` search logits and weights; every intermediate can be checked.
-    Unfused,
-}
-
-impl Strategy {
-    /// Every strategy, for tests and benchmarks that cover them all.
-    pub const ALL: [Strategy; 2] = [Strategy::Fused, Strategy::Unfused];
-
-    /// The lowercase name used on the command line and in reports.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Strategy::Fused => "fused",
-            Strategy::Unfused => "unfused",
-        }
-    }
-}
-
-impl std::str::FromStr for Strategy {
-    type Err = crate::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Strategy::ALL
-            .into_iter()
-            .find(|strategy| strategy.name() == s)
-            .ok_or_else(|| crate::Error::InvalidConfig {
-                field: "strategy",
-                value: s.to_string(),
-                reason: "must be `fused` or `unfused`",
-            })
-    }
-}
-
-impl std::fmt::Display for Strategy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Time of one kernel in a profiled forward.
+/// Time of one kernel in a timed forward.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelTime {
     /// The pipeline variant's label: kernel name and specialisation.
@@ -74,9 +27,9 @@ pub struct KernelTime {
     pub ms: f64,
 }
 
-/// The result and timing of one profiled forward.
+/// The result and timing of one timed forward ([`CompositionalAttention::forward_timed`]).
 #[derive(Clone, Debug)]
-pub struct Profile {
+pub struct TimedForward {
     /// `[batch, seq, dim]`.
     pub output: Vec<f32>,
     /// Per-kernel GPU times (empty with [`TimingSource::HostWallClock`]).
@@ -88,6 +41,10 @@ pub struct Profile {
     /// Where `total_ms` comes from.
     pub source: TimingSource,
 }
+
+/// The name [`TimedForward`] had before it was renamed.
+#[deprecated(note = "renamed TimedForward")]
+pub type Profile = TimedForward;
 
 /// A Compositional Attention layer placed on a GPU.
 ///
@@ -371,14 +328,26 @@ impl CompositionalAttention {
     /// them (each kernel in a compute pass of its own), else the host wall time of the whole
     /// submit-and-readback. For benchmarks; [`CompositionalAttention::forward`] records all
     /// kernels in one pass.
+    pub async fn forward_timed(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        seq: usize,
+        mask: Option<&[bool]>,
+    ) -> Result<TimedForward> {
+        self.execute(x, batch, seq, mask, true).await
+    }
+
+    /// The name [`CompositionalAttention::forward_timed`] had before it was renamed.
+    #[deprecated(note = "renamed forward_timed")]
     pub async fn profile(
         &mut self,
         x: &[f32],
         batch: usize,
         seq: usize,
         mask: Option<&[bool]>,
-    ) -> Result<Profile> {
-        self.execute(x, batch, seq, mask, true).await
+    ) -> Result<TimedForward> {
+        self.forward_timed(x, batch, seq, mask).await
     }
 
     /// Checks the input, then [`run`] on the workspace of the shape.
@@ -389,8 +358,8 @@ impl CompositionalAttention {
         seq: usize,
         mask: Option<&[bool]>,
         timed: bool,
-    ) -> Result<Profile> {
-        reference::check_input(&self.config, x, batch, seq, mask)?;
+    ) -> Result<TimedForward> {
+        shape::check_input(&self.config, x, batch, seq, mask)?;
         io::check_finite("input", x)?;
         let ctx = self.ctx.clone();
         let dim = self.config.dim;
@@ -473,7 +442,7 @@ async fn run(
     mask: Option<&[bool]>,
     timed: bool,
     after: Option<AfterForward<'_>>,
-) -> Result<Profile> {
+) -> Result<TimedForward> {
     let (batch, seq) = (workspace.plan().batch, workspace.plan().seq);
     let host = workspace.host_io(ctx, dim)?;
     let mask_words: Vec<u32> = match mask {
@@ -518,7 +487,7 @@ async fn run(
         }
         None => (Vec::new(), wall_ms, TimingSource::HostWallClock),
     };
-    Ok(Profile {
+    Ok(TimedForward {
         output,
         kernels,
         total_ms,
@@ -548,7 +517,7 @@ impl CompositionalAttention {
     ) -> Result<(Vec<f32>, AttentionMaps)> {
         let c = self.config;
         let (searches, retrievals) = (c.num_searches, c.num_retrievals);
-        reference::check_input(&c, x, batch, seq, mask)?;
+        shape::check_input(&c, x, batch, seq, mask)?;
         let query_rows = options.resolve(batch, seq, searches, retrievals)?;
         io::check_finite("input", x)?;
         let ctx = self.ctx.clone();
@@ -559,7 +528,7 @@ impl CompositionalAttention {
         let copy = |workspace: &Workspace, encoder: &mut wgpu::CommandEncoder| {
             workspace.record_maps_copies(encoder, &query_rows, (searches, retrievals), &readback);
         };
-        let profile = run(&ctx, workspace, c.dim, x, mask, false, Some(&copy)).await?;
+        let result = run(&ctx, workspace, c.dim, x, mask, false, Some(&copy)).await?;
         let planes = batch * searches * rows;
         let search = memory::read_f32(&ctx, &readback[0], planes * seq).await?;
         let logits = memory::read_f32(&ctx, &readback[1], planes * retrievals).await?;
@@ -572,7 +541,7 @@ impl CompositionalAttention {
             search,
             selection: logits.chunks_exact(retrievals).flat_map(softmax).collect(),
         };
-        Ok((profile.output, maps))
+        Ok((result.output, maps))
     }
 
     /// Blocking [`forward_with_maps`](Self::forward_with_maps) (native only).
@@ -636,16 +605,16 @@ impl CompositionalAttention {
         mask: Option<&[bool]>,
     ) -> Result<Vec<f32>> {
         let batch = cache.batch;
-        reference::check_input(&self.config, x, batch, seq, mask)?;
+        shape::check_input(&self.config, x, batch, seq, mask)?;
         io::check_finite("input", x)?;
         cache.check_append(self.id, batch, seq)?;
         let ctx = self.ctx.clone();
         let dim = self.config.dim;
         let _serial = ctx.serial().await;
         let workspace = self.cached_workspace(cache, seq).await?;
-        let profile = run(&ctx, workspace, dim, x, mask, false, None).await?;
+        let result = run(&ctx, workspace, dim, x, mask, false, None).await?;
         cache.len += seq;
-        Ok(profile.output)
+        Ok(result.output)
     }
 
     /// One new token per sequence: [`prefill`](Self::prefill) with `seq = 1`; `x` is

@@ -63,7 +63,7 @@ mod ops;
 pub mod plan;
 #[cfg(feature = "gpu")]
 mod precision;
-#[cfg(feature = "gpu")]
+#[cfg(all(feature = "gpu", any(test, feature = "testing")))]
 pub mod reference;
 pub mod rng;
 #[cfg(feature = "gpu")]
@@ -87,17 +87,23 @@ mod workspace;
 pub use config::Config;
 pub use error::{Error, Result};
 #[cfg(feature = "gpu")]
+#[allow(deprecated)]
+pub use gpu::KernelProfile;
+#[cfg(feature = "gpu")]
 pub use gpu::timing::TimingSource;
 #[cfg(feature = "gpu")]
-pub use gpu::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
+pub use gpu::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
 pub use io::Input;
 #[cfg(feature = "gpu")]
 pub use kv_cache::KvCache;
 #[cfg(feature = "gpu")]
-pub use layer::{CompositionalAttention, KernelTime, Profile, Strategy};
+#[allow(deprecated)]
+pub use layer::Profile;
+#[cfg(feature = "gpu")]
+pub use layer::{CompositionalAttention, KernelTime, TimedForward};
 pub use maps::{AttentionMaps, MapsOptions};
 #[cfg(feature = "gpu")]
-pub use plan::ExecutionPlan;
+pub use plan::{ExecutionPlan, Strategy};
 #[cfg(feature = "gpu")]
 pub use precision::Precision;
 pub use weights::Weights;

@@ -4,7 +4,7 @@
 //! tests all take an [`ExecutionPlan`] (or one of its parts) and only carry it out.
 //!
 //! The inputs are facts: the adapter (device type, backend, limits, the driver's loop cap), the
-//! kernel family the context was asked for ([`KernelProfile`]), the layer's [`Config`], the
+//! kernel family the context was asked for ([`KernelFamilyRequest`]), the layer's [`Config`], the
 //! [`Strategy`] and the shape. Resolution never allocates, so a plan can be inspected
 //! ([`CompositionalAttention::plan`](crate::CompositionalAttention::plan)) before anything runs.
 
@@ -13,10 +13,56 @@ use std::ops::Range;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpu::dispatch::split_for_loop_budget;
-use crate::gpu::{GpuContext, KernelProfile};
-use crate::layer::Strategy;
+use crate::gpu::{GpuContext, KernelFamilyRequest};
 use crate::ops::ProjectionLayout;
 use crate::precision::Precision;
+
+/// How the attention core is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// One flash-style kernel per (batch, search, query tile): online softmax over key tiles,
+    /// all retrievals accumulated at once, the retrieval selection in its epilogue. GPU memory
+    /// is linear in `n`.
+    #[default]
+    Fused,
+    /// Step by step, each step a kernel of its own: logits, softmax, aggregation, selection.
+    /// Materialises the `b·s·n²` search logits and weights; every intermediate can be checked.
+    Unfused,
+}
+
+impl Strategy {
+    /// Every strategy, for tests and benchmarks that cover them all.
+    pub const ALL: [Strategy; 2] = [Strategy::Fused, Strategy::Unfused];
+
+    /// The lowercase name used on the command line and in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Fused => "fused",
+            Strategy::Unfused => "unfused",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Strategy::ALL
+            .into_iter()
+            .find(|strategy| strategy.name() == s)
+            .ok_or_else(|| crate::Error::InvalidConfig {
+                field: "strategy",
+                value: s.to_string(),
+                reason: "must be `fused` or `unfused`",
+            })
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What to do when the unfused core's `b·s·n²` search logits and weights do not fit: true of a
 /// plain unfused forward, of an MLP score network (which only the unfused core runs) and of the
@@ -30,7 +76,7 @@ pub(crate) const UNFUSED_SIZE_HINT: &str = "the unfused strategy stores b·s·n�
 /// the fused kernel's per-invocation registers (queries, accumulators, scores) stay within it.
 const PRIVATE_BUDGET_BYTES: usize = 8192;
 
-/// Which family of kernel variants runs (resolved from [`KernelProfile`]).
+/// Which family of kernel variants runs (resolved from [`KernelFamilyRequest`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelFamily {
     /// CPU drivers (lavapipe, llvmpipe, SwiftShader) run invocations as SIMD lanes: register
@@ -43,20 +89,20 @@ pub enum KernelFamily {
 impl KernelFamily {
     /// `Cpu` on CPU adapters (or when forced), `Gpu` otherwise.
     pub fn of(ctx: &GpuContext) -> KernelFamily {
-        match ctx.kernel_profile() {
-            KernelProfile::Cpu => KernelFamily::Cpu,
-            KernelProfile::Gpu => KernelFamily::Gpu,
-            KernelProfile::Auto if ctx.info().device_type == wgpu::DeviceType::Cpu => {
+        match ctx.kernel_family_request() {
+            KernelFamilyRequest::Cpu => KernelFamily::Cpu,
+            KernelFamilyRequest::Gpu => KernelFamily::Gpu,
+            KernelFamilyRequest::Auto if ctx.info().device_type == wgpu::DeviceType::Cpu => {
                 KernelFamily::Cpu
             }
-            KernelProfile::Auto => KernelFamily::Gpu,
+            KernelFamilyRequest::Auto => KernelFamily::Gpu,
         }
     }
 }
 
 /// Where a matrix operand lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Storage {
+pub enum OperandStorage {
     /// A storage buffer, row-major f32.
     Buffers,
     /// `rgba32float` texel rows (`src/gpu/texture.rs`): the CPU family's fast format. A GEMM
@@ -64,18 +110,23 @@ pub enum Storage {
     Texels,
 }
 
-impl Storage {
+impl OperandStorage {
     /// The storage of GEMM operands (weights included): texels in the CPU family on every
     /// backend but GL, where `textureLoad` of `rgba32float` array textures in compute shaders
     /// returned zeros on llvmpipe; buffers everywhere else.
-    pub fn of_operands(ctx: &GpuContext) -> Storage {
+    pub fn of_operands(ctx: &GpuContext) -> OperandStorage {
         if KernelFamily::of(ctx) == KernelFamily::Cpu && ctx.info().backend != wgpu::Backend::Gl {
-            Storage::Texels
+            OperandStorage::Texels
         } else {
-            Storage::Buffers
+            OperandStorage::Buffers
         }
     }
 }
+
+/// The name [`OperandStorage`] had before it was renamed (it shared a name with the HDF5
+/// reader's data layout).
+#[deprecated(note = "renamed plan::OperandStorage")]
+pub type Storage = OperandStorage;
 
 /// Which GEMM kernel computes the projections, and the storage of its operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,18 +142,18 @@ impl GemmPlan {
     /// `rgba16float` texels), else the family's buffer kernel. The storage precision does not
     /// change the kernel: texel fetches and buffer loads widen to f32 either way.
     pub fn of(ctx: &GpuContext) -> GemmPlan {
-        match (Storage::of_operands(ctx), KernelFamily::of(ctx)) {
-            (Storage::Texels, _) => GemmPlan::Texels,
-            (Storage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
-            (Storage::Buffers, KernelFamily::Gpu) => GemmPlan::Buffers(GemmTiling::TILED),
+        match (OperandStorage::of_operands(ctx), KernelFamily::of(ctx)) {
+            (OperandStorage::Texels, _) => GemmPlan::Texels,
+            (OperandStorage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
+            (OperandStorage::Buffers, KernelFamily::Gpu) => GemmPlan::Buffers(GemmTiling::TILED),
         }
     }
 
     /// The storage of the operands.
-    pub fn storage(&self) -> Storage {
+    pub fn storage(&self) -> OperandStorage {
         match self {
-            GemmPlan::Texels => Storage::Texels,
-            GemmPlan::Buffers(_) => Storage::Buffers,
+            GemmPlan::Texels => OperandStorage::Texels,
+            GemmPlan::Buffers(_) => OperandStorage::Buffers,
         }
     }
 }
@@ -313,9 +364,9 @@ impl FusedTiling {
 pub struct FusedPlan {
     /// Tile sizes.
     pub tiling: FusedTiling,
-    /// Storage of the projections it reads and the concatenation it writes: texels only where
+    /// The storage of the projections it reads and the concatenation it writes: texels only where
     /// the GEMMs use texels and heads start on texel boundaries (`d % 4 == 0`).
-    pub storage: Storage,
+    pub storage: OperandStorage,
     /// The key range of each dispatch: one range, or several where the driver caps loop
     /// iterations per invocation, carrying the online-softmax state between them.
     pub key_chunks: Vec<Range<usize>>,
@@ -333,9 +384,9 @@ impl FusedPlan {
         ctx: &GpuContext,
         layout: &ProjectionLayout,
         tiling: FusedTiling,
-        storage: Storage,
+        storage: OperandStorage,
     ) -> Result<FusedPlan> {
-        if storage == Storage::Texels && !layout.head.is_multiple_of(4) {
+        if storage == OperandStorage::Texels && !layout.head.is_multiple_of(4) {
             return Err(Error::InvalidConfig {
                 field: "dim_head",
                 value: layout.head.to_string(),
@@ -385,7 +436,7 @@ impl BlockedPlan {
     /// iteration per 16 keys plus the head loop, so this holds below tens of thousands of keys).
     pub(crate) fn resolve(ctx: &GpuContext, layout: &ProjectionLayout) -> Option<BlockedPlan> {
         let dv = layout.head as u64 / 4;
-        let fits = Storage::of_operands(ctx) == Storage::Texels
+        let fits = OperandStorage::of_operands(ctx) == OperandStorage::Texels
             && layout.head.is_multiple_of(4)
             && split_for_loop_budget(
                 ctx,
@@ -562,7 +613,7 @@ impl ExecutionPlan {
         // Texel projections are f32 and biases are added to buffers (ops::bias_add): an f16 or
         // biased layer's core reads buffers.
         let texel_core =
-            gemm.storage() == Storage::Texels && !c.bias && precision == Precision::F32;
+            gemm.storage() == OperandStorage::Texels && !c.bias && precision == Precision::F32;
         let blocked = match texel_core {
             true => BlockedPlan::resolve(ctx, &layout),
             false => None,
@@ -574,8 +625,8 @@ impl ExecutionPlan {
                 None => {
                     let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
                     let storage = match texel_core && c.dim_head.is_multiple_of(4) {
-                        true => Storage::Texels,
-                        false => Storage::Buffers,
+                        true => OperandStorage::Texels,
+                        false => OperandStorage::Buffers,
                     };
                     CorePlan::Fused(FusedPlan::resolve(ctx, &layout, tiling, storage)?)
                 }
@@ -627,7 +678,7 @@ impl ExecutionPlan {
         };
         let bytes = |what: &str, dims: &[usize]| bytes_in(Precision::F32, what, dims);
         check_storage_size(ctx, "input", bytes("input", &[b, n, c.dim])?, None)?;
-        let core_texels = self.core_storage() == Storage::Texels;
+        let core_texels = self.core_storage() == OperandStorage::Texels;
         if core_texels {
             crate::gpu::texture::TexelShape::new(ctx, "projections", tokens, layout.row_stride)?;
         } else {
@@ -751,12 +802,12 @@ impl ExecutionPlan {
         }
     }
 
-    /// Storage of the projections the core reads and the concatenation it writes.
-    pub fn core_storage(&self) -> Storage {
+    /// The storage of the projections the core reads and the concatenation it writes.
+    pub fn core_storage(&self) -> OperandStorage {
         match &self.core {
-            CorePlan::Blocked(_) => Storage::Texels,
+            CorePlan::Blocked(_) => OperandStorage::Texels,
             CorePlan::Fused(fused) => fused.storage,
-            CorePlan::Unfused | CorePlan::Cached(_) => Storage::Buffers,
+            CorePlan::Unfused | CorePlan::Cached(_) => OperandStorage::Buffers,
         }
     }
 

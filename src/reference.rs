@@ -262,26 +262,9 @@ fn mlp_logits(ret: &[f64], rq: &[f64], mlp: &crate::weights::SelectionMlp, d: us
         .collect()
 }
 
-/// Checks `x` and `mask` against the weights' `dim` and `batch × seq`.
-pub fn check_input(
-    config: &Config,
-    x: &[f32],
-    batch: usize,
-    seq: usize,
-    mask: Option<&[bool]>,
-) -> Result<()> {
-    // Positive, and `batch · seq · dim` representable: the products below cannot overflow.
-    crate::shape::check_tokens(config, batch, seq)?;
-    if x.len() != batch * seq * config.dim {
-        return Err(Error::shape("input", &[batch, seq, config.dim], &[x.len()]));
-    }
-    if let Some(mask) = mask
-        && mask.len() != batch * seq
-    {
-        return Err(Error::shape("mask", &[batch, seq], &[mask.len()]));
-    }
-    Ok(())
-}
+/// The layer's input checks ([`crate::CompositionalAttention::forward`] runs the same): input
+/// validation is not the math this oracle re-derives, so the two share it.
+pub use crate::shape::check_input;
 
 /// The whole forward pass in `f64`: `x [batch, seq, dim]` and an optional key mask `[batch, seq]`
 /// (`true` = may be attended) → `y [batch, seq, dim]`.

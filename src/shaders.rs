@@ -9,7 +9,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::pipelines::ShaderVariant;
-use crate::layer::{CompositionalAttention, Strategy};
+use crate::layer::CompositionalAttention;
+use crate::plan::Strategy;
 use crate::precision::Precision;
 use crate::weights::Weights;
 

@@ -42,6 +42,28 @@ pub(crate) fn check_tokens(config: &Config, batch: usize, seq: usize) -> Result<
     }
 }
 
+/// Checks `x` and `mask` against the layer's `dim` and `batch × seq`: a positive, representable
+/// shape, an input of `batch·seq·dim` values and a mask of `batch·seq`.
+pub fn check_input(
+    config: &Config,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+) -> Result<()> {
+    // Positive, and `batch · seq · dim` representable: the products below cannot overflow.
+    check_tokens(config, batch, seq)?;
+    if x.len() != batch * seq * config.dim {
+        return Err(Error::shape("input", &[batch, seq, config.dim], &[x.len()]));
+    }
+    if let Some(mask) = mask
+        && mask.len() != batch * seq
+    {
+        return Err(Error::shape("mask", &[batch, seq], &[mask.len()]));
+    }
+    Ok(())
+}
+
 /// Checks the caller's buffers for `encode`: `STORAGE` usage, at least the bytes of
 /// `[batch, seq, dim]` f32 (input, output) and `[batch, seq]` u32 (mask), and a mask that is
 /// neither the input nor the output.

@@ -8,7 +8,8 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::layer::{CompositionalAttention, Strategy};
+use crate::layer::CompositionalAttention;
+use crate::plan::Strategy;
 use crate::reference;
 use crate::verify::{ErrorStats, random_problem};
 use crate::weights::Weights;

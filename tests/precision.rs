@@ -91,7 +91,7 @@ fn check_forward(
         return;
     }
     let (seed, what) = seed(name);
-    let what = format!("{what} on the {:?} kernels", ctx.kernel_profile());
+    let what = format!("{what} on the {:?} kernels", ctx.kernel_family_request());
     let (weights, input) = random_problem(config, batch, seq, lengths, scale, seed).unwrap();
     let mask = input.mask.as_deref();
     let (exact, stored) = references(&weights, &input.x, batch, seq, mask, &all_rows(batch, seq));

@@ -91,7 +91,10 @@ fn check_everywhere(
         for strategy in Strategy::ALL {
             layer.set_strategy(strategy);
             let result = layer.forward_blocking(x, batch, seq, mask);
-            let label = format!("{what} [{strategy}, {:?} kernels]", ctx.kernel_profile());
+            let label = format!(
+                "{what} [{strategy}, {:?} kernels]",
+                ctx.kernel_family_request()
+            );
             if mlp && strategy == Strategy::Fused {
                 match result {
                     Err(Error::InvalidConfig {

@@ -438,7 +438,7 @@ fn shaders_writes_every_variant_as_valid_wgsl() {
         "shaders",
         "--out",
         arg(&out),
-        "--profile",
+        "--family",
         "cpu",
         "--dim",
         "16",

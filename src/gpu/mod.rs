@@ -20,4 +20,6 @@ pub(crate) mod texture;
 pub mod timing;
 pub(crate) mod uniform;
 
-pub use context::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
+#[allow(deprecated)]
+pub use context::KernelProfile;
+pub use context::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use compositional_attention::gpu::pipelines::ShaderVariant;
 use compositional_attention::shaders::{self, Problem};
 use compositional_attention::{
-    Error, GpuContext, GpuOptions, KernelProfile, Precision, Strategy, io,
+    Error, GpuContext, GpuOptions, KernelFamilyRequest, Precision, Strategy, io,
 };
 
 use crate::common::{CliResult, Failure};
@@ -19,7 +19,7 @@ use crate::sizes::{ProblemArgs, SizeOption, VERIFY_DEFAULTS, weights_bytes};
 
 /// Which kernel families to collect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProfileArg {
+pub enum FamilyArg {
     /// The family the host would run here: `COMPATTN_KERNELS`, else by the adapter's type.
     Auto,
     /// The CPU-driver variants (register blocks, texture operands).
@@ -30,14 +30,14 @@ pub enum ProfileArg {
     Both,
 }
 
-impl ProfileArg {
-    /// The profiles to open a device with; `from_env` is the environment's choice.
-    fn profiles(self, from_env: KernelProfile) -> Vec<KernelProfile> {
+impl FamilyArg {
+    /// The family requests to open a device with; `from_env` is the environment's choice.
+    fn requests(self, from_env: KernelFamilyRequest) -> Vec<KernelFamilyRequest> {
         match self {
-            ProfileArg::Auto => vec![from_env],
-            ProfileArg::Cpu => vec![KernelProfile::Cpu],
-            ProfileArg::Gpu => vec![KernelProfile::Gpu],
-            ProfileArg::Both => vec![KernelProfile::Cpu, KernelProfile::Gpu],
+            FamilyArg::Auto => vec![from_env],
+            FamilyArg::Cpu => vec![KernelFamilyRequest::Cpu],
+            FamilyArg::Gpu => vec![KernelFamilyRequest::Gpu],
+            FamilyArg::Both => vec![KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu],
         }
     }
 }
@@ -48,9 +48,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Kernel family: `cpu`, `gpu`, `both`, or `auto` (what the host would run here:
-    /// `COMPATTN_KERNELS`, else by the adapter's device type).
-    #[arg(long, value_enum, default_value_t = ProfileArg::Both)]
-    profile: ProfileArg,
+    /// `COMPATTN_KERNELS`, else by the adapter's device type). `--profile` is its old name.
+    #[arg(long, alias = "profile", value_enum, default_value_t = FamilyArg::Both)]
+    family: FamilyArg,
     /// One configuration and shape (sizes left out take `compattn verify`'s defaults); with no
     /// such flag, a built-in set of problems that reaches every variant kind.
     #[command(flatten)]
@@ -107,9 +107,9 @@ pub fn run(args: &Args) -> CliResult {
 
     let env = GpuOptions::from_env()?;
     let mut variants: BTreeMap<String, ShaderVariant> = BTreeMap::new();
-    for profile in args.profile.profiles(env.kernels) {
+    for request in args.family.requests(env.kernels) {
         let options = GpuOptions {
-            kernels: profile,
+            kernels: request,
             ..env.clone()
         };
         let ctx = pollster::block_on(GpuContext::new(&options))?;

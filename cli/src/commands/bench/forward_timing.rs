@@ -27,7 +27,7 @@ pub struct KernelSamples {
 pub struct Measurement {
     pub method: Method,
     pub seq: usize,
-    /// `Profile::total_ms` per forward (GPU time, or host wall time; see `source`).
+    /// `TimedForward::total_ms` per forward (GPU time, or host wall time; see `source`).
     pub samples_ms: Vec<f64>,
     /// Host wall time per forward, upload to readback.
     pub wall_ms: Vec<f64>,
@@ -103,7 +103,7 @@ pub fn measure(
     layer.set_strategy(strategy);
     for index in 0..warmup.saturating_add(iters) {
         let profile =
-            pollster::block_on(layer.profile(&input.x, batch, seq, input.mask.as_deref()))?;
+            pollster::block_on(layer.forward_timed(&input.x, batch, seq, input.mask.as_deref()))?;
         progress.inc(1);
         if index < warmup {
             continue;
