@@ -29,8 +29,8 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `testing` | `verify`: error statistics against the reference, random problems, test seeds |
-//! | `bench` | `bench` (`KernelBench`: one kernel on random inputs, timed); implies `testing` |
+//! | `testing` | `reference` (the `f64` CPU oracle) and `testing`: error statistics against it, random problems, test seeds, `testing::soak` (native) |
+//! | `bench` | `kernel_bench` (`KernelBench`: one kernel on random inputs, timed); implies `testing` |
 //!
 //! The default feature `gpu` is the layer itself (wgpu and everything built on it). Without it
 //! (`default-features = false`) the crate is only the configuration and the checkpoint readers
@@ -40,8 +40,6 @@
 //! The crate logs through the [`log`](https://docs.rs/log) facade; the application picks the
 //! logger (`compattn` uses `env_logger`: `RUST_LOG=info compattn ...`).
 
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "gpu")]
@@ -52,6 +50,8 @@ pub mod gpu;
 pub mod hdf5;
 pub mod host_memory;
 pub mod io;
+#[cfg(feature = "bench")]
+pub mod kernel_bench;
 #[cfg(feature = "gpu")]
 mod kv_cache;
 #[cfg(feature = "gpu")]
@@ -67,19 +67,13 @@ mod precision;
 pub mod reference;
 pub mod rng;
 #[cfg(feature = "gpu")]
-pub mod shaders;
+pub mod shader_variants;
 #[cfg(feature = "gpu")]
 mod shape;
-#[cfg(all(
-    feature = "gpu",
-    any(test, feature = "testing"),
-    not(target_arch = "wasm32")
-))]
-pub mod soak;
+#[cfg(all(feature = "gpu", any(test, feature = "testing")))]
+pub mod testing;
 #[cfg(feature = "gpu")]
 mod time;
-#[cfg(all(feature = "gpu", any(test, feature = "testing")))]
-pub mod verify;
 pub mod weights;
 #[cfg(feature = "gpu")]
 mod workspace;

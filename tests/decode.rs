@@ -10,7 +10,7 @@
 mod common;
 
 use common::{assert_close, gpu, seed};
-use compositional_attention::verify::{ErrorStats, random_problem};
+use compositional_attention::testing::{ErrorStats, random_problem};
 use compositional_attention::{CompositionalAttention, Config, Error, Weights, reference};
 
 /// The f64 reference of position `t` of every sequence: row `t` of the causal forward over the

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{assert_close, gpu, read_buffer as read, seed};
 use compositional_attention::plan::{CorePlan, ProjectionWeights};
-use compositional_attention::verify::random_problem;
+use compositional_attention::testing::random_problem;
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, GpuOptions, Strategy, Weights, reference,
 };

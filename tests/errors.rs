@@ -4,7 +4,7 @@
 mod common;
 
 use compositional_attention::io::{F32Tensor, Input};
-use compositional_attention::verify::random_problem;
+use compositional_attention::testing::random_problem;
 use compositional_attention::weights::{self, Weights};
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, GpuOptions, Strategy,

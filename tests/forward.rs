@@ -3,7 +3,7 @@
 
 mod common;
 
-use compositional_attention::verify::random_problem;
+use compositional_attention::testing::random_problem;
 use compositional_attention::{CompositionalAttention, Config, Strategy, reference};
 
 /// Tolerance on relative L2 and on max-abs relative to max|reference|.

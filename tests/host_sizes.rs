@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Instant;
 
-use compositional_attention::verify::random_problem;
+use compositional_attention::testing::random_problem;
 use compositional_attention::weights::Weights;
 use compositional_attention::{
     CompositionalAttention, Config, Error, ExecutionPlan, Precision, Strategy,

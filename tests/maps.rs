@@ -11,7 +11,7 @@ use common::{gpu, seed, variants};
 use compositional_attention::checkpoint::Checkpoint;
 use compositional_attention::io::{Input, read_output};
 use compositional_attention::maps::{AttentionMaps, MapsOptions};
-use compositional_attention::verify::{ErrorStats, random_problem};
+use compositional_attention::testing::{ErrorStats, random_problem};
 use compositional_attention::{
     CompositionalAttention, Config, Error, Strategy, Weights, reference,
 };

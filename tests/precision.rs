@@ -11,7 +11,7 @@
 mod common;
 
 use common::{gpu, gpu_other_profile, seed};
-use compositional_attention::verify::{ErrorStats, random_problem};
+use compositional_attention::testing::{ErrorStats, random_problem};
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, Precision, Strategy, Weights, reference,
 };

@@ -9,7 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{gpu, seed};
-use compositional_attention::verify::random_problem;
+use compositional_attention::testing::random_problem;
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, GpuOptions, KvCache, Strategy,
 };

@@ -1,7 +1,7 @@
 //! Portability of every WGSL source the host submits, proven offline with naga.
 //!
 //! The sources are collected exactly as `compattn shaders` writes them
-//! (`compositional_attention::shaders::collect_variants`): for both kernel families (CPU-driver
+//! (`compositional_attention::shader_variants::collect_variants`): for both kernel families (CPU-driver
 //! and GPU variants, whatever the adapter) and both limits policies (the adapter's and WebGPU's
 //! defaults), so the set does not depend on `COMPATTN_LIMITS` or `COMPATTN_KERNELS`. Each variant
 //! must then
@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 
 use compositional_attention::gpu::pipelines::ShaderVariant;
 use compositional_attention::plan::OperandStorage;
-use compositional_attention::shaders::{self, collect_variants};
+use compositional_attention::shader_variants::{self, collect_variants};
 use compositional_attention::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
@@ -44,7 +44,7 @@ struct Collected {
 fn variants() -> &'static BTreeMap<String, Collected> {
     static VARIANTS: OnceLock<BTreeMap<String, Collected>> = OnceLock::new();
     VARIANTS.get_or_init(|| {
-        let problems = shaders::representative_problems();
+        let problems = shader_variants::representative_problems();
         let mut all: BTreeMap<String, Collected> = BTreeMap::new();
         for limits in [LimitsPolicy::Adapter, LimitsPolicy::WebGpuDefaults] {
             for kernels in [KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu] {
@@ -542,7 +542,7 @@ fn the_representative_problems_reach_every_io_piece() {
     assert!(
         missed.is_empty(),
         "no representative problem places {missed:?} (reached: {reached:?}); extend \
-         shaders::representative_problems"
+         shader_variants::representative_problems"
     );
 }
 
@@ -580,7 +580,7 @@ fn the_representative_problems_reach_every_kernel_in_both_families() {
     assert!(
         missed.is_empty(),
         "no representative problem compiles {missed:?} (the cpu family reached {cpu:?}, the gpu \
-         family {gpu:?}): extend shaders::representative_problems, or list a kernel the layer \
+         family {gpu:?}): extend shader_variants::representative_problems, or list a kernel the layer \
          never uses in not_used_by_the_layer"
     );
     // The two families really differ (the forced profile took effect).
@@ -669,7 +669,7 @@ fn needs_of(module: &naga::Module, info: &ModuleInfo) -> Needs {
 /// check, the test says so and returns.
 #[test]
 fn a_strict_webgpu_instance_compiles_and_runs_every_variant() {
-    use compositional_attention::verify::{self, ErrorStats};
+    use compositional_attention::testing::{self, ErrorStats};
     use compositional_attention::{CompositionalAttention, Config, reference};
 
     let options = GpuOptions::from_env().unwrap();
@@ -692,7 +692,7 @@ fn a_strict_webgpu_instance_compiles_and_runs_every_variant() {
         eprintln!("skipped: no adapter on {backends:?} passes wgpu's WebGPU compliance check");
         return;
     };
-    let problems = shaders::representative_problems();
+    let problems = shader_variants::representative_problems();
     for kernels in [KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu] {
         let ctx = pollster::block_on(GpuContext::from_adapter(
             adapter.clone(),
@@ -715,14 +715,14 @@ fn a_strict_webgpu_instance_compiles_and_runs_every_variant() {
             );
         }
 
-        let seed = verify::test_seed();
+        let seed = testing::test_seed();
         let config = Config::new(40)
             .dim_head(10)
             .num_searches(3)
             .num_retrievals(2)
             .causal(true);
         let (weights, input) =
-            verify::random_problem(config, 2, 37, Some(&[37, 5]), 1.0, seed).unwrap();
+            testing::random_problem(config, 2, 37, Some(&[37, 5]), 1.0, seed).unwrap();
         let expected =
             reference::forward(&weights, &input.x, 2, 37, input.mask.as_deref()).unwrap();
         let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();

@@ -11,7 +11,8 @@ use common::{gpu, seed};
 #[test]
 fn soak_memory_stays_flat() {
     let (seed, what) = seed("soak");
-    let report = compositional_attention::soak::run(gpu(), 300, seed, 1e-4, |_| {}).unwrap();
+    let report =
+        compositional_attention::testing::soak::run(gpu(), 300, seed, 1e-4, |_| {}).unwrap();
     assert_eq!(report.forwards, 300);
     assert!(report.samples.len() >= 10, "{what}: {:?}", report.samples);
     assert_eq!(report.gpu_growth(), 0, "{what}: gpu_bytes grew: {report:?}");

@@ -18,7 +18,7 @@ use compositional_attention::checkpoint::{
 };
 use compositional_attention::io::{Input, read_output};
 use compositional_attention::rng::Rng;
-use compositional_attention::verify::{ErrorStats, normal};
+use compositional_attention::testing::{ErrorStats, normal};
 use compositional_attention::{CompositionalAttention, Error, Strategy, reference};
 
 /// The suggested comparison of the golden-variants README, and the bar.

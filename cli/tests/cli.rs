@@ -14,7 +14,7 @@ use std::process::Command;
 mod variants;
 
 use compositional_attention::io::read_output;
-use compositional_attention::verify::ErrorStats;
+use compositional_attention::testing::ErrorStats;
 use compositional_attention::{AttentionMaps, Strategy, weights};
 
 /// The outcome of one `compattn` run.

@@ -753,7 +753,7 @@ pub async fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::context;
+    use crate::gpu::test_device::context;
 
     #[test]
     fn backend_names_are_checked() {

@@ -15,7 +15,7 @@ pub(crate) mod dispatch;
 pub(crate) mod memory;
 pub mod pipelines;
 #[cfg(test)]
-pub(crate) mod testing;
+pub(crate) mod test_device;
 pub(crate) mod texture;
 pub mod timing;
 pub(crate) mod uniform;

@@ -195,11 +195,11 @@ pub(crate) async fn dispatches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::ops::{Rows, value_mean};
     use crate::plan::{BlockedPlan, FusedTiling, OperandStorage};
     use crate::reference::{self, Dims};
-    use crate::verify::{length_mask, normal};
+    use crate::testing::{length_mask, normal};
 
     struct Case {
         batch: usize,

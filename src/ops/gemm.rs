@@ -357,9 +357,9 @@ pub(crate) async fn buffer_dispatches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::reference;
-    use crate::verify::normal;
+    use crate::testing::normal;
 
     fn check(m: usize, n: usize, k: usize) {
         for tiling in [GemmTiling::REGISTER, GemmTiling::TILED] {

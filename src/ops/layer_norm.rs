@@ -58,9 +58,9 @@ pub(crate) async fn dispatch(
 mod tests {
     use super::*;
     use crate::config::LAYER_NORM_EPS;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::reference;
-    use crate::verify::normal;
+    use crate::testing::normal;
 
     fn check(rows: usize, dim: usize, offset: f32, scale: f32, tol: f64) {
         check_eps(rows, dim, offset, scale, LAYER_NORM_EPS, tol);

@@ -97,7 +97,7 @@ impl ProjectionLayout {
 #[cfg(test)]
 mod uniform_layouts {
     use super::*;
-    use crate::gpu::testing::context;
+    use crate::gpu::test_device::context;
     use crate::gpu::uniform::layout_differences;
     use crate::plan::{BlockedPlan, FusedPlan, FusedTiling, GemmTiling, OperandStorage};
     use crate::precision::Precision;

@@ -86,10 +86,10 @@ pub(crate) async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::ops::ProjectionLayout;
     use crate::reference::{self, Dims};
-    use crate::verify::normal;
+    use crate::testing::normal;
 
     /// Random packed projections; compares the logits with the reference on the SQ/SK blocks.
     fn check(batch: usize, seq: usize, searches: usize, head: usize, magnitude: f32) {

@@ -92,9 +92,9 @@ pub(crate) async fn dispatches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::reference::{self, Dims};
-    use crate::verify::normal;
+    use crate::testing::normal;
 
     fn check(batch: usize, seq: usize, searches: usize, retrievals: usize, head: usize) {
         let (mut rng, what) = rng(&format!(

@@ -79,8 +79,8 @@ pub(crate) async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
-    use crate::verify::normal;
+    use crate::gpu::test_device::*;
+    use crate::testing::normal;
 
     #[test]
     fn mean_over_all_keys() {

@@ -6,7 +6,7 @@ pub mod variants;
 
 use std::sync::OnceLock;
 
-use compositional_attention::verify::{self, ErrorStats};
+use compositional_attention::testing::{self, ErrorStats};
 use compositional_attention::{GpuContext, GpuOptions, KernelFamilyRequest};
 
 /// The device under test (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS` pick it).
@@ -38,7 +38,7 @@ pub fn gpu_other_profile() -> &'static GpuContext {
 
 /// A fresh seed (or `COMPATTN_SEED`) and the text that reproduces it.
 pub fn seed(test: &str) -> (u64, String) {
-    let seed = verify::test_seed();
+    let seed = testing::test_seed();
     (
         seed,
         format!("{test} (reproduce with COMPATTN_SEED={seed})"),

@@ -17,7 +17,7 @@ use compositional_attention::io::{Input, read_output};
 use compositional_attention::rng::Rng;
 use compositional_attention::{
     AttentionMaps, CompositionalAttention as Layer, Config, Error, GpuContext,
-    KvCache as CrateKvCache, LimitsPolicy, MapsOptions, Precision, Strategy, Weights, verify,
+    KvCache as CrateKvCache, LimitsPolicy, MapsOptions, Precision, Strategy, Weights, testing,
 };
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -975,6 +975,6 @@ pub fn random_normal(length: f64, seed: f64) -> Result<Float32Array, JsError> {
     if seed.fract() != 0.0 || !(0.0..=u64::MAX as f64).contains(&seed) {
         return Err(err(format!("seed must be a whole number ≥ 0, not {seed}")));
     }
-    let values = verify::normal(&mut Rng::seed_from_u64(seed as u64), length as usize, 1.0);
+    let values = testing::normal(&mut Rng::seed_from_u64(seed as u64), length as usize, 1.0);
     Ok(Float32Array::from(values.as_slice()))
 }

@@ -22,7 +22,7 @@ pub use api::{
     read_case,
 };
 
-use compositional_attention::verify::{self, ErrorStats};
+use compositional_attention::testing::{self, ErrorStats};
 use compositional_attention::{
     CompositionalAttention, Config, GpuContext, GpuOptions, LimitsPolicy, Strategy, reference,
 };
@@ -414,7 +414,7 @@ pub async fn run_on(ctx: &GpuContext, options: &RunOptions) -> Result<RunReport,
     let c = options.config;
     c.validate().map_err(|e| e.to_string())?;
     check_size(options)?;
-    let (weights, input) = verify::random_problem(
+    let (weights, input) = testing::random_problem(
         c,
         options.batch,
         options.seq,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use compositional_attention::verify::{self as check, ErrorStats};
+use compositional_attention::testing::{self as check, ErrorStats};
 use compositional_attention::{CompositionalAttention, Config, reference};
 
 use crate::common::{self, CliResult, Failure, timed};

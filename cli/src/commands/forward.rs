@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use compositional_attention::checkpoint::{self, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{self, Input};
-use compositional_attention::verify::ErrorStats;
+use compositional_attention::testing::ErrorStats;
 use compositional_attention::{CompositionalAttention, Error, Strategy, Weights};
 
 use crate::common::{self, CliResult, timed};

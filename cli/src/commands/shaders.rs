@@ -1,14 +1,14 @@
 //! `compattn shaders`: every WGSL source the host submits, written out for offline tools.
 //!
 //! The sources come from the pipeline cache after layers were prepared on a real device
-//! (`compositional_attention::shaders::collect_variants`), so each file is exactly the text the
+//! (`compositional_attention::shader_variants::collect_variants`), so each file is exactly the text the
 //! host hands to `create_shader_module`, specialisation preamble included.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use compositional_attention::gpu::pipelines::ShaderVariant;
-use compositional_attention::shaders::{self, Problem};
+use compositional_attention::shader_variants::{self, Problem};
 use compositional_attention::{
     Error, GpuContext, GpuOptions, KernelFamilyRequest, Precision, Strategy, io,
 };
@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> CliResult {
             (vec![problem], Some(options))
         }
         None => {
-            let problems = shaders::representative_problems();
+            let problems = shader_variants::representative_problems();
             let names: Vec<&str> = problems.iter().map(|p| p.name).collect();
             println!("problems: the representative set ({})", names.join(", "));
             (problems, None)
@@ -125,7 +125,7 @@ pub fn run(args: &Args) -> CliResult {
             }
         }
         let family = if ctx.cpu_kernels() { "cpu" } else { "gpu" };
-        let collected = pollster::block_on(shaders::collect_variants(&ctx, &problems))?;
+        let collected = pollster::block_on(shader_variants::collect_variants(&ctx, &problems))?;
         println!(
             "{family} kernels on {}: {} variants",
             ctx.describe(),

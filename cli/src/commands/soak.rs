@@ -1,9 +1,9 @@
-//! `compattn soak --forwards N`: a long soak run (`compositional_attention::soak`): N forwards of
+//! `compattn soak --forwards N`: a long soak run (`compositional_attention::testing::soak`): N forwards of
 //! one layer cycling shapes, masks and strategies, every output checked against the f64
 //! reference, with the host memory (RSS) and `gpu_bytes` curve.
 
 use compositional_attention::Error;
-use compositional_attention::soak::{self, SoakReport};
+use compositional_attention::testing::soak::{self, SoakReport};
 use serde::Serialize;
 
 use crate::common::{CliResult, open_gpu};

@@ -1,6 +1,6 @@
 //! `compattn verify`: the GPU forward against the f64 CPU reference on a random problem.
 
-use compositional_attention::verify::{self as check, ErrorStats};
+use compositional_attention::testing::{self as check, ErrorStats};
 use compositional_attention::{CompositionalAttention, Error, Precision, Strategy, reference};
 
 use crate::common::{self, CliResult, Failure, timed};

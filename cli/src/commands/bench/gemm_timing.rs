@@ -2,7 +2,7 @@
 //! size), and [`time_our_gemm`], the one GEMM the forward's reports compare with ("fraction of
 //! our GEMM").
 
-use compositional_attention::bench::{GemmKernel, KernelBench, summarize};
+use compositional_attention::kernel_bench::{GemmKernel, KernelBench, summarize};
 use compositional_attention::{Error, GpuContext, TimingSource};
 use serde::Serialize;
 

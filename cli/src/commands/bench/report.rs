@@ -3,7 +3,7 @@
 //! table or serialised as JSON.
 
 use compositional_attention::Config;
-use compositional_attention::bench::summarize;
+use compositional_attention::kernel_bench::summarize;
 use serde::Serialize;
 
 use super::case::{BenchCase, Method};

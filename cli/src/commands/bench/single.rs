@@ -1,7 +1,7 @@
 //! `compattn bench` without `--sweep`, `--decode` or `--gemm`: one method at one size, a table
 //! or one JSON object.
 
-use compositional_attention::verify::random_problem;
+use compositional_attention::testing::random_problem;
 
 use super::case::{BenchCase, Method, SEED};
 use super::forward_timing::measure;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use compositional_attention::verify::random_problem;
+use compositional_attention::testing::random_problem;
 use compositional_attention::{Error, Strategy, io};
 use serde::Serialize;
 

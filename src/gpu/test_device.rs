@@ -8,7 +8,7 @@ use crate::rng::Rng as StdRng;
 use crate::gpu::dispatch::Dispatch;
 use crate::gpu::{GpuContext, memory};
 use crate::precision::Precision;
-use crate::verify::{self, ErrorStats};
+use crate::testing::{self, ErrorStats};
 
 /// The device every kernel test runs on (chosen by `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` /
 /// `COMPATTN_LIMITS`).
@@ -25,7 +25,7 @@ pub(crate) fn context() -> &'static GpuContext {
 
 /// A fresh seeded generator; the seed goes into every assertion message.
 pub(crate) fn rng(test: &str) -> (StdRng, String) {
-    let seed = verify::test_seed();
+    let seed = testing::test_seed();
     (
         StdRng::seed_from_u64(seed),
         format!("{test} (reproduce with COMPATTN_SEED={seed})"),

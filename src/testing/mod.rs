@@ -4,6 +4,9 @@
 //! sees and the numbers the tests assert on are computed the same way. Compiled with the
 //! `testing` feature (and in the crate's own tests).
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod soak;
+
 use crate::config::Config;
 use crate::error::Result;
 use crate::host_memory;

@@ -22,7 +22,7 @@ use crate::plan::{
     OperandStorage,
 };
 use crate::precision::Precision;
-use crate::verify::normal;
+use crate::testing::normal;
 
 /// Which GEMM kernel to measure.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

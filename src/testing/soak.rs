@@ -11,7 +11,7 @@ use crate::gpu::GpuContext;
 use crate::layer::CompositionalAttention;
 use crate::plan::Strategy;
 use crate::reference;
-use crate::verify::{ErrorStats, random_problem};
+use crate::testing::{ErrorStats, random_problem};
 use crate::weights::Weights;
 
 /// The shapes a soak cycles through: `(batch, seq, mask lengths)`. More shapes × strategies than
