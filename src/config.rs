@@ -229,16 +229,27 @@ impl Config {
     }
 
     /// FLOPs of one forward pass as SPEC §7 counts them (multiply-add = 2), for throughput
-    /// reports: projections, `QKᵀ`, `r` times `A·V`, the retrieval keys and the selection.
+    /// reports: projections, `QKᵀ`, `r` times `A·V`, the retrieval keys and the selection. The
+    /// one place the count is written: [`Config::core_flops`] is its attention-core part.
     pub fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
         let (b, n) = (batch as f64, seq as f64);
         let (dim, d) = (self.dim as f64, self.dim_head as f64);
         let (s, r) = (self.num_searches as f64, self.num_retrievals as f64);
         let projections = 2.0 * b * n * dim * d * (4.0 * s + r);
-        let attention = 2.0 * b * s * n * n * d * (1.0 + r);
         let retrieval_keys = 2.0 * b * s * r * n * d * d;
+        projections + retrieval_keys + self.core_flops(batch, seq)
+    }
+
+    /// FLOPs of the attention core (what the fused kernel computes once the projections exist):
+    /// `QKᵀ` and `r` times `A·V`, `2·b·s·n²·d·(1 + r)`, plus the retrieval selection
+    /// `4·b·s·r·n·d` (SPEC §7 without the projections and the `d × d` retrieval keys).
+    pub fn core_flops(&self, batch: usize, seq: usize) -> f64 {
+        let (b, n) = (batch as f64, seq as f64);
+        let d = self.dim_head as f64;
+        let (s, r) = (self.num_searches as f64, self.num_retrievals as f64);
+        let attention = 2.0 * b * s * n * n * d * (1.0 + r);
         let selection = 4.0 * b * s * r * n * d;
-        projections + attention + retrieval_keys + selection
+        attention + selection
     }
 }
 

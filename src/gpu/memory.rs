@@ -185,7 +185,8 @@ pub(crate) fn staging(ctx: &GpuContext, label: &str, bytes: u64) -> wgpu::Buffer
 }
 
 /// Maps `staging` (after the submit that filled it), copies out its first `len` `f32`s and
-/// unmaps it.
+/// unmaps it (the kernel tests' readback; the layer reads through [`read_f32_all`]).
+#[cfg(test)]
 pub(crate) async fn read_f32(
     ctx: &GpuContext,
     staging: &wgpu::Buffer,
@@ -202,34 +203,78 @@ pub(crate) async fn read_mapped<T: bytemuck::Pod>(
     buffer: &wgpu::Buffer,
     bytes: u64,
 ) -> Result<Vec<T>> {
+    let mut values = read_mapped_all(ctx, &[(buffer, bytes)]).await?;
+    Ok(values.pop().expect("one buffer read"))
+}
+
+/// [`read_f32`] of several `MAP_READ` buffers (each with its length in `f32`s) with one wait:
+/// every map is requested before the device is polled, so a result and the maps recorded in
+/// the same submit come back together.
+pub(crate) async fn read_f32_all(
+    ctx: &GpuContext,
+    buffers: &[(&wgpu::Buffer, usize)],
+) -> Result<Vec<Vec<f32>>> {
+    let byte_ranges: Vec<(&wgpu::Buffer, u64)> = buffers
+        .iter()
+        .map(|&(b, len)| (b, 4 * len as u64))
+        .collect();
+    read_mapped_all(ctx, &byte_ranges).await
+}
+
+/// Maps the first bytes of each buffer, waits once, copies each out as `T`s and unmaps them all
+/// (on every path, so a failed read leaves the buffers usable by the next call).
+async fn read_mapped_all<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    buffers: &[(&wgpu::Buffer, u64)],
+) -> Result<Vec<Vec<T>>> {
     ctx.check_alive("reading back a result")?;
-    let slice = buffer.slice(..bytes);
-    let (sender, receiver) = futures::channel::oneshot::channel();
-    slice.map_async(wgpu::MapMode::Read, move |result| {
-        let _ = sender.send(result);
-    });
+    let receivers: Vec<_> = buffers
+        .iter()
+        .map(|&(buffer, bytes)| {
+            let (sender, receiver) = futures::channel::oneshot::channel();
+            buffer
+                .slice(..bytes)
+                .map_async(wgpu::MapMode::Read, move |result| {
+                    let _ = sender.send(result);
+                });
+            receiver
+        })
+        .collect();
+    let unmap_all = || buffers.iter().for_each(|&(buffer, _)| buffer.unmap());
     #[cfg(not(target_arch = "wasm32"))]
     if let Err(error) = wait(ctx, "reading back a result") {
-        // Cancel the pending map, so the buffer is usable by the next call.
-        buffer.unmap();
+        // Cancel the pending maps, so the buffers are usable by the next call.
+        unmap_all();
         return Err(error);
     }
-    let mapped = receiver
-        .await
-        .map_err(|_| Error::Readback("the map callback was dropped".into()))?;
-    if let Err(e) = mapped {
-        // Our buffers are always mappable: a failed map means the device went away.
-        let reason = format!("mapping the result failed: {e}");
-        ctx.mark_lost(&reason);
-        ctx.check_alive("reading back a result")?;
+    let mut values = Vec::with_capacity(buffers.len());
+    for (receiver, &(buffer, bytes)) in receivers.into_iter().zip(buffers) {
+        let copied = async {
+            let mapped = receiver
+                .await
+                .map_err(|_| Error::Readback("the map callback was dropped".into()))?;
+            if let Err(e) = mapped {
+                // Our buffers are always mappable: a failed map means the device went away.
+                let reason = format!("mapping the result failed: {e}");
+                ctx.mark_lost(&reason);
+                ctx.check_alive("reading back a result")?;
+            }
+            let view = buffer
+                .slice(..bytes)
+                .get_mapped_range()
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            Ok(bytemuck::cast_slice::<u8, T>(&view).to_vec())
+        }
+        .await;
+        match copied {
+            Ok(copy) => values.push(copy),
+            Err(error) => {
+                unmap_all();
+                return Err(error);
+            }
+        }
     }
-    let values = {
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        bytemuck::cast_slice::<u8, T>(&view).to_vec()
-    };
-    buffer.unmap();
+    unmap_all();
     Ok(values)
 }
 

@@ -2,7 +2,6 @@
 //! kernels' shares, the attention core's GFLOP/s and the fraction of our GEMM; printed as a
 //! table or serialised as JSON.
 
-use compositional_attention::Config;
 use compositional_attention::kernel_bench::summarize;
 use serde::Serialize;
 
@@ -59,7 +58,7 @@ pub struct Report {
     pub kernels: Vec<KernelReport>,
     /// Kernels of the attention core (all but GEMMs, texel copies and the LayerNorm), summed.
     pub core_ms: Option<f64>,
-    /// The core's GFLOP/s on `2·b·s·n²·d·(1+r) + 4·b·s·r·n·d` FLOPs.
+    /// The core's GFLOP/s on `Config::core_flops`.
     pub core_gflops: Option<f64>,
     /// Our GEMM on the same adapter.
     pub gemm: Option<GemmReport>,
@@ -67,20 +66,6 @@ pub struct Report {
     pub fraction_of_gemm: Option<f64>,
     /// `core_gflops / gemm.gflops`.
     pub core_fraction_of_gemm: Option<f64>,
-}
-
-/// FLOPs of the attention core, the same for both strategies: `QKᵀ`, `r` times `A·V`, and the
-/// retrieval selection (SPEC §7 without the projections and the `d × d` retrieval keys).
-// core_flops: the one place to switch to the library's `Config::core_flops(batch, seq)` once it
-// exists (SPEC §7's terms, as `Config::forward_flops` counts them).
-fn core_flops(config: &Config, batch: usize, seq: usize) -> f64 {
-    let (b, n) = (batch as f64, seq as f64);
-    let (d, s, r) = (
-        config.dim_head as f64,
-        config.num_searches as f64,
-        config.num_retrievals as f64,
-    );
-    2.0 * b * s * n * n * d * (1.0 + r) + 4.0 * b * s * r * n * d
 }
 
 /// The report of `measurement` (of `case`, on `machine`), compared with `gemm` if measured.
@@ -119,7 +104,7 @@ pub fn report(
             .map(|k| k.median_ms)
             .sum::<f64>()
     });
-    let core_gflops = core_ms.map(|ms| core_flops(c, batch, seq) / 1e9 / (ms / 1e3));
+    let core_gflops = core_ms.map(|ms| c.core_flops(batch, seq) / 1e9 / (ms / 1e3));
     let gemm_gflops = gemm.map(|g| g.gflops);
     Report {
         strategy: measurement.method.name(),

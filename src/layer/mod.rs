@@ -1,6 +1,10 @@
 //! The layer on a device: its weights, the workspaces of recent shapes, and the two ways to run
 //! it: `encode` into the caller's encoder on the caller's buffers, and `forward` on host slices
-//! (upload, the same recording, one submit, one readback).
+//! (upload, the same recording, one submit, one readback). Attention maps (`maps.rs`) and
+//! generation over a KV cache (`generation.rs`) are the layer's other two entry points.
+
+mod generation;
+mod maps;
 
 use crate::config::Config;
 use crate::device_weights::DeviceWeights;
@@ -9,8 +13,6 @@ use crate::gpu::dispatch::IoBuffers;
 use crate::gpu::timing::TimingSource;
 use crate::gpu::{GpuContext, memory};
 use crate::io::{self, Input};
-use crate::kv_cache::KvCache;
-use crate::maps::{AttentionMaps, MapsOptions};
 use crate::plan::ExecutionPlan;
 pub use crate::plan::Strategy;
 use crate::precision::Precision;
@@ -365,7 +367,7 @@ impl CompositionalAttention {
         let dim = self.config.dim;
         let _serial = ctx.serial().await;
         let workspace = self.workspace(batch, seq).await?;
-        run(&ctx, workspace, dim, x, mask, timed, None).await
+        Ok(run(&ctx, workspace, dim, x, mask, timed, None).await?.0)
     }
 
     /// Blocking [`CompositionalAttention::forward`] (native only).
@@ -429,11 +431,17 @@ fn record_on_callers_buffers(
     })
 }
 
-/// What [`run`] records after the forward, before the output's readback copy.
-type AfterForward<'a> = &'a dyn Fn(&Workspace, &mut wgpu::CommandEncoder);
+/// What [`run`] records after the forward (before the output's readback copy), and the
+/// `MAP_READ` buffers (with their lengths in `f32`s) it then reads back with the output, in the
+/// same wait.
+struct AfterForward<'a> {
+    record: &'a dyn Fn(&Workspace, &mut wgpu::CommandEncoder),
+    read: Vec<(&'a wgpu::Buffer, usize)>,
+}
 
-/// Upload, [`Workspace::record`] (what `encode` records), `after`, one submit, one readback;
-/// with `timed`, per-kernel timestamps where the device has them.
+/// Upload, [`Workspace::record`] (what `encode` records), `after`, one submit, one readback
+/// (of the output and of `after.read`, returned in that order after the output); with `timed`,
+/// per-kernel timestamps where the device has them.
 async fn run(
     ctx: &GpuContext,
     workspace: &mut Workspace,
@@ -442,7 +450,7 @@ async fn run(
     mask: Option<&[bool]>,
     timed: bool,
     after: Option<AfterForward<'_>>,
-) -> Result<TimedForward> {
+) -> Result<(TimedForward, Vec<Vec<f32>>)> {
     let (batch, seq) = (workspace.plan().batch, workspace.plan().seq);
     let host = workspace.host_io(ctx, dim)?;
     let mask_words: Vec<u32> = match mask {
@@ -461,15 +469,18 @@ async fn run(
                 label: Some("forward"),
             });
         workspace.record(ctx, &mut encoder, &host.io, timed);
-        if let Some(after) = after {
-            after(workspace, &mut encoder);
+        if let Some(after) = &after {
+            (after.record)(workspace, &mut encoder);
         }
         encoder.copy_buffer_to_buffer(&host.io.output, 0, &host.staging, 0, host.io.output.size());
         ctx.queue().submit([encoder.finish()]);
         Ok(())
     })
     .await?;
-    let output = memory::read_f32(ctx, &host.staging, batch * seq * dim).await?;
+    let mut reads = vec![(&host.staging, batch * seq * dim)];
+    reads.extend(after.map(|after| after.read).unwrap_or_default());
+    let mut read = memory::read_f32_all(ctx, &reads).await?.into_iter();
+    let output = read.next().expect("the output is read first");
     let wall_ms = start.elapsed().as_secs_f64() * 1e3;
     let (kernels, total_ms, source) = match workspace.timer().filter(|_| timed) {
         Some(timer) => {
@@ -487,263 +498,12 @@ async fn run(
         }
         None => (Vec::new(), wall_ms, TimingSource::HostWallClock),
     };
-    Ok(TimedForward {
+    let timed = TimedForward {
         output,
         kernels,
         total_ms,
         wall_ms,
         source,
-    })
-}
-
-/// Attention maps: the search attention and the retrieval selection (see `src/maps.rs`).
-impl CompositionalAttention {
-    /// [`forward`](Self::forward), also returning what the layer attended to: for the query rows
-    /// `options` names (every row by default) of every batch row, the search attention `[batch,
-    /// s, q, n]` and the retrieval selection `[batch, s, q, r]` ([`AttentionMaps`]).
-    ///
-    /// The maps are intermediates of the unfused strategy, so this runs the unfused strategy
-    /// whatever [`strategy`](Self::strategy) is set (its output matches the fused one's to f32
-    /// rounding), and its `b·s·n²` search weights must fit the device's storage buffers. Only
-    /// the asked rows are copied back. Maps larger than [`MapsOptions::max_bytes`] are refused
-    /// with [`Error::MapsTooLarge`](crate::Error::MapsTooLarge) before anything runs.
-    pub async fn forward_with_maps(
-        &mut self,
-        x: &[f32],
-        batch: usize,
-        seq: usize,
-        mask: Option<&[bool]>,
-        options: &MapsOptions,
-    ) -> Result<(Vec<f32>, AttentionMaps)> {
-        let c = self.config;
-        let (searches, retrievals) = (c.num_searches, c.num_retrievals);
-        shape::check_input(&c, x, batch, seq, mask)?;
-        let query_rows = options.resolve(batch, seq, searches, retrievals)?;
-        io::check_finite("input", x)?;
-        let ctx = self.ctx.clone();
-        let _serial = ctx.serial().await;
-        let workspace = self.workspace_for(batch, seq, Strategy::Unfused).await?;
-        let rows = query_rows.len();
-        let readback = workspace.maps_readback(&ctx, rows, (searches, retrievals))?;
-        let copy = |workspace: &Workspace, encoder: &mut wgpu::CommandEncoder| {
-            workspace.record_maps_copies(encoder, &query_rows, (searches, retrievals), &readback);
-        };
-        let result = run(&ctx, workspace, c.dim, x, mask, false, Some(&copy)).await?;
-        let planes = batch * searches * rows;
-        let search = memory::read_f32(&ctx, &readback[0], planes * seq).await?;
-        let logits = memory::read_f32(&ctx, &readback[1], planes * retrievals).await?;
-        let maps = AttentionMaps {
-            batch,
-            searches,
-            retrievals,
-            seq,
-            query_rows,
-            search,
-            selection: logits.chunks_exact(retrievals).flat_map(softmax).collect(),
-        };
-        Ok((result.output, maps))
-    }
-
-    /// Blocking [`forward_with_maps`](Self::forward_with_maps) (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_with_maps_blocking(
-        &mut self,
-        x: &[f32],
-        batch: usize,
-        seq: usize,
-        mask: Option<&[bool]>,
-        options: &MapsOptions,
-    ) -> Result<(Vec<f32>, AttentionMaps)> {
-        pollster::block_on(self.forward_with_maps(x, batch, seq, mask, options))
-    }
-}
-
-/// The retrieval selection from its logits `G`: `softmax_ρ(G − max G)`, as the kernel mixes.
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|g| (g - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
-/// Generation: a KV cache, prefill and decode (see `src/kv_cache.rs`).
-impl CompositionalAttention {
-    /// A GPU-resident KV cache for `batch` sequences of up to `max_seq` positions. Only a causal
-    /// layer generates; a non-causal one gets [`Error::InvalidConfig`](crate::Error).
-    pub fn kv_cache(&self, batch: usize, max_seq: usize) -> Result<KvCache> {
-        if !self.config.causal {
-            return Err(crate::Error::InvalidConfig {
-                field: "causal",
-                value: "false".into(),
-                reason: "a KV cache serves causal layers only: a non-causal position attends to \
-                         keys that do not exist yet",
-            });
-        }
-        shape::check_tokens(&self.config, batch, max_seq)?;
-        self.ctx.check_alive("creating a KV cache")?;
-        // Validates the sizes against the device before allocating.
-        ExecutionPlan::resolve_cached(&self.ctx, &self.config, self.precision, batch, 1, max_seq)?;
-        KvCache::new(
-            &self.ctx,
-            self.id,
-            &self.config,
-            self.precision,
-            batch,
-            max_seq,
-        )
-    }
-
-    /// Appends `seq` positions per sequence (`x [batch, seq, dim]`, `mask [batch, seq]`: the key
-    /// mask of the new positions) to `cache` and returns their outputs `[batch, seq, dim]`.
-    /// Several calls are chunked prefill. Position `t`'s output is row `t` of the causal
-    /// `forward` over the sequence up to `t` with the same key mask (see SPEC.md, "Generation").
-    pub async fn prefill(
-        &mut self,
-        cache: &mut KvCache,
-        x: &[f32],
-        seq: usize,
-        mask: Option<&[bool]>,
-    ) -> Result<Vec<f32>> {
-        let batch = cache.batch;
-        shape::check_input(&self.config, x, batch, seq, mask)?;
-        io::check_finite("input", x)?;
-        cache.check_append(self.id, batch, seq)?;
-        let ctx = self.ctx.clone();
-        let dim = self.config.dim;
-        let _serial = ctx.serial().await;
-        let workspace = self.cached_workspace(cache, seq).await?;
-        let result = run(&ctx, workspace, dim, x, mask, false, None).await?;
-        cache.len += seq;
-        Ok(result.output)
-    }
-
-    /// One new token per sequence: [`prefill`](Self::prefill) with `seq = 1`; `x` is
-    /// `[batch, 1, dim]` and so is the result.
-    pub async fn decode(
-        &mut self,
-        cache: &mut KvCache,
-        x: &[f32],
-        mask: Option<&[bool]>,
-    ) -> Result<Vec<f32>> {
-        self.prefill(cache, x, 1, mask).await
-    }
-
-    /// Blocking [`prefill`](Self::prefill) (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn prefill_blocking(
-        &mut self,
-        cache: &mut KvCache,
-        x: &[f32],
-        seq: usize,
-        mask: Option<&[bool]>,
-    ) -> Result<Vec<f32>> {
-        pollster::block_on(self.prefill(cache, x, seq, mask))
-    }
-
-    /// Blocking [`decode`](Self::decode) (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn decode_blocking(
-        &mut self,
-        cache: &mut KvCache,
-        x: &[f32],
-        mask: Option<&[bool]>,
-    ) -> Result<Vec<f32>> {
-        pollster::block_on(self.decode(cache, x, mask))
-    }
-
-    /// Records a decode step (`seq = 1`) or prefill chunk into the caller's encoder on the
-    /// caller's buffers, as [`encode`](Self::encode) does for a forward: `input` and `output`
-    /// `[batch, seq, dim]` f32, `mask` `[batch, seq]` u32. The cache's length advances on the GPU
-    /// when the step runs (and on the host now), so steps may be recorded back to back into one
-    /// encoder. On native targets a missing workspace is built here; in a browser,
-    /// [`prepare_cached`](Self::prepare_cached) the step shape first.
-    #[allow(clippy::too_many_arguments)]
-    pub fn encode_decode(
-        &mut self,
-        cache: &mut KvCache,
-        encoder: &mut wgpu::CommandEncoder,
-        input: &wgpu::Buffer,
-        mask: Option<&wgpu::Buffer>,
-        output: &wgpu::Buffer,
-        seq: usize,
-    ) -> Result<()> {
-        let batch = cache.batch;
-        shape::check_io_buffers(&self.config, input, mask, output, batch, seq)?;
-        cache.check_append(self.id, batch, seq)?;
-        self.ctx.check_alive("encode_decode")?;
-        let ctx = self.ctx.clone();
-        #[cfg(not(target_arch = "wasm32"))]
-        let _serial = pollster::block_on(ctx.serial());
-        #[cfg(not(target_arch = "wasm32"))]
-        let workspace = pollster::block_on(self.cached_workspace(cache, seq))?;
-        #[cfg(target_arch = "wasm32")]
-        let workspace =
-            cache
-                .workspaces
-                .get(batch, seq, Strategy::Fused)
-                .ok_or(crate::Error::NotPrepared {
-                    batch,
-                    seq,
-                    strategy: "cached",
-                })?;
-        record_on_callers_buffers(
-            &ctx,
-            workspace,
-            encoder,
-            input,
-            mask,
-            output,
-            "encode_decode",
-        )?;
-        cache.len += seq;
-        Ok(())
-    }
-
-    /// Builds the cache's workspace for steps of `seq` tokens per sequence (a decode step is
-    /// `seq = 1`), unless it is alive. In a browser, call this before
-    /// [`encode_decode`](Self::encode_decode) for each new step shape.
-    pub async fn prepare_cached(&mut self, cache: &mut KvCache, seq: usize) -> Result<()> {
-        shape::check_tokens(&self.config, cache.batch, seq)?;
-        if cache.layer != self.id {
-            return Err(crate::Error::CacheMismatch(
-                "the cache was made by another layer (CompositionalAttention::kv_cache)".into(),
-            ));
-        }
-        let ctx = self.ctx.clone();
-        let _serial = ctx.serial().await;
-        self.cached_workspace(cache, seq).await.map(|_| ())
-    }
-
-    /// The cache's workspace for steps of `seq` tokens, built if absent.
-    async fn cached_workspace<'c>(
-        &mut self,
-        cache: &'c mut KvCache,
-        seq: usize,
-    ) -> Result<&'c mut Workspace> {
-        let batch = cache.batch;
-        if cache.workspaces.get(batch, seq, Strategy::Fused).is_none() {
-            let plan = ExecutionPlan::resolve_cached(
-                &self.ctx,
-                &self.config,
-                self.precision,
-                batch,
-                seq,
-                cache.capacity,
-            )?;
-            cache.workspaces.make_room();
-            let weights = self.weights.for_plan(&self.ctx, &plan)?;
-            let workspace =
-                Workspace::build(&self.ctx, &self.config, weights, plan, Some(&cache.buffers))
-                    .await?;
-            return Ok(cache.workspaces.insert(workspace));
-        }
-        cache
-            .workspaces
-            .get(batch, seq, Strategy::Fused)
-            .ok_or(crate::Error::NotPrepared {
-                batch,
-                seq,
-                strategy: "cached",
-            })
-    }
+    };
+    Ok((timed, read.collect()))
 }
