@@ -293,7 +293,13 @@ impl Weights {
         &self.config
     }
 
-    /// Sets the fields no tensor records (`causal`, `dropout`), keeping the shapes.
+    /// Sets the fields no tensor records (`causal`, `dropout`), keeping the shapes. Nothing in
+    /// the crate calls it: the readers take `causal` themselves, and dropout does not change a
+    /// forward (the layer runs inference).
+    #[deprecated(
+        note = "pass `causal` to Weights::from_safetensors / Weights::load (or CheckpointOptions); \
+                dropout does not change inference"
+    )]
     pub fn with_flags(mut self, causal: bool, dropout: f32) -> Result<Weights> {
         let config = self.config.causal(causal).dropout(dropout);
         config.validate()?;

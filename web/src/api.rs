@@ -278,12 +278,7 @@ fn check_options_object(options: &JsValue, what: &str) -> Result<(), JsError> {
 
 /// A whole number ≥ 1 from a JavaScript number (no silent truncation of `2.5` or `-1`).
 fn count(name: &str, value: f64) -> Result<usize, JsError> {
-    if value.fract() != 0.0 || !(1.0..=u32::MAX as f64).contains(&value) {
-        return Err(err(format!(
-            "{name} must be a whole number ≥ 1, not {value}"
-        )));
-    }
-    Ok(value as usize)
+    Ok(crate::whole_number(name, value, 1.0..=u32::MAX as f64, "≥ 1").map_err(err)? as usize)
 }
 
 fn product(what: &str, factors: &[usize]) -> Result<usize, JsError> {
@@ -329,16 +324,6 @@ fn check_x_mask(
     Ok(Some(mask.into_iter().map(|m| m != 0).collect()))
 }
 
-/// Element counts past 32 bits are refused up front (wasm32's `usize` and the kernels' indices).
-fn check_elements(
-    config: &Config,
-    batch: usize,
-    seq: usize,
-    strategy: Strategy,
-) -> Result<(), JsError> {
-    crate::check_elements(config, batch, seq, strategy).map_err(err)
-}
-
 /// A JavaScript value as text, for messages.
 fn js_text(value: &JsValue) -> String {
     if let Some(text) = value.as_string() {
@@ -366,30 +351,34 @@ fn maps_options(options: &JsValue) -> Result<MapsOptions, JsError> {
         }
         let rows = Array::from(&rows)
             .iter()
-            .map(|row| match row.as_f64() {
-                Some(r) if r.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&r) => {
-                    Ok(r as usize)
-                }
-                _ => Err(err(format!(
-                    "rows must be whole numbers ≥ 0, not {}",
-                    js_text(&row)
-                ))),
+            .map(|row| {
+                row.as_f64()
+                    .and_then(|r| crate::whole_number("rows", r, 0.0..=u32::MAX as f64, "").ok())
+                    .map(|r| r as usize)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "rows must be whole numbers ≥ 0, not {}",
+                            js_text(&row)
+                        ))
+                    })
             })
             .collect::<Result<Vec<usize>, JsError>>()?;
         maps.query_rows = Some(rows);
     }
     if let Some(value) = get(options, "maxBytes") {
-        match value.as_f64() {
-            Some(n) if n.fract() == 0.0 && (0.0..=9_007_199_254_740_991.0).contains(&n) => {
-                maps.max_bytes = n as u64;
-            }
-            _ => {
-                return Err(err(format!(
+        // Up to 2⁵³ − 1, JavaScript's largest exact whole number.
+        let max_bytes = value
+            .as_f64()
+            .and_then(|n| {
+                crate::whole_number("maxBytes", n, 0.0..=9_007_199_254_740_991.0, "").ok()
+            })
+            .ok_or_else(|| {
+                err(format!(
                     "maxBytes must be a whole number ≥ 0, not {}",
                     js_text(&value)
-                )));
-            }
-        }
+                ))
+            })?;
+        maps.max_bytes = max_bytes as u64;
     }
     Ok(maps)
 }
@@ -545,7 +534,7 @@ impl JsCompositionalAttention {
         mask: Option<Vec<u8>>,
     ) -> Result<Vec<f32>, JsError> {
         let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
-        check_elements(&self.config, batch, seq, self.strategy.get())?;
+        crate::check_elements(&self.config, batch, seq, self.strategy.get()).map_err(err)?;
         let mask = check_x_mask(&self.config, &x, batch, seq, mask)?;
         self.in_turn(async |layer: &mut Layer| {
             layer
@@ -568,7 +557,7 @@ impl JsCompositionalAttention {
     ) -> Result<(Vec<f32>, AttentionMaps), JsError> {
         let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
         // The maps come from the unfused strategy, whatever the layer's is.
-        check_elements(&self.config, batch, seq, Strategy::Unfused)?;
+        crate::check_elements(&self.config, batch, seq, Strategy::Unfused).map_err(err)?;
         let mask = check_x_mask(&self.config, &x, batch, seq, mask)?;
         let options = maps_options(&options)?;
         self.in_turn(async |layer: &mut Layer| {
@@ -727,7 +716,7 @@ impl JsCompositionalAttention {
         #[wasm_bindgen(js_name = maxSeq)] max_seq: f64,
     ) -> Result<JsKvCache, JsError> {
         let (batch, max_seq) = (count("batch", batch)?, count("maxSeq", max_seq)?);
-        check_elements(&self.config, batch, max_seq, Strategy::Fused)?;
+        crate::check_elements(&self.config, batch, max_seq, Strategy::Fused).map_err(err)?;
         let layer = self.layer.try_borrow().map_err(|_| {
             err("kvCache: the layer is running a call; await it before making a cache")
         })?;
@@ -967,14 +956,9 @@ pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, JsError> {
 /// every platform), e.g. a random input `[batch, seq, dim]`.
 #[wasm_bindgen(js_name = randomNormal)]
 pub fn random_normal(length: f64, seed: f64) -> Result<Float32Array, JsError> {
-    if length.fract() != 0.0 || !(0.0..=(1u64 << 28) as f64).contains(&length) {
-        return Err(err(format!(
-            "length must be a whole number from 0 to 2²⁸, not {length}"
-        )));
-    }
-    if seed.fract() != 0.0 || !(0.0..=u64::MAX as f64).contains(&seed) {
-        return Err(err(format!("seed must be a whole number ≥ 0, not {seed}")));
-    }
+    crate::whole_number("length", length, 0.0..=(1u64 << 28) as f64, "from 0 to 2²⁸")
+        .map_err(err)?;
+    crate::whole_number("seed", seed, 0.0..=u64::MAX as f64, "≥ 0").map_err(err)?;
     let values = testing::normal(&mut Rng::seed_from_u64(seed as u64), length as usize, 1.0);
     Ok(Float32Array::from(values.as_slice()))
 }

@@ -189,10 +189,24 @@ fn get_usize(options: &JsValue, key: &str, default: usize) -> Result<usize, Stri
         .as_f64()
         .or_else(|| value.as_string().and_then(|s| s.trim().parse().ok()))
         .ok_or_else(|| format!("{key} must be a number"))?;
-    if number.fract() != 0.0 || !(0.0..=u32::MAX as f64).contains(&number) {
-        return Err(format!("{key} must be a whole number ≥ 0, not {number}"));
+    Ok(whole_number(key, number, 0.0..=u32::MAX as f64, "≥ 0")? as usize)
+}
+
+/// `value` if it is a whole number in `range`, else a message naming `name`, the range (as
+/// `range_text` says it) and the value: no silent truncation of `2.5`, `-1` or `NaN`. The one
+/// check of every numeric option and argument of the page and of the JavaScript API.
+pub fn whole_number(
+    name: &str,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+    range_text: &str,
+) -> Result<f64, String> {
+    match value.fract() == 0.0 && range.contains(&value) {
+        true => Ok(value),
+        false => Err(format!(
+            "{name} must be a whole number {range_text}, not {value}"
+        )),
     }
-    Ok(number as usize)
 }
 
 fn get_bool(options: &JsValue, key: &str, default: bool) -> bool {
@@ -346,8 +360,9 @@ pub const FULL_CHECK_SCORES: u64 = 1 << 22;
 /// Rows the reference computes for a large problem.
 pub const SAMPLED_ROWS: usize = 64;
 
-/// Refuses sizes whose element counts do not fit 32 bits: `usize` is 32 bits on wasm32, so the
-/// crate's size arithmetic would wrap there (and the kernels index with `u32` anyway).
+/// Refuses sizes whose element counts do not fit 32 bits, with the page's own message, before
+/// anything is allocated: the kernels index with `u32` and wasm32's memory is 4 GiB. (The crate
+/// computes sizes in checked `u64` itself, so nothing would wrap; this says why earlier.)
 pub fn check_size(options: &RunOptions) -> Result<(), String> {
     check_elements(
         &options.config,
