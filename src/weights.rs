@@ -133,6 +133,18 @@ pub struct Weights {
     pub selection_mlp: Option<SelectionMlp>,
 }
 
+/// One row of [`Weights::parameters`]: a parameter's `state_dict` name, its shape under the
+/// configuration, and its data (which a checked [`Weights`] holds exactly `shape` of).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parameter<'a> {
+    /// The `state_dict` name (one of [`PARAMETER_NAMES`]).
+    pub name: &'static str,
+    /// The shape the configuration gives it (PyTorch's `[out, in]` for matrices).
+    pub shape: Vec<usize>,
+    /// Its values, row-major.
+    pub data: &'a [f32],
+}
+
 impl Weights {
     /// Seeded random weights with PyTorch's default initialisation: every `nn.Linear` weight
     /// and bias from `U(-1/√fan_in, 1/√fan_in)`, LayerNorm `γ = 1, β = 0`. The same seed gives the same
@@ -247,39 +259,7 @@ impl Weights {
                     .into(),
             ));
         }
-        let c = &weights.config;
-        let (dim, d, sw, vw) = (c.dim, c.dim_head, c.search_width(), c.value_width());
-        let w = &weights;
-        let mut parts: Vec<(&str, &[f32], Vec<usize>)> = vec![
-            (SEARCH_QUERIES, &w.search_queries, vec![sw, dim]),
-            (SEARCH_KEYS, &w.search_keys, vec![sw, dim]),
-            (RETRIEVAL_VALUES, &w.retrieval_values, vec![vw, dim]),
-            (RETRIEVAL_QUERIES, &w.retrieval_queries, vec![sw, dim]),
-            (RETRIEVAL_KEYS, &w.retrieval_keys, vec![d, d]),
-            (OUT, &w.out, vec![dim, sw]),
-        ];
-        if let Some((gamma, beta)) = &w.norm {
-            parts.extend([
-                (NORM_WEIGHT, &gamma[..], vec![dim]),
-                (NORM_BIAS, &beta[..], vec![dim]),
-            ]);
-        }
-        if let Some(b) = &w.biases {
-            parts.extend([
-                (SEARCH_QUERIES_BIAS, &b.search_queries[..], vec![sw]),
-                (SEARCH_KEYS_BIAS, &b.search_keys[..], vec![sw]),
-                (RETRIEVAL_VALUES_BIAS, &b.retrieval_values[..], vec![vw]),
-                (RETRIEVAL_QUERIES_BIAS, &b.retrieval_queries[..], vec![sw]),
-                (OUT_BIAS, &b.out[..], vec![dim]),
-            ]);
-        }
-        if let (Some(m), Some(hidden)) = (&w.selection_mlp, c.selection_mlp) {
-            parts.extend([
-                (SELECTION_MLP_HIDDEN, &m.hidden[..], vec![hidden, d]),
-                (SELECTION_MLP_SCORE, &m.score[..], vec![hidden]),
-            ]);
-        }
-        for (name, data, shape) in parts {
+        for Parameter { name, shape, data } in weights.parameters() {
             if data.len() != shape.iter().product::<usize>() {
                 return Err(Error::shape(name, &shape, &[data.len()]));
             }
@@ -505,66 +485,58 @@ impl Weights {
         io::write_file(path.as_ref(), &self.to_safetensors()?)
     }
 
-    /// Every parameter as `(state_dict name, shape, data)`, in `state_dict` order.
+    /// Every parameter as `(state_dict name, shape, data)`, in the order files are written
+    /// ([`Weights::parameters`]).
     pub fn named_tensors(&self) -> Vec<(&'static str, F32Tensor<'_>)> {
+        self.parameters()
+            .into_iter()
+            .map(|p| (p.name, F32Tensor::new(p.shape, p.data)))
+            .collect()
+    }
+
+    /// The one table of the layer's parameters: each present parameter's `state_dict` name, its
+    /// shape under the configuration, and its data, in the order files are written (LayerNorm,
+    /// the six matrices, the biases, the score network). [`Weights::from_parts`] checks the
+    /// data against it, [`Weights::named_tensors`] writes it, and the fuzz targets check loaded
+    /// weights by it.
+    pub fn parameters(&self) -> Vec<Parameter<'_>> {
         let c = &self.config;
         let (dim, d, sw, vw) = (c.dim, c.dim_head, c.search_width(), c.value_width());
-        let mut tensors = Vec::with_capacity(15);
-        if let Some((gamma, beta)) = &self.norm {
-            tensors.push((NORM_WEIGHT, F32Tensor::new(vec![dim], gamma)));
-            tensors.push((NORM_BIAS, F32Tensor::new(vec![dim], beta)));
+        fn p<'a>(name: &'static str, shape: &[usize], data: &'a [f32]) -> Parameter<'a> {
+            Parameter {
+                name,
+                shape: shape.to_vec(),
+                data,
+            }
         }
-        tensors.extend([
-            (
-                SEARCH_QUERIES,
-                F32Tensor::new(vec![sw, dim], &self.search_queries),
-            ),
-            (
-                SEARCH_KEYS,
-                F32Tensor::new(vec![sw, dim], &self.search_keys),
-            ),
-            (
-                RETRIEVAL_VALUES,
-                F32Tensor::new(vec![vw, dim], &self.retrieval_values),
-            ),
-            (
-                RETRIEVAL_QUERIES,
-                F32Tensor::new(vec![sw, dim], &self.retrieval_queries),
-            ),
-            (
-                RETRIEVAL_KEYS,
-                F32Tensor::new(vec![d, d], &self.retrieval_keys),
-            ),
-            (OUT, F32Tensor::new(vec![dim, sw], &self.out)),
+        let mut table = Vec::with_capacity(PARAMETER_NAMES.len());
+        if let Some((gamma, beta)) = &self.norm {
+            table.extend([p(NORM_WEIGHT, &[dim], gamma), p(NORM_BIAS, &[dim], beta)]);
+        }
+        table.extend([
+            p(SEARCH_QUERIES, &[sw, dim], &self.search_queries),
+            p(SEARCH_KEYS, &[sw, dim], &self.search_keys),
+            p(RETRIEVAL_VALUES, &[vw, dim], &self.retrieval_values),
+            p(RETRIEVAL_QUERIES, &[sw, dim], &self.retrieval_queries),
+            p(RETRIEVAL_KEYS, &[d, d], &self.retrieval_keys),
+            p(OUT, &[dim, sw], &self.out),
         ]);
         if let Some(b) = &self.biases {
-            tensors.extend([
-                (
-                    SEARCH_QUERIES_BIAS,
-                    F32Tensor::new(vec![sw], &b.search_queries),
-                ),
-                (SEARCH_KEYS_BIAS, F32Tensor::new(vec![sw], &b.search_keys)),
-                (
-                    RETRIEVAL_VALUES_BIAS,
-                    F32Tensor::new(vec![vw], &b.retrieval_values),
-                ),
-                (
-                    RETRIEVAL_QUERIES_BIAS,
-                    F32Tensor::new(vec![sw], &b.retrieval_queries),
-                ),
-                (OUT_BIAS, F32Tensor::new(vec![dim], &b.out)),
+            table.extend([
+                p(SEARCH_QUERIES_BIAS, &[sw], &b.search_queries),
+                p(SEARCH_KEYS_BIAS, &[sw], &b.search_keys),
+                p(RETRIEVAL_VALUES_BIAS, &[vw], &b.retrieval_values),
+                p(RETRIEVAL_QUERIES_BIAS, &[sw], &b.retrieval_queries),
+                p(OUT_BIAS, &[dim], &b.out),
             ]);
         }
         if let (Some(m), Some(hidden)) = (&self.selection_mlp, c.selection_mlp) {
-            tensors.extend([
-                (
-                    SELECTION_MLP_HIDDEN,
-                    F32Tensor::new(vec![hidden, d], &m.hidden),
-                ),
-                (SELECTION_MLP_SCORE, F32Tensor::new(vec![hidden], &m.score)),
+            table.extend([
+                p(SELECTION_MLP_HIDDEN, &[hidden, d], &m.hidden),
+                p(SELECTION_MLP_SCORE, &[hidden], &m.score),
             ]);
         }
-        tensors
+        table
     }
 }
 

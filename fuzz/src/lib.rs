@@ -110,35 +110,18 @@ pub fn check_weights(result: &Result<Weights>, causal: bool) {
     c.validate().expect("a loaded configuration is valid");
     assert_eq!(c.causal, causal);
     assert_eq!(c.prenorm, weights.norm.is_some());
-    let (dim, d, sw, vw) = (c.dim, c.dim_head, c.search_width(), c.value_width());
-    let mut lengths = vec![
-        (weights.search_queries.as_slice(), sw * dim),
-        (&weights.search_keys, sw * dim),
-        (&weights.retrieval_values, vw * dim),
-        (&weights.retrieval_queries, sw * dim),
-        (&weights.retrieval_keys, d * d),
-        (&weights.out, dim * sw),
-    ];
-    if let Some((gamma, beta)) = &weights.norm {
-        lengths.extend([(gamma.as_slice(), dim), (beta.as_slice(), dim)]);
-    }
     assert_eq!(c.bias, weights.biases.is_some());
-    if let Some(b) = &weights.biases {
-        lengths.extend([
-            (b.search_queries.as_slice(), sw),
-            (&b.search_keys, sw),
-            (&b.retrieval_values, vw),
-            (&b.retrieval_queries, sw),
-            (&b.out, dim),
-        ]);
-    }
     assert_eq!(c.selection_mlp.is_some(), weights.selection_mlp.is_some());
-    if let (Some(m), Some(units)) = (&weights.selection_mlp, c.selection_mlp) {
-        lengths.extend([(m.hidden.as_slice(), units * d), (&m.score, units)]);
-    }
-    for (values, expected) in lengths {
-        assert_eq!(values.len(), expected);
-        assert!(values.iter().all(|v| v.is_finite()));
+    // The library's one parameter table (Weights::parameters): every tensor as long as the
+    // configuration's shape for it, finite.
+    for p in weights.parameters() {
+        assert_eq!(
+            p.data.len(),
+            p.shape.iter().product::<usize>(),
+            "{}",
+            p.name
+        );
+        assert!(p.data.iter().all(|v| v.is_finite()), "{}", p.name);
     }
     let bytes = weights.to_safetensors().expect("loaded weights serialise");
     let again = Weights::from_safetensors(&bytes, causal, "").expect("saved weights load");
