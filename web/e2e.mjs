@@ -166,9 +166,10 @@ try {
       verdict.startsWith('FAIL') && verdict.includes('tick "causal"'),
       `${file} without causal: #error ${(await page.textContent('#error')).trim()}; #error-verdict ${verdict}`);
   }
-  // A non-causal checkpoint run with "causal" ticked: neither hint is a match for the other way round.
+  // A non-causal checkpoint run with "causal" ticked: the hint says to untick it. (Not a file the
+  // loop below loads first: choosing the same file again fires no change event.)
   {
-    const file = 'tests/golden/tiny.safetensors';
+    const file = 'tests/golden/odd_sizes.safetensors';
     const state = await loadFile(`${REPO}${file}`, true);
     const verdict = (await page.textContent('#error-verdict')).trim();
     check(state === 'done' && verdict.startsWith('FAIL') && verdict.includes('untick "causal"'),

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use compattn_web::{RunOptions, SAMPLED_ROWS, TOLERANCE, browser_options, check_size, run_on};
 use compositional_attention::io::{Input, read_output};
-use compositional_attention::verify::{self, ErrorStats};
+use compositional_attention::testing::{self, ErrorStats};
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, GpuOptions, LimitsPolicy, Precision,
     Strategy, Weights, reference,
@@ -353,7 +353,8 @@ async fn random_problems_on_every_strategy() {
     for (i, (what, config, batch, seq, lengths)) in random_cases().into_iter().enumerate() {
         let case_seed = seed.wrapping_add(i as u64);
         let (weights, input) =
-            verify::random_problem(config, batch, seq, lengths.as_deref(), 1.0, case_seed).unwrap();
+            testing::random_problem(config, batch, seq, lengths.as_deref(), 1.0, case_seed)
+                .unwrap();
         let expected =
             reference::forward(&weights, &input.x, batch, seq, input.mask.as_deref()).unwrap();
         for strategy in Strategy::ALL {
