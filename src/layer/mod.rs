@@ -453,10 +453,11 @@ async fn run(
 ) -> Result<(TimedForward, Vec<Vec<f32>>)> {
     let (batch, seq) = (workspace.plan().batch, workspace.plan().seq);
     let host = workspace.host_io(ctx, dim)?;
-    let mask_words: Vec<u32> = match mask {
-        Some(mask) => mask.iter().map(|&allowed| allowed as u32).collect(),
-        None => vec![1; batch * seq],
-    };
+    let mut mask_words: Vec<u32> = crate::host_memory::try_with_capacity("mask", batch * seq)?;
+    match mask {
+        Some(mask) => mask_words.extend(mask.iter().map(|&allowed| allowed as u32)),
+        None => mask_words.resize(batch * seq, 1),
+    }
     let start = crate::time::Instant::now();
     ctx.scoped("forward", || {
         ctx.queue()
