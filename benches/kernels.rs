@@ -21,7 +21,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use compositional_attention::bench::{GemmKernel, KernelBench};
+use compositional_attention::kernel_bench::{GemmKernel, KernelBench};
 use compositional_attention::verify::random_problem;
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, MapsOptions, Strategy, reference,

@@ -30,7 +30,7 @@
 //! | feature | adds |
 //! |---|---|
 //! | `testing` | `verify`: error statistics against the reference, random problems, test seeds |
-//! | `bench` | `bench` (`KernelBench`: one kernel on random inputs, timed); implies `testing` |
+//! | `bench` | `kernel_bench` (`KernelBench`: one kernel on random inputs, timed); implies `testing` |
 //!
 //! The default feature `gpu` is the layer itself (wgpu and everything built on it). Without it
 //! (`default-features = false`) the crate is only the configuration and the checkpoint readers
@@ -40,8 +40,6 @@
 //! The crate logs through the [`log`](https://docs.rs/log) facade; the application picks the
 //! logger (`compattn` uses `env_logger`: `RUST_LOG=info compattn ...`).
 
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "gpu")]
@@ -52,6 +50,8 @@ pub mod gpu;
 pub mod hdf5;
 pub mod host_memory;
 pub mod io;
+#[cfg(feature = "bench")]
+pub mod kernel_bench;
 #[cfg(feature = "gpu")]
 mod kv_cache;
 #[cfg(feature = "gpu")]
@@ -67,7 +67,7 @@ mod precision;
 pub mod reference;
 pub mod rng;
 #[cfg(feature = "gpu")]
-pub mod shaders;
+pub mod shader_variants;
 #[cfg(feature = "gpu")]
 mod shape;
 #[cfg(all(
@@ -87,9 +87,11 @@ mod workspace;
 pub use config::Config;
 pub use error::{Error, Result};
 #[cfg(feature = "gpu")]
-pub use gpu::timing::TimingSource;
+#[allow(deprecated)]
+pub use gpu::KernelProfile;
 #[cfg(feature = "gpu")]
-pub use gpu::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
+pub use gpu::timing::TimingSource;
+pub use gpu::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
 pub use io::Input;
 #[cfg(feature = "gpu")]
 pub use kv_cache::KvCache;

@@ -4,7 +4,7 @@
 //! tests all take an [`ExecutionPlan`] (or one of its parts) and only carry it out.
 //!
 //! The inputs are facts: the adapter (device type, backend, limits, the driver's loop cap), the
-//! kernel family the context was asked for ([`KernelProfile`]), the layer's [`Config`], the
+//! kernel family the context was asked for ([`KernelFamilyRequest`]), the layer's [`Config`], the
 //! [`Strategy`] and the shape. Resolution never allocates, so a plan can be inspected
 //! ([`CompositionalAttention::plan`](crate::CompositionalAttention::plan)) before anything runs.
 
@@ -13,7 +13,7 @@ use std::ops::Range;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpu::dispatch::split_for_loop_budget;
-use crate::gpu::{GpuContext, KernelProfile};
+use crate::gpu::{GpuContext, KernelFamilyRequest};
 use crate::layer::Strategy;
 use crate::ops::ProjectionLayout;
 use crate::precision::Precision;
@@ -30,7 +30,7 @@ pub(crate) const UNFUSED_SIZE_HINT: &str = "the unfused strategy stores b·s·n�
 /// the fused kernel's per-invocation registers (queries, accumulators, scores) stay within it.
 const PRIVATE_BUDGET_BYTES: usize = 8192;
 
-/// Which family of kernel variants runs (resolved from [`KernelProfile`]).
+/// Which family of kernel variants runs (resolved from [`KernelFamilyRequest`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelFamily {
     /// CPU drivers (lavapipe, llvmpipe, SwiftShader) run invocations as SIMD lanes: register
@@ -44,19 +44,19 @@ impl KernelFamily {
     /// `Cpu` on CPU adapters (or when forced), `Gpu` otherwise.
     pub fn of(ctx: &GpuContext) -> KernelFamily {
         match ctx.kernel_profile() {
-            KernelProfile::Cpu => KernelFamily::Cpu,
-            KernelProfile::Gpu => KernelFamily::Gpu,
-            KernelProfile::Auto if ctx.info().device_type == wgpu::DeviceType::Cpu => {
+            KernelFamilyRequest::Cpu => KernelFamily::Cpu,
+            KernelFamilyRequest::Gpu => KernelFamily::Gpu,
+            KernelFamilyRequest::Auto if ctx.info().device_type == wgpu::DeviceType::Cpu => {
                 KernelFamily::Cpu
             }
-            KernelProfile::Auto => KernelFamily::Gpu,
+            KernelFamilyRequest::Auto => KernelFamily::Gpu,
         }
     }
 }
 
 /// Where a matrix operand lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Storage {
+pub enum OperandStorage {
     /// A storage buffer, row-major f32.
     Buffers,
     /// `rgba32float` texel rows (`src/gpu/texture.rs`): the CPU family's fast format. A GEMM
@@ -64,15 +64,15 @@ pub enum Storage {
     Texels,
 }
 
-impl Storage {
+impl OperandStorage {
     /// The storage of GEMM operands (weights included): texels in the CPU family on every
     /// backend but GL, where `textureLoad` of `rgba32float` array textures in compute shaders
     /// returned zeros on llvmpipe; buffers everywhere else.
-    pub fn of_operands(ctx: &GpuContext) -> Storage {
+    pub fn of_operands(ctx: &GpuContext) -> OperandStorage {
         if KernelFamily::of(ctx) == KernelFamily::Cpu && ctx.info().backend != wgpu::Backend::Gl {
-            Storage::Texels
+            OperandStorage::Texels
         } else {
-            Storage::Buffers
+            OperandStorage::Buffers
         }
     }
 }
@@ -91,18 +91,18 @@ impl GemmPlan {
     /// `rgba16float` texels), else the family's buffer kernel. The storage precision does not
     /// change the kernel: texel fetches and buffer loads widen to f32 either way.
     pub fn of(ctx: &GpuContext) -> GemmPlan {
-        match (Storage::of_operands(ctx), KernelFamily::of(ctx)) {
-            (Storage::Texels, _) => GemmPlan::Texels,
-            (Storage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
-            (Storage::Buffers, KernelFamily::Gpu) => GemmPlan::Buffers(GemmTiling::TILED),
+        match (OperandStorage::of_operands(ctx), KernelFamily::of(ctx)) {
+            (OperandStorage::Texels, _) => GemmPlan::Texels,
+            (OperandStorage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
+            (OperandStorage::Buffers, KernelFamily::Gpu) => GemmPlan::Buffers(GemmTiling::TILED),
         }
     }
 
     /// The storage of the operands.
-    pub fn storage(&self) -> Storage {
+    pub fn storage(&self) -> OperandStorage {
         match self {
-            GemmPlan::Texels => Storage::Texels,
-            GemmPlan::Buffers(_) => Storage::Buffers,
+            GemmPlan::Texels => OperandStorage::Texels,
+            GemmPlan::Buffers(_) => OperandStorage::Buffers,
         }
     }
 }
@@ -315,7 +315,7 @@ pub struct FusedPlan {
     pub tiling: FusedTiling,
     /// Storage of the projections it reads and the concatenation it writes: texels only where
     /// the GEMMs use texels and heads start on texel boundaries (`d % 4 == 0`).
-    pub storage: Storage,
+    pub storage: OperandStorage,
     /// The key range of each dispatch: one range, or several where the driver caps loop
     /// iterations per invocation, carrying the online-softmax state between them.
     pub key_chunks: Vec<Range<usize>>,
@@ -333,9 +333,9 @@ impl FusedPlan {
         ctx: &GpuContext,
         layout: &ProjectionLayout,
         tiling: FusedTiling,
-        storage: Storage,
+        storage: OperandStorage,
     ) -> Result<FusedPlan> {
-        if storage == Storage::Texels && !layout.head.is_multiple_of(4) {
+        if storage == OperandStorage::Texels && !layout.head.is_multiple_of(4) {
             return Err(Error::InvalidConfig {
                 field: "dim_head",
                 value: layout.head.to_string(),
@@ -385,7 +385,7 @@ impl BlockedPlan {
     /// iteration per 16 keys plus the head loop, so this holds below tens of thousands of keys).
     pub(crate) fn resolve(ctx: &GpuContext, layout: &ProjectionLayout) -> Option<BlockedPlan> {
         let dv = layout.head as u64 / 4;
-        let fits = Storage::of_operands(ctx) == Storage::Texels
+        let fits = OperandStorage::of_operands(ctx) == OperandStorage::Texels
             && layout.head.is_multiple_of(4)
             && split_for_loop_budget(
                 ctx,
@@ -560,7 +560,7 @@ impl ExecutionPlan {
         // Texel projections are f32 and biases are added to buffers (ops::bias_add): an f16 or
         // biased layer's core reads buffers.
         let texel_core =
-            gemm.storage() == Storage::Texels && !c.bias && precision == Precision::F32;
+            gemm.storage() == OperandStorage::Texels && !c.bias && precision == Precision::F32;
         let blocked = match texel_core {
             true => BlockedPlan::resolve(ctx, &layout),
             false => None,
@@ -572,8 +572,8 @@ impl ExecutionPlan {
                 None => {
                     let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
                     let storage = match texel_core && c.dim_head.is_multiple_of(4) {
-                        true => Storage::Texels,
-                        false => Storage::Buffers,
+                        true => OperandStorage::Texels,
+                        false => OperandStorage::Buffers,
                     };
                     CorePlan::Fused(FusedPlan::resolve(ctx, &layout, tiling, storage)?)
                 }
@@ -625,7 +625,7 @@ impl ExecutionPlan {
         };
         let bytes = |what: &str, dims: &[usize]| bytes_in(Precision::F32, what, dims);
         check_storage_size(ctx, "input", bytes("input", &[b, n, c.dim])?, None)?;
-        let core_texels = self.core_storage() == Storage::Texels;
+        let core_texels = self.core_storage() == OperandStorage::Texels;
         if core_texels {
             crate::gpu::texture::TexelShape::new(ctx, "projections", tokens, layout.row_stride)?;
         } else {
@@ -748,11 +748,11 @@ impl ExecutionPlan {
     }
 
     /// Storage of the projections the core reads and the concatenation it writes.
-    pub fn core_storage(&self) -> Storage {
+    pub fn core_storage(&self) -> OperandStorage {
         match &self.core {
-            CorePlan::Blocked(_) => Storage::Texels,
+            CorePlan::Blocked(_) => OperandStorage::Texels,
             CorePlan::Fused(fused) => fused.storage,
-            CorePlan::Unfused | CorePlan::Cached(_) => Storage::Buffers,
+            CorePlan::Unfused | CorePlan::Cached(_) => OperandStorage::Buffers,
         }
     }
 

@@ -24,7 +24,7 @@ use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::retrieval_select::Selection;
 use crate::ops::{self, ProjectionLayout, Rows};
-use crate::plan::{CorePlan, ExecutionPlan, Storage, UNFUSED_SIZE_HINT};
+use crate::plan::{CorePlan, ExecutionPlan, OperandStorage, UNFUSED_SIZE_HINT};
 use crate::precision::Precision;
 
 /// Intermediate buffers and textures the dispatches are bound to.
@@ -60,13 +60,13 @@ impl CoreOperands {
     fn new(
         ctx: &GpuContext,
         layout: &ProjectionLayout,
-        storage: Storage,
+        storage: OperandStorage,
         precision: Precision,
     ) -> Result<Self> {
         let (batch, seq) = (layout.batch, layout.seq);
         let search_width = layout.searches * layout.head;
         Ok(match storage {
-            Storage::Buffers => CoreOperands::Buffers {
+            OperandStorage::Buffers => CoreOperands::Buffers {
                 proj: memory::stored(
                     ctx,
                     "projections",
@@ -82,7 +82,7 @@ impl CoreOperands {
                     None,
                 )?,
             },
-            Storage::Texels => CoreOperands::Texels {
+            OperandStorage::Texels => CoreOperands::Texels {
                 proj: TexelRows::new(ctx, "projections", batch * seq, layout.row_stride)?,
                 concat: TexelRows::new(ctx, "concatenated searches", batch * seq, search_width)?,
             },

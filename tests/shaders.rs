@@ -1,7 +1,7 @@
 //! Portability of every WGSL source the host submits, proven offline with naga.
 //!
 //! The sources are collected exactly as `compattn shaders` writes them
-//! (`compositional_attention::shaders::collect_variants`): for both kernel families (CPU-driver
+//! (`compositional_attention::shader_variants::collect_variants`): for both kernel families (CPU-driver
 //! and GPU variants, whatever the adapter) and both limits policies (the adapter's and WebGPU's
 //! defaults), so the set does not depend on `COMPATTN_LIMITS` or `COMPATTN_KERNELS`. Each variant
 //! must then
@@ -26,9 +26,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use compositional_attention::gpu::pipelines::ShaderVariant;
-use compositional_attention::plan::Storage;
-use compositional_attention::shaders::{self, collect_variants};
-use compositional_attention::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
+use compositional_attention::plan::OperandStorage;
+use compositional_attention::shader_variants::{self, collect_variants};
+use compositional_attention::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
@@ -37,17 +37,17 @@ use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 struct Collected {
     variant: ShaderVariant,
     /// `(kernel family, limits policy, the device's limits)` for each context that compiled it.
-    origins: Vec<(KernelProfile, LimitsPolicy, wgpu::Limits)>,
+    origins: Vec<(KernelFamilyRequest, LimitsPolicy, wgpu::Limits)>,
 }
 
 /// Every variant, by label, for both kernel families under both limits policies.
 fn variants() -> &'static BTreeMap<String, Collected> {
     static VARIANTS: OnceLock<BTreeMap<String, Collected>> = OnceLock::new();
     VARIANTS.get_or_init(|| {
-        let problems = shaders::representative_problems();
+        let problems = shader_variants::representative_problems();
         let mut all: BTreeMap<String, Collected> = BTreeMap::new();
         for limits in [LimitsPolicy::Adapter, LimitsPolicy::WebGpuDefaults] {
-            for kernels in [KernelProfile::Cpu, KernelProfile::Gpu] {
+            for kernels in [KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu] {
                 let options = GpuOptions {
                     limits,
                     kernels,
@@ -481,15 +481,15 @@ fn every_variant_fits_its_device_and_webgpu_variants_fit_webgpu_defaults() {
 /// Kernels in `shaders/` that the layer never compiles on this backend, so no problem can reach
 /// them: the CPU family reads its operands as texels (`gemm_texture`, `texture_copy`,
 /// `blocked_attention`, `retrieval_mix`) wherever it can and falls back to buffers (`gemm`, the
-/// fused kernel) where it cannot (`plan::Storage::of_operands`: the GL backend); the GPU family
+/// fused kernel) where it cannot (`plan::OperandStorage::of_operands`: the GL backend); the GPU family
 /// uses `gemm_tiled`.
 fn not_used_by_the_layer() -> &'static [&'static str] {
     let options = GpuOptions {
-        kernels: KernelProfile::Cpu,
+        kernels: KernelFamilyRequest::Cpu,
         ..GpuOptions::from_env().expect("GPU options from the environment")
     };
     let ctx = pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter");
-    if Storage::of_operands(&ctx) == Storage::Texels {
+    if OperandStorage::of_operands(&ctx) == OperandStorage::Texels {
         &["gemm"]
     } else {
         &[
@@ -509,7 +509,7 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
 #[test]
 fn the_representative_problems_reach_every_io_piece() {
     let options = GpuOptions {
-        kernels: KernelProfile::Cpu,
+        kernels: KernelFamilyRequest::Cpu,
         ..GpuOptions::from_env().expect("GPU options from the environment")
     };
     let ctx = pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter");
@@ -530,7 +530,7 @@ fn the_representative_problems_reach_every_io_piece() {
     let excused = |piece: &str| {
         // gemm_out_* are pieces of gemm_texture, which only texel operands use.
         ((piece.contains("texels") || piece.starts_with("gemm_out"))
-            && Storage::of_operands(&ctx) != Storage::Texels)
+            && OperandStorage::of_operands(&ctx) != OperandStorage::Texels)
             // Without a loop cap the blocked core covers every texel problem, and no key split
             // needs a carry.
             || (matches!(piece, "fused_carry" | "fused_texels") && ctx.loop_budget().is_none())
@@ -542,7 +542,7 @@ fn the_representative_problems_reach_every_io_piece() {
     assert!(
         missed.is_empty(),
         "no representative problem places {missed:?} (reached: {reached:?}); extend \
-         shaders::representative_problems"
+         shader_variants::representative_problems"
     );
 }
 
@@ -558,14 +558,17 @@ fn the_representative_problems_reach_every_kernel_in_both_families() {
         })
         .collect();
     assert!(!kernels.is_empty(), "no kernels in {}", dir.display());
-    let reached = |profile: KernelProfile| -> BTreeSet<&'static str> {
+    let reached = |profile: KernelFamilyRequest| -> BTreeSet<&'static str> {
         variants()
             .values()
             .filter(|c| c.origins.iter().any(|(k, _, _)| *k == profile))
             .map(|c| c.variant.kernel_name())
             .collect()
     };
-    let (cpu, gpu) = (reached(KernelProfile::Cpu), reached(KernelProfile::Gpu));
+    let (cpu, gpu) = (
+        reached(KernelFamilyRequest::Cpu),
+        reached(KernelFamilyRequest::Gpu),
+    );
     let missed: Vec<&String> = kernels
         .iter()
         .filter(|k| {
@@ -577,11 +580,11 @@ fn the_representative_problems_reach_every_kernel_in_both_families() {
     assert!(
         missed.is_empty(),
         "no representative problem compiles {missed:?} (the cpu family reached {cpu:?}, the gpu \
-         family {gpu:?}): extend shaders::representative_problems, or list a kernel the layer \
+         family {gpu:?}): extend shader_variants::representative_problems, or list a kernel the layer \
          never uses in not_used_by_the_layer"
     );
     // The two families really differ (the forced profile took effect).
-    for profile in [KernelProfile::Cpu, KernelProfile::Gpu] {
+    for profile in [KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu] {
         assert!(
             variants()
                 .values()
@@ -689,8 +692,8 @@ fn a_strict_webgpu_instance_compiles_and_runs_every_variant() {
         eprintln!("skipped: no adapter on {backends:?} passes wgpu's WebGPU compliance check");
         return;
     };
-    let problems = shaders::representative_problems();
-    for kernels in [KernelProfile::Cpu, KernelProfile::Gpu] {
+    let problems = shader_variants::representative_problems();
+    for kernels in [KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu] {
         let ctx = pollster::block_on(GpuContext::from_adapter(
             adapter.clone(),
             LimitsPolicy::WebGpuDefaults,

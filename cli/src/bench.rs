@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use compositional_attention::bench::{GemmKernel, KernelBench, summarize};
 use compositional_attention::io::{self, Input};
+use compositional_attention::kernel_bench::{GemmKernel, KernelBench, summarize};
 use compositional_attention::verify::random_problem;
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, GpuOptions, KernelTime, Precision, Strategy,

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use compositional_attention::bench::summarize;
+use compositional_attention::kernel_bench::summarize;
 use compositional_attention::verify::random_problem;
 use compositional_attention::{CompositionalAttention, Error, GpuContext};
 use serde::Serialize;

@@ -1,15 +1,15 @@
 //! `compattn shaders`: every WGSL source the host submits, written out for offline tools.
 //!
 //! The sources come from the pipeline cache after layers were prepared on a real device
-//! (`compositional_attention::shaders::collect_variants`), so each file is exactly the text the
+//! (`compositional_attention::shader_variants::collect_variants`), so each file is exactly the text the
 //! host hands to `create_shader_module`, specialisation preamble included.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use compositional_attention::gpu::pipelines::ShaderVariant;
-use compositional_attention::shaders::{self, Problem};
-use compositional_attention::{Error, GpuContext, GpuOptions, KernelProfile, io};
+use compositional_attention::shader_variants::{self, Problem};
+use compositional_attention::{Error, GpuContext, GpuOptions, KernelFamilyRequest, io};
 
 use crate::common::{CliResult, ProblemArgs, VERIFY_DEFAULTS};
 
@@ -28,12 +28,12 @@ pub enum ProfileArg {
 
 impl ProfileArg {
     /// The profiles to open a device with; `from_env` is the environment's choice.
-    fn profiles(self, from_env: KernelProfile) -> Vec<KernelProfile> {
+    fn profiles(self, from_env: KernelFamilyRequest) -> Vec<KernelFamilyRequest> {
         match self {
             ProfileArg::Auto => vec![from_env],
-            ProfileArg::Cpu => vec![KernelProfile::Cpu],
-            ProfileArg::Gpu => vec![KernelProfile::Gpu],
-            ProfileArg::Both => vec![KernelProfile::Cpu, KernelProfile::Gpu],
+            ProfileArg::Cpu => vec![KernelFamilyRequest::Cpu],
+            ProfileArg::Gpu => vec![KernelFamilyRequest::Gpu],
+            ProfileArg::Both => vec![KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu],
         }
     }
 }
@@ -88,7 +88,7 @@ pub fn run(args: &Args) -> CliResult {
             vec![problem]
         }
         None => {
-            let problems = shaders::representative_problems();
+            let problems = shader_variants::representative_problems();
             let names: Vec<&str> = problems.iter().map(|p| p.name).collect();
             println!("problems: the representative set ({})", names.join(", "));
             problems
@@ -104,7 +104,7 @@ pub fn run(args: &Args) -> CliResult {
         };
         let ctx = pollster::block_on(GpuContext::new(&options))?;
         let family = if ctx.cpu_kernels() { "cpu" } else { "gpu" };
-        let collected = pollster::block_on(shaders::collect_variants(&ctx, &problems))?;
+        let collected = pollster::block_on(shader_variants::collect_variants(&ctx, &problems))?;
         println!(
             "{family} kernels on {}: {} variants",
             ctx.describe(),

@@ -52,7 +52,7 @@ impl LimitsPolicy {
 /// invocations. `Auto` picks by the adapter's device type; forcing one lets the other family
 /// be tested and benchmarked anywhere.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum KernelProfile {
+pub enum KernelFamilyRequest {
     /// `Cpu` on CPU adapters, `Gpu` on everything else.
     #[default]
     Auto,
@@ -62,13 +62,17 @@ pub enum KernelProfile {
     Gpu,
 }
 
-impl KernelProfile {
+/// The old name of [`KernelFamilyRequest`] (it requests a kernel family; it is not a timing profile).
+#[deprecated(note = "renamed to KernelFamilyRequest")]
+pub type KernelProfile = KernelFamilyRequest;
+
+impl KernelFamilyRequest {
     /// `COMPATTN_KERNELS=cpu|gpu|auto` (unset: `auto`).
     pub fn from_env() -> Result<Self> {
         match std::env::var("COMPATTN_KERNELS").as_deref() {
-            Err(_) | Ok("") | Ok("auto") => Ok(KernelProfile::Auto),
-            Ok("cpu") => Ok(KernelProfile::Cpu),
-            Ok("gpu") => Ok(KernelProfile::Gpu),
+            Err(_) | Ok("") | Ok("auto") => Ok(KernelFamilyRequest::Auto),
+            Ok("cpu") => Ok(KernelFamilyRequest::Cpu),
+            Ok("gpu") => Ok(KernelFamilyRequest::Gpu),
             Ok(other) => Err(Error::InvalidConfig {
                 field: "COMPATTN_KERNELS",
                 value: other.to_string(),
@@ -89,8 +93,8 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Limits to request; see [`LimitsPolicy`].
     pub limits: LimitsPolicy,
-    /// Which kernel variants to run; see [`KernelProfile`].
-    pub kernels: KernelProfile,
+    /// Which kernel variants to run; see [`KernelFamilyRequest`].
+    pub kernels: KernelFamilyRequest,
     /// Passed to `request_adapter` when no name is given.
     pub power_preference: wgpu::PowerPreference,
     /// A fused-kernel tiling to use instead of the plan's choice, for experiments
@@ -109,7 +113,7 @@ impl GpuOptions {
             backends: backends_from_env()?,
             adapter_name: env_var("WGPU_ADAPTER_NAME"),
             limits: LimitsPolicy::from_env()?,
-            kernels: KernelProfile::from_env()?,
+            kernels: KernelFamilyRequest::from_env()?,
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
             fused_tiling: env_var("COMPATTN_FUSED_TILING")
                 .map(|v| FusedTiling::parse(&v))
@@ -176,7 +180,7 @@ struct Inner {
     /// Serialises GPU work on the GL backend (see [`GpuContext::serial`]).
     serial: Option<futures::lock::Mutex<()>>,
     /// The kernel family asked for (resolved per adapter by `plan::KernelFamily::of`).
-    profile: KernelProfile,
+    profile: KernelFamilyRequest,
     fused_tiling: Option<FusedTiling>,
     /// Why the device was lost, once it is (set by the device-lost callback on a device this
     /// crate opened, or by a failed readback).
@@ -238,7 +242,7 @@ impl GpuContext {
     pub async fn from_adapter(
         adapter: wgpu::Adapter,
         policy: LimitsPolicy,
-        kernels: KernelProfile,
+        kernels: KernelFamilyRequest,
     ) -> Result<Self> {
         Self::open(adapter, policy, kernels, None).await
     }
@@ -246,7 +250,7 @@ impl GpuContext {
     async fn open(
         adapter: wgpu::Adapter,
         policy: LimitsPolicy,
-        kernels: KernelProfile,
+        kernels: KernelFamilyRequest,
         fused_tiling: Option<FusedTiling>,
     ) -> Result<Self> {
         let adapter_limits = adapter.limits();
@@ -305,14 +309,14 @@ impl GpuContext {
     /// [`Error::DeviceUnsuitable`] naming every limit or capability the kernels need that the
     /// device lacks. The caller's uncaptured-error handler stays in place; this crate's own
     /// operations run inside error scopes, so their errors still come back as typed
-    /// [`Error`]s. The kernel family follows the adapter ([`KernelProfile::Auto`]); see
+    /// [`Error`]s. The kernel family follows the adapter ([`KernelFamilyRequest::Auto`]); see
     /// [`GpuContext::from_device_with`] to force one.
     pub fn from_device(
         adapter: &wgpu::Adapter,
         device: wgpu::Device,
         queue: wgpu::Queue,
     ) -> Result<GpuContext> {
-        Self::from_device_with(adapter, device, queue, KernelProfile::Auto)
+        Self::from_device_with(adapter, device, queue, KernelFamilyRequest::Auto)
     }
 
     /// [`GpuContext::from_device`] with an explicit kernel family.
@@ -320,7 +324,7 @@ impl GpuContext {
         adapter: &wgpu::Adapter,
         device: wgpu::Device,
         queue: wgpu::Queue,
-        kernels: KernelProfile,
+        kernels: KernelFamilyRequest,
     ) -> Result<GpuContext> {
         let limits = device.limits();
         let ctx = Self::assemble(
@@ -340,7 +344,7 @@ impl GpuContext {
         (device, queue): (wgpu::Device, wgpu::Queue),
         limits: wgpu::Limits,
         uncaptured: Option<Arc<Mutex<Vec<String>>>>,
-        (profile, fused_tiling): (KernelProfile, Option<FusedTiling>),
+        (profile, fused_tiling): (KernelFamilyRequest, Option<FusedTiling>),
     ) -> GpuContext {
         let info = adapter.get_info();
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
@@ -418,7 +422,7 @@ impl GpuContext {
                 64,
             ),
         ];
-        if crate::plan::Storage::of_operands(self) == crate::plan::Storage::Texels {
+        if crate::plan::OperandStorage::of_operands(self) == crate::plan::OperandStorage::Texels {
             need.extend([
                 (
                     "max_sampled_textures_per_shader_stage",
@@ -491,7 +495,7 @@ impl GpuContext {
     }
 
     /// The kernel family asked for; [`KernelFamily::of`] resolves it for this adapter.
-    pub fn kernel_profile(&self) -> KernelProfile {
+    pub fn kernel_profile(&self) -> KernelFamilyRequest {
         self.inner.profile
     }
 
@@ -742,7 +746,7 @@ pub async fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::context;
+    use crate::gpu::test_device::context;
 
     #[test]
     fn backend_names_are_checked() {

@@ -15,9 +15,11 @@ pub(crate) mod dispatch;
 pub(crate) mod memory;
 pub mod pipelines;
 #[cfg(test)]
-pub(crate) mod testing;
+pub(crate) mod test_device;
 pub(crate) mod texture;
 pub mod timing;
 pub(crate) mod uniform;
 
-pub use context::{GpuContext, GpuOptions, KernelProfile, LimitsPolicy};
+#[allow(deprecated)]
+pub use context::KernelProfile;
+pub use context::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};

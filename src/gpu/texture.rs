@@ -225,7 +225,7 @@ impl TexelRows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::{context, download_texels};
+    use crate::gpu::test_device::{context, download_texels};
 
     #[test]
     fn texel_rows_round_trip() {

@@ -56,7 +56,7 @@ pub(crate) async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::verify::normal;
 
     #[test]

@@ -60,8 +60,8 @@ pub(crate) fn variant(
 ) -> ShaderVariant {
     let tiling = plan.tiling;
     let (io, precision) = match plan.storage {
-        crate::plan::Storage::Texels => (&IO_TEXELS, Precision::F32),
-        crate::plan::Storage::Buffers => (&IO_BUFFERS, precision),
+        crate::plan::OperandStorage::Texels => (&IO_TEXELS, Precision::F32),
+        crate::plan::OperandStorage::Buffers => (&IO_BUFFERS, precision),
     };
     ShaderVariant::new(&FUSED_ATTENTION)
         .piece(io)
@@ -195,9 +195,9 @@ pub(crate) async fn dispatches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::ops::{Rows, value_mean};
-    use crate::plan::{BlockedPlan, FusedTiling, Storage};
+    use crate::plan::{BlockedPlan, FusedTiling, OperandStorage};
     use crate::reference::{self, Dims};
     use crate::verify::{length_mask, normal};
 
@@ -295,9 +295,9 @@ mod tests {
         let ctx = context();
         let tiling = tiling.check(ctx, head, retrievals).unwrap();
         let storage = if texels {
-            Storage::Texels
+            OperandStorage::Texels
         } else {
-            Storage::Buffers
+            OperandStorage::Buffers
         };
         let plan = FusedPlan::resolve(ctx, &layout, tiling, storage).unwrap();
         let carry = Carry::for_plan(ctx, &layout, &plan).unwrap();
@@ -406,7 +406,7 @@ mod tests {
         check(make(), DIRECT, Mode::Buffers);
         check(make(), STAGED, Mode::Buffers);
         // Texel variants where operands can be texels (not on GL; see
-        // `Storage::of_operands`) and heads start on texel boundaries.
+        // `OperandStorage::of_operands`) and heads start on texel boundaries.
         let case = make();
         if ctx.info().backend != wgpu::Backend::Gl && case.head.is_multiple_of(4) {
             check(make(), DIRECT, Mode::Texels);

@@ -357,7 +357,7 @@ pub(crate) async fn buffer_dispatches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::reference;
     use crate::verify::normal;
 

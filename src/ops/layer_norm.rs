@@ -58,7 +58,7 @@ pub(crate) async fn dispatch(
 mod tests {
     use super::*;
     use crate::config::LAYER_NORM_EPS;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::reference;
     use crate::verify::normal;
 

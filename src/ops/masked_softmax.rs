@@ -65,7 +65,7 @@ pub(crate) async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::reference::{self, Dims};
     use crate::verify::{length_mask, normal};
 

@@ -97,9 +97,9 @@ impl ProjectionLayout {
 #[cfg(test)]
 mod uniform_layouts {
     use super::*;
-    use crate::gpu::testing::context;
+    use crate::gpu::test_device::context;
     use crate::gpu::uniform::layout_differences;
-    use crate::plan::{BlockedPlan, FusedPlan, FusedTiling, GemmTiling, Storage};
+    use crate::plan::{BlockedPlan, FusedPlan, FusedTiling, GemmTiling, OperandStorage};
     use crate::precision::Precision;
 
     #[test]
@@ -112,7 +112,7 @@ mod uniform_layouts {
             bk: 16,
             stage: false,
         };
-        let fused = FusedPlan::resolve(ctx, &layout, tiling, Storage::Buffers).unwrap();
+        let fused = FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Buffers).unwrap();
         let blocked = BlockedPlan { block_texels: 4 };
         let [blocked_variant, mix_variant] = blocked_attention::variants(ctx, &layout, blocked);
         let shape = gemm::GemmShape { m: 4, n: 4, k: 4 };

@@ -86,7 +86,7 @@ pub(crate) async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::ops::ProjectionLayout;
     use crate::reference::{self, Dims};
     use crate::verify::normal;

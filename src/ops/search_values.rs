@@ -92,7 +92,7 @@ pub(crate) async fn dispatches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::*;
+    use crate::gpu::test_device::*;
     use crate::reference::{self, Dims};
     use crate::verify::normal;
 

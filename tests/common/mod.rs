@@ -7,7 +7,7 @@ pub mod variants;
 use std::sync::OnceLock;
 
 use compositional_attention::verify::{self, ErrorStats};
-use compositional_attention::{GpuContext, GpuOptions, KernelProfile};
+use compositional_attention::{GpuContext, GpuOptions, KernelFamilyRequest};
 
 /// The device under test (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS` pick it).
 pub fn gpu() -> &'static GpuContext {
@@ -28,9 +28,9 @@ pub fn gpu_other_profile() -> &'static GpuContext {
     GPU.get_or_init(|| {
         let mut options = GpuOptions::from_env().expect("environment");
         options.kernels = if gpu().cpu_kernels() {
-            KernelProfile::Gpu
+            KernelFamilyRequest::Gpu
         } else {
-            KernelProfile::Cpu
+            KernelFamilyRequest::Cpu
         };
         pollster::block_on(GpuContext::new(&options)).expect("the same adapter again")
     })

@@ -18,7 +18,8 @@ use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::{self, ProjectionLayout, Rows};
 use crate::plan::{
-    BlockedPlan, CorePlan, ExecutionPlan, FusedPlan, FusedTiling, GemmPlan, GemmTiling, Storage,
+    BlockedPlan, CorePlan, ExecutionPlan, FusedPlan, FusedTiling, GemmPlan, GemmTiling,
+    OperandStorage,
 };
 use crate::precision::Precision;
 use crate::verify::normal;
@@ -166,12 +167,12 @@ impl KernelBench {
             match ExecutionPlan::resolve(ctx, c, Precision::F32, Strategy::Fused, batch, seq)?.core
             {
                 CorePlan::Fused(fused) => fused.storage,
-                CorePlan::Blocked(_) => Storage::Texels,
-                CorePlan::Unfused | CorePlan::Cached(_) => Storage::Buffers,
+                CorePlan::Blocked(_) => OperandStorage::Texels,
+                CorePlan::Unfused | CorePlan::Cached(_) => OperandStorage::Buffers,
             };
         let fused = FusedPlan::resolve(ctx, &layout, tiling, storage)?;
         let blocked = BlockedPlan::resolve(ctx, &layout);
-        let (proj_texels, concat_texels) = if storage == Storage::Texels {
+        let (proj_texels, concat_texels) = if storage == OperandStorage::Texels {
             let rows = batch * seq;
             (
                 Some(TexelRows::with_data(
