@@ -19,7 +19,7 @@ use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::{self, ProjectionLayout, Rows};
 use crate::plan::{
     BlockedPlan, CorePlan, ExecutionPlan, FusedPlan, FusedTiling, GemmPlan, GemmTiling,
-    OperandStorage,
+    OperandStorage, texel_gemm_kernel,
 };
 use crate::precision::Precision;
 use crate::verify::normal;
@@ -67,19 +67,23 @@ impl KernelBench {
         let rhs_data = normal(&mut rng, n * k, 1.0);
         let out = memory::storage(ctx, "out", &[m, n], None)?;
         let plan = match kernel {
-            GemmKernel::Auto => GemmPlan::of(ctx),
-            GemmKernel::Texels => GemmPlan::Texels,
+            GemmKernel::Auto => GemmPlan::of(ctx, m, k, k, OperandStorage::Buffers),
+            GemmKernel::Texels => GemmPlan::Texels {
+                input: texel_gemm_kernel(ctx, m, k, false),
+                output: texel_gemm_kernel(ctx, m, k, false),
+            },
             GemmKernel::Register => GemmPlan::Buffers(GemmTiling::REGISTER),
             GemmKernel::Tiled => GemmPlan::Buffers(GemmTiling::TILED),
         };
         let name = format!("gemm {m}x{n}x{k}");
         match plan {
-            GemmPlan::Texels => {
+            GemmPlan::Texels { input, .. } => {
                 let lhs = TexelRows::with_data(ctx, "lhs", m, k, &lhs_data)?;
                 let rhs = TexelRows::with_data(ctx, "rhs", n, k, &rhs_data)?;
                 let dispatches = ops::gemm::dispatches(
                     ctx,
                     GemmOperands::Texels {
+                        kernel: input,
                         lhs: &lhs,
                         rhs: &rhs,
                         out: Rows::Buffer((&out).into()),

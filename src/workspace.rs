@@ -227,12 +227,20 @@ impl Workspace {
             (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
                 return Err(inconsistent("texel core operands with the buffer GEMM"));
             }
-            (GemmWeights::Texels { projection, .. }, _) => {
+            (
+                GemmWeights::Texels {
+                    input: kernel,
+                    projection,
+                    ..
+                },
+                _,
+            ) => {
                 let copy =
                     Self::texel_copy(ctx, (input, Precision::F32), tokens, c.dim, &mut dispatches)
                         .await?;
                 held.texels.push(copy);
                 GemmOperands::Texels {
+                    kernel: *kernel,
                     lhs: held.texels.last().expect("pushed above"),
                     rhs: projection,
                     out: core.proj(),
@@ -391,15 +399,28 @@ impl Workspace {
             (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
                 return Err(inconsistent("texel core operands with the buffer GEMM"));
             }
-            (GemmWeights::Texels { out, .. }, CoreOperands::Texels { concat, .. }) => {
-                GemmOperands::Texels {
-                    lhs: concat,
-                    rhs: out,
-                    out: Rows::Buffer(Buf::Io(IoSlot::Output)),
-                    out_precision: Precision::F32,
-                }
-            }
-            (GemmWeights::Texels { out, .. }, CoreOperands::Buffers { concat, .. }) => {
+            (
+                GemmWeights::Texels {
+                    output: kernel,
+                    out,
+                    ..
+                },
+                CoreOperands::Texels { concat, .. },
+            ) => GemmOperands::Texels {
+                kernel: *kernel,
+                lhs: concat,
+                rhs: out,
+                out: Rows::Buffer(Buf::Io(IoSlot::Output)),
+                out_precision: Precision::F32,
+            },
+            (
+                GemmWeights::Texels {
+                    output: kernel,
+                    out,
+                    ..
+                },
+                CoreOperands::Buffers { concat, .. },
+            ) => {
                 let copy = Self::texel_copy(
                     ctx,
                     (concat.into(), stored),
@@ -410,6 +431,7 @@ impl Workspace {
                 .await?;
                 held.texels.push(copy);
                 GemmOperands::Texels {
+                    kernel: *kernel,
                     lhs: held.texels.last().expect("pushed above"),
                     rhs: out,
                     out: Rows::Buffer(Buf::Io(IoSlot::Output)),

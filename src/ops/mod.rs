@@ -22,6 +22,7 @@ pub(crate) mod blocked_attention;
 pub(crate) mod decode;
 pub(crate) mod fused_attention;
 pub(crate) mod gemm;
+pub(crate) mod kernel_params;
 pub(crate) mod layer_norm;
 pub(crate) mod masked_softmax;
 pub(crate) mod retrieval_select;
@@ -99,7 +100,9 @@ mod uniform_layouts {
     use super::*;
     use crate::gpu::test_device::context;
     use crate::gpu::uniform::layout_differences;
-    use crate::plan::{BlockedPlan, FusedPlan, FusedTiling, GemmTiling, OperandStorage};
+    use crate::ops::kernel_params::{
+        BlockedPlan, FusedPlan, FusedTiling, GemmTiling, OperandStorage,
+    };
     use crate::precision::Precision;
 
     #[test]
