@@ -227,6 +227,16 @@ impl Config {
         let selection = 4.0 * b * s * r * n * d;
         projections + attention + retrieval_keys + selection
     }
+
+    /// FLOPs of the attention core of one forward, the same for both strategies: `QKᵀ`, `r`
+    /// times `A·V`, and the retrieval selection (SPEC §7 without the projections and the
+    /// `d × d` retrieval keys); dense, as [`Config::forward_flops`] counts them.
+    pub fn core_flops(&self, batch: usize, seq: usize) -> f64 {
+        let (b, n) = (batch as f64, seq as f64);
+        let d = self.dim_head as f64;
+        let (s, r) = (self.num_searches as f64, self.num_retrievals as f64);
+        2.0 * b * s * n * n * d * (1.0 + r) + 4.0 * b * s * r * n * d
+    }
 }
 
 #[cfg(test)]
