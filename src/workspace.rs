@@ -167,292 +167,30 @@ impl Workspace {
         let start = crate::time::Instant::now();
         let c = config;
         let (batch, seq) = (plan.batch, plan.seq);
-        let tokens = batch * seq;
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        let scale = c.scale() as f32;
-        let mut held = Held::default();
-        let mut dispatches = Vec::new();
-
-        // 1. Prenorm: the GEMM reads the normalised input, else the caller's.
-        let normed = match weights.norm {
-            Some((gamma, beta)) => {
-                let normed = memory::storage(ctx, "layer norm", &[batch, seq, c.dim], None)?;
-                dispatches.push(
-                    ops::layer_norm::dispatch(
-                        ctx,
-                        tokens,
-                        c.dim,
-                        c.layer_norm_eps,
-                        IoSlot::Input,
-                        (gamma, beta),
-                        &normed,
-                    )
-                    .await?,
-                );
-                Some(normed)
-            }
-            None => None,
-        };
-        let input = normed.as_ref().map_or(Buf::Io(IoSlot::Input), Buf::Owned);
-
-        // 2. Projections [SQ | SK | RQ or Q̃ | RV], in the storage the core reads.
         // The projections and concatenation in the plan's intermediate precision; the input,
         // LayerNorm output and layer output stay f32, the weights are the layer's precision.
-        let stored = plan.intermediates();
-        let core = CoreOperands::new(ctx, &layout, plan.core_storage(), stored)?;
-        let proj_shape = GemmShape {
-            m: tokens,
-            n: layout.row_stride,
-            k: c.dim,
+        let core = CoreOperands::new(ctx, &layout, plan.core_storage(), plan.intermediates())?;
+        let mut recorder = Recorder {
+            ctx,
+            config,
+            plan: &plan,
+            weights: &weights,
+            layout,
+            held: Held::default(),
+            dispatches: Vec::new(),
         };
-        let operands = match (&weights.gemm, &core) {
-            (
-                GemmWeights::Buffers {
-                    tiling, projection, ..
-                },
-                CoreOperands::Buffers { proj, .. },
-            ) => GemmOperands::Buffers {
-                tiling: *tiling,
-                shape: proj_shape,
-                precision: GemmPrecision {
-                    lhs: Precision::F32,
-                    rhs: plan.precision,
-                    out: stored,
-                },
-                lhs: input,
-                rhs: projection,
-                out: proj.into(),
-            },
-            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("texel core operands with the buffer GEMM"));
-            }
-            (
-                GemmWeights::Texels {
-                    input: kernel,
-                    projection,
-                    ..
-                },
-                _,
-            ) => {
-                let copy =
-                    Self::texel_copy(ctx, (input, Precision::F32), tokens, c.dim, &mut dispatches)
-                        .await?;
-                held.texels.push(copy);
-                GemmOperands::Texels {
-                    kernel: *kernel,
-                    lhs: held.texels.last().expect("pushed above"),
-                    rhs: projection,
-                    out: core.proj(),
-                    out_precision: stored,
-                }
-            }
-        };
-        dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
-        if let (Some(biases), CoreOperands::Buffers { proj, .. }) = (&weights.biases, &core) {
-            dispatches.push(
-                ops::bias_add::dispatch(
-                    ctx,
-                    tokens,
-                    layout.row_stride,
-                    biases.projection,
-                    proj,
-                    stored,
-                )
-                .await?,
-            );
-        } else if weights.biases.is_some() {
-            return Err(inconsistent("biases with texel core operands"));
-        }
-
-        // 3. The attention core: search, retrieval and selection into the concatenation.
-        let mut finish = None;
-        let mut maps = None;
-        match (&plan.core, &core) {
-            (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
-                let value_mean =
-                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                dispatches.push(
-                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
-                        .await?,
-                );
-                let bound = ops::blocked_attention::bind(
-                    ctx,
-                    &layout,
-                    *blocked,
-                    scale,
-                    c.causal,
-                    proj,
-                    IoSlot::Mask,
-                    &value_mean,
-                    concat,
-                )
-                .await?;
-                dispatches.extend(bound.dispatches);
-                held.buffers.push(value_mean);
-                held.texels.push(bound.retrieved);
-            }
-            (CorePlan::Fused(fused), _) => {
-                let value_mean =
-                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                dispatches.push(
-                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
-                        .await?,
-                );
-                let carry = Carry::for_plan(ctx, &layout, fused)?;
-                let io = match &core {
-                    CoreOperands::Buffers { proj, concat } => FusedIo::Buffers {
-                        proj,
-                        concat,
-                        precision: stored,
-                    },
-                    CoreOperands::Texels { proj, concat } => FusedIo::Texels { proj, concat },
-                };
-                dispatches.extend(
-                    ops::fused_attention::dispatches(
-                        ctx,
-                        &layout,
-                        fused,
-                        scale,
-                        c.causal,
-                        io,
-                        IoSlot::Mask,
-                        &value_mean,
-                        carry.as_ref(),
-                    )
-                    .await?,
-                );
-                held.buffers.push(value_mean);
-                held.buffers.extend(
-                    carry
-                        .map(|carry| [carry.acc, carry.stats])
-                        .into_iter()
-                        .flatten(),
-                );
-            }
-            (CorePlan::Unfused, CoreOperands::Buffers { proj, concat }) => {
-                let selection = match (weights.selection_mlp, weights.retrieval_keys) {
-                    (Some(mlp), _) => Selection::Mlp(mlp),
-                    (None, Some(w_rk)) => Selection::DotProduct {
-                        scale: c.scale() as f32,
-                        w_rk,
-                    },
-                    (None, None) => {
-                        return Err(inconsistent("the unfused core without W_rk"));
-                    }
-                };
-                let (buffers, core_maps) =
-                    unfused_core(ctx, c, &layout, proj, selection, concat, &mut dispatches).await?;
-                held.buffers.extend(buffers);
-                maps = Some(core_maps);
-            }
-            (CorePlan::Cached(cached), CoreOperands::Buffers { proj, concat }) => {
-                let cache = cache.ok_or_else(|| inconsistent("the cached core without a cache"))?;
-                let step = ops::decode::bind(
-                    ctx,
-                    &layout,
-                    cached,
-                    scale,
-                    proj,
-                    IoSlot::Mask,
-                    cache,
-                    concat,
-                )
-                .await?;
-                dispatches.extend(step.dispatches);
-                held.buffers.extend(step.partials);
-                // The length update goes after everything that reads the length.
-                finish = Some(step.advance);
-            }
-            (CorePlan::Cached(_), CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("the cached core on texels"));
-            }
-            (CorePlan::Blocked(_), CoreOperands::Buffers { .. }) => {
-                return Err(inconsistent("the blocked core on buffers"));
-            }
-            (CorePlan::Unfused, CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("the unfused core on texels"));
-            }
-        }
-
-        // 4. Output projection into the caller's output.
-        let out_shape = GemmShape {
-            m: tokens,
-            n: c.dim,
-            k: c.search_width(),
-        };
-        let operands = match (&weights.gemm, &core) {
-            (GemmWeights::Buffers { tiling, out, .. }, CoreOperands::Buffers { concat, .. }) => {
-                GemmOperands::Buffers {
-                    tiling: *tiling,
-                    shape: out_shape,
-                    precision: GemmPrecision {
-                        lhs: stored,
-                        rhs: plan.precision,
-                        out: Precision::F32,
-                    },
-                    lhs: concat.into(),
-                    rhs: out,
-                    out: Buf::Io(IoSlot::Output),
-                }
-            }
-            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("texel core operands with the buffer GEMM"));
-            }
-            (
-                GemmWeights::Texels {
-                    output: kernel,
-                    out,
-                    ..
-                },
-                CoreOperands::Texels { concat, .. },
-            ) => GemmOperands::Texels {
-                kernel: *kernel,
-                lhs: concat,
-                rhs: out,
-                out: Rows::Buffer(Buf::Io(IoSlot::Output)),
-                out_precision: Precision::F32,
-            },
-            (
-                GemmWeights::Texels {
-                    output: kernel,
-                    out,
-                    ..
-                },
-                CoreOperands::Buffers { concat, .. },
-            ) => {
-                let copy = Self::texel_copy(
-                    ctx,
-                    (concat.into(), stored),
-                    tokens,
-                    c.search_width(),
-                    &mut dispatches,
-                )
-                .await?;
-                held.texels.push(copy);
-                GemmOperands::Texels {
-                    kernel: *kernel,
-                    lhs: held.texels.last().expect("pushed above"),
-                    rhs: out,
-                    out: Rows::Buffer(Buf::Io(IoSlot::Output)),
-                    out_precision: Precision::F32,
-                }
-            }
-        };
-        dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
-        if let Some(biases) = &weights.biases {
-            dispatches.push(
-                ops::bias_add::dispatch(
-                    ctx,
-                    tokens,
-                    c.dim,
-                    biases.out,
-                    IoSlot::Output,
-                    Precision::F32,
-                )
-                .await?,
-            );
-        }
+        let normed = recorder.prenorm().await?;
+        let input = normed.as_ref().map_or(Buf::Io(IoSlot::Input), Buf::Owned);
+        recorder.projections(input, &core).await?;
+        let (finish, maps) = recorder.core(&core, cache).await?;
+        recorder.output(&core).await?;
+        let Recorder {
+            mut held,
+            mut dispatches,
+            ..
+        } = recorder;
         dispatches.extend(finish);
 
         held.buffers.extend(normed);
@@ -853,4 +591,344 @@ async fn unfused_core(
         readback: None,
     };
     Ok((vec![logits, weights, retrieved, g_scratch], maps))
+}
+
+/// What `Workspace::build` records into: the plan's inputs, the intermediates it allocates and
+/// the dispatches in data-flow order. Each method records one role.
+struct Recorder<'a> {
+    ctx: &'a GpuContext,
+    config: &'a Config,
+    plan: &'a ExecutionPlan,
+    weights: &'a PlanWeights<'a>,
+    layout: ProjectionLayout,
+    held: Held,
+    dispatches: Vec<Dispatch>,
+}
+
+impl Recorder<'_> {
+    /// 1. Prenorm: the normalised input the GEMM reads (`None`: it reads the caller's).
+    async fn prenorm(&mut self) -> Result<Option<wgpu::Buffer>> {
+        let (ctx, c, weights) = (self.ctx, self.config, self.weights);
+        let layout = self.layout;
+        let (batch, seq) = (layout.batch, layout.seq);
+        let tokens = batch * seq;
+        Ok(match weights.norm {
+            Some((gamma, beta)) => {
+                let normed = memory::storage(ctx, "layer norm", &[batch, seq, c.dim], None)?;
+                self.dispatches.push(
+                    ops::layer_norm::dispatch(
+                        ctx,
+                        tokens,
+                        c.dim,
+                        c.layer_norm_eps,
+                        IoSlot::Input,
+                        (gamma, beta),
+                        &normed,
+                    )
+                    .await?,
+                );
+                Some(normed)
+            }
+            None => None,
+        })
+    }
+
+    /// 2. Projections `[SQ | SK | RQ or Q̃ | RV]` of `input`, in the storage the core reads.
+    async fn projections(&mut self, input: Buf<'_>, core: &CoreOperands) -> Result<()> {
+        let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
+        let layout = self.layout;
+        let (batch, seq) = (layout.batch, layout.seq);
+        let tokens = batch * seq;
+        let stored = plan.intermediates();
+        let proj_shape = GemmShape {
+            m: tokens,
+            n: layout.row_stride,
+            k: c.dim,
+        };
+        let operands = match (&weights.gemm, &core) {
+            (
+                GemmWeights::Buffers {
+                    tiling, projection, ..
+                },
+                CoreOperands::Buffers { proj, .. },
+            ) => GemmOperands::Buffers {
+                tiling: *tiling,
+                shape: proj_shape,
+                precision: GemmPrecision {
+                    lhs: Precision::F32,
+                    rhs: plan.precision,
+                    out: stored,
+                },
+                lhs: input,
+                rhs: projection,
+                out: proj.into(),
+            },
+            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
+                return Err(inconsistent("texel core operands with the buffer GEMM"));
+            }
+            (
+                GemmWeights::Texels {
+                    input: kernel,
+                    projection,
+                    ..
+                },
+                _,
+            ) => {
+                let copy = Workspace::texel_copy(
+                    ctx,
+                    (input, Precision::F32),
+                    tokens,
+                    c.dim,
+                    &mut self.dispatches,
+                )
+                .await?;
+                self.held.texels.push(copy);
+                GemmOperands::Texels {
+                    kernel: *kernel,
+                    lhs: self.held.texels.last().expect("pushed above"),
+                    rhs: projection,
+                    out: core.proj(),
+                    out_precision: stored,
+                }
+            }
+        };
+        self.dispatches
+            .extend(ops::gemm::dispatches(ctx, operands).await?);
+        if let (Some(biases), CoreOperands::Buffers { proj, .. }) = (&weights.biases, &core) {
+            self.dispatches.push(
+                ops::bias_add::dispatch(
+                    ctx,
+                    tokens,
+                    layout.row_stride,
+                    biases.projection,
+                    proj,
+                    stored,
+                )
+                .await?,
+            );
+        } else if weights.biases.is_some() {
+            return Err(inconsistent("biases with texel core operands"));
+        }
+        Ok(())
+    }
+
+    /// 3. The attention core: search, retrieval and selection into the concatenation. Returns
+    /// the dispatch that must run last (a cached core's length update) and the unfused core's
+    /// map buffers.
+    async fn core(
+        &mut self,
+        core: &CoreOperands,
+        cache: Option<&CacheBuffers>,
+    ) -> Result<(Option<Dispatch>, Option<MapsBuffers>)> {
+        let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
+        let layout = self.layout;
+        let batch = layout.batch;
+        let scale = c.scale() as f32;
+        let stored = plan.intermediates();
+        let mut finish = None;
+        let mut maps = None;
+        match (&plan.core, &core) {
+            (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
+                let value_mean =
+                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
+                self.dispatches.push(
+                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
+                        .await?,
+                );
+                let bound = ops::blocked_attention::bind(
+                    ctx,
+                    &layout,
+                    *blocked,
+                    scale,
+                    c.causal,
+                    proj,
+                    IoSlot::Mask,
+                    &value_mean,
+                    concat,
+                )
+                .await?;
+                self.dispatches.extend(bound.dispatches);
+                self.held.buffers.push(value_mean);
+                self.held.texels.push(bound.retrieved);
+            }
+            (CorePlan::Fused(fused), _) => {
+                let value_mean =
+                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
+                self.dispatches.push(
+                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
+                        .await?,
+                );
+                let carry = Carry::for_plan(ctx, &layout, fused)?;
+                let io = match &core {
+                    CoreOperands::Buffers { proj, concat } => FusedIo::Buffers {
+                        proj,
+                        concat,
+                        precision: stored,
+                    },
+                    CoreOperands::Texels { proj, concat } => FusedIo::Texels { proj, concat },
+                };
+                self.dispatches.extend(
+                    ops::fused_attention::dispatches(
+                        ctx,
+                        &layout,
+                        fused,
+                        scale,
+                        c.causal,
+                        io,
+                        IoSlot::Mask,
+                        &value_mean,
+                        carry.as_ref(),
+                    )
+                    .await?,
+                );
+                self.held.buffers.push(value_mean);
+                self.held.buffers.extend(
+                    carry
+                        .map(|carry| [carry.acc, carry.stats])
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+            (CorePlan::Unfused, CoreOperands::Buffers { proj, concat }) => {
+                let selection = match (weights.selection_mlp, weights.retrieval_keys) {
+                    (Some(mlp), _) => Selection::Mlp(mlp),
+                    (None, Some(w_rk)) => Selection::DotProduct {
+                        scale: c.scale() as f32,
+                        w_rk,
+                    },
+                    (None, None) => {
+                        return Err(inconsistent("the unfused core without W_rk"));
+                    }
+                };
+                let (buffers, core_maps) = unfused_core(
+                    ctx,
+                    c,
+                    &layout,
+                    proj,
+                    selection,
+                    concat,
+                    &mut self.dispatches,
+                )
+                .await?;
+                self.held.buffers.extend(buffers);
+                maps = Some(core_maps);
+            }
+            (CorePlan::Cached(cached), CoreOperands::Buffers { proj, concat }) => {
+                let cache = cache.ok_or_else(|| inconsistent("the cached core without a cache"))?;
+                let step = ops::decode::bind(
+                    ctx,
+                    &layout,
+                    cached,
+                    scale,
+                    proj,
+                    IoSlot::Mask,
+                    cache,
+                    concat,
+                )
+                .await?;
+                self.dispatches.extend(step.dispatches);
+                self.held.buffers.extend(step.partials);
+                // The length update goes after everything that reads the length.
+                finish = Some(step.advance);
+            }
+            (CorePlan::Cached(_), CoreOperands::Texels { .. }) => {
+                return Err(inconsistent("the cached core on texels"));
+            }
+            (CorePlan::Blocked(_), CoreOperands::Buffers { .. }) => {
+                return Err(inconsistent("the blocked core on buffers"));
+            }
+            (CorePlan::Unfused, CoreOperands::Texels { .. }) => {
+                return Err(inconsistent("the unfused core on texels"));
+            }
+        }
+        Ok((finish, maps))
+    }
+
+    /// 4. Output projection of the concatenation into the caller's output.
+    async fn output(&mut self, core: &CoreOperands) -> Result<()> {
+        let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
+        let layout = self.layout;
+        let (batch, seq) = (layout.batch, layout.seq);
+        let tokens = batch * seq;
+        let stored = plan.intermediates();
+        let out_shape = GemmShape {
+            m: tokens,
+            n: c.dim,
+            k: c.search_width(),
+        };
+        let operands = match (&weights.gemm, &core) {
+            (GemmWeights::Buffers { tiling, out, .. }, CoreOperands::Buffers { concat, .. }) => {
+                GemmOperands::Buffers {
+                    tiling: *tiling,
+                    shape: out_shape,
+                    precision: GemmPrecision {
+                        lhs: stored,
+                        rhs: plan.precision,
+                        out: Precision::F32,
+                    },
+                    lhs: concat.into(),
+                    rhs: out,
+                    out: Buf::Io(IoSlot::Output),
+                }
+            }
+            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
+                return Err(inconsistent("texel core operands with the buffer GEMM"));
+            }
+            (
+                GemmWeights::Texels {
+                    output: kernel,
+                    out,
+                    ..
+                },
+                CoreOperands::Texels { concat, .. },
+            ) => GemmOperands::Texels {
+                kernel: *kernel,
+                lhs: concat,
+                rhs: out,
+                out: Rows::Buffer(Buf::Io(IoSlot::Output)),
+                out_precision: Precision::F32,
+            },
+            (
+                GemmWeights::Texels {
+                    output: kernel,
+                    out,
+                    ..
+                },
+                CoreOperands::Buffers { concat, .. },
+            ) => {
+                let copy = Workspace::texel_copy(
+                    ctx,
+                    (concat.into(), stored),
+                    tokens,
+                    c.search_width(),
+                    &mut self.dispatches,
+                )
+                .await?;
+                self.held.texels.push(copy);
+                GemmOperands::Texels {
+                    kernel: *kernel,
+                    lhs: self.held.texels.last().expect("pushed above"),
+                    rhs: out,
+                    out: Rows::Buffer(Buf::Io(IoSlot::Output)),
+                    out_precision: Precision::F32,
+                }
+            }
+        };
+        self.dispatches
+            .extend(ops::gemm::dispatches(ctx, operands).await?);
+        if let Some(biases) = &weights.biases {
+            self.dispatches.push(
+                ops::bias_add::dispatch(
+                    ctx,
+                    tokens,
+                    c.dim,
+                    biases.out,
+                    IoSlot::Output,
+                    Precision::F32,
+                )
+                .await?,
+            );
+        }
+        Ok(())
+    }
 }
