@@ -606,7 +606,7 @@ struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    /// 1. Prenorm: the normalised input the GEMM reads (`None`: it reads the caller's).
+    /// Step 1, prenorm: the normalised input the GEMM reads (`None`: it reads the caller's).
     async fn prenorm(&mut self) -> Result<Option<wgpu::Buffer>> {
         let (ctx, c, weights) = (self.ctx, self.config, self.weights);
         let layout = self.layout;
@@ -633,7 +633,7 @@ impl Recorder<'_> {
         })
     }
 
-    /// 2. Projections `[SQ | SK | RQ or Q̃ | RV]` of `input`, in the storage the core reads.
+    /// Step 2, projections `[SQ | SK | RQ or Q̃ | RV]` of `input`, in the storage the core reads.
     async fn projections(&mut self, input: Buf<'_>, core: &CoreOperands) -> Result<()> {
         let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
         let layout = self.layout;
@@ -712,7 +712,7 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// 3. The attention core: search, retrieval and selection into the concatenation. Returns
+    /// Step 3, the attention core: search, retrieval and selection into the concatenation. Returns
     /// the dispatch that must run last (a cached core's length update) and the unfused core's
     /// map buffers.
     async fn core(
@@ -844,7 +844,7 @@ impl Recorder<'_> {
         Ok((finish, maps))
     }
 
-    /// 4. Output projection of the concatenation into the caller's output.
+    /// Step 4, the output projection of the concatenation into the caller's output.
     async fn output(&mut self, core: &CoreOperands) -> Result<()> {
         let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
         let layout = self.layout;
