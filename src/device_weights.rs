@@ -148,8 +148,8 @@ impl DeviceWeights {
             ProjectionWeights::RetrievalFolded => "packed input projections (W_rk folded)",
         };
         // A layer's plans share its precision, so each matrix is stored in one.
-        let precision = plan.precision;
-        let gemm = match plan.gemm {
+        let precision = plan.precision();
+        let gemm = match plan.gemm() {
             GemmPlan::Buffers(tiling) => GemmWeights::Buffers {
                 tiling,
                 projection: filled(&mut projection.buffer, || {

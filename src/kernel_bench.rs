@@ -162,7 +162,7 @@ impl KernelBench {
         // in the plan's storage even where the plan picks the blocked one (measured as well).
         let plan = ExecutionPlan::resolve(ctx, c, Precision::F32, Strategy::Fused, batch, seq)?;
         let storage = plan.core_storage();
-        let (fused, blocked) = match &plan.core {
+        let (fused, blocked) = match &plan.core() {
             CorePlan::Fused(fused) => (fused.clone(), None),
             CorePlan::Blocked(blocked) => {
                 let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;

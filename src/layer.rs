@@ -474,7 +474,7 @@ async fn run(
     timed: bool,
     after: Option<AfterForward<'_>>,
 ) -> Result<Profile> {
-    let (batch, seq) = (workspace.plan().batch, workspace.plan().seq);
+    let (batch, seq) = (workspace.plan().batch(), workspace.plan().seq());
     let host = workspace.host_io(ctx, dim)?;
     let mask_words: Vec<u32> = match mask {
         Some(mask) => mask.iter().map(|&allowed| allowed as u32).collect(),

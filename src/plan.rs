@@ -407,24 +407,61 @@ pub enum ProjectionWeights {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecutionPlan {
     /// Batch size.
-    pub batch: usize,
+    batch: usize,
     /// Sequence length.
-    pub seq: usize,
+    seq: usize,
     /// The strategy asked for.
-    pub strategy: Strategy,
+    strategy: Strategy,
     /// The layer's storage precision: of its weights, its KV cache and, in the fused and
     /// cached cores, of the projections and the concatenated searches
     /// ([`ExecutionPlan::intermediates`]).
-    pub precision: Precision,
+    precision: Precision,
     /// The kernel family.
-    pub family: KernelFamily,
+    family: KernelFamily,
     /// The GEMM of both projections, and the storage of its operands and weights.
-    pub gemm: GemmPlan,
+    gemm: GemmPlan,
     /// The attention core.
-    pub core: CorePlan,
+    core: CorePlan,
 }
 
 impl ExecutionPlan {
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Sequence length (new tokens, for a cached plan).
+    pub fn seq(&self) -> usize {
+        self.seq
+    }
+
+    /// The strategy asked for.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The layer's storage precision: of its weights, its KV cache and, in the fused and cached
+    /// cores, of the projections and the concatenated searches
+    /// ([`ExecutionPlan::intermediates`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The kernel family.
+    pub fn family(&self) -> KernelFamily {
+        self.family
+    }
+
+    /// The GEMMs of both projections, and the storage of their operands and weights.
+    pub fn gemm(&self) -> GemmPlan {
+        self.gemm
+    }
+
+    /// The attention core.
+    pub fn core(&self) -> &CorePlan {
+        &self.core
+    }
+
     /// Resolves the plan for `config` at `batch × seq` with `strategy` on `ctx`. Fails with a
     /// typed error when no kernel of the strategy can run the problem here.
     pub fn resolve(

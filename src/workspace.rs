@@ -166,7 +166,7 @@ impl Workspace {
     ) -> Result<Workspace> {
         let start = crate::time::Instant::now();
         let c = config;
-        let (batch, seq) = (plan.batch, plan.seq);
+        let (batch, seq) = (plan.batch(), plan.seq());
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         // The projections and concatenation in the plan's intermediate precision; the input,
@@ -207,7 +207,7 @@ impl Workspace {
         };
         log::info!(
             "workspace for batch {batch} × seq {seq} ({}): {} dispatches, {} bytes, built in {:.1} ms",
-            workspace.plan.core.name(),
+            workspace.plan.core().name(),
             workspace.dispatches.len(),
             workspace.bytes(),
             start.elapsed().as_secs_f64() * 1e3
@@ -236,7 +236,7 @@ impl Workspace {
 
     /// Whether the workspace serves `(batch, seq, strategy)`.
     pub(crate) fn serves(&self, batch: usize, seq: usize, strategy: Strategy) -> bool {
-        (self.plan.batch, self.plan.seq, self.plan.strategy) == (batch, seq, strategy)
+        (self.plan.batch(), self.plan.seq(), self.plan.strategy()) == (batch, seq, strategy)
     }
 
     /// Bytes of GPU memory the workspace holds.
@@ -256,7 +256,7 @@ impl Workspace {
 
     /// The host forward's upload and readback buffers, created on first use.
     pub(crate) fn host_io(&mut self, ctx: &GpuContext, dim: usize) -> Result<HostIo> {
-        let (batch, seq) = (self.plan.batch, self.plan.seq);
+        let (batch, seq) = (self.plan.batch(), self.plan.seq());
         let host = match self.host.take() {
             Some(host) => host,
             None => {
@@ -281,7 +281,7 @@ impl Workspace {
             None => memory::storage_init(
                 ctx,
                 "mask (every key allowed)",
-                &vec![1u32; self.plan.batch * self.plan.seq],
+                &vec![1u32; self.plan.batch() * self.plan.seq()],
             )?,
         };
         Ok(self.all_keys.insert(mask).clone())
@@ -355,8 +355,8 @@ impl Workspace {
         queries: usize,
         (searches, retrievals): (usize, usize),
     ) -> Result<[wgpu::Buffer; 2]> {
-        let core = self.plan.core.name();
-        let planes = (self.plan.batch * searches * queries) as u64;
+        let core = self.plan.core().name();
+        let planes = (self.plan.batch() * searches * queries) as u64;
         let maps = self
             .maps
             .as_mut()
@@ -366,7 +366,7 @@ impl Workspace {
                 reason: "attention maps are read from the unfused core, which this plan lacks",
             })?;
         let bytes = [
-            4 * planes * self.plan.seq as u64,
+            4 * planes * self.plan.seq() as u64,
             4 * planes * retrievals as u64,
         ];
         let fits = |kept: &[wgpu::Buffer; 2]| (0..2).all(|k| kept[k].size() >= bytes[k]);
@@ -393,7 +393,7 @@ impl Workspace {
         let Some(maps) = &self.maps else {
             return;
         };
-        let (batch, seq) = (self.plan.batch, self.plan.seq);
+        let (batch, seq) = (self.plan.batch(), self.plan.seq());
         let q = query_rows.len() as u64;
         // Runs of consecutive rows: (first row, its position in query_rows, length).
         let mut runs: Vec<(usize, usize, usize)> = Vec::new();
@@ -491,8 +491,8 @@ impl WorkspaceCache {
             let evicted = self.workspaces.remove(0);
             log::debug!(
                 "evicting the workspace for batch {} × seq {}",
-                evicted.plan.batch,
-                evicted.plan.seq
+                evicted.plan.batch(),
+                evicted.plan.seq()
             );
         }
     }
@@ -525,7 +525,7 @@ impl WorkspaceCache {
     pub(crate) fn shapes(&self) -> Vec<(usize, usize, Strategy)> {
         self.workspaces
             .iter()
-            .map(|w| (w.plan.batch, w.plan.seq, w.plan.strategy))
+            .map(|w| (w.plan.batch(), w.plan.seq(), w.plan.strategy()))
             .collect()
     }
 
@@ -656,7 +656,7 @@ impl Recorder<'_> {
                 shape: proj_shape,
                 precision: GemmPrecision {
                     lhs: Precision::F32,
-                    rhs: plan.precision,
+                    rhs: plan.precision(),
                     out: stored,
                 },
                 lhs: input,
@@ -727,7 +727,7 @@ impl Recorder<'_> {
         let stored = plan.intermediates();
         let mut finish = None;
         let mut maps = None;
-        match (&plan.core, &core) {
+        match (&plan.core(), &core) {
             (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
                 let value_mean =
                     memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
@@ -863,7 +863,7 @@ impl Recorder<'_> {
                     shape: out_shape,
                     precision: GemmPrecision {
                         lhs: stored,
-                        rhs: plan.precision,
+                        rhs: plan.precision(),
                         out: Precision::F32,
                     },
                     lhs: concat.into(),
