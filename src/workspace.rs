@@ -24,7 +24,9 @@ use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::retrieval_select::Selection;
 use crate::ops::{self, ProjectionLayout, Rows};
-use crate::plan::{CorePlan, ExecutionPlan, OperandStorage, UNFUSED_SIZE_HINT};
+use crate::plan::{
+    BlockedPlan, CachedPlan, CorePlan, ExecutionPlan, FusedPlan, OperandStorage, UNFUSED_SIZE_HINT,
+};
 use crate::precision::Precision;
 
 /// Intermediate buffers and textures the dispatches are bound to.
@@ -41,32 +43,54 @@ impl Held {
     }
 }
 
-/// The projections the core reads and the concatenation it writes, in the plan's core storage.
-// One value per workspace build: the size difference between the variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum CoreOperands {
-    Buffers {
-        proj: wgpu::Buffer,
-        concat: wgpu::Buffer,
-    },
-    Texels {
-        proj: TexelRows,
-        concat: TexelRows,
-    },
+/// The projections a core reads and the concatenation it writes, as buffers.
+struct BufferPair {
+    proj: wgpu::Buffer,
+    concat: wgpu::Buffer,
 }
 
-impl CoreOperands {
-    /// `precision`: of buffers (texel rows are f32).
+/// The projections a core reads and the concatenation it writes, as texel rows.
+struct TexelPair {
+    proj: TexelRows,
+    concat: TexelRows,
+}
+
+/// The fused core's operands, in the storage its plan names.
+// One value per workspace build: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Operands {
+    Buffers(BufferPair),
+    Texels(TexelPair),
+}
+
+/// The core's operands whichever core reads them, for the GEMMs that write and read them.
+enum OperandRefs<'a> {
+    Buffers(&'a BufferPair),
+    Texels(&'a TexelPair),
+}
+
+/// The plan's core with its operands, in the storage that core reads: texels for the blocked
+/// core, buffers for the unfused and cached cores, and the plan's storage for the fused core.
+/// A core cannot be paired with operands it does not read.
+enum CoreOperands<'p> {
+    Blocked(BlockedPlan, TexelPair),
+    Fused(&'p FusedPlan, Operands),
+    Unfused(BufferPair),
+    Cached(CachedPlan, BufferPair),
+}
+
+impl<'p> CoreOperands<'p> {
+    /// Allocates the operands of `core`; `precision`: of buffers (texel rows are f32).
     fn new(
         ctx: &GpuContext,
         layout: &ProjectionLayout,
-        storage: OperandStorage,
+        core: &'p CorePlan,
         precision: Precision,
     ) -> Result<Self> {
         let (batch, seq) = (layout.batch, layout.seq);
         let search_width = layout.searches * layout.head;
-        Ok(match storage {
-            OperandStorage::Buffers => CoreOperands::Buffers {
+        let buffers = || -> Result<BufferPair> {
+            Ok(BufferPair {
                 proj: memory::stored(
                     ctx,
                     "projections",
@@ -81,25 +105,54 @@ impl CoreOperands {
                     precision,
                     None,
                 )?,
-            },
-            OperandStorage::Texels => CoreOperands::Texels {
+            })
+        };
+        let texels = || -> Result<TexelPair> {
+            Ok(TexelPair {
                 proj: TexelRows::new(ctx, "projections", batch * seq, layout.row_stride)?,
                 concat: TexelRows::new(ctx, "concatenated searches", batch * seq, search_width)?,
-            },
+            })
+        };
+        Ok(match core {
+            CorePlan::Blocked(blocked) => CoreOperands::Blocked(*blocked, texels()?),
+            CorePlan::Fused(fused) => CoreOperands::Fused(
+                fused,
+                match fused.storage {
+                    OperandStorage::Buffers => Operands::Buffers(buffers()?),
+                    OperandStorage::Texels => Operands::Texels(texels()?),
+                },
+            ),
+            CorePlan::Unfused => CoreOperands::Unfused(buffers()?),
+            CorePlan::Cached(cached) => CoreOperands::Cached(*cached, buffers()?),
         })
     }
 
-    fn proj(&self) -> Rows<'_> {
+    fn operands(&self) -> OperandRefs<'_> {
         match self {
-            CoreOperands::Buffers { proj, .. } => Rows::Buffer(proj.into()),
-            CoreOperands::Texels { proj, .. } => Rows::Texels(proj),
+            CoreOperands::Blocked(_, texels) | CoreOperands::Fused(_, Operands::Texels(texels)) => {
+                OperandRefs::Texels(texels)
+            }
+            CoreOperands::Fused(_, Operands::Buffers(buffers))
+            | CoreOperands::Unfused(buffers)
+            | CoreOperands::Cached(_, buffers) => OperandRefs::Buffers(buffers),
+        }
+    }
+
+    fn proj(&self) -> Rows<'_> {
+        match self.operands() {
+            OperandRefs::Buffers(pair) => Rows::Buffer((&pair.proj).into()),
+            OperandRefs::Texels(pair) => Rows::Texels(&pair.proj),
         }
     }
 
     fn hold(self, held: &mut Held) {
         match self {
-            CoreOperands::Buffers { proj, concat } => held.buffers.extend([proj, concat]),
-            CoreOperands::Texels { proj, concat } => held.texels.extend([proj, concat]),
+            CoreOperands::Blocked(_, pair) | CoreOperands::Fused(_, Operands::Texels(pair)) => {
+                held.texels.extend([pair.proj, pair.concat])
+            }
+            CoreOperands::Fused(_, Operands::Buffers(pair))
+            | CoreOperands::Unfused(pair)
+            | CoreOperands::Cached(_, pair) => held.buffers.extend([pair.proj, pair.concat]),
         }
     }
 }
@@ -171,7 +224,7 @@ impl Workspace {
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         // The projections and concatenation in the plan's intermediate precision; the input,
         // LayerNorm output and layer output stay f32, the weights are the layer's precision.
-        let core = CoreOperands::new(ctx, &layout, plan.core_storage(), plan.intermediates())?;
+        let core = CoreOperands::new(ctx, &layout, plan.core(), plan.intermediates())?;
         let mut recorder = Recorder {
             ctx,
             config,
@@ -634,7 +687,7 @@ impl Recorder<'_> {
     }
 
     /// Step 2, projections `[SQ | SK | RQ or Q̃ | RV]` of `input`, in the storage the core reads.
-    async fn projections(&mut self, input: Buf<'_>, core: &CoreOperands) -> Result<()> {
+    async fn projections(&mut self, input: Buf<'_>, core: &CoreOperands<'_>) -> Result<()> {
         let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
         let layout = self.layout;
         let (batch, seq) = (layout.batch, layout.seq);
@@ -645,12 +698,12 @@ impl Recorder<'_> {
             n: layout.row_stride,
             k: c.dim,
         };
-        let operands = match (&weights.gemm, &core) {
+        let operands = match (&weights.gemm, core.operands()) {
             (
                 GemmWeights::Buffers {
                     tiling, projection, ..
                 },
-                CoreOperands::Buffers { proj, .. },
+                OperandRefs::Buffers(BufferPair { proj, .. }),
             ) => GemmOperands::Buffers {
                 tiling: *tiling,
                 shape: proj_shape,
@@ -663,7 +716,7 @@ impl Recorder<'_> {
                 rhs: projection,
                 out: proj.into(),
             },
-            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
+            (GemmWeights::Buffers { .. }, OperandRefs::Texels(_)) => {
                 return Err(inconsistent("texel core operands with the buffer GEMM"));
             }
             (
@@ -694,7 +747,9 @@ impl Recorder<'_> {
         };
         self.dispatches
             .extend(ops::gemm::dispatches(ctx, operands).await?);
-        if let (Some(biases), CoreOperands::Buffers { proj, .. }) = (&weights.biases, &core) {
+        if let (Some(biases), OperandRefs::Buffers(BufferPair { proj, .. })) =
+            (&weights.biases, core.operands())
+        {
             self.dispatches.push(
                 ops::bias_add::dispatch(
                     ctx,
@@ -717,7 +772,7 @@ impl Recorder<'_> {
     /// map buffers.
     async fn core(
         &mut self,
-        core: &CoreOperands,
+        core: &CoreOperands<'_>,
         cache: Option<&CacheBuffers>,
     ) -> Result<(Option<Dispatch>, Option<MapsBuffers>)> {
         let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
@@ -727,8 +782,8 @@ impl Recorder<'_> {
         let stored = plan.intermediates();
         let mut finish = None;
         let mut maps = None;
-        match (&plan.core(), &core) {
-            (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
+        match core {
+            CoreOperands::Blocked(blocked, TexelPair { proj, concat }) => {
                 let value_mean =
                     memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
                 self.dispatches.push(
@@ -751,7 +806,7 @@ impl Recorder<'_> {
                 self.held.buffers.push(value_mean);
                 self.held.texels.push(bound.retrieved);
             }
-            (CorePlan::Fused(fused), _) => {
+            CoreOperands::Fused(fused, operands) => {
                 let value_mean =
                     memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
                 self.dispatches.push(
@@ -759,13 +814,15 @@ impl Recorder<'_> {
                         .await?,
                 );
                 let carry = Carry::for_plan(ctx, &layout, fused)?;
-                let io = match &core {
-                    CoreOperands::Buffers { proj, concat } => FusedIo::Buffers {
+                let io = match operands {
+                    Operands::Buffers(BufferPair { proj, concat }) => FusedIo::Buffers {
                         proj,
                         concat,
                         precision: stored,
                     },
-                    CoreOperands::Texels { proj, concat } => FusedIo::Texels { proj, concat },
+                    Operands::Texels(TexelPair { proj, concat }) => {
+                        FusedIo::Texels { proj, concat }
+                    }
                 };
                 self.dispatches.extend(
                     ops::fused_attention::dispatches(
@@ -789,7 +846,7 @@ impl Recorder<'_> {
                         .flatten(),
                 );
             }
-            (CorePlan::Unfused, CoreOperands::Buffers { proj, concat }) => {
+            CoreOperands::Unfused(BufferPair { proj, concat }) => {
                 let selection = match (weights.selection_mlp, weights.retrieval_keys) {
                     (Some(mlp), _) => Selection::Mlp(mlp),
                     (None, Some(w_rk)) => Selection::DotProduct {
@@ -813,7 +870,7 @@ impl Recorder<'_> {
                 self.held.buffers.extend(buffers);
                 maps = Some(core_maps);
             }
-            (CorePlan::Cached(cached), CoreOperands::Buffers { proj, concat }) => {
+            CoreOperands::Cached(cached, BufferPair { proj, concat }) => {
                 let cache = cache.ok_or_else(|| inconsistent("the cached core without a cache"))?;
                 let step = ops::decode::bind(
                     ctx,
@@ -831,21 +888,12 @@ impl Recorder<'_> {
                 // The length update goes after everything that reads the length.
                 finish = Some(step.advance);
             }
-            (CorePlan::Cached(_), CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("the cached core on texels"));
-            }
-            (CorePlan::Blocked(_), CoreOperands::Buffers { .. }) => {
-                return Err(inconsistent("the blocked core on buffers"));
-            }
-            (CorePlan::Unfused, CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("the unfused core on texels"));
-            }
         }
         Ok((finish, maps))
     }
 
     /// Step 4, the output projection of the concatenation into the caller's output.
-    async fn output(&mut self, core: &CoreOperands) -> Result<()> {
+    async fn output(&mut self, core: &CoreOperands<'_>) -> Result<()> {
         let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
         let layout = self.layout;
         let (batch, seq) = (layout.batch, layout.seq);
@@ -856,22 +904,23 @@ impl Recorder<'_> {
             n: c.dim,
             k: c.search_width(),
         };
-        let operands = match (&weights.gemm, &core) {
-            (GemmWeights::Buffers { tiling, out, .. }, CoreOperands::Buffers { concat, .. }) => {
-                GemmOperands::Buffers {
-                    tiling: *tiling,
-                    shape: out_shape,
-                    precision: GemmPrecision {
-                        lhs: stored,
-                        rhs: plan.precision(),
-                        out: Precision::F32,
-                    },
-                    lhs: concat.into(),
-                    rhs: out,
-                    out: Buf::Io(IoSlot::Output),
-                }
-            }
-            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
+        let operands = match (&weights.gemm, core.operands()) {
+            (
+                GemmWeights::Buffers { tiling, out, .. },
+                OperandRefs::Buffers(BufferPair { concat, .. }),
+            ) => GemmOperands::Buffers {
+                tiling: *tiling,
+                shape: out_shape,
+                precision: GemmPrecision {
+                    lhs: stored,
+                    rhs: plan.precision(),
+                    out: Precision::F32,
+                },
+                lhs: concat.into(),
+                rhs: out,
+                out: Buf::Io(IoSlot::Output),
+            },
+            (GemmWeights::Buffers { .. }, OperandRefs::Texels(_)) => {
                 return Err(inconsistent("texel core operands with the buffer GEMM"));
             }
             (
@@ -880,7 +929,7 @@ impl Recorder<'_> {
                     out,
                     ..
                 },
-                CoreOperands::Texels { concat, .. },
+                OperandRefs::Texels(TexelPair { concat, .. }),
             ) => GemmOperands::Texels {
                 kernel: *kernel,
                 lhs: concat,
@@ -894,7 +943,7 @@ impl Recorder<'_> {
                     out,
                     ..
                 },
-                CoreOperands::Buffers { concat, .. },
+                OperandRefs::Buffers(BufferPair { concat, .. }),
             ) => {
                 let copy = Workspace::texel_copy(
                     ctx,
