@@ -16,6 +16,10 @@
 //! | [`fused_attention`] | `fused_attention.wgsl` | the whole attention core, no `n × n` buffer |
 //! | [`blocked_attention`] | `blocked_attention.wgsl`, `retrieval_mix.wgsl` | the fused core in 4 × 4 blocks, for CPU drivers |
 //! | [`decode`] | `cache_append.wgsl`, `decode_attention.wgsl`, `decode_reduce.wgsl`, `cache_advance.wgsl` | new queries over a KV cache, split-KV |
+//!
+//! [`kernel_params`] holds the kernels' parameter types (tilings, operand storage, the texel GEMM
+//! kernel, the cores' per-shape parameters): the plan chooses their values, the kernels read
+//! them; nothing here imports the plan.
 
 pub(crate) mod bias_add;
 pub(crate) mod blocked_attention;
