@@ -21,7 +21,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use compositional_attention::kernel_bench::{GemmKernel, KernelBench};
+use compositional_attention::kernel_bench::{GemmKernel, KernelBench, attention_kernel_flops};
 use compositional_attention::testing::random_problem;
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, MapsOptions, Strategy, reference,
@@ -91,24 +91,6 @@ fn unfused_fits(ctx: &GpuContext, config: &Config, seq: usize) -> bool {
     let bytes = (BATCH * config.num_searches * seq * seq * 4) as u64;
     let limits = ctx.limits();
     bytes <= limits.max_storage_buffer_binding_size && bytes <= limits.max_buffer_size
-}
-
-/// FLOPs of one launch of an attention kernel, as `KernelBench::attention_kernels` counts them.
-fn attention_kernel_flops(name: &str, config: &Config, seq: usize) -> f64 {
-    let (b, n) = (BATCH as f64, seq as f64);
-    let (s, r, d) = (
-        config.num_searches as f64,
-        config.num_retrievals as f64,
-        config.dim_head as f64,
-    );
-    match name {
-        "search_scores" => 2.0 * b * s * n * n * d,
-        "masked_softmax" => 5.0 * b * s * n * n,
-        "search_values" => 2.0 * b * s * n * n * r * d,
-        "retrieval_select" => 2.0 * b * s * r * n * d * d + 4.0 * b * s * r * n * d,
-        "value_mean" => b * n * r * d,
-        _ => 2.0 * b * s * n * n * d * (1.0 + r) + 4.0 * b * s * r * n * d,
-    }
 }
 
 /// The kernels `KernelBench::attention_kernels` returns: the unfused strategy's four, then the
@@ -190,7 +172,7 @@ fn attention_kernels(c: &mut Criterion) {
                 eprintln!("note: blocked_attention at n = {seq} skipped: not run on this adapter");
                 continue;
             }
-            group.throughput(flops(attention_kernel_flops(name, &config, seq)));
+            group.throughput(flops(attention_kernel_flops(name, &config, BATCH, seq)));
             group.bench_function(BenchmarkId::new(name, seq), |b| {
                 let kernels = lazily(
                     &mut slot,

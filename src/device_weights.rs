@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::{GpuContext, memory};
 use crate::ops::retrieval_select::MlpWeights;
-use crate::plan::{ExecutionPlan, GemmPlan, GemmTiling, ProjectionWeights};
+use crate::plan::{ExecutionPlan, GemmPlan, GemmTiling, ProjectionWeights, TexelGemmKernel};
 use crate::weights::Weights;
 
 /// One weight matrix in every storage it was asked for.
@@ -43,6 +43,9 @@ pub(crate) enum GemmWeights<'a> {
         out: &'a wgpu::Buffer,
     },
     Texels {
+        /// The plan's texel kernels of the input and output projections.
+        input: TexelGemmKernel,
+        output: TexelGemmKernel,
         projection: &'a TexelRows,
         out: &'a TexelRows,
     },
@@ -145,8 +148,8 @@ impl DeviceWeights {
             ProjectionWeights::RetrievalFolded => "packed input projections (W_rk folded)",
         };
         // A layer's plans share its precision, so each matrix is stored in one.
-        let precision = plan.precision;
-        let gemm = match plan.gemm {
+        let precision = plan.precision();
+        let gemm = match plan.gemm() {
             GemmPlan::Buffers(tiling) => GemmWeights::Buffers {
                 tiling,
                 projection: filled(&mut projection.buffer, || {
@@ -157,7 +160,9 @@ impl DeviceWeights {
                     memory::stored_init(ctx, "to_out.weight", &host.out, precision)
                 })?,
             },
-            GemmPlan::Texels => GemmWeights::Texels {
+            GemmPlan::Texels { input, output } => GemmWeights::Texels {
+                input,
+                output,
                 projection: filled(&mut projection.texels, || {
                     log::debug!("uploading {label} as {precision} texel rows");
                     TexelRows::with_data_in(

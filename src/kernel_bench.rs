@@ -19,7 +19,7 @@ use crate::ops::{self, ProjectionLayout, Rows};
 use crate::plan::Strategy;
 use crate::plan::{
     BlockedPlan, CorePlan, ExecutionPlan, FusedPlan, FusedTiling, GemmPlan, GemmTiling,
-    OperandStorage,
+    OperandStorage, texel_gemm_kernel,
 };
 use crate::precision::Precision;
 use crate::testing::normal;
@@ -67,19 +67,23 @@ impl KernelBench {
         let rhs_data = normal(&mut rng, n * k, 1.0);
         let out = memory::storage(ctx, "out", &[m, n], None)?;
         let plan = match kernel {
-            GemmKernel::Auto => GemmPlan::of(ctx),
-            GemmKernel::Texels => GemmPlan::Texels,
+            GemmKernel::Auto => GemmPlan::of(ctx, m, k, k, OperandStorage::Buffers),
+            GemmKernel::Texels => GemmPlan::Texels {
+                input: texel_gemm_kernel(ctx, m, k, false),
+                output: texel_gemm_kernel(ctx, m, k, false),
+            },
             GemmKernel::Register => GemmPlan::Buffers(GemmTiling::REGISTER),
             GemmKernel::Tiled => GemmPlan::Buffers(GemmTiling::TILED),
         };
         let name = format!("gemm {m}x{n}x{k}");
         match plan {
-            GemmPlan::Texels => {
+            GemmPlan::Texels { input, .. } => {
                 let lhs = TexelRows::with_data(ctx, "lhs", m, k, &lhs_data)?;
                 let rhs = TexelRows::with_data(ctx, "rhs", n, k, &rhs_data)?;
                 let dispatches = ops::gemm::dispatches(
                     ctx,
                     GemmOperands::Texels {
+                        kernel: input,
                         lhs: &lhs,
                         rhs: &rhs,
                         out: Rows::Buffer((&out).into()),
@@ -135,13 +139,7 @@ impl KernelBench {
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         let scale = c.scale() as f32;
-        let (b, n, s, r, d) = (
-            batch as f64,
-            seq as f64,
-            c.num_searches as f64,
-            c.num_retrievals as f64,
-            c.dim_head as f64,
-        );
+        let flops = |name| attention_kernel_flops(name, c, batch, seq);
         let proj_data = normal(&mut rng, batch * seq * layout.row_stride, 1.0);
         let proj = memory::storage_init(ctx, "proj", &proj_data)?;
         let mask = memory::storage_init(ctx, "mask", &vec![1u32; batch * seq])?;
@@ -160,18 +158,25 @@ impl KernelBench {
         )?;
         let concat = memory::storage(ctx, "concat", &[batch, seq, c.search_width()], None)?;
         let value_mean = memory::storage(ctx, "value_mean", &[batch, c.value_width()], None)?;
-        // The fused kernel as the layer's plan runs it (the general kernel even where the plan
-        // picks the blocked one, which is measured as well).
-        let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
-        let storage =
-            match ExecutionPlan::resolve(ctx, c, Precision::F32, Strategy::Fused, batch, seq)?.core
-            {
-                CorePlan::Fused(fused) => fused.storage,
-                CorePlan::Blocked(_) => OperandStorage::Texels,
-                CorePlan::Unfused | CorePlan::Cached(_) => OperandStorage::Buffers,
-            };
-        let fused = FusedPlan::resolve(ctx, &layout, tiling, storage)?;
-        let blocked = BlockedPlan::resolve(ctx, &layout);
+        // The cores as the layer's plan runs them: its fused core, and the general fused kernel
+        // in the plan's storage even where the plan picks the blocked one (measured as well).
+        let plan = ExecutionPlan::resolve(ctx, c, Precision::F32, Strategy::Fused, batch, seq)?;
+        let storage = plan.core_storage();
+        let (fused, blocked) = match &plan.core() {
+            CorePlan::Fused(fused) => (fused.clone(), None),
+            CorePlan::Blocked(blocked) => {
+                let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
+                let fused = FusedPlan::resolve(ctx, &layout, tiling, storage)?;
+                (fused, Some(*blocked))
+            }
+            other => {
+                return Err(crate::Error::InvalidConfig {
+                    field: "strategy",
+                    value: other.name().into(),
+                    reason: "the kernel benchmarks measure the fused strategy's cores",
+                });
+            }
+        };
         let (proj_texels, concat_texels) = if storage == OperandStorage::Texels {
             let rows = batch * seq;
             (
@@ -203,12 +208,12 @@ impl KernelBench {
         let mut kernels = vec![
             (
                 "search_scores",
-                2.0 * b * s * n * n * d,
+                flops("search_scores"),
                 vec![ops::search_scores::dispatch(ctx, &layout, scale, &proj, &logits).await?],
             ),
             (
                 "masked_softmax",
-                5.0 * b * s * n * n,
+                flops("masked_softmax"),
                 vec![
                     ops::masked_softmax::dispatch(
                         ctx,
@@ -225,12 +230,12 @@ impl KernelBench {
             ),
             (
                 "search_values",
-                2.0 * b * s * n * n * r * d,
+                flops("search_values"),
                 ops::search_values::dispatches(ctx, &layout, &weights, &proj, &retrieved).await?,
             ),
             (
                 "retrieval_select",
-                2.0 * b * s * r * n * d * d + 4.0 * b * s * r * n * d,
+                flops("retrieval_select"),
                 vec![
                     ops::retrieval_select::dispatch(
                         ctx,
@@ -246,7 +251,7 @@ impl KernelBench {
             ),
             (
                 "value_mean",
-                b * n * r * d,
+                flops("value_mean"),
                 vec![
                     ops::value_mean::dispatch(
                         ctx,
@@ -260,7 +265,7 @@ impl KernelBench {
             ),
             (
                 "fused_attention",
-                2.0 * b * s * n * n * d * (1.0 + r) + 4.0 * b * s * r * n * d,
+                flops("fused_attention"),
                 ops::fused_attention::dispatches(
                     ctx,
                     &layout,
@@ -292,7 +297,7 @@ impl KernelBench {
                 .await?;
                 kernels.push((
                     "blocked_attention",
-                    2.0 * b * s * n * n * d * (1.0 + r) + 4.0 * b * s * r * n * d,
+                    flops("blocked_attention"),
                     core.dispatches,
                 ));
                 Some(core.retrieved)
@@ -443,4 +448,23 @@ pub fn summarize(samples: &[f64]) -> (f64, f64, f64) {
         sorted[mid]
     };
     (median, sorted[0], sorted[sorted.len() - 1])
+}
+
+/// FLOPs of one launch of the attention kernel `name` of [`KernelBench::attention_kernels`]; the
+/// fused and blocked cores count [`Config::core_flops`].
+pub fn attention_kernel_flops(name: &str, config: &Config, batch: usize, seq: usize) -> f64 {
+    let (b, n) = (batch as f64, seq as f64);
+    let (s, r, d) = (
+        config.num_searches as f64,
+        config.num_retrievals as f64,
+        config.dim_head as f64,
+    );
+    match name {
+        "search_scores" => 2.0 * b * s * n * n * d,
+        "masked_softmax" => 5.0 * b * s * n * n,
+        "search_values" => 2.0 * b * s * n * n * r * d,
+        "retrieval_select" => 2.0 * b * s * r * n * d * d + 4.0 * b * s * r * n * d,
+        "value_mean" => b * n * r * d,
+        _ => config.core_flops(batch, seq),
+    }
 }

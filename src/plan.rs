@@ -4,17 +4,20 @@
 //! tests all take an [`ExecutionPlan`] (or one of its parts) and only carry it out.
 //!
 //! The inputs are facts: the adapter (device type, backend, limits, the driver's loop cap), the
-//! kernel family the context was asked for ([`KernelFamilyRequest`]), the layer's [`Config`], the
+//! kernel family the context was asked for ([`KernelFamilyRequest`](crate::gpu::KernelFamilyRequest)), the layer's [`Config`], the
 //! [`Strategy`] and the shape. Resolution never allocates, so a plan can be inspected
 //! ([`CompositionalAttention::plan`](crate::CompositionalAttention::plan)) before anything runs.
 
-use std::ops::Range;
-
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
 use crate::gpu::dispatch::split_for_loop_budget;
-use crate::gpu::{GpuContext, KernelFamilyRequest};
+
 use crate::ops::ProjectionLayout;
+pub(crate) use crate::ops::kernel_params::vector_width;
+pub use crate::ops::kernel_params::{
+    BlockedPlan, CachedPlan, FusedPlan, FusedTiling, GemmTiling, OperandStorage, TexelGemmKernel,
+};
 use crate::precision::Precision;
 
 /// How the attention core is computed.
@@ -76,7 +79,7 @@ pub(crate) const UNFUSED_SIZE_HINT: &str = "the unfused strategy stores b·s·n�
 /// the fused kernel's per-invocation registers (queries, accumulators, scores) stay within it.
 const PRIVATE_BUDGET_BYTES: usize = 8192;
 
-/// Which family of kernel variants runs (resolved from [`KernelFamilyRequest`]).
+/// Which family of kernel variants runs (resolved from [`KernelFamilyRequest`](crate::gpu::KernelFamilyRequest)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelFamily {
     /// CPU drivers (lavapipe, llvmpipe, SwiftShader) run invocations as SIMD lanes: register
@@ -89,25 +92,11 @@ pub enum KernelFamily {
 impl KernelFamily {
     /// `Cpu` on CPU adapters (or when forced), `Gpu` otherwise.
     pub fn of(ctx: &GpuContext) -> KernelFamily {
-        match ctx.kernel_family_request() {
-            KernelFamilyRequest::Cpu => KernelFamily::Cpu,
-            KernelFamilyRequest::Gpu => KernelFamily::Gpu,
-            KernelFamilyRequest::Auto if ctx.info().device_type == wgpu::DeviceType::Cpu => {
-                KernelFamily::Cpu
-            }
-            KernelFamilyRequest::Auto => KernelFamily::Gpu,
+        match ctx.cpu_kernels() {
+            true => KernelFamily::Cpu,
+            false => KernelFamily::Gpu,
         }
     }
-}
-
-/// Where a matrix operand lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OperandStorage {
-    /// A storage buffer, row-major f32.
-    Buffers,
-    /// `rgba32float` texel rows (`src/gpu/texture.rs`): the CPU family's fast format. A GEMM
-    /// that reads its operands as texels ran 7× faster on lavapipe than from buffers.
-    Texels,
 }
 
 impl OperandStorage {
@@ -115,7 +104,7 @@ impl OperandStorage {
     /// backend but GL, where `textureLoad` of `rgba32float` array textures in compute shaders
     /// returned zeros on llvmpipe; buffers everywhere else.
     pub fn of_operands(ctx: &GpuContext) -> OperandStorage {
-        if KernelFamily::of(ctx) == KernelFamily::Cpu && ctx.info().backend != wgpu::Backend::Gl {
+        if KernelFamily::of(ctx) == KernelFamily::Cpu && ctx.texel_loads_work() {
             OperandStorage::Texels
         } else {
             OperandStorage::Buffers
@@ -128,22 +117,39 @@ impl OperandStorage {
 #[deprecated(note = "renamed plan::OperandStorage")]
 pub type Storage = OperandStorage;
 
-/// Which GEMM kernel computes the projections, and the storage of its operands.
+/// Which GEMM kernels compute the projections, and the storage of their operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GemmPlan {
-    /// `gemm_texture.wgsl`: both operands texel rows.
-    Texels,
+    /// Both operands texel rows; the texel kernel of each GEMM is chosen for its row count.
+    Texels {
+        /// The input projection's kernel.
+        input: TexelGemmKernel,
+        /// The output projection's kernel.
+        output: TexelGemmKernel,
+    },
     /// `gemm.wgsl` or `gemm_tiled.wgsl` on storage buffers.
     Buffers(GemmTiling),
 }
 
 impl GemmPlan {
-    /// The GEMM of this device: texels where operands are texels (an f16 layer's weights as
-    /// `rgba16float` texels), else the family's buffer kernel. The storage precision does not
-    /// change the kernel: texel fetches and buffer loads widen to f32 either way.
-    pub fn of(ctx: &GpuContext) -> GemmPlan {
+    /// The GEMMs of this device for `rows` rows: texels where operands are texels (an f16
+    /// layer's weights as `rgba16float` texels), else the family's buffer kernel. The storage
+    /// precision does not change the kernel: texel fetches and buffer loads widen to f32 either
+    /// way. `input_k` and `output_k` are the reductions of the input and output projections;
+    /// `core` is the storage of the core's operands (texel projections are the input GEMM's
+    /// output).
+    pub fn of(
+        ctx: &GpuContext,
+        rows: usize,
+        input_k: usize,
+        output_k: usize,
+        core: OperandStorage,
+    ) -> GemmPlan {
         match (OperandStorage::of_operands(ctx), KernelFamily::of(ctx)) {
-            (OperandStorage::Texels, _) => GemmPlan::Texels,
+            (OperandStorage::Texels, _) => GemmPlan::Texels {
+                input: texel_gemm_kernel(ctx, rows, input_k, core == OperandStorage::Texels),
+                output: texel_gemm_kernel(ctx, rows, output_k, false),
+            },
             (OperandStorage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
             (OperandStorage::Buffers, KernelFamily::Gpu) => GemmPlan::Buffers(GemmTiling::TILED),
         }
@@ -152,20 +158,10 @@ impl GemmPlan {
     /// The storage of the operands.
     pub fn storage(&self) -> OperandStorage {
         match self {
-            GemmPlan::Texels => OperandStorage::Texels,
+            GemmPlan::Texels { .. } => OperandStorage::Texels,
             GemmPlan::Buffers(_) => OperandStorage::Buffers,
         }
     }
-}
-
-/// Which texel GEMM kernel computes `m` rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TexelGemmKernel {
-    /// `gemm_texture.wgsl`: 64 rows × 16 columns per workgroup in 4 × 4 blocks.
-    Blocked,
-    /// `gemv_texture.wgsl`: one output per lane, for a few rows (decode steps): the blocked
-    /// kernel would fetch every weight texel for one useful row in eight.
-    Vector,
 }
 
 /// Rows up to which the texel GEMV runs instead of the blocked texel GEMM (a buffer output,
@@ -174,76 +170,27 @@ pub enum TexelGemmKernel {
 /// alone took 5.6 ms (BENCHMARKS.md, decode).
 const GEMV_MAX_ROWS: usize = 8;
 
-/// The texel GEMM kernel for `m` rows and `k_texels` texels of reduction with a buffer output.
-pub(crate) fn texel_gemm_kernel(ctx: &GpuContext, m: usize, k_texels: usize) -> TexelGemmKernel {
+/// The texel GEMM kernel for `m` rows and a reduction of `k` columns: the GEMV for a few rows
+/// with a buffer output and `K` within the driver's loop budget in one pass, else the blocked
+/// kernel.
+pub(crate) fn texel_gemm_kernel(
+    ctx: &GpuContext,
+    m: usize,
+    k: usize,
+    out_texels: bool,
+) -> TexelGemmKernel {
+    let k_texels = k.div_ceil(4).max(1);
     let fits = ctx
         .loop_budget()
         .is_none_or(|budget| (k_texels as u64) < budget);
-    if m <= GEMV_MAX_ROWS && fits {
+    if m <= GEMV_MAX_ROWS && fits && !out_texels {
         TexelGemmKernel::Vector
     } else {
         TexelGemmKernel::Blocked
     }
 }
 
-/// Kernel and tile sizes of a buffer GEMM: the specialisation of its pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GemmTiling {
-    /// `gemm.wgsl`: `wg` lanes × `tile_m` rows each, `tile_n` shared columns.
-    Register {
-        /// Lanes per workgroup.
-        wg: u32,
-        /// Rows per lane.
-        tile_m: u32,
-        /// Columns per workgroup.
-        tile_n: u32,
-    },
-    /// `gemm_tiled.wgsl`: `wg_side²` invocations, `tile²` outputs each, `bk`-deep slices.
-    Tiled {
-        /// Invocations per side of the workgroup.
-        wg_side: u32,
-        /// Outputs per side of an invocation.
-        tile: u32,
-        /// Depth of a staged slice.
-        bk: u32,
-    },
-}
-
-impl GemmTiling {
-    /// 8 lanes × 4 rows × 16 columns: 64 accumulators per lane, 20 loads per 256 FMAs (vec4).
-    pub const REGISTER: GemmTiling = GemmTiling::Register {
-        wg: 8,
-        tile_m: 4,
-        tile_n: 16,
-    };
-    /// 16 × 16 invocations of 4 × 4 outputs: a 64 × 64 tile, 8 KiB of workgroup memory at
-    /// `bk = 16`, within WebGPU's defaults.
-    pub const TILED: GemmTiling = GemmTiling::Tiled {
-        wg_side: 16,
-        tile: 4,
-        bk: 16,
-    };
-}
-
-/// Tile sizes of the fused kernel: the specialisation key of its pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FusedTiling {
-    /// Invocations per workgroup.
-    pub wg: u32,
-    /// Queries per invocation.
-    pub qpi: u32,
-    /// Keys per tile.
-    pub bk: u32,
-    /// Stage key tiles in workgroup memory.
-    pub stage: bool,
-}
-
 impl FusedTiling {
-    /// Queries per workgroup.
-    pub fn rows(&self) -> usize {
-        (self.wg * self.qpi) as usize
-    }
-
     fn private_bytes(&self, head: usize, retrievals: usize) -> usize {
         let per_query = head + retrievals * head + 2 * self.bk as usize + 4;
         4 * (self.qpi as usize * per_query + retrievals)
@@ -260,11 +207,12 @@ impl FusedTiling {
     /// per lane (more queries per lane measured no faster on lavapipe, where the per-lane
     /// arrays they need cost what they save, and compiled far slower); in the GPU family,
     /// staged tiles of the largest key count that fits workgroup memory. An explicit tiling
-    /// ([`GpuOptions::fused_tiling`](crate::GpuOptions::fused_tiling), for experiments) is
-    /// checked instead.
+    /// (`COMPATTN_FUSED_TILING=wg,qpi,bk,stage`, for experiments) is checked instead.
     pub fn choose(ctx: &GpuContext, head: usize, retrievals: usize) -> Result<Self> {
-        if let Some(tiling) = ctx.fused_tiling_override() {
-            return tiling.check(ctx, head, retrievals);
+        if let Ok(value) = std::env::var("COMPATTN_FUSED_TILING")
+            && !value.is_empty()
+        {
+            return FusedTiling::parse(&value)?.check(ctx, head, retrievals);
         }
         let mut tiling = match KernelFamily::of(ctx) {
             KernelFamily::Cpu => FusedTiling {
@@ -293,27 +241,6 @@ impl FusedTiling {
             tiling.qpi /= 2;
         }
         tiling.check(ctx, head, retrievals)
-    }
-
-    /// Parses `wg,qpi,bk,stage` (for example `8,4,16,0`).
-    pub fn parse(value: &str) -> Result<Self> {
-        let parts: Vec<u32> = value
-            .split(',')
-            .map(|p| p.trim().parse())
-            .collect::<std::result::Result<_, _>>()
-            .ok()
-            .filter(|p: &Vec<u32>| p.len() == 4 && p[..3].iter().all(|&v| v > 0) && p[3] <= 1)
-            .ok_or(Error::InvalidConfig {
-                field: "COMPATTN_FUSED_TILING",
-                value: value.to_string(),
-                reason: "must be `wg,qpi,bk,stage` with positive sizes and stage 0 or 1",
-            })?;
-        Ok(FusedTiling {
-            wg: parts[0],
-            qpi: parts[1],
-            bk: parts[2],
-            stage: parts[3] != 0,
-        })
     }
 
     /// Fails with [`Error::LimitExceeded`] if the tiling cannot run on this device.
@@ -359,25 +286,7 @@ impl FusedTiling {
     }
 }
 
-/// The general fused kernel (`fused_attention.wgsl`) at one shape.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FusedPlan {
-    /// Tile sizes.
-    pub tiling: FusedTiling,
-    /// The storage of the projections it reads and the concatenation it writes: texels only where
-    /// the GEMMs use texels and heads start on texel boundaries (`d % 4 == 0`).
-    pub storage: OperandStorage,
-    /// The key range of each dispatch: one range, or several where the driver caps loop
-    /// iterations per invocation, carrying the online-softmax state between them.
-    pub key_chunks: Vec<Range<usize>>,
-}
-
 impl FusedPlan {
-    /// Whether the key range is split (and the running state carried between dispatches).
-    pub fn splits_keys(&self) -> bool {
-        self.key_chunks.len() > 1
-    }
-
     /// Resolves the fused kernel for `layout` with `storage` (the caller's choice: the layer
     /// passes [`CorePlan`]'s, kernel tests pass either).
     pub(crate) fn resolve(
@@ -417,19 +326,6 @@ impl FusedPlan {
     }
 }
 
-/// The K-loop vector width of kernels reading heads: 4 where `d % 4 == 0` (every offset is then
-/// a multiple of 4), else 1.
-pub(crate) fn vector_width(head: usize) -> usize {
-    if head.is_multiple_of(4) { 4 } else { 1 }
-}
-
-/// The blocked CPU core (`blocked_attention.wgsl` + `retrieval_mix.wgsl`) at one shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockedPlan {
-    /// Value texels per workgroup (4 value columns each); scores are recomputed once per block.
-    pub block_texels: usize,
-}
-
 impl BlockedPlan {
     /// The blocked core where it can run: texel operands, heads on texel boundaries, and the
     /// whole key range in one dispatch under the driver's loop budget (the key loop has one
@@ -464,17 +360,6 @@ fn blocked_block_texels(layout: &ProjectionLayout) -> usize {
         32.. => 8,
         _ => 4,
     }
-}
-
-/// The split-KV core over a KV cache (`src/ops/decode.rs`): prefill chunks and decode steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CachedPlan {
-    /// Positions the cache holds.
-    pub capacity: usize,
-    /// Keys per split (the last split may hold fewer).
-    pub keys_per_split: usize,
-    /// Splits covering the capacity; splits past a query's position do no work.
-    pub splits: usize,
 }
 
 impl CachedPlan {
@@ -550,6 +435,15 @@ impl CorePlan {
     }
 }
 
+/// Storage of the projections `core` reads and the concatenation it writes.
+fn core_storage(core: &CorePlan) -> OperandStorage {
+    match core {
+        CorePlan::Blocked(_) => OperandStorage::Texels,
+        CorePlan::Fused(fused) => fused.storage,
+        CorePlan::Unfused | CorePlan::Cached(_) => OperandStorage::Buffers,
+    }
+}
+
 /// The input projection weights a plan reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProjectionWeights {
@@ -565,24 +459,61 @@ pub enum ProjectionWeights {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecutionPlan {
     /// Batch size.
-    pub batch: usize,
+    batch: usize,
     /// Sequence length.
-    pub seq: usize,
+    seq: usize,
     /// The strategy asked for.
-    pub strategy: Strategy,
+    strategy: Strategy,
     /// The layer's storage precision: of its weights, its KV cache and, in the fused and
     /// cached cores, of the projections and the concatenated searches
     /// ([`ExecutionPlan::intermediates`]).
-    pub precision: Precision,
+    precision: Precision,
     /// The kernel family.
-    pub family: KernelFamily,
+    family: KernelFamily,
     /// The GEMM of both projections, and the storage of its operands and weights.
-    pub gemm: GemmPlan,
+    gemm: GemmPlan,
     /// The attention core.
-    pub core: CorePlan,
+    core: CorePlan,
 }
 
 impl ExecutionPlan {
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Sequence length (new tokens, for a cached plan).
+    pub fn seq(&self) -> usize {
+        self.seq
+    }
+
+    /// The strategy asked for.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The layer's storage precision: of its weights, its KV cache and, in the fused and cached
+    /// cores, of the projections and the concatenated searches
+    /// ([`ExecutionPlan::intermediates`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The kernel family.
+    pub fn family(&self) -> KernelFamily {
+        self.family
+    }
+
+    /// The GEMMs of both projections, and the storage of their operands and weights.
+    pub fn gemm(&self) -> GemmPlan {
+        self.gemm
+    }
+
+    /// The attention core.
+    pub fn core(&self) -> &CorePlan {
+        &self.core
+    }
+
     /// Resolves the plan for `config` at `batch × seq` with `strategy` on `ctx`. Fails with a
     /// typed error when no kernel of the strategy can run the problem here.
     pub fn resolve(
@@ -609,11 +540,11 @@ impl ExecutionPlan {
         }
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        let gemm = GemmPlan::of(ctx);
         // Texel projections are f32 and biases are added to buffers (ops::bias_add): an f16 or
         // biased layer's core reads buffers.
-        let texel_core =
-            gemm.storage() == OperandStorage::Texels && !c.bias && precision == Precision::F32;
+        let texel_core = OperandStorage::of_operands(ctx) == OperandStorage::Texels
+            && !c.bias
+            && precision == Precision::F32;
         let blocked = match texel_core {
             true => BlockedPlan::resolve(ctx, &layout),
             false => None,
@@ -638,7 +569,13 @@ impl ExecutionPlan {
             strategy,
             precision,
             family: KernelFamily::of(ctx),
-            gemm,
+            gemm: GemmPlan::of(
+                ctx,
+                batch * seq,
+                c.dim,
+                c.search_width(),
+                core_storage(&core),
+            ),
             core,
         };
         plan.check_sizes(ctx, c, &layout)?;
@@ -689,7 +626,7 @@ impl ExecutionPlan {
             )?;
             check_storage_size(ctx, "projections", proj, None)?;
         }
-        if self.gemm == GemmPlan::Texels {
+        if matches!(self.gemm, GemmPlan::Texels { .. }) {
             crate::gpu::texture::TexelShape::new(ctx, "GEMM operand", tokens, c.dim)?;
         }
         match &self.core {
@@ -765,7 +702,13 @@ impl ExecutionPlan {
             strategy: Strategy::Fused,
             precision,
             family: KernelFamily::of(ctx),
-            gemm: GemmPlan::of(ctx),
+            gemm: GemmPlan::of(
+                ctx,
+                batch * seq,
+                c.dim,
+                c.search_width(),
+                OperandStorage::Buffers,
+            ),
             core: CorePlan::Cached(cached),
         };
         plan.check_sizes(ctx, c, &layout)?;
@@ -802,13 +745,9 @@ impl ExecutionPlan {
         }
     }
 
-    /// The storage of the projections the core reads and the concatenation it writes.
+    /// Storage of the projections the core reads and the concatenation it writes.
     pub fn core_storage(&self) -> OperandStorage {
-        match &self.core {
-            CorePlan::Blocked(_) => OperandStorage::Texels,
-            CorePlan::Fused(fused) => fused.storage,
-            CorePlan::Unfused | CorePlan::Cached(_) => OperandStorage::Buffers,
-        }
+        core_storage(&self.core)
     }
 
     /// One line for logs: family, GEMM, core and its tiles.

@@ -23,8 +23,10 @@ use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::retrieval_select::Selection;
 use crate::ops::{self, ProjectionLayout, Rows};
-use crate::plan::Strategy;
-use crate::plan::{CorePlan, ExecutionPlan, OperandStorage, UNFUSED_SIZE_HINT};
+use crate::plan::{
+    BlockedPlan, CachedPlan, CorePlan, ExecutionPlan, FusedPlan, OperandStorage, Strategy,
+    UNFUSED_SIZE_HINT,
+};
 use crate::precision::Precision;
 
 /// Intermediate buffers and textures the dispatches are bound to.
@@ -41,32 +43,54 @@ impl Held {
     }
 }
 
-/// The projections the core reads and the concatenation it writes, in the plan's core storage.
-// One value per workspace build: the size difference between the variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum CoreOperands {
-    Buffers {
-        proj: wgpu::Buffer,
-        concat: wgpu::Buffer,
-    },
-    Texels {
-        proj: TexelRows,
-        concat: TexelRows,
-    },
+/// The projections a core reads and the concatenation it writes, as buffers.
+struct BufferPair {
+    proj: wgpu::Buffer,
+    concat: wgpu::Buffer,
 }
 
-impl CoreOperands {
-    /// `precision`: of buffers (texel rows are f32).
+/// The projections a core reads and the concatenation it writes, as texel rows.
+struct TexelPair {
+    proj: TexelRows,
+    concat: TexelRows,
+}
+
+/// The fused core's operands, in the storage its plan names.
+// One value per workspace build: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Operands {
+    Buffers(BufferPair),
+    Texels(TexelPair),
+}
+
+/// The core's operands whichever core reads them, for the GEMMs that write and read them.
+enum OperandRefs<'a> {
+    Buffers(&'a BufferPair),
+    Texels(&'a TexelPair),
+}
+
+/// The plan's core with its operands, in the storage that core reads: texels for the blocked
+/// core, buffers for the unfused and cached cores, and the plan's storage for the fused core.
+/// A core cannot be paired with operands it does not read.
+enum CoreOperands<'p> {
+    Blocked(BlockedPlan, TexelPair),
+    Fused(&'p FusedPlan, Operands),
+    Unfused(BufferPair),
+    Cached(CachedPlan, BufferPair),
+}
+
+impl<'p> CoreOperands<'p> {
+    /// Allocates the operands of `core`; `precision`: of buffers (texel rows are f32).
     fn new(
         ctx: &GpuContext,
         layout: &ProjectionLayout,
-        storage: OperandStorage,
+        core: &'p CorePlan,
         precision: Precision,
     ) -> Result<Self> {
         let (batch, seq) = (layout.batch, layout.seq);
         let search_width = layout.searches * layout.head;
-        Ok(match storage {
-            OperandStorage::Buffers => CoreOperands::Buffers {
+        let buffers = || -> Result<BufferPair> {
+            Ok(BufferPair {
                 proj: memory::stored(
                     ctx,
                     "projections",
@@ -81,25 +105,54 @@ impl CoreOperands {
                     precision,
                     None,
                 )?,
-            },
-            OperandStorage::Texels => CoreOperands::Texels {
+            })
+        };
+        let texels = || -> Result<TexelPair> {
+            Ok(TexelPair {
                 proj: TexelRows::new(ctx, "projections", batch * seq, layout.row_stride)?,
                 concat: TexelRows::new(ctx, "concatenated searches", batch * seq, search_width)?,
-            },
+            })
+        };
+        Ok(match core {
+            CorePlan::Blocked(blocked) => CoreOperands::Blocked(*blocked, texels()?),
+            CorePlan::Fused(fused) => CoreOperands::Fused(
+                fused,
+                match fused.storage {
+                    OperandStorage::Buffers => Operands::Buffers(buffers()?),
+                    OperandStorage::Texels => Operands::Texels(texels()?),
+                },
+            ),
+            CorePlan::Unfused => CoreOperands::Unfused(buffers()?),
+            CorePlan::Cached(cached) => CoreOperands::Cached(*cached, buffers()?),
         })
     }
 
-    fn proj(&self) -> Rows<'_> {
+    fn operands(&self) -> OperandRefs<'_> {
         match self {
-            CoreOperands::Buffers { proj, .. } => Rows::Buffer(proj.into()),
-            CoreOperands::Texels { proj, .. } => Rows::Texels(proj),
+            CoreOperands::Blocked(_, texels) | CoreOperands::Fused(_, Operands::Texels(texels)) => {
+                OperandRefs::Texels(texels)
+            }
+            CoreOperands::Fused(_, Operands::Buffers(buffers))
+            | CoreOperands::Unfused(buffers)
+            | CoreOperands::Cached(_, buffers) => OperandRefs::Buffers(buffers),
+        }
+    }
+
+    fn proj(&self) -> Rows<'_> {
+        match self.operands() {
+            OperandRefs::Buffers(pair) => Rows::Buffer((&pair.proj).into()),
+            OperandRefs::Texels(pair) => Rows::Texels(&pair.proj),
         }
     }
 
     fn hold(self, held: &mut Held) {
         match self {
-            CoreOperands::Buffers { proj, concat } => held.buffers.extend([proj, concat]),
-            CoreOperands::Texels { proj, concat } => held.texels.extend([proj, concat]),
+            CoreOperands::Blocked(_, pair) | CoreOperands::Fused(_, Operands::Texels(pair)) => {
+                held.texels.extend([pair.proj, pair.concat])
+            }
+            CoreOperands::Fused(_, Operands::Buffers(pair))
+            | CoreOperands::Unfused(pair)
+            | CoreOperands::Cached(_, pair) => held.buffers.extend([pair.proj, pair.concat]),
         }
     }
 }
@@ -166,271 +219,31 @@ impl Workspace {
     ) -> Result<Workspace> {
         let start = crate::time::Instant::now();
         let c = config;
-        let (batch, seq) = (plan.batch, plan.seq);
-        let tokens = batch * seq;
+        let (batch, seq) = (plan.batch(), plan.seq());
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        let scale = c.scale() as f32;
-        let mut held = Held::default();
-        let mut dispatches = Vec::new();
-
-        // 1. Prenorm: the GEMM reads the normalised input, else the caller's.
-        let normed = match weights.norm {
-            Some((gamma, beta)) => {
-                let normed = memory::storage(ctx, "layer norm", &[batch, seq, c.dim], None)?;
-                dispatches.push(
-                    ops::layer_norm::dispatch(
-                        ctx,
-                        tokens,
-                        c.dim,
-                        c.layer_norm_eps,
-                        IoSlot::Input,
-                        (gamma, beta),
-                        &normed,
-                    )
-                    .await?,
-                );
-                Some(normed)
-            }
-            None => None,
-        };
-        let input = normed.as_ref().map_or(Buf::Io(IoSlot::Input), Buf::Owned);
-
-        // 2. Projections [SQ | SK | RQ or Q̃ | RV], in the storage the core reads.
         // The projections and concatenation in the plan's intermediate precision; the input,
         // LayerNorm output and layer output stay f32, the weights are the layer's precision.
-        let stored = plan.intermediates();
-        let core = CoreOperands::new(ctx, &layout, plan.core_storage(), stored)?;
-        let proj_shape = GemmShape {
-            m: tokens,
-            n: layout.row_stride,
-            k: c.dim,
+        let core = CoreOperands::new(ctx, &layout, plan.core(), plan.intermediates())?;
+        let mut recorder = Recorder {
+            ctx,
+            config,
+            plan: &plan,
+            weights: &weights,
+            layout,
+            held: Held::default(),
+            dispatches: Vec::new(),
         };
-        let operands = match (&weights.gemm, &core) {
-            (
-                GemmWeights::Buffers {
-                    tiling, projection, ..
-                },
-                CoreOperands::Buffers { proj, .. },
-            ) => GemmOperands::Buffers {
-                tiling: *tiling,
-                shape: proj_shape,
-                precision: GemmPrecision {
-                    lhs: Precision::F32,
-                    rhs: plan.precision,
-                    out: stored,
-                },
-                lhs: input,
-                rhs: projection,
-                out: proj.into(),
-            },
-            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("texel core operands with the buffer GEMM"));
-            }
-            (GemmWeights::Texels { projection, .. }, _) => {
-                let copy =
-                    Self::texel_copy(ctx, (input, Precision::F32), tokens, c.dim, &mut dispatches)
-                        .await?;
-                held.texels.push(copy);
-                GemmOperands::Texels {
-                    lhs: held.texels.last().expect("pushed above"),
-                    rhs: projection,
-                    out: core.proj(),
-                    out_precision: stored,
-                }
-            }
-        };
-        dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
-        if let (Some(biases), CoreOperands::Buffers { proj, .. }) = (&weights.biases, &core) {
-            dispatches.push(
-                ops::bias_add::dispatch(
-                    ctx,
-                    tokens,
-                    layout.row_stride,
-                    biases.projection,
-                    proj,
-                    stored,
-                )
-                .await?,
-            );
-        } else if weights.biases.is_some() {
-            return Err(inconsistent("biases with texel core operands"));
-        }
-
-        // 3. The attention core: search, retrieval and selection into the concatenation.
-        let mut finish = None;
-        let mut maps = None;
-        match (&plan.core, &core) {
-            (CorePlan::Blocked(blocked), CoreOperands::Texels { proj, concat }) => {
-                let value_mean =
-                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                dispatches.push(
-                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
-                        .await?,
-                );
-                let bound = ops::blocked_attention::bind(
-                    ctx,
-                    &layout,
-                    *blocked,
-                    scale,
-                    c.causal,
-                    proj,
-                    IoSlot::Mask,
-                    &value_mean,
-                    concat,
-                )
-                .await?;
-                dispatches.extend(bound.dispatches);
-                held.buffers.push(value_mean);
-                held.texels.push(bound.retrieved);
-            }
-            (CorePlan::Fused(fused), _) => {
-                let value_mean =
-                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                dispatches.push(
-                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
-                        .await?,
-                );
-                let carry = Carry::for_plan(ctx, &layout, fused)?;
-                let io = match &core {
-                    CoreOperands::Buffers { proj, concat } => FusedIo::Buffers {
-                        proj,
-                        concat,
-                        precision: stored,
-                    },
-                    CoreOperands::Texels { proj, concat } => FusedIo::Texels { proj, concat },
-                };
-                dispatches.extend(
-                    ops::fused_attention::dispatches(
-                        ctx,
-                        &layout,
-                        fused,
-                        scale,
-                        c.causal,
-                        io,
-                        IoSlot::Mask,
-                        &value_mean,
-                        carry.as_ref(),
-                    )
-                    .await?,
-                );
-                held.buffers.push(value_mean);
-                held.buffers.extend(
-                    carry
-                        .map(|carry| [carry.acc, carry.stats])
-                        .into_iter()
-                        .flatten(),
-                );
-            }
-            (CorePlan::Unfused, CoreOperands::Buffers { proj, concat }) => {
-                let selection = match (weights.selection_mlp, weights.retrieval_keys) {
-                    (Some(mlp), _) => Selection::Mlp(mlp),
-                    (None, Some(w_rk)) => Selection::DotProduct {
-                        scale: c.scale() as f32,
-                        w_rk,
-                    },
-                    (None, None) => {
-                        return Err(inconsistent("the unfused core without W_rk"));
-                    }
-                };
-                let (buffers, core_maps) =
-                    unfused_core(ctx, c, &layout, proj, selection, concat, &mut dispatches).await?;
-                held.buffers.extend(buffers);
-                maps = Some(core_maps);
-            }
-            (CorePlan::Cached(cached), CoreOperands::Buffers { proj, concat }) => {
-                let cache = cache.ok_or_else(|| inconsistent("the cached core without a cache"))?;
-                let step = ops::decode::bind(
-                    ctx,
-                    &layout,
-                    cached,
-                    scale,
-                    proj,
-                    IoSlot::Mask,
-                    cache,
-                    concat,
-                )
-                .await?;
-                dispatches.extend(step.dispatches);
-                held.buffers.extend(step.partials);
-                // The length update goes after everything that reads the length.
-                finish = Some(step.advance);
-            }
-            (CorePlan::Cached(_), CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("the cached core on texels"));
-            }
-            (CorePlan::Blocked(_), CoreOperands::Buffers { .. }) => {
-                return Err(inconsistent("the blocked core on buffers"));
-            }
-            (CorePlan::Unfused, CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("the unfused core on texels"));
-            }
-        }
-
-        // 4. Output projection into the caller's output.
-        let out_shape = GemmShape {
-            m: tokens,
-            n: c.dim,
-            k: c.search_width(),
-        };
-        let operands = match (&weights.gemm, &core) {
-            (GemmWeights::Buffers { tiling, out, .. }, CoreOperands::Buffers { concat, .. }) => {
-                GemmOperands::Buffers {
-                    tiling: *tiling,
-                    shape: out_shape,
-                    precision: GemmPrecision {
-                        lhs: stored,
-                        rhs: plan.precision,
-                        out: Precision::F32,
-                    },
-                    lhs: concat.into(),
-                    rhs: out,
-                    out: Buf::Io(IoSlot::Output),
-                }
-            }
-            (GemmWeights::Buffers { .. }, CoreOperands::Texels { .. }) => {
-                return Err(inconsistent("texel core operands with the buffer GEMM"));
-            }
-            (GemmWeights::Texels { out, .. }, CoreOperands::Texels { concat, .. }) => {
-                GemmOperands::Texels {
-                    lhs: concat,
-                    rhs: out,
-                    out: Rows::Buffer(Buf::Io(IoSlot::Output)),
-                    out_precision: Precision::F32,
-                }
-            }
-            (GemmWeights::Texels { out, .. }, CoreOperands::Buffers { concat, .. }) => {
-                let copy = Self::texel_copy(
-                    ctx,
-                    (concat.into(), stored),
-                    tokens,
-                    c.search_width(),
-                    &mut dispatches,
-                )
-                .await?;
-                held.texels.push(copy);
-                GemmOperands::Texels {
-                    lhs: held.texels.last().expect("pushed above"),
-                    rhs: out,
-                    out: Rows::Buffer(Buf::Io(IoSlot::Output)),
-                    out_precision: Precision::F32,
-                }
-            }
-        };
-        dispatches.extend(ops::gemm::dispatches(ctx, operands).await?);
-        if let Some(biases) = &weights.biases {
-            dispatches.push(
-                ops::bias_add::dispatch(
-                    ctx,
-                    tokens,
-                    c.dim,
-                    biases.out,
-                    IoSlot::Output,
-                    Precision::F32,
-                )
-                .await?,
-            );
-        }
+        let normed = recorder.prenorm().await?;
+        let input = normed.as_ref().map_or(Buf::Io(IoSlot::Input), Buf::Owned);
+        recorder.projections(input, &core).await?;
+        let (finish, maps) = recorder.core(&core, cache).await?;
+        recorder.output(&core).await?;
+        let Recorder {
+            mut held,
+            mut dispatches,
+            ..
+        } = recorder;
         dispatches.extend(finish);
 
         held.buffers.extend(normed);
@@ -447,7 +260,7 @@ impl Workspace {
         };
         log::info!(
             "workspace for batch {batch} × seq {seq} ({}): {} dispatches, {} bytes, built in {:.1} ms",
-            workspace.plan.core.name(),
+            workspace.plan.core().name(),
             workspace.dispatches.len(),
             workspace.bytes(),
             start.elapsed().as_secs_f64() * 1e3
@@ -476,7 +289,7 @@ impl Workspace {
 
     /// Whether the workspace serves `(batch, seq, strategy)`.
     pub(crate) fn serves(&self, batch: usize, seq: usize, strategy: Strategy) -> bool {
-        (self.plan.batch, self.plan.seq, self.plan.strategy) == (batch, seq, strategy)
+        (self.plan.batch(), self.plan.seq(), self.plan.strategy()) == (batch, seq, strategy)
     }
 
     /// Bytes of GPU memory the workspace holds.
@@ -496,7 +309,7 @@ impl Workspace {
 
     /// The host forward's upload and readback buffers, created on first use.
     pub(crate) fn host_io(&mut self, ctx: &GpuContext, dim: usize) -> Result<HostIo> {
-        let (batch, seq) = (self.plan.batch, self.plan.seq);
+        let (batch, seq) = (self.plan.batch(), self.plan.seq());
         let host = match self.host.take() {
             Some(host) => host,
             None => {
@@ -521,7 +334,7 @@ impl Workspace {
             None => memory::storage_init(
                 ctx,
                 "mask (every key allowed)",
-                &vec![1u32; self.plan.batch * self.plan.seq],
+                &vec![1u32; self.plan.batch() * self.plan.seq()],
             )?,
         };
         Ok(self.all_keys.insert(mask).clone())
@@ -595,8 +408,8 @@ impl Workspace {
         queries: usize,
         (searches, retrievals): (usize, usize),
     ) -> Result<[wgpu::Buffer; 2]> {
-        let core = self.plan.core.name();
-        let planes = (self.plan.batch * searches * queries) as u64;
+        let core = self.plan.core().name();
+        let planes = (self.plan.batch() * searches * queries) as u64;
         let maps = self
             .maps
             .as_mut()
@@ -606,7 +419,7 @@ impl Workspace {
                 reason: "attention maps are read from the unfused core, which this plan lacks",
             })?;
         let bytes = [
-            4 * planes * self.plan.seq as u64,
+            4 * planes * self.plan.seq() as u64,
             4 * planes * retrievals as u64,
         ];
         let fits = |kept: &[wgpu::Buffer; 2]| (0..2).all(|k| kept[k].size() >= bytes[k]);
@@ -633,7 +446,7 @@ impl Workspace {
         let Some(maps) = &self.maps else {
             return;
         };
-        let (batch, seq) = (self.plan.batch, self.plan.seq);
+        let (batch, seq) = (self.plan.batch(), self.plan.seq());
         let q = query_rows.len() as u64;
         // Runs of consecutive rows: (first row, its position in query_rows, length).
         let mut runs: Vec<(usize, usize, usize)> = Vec::new();
@@ -731,8 +544,8 @@ impl WorkspaceCache {
             let evicted = self.workspaces.remove(0);
             log::debug!(
                 "evicting the workspace for batch {} × seq {}",
-                evicted.plan.batch,
-                evicted.plan.seq
+                evicted.plan.batch(),
+                evicted.plan.seq()
             );
         }
     }
@@ -765,7 +578,7 @@ impl WorkspaceCache {
     pub(crate) fn shapes(&self) -> Vec<(usize, usize, Strategy)> {
         self.workspaces
             .iter()
-            .map(|w| (w.plan.batch, w.plan.seq, w.plan.strategy))
+            .map(|w| (w.plan.batch(), w.plan.seq(), w.plan.strategy()))
             .collect()
     }
 
@@ -831,4 +644,340 @@ async fn unfused_core(
         readback: None,
     };
     Ok((vec![logits, weights, retrieved, g_scratch], maps))
+}
+
+/// What `Workspace::build` records into: the plan's inputs, the intermediates it allocates and
+/// the dispatches in data-flow order. Each method records one role.
+struct Recorder<'a> {
+    ctx: &'a GpuContext,
+    config: &'a Config,
+    plan: &'a ExecutionPlan,
+    weights: &'a PlanWeights<'a>,
+    layout: ProjectionLayout,
+    held: Held,
+    dispatches: Vec<Dispatch>,
+}
+
+impl Recorder<'_> {
+    /// Step 1, prenorm: the normalised input the GEMM reads (`None`: it reads the caller's).
+    async fn prenorm(&mut self) -> Result<Option<wgpu::Buffer>> {
+        let (ctx, c, weights) = (self.ctx, self.config, self.weights);
+        let layout = self.layout;
+        let (batch, seq) = (layout.batch, layout.seq);
+        let tokens = batch * seq;
+        Ok(match weights.norm {
+            Some((gamma, beta)) => {
+                let normed = memory::storage(ctx, "layer norm", &[batch, seq, c.dim], None)?;
+                self.dispatches.push(
+                    ops::layer_norm::dispatch(
+                        ctx,
+                        tokens,
+                        c.dim,
+                        c.layer_norm_eps,
+                        IoSlot::Input,
+                        (gamma, beta),
+                        &normed,
+                    )
+                    .await?,
+                );
+                Some(normed)
+            }
+            None => None,
+        })
+    }
+
+    /// Step 2, projections `[SQ | SK | RQ or Q̃ | RV]` of `input`, in the storage the core reads.
+    async fn projections(&mut self, input: Buf<'_>, core: &CoreOperands<'_>) -> Result<()> {
+        let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
+        let layout = self.layout;
+        let (batch, seq) = (layout.batch, layout.seq);
+        let tokens = batch * seq;
+        let stored = plan.intermediates();
+        let proj_shape = GemmShape {
+            m: tokens,
+            n: layout.row_stride,
+            k: c.dim,
+        };
+        let operands = match (&weights.gemm, core.operands()) {
+            (
+                GemmWeights::Buffers {
+                    tiling, projection, ..
+                },
+                OperandRefs::Buffers(BufferPair { proj, .. }),
+            ) => GemmOperands::Buffers {
+                tiling: *tiling,
+                shape: proj_shape,
+                precision: GemmPrecision {
+                    lhs: Precision::F32,
+                    rhs: plan.precision(),
+                    out: stored,
+                },
+                lhs: input,
+                rhs: projection,
+                out: proj.into(),
+            },
+            (GemmWeights::Buffers { .. }, OperandRefs::Texels(_)) => {
+                return Err(inconsistent("texel core operands with the buffer GEMM"));
+            }
+            (
+                GemmWeights::Texels {
+                    input: kernel,
+                    projection,
+                    ..
+                },
+                _,
+            ) => {
+                let copy = Workspace::texel_copy(
+                    ctx,
+                    (input, Precision::F32),
+                    tokens,
+                    c.dim,
+                    &mut self.dispatches,
+                )
+                .await?;
+                self.held.texels.push(copy);
+                GemmOperands::Texels {
+                    kernel: *kernel,
+                    lhs: self.held.texels.last().expect("pushed above"),
+                    rhs: projection,
+                    out: core.proj(),
+                    out_precision: stored,
+                }
+            }
+        };
+        self.dispatches
+            .extend(ops::gemm::dispatches(ctx, operands).await?);
+        if let (Some(biases), OperandRefs::Buffers(BufferPair { proj, .. })) =
+            (&weights.biases, core.operands())
+        {
+            self.dispatches.push(
+                ops::bias_add::dispatch(
+                    ctx,
+                    tokens,
+                    layout.row_stride,
+                    biases.projection,
+                    proj,
+                    stored,
+                )
+                .await?,
+            );
+        } else if weights.biases.is_some() {
+            return Err(inconsistent("biases with texel core operands"));
+        }
+        Ok(())
+    }
+
+    /// Step 3, the attention core: search, retrieval and selection into the concatenation. Returns
+    /// the dispatch that must run last (a cached core's length update) and the unfused core's
+    /// map buffers.
+    async fn core(
+        &mut self,
+        core: &CoreOperands<'_>,
+        cache: Option<&CacheBuffers>,
+    ) -> Result<(Option<Dispatch>, Option<MapsBuffers>)> {
+        let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
+        let layout = self.layout;
+        let batch = layout.batch;
+        let scale = c.scale() as f32;
+        let stored = plan.intermediates();
+        let mut finish = None;
+        let mut maps = None;
+        match core {
+            CoreOperands::Blocked(blocked, TexelPair { proj, concat }) => {
+                let value_mean =
+                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
+                self.dispatches.push(
+                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
+                        .await?,
+                );
+                let bound = ops::blocked_attention::bind(
+                    ctx,
+                    &layout,
+                    *blocked,
+                    scale,
+                    c.causal,
+                    proj,
+                    IoSlot::Mask,
+                    &value_mean,
+                    concat,
+                )
+                .await?;
+                self.dispatches.extend(bound.dispatches);
+                self.held.buffers.push(value_mean);
+                self.held.texels.push(bound.retrieved);
+            }
+            CoreOperands::Fused(fused, operands) => {
+                let value_mean =
+                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
+                self.dispatches.push(
+                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
+                        .await?,
+                );
+                let carry = Carry::for_plan(ctx, &layout, fused)?;
+                let io = match operands {
+                    Operands::Buffers(BufferPair { proj, concat }) => FusedIo::Buffers {
+                        proj,
+                        concat,
+                        precision: stored,
+                    },
+                    Operands::Texels(TexelPair { proj, concat }) => {
+                        FusedIo::Texels { proj, concat }
+                    }
+                };
+                self.dispatches.extend(
+                    ops::fused_attention::dispatches(
+                        ctx,
+                        &layout,
+                        fused,
+                        scale,
+                        c.causal,
+                        io,
+                        IoSlot::Mask,
+                        &value_mean,
+                        carry.as_ref(),
+                    )
+                    .await?,
+                );
+                self.held.buffers.push(value_mean);
+                self.held.buffers.extend(
+                    carry
+                        .map(|carry| [carry.acc, carry.stats])
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+            CoreOperands::Unfused(BufferPair { proj, concat }) => {
+                let selection = match (weights.selection_mlp, weights.retrieval_keys) {
+                    (Some(mlp), _) => Selection::Mlp(mlp),
+                    (None, Some(w_rk)) => Selection::DotProduct {
+                        scale: c.scale() as f32,
+                        w_rk,
+                    },
+                    (None, None) => {
+                        return Err(inconsistent("the unfused core without W_rk"));
+                    }
+                };
+                let (buffers, core_maps) = unfused_core(
+                    ctx,
+                    c,
+                    &layout,
+                    proj,
+                    selection,
+                    concat,
+                    &mut self.dispatches,
+                )
+                .await?;
+                self.held.buffers.extend(buffers);
+                maps = Some(core_maps);
+            }
+            CoreOperands::Cached(cached, BufferPair { proj, concat }) => {
+                let cache = cache.ok_or_else(|| inconsistent("the cached core without a cache"))?;
+                let step = ops::decode::bind(
+                    ctx,
+                    &layout,
+                    cached,
+                    scale,
+                    proj,
+                    IoSlot::Mask,
+                    cache,
+                    concat,
+                )
+                .await?;
+                self.dispatches.extend(step.dispatches);
+                self.held.buffers.extend(step.partials);
+                // The length update goes after everything that reads the length.
+                finish = Some(step.advance);
+            }
+        }
+        Ok((finish, maps))
+    }
+
+    /// Step 4, the output projection of the concatenation into the caller's output.
+    async fn output(&mut self, core: &CoreOperands<'_>) -> Result<()> {
+        let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
+        let layout = self.layout;
+        let (batch, seq) = (layout.batch, layout.seq);
+        let tokens = batch * seq;
+        let stored = plan.intermediates();
+        let out_shape = GemmShape {
+            m: tokens,
+            n: c.dim,
+            k: c.search_width(),
+        };
+        let operands = match (&weights.gemm, core.operands()) {
+            (
+                GemmWeights::Buffers { tiling, out, .. },
+                OperandRefs::Buffers(BufferPair { concat, .. }),
+            ) => GemmOperands::Buffers {
+                tiling: *tiling,
+                shape: out_shape,
+                precision: GemmPrecision {
+                    lhs: stored,
+                    rhs: plan.precision(),
+                    out: Precision::F32,
+                },
+                lhs: concat.into(),
+                rhs: out,
+                out: Buf::Io(IoSlot::Output),
+            },
+            (GemmWeights::Buffers { .. }, OperandRefs::Texels(_)) => {
+                return Err(inconsistent("texel core operands with the buffer GEMM"));
+            }
+            (
+                GemmWeights::Texels {
+                    output: kernel,
+                    out,
+                    ..
+                },
+                OperandRefs::Texels(TexelPair { concat, .. }),
+            ) => GemmOperands::Texels {
+                kernel: *kernel,
+                lhs: concat,
+                rhs: out,
+                out: Rows::Buffer(Buf::Io(IoSlot::Output)),
+                out_precision: Precision::F32,
+            },
+            (
+                GemmWeights::Texels {
+                    output: kernel,
+                    out,
+                    ..
+                },
+                OperandRefs::Buffers(BufferPair { concat, .. }),
+            ) => {
+                let copy = Workspace::texel_copy(
+                    ctx,
+                    (concat.into(), stored),
+                    tokens,
+                    c.search_width(),
+                    &mut self.dispatches,
+                )
+                .await?;
+                self.held.texels.push(copy);
+                GemmOperands::Texels {
+                    kernel: *kernel,
+                    lhs: self.held.texels.last().expect("pushed above"),
+                    rhs: out,
+                    out: Rows::Buffer(Buf::Io(IoSlot::Output)),
+                    out_precision: Precision::F32,
+                }
+            }
+        };
+        self.dispatches
+            .extend(ops::gemm::dispatches(ctx, operands).await?);
+        if let Some(biases) = &weights.biases {
+            self.dispatches.push(
+                ops::bias_add::dispatch(
+                    ctx,
+                    tokens,
+                    c.dim,
+                    biases.out,
+                    IoSlot::Output,
+                    Precision::F32,
+                )
+                .await?,
+            );
+        }
+        Ok(())
+    }
 }

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::pipelines::PipelineCache;
-use crate::plan::{FusedTiling, KernelFamily};
 
 /// Printed when no adapter exists: on a machine without a GPU, Mesa's CPU drivers provide one.
 pub const INSTALL_HINT: &str = "Install a Vulkan or OpenGL driver; on a machine without a GPU, Mesa's CPU \
@@ -62,9 +61,8 @@ pub enum KernelFamilyRequest {
     Gpu,
 }
 
-/// The name [`KernelFamilyRequest`] had before it was renamed (it read like the plan's
-/// [`KernelFamily`], which is what a request resolves to on an adapter).
-#[deprecated(note = "renamed KernelFamilyRequest")]
+/// The old name of [`KernelFamilyRequest`] (it requests a kernel family; it is not a timing profile).
+#[deprecated(note = "renamed to KernelFamilyRequest")]
 pub type KernelProfile = KernelFamilyRequest;
 
 impl KernelFamilyRequest {
@@ -98,9 +96,6 @@ pub struct GpuOptions {
     pub kernels: KernelFamilyRequest,
     /// Passed to `request_adapter` when no name is given.
     pub power_preference: wgpu::PowerPreference,
-    /// A fused-kernel tiling to use instead of the plan's choice, for experiments
-    /// (`COMPATTN_FUSED_TILING=wg,qpi,bk,stage`); checked against the device like any other.
-    pub fused_tiling: Option<FusedTiling>,
     /// The longest a wait on the GPU may take before it is an [`Error::Timeout`]
     /// (`COMPATTN_WAIT_TIMEOUT_S`); `None`: [`DEFAULT_WAIT_TIMEOUT`].
     pub wait_timeout: Option<std::time::Duration>,
@@ -108,7 +103,7 @@ pub struct GpuOptions {
 
 impl GpuOptions {
     /// Options from the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`,
-    /// `COMPATTN_KERNELS`, `WGPU_POWER_PREF`, `COMPATTN_FUSED_TILING`.
+    /// `COMPATTN_KERNELS`, `WGPU_POWER_PREF`, `COMPATTN_WAIT_TIMEOUT_S`.
     pub fn from_env() -> Result<Self> {
         Ok(GpuOptions {
             backends: backends_from_env()?,
@@ -116,9 +111,6 @@ impl GpuOptions {
             limits: LimitsPolicy::from_env()?,
             kernels: KernelFamilyRequest::from_env()?,
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
-            fused_tiling: env_var("COMPATTN_FUSED_TILING")
-                .map(|v| FusedTiling::parse(&v))
-                .transpose()?,
             wait_timeout: env_var("COMPATTN_WAIT_TIMEOUT_S")
                 .map(|v| match v.parse::<f64>() {
                     Ok(s) if s.is_finite() && s > 0.0 => Ok(std::time::Duration::from_secs_f64(s)),
@@ -180,9 +172,9 @@ struct Inner {
     uncaptured: Option<Arc<Mutex<Vec<String>>>>,
     /// Serialises GPU work on the GL backend (see [`GpuContext::serial`]).
     serial: Option<futures::lock::Mutex<()>>,
-    /// The kernel family asked for (resolved per adapter by `plan::KernelFamily::of`).
+    /// The kernel family asked for (resolved against the device type by
+    /// [`GpuContext::cpu_kernels`]).
     family_request: KernelFamilyRequest,
-    fused_tiling: Option<FusedTiling>,
     /// Why the device was lost, once it is (set by the device-lost callback on a device this
     /// crate opened, or by a failed readback).
     lost: Arc<Mutex<Option<String>>>,
@@ -215,13 +207,7 @@ impl GpuContext {
                 Err(_) => select_adapter(wgpu::Backends::all(), options).await?,
             },
         };
-        let ctx = Self::open(
-            adapter,
-            options.limits,
-            options.kernels,
-            options.fused_tiling,
-        )
-        .await?;
+        let ctx = Self::open(adapter, options.limits, options.kernels).await?;
         if let Some(timeout) = options.wait_timeout {
             ctx.set_wait_timeout(timeout);
         }
@@ -245,14 +231,13 @@ impl GpuContext {
         policy: LimitsPolicy,
         kernels: KernelFamilyRequest,
     ) -> Result<Self> {
-        Self::open(adapter, policy, kernels, None).await
+        Self::open(adapter, policy, kernels).await
     }
 
     async fn open(
         adapter: wgpu::Adapter,
         policy: LimitsPolicy,
         kernels: KernelFamilyRequest,
-        fused_tiling: Option<FusedTiling>,
     ) -> Result<Self> {
         let adapter_limits = adapter.limits();
         let limits = match policy {
@@ -285,13 +270,7 @@ impl GpuContext {
                 errors.push(error.to_string());
             }
         }));
-        let ctx = Self::assemble(
-            adapter,
-            (device, queue),
-            limits,
-            Some(uncaptured),
-            (kernels, fused_tiling),
-        );
+        let ctx = Self::assemble(adapter, (device, queue), limits, Some(uncaptured), kernels);
         // Record why the device went (destroyed, driver reset): every later call reports it.
         let lost = ctx.inner.lost.clone();
         ctx.inner
@@ -328,13 +307,7 @@ impl GpuContext {
         kernels: KernelFamilyRequest,
     ) -> Result<GpuContext> {
         let limits = device.limits();
-        let ctx = Self::assemble(
-            adapter.clone(),
-            (device, queue),
-            limits,
-            None,
-            (kernels, None),
-        );
+        let ctx = Self::assemble(adapter.clone(), (device, queue), limits, None, kernels);
         ctx.check_requirements()?;
         log::info!("using the caller's device on {}", ctx.describe());
         Ok(ctx)
@@ -345,7 +318,7 @@ impl GpuContext {
         (device, queue): (wgpu::Device, wgpu::Queue),
         limits: wgpu::Limits,
         uncaptured: Option<Arc<Mutex<Vec<String>>>>,
-        (family_request, fused_tiling): (KernelFamilyRequest, Option<FusedTiling>),
+        family_request: KernelFamilyRequest,
     ) -> GpuContext {
         let info = adapter.get_info();
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
@@ -360,7 +333,6 @@ impl GpuContext {
                 uncaptured,
                 serial,
                 family_request,
-                fused_tiling,
                 lost: Arc::new(Mutex::new(None)),
                 wait_timeout_ms: std::sync::atomic::AtomicU64::new(
                     DEFAULT_WAIT_TIMEOUT.as_millis() as u64,
@@ -423,7 +395,9 @@ impl GpuContext {
                 64,
             ),
         ];
-        if crate::plan::OperandStorage::of_operands(self) == crate::plan::OperandStorage::Texels {
+        // The CPU family reads GEMM operands as texels where texel loads work
+        // (`plan::OperandStorage::of_operands`).
+        if self.cpu_kernels() && self.texel_loads_work() {
             need.extend([
                 (
                     "max_sampled_textures_per_shader_stage",
@@ -495,7 +469,7 @@ impl GpuContext {
         (gallivm || info.device_type == wgpu::DeviceType::Cpu).then_some(48_000)
     }
 
-    /// The kernel family asked for; [`KernelFamily::of`] resolves it for this adapter.
+    /// The kernel family asked for; [`GpuContext::cpu_kernels`] resolves it for this adapter.
     pub fn kernel_family_request(&self) -> KernelFamilyRequest {
         self.inner.family_request
     }
@@ -506,14 +480,21 @@ impl GpuContext {
         self.kernel_family_request()
     }
 
-    /// Whether the CPU-driver kernel family runs here ([`KernelFamily::of`]).
+    /// Whether the CPU-driver kernel family runs here: asked for, or `Auto` on a CPU adapter
+    /// (lavapipe, llvmpipe, SwiftShader). `plan::KernelFamily::of` reads it.
     pub fn cpu_kernels(&self) -> bool {
-        KernelFamily::of(self) == KernelFamily::Cpu
+        match self.inner.family_request {
+            KernelFamilyRequest::Cpu => true,
+            KernelFamilyRequest::Gpu => false,
+            KernelFamilyRequest::Auto => self.inner.info.device_type == wgpu::DeviceType::Cpu,
+        }
     }
 
-    /// The fused tiling forced by [`GpuOptions::fused_tiling`], if any.
-    pub(crate) fn fused_tiling_override(&self) -> Option<FusedTiling> {
-        self.inner.fused_tiling
+    /// Whether compute shaders here read `rgba32float` array textures with `textureLoad`: not
+    /// on wgpu's GL backend, where they returned zeros on llvmpipe. The plan stores GEMM
+    /// operands as texels only where this holds (`plan::OperandStorage::of_operands`).
+    pub fn texel_loads_work(&self) -> bool {
+        self.inner.info.backend != wgpu::Backend::Gl
     }
 
     /// Whether the device is lost (see [`Error::DeviceLost`]). On a device this crate opened,

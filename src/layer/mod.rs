@@ -451,7 +451,7 @@ async fn run(
     timed: bool,
     after: Option<AfterForward<'_>>,
 ) -> Result<(TimedForward, Vec<Vec<f32>>)> {
-    let (batch, seq) = (workspace.plan().batch, workspace.plan().seq);
+    let (batch, seq) = (workspace.plan().batch(), workspace.plan().seq());
     let host = workspace.host_io(ctx, dim)?;
     let mut mask_words: Vec<u32> = crate::host_memory::try_with_capacity("mask", batch * seq)?;
     match mask {

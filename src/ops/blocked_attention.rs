@@ -19,7 +19,7 @@ use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
-use crate::plan::BlockedPlan;
+use crate::ops::kernel_params::BlockedPlan;
 
 static BLOCKED_ATTENTION: Kernel = kernel!("blocked_attention", includes: ["texel_rows"]);
 static RETRIEVAL_MIX: Kernel = kernel!("retrieval_mix", includes: ["texel_rows"]);

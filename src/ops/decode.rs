@@ -14,7 +14,7 @@ use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
-use crate::plan::{CachedPlan, vector_width};
+use crate::ops::kernel_params::{CachedPlan, vector_width};
 use crate::precision::Precision;
 
 static CACHE_APPEND: Kernel = kernel!("cache_append");

@@ -21,7 +21,7 @@ use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
-use crate::plan::{FusedPlan, vector_width};
+use crate::ops::kernel_params::{FusedPlan, vector_width};
 use crate::precision::Precision;
 
 static FUSED_ATTENTION: Kernel = kernel!("fused_attention", includes: ["texel_rows"]);
@@ -60,8 +60,8 @@ pub(crate) fn variant(
 ) -> ShaderVariant {
     let tiling = plan.tiling;
     let (io, precision) = match plan.storage {
-        crate::plan::OperandStorage::Texels => (&IO_TEXELS, Precision::F32),
-        crate::plan::OperandStorage::Buffers => (&IO_BUFFERS, precision),
+        crate::ops::kernel_params::OperandStorage::Texels => (&IO_TEXELS, Precision::F32),
+        crate::ops::kernel_params::OperandStorage::Buffers => (&IO_BUFFERS, precision),
     };
     ShaderVariant::new(&FUSED_ATTENTION)
         .piece(io)
@@ -196,8 +196,8 @@ pub(crate) async fn dispatches(
 mod tests {
     use super::*;
     use crate::gpu::test_device::*;
+    use crate::ops::kernel_params::{BlockedPlan, FusedTiling, OperandStorage};
     use crate::ops::{Rows, value_mean};
-    use crate::plan::{BlockedPlan, FusedTiling, OperandStorage};
     use crate::reference::{self, Dims};
     use crate::testing::{length_mask, normal};
 

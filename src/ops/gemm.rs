@@ -2,7 +2,7 @@
 //! output projection. Weights stay in PyTorch's `[out, in]` layout, so both operands are read
 //! along their rows, the reduction axis.
 //!
-//! Four kernels; `src/plan.rs` (`GemmPlan`, `texel_gemm_kernel`) chooses which one runs:
+//! Four kernels; `src/plan.rs` (`GemmPlan`) chooses which one runs for each GEMM:
 //! * `shaders/gemm.wgsl`, register-blocked with lane-uniform weight reads, for CPU drivers
 //!   (lavapipe, SwiftShader): invocations there are SIMD lanes, a load that every lane makes at
 //!   the same address is done once, and workgroup memory is ordinary memory behind barriers;
@@ -20,7 +20,7 @@ use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::Rows;
-use crate::plan::{GemmTiling, TexelGemmKernel, texel_gemm_kernel};
+use crate::ops::kernel_params::{GemmTiling, TexelGemmKernel};
 use crate::precision::Precision;
 
 static GEMM: Kernel = kernel!("gemm");
@@ -66,7 +66,7 @@ impl GemmPrecision {
     };
 }
 
-/// The operands of one GEMM, in the storage the plan chose ([`crate::plan::GemmPlan`]).
+/// The operands of one GEMM, in the storage the plan chose (`plan::GemmPlan`).
 pub(crate) enum GemmOperands<'a> {
     /// `gemm.wgsl` or `gemm_tiled.wgsl`: `lhs [m, k]`, `rhs [n, k]`, `out [m, n]` buffers.
     Buffers {
@@ -81,6 +81,8 @@ pub(crate) enum GemmOperands<'a> {
     /// an f16 layer read the same); the output is a buffer stored in `out_precision` or, for a
     /// consumer that reads texels, f32 texel rows.
     Texels {
+        /// The texel kernel the plan chose for this GEMM's rows (`plan::GemmPlan::Texels`).
+        kernel: TexelGemmKernel,
         lhs: &'a TexelRows,
         rhs: &'a TexelRows,
         out: Rows<'a>,
@@ -103,11 +105,12 @@ pub(crate) async fn dispatches(
             out,
         } => buffer_dispatches(ctx, tiling, shape, precision, lhs, rhs, out).await,
         GemmOperands::Texels {
+            kernel,
             lhs,
             rhs,
             out,
             out_precision,
-        } => texel_dispatches(ctx, lhs, rhs, out, out_precision).await,
+        } => texel_dispatches(ctx, kernel, lhs, rhs, out, out_precision).await,
     }
 }
 
@@ -219,6 +222,7 @@ pub(crate) fn texel_variant(
 /// profile's GEMM). Texel output needs `n % 4 == 0` and a reduction that fits one dispatch.
 pub(crate) async fn texel_dispatches(
     ctx: &GpuContext,
+    kernel: TexelGemmKernel,
     lhs: &TexelRows,
     rhs: &TexelRows,
     out: Rows<'_>,
@@ -232,8 +236,8 @@ pub(crate) async fn texel_dispatches(
             &[n, rhs.shape.cols],
         ));
     }
-    if let (Rows::Buffer(out), TexelGemmKernel::Vector) = (out, texel_gemm_kernel(ctx, m, k_texels))
-    {
+    // `Vector` writes a buffer; the plan chooses it only for a buffer output.
+    if let (Rows::Buffer(out), TexelGemmKernel::Vector) = (out, kernel) {
         let params = GemvParams {
             m: m as u32,
             n: n as u32,
@@ -457,21 +461,30 @@ mod tests {
                 TexelRows::new(ctx, "out", m, n).unwrap(),
             )
         };
-        let out = poisoned(m * n);
-        let d = build_all(texel_dispatches(
-            ctx,
-            &lhs_t,
-            &rhs_t,
-            Rows::Buffer((&out).into()),
-            Precision::F32,
-        ));
-        run(&d.iter().collect::<Vec<_>>());
-        assert_close(&what, &download(&out, m * n), &expected, 1e-5);
+        for kernel in [TexelGemmKernel::Blocked, TexelGemmKernel::Vector] {
+            let out = poisoned(m * n);
+            let d = build_all(texel_dispatches(
+                ctx,
+                kernel,
+                &lhs_t,
+                &rhs_t,
+                Rows::Buffer((&out).into()),
+                Precision::F32,
+            ));
+            run(&d.iter().collect::<Vec<_>>());
+            assert_close(
+                &format!("{what} ({kernel:?})"),
+                &download(&out, m * n),
+                &expected,
+                1e-5,
+            );
+        }
         if n.is_multiple_of(4) {
             // Texel output, read back through a texel → buffer round trip of the next GEMM:
             // multiplying by the identity returns the matrix.
             let d = build_all(texel_dispatches(
                 ctx,
+                TexelGemmKernel::Blocked,
                 &lhs_t,
                 &rhs_t,
                 Rows::Texels(&out_t),
@@ -485,6 +498,7 @@ mod tests {
             let back = poisoned(m * n);
             let e = build_all(texel_dispatches(
                 ctx,
+                TexelGemmKernel::Blocked,
                 &out_t,
                 &eye_t,
                 Rows::Buffer((&back).into()),
@@ -524,8 +538,13 @@ mod tests {
                     )
                 };
                 let out = poisoned_stored(m * n, out_precision);
+                let kernel = match m <= 8 {
+                    true => TexelGemmKernel::Vector,
+                    false => TexelGemmKernel::Blocked,
+                };
                 let d = build_all(texel_dispatches(
                     ctx,
+                    kernel,
                     &lhs_t,
                     &rhs_t,
                     Rows::Buffer((&out).into()),
@@ -546,7 +565,7 @@ mod tests {
     fn texel_kernel() {
         check_texels(37, 45, 29);
         check_texels(1, 1, 1);
-        // A few rows: the texel GEMV (plan::texel_gemm_kernel), ragged N and K.
+        // A few rows (where the plan picks the texel GEMV), ragged N and K.
         check_texels(5, 45, 131);
         check_texels(1, 70, 64);
         check_texels(130, 68, 64);

@@ -16,12 +16,17 @@
 //! | [`fused_attention`] | `fused_attention.wgsl` | the whole attention core, no `n × n` buffer |
 //! | [`blocked_attention`] | `blocked_attention.wgsl`, `retrieval_mix.wgsl` | the fused core in 4 × 4 blocks, for CPU drivers |
 //! | [`decode`] | `cache_append.wgsl`, `decode_attention.wgsl`, `decode_reduce.wgsl`, `cache_advance.wgsl` | new queries over a KV cache, split-KV |
+//!
+//! [`kernel_params`] holds the kernels' parameter types (tilings, operand storage, the texel GEMM
+//! kernel, the cores' per-shape parameters): the plan chooses their values, the kernels read
+//! them; nothing here imports the plan.
 
 pub(crate) mod bias_add;
 pub(crate) mod blocked_attention;
 pub(crate) mod decode;
 pub(crate) mod fused_attention;
 pub(crate) mod gemm;
+pub(crate) mod kernel_params;
 pub(crate) mod layer_norm;
 pub(crate) mod masked_softmax;
 pub(crate) mod retrieval_select;
@@ -99,7 +104,9 @@ mod uniform_layouts {
     use super::*;
     use crate::gpu::test_device::context;
     use crate::gpu::uniform::layout_differences;
-    use crate::plan::{BlockedPlan, FusedPlan, FusedTiling, GemmTiling, OperandStorage};
+    use crate::ops::kernel_params::{
+        BlockedPlan, FusedPlan, FusedTiling, GemmTiling, OperandStorage,
+    };
     use crate::precision::Precision;
 
     #[test]

@@ -37,6 +37,7 @@ uniform! {
 }
 
 /// The MLP score network's weights on the device: `hidden [units, d]`, `score [units]`.
+#[derive(Clone, Copy)]
 pub(crate) struct MlpWeights<'a> {
     pub units: usize,
     pub hidden: &'a wgpu::Buffer,
