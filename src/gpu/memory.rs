@@ -221,8 +221,8 @@ pub(crate) async fn read_f32_all(
     read_mapped_all(ctx, &byte_ranges).await
 }
 
-/// Maps the first bytes of each buffer, waits once, copies each out as `T`s and unmaps them all
-/// (on every path, so a failed read leaves the buffers usable by the next call).
+/// Maps the first bytes of each buffer, waits once, copies each out as `T`s and unmaps them all.
+/// A wait that fails cancels the pending maps, so the buffers stay usable by the next call.
 async fn read_mapped_all<T: bytemuck::Pod>(
     ctx: &GpuContext,
     buffers: &[(&wgpu::Buffer, u64)],
@@ -263,16 +263,12 @@ async fn read_mapped_all<T: bytemuck::Pod>(
                 .slice(..bytes)
                 .get_mapped_range()
                 .map_err(|e| Error::Readback(e.to_string()))?;
-            Ok(bytemuck::cast_slice::<u8, T>(&view).to_vec())
+            Ok::<_, Error>(bytemuck::cast_slice::<u8, T>(&view).to_vec())
         }
         .await;
-        match copied {
-            Ok(copy) => values.push(copy),
-            Err(error) => {
-                unmap_all();
-                return Err(error);
-            }
-        }
+        // A failed map means the device is gone (its buffers destroyed): nothing is unmapped
+        // then, since unmapping a destroyed buffer is itself a validation error.
+        values.push(copied?);
     }
     unmap_all();
     Ok(values)
