@@ -227,12 +227,15 @@ fn prenorm_with_keras_epsilon() {
 
 #[test]
 fn large_magnitude_inputs() {
-    // Search logits in the hundreds (standard deviation ≈ scale² / 3 = 300): any softmax
-    // without max-subtraction overflows (f32 `exp` overflows past 88.7). Larger scales only
-    // push the f32 rounding of the scores, which grows with scale², toward the tolerance.
+    // Search logits in the hundreds (standard deviation ≈ scale² / 3 ≈ 130, the largest past
+    // 400): any softmax without max-subtraction overflows (f32 `exp` overflows past 88.7).
+    // Larger scales only push the f32 rounding of the scores, which grows with scale², toward
+    // the tolerance: at 30 one seed in a few hundred (1796449370561172016) reached 1.06e-4 of
+    // max|reference| on the CPU kernels' unfused path, the same before and after the plan
+    // refactor; at 100, 1795523805306633265 did. Both stay in CI's fixed seed list.
     Case::new(32, 8, 2, 2)
         .shape(2, 23)
-        .input_scale(30.0)
+        .input_scale(20.0)
         .causal()
         .check("large_magnitude_inputs");
 }
