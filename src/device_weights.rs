@@ -8,8 +8,11 @@
 use crate::error::Result;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::{GpuContext, memory};
-use crate::ops::retrieval_select::MlpWeights;
-use crate::plan::{ExecutionPlan, GemmPlan, GemmTiling, ProjectionWeights, TexelGemmKernel};
+use crate::ops::retrieval_select::{MlpWeights, Selection};
+use crate::plan::{
+    BufferCore, CachedPlan, ExecutionPlan, FusedPlan, GemmPlan, GemmTiling, ProjectionWeights,
+    Route, TexelCore, TexelGemmKernel,
+};
 use crate::weights::Weights;
 
 /// One weight matrix in every storage it was asked for.
@@ -35,20 +38,24 @@ fn filled<T>(slot: &mut Option<T>, make: impl FnOnce() -> Result<T>) -> Result<&
     Ok(slot.insert(value))
 }
 
-/// The two GEMM weights of a plan, in the storage of its GEMM.
+/// The texel GEMMs' kernels (the plan's, chosen per GEMM for its row count) and their weights as
+/// texel rows.
+pub(crate) struct TexelGemmWeights<'a> {
+    pub input: TexelGemmKernel,
+    pub output: TexelGemmKernel,
+    pub projection: &'a TexelRows,
+    pub out: &'a TexelRows,
+}
+
+/// The two GEMM weights of a buffer-route plan, in the storage of its GEMM.
 pub(crate) enum GemmWeights<'a> {
     Buffers {
         tiling: GemmTiling,
         projection: &'a wgpu::Buffer,
         out: &'a wgpu::Buffer,
     },
-    Texels {
-        /// The plan's texel kernels of the input and output projections.
-        input: TexelGemmKernel,
-        output: TexelGemmKernel,
-        projection: &'a TexelRows,
-        out: &'a TexelRows,
-    },
+    /// Texel GEMMs whose buffer operands are copied into texel rows.
+    Texels(TexelGemmWeights<'a>),
 }
 
 /// The biases of a biased layer, f32: the packed projection's `[SQ | SK | RQ or Q̃ | RV]`
@@ -58,19 +65,38 @@ pub(crate) struct PlanBiases<'a> {
     pub out: &'a wgpu::Buffer,
 }
 
+/// A buffer core with the weights it reads on its own.
+pub(crate) enum BufferCoreWeights<'a> {
+    Fused(FusedPlan),
+    /// The unfused core and its selection: `W_rk`, or the MLP score network.
+    Unfused(Selection<'a>),
+    Cached(CachedPlan),
+}
+
+/// The plan's [`Route`] with the weights each part reads: the one value the workspace builds
+/// from, so that a core never meets a GEMM or storage it does not read.
+pub(crate) enum RouteWeights<'a> {
+    /// Texel operands: texel GEMMs on both sides, and no biases (a biased layer's plans take
+    /// the buffer route).
+    Texels {
+        gemm: TexelGemmWeights<'a>,
+        core: TexelCore,
+    },
+    Buffers {
+        gemm: GemmWeights<'a>,
+        /// With `Config::bias`.
+        biases: Option<PlanBiases<'a>>,
+        core: BufferCoreWeights<'a>,
+    },
+}
+
 /// Everything a plan reads, uploaded.
 pub(crate) struct PlanWeights<'a> {
-    /// Packed input projections `[(3s + r)·d, dim]` and `W_o [dim, s·d]`.
-    pub gemm: GemmWeights<'a>,
-    /// `W_rk [d, d]` where the plan reads it on its own (unfused).
-    pub retrieval_keys: Option<&'a wgpu::Buffer>,
     /// LayerNorm `(γ, β)` with `prenorm`.
     pub norm: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
-    /// With `Config::bias`.
-    pub biases: Option<PlanBiases<'a>>,
-    /// The MLP score network (`Config::selection_mlp`) where the plan reads it (unfused), in
-    /// place of `W_rk`.
-    pub selection_mlp: Option<MlpWeights<'a>>,
+    /// The GEMMs' weights (packed input projections `[(3s + r)·d, dim]` and `W_o [dim, s·d]`),
+    /// the biases and the core, as the plan's route pairs them.
+    pub route: RouteWeights<'a>,
 }
 
 /// Parameters on the device, and the host copy they are uploaded from.
@@ -129,90 +155,59 @@ impl DeviceWeights {
             + mlp
     }
 
-    /// Uploads what `plan` reads that is not on the device yet, and returns all of it.
+    /// Uploads what `plan` reads that is not on the device yet, and returns all of it, paired
+    /// as the plan's route pairs it. A plan resolved for another configuration (a texel route
+    /// for a biased layer) is an error.
     pub(crate) fn for_plan(
         &mut self,
         ctx: &GpuContext,
         plan: &ExecutionPlan,
     ) -> Result<PlanWeights<'_>> {
-        let host = &self.host;
+        let DeviceWeights {
+            host,
+            plain,
+            folded,
+            out,
+            retrieval_keys,
+            norm,
+            plain_bias,
+            folded_bias,
+            out_bias,
+            selection_mlp,
+        } = self;
+        let host = &*host;
         let c = *host.config();
-        let (width, dim) = (c.projection_width(), c.dim);
-        let (projection, projection_data): (&mut Stored, fn(&Weights) -> Vec<f32>) =
-            match plan.projection_weights() {
-                ProjectionWeights::Plain => (&mut self.plain, plain_projection),
-                ProjectionWeights::RetrievalFolded => (&mut self.folded, folded_projection),
-            };
-        let label = match plan.projection_weights() {
-            ProjectionWeights::Plain => "packed input projections",
-            ProjectionWeights::RetrievalFolded => "packed input projections (W_rk folded)",
+        // The input projection as the core reads it: plain (unfused) or with W_rk folded in.
+        let (projection, projection_bias, packed): (_, _, Packed) = match plan.projection_weights()
+        {
+            ProjectionWeights::Plain => (
+                plain,
+                plain_bias,
+                Packed {
+                    label: "packed input projections",
+                    weight: plain_projection,
+                    bias: plain_projection_bias,
+                },
+            ),
+            ProjectionWeights::RetrievalFolded => (
+                folded,
+                folded_bias,
+                Packed {
+                    label: "packed input projections (W_rk folded)",
+                    weight: folded_projection,
+                    bias: folded_projection_bias,
+                },
+            ),
         };
         // A layer's plans share its precision, so each matrix is stored in one.
-        let precision = plan.precision();
-        let gemm = match plan.gemm() {
-            GemmPlan::Buffers(tiling) => GemmWeights::Buffers {
-                tiling,
-                projection: filled(&mut projection.buffer, || {
-                    log::debug!("uploading {label} as an {precision} buffer");
-                    memory::stored_init(ctx, label, &projection_data(host), precision)
-                })?,
-                out: filled(&mut self.out.buffer, || {
-                    memory::stored_init(ctx, "to_out.weight", &host.out, precision)
-                })?,
-            },
-            GemmPlan::Texels { input, output } => GemmWeights::Texels {
-                input,
-                output,
-                projection: filled(&mut projection.texels, || {
-                    log::debug!("uploading {label} as {precision} texel rows");
-                    TexelRows::with_data_in(
-                        ctx,
-                        label,
-                        width,
-                        dim,
-                        &projection_data(host),
-                        precision,
-                    )
-                })?,
-                out: filled(&mut self.out.texels, || {
-                    TexelRows::with_data_in(
-                        ctx,
-                        "to_out.weight",
-                        dim,
-                        c.search_width(),
-                        &host.out,
-                        precision,
-                    )
-                })?,
-            },
-        };
-        let mlp_units = c.selection_mlp.filter(|_| plan.reads_retrieval_keys());
-        let selection_mlp = match (mlp_units, &host.selection_mlp) {
-            (Some(units), Some(m)) => {
-                let (hidden, score) = filled(&mut self.selection_mlp, || {
-                    Ok((
-                        memory::storage_init(ctx, "selection_mlp.hidden", &m.hidden)?,
-                        memory::storage_init(ctx, "selection_mlp.score", &m.score)?,
-                    ))
-                })?;
-                Some(MlpWeights {
-                    units,
-                    hidden,
-                    score,
-                })
-            }
-            _ => None,
-        };
-        let retrieval_keys = if plan.reads_retrieval_keys() && selection_mlp.is_none() {
-            Some(filled(&mut self.retrieval_keys, || {
-                memory::storage_init(ctx, "to_retrieval_keys.weight", &host.retrieval_keys)
-            })?)
-        } else {
-            None
+        let upload = Upload {
+            ctx,
+            host,
+            precision: plan.precision(),
         };
         let norm = match &host.norm {
             Some((gamma, beta)) => {
-                let (g, b) = filled(&mut self.norm, || {
+                let (g, b) = filled(norm, || {
                     Ok((
                         memory::storage_init(ctx, "norm.weight", gamma)?,
                         memory::storage_init(ctx, "norm.bias", beta)?,
@@ -222,31 +217,154 @@ impl DeviceWeights {
             }
             None => None,
         };
-        let biases = match &host.biases {
-            Some(b) => {
-                let (slot, packed): (_, fn(&Weights) -> Vec<f32>) = match plan.projection_weights()
-                {
-                    ProjectionWeights::Plain => (&mut self.plain_bias, plain_projection_bias),
-                    ProjectionWeights::RetrievalFolded => {
-                        (&mut self.folded_bias, folded_projection_bias)
-                    }
-                };
-                let projection = filled(slot, || {
-                    memory::storage_init(ctx, "packed projection biases", &packed(host))
-                })?;
-                let out = filled(&mut self.out_bias, || {
-                    memory::storage_init(ctx, "to_out.bias", &b.out)
-                })?;
-                Some(PlanBiases { projection, out })
+        let route = match plan.route() {
+            Route::Texels {
+                input,
+                output,
+                core,
+            } => {
+                if host.biases.is_some() {
+                    return Err(crate::Error::InvalidConfig {
+                        field: "execution plan",
+                        value: plan.describe(),
+                        reason: "a biased layer's plans keep the core's operands in buffers \
+                                 (biases are added to buffers); this plan was resolved for \
+                                 another configuration",
+                    });
+                }
+                RouteWeights::Texels {
+                    gemm: upload.texel_gemm((*input, *output), &packed, projection, out)?,
+                    core: core.clone(),
+                }
             }
-            None => None,
+            Route::Buffers { gemm, core } => {
+                let gemm = match *gemm {
+                    GemmPlan::Buffers(tiling) => GemmWeights::Buffers {
+                        tiling,
+                        projection: filled(&mut projection.buffer, || {
+                            log::debug!(
+                                "uploading {} as an {} buffer",
+                                packed.label,
+                                upload.precision
+                            );
+                            memory::stored_init(
+                                ctx,
+                                packed.label,
+                                &(packed.weight)(host),
+                                upload.precision,
+                            )
+                        })?,
+                        out: filled(&mut out.buffer, || {
+                            memory::stored_init(ctx, "to_out.weight", &host.out, upload.precision)
+                        })?,
+                    },
+                    GemmPlan::Texels { input, output } => GemmWeights::Texels(upload.texel_gemm(
+                        (input, output),
+                        &packed,
+                        projection,
+                        out,
+                    )?),
+                };
+                let biases = match &host.biases {
+                    Some(b) => Some(PlanBiases {
+                        projection: filled(projection_bias, || {
+                            memory::storage_init(
+                                ctx,
+                                "packed projection biases",
+                                &(packed.bias)(host),
+                            )
+                        })?,
+                        out: filled(out_bias, || {
+                            memory::storage_init(ctx, "to_out.bias", &b.out)
+                        })?,
+                    }),
+                    None => None,
+                };
+                let core = match core {
+                    BufferCore::Fused(fused) => BufferCoreWeights::Fused(fused.clone()),
+                    BufferCore::Cached(cached) => BufferCoreWeights::Cached(*cached),
+                    BufferCore::Unfused => BufferCoreWeights::Unfused(match &host.selection_mlp {
+                        Some(m) => {
+                            let (hidden, score) = filled(selection_mlp, || {
+                                Ok((
+                                    memory::storage_init(ctx, "selection_mlp.hidden", &m.hidden)?,
+                                    memory::storage_init(ctx, "selection_mlp.score", &m.score)?,
+                                ))
+                            })?;
+                            Selection::Mlp(MlpWeights {
+                                units: m.score.len(),
+                                hidden,
+                                score,
+                            })
+                        }
+                        None => Selection::DotProduct {
+                            scale: c.scale() as f32,
+                            w_rk: filled(retrieval_keys, || {
+                                memory::storage_init(
+                                    ctx,
+                                    "to_retrieval_keys.weight",
+                                    &host.retrieval_keys,
+                                )
+                            })?,
+                        },
+                    }),
+                };
+                RouteWeights::Buffers { gemm, biases, core }
+            }
         };
-        Ok(PlanWeights {
-            gemm,
-            retrieval_keys,
-            norm,
-            biases,
-            selection_mlp,
+        Ok(PlanWeights { norm, route })
+    }
+}
+
+/// The packed input projection a plan reads: its label, and how to pack its weight and bias.
+struct Packed {
+    label: &'static str,
+    weight: fn(&Weights) -> Vec<f32>,
+    bias: fn(&Weights) -> Vec<f32>,
+}
+
+/// What an upload needs: the device, the host weights and the layer's storage precision.
+struct Upload<'h> {
+    ctx: &'h GpuContext,
+    host: &'h Weights,
+    precision: crate::precision::Precision,
+}
+
+impl Upload<'_> {
+    /// The texel GEMMs' weights, uploaded as texel rows where not yet on the device.
+    fn texel_gemm<'a>(
+        &self,
+        (input, output): (TexelGemmKernel, TexelGemmKernel),
+        packed: &Packed,
+        projection: &'a mut Stored,
+        out: &'a mut Stored,
+    ) -> Result<TexelGemmWeights<'a>> {
+        let (ctx, host, precision) = (self.ctx, self.host, self.precision);
+        let c = host.config();
+        Ok(TexelGemmWeights {
+            input,
+            output,
+            projection: filled(&mut projection.texels, || {
+                log::debug!("uploading {} as {precision} texel rows", packed.label);
+                TexelRows::with_data_in(
+                    ctx,
+                    packed.label,
+                    c.projection_width(),
+                    c.dim,
+                    &(packed.weight)(host),
+                    precision,
+                )
+            })?,
+            out: filled(&mut out.texels, || {
+                TexelRows::with_data_in(
+                    ctx,
+                    "to_out.weight",
+                    c.dim,
+                    c.search_width(),
+                    &host.out,
+                    precision,
+                )
+            })?,
         })
     }
 }

@@ -435,12 +435,70 @@ impl CorePlan {
     }
 }
 
-/// Storage of the projections `core` reads and the concatenation it writes.
-fn core_storage(core: &CorePlan) -> OperandStorage {
-    match core {
-        CorePlan::Blocked(_) => OperandStorage::Texels,
-        CorePlan::Fused(fused) => fused.storage,
-        CorePlan::Unfused | CorePlan::Cached(_) => OperandStorage::Buffers,
+/// The GEMMs and the core of a plan, paired by where the core's operands (the projections it
+/// reads, the concatenation it writes) live. Only the pairs the kernels accept can be written:
+///
+/// * texel operands come with texel GEMMs on both sides (the input GEMM writes them, the output
+///   GEMM reads them) and never with biases ([`ops::bias_add`](crate::ops) adds to buffers), and
+///   only the blocked core and the fused core on texels read them;
+/// * buffer operands are read by the fused, unfused and cached cores, with buffer GEMMs or with
+///   texel GEMMs whose operands are copied into texel rows.
+///
+/// The workspace and the device weights match on this one value, so a core is never paired with
+/// a GEMM or storage it cannot read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Projections and concatenation in texel rows (an unbiased f32 layer on a texel device).
+    Texels {
+        /// The input projection's texel kernel (it writes texel rows, so never the GEMV).
+        input: TexelGemmKernel,
+        /// The output projection's texel kernel.
+        output: TexelGemmKernel,
+        core: TexelCore,
+    },
+    /// Projections and concatenation in buffers of the plan's intermediate precision.
+    Buffers { gemm: GemmPlan, core: BufferCore },
+}
+
+/// A core that reads texel operands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TexelCore {
+    Blocked(BlockedPlan),
+    /// The fused core with `storage` [`OperandStorage::Texels`].
+    Fused(FusedPlan),
+}
+
+/// A core that reads buffer operands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BufferCore {
+    /// The fused core with `storage` [`OperandStorage::Buffers`].
+    Fused(FusedPlan),
+    Unfused,
+    Cached(CachedPlan),
+}
+
+impl Route {
+    /// The texel route of `core` for `rows` rows of `config`.
+    fn texels(ctx: &GpuContext, config: &Config, rows: usize, core: TexelCore) -> Route {
+        Route::Texels {
+            input: texel_gemm_kernel(ctx, rows, config.dim, true),
+            output: texel_gemm_kernel(ctx, rows, config.search_width(), false),
+            core,
+        }
+    }
+
+    /// The buffer route of `core` for `rows` rows of `config`: the device's GEMM.
+    fn buffers(ctx: &GpuContext, config: &Config, rows: usize, core: BufferCore) -> Route {
+        Route::Buffers {
+            gemm: GemmPlan::of(
+                ctx,
+                rows,
+                config.dim,
+                config.search_width(),
+                OperandStorage::Buffers,
+            ),
+            core,
+        }
     }
 }
 
@@ -470,10 +528,9 @@ pub struct ExecutionPlan {
     precision: Precision,
     /// The kernel family.
     family: KernelFamily,
-    /// The GEMM of both projections, and the storage of its operands and weights.
-    gemm: GemmPlan,
-    /// The attention core.
-    core: CorePlan,
+    /// The GEMMs of both projections and the attention core, paired by the storage of the
+    /// core's operands.
+    route: Route,
 }
 
 impl ExecutionPlan {
@@ -506,12 +563,33 @@ impl ExecutionPlan {
 
     /// The GEMMs of both projections, and the storage of their operands and weights.
     pub fn gemm(&self) -> GemmPlan {
-        self.gemm
+        match &self.route {
+            Route::Texels { input, output, .. } => GemmPlan::Texels {
+                input: *input,
+                output: *output,
+            },
+            Route::Buffers { gemm, .. } => *gemm,
+        }
     }
 
     /// The attention core.
-    pub fn core(&self) -> &CorePlan {
-        &self.core
+    pub fn core(&self) -> CorePlan {
+        match &self.route {
+            Route::Texels { core, .. } => match core {
+                TexelCore::Blocked(blocked) => CorePlan::Blocked(*blocked),
+                TexelCore::Fused(fused) => CorePlan::Fused(fused.clone()),
+            },
+            Route::Buffers { core, .. } => match core {
+                BufferCore::Fused(fused) => CorePlan::Fused(fused.clone()),
+                BufferCore::Unfused => CorePlan::Unfused,
+                BufferCore::Cached(cached) => CorePlan::Cached(*cached),
+            },
+        }
+    }
+
+    /// The GEMMs and the core, paired by the storage of the core's operands.
+    pub(crate) fn route(&self) -> &Route {
+        &self.route
     }
 
     /// Resolves the plan for `config` at `batch × seq` with `strategy` on `ctx`. Fails with a
@@ -549,17 +627,22 @@ impl ExecutionPlan {
             true => BlockedPlan::resolve(ctx, &layout),
             false => None,
         };
-        let core = match strategy {
-            Strategy::Unfused => CorePlan::Unfused,
+        let rows = batch * seq;
+        let route = match strategy {
+            Strategy::Unfused => Route::buffers(ctx, c, rows, BufferCore::Unfused),
             Strategy::Fused => match blocked {
-                Some(blocked) => CorePlan::Blocked(blocked),
+                Some(blocked) => Route::texels(ctx, c, rows, TexelCore::Blocked(blocked)),
                 None => {
                     let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
-                    let storage = match texel_core && c.dim_head.is_multiple_of(4) {
-                        true => OperandStorage::Texels,
-                        false => OperandStorage::Buffers,
-                    };
-                    CorePlan::Fused(FusedPlan::resolve(ctx, &layout, tiling, storage)?)
+                    if texel_core && c.dim_head.is_multiple_of(4) {
+                        let fused =
+                            FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Texels)?;
+                        Route::texels(ctx, c, rows, TexelCore::Fused(fused))
+                    } else {
+                        let fused =
+                            FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Buffers)?;
+                        Route::buffers(ctx, c, rows, BufferCore::Fused(fused))
+                    }
                 }
             },
         };
@@ -569,18 +652,11 @@ impl ExecutionPlan {
             strategy,
             precision,
             family: KernelFamily::of(ctx),
-            gemm: GemmPlan::of(
-                ctx,
-                batch * seq,
-                c.dim,
-                c.search_width(),
-                core_storage(&core),
-            ),
-            core,
+            route,
         };
         plan.check_sizes(ctx, c, &layout)?;
         log::debug!("plan for batch {batch} × seq {seq}: {}", plan.describe());
-        if let CorePlan::Fused(fused) = &plan.core
+        if let CorePlan::Fused(fused) = plan.core()
             && fused.splits_keys()
         {
             log::info!(
@@ -626,10 +702,10 @@ impl ExecutionPlan {
             )?;
             check_storage_size(ctx, "projections", proj, None)?;
         }
-        if matches!(self.gemm, GemmPlan::Texels { .. }) {
+        if matches!(self.gemm(), GemmPlan::Texels { .. }) {
             crate::gpu::texture::TexelShape::new(ctx, "GEMM operand", tokens, c.dim)?;
         }
-        match &self.core {
+        match self.core() {
             CorePlan::Unfused => {
                 let logits = bytes("search logits", &[b, c.num_searches, n, n])?;
                 check_storage_size(ctx, "search logits", logits, Some(UNFUSED_SIZE_HINT))?;
@@ -702,14 +778,7 @@ impl ExecutionPlan {
             strategy: Strategy::Fused,
             precision,
             family: KernelFamily::of(ctx),
-            gemm: GemmPlan::of(
-                ctx,
-                batch * seq,
-                c.dim,
-                c.search_width(),
-                OperandStorage::Buffers,
-            ),
-            core: CorePlan::Cached(cached),
+            route: Route::buffers(ctx, c, batch * seq, BufferCore::Cached(cached)),
         };
         plan.check_sizes(ctx, c, &layout)?;
         log::debug!(
@@ -721,7 +790,7 @@ impl ExecutionPlan {
 
     /// The projection weights the plan reads.
     pub fn projection_weights(&self) -> ProjectionWeights {
-        match self.core {
+        match self.core() {
             CorePlan::Unfused => ProjectionWeights::Plain,
             CorePlan::Blocked(_) | CorePlan::Fused(_) | CorePlan::Cached(_) => {
                 ProjectionWeights::RetrievalFolded
@@ -732,14 +801,20 @@ impl ExecutionPlan {
     /// Whether the plan reads the selection's own weights: `W_rk` (only the unfused selection
     /// does; the fused cores read it folded into the projection), or the MLP score network.
     pub fn reads_retrieval_keys(&self) -> bool {
-        self.core == CorePlan::Unfused
+        matches!(
+            self.route,
+            Route::Buffers {
+                core: BufferCore::Unfused,
+                ..
+            }
+        )
     }
 
     /// The precision of the projections the core reads and the concatenation it writes: the
     /// layer's in the fused and cached cores, f32 in the unfused core (its kernels, a
     /// debugging path, read and write f32) and the blocked core (texel rows are f32).
     pub fn intermediates(&self) -> Precision {
-        match self.core {
+        match self.core() {
             CorePlan::Fused(_) | CorePlan::Cached(_) => self.precision,
             CorePlan::Unfused | CorePlan::Blocked(_) => Precision::F32,
         }
@@ -747,12 +822,15 @@ impl ExecutionPlan {
 
     /// Storage of the projections the core reads and the concatenation it writes.
     pub fn core_storage(&self) -> OperandStorage {
-        core_storage(&self.core)
+        match self.route {
+            Route::Texels { .. } => OperandStorage::Texels,
+            Route::Buffers { .. } => OperandStorage::Buffers,
+        }
     }
 
     /// One line for logs: family, GEMM, core and its tiles.
     pub fn describe(&self) -> String {
-        let core = match &self.core {
+        let core = match self.core() {
             CorePlan::Blocked(b) => format!("blocked ({} value texels per block)", b.block_texels),
             CorePlan::Fused(f) => format!(
                 "fused {:?} on {:?}, {} key chunk(s)",
@@ -768,7 +846,9 @@ impl ExecutionPlan {
         };
         format!(
             "{:?} family, {} storage, GEMM {:?}, core {core}",
-            self.family, self.precision, self.gemm
+            self.family,
+            self.precision,
+            self.gemm()
         )
     }
 }

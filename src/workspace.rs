@@ -11,7 +11,9 @@
 //! alternates do not rebuild them.
 
 use crate::config::Config;
-use crate::device_weights::{GemmWeights, PlanWeights};
+use crate::device_weights::{
+    BufferCoreWeights, GemmWeights, PlanBiases, PlanWeights, RouteWeights, TexelGemmWeights,
+};
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Buf, Dispatch, IoBuffers, IoSlot};
@@ -23,10 +25,7 @@ use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::retrieval_select::Selection;
 use crate::ops::{self, ProjectionLayout, Rows};
-use crate::plan::{
-    BlockedPlan, CachedPlan, CorePlan, ExecutionPlan, FusedPlan, OperandStorage, Strategy,
-    UNFUSED_SIZE_HINT,
-};
+use crate::plan::{ExecutionPlan, FusedPlan, Strategy, TexelCore, UNFUSED_SIZE_HINT};
 use crate::precision::Precision;
 
 /// Intermediate buffers and textures the dispatches are bound to.
@@ -55,115 +54,85 @@ struct TexelPair {
     concat: TexelRows,
 }
 
-/// The fused core's operands, in the storage its plan names.
+/// The plan's route with its weights ([`RouteWeights`]) and the core's operands in the storage
+/// of that route: texel rows on the texel route, buffers of the plan's intermediate precision
+/// on the buffer route. Every role of the build matches on this one value, so a core, its
+/// operands, the GEMMs and the biases can only meet in the pairs the plan's types allow.
 // One value per workspace build: the size difference between the variants costs nothing.
 #[allow(clippy::large_enum_variant)]
-enum Operands {
-    Buffers(BufferPair),
-    Texels(TexelPair),
+enum Wiring<'w> {
+    Texels {
+        gemm: TexelGemmWeights<'w>,
+        core: TexelCore,
+        operands: TexelPair,
+    },
+    Buffers {
+        gemm: GemmWeights<'w>,
+        biases: Option<PlanBiases<'w>>,
+        core: BufferCoreWeights<'w>,
+        operands: BufferPair,
+    },
 }
 
-/// The core's operands whichever core reads them, for the GEMMs that write and read them.
-enum OperandRefs<'a> {
-    Buffers(&'a BufferPair),
-    Texels(&'a TexelPair),
-}
-
-/// The plan's core with its operands, in the storage that core reads: texels for the blocked
-/// core, buffers for the unfused and cached cores, and the plan's storage for the fused core.
-/// A core cannot be paired with operands it does not read.
-enum CoreOperands<'p> {
-    Blocked(BlockedPlan, TexelPair),
-    Fused(&'p FusedPlan, Operands),
-    Unfused(BufferPair),
-    Cached(CachedPlan, BufferPair),
-}
-
-impl<'p> CoreOperands<'p> {
-    /// Allocates the operands of `core`; `precision`: of buffers (texel rows are f32).
+impl<'w> Wiring<'w> {
+    /// Allocates the core's operands for `route`; `precision`: of buffers (texel rows are f32).
     fn new(
         ctx: &GpuContext,
         layout: &ProjectionLayout,
-        core: &'p CorePlan,
+        route: RouteWeights<'w>,
         precision: Precision,
     ) -> Result<Self> {
-        let (batch, seq) = (layout.batch, layout.seq);
+        let rows = layout.batch * layout.seq;
         let search_width = layout.searches * layout.head;
-        let buffers = || -> Result<BufferPair> {
-            Ok(BufferPair {
-                proj: memory::stored(
-                    ctx,
-                    "projections",
-                    &[batch, seq, layout.row_stride],
-                    precision,
-                    None,
-                )?,
-                concat: memory::stored(
-                    ctx,
-                    "concatenated searches",
-                    &[batch, seq, search_width],
-                    precision,
-                    None,
-                )?,
-            })
-        };
-        let texels = || -> Result<TexelPair> {
-            Ok(TexelPair {
-                proj: TexelRows::new(ctx, "projections", batch * seq, layout.row_stride)?,
-                concat: TexelRows::new(ctx, "concatenated searches", batch * seq, search_width)?,
-            })
-        };
-        Ok(match core {
-            CorePlan::Blocked(blocked) => CoreOperands::Blocked(*blocked, texels()?),
-            CorePlan::Fused(fused) => CoreOperands::Fused(
-                fused,
-                match fused.storage {
-                    OperandStorage::Buffers => Operands::Buffers(buffers()?),
-                    OperandStorage::Texels => Operands::Texels(texels()?),
+        Ok(match route {
+            RouteWeights::Texels { gemm, core } => Wiring::Texels {
+                gemm,
+                core,
+                operands: TexelPair {
+                    proj: TexelRows::new(ctx, "projections", rows, layout.row_stride)?,
+                    concat: TexelRows::new(ctx, "concatenated searches", rows, search_width)?,
                 },
-            ),
-            CorePlan::Unfused => CoreOperands::Unfused(buffers()?),
-            CorePlan::Cached(cached) => CoreOperands::Cached(*cached, buffers()?),
+            },
+            RouteWeights::Buffers { gemm, biases, core } => Wiring::Buffers {
+                gemm,
+                biases,
+                core,
+                operands: BufferPair {
+                    proj: memory::stored(
+                        ctx,
+                        "projections",
+                        &[layout.batch, layout.seq, layout.row_stride],
+                        precision,
+                        None,
+                    )?,
+                    concat: memory::stored(
+                        ctx,
+                        "concatenated searches",
+                        &[layout.batch, layout.seq, search_width],
+                        precision,
+                        None,
+                    )?,
+                },
+            },
         })
     }
 
-    fn operands(&self) -> OperandRefs<'_> {
-        match self {
-            CoreOperands::Blocked(_, texels) | CoreOperands::Fused(_, Operands::Texels(texels)) => {
-                OperandRefs::Texels(texels)
-            }
-            CoreOperands::Fused(_, Operands::Buffers(buffers))
-            | CoreOperands::Unfused(buffers)
-            | CoreOperands::Cached(_, buffers) => OperandRefs::Buffers(buffers),
-        }
-    }
-
+    /// The projections, as the kernels that read them take them.
     fn proj(&self) -> Rows<'_> {
-        match self.operands() {
-            OperandRefs::Buffers(pair) => Rows::Buffer((&pair.proj).into()),
-            OperandRefs::Texels(pair) => Rows::Texels(&pair.proj),
+        match self {
+            Wiring::Texels { operands, .. } => Rows::Texels(&operands.proj),
+            Wiring::Buffers { operands, .. } => Rows::Buffer((&operands.proj).into()),
         }
     }
 
+    /// Moves the operands into `held`, for the workspace's lifetime.
     fn hold(self, held: &mut Held) {
         match self {
-            CoreOperands::Blocked(_, pair) | CoreOperands::Fused(_, Operands::Texels(pair)) => {
-                held.texels.extend([pair.proj, pair.concat])
+            Wiring::Texels { operands, .. } => held.texels.extend([operands.proj, operands.concat]),
+            Wiring::Buffers { operands, .. } => {
+                held.buffers.extend([operands.proj, operands.concat])
             }
-            CoreOperands::Fused(_, Operands::Buffers(pair))
-            | CoreOperands::Unfused(pair)
-            | CoreOperands::Cached(_, pair) => held.buffers.extend([pair.proj, pair.concat]),
         }
-    }
-}
-
-/// A plan whose parts disagree (its GEMM, core and storage are resolved together by
-/// `ExecutionPlan::resolve`, so only a hand-made plan can get here).
-fn inconsistent(what: &'static str) -> crate::Error {
-    crate::Error::InvalidConfig {
-        field: "execution plan",
-        value: what.to_string(),
-        reason: "the plan's GEMM, core and operand storage disagree",
     }
 }
 
@@ -224,21 +193,21 @@ impl Workspace {
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         // The projections and concatenation in the plan's intermediate precision; the input,
         // LayerNorm output and layer output stay f32, the weights are the layer's precision.
-        let core = CoreOperands::new(ctx, &layout, plan.core(), plan.intermediates())?;
+        let PlanWeights { norm, route } = weights;
+        let wiring = Wiring::new(ctx, &layout, route, plan.intermediates())?;
         let mut recorder = Recorder {
             ctx,
             config,
             plan: &plan,
-            weights: &weights,
             layout,
             held: Held::default(),
             dispatches: Vec::new(),
         };
-        let normed = recorder.prenorm().await?;
+        let normed = recorder.prenorm(norm).await?;
         let input = normed.as_ref().map_or(Buf::Io(IoSlot::Input), Buf::Owned);
-        recorder.projections(input, &core).await?;
-        let (finish, maps) = recorder.core(&core, cache).await?;
-        recorder.output(&core).await?;
+        recorder.projections(input, &wiring).await?;
+        let (finish, maps) = recorder.core(&wiring, cache).await?;
+        recorder.output(&wiring).await?;
         let Recorder {
             mut held,
             mut dispatches,
@@ -247,7 +216,7 @@ impl Workspace {
         dispatches.extend(finish);
 
         held.buffers.extend(normed);
-        core.hold(&mut held);
+        wiring.hold(&mut held);
         let workspace = Workspace {
             plan,
             dispatches,
@@ -266,20 +235,6 @@ impl Workspace {
             start.elapsed().as_secs_f64() * 1e3
         );
         Ok(workspace)
-    }
-
-    /// An f32 texel copy of the `[rows, cols]` buffer (stored in the precision given) for the
-    /// texel GEMM, made by a `texture_copy` dispatch appended to `dispatches`.
-    async fn texel_copy(
-        ctx: &GpuContext,
-        (buffer, precision): (Buf<'_>, Precision),
-        rows: usize,
-        cols: usize,
-        dispatches: &mut Vec<Dispatch>,
-    ) -> Result<TexelRows> {
-        let copy = TexelRows::new(ctx, "GEMM operand", rows, cols)?;
-        dispatches.push(ops::texture_copy::dispatch(ctx, buffer, precision, &copy).await?);
-        Ok(copy)
     }
 
     /// The plan this workspace carries out.
@@ -652,7 +607,6 @@ struct Recorder<'a> {
     ctx: &'a GpuContext,
     config: &'a Config,
     plan: &'a ExecutionPlan,
-    weights: &'a PlanWeights<'a>,
     layout: ProjectionLayout,
     held: Held,
     dispatches: Vec<Dispatch>,
@@ -660,18 +614,19 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     /// Step 1, prenorm: the normalised input the GEMM reads (`None`: it reads the caller's).
-    async fn prenorm(&mut self) -> Result<Option<wgpu::Buffer>> {
-        let (ctx, c, weights) = (self.ctx, self.config, self.weights);
-        let layout = self.layout;
-        let (batch, seq) = (layout.batch, layout.seq);
-        let tokens = batch * seq;
-        Ok(match weights.norm {
+    async fn prenorm(
+        &mut self,
+        norm: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+    ) -> Result<Option<wgpu::Buffer>> {
+        let (ctx, c) = (self.ctx, self.config);
+        let (batch, seq) = (self.layout.batch, self.layout.seq);
+        Ok(match norm {
             Some((gamma, beta)) => {
                 let normed = memory::storage(ctx, "layer norm", &[batch, seq, c.dim], None)?;
                 self.dispatches.push(
                     ops::layer_norm::dispatch(
                         ctx,
-                        tokens,
+                        batch * seq,
                         c.dim,
                         c.layer_norm_eps,
                         IoSlot::Input,
@@ -686,27 +641,61 @@ impl Recorder<'_> {
         })
     }
 
-    /// Step 2, projections `[SQ | SK | RQ or Q̃ | RV]` of `input`, in the storage the core reads.
-    async fn projections(&mut self, input: Buf<'_>, core: &CoreOperands<'_>) -> Result<()> {
-        let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
+    /// An f32 texel copy of `[rows, cols]` `buffer` (stored in `precision`) for a texel GEMM,
+    /// made by a `texture_copy` dispatch and held by the workspace; its index in `held.texels`.
+    async fn texel_copy(
+        &mut self,
+        (buffer, precision): (Buf<'_>, Precision),
+        rows: usize,
+        cols: usize,
+    ) -> Result<usize> {
+        let copy = TexelRows::new(self.ctx, "GEMM operand", rows, cols)?;
+        self.dispatches
+            .push(ops::texture_copy::dispatch(self.ctx, buffer, precision, &copy).await?);
+        self.held.texels.push(copy);
+        Ok(self.held.texels.len() - 1)
+    }
+
+    /// Step 2, projections `[SQ | SK | RQ or Q̃ | RV]` of `input`, in the storage the core reads,
+    /// and their biases.
+    async fn projections(&mut self, input: Buf<'_>, wiring: &Wiring<'_>) -> Result<()> {
+        let (ctx, c, plan) = (self.ctx, self.config, self.plan);
         let layout = self.layout;
-        let (batch, seq) = (layout.batch, layout.seq);
-        let tokens = batch * seq;
+        let tokens = layout.batch * layout.seq;
         let stored = plan.intermediates();
-        let proj_shape = GemmShape {
-            m: tokens,
-            n: layout.row_stride,
-            k: c.dim,
-        };
-        let operands = match (&weights.gemm, core.operands()) {
-            (
-                GemmWeights::Buffers {
-                    tiling, projection, ..
-                },
-                OperandRefs::Buffers(BufferPair { proj, .. }),
-            ) => GemmOperands::Buffers {
+        let operands = match wiring {
+            // A texel GEMM reads its input as texel rows: a copy of the (normalised) input. It
+            // writes the core's operands, texel rows or buffers.
+            Wiring::Texels { gemm, .. }
+            | Wiring::Buffers {
+                gemm: GemmWeights::Texels(gemm),
+                ..
+            } => {
+                let copy = self
+                    .texel_copy((input, Precision::F32), tokens, c.dim)
+                    .await?;
+                GemmOperands::Texels {
+                    kernel: gemm.input,
+                    lhs: &self.held.texels[copy],
+                    rhs: gemm.projection,
+                    out: wiring.proj(),
+                    out_precision: stored,
+                }
+            }
+            Wiring::Buffers {
+                gemm:
+                    GemmWeights::Buffers {
+                        tiling, projection, ..
+                    },
+                operands,
+                ..
+            } => GemmOperands::Buffers {
                 tiling: *tiling,
-                shape: proj_shape,
+                shape: GemmShape {
+                    m: tokens,
+                    n: layout.row_stride,
+                    k: c.dim,
+                },
                 precision: GemmPrecision {
                     lhs: Precision::F32,
                     rhs: plan.precision(),
@@ -714,41 +703,16 @@ impl Recorder<'_> {
                 },
                 lhs: input,
                 rhs: projection,
-                out: proj.into(),
+                out: (&operands.proj).into(),
             },
-            (GemmWeights::Buffers { .. }, OperandRefs::Texels(_)) => {
-                return Err(inconsistent("texel core operands with the buffer GEMM"));
-            }
-            (
-                GemmWeights::Texels {
-                    input: kernel,
-                    projection,
-                    ..
-                },
-                _,
-            ) => {
-                let copy = Workspace::texel_copy(
-                    ctx,
-                    (input, Precision::F32),
-                    tokens,
-                    c.dim,
-                    &mut self.dispatches,
-                )
-                .await?;
-                self.held.texels.push(copy);
-                GemmOperands::Texels {
-                    kernel: *kernel,
-                    lhs: self.held.texels.last().expect("pushed above"),
-                    rhs: projection,
-                    out: core.proj(),
-                    out_precision: stored,
-                }
-            }
         };
         self.dispatches
             .extend(ops::gemm::dispatches(ctx, operands).await?);
-        if let (Some(biases), OperandRefs::Buffers(BufferPair { proj, .. })) =
-            (&weights.biases, core.operands())
+        if let Wiring::Buffers {
+            biases: Some(biases),
+            operands,
+            ..
+        } = wiring
         {
             self.dispatches.push(
                 ops::bias_add::dispatch(
@@ -756,13 +720,11 @@ impl Recorder<'_> {
                     tokens,
                     layout.row_stride,
                     biases.projection,
-                    proj,
+                    &operands.proj,
                     stored,
                 )
                 .await?,
             );
-        } else if weights.biases.is_some() {
-            return Err(inconsistent("biases with texel core operands"));
         }
         Ok(())
     }
@@ -772,24 +734,22 @@ impl Recorder<'_> {
     /// map buffers.
     async fn core(
         &mut self,
-        core: &CoreOperands<'_>,
+        wiring: &Wiring<'_>,
         cache: Option<&CacheBuffers>,
     ) -> Result<(Option<Dispatch>, Option<MapsBuffers>)> {
-        let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
+        let (ctx, c, plan) = (self.ctx, self.config, self.plan);
         let layout = self.layout;
-        let batch = layout.batch;
         let scale = c.scale() as f32;
         let stored = plan.intermediates();
         let mut finish = None;
         let mut maps = None;
-        match core {
-            CoreOperands::Blocked(blocked, TexelPair { proj, concat }) => {
-                let value_mean =
-                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                self.dispatches.push(
-                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
-                        .await?,
-                );
+        match wiring {
+            Wiring::Texels {
+                core: TexelCore::Blocked(blocked),
+                operands: TexelPair { proj, concat },
+                ..
+            } => {
+                let value_mean = self.value_mean(wiring).await?;
                 let bound = ops::blocked_attention::bind(
                     ctx,
                     &layout,
@@ -806,63 +766,39 @@ impl Recorder<'_> {
                 self.held.buffers.push(value_mean);
                 self.held.texels.push(bound.retrieved);
             }
-            CoreOperands::Fused(fused, operands) => {
-                let value_mean =
-                    memory::storage(ctx, "value mean", &[batch, c.value_width()], None)?;
-                self.dispatches.push(
-                    ops::value_mean::dispatch(ctx, &layout, core.proj(), stored, &value_mean)
-                        .await?,
-                );
-                let carry = Carry::for_plan(ctx, &layout, fused)?;
-                let io = match operands {
-                    Operands::Buffers(BufferPair { proj, concat }) => FusedIo::Buffers {
-                        proj,
-                        concat,
-                        precision: stored,
-                    },
-                    Operands::Texels(TexelPair { proj, concat }) => {
-                        FusedIo::Texels { proj, concat }
-                    }
-                };
-                self.dispatches.extend(
-                    ops::fused_attention::dispatches(
-                        ctx,
-                        &layout,
-                        fused,
-                        scale,
-                        c.causal,
-                        io,
-                        IoSlot::Mask,
-                        &value_mean,
-                        carry.as_ref(),
-                    )
-                    .await?,
-                );
-                self.held.buffers.push(value_mean);
-                self.held.buffers.extend(
-                    carry
-                        .map(|carry| [carry.acc, carry.stats])
-                        .into_iter()
-                        .flatten(),
-                );
+            Wiring::Texels {
+                core: TexelCore::Fused(fused),
+                operands: TexelPair { proj, concat },
+                ..
+            } => {
+                let value_mean = self.value_mean(wiring).await?;
+                self.fused(fused, FusedIo::Texels { proj, concat }, value_mean)
+                    .await?;
             }
-            CoreOperands::Unfused(BufferPair { proj, concat }) => {
-                let selection = match (weights.selection_mlp, weights.retrieval_keys) {
-                    (Some(mlp), _) => Selection::Mlp(mlp),
-                    (None, Some(w_rk)) => Selection::DotProduct {
-                        scale: c.scale() as f32,
-                        w_rk,
-                    },
-                    (None, None) => {
-                        return Err(inconsistent("the unfused core without W_rk"));
-                    }
+            Wiring::Buffers {
+                core: BufferCoreWeights::Fused(fused),
+                operands: BufferPair { proj, concat },
+                ..
+            } => {
+                let value_mean = self.value_mean(wiring).await?;
+                let io = FusedIo::Buffers {
+                    proj,
+                    concat,
+                    precision: stored,
                 };
+                self.fused(fused, io, value_mean).await?;
+            }
+            Wiring::Buffers {
+                core: BufferCoreWeights::Unfused(selection),
+                operands: BufferPair { proj, concat },
+                ..
+            } => {
                 let (buffers, core_maps) = unfused_core(
                     ctx,
                     c,
                     &layout,
                     proj,
-                    selection,
+                    *selection,
                     concat,
                     &mut self.dispatches,
                 )
@@ -870,8 +806,18 @@ impl Recorder<'_> {
                 self.held.buffers.extend(buffers);
                 maps = Some(core_maps);
             }
-            CoreOperands::Cached(cached, BufferPair { proj, concat }) => {
-                let cache = cache.ok_or_else(|| inconsistent("the cached core without a cache"))?;
+            Wiring::Buffers {
+                core: BufferCoreWeights::Cached(cached),
+                operands: BufferPair { proj, concat },
+                ..
+            } => {
+                // The one pairing the plan cannot type: its KV cache's buffers belong to the
+                // `KvCache` that resolved it, which passes them (`layer::generation`).
+                let cache = cache.ok_or(crate::Error::InvalidConfig {
+                    field: "execution plan",
+                    value: String::new(),
+                    reason: "a cached plan is built with the KV cache it was resolved for",
+                })?;
                 let step = ops::decode::bind(
                     ctx,
                     &layout,
@@ -892,80 +838,118 @@ impl Recorder<'_> {
         Ok((finish, maps))
     }
 
-    /// Step 4, the output projection of the concatenation into the caller's output.
-    async fn output(&mut self, core: &CoreOperands<'_>) -> Result<()> {
-        let (ctx, c, plan, weights) = (self.ctx, self.config, self.plan, self.weights);
+    /// The mean of the values `[b, r·d]`, which the fused and blocked cores' fully masked rows
+    /// read.
+    async fn value_mean(&mut self, wiring: &Wiring<'_>) -> Result<wgpu::Buffer> {
+        let (ctx, c, layout) = (self.ctx, self.config, self.layout);
+        let value_mean =
+            memory::storage(ctx, "value mean", &[layout.batch, c.value_width()], None)?;
+        let stored = self.plan.intermediates();
+        self.dispatches.push(
+            ops::value_mean::dispatch(ctx, &layout, wiring.proj(), stored, &value_mean).await?,
+        );
+        Ok(value_mean)
+    }
+
+    /// The fused core's dispatches (with the carry between key chunks where the plan splits
+    /// the keys).
+    async fn fused(
+        &mut self,
+        fused: &FusedPlan,
+        io: FusedIo<'_>,
+        value_mean: wgpu::Buffer,
+    ) -> Result<()> {
+        let (ctx, c) = (self.ctx, self.config);
         let layout = self.layout;
-        let (batch, seq) = (layout.batch, layout.seq);
-        let tokens = batch * seq;
+        let carry = Carry::for_plan(ctx, &layout, fused)?;
+        self.dispatches.extend(
+            ops::fused_attention::dispatches(
+                ctx,
+                &layout,
+                fused,
+                c.scale() as f32,
+                c.causal,
+                io,
+                IoSlot::Mask,
+                &value_mean,
+                carry.as_ref(),
+            )
+            .await?,
+        );
+        self.held.buffers.push(value_mean);
+        self.held.buffers.extend(
+            carry
+                .map(|carry| [carry.acc, carry.stats])
+                .into_iter()
+                .flatten(),
+        );
+        Ok(())
+    }
+
+    /// Step 4, the output projection of the concatenation into the caller's output, and its bias.
+    async fn output(&mut self, wiring: &Wiring<'_>) -> Result<()> {
+        let (ctx, c, plan) = (self.ctx, self.config, self.plan);
+        let layout = self.layout;
+        let tokens = layout.batch * layout.seq;
         let stored = plan.intermediates();
-        let out_shape = GemmShape {
-            m: tokens,
-            n: c.dim,
-            k: c.search_width(),
-        };
-        let operands = match (&weights.gemm, core.operands()) {
-            (
-                GemmWeights::Buffers { tiling, out, .. },
-                OperandRefs::Buffers(BufferPair { concat, .. }),
-            ) => GemmOperands::Buffers {
+        let output = Rows::Buffer(Buf::Io(IoSlot::Output));
+        let operands = match wiring {
+            Wiring::Texels { gemm, operands, .. } => GemmOperands::Texels {
+                kernel: gemm.output,
+                lhs: &operands.concat,
+                rhs: gemm.out,
+                out: output,
+                out_precision: Precision::F32,
+            },
+            // A texel GEMM of buffer operands reads a texel copy of the concatenation.
+            Wiring::Buffers {
+                gemm: GemmWeights::Texels(gemm),
+                operands,
+                ..
+            } => {
+                let copy = self
+                    .texel_copy(
+                        ((&operands.concat).into(), stored),
+                        tokens,
+                        c.search_width(),
+                    )
+                    .await?;
+                GemmOperands::Texels {
+                    kernel: gemm.output,
+                    lhs: &self.held.texels[copy],
+                    rhs: gemm.out,
+                    out: output,
+                    out_precision: Precision::F32,
+                }
+            }
+            Wiring::Buffers {
+                gemm: GemmWeights::Buffers { tiling, out, .. },
+                operands,
+                ..
+            } => GemmOperands::Buffers {
                 tiling: *tiling,
-                shape: out_shape,
+                shape: GemmShape {
+                    m: tokens,
+                    n: c.dim,
+                    k: c.search_width(),
+                },
                 precision: GemmPrecision {
                     lhs: stored,
                     rhs: plan.precision(),
                     out: Precision::F32,
                 },
-                lhs: concat.into(),
+                lhs: (&operands.concat).into(),
                 rhs: out,
                 out: Buf::Io(IoSlot::Output),
             },
-            (GemmWeights::Buffers { .. }, OperandRefs::Texels(_)) => {
-                return Err(inconsistent("texel core operands with the buffer GEMM"));
-            }
-            (
-                GemmWeights::Texels {
-                    output: kernel,
-                    out,
-                    ..
-                },
-                OperandRefs::Texels(TexelPair { concat, .. }),
-            ) => GemmOperands::Texels {
-                kernel: *kernel,
-                lhs: concat,
-                rhs: out,
-                out: Rows::Buffer(Buf::Io(IoSlot::Output)),
-                out_precision: Precision::F32,
-            },
-            (
-                GemmWeights::Texels {
-                    output: kernel,
-                    out,
-                    ..
-                },
-                OperandRefs::Buffers(BufferPair { concat, .. }),
-            ) => {
-                let copy = Workspace::texel_copy(
-                    ctx,
-                    (concat.into(), stored),
-                    tokens,
-                    c.search_width(),
-                    &mut self.dispatches,
-                )
-                .await?;
-                self.held.texels.push(copy);
-                GemmOperands::Texels {
-                    kernel: *kernel,
-                    lhs: self.held.texels.last().expect("pushed above"),
-                    rhs: out,
-                    out: Rows::Buffer(Buf::Io(IoSlot::Output)),
-                    out_precision: Precision::F32,
-                }
-            }
         };
         self.dispatches
             .extend(ops::gemm::dispatches(ctx, operands).await?);
-        if let Some(biases) = &weights.biases {
+        if let Wiring::Buffers {
+            biases: Some(biases),
+            ..
+        } = wiring
+        {
             self.dispatches.push(
                 ops::bias_add::dispatch(
                     ctx,

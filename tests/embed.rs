@@ -343,7 +343,7 @@ fn workspaces_stay_alive_bounded_and_releasable() {
     assert!(weights_only > 0 && layer.workspace_shapes().is_empty());
     // The unfused plan reads the plain projection and W_rk: they are uploaded now, not before.
     layer.set_strategy(Strategy::Unfused);
-    assert_eq!(*layer.plan(1, 9).unwrap().core(), CorePlan::Unfused);
+    assert_eq!(layer.plan(1, 9).unwrap().core(), CorePlan::Unfused);
     let (_, input) = random_problem(config, 1, 9, None, 1.0, seed).unwrap();
     layer.forward_blocking(&input.x, 1, 9, None).unwrap();
     layer.release_workspaces();

@@ -45,6 +45,7 @@ pub(crate) struct MlpWeights<'a> {
 }
 
 /// How the logits are computed, with the weights it reads.
+#[derive(Clone, Copy)]
 pub(crate) enum Selection<'a> {
     /// `scale·RQ·(Ret·W_rkᵀ)` with `W_rk [d, d]`.
     DotProduct { scale: f32, w_rk: &'a wgpu::Buffer },
