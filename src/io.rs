@@ -18,6 +18,19 @@ pub const INPUT: &str = "input";
 pub const MASK: &str = "mask";
 /// Name of the output tensor `[b, n, dim]` in a case file.
 pub const OUTPUT: &str = "output";
+/// Name of a gradient case's `dL/dy [b, n, dim]` (`tests/golden-grad/`).
+pub const GRAD_OUTPUT: &str = "grad_output";
+/// Name of a gradient case's `dL/dx [b, n, dim]`.
+pub const GRAD_INPUT: &str = "grad_input";
+/// Prefix of a gradient case's parameter gradients: `grad.<state_dict name>`.
+pub const GRAD_PREFIX: &str = "grad.";
+
+/// Whether `name` (in an unprefixed file) is one of a reference case's tensors beside the
+/// parameters: `input`, `mask`, `output`, and a gradient case's `grad_output`, `grad_input`
+/// and `grad.<name>`.
+pub fn is_case_tensor(name: &str) -> bool {
+    [INPUT, MASK, OUTPUT, GRAD_OUTPUT, GRAD_INPUT].contains(&name) || name.starts_with(GRAD_PREFIX)
+}
 
 /// Reads a whole file, naming the path in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -188,9 +201,15 @@ impl Input {
 
 /// Reads the `output` tensor of a reference case, if the file has one.
 pub fn read_output(bytes: &[u8]) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+    read_tensor(bytes, OUTPUT)
+}
+
+/// Reads the tensor `name` of a reference case (`output`, `grad_output`, `grad.<name>`, ...)
+/// as f32 with its shape, if the file has one.
+pub fn read_tensor(bytes: &[u8], name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
     let file = SafeTensors::deserialize(bytes)?;
-    match file.tensor(OUTPUT) {
-        Ok(view) => Ok(Some((view.shape().to_vec(), tensor_to_f32(OUTPUT, &view)?))),
+    match file.tensor(name) {
+        Ok(view) => Ok(Some((view.shape().to_vec(), tensor_to_f32(name, &view)?))),
         Err(_) => Ok(None),
     }
 }

@@ -9,6 +9,7 @@
 //! produce them; search logits and weights `[b, s, n, n]`; retrieved vectors `[b, s, n, r·d]`
 //! (SPEC's `Ret[b,σ,ρ,i,:]` stored at `[b, σ, i, ρ·d ..]`); concatenated searches `[b, n, s·d]`.
 
+pub mod backward;
 pub mod general;
 
 use crate::config::{Config, LAYER_NORM_EPS};

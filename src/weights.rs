@@ -106,7 +106,8 @@ pub struct Biases {
 }
 
 /// Tensors a reference-case file may hold beside the parameters (`input`, `mask`, `output`):
-/// the loader skips them so that one file can carry a whole case.
+/// the loader skips them so that one file can carry a whole case (and a gradient case's, by
+/// [`io::is_case_tensor`]).
 pub const CASE_TENSOR_NAMES: [&str; 3] = [io::INPUT, io::MASK, io::OUTPUT];
 
 /// All parameters of one layer, each a row-major `Vec<f32>` in PyTorch layout.
@@ -296,8 +297,8 @@ impl Weights {
     /// num_retrievals, prenorm` from the shapes. `prefix` is prepended to every parameter name
     /// (`"layers.0.attn."` for a layer inside a larger model's `state_dict`; `""` for a bare
     /// layer); tensors outside the prefix are ignored. Under the prefix, a missing, misshaped,
-    /// non-finite or unknown tensor is an error that names it (the case tensors `input`, `mask`
-    /// and `output` are allowed beside the parameters).
+    /// non-finite or unknown tensor is an error that names it (the case tensors `input`, `mask`,
+    /// `output` and a gradient case's `grad_output`, `grad_input`, `grad.*` are allowed).
     pub fn from_safetensors(bytes: &[u8], causal: bool, prefix: &str) -> Result<Weights> {
         let file = SafeTensors::deserialize(bytes)?;
         for (name, _) in file.iter() {
@@ -305,7 +306,7 @@ impl Weights {
                 continue;
             };
             let known = PARAMETER_NAMES.contains(&local)
-                || (prefix.is_empty() && CASE_TENSOR_NAMES.contains(&local));
+                || (prefix.is_empty() && io::is_case_tensor(local));
             if !known {
                 return Err(Error::UnexpectedTensor {
                     name: name.to_string(),

@@ -7,7 +7,6 @@ use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 use crate::io;
-use crate::weights::CASE_TENSOR_NAMES;
 
 /// One tensor: its shape and row-major f32 values.
 pub(crate) struct Tensor {
@@ -30,7 +29,7 @@ impl Tensors {
             let Some(local) = name.strip_prefix(prefix) else {
                 continue;
             };
-            if prefix.is_empty() && CASE_TENSOR_NAMES.contains(&local) {
+            if prefix.is_empty() && io::is_case_tensor(local) {
                 continue;
             }
             // Widened to f32 and checked finite.

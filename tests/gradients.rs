@@ -1,0 +1,260 @@
+//! The reference backward (`reference::backward`, the f64 oracle of the layer's gradients),
+//! checked two of the three ways the standards ask for:
+//!
+//! * against central finite differences of the reference forward, on seeded random problems
+//!   that cover odd sizes, `s = 1`, `r = 1`, batch > 1, causal, key padding, a fully masked
+//!   row, prenorm, biases and large magnitudes;
+//! * against PyTorch's float64 autograd (`tests/golden-grad/`, a copy of
+//!   `shared/golden-grad/`), loaded through the crate's own readers.
+//!
+//! The third, the GPU backward against both, lands with the backward kernels. These tests run
+//! on the CPU only.
+
+mod common;
+
+use std::path::Path;
+
+use compositional_attention::io::{self, Input};
+use compositional_attention::reference::{self, backward::ReferenceGradients};
+use compositional_attention::testing::{ErrorStats, normal, random_problem};
+use compositional_attention::{Config, Weights};
+
+/// `L = Σ y ⊙ dy` of the reference forward.
+fn loss(weights: &Weights, input: &Input, dy: &[f32]) -> f64 {
+    let y = reference::forward(
+        weights,
+        &input.x,
+        input.batch,
+        input.seq,
+        input.mask.as_deref(),
+    )
+    .unwrap();
+    y.iter().zip(dy).map(|(y, &g)| y * g as f64).sum()
+}
+
+/// The central difference of `L` along one f32 coordinate of value `v`: the steps are the f32
+/// values actually stored (`fl(v ± h) − v`, exact in f64), so rounding the perturbed value
+/// does not bias the quotient.
+fn central_difference(v: f32, h: f32, mut loss_at: impl FnMut(f32) -> f64) -> f64 {
+    let (up, down) = (v + h, v - h);
+    (loss_at(up) - loss_at(down)) / ((up as f64 - v as f64) + (v as f64 - down as f64))
+}
+
+/// Coordinates spread over `len` (first, last, and seeded ones between).
+fn coordinates(len: usize, count: usize, seed: u64) -> Vec<usize> {
+    let mut picks = vec![0, len - 1];
+    let mut state = seed | 1;
+    while picks.len() < count.min(len) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        picks.push((state % len as u64) as usize);
+    }
+    picks
+}
+
+/// The step and the tolerance: `L` is a smooth function of each coordinate whose scale the
+/// input sets, and the difference's error is `O(h²·L''')` plus `L`'s f64 rounding over `h`.
+const STEP: f32 = 1e-3;
+const FD_TOLERANCE: f64 = 2e-4;
+
+fn check_against_finite_differences(
+    name: &str,
+    config: Config,
+    shape: (usize, usize),
+    mask_lengths: Option<&[usize]>,
+    scale: f32,
+) {
+    let (seed, what) = common::seed(name);
+    let (batch, seq) = shape;
+    let (weights, input) = random_problem(config, batch, seq, mask_lengths, scale, seed).unwrap();
+    let mut rng = compositional_attention::rng::Rng::seed_from_u64(seed ^ 0x9e37_79b9);
+    let dy = normal(&mut rng, batch * seq * config.dim, 1.0);
+    let grads: ReferenceGradients =
+        reference::backward::backward(&weights, &input.x, batch, seq, input.mask.as_deref(), &dy)
+            .unwrap();
+
+    // The input.
+    let mut numeric = Vec::new();
+    let mut analytic = Vec::new();
+    for k in coordinates(input.x.len(), 8, seed) {
+        numeric.push(central_difference(input.x[k], STEP * scale, |value| {
+            let mut perturbed = input.clone();
+            perturbed.x[k] = value;
+            loss(&weights, &perturbed, &dy)
+        }));
+        analytic.push(grads.input[k]);
+    }
+    assert_close(&format!("{what}: input"), &numeric, &analytic);
+
+    // Every parameter.
+    let names: Vec<&'static str> = weights.parameters().iter().map(|p| p.name).collect();
+    assert_eq!(
+        names,
+        grads.parameters.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "{what}: the gradients follow Weights::parameters"
+    );
+    for name in names {
+        let expected = grads.parameter(name).unwrap();
+        let mut numeric = Vec::new();
+        let mut analytic = Vec::new();
+        for k in coordinates(expected.len(), 6, seed ^ name.len() as u64) {
+            let original = parameter_mut(&mut weights.clone(), name)[k];
+            let step = STEP * original.abs().max(0.1);
+            numeric.push(central_difference(original, step, |value| {
+                let mut perturbed = weights.clone();
+                parameter_mut(&mut perturbed, name)[k] = value;
+                loss(&perturbed, &input, &dy)
+            }));
+            analytic.push(expected[k]);
+        }
+        assert_close(&format!("{what}: {name}"), &numeric, &analytic);
+    }
+}
+
+/// The data of parameter `name`, mutable.
+fn parameter_mut<'w>(weights: &'w mut Weights, name: &str) -> &'w mut Vec<f32> {
+    use compositional_attention::weights as w;
+    match name {
+        w::NORM_WEIGHT => &mut weights.norm.as_mut().unwrap().0,
+        w::NORM_BIAS => &mut weights.norm.as_mut().unwrap().1,
+        w::SEARCH_QUERIES => &mut weights.search_queries,
+        w::SEARCH_KEYS => &mut weights.search_keys,
+        w::RETRIEVAL_VALUES => &mut weights.retrieval_values,
+        w::RETRIEVAL_QUERIES => &mut weights.retrieval_queries,
+        w::RETRIEVAL_KEYS => &mut weights.retrieval_keys,
+        w::OUT => &mut weights.out,
+        w::SEARCH_QUERIES_BIAS => &mut weights.biases.as_mut().unwrap().search_queries,
+        w::SEARCH_KEYS_BIAS => &mut weights.biases.as_mut().unwrap().search_keys,
+        w::RETRIEVAL_VALUES_BIAS => &mut weights.biases.as_mut().unwrap().retrieval_values,
+        w::RETRIEVAL_QUERIES_BIAS => &mut weights.biases.as_mut().unwrap().retrieval_queries,
+        w::OUT_BIAS => &mut weights.biases.as_mut().unwrap().out,
+        other => panic!("no parameter {other}"),
+    }
+}
+
+/// Max-abs error over the larger of the two vectors' max magnitude, and the relative L2 norm.
+#[track_caller]
+fn assert_close(what: &str, numeric: &[f64], analytic: &[f64]) {
+    let actual: Vec<f32> = numeric.iter().map(|&v| v as f32).collect();
+    let stats = ErrorStats::compare(&actual, analytic);
+    let scale = analytic
+        .iter()
+        .chain(numeric)
+        .fold(1e-3f64, |m, v| m.max(v.abs()));
+    let max_rel = stats.max_abs / scale;
+    assert!(
+        max_rel <= FD_TOLERANCE && stats.non_finite == 0,
+        "{what}: finite differences against the reference backward: {stats}, max-abs over \
+         max|gradient| {max_rel:.3e} exceeds {FD_TOLERANCE:e}\n numeric {numeric:?}\n analytic {analytic:?}"
+    );
+}
+
+#[test]
+fn finite_differences_odd_sizes_batch_and_padding() {
+    check_against_finite_differences(
+        "finite_differences_odd_sizes_batch_and_padding",
+        Config::new(14)
+            .dim_head(5)
+            .num_searches(3)
+            .num_retrievals(2),
+        (2, 7),
+        Some(&[7, 4]),
+        1.0,
+    );
+}
+
+#[test]
+fn finite_differences_causal_prenorm_with_a_fully_masked_row() {
+    check_against_finite_differences(
+        "finite_differences_causal_prenorm_with_a_fully_masked_row",
+        Config::new(12)
+            .dim_head(4)
+            .num_searches(2)
+            .num_retrievals(3)
+            .prenorm(true)
+            .causal(true),
+        (2, 6),
+        Some(&[6, 0]),
+        1.0,
+    );
+}
+
+#[test]
+fn finite_differences_one_search_one_retrieval_one_token() {
+    check_against_finite_differences(
+        "finite_differences_one_search_one_retrieval_one_token",
+        Config::new(6).dim_head(3).num_searches(1).num_retrievals(1),
+        (3, 1),
+        None,
+        1.0,
+    );
+}
+
+#[test]
+fn finite_differences_biases_and_large_magnitudes() {
+    check_against_finite_differences(
+        "finite_differences_biases_and_large_magnitudes",
+        Config::new(10)
+            .dim_head(5)
+            .num_searches(2)
+            .num_retrievals(2)
+            .bias(true),
+        (1, 5),
+        None,
+        4.0,
+    );
+}
+
+/// The reference backward reproduces PyTorch's float64 autograd (stored as f32), which makes
+/// it the oracle for the GPU backward.
+#[test]
+fn reference_backward_matches_pytorch_autograd() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden-grad");
+    let mut checked = 0;
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let sidecar = std::fs::read_to_string(path.with_extension("json")).unwrap();
+        let causal = sidecar.contains("\"causal\": true");
+        let bytes = std::fs::read(&path).unwrap();
+        let weights = Weights::from_safetensors(&bytes, causal, "").unwrap();
+        let input = Input::from_safetensors(&bytes).unwrap();
+        let tensor = |name: &str| io::read_tensor(&bytes, name).unwrap().unwrap().1;
+        let grads = reference::backward::backward(
+            &weights,
+            &input.x,
+            input.batch,
+            input.seq,
+            input.mask.as_deref(),
+            &tensor(io::GRAD_OUTPUT),
+        )
+        .unwrap();
+        let what = path.file_name().unwrap().to_string_lossy().to_string();
+        let compare = |name: &str, expected: &[f32], ours: &[f64]| {
+            // Ours (f64) against PyTorch's f64 stored as f32: the storage's rounding, 6e-8 of
+            // each value, is the floor.
+            let stats = ErrorStats::compare(expected, ours);
+            let scale = ours.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert!(
+                stats.max_abs <= 1e-5 * scale && stats.rel_l2 <= 1e-5,
+                "{what}: {name}: {stats} against PyTorch's autograd"
+            );
+            eprintln!("{what}: {name}: {stats}");
+        };
+        compare("grad_input", &tensor(io::GRAD_INPUT), &grads.input);
+        for (name, ours) in &grads.parameters {
+            let expected = tensor(&format!("{}{name}", io::GRAD_PREFIX));
+            compare(name, &expected, ours);
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "expected the 4 shipped cases, found {checked}"
+    );
+}
