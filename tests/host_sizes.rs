@@ -11,6 +11,9 @@ mod common;
 
 use std::time::Instant;
 
+use compositional_attention::checkpoint::{
+    Checkpoint, Form, FormWeights, Format, Linear, Selection, SelectionWeights,
+};
 use compositional_attention::testing::random_problem;
 use compositional_attention::weights::Weights;
 use compositional_attention::{
@@ -147,4 +150,63 @@ fn a_layer_asked_for_an_impossible_shape_is_an_error() {
         .collect();
     let y = layer.forward_blocking(&x, 2, 5, None).unwrap();
     assert!(y.iter().all(|v| v.is_finite()) && y.len() == x.len());
+}
+
+/// A checkpoint's layer of `out × inp` whose values are small and varied.
+fn linear(out: usize, inp: usize) -> Linear {
+    let weight = (0..out * inp)
+        .map(|i| ((i % 97) as f32 - 48.0) / 64.0)
+        .collect();
+    Linear::new(weight, None, out, inp).unwrap()
+}
+
+/// Lowering pads every head and value to `max(hd, vd)`: a checkpoint of one 8192-wide search
+/// head and 8192 one-wide retrievals (96 MiB of weights) would lower to 2^36 retrieval values
+/// (256 GiB). `layer_weights` refuses it as `HostMemory` before the first of them.
+#[test]
+fn lowering_past_the_machine_is_a_host_memory_error() {
+    if !heuristic_overcommit() {
+        println!("skipped: vm.overcommit_memory = 1 grants 256 GiB reservations");
+        return;
+    }
+    let (dim, hd, rules) = (1024, 8192, 8192);
+    let form = Form {
+        format: Format::Xformers,
+        dim,
+        searches: 1,
+        retrievals: rules,
+        head_dim: hd,
+        value_dim: 1,
+        selection_dim: 1,
+        selection: Selection::DotProduct,
+        q_compose: false,
+        prenorm: false,
+        layer_norm_eps: 1e-5,
+        causal: false,
+    };
+    let checkpoint = Checkpoint {
+        form,
+        weights: FormWeights {
+            norm: None,
+            q: linear(hd, dim),
+            k: linear(hd, dim),
+            v: linear(rules, dim),
+            value_q: linear(1, dim),
+            selection: SelectionWeights::DotProduct {
+                value_k: linear(1, 1),
+            },
+            out: linear(dim, 1),
+        },
+    };
+    checkpoint.validate().expect("a well-formed checkpoint");
+    let error = refused("Checkpoint::layer_weights (lowered to 256 GiB)", || {
+        checkpoint.layer_weights()
+    });
+    match &error {
+        Error::HostMemory { what, bytes, .. } => {
+            assert_eq!(what, "the lowered weights");
+            assert!(*bytes >= 4 << 36, "{bytes}");
+        }
+        other => panic!("expected HostMemory, got {other}"),
+    }
 }

@@ -102,7 +102,8 @@ pub(crate) fn tensors_from_h5(
 fn dense(tensors: &mut Tensors, name: &str) -> Result<Linear> {
     let t = tensors.take(name, 2, "required by the Keras CompositionalAttention")?;
     let (inp, out) = (t.shape[0], t.shape[1]);
-    let mut weight = vec![0.0f32; t.data.len()];
+    // The transpose doubles the kernel's bytes for a moment: reserved fallibly, like the read.
+    let mut weight = crate::host_memory::try_filled(name, t.data.len(), 0.0f32)?;
     for i in 0..inp {
         for o in 0..out {
             weight[o * inp + i] = t.data[i * out + o];

@@ -25,7 +25,8 @@
 
 use crate::checkpoint::{Checkpoint, Linear, Selection, SelectionWeights};
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::host_memory::{self, try_tensor};
 use crate::weights::{Biases, SelectionMlp, Weights};
 
 impl Checkpoint {
@@ -103,15 +104,28 @@ impl Checkpoint {
             .bias(true)
             .selection_mlp(mlp.then_some(sel));
         config.validate()?;
+        // Lowering pads every head and value to `width`: the layer's weights may be far larger
+        // than the checkpoint's (one wide search head beside many one-wide retrievals), so all
+        // of them are asked for before the first, and each is reserved fallibly.
+        let parameters = config.checked_parameter_count().ok_or(Error::HostMemory {
+            what: "the lowered weights".into(),
+            bytes: u64::MAX,
+            hint: None,
+        })?;
+        host_memory::check_available(
+            "the lowered weights",
+            host_memory::bytes_of(&[parameters], 4),
+            None,
+        )?;
 
         // `count` blocks of `width` rows, each filled with `used` rows `row(block, j)` (a
         // weight row and its bias) and padded with zeros.
         let blocks = |count: usize,
                       used: usize,
                       row: &dyn Fn(usize, usize) -> (Vec<f64>, f64)|
-         -> (Vec<f32>, Vec<f32>) {
-            let mut weight = vec![0.0f32; count * width * dim];
-            let mut bias = vec![0.0f32; count * width];
+         -> Result<(Vec<f32>, Vec<f32>)> {
+            let mut weight = try_tensor("the lowered weights", &[count, width, dim], 0.0f32)?;
+            let mut bias = try_tensor("the lowered biases", &[count, width], 0.0f32)?;
             for block in 0..count {
                 for j in 0..used {
                     let (w_row, b) = row(block, j);
@@ -122,7 +136,7 @@ impl Checkpoint {
                     bias[at] = b as f32;
                 }
             }
-            (weight, bias)
+            Ok((weight, bias))
         };
         let copy_row = |l: &Linear, o: usize, scale: f64| -> (Vec<f64>, f64) {
             (
@@ -133,9 +147,9 @@ impl Checkpoint {
 
         // Search queries carry hd^-½ in place of the kernels' w^-½.
         let q_scale = (hd as f64).powf(-0.5) / kernel_scale;
-        let (sq, sq_b) = blocks(heads, hd, &|h, j| copy_row(&wt.q, h * hd + j, q_scale));
-        let (sk, sk_b) = blocks(heads, hd, &|h, j| copy_row(&wt.k, h * hd + j, 1.0));
-        let (rv, rv_b) = blocks(rules, vd, &|r, j| copy_row(&wt.v, r * vd + j, 1.0));
+        let (sq, sq_b) = blocks(heads, hd, &|h, j| copy_row(&wt.q, h * hd + j, q_scale))?;
+        let (sk, sk_b) = blocks(heads, hd, &|h, j| copy_row(&wt.k, h * hd + j, 1.0))?;
+        let (rv, rv_b) = blocks(rules, vd, &|r, j| copy_row(&wt.v, r * vd + j, 1.0))?;
 
         // vq of head h as an affine map of x: row t is (weight [dim], bias).
         let vq_row = |h: usize, t: usize| -> (Vec<f64>, f64) {
@@ -193,7 +207,7 @@ impl Checkpoint {
                 }
                 (weight, bias)
             }),
-        };
+        }?;
         // W_1's retrieved half, padded to the head width, and w_2 (b_2 cancels).
         let selection_mlp = match &wt.selection {
             SelectionWeights::MlpScore { hidden, score } => Some(SelectionMlp {
@@ -208,7 +222,11 @@ impl Checkpoint {
         };
 
         // The output projection reads the first vd of every width columns.
-        let mut out = vec![0.0f32; dim * heads * width];
+        let mut out = try_tensor(
+            "the lowered output projection",
+            &[dim, heads, width],
+            0.0f32,
+        )?;
         for o in 0..dim {
             for h in 0..heads {
                 for j in 0..vd {
