@@ -34,7 +34,7 @@
 //!
 //! The default feature `gpu` is the layer itself (wgpu and everything built on it). Without it
 //! (`default-features = false`) the crate is only the configuration and the checkpoint readers
-//! and writers (`config`, `error`, `io`, `rng`, `weights`, `checkpoint`, `hdf5`, `maps`): the fuzz
+//! and writers (`config`, `dropout`, `error`, `io`, `rng`, `weights`, `checkpoint`, `hdf5`, `maps`): the fuzz
 //! targets (`fuzz/` in the repository) build that way, without compiling wgpu.
 //!
 //! The crate logs through the [`log`](https://docs.rs/log) facade; the application picks the
@@ -44,6 +44,7 @@ pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "gpu")]
 mod device_weights;
+pub mod dropout;
 pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;

@@ -15,6 +15,7 @@
 //! | [`value_mean`] | `value_mean.wgsl` | mean value per batch, for fully masked rows (fused) |
 //! | [`fused_attention`] | `fused_attention.wgsl` | the whole attention core, no `n × n` buffer |
 //! | [`blocked_attention`] | `blocked_attention.wgsl`, `retrieval_mix.wgsl` | the fused core in 4 × 4 blocks, for CPU drivers |
+//! | `dropout_mask` (tests) | `dropout_mask.wgsl` with `common/philox.wgsl` | dropout's keep mask, the WGSL Philox checked against [`crate::dropout`] |
 //! | [`decode`] | `cache_append.wgsl`, `decode_attention.wgsl`, `decode_reduce.wgsl`, `cache_advance.wgsl` | new queries over a KV cache, split-KV |
 //!
 //! [`kernel_params`] holds the kernels' parameter types (tilings, operand storage, the texel GEMM
@@ -24,6 +25,9 @@
 pub(crate) mod bias_add;
 pub(crate) mod blocked_attention;
 pub(crate) mod decode;
+// The training kernels will draw the mask inline; until then this kernel is only its test.
+#[cfg(test)]
+pub(crate) mod dropout_mask;
 pub(crate) mod fused_attention;
 pub(crate) mod gemm;
 pub(crate) mod kernel_params;
@@ -133,6 +137,7 @@ mod uniform_layouts {
             }};
         }
         check!(layer_norm::Params, layer_norm::variant());
+        check!(dropout_mask::Params, dropout_mask::variant());
         for precision in Precision::ALL {
             check!(bias_add::Params, bias_add::variant(precision));
         }
