@@ -482,7 +482,8 @@ fn every_variant_fits_its_device_and_webgpu_variants_fit_webgpu_defaults() {
 /// them: the CPU family reads its operands as texels (`gemm_texture`, `texture_copy`,
 /// `blocked_attention`, `retrieval_mix`) wherever it can and falls back to buffers (`gemm`, the
 /// fused kernel) where it cannot (`plan::OperandStorage::of_operands`: the GL backend); the GPU family
-/// uses `gemm_tiled`.
+/// uses `gemm_tiled`. `dropout_mask` is the dropout generator's test kernel (`ops::dropout_mask`):
+/// the layer runs no training kernel yet.
 fn not_used_by_the_layer() -> &'static [&'static str] {
     let options = GpuOptions {
         kernels: KernelFamilyRequest::Cpu,
@@ -490,9 +491,10 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
     };
     let ctx = pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter");
     if OperandStorage::of_operands(&ctx) == OperandStorage::Texels {
-        &["gemm"]
+        &["gemm", "dropout_mask"]
     } else {
         &[
+            "dropout_mask",
             "gemm_texture",
             "gemv_texture",
             "texture_copy",
