@@ -132,6 +132,11 @@ impl DeviceWeights {
         }
     }
 
+    /// The host weights the device forms are made from.
+    pub(crate) fn host(&self) -> &Weights {
+        &self.host
+    }
+
     /// Bytes on the device.
     pub(crate) fn bytes(&self) -> u64 {
         let norm = self

@@ -275,6 +275,20 @@ pub enum Error {
     #[error("KV cache: {0}")]
     CacheMismatch(String),
 
+    /// Training objects used with a layer they were not made for: another layer's
+    /// `Activations`, `Gradients` or `AdamW`, or a gradient of the wrong length.
+    #[error("training: {0}")]
+    TrainingMismatch(String),
+
+    /// A layer whose form cannot train: f16 storage, or the MLP score network.
+    #[error("{what} cannot train: {reason}")]
+    TrainingUnsupported {
+        /// What was asked to train.
+        what: String,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+
     /// wgpu reported a validation error (a bug or a limit the host did not check).
     #[error("GPU validation error during {operation}: {message}")]
     GpuValidation {

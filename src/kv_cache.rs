@@ -28,6 +28,8 @@ pub struct KvCache {
     pub(crate) len: usize,
     pub(crate) buffers: CacheBuffers,
     pub(crate) workspaces: WorkspaceCache,
+    /// The layer's weights version its workspaces were built with (optimiser steps raise it).
+    pub(crate) weights_version: u64,
 }
 
 impl std::fmt::Debug for KvCache {
@@ -85,6 +87,7 @@ impl KvCache {
             len: 0,
             buffers,
             workspaces: WorkspaceCache::new(),
+            weights_version: 0,
         })
     }
 

@@ -43,6 +43,7 @@
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "gpu")]
+mod device_parameters;
 mod device_weights;
 pub mod dropout;
 pub mod error;
@@ -75,6 +76,7 @@ mod shape;
 pub mod testing;
 #[cfg(feature = "gpu")]
 mod time;
+pub mod training;
 pub mod weights;
 #[cfg(feature = "gpu")]
 mod workspace;
@@ -101,4 +103,5 @@ pub use maps::{AttentionMaps, MapsOptions};
 pub use plan::{ExecutionPlan, Strategy};
 #[cfg(feature = "gpu")]
 pub use precision::Precision;
+pub use training::{Activations, AdamW, Gradients};
 pub use weights::Weights;

@@ -111,8 +111,8 @@ pub fn representative_problems() -> Vec<Problem> {
 }
 
 /// Prepares a layer for each problem with every strategy on `ctx` (skipping a strategy the
-/// device's limits rule out for that problem), and for causal problems a prefill and a decode
-/// step over a KV cache, in f32 and, where the device has `shader-f16`, in f16 storage; and
+/// device's limits rule out for that problem), a training step, and for causal problems a
+/// prefill and a decode step over a KV cache, in f32 and, where the device has `shader-f16`, in f16 storage; and
 /// returns every pipeline variant compiled on `ctx` so far, sorted by label.
 pub async fn collect_variants(
     ctx: &GpuContext,
@@ -141,6 +141,14 @@ pub async fn collect_variants(
                 | Err(Error::InvalidConfig {
                     field: "strategy", ..
                 }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Training: every trainable form, in f32 storage (an f16 layer and the MLP score
+        // network are refused).
+        if precision == Precision::F32 && problem.config.selection_mlp.is_none() {
+            match layer.prepare_training(problem.batch, problem.seq).await {
+                Ok(()) | Err(Error::LimitExceeded { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -118,3 +118,51 @@ pub(crate) fn check_io_buffers(
     }
     Ok(())
 }
+
+/// Checks a caller's buffer that a training call copies from: `COPY_SRC` usage.
+pub(crate) fn check_copy_source(name: &'static str, buffer: &wgpu::Buffer) -> Result<()> {
+    if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+        return Err(Error::IoBuffer {
+            name,
+            problem: format!(
+                "created with usage {:?}, which lacks COPY_SRC (training copies it into the \
+                 activations its backward reads)",
+                buffer.usage()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a caller's `[batch, seq, dim]` f32 buffer named `name`: `STORAGE` usage and at least
+/// its bytes.
+pub(crate) fn check_tensor_buffer(
+    config: &Config,
+    name: &'static str,
+    buffer: &wgpu::Buffer,
+    batch: usize,
+    seq: usize,
+) -> Result<()> {
+    let needed = 4 * elements(name, &[batch, seq, config.dim])?;
+    if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(Error::IoBuffer {
+            name,
+            problem: format!(
+                "created with usage {:?}, which lacks STORAGE (kernels bind it as a storage \
+                 buffer)",
+                buffer.usage()
+            ),
+        });
+    }
+    if buffer.size() < needed {
+        return Err(Error::IoBuffer {
+            name,
+            problem: format!(
+                "holds {} bytes, but batch {batch} × seq {seq} × dim {} × f32 needs {needed}",
+                buffer.size(),
+                config.dim
+            ),
+        });
+    }
+    Ok(())
+}

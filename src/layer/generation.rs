@@ -165,6 +165,11 @@ impl CompositionalAttention {
         seq: usize,
     ) -> Result<&'c mut Workspace> {
         let batch = cache.batch;
+        self.sync_parameters().await?;
+        if cache.weights_version != self.weights_version {
+            cache.workspaces.clear();
+            cache.weights_version = self.weights_version;
+        }
         if cache.workspaces.get(batch, seq, Strategy::Fused).is_none() {
             let plan = ExecutionPlan::resolve_cached(
                 &self.ctx,

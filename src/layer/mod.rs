@@ -7,6 +7,7 @@ mod generation;
 mod maps;
 
 use crate::config::Config;
+use crate::device_parameters::DeviceParameters;
 use crate::device_weights::DeviceWeights;
 use crate::error::Result;
 use crate::gpu::dispatch::IoBuffers;
@@ -66,6 +67,14 @@ pub struct CompositionalAttention {
     weights: DeviceWeights,
     strategy: Strategy,
     workspaces: WorkspaceCache,
+    /// The parameters as training reads and updates them, uploaded on first use by training.
+    parameters: Option<DeviceParameters>,
+    /// Whether an optimiser step left `parameters` newer than `weights` (read back before the
+    /// next inference).
+    parameters_ahead: bool,
+    /// Counts the optimiser steps applied, so that a KV cache knows its workspaces' weights
+    /// are stale.
+    weights_version: u64,
 }
 
 impl std::fmt::Debug for CompositionalAttention {
@@ -117,6 +126,9 @@ impl CompositionalAttention {
                 None => Strategy::default(),
             },
             workspaces: WorkspaceCache::new(),
+            parameters: None,
+            parameters_ahead: false,
+            weights_version: 0,
         })
     }
 
@@ -162,7 +174,68 @@ impl CompositionalAttention {
     /// Bytes of GPU memory the layer holds now: the weights uploaded so far and every workspace
     /// alive.
     pub fn gpu_bytes(&self) -> u64 {
-        self.weights.bytes() + self.workspaces.bytes()
+        self.weights.bytes()
+            + self.workspaces.bytes()
+            + self.parameters.as_ref().map_or(0, DeviceParameters::bytes)
+    }
+
+    /// The layer's parameters now: after optimiser steps, read back from the device (one
+    /// submit, one wait); otherwise the weights it was made with.
+    pub async fn weights(&self) -> Result<Weights> {
+        match (&self.parameters, self.parameters_ahead) {
+            (Some(parameters), true) => parameters.read(&self.ctx).await,
+            _ => Ok(self.weights.host().clone()),
+        }
+    }
+
+    /// Blocking [`CompositionalAttention::weights`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn weights_blocking(&self) -> Result<Weights> {
+        pollster::block_on(self.weights())
+    }
+
+    /// The weights the layer was made with, or last read back after optimiser steps.
+    pub(crate) fn host_weights(&self) -> &Weights {
+        self.weights.host()
+    }
+
+    /// A unique number per layer (a KV cache, activations and gradients record their layer's).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The parameters as training reads them, uploaded on first use.
+    pub(crate) fn device_parameters(&mut self) -> Result<&DeviceParameters> {
+        if self.parameters.is_none() {
+            self.parameters = Some(DeviceParameters::upload(&self.ctx, self.weights.host())?);
+        }
+        self.device_parameters_now()
+    }
+
+    /// The parameters, where training has uploaded them.
+    pub(crate) fn device_parameters_now(&self) -> Result<&DeviceParameters> {
+        self.parameters.as_ref().ok_or_else(|| {
+            crate::Error::ConfigMismatch("the layer's parameters are not on the device".into())
+        })
+    }
+
+    /// Records that an optimiser step changed the device parameters: every inference form of
+    /// the weights is stale from now on (workspaces bind them), until [`sync_parameters`].
+    pub(crate) fn parameters_updated(&mut self) {
+        self.parameters_ahead = true;
+        self.weights_version += 1;
+        self.workspaces.clear();
+    }
+
+    /// Brings the inference weights up to the device parameters after optimiser steps.
+    async fn sync_parameters(&mut self) -> Result<()> {
+        if let (Some(parameters), true) = (&self.parameters, self.parameters_ahead) {
+            let weights = parameters.read(&self.ctx).await?;
+            self.weights = DeviceWeights::new(&weights);
+            self.workspaces.clear();
+            self.parameters_ahead = false;
+        }
+        Ok(())
     }
 
     /// How many shapes keep their workspaces alive (default 4); the least recently used goes
@@ -214,6 +287,7 @@ impl CompositionalAttention {
         strategy: Strategy,
     ) -> Result<&mut Workspace> {
         shape::check_tokens(&self.config, batch, seq)?;
+        self.sync_parameters().await?;
         if self.workspaces.get(batch, seq, strategy).is_none() {
             let plan = ExecutionPlan::resolve(
                 &self.ctx,

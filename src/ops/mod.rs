@@ -22,17 +22,22 @@
 //! kernel, the cores' per-shape parameters): the plan chooses their values, the kernels read
 //! them; nothing here imports the plan.
 
+pub(crate) mod adamw;
+pub(crate) mod attention_train;
 pub(crate) mod bias_add;
 pub(crate) mod blocked_attention;
 pub(crate) mod decode;
 // The training kernels will draw the mask inline; until then this kernel is only its test.
+pub(crate) mod column_sum;
 #[cfg(test)]
 pub(crate) mod dropout_mask;
 pub(crate) mod fused_attention;
 pub(crate) mod gemm;
 pub(crate) mod kernel_params;
 pub(crate) mod layer_norm;
+pub(crate) mod layer_norm_backward;
 pub(crate) mod masked_softmax;
+pub(crate) mod matmul;
 pub(crate) mod retrieval_select;
 pub(crate) mod search_scores;
 pub(crate) mod search_values;
@@ -137,6 +142,10 @@ mod uniform_layouts {
             }};
         }
         check!(layer_norm::Params, layer_norm::variant());
+        check!(layer_norm_backward::Params, layer_norm_backward::variant());
+        for variant in attention_train::variants(&layout) {
+            check!(attention_train::Params, variant);
+        }
         check!(dropout_mask::Params, dropout_mask::variant());
         for precision in Precision::ALL {
             check!(bias_add::Params, bias_add::variant(precision));

@@ -1,0 +1,34 @@
+// common/search_weights.wgsl: the search weights as the training kernels recompute them (the
+// kernel declares `proj` and `mask`; common/train_params.wgsl comes first).
+//
+// Layouts (src/ops/attention_train.rs; row = (b·s + σ)·n + i, token = b·n + i):
+//   proj   [b·n, row_stride]   columns [SQ | SK | RQ | RV] at q_offset, k_offset, -, v_offset
+//   mask   [b, n] u32          0 = key masked
+//   stats  [b·s·n] vec4        (running max m, running sum l, D = Σ_ρ dRet_ρ·Ret_ρ, 0)
+// The search weight of allowed key j is A_j = exp(L_j − m)/l with L_j = scale·SQ_i·SK_j; a row
+// with no allowed key (l = 0) weighs every key 1/n (the reference's masked_fill semantics).
+
+fn key_allowed(b: u32, i: u32, j: u32) -> bool {
+    return mask[b * params.seq + j] != 0u && (params.causal == 0u || j <= i);
+}
+
+// scale · SQ[query_token, σ] · SK[key_token, σ]
+fn search_score(query_token: u32, key_token: u32, sigma: u32) -> f32 {
+    let q = query_token * params.row_stride + params.q_offset + sigma * params.head;
+    let k = key_token * params.row_stride + params.k_offset + sigma * params.head;
+    var sum = 0.0;
+    for (var e = 0u; e < params.head; e++) {
+        sum += proj[q + e] * proj[k + e];
+    }
+    return params.scale * sum;
+}
+
+// A_j from the row's statistics: 1/n on a row with no allowed key, else exp(L − m)/l where
+// allowed and 0 where not. `score` is only read where the key is allowed.
+fn search_weight(stats: vec4<f32>, allowed: bool, score: f32) -> f32 {
+    if (stats.y == 0.0) {
+        return 1.0 / f32(params.seq);
+    }
+    return select(0.0, exp(score - stats.x) / stats.y, allowed);
+}
+
