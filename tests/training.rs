@@ -480,3 +480,106 @@ fn a_student_layer_learns_a_teacher() {
         first / last
     );
 }
+
+const IO: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+fn buffer_with<T: bytemuck::Pod>(data: &[T]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    gpu()
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("test io"),
+            contents: bytemuck::cast_slice(data),
+            usage: IO,
+        })
+}
+
+/// GPU-resident training: `encode_forward_train`, `encode_backward` and `AdamW::encode_step`
+/// recorded into one encoder on the caller's buffers (outputs poisoned with NaN) give what the
+/// host calls give on a twin layer.
+#[test]
+fn encoded_training_step_equals_the_host_calls() {
+    let (seed, what) = seed("encoded_training_step_equals_the_host_calls");
+    let config = config(20, 5, 3, 2).causal(true).bias(true).dropout(0.2);
+    let (batch, seq) = (2, 7);
+    let (weights, input) = random_problem(config, batch, seq, Some(&[7, 3]), 1.0, seed).unwrap();
+    let mask = input.mask.as_deref().unwrap();
+    let len = batch * seq * config.dim;
+    let dy = normal(&mut Rng::seed_from_u64(seed ^ 5), len, 1.0);
+
+    let mut host = CompositionalAttention::new(gpu(), &weights).unwrap();
+    let mut host_grads = host.gradients().unwrap();
+    let mut host_opt = AdamW::new(&host, 1e-2).unwrap();
+    let (y, act) = host
+        .forward_train_blocking(&input.x, batch, seq, Some(mask), seed)
+        .unwrap();
+    let dx = host.backward_blocking(&act, &dy, &mut host_grads).unwrap();
+    host_opt.step_blocking(&mut host, &host_grads).unwrap();
+
+    let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
+    let mut grads = layer.gradients().unwrap();
+    let mut opt = AdamW::new(&layer, 1e-2).unwrap();
+    let x_buffer = buffer_with(&input.x);
+    let words: Vec<u32> = mask.iter().map(|&a| a as u32).collect();
+    let mask_buffer = buffer_with(&words);
+    let y_buffer = buffer_with(&vec![f32::NAN; len]);
+    let dy_buffer = buffer_with(&dy);
+    let dx_buffer = buffer_with(&vec![f32::NAN; len]);
+    let mut encoder = gpu().device().create_command_encoder(&Default::default());
+    let encoded_act = layer
+        .encode_forward_train(
+            &mut encoder,
+            &x_buffer,
+            Some(&mask_buffer),
+            &y_buffer,
+            batch,
+            seq,
+            seed,
+        )
+        .unwrap();
+    layer
+        .encode_backward(&mut encoder, &encoded_act, &dy_buffer, &dx_buffer, &mut grads)
+        .unwrap();
+    opt.encode_step(&mut encoder, &mut layer, &grads).unwrap();
+    gpu().queue().submit([encoder.finish()]);
+
+    let same = |name: &str, ours: &[f32], theirs: &[f32]| {
+        let theirs: Vec<f64> = theirs.iter().map(|&v| v as f64).collect();
+        let stats = ErrorStats::compare(ours, &theirs);
+        assert!(stats.within(1e-6), "{what}: {name}: {stats}");
+    };
+    same("output", &common::read_buffer(gpu(), &y_buffer), &y);
+    same("grad_input", &common::read_buffer(gpu(), &dx_buffer), &dx);
+    let (ours, theirs) = (
+        grads.to_weights_blocking().unwrap(),
+        host_grads.to_weights_blocking().unwrap(),
+    );
+    for (a, b) in ours.parameters().iter().zip(theirs.parameters()) {
+        same(a.name, a.data, b.data);
+    }
+    let (ours, theirs) = (
+        layer.weights_blocking().unwrap(),
+        host.weights_blocking().unwrap(),
+    );
+    for (a, b) in ours.parameters().iter().zip(theirs.parameters()) {
+        same(a.name, a.data, b.data);
+    }
+    // A gradient buffer that lacks COPY_SRC for the input copy is refused, typed.
+    let storage_only = gpu().device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("storage only"),
+        size: 4 * len as u64,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let mut encoder = gpu().device().create_command_encoder(&Default::default());
+    assert!(matches!(
+        layer.encode_forward_train(&mut encoder, &storage_only, None, &y_buffer, batch, seq, 0),
+        Err(Error::IoBuffer { name: "input", .. })
+    ));
+    assert!(matches!(
+        layer.encode_backward(&mut encoder, &encoded_act, &dy_buffer, &dy_buffer, &mut grads),
+        Err(Error::IoBuffer { .. })
+    ));
+}
