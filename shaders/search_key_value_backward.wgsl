@@ -19,7 +19,8 @@
 //            @binding(5) d_proj [b·n, row_stride] f32   SK and RV columns written
 // Dispatch   one invocation per key token, WG per workgroup, numbered linearly over x and y.
 // Host constants  WG, D (= d), VW (= r·d).
-// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl.
+// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl,
+//            common/search_rows.wgsl.
 
 @group(0) @binding(1) var<storage, read> proj: array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
@@ -41,14 +42,18 @@ fn main(
     let b = key_token / params.seq;
     let values = key_token * params.row_stride + params.v_offset;
     var d_value: array<f32, VW>;
+    var value: array<f32, VW>;
     for (var e = 0u; e < VW; e++) {
         d_value[e] = select(d_proj[values + e], 0.0, params.first != 0u);
+        value[e] = proj[values + e];
     }
     for (var sigma = 0u; sigma < params.searches; sigma++) {
-        let key = key_token * params.row_stride + params.k_offset + sigma * D;
+        let key = key_at(key_token, sigma);
         var d_key: array<f32, D>;
+        var key_row: array<f32, D>;
         for (var e = 0u; e < D; e++) {
             d_key[e] = select(d_proj[key + e], 0.0, params.first != 0u);
+            key_row[e] = proj[key + e];
         }
         for (var i = params.begin; i < params.end; i++) {
             let row = (b * params.searches + sigma) * params.seq + i;
@@ -58,9 +63,13 @@ fn main(
                 continue;
             }
             let query_token = b * params.seq + i;
+            let query = query_at(query_token, sigma);
             var score = 0.0;
             if (allowed) {
-                score = search_score(query_token, key_token, sigma);
+                for (var e = 0u; e < D; e++) {
+                    score += proj[query + e] * key_row[e];
+                }
+                score *= params.scale;
             }
             let weight = search_weight(row_stats, allowed, score);
             let factor = dropout_factor(SEARCH_STREAM, row, params.seq, j);
@@ -68,7 +77,6 @@ fn main(
                 // Dropped: no value gradient, and dA_ij = 0 leaves −A_ij·D_i for the key.
                 if (allowed) {
                     let d_logit = -params.scale * weight * row_stats.z;
-                    let query = query_token * params.row_stride + params.q_offset + sigma * D;
                     for (var e = 0u; e < D; e++) {
                         d_key[e] += d_logit * proj[query + e];
                     }
@@ -80,11 +88,10 @@ fn main(
             for (var e = 0u; e < VW; e++) {
                 let g = d_ret[row * VW + e];
                 d_value[e] += kept * g;
-                d_weight += g * proj[values + e];
+                d_weight += g * value[e];
             }
             if (allowed) {
                 let d_logit = params.scale * weight * (factor * d_weight - row_stats.z);
-                let query = query_token * params.row_stride + params.q_offset + sigma * D;
                 for (var e = 0u; e < D; e++) {
                     d_key[e] += d_logit * proj[query + e];
                 }

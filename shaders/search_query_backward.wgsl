@@ -15,7 +15,8 @@
 //            @binding(5) d_proj [b·n, row_stride] f32   SQ columns written
 // Dispatch   one invocation per row, WG per workgroup, numbered linearly over x and y.
 // Host constants  WG, D (= d), VW (= r·d).
-// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl.
+// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl,
+//            common/search_rows.wgsl.
 
 @group(0) @binding(1) var<storage, read> proj: array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
@@ -40,8 +41,15 @@ fn main(
     let out = query_token * params.row_stride + params.q_offset + sigma * D;
     let row_stats = stats[row];
     var acc: array<f32, D>;
+    var query: array<f32, D>;
+    let q = query_at(query_token, sigma);
     for (var e = 0u; e < D; e++) {
         acc[e] = select(d_proj[out + e], 0.0, params.first != 0u);
+        query[e] = proj[q + e];
+    }
+    var d_row: array<f32, VW>;
+    for (var e = 0u; e < VW; e++) {
+        d_row[e] = d_ret[row * VW + e];
     }
     if (row_stats.y != 0.0) {
         for (var j = params.begin; j < params.end; j++) {
@@ -49,17 +57,21 @@ fn main(
                 continue;
             }
             let key_token = b * params.seq + j;
-            let weight = search_weight(row_stats, true, search_score(query_token, key_token, sigma));
+            let key = key_at(key_token, sigma);
+            var dot = 0.0;
+            for (var e = 0u; e < D; e++) {
+                dot += query[e] * proj[key + e];
+            }
+            let weight = search_weight(row_stats, true, params.scale * dot);
             let factor = dropout_factor(SEARCH_STREAM, row, params.seq, j);
             var d_weight = 0.0;
             if (factor != 0.0) {
                 let values = key_token * params.row_stride + params.v_offset;
                 for (var e = 0u; e < VW; e++) {
-                    d_weight += d_ret[row * VW + e] * proj[values + e];
+                    d_weight += d_row[e] * proj[values + e];
                 }
             }
             let d_logit = params.scale * weight * (factor * d_weight - row_stats.z);
-            let key = key_token * params.row_stride + params.k_offset + sigma * D;
             for (var e = 0u; e < D; e++) {
                 acc[e] += d_logit * proj[key + e];
             }

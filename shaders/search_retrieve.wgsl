@@ -14,8 +14,9 @@
 //            @binding(4) ret   [b·s·n, r·d] f32    written (added to after the first slice)
 // Dispatch   one invocation per row, WG per workgroup, numbered linearly over x and y; each
 //            holds its r·d accumulators in registers (private memory).
-// Host constants  WG, VW (= r·d).
-// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl.
+// Host constants  WG, D (= d), VW (= r·d).
+// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl,
+//            common/search_rows.wgsl.
 
 @group(0) @binding(1) var<storage, read> proj: array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
@@ -37,6 +38,11 @@ fn main(
     let b = row / (params.seq * params.searches);
     let query_token = b * params.seq + i;
     let row_stats = stats[row];
+    var query: array<f32, D>;
+    let q = query_at(query_token, sigma);
+    for (var e = 0u; e < D; e++) {
+        query[e] = proj[q + e];
+    }
     var acc: array<f32, VW>;
     for (var e = 0u; e < VW; e++) {
         acc[e] = select(ret[row * VW + e], 0.0, params.first != 0u);
@@ -46,7 +52,11 @@ fn main(
         let allowed = key_allowed(b, i, j);
         var score = 0.0;
         if (allowed && row_stats.y != 0.0) {
-            score = search_score(query_token, key_token, sigma);
+            let k = key_at(key_token, sigma);
+            for (var e = 0u; e < D; e++) {
+                score += query[e] * proj[k + e];
+            }
+            score *= params.scale;
         }
         let weight = search_weight(row_stats, allowed, score)
             * dropout_factor(SEARCH_STREAM, row, params.seq, j);

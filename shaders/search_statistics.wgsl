@@ -11,8 +11,9 @@
 //            @binding(2) mask  [b, n] u32
 //            @binding(3) stats [b·s·n] vec4<f32>        read and written
 // Dispatch   one invocation per row, WG per workgroup, numbered linearly over x and y.
-// Host constants  WG.
-// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl.
+// Host constants  WG, D (= d).
+// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl,
+//            common/search_rows.wgsl.
 
 @group(0) @binding(1) var<storage, read> proj: array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
@@ -35,6 +36,11 @@ fn main(
     let sigma = (row / params.seq) % params.searches;
     let b = row / (params.seq * params.searches);
     let query_token = b * params.seq + i;
+    var query: array<f32, D>;
+    let q = query_at(query_token, sigma);
+    for (var e = 0u; e < D; e++) {
+        query[e] = proj[q + e];
+    }
     var m = LOWEST;
     var l = 0.0;
     if (params.first == 0u) {
@@ -45,7 +51,12 @@ fn main(
         if (!key_allowed(b, i, j)) {
             continue;
         }
-        let score = search_score(query_token, b * params.seq + j, sigma);
+        let k = key_at(b * params.seq + j, sigma);
+        var dot = 0.0;
+        for (var e = 0u; e < D; e++) {
+            dot += query[e] * proj[k + e];
+        }
+        let score = params.scale * dot;
         if (score > m) {
             l = l * exp(m - score) + 1.0;
             m = score;

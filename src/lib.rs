@@ -44,6 +44,7 @@ pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "gpu")]
 mod device_parameters;
+#[cfg(feature = "gpu")]
 mod device_weights;
 pub mod dropout;
 pub mod error;
@@ -76,6 +77,7 @@ mod shape;
 pub mod testing;
 #[cfg(feature = "gpu")]
 mod time;
+#[cfg(feature = "gpu")]
 pub mod training;
 pub mod weights;
 #[cfg(feature = "gpu")]
@@ -103,5 +105,6 @@ pub use maps::{AttentionMaps, MapsOptions};
 pub use plan::{ExecutionPlan, Strategy};
 #[cfg(feature = "gpu")]
 pub use precision::Precision;
+#[cfg(feature = "gpu")]
 pub use training::{Activations, AdamW, Gradients};
 pub use weights::Weights;

@@ -99,6 +99,29 @@ impl KernelFamily {
     }
 }
 
+/// How training computes the attention core (ARCHITECTURE decision 17): its kept activations
+/// are the same either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TrainingCore {
+    /// FlashAttention-2's kernels, one row (or key) per invocation, nothing `n`-sized beyond
+    /// the activations (`ops::attention_train`): GPUs.
+    PerRow,
+    /// The scores of a chunk of query rows as a GEMM, the softmax or its gradient elementwise,
+    /// and GEMMs again, through a bounded scratch (`ops::attention_chunks`): CPU drivers, where
+    /// a register-blocked GEMM is about 20 times faster than the per-row loops.
+    Chunked,
+}
+
+impl TrainingCore {
+    /// `Chunked` in the CPU kernel family, `PerRow` in the GPU family.
+    pub fn of(ctx: &GpuContext) -> TrainingCore {
+        match KernelFamily::of(ctx) {
+            KernelFamily::Cpu => TrainingCore::Chunked,
+            KernelFamily::Gpu => TrainingCore::PerRow,
+        }
+    }
+}
+
 impl OperandStorage {
     /// The storage of GEMM operands (weights included): texels in the CPU family on every
     /// backend but GL, where `textureLoad` of `rgba32float` array textures in compute shaders

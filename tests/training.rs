@@ -16,7 +16,7 @@ use compositional_attention::reference;
 use compositional_attention::rng::Rng;
 use compositional_attention::testing::{ErrorStats, normal, random_problem};
 use compositional_attention::{
-    AdamW, CompositionalAttention, Config, Error, Gradients, Precision, Weights,
+    AdamW, CompositionalAttention, Config, Error, GpuContext, Gradients, Precision, Weights,
 };
 
 /// The bound of issue 17 (max-abs over max|grad|, and relative L2).
@@ -45,17 +45,39 @@ fn check_against_reference(
         random_problem(config, batch, seq, mask_lengths, input_scale, seed).unwrap();
     let mut rng = Rng::seed_from_u64(seed ^ 0xd1ce);
     let dy = normal(&mut rng, batch * seq * config.dim, 1.0);
-    let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
+    for ctx in both_families() {
+        let what = format!("{what} [{}]", family(ctx));
+        check_problem(ctx, &what, &weights, &input, &dy);
+    }
+}
+
+/// The default kernel family of the device under test and the other one: on a CPU driver the
+/// chunked training core and the per-row one (`plan::TrainingCore`), and the reverse on a GPU.
+fn both_families() -> [&'static GpuContext; 2] {
+    [gpu(), common::gpu_other_profile()]
+}
+
+fn family(ctx: &GpuContext) -> &'static str {
+    if ctx.cpu_kernels() {
+        "CPU family: chunked core"
+    } else {
+        "GPU family: per-row core"
+    }
+}
+
+fn check_problem(ctx: &GpuContext, what: &str, weights: &Weights, input: &Input, dy: &[f32]) {
+    let (batch, seq) = (input.batch, input.seq);
+    let mut layer = CompositionalAttention::new(ctx, weights).unwrap();
     let mut grads = layer.gradients().unwrap();
     let mask = input.mask.as_deref();
+    let seed = 11;
     let (y, act) = layer
         .forward_train_blocking(&input.x, batch, seq, mask, seed)
         .unwrap();
-    let expected_y = reference::forward(&weights, &input.x, batch, seq, mask).unwrap();
+    let expected_y = reference::forward(weights, &input.x, batch, seq, mask).unwrap();
     assert_gradient(&format!("{what}: output"), &y, &expected_y);
-    let dx = layer.backward_blocking(&act, &dy, &mut grads).unwrap();
-    let expected =
-        reference::backward::backward(&weights, &input.x, batch, seq, mask, &dy).unwrap();
+    let dx = layer.backward_blocking(&act, dy, &mut grads).unwrap();
+    let expected = reference::backward::backward(weights, &input.x, batch, seq, mask, dy).unwrap();
     assert_gradient(&format!("{what}: grad_input"), &dx, &expected.input);
     let g = grads.to_weights_blocking().unwrap();
     let largest = expected
@@ -174,26 +196,29 @@ fn gradients_match_pytorch_autograd() {
             ..
         } = Input::from_safetensors(&bytes).unwrap();
         let tensor = |name: &str| io::read_tensor(&bytes, name).unwrap().unwrap().1;
-        let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
-        let mut grads = layer.gradients().unwrap();
-        let (y, act) = layer
-            .forward_train_blocking(&x, batch, seq, mask.as_deref(), 7)
-            .unwrap();
-        let output: Vec<f64> = tensor(io::OUTPUT).iter().map(|&v| v as f64).collect();
-        assert_gradient(&format!("{what}: output"), &y, &output);
-        let dx = layer
-            .backward_blocking(&act, &tensor(io::GRAD_OUTPUT), &mut grads)
-            .unwrap();
-        let widen = |v: Vec<f32>| -> Vec<f64> { v.into_iter().map(f64::from).collect() };
-        assert_gradient(
-            &format!("{what}: grad_input"),
-            &dx,
-            &widen(tensor(io::GRAD_INPUT)),
-        );
-        let g = grads.to_weights_blocking().unwrap();
-        for p in g.parameters() {
-            let expected = widen(tensor(&format!("{}{}", io::GRAD_PREFIX, p.name)));
-            assert_gradient(&format!("{what}: {}", p.name), p.data, &expected);
+        for ctx in both_families() {
+            let what = format!("{what} [{}]", family(ctx));
+            let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+            let mut grads = layer.gradients().unwrap();
+            let (y, act) = layer
+                .forward_train_blocking(&x, batch, seq, mask.as_deref(), 7)
+                .unwrap();
+            let output: Vec<f64> = tensor(io::OUTPUT).iter().map(|&v| v as f64).collect();
+            assert_gradient(&format!("{what}: output"), &y, &output);
+            let dx = layer
+                .backward_blocking(&act, &tensor(io::GRAD_OUTPUT), &mut grads)
+                .unwrap();
+            let widen = |v: Vec<f32>| -> Vec<f64> { v.into_iter().map(f64::from).collect() };
+            assert_gradient(
+                &format!("{what}: grad_input"),
+                &dx,
+                &widen(tensor(io::GRAD_INPUT)),
+            );
+            let g = grads.to_weights_blocking().unwrap();
+            for p in g.parameters() {
+                let expected = widen(tensor(&format!("{}{}", io::GRAD_PREFIX, p.name)));
+                assert_gradient(&format!("{what}: {}", p.name), p.data, &expected);
+            }
         }
     }
 }
@@ -540,7 +565,13 @@ fn encoded_training_step_equals_the_host_calls() {
         )
         .unwrap();
     layer
-        .encode_backward(&mut encoder, &encoded_act, &dy_buffer, &dx_buffer, &mut grads)
+        .encode_backward(
+            &mut encoder,
+            &encoded_act,
+            &dy_buffer,
+            &dx_buffer,
+            &mut grads,
+        )
         .unwrap();
     opt.encode_step(&mut encoder, &mut layer, &grads).unwrap();
     gpu().queue().submit([encoder.finish()]);
@@ -579,7 +610,13 @@ fn encoded_training_step_equals_the_host_calls() {
         Err(Error::IoBuffer { name: "input", .. })
     ));
     assert!(matches!(
-        layer.encode_backward(&mut encoder, &encoded_act, &dy_buffer, &dy_buffer, &mut grads),
+        layer.encode_backward(
+            &mut encoder,
+            &encoded_act,
+            &dy_buffer,
+            &dy_buffer,
+            &mut grads
+        ),
         Err(Error::IoBuffer { .. })
     ));
 }

@@ -1,5 +1,5 @@
 // common/search_weights.wgsl: the search weights as the training kernels recompute them (the
-// kernel declares `proj` and `mask`; common/train_params.wgsl comes first).
+// kernel declares `mask`; common/train_params.wgsl comes first).
 //
 // Layouts (src/ops/attention_train.rs; row = (b·s + σ)·n + i, token = b·n + i):
 //   proj   [b·n, row_stride]   columns [SQ | SK | RQ | RV] at q_offset, k_offset, -, v_offset
@@ -10,17 +10,6 @@
 
 fn key_allowed(b: u32, i: u32, j: u32) -> bool {
     return mask[b * params.seq + j] != 0u && (params.causal == 0u || j <= i);
-}
-
-// scale · SQ[query_token, σ] · SK[key_token, σ]
-fn search_score(query_token: u32, key_token: u32, sigma: u32) -> f32 {
-    let q = query_token * params.row_stride + params.q_offset + sigma * params.head;
-    let k = key_token * params.row_stride + params.k_offset + sigma * params.head;
-    var sum = 0.0;
-    for (var e = 0u; e < params.head; e++) {
-        sum += proj[q + e] * proj[k + e];
-    }
-    return params.scale * sum;
 }
 
 // A_j from the row's statistics: 1/n on a row with no allowed key, else exp(L − m)/l where

@@ -27,7 +27,12 @@ struct Params {
     threshold: u32,
     scale: f32,
     keep_scale: f32,
-    _pad: u32,
+    // The (batch, search) pair and, in begin..end, the query rows a chunked kernel covers.
+    batch_index: u32,
+    search_index: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -26,11 +26,11 @@ use crate::ops::ProjectionLayout;
 
 static SEARCH_STATISTICS: Kernel = kernel!(
     "search_statistics",
-    includes: ["philox", "train_params", "search_weights"]
+    includes: ["philox", "train_params", "search_weights", "search_rows"]
 );
 static SEARCH_RETRIEVE: Kernel = kernel!(
     "search_retrieve",
-    includes: ["philox", "train_params", "search_weights"]
+    includes: ["philox", "train_params", "search_weights", "search_rows"]
 );
 static SELECTION_FORWARD: Kernel =
     kernel!("selection_forward", includes: ["philox", "train_params"]);
@@ -38,11 +38,11 @@ static SELECTION_BACKWARD: Kernel =
     kernel!("selection_backward", includes: ["philox", "train_params"]);
 static SEARCH_QUERY_BACKWARD: Kernel = kernel!(
     "search_query_backward",
-    includes: ["philox", "train_params", "search_weights"]
+    includes: ["philox", "train_params", "search_weights", "search_rows"]
 );
 static SEARCH_KEY_VALUE_BACKWARD: Kernel = kernel!(
     "search_key_value_backward",
-    includes: ["philox", "train_params", "search_weights"]
+    includes: ["philox", "train_params", "search_weights", "search_rows"]
 );
 
 /// Invocations per workgroup: one row (or key) each.
@@ -72,7 +72,11 @@ uniform! {
         threshold: u32,
         scale: f32,
         keep_scale: f32,
-        _pad: u32,
+        batch_index: u32,
+        search_index: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -95,8 +99,21 @@ impl CoreProblem {
         (self.layout.batch * self.layout.seq) as u64
     }
 
-    fn value_width(&self) -> usize {
+    pub(crate) fn value_width(&self) -> usize {
         self.layout.retrievals * self.layout.head
+    }
+
+    /// The parameter block of a chunked kernel: query rows `rows` of `(batch, search)`.
+    pub(crate) fn chunk_params(
+        &self,
+        (batch, search): (usize, usize),
+        rows: std::ops::Range<usize>,
+    ) -> Params {
+        Params {
+            batch_index: batch as u32,
+            search_index: search as u32,
+            ..self.params(rows, true)
+        }
     }
 
     fn params(&self, range: std::ops::Range<usize>, first: bool) -> Params {
@@ -122,7 +139,11 @@ impl CoreProblem {
             threshold: dropout.map_or(0, |d| d.threshold()),
             scale: self.scale,
             keep_scale: dropout.map_or(1.0, |d| d.scale()),
-            _pad: 0,
+            batch_index: 0,
+            search_index: 0,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
         }
     }
 
@@ -169,13 +190,16 @@ impl CoreProblem {
     }
 }
 
-pub(crate) fn statistics_variant() -> ShaderVariant {
-    ShaderVariant::new(&SEARCH_STATISTICS).u32("WG", WG)
+pub(crate) fn statistics_variant(layout: &ProjectionLayout) -> ShaderVariant {
+    ShaderVariant::new(&SEARCH_STATISTICS)
+        .u32("WG", WG)
+        .u32("D", layout.head as u32)
 }
 
 pub(crate) fn retrieve_variant(layout: &ProjectionLayout) -> ShaderVariant {
     ShaderVariant::new(&SEARCH_RETRIEVE)
         .u32("WG", WG)
+        .u32("D", layout.head as u32)
         .u32("VW", (layout.retrievals * layout.head) as u32)
 }
 
@@ -209,7 +233,7 @@ pub(crate) fn key_value_backward_variant(layout: &ProjectionLayout) -> ShaderVar
 #[cfg(test)]
 pub(crate) fn variants(layout: &ProjectionLayout) -> [ShaderVariant; 6] {
     [
-        statistics_variant(),
+        statistics_variant(layout),
         retrieve_variant(layout),
         selection_forward_variant(layout),
         selection_backward_variant(layout),
@@ -233,7 +257,7 @@ pub(crate) async fn forward_core(
         .sliced(
             ctx,
             "search statistics",
-            &statistics_variant(),
+            &statistics_variant(&problem.layout),
             (d + 2, 4),
             &[proj.into(), mask.into(), stats.into()],
             groups,

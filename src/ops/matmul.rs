@@ -1,11 +1,45 @@
-// STUB (replaced by the matmul branch)
-use crate::error::Result;
+//! Training's GEMMs (`shaders/matmul.wgsl`): `C (+)= op(A)·op(B)` with either operand
+//! transposed and every matrix a column block of a wider one (an offset and a row stride), so
+//! that the backward's products (`dyᵀ·concat`, `dPᵀ·h`, `dL·SK`, ...) read the packed
+//! projections and write the gradients in place, without transposing copies.
+//!
+//! Register blocked as the forward's buffer GEMM (`gemm.wgsl`, `GemmTiling::REGISTER`): each
+//! lane holds a `4 × TILE_N` block of sums (vec4 columns), and the `TILE_N` values of `op(B)` it reads at
+//! each step are the same for every lane of the workgroup. The reduction is split over several
+//! dispatches where the driver caps loop iterations (the later ones accumulate).
+
+use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::uniform::uniform;
+
 static MATMUL: Kernel = kernel!("matmul");
-uniform! { struct Params { m: u32, n: u32, k_begin: u32, k_end: u32, a_offset: u32, a_stride: u32, b_offset: u32, b_stride: u32, c_offset: u32, c_stride: u32, accumulate: u32, _pad: u32 } }
+
+const WG: u32 = 8;
+/// Rows per lane: the components of a vec4.
+const TILE_M: u32 = 4;
+const TILE_N: u32 = 16;
+
+uniform! {
+    struct Params {
+        m: u32,
+        n: u32,
+        tiles_n: u32,
+        accumulate: u32,
+        k_begin: u32,
+        k_end: u32,
+        a_offset: u32,
+        a_stride: u32,
+        b_offset: u32,
+        b_stride: u32,
+        c_offset: u32,
+        c_stride: u32,
+    }
+}
+
+/// An input matrix: `buffer` from element `offset`, rows `stride` elements apart; `transposed`
+/// when it is stored as the transpose of the operand the product reads.
 #[derive(Clone, Copy)]
 pub(crate) struct Operand<'a> {
     pub buffer: &'a wgpu::Buffer,
@@ -13,11 +47,35 @@ pub(crate) struct Operand<'a> {
     pub stride: usize,
     pub transposed: bool,
 }
+
+/// The output matrix: `buffer` from element `offset`, rows `stride` elements apart.
+#[derive(Clone, Copy)]
 pub(crate) struct Target<'a> {
     pub buffer: &'a wgpu::Buffer,
     pub offset: usize,
     pub stride: usize,
 }
+
+pub(crate) fn variant(a_transposed: bool, b_transposed: bool) -> ShaderVariant {
+    ShaderVariant::new(&MATMUL)
+        .u32("WG", WG)
+        .u32("TILE_N", TILE_N)
+        .bool("TA", a_transposed)
+        .bool("TB", b_transposed)
+}
+
+fn index(what: &str, value: usize) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::LimitExceeded {
+        what: format!("matmul {what}"),
+        required: value as u64,
+        limit: u32::MAX as u64,
+        limit_name: "32-bit element indices",
+        hint: Some("a shorter sequence or a smaller batch"),
+    })
+}
+
+/// Binds `C[m, n] (+)= op(A)[m, k]·op(B)[k, n]`: one dispatch, or one per slice of `k` where the
+/// driver caps loop iterations. `k = 0` writes zeros (or, accumulating, leaves C).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn dispatches(
     ctx: &GpuContext,
@@ -29,36 +87,162 @@ pub(crate) async fn dispatches(
     c: Target<'_>,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    let variant = ShaderVariant::new(&MATMUL)
-        .bool("TA", a.transposed)
-        .bool("TB", b.transposed);
-    let slices = split_for_loop_budget(ctx, "matmul", k, 2, 4, 1)?;
-    let mut out = Vec::new();
-    for (i, s) in slices.into_iter().enumerate() {
-        let p = Params {
-            m: m as u32,
-            n: n as u32,
-            k_begin: s.start as u32,
-            k_end: s.end as u32,
-            a_offset: a.offset as u32,
-            a_stride: a.stride as u32,
-            b_offset: b.offset as u32,
-            b_stride: b.stride as u32,
-            c_offset: c.offset as u32,
-            c_stride: c.stride as u32,
-            accumulate: (accumulate || i > 0) as u32,
-            _pad: 0,
+    let tn = TILE_N as u64;
+    // Loop iterations per step of k (a quarter of the unrolled loop's 1 + TILE_N, or the
+    // remainder loop's) and outside it, counting no loop as unrolled.
+    let slices = split_for_loop_budget(ctx, "matmul", k, 1 + tn.div_ceil(4), 8 * (1 + tn) + tn, 4)?;
+    let tiles_n = n.div_ceil(TILE_N as usize);
+    let tiles_m = m.div_ceil((WG * TILE_M) as usize);
+    let variant = variant(a.transposed, b.transposed);
+    let mut dispatches = Vec::with_capacity(slices.len());
+    for (slice_index, slice) in slices.into_iter().enumerate() {
+        let params = Params {
+            m: index("rows", m)?,
+            n: index("columns", n)?,
+            tiles_n: index("tiles", tiles_n)?,
+            accumulate: (accumulate || slice_index > 0) as u32,
+            k_begin: index("reduction", slice.start)?,
+            k_end: index("reduction", slice.end)?,
+            a_offset: index("offset", a.offset)?,
+            a_stride: index("stride", a.stride)?,
+            b_offset: index("offset", b.offset)?,
+            b_stride: index("stride", b.stride)?,
+            c_offset: index("offset", c.offset)?,
+            c_stride: index("stride", c.stride)?,
         };
-        out.push(
+        dispatches.push(
             Dispatch::new(
                 ctx,
                 &variant,
-                bytemuck::bytes_of(&p),
+                bytemuck::bytes_of(&params),
                 &[a.buffer.into(), b.buffer.into(), c.buffer.into()],
-                ((m * n) as u64).div_ceil(64),
+                (tiles_m * tiles_n) as u64,
             )
             .await?,
         );
     }
-    Ok(out)
+    Ok(dispatches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::test_device::*;
+    use crate::testing::normal;
+
+    /// op(A)·op(B) in f64 on the host.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        (a_offset, a_stride, ta): (usize, usize, bool),
+        b: &[f32],
+        (b_offset, b_stride, tb): (usize, usize, bool),
+    ) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for row in 0..m {
+            for col in 0..n {
+                out[row * n + col] = (0..k)
+                    .map(|i| {
+                        let x = a[a_offset
+                            + if ta {
+                                i * a_stride + row
+                            } else {
+                                row * a_stride + i
+                            }];
+                        let y = b[b_offset
+                            + if tb {
+                                col * b_stride + i
+                            } else {
+                                i * b_stride + col
+                            }];
+                        x as f64 * y as f64
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    /// Every transpose pair on a shape no multiple of any tile, into a column block of a wider
+    /// C whose other columns keep their poison; then accumulated; then a reduction long enough
+    /// to split on a loop-capped driver; and the degenerate sizes.
+    #[test]
+    fn products_match_the_host_in_every_layout() {
+        let (mut rng, what) = rng("matmul");
+        for &(m, n, k) in &[
+            (37, 29, 53),
+            (1, 1, 1),
+            (1, 17, 5),
+            (33, 1, 9),
+            (5, 7, 70_000),
+        ] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (a_rows, a_cols) = if ta { (k, m) } else { (m, k) };
+                let (b_rows, b_cols) = if tb { (n, k) } else { (k, n) };
+                let (a_offset, a_stride) = (3, a_cols + 2);
+                let (b_offset, b_stride) = (5, b_cols + 1);
+                let a = normal(&mut rng, a_offset + a_rows * a_stride, 1.0);
+                let b = normal(&mut rng, b_offset + b_rows * b_stride, 1.0);
+                let (c_offset, c_stride) = (2, n + 3);
+                let c_len = c_offset + m * c_stride;
+                let expected = product(
+                    (m, n, k),
+                    &a,
+                    (a_offset, a_stride, ta),
+                    &b,
+                    (b_offset, b_stride, tb),
+                );
+                let (a_buf, b_buf, c_buf) = (upload(&a), upload(&b), poisoned(c_len));
+                let run_product = |accumulate: bool| {
+                    let ds = build(dispatches(
+                        context(),
+                        m,
+                        n,
+                        k,
+                        Operand {
+                            buffer: &a_buf,
+                            offset: a_offset,
+                            stride: a_stride,
+                            transposed: ta,
+                        },
+                        Operand {
+                            buffer: &b_buf,
+                            offset: b_offset,
+                            stride: b_stride,
+                            transposed: tb,
+                        },
+                        Target {
+                            buffer: &c_buf,
+                            offset: c_offset,
+                            stride: c_stride,
+                        },
+                        accumulate,
+                    ));
+                    if k > 60_000 && context().loop_budget().is_some() {
+                        assert!(ds.len() > 1, "{what}: K = {k} did not split");
+                    }
+                    run(&ds.iter().collect::<Vec<_>>());
+                    download(&c_buf, c_len)
+                };
+                let block = |c: &[f32]| -> Vec<f32> {
+                    (0..m)
+                        .flat_map(|r| c[c_offset + r * c_stride..][..n].to_vec())
+                        .collect()
+                };
+                let label = format!("{what}: {m}×{n}×{k} TA {ta} TB {tb}");
+                let c = run_product(false);
+                assert_close(&label, &block(&c), &expected, 1e-5);
+                let outside =
+                    (0..c_len).filter(|i| *i < c_offset || (*i - c_offset) % c_stride >= n);
+                assert!(
+                    outside.clone().all(|i| c[i].is_nan()),
+                    "{label}: wrote outside the block"
+                );
+                let c = run_product(true);
+                let doubled: Vec<f64> = expected.iter().map(|v| 2.0 * v).collect();
+                assert_close(&format!("{label} accumulated"), &block(&c), &doubled, 1e-5);
+            }
+        }
+    }
 }

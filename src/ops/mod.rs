@@ -15,6 +15,11 @@
 //! | [`value_mean`] | `value_mean.wgsl` | mean value per batch, for fully masked rows (fused) |
 //! | [`fused_attention`] | `fused_attention.wgsl` | the whole attention core, no `n × n` buffer |
 //! | [`blocked_attention`] | `blocked_attention.wgsl`, `retrieval_mix.wgsl` | the fused core in 4 × 4 blocks, for CPU drivers |
+//! | [`matmul`] | `matmul.wgsl` | training's GEMMs: `C (+)= op(A)·op(B)` on column blocks |
+//! | [`attention_train`] | `search_statistics`, `search_retrieve`, `selection_forward`, `selection_backward`, `search_query_backward`, `search_key_value_backward` | training's attention core, one row per invocation (GPU family) |
+//! | [`attention_chunks`] | `search_chunk_softmax.wgsl`, `search_chunk_backward.wgsl` | training's attention core as GEMMs over chunks of query rows (CPU family) |
+//! | [`layer_norm_backward`] | `layer_norm_backward.wgsl` | prenorm's backward |
+//! | [`adamw`] | `adamw.wgsl` | one AdamW step of one parameter |
 //! | `dropout_mask` (tests) | `dropout_mask.wgsl` with `common/philox.wgsl` | dropout's keep mask, the WGSL Philox checked against [`crate::dropout`] |
 //! | [`decode`] | `cache_append.wgsl`, `decode_attention.wgsl`, `decode_reduce.wgsl`, `cache_advance.wgsl` | new queries over a KV cache, split-KV |
 //!
@@ -23,12 +28,12 @@
 //! them; nothing here imports the plan.
 
 pub(crate) mod adamw;
+pub(crate) mod attention_chunks;
 pub(crate) mod attention_train;
 pub(crate) mod bias_add;
 pub(crate) mod blocked_attention;
 pub(crate) mod decode;
 // The training kernels will draw the mask inline; until then this kernel is only its test.
-pub(crate) mod column_sum;
 #[cfg(test)]
 pub(crate) mod dropout_mask;
 pub(crate) mod fused_attention;
@@ -143,9 +148,18 @@ mod uniform_layouts {
         }
         check!(layer_norm::Params, layer_norm::variant());
         check!(layer_norm_backward::Params, layer_norm_backward::variant());
+        check!(adamw::Params, adamw::variant());
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            check!(matmul::Params, matmul::variant(ta, tb));
+        }
         for variant in attention_train::variants(&layout) {
             check!(attention_train::Params, variant);
         }
+        check!(attention_train::Params, attention_chunks::softmax_variant());
+        check!(
+            attention_train::Params,
+            attention_chunks::backward_variant()
+        );
         check!(dropout_mask::Params, dropout_mask::variant());
         for precision in Precision::ALL {
             check!(bias_add::Params, bias_add::variant(precision));

@@ -3,7 +3,8 @@
 //! writing the input's.
 //!
 //! Per step (SPEC §6.5 writes the math out):
-//! 1. `d_concat = dy·W_o`, `dW_o += dyᵀ·concat`, `db_o += Σ dy` (matmul, column_sum);
+//! 1. `d_concat = dy·W_o`, `dW_o += dyᵀ·concat`, `db_o += Σ dy` (matmuls; a column sum is the
+//!    product `ones [1, rows]·X`, small beside the GEMMs that make `X`);
 //! 2. the per-row selection pass: `dRet`, `dQ̃` and the row term `D` (attention_train);
 //! 3. the dQ pass over keys and the dK/dV pass over queries into `d_proj`'s SQ, SK and RV
 //!    columns (attention_train);
@@ -18,7 +19,8 @@ use crate::gpu::dispatch::Dispatch;
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
-use crate::ops::{ProjectionLayout, attention_train, column_sum, layer_norm_backward};
+use crate::ops::{ProjectionLayout, attention_chunks, attention_train, layer_norm_backward};
+use crate::plan::TrainingCore;
 use crate::shape;
 use crate::weights;
 
@@ -169,6 +171,29 @@ impl BackwardPasses {
     }
 }
 
+/// `out [cols] += Σ_r x[offset + r·stride + c]` for `r < rows`: the product `ones [1, rows]·x`.
+#[allow(clippy::too_many_arguments)]
+async fn column_sums(
+    ctx: &GpuContext,
+    ones: &wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+    x: (&wgpu::Buffer, usize, usize),
+    out: &wgpu::Buffer,
+    out_offset: usize,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    product(
+        ctx,
+        (1, cols, rows),
+        (ones, 0, rows, false),
+        (x.0, x.1, x.2, false),
+        (out, out_offset, cols),
+        accumulate,
+    )
+    .await
+}
+
 /// The backward's passes in data-flow order (reversed), adding to `grads` and writing
 /// `grad_input`.
 async fn backward_dispatches(
@@ -198,6 +223,7 @@ async fn backward_dispatches(
         true => Some(storage("d_h", &[tokens, dim])?),
         false => None,
     };
+    let ones = memory::storage_init(ctx, "ones", &vec![1.0f32; tokens])?;
     let mut dispatches = Vec::new();
 
     // 1. The output projection.
@@ -227,8 +253,17 @@ async fn backward_dispatches(
     if config.bias {
         let out_bias = grads.get(weights::OUT_BIAS)?;
         dispatches.extend(
-            column_sum::dispatches(ctx, tokens, dim, (grad_output, 0, dim), out_bias, 0, true)
-                .await?,
+            column_sums(
+                ctx,
+                &ones,
+                tokens,
+                dim,
+                (grad_output, 0, dim),
+                out_bias,
+                0,
+                true,
+            )
+            .await?,
         );
     }
 
@@ -248,12 +283,25 @@ async fn backward_dispatches(
         )
         .await?,
     );
-    dispatches.extend(
-        attention_train::search_backward(
-            ctx, &problem, &act.proj, &act.mask, &act.stats, &d_ret, &d_proj,
-        )
-        .await?,
-    );
+    match TrainingCore::of(ctx) {
+        TrainingCore::PerRow => dispatches.extend(
+            attention_train::search_backward(
+                ctx, &problem, &act.proj, &act.mask, &act.stats, &d_ret, &d_proj,
+            )
+            .await?,
+        ),
+        TrainingCore::Chunked => {
+            let step = attention_chunks::chunk_rows(ctx, act.seq);
+            let scratch = attention_chunks::scratch(ctx, step, act.seq)?;
+            dispatches.extend(
+                attention_chunks::backward(
+                    ctx, &problem, &act.proj, &act.mask, &act.stats, &d_ret, &d_proj, &scratch,
+                    step,
+                )
+                .await?,
+            );
+        }
+    }
 
     // 4. Q̃ = RQ·W_rk back to RQ and W_rk, per search.
     let w_rk = parameters.get(weights::RETRIEVAL_KEYS)?;
@@ -302,8 +350,9 @@ async fn backward_dispatches(
         );
         if config.bias {
             dispatches.extend(
-                column_sum::dispatches(
+                column_sums(
                     ctx,
+                    &ones,
                     tokens,
                     width,
                     (&d_proj, offset, layout.row_stride),
@@ -348,11 +397,10 @@ async fn backward_dispatches(
             grads.get(weights::NORM_BIAS)?,
         );
         dispatches.extend(
-            column_sum::dispatches(ctx, tokens, dim, (&scaled, 0, dim), g_gamma, 0, true).await?,
+            column_sums(ctx, &ones, tokens, dim, (&scaled, 0, dim), g_gamma, 0, true).await?,
         );
-        dispatches.extend(
-            column_sum::dispatches(ctx, tokens, dim, (d_h, 0, dim), g_beta, 0, true).await?,
-        );
+        dispatches
+            .extend(column_sums(ctx, &ones, tokens, dim, (d_h, 0, dim), g_beta, 0, true).await?);
     }
     Ok(dispatches)
 }

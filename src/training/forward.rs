@@ -14,9 +14,11 @@ use crate::gpu::dispatch::Dispatch;
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
+use crate::ops::attention_chunks;
 use crate::ops::attention_train::{self, CoreProblem};
 use crate::ops::matmul::{self, Operand, Target};
 use crate::ops::{ProjectionLayout, layer_norm};
+use crate::plan::TrainingCore;
 use crate::shape;
 use crate::weights;
 
@@ -367,10 +369,30 @@ async fn forward_dispatches(
     }
     // The attention core.
     let problem = core_problem(act, layout);
-    dispatches.extend(
-        attention_train::forward_core(ctx, &problem, &act.proj, &act.mask, &act.stats, &act.ret)
+    match TrainingCore::of(ctx) {
+        TrainingCore::PerRow => dispatches.extend(
+            attention_train::forward_core(
+                ctx, &problem, &act.proj, &act.mask, &act.stats, &act.ret,
+            )
             .await?,
-    );
+        ),
+        TrainingCore::Chunked => {
+            let step = attention_chunks::chunk_rows(ctx, act.seq);
+            let scratch = attention_chunks::scratch(ctx, step, act.seq)?;
+            dispatches.extend(
+                attention_chunks::forward(
+                    ctx,
+                    &problem,
+                    &act.proj,
+                    &act.mask,
+                    (&act.stats, &act.ret),
+                    &scratch,
+                    step,
+                )
+                .await?,
+            );
+        }
+    }
     dispatches.push(
         attention_train::selection_forward(
             ctx,

@@ -11,7 +11,7 @@
 //! | `prepare` | `prepare_training`: every pipeline of a step compiled ahead of the first |
 //!
 //! The kernels live with the forward's in `src/ops/` (`attention_train`, `layer_norm_backward`,
-//! `matmul`, `column_sum`, `adamw`). Training reads the layer's parameters in their checkpoint
+//! `matmul`, `adamw`). Training reads the layer's parameters in their checkpoint
 //! form (`device_parameters.rs`), never the folded forms inference reads, so every gradient is
 //! with respect to a named tensor of [`Weights::parameters`](crate::Weights::parameters).
 //!

@@ -1,0 +1,380 @@
+//! The attention core of training for CPU drivers (`shaders/search_chunk_softmax.wgsl`,
+//! `shaders/search_chunk_backward.wgsl`, between `matmul`s): the search scores of a chunk of
+//! query rows of one (batch, search) as a GEMM, the softmax or its gradient elementwise, and the
+//! products with the values, keys and queries as GEMMs again.
+//!
+//! Why: on lavapipe a kernel's speed comes from register-blocked loops over lane-uniform reads,
+//! which a GEMM has and the per-row kernels of `attention_train` (one row per invocation, every
+//! step a dot product of private arrays) do not: the per-row dQ and dK/dV kernels ran at about
+//! 1 GFLOP/s there, the GEMM at ~20. The chunk's `[rows, n]` scores live in a scratch of at
+//! most [`SCRATCH_BYTES`] per buffer, reused chunk after chunk, so a step's memory stays linear in
+//! `n` (the kept activations are the same as the per-row kernels': statistics and `Ret`), and
+//! dropout's masks are drawn in the elementwise kernels from the same positions.
+//!
+//! Per (batch b, search σ, chunk of query rows C):
+//! ```text
+//! forward   S = SQ_C·SK_bᵀ;  softmax → stats, Ã;  Ret_C = Ã·RV_b
+//! backward  S = SQ_C·SK_bᵀ;  dA = dRet_C·RV_bᵀ;  → Ã, dL (scaled);
+//!           dSQ_C = dL·SK_b;  dSK_b += dLᵀ·SQ_C;  dRV_b += Ãᵀ·dRet_C
+//! ```
+
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::gpu::dispatch::Dispatch;
+use crate::gpu::memory;
+use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::ops::attention_train::CoreProblem;
+use crate::ops::matmul::{self, Operand, Target};
+
+static SEARCH_CHUNK_SOFTMAX: Kernel = kernel!(
+    "search_chunk_softmax",
+    includes: ["philox", "train_params", "search_weights", "workgroup_reduce"]
+);
+static SEARCH_CHUNK_BACKWARD: Kernel = kernel!(
+    "search_chunk_backward",
+    includes: ["philox", "train_params", "search_weights"]
+);
+
+const WG: u32 = 64;
+
+/// The most bytes one chunk's scores take (and its gradient again): 16 MiB.
+pub(crate) const SCRATCH_BYTES: u64 = 16 << 20;
+
+pub(crate) fn softmax_variant() -> ShaderVariant {
+    ShaderVariant::new(&SEARCH_CHUNK_SOFTMAX).u32("WG", WG)
+}
+
+pub(crate) fn backward_variant() -> ShaderVariant {
+    ShaderVariant::new(&SEARCH_CHUNK_BACKWARD).u32("WG", WG)
+}
+
+/// Query rows per chunk at sequence length `n`: as many as fit [`SCRATCH_BYTES`] and the
+/// device's storage binding size, at least one.
+pub(crate) fn chunk_rows(ctx: &GpuContext, n: usize) -> usize {
+    let limit = SCRATCH_BYTES.min(ctx.limits().max_storage_buffer_binding_size);
+    ((limit / (4 * n.max(1) as u64)) as usize).clamp(1, n.max(1))
+}
+
+/// The chunks' scratch for chunks of `rows` query rows: two `[rows, n]` f32 buffers.
+pub(crate) fn scratch(
+    ctx: &GpuContext,
+    rows: usize,
+    n: usize,
+) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    let hint = Some("a shorter sequence");
+    Ok((
+        memory::storage(ctx, "chunk scores", &[rows, n], hint)?,
+        memory::storage(ctx, "chunk score gradients", &[rows, n], hint)?,
+    ))
+}
+
+/// Every `(batch, search, rows)` chunk of the problem, `step` query rows at most, in order.
+fn chunks(
+    problem: &CoreProblem,
+    step: usize,
+) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> {
+    let l = problem.layout;
+    let step = step.max(1);
+    (0..l.batch).flat_map(move |b| {
+        (0..l.searches).flat_map(move |sigma| {
+            (0..l.seq)
+                .step_by(step)
+                .map(move |begin| (b, sigma, begin..(begin + step).min(l.seq)))
+        })
+    })
+}
+
+/// Where the projections of `(batch b, search σ)` start in `proj` (or `d_proj`), in elements:
+/// `(SQ of query row i0, SK of key 0, RV of key 0)`.
+fn offsets(problem: &CoreProblem, b: usize, sigma: usize, i0: usize) -> (usize, usize, usize) {
+    let l = &problem.layout;
+    let token0 = b * l.seq;
+    (
+        (token0 + i0) * l.row_stride + l.search_queries + sigma * l.head,
+        token0 * l.row_stride + l.search_keys + sigma * l.head,
+        token0 * l.row_stride + l.retrieval_values,
+    )
+}
+
+fn operand(buffer: &wgpu::Buffer, offset: usize, stride: usize, transposed: bool) -> Operand<'_> {
+    Operand {
+        buffer,
+        offset,
+        stride,
+        transposed,
+    }
+}
+
+/// `S = SQ_C·SK_bᵀ` into `scores`.
+async fn scores(
+    ctx: &GpuContext,
+    problem: &CoreProblem,
+    proj: &wgpu::Buffer,
+    (b, sigma, rows): (usize, usize, &std::ops::Range<usize>),
+    scores: &wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    let l = &problem.layout;
+    let (q, k, _) = offsets(problem, b, sigma, rows.start);
+    let target = Target {
+        buffer: scores,
+        offset: 0,
+        stride: l.seq,
+    };
+    matmul::dispatches(
+        ctx,
+        rows.len(),
+        l.seq,
+        l.head,
+        operand(proj, q, l.row_stride, false),
+        operand(proj, k, l.row_stride, true),
+        target,
+        false,
+    )
+    .await
+}
+
+/// The forward: `stats` and `ret` of every row, in chunks of `step` query rows (the scratch's
+/// rows).
+pub(crate) async fn forward(
+    ctx: &GpuContext,
+    problem: &CoreProblem,
+    proj: &wgpu::Buffer,
+    mask: &wgpu::Buffer,
+    (stats, ret): (&wgpu::Buffer, &wgpu::Buffer),
+    (scratch, _): &(wgpu::Buffer, wgpu::Buffer),
+    step: usize,
+) -> Result<Vec<Dispatch>> {
+    let l = problem.layout;
+    let vw = problem.value_width();
+    let mut dispatches = Vec::new();
+    for (b, sigma, rows) in chunks(problem, step) {
+        dispatches.extend(scores(ctx, problem, proj, (b, sigma, &rows), scratch).await?);
+        let params = problem.chunk_params((b, sigma), rows.clone());
+        dispatches.push(
+            Dispatch::new(
+                ctx,
+                &softmax_variant(),
+                bytemuck::bytes_of(&params),
+                &[mask.into(), stats.into(), scratch.into()],
+                rows.len() as u64,
+            )
+            .await?,
+        );
+        let (_, _, v) = offsets(problem, b, sigma, 0);
+        let row0 = (b * l.searches + sigma) * l.seq + rows.start;
+        dispatches.extend(
+            matmul::dispatches(
+                ctx,
+                rows.len(),
+                vw,
+                l.seq,
+                operand(scratch, 0, l.seq, false),
+                operand(proj, v, l.row_stride, false),
+                Target {
+                    buffer: ret,
+                    offset: row0 * vw,
+                    stride: vw,
+                },
+                false,
+            )
+            .await?,
+        );
+    }
+    Ok(dispatches)
+}
+
+/// The backward: dSQ, dSK and dRV into `d_proj`'s columns from `d_ret` and the statistics
+/// (with `D` in `stats.z`), in chunks of `step` query rows (the scratch's rows).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn backward(
+    ctx: &GpuContext,
+    problem: &CoreProblem,
+    proj: &wgpu::Buffer,
+    mask: &wgpu::Buffer,
+    stats: &wgpu::Buffer,
+    d_ret: &wgpu::Buffer,
+    d_proj: &wgpu::Buffer,
+    (scratch, d_scratch): &(wgpu::Buffer, wgpu::Buffer),
+    step: usize,
+) -> Result<Vec<Dispatch>> {
+    let l = problem.layout;
+    let (n, d, vw, rs) = (l.seq, l.head, problem.value_width(), l.row_stride);
+    let mut dispatches = Vec::new();
+    for (b, sigma, rows) in chunks(problem, step) {
+        let (q, k, v) = offsets(problem, b, sigma, rows.start);
+        let row0 = (b * l.searches + sigma) * n + rows.start;
+        let c = rows.len();
+        dispatches.extend(scores(ctx, problem, proj, (b, sigma, &rows), scratch).await?);
+        // dA = dRet_C·RV_bᵀ.
+        dispatches.extend(
+            matmul::dispatches(
+                ctx,
+                c,
+                n,
+                vw,
+                operand(d_ret, row0 * vw, vw, false),
+                operand(proj, v, rs, true),
+                Target {
+                    buffer: d_scratch,
+                    offset: 0,
+                    stride: n,
+                },
+                false,
+            )
+            .await?,
+        );
+        let params = problem.chunk_params((b, sigma), rows.clone());
+        dispatches.push(
+            Dispatch::new(
+                ctx,
+                &backward_variant(),
+                bytemuck::bytes_of(&params),
+                &[mask.into(), stats.into(), scratch.into(), d_scratch.into()],
+                ((c * n) as u64).div_ceil(WG as u64),
+            )
+            .await?,
+        );
+        let target = |offset| Target {
+            buffer: d_proj,
+            offset,
+            stride: rs,
+        };
+        // dSQ_C = dL·SK_b (each query row's once).
+        dispatches.extend(
+            matmul::dispatches(
+                ctx,
+                c,
+                d,
+                n,
+                operand(d_scratch, 0, n, false),
+                operand(proj, k, rs, false),
+                target(q),
+                false,
+            )
+            .await?,
+        );
+        // dSK_b += dLᵀ·SQ_C (the first chunk of (b, σ) writes).
+        dispatches.extend(
+            matmul::dispatches(
+                ctx,
+                n,
+                d,
+                c,
+                operand(d_scratch, 0, n, true),
+                operand(proj, q, rs, false),
+                target(k),
+                rows.start > 0,
+            )
+            .await?,
+        );
+        // dRV_b += Ãᵀ·dRet_C, summed over every search and chunk (the first of b writes).
+        dispatches.extend(
+            matmul::dispatches(
+                ctx,
+                n,
+                vw,
+                c,
+                operand(scratch, 0, n, true),
+                operand(d_ret, row0 * vw, vw, false),
+                target(v),
+                sigma > 0 || rows.start > 0,
+            )
+            .await?,
+        );
+    }
+    Ok(dispatches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dropout::Dropout;
+    use crate::gpu::test_device::*;
+    use crate::ops::ProjectionLayout;
+    use crate::testing::normal;
+
+    /// Chunks of 5 query rows give what one chunk of every row gives (forward and backward, with
+    /// dropout, causal and a padded batch): the chunk offsets, and the accumulation of dSK and
+    /// dRV over chunks and searches. One chunk is checked against the f64 reference through
+    /// the whole layer (tests/training.rs).
+    #[test]
+    fn chunks_of_a_few_rows_equal_one_chunk() {
+        let (mut rng, what) = rng("attention_chunks");
+        let layout = ProjectionLayout::new(2, 13, 3, 2, 4);
+        let problem = CoreProblem {
+            layout,
+            causal: true,
+            scale: 0.5,
+            dropout: Some(Dropout::new(0.25, 99).unwrap()),
+        };
+        let tokens = layout.batch * layout.seq;
+        let rows = tokens * layout.searches;
+        let vw = problem.value_width();
+        let proj = upload(&normal(&mut rng, tokens * layout.row_stride, 1.0));
+        let mask: Vec<u32> = (0..tokens)
+            .map(|t| u32::from(t % 13 < 9 || t < 13))
+            .collect();
+        let mask = upload(&mask);
+        let d_ret = upload(&normal(&mut rng, rows * vw, 1.0));
+        let run_with = |step: usize| {
+            let (stats, ret) = (poisoned(rows * 4), poisoned(rows * vw));
+            let d_proj = poisoned(tokens * layout.row_stride);
+            let scratch = scratch(context(), step, layout.seq).unwrap();
+            let forward = build(forward(
+                context(),
+                &problem,
+                &proj,
+                &mask,
+                (&stats, &ret),
+                &scratch,
+                step,
+            ));
+            run(&forward.iter().collect::<Vec<_>>());
+            // A row term D of its own, as the selection's backward would write it.
+            let mut row_stats = download(&stats, rows * 4);
+            for (index, row) in row_stats.chunks_exact_mut(4).enumerate() {
+                row[2] = 0.1 * (index % 7) as f32 - 0.3;
+            }
+            let stats = upload(&row_stats);
+            let backward = build(backward(
+                context(),
+                &problem,
+                &proj,
+                &mask,
+                &stats,
+                &d_ret,
+                &d_proj,
+                &scratch,
+                step,
+            ));
+            run(&backward.iter().collect::<Vec<_>>());
+            (
+                download(&ret, rows * vw),
+                row_stats,
+                download(&d_proj, tokens * layout.row_stride),
+            )
+        };
+        let (ret, stats, d_proj) = run_with(layout.seq);
+        let (ret5, stats5, d_proj5) = run_with(5);
+        let widen = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+        assert_close(&format!("{what}: ret"), &ret5, &widen(&ret), 1e-6);
+        assert_close(&format!("{what}: stats"), &stats5, &widen(&stats), 1e-6);
+        // d_proj's RQ columns are the selection backward's, not written here.
+        let written = |v: &[f32]| -> Vec<f32> {
+            v.chunks_exact(layout.row_stride)
+                .flat_map(|row| {
+                    row[..layout.retrieval_queries]
+                        .iter()
+                        .chain(&row[layout.retrieval_values..])
+                        .copied()
+                })
+                .collect()
+        };
+        assert_close(
+            &format!("{what}: d_proj"),
+            &written(&d_proj5),
+            &widen(&written(&d_proj)),
+            1e-5,
+        );
+    }
+}
