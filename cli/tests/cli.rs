@@ -1424,6 +1424,7 @@ fn train_fits_a_teacher_and_saves_loadable_weights() {
     // Batches of 3 alternate between two halves of the set: compare like with like.
     let first = (losses[0] + losses[1]) / 2.0;
     let last = (losses[28] + losses[29]) / 2.0;
+    eprintln!("loss {first:.4e} -> {last:.4e} (seed {TRAIN_SEED:#x})");
     assert!(
         last < 0.5 * first,
         "the loss fell only from {first:.4e} to {last:.4e}\n{context}"

@@ -227,6 +227,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn integer_masks_read_as_booleans_and_other_values_are_refused() {
+        let bytes: Vec<u8> = [1i32, 0, 1, 1]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let view = TensorView::new(Dtype::I32, vec![2, 2], &bytes).unwrap();
+        assert_eq!(read_mask(&view).unwrap(), [true, false, true, true]);
+        let bytes: Vec<u8> = [1i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::I64, vec![1, 2], &bytes).unwrap();
+        let err = read_mask(&view).unwrap_err();
+        assert!(err.to_string().contains("mask[1] = 255"), "{err}");
+        let bytes: Vec<u8> = [256u16, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::U16, vec![1, 2], &bytes).unwrap();
+        assert!(matches!(
+            read_mask(&view),
+            Err(Error::InvalidMask { index: 0, .. })
+        ));
+        let view = TensorView::new(Dtype::F32, vec![1, 1], &[0, 0, 128, 63]).unwrap();
+        assert!(matches!(read_mask(&view), Err(Error::Dtype { .. })));
+    }
+
+    #[test]
     fn batches_walk_the_set_in_order_and_wrap() {
         let rows = |step, batch, m| batch_rows(step, batch, m).collect::<Vec<_>>();
         assert_eq!(rows(0, 2, 5), [0, 1]);
