@@ -5,6 +5,7 @@
 //! `error: ...` with exit status 1; command-line usage errors exit with status 2. The library's
 //! log lines go to stderr through `env_logger` (`RUST_LOG=info`, `RUST_LOG=debug`, ...).
 
+mod checkpoint_args;
 mod commands;
 mod common;
 mod fits;
@@ -14,7 +15,7 @@ mod sizes;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, demo, forward, info, plot, shaders, soak, verify};
+use commands::{bench, demo, forward, info, plot, shaders, soak, train, verify};
 
 /// Compositional Attention (searches × retrievals) on any GPU through wgpu.
 ///
@@ -34,6 +35,11 @@ enum Command {
     Info,
     /// Run the layer on an input file with weights exported from PyTorch, and write the output.
     Forward(forward::Args),
+    /// Fine-tune a checkpoint (any format `forward` reads) on a regression set with AdamW on the
+    /// GPU (MSE against `target`), and save the trained weights as safetensors.
+    ///
+    /// Step k trains on sequences (k·B + i) mod m, i < B, with dropout seeded S + k.
+    Train(train::Args),
     /// Check the GPU forward against the f64 CPU reference on a random problem.
     ///
     /// Sizes left out: batch 2, seq 77, dim 64, dim_head 16, 3 searches, 2 retrievals.
@@ -47,7 +53,8 @@ enum Command {
     /// built-in set of problems that reaches every kind of variant.
     Shaders(shaders::Args),
     /// Time the forward pass (fused, unfused or the f64 CPU reference) with GPU timestamps where
-    /// the adapter has them; sweep n into an SVG plot (--sweep); or time our GEMM (--gemm N).
+    /// the adapter has them; sweep n into an SVG plot (--sweep); time the training forward and
+    /// backward beside it (--backward); or time our GEMM (--gemm N).
     ///
     /// Sizes left out: batch 1, seq 512, dim 512, dim_head 64, 8 searches, 2 retrievals (with
     /// --sweep: dim 256, dim_head 32, 4 searches).
@@ -70,6 +77,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Info => info::run(),
         Command::Forward(args) => forward::run(args),
+        Command::Train(args) => train::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Demo => demo::run(),
         Command::Shaders(args) => shaders::run(args),

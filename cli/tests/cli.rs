@@ -1299,3 +1299,367 @@ fn sizes_too_large_are_errors_naming_the_option() {
         assert!(!plot.exists(), "{args:?} wrote a plot");
     }
 }
+
+/// The training set tests write: `input`, `target` (F32) and `mask` (U8), as `compattn train`
+/// reads them; any tensor may be left out or misshaped.
+struct TrainingSet {
+    input: (Vec<usize>, Vec<f32>),
+    target: Option<(Vec<usize>, Vec<f32>)>,
+    mask: Option<(Vec<usize>, Vec<u8>)>,
+}
+
+impl TrainingSet {
+    fn write(&self, path: &Path) {
+        use safetensors::Dtype;
+        use safetensors::tensor::TensorView;
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let input = f32_bytes(&self.input.1);
+        let target = self.target.as_ref().map(|(_, v)| f32_bytes(v));
+        let mut tensors = vec![(
+            "input",
+            TensorView::new(Dtype::F32, self.input.0.clone(), &input).unwrap(),
+        )];
+        if let (Some((shape, _)), Some(bytes)) = (&self.target, &target) {
+            tensors.push((
+                "target",
+                TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap(),
+            ));
+        }
+        if let Some((shape, mask)) = &self.mask {
+            tensors.push((
+                "mask",
+                TensorView::new(Dtype::U8, shape.clone(), mask).unwrap(),
+            ));
+        }
+        std::fs::write(path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    }
+}
+
+/// Seed of the training tests' random teacher, student and inputs (printed on failure).
+const TRAIN_SEED: u64 = 0x7a1;
+/// The training tests' layer: dim 16, d 4, 2 searches, 2 retrievals.
+const TRAIN_DIM: usize = 16;
+/// Sequences and tokens of the training tests' set.
+const TRAIN_M: usize = 6;
+const TRAIN_N: usize = 8;
+
+/// A student checkpoint (returned, and saved to `weights`) and a teacher's training set: random
+/// inputs with a padded last sequence, the teacher's f64 reference outputs as target.
+fn teacher_student(weights: &Path) -> (compositional_attention::Weights, TrainingSet) {
+    use compositional_attention::rng::Rng;
+    use compositional_attention::testing::normal;
+    use compositional_attention::{Config, Weights, reference};
+    let config = Config::new(TRAIN_DIM)
+        .dim_head(4)
+        .num_searches(2)
+        .num_retrievals(2);
+    let teacher = Weights::random(config, TRAIN_SEED ^ 0x7ea).unwrap();
+    let student = Weights::random(config, TRAIN_SEED).unwrap();
+    student.save(weights).unwrap();
+    let (m, n) = (TRAIN_M, TRAIN_N);
+    let x = normal(&mut Rng::seed_from_u64(TRAIN_SEED), m * n * TRAIN_DIM, 1.0);
+    let mut mask = vec![1u8; m * n];
+    mask[(m - 1) * n + 5..].fill(0);
+    let bools: Vec<bool> = mask.iter().map(|&v| v == 1).collect();
+    let target = reference::forward(&teacher, &x, m, n, Some(&bools)).unwrap();
+    let target: Vec<f32> = target.iter().map(|&v| v as f32).collect();
+    let set = TrainingSet {
+        input: (vec![m, n, TRAIN_DIM], x),
+        target: Some((vec![m, n, TRAIN_DIM], target)),
+        mask: Some((vec![m, n], mask)),
+    };
+    (student, set)
+}
+
+/// 30 steps at lr 1e-2 on a teacher's outputs: the JSON losses fall, the saved weights load
+/// and differ from the start, and the plot is an SVG with a curve.
+#[test]
+fn train_fits_a_teacher_and_saves_loadable_weights() {
+    let dir = TempDir::new("train_fits");
+    let (weights, data) = (
+        dir.path("student.safetensors"),
+        dir.path("data.safetensors"),
+    );
+    let (out, plot) = (dir.path("trained.safetensors"), dir.path("loss.svg"));
+    let (student, set) = teacher_student(&weights);
+    set.write(&data);
+    let run = compattn(&[
+        "train",
+        "--weights",
+        arg(&weights),
+        "--data",
+        arg(&data),
+        "--steps",
+        "30",
+        "--lr",
+        "1e-2",
+        "--batch",
+        "3",
+        "--dropout-seed",
+        "5",
+        "--out",
+        arg(&out),
+        "--plot",
+        arg(&plot),
+        "--json",
+    ]);
+    let context = format!("seed {TRAIN_SEED:#x}\n{}", run.transcript());
+    let report = json_stdout(&run);
+    let mut keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["losses", "ms_per_step", "steps"], "{context}");
+    assert_eq!(report["steps"], 30, "{context}");
+    assert!(report["ms_per_step"].as_f64().unwrap() > 0.0, "{context}");
+    let losses: Vec<f64> = report["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 30, "{context}");
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{context}"
+    );
+    // Batches of 3 alternate between two halves of the set: compare like with like.
+    let first = (losses[0] + losses[1]) / 2.0;
+    let last = (losses[28] + losses[29]) / 2.0;
+    eprintln!("loss {first:.4e} -> {last:.4e} (seed {TRAIN_SEED:#x})");
+    assert!(
+        last < 0.5 * first,
+        "the loss fell only from {first:.4e} to {last:.4e}\n{context}"
+    );
+
+    let trained = compositional_attention::Weights::load(&out, false).unwrap();
+    assert_eq!(trained.config().dim, TRAIN_DIM, "{context}");
+    assert_eq!(
+        trained.parameters().len(),
+        student.parameters().len(),
+        "{context}"
+    );
+    assert_ne!(
+        trained, student,
+        "the saved weights are the start's\n{context}"
+    );
+
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
+    assert!(svg.contains("<polyline") && svg.contains("step"), "{svg}");
+    assert_eq!(
+        svg.matches('<').count(),
+        svg.matches('>').count(),
+        "unbalanced tags: {svg}"
+    );
+
+    // Without --json: a summary on stdout, the same file again.
+    let run = compattn(&[
+        "train",
+        "--weights",
+        arg(&weights),
+        "--data",
+        arg(&data),
+        "--steps",
+        "2",
+        "--lr",
+        "1e-3",
+        "--out",
+        arg(&out),
+    ]);
+    run.assert_prints(&["loss: step 1 ", "ms per step", "wrote the trained weights"]);
+}
+
+/// Every bad training set or option: exit status 1 and one `error:` line naming the problem.
+#[test]
+fn train_refuses_bad_data_and_options_naming_them() {
+    let dir = TempDir::new("train_refuses");
+    let (weights, data, out) = (
+        dir.path("student.safetensors"),
+        dir.path("data.safetensors"),
+        dir.path("out.safetensors"),
+    );
+    let (_, good) = teacher_student(&weights);
+    let (m, n, dim) = (TRAIN_M, TRAIN_N, TRAIN_DIM);
+    let train = |set: &TrainingSet, extra: &[&str]| {
+        set.write(&data);
+        let mut args = vec!["train", "--weights", arg(&weights), "--data", arg(&data)];
+        args.extend(["--out", arg(&out)]);
+        // --steps 1 and --lr 1e-3 unless the case sets them.
+        for (option, value) in [("--steps", "1"), ("--lr", "1e-3")] {
+            if !extra.iter().any(|a| a.starts_with(option)) {
+                args.extend([option, value]);
+            }
+        }
+        args.extend(extra);
+        compattn(&args)
+    };
+    let check = |run: Run, needles: &[&str]| {
+        run.assert_error(1, needles);
+        let errors = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count();
+        assert_eq!(errors, 1, "{}", run.transcript());
+        assert!(
+            !out.exists(),
+            "wrote weights after an error\n{}",
+            run.transcript()
+        );
+    };
+    let with = |edit: &dyn Fn(&mut TrainingSet)| {
+        let mut set = TrainingSet {
+            input: good.input.clone(),
+            target: good.target.clone(),
+            mask: good.mask.clone(),
+        };
+        edit(&mut set);
+        set
+    };
+
+    let wide = with(&|s| {
+        s.input = (vec![m, n, dim + 1], vec![0.5; m * n * (dim + 1)]);
+    });
+    check(train(&wide, &[]), &["input", "the layer's dim is 16"]);
+    let short_target =
+        with(&|s| s.target = Some((vec![m, n - 1, dim], vec![0.5; m * (n - 1) * dim])));
+    check(
+        train(&short_target, &[]),
+        &["target", "expected shape [6, 8, 16]"],
+    );
+    let bad_mask = with(&|s| s.mask = Some((vec![m, n + 1], vec![1; m * (n + 1)])));
+    check(train(&bad_mask, &[]), &["mask", "expected shape [6, 8]"]);
+    let two_mask = with(&|s| s.mask = Some((vec![m, n], vec![2; m * n])));
+    check(train(&two_mask, &[]), &["mask[0] = 2"]);
+    let nan = with(&|s| s.input.1[7] = f32::NAN);
+    check(
+        train(&nan, &[]),
+        &["input holds a non-finite value at element 7"],
+    );
+    let inf = with(&|s| {
+        if let Some((_, t)) = &mut s.target {
+            t[3] = f32::INFINITY;
+        }
+    });
+    check(
+        train(&inf, &[]),
+        &["target holds a non-finite value at element 3"],
+    );
+    let no_target = with(&|s| s.target = None);
+    check(train(&no_target, &[]), &["missing tensor `target`"]);
+    for shape in [vec![0, n, dim], vec![m, 0, dim]] {
+        let empty = TrainingSet {
+            input: (shape.clone(), Vec::new()),
+            target: Some((shape, Vec::new())),
+            mask: None,
+        };
+        check(train(&empty, &[]), &["training set is empty"]);
+    }
+    check(train(&good, &["--steps", "0"]), &["--steps", "at least 1"]);
+    check(train(&good, &["--lr=-1"]), &["--lr", "finite number > 0"]);
+    check(
+        train(&good, &["--lr", "NaN"]),
+        &["--lr", "finite number > 0"],
+    );
+    check(train(&good, &["--batch", "0"]), &["--batch", "at least 1"]);
+    check(train(&good, &["--batch", "7"]), &["--batch", "m = 6"]);
+
+    // No `input` at all: the weights file itself is not a training set.
+    let run = compattn(&[
+        "train",
+        "--weights",
+        arg(&weights),
+        "--data",
+        arg(&weights),
+        "--steps",
+        "1",
+        "--lr",
+        "1e-3",
+        "--out",
+        arg(&out),
+    ]);
+    check(run, &["missing tensor `input`"]);
+}
+
+/// `bench --backward --json`: exactly the six keys, every number positive, at a tiny shape.
+#[test]
+fn bench_backward_reports_forward_training_forward_and_backward() {
+    let run = compattn(&[
+        "bench",
+        "--backward",
+        "--batch",
+        "2",
+        "--seq",
+        "12",
+        "--dim",
+        "16",
+        "--dim-head",
+        "4",
+        "--searches",
+        "2",
+        "--retrievals",
+        "2",
+        "--warmup",
+        "1",
+        "--iters",
+        "3",
+        "--json",
+    ]);
+    let report = json_stdout(&run);
+    let mut keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "activation_bytes",
+            "backward_ms",
+            "backward_over_forward",
+            "forward_ms",
+            "forward_train_ms",
+            "gpu_bytes",
+        ],
+        "{}",
+        run.transcript()
+    );
+    for key in keys {
+        let value = report[key].as_f64().unwrap_or(f64::NAN);
+        assert!(value > 0.0, "{key} = {value}\n{}", run.transcript());
+    }
+    let ratio = report["backward_ms"].as_f64().unwrap() / report["forward_ms"].as_f64().unwrap();
+    let reported = report["backward_over_forward"].as_f64().unwrap();
+    assert!(
+        (ratio - reported).abs() <= 1e-9 * ratio,
+        "{}",
+        run.transcript()
+    );
+    assert!(
+        report["gpu_bytes"].as_u64() > report["activation_bytes"].as_u64(),
+        "{}",
+        run.transcript()
+    );
+    // Without --json: a table.
+    let run = compattn(&[
+        "bench",
+        "--backward",
+        "--seq",
+        "12",
+        "--dim",
+        "16",
+        "--dim-head",
+        "4",
+        "--searches",
+        "2",
+        "--retrievals",
+        "2",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+    ]);
+    run.assert_prints(&[
+        "forward (eval)",
+        "forward (train)",
+        "backward",
+        "GPU memory",
+    ]);
+}

@@ -6,11 +6,11 @@
 
 use std::path::PathBuf;
 
-use compositional_attention::checkpoint::{self, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{self, Input};
 use compositional_attention::testing::ErrorStats;
-use compositional_attention::{CompositionalAttention, Error, Strategy, Weights};
+use compositional_attention::{CompositionalAttention, Error, Strategy};
 
+use crate::checkpoint_args::CheckpointArgs;
 use crate::common::{self, CliResult, timed};
 use crate::output::{ms, yes_no};
 use crate::sizes::maps_options;
@@ -20,31 +20,14 @@ const TOLERANCE: f64 = 1e-4;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Weights: a safetensors file (lucidrains', fairseq's or xformers' `state_dict()` saved
-    /// with `safetensors.torch.save_file`, or the Keras layer's kernels under their attribute
-    /// names) or a Keras `.weights.h5` (`model.save_weights`). The format is detected from the
-    /// tensor names unless --config sets "format".
-    #[arg(long, value_name = "W")]
-    weights: PathBuf,
-    /// The original module's constructor arguments as a JSON object, under their original
-    /// names, with "format": one of lucidrains, keras, fairseq, xformers. Required for fairseq
-    /// and xformers (num_heads); optional for lucidrains and Keras, whose shapes say everything.
-    #[arg(long, value_name = "C.json")]
-    config: Option<PathBuf>,
+    /// The checkpoint: --weights, --config, --causal, --prefix.
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
     /// Input: `input` [batch, seq, dim] and optionally `mask` [batch, seq] (U8/BOOL, 1 = may be
     /// attended). If it also holds `output`, the result is compared with it. May be the weights
     /// file.
     #[arg(long, value_name = "X.safetensors")]
     input: PathBuf,
-    /// Causal attention (query i attends keys j <= i). Not stored in the weights: pass it when
-    /// the module was built with `causal=True`. The same as `"causal": true` in --config (either
-    /// one is enough; both agree); with `"causal": false` there, an error.
-    #[arg(long)]
-    causal: bool,
-    /// Prefix of the layer's parameter names inside a larger model's state_dict
-    /// (e.g. `layers.0.attn.`).
-    #[arg(long, default_value = "", value_name = "P")]
-    prefix: String,
     /// How the attention core is computed (default: the library's default).
     #[arg(long, value_parser = common::strategy_parser())]
     strategy: Option<Strategy>,
@@ -69,7 +52,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> CliResult {
-    let (weights, format) = load_weights(args)?;
+    let (weights, format) = args.checkpoint.load()?;
     let input_bytes = io::read_file(&args.input)?;
     let input = Input::from_safetensors(&input_bytes)?;
     let reference = io::read_output(&input_bytes)?;
@@ -166,28 +149,4 @@ pub fn run(args: &Args) -> CliResult {
         );
     }
     Ok(())
-}
-
-/// The layer's weights from `--weights` (and `--config`), and the format they came in.
-fn load_weights(args: &Args) -> Result<(Weights, Format), Error> {
-    let bytes = io::read_file(&args.weights)?;
-    let constructor = match &args.config {
-        Some(path) => {
-            let text =
-                String::from_utf8(io::read_file(path)?).map_err(|_| Error::InvalidConfig {
-                    field: "--config",
-                    value: path.display().to_string(),
-                    reason: "must be a UTF-8 JSON file",
-                })?;
-            Some(Constructor::parse(&text)?)
-        }
-        None => None,
-    };
-    let options = CheckpointOptions {
-        constructor,
-        format: None,
-        causal: args.causal,
-        prefix: args.prefix.clone(),
-    };
-    checkpoint::layer_weights_from_bytes(&bytes, &options)
 }

@@ -7,4 +7,5 @@ pub mod info;
 pub mod plot;
 pub mod shaders;
 pub mod soak;
+pub mod train;
 pub mod verify;

@@ -2,6 +2,7 @@
 //! progress bars, and (in [`svg_plot`]) SVG line plots. One place, so that every command
 //! formats a number the same way.
 
+pub mod loss_plot;
 pub mod svg_plot;
 
 use std::time::Duration;
@@ -57,10 +58,16 @@ pub fn print_json(value: &impl Serialize) -> Result<(), Error> {
 
 /// A progress bar of `len` forwards on stderr (drawn only when stderr is a terminal).
 pub fn progress_bar(len: u64) -> ProgressBar {
+    progress_bar_of(len, "forwards")
+}
+
+/// A progress bar of `len` `units` (`forwards`, `steps`) on stderr, drawn only when stderr is a
+/// terminal; its message follows the count.
+pub fn progress_bar_of(len: u64, units: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let template = format!("[{{elapsed_precise}}] {{bar:32}} {{pos}}/{{len}} {units}  {{msg}}");
     bar.set_style(
-        ProgressStyle::with_template("[{elapsed_precise}] {bar:32} {pos}/{len} forwards  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }

@@ -1,6 +1,7 @@
 //! `compattn bench`: the forward pass timed per strategy (fused, unfused, or the `f64` CPU
 //! reference), a sweep over sequence lengths drawn as an SVG plot, generation over a KV cache
-//! (`--decode`), and our GEMM on its own (`--gemm`). Each mode has its module; this one holds
+//! (`--decode`), the training forward and backward beside the forward (`--backward`), and our
+//! GEMM on its own (`--gemm`). Each mode has its module; this one holds
 //! the arguments and picks the mode.
 //!
 //! GPU times come from `TIMESTAMP_QUERY` where the adapter has it (the kernels alone, on the
@@ -12,6 +13,7 @@
 //! piped straight into a JSON parser. Every size is asked of the device and the host before
 //! anything is made (`fits`): a size too large is an error naming the option to change.
 
+mod backward_timing;
 mod case;
 mod decode_timing;
 mod forward_timing;
@@ -58,6 +60,14 @@ pub struct Args {
     /// SVG plot of decode_ms and recompute_ms against the context (--out).
     #[arg(long, conflicts_with_all = ["gemm", "strategy", "seq"])]
     decode: bool,
+    /// Time training beside inference at the shape options: the eval forward, the training
+    /// forward (which keeps the activations) and the backward, medians of --iters rounds, each
+    /// call timed on the host's wall clock with its result read back (the training calls have
+    /// no GPU-timestamp form). Reports forward_ms, forward_train_ms, backward_ms,
+    /// backward_over_forward (backward_ms / forward_ms), activation_bytes and gpu_bytes (layer
+    /// + gradients + activations). Needs f32 storage (--precision f32, the default).
+    #[arg(long, conflicts_with_all = ["gemm", "strategy", "sweep", "decode"])]
+    backward: bool,
     /// How the layer stores its weights, KV cache and large intermediates: `f32`, or `f16`
     /// (needs the device feature shader-f16) [default: f32].
     #[arg(long, value_parser = crate::common::precision_parser(), conflicts_with = "gemm")]
@@ -138,6 +148,9 @@ pub fn run(args: &Args) -> CliResult {
             .clone()
             .unwrap_or_else(|| PathBuf::from("decode-sweep.svg"));
         return decode_timing::run_sweep(case, &contexts, &out, args.json);
+    }
+    if args.backward {
+        return backward_timing::run(case, args.json);
     }
     if args.decode {
         let context = args.context.unwrap_or(decode_timing::DEFAULT_CONTEXT);
