@@ -26,8 +26,9 @@
 //! ```
 //!
 //! `G` reads the retrieved vectors of the dropped attention, as the forward does; the softmax
-//! backward uses the weights before dropout (`A`, `C`). Masked logits are filled with a constant (PyTorch's `masked_fill`), so no gradient reaches
-//! them, and a fully masked row (uniform attention) passes none to its logits.
+//! backward uses the weights before dropout (`A`, `C`). Masked logits are filled with a
+//! constant (PyTorch's `masked_fill`), so no gradient reaches them, and a fully masked row
+//! (uniform attention, dropped like any other) passes none to its logits.
 
 use super::{
     Dims, affine, dropout_factors, dropout_rows, layer_norm_eps, logits_row, retrieve_row, scaled,
