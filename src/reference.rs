@@ -5,6 +5,10 @@
 //! masked row uniform over *all* keys, SPEC §6), `RK = Ret·W_rkᵀ` computed as written rather than
 //! through the kernels' reassociation, and `f64` accumulation everywhere. It is not a fast path.
 //!
+//! Training mode ([`forward_train`]) adds SPEC §2.3's dropout on the search attention `A` and
+//! the retrieval selection `C`, with the mask of SPEC §6.4 ([`crate::dropout`]) drawn for the
+//! step's seed, so that a training kernel can be checked against it element for element.
+//!
 //! Layouts: token-major projections `[b, n, s·d]` (feature `σ·d + k`), as PyTorch's linear layers
 //! produce them; search logits and weights `[b, s, n, n]`; retrieved vectors `[b, s, n, r·d]`
 //! (SPEC's `Ret[b,σ,ρ,i,:]` stored at `[b, σ, i, ρ·d ..]`); concatenated searches `[b, n, s·d]`.
@@ -13,6 +17,7 @@ pub mod backward;
 pub mod general;
 
 use crate::config::{Config, LAYER_NORM_EPS};
+use crate::dropout::{Dropout, DropoutStream};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
@@ -161,6 +166,44 @@ fn softmax_row(row: &[f64], allowed: impl Fn(usize) -> bool) -> Vec<f64> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
+/// The factors dropout multiplies `len` consecutive elements of `stream`'s map by, from the
+/// row-major position `first` on: `1 / (1 − p)` where the element is kept, 0 where it is
+/// dropped (SPEC §6.4); all 1 without dropout (evaluation), so that `x · factor` is `x` exactly.
+fn dropout_factors(
+    dropout: Option<&Dropout>,
+    stream: DropoutStream,
+    first: u64,
+    len: usize,
+) -> Vec<f64> {
+    match dropout {
+        None => vec![1.0; len],
+        Some(dropout) => {
+            let scale = 1.0 / (1.0 - dropout.p() as f64);
+            (first..first + len as u64)
+                .map(|index| {
+                    if dropout.keeps(stream, index) {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// The row-major position of `A[b, σ, i, 0]` in `A [b, s, n, n]`, and of `C[b, σ, i, 0]` in
+/// `C [b, s, n, r]`: the first indices of query row `i`'s two dropout masks.
+fn dropout_rows(dims: Dims, b: usize, sigma: usize, i: usize) -> (u64, u64) {
+    let row = ((b * dims.searches + sigma) * dims.seq + i) as u64;
+    (row * dims.seq as u64, row * dims.retrievals as u64)
+}
+
+/// `x ⊙ factors`.
+fn scaled(x: &[f64], factors: &[f64]) -> Vec<f64> {
+    x.iter().zip(factors).map(|(x, f)| x * f).collect()
+}
+
 /// Retrieved vectors `Ret[b,σ,i,ρ,:] = Σ_j A[b,σ,i,j] · RV[b,j,ρ,:]` for every (search,
 /// retrieval) pair, from weights `A [b, s, n, n]` and token-major `RV [b, n, r·d]`; returns
 /// `[b, s, n, r·d]`.
@@ -207,7 +250,8 @@ pub fn retrieval_select(
             for i in 0..n {
                 let ret = &retrieved[((b * s + sigma) * n + i) * width..][..width];
                 let q = &rq[(b * n + i) * s * d + sigma * d..][..d];
-                let o = mix(&dot_logits(ret, q, w_rk, d, scale), ret, d);
+                let selection = softmax_row(&dot_logits(ret, q, w_rk, d, scale), |_| true);
+                let o = mix(&selection, ret, d);
                 out[(b * n + i) * s * d + sigma * d..][..d].copy_from_slice(&o);
             }
         }
@@ -232,11 +276,10 @@ fn dot_logits(ret: &[f64], rq: &[f64], w_rk: &[f32], d: usize, scale: f64) -> Ve
         .collect()
 }
 
-/// `Σ_ρ softmax_ρ(logits)[ρ]·Ret[ρ]`: the retrieved vectors mixed by the selection.
-fn mix(logits: &[f64], ret: &[f64], d: usize) -> Vec<f64> {
-    let weights = softmax_row(logits, |_| true);
+/// `Σ_ρ C[ρ]·Ret[ρ]`: the retrieved vectors mixed by the selection weights `C [r]`.
+fn mix(selection: &[f64], ret: &[f64], d: usize) -> Vec<f64> {
     let mut out = vec![0.0; d];
-    for (c, ret_rho) in weights.iter().zip(ret.chunks_exact(d)) {
+    for (c, ret_rho) in selection.iter().zip(ret.chunks_exact(d)) {
         for (o, v) in out.iter_mut().zip(ret_rho) {
             *o += c * v;
         }
@@ -280,6 +323,38 @@ pub fn forward(
         .flat_map(|b| (0..seq).map(move |i| (b, i)))
         .collect();
     forward_rows(weights, x, batch, seq, mask, &rows)
+}
+
+/// The training forward of one step in `f64`: [`forward`] with SPEC §2.3's dropout, probability
+/// `weights.config().dropout`, on the search attention `A` (after its softmax, a fully masked
+/// row's uniform weights included) and on the retrieval selection `C` (after its softmax), each
+/// element kept or dropped as [`Dropout::keeps`] draws it for `dropout_seed` at its row-major
+/// position in `A [b, s, n, n]` (stream [`DropoutStream::SearchAttention`]) or `C [b, s, n, r]`
+/// ([`DropoutStream::RetrievalSelection`]); kept elements are scaled by `1 / (1 − p)`. With
+/// `p = 0` this is [`forward`] exactly.
+pub fn forward_train(
+    weights: &Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    dropout_seed: u64,
+) -> Result<Vec<f64>> {
+    let dropout = Dropout::new(weights.config().dropout, dropout_seed)?;
+    let rows: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..seq).map(move |i| (b, i)))
+        .collect();
+    forward_rows_observed(
+        weights,
+        x,
+        batch,
+        seq,
+        mask,
+        &rows,
+        &|v| v,
+        Some(&dropout),
+        &mut |_, _, _| {},
+    )
 }
 
 /// The forward pass for selected query rows `(b, i)` only: `[rows.len(), dim]`. Every key is
@@ -344,7 +419,17 @@ fn forward_rows_with(
     rows: &[(usize, usize)],
     store: &dyn Fn(f64) -> f64,
 ) -> Result<Vec<f64>> {
-    forward_rows_observed(weights, x, batch, seq, mask, rows, store, &mut |_, _, _| {})
+    forward_rows_observed(
+        weights,
+        x,
+        batch,
+        seq,
+        mask,
+        rows,
+        store,
+        None,
+        &mut |_, _, _| {},
+    )
 }
 
 /// The search attention and the retrieval selection of `query_rows` in every batch row: `[b, s,
@@ -372,12 +457,23 @@ pub fn attention_maps(
         search[index * seq..][..seq].copy_from_slice(attention);
         selection[index * r..][..r].copy_from_slice(&softmax_row(logits, |_| true));
     };
-    forward_rows_observed(weights, x, batch, seq, mask, &rows, &|v| v, &mut observe)?;
+    forward_rows_observed(
+        weights,
+        x,
+        batch,
+        seq,
+        mask,
+        &rows,
+        &|v| v,
+        None,
+        &mut observe,
+    )?;
     Ok((search, selection))
 }
 
-/// [`forward_rows_with`], calling `observe((row index, σ), search attention [n], selection
-/// logits [r])` for every query row and search.
+/// [`forward_rows_with`] with `dropout` on `A` and `C` where given (training; none in
+/// evaluation), calling `observe((row index, σ), search attention [n], selection logits [r])`
+/// for every query row and search (the attention before dropout).
 #[allow(clippy::too_many_arguments)]
 fn forward_rows_observed(
     weights: &Weights,
@@ -387,6 +483,7 @@ fn forward_rows_observed(
     mask: Option<&[bool]>,
     rows: &[(usize, usize)],
     store: &dyn Fn(f64) -> f64,
+    dropout: Option<&Dropout>,
     observe: &mut Observer<'_, (usize, usize)>,
 ) -> Result<Vec<f64>> {
     let stored = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(store).collect() };
@@ -396,7 +493,12 @@ fn forward_rows_observed(
         return Err(Error::shape("rows", &[batch, seq], &[b, i]));
     }
     let dims = Dims::new(config, batch, seq);
-    let (dim, d, s) = (config.dim, config.dim_head, config.num_searches);
+    let (dim, d, s, r) = (
+        config.dim,
+        config.dim_head,
+        config.num_searches,
+        config.num_retrievals,
+    );
     let (search_width, value_width) = (config.search_width(), config.value_width());
     let scale = config.scale();
 
@@ -442,8 +544,10 @@ fn forward_rows_observed(
         for sigma in 0..s {
             let logits = logits_row(&sq_row[sigma * d..][..d], &sk, dims, scale, b, sigma);
             let a_row = softmax_row(&logits, |j| dims.allowed(mask, config.causal, b, i, j));
+            let (a_first, c_first) = dropout_rows(dims, b, sigma, i);
+            let a_factors = dropout_factors(dropout, DropoutStream::SearchAttention, a_first, seq);
             let ret = retrieve_row(
-                &a_row,
+                &scaled(&a_row, &a_factors),
                 &rv[b * seq * value_width..][..seq * value_width],
                 value_width,
             );
@@ -453,7 +557,9 @@ fn forward_rows_observed(
                 Some(mlp) => mlp_logits(&ret, rq, mlp, d),
             };
             observe((row, sigma), &a_row, &selection_logits);
-            let o = mix(&selection_logits, &ret, d);
+            let selection = softmax_row(&selection_logits, |_| true);
+            let c_factors = dropout_factors(dropout, DropoutStream::RetrievalSelection, c_first, r);
+            let o = mix(&scaled(&selection, &c_factors), &ret, d);
             concat[sigma * d..][..d].copy_from_slice(&o);
         }
         out.extend(affine(

@@ -3,7 +3,8 @@
 //!
 //! * against central finite differences of the reference forward, on seeded random problems
 //!   that cover odd sizes, `s = 1`, `r = 1`, batch > 1, causal, key padding, a fully masked
-//!   row, prenorm, biases and large magnitudes;
+//!   row, prenorm, biases and large magnitudes, and the training forward with dropout
+//!   (`reference::forward_train` against `backward_train`, one seed, so one fixed mask);
 //! * against PyTorch's float64 autograd (`tests/golden-grad/`, a copy of
 //!   `shared/golden-grad/`), loaded through the crate's own readers.
 //!
@@ -14,22 +15,43 @@ mod common;
 
 use std::path::Path;
 
+use compositional_attention::dropout::{Dropout, DropoutStream};
 use compositional_attention::io::{self, Input};
 use compositional_attention::reference::{self, backward::ReferenceGradients};
 use compositional_attention::testing::{ErrorStats, normal, random_problem};
 use compositional_attention::{Config, Weights};
 
-/// `L = Σ y ⊙ dy` of the reference forward.
-fn loss(weights: &Weights, input: &Input, dy: &[f32]) -> f64 {
-    let y = reference::forward(
-        weights,
-        &input.x,
-        input.batch,
-        input.seq,
-        input.mask.as_deref(),
-    )
+/// `L = Σ y ⊙ dy` of the reference forward: the evaluation forward, or the training forward of
+/// the step seeded `dropout_seed`.
+fn loss(weights: &Weights, input: &Input, dy: &[f32], dropout_seed: Option<u64>) -> f64 {
+    let (x, batch, seq, mask) = (&input.x, input.batch, input.seq, input.mask.as_deref());
+    let y = match dropout_seed {
+        None => reference::forward(weights, x, batch, seq, mask),
+        Some(seed) => reference::forward_train(weights, x, batch, seq, mask, seed),
+    }
     .unwrap();
     y.iter().zip(dy).map(|(y, &g)| y * g as f64).sum()
+}
+
+/// The gradients of [`loss`] from the reference backward.
+fn gradients(
+    weights: &Weights,
+    input: &Input,
+    dy: &[f32],
+    dropout_seed: Option<u64>,
+) -> ReferenceGradients {
+    let (x, batch, seq, mask) = (&input.x, input.batch, input.seq, input.mask.as_deref());
+    match dropout_seed {
+        None => reference::backward::backward(weights, x, batch, seq, mask, dy),
+        Some(seed) => reference::backward::backward_train(weights, x, batch, seq, mask, dy, seed),
+    }
+    .unwrap()
+}
+
+/// The dropout seed of a test's step, drawn from the test's seed (so `COMPATTN_SEED` reproduces
+/// it too).
+fn dropout_seed_of(seed: u64) -> u64 {
+    seed.rotate_left(29) ^ 0xd1b5_4a32_d192_ed03
 }
 
 /// The central difference of `L` along one f32 coordinate of value `v`: the steps are the f32
@@ -58,21 +80,39 @@ fn coordinates(len: usize, count: usize, seed: u64) -> Vec<usize> {
 const STEP: f32 = 1e-3;
 const FD_TOLERANCE: f64 = 2e-4;
 
+/// Which forward the finite differences differentiate.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `reference::forward` against `backward`.
+    Evaluation,
+    /// `reference::forward_train` against `backward_train`, one dropout seed.
+    Training,
+}
+
 fn check_against_finite_differences(
     name: &str,
     config: Config,
     shape: (usize, usize),
     mask_lengths: Option<&[usize]>,
     scale: f32,
+    mode: Mode,
 ) {
     let (seed, what) = common::seed(name);
     let (batch, seq) = shape;
     let (weights, input) = random_problem(config, batch, seq, mask_lengths, scale, seed).unwrap();
     let mut rng = compositional_attention::rng::Rng::seed_from_u64(seed ^ 0x9e37_79b9);
     let dy = normal(&mut rng, batch * seq * config.dim, 1.0);
-    let grads: ReferenceGradients =
-        reference::backward::backward(&weights, &input.x, batch, seq, input.mask.as_deref(), &dy)
-            .unwrap();
+    let dropout_seed = (mode == Mode::Training).then(|| dropout_seed_of(seed));
+    let grads = gradients(&weights, &input, &dy, dropout_seed);
+    if mode == Mode::Training {
+        // The masks are in effect: the training gradients are not the evaluation ones.
+        let evaluation = gradients(&weights, &input, &dy, None);
+        assert_ne!(
+            grads.input, evaluation.input,
+            "{what}: dropout {} changed no gradient",
+            config.dropout
+        );
+    }
 
     // The input.
     let mut numeric = Vec::new();
@@ -81,7 +121,7 @@ fn check_against_finite_differences(
         numeric.push(central_difference(input.x[k], STEP * scale, |value| {
             let mut perturbed = input.clone();
             perturbed.x[k] = value;
-            loss(&weights, &perturbed, &dy)
+            loss(&weights, &perturbed, &dy, dropout_seed)
         }));
         analytic.push(grads.input[k]);
     }
@@ -110,7 +150,7 @@ fn check_against_finite_differences(
             numeric.push(central_difference(original, step, |value| {
                 let mut perturbed = weights.clone();
                 parameter_mut(&mut perturbed, name)[k] = value;
-                loss(&perturbed, &input, &dy)
+                loss(&perturbed, &input, &dy, dropout_seed)
             }));
             analytic.push(expected[k]);
         }
@@ -167,6 +207,7 @@ fn finite_differences_odd_sizes_batch_and_padding() {
         (2, 7),
         Some(&[7, 4]),
         1.0,
+        Mode::Evaluation,
     );
 }
 
@@ -183,6 +224,7 @@ fn finite_differences_causal_prenorm_with_a_fully_masked_row() {
         (2, 6),
         Some(&[6, 0]),
         1.0,
+        Mode::Evaluation,
     );
 }
 
@@ -194,6 +236,7 @@ fn finite_differences_one_search_one_retrieval_one_token() {
         (3, 1),
         None,
         1.0,
+        Mode::Evaluation,
     );
 }
 
@@ -209,6 +252,193 @@ fn finite_differences_biases_and_large_magnitudes() {
         (1, 5),
         None,
         4.0,
+        Mode::Evaluation,
+    );
+}
+
+#[test]
+fn finite_differences_dropout_causal_prenorm_with_a_fully_masked_row() {
+    check_against_finite_differences(
+        "finite_differences_dropout_causal_prenorm_with_a_fully_masked_row",
+        Config::new(14)
+            .dim_head(5)
+            .num_searches(2)
+            .num_retrievals(3)
+            .dropout(0.3)
+            .prenorm(true)
+            .causal(true),
+        (2, 7),
+        Some(&[7, 0]),
+        1.0,
+        Mode::Training,
+    );
+}
+
+#[test]
+fn finite_differences_dropout_padding_and_biases() {
+    check_against_finite_differences(
+        "finite_differences_dropout_padding_and_biases",
+        Config::new(10)
+            .dim_head(3)
+            .num_searches(2)
+            .num_retrievals(3)
+            .dropout(0.3)
+            .bias(true),
+        (2, 5),
+        Some(&[3, 5]),
+        1.0,
+        Mode::Training,
+    );
+}
+
+/// `p = 0` keeps every element with factor 1, so the training forward and backward are the
+/// evaluation ones bit for bit; and the evaluation forward ignores `Config::dropout`.
+#[test]
+fn dropout_zero_is_the_evaluation_pass_exactly() {
+    let (seed, what) = common::seed("dropout_zero_is_the_evaluation_pass_exactly");
+    let config = Config::new(12)
+        .dim_head(4)
+        .num_searches(2)
+        .num_retrievals(3)
+        .causal(true);
+    let (batch, seq) = (2, 5);
+    let (weights, input) = random_problem(config, batch, seq, Some(&[5, 2]), 1.0, seed).unwrap();
+    let (x, mask) = (&input.x, input.mask.as_deref());
+    let mut rng = compositional_attention::rng::Rng::seed_from_u64(seed ^ 0x9e37_79b9);
+    let dy = normal(&mut rng, batch * seq * config.dim, 1.0);
+    let y = reference::forward(&weights, x, batch, seq, mask).unwrap();
+    let grads = gradients(&weights, &input, &dy, None);
+    for dropout_seed in [0, dropout_seed_of(seed), u64::MAX] {
+        let trained = reference::forward_train(&weights, x, batch, seq, mask, dropout_seed);
+        assert_eq!(trained.unwrap(), y, "{what}: seed {dropout_seed}");
+        let trained = gradients(&weights, &input, &dy, Some(dropout_seed));
+        assert_eq!(trained.input, grads.input, "{what}: seed {dropout_seed}");
+        assert_eq!(
+            trained.parameters, grads.parameters,
+            "{what}: seed {dropout_seed}"
+        );
+    }
+    let with_dropout = Weights::from_parts(
+        config.dropout(0.5),
+        weights.norm.clone(),
+        [
+            weights.search_queries.clone(),
+            weights.search_keys.clone(),
+            weights.retrieval_values.clone(),
+            weights.retrieval_queries.clone(),
+            weights.retrieval_keys.clone(),
+            weights.out.clone(),
+        ],
+        weights.biases.clone(),
+        None,
+    )
+    .unwrap();
+    let evaluation = reference::forward(&with_dropout, x, batch, seq, mask).unwrap();
+    assert_eq!(
+        evaluation, y,
+        "{what}: the evaluation forward drops nothing"
+    );
+}
+
+/// Another seed draws another mask, and the same seed the same one.
+#[test]
+fn dropout_seed_picks_the_mask() {
+    let (seed, what) = common::seed("dropout_seed_picks_the_mask");
+    let config = Config::new(12)
+        .dim_head(4)
+        .num_searches(2)
+        .num_retrievals(3)
+        .dropout(0.3);
+    let (batch, seq) = (2, 5);
+    let (weights, input) = random_problem(config, batch, seq, None, 1.0, seed).unwrap();
+    let run = |dropout_seed| {
+        reference::forward_train(&weights, &input.x, batch, seq, None, dropout_seed).unwrap()
+    };
+    let first = run(dropout_seed_of(seed));
+    assert_eq!(first, run(dropout_seed_of(seed)), "{what}: same seed");
+    assert_ne!(
+        first,
+        run(dropout_seed_of(seed) ^ 1),
+        "{what}: another seed"
+    );
+    let evaluation = reference::forward(&weights, &input.x, batch, seq, None).unwrap();
+    assert_ne!(first, evaluation, "{what}: p = 0.3 dropped nothing");
+}
+
+/// The training forward drops `A` and `C` at SPEC §6.4's positions, and `A` at rate `p`.
+///
+/// The weights make the output count the kept elements: `W_sq = 0` makes `A` uniform (`1/n`),
+/// `W_rk = 0` makes `C` uniform (`1/r`), the retrieved values are the constants `v_ρ = 2^ρ`
+/// (`W_rv = 0`, bias `v_ρ`) and `W_o` is the identity (`dim = s·d`), so
+/// `y[b, i, σ·d] · n·r·(1 − p)² = k_A · Σ_ρ keep_C[ρ]·2^ρ` where `k_A` is the number of `A`'s
+/// row `(b, σ, i)` kept: an integer the test computes from `Dropout::keeps` at
+/// `((b·s + σ)·n + i)·n + j` and `((b·s + σ)·n + i)·r + ρ`.
+#[test]
+fn dropout_masks_sit_at_their_positions_and_keep_one_minus_p() {
+    let (seed, what) = common::seed("dropout_masks_sit_at_their_positions_and_keep_one_minus_p");
+    let (s, r, d, p) = (2, 2, 4, 0.3f32);
+    let config = Config::new(s * d)
+        .dim_head(d)
+        .num_searches(s)
+        .num_retrievals(r)
+        .dropout(p)
+        .bias(true);
+    let (batch, seq) = (2, 64);
+    let (mut weights, input) = random_problem(config, batch, seq, None, 1.0, seed).unwrap();
+    weights.search_queries.fill(0.0);
+    weights.retrieval_keys.fill(0.0);
+    weights.retrieval_values.fill(0.0);
+    weights.out.fill(0.0);
+    for k in 0..s * d {
+        weights.out[k * s * d + k] = 1.0;
+    }
+    let biases = weights.biases.as_mut().unwrap();
+    biases.search_queries.fill(0.0);
+    biases.out.fill(0.0);
+    for (feature, v) in biases.retrieval_values.iter_mut().enumerate() {
+        *v = (1 << (feature / d)) as f32;
+    }
+    let dropout_seed = dropout_seed_of(seed);
+    let y = reference::forward_train(&weights, &input.x, batch, seq, None, dropout_seed).unwrap();
+    let dropout = Dropout::new(p, dropout_seed).unwrap();
+    let keep = 1.0 - p as f64;
+    let (mut kept, mut drawn) = (0u64, 0u64);
+    for b in 0..batch {
+        for sigma in 0..s {
+            for i in 0..seq {
+                let row = ((b * s + sigma) * seq + i) as u64;
+                let kept_a = (0..seq as u64)
+                    .filter(|&j| {
+                        dropout.keeps(DropoutStream::SearchAttention, row * seq as u64 + j)
+                    })
+                    .count() as f64;
+                let selected: f64 = (0..r as u64)
+                    .filter(|&rho| {
+                        dropout.keeps(DropoutStream::RetrievalSelection, row * r as u64 + rho)
+                    })
+                    .map(|rho| (1u64 << rho) as f64)
+                    .sum();
+                let counted = y[(b * seq + i) * s * d + sigma * d] * (seq * r) as f64 * keep * keep;
+                let expected = kept_a * selected;
+                assert!(
+                    (counted - expected).abs() <= 1e-9 * expected.max(1.0),
+                    "{what}: row (b {b}, σ {sigma}, i {i}) counts {counted}, the masks at SPEC \
+                     §6.4's positions {expected} (k_A {kept_a}, selection {selected})"
+                );
+                if selected > 0.0 {
+                    kept += (counted / selected).round() as u64;
+                    drawn += seq as u64;
+                }
+            }
+        }
+    }
+    // Binomial: σ = sqrt(p(1 − p)/N) ≈ 0.004 for N ≈ 15000; 5σ.
+    let fraction = kept as f64 / drawn as f64;
+    let sigma = (p as f64 * keep / drawn as f64).sqrt();
+    assert!(
+        (fraction - keep).abs() <= 5.0 * sigma,
+        "{what}: A kept {fraction} of {drawn}, expected {keep} ± {:.4}",
+        5.0 * sigma
     );
 }
 

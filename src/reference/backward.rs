@@ -7,25 +7,34 @@
 //! attention `A [b, s, n, n]` is kept here; this is not a fast path), then walks the data flow
 //! back, output → selection → retrieval → search → projections → LayerNorm → input. It is
 //! itself checked against central finite differences of [`forward`](super::forward) and
-//! against PyTorch's float64 autograd (`tests/golden-grad/`, `tests/gradients.rs`).
+//! [`forward_train`](super::forward_train) and against PyTorch's float64 autograd
+//! (`tests/golden-grad/`, `tests/gradients.rs`).
 //!
-//! Per query row `i` of search `σ` (dropout 0, SPEC §2.3), with `dO` that row's slice of
-//! `d(concat) = dy·W_o`:
+//! Per query row `i` of search `σ` (SPEC §2.3), with `dO` that row's slice of
+//! `d(concat) = dy·W_o`. Dropout multiplies `A` and `C` by the step's factors
+//! `m = keep / (1 − p)` (0 where dropped; all 1 in [`backward`], `p = 0`), drawn for the same
+//! positions as the training forward's (SPEC §6.4), so `Ã = m_A ⊙ A` and `C̃ = m_C ⊙ C`:
 //!
 //! ```text
-//! O = Σ_ρ C_ρ·Ret_ρ              dRet_ρ += C_ρ·dO,   dC_ρ = dO·Ret_ρ
+//! O = Σ_ρ C̃_ρ·Ret_ρ             dRet_ρ += C̃_ρ·dO,   dC_ρ = m_Cρ·(dO·Ret_ρ)
 //! C = softmax_ρ(G)               dG_ρ = C_ρ·(dC_ρ − Σ_ρ' C_ρ'·dC_ρ')
 //! G_ρ = scale·RQ·RK_ρ            dRQ += scale·Σ_ρ dG_ρ·RK_ρ,   dRK_ρ = scale·dG_ρ·RQ
 //! RK_ρ = Ret_ρ·W_rkᵀ             dRet_ρ += dRK_ρ·W_rk,   dW_rk += Σ_ρ dRK_ρ ⊗ Ret_ρ
-//! Ret_ρ = Σ_j A_j·RV_jρ          dA_j = Σ_ρ dRet_ρ·RV_jρ,   dRV_jρ += A_j·dRet_ρ
+//! Ret_ρ = Σ_j Ã_j·RV_jρ          dA_j = m_Aj·Σ_ρ dRet_ρ·RV_jρ,   dRV_jρ += Ã_j·dRet_ρ
 //! A = softmax_j(masked L)        dL_j = A_j·(dA_j − Σ_j' A_j'·dA_j') where j is allowed, else 0
 //! L_j = scale·SQ·SK_j            dSQ += scale·Σ_j dL_j·SK_j,   dSK_j += scale·dL_j·SQ
 //! ```
 //!
-//! Masked logits are filled with a constant (PyTorch's `masked_fill`), so no gradient reaches
-//! them, and a fully masked row (uniform attention) passes none to its logits.
+//! `G` reads the retrieved vectors of the dropped attention, as the forward does; the softmax
+//! backward uses the weights before dropout (`A`, `C`). Masked logits are filled with a
+//! constant (PyTorch's `masked_fill`), so no gradient reaches them, and a fully masked row
+//! (uniform attention, dropped like any other) passes none to its logits.
 
-use super::{Dims, affine, layer_norm_eps, logits_row, retrieve_row, softmax_row};
+use super::{
+    Dims, affine, dropout_factors, dropout_rows, layer_norm_eps, logits_row, retrieve_row, scaled,
+    softmax_row,
+};
+use crate::dropout::{Dropout, DropoutStream};
 use crate::error::{Error, Result};
 use crate::weights::{self, Weights};
 
@@ -79,8 +88,9 @@ fn linear_backward(
 }
 
 /// The gradients of `L = Σ y ⊙ grad_output` for the layer's forward of `x [batch, seq, dim]`
-/// with an optional key mask `[batch, seq]`. The lucidrains form with the general form's
-/// biases; a layer with an MLP score network is refused (`Config::selection_mlp`).
+/// with an optional key mask `[batch, seq]` (evaluation: no dropout, whatever
+/// `Config::dropout` says). The lucidrains form with the general form's biases; a layer with
+/// an MLP score network is refused (`Config::selection_mlp`).
 pub fn backward(
     weights: &Weights,
     x: &[f32],
@@ -88,6 +98,36 @@ pub fn backward(
     seq: usize,
     mask: Option<&[bool]>,
     grad_output: &[f32],
+) -> Result<ReferenceGradients> {
+    backward_with(weights, x, batch, seq, mask, grad_output, None)
+}
+
+/// The gradients of `L = Σ y ⊙ grad_output` for the training forward of one step,
+/// [`forward_train`](super::forward_train) with the same `dropout_seed`: dropout with
+/// probability `Config::dropout` on `A` and `C`, the same masks. With `p = 0` this is
+/// [`backward`].
+pub fn backward_train(
+    weights: &Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    grad_output: &[f32],
+    dropout_seed: u64,
+) -> Result<ReferenceGradients> {
+    let dropout = Dropout::new(weights.config().dropout, dropout_seed)?;
+    backward_with(weights, x, batch, seq, mask, grad_output, Some(&dropout))
+}
+
+/// [`backward`] with `dropout` on `A` and `C` where given.
+fn backward_with(
+    weights: &Weights,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    mask: Option<&[bool]>,
+    grad_output: &[f32],
+    dropout: Option<&Dropout>,
 ) -> Result<ReferenceGradients> {
     let config = *weights.config();
     super::check_input(&config, x, batch, seq, mask)?;
@@ -149,7 +189,8 @@ pub fn backward(
     let mut d_concat = vec![0.0; tokens * sw];
     let mut concat = vec![0.0; tokens * sw];
 
-    // Per (b, σ, i): the forward's A, Ret, C kept for the backward of the core.
+    // Per (b, σ, i): the forward's A, Ret, C and dropout factors kept for the backward of the
+    // core.
     let mut d_sq = vec![0.0; tokens * sw];
     let mut d_sk = vec![0.0; tokens * sw];
     let mut d_rq = vec![0.0; tokens * sw];
@@ -157,8 +198,10 @@ pub fn backward(
     let mut d_rk = vec![0.0; d * d];
     struct Row {
         a: Vec<f64>,
+        a_factors: Vec<f64>,
         ret: Vec<f64>,
         c: Vec<f64>,
+        c_factors: Vec<f64>,
         rk: Vec<f64>,
     }
     let mut rows = Vec::with_capacity(batch * s * seq);
@@ -169,7 +212,11 @@ pub fn backward(
                 let q = &sq[t * sw + sigma * d..][..d];
                 let logits = logits_row(q, &sk, dims, scale, b, sigma);
                 let a = softmax_row(&logits, |j| dims.allowed(mask, config.causal, b, i, j));
-                let ret = retrieve_row(&a, &rv[b * seq * vw..][..seq * vw], vw);
+                let (a_first, c_first) = dropout_rows(dims, b, sigma, i);
+                let a_factors =
+                    dropout_factors(dropout, DropoutStream::SearchAttention, a_first, seq);
+                let ret =
+                    retrieve_row(&scaled(&a, &a_factors), &rv[b * seq * vw..][..seq * vw], vw);
                 let rq_row = &rq[t * sw + sigma * d..][..d];
                 // RK_ρ[k'] = Σ_k Ret_ρ[k]·W_rk[k', k]; G_ρ = scale·RQ·RK_ρ.
                 let mut rk = vec![0.0; r * d];
@@ -184,12 +231,22 @@ pub fn backward(
                     .map(|rho| (0..d).map(|k| scale * rq_row[k] * rk[rho * d + k]).sum())
                     .collect();
                 let c = softmax_row(&g, |_| true);
+                let c_factors =
+                    dropout_factors(dropout, DropoutStream::RetrievalSelection, c_first, r);
                 for rho in 0..r {
                     for k in 0..d {
-                        concat[t * sw + sigma * d + k] += c[rho] * ret[rho * d + k];
+                        concat[t * sw + sigma * d + k] +=
+                            c[rho] * c_factors[rho] * ret[rho * d + k];
                     }
                 }
-                rows.push(Row { a, ret, c, rk });
+                rows.push(Row {
+                    a,
+                    a_factors,
+                    ret,
+                    c,
+                    c_factors,
+                    rk,
+                });
             }
         }
     }
@@ -207,17 +264,26 @@ pub fn backward(
         for sigma in 0..s {
             for i in 0..seq {
                 let t = b * seq + i;
-                let Row { a, ret, c, rk } = &rows[(b * s + sigma) * seq + i];
+                let Row {
+                    a,
+                    a_factors,
+                    ret,
+                    c,
+                    c_factors,
+                    rk,
+                } = &rows[(b * s + sigma) * seq + i];
                 let d_o = &d_concat[t * sw + sigma * d..][..d];
                 let rq_row = &rq[t * sw + sigma * d..][..d];
-                // O = Σ_ρ C_ρ·Ret_ρ.
+                // O = Σ_ρ C̃_ρ·Ret_ρ with C̃ = m_C ⊙ C.
                 let mut d_ret = vec![0.0; vw];
                 let mut d_c = vec![0.0; r];
                 for rho in 0..r {
+                    let c_dropped = c[rho] * c_factors[rho];
                     for k in 0..d {
-                        d_ret[rho * d + k] += c[rho] * d_o[k];
+                        d_ret[rho * d + k] += c_dropped * d_o[k];
                         d_c[rho] += d_o[k] * ret[rho * d + k];
                     }
+                    d_c[rho] *= c_factors[rho];
                 }
                 // C = softmax(G).
                 let mean: f64 = (0..r).map(|rho| c[rho] * d_c[rho]).sum();
@@ -233,14 +299,15 @@ pub fn backward(
                         }
                     }
                 }
-                // Ret = Σ_j A_j·RV_j.
+                // Ret = Σ_j Ã_j·RV_j with Ã = m_A ⊙ A.
                 let mut d_a = vec![0.0; seq];
                 for (j, d_a_j) in d_a.iter_mut().enumerate() {
                     let rv_j = &rv[(b * seq + j) * vw..][..vw];
-                    *d_a_j = (0..vw).map(|e| d_ret[e] * rv_j[e]).sum();
+                    *d_a_j = a_factors[j] * (0..vw).map(|e| d_ret[e] * rv_j[e]).sum::<f64>();
+                    let a_dropped = a[j] * a_factors[j];
                     let d_rv_j = &mut d_rv[(b * seq + j) * vw..][..vw];
                     for e in 0..vw {
-                        d_rv_j[e] += a[j] * d_ret[e];
+                        d_rv_j[e] += a_dropped * d_ret[e];
                     }
                 }
                 // A = softmax_j(masked L); L_j = scale·SQ·SK_j.
