@@ -28,9 +28,9 @@ pub struct Config {
     pub num_searches: usize,
     /// Number of retrievals `r`.
     pub num_retrievals: usize,
-    /// Dropout probability of the training-time reference. This crate runs inference only,
-    /// where dropout is the identity (as in PyTorch's `.eval()` and Keras' default call), so the
-    /// value is validated and kept for round-tripping but changes no output.
+    /// Dropout probability `p` of training: `CompositionalAttention::forward_train` drops the
+    /// search attention and the retrieval selection with it (SPEC §2.3, §6.4). Inference
+    /// (`forward`) ignores it, as PyTorch's `.eval()` and Keras' default call do.
     pub dropout: f32,
     /// Apply `LayerNorm(dim)` (eps [`layer_norm_eps`](Self::layer_norm_eps)) to the input
     /// before the four input projections. There is no residual connection inside the layer

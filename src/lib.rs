@@ -19,7 +19,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Inference only: dropout is the identity, as in PyTorch's `.eval()`.
+//! `forward` runs as PyTorch's `.eval()` does (dropout is the identity); the layer also trains
+//! (`forward_train`, `backward`, [`Gradients`], [`AdamW`]; the [`training`] module says how).
 //!
 //! # Features
 //!

@@ -257,6 +257,74 @@ fn gradients_accumulate_until_zeroed() {
     assert_eq!(once, again, "{what}: zero() then one backward");
 }
 
+/// Dropout on the GPU against the reference with the same seed (SPEC §6.4's masks at their
+/// positions), both kernel families: the output, the input's gradient and every parameter's,
+/// causal with key padding and a fully masked row, prenorm and biases.
+#[test]
+fn dropout_matches_the_reference_with_the_same_seed() {
+    let (seed, what) = seed("dropout_matches_the_reference_with_the_same_seed");
+    let config = config(18, 6, 2, 3)
+        .causal(true)
+        .prenorm(true)
+        .bias(true)
+        .dropout(0.3);
+    let (batch, seq) = (3, 10);
+    let (weights, input) =
+        random_problem(config, batch, seq, Some(&[10, 0, 6]), 1.0, seed).unwrap();
+    let dy = normal(
+        &mut Rng::seed_from_u64(seed ^ 0xd0),
+        batch * seq * config.dim,
+        1.0,
+    );
+    let mask = input.mask.as_deref();
+    let dropout_seed = seed.rotate_left(17);
+    let expected_y =
+        reference::forward_train(&weights, &input.x, batch, seq, mask, dropout_seed).unwrap();
+    let expected = reference::backward::backward_train(
+        &weights,
+        &input.x,
+        batch,
+        seq,
+        mask,
+        &dy,
+        dropout_seed,
+    )
+    .unwrap();
+    let eval = reference::forward(&weights, &input.x, batch, seq, mask).unwrap();
+    assert!(
+        !ErrorStats::compare(
+            &eval.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            &expected_y
+        )
+        .within(1e-3),
+        "{what}: p = 0.3 changed nothing in the reference"
+    );
+    for ctx in both_families() {
+        let what = format!("{what} [{}]", family(ctx));
+        let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+        let mut grads = layer.gradients().unwrap();
+        let (y, act) = layer
+            .forward_train_blocking(&input.x, batch, seq, mask, dropout_seed)
+            .unwrap();
+        assert_gradient(&format!("{what}: output"), &y, &expected_y);
+        let dx = layer.backward_blocking(&act, &dy, &mut grads).unwrap();
+        assert_gradient(&format!("{what}: grad_input"), &dx, &expected.input);
+        let largest = expected
+            .parameters
+            .iter()
+            .flat_map(|(_, g)| g.iter())
+            .fold(0.0f64, |m, v| m.max(v.abs()));
+        for p in grads.to_weights_blocking().unwrap().parameters() {
+            let reference = expected.parameter(p.name).unwrap();
+            let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            if scale <= 1e-9 * largest {
+                continue;
+            }
+            assert_gradient(&format!("{what}: {}", p.name), p.data, reference);
+        }
+    }
+}
+
 /// `p = 0`: the training forward is the eval forward (to f32 rounding); with dropout the same
 /// seed repeats and another seed differs.
 #[test]
