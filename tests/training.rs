@@ -426,6 +426,11 @@ fn training_errors_are_typed() {
         bad.step_blocking(&mut layer, &grads),
         Err(Error::InvalidConfig { .. })
     ));
+    // A shape past the device's limits is a typed error before anything is allocated.
+    match layer.prepare_training_blocking(4, 100_000_000) {
+        Err(Error::LimitExceeded { .. } | Error::HostMemory { .. }) => {}
+        other => panic!("a training step at seq 1e8: {other:?}"),
+    }
     // The layer still trains after the refusals.
     layer.backward_blocking(&act, &dy, &mut grads).unwrap();
     if gpu().supports_f16() {

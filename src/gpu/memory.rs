@@ -99,6 +99,26 @@ pub(crate) fn storage_init<T: bytemuck::Pod>(
     buffer_init(ctx, label, bytemuck::cast_slice(data), STORAGE)
 }
 
+/// A storage buffer of `len` copies of `value`: its size checked against the device first, then
+/// the host copy reserved fallibly ([`Error::HostMemory`]), so a size past either is a typed
+/// error before anything is made.
+pub(crate) fn storage_filled<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    label: &str,
+    len: usize,
+    value: T,
+) -> Result<wgpu::Buffer> {
+    let bytes = (len as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+    check_storage_size(
+        ctx,
+        label,
+        bytes,
+        Some("a shorter sequence or a smaller batch"),
+    )?;
+    let data = crate::host_memory::try_filled(label, len, value)?;
+    storage_init(ctx, label, &data)
+}
+
 /// A storage buffer holding `data` in `precision`.
 pub(crate) fn stored_init(
     ctx: &GpuContext,

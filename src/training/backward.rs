@@ -223,7 +223,7 @@ async fn backward_dispatches(
         true => Some(storage("d_h", &[tokens, dim])?),
         false => None,
     };
-    let ones = memory::storage_init(ctx, "ones", &vec![1.0f32; tokens])?;
+    let ones = memory::storage_filled(ctx, "ones", tokens, 1.0f32)?;
     let mut dispatches = Vec::new();
 
     // 1. The output projection.

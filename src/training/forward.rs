@@ -171,7 +171,7 @@ impl CompositionalAttention {
                 true => Some(storage("training normed", &[tokens, dim])?),
                 false => None,
             },
-            mask: memory::storage_init(&ctx, "training mask", &vec![1u32; batch * seq])?,
+            mask: memory::storage_filled(&ctx, "training mask", batch * seq, 1u32)?,
             proj: storage("training projections", &[tokens, layout.row_stride])?,
             qt: storage("training q̃", &[tokens, sw])?,
             stats: storage("training statistics", &[rows, 4])?,
@@ -328,7 +328,7 @@ async fn forward_dispatches(
     // Projections, each into its columns of `proj`, then its bias.
     let ones = config
         .bias
-        .then(|| memory::storage_init(ctx, "ones", &vec![1.0f32; tokens]))
+        .then(|| memory::storage_filled(ctx, "ones", tokens, 1.0f32))
         .transpose()?;
     for (weight, bias, offset, width) in projection_blocks(layout) {
         dispatches.extend(
