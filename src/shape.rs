@@ -120,6 +120,7 @@ pub(crate) fn check_io_buffers(
 }
 
 /// Checks a caller's buffer that a training call copies from: `COPY_SRC` usage.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn check_copy_source(name: &'static str, buffer: &wgpu::Buffer) -> Result<()> {
     if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
         return Err(Error::IoBuffer {
@@ -136,6 +137,7 @@ pub(crate) fn check_copy_source(name: &'static str, buffer: &wgpu::Buffer) -> Re
 
 /// Checks a caller's `[batch, seq, dim]` f32 buffer named `name`: `STORAGE` usage and at least
 /// its bytes.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn check_tensor_buffer(
     config: &Config,
     name: &'static str,

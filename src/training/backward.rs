@@ -21,6 +21,7 @@ use crate::io;
 use crate::layer::CompositionalAttention;
 use crate::ops::{ProjectionLayout, attention_chunks, attention_train, layer_norm_backward};
 use crate::plan::TrainingCore;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::shape;
 use crate::weights;
 
