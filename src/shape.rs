@@ -91,30 +91,41 @@ pub(crate) fn check_io_buffers(
         }
     }
     for (name, buffer, needed) in buffers {
-        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-            return Err(Error::IoBuffer {
-                name,
-                problem: format!(
-                    "created with usage {:?}, which lacks STORAGE (kernels bind it as a storage \
-                     buffer)",
-                    buffer.usage()
-                ),
-            });
-        }
-        if buffer.size() < needed {
-            return Err(Error::IoBuffer {
-                name,
-                problem: format!(
-                    "holds {} bytes, but batch {batch} × seq {seq} × {} needs {needed}",
-                    buffer.size(),
-                    if name == "mask" {
-                        "u32".to_string()
-                    } else {
-                        format!("dim {} × f32", config.dim)
-                    }
-                ),
-            });
-        }
+        let element = match name {
+            "mask" => "u32".to_string(),
+            _ => format!("dim {} × f32", config.dim),
+        };
+        check_storage_buffer(name, buffer, needed, (batch, seq, &element))?;
+    }
+    Ok(())
+}
+
+/// A caller's buffer bound as storage: `STORAGE` usage and at least `needed` bytes, the shape
+/// `batch × seq × element` named in the error.
+fn check_storage_buffer(
+    name: &'static str,
+    buffer: &wgpu::Buffer,
+    needed: u64,
+    (batch, seq, element): (usize, usize, &str),
+) -> Result<()> {
+    if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(Error::IoBuffer {
+            name,
+            problem: format!(
+                "created with usage {:?}, which lacks STORAGE (kernels bind it as a storage \
+                 buffer)",
+                buffer.usage()
+            ),
+        });
+    }
+    if buffer.size() < needed {
+        return Err(Error::IoBuffer {
+            name,
+            problem: format!(
+                "holds {} bytes, but batch {batch} × seq {seq} × {element} needs {needed}",
+                buffer.size()
+            ),
+        });
     }
     Ok(())
 }
@@ -146,25 +157,6 @@ pub(crate) fn check_tensor_buffer(
     seq: usize,
 ) -> Result<()> {
     let needed = 4 * elements(name, &[batch, seq, config.dim])?;
-    if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-        return Err(Error::IoBuffer {
-            name,
-            problem: format!(
-                "created with usage {:?}, which lacks STORAGE (kernels bind it as a storage \
-                 buffer)",
-                buffer.usage()
-            ),
-        });
-    }
-    if buffer.size() < needed {
-        return Err(Error::IoBuffer {
-            name,
-            problem: format!(
-                "holds {} bytes, but batch {batch} × seq {seq} × dim {} × f32 needs {needed}",
-                buffer.size(),
-                config.dim
-            ),
-        });
-    }
-    Ok(())
+    let element = format!("dim {} × f32", config.dim);
+    check_storage_buffer(name, buffer, needed, (batch, seq, &element))
 }

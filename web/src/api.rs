@@ -182,7 +182,7 @@ extern "C" {
     pub type JsMapsOptions;
 }
 
-fn err(message: impl AsRef<str>) -> JsError {
+pub(crate) fn err(message: impl AsRef<str>) -> JsError {
     JsError::new(message.as_ref())
 }
 
@@ -277,7 +277,7 @@ fn check_options_object(options: &JsValue, what: &str) -> Result<(), JsError> {
 }
 
 /// A whole number ≥ 1 from a JavaScript number (no silent truncation of `2.5` or `-1`).
-fn count(name: &str, value: f64) -> Result<usize, JsError> {
+pub(crate) fn count(name: &str, value: f64) -> Result<usize, JsError> {
     Ok(crate::whole_number(name, value, 1.0..=u32::MAX as f64, "≥ 1").map_err(err)? as usize)
 }
 
@@ -295,7 +295,7 @@ fn product(what: &str, factors: &[usize]) -> Result<usize, JsError> {
 
 /// Checks `x` holds `batch·seq·dim` numbers and `mask` (if any) `batch·seq` bytes, and turns the
 /// mask into booleans (nonzero = may be attended).
-fn check_x_mask(
+pub(crate) fn check_x_mask(
     config: &Config,
     x: &[f32],
     batch: usize,
@@ -405,11 +405,11 @@ fn maps_object(output: &[f32], maps: &AttentionMaps) -> Object {
     o
 }
 
-fn busy() -> JsError {
+pub(crate) fn busy() -> JsError {
     err("the layer or cache is in use by another call in flight; await it first")
 }
 
-fn set(o: &Object, key: &str, value: impl Into<JsValue>) {
+pub(crate) fn set(o: &Object, key: &str, value: impl Into<JsValue>) {
     // Setting a property on a fresh plain object cannot fail.
     let _ = Reflect::set(o, &key.into(), &value.into());
 }
@@ -512,7 +512,7 @@ impl JsCompositionalAttention {
     // the layer (or a cache) mutably, turns never overlap, and what must not wait (`info`, the
     // cache's `len`) reads `Cell`s instead; `kvCache` and `clear` try_borrow and throw if busy.
     #[allow(clippy::await_holding_refcell_ref)]
-    async fn in_turn<T>(
+    pub(crate) async fn in_turn<T>(
         &self,
         f: impl AsyncFnOnce(&mut Layer) -> Result<T, JsError>,
     ) -> Result<T, JsError> {
@@ -523,6 +523,17 @@ impl JsCompositionalAttention {
         let result = f(&mut layer).await;
         self.gpu_bytes.set(layer.gpu_bytes());
         result
+    }
+
+    /// The layer (borrowed outside a turn only by calls that must not wait: `kvCache`,
+    /// `gradients`, `new AdamW`).
+    pub(crate) fn layer(&self) -> &Rc<RefCell<Layer>> {
+        &self.layer
+    }
+
+    /// The layer's configuration.
+    pub(crate) fn layer_config(&self) -> &Config {
+        &self.config
     }
 
     /// [`Self::forward`] for Rust callers (the browser tests): resolves to the output.

@@ -17,10 +17,12 @@
 use std::str::FromStr;
 
 mod api;
+mod training;
 pub use api::{
     JsCompositionalAttention, JsKvCache, JsMapsOptions, LoadOptions, RandomOptions, random_normal,
     read_case,
 };
+pub use training::{JsActivations, JsAdamW, JsAdamWOptions, JsGradients};
 
 use compositional_attention::testing::{self, ErrorStats};
 use compositional_attention::{

@@ -522,6 +522,62 @@ fn sizes_past_32_bits_are_refused() {
     assert!(check_size(&options).is_ok());
 }
 
+/// Training in the browser: the GPU backward of a PyTorch autograd case (`tests/golden-grad/`)
+/// within 2e-4 of each gradient's max|grad|, as natively (tests/training.rs).
+#[wasm_bindgen_test]
+async fn training_matches_pytorch_autograd() {
+    let bytes = include_bytes!("../../tests/golden-grad/g01_tiny.safetensors");
+    let ctx = gpu().await;
+    let weights = Weights::from_safetensors(bytes, false, "").unwrap();
+    let Input {
+        batch,
+        seq,
+        x,
+        mask,
+        ..
+    } = Input::from_safetensors(bytes).unwrap();
+    let tensor = |name: &str| -> Vec<f64> {
+        compositional_attention::io::read_tensor(bytes, name)
+            .unwrap()
+            .unwrap()
+            .1
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    };
+    let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
+    let mut grads = layer.gradients().unwrap();
+    let (y, act) = layer
+        .forward_train(&x, batch, seq, mask.as_deref(), 3)
+        .await
+        .unwrap();
+    let dy: Vec<f32> = tensor(compositional_attention::io::GRAD_OUTPUT)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let dx = layer.backward(&act, &dy, &mut grads).await.unwrap();
+    let mut failures = Vec::new();
+    let mut compare = |what: &str, actual: &[f32], expected: &[f64]| {
+        let stats = ErrorStats::compare(actual, expected);
+        console_log!("g01_tiny {what}: {stats}");
+        if !stats.within(2e-4) {
+            failures.push(format!("g01_tiny {what}: {stats} exceeds 2e-4"));
+        }
+    };
+    compare("output", &y, &tensor(compositional_attention::io::OUTPUT));
+    compare(
+        "grad_input",
+        &dx,
+        &tensor(compositional_attention::io::GRAD_INPUT),
+    );
+    let g = grads.to_weights().await.unwrap();
+    for p in g.parameters() {
+        let name = format!("{}{}", compositional_attention::io::GRAD_PREFIX, p.name);
+        compare(p.name, p.data, &tensor(&name));
+    }
+    assert_none_failed(&failures);
+}
+
 // ---- The JavaScript API (`CompositionalAttention`, `KvCache`, `readCase`) ----------------------
 
 mod js_api {
@@ -583,6 +639,92 @@ mod js_api {
         let batch = field(&case, "batch").as_f64().unwrap_or(0.0);
         let seq = field(&case, "seq").as_f64().unwrap_or(0.0);
         (x, batch, seq, mask, output)
+    }
+
+    /// Training through the JavaScript API: a student learns a teacher (`forwardTrain`,
+    /// `backward`, `gradients`, `AdamW`) and the loss falls at least 5×; a dropout seed is a
+    /// number or a BigInt, anything else an Error.
+    #[wasm_bindgen_test]
+    async fn a_student_learns_a_teacher_through_the_js_api() {
+        use compattn_web::JsAdamW;
+        let sizes = |seed: f64| {
+            vec![
+                ("dim", JsValue::from(16.0)),
+                ("dimHead", 4.0.into()),
+                ("searches", 2.0.into()),
+                ("retrievals", 2.0.into()),
+                ("seed", seed.into()),
+            ]
+        };
+        let teacher = random(&sizes(3.0)).await;
+        let student = random(&sizes(4.0)).await;
+        let grads = student
+            .gradients()
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let opt = JsAdamW::new(&student, 1e-2, None).unwrap_or_else(|e| panic!("{}", message(e)));
+        let (batch, seq, dim) = (4usize, 8usize, 16usize);
+        let mut rng = compositional_attention::rng::Rng::seed_from_u64(super::seed());
+        let mut losses = Vec::new();
+        for step in 0..60u32 {
+            let x = testing::normal(&mut rng, batch * seq * dim, 1.0);
+            let target = teacher
+                .forward_vec(x.clone(), batch as f64, seq as f64, None)
+                .await
+                .unwrap_or_else(|e| panic!("{}", message(e)));
+            let (y, act) = student
+                .forward_train_vec(x, batch as f64, seq as f64, None, &JsValue::from(step))
+                .await
+                .unwrap_or_else(|e| panic!("{}", message(e)));
+            let n = y.len() as f32;
+            let loss: f32 = y
+                .iter()
+                .zip(&target)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                / n;
+            let dy: Vec<f32> = y
+                .iter()
+                .zip(&target)
+                .map(|(a, b)| 2.0 * (a - b) / n)
+                .collect();
+            grads.zero().unwrap_or_else(|e| panic!("{}", message(e)));
+            student
+                .backward_vec(act.inner(), dy, &grads)
+                .await
+                .unwrap_or_else(|e| panic!("{}", message(e)));
+            opt.step_async(&student, &grads)
+                .await
+                .unwrap_or_else(|e| panic!("{}", message(e)));
+            losses.push(loss);
+        }
+        let first = losses[..5].iter().sum::<f32>() / 5.0;
+        let last = losses[losses.len() - 5..].iter().sum::<f32>() / 5.0;
+        console_log!(
+            "js training: loss {first:.4e} -> {last:.4e} ({:.1}x)",
+            first / last
+        );
+        assert!(
+            first / last >= 5.0,
+            "the loss fell only {:.2}x",
+            first / last
+        );
+        let x = vec![0.5f32; seq * dim];
+        let big = JsValue::from(js_sys::BigInt::from(u64::MAX));
+        assert!(
+            student
+                .forward_train_vec(x.clone(), 1.0, seq as f64, None, &big)
+                .await
+                .is_ok()
+        );
+        for bad in [JsValue::from(-1.0), JsValue::from(0.5), JsValue::from("7")] {
+            let e = student
+                .forward_train_vec(x.clone(), 1.0, seq as f64, None, &bad)
+                .await
+                .err()
+                .map(message)
+                .unwrap_or_default();
+            assert!(e.contains("dropoutSeed"), "{bad:?}: {e}");
+        }
     }
 
     /// `load` of every format the crate reads (lucidrains, Keras safetensors and .weights.h5,
