@@ -378,9 +378,14 @@ fn activations_grow_linearly_in_the_sequence() {
     let config = config(32, 8, 2, 2);
     let weights = Weights::random(config, 3).unwrap();
     let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
-    let bytes = |layer: &mut CompositionalAttention, seq: usize| {
-        let x = vec![0.5f32; seq * 32];
+    let mut grads = layer.gradients().unwrap();
+    let mut bytes = |layer: &mut CompositionalAttention, seq: usize| {
+        let x: Vec<f32> = (0..seq * 32).map(|i| (i as f32 * 0.37).sin()).collect();
         let (_, act) = layer.forward_train_blocking(&x, 1, seq, None, 0).unwrap();
+        let forward_scratch = act.scratch_bytes();
+        layer.backward_blocking(&act, &x, &mut grads).unwrap();
+        // The backward's own buffers (the intermediates' gradients) outweigh the forward's.
+        assert!(act.scratch_bytes() > forward_scratch, "{act:?}");
         act.gpu_bytes()
     };
     let (short, long) = (bytes(&mut layer, 64), bytes(&mut layer, 512));

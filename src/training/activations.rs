@@ -39,6 +39,8 @@ pub struct Activations {
     pub(crate) selection: wgpu::Buffer,
     /// `[b·n, s·d]`: the output projection's input.
     pub(crate) concat: wgpu::Buffer,
+    /// The most bytes the forward or a backward of these activations allocated for itself.
+    pub(crate) scratch_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Activations {
@@ -75,6 +77,21 @@ impl Activations {
             + self.normed.as_ref().map_or(0, wgpu::Buffer::size)
     }
 
+    /// The most GPU bytes the forward that made these activations, or a backward of them so
+    /// far, allocated for itself beyond the activations and the gradients (gradient buffers of
+    /// the intermediates, the attention core's scratch), freed when it finished. A training
+    /// step's peak is the layer's, the gradients' and the activations' bytes plus this.
+    pub fn scratch_bytes(&self) -> u64 {
+        self.scratch_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records a pass's own allocations (keeps the largest).
+    pub(crate) fn record_scratch(&self, bytes: u64) {
+        self.scratch_bytes
+            .fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The configuration of the layer that made it.
     pub fn config(&self) -> &Config {
         &self.config
@@ -88,6 +105,7 @@ impl std::fmt::Debug for Activations {
             .field("seq", &self.seq)
             .field("dropout", &self.dropout)
             .field("gpu_bytes", &self.gpu_bytes())
+            .field("scratch_bytes", &self.scratch_bytes())
             .finish()
     }
 }

@@ -225,6 +225,12 @@ async fn backward_dispatches(
         false => None,
     };
     let ones = memory::storage_filled(ctx, "ones", tokens, 1.0f32)?;
+    // The bytes this backward allocates for itself, beside the activations and gradients.
+    let mut scratch_bytes = [&d_concat, &d_ret, &d_qt, &d_proj, &ones]
+        .iter()
+        .map(|b| b.size())
+        .sum::<u64>()
+        + d_h.as_ref().map_or(0, wgpu::Buffer::size);
     let mut dispatches = Vec::new();
 
     // 1. The output projection.
@@ -294,6 +300,7 @@ async fn backward_dispatches(
         TrainingCore::Chunked => {
             let step = attention_chunks::chunk_rows(ctx, act.seq);
             let scratch = attention_chunks::scratch(ctx, step, act.seq)?;
+            scratch_bytes += scratch.0.size() + scratch.1.size();
             dispatches.extend(
                 attention_chunks::backward(
                     ctx, &problem, &act.proj, &act.mask, &act.stats, &d_ret, &d_proj, &scratch,
@@ -380,6 +387,7 @@ async fn backward_dispatches(
     // 6. LayerNorm.
     if let Some(d_h) = &d_h {
         let scaled = storage("d_h ⊙ x̂", &[tokens, dim])?;
+        scratch_bytes += scaled.size();
         dispatches.push(
             layer_norm_backward::dispatch(
                 ctx,
@@ -403,5 +411,6 @@ async fn backward_dispatches(
         dispatches
             .extend(column_sums(ctx, &ones, tokens, dim, (d_h, 0, dim), g_beta, 0, true).await?);
     }
+    act.record_scratch(scratch_bytes);
     Ok(dispatches)
 }

@@ -178,6 +178,7 @@ impl CompositionalAttention {
             ret: storage("training retrieved", &[rows, vw])?,
             selection: storage("training selection", &[rows, r])?,
             concat: storage("training concat", &[tokens, sw])?,
+            scratch_bytes: Default::default(),
         };
         let dispatches =
             forward_dispatches(&ctx, &activations, parameters, &layout, output).await?;
@@ -347,6 +348,8 @@ async fn forward_dispatches(
             dispatches.extend(add_bias(ctx, ones, parameters.get(bias)?, tokens, target).await?);
         }
     }
+    let ones_bytes = ones.as_ref().map_or(0, wgpu::Buffer::size);
+    act.record_scratch(ones_bytes);
     // Q̃ = RQ·W_rk, per search.
     let w_rk = parameters.get(weights::RETRIEVAL_KEYS)?;
     for sigma in 0..s {
@@ -379,6 +382,7 @@ async fn forward_dispatches(
         TrainingCore::Chunked => {
             let step = attention_chunks::chunk_rows(ctx, act.seq);
             let scratch = attention_chunks::scratch(ctx, step, act.seq)?;
+            act.record_scratch(scratch.0.size() + scratch.1.size() + ones_bytes);
             dispatches.extend(
                 attention_chunks::forward(
                     ctx,

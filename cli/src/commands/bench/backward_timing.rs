@@ -31,7 +31,8 @@ struct BackwardReport {
     backward_over_forward: f64,
     /// `Activations::gpu_bytes` of one training forward.
     activation_bytes: u64,
-    /// The layer's, the gradients' and the activations' GPU bytes together.
+    /// A training step's GPU bytes: the layer's, the gradients', the activations' and the
+    /// largest scratch of its forward and backward (`Activations::scratch_bytes`).
     gpu_bytes: u64,
 }
 
@@ -83,7 +84,8 @@ pub fn run(case: BenchCase, json: bool) -> CliResult {
         let (dx, backward_time) = timed(|| layer.backward_blocking(&act, &dy, &mut grads));
         dx?;
         activation_bytes = act.gpu_bytes();
-        training_bytes = layer.gpu_bytes() + grads.gpu_bytes() + act.gpu_bytes();
+        training_bytes =
+            layer.gpu_bytes() + grads.gpu_bytes() + act.gpu_bytes() + act.scratch_bytes();
         if round >= case.warmup {
             forward.push(eval_time.as_secs_f64() * 1e3);
             forward_train.push(train_time.as_secs_f64() * 1e3);
@@ -124,7 +126,7 @@ pub fn run(case: BenchCase, json: bool) -> CliResult {
         report.backward_over_forward
     );
     println!(
-        "{:<16} {} activations; {} with the layer and its gradients",
+        "{:<16} {} activations; {} a training step (with the layer, its gradients and scratch)",
         "GPU memory",
         fmt_mib(report.activation_bytes),
         fmt_mib(report.gpu_bytes)
