@@ -120,16 +120,17 @@ impl CompositionalAttention {
         let _serial = pollster::block_on(ctx.serial());
         #[cfg(not(target_arch = "wasm32"))]
         let workspace = pollster::block_on(self.cached_workspace(cache, seq))?;
+        // After optimiser steps the cache's workspaces bind stale weights: prepare again.
         #[cfg(target_arch = "wasm32")]
-        let workspace =
-            cache
-                .workspaces
-                .get(batch, seq, Strategy::Fused)
-                .ok_or(crate::Error::NotPrepared {
-                    batch,
-                    seq,
-                    strategy: "cached",
-                })?;
+        let workspace = cache
+            .workspaces
+            .get(batch, seq, Strategy::Fused)
+            .filter(|_| cache.weights_version == self.weights_version && !self.parameters_ahead)
+            .ok_or(crate::Error::NotPrepared {
+                batch,
+                seq,
+                strategy: "cached",
+            })?;
         record_on_callers_buffers(
             &ctx,
             workspace,

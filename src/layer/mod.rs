@@ -375,15 +375,18 @@ impl CompositionalAttention {
         let _serial = pollster::block_on(ctx.serial());
         #[cfg(not(target_arch = "wasm32"))]
         let workspace = pollster::block_on(self.workspace(batch, seq))?;
+        // After optimiser steps the workspaces were cleared and the weights wait for a
+        // readback: `prepare` (async) brings them up to date.
         #[cfg(target_arch = "wasm32")]
-        let workspace =
-            self.workspaces
-                .get(batch, seq, self.strategy)
-                .ok_or(crate::Error::NotPrepared {
-                    batch,
-                    seq,
-                    strategy: self.strategy.name(),
-                })?;
+        let workspace = self
+            .workspaces
+            .get(batch, seq, self.strategy)
+            .filter(|_| !self.parameters_ahead)
+            .ok_or(crate::Error::NotPrepared {
+                batch,
+                seq,
+                strategy: self.strategy.name(),
+            })?;
         record_on_callers_buffers(&ctx, workspace, encoder, input, mask, output, "encode")
     }
 
