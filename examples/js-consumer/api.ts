@@ -1,7 +1,10 @@
 // Type-checked only (tsc --noEmit): the package's TypeScript definitions describe the API the
 // README documents. Never run.
 import init, {
+  Activations,
+  AdamW,
   CompositionalAttention,
+  Gradients,
   KvCache,
   readCase,
   randomNormal,
@@ -10,6 +13,9 @@ import init, {
   type LoadOptions,
   type MapsOptions,
   type MapsResult,
+  type AdamWOptions,
+  type ParameterTensors,
+  type TrainResult,
 } from 'compositional-attention';
 
 export async function typed(bytes: Uint8Array): Promise<number> {
@@ -52,9 +58,27 @@ export async function typed(bytes: Uint8Array): Promise<number> {
   await CompositionalAttention.load(bytes, { limits: 'everything' });
   // @ts-expect-error: strategy is "fused" or "unfused"
   await CompositionalAttention.random({ strategy: 'fast' });
+  // Training: forwardTrain, backward, gradients, AdamW, weights.
+  await random.prepareTraining(2, 5);
+  const grads: Gradients = random.gradients();
+  const trained: TrainResult = await random.forwardTrain(x, 2, 5, null, 7);
+  const seeded: TrainResult = await random.forwardTrain(x, 2, 5, undefined, 7n);
+  const act: Activations = trained.activations;
+  const dx: Float32Array = await random.backward(act, trained.output, grads);
+  grads.zero();
+  const adamOptions: AdamWOptions = { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01 };
+  const opt = new AdamW(random, 1e-3, adamOptions);
+  await opt.step(random, grads);
+  const g: ParameterTensors = await grads.toObject();
+  const w: ParameterTensors = await random.weights();
+  const trainedSizes: number = act.gpuBytes + grads.gpuBytes + opt.steps + dx.length
+    + seeded.output.length + Object.keys(g).length + Object.keys(w).length;
+  // @ts-expect-error: betas is a pair of numbers
+  new AdamW(random, 1e-3, { betas: 0.9 });
+  act.free();
   cache.free();
   plain.free();
   return y.length + masked.length + p.length + d.length + len + limit + Number(f16) + names.length
     + sizes + (c.output?.length ?? 0) + mapsOutput.length + search.length + selection.length + mapSizes
-    + all.queryRows.length;
+    + all.queryRows.length + trainedSizes;
 }

@@ -261,10 +261,11 @@ impl JsCompositionalAttention {
         batch: f64,
         seq: f64,
         mask: Option<Vec<u8>>,
-        #[wasm_bindgen(js_name = dropoutSeed, unchecked_param_type = "number | bigint")]
-        dropout_seed: JsValue,
+        #[wasm_bindgen(js_name = dropoutSeed, unchecked_optional_param_type = "number | bigint")]
+        dropout_seed: Option<JsValue>,
     ) -> Promise {
         let this = self.clone();
+        let dropout_seed = dropout_seed.unwrap_or(JsValue::UNDEFINED);
         future_to_promise(async move {
             let (output, activations) = this
                 .forward_train_vec(x, batch, seq, mask, &dropout_seed)
