@@ -105,6 +105,32 @@ try {
       `web/README.md's example runs: ${[...logs.filter((l) => !l.startsWith('[object')).slice(-3), ...problems].join(' | ')}`);
     await page.close();
   }
+  // The README's training example, as written: the student's loss falls.
+  const training = [...section.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1])
+    .find((block) => block.includes('new AdamW('));
+  writeFileSync(`${CONSUMER}/readme-training.js`, training);
+  writeFileSync(`${CONSUMER}/readme-training.html`, readFileSync(`${CONSUMER}/index.html`, 'utf8')
+    .replace('./main.js', './readme-training.js'));
+  {
+    const page = await browser.newPage();
+    const logs = [];
+    const problems = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
+      else logs.push(m.text());
+    });
+    await page.goto(base.replace('index.html', 'readme-training.html'));
+    const deadline = Date.now() + 180_000;
+    while (!logs.some((l) => l.startsWith('loss ')) && problems.length === 0 && Date.now() < deadline) {
+      await new Promise((ok) => setTimeout(ok, 200));
+    }
+    const line = logs.find((l) => l.startsWith('loss ')) ?? '';
+    const [first, last] = (line.match(/loss (\S+) -> (\S+),/) ?? []).slice(1).map(Number);
+    check(first > 0 && last < first / 2 && problems.length === 0,
+      `web/README.md's training example runs: ${[line, ...problems].join(' | ')}`);
+    await page.close();
+  }
 } catch (e) {
   check(false, `consumer: ${e.stack ?? e}${e.stderr ? `\n${e.stderr}` : ''}`);
 } finally {
