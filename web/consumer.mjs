@@ -82,10 +82,12 @@ try {
   const section = readme.slice(readme.indexOf('## JavaScript API'));
   const example = section.match(/```js\n([\s\S]*?)```/)[1]
     .replace('"model.safetensors"', '"../../tests/golden/padding_mask.safetensors"');
-  writeFileSync(`${CONSUMER}/readme-example.js`, example);
-  writeFileSync(`${CONSUMER}/readme-example.html`, readFileSync(`${CONSUMER}/index.html`, 'utf8')
-    .replace('./main.js', './readme-example.js'));
-  {
+  // Runs one README example as a page of the consumer; resolves to its console logs and its
+  // errors, once a log starts with `done` or the deadline passes.
+  const runExample = async (name, code, done, ms) => {
+    writeFileSync(`${CONSUMER}/${name}.js`, code);
+    writeFileSync(`${CONSUMER}/${name}.html`, readFileSync(`${CONSUMER}/index.html`, 'utf8')
+      .replace('./main.js', `./${name}.js`));
     const page = await browser.newPage();
     const logs = [];
     const problems = [];
@@ -94,42 +96,30 @@ try {
       if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
       else logs.push(m.text());
     });
-    await page.goto(base.replace('index.html', 'readme-example.html'));
-    // The example's last log is the caught error's message.
-    const deadline = Date.now() + 120_000;
-    while (!logs.some((l) => l.startsWith('true x: expected')) && problems.length === 0 && Date.now() < deadline) {
+    await page.goto(base.replace('index.html', `${name}.html`));
+    const deadline = Date.now() + ms;
+    while (!logs.some((l) => l.startsWith(done)) && problems.length === 0 && Date.now() < deadline) {
       await new Promise((ok) => setTimeout(ok, 200));
     }
+    await page.close();
+    return { logs, problems };
+  };
+  {
+    // The example's last log is the caught error's message.
+    const { logs, problems } = await runExample('readme-example', example, 'true x: expected', 120_000);
     const error = logs.find((l) => l.startsWith('true x: expected')) ?? '';
     check(error.includes('1·1·32 = 32') && logs.includes('6 128 1') && problems.length === 0,
       `web/README.md's example runs: ${[...logs.filter((l) => !l.startsWith('[object')).slice(-3), ...problems].join(' | ')}`);
-    await page.close();
   }
   // The README's training example, as written: the student's loss falls.
   const training = [...section.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1])
     .find((block) => block.includes('new AdamW('));
-  writeFileSync(`${CONSUMER}/readme-training.js`, training);
-  writeFileSync(`${CONSUMER}/readme-training.html`, readFileSync(`${CONSUMER}/index.html`, 'utf8')
-    .replace('./main.js', './readme-training.js'));
   {
-    const page = await browser.newPage();
-    const logs = [];
-    const problems = [];
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
-      else logs.push(m.text());
-    });
-    await page.goto(base.replace('index.html', 'readme-training.html'));
-    const deadline = Date.now() + 180_000;
-    while (!logs.some((l) => l.startsWith('loss ')) && problems.length === 0 && Date.now() < deadline) {
-      await new Promise((ok) => setTimeout(ok, 200));
-    }
+    const { logs, problems } = await runExample('readme-training', training, 'loss ', 180_000);
     const line = logs.find((l) => l.startsWith('loss ')) ?? '';
     const [first, last] = (line.match(/loss (\S+) -> (\S+),/) ?? []).slice(1).map(Number);
     check(first > 0 && last < first / 2 && problems.length === 0,
       `web/README.md's training example runs: ${[line, ...problems].join(' | ')}`);
-    await page.close();
   }
 } catch (e) {
   check(false, `consumer: ${e.stack ?? e}${e.stderr ? `\n${e.stderr}` : ''}`);

@@ -220,6 +220,22 @@ impl Dispatch {
     }
 }
 
+/// Records `dispatches` in order into one compute pass labelled `label` (io-free dispatches
+/// only: each binds its own buffers).
+pub(crate) fn record_pass(
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    dispatches: &[Dispatch],
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    for dispatch in dispatches {
+        dispatch.record(&mut pass, None);
+    }
+}
+
 /// Spreads `groups` workgroups over `x` then `y`, each at most the device's per-dimension limit.
 fn linear_grid(ctx: &GpuContext, what: &str, groups: u64) -> Result<[u32; 3]> {
     let per_dim = ctx.limits().max_compute_workgroups_per_dimension as u64;

@@ -4,6 +4,7 @@
 
 use crate::device_parameters::DeviceParameters;
 use crate::error::{Error, Result};
+use crate::gpu::dispatch::record_pass;
 use crate::layer::CompositionalAttention;
 use crate::ops::adamw::{self, AdamStep};
 
@@ -146,7 +147,7 @@ impl AdamW {
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("AdamW"),
                     });
-            record(&mut encoder, &dispatches);
+            record_pass(&mut encoder, "AdamW", &dispatches);
             ctx.queue().submit([encoder.finish()]);
             Ok(())
         })
@@ -180,22 +181,12 @@ impl AdamW {
         let _serial = pollster::block_on(ctx.serial());
         let (hyper, dispatches) = pollster::block_on(self.build_step(layer, grads))?;
         ctx.scoped_now("AdamW::encode_step", || {
-            record(encoder, &dispatches);
+            record_pass(encoder, "AdamW", &dispatches);
             Ok(())
         })?;
         self.steps = hyper.step;
         layer.parameters_updated();
         Ok(())
-    }
-}
-
-fn record(encoder: &mut wgpu::CommandEncoder, dispatches: &[crate::gpu::dispatch::Dispatch]) {
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some("AdamW"),
-        timestamp_writes: None,
-    });
-    for dispatch in dispatches {
-        dispatch.record(&mut pass, None);
     }
 }
 

@@ -15,7 +15,7 @@
 
 use crate::device_parameters::DeviceParameters;
 use crate::error::{Error, Result};
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, record_pass};
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
@@ -100,7 +100,7 @@ impl CompositionalAttention {
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("backward"),
                     });
-            passes.record(&mut encoder);
+            record_pass(&mut encoder, "backward", &passes.dispatches);
             encoder.copy_buffer_to_buffer(&grad_input, 0, &staging, 0, 4 * len as u64);
             ctx.queue().submit([encoder.finish()]);
             Ok(())
@@ -154,21 +154,9 @@ impl CompositionalAttention {
         let _serial = pollster::block_on(ctx.serial());
         let passes = pollster::block_on(self.build_backward(act, grad_output, grad_input, grads))?;
         ctx.scoped_now("encode_backward", || {
-            passes.record(encoder);
+            record_pass(encoder, "backward", &passes.dispatches);
             Ok(())
         })
-    }
-}
-
-impl BackwardPasses {
-    fn record(&self, encoder: &mut wgpu::CommandEncoder) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("backward"),
-            timestamp_writes: None,
-        });
-        for dispatch in &self.dispatches {
-            dispatch.record(&mut pass, None);
-        }
     }
 }
 

@@ -10,7 +10,7 @@
 use crate::device_parameters::DeviceParameters;
 use crate::dropout::Dropout;
 use crate::error::Result;
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, record_pass};
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
@@ -122,13 +122,7 @@ impl ForwardTrain {
         if let Some(mask) = mask {
             encoder.copy_buffer_to_buffer(mask, 0, &act.mask, 0, act.mask.size());
         }
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("forward_train"),
-            timestamp_writes: None,
-        });
-        for dispatch in &self.dispatches {
-            dispatch.record(&mut pass, None);
-        }
+        record_pass(encoder, "forward_train", &self.dispatches);
     }
 }
 
