@@ -3,7 +3,9 @@
 // Computes   out[m, c] = Σ_k lhs[m, k] · rhs[c, k]      (M × N output, K reduction)
 // Bindings   @binding(0) params (uniform)  m, n, tiles_n, the texel slice [k_begin, k_end) of
 //                        the reduction this dispatch adds (the host splits K only where the
-//                        driver caps loop iterations), accumulate (add to the buffer output)
+//                        driver caps loop iterations), accumulate (add to the buffer output),
+//                        and where a buffer output's rows lie: row r from element
+//                        out_offset + r·out_stride (training writes column blocks, ops/matmul.rs)
 //            @binding(1) lhs      [M, K] texel rows (columns past K are 0)
 //            @binding(2) rhs      [N, K] texel rows (PyTorch weight layout, padded likewise)
 //            @binding(3) out      [M, N]: an f32 buffer (io/gemm_out_buffer.wgsl) or texel rows
@@ -26,8 +28,8 @@ struct Params {
     k_begin: u32,
     k_end: u32,
     accumulate: u32,
-    _pad0: u32,
-    _pad1: u32,
+    out_offset: u32,
+    out_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -1,20 +1,28 @@
-// texture_copy.wgsl: a row-major matrix from a storage buffer into texel rows.
+// texture_copy.wgsl: a matrix (or a column block, or the transpose of one) from a storage
+// buffer into texel rows.
 //
-// Computes   dst[row, texel] = (src[row, 4·texel], …, src[row, 4·texel + 3]), with columns at or
+// Computes   dst[row, texel] = (m[row, 4·texel], …, m[row, 4·texel + 3]), with columns at or
 //            past `cols` written as 0, for the CPU-driver kernels that read texels (see
-//            src/gpu/texture.rs for why).
-// Bindings   @binding(0) params (uniform)  rows, cols, width (texels per row)
-//            @binding(1) src  [rows, cols] Src (f32, or an f16 layer's concatenation), widened
-//            @binding(2) dst  texel rows, rgba32float, written
+//            src/gpu/texture.rs for why), where
+//              m[row, col] = src[offset + row·stride + col]     (TRANSPOSED false)
+//              m[row, col] = src[offset + col·stride + row]     (TRANSPOSED true: training's
+//                            GEMMs read op(A) and op(B)ᵀ as texel rows, ops/matmul.rs)
+// Bindings   @binding(0) params (uniform)  rows, cols, width (texels per row), offset, stride
+//            @binding(1) src  Src (f32, or an f16 layer's concatenation), widened
+//            @binding(2) dst  [rows, cols] texel rows, rgba32float, written
 // Dispatch   one invocation per texel, WG per workgroup, numbered linearly over x and y.
-// Host constants  WG, RPL; the stored type Src (f32 or f16, with `enable f16;`).
+// Host constants  WG, RPL, TRANSPOSED; the stored type Src (f32 or f16, with `enable f16;`).
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
     rows: u32,
     cols: u32,
     width: u32,
-    _pad: u32,
+    offset: u32,
+    stride: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -37,7 +45,8 @@ fn main(
     for (var c = 0u; c < 4u; c++) {
         let col = 4u * texel + c;
         if (col < params.cols) {
-            value[c] = f32(src[row * params.cols + col]);
+            let index = select(row * params.stride + col, col * params.stride + row, TRANSPOSED);
+            value[c] = f32(src[params.offset + index]);
         }
     }
     textureStore(dst, texel_coords(row, texel), texel_layer(row), value);

@@ -2,7 +2,7 @@
 // f16 layer's projections; the sums stay f32), added to where the host splits the reduction
 // (params.accumulate). Placed before the kernel by the host instead of io/gemm_out_texels.wgsl.
 //
-// Bindings   @binding(3) out  [M, N] Out
+// Bindings   @binding(3) out  [M, N] Out, row r from element params.out_offset + r·params.out_stride
 
 @group(0) @binding(3) var<storage, read_write> out: array<Out>;
 
@@ -13,7 +13,7 @@ fn store(row: u32, col: u32, values: vec4<f32>) {
     }
     for (var j = 0u; j < 4u; j++) {
         if (col + j < params.n) {
-            let index = row * params.n + col + j;
+            let index = params.out_offset + row * params.out_stride + col + j;
             out[index] = Out(select(values[j], f32(out[index]) + values[j], params.accumulate != 0u));
         }
     }

@@ -73,6 +73,8 @@ pub(crate) fn rows_per_layer(ctx: &GpuContext) -> u32 {
 }
 
 /// A `[rows, cols]` matrix in texels, readable by `textureLoad` and writable by `textureStore`.
+/// A clone shares the texture.
+#[derive(Clone)]
 pub(crate) struct TexelRows {
     pub shape: TexelShape,
     precision: Precision,

@@ -24,7 +24,7 @@ use crate::gpu::dispatch::Dispatch;
 use crate::gpu::memory;
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::ops::attention_train::CoreProblem;
-use crate::ops::matmul::{self, Operand, Target};
+use crate::ops::matmul::{self, Operand, Operands, Target};
 
 static SEARCH_CHUNK_SOFTMAX: Kernel = kernel!(
     "search_chunk_softmax",
@@ -108,6 +108,7 @@ fn operand(buffer: &wgpu::Buffer, offset: usize, stride: usize, transposed: bool
 /// `S = SQ_C·SK_bᵀ` into `scores`.
 async fn scores(
     ctx: &GpuContext,
+    operands: Operands<'_>,
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
     (b, sigma, rows): (usize, usize, &std::ops::Range<usize>),
@@ -122,6 +123,7 @@ async fn scores(
     };
     matmul::dispatches(
         ctx,
+        operands,
         rows.len(),
         l.seq,
         l.head,
@@ -137,6 +139,7 @@ async fn scores(
 /// rows).
 pub(crate) async fn forward(
     ctx: &GpuContext,
+    operands: Operands<'_>,
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
     mask: &wgpu::Buffer,
@@ -148,7 +151,7 @@ pub(crate) async fn forward(
     let vw = problem.value_width();
     let mut dispatches = Vec::new();
     for (b, sigma, rows) in chunks(problem, step) {
-        dispatches.extend(scores(ctx, problem, proj, (b, sigma, &rows), scratch).await?);
+        dispatches.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
         let params = problem.chunk_params((b, sigma), rows.clone());
         dispatches.push(
             Dispatch::new(
@@ -165,6 +168,7 @@ pub(crate) async fn forward(
         dispatches.extend(
             matmul::dispatches(
                 ctx,
+                operands,
                 rows.len(),
                 vw,
                 l.seq,
@@ -188,6 +192,7 @@ pub(crate) async fn forward(
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn backward(
     ctx: &GpuContext,
+    operands: Operands<'_>,
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
     mask: &wgpu::Buffer,
@@ -204,11 +209,12 @@ pub(crate) async fn backward(
         let (q, k, v) = offsets(problem, b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
         let c = rows.len();
-        dispatches.extend(scores(ctx, problem, proj, (b, sigma, &rows), scratch).await?);
+        dispatches.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
         // dA = dRet_C·RV_bᵀ.
         dispatches.extend(
             matmul::dispatches(
                 ctx,
+                operands,
                 c,
                 n,
                 vw,
@@ -243,6 +249,7 @@ pub(crate) async fn backward(
         dispatches.extend(
             matmul::dispatches(
                 ctx,
+                operands,
                 c,
                 d,
                 n,
@@ -257,6 +264,7 @@ pub(crate) async fn backward(
         dispatches.extend(
             matmul::dispatches(
                 ctx,
+                operands,
                 n,
                 d,
                 c,
@@ -271,6 +279,7 @@ pub(crate) async fn backward(
         dispatches.extend(
             matmul::dispatches(
                 ctx,
+                operands,
                 n,
                 vw,
                 c,
@@ -316,12 +325,13 @@ mod tests {
             .collect();
         let mask = upload(&mask);
         let d_ret = upload(&normal(&mut rng, rows * vw, 1.0));
-        let run_with = |step: usize| {
+        let run_with = |step: usize, operands: Operands<'_>| {
             let (stats, ret) = (poisoned(rows * 4), poisoned(rows * vw));
             let d_proj = poisoned(tokens * layout.row_stride);
             let scratch = scratch(context(), step, layout.seq).unwrap();
             let forward = build(forward(
                 context(),
+                operands,
                 &problem,
                 &proj,
                 &mask,
@@ -338,6 +348,7 @@ mod tests {
             let stats = upload(&row_stats);
             let backward = build(backward(
                 context(),
+                operands,
                 &problem,
                 &proj,
                 &mask,
@@ -354,27 +365,36 @@ mod tests {
                 download(&d_proj, tokens * layout.row_stride),
             )
         };
-        let (ret, stats, d_proj) = run_with(layout.seq);
-        let (ret5, stats5, d_proj5) = run_with(5);
-        let widen = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
-        assert_close(&format!("{what}: ret"), &ret5, &widen(&ret), 1e-6);
-        assert_close(&format!("{what}: stats"), &stats5, &widen(&stats), 1e-6);
-        // d_proj's RQ columns are the selection backward's, not written here.
-        let written = |v: &[f32]| -> Vec<f32> {
-            v.chunks_exact(layout.row_stride)
-                .flat_map(|row| {
-                    row[..layout.retrieval_queries]
-                        .iter()
-                        .chain(&row[layout.retrieval_values..])
-                        .copied()
-                })
-                .collect()
-        };
-        assert_close(
-            &format!("{what}: d_proj"),
-            &written(&d_proj5),
-            &widen(&written(&d_proj)),
-            1e-5,
-        );
+        let (ret, stats, d_proj) = run_with(layout.seq, Operands::Buffers);
+        // Chunks of 5 through the buffers, and through texel copies where texel loads work.
+        let packs = matmul::TexelPacks::new();
+        let mut routes = vec![("buffers", Operands::Buffers)];
+        if context().texel_loads_work() {
+            routes.push(("texels", Operands::Texels(&packs)));
+        }
+        for (route, operands) in routes {
+            let what = format!("{what}, {route}");
+            let (ret5, stats5, d_proj5) = run_with(5, operands);
+            let widen = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+            assert_close(&format!("{what}: ret"), &ret5, &widen(&ret), 1e-6);
+            assert_close(&format!("{what}: stats"), &stats5, &widen(&stats), 1e-6);
+            // d_proj's RQ columns are the selection backward's, not written here.
+            let written = |v: &[f32]| -> Vec<f32> {
+                v.chunks_exact(layout.row_stride)
+                    .flat_map(|row| {
+                        row[..layout.retrieval_queries]
+                            .iter()
+                            .chain(&row[layout.retrieval_values..])
+                            .copied()
+                    })
+                    .collect()
+            };
+            assert_close(
+                &format!("{what}: d_proj"),
+                &written(&d_proj5),
+                &widen(&written(&d_proj)),
+                1e-5,
+            );
+        }
     }
 }

@@ -174,7 +174,8 @@ uniform! {
         k_begin: u32,
         k_end: u32,
         accumulate: u32,
-        _pad: [u32; 2],
+        out_offset: u32,
+        out_stride: u32,
     }
 }
 
@@ -228,6 +229,34 @@ pub(crate) async fn texel_dispatches(
     out: Rows<'_>,
     out_precision: Precision,
 ) -> Result<Vec<Dispatch>> {
+    let block = OutBlock {
+        offset: 0,
+        stride: rhs.shape.rows,
+        accumulate: false,
+    };
+    texel_dispatches_into(ctx, kernel, lhs, rhs, out, out_precision, block).await
+}
+
+/// Where a texel GEMM's buffer output lies: row `r` from element `offset + r·stride`; with
+/// `accumulate` the product is added to it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutBlock {
+    pub offset: usize,
+    pub stride: usize,
+    pub accumulate: bool,
+}
+
+/// [`texel_dispatches`] into the `block` of a buffer output (ignored for a texel output). The
+/// caller checked that its indices fit 32 bits (`ops::matmul`).
+pub(crate) async fn texel_dispatches_into(
+    ctx: &GpuContext,
+    kernel: TexelGemmKernel,
+    lhs: &TexelRows,
+    rhs: &TexelRows,
+    out: Rows<'_>,
+    out_precision: Precision,
+    block: OutBlock,
+) -> Result<Vec<Dispatch>> {
     let (m, n, k_texels) = (lhs.shape.rows, rhs.shape.rows, lhs.shape.width as usize);
     if lhs.shape.cols != rhs.shape.cols {
         return Err(Error::shape(
@@ -236,8 +265,10 @@ pub(crate) async fn texel_dispatches(
             &[n, rhs.shape.cols],
         ));
     }
-    // `Vector` writes a buffer; the plan chooses it only for a buffer output.
-    if let (Rows::Buffer(out), TexelGemmKernel::Vector) = (out, kernel) {
+    // `Vector` writes a whole buffer; the plan chooses it only for a buffer output. A block of
+    // a wider output goes to the blocked kernel, which reads `block`.
+    let whole = block.offset == 0 && block.stride == n && !block.accumulate;
+    if let (Rows::Buffer(out), TexelGemmKernel::Vector, true) = (out, kernel, whole) {
         let params = GemvParams {
             m: m as u32,
             n: n as u32,
@@ -283,8 +314,9 @@ pub(crate) async fn texel_dispatches(
             tiles_n: tiles_n as u32,
             k_begin: slice.start as u32,
             k_end: slice.end as u32,
-            accumulate: (index > 0) as u32,
-            _pad: [0; 2],
+            accumulate: (block.accumulate || index > 0) as u32,
+            out_offset: block.offset as u32,
+            out_stride: block.stride as u32,
         };
         dispatches.push(
             Dispatch::new(

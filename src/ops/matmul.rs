@@ -7,12 +7,28 @@
 //! lane holds a `4 × TILE_N` block of sums (vec4 columns), and the `TILE_N` values of `op(B)` it reads at
 //! each step are the same for every lane of the workgroup. The reduction is split over several
 //! dispatches where the driver caps loop iterations (the later ones accumulate).
+//!
+//! Where the plan stores operands as texels (`plan::OperandStorage::Texels`, CPU drivers but
+//! GL), a product instead copies `op(A)` and `op(B)ᵀ` into texel rows (`texture_copy.wgsl`,
+//! which reads column blocks and transposes) and runs the forward's texel GEMM
+//! (`gemm_texture.wgsl`) into the output block: on lavapipe that GEMM runs about 4× faster
+//! than this one, and the copies cost `(m + n)·k` against its `m·n·k`. The copies live in
+//! [`TexelPacks`], one texture per shape and side, reused by every product of a pass.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::texture::TexelRows;
 use crate::gpu::uniform::uniform;
+use crate::ops::Rows;
+use crate::ops::gemm::{self, OutBlock};
+use crate::ops::kernel_params::TexelGemmKernel;
+use crate::ops::texture_copy::{self, SourceBlock};
+use crate::precision::Precision;
 
 static MATMUL: Kernel = kernel!("matmul");
 
@@ -56,6 +72,49 @@ pub(crate) struct Target<'a> {
     pub stride: usize,
 }
 
+/// Where a product reads its operands (the plan's `OperandStorage` for training).
+#[derive(Clone, Copy)]
+pub(crate) enum Operands<'p> {
+    /// `matmul.wgsl` on the storage buffers.
+    Buffers,
+    /// Texel copies in these packs and the texel GEMM; a product whose copies would not fit a
+    /// texture (a reduction wider than `4 × max_texture_dimension_2d`) reads buffers.
+    Texels(&'p TexelPacks),
+}
+
+/// The texel copies of products' operands: one `rgba32float` texture per `(rows, cols, side)`,
+/// reused by every product that needs that shape. Products run in the order they were bound
+/// and wgpu orders a dispatch's writes after the previous dispatch's reads, so a later
+/// product may overwrite a copy an earlier one has read.
+#[derive(Default)]
+pub(crate) struct TexelPacks {
+    packs: Mutex<HashMap<(usize, usize, bool), TexelRows>>,
+}
+
+impl TexelPacks {
+    pub(crate) fn new() -> TexelPacks {
+        TexelPacks::default()
+    }
+
+    /// Bytes of every copy made so far: scratch of the pass that made them.
+    pub(crate) fn bytes(&self) -> u64 {
+        let packs = self.packs.lock().unwrap_or_else(|e| e.into_inner());
+        packs.values().map(|p| p.bytes()).sum()
+    }
+
+    /// The copy of shape `[rows, cols]` for the left (`lhs`) or right operand, or `None` where
+    /// that shape does not fit a texture on this device.
+    fn get(&self, ctx: &GpuContext, rows: usize, cols: usize, lhs: bool) -> Option<TexelRows> {
+        let mut packs = self.packs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pack) = packs.get(&(rows, cols, lhs)) {
+            return Some(pack.clone());
+        }
+        let pack = TexelRows::new(ctx, "matmul operand", rows, cols).ok()?;
+        packs.insert((rows, cols, lhs), pack.clone());
+        Some(pack)
+    }
+}
+
 pub(crate) fn variant(a_transposed: bool, b_transposed: bool) -> ShaderVariant {
     ShaderVariant::new(&MATMUL)
         .u32("WG", WG)
@@ -74,10 +133,78 @@ fn index(what: &str, value: usize) -> Result<u32> {
     })
 }
 
-/// Binds `C[m, n] (+)= op(A)[m, k]·op(B)[k, n]`: one dispatch, or one per slice of `k` where the
-/// driver caps loop iterations. `k = 0` writes zeros (or, accumulating, leaves C).
+/// Binds `C[m, n] (+)= op(A)[m, k]·op(B)[k, n]` reading `operands` as the plan stores them: one
+/// dispatch, or one per slice of `k` where the driver caps loop iterations (texels: two copies
+/// first). `k = 0` writes zeros (or, accumulating, leaves C).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn dispatches(
+    ctx: &GpuContext,
+    operands: Operands<'_>,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand<'_>,
+    b: Operand<'_>,
+    c: Target<'_>,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    if let Operands::Texels(packs) = operands
+        && m > 0
+        && n > 0
+        && let (Some(lhs), Some(rhs)) = (packs.get(ctx, m, k, true), packs.get(ctx, n, k, false))
+    {
+        for value in [a.offset, a.stride, b.offset, b.stride, c.offset, c.stride] {
+            index("offset or stride", value)?;
+        }
+        let block = |o: Operand<'_>, transposed| SourceBlock {
+            offset: o.offset,
+            stride: o.stride,
+            transposed,
+        };
+        let mut dispatches = vec![
+            texture_copy::dispatch_block(
+                ctx,
+                a.buffer,
+                Precision::F32,
+                block(a, a.transposed),
+                &lhs,
+            )
+            .await?,
+            // The texel GEMM reads its right operand as rows of op(B)ᵀ.
+            texture_copy::dispatch_block(
+                ctx,
+                b.buffer,
+                Precision::F32,
+                block(b, !b.transposed),
+                &rhs,
+            )
+            .await?,
+        ];
+        let out = OutBlock {
+            offset: c.offset,
+            stride: c.stride,
+            accumulate,
+        };
+        dispatches.extend(
+            gemm::texel_dispatches_into(
+                ctx,
+                TexelGemmKernel::Blocked,
+                &lhs,
+                &rhs,
+                Rows::Buffer(c.buffer.into()),
+                Precision::F32,
+                out,
+            )
+            .await?,
+        );
+        return Ok(dispatches);
+    }
+    buffer_dispatches(ctx, m, n, k, a, b, c, accumulate).await
+}
+
+/// `matmul.wgsl` on the storage buffers.
+#[allow(clippy::too_many_arguments)]
+async fn buffer_dispatches(
     ctx: &GpuContext,
     m: usize,
     n: usize,
@@ -167,8 +294,24 @@ mod tests {
     /// Every transpose pair on a shape no multiple of any tile, into a column block of a wider
     /// C whose other columns keep their poison; then accumulated; then a reduction long enough
     /// to split on a loop-capped driver; and the degenerate sizes.
+    /// The routes this device can take: buffers, and texel copies where texel loads work.
+    fn routes(packs: &TexelPacks) -> Vec<(&'static str, Operands<'_>)> {
+        let mut routes = vec![("buffers", Operands::Buffers)];
+        if context().texel_loads_work() {
+            routes.push(("texels", Operands::Texels(packs)));
+        }
+        routes
+    }
+
     #[test]
     fn products_match_the_host_in_every_layout() {
+        let packs = TexelPacks::new();
+        for (route, operands) in routes(&packs) {
+            products_match_the_host(route, operands);
+        }
+    }
+
+    fn products_match_the_host(route: &str, operands: Operands<'_>) {
         let (mut rng, what) = rng("matmul");
         for &(m, n, k) in &[
             (37, 29, 53),
@@ -197,6 +340,7 @@ mod tests {
                 let run_product = |accumulate: bool| {
                     let ds = build(dispatches(
                         context(),
+                        operands,
                         m,
                         n,
                         k,
@@ -230,7 +374,7 @@ mod tests {
                         .flat_map(|r| c[c_offset + r * c_stride..][..n].to_vec())
                         .collect()
                 };
-                let label = format!("{what}: {m}×{n}×{k} TA {ta} TB {tb}");
+                let label = format!("{what}: {route}, {m}×{n}×{k} TA {ta} TB {tb}");
                 let c = run_product(false);
                 assert_close(&label, &block(&c), &expected, 1e-5);
                 let outside =
@@ -242,6 +386,54 @@ mod tests {
                 let c = run_product(true);
                 let doubled: Vec<f64> = expected.iter().map(|v| 2.0 * v).collect();
                 assert_close(&format!("{label} accumulated"), &block(&c), &doubled, 1e-5);
+            }
+        }
+    }
+
+    /// Two products of the same shapes bound one after the other and run in one submission:
+    /// the second's copies overwrite the texel packs the first read, and both must be right.
+    #[test]
+    fn products_in_one_pass_share_texel_copies() {
+        let (mut rng, what) = rng("matmul packs");
+        let packs = TexelPacks::new();
+        let (m, n, k) = (19, 23, 13);
+        for (route, operands) in routes(&packs) {
+            let mut all = Vec::new();
+            let mut expected = Vec::new();
+            let mut outputs = Vec::new();
+            for _ in 0..2 {
+                let a = normal(&mut rng, m * k, 1.0);
+                let b = normal(&mut rng, k * n, 1.0);
+                expected.push(product((m, n, k), &a, (0, k, false), &b, (0, n, false)));
+                let (a_buf, b_buf, c_buf) = (upload(&a), upload(&b), poisoned(m * n));
+                let operand = |buffer, stride| Operand {
+                    buffer,
+                    offset: 0,
+                    stride,
+                    transposed: false,
+                };
+                let target = Target {
+                    buffer: &c_buf,
+                    offset: 0,
+                    stride: n,
+                };
+                all.extend(build(dispatches(
+                    context(),
+                    operands,
+                    m,
+                    n,
+                    k,
+                    operand(&a_buf, k),
+                    operand(&b_buf, n),
+                    target,
+                    false,
+                )));
+                outputs.push((a_buf, b_buf, c_buf));
+            }
+            run(&all.iter().collect::<Vec<_>>());
+            for (i, ((_, _, c_buf), expected)) in outputs.iter().zip(&expected).enumerate() {
+                let c = download(c_buf, m * n);
+                assert_close(&format!("{what}: {route}, product {i}"), &c, expected, 1e-5);
             }
         }
     }

@@ -165,7 +165,12 @@ mod uniform_layouts {
             check!(bias_add::Params, bias_add::variant(precision));
         }
         for precision in Precision::ALL {
-            check!(texture_copy::Params, texture_copy::variant(ctx, precision));
+            for transposed in [false, true] {
+                check!(
+                    texture_copy::Params,
+                    texture_copy::variant(ctx, precision, transposed)
+                );
+            }
             check!(
                 gemm::TexelParams,
                 gemm::texel_variant(ctx, false, precision)

@@ -1,5 +1,6 @@
 //! A storage-buffer matrix into texel rows (`shaders/texture_copy.wgsl`): the bridge from
-//! kernels that write buffers to the texel GEMM of the CPU kernel profile.
+//! kernels that write buffers to the texel GEMM of the CPU kernel profile. Training's GEMMs
+//! (`ops::matmul`) copy column blocks and transposes through it.
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
@@ -18,16 +19,28 @@ uniform! {
         rows: u32,
         cols: u32,
         width: u32,
-        _pad: u32,
+        offset: u32,
+        stride: u32,
+        _pad: [u32; 3],
     }
 }
 
-/// `precision`: of the source buffer.
-pub(crate) fn variant(ctx: &GpuContext, precision: Precision) -> ShaderVariant {
+/// `precision`: of the source buffer; `transposed`: the source holds the matrix's transpose.
+pub(crate) fn variant(ctx: &GpuContext, precision: Precision, transposed: bool) -> ShaderVariant {
     ShaderVariant::new(&TEXTURE_COPY)
         .u32("WG", WG)
         .u32("RPL", rows_per_layer(ctx))
+        .bool("TRANSPOSED", transposed)
         .stored("Src", precision)
+}
+
+/// Where a source matrix lies in its buffer: from element `offset`, `stride` elements between
+/// its stored rows, and `transposed` when those stored rows are the matrix's columns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SourceBlock {
+    pub offset: usize,
+    pub stride: usize,
+    pub transposed: bool,
 }
 
 /// Binds `dst` (f32 texel rows) ← `src` (`[dst.rows, dst.cols]`, stored in `precision`).
@@ -37,17 +50,36 @@ pub(crate) async fn dispatch(
     precision: Precision,
     dst: &TexelRows,
 ) -> Result<Dispatch> {
+    let block = SourceBlock {
+        offset: 0,
+        stride: dst.shape.cols,
+        transposed: false,
+    };
+    dispatch_block(ctx, src, precision, block, dst).await
+}
+
+/// Binds `dst` (f32 texel rows, `[rows, cols]`) ← the `block` of `src` (stored in
+/// `precision`). The host checked that every index fits 32 bits (`ops::matmul`).
+pub(crate) async fn dispatch_block(
+    ctx: &GpuContext,
+    src: impl Into<Buf<'_>>,
+    precision: Precision,
+    block: SourceBlock,
+    dst: &TexelRows,
+) -> Result<Dispatch> {
     let shape = dst.shape;
     let params = Params {
         rows: shape.rows as u32,
         cols: shape.cols as u32,
         width: shape.width,
-        _pad: 0,
+        offset: block.offset as u32,
+        stride: block.stride as u32,
+        _pad: [0; 3],
     };
     let texels = shape.rows as u64 * shape.width as u64;
     Dispatch::new(
         ctx,
-        &variant(ctx, precision),
+        &variant(ctx, precision, block.transposed),
         bytemuck::bytes_of(&params),
         &[src.into().into(), dst.view().into()],
         texels.div_ceil(WG as u64),

@@ -19,13 +19,14 @@ use crate::gpu::dispatch::{Dispatch, record_pass};
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
+use crate::ops::matmul::TexelPacks;
 use crate::ops::{ProjectionLayout, attention_chunks, attention_train, layer_norm_backward};
 use crate::plan::TrainingCore;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::shape;
 use crate::weights;
 
-use super::forward::{core_problem, product, projection_blocks};
+use super::forward::{Gemms, core_problem, product, projection_blocks};
 use super::{Activations, Gradients};
 
 /// A backward's scratch buffers and passes.
@@ -163,7 +164,7 @@ impl CompositionalAttention {
 /// `out [cols] += Σ_r x[offset + r·stride + c]` for `r < rows`: the product `ones [1, rows]·x`.
 #[allow(clippy::too_many_arguments)]
 async fn column_sums(
-    ctx: &GpuContext,
+    gemms: Gemms<'_>,
     ones: &wgpu::Buffer,
     rows: usize,
     cols: usize,
@@ -173,7 +174,7 @@ async fn column_sums(
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
     product(
-        ctx,
+        gemms,
         (1, cols, rows),
         (ones, 0, rows, false),
         (x.0, x.1, x.2, false),
@@ -219,13 +220,15 @@ async fn backward_dispatches(
         .map(|b| b.size())
         .sum::<u64>()
         + d_h.as_ref().map_or(0, wgpu::Buffer::size);
+    let packs = TexelPacks::new();
+    let gemms = Gemms::new(ctx, &packs);
     let mut dispatches = Vec::new();
 
     // 1. The output projection.
     let w_o = parameters.get(weights::OUT)?;
     dispatches.extend(
         product(
-            ctx,
+            gemms,
             (tokens, sw, dim),
             (grad_output, 0, dim, false),
             (w_o, 0, sw, false),
@@ -236,7 +239,7 @@ async fn backward_dispatches(
     );
     dispatches.extend(
         product(
-            ctx,
+            gemms,
             (dim, sw, tokens),
             (grad_output, 0, dim, true),
             (&act.concat, 0, sw, false),
@@ -249,7 +252,7 @@ async fn backward_dispatches(
         let out_bias = grads.get(weights::OUT_BIAS)?;
         dispatches.extend(
             column_sums(
-                ctx,
+                gemms,
                 &ones,
                 tokens,
                 dim,
@@ -291,7 +294,15 @@ async fn backward_dispatches(
             scratch_bytes += scratch.0.size() + scratch.1.size();
             dispatches.extend(
                 attention_chunks::backward(
-                    ctx, &problem, &act.proj, &act.mask, &act.stats, &d_ret, &d_proj, &scratch,
+                    ctx,
+                    gemms.operands(),
+                    &problem,
+                    &act.proj,
+                    &act.mask,
+                    &act.stats,
+                    &d_ret,
+                    &d_proj,
+                    &scratch,
                     step,
                 )
                 .await?,
@@ -306,7 +317,7 @@ async fn backward_dispatches(
         let rq_columns = layout.retrieval_queries + sigma * d;
         dispatches.extend(
             product(
-                ctx,
+                gemms,
                 (tokens, d, d),
                 (&d_qt, sigma * d, sw, false),
                 (w_rk, 0, d, true),
@@ -317,7 +328,7 @@ async fn backward_dispatches(
         );
         dispatches.extend(
             product(
-                ctx,
+                gemms,
                 (d, d, tokens),
                 (&act.proj, rq_columns, layout.row_stride, true),
                 (&d_qt, sigma * d, sw, false),
@@ -335,7 +346,7 @@ async fn backward_dispatches(
     {
         dispatches.extend(
             product(
-                ctx,
+                gemms,
                 (width, dim, tokens),
                 (&d_proj, offset, layout.row_stride, true),
                 (h, 0, dim, false),
@@ -347,7 +358,7 @@ async fn backward_dispatches(
         if config.bias {
             dispatches.extend(
                 column_sums(
-                    ctx,
+                    gemms,
                     &ones,
                     tokens,
                     width,
@@ -361,7 +372,7 @@ async fn backward_dispatches(
         }
         dispatches.extend(
             product(
-                ctx,
+                gemms,
                 (tokens, dim, width),
                 (&d_proj, offset, layout.row_stride, false),
                 (parameters.get(weight)?, 0, dim, false),
@@ -394,11 +405,21 @@ async fn backward_dispatches(
             grads.get(weights::NORM_BIAS)?,
         );
         dispatches.extend(
-            column_sums(ctx, &ones, tokens, dim, (&scaled, 0, dim), g_gamma, 0, true).await?,
+            column_sums(
+                gemms,
+                &ones,
+                tokens,
+                dim,
+                (&scaled, 0, dim),
+                g_gamma,
+                0,
+                true,
+            )
+            .await?,
         );
         dispatches
-            .extend(column_sums(ctx, &ones, tokens, dim, (d_h, 0, dim), g_beta, 0, true).await?);
+            .extend(column_sums(gemms, &ones, tokens, dim, (d_h, 0, dim), g_beta, 0, true).await?);
     }
-    act.record_scratch(scratch_bytes);
+    act.record_scratch(scratch_bytes + packs.bytes());
     Ok(dispatches)
 }

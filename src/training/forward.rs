@@ -16,17 +16,40 @@ use crate::io;
 use crate::layer::CompositionalAttention;
 use crate::ops::attention_chunks;
 use crate::ops::attention_train::{self, CoreProblem};
-use crate::ops::matmul::{self, Operand, Target};
+use crate::ops::matmul::{self, Operand, Operands, Target, TexelPacks};
 use crate::ops::{ProjectionLayout, layer_norm};
-use crate::plan::TrainingCore;
+use crate::plan::{OperandStorage, TrainingCore};
 use crate::shape;
 use crate::weights;
 
 use super::Activations;
 
+/// Training's products: the device, and where their operands are read. That follows the
+/// plan's `OperandStorage` as the eval forward's GEMMs do: texel copies (`TexelPacks`) on CPU
+/// drivers but GL, the buffers elsewhere.
+#[derive(Clone, Copy)]
+pub(super) struct Gemms<'a> {
+    ctx: &'a GpuContext,
+    operands: Operands<'a>,
+}
+
+impl<'a> Gemms<'a> {
+    pub(super) fn new(ctx: &'a GpuContext, packs: &'a TexelPacks) -> Gemms<'a> {
+        let operands = match OperandStorage::of_operands(ctx) {
+            OperandStorage::Texels => Operands::Texels(packs),
+            OperandStorage::Buffers => Operands::Buffers,
+        };
+        Gemms { ctx, operands }
+    }
+
+    pub(super) fn operands(&self) -> Operands<'a> {
+        self.operands
+    }
+}
+
 /// `c (+)= a·b` as matmul dispatches (`a`, `b`: buffer, offset, stride, transposed).
 pub(super) async fn product(
-    ctx: &GpuContext,
+    gemms: Gemms<'_>,
     (m, n, k): (usize, usize, usize),
     a: (&wgpu::Buffer, usize, usize, bool),
     b: (&wgpu::Buffer, usize, usize, bool),
@@ -44,7 +67,19 @@ pub(super) async fn product(
         offset: c.1,
         stride: c.2,
     };
-    matmul::dispatches(ctx, m, n, k, operand(a), operand(b), target, accumulate).await
+    let (ctx, operands) = (gemms.ctx, gemms.operands);
+    matmul::dispatches(
+        ctx,
+        operands,
+        m,
+        n,
+        k,
+        operand(a),
+        operand(b),
+        target,
+        accumulate,
+    )
+    .await
 }
 
 /// The projection blocks of the packed `proj` columns, in `[SQ | SK | RQ | RV]` order: the
@@ -85,14 +120,14 @@ pub(super) fn projection_blocks(
 /// `c[:, offset .. offset + width] += bias` for `rows` rows: the rank-one product
 /// `ones [rows, 1] · bias [1, width]`.
 pub(super) async fn add_bias(
-    ctx: &GpuContext,
+    gemms: Gemms<'_>,
     ones: &wgpu::Buffer,
     bias: &wgpu::Buffer,
     rows: usize,
     (c, offset, stride, width): (&wgpu::Buffer, usize, usize, usize),
 ) -> Result<Vec<Dispatch>> {
     product(
-        ctx,
+        gemms,
         (rows, width, 1),
         (ones, 0, 1, false),
         (bias, 0, width, false),
@@ -298,6 +333,8 @@ async fn forward_dispatches(
     let config = act.config;
     let (dim, d, s) = (config.dim, config.dim_head, config.num_searches);
     let (tokens, sw) = (act.batch * act.seq, s * d);
+    let packs = TexelPacks::new();
+    let gemms = Gemms::new(ctx, &packs);
     let mut dispatches = Vec::new();
     // LayerNorm.
     let h = match &act.normed {
@@ -328,7 +365,7 @@ async fn forward_dispatches(
     for (weight, bias, offset, width) in projection_blocks(layout) {
         dispatches.extend(
             product(
-                ctx,
+                gemms,
                 (tokens, width, dim),
                 (h, 0, dim, false),
                 (parameters.get(weight)?, 0, dim, true),
@@ -339,17 +376,16 @@ async fn forward_dispatches(
         );
         if let Some(ones) = &ones {
             let target = (&act.proj, offset, layout.row_stride, width);
-            dispatches.extend(add_bias(ctx, ones, parameters.get(bias)?, tokens, target).await?);
+            dispatches.extend(add_bias(gemms, ones, parameters.get(bias)?, tokens, target).await?);
         }
     }
     let ones_bytes = ones.as_ref().map_or(0, wgpu::Buffer::size);
-    act.record_scratch(ones_bytes);
     // Q̃ = RQ·W_rk, per search.
     let w_rk = parameters.get(weights::RETRIEVAL_KEYS)?;
     for sigma in 0..s {
         dispatches.extend(
             product(
-                ctx,
+                gemms,
                 (tokens, d, d),
                 (
                     &act.proj,
@@ -366,6 +402,7 @@ async fn forward_dispatches(
     }
     // The attention core.
     let problem = core_problem(act, layout);
+    let mut core_scratch = 0;
     match TrainingCore::of(ctx) {
         TrainingCore::PerRow => dispatches.extend(
             attention_train::forward_core(
@@ -376,10 +413,11 @@ async fn forward_dispatches(
         TrainingCore::Chunked => {
             let step = attention_chunks::chunk_rows(ctx, act.seq);
             let scratch = attention_chunks::scratch(ctx, step, act.seq)?;
-            act.record_scratch(scratch.0.size() + scratch.1.size() + ones_bytes);
+            core_scratch = scratch.0.size() + scratch.1.size();
             dispatches.extend(
                 attention_chunks::forward(
                     ctx,
+                    gemms.operands(),
                     &problem,
                     &act.proj,
                     &act.mask,
@@ -405,7 +443,7 @@ async fn forward_dispatches(
     // The output projection.
     dispatches.extend(
         product(
-            ctx,
+            gemms,
             (tokens, dim, sw),
             (&act.concat, 0, sw, false),
             (parameters.get(weights::OUT)?, 0, sw, true),
@@ -416,8 +454,10 @@ async fn forward_dispatches(
     );
     if let Some(ones) = &ones {
         let bias = parameters.get(weights::OUT_BIAS)?;
-        dispatches.extend(add_bias(ctx, ones, bias, tokens, (output, 0, dim, dim)).await?);
+        dispatches.extend(add_bias(gemms, ones, bias, tokens, (output, 0, dim, dim)).await?);
     }
+    // The texel copies are scratch too, alive with the attention core's.
+    act.record_scratch(ones_bytes + core_scratch + packs.bytes());
     Ok(dispatches)
 }
 
