@@ -482,8 +482,9 @@ fn every_variant_fits_its_device_and_webgpu_variants_fit_webgpu_defaults() {
 /// them: the CPU family reads its operands as texels (`gemm_texture`, `texture_copy`,
 /// `blocked_attention`, `retrieval_mix`) wherever it can and falls back to buffers (`gemm`, the
 /// fused kernel) where it cannot (`plan::OperandStorage::of_operands`: the GL backend); the GPU family
-/// uses `gemm_tiled`. `dropout_mask` is the dropout generator's test kernel (`ops::dropout_mask`):
-/// the layer runs no training kernel yet.
+/// uses `gemm_tiled`; training's chunked core likewise has texel kernels and buffer kernels
+/// (`ops::attention_chunk_texels`, `ops::attention_chunks`). `dropout_mask` is the dropout
+/// generator's test kernel (`ops::dropout_mask`): training draws its masks inline.
 fn not_used_by_the_layer() -> &'static [&'static str] {
     let options = GpuOptions {
         kernels: KernelFamilyRequest::Cpu,
@@ -491,10 +492,19 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
     };
     let ctx = pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter");
     if OperandStorage::of_operands(&ctx) == OperandStorage::Texels {
-        &["gemm", "dropout_mask"]
+        // Training's chunked core reads texels here; its buffer kernels run where texel loads
+        // do not work (GL).
+        &[
+            "gemm",
+            "dropout_mask",
+            "search_chunk_softmax",
+            "search_chunk_backward",
+        ]
     } else {
         &[
             "dropout_mask",
+            "search_chunk_softmax_texels",
+            "search_chunk_backward_texels",
             "gemm_texture",
             "gemv_texture",
             "texture_copy",

@@ -1,6 +1,9 @@
 // io/gemm_out_texels.wgsl: gemm_texture's output as rgba32float texel rows, for a consumer that
-// reads texels (the fused core on CPU drivers). Needs N % 4 == 0 and one reduction slice. Placed
-// before the kernel by the host instead of io/gemm_out_buffer.wgsl.
+// reads texels (the fused core and training's chunked core on CPU drivers). Needs one reduction
+// slice. Where N % 4 != 0 the columns past N in a row's last texel are not zero (they repeat
+// the last column's products): their readers skip them, or multiply them by an operand whose
+// padding is zero. Zeroing them here with a select slowed lavapipe's whole training step by a
+// third. Placed before the kernel by the host instead of io/gemm_out_buffer.wgsl.
 //
 // Bindings   @binding(3) out  [M, N / 4] texel rows
 

@@ -12,7 +12,9 @@
 //! texels wide; row `r` lives at `y = r % rows_per_layer` of layer `r / rows_per_layer`, so
 //! that the row count is bounded by `max_texture_dimension_2d × max_texture_array_layers`
 //! instead of the (WebGPU default 8192) height alone. Columns past `cols` in the last texel of a
-//! row are zero, which GEMMs rely on when `cols % 4 != 0`.
+//! row are zero, which GEMMs rely on when `cols % 4 != 0`; the one exception is a texel GEMM's
+//! own output (`io/gemm_out_texels.wgsl`), whose readers skip those columns or multiply them by
+//! zero padding.
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;

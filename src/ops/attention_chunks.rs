@@ -23,8 +23,9 @@ use crate::gpu::GpuContext;
 use crate::gpu::dispatch::Dispatch;
 use crate::gpu::memory;
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::ops::attention_chunk_texels;
 use crate::ops::attention_train::CoreProblem;
-use crate::ops::matmul::{self, Operand, Operands, Target};
+use crate::ops::matmul::{self, Operand, Operands, Target, TexelPacks};
 
 static SEARCH_CHUNK_SOFTMAX: Kernel = kernel!(
     "search_chunk_softmax",
@@ -48,19 +49,45 @@ pub(crate) fn backward_variant() -> ShaderVariant {
     ShaderVariant::new(&SEARCH_CHUNK_BACKWARD).u32("WG", WG)
 }
 
-/// Query rows per chunk at sequence length `n`: as many as fit [`SCRATCH_BYTES`] and the
-/// device's storage binding size, at least one.
-pub(crate) fn chunk_rows(ctx: &GpuContext, n: usize) -> usize {
+/// The most bytes one `[rows, n]` texel matrix of the texel route takes: 8 MiB (its backward
+/// keeps five).
+pub(crate) const TEXEL_SCRATCH_BYTES: u64 = 8 << 20;
+
+/// Query rows per chunk at sequence length `n` in the buffer route: as many as fit
+/// [`SCRATCH_BYTES`] and the device's storage binding size, at least one.
+fn chunk_rows(ctx: &GpuContext, n: usize) -> usize {
     let limit = SCRATCH_BYTES.min(ctx.limits().max_storage_buffer_binding_size);
     ((limit / (4 * n.max(1) as u64)) as usize).clamp(1, n.max(1))
 }
 
-/// The chunks' scratch for chunks of `rows` query rows: two `[rows, n]` f32 buffers.
-pub(crate) fn scratch(
+/// How the chunks run: through texel rows (`ops::attention_chunk_texels`) where the products'
+/// operands are texels and a chunk's matrices fit a texture both ways round, else through
+/// storage buffers; with the query rows per chunk.
+fn route<'p>(
     ctx: &GpuContext,
-    rows: usize,
+    operands: Operands<'p>,
     n: usize,
-) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    step: Option<usize>,
+) -> (Option<&'p TexelPacks>, usize) {
+    if let Operands::Texels(packs) = operands {
+        let rows = (TEXEL_SCRATCH_BYTES / (4 * n.max(1) as u64)) as usize;
+        let rows = step.unwrap_or(rows.clamp(1, n.max(1)));
+        if attention_chunk_texels::fits(ctx, rows, n) {
+            return (Some(packs), rows);
+        }
+    }
+    (None, step.unwrap_or_else(|| chunk_rows(ctx, n)))
+}
+
+/// A chunked core's passes and the bytes of its own scratch buffers (the texel route's live in
+/// the caller's `TexelPacks`).
+pub(crate) struct ChunkPasses {
+    pub dispatches: Vec<Dispatch>,
+    pub scratch_bytes: u64,
+}
+
+/// The chunks' scratch for chunks of `rows` query rows: two `[rows, n]` f32 buffers.
+fn scratch(ctx: &GpuContext, rows: usize, n: usize) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
     let hint = Some("a shorter sequence");
     Ok((
         memory::storage(ctx, "chunk scores", &[rows, n], hint)?,
@@ -69,7 +96,7 @@ pub(crate) fn scratch(
 }
 
 /// Every `(batch, search, rows)` chunk of the problem, `step` query rows at most, in order.
-fn chunks(
+pub(crate) fn chunks(
     problem: &CoreProblem,
     step: usize,
 ) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> {
@@ -86,7 +113,12 @@ fn chunks(
 
 /// Where the projections of `(batch b, search σ)` start in `proj` (or `d_proj`), in elements:
 /// `(SQ of query row i0, SK of key 0, RV of key 0)`.
-fn offsets(problem: &CoreProblem, b: usize, sigma: usize, i0: usize) -> (usize, usize, usize) {
+pub(crate) fn offsets(
+    problem: &CoreProblem,
+    b: usize,
+    sigma: usize,
+    i0: usize,
+) -> (usize, usize, usize) {
     let l = &problem.layout;
     let token0 = b * l.seq;
     (
@@ -135,8 +167,8 @@ async fn scores(
     .await
 }
 
-/// The forward: `stats` and `ret` of every row, in chunks of `step` query rows (the scratch's
-/// rows).
+/// The forward: `stats` and `ret` of every row, in chunks of `step` query rows (`None`: as
+/// many as the scratch holds).
 pub(crate) async fn forward(
     ctx: &GpuContext,
     operands: Operands<'_>,
@@ -144,9 +176,20 @@ pub(crate) async fn forward(
     proj: &wgpu::Buffer,
     mask: &wgpu::Buffer,
     (stats, ret): (&wgpu::Buffer, &wgpu::Buffer),
-    (scratch, _): &(wgpu::Buffer, wgpu::Buffer),
-    step: usize,
-) -> Result<Vec<Dispatch>> {
+    step: Option<usize>,
+) -> Result<ChunkPasses> {
+    let (texels, step) = route(ctx, operands, problem.layout.seq, step);
+    if let Some(packs) = texels {
+        let dispatches =
+            attention_chunk_texels::forward(ctx, packs, problem, proj, mask, (stats, ret), step)
+                .await?;
+        return Ok(ChunkPasses {
+            dispatches,
+            scratch_bytes: 0,
+        });
+    }
+    let buffers = scratch(ctx, step, problem.layout.seq)?;
+    let scratch = &buffers.0;
     let l = problem.layout;
     let vw = problem.value_width();
     let mut dispatches = Vec::new();
@@ -184,11 +227,15 @@ pub(crate) async fn forward(
             .await?,
         );
     }
-    Ok(dispatches)
+    Ok(ChunkPasses {
+        dispatches,
+        scratch_bytes: buffers.0.size() + buffers.1.size(),
+    })
 }
 
 /// The backward: dSQ, dSK and dRV into `d_proj`'s columns from `d_ret` and the statistics
-/// (with `D` in `stats.z`), in chunks of `step` query rows (the scratch's rows).
+/// (with `D` in `stats.z`), in chunks of `step` query rows (`None`: as many as the scratch
+/// holds).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn backward(
     ctx: &GpuContext,
@@ -196,12 +243,30 @@ pub(crate) async fn backward(
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
     mask: &wgpu::Buffer,
-    stats: &wgpu::Buffer,
-    d_ret: &wgpu::Buffer,
+    (stats, d_ret): (&wgpu::Buffer, &wgpu::Buffer),
     d_proj: &wgpu::Buffer,
-    (scratch, d_scratch): &(wgpu::Buffer, wgpu::Buffer),
-    step: usize,
-) -> Result<Vec<Dispatch>> {
+    step: Option<usize>,
+) -> Result<ChunkPasses> {
+    let (texels, step) = route(ctx, operands, problem.layout.seq, step);
+    if let Some(packs) = texels {
+        let dispatches = attention_chunk_texels::backward(
+            ctx,
+            packs,
+            problem,
+            proj,
+            mask,
+            (stats, d_ret),
+            d_proj,
+            step,
+        )
+        .await?;
+        return Ok(ChunkPasses {
+            dispatches,
+            scratch_bytes: 0,
+        });
+    }
+    let buffers = scratch(ctx, step, problem.layout.seq)?;
+    let (scratch, d_scratch) = (&buffers.0, &buffers.1);
     let l = problem.layout;
     let (n, d, vw, rs) = (l.seq, l.head, problem.value_width(), l.row_stride);
     let mut dispatches = Vec::new();
@@ -291,7 +356,10 @@ pub(crate) async fn backward(
             .await?,
         );
     }
-    Ok(dispatches)
+    Ok(ChunkPasses {
+        dispatches,
+        scratch_bytes: buffers.0.size() + buffers.1.size(),
+    })
 }
 
 #[cfg(test)]
@@ -328,7 +396,6 @@ mod tests {
         let run_with = |step: usize, operands: Operands<'_>| {
             let (stats, ret) = (poisoned(rows * 4), poisoned(rows * vw));
             let d_proj = poisoned(tokens * layout.row_stride);
-            let scratch = scratch(context(), step, layout.seq).unwrap();
             let forward = build(forward(
                 context(),
                 operands,
@@ -336,9 +403,9 @@ mod tests {
                 &proj,
                 &mask,
                 (&stats, &ret),
-                &scratch,
-                step,
-            ));
+                Some(step),
+            ))
+            .dispatches;
             run(&forward.iter().collect::<Vec<_>>());
             // A row term D of its own, as the selection's backward would write it.
             let mut row_stats = download(&stats, rows * 4);
@@ -352,12 +419,11 @@ mod tests {
                 &problem,
                 &proj,
                 &mask,
-                &stats,
-                &d_ret,
+                (&stats, &d_ret),
                 &d_proj,
-                &scratch,
-                step,
-            ));
+                Some(step),
+            ))
+            .dispatches;
             run(&backward.iter().collect::<Vec<_>>());
             (
                 download(&ret, rows * vw),

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
-use crate::gpu::texture::TexelRows;
+use crate::gpu::texture::{TexelRows, TexelShape};
 use crate::gpu::uniform::uniform;
 use crate::ops::Rows;
 use crate::ops::gemm::{self, OutBlock};
@@ -82,13 +82,14 @@ pub(crate) enum Operands<'p> {
     Texels(&'p TexelPacks),
 }
 
-/// The texel copies of products' operands: one `rgba32float` texture per `(rows, cols, side)`,
-/// reused by every product that needs that shape. Products run in the order they were bound
+/// The texel copies of products' operands (and the texel intermediates of training's chunked
+/// core): one `rgba32float` texture per `(rows, cols, slot)`, reused by every product that
+/// needs that slot and shape. Products run in the order they were bound
 /// and wgpu orders a dispatch's writes after the previous dispatch's reads, so a later
 /// product may overwrite a copy an earlier one has read.
 #[derive(Default)]
 pub(crate) struct TexelPacks {
-    packs: Mutex<HashMap<(usize, usize, bool), TexelRows>>,
+    packs: Mutex<HashMap<(usize, usize, &'static str), TexelRows>>,
 }
 
 impl TexelPacks {
@@ -102,16 +103,44 @@ impl TexelPacks {
         packs.values().map(|p| p.bytes()).sum()
     }
 
-    /// The copy of shape `[rows, cols]` for the left (`lhs`) or right operand, or `None` where
-    /// that shape does not fit a texture on this device.
-    fn get(&self, ctx: &GpuContext, rows: usize, cols: usize, lhs: bool) -> Option<TexelRows> {
+    /// The texture of `slot` at shape `[rows, cols]`, made on first use and shared by every
+    /// later use of that slot and shape.
+    pub(crate) fn texels(
+        &self,
+        ctx: &GpuContext,
+        slot: &'static str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<TexelRows> {
         let mut packs = self.packs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pack) = packs.get(&(rows, cols, lhs)) {
-            return Some(pack.clone());
+        if let Some(pack) = packs.get(&(rows, cols, slot)) {
+            return Ok(pack.clone());
         }
-        let pack = TexelRows::new(ctx, "matmul operand", rows, cols).ok()?;
-        packs.insert((rows, cols, lhs), pack.clone());
-        Some(pack)
+        let pack = TexelRows::new(ctx, slot, rows, cols)?;
+        packs.insert((rows, cols, slot), pack.clone());
+        Ok(pack)
+    }
+
+    /// `op(a)` (`[rows, cols]`) copied into the texture of `slot`.
+    pub(crate) async fn pack(
+        &self,
+        ctx: &GpuContext,
+        slot: &'static str,
+        (rows, cols): (usize, usize),
+        a: Operand<'_>,
+    ) -> Result<(TexelRows, Dispatch)> {
+        for value in [a.offset, a.stride] {
+            index("offset or stride", value)?;
+        }
+        let texels = self.texels(ctx, slot, rows, cols)?;
+        let block = SourceBlock {
+            offset: a.offset,
+            stride: a.stride,
+            transposed: a.transposed,
+        };
+        let copy =
+            texture_copy::dispatch_block(ctx, a.buffer, Precision::F32, block, &texels).await?;
+        Ok((texels, copy))
     }
 }
 
@@ -151,55 +180,56 @@ pub(crate) async fn dispatches(
     if let Operands::Texels(packs) = operands
         && m > 0
         && n > 0
-        && let (Some(lhs), Some(rhs)) = (packs.get(ctx, m, k, true), packs.get(ctx, n, k, false))
+        && fits(ctx, m, k)
+        && fits(ctx, n, k)
     {
-        for value in [a.offset, a.stride, b.offset, b.stride, c.offset, c.stride] {
+        for value in [c.offset, c.stride] {
             index("offset or stride", value)?;
         }
-        let block = |o: Operand<'_>, transposed| SourceBlock {
-            offset: o.offset,
-            stride: o.stride,
-            transposed,
+        let (lhs, copy_a) = packs.pack(ctx, "matmul lhs", (m, k), a).await?;
+        // The texel GEMM reads its right operand as the rows of op(B)ᵀ.
+        let b_rows = Operand {
+            transposed: !b.transposed,
+            ..b
         };
-        let mut dispatches = vec![
-            texture_copy::dispatch_block(
-                ctx,
-                a.buffer,
-                Precision::F32,
-                block(a, a.transposed),
-                &lhs,
-            )
-            .await?,
-            // The texel GEMM reads its right operand as rows of op(B)ᵀ.
-            texture_copy::dispatch_block(
-                ctx,
-                b.buffer,
-                Precision::F32,
-                block(b, !b.transposed),
-                &rhs,
-            )
-            .await?,
-        ];
+        let (rhs, copy_b) = packs.pack(ctx, "matmul rhs", (n, k), b_rows).await?;
+        let mut dispatches = vec![copy_a, copy_b];
         let out = OutBlock {
             offset: c.offset,
             stride: c.stride,
             accumulate,
         };
-        dispatches.extend(
-            gemm::texel_dispatches_into(
-                ctx,
-                TexelGemmKernel::Blocked,
-                &lhs,
-                &rhs,
-                Rows::Buffer(c.buffer.into()),
-                Precision::F32,
-                out,
-            )
-            .await?,
-        );
+        dispatches
+            .extend(texel_product(ctx, &lhs, &rhs, Rows::Buffer(c.buffer.into()), out).await?);
         return Ok(dispatches);
     }
     buffer_dispatches(ctx, m, n, k, a, b, c, accumulate).await
+}
+
+/// Whether a `[rows, cols]` matrix fits texel rows on this device.
+pub(crate) fn fits(ctx: &GpuContext, rows: usize, cols: usize) -> bool {
+    TexelShape::new(ctx, "matmul operand", rows, cols).is_ok()
+}
+
+/// `out (+)= lhs·rhsᵀ` with both operands texel rows (`gemm_texture.wgsl`), into a block of a
+/// buffer or into texel rows.
+pub(crate) async fn texel_product(
+    ctx: &GpuContext,
+    lhs: &TexelRows,
+    rhs: &TexelRows,
+    out: Rows<'_>,
+    block: OutBlock,
+) -> Result<Vec<Dispatch>> {
+    gemm::texel_dispatches_into(
+        ctx,
+        TexelGemmKernel::Blocked,
+        lhs,
+        rhs,
+        out,
+        Precision::F32,
+        block,
+    )
+    .await
 }
 
 /// `matmul.wgsl` on the storage buffers.

@@ -28,6 +28,7 @@
 //! them; nothing here imports the plan.
 
 pub(crate) mod adamw;
+pub(crate) mod attention_chunk_texels;
 pub(crate) mod attention_chunks;
 pub(crate) mod attention_train;
 pub(crate) mod bias_add;
@@ -159,6 +160,14 @@ mod uniform_layouts {
         check!(
             attention_train::Params,
             attention_chunks::backward_variant()
+        );
+        check!(
+            attention_train::Params,
+            attention_chunk_texels::softmax_variant(ctx)
+        );
+        check!(
+            attention_train::Params,
+            attention_chunk_texels::backward_variant(ctx)
         );
         check!(dropout_mask::Params, dropout_mask::variant());
         for precision in Precision::ALL {

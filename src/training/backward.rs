@@ -289,24 +289,19 @@ async fn backward_dispatches(
             .await?,
         ),
         TrainingCore::Chunked => {
-            let step = attention_chunks::chunk_rows(ctx, act.seq);
-            let scratch = attention_chunks::scratch(ctx, step, act.seq)?;
-            scratch_bytes += scratch.0.size() + scratch.1.size();
-            dispatches.extend(
-                attention_chunks::backward(
-                    ctx,
-                    gemms.operands(),
-                    &problem,
-                    &act.proj,
-                    &act.mask,
-                    &act.stats,
-                    &d_ret,
-                    &d_proj,
-                    &scratch,
-                    step,
-                )
-                .await?,
-            );
+            let core = attention_chunks::backward(
+                ctx,
+                gemms.operands(),
+                &problem,
+                &act.proj,
+                &act.mask,
+                (&act.stats, &d_ret),
+                &d_proj,
+                None,
+            )
+            .await?;
+            scratch_bytes += core.scratch_bytes;
+            dispatches.extend(core.dispatches);
         }
     }
 

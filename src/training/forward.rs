@@ -411,22 +411,18 @@ async fn forward_dispatches(
             .await?,
         ),
         TrainingCore::Chunked => {
-            let step = attention_chunks::chunk_rows(ctx, act.seq);
-            let scratch = attention_chunks::scratch(ctx, step, act.seq)?;
-            core_scratch = scratch.0.size() + scratch.1.size();
-            dispatches.extend(
-                attention_chunks::forward(
-                    ctx,
-                    gemms.operands(),
-                    &problem,
-                    &act.proj,
-                    &act.mask,
-                    (&act.stats, &act.ret),
-                    &scratch,
-                    step,
-                )
-                .await?,
-            );
+            let core = attention_chunks::forward(
+                ctx,
+                gemms.operands(),
+                &problem,
+                &act.proj,
+                &act.mask,
+                (&act.stats, &act.ret),
+                None,
+            )
+            .await?;
+            core_scratch = core.scratch_bytes;
+            dispatches.extend(core.dispatches);
         }
     }
     dispatches.push(
