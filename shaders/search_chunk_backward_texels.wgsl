@@ -32,6 +32,51 @@
 @group(0) @binding(6) var weights_t: texture_storage_2d_array<rgba32float, write>;
 @group(0) @binding(7) var d_logits_t: texture_storage_2d_array<rgba32float, write>;
 
+// Which of keys 4t .. 4t + 3 row i may attend (false past n).
+fn allowed_keys(b: u32, i: u32, t: u32) -> vec4<bool> {
+    let n = params.seq;
+    var allowed = vec4<bool>(false);
+    for (var c = 0u; c < 4u; c++) {
+        allowed[c] = 4u * t + c < n && key_allowed(b, i, 4u * t + c);
+    }
+    return allowed;
+}
+
+// Ã and dL of chunk row g at keys 4t .. 4t + 3; zeros for a row past the chunk or keys past n.
+struct BlockRow {
+    weight: vec4<f32>,
+    d_logit: vec4<f32>,
+}
+
+fn block_row(g: u32, t: u32) -> BlockRow {
+    let n = params.seq;
+    if (g >= params.end - params.begin) {
+        return BlockRow(vec4<f32>(0.0), vec4<f32>(0.0));
+    }
+    let b = params.batch_index;
+    let i = params.begin + g;
+    let row = (b * params.searches + params.search_index) * n + i;
+    let stats_row = stats[row];
+    let logits = params.scale * textureLoad(scores, texel_coords(g, t), texel_layer(g), 0);
+    let d_a = textureLoad(d_weights, texel_coords(g, t), texel_layer(g), 0);
+    let allowed = allowed_keys(b, i, t);
+    let in_row = vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n);
+    // search_weight of common/search_weights.wgsl on four keys at once.
+    var a = select(vec4<f32>(0.0), exp(logits - stats_row.x) / stats_row.y, allowed);
+    if (stats_row.y == 0.0) {
+        a = select(vec4<f32>(0.0), vec4<f32>(1.0 / f32(n)), in_row);
+    }
+    var factor = vec4<f32>(1.0);
+    if (params.dropout != 0u) {
+        for (var c = 0u; c < 4u; c++) {
+            factor[c] = dropout_factor(SEARCH_STREAM, row, n, min(4u * t + c, n - 1u));
+        }
+    }
+    let d_logit = params.scale * a * (factor * d_a - stats_row.z);
+    let has_keys = stats_row.y != 0.0;
+    return BlockRow(a * factor, select(vec4<f32>(0.0), d_logit, allowed & vec4<bool>(has_keys)));
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
@@ -47,41 +92,25 @@ fn main(
     }
     let block = index / width;
     let t = index % width;
-    let b = params.batch_index;
-    // weight[k], d_logit[k]: chunk row 4·block + k at keys 4t .. 4t + 3.
-    var weight = array<vec4<f32>, 4>();
-    var d_logit = array<vec4<f32>, 4>();
+    let g = 4u * block;
+    let r0 = block_row(g, t);
+    let r1 = block_row(g + 1u, t);
+    let r2 = block_row(g + 2u, t);
+    let r3 = block_row(g + 3u, t);
+    let d_rows = array<vec4<f32>, 4>(r0.d_logit, r1.d_logit, r2.d_logit, r3.d_logit);
     for (var k = 0u; k < 4u; k++) {
-        let g = 4u * block + k;
-        if (g >= rows) {
-            break;
+        if (g + k < rows) {
+            textureStore(d_logits, texel_coords(g + k, t), texel_layer(g + k), d_rows[k]);
         }
-        let i = params.begin + g;
-        let row = (b * params.searches + params.search_index) * n + i;
-        let row_stats = stats[row];
-        let logits = params.scale * textureLoad(scores, texel_coords(g, t), texel_layer(g), 0);
-        let d_a = textureLoad(d_weights, texel_coords(g, t), texel_layer(g), 0);
-        for (var c = 0u; c < 4u; c++) {
-            let j = 4u * t + c;
-            if (j < n) {
-                let allowed = key_allowed(b, i, j);
-                let a = search_weight(row_stats, allowed, logits[c]);
-                let factor = dropout_factor(SEARCH_STREAM, row, n, j);
-                weight[k][c] = a * factor;
-                if (allowed && row_stats.y != 0.0) {
-                    d_logit[k][c] = params.scale * a * (factor * d_a[c] - row_stats.z);
-                }
-            }
-        }
-        textureStore(d_logits, texel_coords(g, t), texel_layer(g), d_logit[k]);
     }
+    // Column c of the transposed blocks is key 4t + c's texel of the four rows.
+    let weight_t = transpose(mat4x4<f32>(r0.weight, r1.weight, r2.weight, r3.weight));
+    let d_logit_t = transpose(mat4x4<f32>(r0.d_logit, r1.d_logit, r2.d_logit, r3.d_logit));
     for (var c = 0u; c < 4u; c++) {
         let j = 4u * t + c;
         if (j < n) {
-            let w = vec4<f32>(weight[0][c], weight[1][c], weight[2][c], weight[3][c]);
-            let dl = vec4<f32>(d_logit[0][c], d_logit[1][c], d_logit[2][c], d_logit[3][c]);
-            textureStore(weights_t, texel_coords(j, block), texel_layer(j), w);
-            textureStore(d_logits_t, texel_coords(j, block), texel_layer(j), dl);
+            textureStore(weights_t, texel_coords(j, block), texel_layer(j), weight_t[c]);
+            textureStore(d_logits_t, texel_coords(j, block), texel_layer(j), d_logit_t[c]);
         }
     }
 }

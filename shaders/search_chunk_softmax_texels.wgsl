@@ -31,6 +31,16 @@ fn score_texel(g: u32, t: u32) -> vec4<f32> {
     return params.scale * textureLoad(scores, texel_coords(g, t), texel_layer(g), 0);
 }
 
+// Which of keys 4t .. 4t + 3 row i may attend (false past n).
+fn allowed_keys(b: u32, i: u32, t: u32) -> vec4<bool> {
+    let n = params.seq;
+    var allowed = vec4<bool>(false);
+    for (var c = 0u; c < 4u; c++) {
+        allowed[c] = 4u * t + c < n && key_allowed(b, i, 4u * t + c);
+    }
+    return allowed;
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
@@ -47,28 +57,16 @@ fn main(
     let n = params.seq;
     let width = (n + 3u) / 4u;
     let row = (b * params.searches + params.search_index) * n + i;
-    var top = LOWEST;
+    var top = vec4<f32>(LOWEST);
     for (var t = lane; t < width; t += WG) {
-        let logits = score_texel(g, t);
-        for (var c = 0u; c < 4u; c++) {
-            let j = 4u * t + c;
-            if (j < n && key_allowed(b, i, j)) {
-                top = max(top, logits[c]);
-            }
-        }
+        top = max(top, select(vec4<f32>(LOWEST), score_texel(g, t), allowed_keys(b, i, t)));
     }
-    let m = workgroup_max(lane, top);
-    var sum = 0.0;
+    let m = workgroup_max(lane, max(max(top.x, top.y), max(top.z, top.w)));
+    var sum = vec4<f32>(0.0);
     for (var t = lane; t < width; t += WG) {
-        let logits = score_texel(g, t);
-        for (var c = 0u; c < 4u; c++) {
-            let j = 4u * t + c;
-            if (j < n && key_allowed(b, i, j)) {
-                sum += exp(logits[c] - m);
-            }
-        }
+        sum += select(vec4<f32>(0.0), exp(score_texel(g, t) - m), allowed_keys(b, i, t));
     }
-    let l = workgroup_sum(lane, sum);
+    let l = workgroup_sum(lane, sum.x + sum.y + sum.z + sum.w);
     if (!in_chunk) {
         return;
     }
@@ -77,15 +75,18 @@ fn main(
         stats[row] = row_stats;
     }
     for (var t = lane; t < width; t += WG) {
-        let logits = score_texel(g, t);
-        var out = vec4<f32>(0.0);
-        for (var c = 0u; c < 4u; c++) {
-            let j = 4u * t + c;
-            if (j < n) {
-                let weight = search_weight(row_stats, key_allowed(b, i, j), logits[c]);
-                out[c] = weight * dropout_factor(SEARCH_STREAM, row, n, j);
+        let allowed = allowed_keys(b, i, t);
+        let in_row = vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n);
+        // search_weight of common/search_weights.wgsl on four keys at once.
+        var weight = select(vec4<f32>(0.0), exp(score_texel(g, t) - m) / l, allowed);
+        if (l == 0.0) {
+            weight = select(vec4<f32>(0.0), vec4<f32>(1.0 / f32(n)), in_row);
+        }
+        if (params.dropout != 0u) {
+            for (var c = 0u; c < 4u; c++) {
+                weight[c] *= dropout_factor(SEARCH_STREAM, row, n, min(4u * t + c, n - 1u));
             }
         }
-        textureStore(weights, texel_coords(g, t), texel_layer(g), out);
+        textureStore(weights, texel_coords(g, t), texel_layer(g), weight);
     }
 }
