@@ -32,16 +32,6 @@
 @group(0) @binding(6) var weights_t: texture_storage_2d_array<rgba32float, write>;
 @group(0) @binding(7) var d_logits_t: texture_storage_2d_array<rgba32float, write>;
 
-// Which of keys 4t .. 4t + 3 row i may attend (false past n).
-fn allowed_keys(b: u32, i: u32, t: u32) -> vec4<bool> {
-    let n = params.seq;
-    var allowed = vec4<bool>(false);
-    for (var c = 0u; c < 4u; c++) {
-        allowed[c] = 4u * t + c < n && key_allowed(b, i, 4u * t + c);
-    }
-    return allowed;
-}
-
 // Ã and dL of chunk row g at keys 4t .. 4t + 3; zeros for a row past the chunk or keys past n.
 struct BlockRow {
     weight: vec4<f32>,
@@ -60,18 +50,8 @@ fn block_row(g: u32, t: u32) -> BlockRow {
     let logits = params.scale * textureLoad(scores, texel_coords(g, t), texel_layer(g), 0);
     let d_a = textureLoad(d_weights, texel_coords(g, t), texel_layer(g), 0);
     let allowed = allowed_keys(b, i, t);
-    let in_row = vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n);
-    // search_weight of common/search_weights.wgsl on four keys at once.
-    var a = select(vec4<f32>(0.0), exp(logits - stats_row.x) / stats_row.y, allowed);
-    if (stats_row.y == 0.0) {
-        a = select(vec4<f32>(0.0), vec4<f32>(1.0 / f32(n)), in_row);
-    }
-    var factor = vec4<f32>(1.0);
-    if (params.dropout != 0u) {
-        for (var c = 0u; c < 4u; c++) {
-            factor[c] = dropout_factor(SEARCH_STREAM, row, n, min(4u * t + c, n - 1u));
-        }
-    }
+    let a = search_weights4(stats_row, t, allowed, logits);
+    let factor = dropout_factors4(SEARCH_STREAM, row, t);
     let d_logit = params.scale * a * (factor * d_a - stats_row.z);
     let has_keys = stats_row.y != 0.0;
     return BlockRow(a * factor, select(vec4<f32>(0.0), d_logit, allowed & vec4<bool>(has_keys)));

@@ -31,16 +31,6 @@ fn score_texel(g: u32, t: u32) -> vec4<f32> {
     return params.scale * textureLoad(scores, texel_coords(g, t), texel_layer(g), 0);
 }
 
-// Which of keys 4t .. 4t + 3 row i may attend (false past n).
-fn allowed_keys(b: u32, i: u32, t: u32) -> vec4<bool> {
-    let n = params.seq;
-    var allowed = vec4<bool>(false);
-    for (var c = 0u; c < 4u; c++) {
-        allowed[c] = 4u * t + c < n && key_allowed(b, i, 4u * t + c);
-    }
-    return allowed;
-}
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
@@ -75,18 +65,9 @@ fn main(
         stats[row] = row_stats;
     }
     for (var t = lane; t < width; t += WG) {
-        let allowed = allowed_keys(b, i, t);
-        let in_row = vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n);
-        // search_weight of common/search_weights.wgsl on four keys at once.
-        var weight = select(vec4<f32>(0.0), exp(score_texel(g, t) - m) / l, allowed);
-        if (l == 0.0) {
-            weight = select(vec4<f32>(0.0), vec4<f32>(1.0 / f32(n)), in_row);
-        }
-        if (params.dropout != 0u) {
-            for (var c = 0u; c < 4u; c++) {
-                weight[c] *= dropout_factor(SEARCH_STREAM, row, n, min(4u * t + c, n - 1u));
-            }
-        }
-        textureStore(weights, texel_coords(g, t), texel_layer(g), weight);
+        let logits = score_texel(g, t);
+        let weight = search_weights4(row_stats, t, allowed_keys(b, i, t), logits);
+        let factor = dropout_factors4(SEARCH_STREAM, row, t);
+        textureStore(weights, texel_coords(g, t), texel_layer(g), weight * factor);
     }
 }

@@ -21,3 +21,31 @@ fn search_weight(stats: vec4<f32>, allowed: bool, score: f32) -> f32 {
     return select(0.0, exp(score - stats.x) / stats.y, allowed);
 }
 
+// Which of keys 4t .. 4t + 3 row i may attend (false past n): the texel kernels' four keys.
+fn allowed_keys(b: u32, i: u32, t: u32) -> vec4<bool> {
+    var allowed = vec4<bool>(false);
+    for (var c = 0u; c < 4u; c++) {
+        allowed[c] = 4u * t + c < params.seq && key_allowed(b, i, 4u * t + c);
+    }
+    return allowed;
+}
+
+// search_weight of keys 4t .. 4t + 3 at once (`logits` scaled; 0 past n).
+fn search_weights4(stats: vec4<f32>, t: u32, allowed: vec4<bool>, logits: vec4<f32>) -> vec4<f32> {
+    if (stats.y == 0.0) {
+        let in_row = vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.seq);
+        return select(vec4<f32>(0.0), vec4<f32>(1.0 / f32(params.seq)), in_row);
+    }
+    return select(vec4<f32>(0.0), exp(logits - stats.x) / stats.y, allowed);
+}
+
+// The dropout factors of keys 4t .. 4t + 3 of `row` (1 without dropout; past n unused).
+fn dropout_factors4(stream: u32, row: u32, t: u32) -> vec4<f32> {
+    var factor = vec4<f32>(1.0);
+    if (params.dropout != 0u) {
+        for (var c = 0u; c < 4u; c++) {
+            factor[c] = dropout_factor(stream, row, params.seq, min(4u * t + c, params.seq - 1u));
+        }
+    }
+    return factor;
+}

@@ -23,7 +23,6 @@ use crate::gpu::dispatch::Dispatch;
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::rows_per_layer;
 use crate::ops::Rows;
-use crate::ops::attention_chunks::{chunks, offsets};
 use crate::ops::attention_train::CoreProblem;
 use crate::ops::gemm::OutBlock;
 use crate::ops::matmul::{self, Operand, TexelPacks};
@@ -91,7 +90,7 @@ async fn scores(
 ) -> Result<(crate::gpu::texture::TexelRows, Vec<Dispatch>)> {
     let l = &problem.layout;
     let (n, d, rs, c) = (l.seq, l.head, l.row_stride, rows.len());
-    let (q, k, _) = offsets(problem, b, sigma, rows.start);
+    let (q, k, _) = problem.chunk_offsets(b, sigma, rows.start);
     let (sq, copy_q) = packs
         .pack(ctx, "chunk SQ", (c, d), plain(proj, q, rs))
         .await?;
@@ -118,9 +117,9 @@ pub(crate) async fn forward(
     let l = problem.layout;
     let (n, vw, rs) = (l.seq, problem.value_width(), l.row_stride);
     let mut dispatches = Vec::new();
-    for (b, sigma, rows) in chunks(problem, step) {
+    for (b, sigma, rows) in problem.chunks(step) {
         let c = rows.len();
-        let (_, _, v) = offsets(problem, b, sigma, rows.start);
+        let (_, _, v) = problem.chunk_offsets(b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
         let (scores, score_dispatches) =
             scores(ctx, packs, problem, proj, (b, sigma, &rows)).await?;
@@ -170,9 +169,9 @@ pub(crate) async fn backward(
     let l = problem.layout;
     let (n, d, vw, rs) = (l.seq, l.head, problem.value_width(), l.row_stride);
     let mut dispatches = Vec::new();
-    for (b, sigma, rows) in chunks(problem, step) {
+    for (b, sigma, rows) in problem.chunks(step) {
         let c = rows.len();
-        let (q, k, v) = offsets(problem, b, sigma, rows.start);
+        let (q, k, v) = problem.chunk_offsets(b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
         let (scores, score_dispatches) =
             scores(ctx, packs, problem, proj, (b, sigma, &rows)).await?;

@@ -95,39 +95,6 @@ fn scratch(ctx: &GpuContext, rows: usize, n: usize) -> Result<(wgpu::Buffer, wgp
     ))
 }
 
-/// Every `(batch, search, rows)` chunk of the problem, `step` query rows at most, in order.
-pub(crate) fn chunks(
-    problem: &CoreProblem,
-    step: usize,
-) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> {
-    let l = problem.layout;
-    let step = step.max(1);
-    (0..l.batch).flat_map(move |b| {
-        (0..l.searches).flat_map(move |sigma| {
-            (0..l.seq)
-                .step_by(step)
-                .map(move |begin| (b, sigma, begin..(begin + step).min(l.seq)))
-        })
-    })
-}
-
-/// Where the projections of `(batch b, search σ)` start in `proj` (or `d_proj`), in elements:
-/// `(SQ of query row i0, SK of key 0, RV of key 0)`.
-pub(crate) fn offsets(
-    problem: &CoreProblem,
-    b: usize,
-    sigma: usize,
-    i0: usize,
-) -> (usize, usize, usize) {
-    let l = &problem.layout;
-    let token0 = b * l.seq;
-    (
-        (token0 + i0) * l.row_stride + l.search_queries + sigma * l.head,
-        token0 * l.row_stride + l.search_keys + sigma * l.head,
-        token0 * l.row_stride + l.retrieval_values,
-    )
-}
-
 fn operand(buffer: &wgpu::Buffer, offset: usize, stride: usize, transposed: bool) -> Operand<'_> {
     Operand {
         buffer,
@@ -147,7 +114,7 @@ async fn scores(
     scores: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
     let l = &problem.layout;
-    let (q, k, _) = offsets(problem, b, sigma, rows.start);
+    let (q, k, _) = problem.chunk_offsets(b, sigma, rows.start);
     let target = Target {
         buffer: scores,
         offset: 0,
@@ -193,7 +160,7 @@ pub(crate) async fn forward(
     let l = problem.layout;
     let vw = problem.value_width();
     let mut dispatches = Vec::new();
-    for (b, sigma, rows) in chunks(problem, step) {
+    for (b, sigma, rows) in problem.chunks(step) {
         dispatches.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
         let params = problem.chunk_params((b, sigma), rows.clone());
         dispatches.push(
@@ -206,7 +173,7 @@ pub(crate) async fn forward(
             )
             .await?,
         );
-        let (_, _, v) = offsets(problem, b, sigma, 0);
+        let (_, _, v) = problem.chunk_offsets(b, sigma, 0);
         let row0 = (b * l.searches + sigma) * l.seq + rows.start;
         dispatches.extend(
             matmul::dispatches(
@@ -270,8 +237,8 @@ pub(crate) async fn backward(
     let l = problem.layout;
     let (n, d, vw, rs) = (l.seq, l.head, problem.value_width(), l.row_stride);
     let mut dispatches = Vec::new();
-    for (b, sigma, rows) in chunks(problem, step) {
-        let (q, k, v) = offsets(problem, b, sigma, rows.start);
+    for (b, sigma, rows) in problem.chunks(step) {
+        let (q, k, v) = problem.chunk_offsets(b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
         let c = rows.len();
         dispatches.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);

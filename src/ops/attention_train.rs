@@ -91,6 +91,35 @@ pub(crate) struct CoreProblem {
 }
 
 impl CoreProblem {
+    /// Every `(batch, search, rows)` chunk of the problem, `step` query rows at most, in order
+    /// (the chunked cores, `ops::attention_chunks` and `ops::attention_chunk_texels`).
+    pub(crate) fn chunks(
+        &self,
+        step: usize,
+    ) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> + use<> {
+        let l = self.layout;
+        let step = step.max(1);
+        (0..l.batch).flat_map(move |b| {
+            (0..l.searches).flat_map(move |sigma| {
+                (0..l.seq)
+                    .step_by(step)
+                    .map(move |begin| (b, sigma, begin..(begin + step).min(l.seq)))
+            })
+        })
+    }
+
+    /// Where the projections of `(batch b, search σ)` start in `proj` (or `d_proj`), in
+    /// elements: `(SQ of query row i0, SK of key 0, RV of key 0)`.
+    pub(crate) fn chunk_offsets(&self, b: usize, sigma: usize, i0: usize) -> (usize, usize, usize) {
+        let l = &self.layout;
+        let token0 = b * l.seq;
+        (
+            (token0 + i0) * l.row_stride + l.search_queries + sigma * l.head,
+            token0 * l.row_stride + l.search_keys + sigma * l.head,
+            token0 * l.row_stride + l.retrieval_values,
+        )
+    }
+
     fn rows(&self) -> u64 {
         (self.layout.batch * self.layout.searches * self.layout.seq) as u64
     }
