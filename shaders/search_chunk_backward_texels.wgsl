@@ -1,7 +1,8 @@
 // search_chunk_backward_texels.wgsl: search_chunk_backward.wgsl with its matrices as texel rows,
 // for the CPU family where texel loads work. It also writes the transposes the next GEMMs read
 // as their left operands (dSK = dLᵀ·SQ, dRV = Ãᵀ·dRet), so that no GEMM operand is copied with
-// a strided (transposing) read of an n-sized matrix, which ran at a quarter of the GEMM's speed.
+// a strided (transposing) read of an n-sized matrix: on lavapipe those copies were a large share
+// of the backward (ARCHITECTURE decision 17).
 //
 // Computes   for chunk row g (query i = begin + g, row = (b·s + σ)·n + i), key j, (m, l, D) =
 //            stats[row], A_j from them (common/search_weights.wgsl), f_j = dropout(stream 0, row·n + j):

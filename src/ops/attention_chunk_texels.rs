@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::Dispatch;
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
-use crate::gpu::texture::rows_per_layer;
+use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::ops::Rows;
 use crate::ops::attention_train::CoreProblem;
 use crate::ops::gemm::OutBlock;
@@ -87,7 +87,7 @@ async fn scores(
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
     (b, sigma, rows): (usize, usize, &std::ops::Range<usize>),
-) -> Result<(crate::gpu::texture::TexelRows, Vec<Dispatch>)> {
+) -> Result<(TexelRows, Vec<Dispatch>)> {
     let l = &problem.layout;
     let (n, d, rs, c) = (l.seq, l.head, l.row_stride, rows.len());
     let (q, k, _) = problem.chunk_offsets(b, sigma, rows.start);

@@ -39,7 +39,7 @@ static SEARCH_CHUNK_BACKWARD: Kernel = kernel!(
 const WG: u32 = 64;
 
 /// The most bytes one chunk's scores take (and its gradient again): 16 MiB.
-pub(crate) const SCRATCH_BYTES: u64 = 16 << 20;
+const SCRATCH_BYTES: u64 = 16 << 20;
 
 pub(crate) fn softmax_variant() -> ShaderVariant {
     ShaderVariant::new(&SEARCH_CHUNK_SOFTMAX).u32("WG", WG)
@@ -51,7 +51,7 @@ pub(crate) fn backward_variant() -> ShaderVariant {
 
 /// The most bytes one `[rows, n]` texel matrix of the texel route takes: 8 MiB (its backward
 /// keeps five).
-pub(crate) const TEXEL_SCRATCH_BYTES: u64 = 8 << 20;
+const TEXEL_SCRATCH_BYTES: u64 = 8 << 20;
 
 /// Query rows per chunk at sequence length `n` in the buffer route: as many as fit
 /// [`SCRATCH_BYTES`] and the device's storage binding size, at least one.

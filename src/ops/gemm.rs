@@ -511,8 +511,8 @@ mod tests {
                 1e-5,
             );
         }
-        // Texel output (columns past n unspecified), read back through a texel → buffer round trip of the next GEMM:
-        // multiplying by the identity returns the matrix.
+        // Texel output (columns past n unspecified), read back through a texel → buffer round
+        // trip of the next GEMM: multiplying by the identity returns the matrix.
         let d = build_all(texel_dispatches(
             ctx,
             TexelGemmKernel::Blocked,

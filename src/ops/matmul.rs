@@ -13,7 +13,7 @@
 //! which reads column blocks and transposes) and runs the forward's texel GEMM
 //! (`gemm_texture.wgsl`) into the output block: on lavapipe that GEMM runs about 4× faster
 //! than this one, and the copies cost `(m + n)·k` against its `m·n·k`. The copies live in
-//! [`TexelPacks`], one texture per shape and side, reused by every product of a pass.
+//! [`TexelPacks`], one texture per shape and slot, reused by every product of a pass.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -321,9 +321,6 @@ mod tests {
         out
     }
 
-    /// Every transpose pair on a shape no multiple of any tile, into a column block of a wider
-    /// C whose other columns keep their poison; then accumulated; then a reduction long enough
-    /// to split on a loop-capped driver; and the degenerate sizes.
     /// The routes this device can take: buffers, and texel copies where texel loads work.
     fn routes(packs: &TexelPacks) -> Vec<(&'static str, Operands<'_>)> {
         let mut routes = vec![("buffers", Operands::Buffers)];
@@ -341,6 +338,10 @@ mod tests {
         }
     }
 
+    /// Every transpose pair on a shape no multiple of any tile, into a column block of a wider
+    /// C whose other columns keep their poison; then accumulated; then a reduction long enough
+    /// to split on a loop-capped driver (and too wide for a texture: the texel route falls back
+    /// to buffers); and the degenerate sizes.
     fn products_match_the_host(route: &str, operands: Operands<'_>) {
         let (mut rng, what) = rng("matmul");
         for &(m, n, k) in &[
