@@ -15,11 +15,14 @@ mod common;
 
 use std::path::Path;
 
+use compositional_attention::checkpoint::{
+    Checkpoint, Form, FormWeights, Format, Linear, Selection, SelectionWeights,
+};
 use compositional_attention::dropout::{Dropout, DropoutStream};
 use compositional_attention::io::{self, Input};
 use compositional_attention::reference::{self, backward::ReferenceGradients};
 use compositional_attention::testing::{ErrorStats, normal, random_problem};
-use compositional_attention::{Config, Weights};
+use compositional_attention::{Config, Error, Weights};
 
 /// `L = Σ y ⊙ dy` of the reference forward: the evaluation forward, or the training forward of
 /// the step seeded `dropout_seed`.
@@ -492,5 +495,205 @@ fn reference_backward_matches_pytorch_autograd() {
     assert!(
         checked >= 4,
         "expected the 4 shipped cases, found {checked}"
+    );
+}
+
+// ---- gradients of the checkpoint's own tensors (Checkpoint::gradients) ----------------------
+
+/// Every tensor of a general-form checkpoint, mutable, under a name of its place in the form.
+fn checkpoint_tensors(w: &mut FormWeights) -> Vec<(String, &mut Vec<f32>)> {
+    let mut table: Vec<(String, &mut Vec<f32>)> = Vec::new();
+    if let Some((gamma, beta)) = &mut w.norm {
+        table.push(("norm.gamma".into(), gamma));
+        table.push(("norm.beta".into(), beta));
+    }
+    let selection: Vec<(&str, &mut Linear)> = match &mut w.selection {
+        SelectionWeights::DotProduct { value_k } => vec![("value_k", value_k)],
+        SelectionWeights::LinearScore { score } => vec![("score", score)],
+        SelectionWeights::MlpScore { hidden, score } => vec![("hidden", hidden), ("score", score)],
+    };
+    let linears = [
+        ("q", &mut w.q),
+        ("k", &mut w.k),
+        ("v", &mut w.v),
+        ("value_q", &mut w.value_q),
+        ("out", &mut w.out),
+    ];
+    for (name, l) in linears.into_iter().chain(selection) {
+        table.push((format!("{name}.weight"), &mut l.weight));
+        if let Some(bias) = &mut l.bias {
+            table.push((format!("{name}.bias"), bias));
+        }
+    }
+    table
+}
+
+/// The gradients of a checkpoint's own tensors, through the layer's lowered parameters
+/// (`reference::backward` on `Checkpoint::layer_weights`, then `Checkpoint::gradients`),
+/// against central finite differences of the general form's f64 forward
+/// (`reference::general::forward`, which shares nothing with the lowering).
+fn check_checkpoint_gradients(
+    name: &str,
+    form: Form,
+    bias: bool,
+    (batch, seq): (usize, usize),
+    lengths: Option<&[usize]>,
+) {
+    let (seed, what) = common::seed(name);
+    let checkpoint = common::variants::random_checkpoint(form, bias, seed);
+    let mut rng = compositional_attention::rng::Rng::seed_from_u64(seed ^ 0x77);
+    let x = normal(&mut rng, batch * seq * form.dim, 1.0);
+    let dy = normal(&mut rng, batch * seq * form.dim, 1.0);
+    let mask: Option<Vec<bool>> =
+        lengths.map(|l| (0..batch * seq).map(|i| i % seq < l[i / seq]).collect());
+    let mask = mask.as_deref();
+    let loss = |c: &Checkpoint| -> f64 {
+        let y = reference::general::forward(c, &x, batch, seq, mask).unwrap();
+        y.iter().zip(&dy).map(|(y, &g)| y * g as f64).sum()
+    };
+    let lowered = checkpoint.layer_weights().unwrap();
+    let layer_gradients = reference::backward::backward(&lowered, &x, batch, seq, mask, &dy)
+        .unwrap()
+        .to_weights(&lowered)
+        .unwrap();
+    let mut gradients = checkpoint.gradients(&layer_gradients).unwrap();
+    assert_eq!(gradients.form, checkpoint.form, "{what}: the same form");
+    let analytic: Vec<(String, Vec<f32>)> = checkpoint_tensors(&mut gradients.weights)
+        .into_iter()
+        .map(|(n, g)| (n, g.clone()))
+        .collect();
+    let mut perturbed = checkpoint.clone();
+    let count = checkpoint_tensors(&mut perturbed.weights).len();
+    assert_eq!(count, analytic.len(), "{what}: a gradient for every tensor");
+    for (t, (tensor, expected)) in analytic.iter().enumerate() {
+        let mut numeric = Vec::new();
+        let mut ours = Vec::new();
+        for k in coordinates(expected.len(), 6, seed ^ t as u64) {
+            let original = checkpoint_tensors(&mut perturbed.weights)[t].1[k];
+            let step = STEP * original.abs().max(0.1);
+            numeric.push(central_difference(original, step, |value| {
+                checkpoint_tensors(&mut perturbed.weights)[t].1[k] = value;
+                let l = loss(&perturbed);
+                checkpoint_tensors(&mut perturbed.weights)[t].1[k] = original;
+                l
+            }));
+            ours.push(expected[k] as f64);
+        }
+        assert_close(&format!("{what}: {tensor}"), &numeric, &ours);
+    }
+}
+
+fn general_form(
+    format: Format,
+    dim: usize,
+    heads: usize,
+    rules: usize,
+    widths: [usize; 3],
+) -> Form {
+    common::variants::form(format, dim, heads, rules, widths)
+}
+
+#[test]
+fn checkpoint_gradients_fairseq_dot_product_odd_widths_causal_and_padding() {
+    let form = Form {
+        causal: true,
+        ..general_form(Format::Fairseq, 20, 4, 2, [5, 7, 3])
+    };
+    check_checkpoint_gradients(
+        "checkpoint_gradients_fairseq_dot_product_odd_widths_causal_and_padding",
+        form,
+        true,
+        (2, 7),
+        Some(&[7, 4]),
+    );
+}
+
+#[test]
+fn checkpoint_gradients_linear_score_network_with_a_fully_masked_row() {
+    let form = Form {
+        selection: Selection::LinearScore,
+        ..general_form(Format::Fairseq, 24, 3, 3, [8, 6, 5])
+    };
+    check_checkpoint_gradients(
+        "checkpoint_gradients_linear_score_network_with_a_fully_masked_row",
+        form,
+        true,
+        (2, 5),
+        Some(&[5, 0]),
+    );
+}
+
+#[test]
+fn checkpoint_gradients_q_compose() {
+    let dot = Form {
+        q_compose: true,
+        ..general_form(Format::Xformers, 18, 3, 2, [6, 9, 4])
+    };
+    check_checkpoint_gradients("checkpoint_gradients_q_compose", dot, true, (1, 6), None);
+    let score = Form {
+        q_compose: true,
+        selection: Selection::LinearScore,
+        ..general_form(Format::Fairseq, 16, 1, 1, [16, 4, 6])
+    };
+    check_checkpoint_gradients("checkpoint_gradients_q_compose", score, false, (2, 3), None);
+}
+
+#[test]
+fn checkpoint_gradients_of_forms_that_lower_to_themselves() {
+    // Keras with prenorm, and xformers with equal widths and no biases: the layer's tensors
+    // are the checkpoint's.
+    let keras = Form {
+        prenorm: true,
+        ..general_form(Format::Keras, 12, 2, 3, [4, 4, 4])
+    };
+    check_checkpoint_gradients(
+        "checkpoint_gradients_of_forms_that_lower_to_themselves",
+        keras,
+        false,
+        (1, 5),
+        None,
+    );
+    let xformers = general_form(Format::Xformers, 16, 2, 2, [8, 8, 8]);
+    check_checkpoint_gradients(
+        "checkpoint_gradients_of_forms_that_lower_to_themselves",
+        xformers,
+        true,
+        (2, 4),
+        Some(&[4, 2]),
+    );
+}
+
+#[test]
+fn checkpoint_gradients_refuse_another_layer_and_the_mlp_score_network() {
+    let (seed, what) = common::seed("checkpoint_gradients_refuse_another_layer");
+    let fairseq = common::variants::random_checkpoint(
+        general_form(Format::Fairseq, 20, 4, 2, [5, 7, 3]),
+        true,
+        seed,
+    );
+    let other = common::variants::random_checkpoint(
+        general_form(Format::Fairseq, 20, 4, 2, [5, 8, 3]),
+        true,
+        seed,
+    );
+    let err = fairseq
+        .gradients(&other.layer_weights().unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TrainingMismatch(_)),
+        "{what}: another layer's gradients: {err}"
+    );
+    let mlp = common::variants::random_checkpoint(
+        Form {
+            selection: Selection::MlpScore,
+            ..general_form(Format::Xformers, 20, 3, 3, [6, 5, 7])
+        },
+        true,
+        seed,
+    );
+    let err = mlp.gradients(&mlp.layer_weights().unwrap()).unwrap_err();
+    assert!(
+        matches!(err, Error::TrainingUnsupported { .. }),
+        "{what}: the MLP score network: {err}"
     );
 }

@@ -89,21 +89,26 @@ fn check_problem(ctx: &GpuContext, what: &str, weights: &Weights, input: &Input,
         let reference = expected
             .parameter(p.name)
             .unwrap_or_else(|| panic!("{what}: the reference has no {}", p.name));
-        let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        if scale <= 1e-9 * largest {
-            // A gradient that is zero in exact arithmetic: the search keys' bias (adding a
-            // constant to every key shifts a row's logits alike, which its softmax ignores).
-            // Ours is rounding; it must be small beside the layer's gradients.
-            let ours = p.data.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
-            assert!(
-                ours <= TOLERANCE * largest,
-                "{what}: {}: max {ours:e} where the reference is 0 (largest gradient {largest:e})",
-                p.name
-            );
-            continue;
-        }
-        assert_gradient(&format!("{what}: {}", p.name), p.data, reference);
+        assert_parameter_gradient(&format!("{what}: {}", p.name), p.data, reference, largest);
     }
+}
+
+/// [`assert_gradient`], except for a gradient that is zero in exact arithmetic (the search
+/// keys' bias: adding a constant to every key shifts a row's logits alike, which its softmax
+/// ignores; value_k's bias in a checkpoint's gradients). Ours is then rounding, and must be
+/// small beside `largest`, the layer's largest gradient.
+#[track_caller]
+fn assert_parameter_gradient(what: &str, gpu: &[f32], reference: &[f64], largest: f64) {
+    let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if scale <= 1e-9 * largest {
+        let ours = gpu.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+        assert!(
+            ours <= TOLERANCE * largest,
+            "{what}: max {ours:e} where the reference is 0 (largest gradient {largest:e})"
+        );
+        return;
+    }
+    assert_gradient(what, gpu, reference);
 }
 
 fn config(dim: usize, d: usize, s: usize, r: usize) -> Config {
@@ -697,4 +702,80 @@ fn encoded_training_step_equals_the_host_calls() {
         ),
         Err(Error::IoBuffer { .. })
     ));
+}
+
+/// A fairseq checkpoint of another form (odd widths, `q_compose`, the linear score network):
+/// the GPU trains its lowered layer (padded heads, the folded selection) as the reference
+/// does, and `Checkpoint::gradients` takes the GPU's gradients back to the checkpoint's own
+/// tensors as it takes the reference's.
+#[test]
+fn gradients_of_a_fairseq_checkpoint_reach_its_own_tensors() {
+    use compositional_attention::checkpoint::{Form, Format, Selection};
+    let (seed, what) = seed("gradients_of_a_fairseq_checkpoint_reach_its_own_tensors");
+    let forms = [
+        Form {
+            causal: true,
+            ..common::variants::form(Format::Fairseq, 20, 4, 2, [5, 7, 3])
+        },
+        Form {
+            q_compose: true,
+            selection: Selection::LinearScore,
+            ..common::variants::form(Format::Fairseq, 18, 3, 2, [6, 9, 4])
+        },
+    ];
+    for (i, form) in forms.into_iter().enumerate() {
+        let checkpoint = common::variants::random_checkpoint(form, true, seed ^ i as u64);
+        let weights = checkpoint.layer_weights().unwrap();
+        let (batch, seq) = (2, 9);
+        let mut rng = Rng::seed_from_u64(seed ^ 0xfa15 ^ i as u64);
+        let x = normal(&mut rng, batch * seq * form.dim, 1.0);
+        let dy = normal(&mut rng, batch * seq * form.dim, 1.0);
+        let input = Input {
+            batch,
+            seq,
+            dim: form.dim,
+            x,
+            mask: Some(compositional_attention::testing::length_mask(
+                batch,
+                seq,
+                &[9, 5],
+            )),
+        };
+        for ctx in both_families() {
+            let what = format!("{what} form {i} [{}]", family(ctx));
+            check_problem(ctx, &what, &weights, &input, &dy);
+            let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+            let mut grads = layer.gradients().unwrap();
+            let (_, act) = layer
+                .forward_train_blocking(&input.x, batch, seq, input.mask.as_deref(), 5)
+                .unwrap();
+            layer.backward_blocking(&act, &dy, &mut grads).unwrap();
+            let ours = checkpoint
+                .gradients(&grads.to_weights_blocking().unwrap())
+                .unwrap();
+            let reference = reference::backward::backward(
+                &weights,
+                &input.x,
+                batch,
+                seq,
+                input.mask.as_deref(),
+                &dy,
+            )
+            .unwrap();
+            let expected = checkpoint
+                .gradients(&reference.to_weights(&weights).unwrap())
+                .unwrap();
+            let (ours, expected) = (ours.state_dict(), expected.state_dict());
+            assert_eq!(ours.len(), expected.len());
+            let largest = expected
+                .iter()
+                .flat_map(|t| &t.data)
+                .fold(0.0f64, |m, &v| m.max(v.abs() as f64));
+            for (o, e) in ours.iter().zip(&expected) {
+                assert_eq!(o.name, e.name);
+                let e: Vec<f64> = e.data.iter().map(|&v| v as f64).collect();
+                assert_parameter_gradient(&format!("{what}: {}", o.name), &o.data, &e, largest);
+            }
+        }
+    }
 }

@@ -10,16 +10,17 @@
 
 mod common;
 
-use common::variants::{CASES, case_bytes, case_dir, constructor_json, options};
+use common::variants::{
+    CASES, case_bytes, case_dir, constructor_json, form, options, random_checkpoint,
+};
 use common::{assert_close, gpu, gpu_other_profile, seed};
 use compositional_attention::checkpoint::{
-    Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear, Selection,
-    SelectionWeights,
+    Checkpoint, CheckpointOptions, Constructor, Form, Format, Selection,
 };
 use compositional_attention::io::{Input, read_output};
 use compositional_attention::rng::Rng;
 use compositional_attention::testing::{ErrorStats, normal};
-use compositional_attention::{CompositionalAttention, Error, Strategy, reference};
+use compositional_attention::{CompositionalAttention, Error, Strategy, Weights, reference};
 
 /// The suggested comparison of the golden-variants README, and the issue's bar.
 const TOLERANCE: f64 = 1e-4;
@@ -130,97 +131,6 @@ fn golden_variants_on_the_gpu() {
 }
 
 // ---- random problems of every form ------------------------------------------------------------
-
-fn random_linear(rng: &mut Rng, out: usize, inp: usize, bias: bool) -> Linear {
-    let bound = 1.0 / (inp as f32).sqrt();
-    let weight = (0..out * inp)
-        .map(|_| rng.uniform_f32(-bound, bound))
-        .collect();
-    let bias = bias.then(|| {
-        (0..out)
-            .map(|_| rng.uniform_f32(-0.5, 0.5) * bound)
-            .collect()
-    });
-    Linear::new(weight, bias, out, inp).unwrap()
-}
-
-/// A random checkpoint of `form` (biases on every projection when `bias`).
-fn random_checkpoint(form: Form, bias: bool, seed: u64) -> Checkpoint {
-    let mut rng = Rng::seed_from_u64(seed);
-    let (d, h, r, hd, vd, sel) = (
-        form.dim,
-        form.searches,
-        form.retrievals,
-        form.head_dim,
-        form.value_dim,
-        form.selection_dim,
-    );
-    // Search weights with a gain, so that the search softmaxes are not all flat.
-    let mut q = random_linear(&mut rng, h * hd, d, bias);
-    q.weight.iter_mut().for_each(|w| *w *= 3.0);
-    let k = random_linear(&mut rng, h * hd, d, bias);
-    let v = random_linear(&mut rng, r * vd, d, bias);
-    let value_q = match form.q_compose {
-        true => random_linear(&mut rng, sel, hd, bias),
-        false => random_linear(&mut rng, h * sel, d, bias),
-    };
-    let mut selection = match form.selection {
-        Selection::DotProduct => SelectionWeights::DotProduct {
-            value_k: random_linear(&mut rng, sel, vd, bias),
-        },
-        Selection::LinearScore => SelectionWeights::LinearScore {
-            score: random_linear(&mut rng, 1, vd + sel, bias),
-        },
-        Selection::MlpScore => SelectionWeights::MlpScore {
-            hidden: random_linear(&mut rng, sel, vd + sel, bias),
-            score: random_linear(&mut rng, 1, sel, bias),
-        },
-    };
-    // A gain on the selection too, so that it is not uniform either.
-    match &mut selection {
-        SelectionWeights::DotProduct { value_k: l }
-        | SelectionWeights::LinearScore { score: l } => l.weight.iter_mut().for_each(|w| *w *= 4.0),
-        SelectionWeights::MlpScore { score, .. } => score.weight.iter_mut().for_each(|w| *w *= 4.0),
-    }
-    let out = random_linear(&mut rng, d, h * vd, bias);
-    let norm = form.prenorm.then(|| {
-        (
-            (0..d).map(|_| rng.uniform_f32(0.5, 1.5)).collect(),
-            (0..d).map(|_| rng.uniform_f32(-0.5, 0.5)).collect(),
-        )
-    });
-    let checkpoint = Checkpoint {
-        form,
-        weights: FormWeights {
-            norm,
-            q,
-            k,
-            v,
-            value_q,
-            selection,
-            out,
-        },
-    };
-    checkpoint.validate().unwrap();
-    checkpoint
-}
-
-fn form(format: Format, dim: usize, heads: usize, rules: usize, widths: [usize; 3]) -> Form {
-    Form {
-        format,
-        dim,
-        searches: heads,
-        retrievals: rules,
-        head_dim: widths[0],
-        value_dim: widths[1],
-        selection_dim: widths[2],
-        selection: Selection::DotProduct,
-        q_compose: false,
-        prenorm: false,
-        layer_norm_eps: 1e-5,
-        causal: false,
-    }
-}
 
 /// A random problem of `form` on the GPU (every strategy, both families) against the general
 /// f64 reference.
@@ -552,4 +462,72 @@ fn a_saved_layer_with_an_mlp_score_network_reads_back_whole() {
         Err(Error::Unsupported { option, .. }) => assert_eq!(option, "selection_mlp.hidden"),
         other => panic!("{what}: expected the MLP refused by name, got {other:?}"),
     }
+}
+
+/// `Checkpoint::to_safetensors` writes what the readers read: every format's checkpoint reads
+/// back equal, under its own names (the gradients of `Checkpoint::gradients` reach files so).
+#[test]
+fn checkpoints_write_what_their_readers_read() {
+    let (seed, what) = seed("checkpoints_write_what_their_readers_read");
+    let cases = [
+        (
+            Form {
+                selection: Selection::LinearScore,
+                ..form(Format::Fairseq, 24, 3, 3, [8, 6, 5])
+            },
+            true,
+            r#"{"format": "fairseq", "num_heads": 3}"#,
+        ),
+        (
+            Form {
+                q_compose: true,
+                ..form(Format::Xformers, 18, 3, 2, [6, 9, 4])
+            },
+            false,
+            r#"{"format": "xformers", "num_heads": 3}"#,
+        ),
+        (
+            Form {
+                selection: Selection::MlpScore,
+                ..form(Format::Fairseq, 20, 3, 3, [6, 5, 7])
+            },
+            true,
+            r#"{"format": "fairseq", "num_heads": 3}"#,
+        ),
+        (
+            Form {
+                prenorm: true,
+                layer_norm_eps: 1e-3,
+                ..form(Format::Keras, 12, 2, 3, [4, 4, 4])
+            },
+            false,
+            r#"{"format": "keras"}"#,
+        ),
+    ];
+    for (i, (form, bias, json)) in cases.into_iter().enumerate() {
+        let checkpoint = random_checkpoint(form, bias, seed ^ i as u64);
+        let bytes = checkpoint.to_safetensors().unwrap();
+        let back = Checkpoint::from_safetensors(&bytes, &with(json))
+            .unwrap_or_else(|e| panic!("{what}: {} reads back: {e}", form.format));
+        assert_eq!(back, checkpoint, "{what}: {}", form.format);
+    }
+    // lucidrains: a layer's own file, through the general form and back.
+    let weights = Weights::random(
+        compositional_attention::Config::new(16)
+            .dim_head(4)
+            .num_searches(2)
+            .num_retrievals(3)
+            .prenorm(true)
+            .bias(true)
+            .layer_norm_eps(1e-4),
+        seed,
+    )
+    .unwrap();
+    let lucidrains =
+        Checkpoint::from_safetensors(&weights.to_safetensors().unwrap(), &Default::default())
+            .unwrap();
+    let back =
+        Checkpoint::from_safetensors(&lucidrains.to_safetensors().unwrap(), &Default::default())
+            .unwrap();
+    assert_eq!(back, lucidrains, "{what}: lucidrains");
 }

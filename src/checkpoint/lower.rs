@@ -29,38 +29,82 @@ use crate::error::{Error, Result};
 use crate::host_memory::{self, try_tensor};
 use crate::weights::{Biases, SelectionMlp, Weights};
 
+/// How a checkpoint maps onto the layer's parameters: the one decision that
+/// [`Checkpoint::layer_weights`] and its adjoint, [`Checkpoint::gradients`], both follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lowering {
+    /// lucidrains' and Keras' form: the checkpoint's tensors are the layer's, one to one.
+    Itself,
+    /// Every other form: heads and values padded to `width`, scales and the selection folded.
+    Padded {
+        /// `max(hd, vd)`, or `max(hd, vd, sel)` with the MLP score network.
+        width: usize,
+    },
+}
+
 impl Checkpoint {
-    /// The layer's weights for this checkpoint (see the module documentation). A checkpoint
-    /// with the MLP score network gives weights with `Config::selection_mlp`, which only the
-    /// unfused strategy runs (a layer made from them starts with it).
-    pub fn layer_weights(&self) -> Result<Weights> {
-        self.validate()?;
+    /// Which [`Lowering`] this checkpoint takes.
+    pub(super) fn lowering(&self) -> Lowering {
         let f = &self.form;
-        let w = &self.weights;
         let same_widths = f.head_dim == f.value_dim && f.value_dim == f.selection_dim;
-        if let (true, false, SelectionWeights::DotProduct { value_k }) =
-            (same_widths, f.q_compose, &w.selection)
-        {
-            return self.lucidrains_weights(value_k);
+        let dot_product = matches!(self.weights.selection, SelectionWeights::DotProduct { .. });
+        if same_widths && !f.q_compose && dot_product {
+            return Lowering::Itself;
         }
-        self.padded_weights()
+        let (hd, vd, sel) = (f.head_dim, f.value_dim, f.selection_dim);
+        let width = match f.selection {
+            Selection::MlpScore => hd.max(vd).max(sel),
+            _ => hd.max(vd),
+        };
+        Lowering::Padded { width }
     }
 
-    /// lucidrains' form as it is: `W_rk = W_vk`, `W_rq = W_vq`.
-    fn lucidrains_weights(&self, value_k: &Linear) -> Result<Weights> {
+    /// The configuration of the layer this checkpoint lowers to (without dropout).
+    pub(super) fn lowered_config(&self) -> Config {
         let f = &self.form;
         let w = &self.weights;
-        let bias = [&w.q, &w.k, &w.v, &w.value_q, &w.out]
-            .iter()
-            .any(|l| l.bias.is_some());
-        let config = Config::new(f.dim)
-            .dim_head(f.head_dim)
+        let (width, bias, mlp) = match self.lowering() {
+            Lowering::Itself => {
+                let bias = [&w.q, &w.k, &w.v, &w.value_q, &w.out]
+                    .iter()
+                    .any(|l| l.bias.is_some());
+                (f.head_dim, bias, None)
+            }
+            Lowering::Padded { width } => (
+                width,
+                true,
+                (f.selection == Selection::MlpScore).then_some(f.selection_dim),
+            ),
+        };
+        Config::new(f.dim)
+            .dim_head(width)
             .num_searches(f.searches)
             .num_retrievals(f.retrievals)
             .prenorm(f.prenorm)
             .layer_norm_eps(f.layer_norm_eps)
             .causal(f.causal)
-            .bias(bias);
+            .bias(bias)
+            .selection_mlp(mlp)
+    }
+
+    /// The layer's weights for this checkpoint (see the module documentation). A checkpoint
+    /// with the MLP score network gives weights with `Config::selection_mlp`, which only the
+    /// unfused strategy runs (a layer made from them starts with it).
+    pub fn layer_weights(&self) -> Result<Weights> {
+        self.validate()?;
+        match (self.lowering(), &self.weights.selection) {
+            (Lowering::Itself, SelectionWeights::DotProduct { value_k }) => {
+                self.lucidrains_weights(value_k)
+            }
+            (_, _) => self.padded_weights(),
+        }
+    }
+
+    /// lucidrains' form as it is: `W_rk = W_vk`, `W_rq = W_vq`.
+    fn lucidrains_weights(&self, value_k: &Linear) -> Result<Weights> {
+        let w = &self.weights;
+        let config = self.lowered_config();
+        let bias = config.bias;
         let bias_of = |l: &Linear| l.bias.clone().unwrap_or_else(|| vec![0.0; l.out]);
         Weights::from_parts(
             config,
@@ -90,19 +134,9 @@ impl Checkpoint {
         let wt = &self.weights;
         let (dim, heads, rules) = (f.dim, f.searches, f.retrievals);
         let (hd, vd, sel) = (f.head_dim, f.value_dim, f.selection_dim);
-        let mlp = f.selection == Selection::MlpScore;
-        // The MLP's hidden units take their query inputs from a head's retrieval-query block.
-        let width = if mlp { hd.max(vd).max(sel) } else { hd.max(vd) };
+        let config = self.lowered_config();
+        let width = config.dim_head;
         let kernel_scale = (width as f64).powf(-0.5);
-        let config = Config::new(dim)
-            .dim_head(width)
-            .num_searches(heads)
-            .num_retrievals(rules)
-            .prenorm(f.prenorm)
-            .layer_norm_eps(f.layer_norm_eps)
-            .causal(f.causal)
-            .bias(true)
-            .selection_mlp(mlp.then_some(sel));
         config.validate()?;
         // Lowering pads every head and value to `width`: the layer's weights may be far larger
         // than the checkpoint's (one wide search head beside many one-wide retrievals), so all
@@ -151,24 +185,7 @@ impl Checkpoint {
         let (sk, sk_b) = blocks(heads, hd, &|h, j| copy_row(&wt.k, h * hd + j, 1.0))?;
         let (rv, rv_b) = blocks(rules, vd, &|r, j| copy_row(&wt.v, r * vd + j, 1.0))?;
 
-        // vq of head h as an affine map of x: row t is (weight [dim], bias).
-        let vq_row = |h: usize, t: usize| -> (Vec<f64>, f64) {
-            if !self.form.q_compose {
-                return copy_row(&wt.value_q, h * sel + t, 1.0);
-            }
-            // vq = (hd^-½ (x·W_q,hᵀ + b_q,h))·W_vqᵀ + b_vq, with W_vq [sel, hd].
-            let s = (hd as f64).powf(-0.5);
-            let mut weight = vec![0.0f64; dim];
-            let mut bias = wt.value_q.bias_at(t) as f64;
-            for u in 0..hd {
-                let c = s * wt.value_q.row(t)[u] as f64;
-                for (acc, &q) in weight.iter_mut().zip(wt.q.row(h * hd + u)) {
-                    *acc += c * q as f64;
-                }
-                bias += c * wt.q.bias_at(h * hd + u) as f64;
-            }
-            (weight, bias)
-        };
+        let vq_row = |h: usize, t: usize| self.retrieval_query(h, t);
         // Q̃ of head h, element j < vd, with the selection scale against the kernels' w^-½.
         let (rq, rq_b) = match &wt.selection {
             SelectionWeights::DotProduct { value_k } => {
@@ -251,5 +268,30 @@ impl Checkpoint {
             }),
             selection_mlp,
         )
+    }
+
+    /// `vq` of head `h`, row `t`, as an affine map of `x`: (weight `[dim]`, bias), as the
+    /// padded form folds it (and `gradients.rs` unfolds it).
+    pub(super) fn retrieval_query(&self, h: usize, t: usize) -> (Vec<f64>, f64) {
+        let f = &self.form;
+        let w = &self.weights;
+        let (dim, hd, sel) = (f.dim, f.head_dim, f.selection_dim);
+        if !f.q_compose {
+            let o = h * sel + t;
+            let row = w.value_q.row(o).iter().map(|&v| v as f64).collect();
+            return (row, w.value_q.bias_at(o) as f64);
+        }
+        // vq = (hd^-½ (x·W_q,hᵀ + b_q,h))·W_vqᵀ + b_vq, with W_vq [sel, hd].
+        let s = (hd as f64).powf(-0.5);
+        let mut weight = vec![0.0f64; dim];
+        let mut bias = w.value_q.bias_at(t) as f64;
+        for u in 0..hd {
+            let c = s * w.value_q.row(t)[u] as f64;
+            for (acc, &q) in weight.iter_mut().zip(w.q.row(h * hd + u)) {
+                *acc += c * q as f64;
+            }
+            bias += c * w.q.bias_at(h * hd + u) as f64;
+        }
+        (weight, bias)
     }
 }

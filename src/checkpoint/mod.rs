@@ -14,13 +14,16 @@
 
 mod constructor;
 mod form;
+mod gradients;
 mod keras;
 mod lower;
+mod state_dict;
 mod tensors;
 mod torch;
 
 pub use constructor::Constructor;
 pub use form::{Checkpoint, Form, FormWeights, Format, Linear, Selection, SelectionWeights};
+pub use state_dict::NamedTensor;
 
 use crate::error::{Error, Result};
 use crate::weights::Weights;

@@ -56,6 +56,47 @@ impl ReferenceGradients {
             .find(|(n, _)| *n == name)
             .map(|(_, g)| &g[..])
     }
+
+    /// The parameter gradients as [`Weights`] of `layer`'s configuration, rounded to f32: the
+    /// form [`Gradients::to_weights`](crate::Gradients::to_weights) reads back from the GPU.
+    pub fn to_weights(&self, layer: &Weights) -> Result<Weights> {
+        let f32s = |name: &str| -> Result<Vec<f32>> {
+            let g = self.parameter(name).ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                context: Some("the reference gradients of this layer".into()),
+            })?;
+            Ok(g.iter().map(|&v| v as f32).collect())
+        };
+        let config = *layer.config();
+        let norm = match config.prenorm {
+            true => Some((f32s(weights::NORM_WEIGHT)?, f32s(weights::NORM_BIAS)?)),
+            false => None,
+        };
+        let biases = match config.bias {
+            true => Some(weights::Biases {
+                search_queries: f32s(weights::SEARCH_QUERIES_BIAS)?,
+                search_keys: f32s(weights::SEARCH_KEYS_BIAS)?,
+                retrieval_values: f32s(weights::RETRIEVAL_VALUES_BIAS)?,
+                retrieval_queries: f32s(weights::RETRIEVAL_QUERIES_BIAS)?,
+                out: f32s(weights::OUT_BIAS)?,
+            }),
+            false => None,
+        };
+        Weights::from_parts(
+            config,
+            norm,
+            [
+                f32s(weights::SEARCH_QUERIES)?,
+                f32s(weights::SEARCH_KEYS)?,
+                f32s(weights::RETRIEVAL_VALUES)?,
+                f32s(weights::RETRIEVAL_QUERIES)?,
+                f32s(weights::RETRIEVAL_KEYS)?,
+                f32s(weights::OUT)?,
+            ],
+            biases,
+            None,
+        )
+    }
 }
 
 /// `dW [out, in] += dyᵀ·x` and `dx [rows, in] += dy·W` of `y = x·Wᵀ (+ b)` over `rows` rows;

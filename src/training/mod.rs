@@ -13,11 +13,14 @@
 //! The kernels live with the forward's in `src/ops/` (`attention_train`, `layer_norm_backward`,
 //! `matmul`, `adamw`). Training reads the layer's parameters in their checkpoint
 //! form (`device_parameters.rs`), never the folded forms inference reads, so every gradient is
-//! with respect to a named tensor of [`Weights::parameters`](crate::Weights::parameters).
+//! with respect to a named tensor of [`Weights::parameters`](crate::Weights::parameters). A
+//! checkpoint of another form trains as the layer it lowers to;
+//! [`Checkpoint::gradients`](crate::checkpoint::Checkpoint::gradients) takes these gradients
+//! back to its own tensors.
 //!
 //! What trains: the lucidrains and Keras forms (LayerNorm included) and the general form's
 //! biases, in f32 storage. An f16-storage layer and the MLP score network are refused with
-//! [`Error::TrainingUnsupported`](crate::Error::TrainingUnsupported).
+//! [`Error::TrainingUnsupported`].
 
 pub mod activations;
 pub mod adamw;

@@ -1,9 +1,13 @@
 //! The golden-variants cases (`tests/golden-variants/`, a copy of `shared/golden-variants/`):
-//! their names, files and constructor arguments.
+//! their names, files and constructor arguments; and random checkpoints of every form.
 
 use std::path::{Path, PathBuf};
 
-use compositional_attention::checkpoint::{CheckpointOptions, Constructor};
+use compositional_attention::checkpoint::{
+    Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear, Selection,
+    SelectionWeights,
+};
+use compositional_attention::rng::Rng;
 
 /// Every case: (format folder, case name).
 pub const CASES: [(&str, &str); 6] = [
@@ -45,5 +49,99 @@ pub fn options(folder: &str, case: &str) -> CheckpointOptions {
     CheckpointOptions {
         constructor: Some(Constructor::parse(&constructor_json(folder, case)).unwrap()),
         ..Default::default()
+    }
+}
+
+// ---- random checkpoints of every form -----------------------------------------------------------
+
+pub fn random_linear(rng: &mut Rng, out: usize, inp: usize, bias: bool) -> Linear {
+    let bound = 1.0 / (inp as f32).sqrt();
+    let weight = (0..out * inp)
+        .map(|_| rng.uniform_f32(-bound, bound))
+        .collect();
+    let bias = bias.then(|| {
+        (0..out)
+            .map(|_| rng.uniform_f32(-0.5, 0.5) * bound)
+            .collect()
+    });
+    Linear::new(weight, bias, out, inp).unwrap()
+}
+
+/// A random checkpoint of `form` (biases on every projection when `bias`).
+pub fn random_checkpoint(form: Form, bias: bool, seed: u64) -> Checkpoint {
+    let mut rng = Rng::seed_from_u64(seed);
+    let (d, h, r, hd, vd, sel) = (
+        form.dim,
+        form.searches,
+        form.retrievals,
+        form.head_dim,
+        form.value_dim,
+        form.selection_dim,
+    );
+    // Search weights with a gain, so that the search softmaxes are not all flat.
+    let mut q = random_linear(&mut rng, h * hd, d, bias);
+    q.weight.iter_mut().for_each(|w| *w *= 3.0);
+    let k = random_linear(&mut rng, h * hd, d, bias);
+    let v = random_linear(&mut rng, r * vd, d, bias);
+    let value_q = match form.q_compose {
+        true => random_linear(&mut rng, sel, hd, bias),
+        false => random_linear(&mut rng, h * sel, d, bias),
+    };
+    let mut selection = match form.selection {
+        Selection::DotProduct => SelectionWeights::DotProduct {
+            value_k: random_linear(&mut rng, sel, vd, bias),
+        },
+        Selection::LinearScore => SelectionWeights::LinearScore {
+            score: random_linear(&mut rng, 1, vd + sel, bias),
+        },
+        Selection::MlpScore => SelectionWeights::MlpScore {
+            hidden: random_linear(&mut rng, sel, vd + sel, bias),
+            score: random_linear(&mut rng, 1, sel, bias),
+        },
+    };
+    // A gain on the selection too, so that it is not uniform either.
+    match &mut selection {
+        SelectionWeights::DotProduct { value_k: l }
+        | SelectionWeights::LinearScore { score: l } => l.weight.iter_mut().for_each(|w| *w *= 4.0),
+        SelectionWeights::MlpScore { score, .. } => score.weight.iter_mut().for_each(|w| *w *= 4.0),
+    }
+    let out = random_linear(&mut rng, d, h * vd, bias);
+    let norm = form.prenorm.then(|| {
+        (
+            (0..d).map(|_| rng.uniform_f32(0.5, 1.5)).collect(),
+            (0..d).map(|_| rng.uniform_f32(-0.5, 0.5)).collect(),
+        )
+    });
+    let checkpoint = Checkpoint {
+        form,
+        weights: FormWeights {
+            norm,
+            q,
+            k,
+            v,
+            value_q,
+            selection,
+            out,
+        },
+    };
+    checkpoint.validate().unwrap();
+    checkpoint
+}
+
+/// A form of `format` with widths `[hd, vd, sel]`, the dot-product selection and nothing else.
+pub fn form(format: Format, dim: usize, heads: usize, rules: usize, widths: [usize; 3]) -> Form {
+    Form {
+        format,
+        dim,
+        searches: heads,
+        retrievals: rules,
+        head_dim: widths[0],
+        value_dim: widths[1],
+        selection_dim: widths[2],
+        selection: Selection::DotProduct,
+        q_compose: false,
+        prenorm: false,
+        layer_norm_eps: 1e-5,
+        causal: false,
     }
 }
