@@ -24,12 +24,26 @@ pub const GRAD_OUTPUT: &str = "grad_output";
 pub const GRAD_INPUT: &str = "grad_input";
 /// Prefix of a gradient case's parameter gradients: `grad.<state_dict name>`.
 pub const GRAD_PREFIX: &str = "grad.";
+/// A cross-attention case's key (and value) input, `[b, n_kv, kdim]`.
+pub const MEMORY: &str = "memory";
+/// A cross-attention case's separate value input, `[b, n_kv, vdim]`.
+pub const VALUE_INPUT: &str = "value_input";
 
 /// Whether `name` (in an unprefixed file) is one of a reference case's tensors beside the
-/// parameters: `input`, `mask`, `output`, and a gradient case's `grad_output`, `grad_input`
-/// and `grad.<name>`.
+/// parameters: `input`, `mask`, `output`, a gradient case's `grad_output`, `grad_input` and
+/// `grad.<name>`, and a cross-attention case's `memory` and `value_input`.
 pub fn is_case_tensor(name: &str) -> bool {
-    [INPUT, MASK, OUTPUT, GRAD_OUTPUT, GRAD_INPUT].contains(&name) || name.starts_with(GRAD_PREFIX)
+    [
+        INPUT,
+        MASK,
+        OUTPUT,
+        GRAD_OUTPUT,
+        GRAD_INPUT,
+        MEMORY,
+        VALUE_INPUT,
+    ]
+    .contains(&name)
+        || name.starts_with(GRAD_PREFIX)
 }
 
 /// Reads a whole file, naming the path in the error.

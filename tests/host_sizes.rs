@@ -12,7 +12,7 @@ mod common;
 use std::time::Instant;
 
 use compositional_attention::checkpoint::{
-    Checkpoint, Form, FormWeights, Format, Linear, Selection, SelectionWeights,
+    Attention, Checkpoint, Form, FormWeights, Format, Linear, Selection, SelectionWeights,
 };
 use compositional_attention::testing::random_problem;
 use compositional_attention::weights::Weights;
@@ -183,6 +183,8 @@ fn lowering_past_the_machine_is_a_host_memory_error() {
         prenorm: false,
         layer_norm_eps: 1e-5,
         causal: false,
+        attention: Attention::SelfAttention,
+        zero_attention: false,
     };
     let checkpoint = Checkpoint {
         form,
@@ -196,6 +198,7 @@ fn lowering_past_the_machine_is_a_host_memory_error() {
                 value_k: linear(1, 1),
             },
             out: linear(dim, 1),
+            bias_kv: None,
         },
     };
     checkpoint.validate().expect("a well-formed checkpoint");

@@ -350,28 +350,49 @@ fn unsupported_options_are_refused_by_name() {
     let bytes = fairseq_bytes();
     let base =
         r#""format": "fairseq", "embed_dim": 32, "num_heads": 4, "num_rules": 2, "qk_rule": true"#;
+    let expect_unsupported = |extra: &str, option: &str, got: Result<(), Error>| match got {
+        Err(Error::Unsupported {
+            option: o, format, ..
+        }) => {
+            assert_eq!((o.as_str(), format), (option, "fairseq"), "{extra}")
+        }
+        other => panic!("{extra}: expected Unsupported({option}), got {other:?}"),
+    };
+    // Refused by the reader.
     for (extra, option) in [
         (r#""gumbel": true"#, "gumbel=True"),
-        (r#""add_bias_kv": true"#, "add_bias_kv=True"),
-        (r#""add_zero_attn": true"#, "add_zero_attn=True"),
-        (
-            r#""encoder_decoder_attention": true"#,
-            "encoder_decoder_attention=True",
-        ),
-        (r#""kdim": 16"#, "kdim=16"),
         (r#""q_noise": 0.1"#, "q_noise"),
         (r#""num_head": 4"#, "num_head"),
     ] {
         let options = with(&format!("{{{base}, {extra}}}"));
-        match Checkpoint::from_safetensors(&bytes, &options) {
-            Err(Error::Unsupported {
-                option: o, format, ..
-            }) => {
-                assert_eq!((o.as_str(), format), (option, "fairseq"), "{extra}")
-            }
-            other => panic!("{extra}: expected Unsupported({option}), got {other:?}"),
-        }
+        let got = Checkpoint::from_safetensors(&bytes, &options).map(|_| ());
+        expect_unsupported(extra, option, got);
     }
+    // Read (the f64 reference runs them), refused by the layer's lowering.
+    for (extra, option) in [
+        (r#""add_zero_attn": true"#, "add_zero_attn=True"),
+        (
+            r#""encoder_decoder_attention": true"#,
+            "encoder_decoder_attention=True (kdim 32)",
+        ),
+    ] {
+        let options = with(&format!("{{{base}, {extra}}}"));
+        let checkpoint = Checkpoint::from_safetensors(&bytes, &options).unwrap();
+        expect_unsupported(extra, option, checkpoint.layer_weights().map(|_| ()));
+    }
+    // What the file contradicts: kdim against k_proj's width, add_bias_kv without its rows.
+    let options = with(&format!(r#"{{{base}, "kdim": 16}}"#));
+    let err = Checkpoint::from_safetensors(&bytes, &options).unwrap_err();
+    assert!(
+        matches!(&err, Error::ConfigMismatch(m) if m.contains("kdim = 16")),
+        "{err}"
+    );
+    let options = with(&format!(r#"{{{base}, "add_bias_kv": true}}"#));
+    let err = Checkpoint::from_safetensors(&bytes, &options).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == "bias_k"),
+        "{err}"
+    );
     // xformers' custom projection container.
     let bytes =
         std::fs::read(case_dir().join("xformers/x01_defaults_shared_proj.safetensors")).unwrap();
@@ -476,7 +497,7 @@ fn checkpoints_write_what_their_readers_read() {
                 ..form(Format::Fairseq, 24, 3, 3, [8, 6, 5])
             },
             true,
-            r#"{"format": "fairseq", "num_heads": 3}"#,
+            r#"{"format": "fairseq", "num_heads": 3, "self_attention": true}"#,
         ),
         (
             Form {
@@ -492,7 +513,7 @@ fn checkpoints_write_what_their_readers_read() {
                 ..form(Format::Fairseq, 20, 3, 3, [6, 5, 7])
             },
             true,
-            r#"{"format": "fairseq", "num_heads": 3}"#,
+            r#"{"format": "fairseq", "num_heads": 3, "self_attention": true}"#,
         ),
         (
             Form {
@@ -530,4 +551,209 @@ fn checkpoints_write_what_their_readers_read() {
         Checkpoint::from_safetensors(&lucidrains.to_safetensors().unwrap(), &Default::default())
             .unwrap();
     assert_eq!(back, lucidrains, "{what}: lucidrains");
+}
+
+// ---- fairseq cross-attention and the extra key rows (issue 19) -------------------------------
+
+/// `tests/golden-variants/fairseq-cross/` (the official module run in f64): read through the
+/// fairseq reader, computed by the f64 reference (`forward_cross` for the encoder-decoder
+/// cases, `forward` for self-attention with `add_bias_kv`), within the README's 1e-4 of
+/// max|output|. The layer's kernels refuse these forms by name until they run them.
+#[test]
+fn fairseq_cross_cases_through_the_f64_reference() {
+    let dir = case_dir().join("fairseq-cross");
+    let mut checked = 0;
+    for case in [
+        "c01_encdec_same_width",
+        "c02_encdec_kdim_vdim",
+        "c07_self_add_bias_kv",
+    ] {
+        let bytes = std::fs::read(dir.join(format!("{case}.safetensors"))).unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap(),
+        )
+        .unwrap();
+        let mut constructor = json["constructor"].as_object().unwrap().clone();
+        constructor.insert("format".into(), "fairseq".into());
+        let options = with(&serde_json::Value::Object(constructor).to_string());
+        let checkpoint = Checkpoint::from_safetensors(&bytes, &options)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let f32s = |name: &str| -> Option<(Vec<usize>, Vec<f32>)> {
+            let view = file.tensor(name).ok()?;
+            let data = compositional_attention::io::tensor_to_f32(name, &view).unwrap();
+            Some((view.shape().to_vec(), data))
+        };
+        let (shape, x) = f32s("input").unwrap();
+        let (batch, n_q) = (shape[0], shape[1]);
+        let mask: Option<Vec<bool>> = file
+            .tensor("mask")
+            .ok()
+            .map(|view| view.data().iter().map(|&m| m != 0).collect());
+        let (_, expected) = f32s("output").unwrap();
+        let y = match f32s("memory") {
+            Some((memory_shape, memory)) => {
+                let values = f32s("value_input").map(|(_, v)| v);
+                reference::general::forward_cross(
+                    &checkpoint,
+                    &x,
+                    batch,
+                    n_q,
+                    &memory,
+                    values.as_deref(),
+                    memory_shape[1],
+                    mask.as_deref(),
+                )
+            }
+            None => reference::general::forward(&checkpoint, &x, batch, n_q, mask.as_deref()),
+        }
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let stats = ErrorStats::compare(&expected, &y);
+        assert!(
+            stats.within(TOLERANCE),
+            "{case}: the f64 reference against the original: {stats}"
+        );
+        assert!(
+            matches!(checkpoint.layer_weights(), Err(Error::Unsupported { .. })),
+            "{case}: the layer refuses the form by name"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
+
+/// The reader's cross-attention arguments: `kdim`/`vdim` from the shapes, the refused
+/// `add_bias_kv` with `attn_dim ≠ embed_dim`, and the reference's typed errors for a call of
+/// the wrong kind.
+#[test]
+fn cross_attention_arguments_and_calls_are_checked() {
+    let (seed, what) = seed("cross_attention_arguments_and_calls_are_checked");
+    // attn_dim 18 ≠ embed_dim 24 with add_bias_kv: the original crashes; refused by name.
+    let mut checkpoint = random_checkpoint(form(Format::Fairseq, 24, 3, 3, [8, 6, 8]), true, seed);
+    checkpoint.weights.bias_kv = Some((vec![0.5; 24], vec![0.5; 24]));
+    let bytes = checkpoint.to_safetensors().unwrap();
+    checkpoint.weights.bias_kv = None;
+    let json = r#"{"format": "fairseq", "num_heads": 3, "num_rules": 3, "attn_dim": 18, "add_bias_kv": true}"#;
+    match Checkpoint::from_safetensors(&bytes, &with(json)) {
+        Err(Error::Unsupported { option, .. }) => {
+            assert!(option.starts_with("add_bias_kv"), "{what}: {option}")
+        }
+        other => panic!("{what}: expected Unsupported(add_bias_kv), got {other:?}"),
+    }
+    // Encoder-decoder attention over a memory 40 wide.
+    let cross = Checkpoint {
+        form: Form {
+            attention: compositional_attention::checkpoint::Attention::EncoderDecoder {
+                memory_dim: 40,
+            },
+            ..checkpoint.form
+        },
+        weights: compositional_attention::checkpoint::FormWeights {
+            bias_kv: None,
+            k: common::variants::random_linear(
+                &mut compositional_attention::rng::Rng::seed_from_u64(seed),
+                24,
+                40,
+                true,
+            ),
+            v: common::variants::random_linear(
+                &mut compositional_attention::rng::Rng::seed_from_u64(seed ^ 1),
+                18,
+                40,
+                true,
+            ),
+            ..checkpoint.weights.clone()
+        },
+    };
+    cross.validate().unwrap();
+    let read = Checkpoint::from_safetensors(
+        &cross.to_safetensors().unwrap(),
+        &with(r#"{"format": "fairseq", "num_heads": 3, "num_rules": 3, "attn_dim": 18, "kdim": 40, "vdim": 40, "encoder_decoder_attention": true}"#),
+    )
+    .unwrap();
+    assert_eq!(read, cross, "{what}: kdim and vdim read back");
+    let x = vec![0.25f32; 2 * 3 * 24];
+    let memory = vec![0.5f32; 2 * 4 * 40];
+    assert!(reference::general::forward_cross(&cross, &x, 2, 3, &memory, None, 4, None).is_ok());
+    // The wrong call: self-attention of a cross checkpoint, cross of a self one, a separate
+    // value input for encoder-decoder attention, a memory of the wrong width.
+    assert!(matches!(
+        reference::general::forward(&cross, &x, 2, 3, None),
+        Err(Error::ConfigMismatch(_))
+    ));
+    assert!(matches!(
+        reference::general::forward_cross(&checkpoint, &x, 2, 3, &x, None, 3, None),
+        Err(Error::ConfigMismatch(_))
+    ));
+    assert!(matches!(
+        reference::general::forward_cross(&cross, &x, 2, 3, &memory, Some(&memory), 4, None),
+        Err(Error::ConfigMismatch(_))
+    ));
+    assert!(
+        reference::general::forward_cross(&cross, &x, 2, 3, &memory[..2 * 4 * 24], None, 4, None)
+            .is_err()
+    );
+    // Causal does not apply to attention over a memory.
+    let causal = with(
+        r#"{"format": "fairseq", "num_heads": 3, "num_rules": 3, "attn_dim": 18, "kdim": 40, "vdim": 40, "encoder_decoder_attention": true}"#,
+    );
+    let causal = CheckpointOptions {
+        causal: true,
+        ..causal
+    };
+    assert!(matches!(
+        Checkpoint::from_safetensors(&cross.to_safetensors().unwrap(), &causal),
+        Err(Error::ConfigMismatch(_))
+    ));
+}
+
+/// `add_zero_attn`'s row is a key of logit 0 and a value of 0: the same as `add_bias_kv` with
+/// zero rows, in self-attention (causal, padded, a fully masked row) and over a memory.
+#[test]
+fn a_zero_attention_row_is_a_zero_bias_row() {
+    let (seed, what) = seed("a_zero_attention_row_is_a_zero_bias_row");
+    let base = random_checkpoint(
+        Form {
+            causal: true,
+            ..form(Format::Fairseq, 24, 3, 2, [8, 12, 8])
+        },
+        true,
+        seed,
+    );
+    let zero = Checkpoint {
+        form: Form {
+            zero_attention: true,
+            ..base.form
+        },
+        weights: base.weights.clone(),
+    };
+    let mut bias = base.clone();
+    bias.weights.bias_kv = Some((vec![0.0; 24], vec![0.0; 24]));
+    let (batch, seq) = (2, 5);
+    let x = normal(&mut Rng::seed_from_u64(seed), batch * seq * 24, 1.0);
+    let mask: Vec<bool> = (0..batch * seq)
+        .map(|i| i / seq == 0 && i % 2 == 0)
+        .collect();
+    let y_zero = reference::general::forward(&zero, &x, batch, seq, Some(&mask)).unwrap();
+    let y_bias = reference::general::forward(&bias, &x, batch, seq, Some(&mask)).unwrap();
+    let y_base = reference::general::forward(&base, &x, batch, seq, Some(&mask)).unwrap();
+    assert_eq!(y_zero, y_bias, "{what}: self-attention");
+    assert_ne!(y_zero, y_base, "{what}: the row changes the output");
+    let memory_form = |c: &Checkpoint| Checkpoint {
+        form: Form {
+            causal: false,
+            attention: compositional_attention::checkpoint::Attention::General {
+                key_dim: 24,
+                value_dim: 24,
+            },
+            ..c.form
+        },
+        weights: c.weights.clone(),
+    };
+    let memory = normal(&mut Rng::seed_from_u64(seed ^ 3), batch * 7 * 24, 1.0);
+    let cross = |c: &Checkpoint| {
+        reference::general::forward_cross(&memory_form(c), &x, batch, seq, &memory, None, 7, None)
+            .unwrap()
+    };
+    assert_eq!(cross(&zero), cross(&bias), "{what}: over a memory");
 }

@@ -69,6 +69,55 @@ pub enum Selection {
     MlpScore,
 }
 
+/// Where a layer's keys and values come from (fairseq's `self_attention`,
+/// `encoder_decoder_attention`, `kdim`, `vdim`; SPEC.md §9.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Attention {
+    /// Keys and values from the query input: lucidrains, Keras, xformers, and fairseq's
+    /// `self_attention=True`.
+    SelfAttention,
+    /// fairseq's `encoder_decoder_attention=True`: keys and values both from one memory input
+    /// (an encoder's output) of width `memory_dim` (`kdim`, equal to `vdim`).
+    EncoderDecoder {
+        /// `kdim`.
+        memory_dim: usize,
+    },
+    /// fairseq's general attention (neither flag): keys from an input of width `key_dim`,
+    /// values from one of width `value_dim`. With both equal to `dim` it also runs as
+    /// self-attention (the query input passed as both, as fairseq's callers do).
+    General {
+        /// `kdim`.
+        key_dim: usize,
+        /// `vdim`.
+        value_dim: usize,
+    },
+}
+
+impl Attention {
+    /// The widths `(kdim, vdim)` of the key and value inputs, for a model of width `dim`.
+    pub fn input_dims(self, dim: usize) -> (usize, usize) {
+        match self {
+            Attention::SelfAttention => (dim, dim),
+            Attention::EncoderDecoder { memory_dim } => (memory_dim, memory_dim),
+            Attention::General { key_dim, value_dim } => (key_dim, value_dim),
+        }
+    }
+
+    /// Whether the layer attends its own input (keys and values from the queries' input).
+    pub fn runs_self_attention(self, dim: usize) -> bool {
+        match self {
+            Attention::SelfAttention => true,
+            Attention::EncoderDecoder { .. } => false,
+            Attention::General { .. } => self.input_dims(dim) == (dim, dim),
+        }
+    }
+
+    /// Whether the layer attends a memory (keys and values from other inputs).
+    pub fn runs_cross_attention(self) -> bool {
+        !matches!(self, Attention::SelfAttention)
+    }
+}
+
 /// The hyper-parameters of the general form. `H` searches (heads), `R` retrievals (rules).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Form {
@@ -95,8 +144,13 @@ pub struct Form {
     pub prenorm: bool,
     /// Its epsilon.
     pub layer_norm_eps: f32,
-    /// Causal attention.
+    /// Causal attention (self-attention only; the extra key rows stay attendable).
     pub causal: bool,
+    /// Where keys and values come from.
+    pub attention: Attention,
+    /// fairseq's `add_zero_attn`: a zero key and value row appended after the projections,
+    /// always attendable.
+    pub zero_attention: bool,
 }
 
 impl Form {
@@ -110,6 +164,16 @@ impl Form {
             ("value_dim", self.value_dim),
             ("selection_dim", self.selection_dim),
         ] {
+            if value == 0 {
+                return Err(Error::InvalidConfig {
+                    field,
+                    value: "0".into(),
+                    reason: "must be at least 1",
+                });
+            }
+        }
+        let (key_dim, value_dim) = self.attention.input_dims(self.dim);
+        for (field, value) in [("kdim", key_dim), ("vdim", value_dim)] {
             if value == 0 {
                 return Err(Error::InvalidConfig {
                     field,
@@ -202,6 +266,9 @@ pub struct FormWeights {
     pub selection: SelectionWeights,
     /// Output projection `[D, H·vd]`.
     pub out: Linear,
+    /// fairseq's `add_bias_kv`: learned rows `(bias_k [H·hd], bias_v [R·vd])` appended to the
+    /// projected keys and values, always attendable.
+    pub bias_kv: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// A checkpoint of any supported implementation, in the general form.
@@ -233,9 +300,26 @@ impl Checkpoint {
             }
             Ok(())
         };
+        let (key_dim, value_dim) = f.attention.input_dims(dim);
         expect("search queries", &w.q, h * hd, dim)?;
-        expect("search keys", &w.k, h * hd, dim)?;
-        expect("retrieval values", &w.v, r * vd, dim)?;
+        expect("search keys", &w.k, h * hd, key_dim)?;
+        expect("retrieval values", &w.v, r * vd, value_dim)?;
+        if let Some((bias_k, bias_v)) = &w.bias_kv
+            && (bias_k.len() != h * hd || bias_v.len() != r * vd)
+        {
+            return Err(Error::shape(
+                "bias_k, bias_v",
+                &[h * hd, r * vd],
+                &[bias_k.len(), bias_v.len()],
+            ));
+        }
+        if f.causal && f.attention.runs_cross_attention() && !f.attention.runs_self_attention(dim) {
+            return Err(Error::ConfigMismatch(
+                "causal attention does not apply to cross-attention (keys and values from a \
+                 memory)"
+                    .into(),
+            ));
+        }
         match f.q_compose {
             true => expect("retrieval queries (q_compose)", &w.value_q, sel, hd)?,
             false => expect("retrieval queries", &w.value_q, h * sel, dim)?,

@@ -38,6 +38,7 @@ impl Checkpoint {
     /// not train).
     pub fn gradients(&self, layer_gradients: &Weights) -> Result<Checkpoint> {
         self.validate()?;
+        self.check_lowerable()?;
         let expected = self.lowered_config();
         let got = layer_gradients.config();
         let key = |c: &crate::Config| {
@@ -120,6 +121,7 @@ impl Checkpoint {
                 },
             },
             out: like(&w.out, &g.out, b.map(|b| &b.out)),
+            bias_kv: None,
         }
     }
 
@@ -237,6 +239,7 @@ impl Checkpoint {
             value_q: d_value_q.finish(&w.value_q),
             selection,
             out: d_out.finish(&w.out),
+            bias_kv: None,
         }
     }
 

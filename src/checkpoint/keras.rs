@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use crate::checkpoint::tensors::{Tensor, Tensors};
 use crate::checkpoint::{
-    Checkpoint, Constructor, Form, FormWeights, Format, Linear, Selection, SelectionWeights,
+    Attention, Checkpoint, Constructor, Form, FormWeights, Format, Linear, Selection,
+    SelectionWeights,
 };
 use crate::error::{Error, Result};
 use crate::hdf5::H5Dataset;
@@ -166,6 +167,8 @@ pub(crate) fn read(
         prenorm: norm.is_some(),
         layer_norm_eps: KERAS_LAYER_NORM_EPS,
         causal,
+        attention: Attention::SelfAttention,
+        zero_attention: false,
     };
     let mut form = form;
     if let Some(c) = constructor {
@@ -181,6 +184,7 @@ pub(crate) fn read(
             value_q,
             selection: SelectionWeights::DotProduct { value_k },
             out,
+            bias_kv: None,
         },
     })
 }

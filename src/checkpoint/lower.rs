@@ -1,4 +1,4 @@
-//! Lowering the general form onto the layer's kernels (SPEC.md §9.3).
+//! Lowering the general form onto the layer's kernels (SPEC.md §9.1).
 //!
 //! The kernels compute lucidrains' form with biases: search logits `d^-½·SQ·SK`, retrieval
 //! logits `d^-½·Q̃·Ret` with `Q̃ = RQ·W_rk` folded into the projection, one width `d` for heads,
@@ -43,6 +43,36 @@ pub(super) enum Lowering {
 }
 
 impl Checkpoint {
+    /// Fails with [`Error::Unsupported`], naming the option, for what the layer's kernels do not
+    /// run yet: attention over a memory (`encoder_decoder_attention`, `kdim`/`vdim` other than
+    /// `embed_dim`) and the extra key rows (`add_bias_kv`, `add_zero_attn`). The f64 reference
+    /// computes all of them (`reference::general::forward_cross`).
+    pub(super) fn check_lowerable(&self) -> Result<()> {
+        let f = &self.form;
+        let refuse = |option: String| Error::Unsupported {
+            format: f.format.name(),
+            option,
+            reason: "the layer's kernels run self-attention without extra key rows; this form \
+                     runs in the f64 reference only (reference::general::forward_cross)",
+        };
+        if !f.attention.runs_self_attention(f.dim) {
+            let (kdim, vdim) = f.attention.input_dims(f.dim);
+            return Err(refuse(match f.attention {
+                crate::checkpoint::Attention::EncoderDecoder { .. } => {
+                    format!("encoder_decoder_attention=True (kdim {kdim})")
+                }
+                _ => format!("kdim={kdim}, vdim={vdim} (cross-attention)"),
+            }));
+        }
+        if self.weights.bias_kv.is_some() {
+            return Err(refuse("add_bias_kv=True".into()));
+        }
+        if f.zero_attention {
+            return Err(refuse("add_zero_attn=True".into()));
+        }
+        Ok(())
+    }
+
     /// Which [`Lowering`] this checkpoint takes.
     pub(super) fn lowering(&self) -> Lowering {
         let f = &self.form;
@@ -92,6 +122,7 @@ impl Checkpoint {
     /// unfused strategy runs (a layer made from them starts with it).
     pub fn layer_weights(&self) -> Result<Weights> {
         self.validate()?;
+        self.check_lowerable()?;
         match (self.lowering(), &self.weights.selection) {
             (Lowering::Itself, SelectionWeights::DotProduct { value_k }) => {
                 self.lucidrains_weights(value_k)

@@ -22,7 +22,9 @@ mod tensors;
 mod torch;
 
 pub use constructor::Constructor;
-pub use form::{Checkpoint, Form, FormWeights, Format, Linear, Selection, SelectionWeights};
+pub use form::{
+    Attention, Checkpoint, Form, FormWeights, Format, Linear, Selection, SelectionWeights,
+};
 pub use state_dict::NamedTensor;
 
 use crate::error::{Error, Result};

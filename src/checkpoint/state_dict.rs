@@ -121,6 +121,16 @@ impl Checkpoint {
             }
         }
         linear(names.out, &w.out);
+        // fairseq's add_bias_kv rows, `[1, 1, embed_dim]` each.
+        if let Some((bias_k, bias_v)) = &w.bias_kv {
+            for (name, data) in [("bias_k", bias_k), ("bias_v", bias_v)] {
+                table.push(NamedTensor {
+                    name: name.into(),
+                    shape: vec![1, 1, data.len()],
+                    data: data.clone(),
+                });
+            }
+        }
         table
     }
 

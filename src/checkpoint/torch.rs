@@ -4,8 +4,8 @@
 
 use crate::checkpoint::tensors::Tensors;
 use crate::checkpoint::{
-    Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear, Selection,
-    SelectionWeights,
+    Attention, Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear,
+    Selection, SelectionWeights,
 };
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -89,6 +89,8 @@ pub(crate) fn lucidrains(weights: &Weights) -> Result<Checkpoint> {
         prenorm: c.prenorm,
         layer_norm_eps: c.layer_norm_eps,
         causal: c.causal,
+        attention: Attention::SelfAttention,
+        zero_attention: false,
     };
     Ok(Checkpoint {
         form,
@@ -122,6 +124,7 @@ pub(crate) fn lucidrains(weights: &Weights) -> Result<Checkpoint> {
                 value_k: lin(&weights.retrieval_keys, None, d, d)?,
             },
             out: lin(&weights.out, b.map(|b| &b.out), dim, c.search_width())?,
+            bias_kv: None,
         },
     })
 }
@@ -232,7 +235,8 @@ fn required<'a>(c: Option<&'a Constructor>, format: Format, key: &str) -> Result
     })
 }
 
-/// The official fairseq module (SPEC-VARIANTS §2).
+/// The official fairseq module (SPEC-VARIANTS §2; cross-attention and the extra key rows,
+/// SPEC.md §9.2).
 pub(crate) fn fairseq(
     mut tensors: Tensors,
     constructor: Option<&Constructor>,
@@ -240,26 +244,12 @@ pub(crate) fn fairseq(
 ) -> Result<Checkpoint> {
     let format = Format::Fairseq;
     let c = required(constructor, format, "num_heads")?;
-    for (key, reason) in [
-        (
-            "gumbel",
-            "gumbel-softmax selection draws random noise even in eval mode",
-        ),
-        (
-            "add_bias_kv",
-            "learned bias_k/bias_v rows appended to the keys are not implemented",
-        ),
-        (
-            "add_zero_attn",
-            "a zero attention column is not implemented",
-        ),
-        (
-            "encoder_decoder_attention",
-            "the layer is self-attention only (keys and values from the query input)",
-        ),
-    ] {
-        refuse_true(c, format, key, reason)?;
-    }
+    refuse_true(
+        c,
+        format,
+        "gumbel",
+        "gumbel-softmax selection draws random noise even in eval mode",
+    )?;
     if c.f64("q_noise")?.is_some_and(|q| q != 0.0) {
         return Err(Error::Unsupported {
             format: format.name(),
@@ -268,7 +258,6 @@ pub(crate) fn fairseq(
         });
     }
     c.usize("qn_block_size")?;
-    c.bool("self_attention")?;
     c.f64("dropout")?;
     c.bool("bias")?;
     let q = linear(&mut tensors, "q_proj", "required by the fairseq module")?;
@@ -277,26 +266,20 @@ pub(crate) fn fairseq(
     let out = linear(&mut tensors, "out_proj", "required by the fairseq module")?;
     let value_q = linear(&mut tensors, "value_q", "required by the fairseq module")?;
     let e = q.inp;
-    for key in ["kdim", "vdim"] {
-        if let Some(value) = c.usize(key)?
-            && value != e
-        {
-            return Err(Error::Unsupported {
-                format: format.name(),
-                option: format!("{key}={value}"),
-                reason: "keys and values of another width than embed_dim (cross-attention) are \
-                         not implemented",
-            });
-        }
-    }
-    if k.inp != e || v.inp != e {
-        return Err(Error::Unsupported {
-            format: format.name(),
-            option: "kdim/vdim".into(),
-            reason: "k_proj and v_proj must read embed_dim features (self-attention)",
-        });
-    }
     c.expect_usize("embed_dim", e)?;
+    let attention = fairseq_attention(c, e, (k.inp, v.inp))?;
+    if causal && !attention.runs_self_attention(e) {
+        return Err(Error::ConfigMismatch(
+            "causal attention does not apply to encoder-decoder attention (the queries attend \
+             an encoder's memory)"
+                .into(),
+        ));
+    }
+    let bias_kv = match c.bool("add_bias_kv")?.unwrap_or(false) {
+        true => Some(fairseq_bias_kv(&mut tensors, e, v.out)?),
+        false => None,
+    };
+    let zero_attention = c.bool("add_zero_attn")?.unwrap_or(false);
     let projections = Projections {
         q,
         k,
@@ -315,9 +298,81 @@ pub(crate) fn fairseq(
             mlp_out: "score_network2",
         },
         known: "q_proj, k_proj, v_proj, out_proj, value_q, value_k or score_network[1, 2] \
-                (.weight, .bias)",
+                (.weight, .bias), bias_k, bias_v",
     };
-    multi_head(format, tensors, c, projections, keys, causal)
+    let mut checkpoint = multi_head(format, tensors, c, projections, keys, causal)?;
+    checkpoint.form.attention = attention;
+    checkpoint.form.zero_attention = zero_attention;
+    checkpoint.weights.bias_kv = bias_kv;
+    Ok(checkpoint)
+}
+
+/// Where a fairseq module's keys and values come from: `self_attention`,
+/// `encoder_decoder_attention`, and `kdim`/`vdim` (default `embed_dim`) checked against
+/// `k_proj`'s and `v_proj`'s input widths.
+fn fairseq_attention(c: &Constructor, e: usize, (k_in, v_in): (usize, usize)) -> Result<Attention> {
+    let self_attention = c.bool("self_attention")?.unwrap_or(false);
+    let encoder_decoder = c.bool("encoder_decoder_attention")?.unwrap_or(false);
+    let kdim = c.usize("kdim")?.unwrap_or(e);
+    let vdim = c.usize("vdim")?.unwrap_or(e);
+    for (key, said, read, proj) in [
+        ("kdim", kdim, k_in, "k_proj"),
+        ("vdim", vdim, v_in, "v_proj"),
+    ] {
+        if said != read {
+            return Err(Error::ConfigMismatch(format!(
+                "the constructor gives {key} = {said} (embed_dim {e} when absent), but \
+                 {proj}.weight reads {read} features"
+            )));
+        }
+    }
+    match (self_attention, encoder_decoder) {
+        (true, true) => Err(Error::ConfigMismatch(
+            "self_attention and encoder_decoder_attention are both true; the module is one or \
+             the other"
+                .into(),
+        )),
+        (true, false) if (kdim, vdim) != (e, e) => Err(Error::ConfigMismatch(format!(
+            "self_attention reads keys and values from the query input: kdim ({kdim}) and vdim \
+             ({vdim}) must equal embed_dim ({e})"
+        ))),
+        (true, false) => Ok(Attention::SelfAttention),
+        (false, true) if kdim != vdim => Err(Error::ConfigMismatch(format!(
+            "encoder_decoder_attention reads keys and values from one memory: kdim ({kdim}) \
+             must equal vdim ({vdim})"
+        ))),
+        (false, true) => Ok(Attention::EncoderDecoder { memory_dim: kdim }),
+        (false, false) => Ok(Attention::General {
+            key_dim: kdim,
+            value_dim: vdim,
+        }),
+    }
+}
+
+/// `bias_k`, `bias_v` (`[1, 1, embed_dim]` each) of `add_bias_kv`. The original concatenates
+/// `bias_v` to values `attn_dim` wide, so it crashes unless `attn_dim = embed_dim`: that
+/// combination is refused.
+fn fairseq_bias_kv(
+    tensors: &mut Tensors,
+    e: usize,
+    attn_dim: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    if attn_dim != e {
+        return Err(Error::Unsupported {
+            format: "fairseq",
+            option: format!("add_bias_kv=True with attn_dim={attn_dim} (embed_dim {e})"),
+            reason: "the original module crashes on it: its bias_v is embed_dim wide and \
+                     cannot be appended to values attn_dim wide",
+        });
+    }
+    let mut row = |name: &str| -> Result<Vec<f32>> {
+        let t = tensors.take(name, 3, "add_bias_kv=True")?;
+        if t.shape != [1, 1, e] {
+            return Err(Error::shape(name, &[1, 1, e], &t.shape));
+        }
+        Ok(t.data)
+    };
+    Ok((row("bias_k")?, row("bias_v")?))
 }
 
 fn kind(weights: &SelectionWeights) -> Selection {
@@ -471,6 +526,8 @@ fn multi_head(
             prenorm: false,
             layer_norm_eps: crate::config::LAYER_NORM_EPS,
             causal,
+            attention: Attention::SelfAttention,
+            zero_attention: false,
         },
         weights: FormWeights {
             norm: None,
@@ -480,6 +537,7 @@ fn multi_head(
             value_q: p.value_q,
             selection,
             out: p.out,
+            bias_kv: None,
         },
     })
 }

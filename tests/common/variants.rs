@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use compositional_attention::checkpoint::{
-    Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear, Selection,
-    SelectionWeights,
+    Attention, Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear,
+    Selection, SelectionWeights,
 };
 use compositional_attention::rng::Rng;
 
@@ -122,6 +122,7 @@ pub fn random_checkpoint(form: Form, bias: bool, seed: u64) -> Checkpoint {
             value_q,
             selection,
             out,
+            bias_kv: None,
         },
     };
     checkpoint.validate().unwrap();
@@ -143,5 +144,7 @@ pub fn form(format: Format, dim: usize, heads: usize, rules: usize, widths: [usi
         prenorm: false,
         layer_norm_eps: 1e-5,
         causal: false,
+        attention: Attention::SelfAttention,
+        zero_attention: false,
     }
 }
