@@ -73,6 +73,33 @@ impl Source for Rng {
     }
 }
 
+/// `len` draws from a normal distribution `N(0, std²)` (Box–Muller), for test inputs and the
+/// browser package's `randomNormal`.
+pub fn normal<R: Source + ?Sized>(rng: &mut R, len: usize, std: f32) -> Vec<f32> {
+    (0..len).map(|_| normal_draw(rng, std)).collect()
+}
+
+/// [`normal`] for a length that comes from a user's numbers: the vector is reserved fallibly
+/// first, so a size the machine cannot hold is [`Error::HostMemory`](crate::Error::HostMemory)
+/// naming `what` instead of an abort.
+pub fn try_normal<R: Source + ?Sized>(
+    rng: &mut R,
+    what: &str,
+    len: usize,
+    std: f32,
+) -> crate::error::Result<Vec<f32>> {
+    let mut v = crate::host_memory::try_with_capacity(what, len)?;
+    v.extend((0..len).map(|_| normal_draw(rng, std)));
+    Ok(v)
+}
+
+fn normal_draw<R: Source + ?Sized>(rng: &mut R, std: f32) -> f32 {
+    let u1 = 1.0 - rng.next_f64(); // (0, 1]: ln(u1) is finite
+    let u2 = rng.next_f64();
+    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+    (z * std as f64) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

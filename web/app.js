@@ -1,10 +1,10 @@
-// The demo page: loads the wasm module from ./pkg (wasm-bindgen --target web), opens the WebGPU
+// The demo page: loads the wasm module from ./pkg-page (wasm-bindgen --target web), opens the WebGPU
 // device, and runs the configuration in the form (each run appends a row to the results table);
 // runs the user's own checkpoint file against the `output` it may hold; and demonstrates
 // generation (prefill, then decode token by token) against the full causal forward.
 import init, {
   Session, strategies, hasWebGpu, CompositionalAttention, readCase, randomNormal,
-} from './pkg/compattn_web.js';
+} from './pkg-page/compattn_web.js';
 import { heatmap, sig, ticks } from './heatmap.js';
 
 const $ = (id) => document.getElementById(id);
@@ -108,8 +108,8 @@ async function main() {
   try {
     await init();
   } catch (e) {
-    showError(`could not load ./pkg/compattn_web.js and its .wasm (build them with bash web/test.sh ` +
-      `or wasm-bindgen --target web --out-dir web/pkg): ${e}`);
+    showError(`could not load ./pkg-page/compattn_web.js and its .wasm (build them with bash web/test.sh ` +
+      `--page): ${e}`);
     status('not loaded');
     return;
   }

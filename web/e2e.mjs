@@ -4,7 +4,7 @@
 // file input and checks #error against their `output`; runs the generation demo (decode against
 // the full forward); checks the JavaScript API's errors; saves a screenshot.
 //
-//   node web/e2e.mjs            (after web/pkg/ is built; web/test.sh does both)
+//   node web/e2e.mjs            (after web/pkg-page/ is built; web/test.sh does both)
 //
 // Env: CHROMIUM (default /usr/bin/chromium), E2E_TIMEOUT_MS (per run, default 240000).
 // Never downloads a browser: playwright-core only drives the system Chromium.
@@ -240,7 +240,7 @@ try {
   // The JavaScript API's errors: JS Errors with the crate's message, never a panic.
   {
     const { out: errors, concurrent } = await page.evaluate(async () => {
-      const api = await import('./pkg/compattn_web.js');
+      const api = await import('./pkg-page/compattn_web.js');
       const caught = async (f) => {
         try { await f(); return 'no error'; } catch (e) { return e instanceof Error ? `Error: ${e.message}` : `not an Error: ${e}`; }
       };

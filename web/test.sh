@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Browser tests for compositional_attention: builds the crate for wasm32-unknown-unknown, runs the
 # wasm-bindgen tests (web/tests/web.rs) in headless Chromium on WebGPU, builds the JS/TS package
-# into web/pkg/ (the module, its TypeScript definitions and package.json from web/package.pkg.json)
+# into web/pkg/ (the module, its TypeScript definitions and package.json from web/package.pkg.json;
+# lean: no demo runner, LTO, wasm-opt), the demo page's module into web/pkg-page/,
 # and runs the page's end-to-end test (web/e2e.mjs) and the outside consumer's test
 # (web/consumer.mjs: npm pack, npm install into examples/js-consumer/, tsc, its page).
 # Installs what a fresh Debian machine lacks.
 #
 #   bash web/test.sh             everything
 #   bash web/test.sh --no-e2e    only the wasm-bindgen tests
-#   bash web/test.sh --page      only build web/pkg/ (for serving the page or npm pack)
+#   bash web/test.sh --page      only build web/pkg/ and web/pkg-page/ (for npm pack or serving the page)
 #
 # Env: COMPATTN_SEED=N fixes the random tests' seed; WEB_TEST_TIMEOUT (s, default 900) bounds the
 # browser test run; CHROMEDRIVER overrides /usr/bin/chromedriver and CHROMIUM /usr/bin/chromium for
@@ -116,11 +117,31 @@ if [ "$RUN_TESTS" -eq 1 ]; then
   echo "browser tests: ${result:-no result line (status $status)}"
 fi
 
-# --- the demo page ------------------------------------------------------------------------------
+# --- the demo page's module and the npm package ----------------------------------------------
 if [ "$RUN_E2E" -eq 1 ] || [ "$RUN_TESTS" -eq 0 ]; then
-  log "building the page into web/pkg/"
+  # The page (app.js, e2e.mjs): the tests' profile with the `page` feature (Session: the f64
+  # reference and random problems), into web/pkg-page/.
+  log "building the page's module into web/pkg-page/"
   "${CARGO[@]}" build --lib --profile "$PROFILE" --target "$TARGET" "${BUILD_STD[@]}"
-  wasm-bindgen --target web --out-dir pkg "target/$TARGET/$PROFILE/compattn_web.wasm"
+  wasm-bindgen --target web --out-dir pkg-page "target/$TARGET/$PROFILE/compattn_web.wasm"
+  # The npm package, lean: no `page` feature, the `npm` profile (LTO, one codegen unit, opt-level
+  # s), no name or producers section, then binaryen's wasm-opt -Oz (web/package.json pins it).
+  log "building the npm package into web/pkg/"
+  if [ ! -x node_modules/.bin/wasm-opt ]; then
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+  fi
+  "${CARGO[@]}" build --lib --profile npm --no-default-features --target "$TARGET" "${BUILD_STD[@]}"
+  wasm-bindgen --target web --remove-name-section --remove-producers-section --out-dir pkg \
+    "target/$TARGET/npm/compattn_web.wasm"
+  node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-mutable-globals \
+    pkg/compattn_web_bg.wasm -o pkg/compattn_web_bg.wasm
+  wasm_bytes="$(stat -c %s pkg/compattn_web_bg.wasm)"
+  echo "npm package wasm: $wasm_bytes bytes ($(gzip -9 -c pkg/compattn_web_bg.wasm | wc -c) gzipped)"
+  if [ "$wasm_bytes" -gt 1000000 ]; then
+    echo "web/pkg/compattn_web_bg.wasm is $wasm_bytes bytes, over the 1 000 000 the package allows" >&2
+    exit 1
+  fi
   # The npm package's manifest; its version must be the crate's.
   crate_version="$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)"
   pkg_version="$(node -p 'require("./package.pkg.json").version')"

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::host_memory;
 use crate::io::Input;
-use crate::rng::{Rng, Source};
+use crate::rng::Rng;
 use crate::weights::Weights;
 
 /// How far a result is from the reference.
@@ -90,31 +90,7 @@ impl std::fmt::Display for ErrorStats {
     }
 }
 
-/// `len` draws from a normal distribution `N(0, std²)` (Box–Muller), for test inputs.
-pub fn normal<R: Source + ?Sized>(rng: &mut R, len: usize, std: f32) -> Vec<f32> {
-    (0..len).map(|_| normal_draw(rng, std)).collect()
-}
-
-/// [`normal`] for a length that comes from a user's numbers: the vector is reserved fallibly
-/// first, so a size the machine cannot hold is [`Error::HostMemory`](crate::Error::HostMemory)
-/// naming `what` instead of an abort.
-pub fn try_normal<R: Source + ?Sized>(
-    rng: &mut R,
-    what: &str,
-    len: usize,
-    std: f32,
-) -> Result<Vec<f32>> {
-    let mut v = host_memory::try_with_capacity(what, len)?;
-    v.extend((0..len).map(|_| normal_draw(rng, std)));
-    Ok(v)
-}
-
-fn normal_draw<R: Source + ?Sized>(rng: &mut R, std: f32) -> f32 {
-    let u1 = 1.0 - rng.next_f64(); // (0, 1]: ln(u1) is finite
-    let u2 = rng.next_f64();
-    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-    (z * std as f64) as f32
-}
+pub use crate::rng::{normal, try_normal};
 
 /// A key mask `[batch, seq]` where batch row `b` allows its first `lengths[b]` keys (lengths
 /// beyond `seq` are clamped; missing entries mean "all keys").

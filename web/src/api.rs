@@ -14,10 +14,10 @@ use std::task::{Poll, Waker};
 
 use compositional_attention::checkpoint::{self, CheckpointOptions, Constructor, Format};
 use compositional_attention::io::{Input, read_output};
-use compositional_attention::rng::Rng;
+use compositional_attention::rng::{self, Rng};
 use compositional_attention::{
     AttentionMaps, CompositionalAttention as Layer, Config, Error, GpuContext,
-    KvCache as CrateKvCache, LimitsPolicy, MapsOptions, Precision, Strategy, Weights, testing,
+    KvCache as CrateKvCache, LimitsPolicy, MapsOptions, Precision, Strategy, Weights,
 };
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -970,6 +970,6 @@ pub fn random_normal(length: f64, seed: f64) -> Result<Float32Array, JsError> {
     crate::whole_number("length", length, 0.0..=(1u64 << 28) as f64, "from 0 to 2²⁸")
         .map_err(err)?;
     crate::whole_number("seed", seed, 0.0..=u64::MAX as f64, "≥ 0").map_err(err)?;
-    let values = testing::normal(&mut Rng::seed_from_u64(seed as u64), length as usize, 1.0);
+    let values = rng::normal(&mut Rng::seed_from_u64(seed as u64), length as usize, 1.0);
     Ok(Float32Array::from(values.as_slice()))
 }

@@ -8,7 +8,7 @@
 //! `Strategy::ALL`, at tolerance 1e-4. Inputs come from a fresh seed each run, printed on failure;
 //! `COMPATTN_SEED=N bash web/test.sh` fixes it (read at compile time: the browser has no env).
 
-#![cfg(target_arch = "wasm32")]
+#![cfg(all(target_arch = "wasm32", feature = "page"))]
 
 use std::cell::RefCell;
 
