@@ -32,8 +32,8 @@ try {
   rmSync(`${PKG}/${tgz}`, { force: true });
   const packed = run('npm', ['pack', '--json'], PKG);
   const files = JSON.parse(packed)[0].files.map((f) => f.path).sort();
-  check(existsSync(`${PKG}/${tgz}`) && ['compattn_web.d.ts', 'compattn_web.js', 'compattn_web_bg.wasm', 'package.json']
-    .every((f) => files.includes(f)), `npm pack: web/pkg/${tgz} holds ${files.join(', ')}`);
+  check(existsSync(`${PKG}/${tgz}`) && ['index.js', 'index.d.ts', 'compattn_web.d.ts', 'compattn_web.js', 'compattn_web_bg.wasm', 'package.json']
+    .every((f) => files.includes(f)) && files.some((f) => /^snippets\/.*errors\.js$/.test(f)), `npm pack: web/pkg/${tgz} holds ${files.join(', ')}`);
 
   // A fresh install of the package (npm would keep a stale copy of the same version).
   rmSync(`${CONSUMER}/node_modules/compositional-attention`, { recursive: true, force: true });
@@ -108,7 +108,7 @@ try {
     // The example's last log is the caught error's message.
     const { logs, problems } = await runExample('readme-example', example, 'true x: expected', 120_000);
     const error = logs.find((l) => l.startsWith('true x: expected')) ?? '';
-    check(error.includes('1·1·32 = 32') && logs.includes('6 128 1') && problems.length === 0,
+    check(error.includes('1·1·32 = 32') && logs.includes('SHAPE') && logs.includes('6 128 1') && problems.length === 0,
       `web/README.md's example runs: ${[...logs.filter((l) => !l.startsWith('[object')).slice(-3), ...problems].join(' | ')}`);
   }
   // The README's training example, as written: the student's loss falls.

@@ -117,6 +117,36 @@ if [ "$RUN_TESTS" -eq 1 ]; then
   echo "browser tests: ${result:-no result line (status $status)}"
 fi
 
+# The package's entry, index.js and index.d.ts in $1: the wasm-bindgen module and the
+# CompattnError class of web/js/errors.js, which wasm-bindgen copies under snippets/ (a path with
+# a hash in it; the entry re-exports that very module, so `instanceof` holds).
+write_entry() {
+  local dir="$1" snippet
+  snippet="$(cd "$dir" && find snippets -name errors.js | head -1)"
+  if [ -z "$snippet" ]; then
+    echo "no snippets/**/errors.js in web/$dir" >&2
+    exit 1
+  fi
+  cat > "$dir/index.js" <<EOF
+// The package's entry (written by web/test.sh): the layer's API and its error class.
+export * from './compattn_web.js';
+export { default } from './compattn_web.js';
+export { CompattnError } from './$snippet';
+EOF
+  cat > "$dir/index.d.ts" <<'EOF'
+export * from './compattn_web';
+export { default } from './compattn_web';
+import type { CompattnErrorCode } from './compattn_web';
+/** What every failing call of the package throws: an `Error` with a stable `code` and the
+ *  crate's message (web/README.md lists the codes). */
+export declare class CompattnError extends Error {
+  readonly name: 'CompattnError';
+  readonly code: CompattnErrorCode;
+  constructor(code: CompattnErrorCode, message: string);
+}
+EOF
+}
+
 # --- the demo page's module and the npm package ----------------------------------------------
 if [ "$RUN_E2E" -eq 1 ] || [ "$RUN_TESTS" -eq 0 ]; then
   # The page (app.js, e2e.mjs): the tests' profile with the `page` feature (Session: the f64
@@ -136,6 +166,8 @@ if [ "$RUN_E2E" -eq 1 ] || [ "$RUN_TESTS" -eq 0 ]; then
   node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
     --enable-sign-ext --enable-mutable-globals \
     pkg/compattn_web_bg.wasm -o pkg/compattn_web_bg.wasm
+  write_entry pkg
+  write_entry pkg-page
   wasm_bytes="$(stat -c %s pkg/compattn_web_bg.wasm)"
   echo "npm package wasm: $wasm_bytes bytes ($(gzip -9 -c pkg/compattn_web_bg.wasm | wc -c) gzipped)"
   if [ "$wasm_bytes" -gt 1000000 ]; then

@@ -1,6 +1,8 @@
 // Type-checked only (tsc --noEmit): the package's TypeScript definitions describe the API the
 // README documents. Never run.
 import init, {
+  CompattnError,
+  type CompattnErrorCode,
   Activations,
   AdamW,
   CompositionalAttention,
@@ -30,6 +32,18 @@ export async function typed(bytes: Uint8Array): Promise<number> {
   };
   const layer: CompositionalAttention = await CompositionalAttention.load(bytes, options);
   const plain = await CompositionalAttention.load(bytes);
+  const fromBuffer = await CompositionalAttention.load(new ArrayBuffer(8));
+  // @ts-expect-error: causal is a boolean, not the string "false"
+  await CompositionalAttention.load(bytes, { causal: 'false' });
+  try {
+    await plain.forward(new Float32Array(3), 1, 1);
+  } catch (e) {
+    if (e instanceof CompattnError) {
+      const code: CompattnErrorCode = e.code;
+      const message: string = e.message;
+      console.log(code, message, fromBuffer.dim);
+    }
+  }
   const random = await CompositionalAttention.random({ dim: 32, dimHead: 8, causal: true, seed: 7 });
   const c: Case = readCase(bytes);
   const x: Float32Array = randomNormal(2 * 5 * layer.dim, 1);

@@ -1,7 +1,7 @@
 // @ts-check
 // A program outside the repository's web/ directory using the packed package by its name:
 // load a checkpoint's bytes, run the forward on WebGPU, compare with the file's `output`.
-import init, { CompositionalAttention, readCase } from 'compositional-attention';
+import init, { CompattnError, CompositionalAttention, readCase } from 'compositional-attention';
 
 const out = /** @type {HTMLElement} */ (document.getElementById('result'));
 
@@ -41,6 +41,11 @@ async function main() {
   if (!(mapsSumError < 1e-4) || maps.output.length !== y.length) {
     throw new Error(`forwardWithMaps: rows sum to 1 only within ${mapsSumError}`);
   }
+  // A failing call throws a CompattnError with a stable code.
+  const thrown = await layer.forward(new Float32Array(3), 1, 1).then(() => null, (e) => e);
+  if (!(thrown instanceof CompattnError && thrown instanceof Error && thrown.code === 'SHAPE')) {
+    throw new Error(`forward of a wrong-sized input threw ${thrown} (code ${thrown?.code})`);
+  }
   const info = layer.info();
   const result = {
     url,
@@ -51,6 +56,7 @@ async function main() {
     relative: maxAbs / maxOutput,
     mapsRows: maps.queryRows,
     mapsSumError,
+    errorCode: thrown.code,
   };
   layer.free();
   Object.assign(window, { result });

@@ -23,9 +23,8 @@ use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::{
-    browser_options, describe, get, get_bool, get_usize, has_webgpu, js_error, parse_limits,
-};
+use crate::errors::{ApiError, Code};
+use crate::{browser_options, describe, get, has_webgpu, js_error, parse_limits};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_INTERFACES: &'static str = r#"
@@ -182,8 +181,9 @@ extern "C" {
     pub type JsMapsOptions;
 }
 
-pub(crate) fn err(message: impl AsRef<str>) -> JsError {
-    JsError::new(message.as_ref())
+/// A bad argument or option (`INVALID_ARGUMENT`); other codes are made where they apply.
+pub(crate) fn err(message: impl AsRef<str>) -> ApiError {
+    ApiError::invalid(message.as_ref())
 }
 
 /// One device per limits policy, opened on first use and shared by every layer after (opening a
@@ -198,7 +198,7 @@ thread_local! {
     static DEVICES: RefCell<Vec<Rc<SharedDevice>>> = const { RefCell::new(Vec::new()) };
 }
 
-pub(crate) async fn shared_device(policy: LimitsPolicy) -> Result<Rc<SharedDevice>, JsError> {
+pub(crate) async fn shared_device(policy: LimitsPolicy) -> Result<Rc<SharedDevice>, ApiError> {
     let cached = DEVICES.with(|d| {
         d.borrow()
             .iter()
@@ -209,7 +209,8 @@ pub(crate) async fn shared_device(policy: LimitsPolicy) -> Result<Rc<SharedDevic
         return Ok(device);
     }
     if !has_webgpu() {
-        return Err(err(
+        return Err(ApiError::new(
+            Code::NoWebGpu,
             "this browser has no WebGPU (navigator.gpu is missing): use a recent Chrome/Edge, \
              or Firefox/Safari with WebGPU enabled, over https or localhost",
         ));
@@ -231,7 +232,7 @@ pub(crate) async fn shared_device(policy: LimitsPolicy) -> Result<Rc<SharedDevic
     Ok(device)
 }
 
-fn get_string(options: &JsValue, key: &str) -> Result<Option<String>, JsError> {
+fn get_string(options: &JsValue, key: &str) -> Result<Option<String>, ApiError> {
     match get(options, key) {
         None => Ok(None),
         Some(v) => v
@@ -239,6 +240,46 @@ fn get_string(options: &JsValue, key: &str) -> Result<Option<String>, JsError> {
             .map(Some)
             .ok_or_else(|| err(format!("{key} must be a string"))),
     }
+}
+
+/// A boolean option: absent or null gives `default`; anything but `true` or `false` is an error
+/// (the string `"false"` is not false).
+fn flag(options: &JsValue, key: &str, default: bool) -> Result<bool, ApiError> {
+    match get(options, key) {
+        None => Ok(default),
+        Some(value) => value.as_bool().ok_or_else(|| {
+            err(format!(
+                "{key} must be true or false, not {}",
+                js_text(&value)
+            ))
+        }),
+    }
+}
+
+/// A whole-number option ≥ 0: a JavaScript number (not a numeric string); absent or null gives
+/// `default`.
+fn whole(options: &JsValue, key: &str, default: usize) -> Result<usize, ApiError> {
+    let Some(value) = get(options, key) else {
+        return Ok(default);
+    };
+    let number = value
+        .as_f64()
+        .ok_or_else(|| err(format!("{key} must be a number, not {}", js_text(&value))))?;
+    Ok(crate::whole_number(key, number, 0.0..=u32::MAX as f64, "≥ 0").map_err(err)? as usize)
+}
+
+/// A checkpoint file's bytes from a `Uint8Array` (a Node `Buffer` is one) or an `ArrayBuffer`.
+fn checkpoint_bytes(value: &JsValue) -> Result<Vec<u8>, ApiError> {
+    if let Some(array) = value.dyn_ref::<Uint8Array>() {
+        return Ok(array.to_vec());
+    }
+    if let Some(buffer) = value.dyn_ref::<js_sys::ArrayBuffer>() {
+        return Ok(Uint8Array::new(buffer).to_vec());
+    }
+    Err(err(format!(
+        "load: the checkpoint must be a Uint8Array or an ArrayBuffer, not a {}",
+        value.js_typeof().as_string().unwrap_or_default()
+    )))
 }
 
 /// `limits`, `precision`, `strategy` of a [`DeviceOptions`] object.
@@ -249,7 +290,7 @@ struct DeviceChoice {
 }
 
 impl DeviceChoice {
-    fn from_js(options: &JsValue) -> Result<DeviceChoice, JsError> {
+    fn from_js(options: &JsValue) -> Result<DeviceChoice, ApiError> {
         let policy =
             parse_limits(&get_string(options, "limits")?.unwrap_or_default()).map_err(err)?;
         let precision = match get_string(options, "precision")? {
@@ -268,7 +309,7 @@ impl DeviceChoice {
     }
 }
 
-fn check_options_object(options: &JsValue, what: &str) -> Result<(), JsError> {
+fn check_options_object(options: &JsValue, what: &str) -> Result<(), ApiError> {
     if options.is_undefined() || options.is_null() || options.is_object() {
         Ok(())
     } else {
@@ -277,19 +318,20 @@ fn check_options_object(options: &JsValue, what: &str) -> Result<(), JsError> {
 }
 
 /// A whole number ≥ 1 from a JavaScript number (no silent truncation of `2.5` or `-1`).
-pub(crate) fn count(name: &str, value: f64) -> Result<usize, JsError> {
+pub(crate) fn count(name: &str, value: f64) -> Result<usize, ApiError> {
     Ok(crate::whole_number(name, value, 1.0..=u32::MAX as f64, "≥ 1").map_err(err)? as usize)
 }
 
-fn product(what: &str, factors: &[usize]) -> Result<usize, JsError> {
+fn product(what: &str, factors: &[usize]) -> Result<usize, ApiError> {
     factors
         .iter()
         .try_fold(1usize, |acc, &f| acc.checked_mul(f))
         .filter(|&n| n <= u32::MAX as usize)
         .ok_or_else(|| {
-            err(format!(
-                "{what} = {factors:?} multiplied is more than 2³² elements"
-            ))
+            ApiError::new(
+                Code::LimitExceeded,
+                format!("{what} = {factors:?} multiplied is more than 2³² elements"),
+            )
         })
 }
 
@@ -301,10 +343,10 @@ pub(crate) fn check_x_mask(
     batch: usize,
     seq: usize,
     mask: Option<Vec<u8>>,
-) -> Result<Option<Vec<bool>>, JsError> {
+) -> Result<Option<Vec<bool>>, ApiError> {
     let want = product("batch·seq·dim", &[batch, seq, config.dim])?;
     if x.len() != want {
-        return Err(err(format!(
+        return Err(ApiError::shape(format!(
             "x: expected batch·seq·dim = {batch}·{seq}·{} = {want} numbers ([batch, seq, dim] \
              row-major), found {}",
             config.dim,
@@ -315,7 +357,7 @@ pub(crate) fn check_x_mask(
         return Ok(None);
     };
     if mask.len() != batch * seq {
-        return Err(err(format!(
+        return Err(ApiError::shape(format!(
             "mask: expected batch·seq = {batch}·{seq} = {} bytes (one per key), found {}",
             batch * seq,
             mask.len()
@@ -340,7 +382,7 @@ fn js_text(value: &JsValue) -> String {
 
 /// `rows` and `maxBytes` of a [`MapsOptions`] object (TypeScript `MapsOptions`): rows must be
 /// whole numbers ≥ 0 (the crate checks their order and range), `maxBytes` a whole number ≥ 0.
-fn maps_options(options: &JsValue) -> Result<MapsOptions, JsError> {
+fn maps_options(options: &JsValue) -> Result<MapsOptions, ApiError> {
     check_options_object(options, "forwardWithMaps")?;
     let mut maps = MapsOptions::default();
     if let Some(rows) = get(options, "rows") {
@@ -362,7 +404,7 @@ fn maps_options(options: &JsValue) -> Result<MapsOptions, JsError> {
                         ))
                     })
             })
-            .collect::<Result<Vec<usize>, JsError>>()?;
+            .collect::<Result<Vec<usize>, ApiError>>()?;
         maps.query_rows = Some(rows);
     }
     if let Some(value) = get(options, "maxBytes") {
@@ -405,8 +447,26 @@ fn maps_object(output: &[f32], maps: &AttentionMaps) -> Object {
     o
 }
 
-pub(crate) fn busy() -> JsError {
-    err("the layer or cache is in use by another call in flight; await it first")
+/// What reading a checkpoint failed with: `CHECKPOINT`, unless the file asked for more than the
+/// machine or the device has.
+fn checkpoint_error(error: Error) -> ApiError {
+    let error = ApiError::from(error);
+    match error.code {
+        Code::LimitExceeded => error,
+        _ => ApiError::new(Code::Checkpoint, error.message),
+    }
+}
+
+/// A problem past 2³² elements (`LIMIT_EXCEEDED`).
+fn too_large(message: String) -> ApiError {
+    ApiError::new(Code::LimitExceeded, message)
+}
+
+pub(crate) fn busy() -> ApiError {
+    ApiError::new(
+        Code::Busy,
+        "the layer or cache is in use by another call in flight; await it first",
+    )
 }
 
 pub(crate) fn set(o: &Object, key: &str, value: impl Into<JsValue>) {
@@ -489,7 +549,7 @@ impl JsCompositionalAttention {
         weights: &Weights,
         choice: DeviceChoice,
         format: &'static str,
-    ) -> Result<JsCompositionalAttention, JsError> {
+    ) -> Result<JsCompositionalAttention, ApiError> {
         let device = shared_device(choice.policy).await?;
         let mut layer =
             Layer::with_precision(&device.ctx, weights, choice.precision).map_err(js_error)?;
@@ -514,8 +574,8 @@ impl JsCompositionalAttention {
     #[allow(clippy::await_holding_refcell_ref)]
     pub(crate) async fn in_turn<T>(
         &self,
-        f: impl AsyncFnOnce(&mut Layer) -> Result<T, JsError>,
-    ) -> Result<T, JsError> {
+        f: impl AsyncFnOnce(&mut Layer) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let _turn = turn(&self.turns).await;
         // Only calls in their turn borrow mutably, and nothing borrows across turns.
         let mut layer = self.layer.try_borrow_mut().map_err(|_| busy())?;
@@ -543,9 +603,9 @@ impl JsCompositionalAttention {
         batch: f64,
         seq: f64,
         mask: Option<Vec<u8>>,
-    ) -> Result<Vec<f32>, JsError> {
+    ) -> Result<Vec<f32>, ApiError> {
         let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
-        crate::check_elements(&self.config, batch, seq, self.strategy.get()).map_err(err)?;
+        crate::check_elements(&self.config, batch, seq, self.strategy.get()).map_err(too_large)?;
         let mask = check_x_mask(&self.config, &x, batch, seq, mask)?;
         self.in_turn(async |layer: &mut Layer| {
             layer
@@ -565,10 +625,10 @@ impl JsCompositionalAttention {
         seq: f64,
         mask: Option<Vec<u8>>,
         options: JsValue,
-    ) -> Result<(Vec<f32>, AttentionMaps), JsError> {
+    ) -> Result<(Vec<f32>, AttentionMaps), ApiError> {
         let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
         // The maps come from the unfused strategy, whatever the layer's is.
-        crate::check_elements(&self.config, batch, seq, Strategy::Unfused).map_err(err)?;
+        crate::check_elements(&self.config, batch, seq, Strategy::Unfused).map_err(too_large)?;
         let mask = check_x_mask(&self.config, &x, batch, seq, mask)?;
         let options = maps_options(&options)?;
         self.in_turn(async |layer: &mut Layer| {
@@ -589,7 +649,7 @@ impl JsCompositionalAttention {
         x: Vec<f32>,
         seq: f64,
         mask: Option<Vec<u8>>,
-    ) -> Result<Vec<f32>, JsError> {
+    ) -> Result<Vec<f32>, ApiError> {
         let seq = count("seq", seq)?;
         let mask = check_x_mask(&self.config, &x, cache.batch, seq, mask)?;
         let cache = cache.clone();
@@ -604,7 +664,7 @@ impl JsCompositionalAttention {
 }
 
 fn to_promise(
-    future: impl std::future::Future<Output = Result<Vec<f32>, JsError>> + 'static,
+    future: impl std::future::Future<Output = Result<Vec<f32>, ApiError>> + 'static,
 ) -> Promise {
     future_to_promise(async move {
         match future.await {
@@ -620,9 +680,10 @@ impl JsCompositionalAttention {
     /// safetensors, or a Keras `.weights.h5`) and builds the layer on the browser's WebGPU
     /// device. Case tensors (`input`, `mask`, `output`) beside the weights are ignored.
     pub async fn load(
-        bytes: Vec<u8>,
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array | ArrayBuffer")] bytes: JsValue,
         options: Option<LoadOptions>,
-    ) -> Result<JsCompositionalAttention, JsError> {
+    ) -> Result<JsCompositionalAttention, ApiError> {
+        let bytes = checkpoint_bytes(&bytes)?;
         let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
         check_options_object(&options, "load")?;
         let choice = DeviceChoice::from_js(&options)?;
@@ -639,7 +700,8 @@ impl JsCompositionalAttention {
                             .ok_or_else(|| err("config must be a JSON object or its text"))?,
                     ),
                 };
-                json.map(|j| Constructor::parse(&j).map_err(js_error))
+                // A bad `config` is a bad option, whatever the crate calls it.
+                json.map(|j| Constructor::parse(&j).map_err(|e| err(e.to_string())))
                     .transpose()?
             }
         };
@@ -650,14 +712,17 @@ impl JsCompositionalAttention {
         let checkpoint_options = CheckpointOptions {
             constructor,
             format,
-            causal: get_bool(&options, "causal", false),
+            causal: flag(&options, "causal", false)?,
             prefix: get_string(&options, "prefix")?.unwrap_or_default(),
         };
         if bytes.is_empty() {
-            return Err(err("load: the checkpoint file is empty"));
+            return Err(ApiError::new(
+                Code::Checkpoint,
+                "load: the checkpoint file is empty",
+            ));
         }
-        let (weights, format) =
-            checkpoint::layer_weights_from_bytes(&bytes, &checkpoint_options).map_err(js_error)?;
+        let (weights, format) = checkpoint::layer_weights_from_bytes(&bytes, &checkpoint_options)
+            .map_err(checkpoint_error)?;
         Self::build(&weights, choice, format.name()).await
     }
 
@@ -665,19 +730,19 @@ impl JsCompositionalAttention {
     /// tests: the same seed gives the same weights on every platform.
     pub async fn random(
         options: Option<RandomOptions>,
-    ) -> Result<JsCompositionalAttention, JsError> {
+    ) -> Result<JsCompositionalAttention, ApiError> {
         let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
         check_options_object(&options, "random")?;
         let choice = DeviceChoice::from_js(&options)?;
-        let d = Config::new(get_usize(&options, "dim", 64).map_err(err)?);
+        let d = Config::new(whole(&options, "dim", 64)?);
         let config = d
-            .dim_head(get_usize(&options, "dimHead", d.dim_head).map_err(err)?)
-            .num_searches(get_usize(&options, "searches", d.num_searches).map_err(err)?)
-            .num_retrievals(get_usize(&options, "retrievals", d.num_retrievals).map_err(err)?)
-            .causal(get_bool(&options, "causal", false))
-            .prenorm(get_bool(&options, "prenorm", false))
-            .bias(get_bool(&options, "bias", false));
-        let seed = get_usize(&options, "seed", 1).map_err(err)? as u64;
+            .dim_head(whole(&options, "dimHead", d.dim_head)?)
+            .num_searches(whole(&options, "searches", d.num_searches)?)
+            .num_retrievals(whole(&options, "retrievals", d.num_retrievals)?)
+            .causal(flag(&options, "causal", false)?)
+            .prenorm(flag(&options, "prenorm", false)?)
+            .bias(flag(&options, "bias", false)?);
+        let seed = whole(&options, "seed", 1)? as u64;
         let weights = Weights::random(config, seed).map_err(js_error)?;
         Self::build(&weights, choice, "random").await
     }
@@ -725,11 +790,14 @@ impl JsCompositionalAttention {
         &self,
         batch: f64,
         #[wasm_bindgen(js_name = maxSeq)] max_seq: f64,
-    ) -> Result<JsKvCache, JsError> {
+    ) -> Result<JsKvCache, ApiError> {
         let (batch, max_seq) = (count("batch", batch)?, count("maxSeq", max_seq)?);
-        crate::check_elements(&self.config, batch, max_seq, Strategy::Fused).map_err(err)?;
+        crate::check_elements(&self.config, batch, max_seq, Strategy::Fused).map_err(too_large)?;
         let layer = self.layer.try_borrow().map_err(|_| {
-            err("kvCache: the layer is running a call; await it before making a cache")
+            ApiError::new(
+                Code::Busy,
+                "kvCache: the layer is running a call; await it before making a cache",
+            )
         })?;
         let cache = layer.kv_cache(batch, max_seq).map_err(js_error)?;
         Ok(JsKvCache {
@@ -849,7 +917,7 @@ impl JsCompositionalAttention {
     pub fn set_strategy(
         &self,
         #[wasm_bindgen(unchecked_param_type = "StrategyName")] strategy: String,
-    ) -> Result<(), JsError> {
+    ) -> Result<(), ApiError> {
         let strategy = Strategy::from_str(&strategy).map_err(js_error)?;
         self.strategy.set(strategy);
         Ok(())
@@ -899,9 +967,12 @@ impl JsKvCache {
 
     /// Empties the cache (keeps its memory) to start new sequences. An Error while a `prefill`
     /// or `decode` on it is in flight.
-    pub fn clear(&self) -> Result<(), JsError> {
+    pub fn clear(&self) -> Result<(), ApiError> {
         let mut cache = self.cache.try_borrow_mut().map_err(|_| {
-            err("clear: a prefill or decode on this cache is in flight; await it first")
+            ApiError::new(
+                Code::Busy,
+                "clear: a prefill or decode on this cache is in flight; await it first",
+            )
         })?;
         cache.clear();
         self.len.set(cache.len());
@@ -913,7 +984,7 @@ impl JsKvCache {
 /// `output`, each null where absent (a Keras `.weights.h5` has none). A malformed file is an
 /// Error.
 #[wasm_bindgen(js_name = readCase, unchecked_return_type = "Case")]
-pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, JsError> {
+pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, ApiError> {
     let o = Object::new();
     for key in [
         "batch",
@@ -966,7 +1037,7 @@ pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, JsError> {
 /// `length` standard-normal numbers from `seed` (the crate's generator: the same numbers on
 /// every platform), e.g. a random input `[batch, seq, dim]`.
 #[wasm_bindgen(js_name = randomNormal)]
-pub fn random_normal(length: f64, seed: f64) -> Result<Float32Array, JsError> {
+pub fn random_normal(length: f64, seed: f64) -> Result<Float32Array, ApiError> {
     crate::whole_number("length", length, 0.0..=(1u64 << 28) as f64, "from 0 to 2²⁸")
         .map_err(err)?;
     crate::whole_number("seed", seed, 0.0..=u64::MAX as f64, "≥ 0").map_err(err)?;

@@ -15,6 +15,7 @@
 //! ```
 
 mod api;
+pub mod errors;
 #[cfg(feature = "page")]
 mod page;
 mod training;
@@ -22,6 +23,7 @@ pub use api::{
     JsCompositionalAttention, JsKvCache, JsMapsOptions, LoadOptions, RandomOptions, random_normal,
     read_case,
 };
+pub use errors::{ApiError, Code};
 #[cfg(feature = "page")]
 pub use page::{
     FULL_CHECK_SCORES, RunOptions, RunReport, SAMPLED_ROWS, Session, TOLERANCE, check_size,
@@ -116,8 +118,9 @@ pub async fn describe(ctx: &GpuContext) -> String {
 }
 
 /// Turns a crate error into a JavaScript `Error` with the crate's message.
-pub(crate) fn js_error(error: impl std::fmt::Display) -> JsError {
-    JsError::new(&error.to_string())
+/// The crate's error as the `CompattnError` a call throws ([`errors`]).
+pub(crate) fn js_error(error: compositional_attention::Error) -> ApiError {
+    error.into()
 }
 
 /// Parses `"adapter"` / `"webgpu"` (also `"default"`) into a [`LimitsPolicy`].
@@ -144,21 +147,6 @@ pub(crate) fn get(options: &JsValue, key: &str) -> Option<JsValue> {
     Reflect::get(options, &key.into())
         .ok()
         .filter(|v| !v.is_undefined() && !v.is_null())
-}
-
-pub(crate) fn get_usize(options: &JsValue, key: &str, default: usize) -> Result<usize, String> {
-    let Some(value) = get(options, key) else {
-        return Ok(default);
-    };
-    let number = value
-        .as_f64()
-        .or_else(|| value.as_string().and_then(|s| s.trim().parse().ok()))
-        .ok_or_else(|| format!("{key} must be a number"))?;
-    Ok(whole_number(key, number, 0.0..=u32::MAX as f64, "≥ 0")? as usize)
-}
-
-pub(crate) fn get_bool(options: &JsValue, key: &str, default: bool) -> bool {
-    get(options, key).map_or(default, |v| v.is_truthy())
 }
 
 /// `value` if it is a whole number in `range`, else a message naming `name`, the range (as

@@ -8,7 +8,8 @@ use compositional_attention::{CompositionalAttention, Config, GpuContext, Strate
 use js_sys::{Object, Reflect};
 use wasm_bindgen::prelude::*;
 
-use crate::{check_elements, describe, get, get_bool, get_usize, now_ms, parse_limits};
+use crate::errors::ApiError;
+use crate::{check_elements, describe, get, now_ms, parse_limits, whole_number};
 
 /// The tolerance the tests and the page judge the GPU result by (`ErrorStats::within`).
 pub const TOLERANCE: f64 = 1e-4;
@@ -310,8 +311,8 @@ impl Session {
     /// The browser's WebGPU device for `limits` (opened on first use, shared with
     /// `CompositionalAttention.load` and `random`). `limits`: `"adapter"` (everything
     /// the adapter offers) or `"webgpu"` (WebGPU's defaults, what every browser grants).
-    pub async fn open(limits: String) -> Result<Session, JsError> {
-        let policy = parse_limits(&limits).map_err(|e| JsError::new(&e))?;
+    pub async fn open(limits: String) -> Result<Session, ApiError> {
+        let policy = parse_limits(&limits).map_err(ApiError::invalid)?;
         // The device `CompositionalAttention.load` and `random` share: one per page and policy.
         let device = crate::api::shared_device(policy).await?;
         Ok(Session {
@@ -349,10 +350,27 @@ impl Session {
     /// repeats, referenceMs, checkedRows, rows, maxAbs, maxAbsRelative, relL2, maxExpected,
     /// nonFinite, len, stats, tolerance, within, flops, gflops, gpuBytes, head`.
     pub async fn run(&self, options: JsValue) -> Result<JsValue, JsValue> {
-        let options = RunOptions::from_js(&options).map_err(|e| JsError::new(&e))?;
+        let options = RunOptions::from_js(&options).map_err(ApiError::invalid)?;
         let report = run_on(&self.ctx, &options)
             .await
-            .map_err(|e| JsError::new(&e))?;
+            .map_err(ApiError::invalid)?;
         report.to_js()
     }
+}
+
+/// The page's form values: numbers or numeric text.
+fn get_usize(options: &JsValue, key: &str, default: usize) -> Result<usize, String> {
+    let Some(value) = get(options, key) else {
+        return Ok(default);
+    };
+    let number = value
+        .as_f64()
+        .or_else(|| value.as_string().and_then(|s| s.trim().parse().ok()))
+        .ok_or_else(|| format!("{key} must be a number"))?;
+    Ok(whole_number(key, number, 0.0..=u32::MAX as f64, "≥ 0")? as usize)
+}
+
+/// The page's checkboxes: any truthy value.
+fn get_bool(options: &JsValue, key: &str, default: bool) -> bool {
+    get(options, key).map_or(default, |v| v.is_truthy())
 }

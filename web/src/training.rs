@@ -13,6 +13,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use crate::api::{JsCompositionalAttention, busy, check_x_mask, count, err, set};
+use crate::errors::ApiError;
 use crate::js_error;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -45,7 +46,7 @@ extern "C" {
 }
 
 /// A dropout seed from JavaScript: a whole number in `0..=2^53` or a BigInt in `0..2^64`.
-fn dropout_seed(value: &JsValue) -> Result<u64, JsError> {
+fn dropout_seed(value: &JsValue) -> Result<u64, ApiError> {
     if value.is_undefined() || value.is_null() {
         return Ok(0);
     }
@@ -114,7 +115,7 @@ pub struct JsGradients {
 #[wasm_bindgen(js_class = Gradients)]
 impl JsGradients {
     /// Sets every gradient to zero. An Error while a `backward` into them is in flight.
-    pub fn zero(&self) -> Result<(), JsError> {
+    pub fn zero(&self) -> Result<(), ApiError> {
         let mut gradients = self.gradients.try_borrow_mut().map_err(|_| busy())?;
         gradients.zero();
         Ok(())
@@ -132,7 +133,7 @@ impl JsGradients {
 
     /// GPU bytes the gradients hold.
     #[wasm_bindgen(getter, js_name = gpuBytes)]
-    pub fn gpu_bytes(&self) -> Result<f64, JsError> {
+    pub fn gpu_bytes(&self) -> Result<f64, ApiError> {
         Ok(self.gradients.try_borrow().map_err(|_| busy())?.gpu_bytes() as f64)
     }
 }
@@ -142,7 +143,7 @@ impl JsGradients {
     // The shared borrow spans the readback: a `backward` or `zero` into these gradients meanwhile
     // is refused (busy), never interleaved.
     #[allow(clippy::await_holding_refcell_ref)]
-    pub async fn to_weights(&self) -> Result<Weights, JsError> {
+    pub async fn to_weights(&self) -> Result<Weights, ApiError> {
         let gradients = self.gradients.clone();
         let gradients = gradients.try_borrow().map_err(|_| busy())?;
         gradients.to_weights().await.map_err(js_error)
@@ -164,12 +165,12 @@ impl JsAdamW {
         layer: &JsCompositionalAttention,
         lr: f64,
         options: Option<JsAdamWOptions>,
-    ) -> Result<JsAdamW, JsError> {
+    ) -> Result<JsAdamW, ApiError> {
         let layer_ref = layer.layer().try_borrow().map_err(|_| busy())?;
         let mut optimizer = AdamW::new(&layer_ref, lr).map_err(js_error)?;
         if let Some(options) = options {
             let options: JsValue = options.into();
-            let number = |key: &str| -> Result<Option<f64>, JsError> {
+            let number = |key: &str| -> Result<Option<f64>, ApiError> {
                 let value =
                     js_sys::Reflect::get(&options, &key.into()).unwrap_or(JsValue::UNDEFINED);
                 if value.is_undefined() {
@@ -216,7 +217,7 @@ impl JsAdamW {
 
     /// Steps taken.
     #[wasm_bindgen(getter)]
-    pub fn steps(&self) -> Result<f64, JsError> {
+    pub fn steps(&self) -> Result<f64, ApiError> {
         Ok(self.optimizer.try_borrow().map_err(|_| busy())?.steps() as f64)
     }
 }
@@ -229,7 +230,7 @@ impl JsAdamW {
         &self,
         layer: &JsCompositionalAttention,
         gradients: &JsGradients,
-    ) -> Result<(), JsError> {
+    ) -> Result<(), ApiError> {
         let (optimizer, gradients) = (self.optimizer.clone(), gradients.gradients.clone());
         layer
             .in_turn(async |layer| {
@@ -244,7 +245,7 @@ impl JsAdamW {
 #[wasm_bindgen(js_class = CompositionalAttention)]
 impl JsCompositionalAttention {
     /// Zeroed gradients for this layer's parameters (GPU buffers).
-    pub fn gradients(&self) -> Result<JsGradients, JsError> {
+    pub fn gradients(&self) -> Result<JsGradients, ApiError> {
         let layer = self.layer().try_borrow().map_err(|_| busy())?;
         Ok(JsGradients {
             gradients: Rc::new(RefCell::new(layer.gradients().map_err(js_error)?)),
@@ -335,7 +336,7 @@ impl JsCompositionalAttention {
         seq: f64,
         mask: Option<Vec<u8>>,
         seed: &JsValue,
-    ) -> Result<(Vec<f32>, JsActivations), JsError> {
+    ) -> Result<(Vec<f32>, JsActivations), ApiError> {
         let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
         let seed = dropout_seed(seed)?;
         let mask = check_x_mask(self.layer_config(), &x, batch, seq, mask)?;
@@ -363,7 +364,7 @@ impl JsCompositionalAttention {
         activations: &Activations,
         dy: Vec<f32>,
         gradients: &JsGradients,
-    ) -> Result<Vec<f32>, JsError> {
+    ) -> Result<Vec<f32>, ApiError> {
         let gradients = gradients.gradients.clone();
         self.in_turn(async |layer| {
             let mut gradients = gradients.try_borrow_mut().map_err(|_| busy())?;

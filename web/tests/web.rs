@@ -583,17 +583,33 @@ async fn training_matches_pytorch_autograd() {
 mod js_api {
     use super::*;
     use compattn_web::{
-        JsCompositionalAttention, JsMapsOptions, LoadOptions, RandomOptions, read_case,
+        ApiError, JsCompositionalAttention, JsMapsOptions, LoadOptions, RandomOptions, read_case,
     };
     use js_sys::{Float32Array, Object, Reflect, Uint8Array};
-    use wasm_bindgen::{JsCast, JsError, JsValue};
+    use wasm_bindgen::{JsCast, JsValue};
 
-    /// The message of a `JsError`, as JavaScript sees it.
-    fn message(e: JsError) -> String {
-        JsValue::from(e)
+    /// `(code, message)` of a thrown value, checked to be a `CompattnError`: an `Error` whose
+    /// `name` is `"CompattnError"` and whose `code` is a string.
+    fn thrown(value: JsValue) -> (String, String) {
+        let error = value
             .dyn_into::<js_sys::Error>()
-            .map(|e| String::from(e.message()))
-            .unwrap_or_else(|v| format!("not an Error: {v:?}"))
+            .unwrap_or_else(|v| panic!("not an Error: {v:?}"));
+        assert_eq!(String::from(error.name()), "CompattnError");
+        let code = Reflect::get(&error, &"code".into())
+            .unwrap()
+            .as_string()
+            .expect("a string code");
+        (code, String::from(error.message()))
+    }
+
+    /// The code of a failed call, as JavaScript sees it.
+    fn code(e: ApiError) -> String {
+        thrown(JsValue::from(e)).0
+    }
+
+    /// The message of a failed call, as JavaScript sees it.
+    fn message(e: ApiError) -> String {
+        thrown(JsValue::from(e)).1
     }
 
     fn object(fields: &[(&str, JsValue)]) -> Object {
@@ -612,7 +628,7 @@ mod js_api {
         let mut fields = fields.to_vec();
         fields.push(("limits", "webgpu".into()));
         let options: LoadOptions = JsValue::from(object(&fields)).unchecked_into();
-        JsCompositionalAttention::load(bytes.to_vec(), Some(options))
+        JsCompositionalAttention::load(Uint8Array::from(bytes).into(), Some(options))
             .await
             .unwrap_or_else(|e| panic!("load: {}", message(e)))
     }
@@ -663,9 +679,12 @@ mod js_api {
             .unwrap_or_else(|e| panic!("{}", message(e)));
         let opt = JsAdamW::new(&student, 1e-2, None).unwrap_or_else(|e| panic!("{}", message(e)));
         let (batch, seq, dim) = (4usize, 8usize, 16usize);
-        let mut rng = compositional_attention::rng::Rng::seed_from_u64(super::seed());
+        let seed = super::seed();
+        let mut rng = compositional_attention::rng::Rng::seed_from_u64(seed);
         let mut losses = Vec::new();
-        for step in 0..60u32 {
+        // 100 steps: at 60, 2 of 12 input seeds fell below the 5× bound (3.9× and 4.5×, the
+        // same fit run natively); at 100 the same 12 fell 8.9× to 19×.
+        for step in 0..100u32 {
             let x = testing::normal(&mut rng, batch * seq * dim, 1.0);
             let target = teacher
                 .forward_vec(x.clone(), batch as f64, seq as f64, None)
@@ -705,7 +724,7 @@ mod js_api {
         );
         assert!(
             first / last >= 5.0,
-            "the loss fell only {:.2}x",
+            "the loss fell only {:.2}x (seed {seed}: COMPATTN_SEED={seed} bash web/test.sh)",
             first / last
         );
         let x = vec![0.5f32; seq * dim];
@@ -862,6 +881,7 @@ mod js_api {
             .await
             .map(|_| ())
             .unwrap_err();
+        assert_eq!(code(err.clone()), "CACHE_FULL");
         console_log!("past capacity: {}", message(err));
         cache.clear().unwrap_or_else(|e| panic!("{}", message(e)));
         assert_eq!(cache.len(), 0);
@@ -1071,14 +1091,22 @@ mod js_api {
                 let e = wasm_bindgen_futures::JsFuture::from(promise)
                     .await
                     .unwrap_err();
-                e.dyn_into::<js_sys::Error>()
-                    .map(|e| String::from(e.message()))
-                    .unwrap_or_else(|v| format!("not an Error: {v:?}"))
+                let (code, message) = thrown(e);
+                format!("{code}: {message}")
             }
         };
         // MapsTooLarge: every row takes 4·2·2·5·(5 + 3) = 640 bytes.
         let e = maps_err(object(&[("maxBytes", 639.into())]).into()).await;
-        assert!(e.contains("640 bytes") && e.contains("limit of 639"), "{e}");
+        assert!(
+            e.starts_with("MAPS_TOO_LARGE: ")
+                && e.contains("640 bytes")
+                && e.contains("maxBytes (639)"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("MapsOptions"),
+            "the browser's message names JS options: {e}"
+        );
         let e = maps_err(object(&[("rows", rows(&[2.0])), ("maxBytes", 100.into())]).into()).await;
         assert!(e.contains("need 128 bytes"), "{e}");
         // At the limit it runs.
@@ -1134,6 +1162,13 @@ mod js_api {
         };
         let e = forward_err(vec![0.0; 7], 1.0, 1.0, None).await;
         assert!(e.contains("x: expected batch·seq·dim = 1·1·8 = 8"), "{e}");
+        let shape_code = code(
+            layer
+                .forward_vec(vec![0.0; 7], 1.0, 1.0, None)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(shape_code, "SHAPE");
         let e = forward_err(vec![0.0; 16], 1.0, 2.0, Some(vec![1; 3])).await;
         assert!(e.contains("mask: expected batch·seq = 1·2 = 2"), "{e}");
         let e = forward_err(vec![0.0; 8], 0.0, 1.0, None).await;
@@ -1146,20 +1181,51 @@ mod js_api {
         let e = message(layer.kv_cache(1.0, 4.0).map(|_| ()).unwrap_err());
         assert!(e.contains("causal"), "{e}");
         // A bad file, an empty one, a file of another model, unknown option values.
-        let e = message(
-            JsCompositionalAttention::load(b"not a checkpoint at all".to_vec(), None)
+        let load_err = |bytes: JsValue, options: Option<LoadOptions>| async move {
+            let e = JsCompositionalAttention::load(bytes, options)
                 .await
                 .map(|_| ())
-                .unwrap_err(),
+                .unwrap_err();
+            thrown(JsValue::from(e))
+        };
+        let (c, e) = load_err(
+            Uint8Array::from(&b"not a checkpoint at all"[..]).into(),
+            None,
+        )
+        .await;
+        assert!(e.contains("safetensors") && c == "CHECKPOINT", "{c}: {e}");
+        let (c, e) = load_err(Uint8Array::new_with_length(0).into(), None).await;
+        assert!(e.contains("empty") && c == "CHECKPOINT", "{c}: {e}");
+        // Bytes are a Uint8Array or an ArrayBuffer, nothing else.
+        let (c, e) = load_err(JsValue::from(42), None).await;
+        assert!(
+            e.contains("Uint8Array or an ArrayBuffer") && c == "INVALID_ARGUMENT",
+            "{c}: {e}"
         );
-        assert!(e.contains("safetensors"), "{e}");
-        let e = message(
-            JsCompositionalAttention::load(Vec::new(), None)
-                .await
-                .map(|_| ())
-                .unwrap_err(),
+        let buffer = Uint8Array::from(GOLDEN[6].1).buffer();
+        let webgpu: LoadOptions =
+            JsValue::from(object(&[("limits", "webgpu".into())])).unchecked_into();
+        let from_buffer = JsCompositionalAttention::load(buffer.into(), Some(webgpu))
+            .await
+            .unwrap_or_else(|e| panic!("load(ArrayBuffer): {}", message(e)));
+        assert_eq!(
+            field(&from_buffer.info(), "format").as_string().as_deref(),
+            Some("lucidrains")
         );
-        assert!(e.contains("empty"), "{e}");
+        // Options are checked strictly: "false" is not false.
+        let options: LoadOptions =
+            JsValue::from(object(&[("causal", "false".into())])).unchecked_into();
+        let (c, e) = load_err(Uint8Array::from(GOLDEN[6].1).into(), Some(options)).await;
+        assert!(
+            e.contains("causal must be true or false") && c == "INVALID_ARGUMENT",
+            "{c}: {e}"
+        );
+        let options: RandomOptions = JsValue::from(object(&[("dim", "8".into())])).unchecked_into();
+        let e = JsCompositionalAttention::random(Some(options))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(code(e.clone()), "INVALID_ARGUMENT", "{}", message(e));
         for (key, value, wanted) in [
             ("limits", "everything", "limits"),
             ("precision", "f8", "precision"),
@@ -1169,13 +1235,9 @@ mod js_api {
         ] {
             let options: LoadOptions =
                 JsValue::from(object(&[(key, value.into())])).unchecked_into();
-            let e = message(
-                JsCompositionalAttention::load(GOLDEN[6].1.to_vec(), Some(options))
-                    .await
-                    .map(|_| ())
-                    .unwrap_err(),
-            );
+            let (c, e) = load_err(Uint8Array::from(GOLDEN[6].1).into(), Some(options)).await;
             assert!(e.contains(wanted), "{key} = {value}: {e}");
+            assert_eq!(c, "INVALID_ARGUMENT", "{key} = {value}: {e}");
         }
         // Case tensors: a malformed file is an error, a weights-only one has none.
         assert!(read_case(b"junk".to_vec()).is_err());
@@ -1197,6 +1259,7 @@ mod js_api {
                 );
             }
             Err(e) => {
+                assert_eq!(code(e.clone()), "MISSING_FEATURE");
                 let e = message(e);
                 assert!(e.contains("shader-f16"), "{e}");
             }
