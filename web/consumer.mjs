@@ -32,7 +32,7 @@ try {
   rmSync(`${PKG}/${tgz}`, { force: true });
   const packed = run('npm', ['pack', '--json'], PKG);
   const files = JSON.parse(packed)[0].files.map((f) => f.path).sort();
-  check(existsSync(`${PKG}/${tgz}`) && ['index.js', 'index.d.ts', 'compattn_web.d.ts', 'compattn_web.js', 'compattn_web_bg.wasm', 'package.json']
+  check(existsSync(`${PKG}/${tgz}`) && ['README.md', 'index.js', 'index.d.ts', 'compattn_web.d.ts', 'compattn_web.js', 'compattn_web_bg.wasm', 'package.json']
     .every((f) => files.includes(f)) && files.some((f) => /^snippets\/.*errors\.js$/.test(f)), `npm pack: web/pkg/${tgz} holds ${files.join(', ')}`);
 
   // A fresh install of the package (npm would keep a stale copy of the same version).
@@ -44,9 +44,12 @@ try {
     existsSync(`${CONSUMER}/node_modules/compositional-attention/${installed.module}`),
   `npm install: examples/js-consumer/node_modules/${installed.name}@${installed.version} (module ${installed.module}, types ${installed.types})`);
 
+  // web/README.md's TypeScript signatures, compiled under strict with the rest.
+  const signatures = readFileSync(`${HERE}README.md`, 'utf8').match(/```ts\n([\s\S]*?)```/)[1];
+  writeFileSync(`${CONSUMER}/readme-signatures.ts`, `${signatures}\nexport {};\n`);
   try {
     run(`${CONSUMER}/node_modules/.bin/tsc`, ['--noEmit', '-p', '.'], CONSUMER);
-    check(true, 'tsc --noEmit: the consumer (main.js, api.ts) type-checks against the package\'s definitions');
+    check(true, 'tsc --noEmit: the consumer (main.js, api.ts) and web/README.md\'s TypeScript signatures type-check (strict) against the package\'s definitions');
   } catch (e) {
     check(false, `tsc --noEmit: ${e.stdout ?? ''}${e.stderr ?? e}`);
   }

@@ -182,6 +182,7 @@ if [ "$RUN_E2E" -eq 1 ] || [ "$RUN_TESTS" -eq 0 ]; then
     exit 1
   fi
   cp package.pkg.json pkg/package.json
+  cp README.md pkg/README.md
   ls -l pkg
 fi
 

@@ -34,7 +34,8 @@ export type StrategyName = "fused" | "unfused";
 export type LimitsName = "adapter" | "webgpu";
 /** Storage precision of weights and activations (`"f16"` needs the `shader-f16` feature). */
 export type PrecisionName = "f32" | "f16";
-/** The checkpoint formats the crate reads; `"random"` for `CompositionalAttention.random`. */
+/** The checkpoint formats the crate reads (a layer from `CompositionalAttention.random` reports
+ *  `"random"` as its `format` instead). */
 export type FormatName = "lucidrains" | "keras" | "fairseq" | "xformers";
 
 /** Where and how a layer runs (the WebGPU device is opened once per `limits` and shared). */
@@ -910,6 +911,17 @@ impl JsCompositionalAttention {
     #[wasm_bindgen(getter, unchecked_return_type = "StrategyName")]
     pub fn strategy(&self) -> String {
         self.strategy.get().name().to_string()
+    }
+
+    /// Frees the GPU memory of every shape's workspace (the buffers a forward needs beyond the
+    /// weights); the weights stay, and the next call of a shape builds its workspace again.
+    /// Throws `BUSY` while a call on the layer is in flight.
+    #[wasm_bindgen(js_name = releaseWorkspaces)]
+    pub fn release_workspaces(&self) -> Result<(), ApiError> {
+        let mut layer = self.layer.try_borrow_mut().map_err(|_| busy())?;
+        layer.release_workspaces();
+        self.gpu_bytes.set(layer.gpu_bytes());
+        Ok(())
     }
 
     /// Switches the attention strategy (same results within 1e-4) from the next call on.

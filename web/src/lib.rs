@@ -53,7 +53,7 @@ pub fn now_ms() -> f64 {
 }
 
 /// The names of every strategy the crate offers, in `Strategy::ALL` order.
-#[wasm_bindgen]
+#[wasm_bindgen(unchecked_return_type = "StrategyName[]")]
 pub fn strategies() -> Vec<String> {
     Strategy::ALL.iter().map(|s| s.name().to_string()).collect()
 }

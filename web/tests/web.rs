@@ -1147,6 +1147,42 @@ mod js_api {
         assert!(e.contains("x: expected batch·seq·dim"), "{e}");
     }
 
+    /// `releaseWorkspaces` frees the workspaces' GPU memory; the next forward builds them again
+    /// and gives the same output.
+    #[wasm_bindgen_test]
+    async fn workspaces_are_released() {
+        let layer = random(&[
+            ("dim", 16.into()),
+            ("dimHead", 4.into()),
+            ("searches", 2.into()),
+        ])
+        .await;
+        let x = compattn_web::random_normal(2.0 * 5.0 * 16.0, 3.0)
+            .unwrap()
+            .to_vec();
+        let gpu_bytes =
+            |layer: &JsCompositionalAttention| field(&layer.info(), "gpuBytes").as_f64().unwrap();
+        let y = layer
+            .forward_vec(x.clone(), 2.0, 5.0, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let with_workspace = gpu_bytes(&layer);
+        layer
+            .release_workspaces()
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let released = gpu_bytes(&layer);
+        assert!(
+            released > 0.0 && released < with_workspace,
+            "released {released}, with the workspace {with_workspace}"
+        );
+        let again = layer
+            .forward_vec(x, 2.0, 5.0, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        assert_eq!(gpu_bytes(&layer), with_workspace);
+        assert_eq!(y, again);
+    }
+
     /// Bad input gives an `Error` with the crate's message, never a panic.
     #[wasm_bindgen_test]
     async fn errors_are_js_errors() {
