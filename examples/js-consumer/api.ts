@@ -49,6 +49,7 @@ export async function typed(bytes: Uint8Array): Promise<number> {
   const x: Float32Array = randomNormal(2 * 5 * layer.dim, 1);
   const y: Float32Array = await layer.forward(x, 2, 5);
   const masked: Float32Array = await layer.forward(x, 2, 5, new Uint8Array(10).fill(1));
+  const abortable: Float32Array = await layer.forward(x, 2, 5, null, { signal: new AbortController().signal });
   const mapsOptions: MapsOptions = { rows: [0, 4], maxBytes: 1 << 20 };
   const maps: MapsResult = await layer.forwardWithMaps(x, 2, 5, new Uint8Array(10).fill(1), mapsOptions);
   const all: MapsResult = await layer.forwardWithMaps(x, 2, 5);

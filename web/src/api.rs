@@ -124,8 +124,15 @@ export interface LayerInfo extends LayerConfig {
   gpuBytes: number;
 }
 
+/** Options of a call that takes its turn on the layer (`forward`, `prefill`, `decode`). */
+export interface CallOptions {
+  /** Aborts the call while it waits for its turn: it rejects with a `CompattnError` of code
+   *  `"ABORTED"` and runs nothing. A call already running finishes. */
+  signal?: AbortSignal;
+}
+
 /** Options of `layer.forwardWithMaps`. */
-export interface MapsOptions {
+export interface MapsOptions extends CallOptions {
   /** Query token positions to return maps of (the same in every batch row): whole numbers,
    *  strictly increasing, below `seq`. Default: every position. */
   rows?: number[];
@@ -180,6 +187,40 @@ extern "C" {
     /// `MapsOptions` of the TypeScript definitions (a plain object).
     #[wasm_bindgen(typescript_type = "MapsOptions")]
     pub type JsMapsOptions;
+    /// `CallOptions` of the TypeScript definitions (a plain object).
+    #[wasm_bindgen(typescript_type = "CallOptions")]
+    pub type CallOptions;
+
+    /// The DOM's `AbortSignal` (windows and workers).
+    #[wasm_bindgen(extends = js_sys::Object)]
+    #[derive(Clone, Debug)]
+    pub type AbortSignal;
+    #[wasm_bindgen(method, getter)]
+    fn aborted(this: &AbortSignal) -> bool;
+    #[wasm_bindgen(method, js_name = addEventListener)]
+    fn add_event_listener(this: &AbortSignal, kind: &str, listener: &js_sys::Function);
+    #[wasm_bindgen(method, js_name = removeEventListener)]
+    fn remove_event_listener(this: &AbortSignal, kind: &str, listener: &js_sys::Function);
+}
+
+/// The `signal` of a [`CallOptions`] (or `MapsOptions`) object, which must be an `AbortSignal`.
+pub(crate) fn call_signal(options: &JsValue) -> Result<Option<AbortSignal>, ApiError> {
+    match get(options, "signal") {
+        None => Ok(None),
+        Some(value) => value.dyn_into::<AbortSignal>().map(Some).map_err(|v| {
+            err(format!(
+                "signal must be an AbortSignal, not {}",
+                js_text(&v)
+            ))
+        }),
+    }
+}
+
+fn aborted() -> ApiError {
+    ApiError::new(
+        Code::Aborted,
+        "the call was aborted (its AbortSignal) before its turn; nothing ran",
+    )
 }
 
 /// A bad argument or option (`INVALID_ARGUMENT`); other codes are made where they apply.
@@ -514,17 +555,38 @@ impl Drop for Turn {
     }
 }
 
-async fn turn(turns: &Rc<Turns>) -> Turn {
-    std::future::poll_fn(|cx| {
+/// Waits for the layer's turn; an abort of `signal` while waiting (or before) ends the wait
+/// with `ABORTED` (its `abort` event wakes the waiting call, which then runs nothing).
+async fn turn(turns: &Rc<Turns>, signal: Option<&AbortSignal>) -> Result<Turn, ApiError> {
+    let woken: Rc<RefCell<Option<Waker>>> = Rc::new(RefCell::new(None));
+    let on_abort = signal.map(|signal| {
+        let woken = woken.clone();
+        let wake = Closure::<dyn FnMut()>::new(move || {
+            if let Some(waker) = woken.borrow_mut().take() {
+                waker.wake();
+            }
+        });
+        signal.add_event_listener("abort", wake.as_ref().unchecked_ref());
+        (signal, wake)
+    });
+    let result = std::future::poll_fn(|cx| {
+        if signal.is_some_and(AbortSignal::aborted) {
+            return Poll::Ready(Err(aborted()));
+        }
         if turns.busy.get() {
             turns.waiting.borrow_mut().push(cx.waker().clone());
+            *woken.borrow_mut() = Some(cx.waker().clone());
             Poll::Pending
         } else {
             turns.busy.set(true);
-            Poll::Ready(Turn(turns.clone()))
+            Poll::Ready(Ok(Turn(turns.clone())))
         }
     })
-    .await
+    .await;
+    if let Some((signal, wake)) = on_abort {
+        signal.remove_event_listener("abort", wake.as_ref().unchecked_ref());
+    }
+    result
 }
 
 /// Compositional Attention on a WebGPU device: load a checkpoint (`load`) or random weights
@@ -569,15 +631,25 @@ impl JsCompositionalAttention {
 
     /// Runs `f` on the layer in this call's turn, with the current strategy; records the GPU
     /// bytes after.
-    // The borrow is held across `f`'s awaits on purpose: only the call whose turn it is borrows
-    // the layer (or a cache) mutably, turns never overlap, and what must not wait (`info`, the
-    // cache's `len`) reads `Cell`s instead; `kvCache` and `clear` try_borrow and throw if busy.
-    #[allow(clippy::await_holding_refcell_ref)]
     pub(crate) async fn in_turn<T>(
         &self,
         f: impl AsyncFnOnce(&mut Layer) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let _turn = turn(&self.turns).await;
+        self.in_turn_unless_aborted(None, f).await
+    }
+
+    /// [`Self::in_turn`], unless `signal` aborts before the turn comes (`ABORTED`, nothing
+    /// runs).
+    // The borrow is held across `f`'s awaits on purpose: only the call whose turn it is borrows
+    // the layer (or a cache) mutably, turns never overlap, and what must not wait (`info`, the
+    // cache's `len`) reads `Cell`s instead; `kvCache` and `clear` try_borrow and throw if busy.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub(crate) async fn in_turn_unless_aborted<T>(
+        &self,
+        signal: Option<&AbortSignal>,
+        f: impl AsyncFnOnce(&mut Layer) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let _turn = turn(&self.turns, signal).await?;
         // Only calls in their turn borrow mutably, and nothing borrows across turns.
         let mut layer = self.layer.try_borrow_mut().map_err(|_| busy())?;
         layer.set_strategy(self.strategy.get());
@@ -605,10 +677,23 @@ impl JsCompositionalAttention {
         seq: f64,
         mask: Option<Vec<u8>>,
     ) -> Result<Vec<f32>, ApiError> {
+        self.forward_vec_unless_aborted(x, batch, seq, mask, None)
+            .await
+    }
+
+    /// [`Self::forward_vec`] that `signal` may abort before its turn.
+    pub async fn forward_vec_unless_aborted(
+        &self,
+        x: Vec<f32>,
+        batch: f64,
+        seq: f64,
+        mask: Option<Vec<u8>>,
+        signal: Option<AbortSignal>,
+    ) -> Result<Vec<f32>, ApiError> {
         let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
         crate::check_elements(&self.config, batch, seq, self.strategy.get()).map_err(too_large)?;
         let mask = check_x_mask(&self.config, &x, batch, seq, mask)?;
-        self.in_turn(async |layer: &mut Layer| {
+        self.in_turn_unless_aborted(signal.as_ref(), async |layer: &mut Layer| {
             layer
                 .forward(&x, batch, seq, mask.as_deref())
                 .await
@@ -631,8 +716,9 @@ impl JsCompositionalAttention {
         // The maps come from the unfused strategy, whatever the layer's is.
         crate::check_elements(&self.config, batch, seq, Strategy::Unfused).map_err(too_large)?;
         let mask = check_x_mask(&self.config, &x, batch, seq, mask)?;
+        let signal = call_signal(&options)?;
         let options = maps_options(&options)?;
-        self.in_turn(async |layer: &mut Layer| {
+        self.in_turn_unless_aborted(signal.as_ref(), async |layer: &mut Layer| {
             layer
                 .forward_with_maps(&x, batch, seq, mask.as_deref(), &options)
                 .await
@@ -651,10 +737,24 @@ impl JsCompositionalAttention {
         seq: f64,
         mask: Option<Vec<u8>>,
     ) -> Result<Vec<f32>, ApiError> {
+        self.prefill_vec_unless_aborted(cache, x, seq, mask, None)
+            .await
+    }
+
+    /// [`Self::prefill_vec`] that `signal` may abort before its turn.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub async fn prefill_vec_unless_aborted(
+        &self,
+        cache: &JsKvCache,
+        x: Vec<f32>,
+        seq: f64,
+        mask: Option<Vec<u8>>,
+        signal: Option<AbortSignal>,
+    ) -> Result<Vec<f32>, ApiError> {
         let seq = count("seq", seq)?;
         let mask = check_x_mask(&self.config, &x, cache.batch, seq, mask)?;
         let cache = cache.clone();
-        self.in_turn(async |layer: &mut Layer| {
+        self.in_turn_unless_aborted(signal.as_ref(), async |layer: &mut Layer| {
             let mut kv = cache.cache.try_borrow_mut().map_err(|_| busy())?;
             let result = layer.prefill(&mut kv, &x, seq, mask.as_deref()).await;
             cache.len.set(kv.len());
@@ -749,11 +849,25 @@ impl JsCompositionalAttention {
     }
 
     /// `x [batch, seq, dim]` (row-major) → `[batch, seq, dim]`. `mask [batch, seq]`: one byte
-    /// per key, nonzero = the key may be attended.
+    /// per key, nonzero = the key may be attended. `options.signal` aborts the call while it
+    /// waits for its turn.
     #[wasm_bindgen(unchecked_return_type = "Promise<Float32Array>")]
-    pub fn forward(&self, x: Vec<f32>, batch: f64, seq: f64, mask: Option<Vec<u8>>) -> Promise {
+    pub fn forward(
+        &self,
+        x: Vec<f32>,
+        batch: f64,
+        seq: f64,
+        mask: Option<Vec<u8>>,
+        options: Option<CallOptions>,
+    ) -> Promise {
         let this = self.clone();
-        to_promise(async move { this.forward_vec(x, batch, seq, mask).await })
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
+        to_promise(async move {
+            check_options_object(&options, "forward")?;
+            let signal = call_signal(&options)?;
+            this.forward_vec_unless_aborted(x, batch, seq, mask, signal)
+                .await
+        })
     }
 
     /// `forward`, also resolving to what the layer attended to (`MapsResult`): for the query
@@ -820,15 +934,28 @@ impl JsCompositionalAttention {
         x: Vec<f32>,
         seq: f64,
         mask: Option<Vec<u8>>,
+        options: Option<CallOptions>,
     ) -> Promise {
         let (this, cache) = (self.clone(), cache.clone());
-        to_promise(async move { this.prefill_vec(&cache, x, seq, mask).await })
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
+        to_promise(async move {
+            check_options_object(&options, "prefill")?;
+            let signal = call_signal(&options)?;
+            this.prefill_vec_unless_aborted(&cache, x, seq, mask, signal)
+                .await
+        })
     }
 
     /// One new token per sequence: `prefill` with `seq = 1` (`x [batch, 1, dim]`).
     #[wasm_bindgen(unchecked_return_type = "Promise<Float32Array>")]
-    pub fn decode(&self, cache: &JsKvCache, x: Vec<f32>, mask: Option<Vec<u8>>) -> Promise {
-        self.prefill(cache, x, 1.0, mask)
+    pub fn decode(
+        &self,
+        cache: &JsKvCache,
+        x: Vec<f32>,
+        mask: Option<Vec<u8>>,
+        options: Option<CallOptions>,
+    ) -> Promise {
+        self.prefill(cache, x, 1.0, mask, options)
     }
 
     /// The adapter, the device limits, how the layer runs and its configuration.

@@ -1147,6 +1147,78 @@ mod js_api {
         assert!(e.contains("x: expected batch·seq·dim"), "{e}");
     }
 
+    /// A call whose `AbortSignal` aborts before its turn rejects with `ABORTED` and runs
+    /// nothing; the calls around it are unaffected.
+    #[wasm_bindgen_test]
+    async fn aborted_calls_reject_with_aborted() {
+        use wasm_bindgen_futures::JsFuture;
+        let layer = random(&[
+            ("dim", 16.into()),
+            ("dimHead", 4.into()),
+            ("searches", 2.into()),
+        ])
+        .await;
+        let x = compattn_web::random_normal(2.0 * 5.0 * 16.0, 3.0)
+            .unwrap()
+            .to_vec();
+        let controller = || {
+            js_sys::Function::new_no_args("return new AbortController()")
+                .call0(&JsValue::NULL)
+                .unwrap()
+        };
+        let abort = |c: &JsValue| {
+            let f: js_sys::Function = field(c, "abort").unchecked_into();
+            f.call0(c).unwrap();
+        };
+        let call_options =
+            |c: &JsValue| -> JsValue { object(&[("signal", field(c, "signal"))]).into() };
+        // Aborted before the call: rejected at once.
+        let early = controller();
+        abort(&early);
+        let e = JsFuture::from(layer.forward(
+            x.clone(),
+            2.0,
+            5.0,
+            None,
+            Some(call_options(&early).unchecked_into()),
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(thrown(e).0, "ABORTED");
+        // Aborted while queued behind a running call: rejected; the first call finishes.
+        let queued = controller();
+        let first = layer.forward(x.clone(), 2.0, 5.0, None, None);
+        let second = layer.forward(
+            x.clone(),
+            2.0,
+            5.0,
+            None,
+            Some(call_options(&queued).unchecked_into()),
+        );
+        abort(&queued);
+        let y = Float32Array::from(JsFuture::from(first).await.unwrap()).to_vec();
+        let (code, message) = thrown(JsFuture::from(second).await.unwrap_err());
+        assert_eq!(code, "ABORTED", "{message}");
+        // A signal that never aborts changes nothing, and the next call runs.
+        let idle = controller();
+        let again = JsFuture::from(layer.forward(
+            x.clone(),
+            2.0,
+            5.0,
+            None,
+            Some(call_options(&idle).unchecked_into()),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(Float32Array::from(again).to_vec(), y);
+        // A signal that is not an AbortSignal is a bad option.
+        let bad: JsValue = object(&[("signal", "stop".into())]).into();
+        let e = JsFuture::from(layer.forward(x, 2.0, 5.0, None, Some(bad.unchecked_into())))
+            .await
+            .unwrap_err();
+        assert_eq!(thrown(e).0, "INVALID_ARGUMENT");
+    }
+
     /// `releaseWorkspaces` frees the workspaces' GPU memory; the next forward builds them again
     /// and gives the same output.
     #[wasm_bindgen_test]
