@@ -4,7 +4,9 @@
 # into web/pkg/ (the module, its TypeScript definitions and package.json from web/package.pkg.json;
 # lean: no demo runner, LTO, wasm-opt), the demo page's module into web/pkg-page/,
 # and runs the page's end-to-end test (web/e2e.mjs) and the outside consumer's test
-# (web/consumer.mjs: npm pack, npm install into examples/js-consumer/, tsc, its page).
+# (web/consumer.mjs: npm pack, npm install into examples/js-consumer/, tsc, its page) and the
+# bundlers' test (web/bundlers.mjs: the tarball through Vite's build and dev server and webpack 5,
+# each with a module Worker).
 # Installs what a fresh Debian machine lacks.
 #
 #   bash web/test.sh             everything
@@ -210,6 +212,8 @@ if [ "$RUN_E2E" -eq 1 ]; then
   run_node_test e2e e2e.mjs
   log "the packed package in an outside consumer (web/consumer.mjs, examples/js-consumer/)"
   run_node_test consumer consumer.mjs
+  log "the packed package through Vite (build, dev server), webpack 5 and module Workers (web/bundlers.mjs)"
+  run_node_test bundlers bundlers.mjs
 fi
 
 echo
