@@ -136,6 +136,7 @@ export { default } from './compattn_web.js';
 export { CompattnError } from './$snippet';
 EOF
   cat > "$dir/index.d.ts" <<'EOF'
+/// <reference types="@webgpu/types" />
 export * from './compattn_web';
 export { default } from './compattn_web';
 import type { CompattnErrorCode } from './compattn_web';

@@ -50,6 +50,12 @@ export async function typed(bytes: Uint8Array): Promise<number> {
   const y: Float32Array = await layer.forward(x, 2, 5);
   const masked: Float32Array = await layer.forward(x, 2, 5, new Uint8Array(10).fill(1));
   const abortable: Float32Array = await layer.forward(x, 2, 5, null, { signal: new AbortController().signal });
+  // On the layer's device, the page's buffers in and out, no readback.
+  const device: GPUDevice = layer.device;
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const input: GPUBuffer = device.createBuffer({ size: x.byteLength, usage });
+  const output: GPUBuffer = device.createBuffer({ size: x.byteLength, usage });
+  await layer.forwardGpu(input, output, 2, 5);
   const mapsOptions: MapsOptions = { rows: [0, 4], maxBytes: 1 << 20 };
   const maps: MapsResult = await layer.forwardWithMaps(x, 2, 5, new Uint8Array(10).fill(1), mapsOptions);
   const all: MapsResult = await layer.forwardWithMaps(x, 2, 5);

@@ -669,6 +669,22 @@ impl JsCompositionalAttention {
         &self.config
     }
 
+    /// The strategy the next call runs.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn strategy_now(&self) -> Strategy {
+        self.strategy.get()
+    }
+
+    /// The JS `GPUDevice` behind the layer's wgpu device (undefined off the web).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn gpu_device(&self) -> JsValue {
+        #[cfg(target_arch = "wasm32")]
+        if let Some(device) = self.device.ctx.device().as_webgpu() {
+            return device.clone().into();
+        }
+        JsValue::UNDEFINED
+    }
+
     /// [`Self::forward`] for Rust callers (the browser tests): resolves to the output.
     pub async fn forward_vec(
         &self,

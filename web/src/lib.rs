@@ -16,6 +16,8 @@
 
 mod api;
 pub mod errors;
+#[cfg(target_arch = "wasm32")]
+mod interop;
 #[cfg(feature = "page")]
 mod page;
 mod training;

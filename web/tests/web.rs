@@ -1147,6 +1147,94 @@ mod js_api {
         assert!(e.contains("x: expected batch·seq·dim"), "{e}");
     }
 
+    #[wasm_bindgen::prelude::wasm_bindgen(inline_js = r#"
+export async function interopRoundTrip(layer, x, batch, seq) {
+  const device = layer.device;
+  const n = x.length;
+  const bytes = n * 4;
+  const U = GPUBufferUsage;
+  const staging = device.createBuffer({ size: bytes, usage: U.STORAGE | U.COPY_DST });
+  device.queue.writeBuffer(staging, 0, x);
+  const input = device.createBuffer({ size: bytes, usage: U.STORAGE | U.COPY_SRC });
+  const output = device.createBuffer({ size: bytes, usage: U.STORAGE | U.COPY_DST });
+  const result = device.createBuffer({ size: bytes, usage: U.STORAGE | U.COPY_SRC });
+  const read = device.createBuffer({ size: bytes, usage: U.MAP_READ | U.COPY_DST });
+  const module = device.createShaderModule({ code: `
+    @group(0) @binding(0) var<storage, read> src: array<f32>;
+    @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+    @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+      if (id.x < arrayLength(&dst)) { dst[id.x] = 2.0 * src[id.x]; }
+    }` });
+  const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const double = (src, dst) => {
+    const group = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [
+      { binding: 0, resource: { buffer: src } }, { binding: 1, resource: { buffer: dst } }] });
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(Math.ceil(n / 64));
+    pass.end();
+    device.queue.submit([encoder.finish()]);
+  };
+  double(staging, input);                                 // the page's pass writes the input, 2x
+  await layer.forwardGpu(input, output, batch, seq);      // the layer, no readback
+  double(output, result);                                 // the page's pass reads the output, 2y
+  const encoder = device.createCommandEncoder();
+  encoder.copyBufferToBuffer(result, 0, read, 0, bytes);
+  device.queue.submit([encoder.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const values = new Float32Array(read.getMappedRange().slice(0));
+  read.unmap();
+  return values;
+}
+export function notABuffer(layer) {
+  return layer.forwardGpu(new Float32Array(4), new Float32Array(4), 1, 1).then(() => null, (e) => e);
+}
+export function tooSmall(layer, batch, seq) {
+  const b = layer.device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  return layer.forwardGpu(b, b, batch, seq).then(() => null, (e) => e);
+}
+"#)]
+    extern "C" {
+        #[wasm_bindgen::prelude::wasm_bindgen(js_name = interopRoundTrip)]
+        async fn interop_round_trip(
+            layer: JsValue,
+            x: Float32Array,
+            batch: f64,
+            seq: f64,
+        ) -> JsValue;
+        #[wasm_bindgen::prelude::wasm_bindgen(js_name = notABuffer)]
+        async fn not_a_buffer(layer: JsValue) -> JsValue;
+        #[wasm_bindgen::prelude::wasm_bindgen(js_name = tooSmall)]
+        async fn too_small(layer: JsValue, batch: f64, seq: f64) -> JsValue;
+    }
+
+    /// The page's own WGSL pass writes the input on `layer.device`, `forwardGpu` runs the layer
+    /// on the page's buffers, and the page's pass reads the output: the result is `forward`'s.
+    /// Buffers that are not GPUBuffers, or too small, are typed errors.
+    #[wasm_bindgen_test]
+    async fn forward_gpu_runs_on_the_pages_buffers() {
+        let layer = random(&[
+            ("dim", 16.into()),
+            ("dimHead", 4.into()),
+            ("searches", 2.into()),
+        ])
+        .await;
+        let x = compattn_web::random_normal(2.0 * 5.0 * 16.0, 11.0).unwrap();
+        let doubled: Vec<f32> = x.to_vec().iter().map(|v| 2.0 * v).collect();
+        let y = layer
+            .forward_vec(doubled, 2.0, 5.0, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let js = JsValue::from(layer.clone());
+        let out = Float32Array::from(interop_round_trip(js.clone(), x, 2.0, 5.0).await).to_vec();
+        let expected: Vec<f32> = y.iter().map(|v| 2.0 * v).collect();
+        assert_eq!(out, expected, "the page's passes around forwardGpu");
+        assert_eq!(thrown(not_a_buffer(js.clone()).await).0, "INVALID_ARGUMENT");
+        assert_eq!(thrown(too_small(js, 2.0, 5.0).await).0, "SHAPE");
+    }
+
     /// A call whose `AbortSignal` aborts before its turn rejects with `ABORTED` and runs
     /// nothing; the calls around it are unaffected.
     #[wasm_bindgen_test]
