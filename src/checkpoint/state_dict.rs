@@ -18,19 +18,21 @@ pub struct NamedTensor {
     pub data: Vec<f32>,
 }
 
-/// The base names of a format's five projections and its selection weights.
-struct Names {
-    q: &'static str,
-    k: &'static str,
-    v: &'static str,
-    value_q: &'static str,
-    value_k: &'static str,
-    linear_score: &'static str,
-    mlp: [&'static str; 2],
-    out: &'static str,
+/// The base names (before `.weight` / `.bias`) of a format's five projections and its selection
+/// weights: one table, which the readers (`torch.rs`) take and [`Checkpoint::state_dict`] writes.
+pub(super) struct Names {
+    pub(super) q: &'static str,
+    pub(super) k: &'static str,
+    pub(super) v: &'static str,
+    pub(super) value_q: &'static str,
+    pub(super) value_k: &'static str,
+    pub(super) linear_score: &'static str,
+    /// The MLP score network's hidden and output layers.
+    pub(super) mlp: [&'static str; 2],
+    pub(super) out: &'static str,
 }
 
-const FAIRSEQ: Names = Names {
+pub(super) const FAIRSEQ: Names = Names {
     q: "q_proj",
     k: "k_proj",
     v: "v_proj",
@@ -41,7 +43,7 @@ const FAIRSEQ: Names = Names {
     out: "out_proj",
 };
 
-const XFORMERS: Names = Names {
+pub(super) const XFORMERS: Names = Names {
     q: "in_proj_container.q_proj",
     k: "in_proj_container.k_proj",
     v: "in_proj_container.v_proj",

@@ -2,6 +2,7 @@
 //! module and xformers (SPEC-VARIANTS §2, §3). Their `state_dict` names, `[out, in]` layouts and
 //! biases; the hyper-parameters the shapes do not fix come from the constructor arguments.
 
+use crate::checkpoint::state_dict::{FAIRSEQ, Names, XFORMERS};
 use crate::checkpoint::tensors::Tensors;
 use crate::checkpoint::{
     Attention, Checkpoint, CheckpointOptions, Constructor, Form, FormWeights, Format, Linear,
@@ -151,26 +152,10 @@ fn divide(a: usize, b: usize, what: &str) -> Result<usize> {
     Ok(a / b)
 }
 
-/// The names of the selection weights in one implementation's `state_dict`.
-struct SelectionNames {
-    value_k: &'static str,
-    linear_score: &'static str,
-    mlp_hidden: &'static str,
-    mlp_out: &'static str,
-}
-
 /// The selection rule from the tensors present, checked against `qk_rule` and `nonlinear`.
-fn selection(
-    tensors: &mut Tensors,
-    c: &Constructor,
-    names: SelectionNames,
-) -> Result<SelectionWeights> {
-    let SelectionNames {
-        value_k,
-        linear_score,
-        mlp_hidden,
-        mlp_out,
-    } = names;
+fn selection(tensors: &mut Tensors, c: &Constructor, names: &Names) -> Result<SelectionWeights> {
+    let (value_k, linear_score) = (names.value_k, names.linear_score);
+    let [mlp_hidden, mlp_out] = names.mlp;
     let qk_rule = c.bool("qk_rule")?;
     let nonlinear = c.bool("nonlinear")?;
     let weights = if tensors.has(&format!("{value_k}.weight")) {
@@ -260,11 +245,12 @@ pub(crate) fn fairseq(
     c.usize("qn_block_size")?;
     c.f64("dropout")?;
     c.bool("bias")?;
-    let q = linear(&mut tensors, "q_proj", "required by the fairseq module")?;
-    let k = linear(&mut tensors, "k_proj", "required by the fairseq module")?;
-    let v = linear(&mut tensors, "v_proj", "required by the fairseq module")?;
-    let out = linear(&mut tensors, "out_proj", "required by the fairseq module")?;
-    let value_q = linear(&mut tensors, "value_q", "required by the fairseq module")?;
+    let why = "required by the fairseq module";
+    let q = linear(&mut tensors, FAIRSEQ.q, why)?;
+    let k = linear(&mut tensors, FAIRSEQ.k, why)?;
+    let v = linear(&mut tensors, FAIRSEQ.v, why)?;
+    let out = linear(&mut tensors, FAIRSEQ.out, why)?;
+    let value_q = linear(&mut tensors, FAIRSEQ.value_q, why)?;
     let e = q.inp;
     c.expect_usize("embed_dim", e)?;
     let attention = fairseq_attention(c, e, (k.inp, v.inp))?;
@@ -291,12 +277,7 @@ pub(crate) fn fairseq(
         head: None,
         values: &["attn_dim"],
         selection: "selection_dim",
-        names: SelectionNames {
-            value_k: "value_k",
-            linear_score: "score_network",
-            mlp_hidden: "score_network1",
-            mlp_out: "score_network2",
-        },
+        names: &FAIRSEQ,
         known: "q_proj, k_proj, v_proj, out_proj, value_q, value_k or score_network[1, 2] \
                 (.weight, .bias), bias_k, bias_v",
     };
@@ -402,23 +383,12 @@ pub(crate) fn xformers(
     c.f64("dropout")?;
     c.bool("bias")?;
     c.bool("use_separate_proj_weight")?;
-    let q = linear(
-        &mut tensors,
-        "in_proj_container.q_proj",
-        "required by xformers",
-    )?;
-    let k = linear(
-        &mut tensors,
-        "in_proj_container.k_proj",
-        "required by xformers",
-    )?;
-    let v = linear(
-        &mut tensors,
-        "in_proj_container.v_proj",
-        "required by xformers",
-    )?;
-    let out = linear(&mut tensors, "out_proj", "required by xformers")?;
-    let value_q = linear(&mut tensors, "value_q", "required by xformers")?;
+    let why = "required by xformers";
+    let q = linear(&mut tensors, XFORMERS.q, why)?;
+    let k = linear(&mut tensors, XFORMERS.k, why)?;
+    let v = linear(&mut tensors, XFORMERS.v, why)?;
+    let out = linear(&mut tensors, XFORMERS.out, why)?;
+    let value_q = linear(&mut tensors, XFORMERS.value_q, why)?;
     let dim = q.inp;
     if k.inp != dim || v.inp != dim {
         return Err(Error::ConfigMismatch(
@@ -438,12 +408,7 @@ pub(crate) fn xformers(
         head: Some("dim_key"),
         values: &["dim_attn", "dim_value"],
         selection: "dim_selection",
-        names: SelectionNames {
-            value_k: "value_k",
-            linear_score: "score_network",
-            mlp_hidden: "score_network.0",
-            mlp_out: "score_network.2",
-        },
+        names: &XFORMERS,
         known: "in_proj_container.{q,k,v}_proj, out_proj, value_q, value_k or score_network \
                 (.weight, .bias)",
     };
@@ -467,7 +432,8 @@ struct HeadKeys {
     values: &'static [&'static str],
     /// The selection width (`selection_dim`, `dim_selection`).
     selection: &'static str,
-    names: SelectionNames,
+    /// The tensor names.
+    names: &'static Names,
     /// Every tensor name, for the unexpected-tensor error.
     known: &'static str,
 }

@@ -500,7 +500,7 @@ fn checkpoint_error(error: Error) -> ApiError {
 }
 
 /// A problem past 2³² elements (`LIMIT_EXCEEDED`).
-fn too_large(message: String) -> ApiError {
+pub(crate) fn too_large(message: String) -> ApiError {
     ApiError::new(Code::LimitExceeded, message)
 }
 
@@ -744,8 +744,6 @@ impl JsCompositionalAttention {
     }
 
     /// [`Self::prefill`] for Rust callers (`seq = 1`: [`Self::decode`]).
-    // The cache's borrow spans the step, inside this call's turn (see `in_turn`).
-    #[allow(clippy::await_holding_refcell_ref)]
     pub async fn prefill_vec(
         &self,
         cache: &JsKvCache,
@@ -758,6 +756,7 @@ impl JsCompositionalAttention {
     }
 
     /// [`Self::prefill_vec`] that `signal` may abort before its turn.
+    // The cache's borrow spans the step, inside this call's turn (see `in_turn_unless_aborted`).
     #[allow(clippy::await_holding_refcell_ref)]
     pub async fn prefill_vec_unless_aborted(
         &self,

@@ -12,7 +12,7 @@ use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
-use crate::api::{JsCompositionalAttention, call_signal, count};
+use crate::api::{JsCompositionalAttention, call_signal, count, too_large};
 use crate::errors::{ApiError, Code};
 
 #[wasm_bindgen(module = "/js/interop.js")]
@@ -112,8 +112,7 @@ impl JsCompositionalAttention {
     ) -> Result<(), ApiError> {
         let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
         let config = *self.layer_config();
-        crate::check_elements(&config, batch, seq, self.strategy_now())
-            .map_err(|m| ApiError::new(Code::LimitExceeded, m))?;
+        crate::check_elements(&config, batch, seq, self.strategy_now()).map_err(too_large)?;
         let signal = call_signal(&options)?;
         let tensor = 4 * (batch * seq * config.dim) as u64;
         let keys = 4 * (batch * seq) as u64;

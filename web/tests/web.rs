@@ -1147,6 +1147,21 @@ mod js_api {
         assert!(e.contains("x: expected batch·seq·dim"), "{e}");
     }
 
+    /// A small random layer (dim 16, d 4, 2 searches) and an input `[2, 5, 16]` drawn from
+    /// `seed`, for the tests of how calls run rather than what they compute.
+    async fn small_layer(seed: f64) -> (JsCompositionalAttention, Vec<f32>) {
+        let layer = random(&[
+            ("dim", 16.into()),
+            ("dimHead", 4.into()),
+            ("searches", 2.into()),
+        ])
+        .await;
+        let x = compattn_web::random_normal(2.0 * 5.0 * 16.0, seed)
+            .unwrap()
+            .to_vec();
+        (layer, x)
+    }
+
     #[wasm_bindgen::prelude::wasm_bindgen(inline_js = r#"
 export async function interopRoundTrip(layer, x, batch, seq) {
   const device = layer.device;
@@ -1215,19 +1230,14 @@ export function tooSmall(layer, batch, seq) {
     /// Buffers that are not GPUBuffers, or too small, are typed errors.
     #[wasm_bindgen_test]
     async fn forward_gpu_runs_on_the_pages_buffers() {
-        let layer = random(&[
-            ("dim", 16.into()),
-            ("dimHead", 4.into()),
-            ("searches", 2.into()),
-        ])
-        .await;
-        let x = compattn_web::random_normal(2.0 * 5.0 * 16.0, 11.0).unwrap();
-        let doubled: Vec<f32> = x.to_vec().iter().map(|v| 2.0 * v).collect();
+        let (layer, x) = small_layer(11.0).await;
+        let doubled: Vec<f32> = x.iter().map(|v| 2.0 * v).collect();
         let y = layer
             .forward_vec(doubled, 2.0, 5.0, None)
             .await
             .unwrap_or_else(|e| panic!("{}", message(e)));
         let js = JsValue::from(layer.clone());
+        let x = Float32Array::from(&x[..]);
         let out = Float32Array::from(interop_round_trip(js.clone(), x, 2.0, 5.0).await).to_vec();
         let expected: Vec<f32> = y.iter().map(|v| 2.0 * v).collect();
         assert_eq!(out, expected, "the page's passes around forwardGpu");
@@ -1240,15 +1250,7 @@ export function tooSmall(layer, batch, seq) {
     #[wasm_bindgen_test]
     async fn aborted_calls_reject_with_aborted() {
         use wasm_bindgen_futures::JsFuture;
-        let layer = random(&[
-            ("dim", 16.into()),
-            ("dimHead", 4.into()),
-            ("searches", 2.into()),
-        ])
-        .await;
-        let x = compattn_web::random_normal(2.0 * 5.0 * 16.0, 3.0)
-            .unwrap()
-            .to_vec();
+        let (layer, x) = small_layer(3.0).await;
         let controller = || {
             js_sys::Function::new_no_args("return new AbortController()")
                 .call0(&JsValue::NULL)
@@ -1311,15 +1313,7 @@ export function tooSmall(layer, batch, seq) {
     /// and gives the same output.
     #[wasm_bindgen_test]
     async fn workspaces_are_released() {
-        let layer = random(&[
-            ("dim", 16.into()),
-            ("dimHead", 4.into()),
-            ("searches", 2.into()),
-        ])
-        .await;
-        let x = compattn_web::random_normal(2.0 * 5.0 * 16.0, 3.0)
-            .unwrap()
-            .to_vec();
+        let (layer, x) = small_layer(3.0).await;
         let gpu_bytes =
             |layer: &JsCompositionalAttention| field(&layer.info(), "gpuBytes").as_f64().unwrap();
         let y = layer
