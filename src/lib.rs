@@ -92,7 +92,7 @@ pub use gpu::KernelProfile;
 #[cfg(feature = "gpu")]
 pub use gpu::timing::TimingSource;
 #[cfg(feature = "gpu")]
-pub use gpu::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
+pub use gpu::{CompileProgress, GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
 pub use io::Input;
 #[cfg(feature = "gpu")]
 pub use kv_cache::KvCache;

@@ -16,7 +16,7 @@ use crate::device_weights::{
 };
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Buf, Dispatch, IoBuffers, IoSlot};
+use crate::gpu::dispatch::{self, Buf, CompileProgress, Dispatch, IoBuffers, IoSlot};
 use crate::gpu::memory;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::timing::PassTimer;
@@ -178,15 +178,20 @@ pub(crate) struct MapsBuffers {
 }
 
 impl Workspace {
-    /// Allocates the intermediates of `plan` and binds every dispatch, in data-flow order.
+    /// Allocates the intermediates of `plan` and binds every dispatch, in data-flow order. The
+    /// pipelines not compiled yet are compiled last, after every dispatch is recorded, so that
+    /// `progress` can count them out of their total.
     pub(crate) async fn build(
         ctx: &GpuContext,
         config: &Config,
         weights: PlanWeights<'_>,
         plan: ExecutionPlan,
         cache: Option<&CacheBuffers>,
+        progress: &mut dyn FnMut(CompileProgress),
     ) -> Result<Workspace> {
         let start = crate::time::Instant::now();
+        let deferring = ctx.deferring_compiles();
+        let ctx = &deferring;
         let c = config;
         let (batch, seq) = (plan.batch(), plan.seq());
         let layout =
@@ -214,6 +219,7 @@ impl Workspace {
             ..
         } = recorder;
         dispatches.extend(finish);
+        dispatch::compile_pending(ctx, &mut dispatches, progress).await?;
 
         held.buffers.extend(normed);
         wiring.hold(&mut held);
@@ -451,7 +457,10 @@ fn io_bind_groups<'a>(
             log::debug!("binding {} dispatches to new io buffers", dispatches.len());
             let groups = dispatches
                 .iter()
-                .map(|d| d.binds_io().then(|| d.create_bind_group(ctx, Some(io))))
+                .map(|d| match d.binds_io() {
+                    true => d.create_bind_group(ctx, Some(io)),
+                    false => None,
+                })
                 .collect();
             (io.clone(), groups)
         }

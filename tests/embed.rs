@@ -398,3 +398,68 @@ fn huge_sizes_are_errors_not_overflows() {
         "nothing was allocated for a refused shape"
     );
 }
+
+/// `prepare_with_progress` compiles a shape's pipelines ahead of its first forward and counts
+/// them: once when the total is known, then one by one up to it. The forward after it compiles
+/// nothing and equals the reference; another layer of the same shape on the device finds every
+/// pipeline ready, and an alive shape reports nothing.
+#[test]
+fn prepare_counts_the_pipelines_it_compiles() {
+    let ctx = pollster::block_on(GpuContext::new(&GpuOptions::from_env().unwrap())).unwrap();
+    let (seed, what) = seed("prepare progress");
+    let config = Config::new(36)
+        .dim_head(10)
+        .num_searches(3)
+        .num_retrievals(2)
+        .causal(true);
+    let (batch, seq) = (2, 13);
+    let (weights, input) = random_problem(config, batch, seq, Some(&[13, 6]), 1.0, seed).unwrap();
+    let expected =
+        reference::forward(&weights, &input.x, batch, seq, input.mask.as_deref()).unwrap();
+    for (i, strategy) in Strategy::ALL.into_iter().enumerate() {
+        let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
+        layer.set_strategy(strategy);
+        let mut seen = Vec::new();
+        pollster::block_on(layer.prepare_with_progress(batch, seq, |p| seen.push(p)))
+            .unwrap_or_else(|e| panic!("{what} {strategy}: {e}"));
+        let (first, last) = (seen[0], seen[seen.len() - 1]);
+        // A fresh device compiles the first shape's pipelines here, not before.
+        assert!(i > 0 || first.compiled < first.total, "{what}: {seen:?}");
+        assert_eq!(last.compiled, last.total, "{what} {strategy}: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            last.total - first.compiled + 1,
+            "{what} {strategy}: one report per compile after the first: {seen:?}"
+        );
+        for pair in seen.windows(2) {
+            assert_eq!(pair[1].compiled, pair[0].compiled + 1, "{what}: {seen:?}");
+            assert_eq!(pair[1].total, pair[0].total, "{what}: {seen:?}");
+        }
+        let compiled = ctx.compiled_variants().len();
+        let y = layer
+            .forward_blocking(&input.x, batch, seq, input.mask.as_deref())
+            .unwrap();
+        assert_eq!(
+            ctx.compiled_variants().len(),
+            compiled,
+            "{what} {strategy}: the forward compiled a pipeline prepare did not"
+        );
+        assert_close(&format!("{what} {strategy}"), &y, &expected, 1e-4);
+
+        let mut again = Vec::new();
+        pollster::block_on(layer.prepare_with_progress(batch, seq, |p| again.push(p))).unwrap();
+        assert!(
+            again.is_empty(),
+            "{what}: an alive shape reported {again:?}"
+        );
+        let mut other = CompositionalAttention::new(&ctx, &weights).unwrap();
+        other.set_strategy(strategy);
+        let mut ready = Vec::new();
+        pollster::block_on(other.prepare_with_progress(batch, seq, |p| ready.push(p))).unwrap();
+        assert_eq!(
+            ready,
+            [last],
+            "{what} {strategy}: the pipelines were compiled"
+        );
+    }
+}

@@ -158,6 +158,9 @@ pub fn parse_backends(value: &str) -> Result<wgpu::Backends> {
 #[derive(Clone)]
 pub struct GpuContext {
     inner: Arc<Inner>,
+    /// Whether dispatches built through this handle leave a pipeline not yet compiled to
+    /// [`crate::gpu::dispatch::compile_pending`] (see [`GpuContext::deferring_compiles`]).
+    defer_compiles: bool,
 }
 
 struct Inner {
@@ -323,6 +326,7 @@ impl GpuContext {
         let info = adapter.get_info();
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
         GpuContext {
+            defer_compiles: false,
             inner: Arc::new(Inner {
                 adapter,
                 device,
@@ -607,6 +611,22 @@ impl GpuContext {
 
     pub(crate) fn pipelines(&self) -> &PipelineCache {
         &self.inner.pipelines
+    }
+
+    /// The same device, through a handle whose dispatches leave pipelines not yet compiled for
+    /// [`crate::gpu::dispatch::compile_pending`]: a workspace records every dispatch first, so
+    /// that it knows how many pipelines it needs before it compiles one, and can report
+    /// progress (a browser compiles for seconds on a first visit).
+    pub(crate) fn deferring_compiles(&self) -> GpuContext {
+        GpuContext {
+            inner: self.inner.clone(),
+            defer_compiles: true,
+        }
+    }
+
+    /// See [`GpuContext::deferring_compiles`].
+    pub(crate) fn defers_compiles(&self) -> bool {
+        self.defer_compiles
     }
 
     /// Runs `work` inside validation, out-of-memory and internal error scopes and turns the first

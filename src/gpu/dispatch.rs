@@ -107,7 +107,10 @@ enum Resource {
 /// One recorded kernel launch: pipeline, resources and grid.
 pub(crate) struct Dispatch {
     label: String,
-    pipeline: Arc<wgpu::ComputePipeline>,
+    variant: ShaderVariant,
+    /// `None` until [`compile_pending`] compiles it, where it was built through a handle that
+    /// defers compiles ([`GpuContext::deferring_compiles`]).
+    pipeline: Option<Arc<wgpu::ComputePipeline>>,
     params: wgpu::Buffer,
     /// `@binding(1..)` in order.
     resources: Vec<Resource>,
@@ -128,7 +131,11 @@ impl Dispatch {
     ) -> Result<Dispatch> {
         let label = variant.label();
         let grid = linear_grid(ctx, &label, groups)?;
-        let pipeline = ctx.pipeline(variant).await?;
+        let pipeline = match ctx.cached_pipeline(variant) {
+            Some(pipeline) => Some(pipeline),
+            None if ctx.defers_compiles() => None,
+            None => Some(ctx.pipeline(variant).await?),
+        };
         let resources: Vec<Resource> = binds
             .iter()
             .map(|bind| match *bind {
@@ -141,18 +148,25 @@ impl Dispatch {
             let params = memory::uniform_init(ctx, &label, params)?;
             let mut dispatch = Dispatch {
                 label: label.clone(),
+                variant: variant.clone(),
                 pipeline: pipeline.clone(),
                 params,
                 resources,
                 bind_group: None,
                 grid,
             };
-            if !dispatch.binds_io() {
-                dispatch.bind_group = Some(dispatch.create_bind_group(ctx, None));
-            }
+            dispatch.bind_unless_io(ctx);
             Ok(dispatch)
         })
         .await
+    }
+
+    /// Builds the bind group of a compiled dispatch that binds no [`IoSlot`] (call inside an
+    /// error scope).
+    fn bind_unless_io(&mut self, ctx: &GpuContext) {
+        if self.pipeline.is_some() && !self.binds_io() {
+            self.bind_group = self.create_bind_group(ctx, None);
+        }
     }
 
     /// Whether the dispatch binds the caller's input, mask or output.
@@ -163,12 +177,13 @@ impl Dispatch {
     }
 
     /// The bind group with `io` behind the slots (call inside an error scope: a buffer of
-    /// another device is a validation error).
+    /// another device is a validation error); `None` before the pipeline is compiled.
     pub(crate) fn create_bind_group(
         &self,
         ctx: &GpuContext,
         io: Option<&IoBuffers>,
-    ) -> wgpu::BindGroup {
+    ) -> Option<wgpu::BindGroup> {
+        let pipeline = self.pipeline.as_ref()?;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: self.params.as_entire_binding(),
@@ -187,11 +202,11 @@ impl Dispatch {
             };
             entries.push(wgpu::BindGroupEntry { binding, resource });
         }
-        ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        Some(ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&self.label),
-            layout: &self.pipeline.get_bind_group_layout(0),
+            layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
-        })
+        }))
     }
 
     /// Records the launch into an open compute pass with its own bind group, or `io_group` where
@@ -201,7 +216,16 @@ impl Dispatch {
         pass: &mut wgpu::ComputePass<'_>,
         io_group: Option<&wgpu::BindGroup>,
     ) {
-        pass.set_pipeline(&self.pipeline);
+        let Some(pipeline) = &self.pipeline else {
+            // Unreachable: every builder compiles what it deferred before it hands dispatches
+            // out. Recording nothing beats recording a launch without its pipeline.
+            log::error!(
+                "{} was recorded before its pipeline was compiled",
+                self.label
+            );
+            return;
+        };
+        pass.set_pipeline(pipeline);
         if let Some(group) = self.bind_group.as_ref().or(io_group) {
             pass.set_bind_group(0, group, &[]);
         }
@@ -218,6 +242,56 @@ impl Dispatch {
     pub(crate) fn bytes(&self) -> u64 {
         self.params.size()
     }
+}
+
+/// How far [`compile_pending`] is: `compiled` of the `total` distinct pipelines a set of
+/// dispatches needs are ready (those compiled earlier count from the start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompileProgress {
+    pub compiled: usize,
+    pub total: usize,
+}
+
+/// Compiles the pipelines that `dispatches` (built through a handle that defers compiles) still
+/// need, one variant at a time, reporting `progress` before the first and after each; then
+/// binds the dispatches that waited for them.
+pub(crate) async fn compile_pending(
+    ctx: &GpuContext,
+    dispatches: &mut [Dispatch],
+    progress: &mut dyn FnMut(CompileProgress),
+) -> Result<()> {
+    let mut variants: Vec<&ShaderVariant> = Vec::new();
+    for dispatch in dispatches.iter() {
+        if !variants.contains(&&dispatch.variant) {
+            variants.push(&dispatch.variant);
+        }
+    }
+    let total = variants.len();
+    let pending: Vec<ShaderVariant> = variants
+        .into_iter()
+        .filter(|variant| ctx.cached_pipeline(variant).is_none())
+        .cloned()
+        .collect();
+    let ready = total - pending.len();
+    progress(CompileProgress {
+        compiled: ready,
+        total,
+    });
+    for (done, variant) in (ready + 1..).zip(&pending) {
+        ctx.pipeline(variant).await?;
+        progress(CompileProgress {
+            compiled: done,
+            total,
+        });
+    }
+    ctx.scoped("binding the compiled dispatches", || {
+        for dispatch in dispatches.iter_mut().filter(|d| d.pipeline.is_none()) {
+            dispatch.pipeline = ctx.cached_pipeline(&dispatch.variant);
+            dispatch.bind_unless_io(ctx);
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Records `dispatches` in order into one compute pass labelled `label` (io-free dispatches

@@ -23,3 +23,4 @@ pub(crate) mod uniform;
 #[allow(deprecated)]
 pub use context::KernelProfile;
 pub use context::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
+pub use dispatch::CompileProgress;

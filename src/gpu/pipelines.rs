@@ -262,10 +262,10 @@ impl GpuContext {
         &self,
         variant: &ShaderVariant,
     ) -> Result<Arc<wgpu::ComputePipeline>> {
-        let cache = &self.pipelines().pipelines;
-        if let Some(pipeline) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(variant) {
-            return Ok(pipeline.clone());
+        if let Some(pipeline) = self.cached_pipeline(variant) {
+            return Ok(pipeline);
         }
+        let cache = &self.pipelines().pipelines;
         let label = variant.label();
         let start = crate::time::Instant::now();
         let pipeline = self
@@ -303,6 +303,18 @@ impl GpuContext {
             .unwrap_or_else(|e| e.into_inner())
             .insert(variant.clone(), pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// The pipeline for `variant` if it is compiled already.
+    pub(crate) fn cached_pipeline(
+        &self,
+        variant: &ShaderVariant,
+    ) -> Option<Arc<wgpu::ComputePipeline>> {
+        let cache = self.pipelines().pipelines.lock();
+        cache
+            .unwrap_or_else(|e| e.into_inner())
+            .get(variant)
+            .cloned()
     }
 
     /// Every variant compiled on this device so far.

@@ -182,8 +182,9 @@ impl CompositionalAttention {
             )?;
             cache.workspaces.make_room();
             let weights = self.weights.for_plan(&self.ctx, &plan)?;
+            let buffers = Some(&cache.buffers);
             let workspace =
-                Workspace::build(&self.ctx, &self.config, weights, plan, Some(&cache.buffers))
+                Workspace::build(&self.ctx, &self.config, weights, plan, buffers, &mut |_| {})
                     .await?;
             return Ok(cache.workspaces.insert(workspace));
         }

@@ -36,7 +36,9 @@ impl CompositionalAttention {
         io::check_finite("input", x)?;
         let ctx = self.ctx.clone();
         let _serial = ctx.serial().await;
-        let workspace = self.workspace_for(batch, seq, Strategy::Unfused).await?;
+        let workspace = self
+            .workspace_for(batch, seq, Strategy::Unfused, &mut |_| {})
+            .await?;
         let rows = query_rows.len();
         let readback = workspace.maps_readback(&ctx, rows, (searches, retrievals))?;
         let copy = |workspace: &Workspace, encoder: &mut wgpu::CommandEncoder| {

@@ -12,7 +12,7 @@ use crate::device_weights::DeviceWeights;
 use crate::error::Result;
 use crate::gpu::dispatch::IoBuffers;
 use crate::gpu::timing::TimingSource;
-use crate::gpu::{GpuContext, memory};
+use crate::gpu::{CompileProgress, GpuContext, memory};
 use crate::io::{self, Input};
 use crate::plan::ExecutionPlan;
 pub use crate::plan::Strategy;
@@ -260,12 +260,28 @@ impl CompositionalAttention {
         self.workspaces.clear();
     }
 
-    /// Builds the workspace for `(batch, seq)` and the current strategy, unless it is alive.
-    /// In a browser, call this before [`encode`](Self::encode) for each new shape.
+    /// Builds the workspace for `(batch, seq)` and the current strategy, unless it is alive:
+    /// allocates its buffers and compiles its pipelines, so that the first forward of the shape
+    /// only records. In a browser, call this before [`encode`](Self::encode) for each new shape.
     pub async fn prepare(&mut self, batch: usize, seq: usize) -> Result<()> {
+        self.prepare_with_progress(batch, seq, |_| {}).await
+    }
+
+    /// [`prepare`](Self::prepare), calling `progress` with how many of the shape's pipelines
+    /// are compiled: once when the count is known (those compiled earlier, by any layer on the
+    /// device, count as done), then after each one. A shape whose workspace is alive reports
+    /// nothing.
+    pub async fn prepare_with_progress(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        mut progress: impl FnMut(CompileProgress),
+    ) -> Result<()> {
         let ctx = self.ctx.clone();
         let _serial = ctx.serial().await;
-        self.workspace(batch, seq).await.map(|_| ())
+        self.workspace_for(batch, seq, self.strategy, &mut progress)
+            .await
+            .map(|_| ())
     }
 
     /// Blocking [`CompositionalAttention::prepare`] (native only).
@@ -276,15 +292,18 @@ impl CompositionalAttention {
 
     /// The workspace for `(batch, seq)` and the current strategy, built if absent.
     async fn workspace(&mut self, batch: usize, seq: usize) -> Result<&mut Workspace> {
-        self.workspace_for(batch, seq, self.strategy).await
+        self.workspace_for(batch, seq, self.strategy, &mut |_| {})
+            .await
     }
 
-    /// The workspace for `(batch, seq)` and `strategy`, built if absent.
+    /// The workspace for `(batch, seq)` and `strategy`, built if absent (reporting the compiles
+    /// to `progress`).
     async fn workspace_for(
         &mut self,
         batch: usize,
         seq: usize,
         strategy: Strategy,
+        progress: &mut dyn FnMut(CompileProgress),
     ) -> Result<&mut Workspace> {
         shape::check_tokens(&self.config, batch, seq)?;
         self.sync_parameters().await?;
@@ -300,7 +319,8 @@ impl CompositionalAttention {
             // Free the least recently used shape before allocating the new one.
             self.workspaces.make_room();
             let weights = self.weights.for_plan(&self.ctx, &plan)?;
-            let workspace = Workspace::build(&self.ctx, &self.config, weights, plan, None).await?;
+            let workspace =
+                Workspace::build(&self.ctx, &self.config, weights, plan, None, progress).await?;
             return Ok(self.workspaces.insert(workspace));
         }
         self.workspaces

@@ -16,7 +16,7 @@ use compositional_attention::checkpoint::{self, CheckpointOptions, Constructor, 
 use compositional_attention::io::{Input, read_output};
 use compositional_attention::rng::{self, Rng};
 use compositional_attention::{
-    AttentionMaps, CompositionalAttention as Layer, Config, Error, GpuContext,
+    AttentionMaps, CompileProgress, CompositionalAttention as Layer, Config, Error, GpuContext,
     KvCache as CrateKvCache, LimitsPolicy, MapsOptions, Precision, Strategy, Weights,
 };
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
@@ -46,6 +46,10 @@ export interface DeviceOptions {
   precision?: PrecisionName;
   /** Default `"fused"`. */
   strategy?: StrategyName;
+  /** Called once if the layer's WebGPU device is lost (a driver reset, `device.destroy()`),
+   *  with a `CompattnError` of code `"DEVICE_LOST"` whose message gives the browser's reason.
+   *  Calls after that reject with `"DEVICE_LOST"`; `load` (or `random`) opens a new device. */
+  onDeviceLost?: (error: Error & { code: CompattnErrorCode }) => void;
 }
 
 /** Options of `CompositionalAttention.load`. */
@@ -131,6 +135,20 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+/** How far `layer.prepare` is: `compiled` of the `total` pipelines the shape needs are ready. */
+export interface PrepareProgress {
+  compiled: number;
+  total: number;
+}
+
+/** Options of `layer.prepare`. */
+export interface PrepareOptions extends CallOptions {
+  /** Called once the total is known (pipelines compiled earlier, by any layer on the device,
+   *  count as done), then after each pipeline compiles; not at all if the shape is ready. An
+   *  exception it throws rejects `prepare` once the preparation is done. */
+  onProgress?: (progress: PrepareProgress) => void;
+}
+
 /** Options of `layer.forwardWithMaps`. */
 export interface MapsOptions extends CallOptions {
   /** Query token positions to return maps of (the same in every batch row): whole numbers,
@@ -190,6 +208,9 @@ extern "C" {
     /// `CallOptions` of the TypeScript definitions (a plain object).
     #[wasm_bindgen(typescript_type = "CallOptions")]
     pub type CallOptions;
+    /// `PrepareOptions` of the TypeScript definitions (a plain object).
+    #[wasm_bindgen(typescript_type = "PrepareOptions")]
+    pub type PrepareOptions;
 
     /// The DOM's `AbortSignal` (windows and workers).
     #[wasm_bindgen(extends = js_sys::Object)]
@@ -324,11 +345,14 @@ fn checkpoint_bytes(value: &JsValue) -> Result<Vec<u8>, ApiError> {
     )))
 }
 
-/// `limits`, `precision`, `strategy` of a [`DeviceOptions`] object.
+/// `limits`, `precision`, `strategy` and `onDeviceLost` of a `DeviceOptions` object.
 struct DeviceChoice {
     policy: LimitsPolicy,
     precision: Precision,
     strategy: Strategy,
+    /// Registered on the device in a browser build only (the host build has no `GPUDevice`).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    on_device_lost: Option<js_sys::Function>,
 }
 
 impl DeviceChoice {
@@ -347,11 +371,26 @@ impl DeviceChoice {
             policy,
             precision,
             strategy,
+            on_device_lost: function_option(options, "onDeviceLost")?,
         })
     }
 }
 
-fn check_options_object(options: &JsValue, what: &str) -> Result<(), ApiError> {
+/// A function option (absent or null: `None`).
+pub(crate) fn function_option(
+    options: &JsValue,
+    key: &str,
+) -> Result<Option<js_sys::Function>, ApiError> {
+    match get(options, key) {
+        None => Ok(None),
+        Some(value) => value
+            .dyn_into()
+            .map(Some)
+            .map_err(|value| err(format!("{key} must be a function, not {}", js_text(&value)))),
+    }
+}
+
+pub(crate) fn check_options_object(options: &JsValue, what: &str) -> Result<(), ApiError> {
     if options.is_undefined() || options.is_null() || options.is_object() {
         Ok(())
     } else {
@@ -617,6 +656,10 @@ impl JsCompositionalAttention {
         let mut layer =
             Layer::with_precision(&device.ctx, weights, choice.precision).map_err(js_error)?;
         layer.set_strategy(choice.strategy);
+        #[cfg(target_arch = "wasm32")]
+        if let (Some(hook), Some(gpu)) = (&choice.on_device_lost, device.ctx.device().as_webgpu()) {
+            crate::interop::on_device_lost(&gpu.clone().into(), hook);
+        }
         Ok(JsCompositionalAttention {
             config: *layer.config(),
             precision: layer.precision(),
@@ -629,17 +672,8 @@ impl JsCompositionalAttention {
         })
     }
 
-    /// Runs `f` on the layer in this call's turn, with the current strategy; records the GPU
-    /// bytes after.
-    pub(crate) async fn in_turn<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut Layer) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        self.in_turn_unless_aborted(None, f).await
-    }
-
-    /// [`Self::in_turn`], unless `signal` aborts before the turn comes (`ABORTED`, nothing
-    /// runs).
+    /// Runs `f` on the layer in this call's turn, with the current strategy, unless `signal`
+    /// aborts before the turn comes (`ABORTED`, nothing runs); records the GPU bytes after.
     // The borrow is held across `f`'s awaits on purpose: only the call whose turn it is borrows
     // the layer (or a cache) mutably, turns never overlap, and what must not wait (`info`, the
     // cache's `len`) reads `Cell`s instead; `kvCache` and `clear` try_borrow and throw if busy.
@@ -712,6 +746,25 @@ impl JsCompositionalAttention {
         self.in_turn_unless_aborted(signal.as_ref(), async |layer: &mut Layer| {
             layer
                 .forward(&x, batch, seq, mask.as_deref())
+                .await
+                .map_err(js_error)
+        })
+        .await
+    }
+
+    /// [`Self::prepare`] for Rust callers (the browser tests): `progress` hears each compile.
+    pub async fn prepare_vec(
+        &self,
+        batch: f64,
+        seq: f64,
+        mut progress: impl FnMut(CompileProgress),
+        signal: Option<&AbortSignal>,
+    ) -> Result<(), ApiError> {
+        let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
+        crate::check_elements(&self.config, batch, seq, self.strategy.get()).map_err(too_large)?;
+        self.in_turn_unless_aborted(signal, async |layer: &mut Layer| {
+            layer
+                .prepare_with_progress(batch, seq, &mut progress)
                 .await
                 .map_err(js_error)
         })
@@ -909,6 +962,38 @@ impl JsCompositionalAttention {
             {
                 Ok((output, maps)) => Ok(maps_object(&output, &maps).into()),
                 Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Allocates the workspace of `batch × seq` and compiles its pipelines ahead of the first
+    /// `forward` (which then only records), in the layer's turn. `options.onProgress` hears
+    /// `{ compiled, total }` as the pipelines compile; `options.signal` aborts it while it
+    /// waits for its turn. `releaseWorkspaces()` frees the memory again.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn prepare(&self, batch: f64, seq: f64, options: Option<PrepareOptions>) -> Promise {
+        let this = self.clone();
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
+        future_to_promise(async move {
+            check_options_object(&options, "prepare")?;
+            let signal = call_signal(&options)?;
+            let on_progress = function_option(&options, "onProgress")?;
+            // The first exception the hook throws, rethrown once the preparation is done.
+            let mut thrown = None;
+            let report = |progress: CompileProgress| {
+                let Some(hook) = &on_progress else { return };
+                let o = Object::new();
+                set(&o, "compiled", progress.compiled as f64);
+                set(&o, "total", progress.total as f64);
+                if let Err(e) = hook.call1(&JsValue::NULL, &o) {
+                    thrown.get_or_insert(e);
+                }
+            };
+            this.prepare_vec(batch, seq, report, signal.as_ref())
+                .await?;
+            match thrown {
+                Some(e) => Err(e),
+                None => Ok(JsValue::UNDEFINED),
             }
         })
     }

@@ -29,6 +29,9 @@ extern "C" {
     fn push_validation(device: &JsValue);
     #[wasm_bindgen(js_name = popValidation)]
     fn pop_validation(device: &JsValue) -> Promise;
+    /// Calls `hook` with a `DEVICE_LOST` `CompattnError` once `device.lost` resolves.
+    #[wasm_bindgen(js_name = onDeviceLost)]
+    pub(crate) fn on_device_lost(device: &JsValue, hook: &js_sys::Function);
 }
 
 /// `GPUBufferUsage.COPY_SRC` and `.COPY_DST`.

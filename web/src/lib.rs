@@ -22,8 +22,8 @@ mod interop;
 mod page;
 mod training;
 pub use api::{
-    JsCompositionalAttention, JsKvCache, JsMapsOptions, LoadOptions, RandomOptions, random_normal,
-    read_case,
+    CallOptions, JsCompositionalAttention, JsKvCache, JsMapsOptions, LoadOptions, PrepareOptions,
+    RandomOptions, random_normal, read_case,
 };
 pub use errors::{ApiError, Code};
 #[cfg(feature = "page")]

@@ -12,7 +12,10 @@ use js_sys::{Float32Array, Object, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::api::{JsCompositionalAttention, busy, check_x_mask, count, err, set};
+use crate::api::{
+    AbortSignal, CallOptions, JsCompositionalAttention, busy, call_signal, check_options_object,
+    check_x_mask, count, err, set,
+};
 use crate::errors::ApiError;
 use crate::js_error;
 
@@ -203,12 +206,21 @@ impl JsAdamW {
         })
     }
 
-    /// One step: updates `layer`'s parameters from `gradients` on the GPU.
+    /// One step: updates `layer`'s parameters from `gradients` on the GPU, in the layer's turn
+    /// (`options.signal` aborts it while it waits).
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
-    pub fn step(&self, layer: &JsCompositionalAttention, gradients: &JsGradients) -> Promise {
+    pub fn step(
+        &self,
+        layer: &JsCompositionalAttention,
+        gradients: &JsGradients,
+        options: Option<CallOptions>,
+    ) -> Promise {
         let (this, layer, gradients) = (self.clone(), layer.clone(), gradients.clone());
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
         future_to_promise(async move {
-            this.step_async(&layer, &gradients)
+            check_options_object(&options, "step")?;
+            let signal = call_signal(&options)?;
+            this.step_async(&layer, &gradients, signal.as_ref())
                 .await
                 .map(|()| JsValue::UNDEFINED)
                 .map_err(Into::into)
@@ -224,16 +236,17 @@ impl JsAdamW {
 
 impl JsAdamW {
     /// [`Self::step`] for Rust callers (the browser tests).
-    // The borrows span the step, inside the layer's turn (see `in_turn`).
+    // The borrows span the step, inside the layer's turn (see `in_turn_unless_aborted`).
     #[allow(clippy::await_holding_refcell_ref)]
     pub async fn step_async(
         &self,
         layer: &JsCompositionalAttention,
         gradients: &JsGradients,
+        signal: Option<&AbortSignal>,
     ) -> Result<(), ApiError> {
         let (optimizer, gradients) = (self.optimizer.clone(), gradients.gradients.clone());
         layer
-            .in_turn(async |layer| {
+            .in_turn_unless_aborted(signal, async |layer| {
                 let mut optimizer = optimizer.try_borrow_mut().map_err(|_| busy())?;
                 let gradients = gradients.try_borrow().map_err(|_| busy())?;
                 optimizer.step(layer, &gradients).await.map_err(js_error)
@@ -255,6 +268,7 @@ impl JsCompositionalAttention {
     /// A training forward: `x [batch, seq, dim]`, `mask [batch, seq]` (optional) → the output
     /// and the activations its `backward` needs. Dropout (the config's `p`) is drawn from
     /// `dropoutSeed` (a number or a BigInt; default 0): the same seed repeats it exactly.
+    /// `options.signal` aborts the call while it waits for its turn.
     #[wasm_bindgen(js_name = forwardTrain, unchecked_return_type = "Promise<TrainResult>")]
     pub fn forward_train(
         &self,
@@ -264,12 +278,16 @@ impl JsCompositionalAttention {
         mask: Option<Vec<u8>>,
         #[wasm_bindgen(js_name = dropoutSeed, unchecked_optional_param_type = "number | bigint")]
         dropout_seed: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "CallOptions")] options: Option<CallOptions>,
     ) -> Promise {
         let this = self.clone();
         let dropout_seed = dropout_seed.unwrap_or(JsValue::UNDEFINED);
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
         future_to_promise(async move {
+            check_options_object(&options, "forwardTrain")?;
+            let signal = call_signal(&options)?;
             let (output, activations) = this
-                .forward_train_vec(x, batch, seq, mask, &dropout_seed)
+                .forward_train_vec(x, batch, seq, mask, &dropout_seed, signal.as_ref())
                 .await?;
             let o = Object::new();
             set(&o, "output", Float32Array::from(output.as_slice()));
@@ -280,21 +298,28 @@ impl JsCompositionalAttention {
 
     /// The backward of the forward that made `activations`, for `dy = dL/d(output)
     /// [batch, seq, dim]`: adds the parameters' gradients into `gradients` and resolves to
-    /// `dL/dx [batch, seq, dim]`.
+    /// `dL/dx [batch, seq, dim]`. `options.signal` aborts the call while it waits for its turn.
     #[wasm_bindgen(unchecked_return_type = "Promise<Float32Array>")]
     pub fn backward(
         &self,
         activations: &JsActivations,
         dy: Vec<f32>,
         gradients: &JsGradients,
+        options: Option<CallOptions>,
     ) -> Promise {
         let (this, activations, gradients) = (
             self.clone(),
             activations.activations.clone(),
             gradients.clone(),
         );
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
         future_to_promise(async move {
-            match this.backward_vec(&activations, dy, &gradients).await {
+            check_options_object(&options, "backward")?;
+            let signal = call_signal(&options)?;
+            match this
+                .backward_vec(&activations, dy, &gradients, signal.as_ref())
+                .await
+            {
                 Ok(dx) => Ok(Float32Array::from(dx.as_slice()).into()),
                 Err(e) => Err(e.into()),
             }
@@ -302,26 +327,37 @@ impl JsCompositionalAttention {
     }
 
     /// The layer's parameters now (after AdamW steps, read back from the GPU), by `state_dict`
-    /// name.
+    /// name. `options.signal` aborts the call while it waits for its turn.
     #[wasm_bindgen(unchecked_return_type = "Promise<ParameterTensors>")]
-    pub fn weights(&self) -> Promise {
+    pub fn weights(&self, options: Option<CallOptions>) -> Promise {
         let this = self.clone();
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
         future_to_promise(async move {
+            check_options_object(&options, "weights")?;
+            let signal = call_signal(&options)?;
             let weights = this
-                .in_turn(async |layer| layer.weights().await.map_err(js_error))
+                .in_turn_unless_aborted(signal.as_ref(), async |layer| {
+                    layer.weights().await.map_err(js_error)
+                })
                 .await?;
             Ok(tensors(&weights).into())
         })
     }
 
     /// Compiles every pipeline of a training step at `batch × seq` ahead of the first.
+    /// `options.signal` aborts the call while it waits for its turn.
     #[wasm_bindgen(js_name = prepareTraining, unchecked_return_type = "Promise<void>")]
-    pub fn prepare_training(&self, batch: f64, seq: f64) -> Promise {
+    pub fn prepare_training(&self, batch: f64, seq: f64, options: Option<CallOptions>) -> Promise {
         let this = self.clone();
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
         future_to_promise(async move {
+            check_options_object(&options, "prepareTraining")?;
+            let signal = call_signal(&options)?;
             let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
-            this.in_turn(async |layer| layer.prepare_training(batch, seq).await.map_err(js_error))
-                .await?;
+            this.in_turn_unless_aborted(signal.as_ref(), async |layer| {
+                layer.prepare_training(batch, seq).await.map_err(js_error)
+            })
+            .await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -336,12 +372,13 @@ impl JsCompositionalAttention {
         seq: f64,
         mask: Option<Vec<u8>>,
         seed: &JsValue,
+        signal: Option<&AbortSignal>,
     ) -> Result<(Vec<f32>, JsActivations), ApiError> {
         let (batch, seq) = (count("batch", batch)?, count("seq", seq)?);
         let seed = dropout_seed(seed)?;
         let mask = check_x_mask(self.layer_config(), &x, batch, seq, mask)?;
         let (output, activations) = self
-            .in_turn(async |layer| {
+            .in_turn_unless_aborted(signal, async |layer| {
                 layer
                     .forward_train(&x, batch, seq, mask.as_deref(), seed)
                     .await
@@ -357,16 +394,17 @@ impl JsCompositionalAttention {
     }
 
     /// [`Self::backward`] for Rust callers (the browser tests).
-    // The gradients' borrow spans the backward, inside this call's turn (see `in_turn`).
+    // The gradients' borrow spans the backward, inside this call's turn (see `in_turn_unless_aborted`).
     #[allow(clippy::await_holding_refcell_ref)]
     pub async fn backward_vec(
         &self,
         activations: &Activations,
         dy: Vec<f32>,
         gradients: &JsGradients,
+        signal: Option<&AbortSignal>,
     ) -> Result<Vec<f32>, ApiError> {
         let gradients = gradients.gradients.clone();
-        self.in_turn(async |layer| {
+        self.in_turn_unless_aborted(signal, async |layer| {
             let mut gradients = gradients.try_borrow_mut().map_err(|_| busy())?;
             layer
                 .backward(activations, &dy, &mut gradients)

@@ -583,7 +583,8 @@ async fn training_matches_pytorch_autograd() {
 mod js_api {
     use super::*;
     use compattn_web::{
-        ApiError, JsCompositionalAttention, JsMapsOptions, LoadOptions, RandomOptions, read_case,
+        ApiError, CallOptions, JsCompositionalAttention, JsMapsOptions, LoadOptions, RandomOptions,
+        read_case,
     };
     use js_sys::{Float32Array, Object, Reflect, Uint8Array};
     use wasm_bindgen::{JsCast, JsValue};
@@ -691,7 +692,14 @@ mod js_api {
                 .await
                 .unwrap_or_else(|e| panic!("{}", message(e)));
             let (y, act) = student
-                .forward_train_vec(x, batch as f64, seq as f64, None, &JsValue::from(step))
+                .forward_train_vec(
+                    x,
+                    batch as f64,
+                    seq as f64,
+                    None,
+                    &JsValue::from(step),
+                    None,
+                )
                 .await
                 .unwrap_or_else(|e| panic!("{}", message(e)));
             let n = y.len() as f32;
@@ -708,10 +716,10 @@ mod js_api {
                 .collect();
             grads.zero().unwrap_or_else(|e| panic!("{}", message(e)));
             student
-                .backward_vec(act.inner(), dy, &grads)
+                .backward_vec(act.inner(), dy, &grads, None)
                 .await
                 .unwrap_or_else(|e| panic!("{}", message(e)));
-            opt.step_async(&student, &grads)
+            opt.step_async(&student, &grads, None)
                 .await
                 .unwrap_or_else(|e| panic!("{}", message(e)));
             losses.push(loss);
@@ -731,13 +739,13 @@ mod js_api {
         let big = JsValue::from(js_sys::BigInt::from(u64::MAX));
         assert!(
             student
-                .forward_train_vec(x.clone(), 1.0, seq as f64, None, &big)
+                .forward_train_vec(x.clone(), 1.0, seq as f64, None, &big, None)
                 .await
                 .is_ok()
         );
         for bad in [JsValue::from(-1.0), JsValue::from(0.5), JsValue::from("7")] {
             let e = student
-                .forward_train_vec(x.clone(), 1.0, seq as f64, None, &bad)
+                .forward_train_vec(x.clone(), 1.0, seq as f64, None, &bad, None)
                 .await
                 .err()
                 .map(message)
@@ -1307,6 +1315,219 @@ export function tooSmall(layer, batch, seq) {
             .await
             .unwrap_err();
         assert_eq!(thrown(e).0, "INVALID_ARGUMENT");
+    }
+
+    #[wasm_bindgen::prelude::wasm_bindgen(inline_js = r#"
+export function progressLog() {
+  const seen = [];
+  return { seen, onProgress: (p) => { seen.push([p.compiled, p.total]); } };
+}
+export function throwingProgress() {
+  return { onProgress: () => { throw new RangeError('the page threw'); } };
+}
+export function lostHook() {
+  let resolve;
+  const lost = new Promise((r) => { resolve = r; });
+  return { onDeviceLost: (error) => resolve(error), lost };
+}
+export function destroyDevice(layer) {
+  layer.device.destroy();
+}
+"#)]
+    extern "C" {
+        #[wasm_bindgen::prelude::wasm_bindgen(js_name = progressLog)]
+        fn progress_log() -> JsValue;
+        #[wasm_bindgen::prelude::wasm_bindgen(js_name = throwingProgress)]
+        fn throwing_progress() -> JsValue;
+        #[wasm_bindgen::prelude::wasm_bindgen(js_name = lostHook)]
+        fn lost_hook() -> JsValue;
+        #[wasm_bindgen::prelude::wasm_bindgen(js_name = destroyDevice)]
+        fn destroy_device(layer: JsValue);
+    }
+
+    /// `prepare` compiles a new shape's pipelines before its first forward and reports them one
+    /// by one up to their total; the forward after it equals an unprepared layer's. An
+    /// exception of `onProgress` rejects `prepare` with that exception; an aborted `prepare`
+    /// runs nothing.
+    #[wasm_bindgen_test]
+    async fn prepare_reports_progress() {
+        use wasm_bindgen_futures::JsFuture;
+        // A configuration no other test runs, so that its pipelines are new to the device.
+        let fields = [
+            ("dim", 22.into()),
+            ("dimHead", 7.into()),
+            ("searches", 3.into()),
+            ("retrievals", 3.into()),
+            ("causal", true.into()),
+        ];
+        let layer = random(&fields).await;
+        let x = compattn_web::random_normal(2.0 * 9.0 * 22.0, 17.0)
+            .unwrap()
+            .to_vec();
+        let log = progress_log();
+        JsFuture::from(layer.prepare(2.0, 9.0, Some(log.clone().unchecked_into())))
+            .await
+            .unwrap_or_else(|e| panic!("prepare: {}", thrown(e).1));
+        let seen: Vec<(f64, f64)> = js_sys::Array::from(&field(&log, "seen"))
+            .iter()
+            .map(|pair| {
+                let pair = js_sys::Array::from(&pair);
+                (pair.get(0).as_f64().unwrap(), pair.get(1).as_f64().unwrap())
+            })
+            .collect();
+        let (first, last) = (seen[0], seen[seen.len() - 1]);
+        assert!(first.0 < first.1, "nothing was left to compile: {seen:?}");
+        assert_eq!(last.0, last.1, "{seen:?}");
+        for pair in seen.windows(2) {
+            assert_eq!(
+                (pair[1].0, pair[1].1),
+                (pair[0].0 + 1.0, pair[0].1),
+                "{seen:?}"
+            );
+        }
+        let y = layer
+            .forward_vec(x.clone(), 2.0, 9.0, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let fresh = random(&fields).await;
+        let expected = fresh
+            .forward_vec(x, 2.0, 9.0, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        assert_eq!(y, expected, "a prepared layer's forward");
+        // The page's exception is the rejection, after the preparation.
+        let e = JsFuture::from(layer.prepare(3.0, 4.0, Some(throwing_progress().unchecked_into())))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            String::from(e.unchecked_ref::<js_sys::Error>().name()),
+            "RangeError"
+        );
+        // Aborted: rejected, nothing built.
+        let controller =
+            js_sys::Function::new_no_args("const c = new AbortController(); c.abort(); return c")
+                .call0(&JsValue::NULL)
+                .unwrap();
+        let options: JsValue = object(&[("signal", field(&controller, "signal"))]).into();
+        let before = field(&layer.info(), "gpuBytes").as_f64().unwrap();
+        let e = JsFuture::from(layer.prepare(5.0, 6.0, Some(options.unchecked_into())))
+            .await
+            .unwrap_err();
+        assert_eq!(thrown(e).0, "ABORTED");
+        assert_eq!(field(&layer.info(), "gpuBytes").as_f64().unwrap(), before);
+        let bad: JsValue = object(&[("onProgress", "loud".into())]).into();
+        let e = JsFuture::from(layer.prepare(2.0, 9.0, Some(bad.unchecked_into())))
+            .await
+            .unwrap_err();
+        assert_eq!(thrown(e).0, "INVALID_ARGUMENT");
+    }
+
+    /// The training calls take an `AbortSignal` as the inference calls do: aborted before
+    /// their turn, each rejects with `ABORTED` and runs nothing.
+    #[wasm_bindgen_test]
+    async fn aborted_training_calls_reject_with_aborted() {
+        use wasm_bindgen_futures::JsFuture;
+        let (layer, x) = small_layer(5.0).await;
+        let controller =
+            js_sys::Function::new_no_args("const c = new AbortController(); c.abort(); return c")
+                .call0(&JsValue::NULL)
+                .unwrap();
+        let aborted = || -> CallOptions {
+            JsValue::from(object(&[("signal", field(&controller, "signal"))])).unchecked_into()
+        };
+        let grads = layer
+            .gradients()
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let (y, act) = layer
+            .forward_train_vec(x.clone(), 2.0, 5.0, None, &JsValue::UNDEFINED, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let optimizer = compattn_web::JsAdamW::new(&layer, 1e-3, None)
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        let calls = [
+            (
+                "forwardTrain",
+                layer.forward_train(x.clone(), 2.0, 5.0, None, None, Some(aborted())),
+            ),
+            (
+                "backward",
+                layer.backward(&act, y.clone(), &grads, Some(aborted())),
+            ),
+            ("step", optimizer.step(&layer, &grads, Some(aborted()))),
+            ("weights", layer.weights(Some(aborted()))),
+            (
+                "prepareTraining",
+                layer.prepare_training(2.0, 7.0, Some(aborted())),
+            ),
+        ];
+        for (name, call) in calls {
+            let e = JsFuture::from(call).await.unwrap_err();
+            assert_eq!(thrown(e).0, "ABORTED", "{name}");
+        }
+        assert_eq!(optimizer.steps().unwrap(), 0.0, "an aborted step ran");
+        let dx = layer
+            .backward_vec(act.inner(), y, &grads, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        assert!(
+            dx.iter().all(|v| v.is_finite()),
+            "the backward after the aborted calls"
+        );
+    }
+
+    /// `onDeviceLost` hears a lost device once, as a `DEVICE_LOST` `CompattnError` with the
+    /// browser's reason; later calls reject with `DEVICE_LOST`, and the next `random` opens a
+    /// new device. (Its own `limits` policy, so the other tests' device stays.)
+    #[wasm_bindgen_test]
+    async fn a_lost_device_calls_on_device_lost() {
+        use wasm_bindgen_futures::JsFuture;
+        let hook = lost_hook();
+        let options = |extra: &[(&str, JsValue)]| -> RandomOptions {
+            let mut fields = vec![
+                ("dim", 16.into()),
+                ("dimHead", 4.into()),
+                ("limits", "adapter".into()),
+            ];
+            fields.extend_from_slice(extra);
+            JsValue::from(object(&fields)).unchecked_into()
+        };
+        let layer = JsCompositionalAttention::random(Some(options(&[(
+            "onDeviceLost",
+            field(&hook, "onDeviceLost"),
+        )])))
+        .await
+        .unwrap_or_else(|e| panic!("random: {}", message(e)));
+        let x = compattn_web::random_normal(16.0 * 3.0, 4.0)
+            .unwrap()
+            .to_vec();
+        layer
+            .forward_vec(x.clone(), 1.0, 3.0, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        destroy_device(layer.clone().into());
+        let error = JsFuture::from(js_sys::Promise::from(field(&hook, "lost")))
+            .await
+            .unwrap();
+        let (code, text) = thrown(error);
+        assert_eq!(code, "DEVICE_LOST", "{text}");
+        assert!(text.contains("destroyed"), "{text}");
+        let e = layer
+            .forward_vec(x.clone(), 1.0, 3.0, None)
+            .await
+            .unwrap_err();
+        assert_eq!(thrown(e.into()).0, "DEVICE_LOST");
+        let again = JsCompositionalAttention::random(Some(options(&[])))
+            .await
+            .unwrap_or_else(|e| panic!("random after the loss: {}", message(e)));
+        again
+            .forward_vec(x, 1.0, 3.0, None)
+            .await
+            .unwrap_or_else(|e| panic!("on the new device: {}", message(e)));
+        let bad = JsCompositionalAttention::random(Some(options(&[("onDeviceLost", 3.into())])));
+        match bad.await {
+            Err(e) => assert_eq!(thrown(e.into()).0, "INVALID_ARGUMENT"),
+            Ok(_) => panic!("onDeviceLost: 3 was accepted"),
+        }
     }
 
     /// `releaseWorkspaces` frees the workspaces' GPU memory; the next forward builds them again
