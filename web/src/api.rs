@@ -1176,6 +1176,22 @@ pub struct JsKvCache {
     gpu_bytes: u64,
 }
 
+impl JsKvCache {
+    /// The crate's cache, borrowed by calls in their layer's turn.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn shared(&self) -> Rc<RefCell<CrateKvCache>> {
+        self.cache.clone()
+    }
+
+    /// Records the cache's length after a call (what `len` reads without waiting).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn sync_len(&self) {
+        if let Ok(kv) = self.cache.try_borrow() {
+            self.len.set(kv.len());
+        }
+    }
+}
+
 #[wasm_bindgen(js_class = KvCache)]
 impl JsKvCache {
     /// Positions cached per sequence so far (after the last finished call).

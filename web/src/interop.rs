@@ -12,7 +12,9 @@ use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
-use crate::api::{JsCompositionalAttention, call_signal, count, too_large};
+use compositional_attention::CompositionalAttention as Layer;
+
+use crate::api::{JsCompositionalAttention, JsKvCache, busy, call_signal, count, too_large};
 use crate::errors::{ApiError, Code};
 
 #[wasm_bindgen(module = "/js/interop.js")]
@@ -40,6 +42,7 @@ const COPY_DST: u32 = 0x8;
 
 /// Checks that `value` is a `GPUBuffer` of at least `bytes` with `usage`.
 fn check_buffer(
+    call: &str,
     name: &str,
     value: &JsValue,
     bytes: u64,
@@ -47,18 +50,18 @@ fn check_buffer(
 ) -> Result<(), ApiError> {
     if !is_gpu_buffer(value) {
         return Err(ApiError::invalid(format!(
-            "forwardGpu: {name} must be a GPUBuffer"
+            "{call}: {name} must be a GPUBuffer"
         )));
     }
     let size = buffer_size(value) as u64;
     if size < bytes {
         return Err(ApiError::shape(format!(
-            "forwardGpu: {name} holds {size} bytes; it needs at least {bytes}"
+            "{call}: {name} holds {size} bytes; it needs at least {bytes}"
         )));
     }
     if buffer_usage(value) as u32 & usage.0 == 0 {
         return Err(ApiError::invalid(format!(
-            "forwardGpu: {name} needs GPUBufferUsage.{} in its usage",
+            "{call}: {name} needs GPUBufferUsage.{} in its usage",
             usage.1
         )));
     }
@@ -101,6 +104,99 @@ impl JsCompositionalAttention {
                 .map_err(Into::into)
         })
     }
+
+    /// `prefill` on the page's GPU buffers: appends `seq` positions per sequence (`input
+    /// [batch, seq, dim]` f32, `COPY_SRC`; optional `mask [batch, seq]` u32 words of the new
+    /// keys, `COPY_SRC`) to `cache` and writes their outputs to `output` (`COPY_DST`), without
+    /// a readback. Resolves once the work is submitted and validated.
+    #[wasm_bindgen(js_name = prefillGpu, unchecked_return_type = "Promise<void>")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill_gpu(
+        &self,
+        cache: &JsKvCache,
+        #[wasm_bindgen(unchecked_param_type = "GPUBuffer")] input: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "GPUBuffer")] output: JsValue,
+        seq: f64,
+        #[wasm_bindgen(unchecked_optional_param_type = "GPUBuffer | null")] mask: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "CallOptions | null")] options: Option<
+            JsValue,
+        >,
+    ) -> Promise {
+        let (this, cache) = (self.clone(), cache.clone());
+        let options = options.unwrap_or(JsValue::UNDEFINED);
+        future_to_promise(async move {
+            this.prefill_gpu_async("prefillGpu", &cache, input, output, seq, mask, options)
+                .await
+                .map(|()| JsValue::UNDEFINED)
+                .map_err(Into::into)
+        })
+    }
+
+    /// One new token per sequence on the page's GPU buffers: `prefillGpu` with `seq = 1`
+    /// (`input`, `output` `[batch, 1, dim]`). A decode loop keeps every token on the GPU.
+    #[wasm_bindgen(js_name = decodeGpu, unchecked_return_type = "Promise<void>")]
+    pub fn decode_gpu(
+        &self,
+        cache: &JsKvCache,
+        #[wasm_bindgen(unchecked_param_type = "GPUBuffer")] input: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "GPUBuffer")] output: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "GPUBuffer | null")] mask: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "CallOptions | null")] options: Option<
+            JsValue,
+        >,
+    ) -> Promise {
+        let (this, cache) = (self.clone(), cache.clone());
+        let options = options.unwrap_or(JsValue::UNDEFINED);
+        future_to_promise(async move {
+            this.prefill_gpu_async("decodeGpu", &cache, input, output, 1.0, mask, options)
+                .await
+                .map(|()| JsValue::UNDEFINED)
+                .map_err(Into::into)
+        })
+    }
+}
+
+/// The page's buffers of one call, checked: `input` and `output` of `tensor` bytes, the
+/// optional `mask` of `keys` bytes.
+struct PageIo {
+    call: &'static str,
+    input: JsValue,
+    output: JsValue,
+    mask: Option<JsValue>,
+    tensor: u64,
+    keys: u64,
+}
+
+impl PageIo {
+    fn check(
+        call: &'static str,
+        (input, output, mask): (JsValue, JsValue, Option<JsValue>),
+        tokens: usize,
+        dim: usize,
+    ) -> Result<PageIo, ApiError> {
+        let (tensor, keys) = (4 * (tokens * dim) as u64, 4 * tokens as u64);
+        check_buffer(call, "input", &input, tensor, (COPY_SRC, "COPY_SRC"))?;
+        check_buffer(call, "output", &output, tensor, (COPY_DST, "COPY_DST"))?;
+        let mask = mask.filter(|m| !m.is_undefined() && !m.is_null());
+        if let Some(mask) = &mask {
+            check_buffer(call, "mask", mask, keys, (COPY_SRC, "COPY_SRC"))?;
+        }
+        Ok(PageIo {
+            call,
+            input,
+            output,
+            mask,
+            tensor,
+            keys,
+        })
+    }
+}
+
+/// The layer's own buffers behind a [`PageIo`] (wgpu cannot bind the page's: module doc).
+struct OwnIo {
+    input: wgpu::Buffer,
+    output: wgpu::Buffer,
+    mask: Option<wgpu::Buffer>,
 }
 
 impl JsCompositionalAttention {
@@ -117,70 +213,130 @@ impl JsCompositionalAttention {
         let config = *self.layer_config();
         crate::check_elements(&config, batch, seq, self.strategy_now()).map_err(too_large)?;
         let signal = call_signal(&options)?;
-        let tensor = 4 * (batch * seq * config.dim) as u64;
-        let keys = 4 * (batch * seq) as u64;
-        check_buffer("input", &input, tensor, (COPY_SRC, "COPY_SRC"))?;
-        check_buffer("output", &output, tensor, (COPY_DST, "COPY_DST"))?;
-        let mask = mask.filter(|m| !m.is_undefined() && !m.is_null());
-        if let Some(mask) = &mask {
-            check_buffer("mask", mask, keys, (COPY_SRC, "COPY_SRC"))?;
-        }
-        let device = self.gpu_device();
+        let io = PageIo::check("forwardGpu", (input, output, mask), batch * seq, config.dim)?;
         self.in_turn_unless_aborted(signal.as_ref(), async |layer| {
             layer.prepare(batch, seq).await?;
-            let ctx = layer.context().clone();
-            let own = |label: &str, bytes: u64| {
-                ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_DST
-                        | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                })
-            };
-            let (own_input, own_output) = (
-                own("forwardGpu input", tensor),
-                own("forwardGpu output", tensor),
-            );
-            let own_mask = mask.as_ref().map(|_| own("forwardGpu mask", keys));
-            let handle = |b: &wgpu::Buffer| -> JsValue {
-                b.as_webgpu().map_or(JsValue::NULL, |h| h.clone().into())
-            };
-            push_validation(&device);
-            copy_buffer(&device, &input, &handle(&own_input), tensor as f64);
-            if let (Some(page), Some(own)) = (&mask, &own_mask) {
-                copy_buffer(&device, page, &handle(own), keys as f64);
-            }
-            let mut encoder =
-                ctx.device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("forwardGpu"),
-                    });
-            let recorded = layer.encode(
-                &mut encoder,
-                &own_input,
-                own_mask.as_ref(),
-                &own_output,
-                batch,
-                seq,
-            );
-            if recorded.is_ok() {
-                ctx.queue().submit([encoder.finish()]);
-                copy_buffer(&device, &handle(&own_output), &output, tensor as f64);
-            }
-            let error = JsFuture::from(pop_validation(&device))
-                .await
-                .map_err(|e| ApiError::new(Code::Internal, format!("{e:?}")))?;
-            recorded?;
-            match error.as_string() {
-                Some(message) => Err(ApiError::invalid(format!(
-                    "forwardGpu: WebGPU refused the copies ({message}); the buffers must be \
-                     GPUBuffers of layer.device"
-                ))),
-                None => Ok(()),
-            }
+            self.run_on_page_buffers(layer, &io, |layer, encoder, own| {
+                layer.encode(
+                    encoder,
+                    &own.input,
+                    own.mask.as_ref(),
+                    &own.output,
+                    batch,
+                    seq,
+                )
+            })
+            .await
         })
         .await
+    }
+
+    /// `prefillGpu` and `decodeGpu`.
+    // The cache's borrow spans the step, inside this call's turn (see `in_turn_unless_aborted`).
+    #[allow(clippy::too_many_arguments, clippy::await_holding_refcell_ref)]
+    async fn prefill_gpu_async(
+        &self,
+        call: &'static str,
+        cache: &JsKvCache,
+        input: JsValue,
+        output: JsValue,
+        seq: f64,
+        mask: Option<JsValue>,
+        options: JsValue,
+    ) -> Result<(), ApiError> {
+        let seq = count("seq", seq)?;
+        let config = *self.layer_config();
+        let signal = call_signal(&options)?;
+        let io = PageIo::check(call, (input, output, mask), cache.batch() * seq, config.dim)?;
+        let kv = cache.shared();
+        self.in_turn_unless_aborted(signal.as_ref(), async |layer| {
+            let result = {
+                let mut kv = kv.try_borrow_mut().map_err(|_| busy())?;
+                layer.prepare_cached(&mut kv, seq).await?;
+                self.run_on_page_buffers(layer, &io, |layer, encoder, own| {
+                    let (input, mask, output) = (&own.input, own.mask.as_ref(), &own.output);
+                    layer.encode_decode(&mut kv, encoder, input, mask, output, seq)
+                })
+                .await
+            };
+            cache.sync_len();
+            result
+        })
+        .await
+    }
+
+    /// Copies the page's input (and mask) into the layer's own buffers, records `record` on
+    /// them, submits, and copies the layer's output into the page's, all on the layer's queue in
+    /// order; WebGPU's validation of the copies is awaited and reported.
+    async fn run_on_page_buffers(
+        &self,
+        layer: &mut Layer,
+        io: &PageIo,
+        record: impl FnOnce(
+            &mut Layer,
+            &mut wgpu::CommandEncoder,
+            &OwnIo,
+        ) -> compositional_attention::Result<()>,
+    ) -> Result<(), ApiError> {
+        let device = self.gpu_device();
+        let ctx = layer.context().clone();
+        let own = |label: &str, bytes: u64| {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        let buffers = OwnIo {
+            input: own(&format!("{} input", io.call), io.tensor),
+            output: own(&format!("{} output", io.call), io.tensor),
+            mask: io
+                .mask
+                .as_ref()
+                .map(|_| own(&format!("{} mask", io.call), io.keys)),
+        };
+        let handle = |b: &wgpu::Buffer| -> JsValue {
+            b.as_webgpu().map_or(JsValue::NULL, |h| h.clone().into())
+        };
+        push_validation(&device);
+        copy_buffer(
+            &device,
+            &io.input,
+            &handle(&buffers.input),
+            io.tensor as f64,
+        );
+        if let (Some(page), Some(own)) = (&io.mask, &buffers.mask) {
+            copy_buffer(&device, page, &handle(own), io.keys as f64);
+        }
+        let mut encoder = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(io.call),
+            });
+        let recorded = record(layer, &mut encoder, &buffers);
+        if recorded.is_ok() {
+            ctx.queue().submit([encoder.finish()]);
+            copy_buffer(
+                &device,
+                &handle(&buffers.output),
+                &io.output,
+                io.tensor as f64,
+            );
+        }
+        let error = JsFuture::from(pop_validation(&device))
+            .await
+            .map_err(|e| ApiError::new(Code::Internal, format!("{e:?}")))?;
+        recorded?;
+        match error.as_string() {
+            Some(message) => Err(ApiError::invalid(format!(
+                "{}: WebGPU refused the copies ({message}); the buffers must be GPUBuffers of \
+                 layer.device",
+                io.call
+            ))),
+            None => Ok(()),
+        }
     }
 }

@@ -1211,6 +1211,28 @@ export async function interopRoundTrip(layer, x, batch, seq) {
   read.unmap();
   return values;
 }
+export async function decodeOnGpu(layer, cache, prompt, token, seq) {
+  const device = layer.device;
+  const U = GPUBufferUsage;
+  const buffer = (bytes) => device.createBuffer({ size: bytes, usage: U.STORAGE | U.COPY_SRC | U.COPY_DST });
+  const filled = (data) => { const b = buffer(data.byteLength); device.queue.writeBuffer(b, 0, data); return b; };
+  const read = async (source) => {
+    const staging = device.createBuffer({ size: source.size, usage: U.MAP_READ | U.COPY_DST });
+    const encoder = device.createCommandEncoder();
+    encoder.copyBufferToBuffer(source, 0, staging, 0, source.size);
+    device.queue.submit([encoder.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const values = new Float32Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    return values;
+  };
+  const promptOut = buffer(prompt.byteLength);
+  const tokenOut = buffer(token.byteLength);
+  await layer.prefillGpu(cache, filled(prompt), promptOut, seq);
+  await layer.decodeGpu(cache, filled(token), tokenOut);
+  const full = await layer.decodeGpu(cache, filled(token), tokenOut).then(() => null, (e) => e);
+  return [await read(promptOut), await read(tokenOut), full];
+}
 export function notABuffer(layer) {
   return layer.forwardGpu(new Float32Array(4), new Float32Array(4), 1, 1).then(() => null, (e) => e);
 }
@@ -1225,6 +1247,14 @@ export function tooSmall(layer, batch, seq) {
             layer: JsValue,
             x: Float32Array,
             batch: f64,
+            seq: f64,
+        ) -> JsValue;
+        #[wasm_bindgen::prelude::wasm_bindgen(js_name = decodeOnGpu)]
+        async fn decode_on_gpu(
+            layer: JsValue,
+            cache: JsValue,
+            prompt: Float32Array,
+            token: Float32Array,
             seq: f64,
         ) -> JsValue;
         #[wasm_bindgen::prelude::wasm_bindgen(js_name = notABuffer)]
@@ -1251,6 +1281,41 @@ export function tooSmall(layer, batch, seq) {
         assert_eq!(out, expected, "the page's passes around forwardGpu");
         assert_eq!(thrown(not_a_buffer(js.clone()).await).0, "INVALID_ARGUMENT");
         assert_eq!(thrown(too_small(js, 2.0, 5.0).await).0, "SHAPE");
+    }
+
+    /// `prefillGpu` and `decodeGpu` on the page's buffers give what `prefill` and `decode` give
+    /// on the host, and advance the cache; a full cache is `CACHE_FULL`.
+    #[wasm_bindgen_test]
+    async fn decode_gpu_runs_on_the_pages_buffers() {
+        let layer = random(&[
+            ("dim", 12.into()),
+            ("dimHead", 4.into()),
+            ("searches", 3.into()),
+            ("causal", true.into()),
+            ("seed", 9.into()),
+        ])
+        .await;
+        let prompt = compattn_web::random_normal(5.0 * 12.0, 21.0).unwrap().to_vec();
+        let token = compattn_web::random_normal(12.0, 22.0).unwrap().to_vec();
+        let host = layer.kv_cache(1.0, 6.0).unwrap_or_else(|e| panic!("{}", message(e)));
+        let y = layer.prefill_vec(&host, prompt.clone(), 5.0, None).await;
+        let y = y.unwrap_or_else(|e| panic!("{}", message(e)));
+        let next = layer.prefill_vec(&host, token.clone(), 1.0, None).await;
+        let next = next.unwrap_or_else(|e| panic!("{}", message(e)));
+        let gpu = layer.kv_cache(1.0, 6.0).unwrap_or_else(|e| panic!("{}", message(e)));
+        let out = decode_on_gpu(
+            layer.clone().into(),
+            gpu.clone().into(),
+            Float32Array::from(&prompt[..]),
+            Float32Array::from(&token[..]),
+            5.0,
+        )
+        .await;
+        let out = js_sys::Array::from(&out);
+        assert_eq!(Float32Array::from(out.get(0)).to_vec(), y, "prefillGpu");
+        assert_eq!(Float32Array::from(out.get(1)).to_vec(), next, "decodeGpu");
+        assert_eq!(gpu.len(), 6);
+        assert_eq!(thrown(out.get(2)).0, "CACHE_FULL");
     }
 
     /// A call whose `AbortSignal` aborts before its turn rejects with `ABORTED` and runs
