@@ -257,13 +257,52 @@ function setUpModel() {
   });
 }
 
+// One model run at a time: a file chosen or dropped during a run waits for it (the run keeps
+// the model it loaded until it ends), and the latest choice runs next.
+let modelRunning = false;
+let modelQueued = false;
+
 async function runModel() {
   if (!modelSource) return;
+  if (modelRunning) {
+    modelQueued = true;
+    const result = $('case-result');
+    result.dataset.queued = String(Number(result.dataset.queued ?? 0) + 1);
+    caseStatus(`queued: ${modelSource.name} runs when the current run ends`);
+    return;
+  }
+  modelRunning = true;
+  try {
+    await runModelNow();
+  } finally {
+    modelRunning = false;
+  }
+  if (modelQueued) {
+    modelQueued = false;
+    runModel();
+  }
+}
+
+/** Hides the heatmaps of the last run and its maps failure (a new run draws its own). */
+function clearMaps() {
+  maps = null;
+  const section = $('maps');
+  section.hidden = true;
+  section.dataset.state = 'idle';
+  $('maps-failure').textContent = '';
+  for (const id of ['search-map', 'selection-map']) {
+    $(id).width = 0;
+    $(id).height = 0;
+  }
+}
+
+async function runModelNow() {
   const result = $('case-result');
   result.dataset.state = 'running';
   $('load-run').disabled = true;
   $('load-random').disabled = true;
   $('case-failure').textContent = '';
+  clearMaps();
   for (const id of ['case-layer', 'case-input', 'case-shape', 'case-stats', 'error', 'case-time']) $(id).textContent = '–';
   $('error-verdict').textContent = '';
   delete $('error-verdict').dataset.verdict;
@@ -278,13 +317,15 @@ async function runModel() {
       config: config || undefined,
       limits: $('limits').value,
       strategy: $('strategy').value,
+      precision: $('load-precision').value,
     };
     caseStatus(`loading ${name} onto the GPU…`);
     if (model) model.free();
     model = null;
     model = bytes
       ? await CompositionalAttention.load(bytes, options)
-      : await CompositionalAttention.random({ ...random, limits: options.limits, strategy: options.strategy });
+      : await CompositionalAttention.random({ ...random, limits: options.limits,
+        strategy: options.strategy, precision: options.precision });
     const info = model.info();
     $('case-layer').textContent = `${name}: ${info.format}, dim ${info.dim}, dim_head ${info.dimHead}, ` +
       `searches ${info.searches}, retrievals ${info.retrievals}${info.causal ? ', causal' : ''}` +
@@ -368,7 +409,8 @@ async function showMaps(layer, x, batch, seq, mask, name) {
   section.dataset.state = 'running';
   try {
     const rows = mapRows(seq);
-    const result = await layer.forwardWithMaps(x, batch, seq, mask, rows ? { rows } : undefined);
+    const maxBytes = 1024 * Number($('maps-max-kib').value);
+    const result = await layer.forwardWithMaps(x, batch, seq, mask, rows ? { rows, maxBytes } : { maxBytes });
     maps = { result, name };
     window.lastMaps = result;
     const q = result.queryRows.length;
@@ -395,7 +437,8 @@ async function showMaps(layer, x, batch, seq, mask, name) {
     section.dataset.state = 'done';
   } catch (e) {
     console.warn(e);
-    showError(`attention maps of ${name}: ${message(e)}`);
+    clearMaps();
+    $('maps-failure').textContent = `attention maps of ${name}: ${e.code ? `${e.code}: ` : ''}${message(e)}`;
     section.dataset.state = 'error';
   }
 }

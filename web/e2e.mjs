@@ -8,10 +8,11 @@
 //
 // Env: CHROMIUM (default /usr/bin/chromium), E2E_TIMEOUT_MS (per run, default 240000).
 // Never downloads a browser: playwright-core only drives the system Chromium.
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { launchChromium, tally } from './harness.mjs';
 import { serve } from './serve.mjs';
+import { maxPool } from './heatmap.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const OUT = `${HERE}test-results`;
@@ -22,6 +23,24 @@ const server = await serve({ root: HERE, port: 0 });
 const url = `http://localhost:${server.address().port}/index.html`;
 const browser = await launchChromium();
 const { check, finish } = tally('e2e');
+
+// The heatmaps' max pooling (pure: no page): a one-key peak among 1000 keys survives pooling to
+// 480 columns with its value, every block keeps its largest value, and a small matrix is unchanged.
+{
+  const row = new Float32Array(1000).map((_, i) => 0.001 * ((i * 7919) % 13));
+  row[777] = 0.9;
+  const pooled = maxPool(row, 1, 1000, 1, 480);
+  const at = Math.floor((777 * 480) / 1000);
+  let blocksOk = true;
+  for (let j = 0; j < 480; j += 1) {
+    let most = -Infinity;
+    for (let c = 0; c < 1000; c += 1) if (Math.floor((c * 480) / 1000) === j) most = Math.max(most, row[c]);
+    blocksOk &&= pooled[j] === most;
+  }
+  const small = new Float32Array([0.25, 0.5, 0.75, 1]);
+  check(pooled.length === 480 && pooled[at] === row[777] && blocksOk && maxPool(small, 2, 2, 2, 2) === small,
+    `max pooling keeps a one-key peak (${pooled[at]} at column ${at} of 480) and every block's largest value`);
+}
 
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
@@ -132,7 +151,7 @@ try {
       null, { timeout: TIMEOUT });
     const state = await page.getAttribute('#maps', 'data-state');
     const hidden = await page.$eval('#maps', (s) => s.hidden);
-    check(state === 'done' && !hidden, `${file}: #maps drawn${state === 'done' ? '' : `: ${await page.textContent('#failure')}`}`);
+    check(state === 'done' && !hidden, `${file}: #maps drawn${state === 'done' ? '' : `: ${await page.textContent('#maps-failure')}`}`);
     if (state !== 'done') return;
     const sums = await page.evaluate(() => {
       const m = window.lastMaps;
@@ -224,6 +243,81 @@ try {
     const sums = await checkMaps('random weights');
     const search = await pixels('search-map');
     check(sums && sums.searches === 3 && search.colours >= 50, `no file: #search-map drawn, ${search.colours} colours`);
+  }
+
+  const runRandom = async () => {
+    const before = Number(await page.getAttribute('#case-result', 'data-finished'));
+    await page.click('#load-random');
+    await page.waitForFunction(
+      (n) => Number(document.getElementById('case-result').dataset.finished) > n,
+      before,
+      { timeout: TIMEOUT },
+    );
+    await page.waitForFunction(() => ['done', 'error'].includes(document.getElementById('maps').dataset.state) ||
+      document.getElementById('case-result').dataset.state === 'error', null, { timeout: TIMEOUT });
+    return page.getAttribute('#case-result', 'data-state');
+  };
+  // Maps past their byte limit fail on their own line, the old heatmaps go, and the next run
+  // clears the failure and draws again.
+  {
+    await page.fill('#maps-max-kib', '1');
+    const state = await runRandom();
+    const failure = await page.textContent('#maps-failure');
+    check(state === 'done' && await page.getAttribute('#maps', 'data-state') === 'error' &&
+      await page.$eval('#maps', (s) => s.hidden) && failure.includes('MAPS_TOO_LARGE') &&
+      (await pixels('search-map')).width === 0,
+      `maps over the limit: the heatmaps are gone, #maps-failure says ${failure}`);
+    await page.fill('#maps-max-kib', '262144');
+    await runRandom();
+    check(await page.getAttribute('#maps', 'data-state') === 'done' && !(await page.$eval('#maps', (s) => s.hidden)) &&
+      (await page.textContent('#maps-failure')) === '',
+      'the next run clears the maps failure and draws the maps');
+  }
+  // More than 480 keys: the search map is max-pooled to the plot, drawn at devicePixelRatio.
+  {
+    await page.fill('#load-seq', '600');
+    const state = await runRandom();
+    const canvas = await page.$eval('#search-map', (c) => ({ width: c.width, css: parseFloat(c.style.width),
+      dpr: window.devicePixelRatio }));
+    const search = await pixels('search-map');
+    check(state === 'done' && canvas.width === Math.round(canvas.css * canvas.dpr) && search.colours >= 50,
+      `600 keys: #search-map ${canvas.width} px for ${canvas.css} CSS px at devicePixelRatio ${canvas.dpr}, ${search.colours} colours`);
+    await page.fill('#load-seq', '16');
+  }
+  // f16 storage: runs where the adapter has shader-f16, else a MISSING_FEATURE message.
+  {
+    await page.selectOption('#load-precision', 'f16');
+    const state = await runRandom();
+    const layer = await page.textContent('#case-layer');
+    const failure = await page.textContent('#case-failure');
+    check((state === 'done' && layer.endsWith(', f16')) || (state === 'error' && failure.includes('shader-f16')),
+      `f16 storage: ${state === 'done' ? layer : failure}`);
+    await page.selectOption('#load-precision', 'f32');
+  }
+  // Two files dropped at once: the second waits for the first run (which keeps its model), then
+  // runs; both finish and the page shows the second.
+  {
+    const files = await Promise.all(['tiny', 'padding_mask'].map(async (name) =>
+      [...await readFile(`${REPO}tests/golden/${name}.safetensors`)]));
+    const before = Number(await page.getAttribute('#case-result', 'data-finished'));
+    await page.evaluate((files) => {
+      files.forEach((bytes, i) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], i === 0 ? 'first.safetensors' : 'second.safetensors'));
+        document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, cancelable: true }));
+      });
+    }, files);
+    await page.waitForFunction(
+      (n) => Number(document.getElementById('case-result').dataset.finished) >= n + 2,
+      before,
+      { timeout: TIMEOUT },
+    );
+    const state = await page.getAttribute('#case-result', 'data-state');
+    const layer = await page.textContent('#case-layer');
+    const queued = Number(await page.getAttribute('#case-result', 'data-queued'));
+    const error = (await page.textContent('#error')).trim();
+    check(state === 'done' && layer.startsWith('second.safetensors') && queued >= 1 && Number(error.split(/\s+/)[0]) < TOLERANCE,
+      `a file dropped during a run waits for it: ${queued} queued; then ${layer.split(':')[0]}, #error ${error}`);
   }
 
   // Generation: prefill, then decode token by token, against the full causal forward.

@@ -1,6 +1,11 @@
 // Heatmaps on a 2D canvas for the demo page (app.js): a matrix drawn at one pixel per value and
 // scaled without smoothing, a viridis colour ramp from 0 to the matrix's largest value, axis
 // labels and ticks, a colour bar, and one row outlined. Plain canvas calls, no library.
+//
+// A matrix larger than the plot (more than 480 keys, say) is max-pooled down to the plot's
+// device pixels first: each pixel shows the largest value it covers, so a peak on one key never
+// vanishes between sampled columns, as it would under nearest-neighbour scaling. Canvases are
+// drawn at devicePixelRatio, so the heatmaps and their text stay sharp on high-DPI screens.
 
 /** A number to 3 significant digits, as short text. */
 export const sig = (v) => (Number.isFinite(v) ? Number(v.toPrecision(3)).toString() : String(v));
@@ -26,6 +31,23 @@ const BACKGROUND = '#ffffff';
 const INK = '#222222';
 const FONT = '11px system-ui, sans-serif';
 
+/** The rows × cols matrix `values` pooled by max to outRows × outCols (each at most its input
+ *  size): output cell (i, j) is the largest value of the input block it covers, so every input
+ *  value is in exactly one block. */
+export function maxPool(values, rowsN, cols, outRows, outCols) {
+  if (outRows >= rowsN && outCols >= cols) return values;
+  const out = new Float32Array(outRows * outCols).fill(-Infinity);
+  for (let r = 0; r < rowsN; r += 1) {
+    const i = Math.floor((r * outRows) / rowsN);
+    for (let c = 0; c < cols; c += 1) {
+      const o = i * outCols + Math.floor((c * outCols) / cols);
+      const v = values[r * cols + c];
+      if (v > out[o]) out[o] = v;
+    }
+  }
+  return out;
+}
+
 /** Draws a rows × cols matrix (values[r * cols + c]) as a heatmap with axis labels, a colour bar
  *  (0 to `top`) and `highlight` (a row index) outlined. */
 export function heatmap(canvas, values, rowsN, cols, { rowLabels, colLabel, rowLabel, colTicks, highlight,
@@ -35,19 +57,30 @@ export function heatmap(canvas, values, rowsN, cols, { rowLabels, colLabel, rowL
   const plotW = Math.min(cols * cellW, maxWidth);
   const plotH = Math.min(rowsN * cellH, maxHeight);
   const left = 56, top = 34, barGap = 14, barW = 12, right = 60, bottom = 16;
-  canvas.width = left + plotW + barGap + barW + right;
-  canvas.height = top + plotH + bottom;
+  // CSS pixels for layout, device pixels for the bitmap.
+  const dpr = Math.max(1, window.devicePixelRatio || 1);
+  const cssW = left + plotW + barGap + barW + right;
+  const cssH = top + plotH + bottom;
+  canvas.width = Math.round(cssW * dpr);
+  canvas.height = Math.round(cssH * dpr);
+  canvas.style.width = `${cssW}px`;
+  canvas.style.height = `${cssH}px`;
   const g = canvas.getContext('2d');
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
   g.fillStyle = BACKGROUND;
-  g.fillRect(0, 0, canvas.width, canvas.height);
+  g.fillRect(0, 0, cssW, cssH);
   let top1 = 0;
   for (const v of values) if (v > top1) top1 = v;
   const scale = top1 > 0 ? top1 : 1;
-  // The matrix at one pixel per value, scaled onto the plot without smoothing.
-  const image = new ImageData(cols, rowsN);
+  // The matrix at one pixel per value (max-pooled to the plot's device pixels where it has
+  // more), scaled onto the plot without smoothing.
+  const imageRows = Math.min(rowsN, Math.round(plotH * dpr));
+  const imageCols = Math.min(cols, Math.round(plotW * dpr));
+  const pooled = maxPool(values, rowsN, cols, imageRows, imageCols);
+  const image = new ImageData(imageCols, imageRows);
   const data = image.data;
-  for (let i = 0; i < rowsN * cols; i += 1) {
-    const t = values[i] / scale;
+  for (let i = 0; i < imageRows * imageCols; i += 1) {
+    const t = pooled[i] / scale;
     const k = 3 * (Number.isFinite(t) ? Math.round(Math.min(Math.max(t, 0), 1) * (LEVELS - 1)) : 0);
     data[4 * i] = LUT[k];
     data[4 * i + 1] = LUT[k + 1];
@@ -55,8 +88,8 @@ export function heatmap(canvas, values, rowsN, cols, { rowLabels, colLabel, rowL
     data[4 * i + 3] = 255;
   }
   const off = document.createElement('canvas');
-  off.width = cols;
-  off.height = rowsN;
+  off.width = imageCols;
+  off.height = imageRows;
   off.getContext('2d').putImageData(image, 0, 0);
   g.imageSmoothingEnabled = false;
   g.drawImage(off, left, top, plotW, plotH);

@@ -159,6 +159,14 @@ impl From<Error> for ApiError {
                 "attention maps of {queries} query rows need {bytes} bytes, more than maxBytes \
                  ({limit}); ask for fewer rows (the rows option) or raise maxBytes"
             ),
+            // The crate names its Rust API (`Precision::F32`) and native drivers.
+            Error::MissingFeature {
+                adapter, feature, ..
+            } if *feature == "shader-f16" => format!(
+                "the device on {adapter} lacks the `shader-f16` feature, needed for precision: \
+                 \"f16\"; use precision: \"f32\" (SwiftShader and GL-backed adapters have no \
+                 shader-f16)"
+            ),
             Error::DeviceLost { operation, reason } => format!(
                 "the GPU device is lost ({reason}); {operation} did not run: load the layer \
                  again (a new device is opened)"

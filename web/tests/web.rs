@@ -1295,14 +1295,20 @@ export function tooSmall(layer, batch, seq) {
             ("seed", 9.into()),
         ])
         .await;
-        let prompt = compattn_web::random_normal(5.0 * 12.0, 21.0).unwrap().to_vec();
+        let prompt = compattn_web::random_normal(5.0 * 12.0, 21.0)
+            .unwrap()
+            .to_vec();
         let token = compattn_web::random_normal(12.0, 22.0).unwrap().to_vec();
-        let host = layer.kv_cache(1.0, 6.0).unwrap_or_else(|e| panic!("{}", message(e)));
+        let host = layer
+            .kv_cache(1.0, 6.0)
+            .unwrap_or_else(|e| panic!("{}", message(e)));
         let y = layer.prefill_vec(&host, prompt.clone(), 5.0, None).await;
         let y = y.unwrap_or_else(|e| panic!("{}", message(e)));
         let next = layer.prefill_vec(&host, token.clone(), 1.0, None).await;
         let next = next.unwrap_or_else(|e| panic!("{}", message(e)));
-        let gpu = layer.kv_cache(1.0, 6.0).unwrap_or_else(|e| panic!("{}", message(e)));
+        let gpu = layer
+            .kv_cache(1.0, 6.0)
+            .unwrap_or_else(|e| panic!("{}", message(e)));
         let out = decode_on_gpu(
             layer.clone().into(),
             gpu.clone().into(),
@@ -1738,6 +1744,11 @@ export function destroyDevice(layer) {
                 assert_eq!(code(e.clone()), "MISSING_FEATURE");
                 let e = message(e);
                 assert!(e.contains("shader-f16"), "{e}");
+                // In the JavaScript API's terms, not the crate's.
+                assert!(
+                    e.contains("precision: \"f32\"") && !e.contains("Precision::"),
+                    "{e}"
+                );
             }
         }
     }
