@@ -202,7 +202,8 @@ try {
     }
     const error = (await page.textContent('#error')).trim();
     const relative = Number(error.split(/\s+/)[0]);
-    check(relative < TOLERANCE, `${file}: #error ${error}; ${await page.textContent('#case-time')}`);
+    const time = await page.textContent('#case-time');
+    check(relative < TOLERANCE && /\(prepare [0-9.]+ ms, first /.test(time), `${file}: #error ${error}; ${time}`);
     check(await page.getAttribute('#error-verdict', 'data-verdict') === 'ok',
       `${file}: #error-verdict ${await page.textContent('#error-verdict')}`);
     const sums = await checkMaps(file);
