@@ -766,6 +766,82 @@ fn bench_sweep_writes_a_plot_and_one_json_object() {
     assert!(plot.starts_with("<svg") && plot.contains("fused"), "{plot}");
 }
 
+/// `bench --suite --quick`: every part measured (or skipped with the library's reason), each
+/// forward with its fraction of our GEMM, the JSON and the Markdown written, and the same table
+/// on stdout. Its misuses are errors.
+#[test]
+fn bench_suite_measures_every_part_and_writes_json_and_markdown() {
+    let dir = TempDir::new("bench-suite");
+    let (json, markdown) = (dir.path("suite.json"), dir.path("suite.md"));
+    let run = compattn(&[
+        "bench",
+        "--suite",
+        "--quick",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--json",
+        arg(&json),
+        "--markdown",
+        arg(&markdown),
+    ]);
+    run.assert_success();
+    let text = std::fs::read_to_string(&json).unwrap();
+    let suite: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", run.transcript()));
+    let transcript = run.transcript();
+    assert_eq!(suite["quick"], true, "{transcript}");
+    assert_eq!(suite["warmup"], 1, "at least one warm-up: {transcript}");
+    let gemm = suite["gemm"]["result"]["gflops"].as_f64().unwrap_or(0.0);
+    assert!(gemm > 0.0, "{transcript}");
+    let forwards = suite["forwards"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = forwards.iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["README", "r 4", "the paper's 8 × 8", "target"],
+        "{transcript}"
+    );
+    for part in forwards.iter().chain([&suite["long_sequence"]]) {
+        let result = &part["result"];
+        let fraction = result["fraction_of_gemm"].as_f64().unwrap_or(0.0);
+        let expected = result["gflops"].as_f64().unwrap_or(f64::NAN) / gemm;
+        assert!(
+            fraction > 0.0 && (fraction - expected).abs() <= 1e-9 * expected,
+            "{part}\n{transcript}"
+        );
+    }
+    assert!(
+        suite["decode"]["result"]["decode_over_copy"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    assert!(
+        suite["training_step"]["result"]["step_ms"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    // f16 runs where the adapter has shader-f16, else it is skipped with the reason.
+    let f16 = &suite["f16_against_f32"];
+    assert!(
+        f16["result"]["f16_over_f32"].as_f64().unwrap_or(0.0) > 0.0
+            || f16["skipped"].as_str().unwrap_or("").contains("shader-f16"),
+        "{f16}\n{transcript}"
+    );
+    let table = std::fs::read_to_string(&markdown).unwrap();
+    let rows = table.lines().filter(|l| l.starts_with("| ")).count();
+    assert_eq!(rows, 10, "a header and nine parts:\n{table}");
+    assert!(run.stdout.contains(table.trim()), "{transcript}");
+
+    // Misuses: --json without a file, a suite with a size, --markdown alone, --json FILE elsewhere.
+    compattn(&["bench", "--suite", "--json"]).assert_error(1, &["--json results.json"]);
+    compattn(&["bench", "--suite", "--seq", "8"]).assert_error(2, &["--seq"]);
+    compattn(&["bench", "--markdown", "x.md"]).assert_error(2, &["required arguments"]);
+    compattn(&["bench", "--gemm", "8", "--json", "x.json"]).assert_error(1, &["only --suite"]);
+}
+
 #[test]
 fn bench_gemm_times_every_kernel() {
     let run = compattn(&[

@@ -9,40 +9,73 @@ use compositional_attention::host_memory::bytes_of;
 use compositional_attention::kernel_bench::summarize;
 use compositional_attention::rng::Rng;
 use compositional_attention::testing::{normal, random_problem};
-use compositional_attention::{CompositionalAttention, Strategy};
+use compositional_attention::{CompositionalAttention, GpuContext, Strategy};
 use serde::Serialize;
 
 use super::case::{BenchCase, SEED};
-use crate::common::{CliResult, open_gpu, timed};
+use crate::common::{CliResult, Failure, open_gpu, timed};
 use crate::fits;
 use crate::output::{fmt_mib, fmt_ms, note, print_json, progress_bar_of};
 use crate::sizes::problem_bytes;
 
 /// What `--backward --json` prints.
-#[derive(Serialize)]
-struct BackwardReport {
+#[derive(Clone, Debug, Serialize)]
+pub struct BackwardReport {
     /// Median wall time of `forward_blocking` (inference).
-    forward_ms: f64,
+    pub forward_ms: f64,
     /// Median wall time of `forward_train_blocking` (keeps the activations).
-    forward_train_ms: f64,
+    pub forward_train_ms: f64,
     /// Median wall time of `backward_blocking` (gradients accumulated, `dL/dx` read back).
-    backward_ms: f64,
+    pub backward_ms: f64,
     /// `backward_ms / forward_ms`.
-    backward_over_forward: f64,
+    pub backward_over_forward: f64,
     /// `Activations::gpu_bytes` of one training forward.
-    activation_bytes: u64,
+    pub activation_bytes: u64,
     /// A training step's GPU bytes: the layer's, the gradients', the activations' and the
     /// largest scratch of its forward and backward (`Activations::scratch_bytes`).
-    gpu_bytes: u64,
+    pub gpu_bytes: u64,
 }
 
 pub fn run(case: BenchCase, json: bool) -> CliResult {
-    let (b, n, c) = (case.batch, case.seq, case.config);
     let ctx = open_gpu(json)?;
+    let report = measure(&ctx, case, json)?;
+    if json {
+        return Ok(print_json(&report)?);
+    }
+    println!();
+    println!(
+        "{:<16} {} ms (median of {}, host wall clock)",
+        "forward (eval)",
+        fmt_ms(report.forward_ms),
+        case.iters
+    );
+    println!(
+        "{:<16} {} ms",
+        "forward (train)",
+        fmt_ms(report.forward_train_ms)
+    );
+    println!(
+        "{:<16} {} ms ({:.2}× the eval forward)",
+        "backward",
+        fmt_ms(report.backward_ms),
+        report.backward_over_forward
+    );
+    println!(
+        "{:<16} {} activations; {} a training step (with the layer, its gradients and scratch)",
+        "GPU memory",
+        fmt_mib(report.activation_bytes),
+        fmt_mib(report.gpu_bytes)
+    );
+    Ok(())
+}
+
+/// The eval forward, the training forward and the backward of `case` on `ctx`, timed.
+pub fn measure(ctx: &GpuContext, case: BenchCase, json: bool) -> Result<BackwardReport, Failure> {
+    let (b, n, c) = (case.batch, case.seq, case.config);
     // Asked before anything is made: the device's plan, then the host's bytes (the problem and
     // dL/dy, dL/dx and the training output, each as large as the input).
     fits::forward(
-        &ctx,
+        ctx,
         &c,
         case.precision,
         Strategy::default(),
@@ -67,7 +100,7 @@ pub fn run(case: BenchCase, json: bool) -> CliResult {
     );
     let (weights, input) = random_problem(c, b, n, None, 1.0, SEED)?;
     let dy = normal(&mut Rng::seed_from_u64(SEED ^ 0xb4c), b * n * c.dim, 1.0);
-    let mut layer = CompositionalAttention::with_precision(&ctx, &weights, case.precision)?;
+    let mut layer = CompositionalAttention::with_precision(ctx, &weights, case.precision)?;
     let mut grads = layer.gradients()?;
     layer.prepare_training_blocking(b, n)?;
     let progress = progress_bar_of(case.warmup.saturating_add(case.iters) as u64, "rounds");
@@ -104,32 +137,5 @@ pub fn run(case: BenchCase, json: bool) -> CliResult {
         activation_bytes,
         gpu_bytes: training_bytes,
     };
-    if json {
-        return Ok(print_json(&report)?);
-    }
-    println!();
-    println!(
-        "{:<16} {} ms (median of {}, host wall clock)",
-        "forward (eval)",
-        fmt_ms(report.forward_ms),
-        case.iters
-    );
-    println!(
-        "{:<16} {} ms",
-        "forward (train)",
-        fmt_ms(report.forward_train_ms)
-    );
-    println!(
-        "{:<16} {} ms ({:.2}× the eval forward)",
-        "backward",
-        fmt_ms(report.backward_ms),
-        report.backward_over_forward
-    );
-    println!(
-        "{:<16} {} activations; {} a training step (with the layer, its gradients and scratch)",
-        "GPU memory",
-        fmt_mib(report.activation_bytes),
-        fmt_mib(report.gpu_bytes)
-    );
-    Ok(())
+    Ok(report)
 }

@@ -22,37 +22,37 @@ use crate::output::svg_plot::{COLOURS, LinePlot, Series};
 use crate::output::{fmt_mib, fmt_ms, note, print_json, progress_bar};
 use crate::sizes::{SizeOption, problem_bytes};
 
-#[derive(Serialize)]
-struct DecodeReport {
-    adapter: String,
-    backend: String,
-    batch: usize,
-    dim: usize,
-    dim_head: usize,
-    num_searches: usize,
-    num_retrievals: usize,
-    prenorm: bool,
-    precision: &'static str,
-    context: usize,
+#[derive(Clone, Debug, Serialize)]
+pub struct DecodeReport {
+    pub adapter: String,
+    pub backend: String,
+    pub batch: usize,
+    pub dim: usize,
+    pub dim_head: usize,
+    pub num_searches: usize,
+    pub num_retrievals: usize,
+    pub prenorm: bool,
+    pub precision: &'static str,
+    pub context: usize,
     /// Median host time of one decode step (one new token per sequence).
-    decode_ms: f64,
-    decode_min_ms: f64,
+    pub decode_ms: f64,
+    pub decode_min_ms: f64,
     /// Median host time of the causal forward over context + 1 tokens.
-    recompute_ms: f64,
+    pub recompute_ms: f64,
     /// recompute_ms / decode_ms.
-    speedup: f64,
+    pub speedup: f64,
     /// New tokens per second over the batch: batch / decode time.
-    tokens_per_s: f64,
+    pub tokens_per_s: f64,
     /// Bytes the KV cache holds (keys, values, mask, state, and its step workspaces).
-    cache_bytes: u64,
+    pub cache_bytes: u64,
     /// Bytes of the cached keys and values alone (what a step reads).
-    kv_bytes: u64,
+    pub kv_bytes: u64,
     /// Median time to copy the cache's keys and values (one buffer of that size) on the device.
-    copy_ms: f64,
+    pub copy_ms: f64,
     /// decode_ms / copy_ms.
-    decode_over_copy: f64,
-    iters: usize,
-    timing: &'static str,
+    pub decode_over_copy: f64,
+    pub iters: usize,
+    pub timing: &'static str,
 }
 
 /// Median of `iters` runs of `f` after `warmup` untimed ones, in ms (host clock).
@@ -113,7 +113,7 @@ const PREFILL_CHUNK: usize = 512;
 /// cache with its decode step and prefill chunks, the recompute's forward over `context + 1`
 /// tokens, and the random problem of that length. `context` is the option that set it
 /// (`--context`, or `--seq-list` in a sweep).
-fn check_fits(ctx: &GpuContext, case: &BenchCase, context: SizeOption) -> Result<(), Failure> {
+pub fn check_fits(ctx: &GpuContext, case: &BenchCase, context: SizeOption) -> Result<(), Failure> {
     // The cache also holds a position per warm-up and timed step.
     let steps = [
         SizeOption {
@@ -154,7 +154,7 @@ fn check_fits(ctx: &GpuContext, case: &BenchCase, context: SizeOption) -> Result
 }
 
 /// Prefills `context` positions and times decode steps, the recompute and the copy.
-fn measure(
+pub fn measure(
     ctx: &GpuContext,
     case: BenchCase,
     context: usize,

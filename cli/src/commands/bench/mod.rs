@@ -1,8 +1,9 @@
 //! `compattn bench`: the forward pass timed per strategy (fused, unfused, or the `f64` CPU
 //! reference), a sweep over sequence lengths drawn as an SVG plot, generation over a KV cache
-//! (`--decode`), the training forward and backward beside the forward (`--backward`), and our
-//! GEMM on its own (`--gemm`). Each mode has its module; this one holds
-//! the arguments and picks the mode.
+//! (`--decode`), the training forward and backward beside the forward (`--backward`), our
+//! GEMM on its own (`--gemm`), and all of it at the configurations people train, in one run on
+//! whatever adapter is there (`--suite`). Each mode has its module; this one holds the arguments
+//! and picks the mode.
 //!
 //! GPU times come from `TIMESTAMP_QUERY` where the adapter has it (the kernels alone, on the
 //! GPU's clock, one compute pass per kernel), else from the host wall clock around upload, submit
@@ -21,13 +22,14 @@ mod gemm_timing;
 mod machine;
 mod report;
 mod single;
+mod suite;
 mod sweep;
 
 use std::path::PathBuf;
 
 use compositional_attention::{Error, Precision, Strategy};
 
-use crate::common::CliResult;
+use crate::common::{CliResult, Failure};
 use crate::sizes::{ProblemArgs, ProblemDefaults, at_least_one};
 use case::{BenchCase, Method, method_parser};
 
@@ -50,8 +52,27 @@ pub struct Args {
     #[arg(long)]
     iters: Option<usize>,
     /// Print one JSON object on stdout instead of tables (notes and progress go to stderr).
-    #[arg(long)]
-    json: bool,
+    /// With --suite, `--json FILE` writes the suite's results to FILE.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    json: Option<PathBuf>,
+    /// Run the whole suite on the adapter found: our GEMM; the forward at the README
+    /// configuration, r 4, the paper's 8 × 8 and the target; a decode step at context 2048; f16
+    /// against f32; the long sequence; a training step. Prints a Markdown table (each figure with
+    /// its fraction of our GEMM); --json FILE and --markdown FILE write the results.
+    #[arg(
+        long,
+        conflicts_with_all = ["gemm", "strategy", "sweep", "decode", "backward", "precision",
+            "context", "seq", "batch", "dim", "dim_head", "searches", "retrievals", "causal",
+            "prenorm"]
+    )]
+    suite: bool,
+    /// Where --suite writes its Markdown table (also printed).
+    #[arg(long, value_name = "FILE", requires = "suite")]
+    markdown: Option<PathBuf>,
+    /// With --suite: every sequence length divided by 8, to check the command quickly (the
+    /// numbers are not the suite's).
+    #[arg(long, requires = "suite")]
+    quick: bool,
     /// Time generation instead of the forward: one decode step over a KV cache holding
     /// --context positions, against recomputing the causal forward over context + 1 tokens
     /// (the layer is made causal). Reports decode_ms, recompute_ms, tokens_per_s, cache_bytes
@@ -134,8 +155,37 @@ impl Args {
 }
 
 pub fn run(args: &Args) -> CliResult {
+    if args.suite {
+        let json = args.json.clone().filter(|path| path.as_os_str() != "-");
+        if args.json.is_some() && json.is_none() {
+            return Err(Failure::Check(
+                "--suite --json takes a file (--json results.json): the suite prints its table \
+                 on stdout"
+                    .into(),
+            ));
+        }
+        return suite::run(&suite::SuiteRequest {
+            warmup: args.warmup.unwrap_or(1),
+            iters: args.iters.unwrap_or(5),
+            quick: args.quick,
+            json,
+            markdown: args.markdown.clone(),
+        });
+    }
+    // Outside --suite, --json prints on stdout.
+    let json = match &args.json {
+        None => false,
+        Some(path) if path.as_os_str() == "-" => true,
+        Some(path) => {
+            return Err(Failure::Check(format!(
+                "--json {} : only --suite writes JSON to a file; other modes print it on stdout \
+                 (--json alone)",
+                path.display()
+            )));
+        }
+    };
     if let Some(sizes) = &args.gemm {
-        return gemm_timing::run(sizes, args.warmup, args.iters, args.json);
+        return gemm_timing::run(sizes, args.warmup, args.iters, json);
     }
     let case = args.case()?;
     if args.decode && args.sweep {
@@ -147,14 +197,14 @@ pub fn run(args: &Args) -> CliResult {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("decode-sweep.svg"));
-        return decode_timing::run_sweep(case, &contexts, &out, args.json);
+        return decode_timing::run_sweep(case, &contexts, &out, json);
     }
     if args.backward {
-        return backward_timing::run(case, args.json);
+        return backward_timing::run(case, json);
     }
     if args.decode {
         let context = args.context.unwrap_or(decode_timing::DEFAULT_CONTEXT);
-        return decode_timing::run(case, context, args.json);
+        return decode_timing::run(case, context, json);
     }
     if args.sweep {
         let seqs = args
@@ -170,10 +220,10 @@ pub fn run(args: &Args) -> CliResult {
             cpu_max_seq: args.cpu_max_seq.unwrap_or(1024),
             out: &out,
             no_gemm: args.no_gemm,
-            json: args.json,
+            json,
         };
         return sweep::run(case, request);
     }
     let method = args.strategy.unwrap_or(Method::Gpu(Strategy::Fused));
-    single::run(case, method, args.no_gemm, args.json)
+    single::run(case, method, args.no_gemm, json)
 }

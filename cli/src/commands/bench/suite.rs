@@ -1,0 +1,538 @@
+//! `compattn bench --suite`: one command for a whole machine. On whatever adapter it finds, it
+//! times our GEMM; the forward at the README configuration, at `r = 4`, at the paper's 8 × 8 and
+//! at the target configuration; a decode step over 2048 cached positions; f16 storage against
+//! f32; the long sequence; and a training step. Every figure comes with its fraction of our
+//! GEMM's GFLOP/s on the same adapter, measured in the same run. `--json F` and `--markdown F`
+//! write the results (the Markdown table is what BENCHMARKS.md takes); the table is also
+//! printed.
+//!
+//! A part the adapter cannot run (a size past its limits, f16 without `shader-f16`) is reported
+//! as skipped with the library's reason, and the rest still runs. `--quick` divides every
+//! sequence length by 8, to check the command itself in a few seconds (its numbers are not the
+//! suite's).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use compositional_attention::testing::random_problem;
+use compositional_attention::{Config, Error, GpuContext, Precision, Strategy};
+use serde::Serialize;
+
+use super::backward_timing::{self, BackwardReport};
+use super::case::{BenchCase, Method, SEED};
+use super::decode_timing::{self, DecodeReport};
+use super::forward_timing::measure;
+use super::gemm_timing::{GemmReport, time_our_gemm};
+use super::machine::Machine;
+use super::report::{Report, report};
+use crate::common::{CliResult, Failure, open_gpu};
+use crate::fits;
+use crate::output::{note, progress_bar};
+use crate::sizes::SizeOption;
+
+/// One configuration of the suite: its name in the tables and its sizes.
+struct Shape {
+    name: &'static str,
+    batch: usize,
+    seq: usize,
+    dim: usize,
+    dim_head: usize,
+    searches: usize,
+    retrievals: usize,
+}
+
+impl Shape {
+    fn config(&self) -> Config {
+        Config::new(self.dim)
+            .dim_head(self.dim_head)
+            .num_searches(self.searches)
+            .num_retrievals(self.retrievals)
+    }
+
+    /// `b 1, n 512, dim 1024, ...` (`length` names the sequence: `n 512`, `context 2048`).
+    fn describe(&self, length: String) -> String {
+        format!(
+            "b {}, {length}, dim {}, d {}, s {}, r {}",
+            self.batch, self.dim, self.dim_head, self.searches, self.retrievals
+        )
+    }
+}
+
+/// The README configuration (also the f16 comparison's and the training step's).
+const README: Shape = Shape {
+    name: "README",
+    batch: 1,
+    seq: 512,
+    dim: 1024,
+    dim_head: 64,
+    searches: 8,
+    retrievals: 2,
+};
+
+/// The forward's configurations: the three issue 18 measures against burn, and the target.
+const FORWARDS: [Shape; 4] = [
+    README,
+    Shape {
+        name: "r 4",
+        batch: 1,
+        seq: 1024,
+        dim: 512,
+        dim_head: 64,
+        searches: 4,
+        retrievals: 4,
+    },
+    Shape {
+        name: "the paper's 8 × 8",
+        batch: 1,
+        seq: 512,
+        dim: 512,
+        dim_head: 64,
+        searches: 8,
+        retrievals: 8,
+    },
+    Shape {
+        name: "target",
+        batch: 1,
+        seq: 2048,
+        dim: 512,
+        dim_head: 64,
+        searches: 8,
+        retrievals: 2,
+    },
+];
+
+/// The decode step's configuration (`compattn bench --decode`'s defaults) and context.
+const DECODE: Shape = Shape {
+    name: "decode",
+    batch: 1,
+    seq: decode_timing::DEFAULT_CONTEXT,
+    dim: 512,
+    dim_head: 64,
+    searches: 8,
+    retrievals: 2,
+};
+
+/// The long sequence (BENCHMARKS.md's), timed once after one warm-up.
+const LONG: Shape = Shape {
+    name: "long sequence",
+    batch: 1,
+    seq: 16384,
+    dim: 256,
+    dim_head: 32,
+    searches: 4,
+    retrievals: 4,
+};
+
+/// What `--suite` was asked for.
+pub struct SuiteRequest {
+    pub warmup: usize,
+    pub iters: usize,
+    pub quick: bool,
+    pub json: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
+}
+
+/// A part's result, or why it was skipped.
+#[derive(Serialize)]
+struct Part<T> {
+    name: String,
+    configuration: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
+}
+
+impl<T> Part<T> {
+    fn of(name: &str, configuration: String, outcome: Result<T, Failure>) -> Part<T> {
+        let (result, skipped) = match outcome {
+            Ok(value) => (Some(value), None),
+            Err(failure) => (None, Some(failure.to_string())),
+        };
+        Part {
+            name: name.to_string(),
+            configuration,
+            result,
+            skipped,
+        }
+    }
+}
+
+/// f16 storage against f32 at the README configuration.
+#[derive(Serialize)]
+struct PrecisionComparison {
+    f32_ms: f64,
+    f16_ms: f64,
+    /// `f16_ms / f32_ms` (issue 18's target: ≤ 1.25 on CPU drivers).
+    f16_over_f32: f64,
+}
+
+/// A training step (training forward + backward) with its estimated GFLOP/s.
+#[derive(Serialize)]
+struct TrainingStep {
+    #[serde(flatten)]
+    timing: BackwardReport,
+    /// `forward_train_ms + backward_ms`.
+    step_ms: f64,
+    /// `3 × Config::forward_flops` (the backward's GEMMs and recomputed attention cost about
+    /// twice the forward's) over `step_ms`: an estimate, for the fraction of our GEMM.
+    estimated_gflops: f64,
+    fraction_of_gemm: Option<f64>,
+}
+
+/// Everything `--suite --json F` writes.
+#[derive(Serialize)]
+struct Suite {
+    adapter: String,
+    backend: String,
+    quick: bool,
+    warmup: usize,
+    iters: usize,
+    gemm: Part<GemmReport>,
+    forwards: Vec<Part<Report>>,
+    decode: Part<DecodeReport>,
+    f16_against_f32: Part<PrecisionComparison>,
+    long_sequence: Part<Report>,
+    training_step: Part<TrainingStep>,
+}
+
+/// The sequence length of `shape` in this run.
+fn seq_of(shape: &Shape, quick: bool) -> usize {
+    if quick {
+        (shape.seq / 8).max(8)
+    } else {
+        shape.seq
+    }
+}
+
+/// A bench case of `shape` at `seq` (the suite's sizes are fixed: a refusal names no option).
+fn case_of(shape: &Shape, seq: usize, precision: Precision, samples: (usize, usize)) -> BenchCase {
+    let option = |name, value| SizeOption {
+        name,
+        value,
+        default: value,
+    };
+    BenchCase {
+        config: shape.config(),
+        precision,
+        batch: shape.batch,
+        seq,
+        warmup: samples.0,
+        iters: samples.1,
+        options: [
+            option("--batch", shape.batch),
+            option("--seq", seq),
+            option("--dim", shape.dim),
+            option("--dim-head", shape.dim_head),
+            option("--searches", shape.searches),
+            option("--retrievals", shape.retrievals),
+        ],
+    }
+}
+
+/// The fused forward of `case`, timed and reported against `gemm`.
+fn forward(
+    ctx: &GpuContext,
+    case: &BenchCase,
+    gemm: Option<&GemmReport>,
+    json: bool,
+) -> Result<Report, Failure> {
+    let (config, batch, seq) = (case.config, case.batch, case.seq);
+    fits::forward(
+        ctx,
+        &config,
+        case.precision,
+        Strategy::Fused,
+        (batch, seq),
+        &case.options,
+    )?;
+    note(
+        json,
+        &format!(
+            "forward: {} ({} storage)",
+            case.describe(Some(seq)),
+            case.precision
+        ),
+    );
+    let (weights, input) = random_problem(config, batch, seq, None, 1.0, SEED)?;
+    let progress = progress_bar(case.warmup.saturating_add(case.iters) as u64);
+    let measurement = measure(
+        Some(ctx),
+        Method::Gpu(Strategy::Fused),
+        case.precision,
+        &weights,
+        &input,
+        (case.warmup, case.iters),
+        &progress,
+    );
+    progress.finish_and_clear();
+    Ok(report(case, &Machine::of(Some(ctx)), &measurement?, gemm))
+}
+
+pub fn run(request: &SuiteRequest) -> CliResult {
+    let json = request.json.is_some();
+    let ctx = open_gpu(json)?;
+    let machine = Machine::of(Some(&ctx));
+    let quick = request.quick;
+    // At least one warm-up everywhere: CPU drivers compile a kernel at its first dispatch, so
+    // the first run would time the compiler.
+    let samples = (request.warmup.max(1), request.iters);
+    let gemm = Part::of(
+        "GEMM",
+        "1024³, the layer's kernel".into(),
+        time_our_gemm(&ctx, json).map_err(Failure::from),
+    );
+    let gemm_report = gemm.result.as_ref();
+    let forwards = FORWARDS
+        .iter()
+        .map(|shape| {
+            let seq = seq_of(shape, quick);
+            let case = case_of(shape, seq, Precision::F32, samples);
+            Part::of(
+                shape.name,
+                shape.describe(format!("n {seq}")),
+                forward(&ctx, &case, gemm_report, json),
+            )
+        })
+        .collect();
+    let context = seq_of(&DECODE, quick);
+    let decode_case = case_of(&DECODE, context, Precision::F32, samples);
+    let decode = Part::of(
+        DECODE.name,
+        DECODE.describe(format!("context {context}")),
+        decode_timing::check_fits(
+            &ctx,
+            &decode_case,
+            SizeOption {
+                name: "--context",
+                value: context,
+                default: context,
+            },
+        )
+        .and_then(|()| Ok(decode_timing::measure(&ctx, decode_case, context, json)?)),
+    );
+    let readme_seq = seq_of(&README, quick);
+    let f16 = Part::of(
+        "f16 against f32",
+        README.describe(format!("n {readme_seq}")),
+        precision_comparison(&ctx, readme_seq, samples, gemm_report, json),
+    );
+    let long_seq = seq_of(&LONG, quick);
+    let long_sequence = Part::of(
+        LONG.name,
+        LONG.describe(format!("n {long_seq}")),
+        forward(
+            &ctx,
+            &case_of(&LONG, long_seq, Precision::F32, (1, 1)),
+            gemm_report,
+            json,
+        ),
+    );
+    let training_case = case_of(&README, readme_seq, Precision::F32, samples);
+    let training_step = Part::of(
+        "training step",
+        README.describe(format!("n {readme_seq}")),
+        backward_timing::measure(&ctx, training_case, json).map(|timing| {
+            let step_ms = timing.forward_train_ms + timing.backward_ms;
+            let gflop = 3.0 * training_case.config.forward_flops(README.batch, readme_seq) / 1e9;
+            let estimated_gflops = gflop / (step_ms / 1e3);
+            TrainingStep {
+                timing,
+                step_ms,
+                estimated_gflops,
+                fraction_of_gemm: gemm_report.map(|g| estimated_gflops / g.gflops),
+            }
+        }),
+    );
+    let suite = Suite {
+        adapter: machine.adapter,
+        backend: machine.backend,
+        quick,
+        warmup: samples.0,
+        iters: samples.1,
+        gemm,
+        forwards,
+        decode,
+        f16_against_f32: f16,
+        long_sequence,
+        training_step,
+    };
+    let table = markdown(&suite);
+    println!("{table}");
+    if let Some(path) = &request.json {
+        let text = serde_json::to_string_pretty(&suite).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+        write(path, &text)?;
+    }
+    if let Some(path) = &request.markdown {
+        write(path, &table)?;
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The README configuration's forward in f32 and in f16, in one run.
+fn precision_comparison(
+    ctx: &GpuContext,
+    seq: usize,
+    samples: (usize, usize),
+    gemm: Option<&GemmReport>,
+    json: bool,
+) -> Result<PrecisionComparison, Failure> {
+    let f32 = forward(
+        ctx,
+        &case_of(&README, seq, Precision::F32, samples),
+        gemm,
+        json,
+    )?;
+    let f16 = forward(
+        ctx,
+        &case_of(&README, seq, Precision::F16, samples),
+        gemm,
+        json,
+    )?;
+    Ok(PrecisionComparison {
+        f32_ms: f32.median_ms,
+        f16_ms: f16.median_ms,
+        f16_over_f32: f16.median_ms / f32.median_ms,
+    })
+}
+
+/// `x` to 3 significant figures, or `–`.
+fn figure(x: Option<f64>) -> String {
+    match x {
+        Some(x) if x.is_finite() => {
+            let digits = (2 - x.abs().max(1e-12).log10().floor() as i32).max(0) as usize;
+            format!("{x:.digits$}")
+        }
+        _ => "–".into(),
+    }
+}
+
+/// The suite as one Markdown table (what BENCHMARKS.md takes).
+fn markdown(suite: &Suite) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "`compattn bench --suite{}` on {} ({}), {} warm-up + {} timed runs each\n",
+        if suite.quick { " --quick" } else { "" },
+        suite.adapter,
+        suite.backend,
+        suite.warmup,
+        suite.iters
+    );
+    let _ = writeln!(
+        out,
+        "| part | configuration | median ms | GFLOP/s | fraction of our GEMM | also |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let mut row = |part: &str, configuration: &str, cells: [String; 4]| {
+        let [ms, gflops, fraction, also] = cells;
+        let _ = writeln!(
+            out,
+            "| {part} | {configuration} | {ms} | {gflops} | {fraction} | {also} |"
+        );
+    };
+    let skipped = |reason: &str| {
+        [
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            format!("skipped: {reason}"),
+        ]
+    };
+    match (&suite.gemm.result, &suite.gemm.skipped) {
+        (Some(g), _) => row(
+            "GEMM",
+            &suite.gemm.configuration,
+            [
+                figure(Some(g.median_ms)),
+                figure(Some(g.gflops)),
+                "1".into(),
+                format!("`{}`", g.variant),
+            ],
+        ),
+        (None, reason) => row(
+            "GEMM",
+            &suite.gemm.configuration,
+            skipped(reason.as_deref().unwrap_or("")),
+        ),
+    }
+    let forward_cells = |r: &Report| {
+        [
+            figure(Some(r.median_ms)),
+            figure(Some(r.gflops)),
+            figure(r.fraction_of_gemm),
+            format!(
+                "core at {} of our GEMM; {}",
+                figure(r.core_fraction_of_gemm),
+                r.timing
+            ),
+        ]
+    };
+    for part in suite.forwards.iter().chain([&suite.long_sequence]) {
+        let cells = match (&part.result, &part.skipped) {
+            (Some(r), _) => forward_cells(r),
+            (None, reason) => skipped(reason.as_deref().unwrap_or("")),
+        };
+        row(
+            &format!("forward, {}", part.name),
+            &part.configuration,
+            cells,
+        );
+    }
+    let d = &suite.decode;
+    let cells = match (&d.result, &d.skipped) {
+        (Some(r), _) => [
+            figure(Some(r.decode_ms)),
+            "–".into(),
+            "–".into(),
+            format!(
+                "context {}: {}× copying the cache once, {}× faster than recomputing",
+                r.context,
+                figure(Some(r.decode_over_copy)),
+                figure(Some(r.speedup))
+            ),
+        ],
+        (None, reason) => skipped(reason.as_deref().unwrap_or("")),
+    };
+    row("decode step", &d.configuration, cells);
+    let p = &suite.f16_against_f32;
+    let cells = match (&p.result, &p.skipped) {
+        (Some(r), _) => [
+            figure(Some(r.f16_ms)),
+            "–".into(),
+            "–".into(),
+            format!(
+                "f16 storage at {}× the f32 forward ({} ms)",
+                figure(Some(r.f16_over_f32)),
+                figure(Some(r.f32_ms))
+            ),
+        ],
+        (None, reason) => skipped(reason.as_deref().unwrap_or("")),
+    };
+    row("forward, f16 storage", &p.configuration, cells);
+    let t = &suite.training_step;
+    let cells = match (&t.result, &t.skipped) {
+        (Some(r), _) => [
+            figure(Some(r.step_ms)),
+            figure(Some(r.estimated_gflops)),
+            figure(r.fraction_of_gemm),
+            format!(
+                "backward {}× the eval forward; host wall clock",
+                figure(Some(r.timing.backward_over_forward))
+            ),
+        ],
+        (None, reason) => skipped(reason.as_deref().unwrap_or("")),
+    };
+    row("training step", &t.configuration, cells);
+    out
+}
