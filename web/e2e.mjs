@@ -227,25 +227,6 @@ try {
         `changing the selectors redraws both maps: ${readout.split('\n')[0]}`);
     }
   }
-  // No file: random weights of the top form's sizes run through the same section, maps included.
-  {
-    const before = Number(await page.getAttribute('#case-result', 'data-finished'));
-    await page.click('#load-random');
-    await page.waitForFunction(
-      (n) => Number(document.getElementById('case-result').dataset.finished) > n,
-      before,
-      { timeout: TIMEOUT },
-    );
-    const state = await page.getAttribute('#case-result', 'data-state');
-    const layer = await page.textContent('#case-layer');
-    check(state === 'done' && /^random weights \(seed 7\): random, dim 24, dim_head 6, searches 3, retrievals 2/.test(layer) &&
-      (await page.textContent('#error')).startsWith('–'),
-      `no file: ${state === 'done' ? `${layer}; output ${await page.textContent('#case-shape')}` : await page.textContent('#case-failure')}`);
-    const sums = await checkMaps('random weights');
-    const search = await pixels('search-map');
-    check(sums && sums.searches === 3 && search.colours >= 50, `no file: #search-map drawn, ${search.colours} colours`);
-  }
-
   const runRandom = async () => {
     const before = Number(await page.getAttribute('#case-result', 'data-finished'));
     await page.click('#load-random');
@@ -258,6 +239,18 @@ try {
       document.getElementById('case-result').dataset.state === 'error', null, { timeout: TIMEOUT });
     return page.getAttribute('#case-result', 'data-state');
   };
+  // No file: random weights of the top form's sizes run through the same section, maps included.
+  {
+    const state = await runRandom();
+    const layer = await page.textContent('#case-layer');
+    check(state === 'done' && /^random weights \(seed 7\): random, dim 24, dim_head 6, searches 3, retrievals 2/.test(layer) &&
+      (await page.textContent('#error')).startsWith('–'),
+      `no file: ${state === 'done' ? `${layer}; output ${await page.textContent('#case-shape')}` : await page.textContent('#case-failure')}`);
+    const sums = await checkMaps('random weights');
+    const search = await pixels('search-map');
+    check(sums && sums.searches === 3 && search.colours >= 50, `no file: #search-map drawn, ${search.colours} colours`);
+  }
+
   // Maps past their byte limit fail on their own line, the old heatmaps go, and the next run
   // clears the failure and draws again.
   {

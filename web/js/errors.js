@@ -12,3 +12,13 @@ export class CompattnError extends Error {
 export function compattnError(code, message) {
   return new CompattnError(code, message);
 }
+
+// Calls `hook` once with a CompattnError of code DEVICE_LOST when `device` is lost (the
+// `onDeviceLost` option). An exception the hook throws is the page's: it goes to the console.
+export function onDeviceLost(device, hook) {
+  device.lost.then((info) => {
+    hook(compattnError('DEVICE_LOST',
+      `the WebGPU device was lost (${info.reason}): ${info.message || 'no message'}; ` +
+      'load the layer again to open a new device'));
+  });
+}

@@ -658,7 +658,7 @@ impl JsCompositionalAttention {
         layer.set_strategy(choice.strategy);
         #[cfg(target_arch = "wasm32")]
         if let (Some(hook), Some(gpu)) = (&choice.on_device_lost, device.ctx.device().as_webgpu()) {
-            crate::interop::on_device_lost(&gpu.clone().into(), hook);
+            crate::errors::on_device_lost(&gpu.clone().into(), hook);
         }
         Ok(JsCompositionalAttention {
             config: *layer.config(),

@@ -1,4 +1,5 @@
-//! `CompattnError`: what every failing call of the JavaScript API throws, a JavaScript `Error`
+//! `CompattnError`: what every failing call of the JavaScript API throws (and what the
+//! `onDeviceLost` hook receives), a JavaScript `Error`
 //! subclass (`web/js/errors.js`) with a stable `code` and the crate's message in the API's own
 //! terms (JavaScript option names, no advice meant for a native machine).
 //!
@@ -13,6 +14,11 @@ use wasm_bindgen::prelude::*;
 extern "C" {
     #[wasm_bindgen(js_name = compattnError)]
     fn compattn_error(code: &str, message: &str) -> JsValue;
+    /// Calls `hook` with a `DEVICE_LOST` `CompattnError` once `device.lost` resolves (the
+    /// `onDeviceLost` option; `device` is a `GPUDevice`).
+    #[wasm_bindgen(js_name = onDeviceLost)]
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn on_device_lost(device: &JsValue, hook: &js_sys::Function);
 }
 
 #[wasm_bindgen(typescript_custom_section)]

@@ -31,9 +31,6 @@ extern "C" {
     fn push_validation(device: &JsValue);
     #[wasm_bindgen(js_name = popValidation)]
     fn pop_validation(device: &JsValue) -> Promise;
-    /// Calls `hook` with a `DEVICE_LOST` `CompattnError` once `device.lost` resolves.
-    #[wasm_bindgen(js_name = onDeviceLost)]
-    pub(crate) fn on_device_lost(device: &JsValue, hook: &js_sys::Function);
 }
 
 /// `GPUBufferUsage.COPY_SRC` and `.COPY_DST`.
@@ -125,7 +122,7 @@ impl JsCompositionalAttention {
         let (this, cache) = (self.clone(), cache.clone());
         let options = options.unwrap_or(JsValue::UNDEFINED);
         future_to_promise(async move {
-            this.prefill_gpu_async("prefillGpu", &cache, input, output, seq, mask, options)
+            this.prefill_gpu_async(&cache, input, output, seq, mask, options)
                 .await
                 .map(|()| JsValue::UNDEFINED)
                 .map_err(Into::into)
@@ -145,14 +142,7 @@ impl JsCompositionalAttention {
             JsValue,
         >,
     ) -> Promise {
-        let (this, cache) = (self.clone(), cache.clone());
-        let options = options.unwrap_or(JsValue::UNDEFINED);
-        future_to_promise(async move {
-            this.prefill_gpu_async("decodeGpu", &cache, input, output, 1.0, mask, options)
-                .await
-                .map(|()| JsValue::UNDEFINED)
-                .map_err(Into::into)
-        })
+        self.prefill_gpu(cache, input, output, 1.0, mask, options)
     }
 }
 
@@ -231,12 +221,11 @@ impl JsCompositionalAttention {
         .await
     }
 
-    /// `prefillGpu` and `decodeGpu`.
+    /// `prefillGpu` and `decodeGpu` (`prefillGpu` of one token; its errors say `decodeGpu`).
     // The cache's borrow spans the step, inside this call's turn (see `in_turn_unless_aborted`).
     #[allow(clippy::too_many_arguments, clippy::await_holding_refcell_ref)]
     async fn prefill_gpu_async(
         &self,
-        call: &'static str,
         cache: &JsKvCache,
         input: JsValue,
         output: JsValue,
@@ -245,6 +234,7 @@ impl JsCompositionalAttention {
         options: JsValue,
     ) -> Result<(), ApiError> {
         let seq = count("seq", seq)?;
+        let call = if seq == 1 { "decodeGpu" } else { "prefillGpu" };
         let config = *self.layer_config();
         let signal = call_signal(&options)?;
         let io = PageIo::check(call, (input, output, mask), cache.batch() * seq, config.dim)?;

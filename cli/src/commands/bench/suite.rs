@@ -144,6 +144,19 @@ struct Part<T> {
 }
 
 impl<T> Part<T> {
+    /// The table cells of the result (`measured`), or of the reason it was skipped.
+    fn cells(&self, measured: impl Fn(&T) -> [String; 4]) -> [String; 4] {
+        match (&self.result, &self.skipped) {
+            (Some(result), _) => measured(result),
+            (None, reason) => [
+                "–".into(),
+                "–".into(),
+                "–".into(),
+                format!("skipped: {}", reason.as_deref().unwrap_or("")),
+            ],
+        }
+    }
+
     fn of(name: &str, configuration: String, outcome: Result<T, Failure>) -> Part<T> {
         let (result, skipped) = match outcome {
             Ok(value) => (Some(value), None),
@@ -441,48 +454,29 @@ fn markdown(suite: &Suite) -> String {
             "| {part} | {configuration} | {ms} | {gflops} | {fraction} | {also} |"
         );
     };
-    let skipped = |reason: &str| {
+    let gemm = &suite.gemm;
+    let cells = gemm.cells(|g| {
         [
-            "–".into(),
-            "–".into(),
-            "–".into(),
-            format!("skipped: {reason}"),
+            figure(Some(g.median_ms)),
+            figure(Some(g.gflops)),
+            "1".into(),
+            format!("`{}`", g.variant),
         ]
-    };
-    match (&suite.gemm.result, &suite.gemm.skipped) {
-        (Some(g), _) => row(
-            "GEMM",
-            &suite.gemm.configuration,
-            [
-                figure(Some(g.median_ms)),
-                figure(Some(g.gflops)),
-                "1".into(),
-                format!("`{}`", g.variant),
-            ],
-        ),
-        (None, reason) => row(
-            "GEMM",
-            &suite.gemm.configuration,
-            skipped(reason.as_deref().unwrap_or("")),
-        ),
-    }
-    let forward_cells = |r: &Report| {
-        [
-            figure(Some(r.median_ms)),
-            figure(Some(r.gflops)),
-            figure(r.fraction_of_gemm),
-            format!(
-                "core at {} of our GEMM; {}",
-                figure(r.core_fraction_of_gemm),
-                r.timing
-            ),
-        ]
-    };
+    });
+    row("GEMM", &gemm.configuration, cells);
     for part in suite.forwards.iter().chain([&suite.long_sequence]) {
-        let cells = match (&part.result, &part.skipped) {
-            (Some(r), _) => forward_cells(r),
-            (None, reason) => skipped(reason.as_deref().unwrap_or("")),
-        };
+        let cells = part.cells(|r| {
+            [
+                figure(Some(r.median_ms)),
+                figure(Some(r.gflops)),
+                figure(r.fraction_of_gemm),
+                format!(
+                    "core at {} of our GEMM; {}",
+                    figure(r.core_fraction_of_gemm),
+                    r.timing
+                ),
+            ]
+        });
         row(
             &format!("forward, {}", part.name),
             &part.configuration,
@@ -490,8 +484,8 @@ fn markdown(suite: &Suite) -> String {
         );
     }
     let d = &suite.decode;
-    let cells = match (&d.result, &d.skipped) {
-        (Some(r), _) => [
+    let cells = d.cells(|r| {
+        [
             figure(Some(r.decode_ms)),
             "–".into(),
             "–".into(),
@@ -501,13 +495,12 @@ fn markdown(suite: &Suite) -> String {
                 figure(Some(r.decode_over_copy)),
                 figure(Some(r.speedup))
             ),
-        ],
-        (None, reason) => skipped(reason.as_deref().unwrap_or("")),
-    };
+        ]
+    });
     row("decode step", &d.configuration, cells);
     let p = &suite.f16_against_f32;
-    let cells = match (&p.result, &p.skipped) {
-        (Some(r), _) => [
+    let cells = p.cells(|r| {
+        [
             figure(Some(r.f16_ms)),
             "–".into(),
             "–".into(),
@@ -516,13 +509,12 @@ fn markdown(suite: &Suite) -> String {
                 figure(Some(r.f16_over_f32)),
                 figure(Some(r.f32_ms))
             ),
-        ],
-        (None, reason) => skipped(reason.as_deref().unwrap_or("")),
-    };
+        ]
+    });
     row("forward, f16 storage", &p.configuration, cells);
     let t = &suite.training_step;
-    let cells = match (&t.result, &t.skipped) {
-        (Some(r), _) => [
+    let cells = t.cells(|r| {
+        [
             figure(Some(r.step_ms)),
             figure(Some(r.estimated_gflops)),
             figure(r.fraction_of_gemm),
@@ -530,9 +522,8 @@ fn markdown(suite: &Suite) -> String {
                 "backward {}× the eval forward; host wall clock",
                 figure(Some(r.timing.backward_over_forward))
             ),
-        ],
-        (None, reason) => skipped(reason.as_deref().unwrap_or("")),
-    };
+        ]
+    });
     row("training step", &t.configuration, cells);
     out
 }
