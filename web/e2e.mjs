@@ -288,19 +288,22 @@ try {
       `f16 storage: ${state === 'done' ? layer : failure}`);
     await page.selectOption('#load-precision', 'f32');
   }
-  // Two files dropped at once: the second waits for the first run (which keeps its model), then
-  // runs; both finish and the page shows the second.
+  // A file dropped during a run: it waits for that run (which keeps its model), then runs; both
+  // finish and the page shows the second.
   {
     const files = await Promise.all(['tiny', 'padding_mask'].map(async (name) =>
       [...await readFile(`${REPO}tests/golden/${name}.safetensors`)]));
     const before = Number(await page.getAttribute('#case-result', 'data-finished'));
-    await page.evaluate((files) => {
-      files.forEach((bytes, i) => {
-        const transfer = new DataTransfer();
-        transfer.items.add(new File([new Uint8Array(bytes)], i === 0 ? 'first.safetensors' : 'second.safetensors'));
-        document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, cancelable: true }));
-      });
-    }, files);
+    const drop = (bytes, name) => page.evaluate(([bytes, name]) => {
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([new Uint8Array(bytes)], name));
+      document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, cancelable: true }));
+    }, [bytes, name]);
+    // The longer run first (padding_mask: a batch of 2 with its maps), so the second drop lands
+    // while it runs.
+    await drop(files[1], 'first.safetensors');
+    await page.waitForFunction(() => document.getElementById('case-result').dataset.state === 'running');
+    await drop(files[0], 'second.safetensors');
     await page.waitForFunction(
       (n) => Number(document.getElementById('case-result').dataset.finished) >= n + 2,
       before,

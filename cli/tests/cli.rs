@@ -830,7 +830,18 @@ fn bench_suite_measures_every_part_and_writes_json_and_markdown() {
             || f16["skipped"].as_str().unwrap_or("").contains("shader-f16"),
         "{f16}\n{transcript}"
     );
+    for part in forwards
+        .iter()
+        .chain([&suite["decode"], &suite["training_step"]])
+    {
+        assert!(part.get("failed").is_none(), "{part}\n{transcript}");
+    }
     let table = std::fs::read_to_string(&markdown).unwrap();
+    // Every row has the header's seven pipes: no reason broke out of its cell.
+    for line in table.lines().filter(|l| l.starts_with('|')) {
+        let pipes = line.replace("\\|", "").matches('|').count();
+        assert_eq!(pipes, 7, "{line}\n{table}");
+    }
     let rows = table.lines().filter(|l| l.starts_with("| ")).count();
     assert_eq!(rows, 10, "a header and nine parts:\n{table}");
     assert!(run.stdout.contains(table.trim()), "{transcript}");
@@ -838,6 +849,8 @@ fn bench_suite_measures_every_part_and_writes_json_and_markdown() {
     // Misuses: --json without a file, a suite with a size, --markdown alone, --json FILE elsewhere.
     compattn(&["bench", "--suite", "--json"]).assert_error(1, &["--json results.json"]);
     compattn(&["bench", "--suite", "--seq", "8"]).assert_error(2, &["--seq"]);
+    compattn(&["bench", "--suite", "--no-gemm"]).assert_error(2, &["--no-gemm"]);
+    compattn(&["bench", "--suite", "--iters", "0"]).assert_error(1, &["--iters"]);
     compattn(&["bench", "--markdown", "x.md"]).assert_error(2, &["required arguments"]);
     compattn(&["bench", "--gemm", "8", "--json", "x.json"]).assert_error(1, &["only --suite"]);
 }

@@ -216,9 +216,15 @@ impl Dispatch {
         pass: &mut wgpu::ComputePass<'_>,
         io_group: Option<&wgpu::BindGroup>,
     ) {
+        debug_assert!(
+            self.pipeline.is_some(),
+            "{} was recorded before its pipeline was compiled",
+            self.label
+        );
         let Some(pipeline) = &self.pipeline else {
             // Unreachable: every builder compiles what it deferred before it hands dispatches
-            // out. Recording nothing beats recording a launch without its pipeline.
+            // out (debug builds stop above). Recording nothing beats a launch without its
+            // pipeline, and the error log says so.
             log::error!(
                 "{} was recorded before its pipeline was compiled",
                 self.label

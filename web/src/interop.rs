@@ -12,7 +12,7 @@ use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
-use compositional_attention::CompositionalAttention as Layer;
+use compositional_attention::{CompositionalAttention as Layer, Strategy};
 
 use crate::api::{JsCompositionalAttention, JsKvCache, busy, call_signal, count, too_large};
 use crate::errors::{ApiError, Code};
@@ -236,6 +236,7 @@ impl JsCompositionalAttention {
         let seq = count("seq", seq)?;
         let call = if seq == 1 { "decodeGpu" } else { "prefillGpu" };
         let config = *self.layer_config();
+        crate::check_elements(&config, cache.batch(), seq, Strategy::Fused).map_err(too_large)?;
         let signal = call_signal(&options)?;
         let io = PageIo::check(call, (input, output, mask), cache.batch() * seq, config.dim)?;
         let kv = cache.shared();
@@ -291,6 +292,8 @@ impl JsCompositionalAttention {
         let handle = |b: &wgpu::Buffer| -> JsValue {
             b.as_webgpu().map_or(JsValue::NULL, |h| h.clone().into())
         };
+        // The copies in are validated before anything of the layer's is recorded: a page
+        // buffer of another device must leave a cache exactly as it was.
         push_validation(&device);
         copy_buffer(
             &device,
@@ -301,32 +304,40 @@ impl JsCompositionalAttention {
         if let (Some(page), Some(own)) = (&io.mask, &buffers.mask) {
             copy_buffer(&device, page, &handle(own), io.keys as f64);
         }
+        refused(io.call, "the input and mask copies (nothing ran)", &device).await?;
         let mut encoder = ctx
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some(io.call),
             });
-        let recorded = record(layer, &mut encoder, &buffers);
-        if recorded.is_ok() {
-            ctx.queue().submit([encoder.finish()]);
-            copy_buffer(
-                &device,
-                &handle(&buffers.output),
-                &io.output,
-                io.tensor as f64,
-            );
-        }
-        let error = JsFuture::from(pop_validation(&device))
-            .await
-            .map_err(|e| ApiError::new(Code::Internal, format!("{e:?}")))?;
-        recorded?;
-        match error.as_string() {
-            Some(message) => Err(ApiError::invalid(format!(
-                "{}: WebGPU refused the copies ({message}); the buffers must be GPUBuffers of \
-                 layer.device",
-                io.call
-            ))),
-            None => Ok(()),
-        }
+        record(layer, &mut encoder, &buffers)?;
+        ctx.queue().submit([encoder.finish()]);
+        push_validation(&device);
+        copy_buffer(
+            &device,
+            &handle(&buffers.output),
+            &io.output,
+            io.tensor as f64,
+        );
+        refused(
+            io.call,
+            "the output copy (the layer's step itself ran: a KV cache advanced)",
+            &device,
+        )
+        .await
+    }
+}
+
+/// Pops the validation scope pushed before `what` and turns a refusal into `INVALID_ARGUMENT`.
+async fn refused(call: &str, what: &str, device: &JsValue) -> Result<(), ApiError> {
+    let error = JsFuture::from(pop_validation(device))
+        .await
+        .map_err(|e| ApiError::new(Code::Internal, format!("{e:?}")))?;
+    match error.as_string() {
+        Some(message) => Err(ApiError::invalid(format!(
+            "{call}: WebGPU refused {what}: {message}; the buffers must be GPUBuffers of \
+             layer.device"
+        ))),
+        None => Ok(()),
     }
 }

@@ -1229,9 +1229,15 @@ export async function decodeOnGpu(layer, cache, prompt, token, seq) {
   const promptOut = buffer(prompt.byteLength);
   const tokenOut = buffer(token.byteLength);
   await layer.prefillGpu(cache, filled(prompt), promptOut, seq);
+  // A buffer of another device: refused before the layer records anything (the cache stays).
+  const other = await (await navigator.gpu.requestAdapter()).requestDevice();
+  const foreign = other.createBuffer({ size: token.byteLength, usage: U.STORAGE | U.COPY_SRC });
+  const refused = await layer.decodeGpu(cache, foreign, tokenOut).then(() => null, (e) => e);
+  const lenAfterRefusal = cache.len;
+  other.destroy();
   await layer.decodeGpu(cache, filled(token), tokenOut);
   const full = await layer.decodeGpu(cache, filled(token), tokenOut).then(() => null, (e) => e);
-  return [await read(promptOut), await read(tokenOut), full];
+  return [await read(promptOut), await read(tokenOut), full, refused, lenAfterRefusal];
 }
 export function notABuffer(layer) {
   return layer.forwardGpu(new Float32Array(4), new Float32Array(4), 1, 1).then(() => null, (e) => e);
@@ -1284,7 +1290,9 @@ export function tooSmall(layer, batch, seq) {
     }
 
     /// `prefillGpu` and `decodeGpu` on the page's buffers give what `prefill` and `decode` give
-    /// on the host, and advance the cache; a full cache is `CACHE_FULL`.
+    /// on the host, and advance the cache; a buffer of another device is refused before
+    /// anything runs (the cache stays, and the next step still equals the host's); a full cache
+    /// is `CACHE_FULL`.
     #[wasm_bindgen_test]
     async fn decode_gpu_runs_on_the_pages_buffers() {
         let layer = random(&[
@@ -1322,6 +1330,14 @@ export function tooSmall(layer, batch, seq) {
         assert_eq!(Float32Array::from(out.get(1)).to_vec(), next, "decodeGpu");
         assert_eq!(gpu.len(), 6);
         assert_eq!(thrown(out.get(2)).0, "CACHE_FULL");
+        let (code, text) = thrown(out.get(3));
+        assert_eq!(code, "INVALID_ARGUMENT", "{text}");
+        assert!(text.contains("nothing ran"), "{text}");
+        assert_eq!(
+            out.get(4).as_f64(),
+            Some(5.0),
+            "the refused step left the cache"
+        );
     }
 
     /// A call whose `AbortSignal` aborts before its turn rejects with `ABORTED` and runs

@@ -82,7 +82,9 @@ fn measure_gemm(
 pub fn time_our_gemm(ctx: &GpuContext, json: bool) -> Result<GemmReport, Error> {
     note(
         json,
-        &format!("timing our GEMM at {COMPARISON_SIZE}³ for comparison (--no-gemm skips it)"),
+        &format!(
+            "timing our GEMM at {COMPARISON_SIZE}³ for comparison (--no-gemm skips it, but not in --suite)"
+        ),
     );
     measure_gemm(
         ctx,

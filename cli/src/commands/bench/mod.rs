@@ -63,7 +63,7 @@ pub struct Args {
         long,
         conflicts_with_all = ["gemm", "strategy", "sweep", "decode", "backward", "precision",
             "context", "seq", "batch", "dim", "dim_head", "searches", "retrievals", "causal",
-            "prenorm"]
+            "prenorm", "no_gemm"]
     )]
     suite: bool,
     /// Where --suite writes its Markdown table (also printed).
@@ -164,9 +164,11 @@ pub fn run(args: &Args) -> CliResult {
                     .into(),
             ));
         }
+        let iters = args.iters.unwrap_or(5);
+        at_least_one("--iters", iters)?;
         return suite::run(&suite::SuiteRequest {
             warmup: args.warmup.unwrap_or(1),
-            iters: args.iters.unwrap_or(5),
+            iters,
             quick: args.quick,
             json,
             markdown: args.markdown.clone(),

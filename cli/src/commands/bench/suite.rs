@@ -7,7 +7,8 @@
 //! printed.
 //!
 //! A part the adapter cannot run (a size past its limits, f16 without `shader-f16`) is reported
-//! as skipped with the library's reason, and the rest still runs. `--quick` divides every
+//! as skipped with the library's reason, and the rest still runs; a part that fails otherwise is
+//! marked `FAILED`, and the command fails once every part has run and its files are written. `--quick` divides every
 //! sequence length by 8, to check the command itself in a few seconds (its numbers are not the
 //! suite's).
 
@@ -132,7 +133,7 @@ pub struct SuiteRequest {
     pub markdown: Option<PathBuf>,
 }
 
-/// A part's result, or why it was skipped.
+/// A part's result; or why it was skipped (the adapter cannot run it); or how it failed.
 #[derive(Serialize)]
 struct Part<T> {
     name: String,
@@ -141,33 +142,50 @@ struct Part<T> {
     result: Option<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
     skipped: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<String>,
 }
 
 impl<T> Part<T> {
     /// The table cells of the result (`measured`), or of the reason it was skipped.
     fn cells(&self, measured: impl Fn(&T) -> [String; 4]) -> [String; 4] {
-        match (&self.result, &self.skipped) {
-            (Some(result), _) => measured(result),
-            (None, reason) => [
-                "–".into(),
-                "–".into(),
-                "–".into(),
-                format!("skipped: {}", reason.as_deref().unwrap_or("")),
-            ],
-        }
+        let why = match (&self.result, &self.skipped, &self.failed) {
+            (Some(result), ..) => return measured(result),
+            (None, Some(reason), _) => format!("skipped: {reason}"),
+            (None, None, failed) => format!("FAILED: {}", failed.as_deref().unwrap_or("")),
+        };
+        ["–".into(), "–".into(), "–".into(), why]
     }
 
+    /// A size past the adapter's limits (or the host's memory) and a missing feature skip the
+    /// part; any other error fails it (and the suite, once every part has run).
     fn of(name: &str, configuration: String, outcome: Result<T, Failure>) -> Part<T> {
-        let (result, skipped) = match outcome {
-            Ok(value) => (Some(value), None),
-            Err(failure) => (None, Some(failure.to_string())),
-        };
-        Part {
+        let mut part = Part {
             name: name.to_string(),
             configuration,
-            result,
-            skipped,
+            result: None,
+            skipped: None,
+            failed: None,
+        };
+        match outcome {
+            Ok(value) => part.result = Some(value),
+            // The suite's sizes are fixed: the library's reason, without options to lower.
+            Err(Failure::TooLarge { error, .. }) => part.skipped = Some(error.to_string()),
+            Err(Failure::Library(
+                error @ (Error::MissingFeature { .. }
+                | Error::LimitExceeded { .. }
+                | Error::HostMemory { .. }),
+            )) => part.skipped = Some(error.to_string()),
+            Err(other) => part.failed = Some(other.to_string()),
         }
+        part
+    }
+
+    /// `name: how it failed`, if it did.
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .as_ref()
+            .map(|failed| format!("{}: {failed}", self.name))
     }
 }
 
@@ -218,7 +236,8 @@ fn seq_of(shape: &Shape, quick: bool) -> usize {
     }
 }
 
-/// A bench case of `shape` at `seq` (the suite's sizes are fixed: a refusal names no option).
+/// A bench case of `shape` at `seq` (the suite's sizes are fixed: `Part::of` reports a refusal
+/// without the options to lower).
 fn case_of(shape: &Shape, seq: usize, precision: Precision, samples: (usize, usize)) -> BenchCase {
     let option = |name, value| SizeOption {
         name,
@@ -382,7 +401,25 @@ pub fn run(request: &SuiteRequest) -> CliResult {
     if let Some(path) = &request.markdown {
         write(path, &table)?;
     }
-    Ok(())
+    let failures: Vec<String> = [suite.gemm.failure()]
+        .into_iter()
+        .chain(suite.forwards.iter().map(Part::failure))
+        .chain([
+            suite.decode.failure(),
+            suite.f16_against_f32.failure(),
+            suite.long_sequence.failure(),
+            suite.training_step.failure(),
+        ])
+        .flatten()
+        .collect();
+    match failures.is_empty() {
+        true => Ok(()),
+        false => Err(Failure::Check(format!(
+            "{} part(s) of the suite failed: {}",
+            failures.len(),
+            failures.join("; ")
+        ))),
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<(), Error> {
@@ -435,7 +472,8 @@ fn markdown(suite: &Suite) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "`compattn bench --suite{}` on {} ({}), {} warm-up + {} timed runs each\n",
+        "`compattn bench --suite{}` on {} ({}), {} warm-up + {} timed runs each (the long \
+         sequence: 1 + 1)\n",
         if suite.quick { " --quick" } else { "" },
         suite.adapter,
         suite.backend,
@@ -448,7 +486,9 @@ fn markdown(suite: &Suite) -> String {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     let mut row = |part: &str, configuration: &str, cells: [String; 4]| {
-        let [ms, gflops, fraction, also] = cells;
+        // A reason may hold `|` (`STORAGE | COPY_DST`) or span lines: one cell each.
+        let [ms, gflops, fraction, also] =
+            cells.map(|cell| cell.replace('|', "\\|").replace('\n', " "));
         let _ = writeln!(
             out,
             "| {part} | {configuration} | {ms} | {gflops} | {fraction} | {also} |"
