@@ -186,6 +186,11 @@ if [ "$RUN_E2E" -eq 1 ] || [ "$RUN_TESTS" -eq 0 ]; then
   fi
   cp package.pkg.json pkg/package.json
   cp README.md pkg/README.md
+  # The project's license goes into the package once the repository has one (npm packs a
+  # LICENSE file whatever `files` says). There is none yet: choosing it is the owners' call.
+  for license in ../LICENSE*; do
+    if [ -f "$license" ]; then cp "$license" pkg/; fi
+  done
   ls -l pkg
 fi
 
