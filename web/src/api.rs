@@ -644,6 +644,10 @@ pub struct JsCompositionalAttention {
     strategy: Rc<Cell<Strategy>>,
     /// After the last call (workspaces grow with new shapes).
     gpu_bytes: Rc<Cell<u64>>,
+    /// The layer's own buffers behind the last `forwardGpu`/`prefillGpu`/`decodeGpu`, kept for
+    /// the next call of the same sizes (a decode loop binds them once).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) page_io: Rc<RefCell<Option<crate::interop::OwnIo>>>,
 }
 
 impl JsCompositionalAttention {
@@ -669,6 +673,8 @@ impl JsCompositionalAttention {
             turns: Rc::default(),
             device,
             format,
+            #[cfg(target_arch = "wasm32")]
+            page_io: Rc::default(),
         })
     }
 
@@ -1147,6 +1153,8 @@ impl JsCompositionalAttention {
     pub fn release_workspaces(&self) -> Result<(), ApiError> {
         let mut layer = self.layer.try_borrow_mut().map_err(|_| busy())?;
         layer.release_workspaces();
+        #[cfg(target_arch = "wasm32")]
+        self.page_io.take();
         self.gpu_bytes.set(layer.gpu_bytes());
         Ok(())
     }

@@ -183,10 +183,39 @@ impl PageIo {
 }
 
 /// The layer's own buffers behind a [`PageIo`] (wgpu cannot bind the page's: module doc).
-struct OwnIo {
+/// A layer keeps the last ones for the next call of the same sizes: calls take turns and the
+/// copies run in queue order, so the next call's copy in follows this call's copy out.
+pub(crate) struct OwnIo {
     input: wgpu::Buffer,
     output: wgpu::Buffer,
     mask: Option<wgpu::Buffer>,
+}
+
+impl OwnIo {
+    /// Whether these buffers serve `io` (the same sizes, a mask where it has one).
+    fn serves(&self, io: &PageIo) -> bool {
+        self.input.size() == io.tensor
+            && self.output.size() == io.tensor
+            && self.mask.as_ref().map(wgpu::Buffer::size) == io.mask.as_ref().map(|_| io.keys)
+    }
+
+    fn new(ctx: &compositional_attention::GpuContext, io: &PageIo) -> OwnIo {
+        let own = |what: &str, bytes: u64| {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{} {what}", io.call)),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        OwnIo {
+            input: own("input", io.tensor),
+            output: own("output", io.tensor),
+            mask: io.mask.as_ref().map(|_| own("mask", io.keys)),
+        }
+    }
 }
 
 impl JsCompositionalAttention {
@@ -271,24 +300,30 @@ impl JsCompositionalAttention {
     ) -> Result<(), ApiError> {
         let device = self.gpu_device();
         let ctx = layer.context().clone();
-        let own = |label: &str, bytes: u64| {
-            ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            })
+        let buffers = match self.page_io.take() {
+            Some(kept) if kept.serves(io) => kept,
+            _ => OwnIo::new(&ctx, io),
         };
-        let buffers = OwnIo {
-            input: own(&format!("{} input", io.call), io.tensor),
-            output: own(&format!("{} output", io.call), io.tensor),
-            mask: io
-                .mask
-                .as_ref()
-                .map(|_| own(&format!("{} mask", io.call), io.keys)),
-        };
+        let result = self.run_on(layer, io, &buffers, &device, record).await;
+        *self.page_io.borrow_mut() = Some(buffers);
+        result
+    }
+
+    /// [`Self::run_on_page_buffers`] with the layer's buffers chosen.
+    async fn run_on(
+        &self,
+        layer: &mut Layer,
+        io: &PageIo,
+        buffers: &OwnIo,
+        device: &JsValue,
+        record: impl FnOnce(
+            &mut Layer,
+            &mut wgpu::CommandEncoder,
+            &OwnIo,
+        ) -> compositional_attention::Result<()>,
+    ) -> Result<(), ApiError> {
+        let ctx = layer.context().clone();
+        let device = device.clone();
         let handle = |b: &wgpu::Buffer| -> JsValue {
             b.as_webgpu().map_or(JsValue::NULL, |h| h.clone().into())
         };
@@ -310,7 +345,7 @@ impl JsCompositionalAttention {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some(io.call),
             });
-        record(layer, &mut encoder, &buffers)?;
+        record(layer, &mut encoder, buffers)?;
         ctx.queue().submit([encoder.finish()]);
         push_validation(&device);
         copy_buffer(

@@ -1236,8 +1236,11 @@ export async function decodeOnGpu(layer, cache, prompt, token, seq) {
   const lenAfterRefusal = cache.len;
   other.destroy();
   await layer.decodeGpu(cache, filled(token), tokenOut);
+  const first = await read(tokenOut);
+  // A second step of the same size reuses the layer's own buffers of the first.
+  await layer.decodeGpu(cache, filled(token.map((v) => -v)), tokenOut);
   const full = await layer.decodeGpu(cache, filled(token), tokenOut).then(() => null, (e) => e);
-  return [await read(promptOut), await read(tokenOut), full, refused, lenAfterRefusal];
+  return [await read(promptOut), first, full, refused, lenAfterRefusal, await read(tokenOut)];
 }
 export function notABuffer(layer) {
   return layer.forwardGpu(new Float32Array(4), new Float32Array(4), 1, 1).then(() => null, (e) => e);
@@ -1308,14 +1311,17 @@ export function tooSmall(layer, batch, seq) {
             .to_vec();
         let token = compattn_web::random_normal(12.0, 22.0).unwrap().to_vec();
         let host = layer
-            .kv_cache(1.0, 6.0)
+            .kv_cache(1.0, 7.0)
             .unwrap_or_else(|e| panic!("{}", message(e)));
         let y = layer.prefill_vec(&host, prompt.clone(), 5.0, None).await;
         let y = y.unwrap_or_else(|e| panic!("{}", message(e)));
         let next = layer.prefill_vec(&host, token.clone(), 1.0, None).await;
         let next = next.unwrap_or_else(|e| panic!("{}", message(e)));
+        let negated: Vec<f32> = token.iter().map(|v| -v).collect();
+        let second = layer.prefill_vec(&host, negated, 1.0, None).await;
+        let second = second.unwrap_or_else(|e| panic!("{}", message(e)));
         let gpu = layer
-            .kv_cache(1.0, 6.0)
+            .kv_cache(1.0, 7.0)
             .unwrap_or_else(|e| panic!("{}", message(e)));
         let out = decode_on_gpu(
             layer.clone().into(),
@@ -1328,7 +1334,12 @@ export function tooSmall(layer, batch, seq) {
         let out = js_sys::Array::from(&out);
         assert_eq!(Float32Array::from(out.get(0)).to_vec(), y, "prefillGpu");
         assert_eq!(Float32Array::from(out.get(1)).to_vec(), next, "decodeGpu");
-        assert_eq!(gpu.len(), 6);
+        assert_eq!(
+            Float32Array::from(out.get(5)).to_vec(),
+            second,
+            "a second decodeGpu"
+        );
+        assert_eq!(gpu.len(), 7);
         assert_eq!(thrown(out.get(2)).0, "CACHE_FULL");
         let (code, text) = thrown(out.get(3));
         assert_eq!(code, "INVALID_ARGUMENT", "{text}");
