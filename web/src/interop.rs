@@ -304,62 +304,48 @@ impl JsCompositionalAttention {
             Some(kept) if kept.serves(io) => kept,
             _ => OwnIo::new(&ctx, io),
         };
-        let result = self.run_on(layer, io, &buffers, &device, record).await;
-        *self.page_io.borrow_mut() = Some(buffers);
-        result
-    }
-
-    /// [`Self::run_on_page_buffers`] with the layer's buffers chosen.
-    async fn run_on(
-        &self,
-        layer: &mut Layer,
-        io: &PageIo,
-        buffers: &OwnIo,
-        device: &JsValue,
-        record: impl FnOnce(
-            &mut Layer,
-            &mut wgpu::CommandEncoder,
-            &OwnIo,
-        ) -> compositional_attention::Result<()>,
-    ) -> Result<(), ApiError> {
-        let ctx = layer.context().clone();
-        let device = device.clone();
         let handle = |b: &wgpu::Buffer| -> JsValue {
             b.as_webgpu().map_or(JsValue::NULL, |h| h.clone().into())
         };
-        // The copies in are validated before anything of the layer's is recorded: a page
-        // buffer of another device must leave a cache exactly as it was.
-        push_validation(&device);
-        copy_buffer(
-            &device,
-            &io.input,
-            &handle(&buffers.input),
-            io.tensor as f64,
-        );
-        if let (Some(page), Some(own)) = (&io.mask, &buffers.mask) {
-            copy_buffer(&device, page, &handle(own), io.keys as f64);
+        // One block, so that the buffers are kept whichever step returns early.
+        let result = async {
+            // The copies in are validated before anything of the layer's is recorded: a page
+            // buffer of another device must leave a cache exactly as it was.
+            push_validation(&device);
+            copy_buffer(
+                &device,
+                &io.input,
+                &handle(&buffers.input),
+                io.tensor as f64,
+            );
+            if let (Some(page), Some(own)) = (&io.mask, &buffers.mask) {
+                copy_buffer(&device, page, &handle(own), io.keys as f64);
+            }
+            refused(io.call, "the input and mask copies (nothing ran)", &device).await?;
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some(io.call),
+                    });
+            record(layer, &mut encoder, &buffers)?;
+            ctx.queue().submit([encoder.finish()]);
+            push_validation(&device);
+            copy_buffer(
+                &device,
+                &handle(&buffers.output),
+                &io.output,
+                io.tensor as f64,
+            );
+            refused(
+                io.call,
+                "the output copy (the layer's step itself ran: a KV cache advanced)",
+                &device,
+            )
+            .await
         }
-        refused(io.call, "the input and mask copies (nothing ran)", &device).await?;
-        let mut encoder = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some(io.call),
-            });
-        record(layer, &mut encoder, buffers)?;
-        ctx.queue().submit([encoder.finish()]);
-        push_validation(&device);
-        copy_buffer(
-            &device,
-            &handle(&buffers.output),
-            &io.output,
-            io.tensor as f64,
-        );
-        refused(
-            io.call,
-            "the output copy (the layer's step itself ran: a KV cache advanced)",
-            &device,
-        )
-        .await
+        .await;
+        *self.page_io.borrow_mut() = Some(buffers);
+        result
     }
 }
 

@@ -11,7 +11,10 @@ use compositional_attention::{
 };
 use indicatif::ProgressBar;
 
-use super::case::Method;
+use compositional_attention::testing::random_problem;
+
+use super::case::{BenchCase, Method, SEED};
+use crate::output::progress_bar;
 
 /// Per-kernel samples of a profiled forward: consecutive launches of one variant (a kernel
 /// whose range is split over several dispatches) count as one entry.
@@ -52,6 +55,29 @@ fn group_kernels(kernels: &[KernelTime]) -> Vec<(String, usize, f64)> {
         }
     }
     groups
+}
+
+/// `case`'s random problem at `seq` (seed [`SEED`]), timed with `method` behind a progress bar.
+pub fn measure_case(
+    ctx: Option<&GpuContext>,
+    case: &BenchCase,
+    method: Method,
+    seq: usize,
+) -> Result<Measurement, Error> {
+    let (weights, input) = random_problem(case.config, case.batch, seq, None, 1.0, SEED)?;
+    let progress = progress_bar(case.warmup.saturating_add(case.iters) as u64);
+    progress.set_message(method.name());
+    let measurement = measure(
+        ctx,
+        method,
+        case.precision,
+        &weights,
+        &input,
+        (case.warmup, case.iters),
+        &progress,
+    );
+    progress.finish_and_clear();
+    measurement
 }
 
 /// `warmup + iters` forwards of `method` (a layer stored in `precision`) on `input`, one tick

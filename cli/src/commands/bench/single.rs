@@ -1,16 +1,14 @@
 //! `compattn bench` without `--sweep`, `--decode` or `--gemm`: one method at one size, a table
 //! or one JSON object.
 
-use compositional_attention::testing::random_problem;
-
-use super::case::{BenchCase, Method, SEED};
-use super::forward_timing::measure;
+use super::case::{BenchCase, Method};
+use super::forward_timing::measure_case;
 use super::gemm_timing::time_our_gemm;
 use super::machine::Machine;
 use super::report::{print_report, report};
 use crate::common::{CliResult, open_gpu};
 use crate::fits;
-use crate::output::{note, print_json, progress_bar};
+use crate::output::{note, print_json};
 use crate::sizes::{problem_bytes, reference_bytes};
 
 /// Times `method` at `case`'s problem with its sequence length; compares with our GEMM unless
@@ -49,20 +47,7 @@ pub fn run(case: BenchCase, method: Method, no_gemm: bool, json: bool) -> CliRes
             case.iters
         ),
     );
-    let (weights, input) = random_problem(case.config, case.batch, seq, None, 1.0, SEED)?;
-    let progress = progress_bar(case.warmup.saturating_add(case.iters) as u64);
-    progress.set_message(method.name());
-    let measurement = measure(
-        ctx.as_ref(),
-        method,
-        case.precision,
-        &weights,
-        &input,
-        (case.warmup, case.iters),
-        &progress,
-    );
-    progress.finish_and_clear();
-    let measurement = measurement?;
+    let measurement = measure_case(ctx.as_ref(), &case, method, seq)?;
     let gemm = match &ctx {
         Some(ctx) if !no_gemm => Some(time_our_gemm(ctx, json)?),
         _ => None,

@@ -15,20 +15,19 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use compositional_attention::testing::random_problem;
 use compositional_attention::{Config, Error, GpuContext, Precision, Strategy};
 use serde::Serialize;
 
 use super::backward_timing::{self, BackwardReport};
-use super::case::{BenchCase, Method, SEED};
+use super::case::{BenchCase, Method};
 use super::decode_timing::{self, DecodeReport};
-use super::forward_timing::measure;
+use super::forward_timing::measure_case;
 use super::gemm_timing::{GemmReport, time_our_gemm};
 use super::machine::Machine;
 use super::report::{Report, report};
 use crate::common::{CliResult, Failure, open_gpu};
 use crate::fits;
-use crate::output::{note, progress_bar};
+use crate::output::note;
 use crate::sizes::SizeOption;
 
 /// One configuration of the suite: its name in the tables and its sizes.
@@ -286,19 +285,8 @@ fn forward(
             case.precision
         ),
     );
-    let (weights, input) = random_problem(config, batch, seq, None, 1.0, SEED)?;
-    let progress = progress_bar(case.warmup.saturating_add(case.iters) as u64);
-    let measurement = measure(
-        Some(ctx),
-        Method::Gpu(Strategy::Fused),
-        case.precision,
-        &weights,
-        &input,
-        (case.warmup, case.iters),
-        &progress,
-    );
-    progress.finish_and_clear();
-    Ok(report(case, &Machine::of(Some(ctx)), &measurement?, gemm))
+    let measurement = measure_case(Some(ctx), case, Method::Gpu(Strategy::Fused), seq)?;
+    Ok(report(case, &Machine::of(Some(ctx)), &measurement, gemm))
 }
 
 pub fn run(request: &SuiteRequest) -> CliResult {
