@@ -48,6 +48,43 @@ pub struct Config {
     /// and xformers' `nonlinear=True`, lowered from a checkpoint: SPEC.md §9.1) instead of the
     /// dot product `Q̃·Ret` (`None`, the default). Only the unfused strategy runs it.
     pub selection_mlp: Option<usize>,
+    /// Where keys and values come from: `None`, the query input (self-attention, every
+    /// implementation's default); `Some`, a memory of its own widths (fairseq's
+    /// `encoder_decoder_attention` or general attention with `kdim`/`vdim`, SPEC.md §9.2), which
+    /// the layer projects once into a [`Memory`](crate::Memory) and attends with
+    /// `forward_cross`.
+    pub memory: Option<MemoryDims>,
+    /// Extra key and value rows every query may attend, after the memory's (or the input's)
+    /// own: fairseq's `add_bias_kv` and `add_zero_attn` (SPEC.md §9.2).
+    pub extra_keys: ExtraKeys,
+}
+
+/// The widths of a cross-attention layer's key and value inputs ([`Config::memory`]):
+/// fairseq's `kdim` and `vdim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemoryDims {
+    /// `kdim`: the width of the input the search keys are projected from.
+    pub key_dim: usize,
+    /// `vdim`: the width of the input the retrieval values are projected from.
+    pub value_dim: usize,
+}
+
+/// The extra key rows of fairseq's module ([`Config::extra_keys`]), always attendable, causal
+/// or not: a learned row (`bias_k`, `bias_v`: [`Weights::bias_kv`](crate::Weights)) and a zero
+/// row, in that order, after the keys the projections give.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExtraKeys {
+    /// `add_bias_kv`: one learned key row and value row.
+    pub bias_kv: bool,
+    /// `add_zero_attn`: one zero key row and value row.
+    pub zero_attn: bool,
+}
+
+impl ExtraKeys {
+    /// How many rows: 0, 1 or 2.
+    pub fn rows(&self) -> usize {
+        self.bias_kv as usize + self.zero_attn as usize
+    }
 }
 
 impl Config {
@@ -65,7 +102,34 @@ impl Config {
             bias: false,
             layer_norm_eps: LAYER_NORM_EPS,
             selection_mlp: None,
+            memory: None,
+            extra_keys: ExtraKeys::default(),
         }
+    }
+
+    /// Sets `memory`: `Some` makes a cross-attention layer.
+    pub fn memory(mut self, memory: Option<MemoryDims>) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// Sets `extra_keys`.
+    pub fn extra_keys(mut self, extra_keys: ExtraKeys) -> Self {
+        self.extra_keys = extra_keys;
+        self
+    }
+
+    /// The widths `(kdim, vdim)` the search keys and retrieval values are projected from:
+    /// `(dim, dim)` for self-attention.
+    pub fn key_value_dims(&self) -> (usize, usize) {
+        self.memory
+            .map_or((self.dim, self.dim), |m| (m.key_dim, m.value_dim))
+    }
+
+    /// Whether keys and values are not simply the input's projections: a memory, or extra rows.
+    /// Such a layer attends through a [`Memory`](crate::Memory) (SPEC.md §9.2).
+    pub fn attends_memory(&self) -> bool {
+        self.memory.is_some() || self.extra_keys.rows() > 0
     }
 
     /// Sets `selection_mlp`.
@@ -139,6 +203,28 @@ impl Config {
                 });
             }
         }
+        if let Some(memory) = self.memory {
+            for (field, value) in [
+                ("memory.key_dim", memory.key_dim),
+                ("memory.value_dim", memory.value_dim),
+            ] {
+                if value == 0 {
+                    return Err(Error::InvalidConfig {
+                        field,
+                        value: "0".into(),
+                        reason: "must be at least 1",
+                    });
+                }
+            }
+            if self.causal {
+                return Err(Error::InvalidConfig {
+                    field: "causal",
+                    value: "true".into(),
+                    reason: "causal does not apply to attention over a memory: every query sees \
+                             every memory position (SPEC.md §9.2)",
+                });
+            }
+        }
         if let Some(hidden) = self.selection_mlp
             && !(1..=self.dim_head).contains(&hidden)
         {
@@ -168,7 +254,8 @@ impl Config {
             .checked_mul(3)
             .and_then(|s3| s3.checked_add(self.num_retrievals as u64))
             .and_then(|heads| heads.checked_mul(self.dim_head as u64));
-        let widest = projection_width.map(|w| w.max(self.dim as u64));
+        let (kdim, vdim) = self.key_value_dims();
+        let widest = projection_width.map(|w| w.max(self.dim.max(kdim).max(vdim) as u64));
         if widest.is_none_or(|w| w > u32::MAX as u64 / 4) {
             return Err(Error::InvalidConfig {
                 field: "dim_head",
@@ -200,8 +287,10 @@ impl Config {
         (self.dim_head as f64).powf(-0.5)
     }
 
-    /// Number of parameters: `D·d·(4s + r) + d²`, plus `2D` with `prenorm`, plus the biases
-    /// `(3s + r)·d + D` with `bias` (`usize::MAX` where that does not fit `usize`).
+    /// Number of parameters: `D·d·(4s + r) + d²` (`D` the key and value inputs' widths for
+    /// `W_sk`, `W_rv` with a memory), plus `2D` with `prenorm`, plus the biases `(3s + r)·d + D`
+    /// with `bias`, plus `(s + r)·d` with `add_bias_kv` (`usize::MAX` where that does not fit
+    /// `usize`).
     pub fn parameter_count(&self) -> usize {
         self.checked_parameter_count().unwrap_or(usize::MAX)
     }
@@ -211,8 +300,16 @@ impl Config {
     /// rather than a wrapped count.
     pub fn checked_parameter_count(&self) -> Option<usize> {
         let mul = |a: usize, b: usize| a.checked_mul(b);
-        let heads = mul(4, self.num_searches)?.checked_add(self.num_retrievals)?;
-        let matrices = mul(mul(self.dim, self.dim_head)?, heads)?;
+        let (kdim, vdim) = self.key_value_dims();
+        let queries_out = mul(mul(self.dim, self.dim_head)?, mul(3, self.num_searches)?)?;
+        let keys = mul(mul(kdim, self.dim_head)?, self.num_searches)?;
+        let values = mul(mul(vdim, self.dim_head)?, self.num_retrievals)?;
+        let matrices = queries_out.checked_add(keys)?.checked_add(values)?;
+        let extra = if self.extra_keys.bias_kv {
+            mul(self.num_searches + self.num_retrievals, self.dim_head)?
+        } else {
+            0
+        };
         let norm = if self.prenorm { mul(2, self.dim)? } else { 0 };
         let bias = if self.bias {
             let width = mul(3, self.num_searches)?
@@ -225,7 +322,8 @@ impl Config {
         matrices
             .checked_add(mul(self.dim_head, self.dim_head)?)?
             .checked_add(norm)?
-            .checked_add(bias)
+            .checked_add(bias)?
+            .checked_add(extra)
     }
 
     /// FLOPs of one forward pass as SPEC §7 counts them (multiply-add = 2), for throughput

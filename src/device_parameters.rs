@@ -179,5 +179,17 @@ pub(crate) fn weights_from_table(
         retrieval_queries: take(weights::RETRIEVAL_QUERIES_BIAS),
         out: take(weights::OUT_BIAS),
     });
-    Weights::from_parts(config, norm, matrices, biases, None)
+    let bias_kv = config
+        .extra_keys
+        .bias_kv
+        .then(|| (take(weights::BIAS_K), take(weights::BIAS_V)));
+    let base = crate::config::ExtraKeys {
+        bias_kv: false,
+        ..config.extra_keys
+    };
+    let weights = Weights::from_parts(config.extra_keys(base), norm, matrices, biases, None)?;
+    match bias_kv {
+        Some((bias_k, bias_v)) => weights.with_bias_kv(bias_k, bias_v),
+        None => Ok(weights),
+    }
 }

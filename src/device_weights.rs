@@ -71,6 +71,8 @@ pub(crate) enum BufferCoreWeights<'a> {
     /// The unfused core and its selection: `W_rk`, or the MLP score network.
     Unfused(Selection<'a>),
     Cached(CachedPlan),
+    /// Queries over a memory, whose buffers the workspace is built with.
+    Memory(CachedPlan),
 }
 
 /// The plan's [`Route`] with the weights each part reads: the one value the workspace builds
@@ -113,6 +115,49 @@ pub(crate) struct DeviceWeights {
     out_bias: Option<wgpu::Buffer>,
     /// `(W_h, w_s)` of the MLP score network.
     selection_mlp: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// The memory's projections (`crate::cross_memory`), uploaded when a layer first makes one.
+    memory: MemorySlots,
+}
+
+/// The memory projection's weights as [`DeviceWeights::for_memory`] uploads them.
+#[derive(Default)]
+struct MemorySlots {
+    /// `[W_sk; W_rv]` `[(s + r)·d, kdim]`: one GEMM over one input (`kdim = vdim`).
+    both: Option<wgpu::Buffer>,
+    /// `[W_sk; 0]` `[(s + r)·d, kdim]` and `[0; W_rv]` `[(s + r)·d, vdim]`: two GEMMs over
+    /// separate key and value inputs, the second adding to the first's output.
+    keys: Option<wgpu::Buffer>,
+    values: Option<wgpu::Buffer>,
+    /// `[b_sk; b_rv]` (with `Config::bias`).
+    bias: Option<wgpu::Buffer>,
+}
+
+impl MemorySlots {
+    fn bytes(&self) -> u64 {
+        [&self.both, &self.keys, &self.values, &self.bias]
+            .iter()
+            .filter_map(|b| b.as_ref().map(wgpu::Buffer::size))
+            .sum()
+    }
+}
+
+/// The weights that project a memory's inputs into `[SK | RV]` rows, uploaded in the layer's
+/// precision (biases f32).
+pub(crate) struct MemoryWeights<'a> {
+    pub projection: MemoryProjection<'a>,
+    /// `[b_sk; b_rv]` (with `Config::bias`).
+    pub bias: Option<&'a wgpu::Buffer>,
+}
+
+/// How a memory's keys and values are projected: from one input, or from two.
+pub(crate) enum MemoryProjection<'a> {
+    /// `[W_sk; W_rv]` over the one input.
+    OneInput(&'a wgpu::Buffer),
+    /// `[W_sk; 0]` over the key input, then `[0; W_rv]` over the value input, accumulated.
+    TwoInputs {
+        keys: &'a wgpu::Buffer,
+        values: &'a wgpu::Buffer,
+    },
 }
 
 impl DeviceWeights {
@@ -129,7 +174,61 @@ impl DeviceWeights {
             folded_bias: None,
             out_bias: None,
             selection_mlp: None,
+            memory: MemorySlots::default(),
         }
+    }
+
+    /// The memory projection's weights for keys and values from one input (`two_inputs`
+    /// false; needs `kdim = vdim`) or from two, uploaded in `precision` on first use.
+    pub(crate) fn for_memory(
+        &mut self,
+        ctx: &GpuContext,
+        precision: crate::precision::Precision,
+        two_inputs: bool,
+    ) -> Result<MemoryWeights<'_>> {
+        let DeviceWeights { host, memory, .. } = self;
+        let c = *host.config();
+        let (kdim, vdim) = c.key_value_dims();
+        let (sw, vw) = (c.search_width(), c.value_width());
+        let upload =
+            |label: &str, data: Vec<f32>| memory::stored_init(ctx, label, &data, precision);
+        let MemorySlots {
+            both,
+            keys,
+            values,
+            bias,
+        } = memory;
+        let projection = if two_inputs {
+            let keys = filled(keys, || {
+                let mut data = host.search_keys.clone();
+                data.resize((sw + vw) * kdim, 0.0);
+                upload("memory projection [W_sk; 0]", data)
+            })?;
+            let values = filled(values, || {
+                let mut data = vec![0.0; sw * vdim];
+                data.extend_from_slice(&host.retrieval_values);
+                upload("memory projection [0; W_rv]", data)
+            })?;
+            MemoryProjection::TwoInputs { keys, values }
+        } else {
+            MemoryProjection::OneInput(filled(both, || {
+                upload(
+                    "memory projection [W_sk; W_rv]",
+                    [&host.search_keys[..], &host.retrieval_values[..]].concat(),
+                )
+            })?)
+        };
+        let bias = match &host.biases {
+            Some(b) => Some(filled(bias, || {
+                memory::storage_init(
+                    ctx,
+                    "memory projection biases",
+                    &[&b.search_keys[..], &b.retrieval_values[..]].concat(),
+                )
+            })?),
+            None => None,
+        };
+        Ok(MemoryWeights { projection, bias })
     }
 
     /// The host weights the device forms are made from.
@@ -158,6 +257,7 @@ impl DeviceWeights {
             + norm
             + biases
             + mlp
+            + self.memory.bytes()
     }
 
     /// Uploads what `plan` reads that is not on the device yet, and returns all of it, paired
@@ -179,6 +279,7 @@ impl DeviceWeights {
             folded_bias,
             out_bias,
             selection_mlp,
+            memory: _,
         } = self;
         let host = &*host;
         let c = *host.config();
@@ -288,6 +389,7 @@ impl DeviceWeights {
                 let core = match core {
                     BufferCore::Fused(fused) => BufferCoreWeights::Fused(fused.clone()),
                     BufferCore::Cached(cached) => BufferCoreWeights::Cached(*cached),
+                    BufferCore::Memory(memory) => BufferCoreWeights::Memory(*memory),
                     BufferCore::Unfused => BufferCoreWeights::Unfused(match &host.selection_mlp {
                         Some(m) => {
                             let (hidden, score) = filled(selection_mlp, || {
@@ -374,14 +476,31 @@ impl Upload<'_> {
     }
 }
 
+/// A key or value block of the packed projection from the query input `[rows, cols]`: the
+/// tensor itself, or zeros in a memory layer, whose keys and values come from the memory's own
+/// projection (`crate::cross_memory`) and whose `W_sk`, `W_rv` are not as wide as the input.
+/// `rows` is the block's output width (`s·d` or `r·d`), `cols` its input's (`dim`, or 1 for a
+/// bias).
+fn query_side<'a>(
+    w: &Weights,
+    tensor: &'a [f32],
+    rows: usize,
+    cols: usize,
+) -> std::borrow::Cow<'a, [f32]> {
+    match w.config().memory {
+        None => std::borrow::Cow::Borrowed(tensor),
+        Some(_) => std::borrow::Cow::Owned(vec![0.0; rows * cols]),
+    }
+}
+
 /// `[b_sq; b_sk; b_rq; b_rv]` (with biases; else empty).
 fn plain_projection_bias(w: &Weights) -> Vec<f32> {
     w.biases.as_ref().map_or_else(Vec::new, |b| {
         [
             &b.search_queries[..],
-            &b.search_keys[..],
+            &query_side(w, &b.search_keys, w.config().search_width(), 1)[..],
             &b.retrieval_queries[..],
-            &b.retrieval_values[..],
+            &query_side(w, &b.retrieval_values, w.config().value_width(), 1)[..],
         ]
         .concat()
     })
@@ -393,9 +512,9 @@ fn folded_projection_bias(w: &Weights) -> Vec<f32> {
     w.biases.as_ref().map_or_else(Vec::new, |b| {
         [
             &b.search_queries[..],
-            &b.search_keys[..],
+            &query_side(w, &b.search_keys, w.config().search_width(), 1)[..],
             &fold_retrieval_keys(w, &b.retrieval_queries, 1)[..],
-            &b.retrieval_values[..],
+            &query_side(w, &b.retrieval_values, w.config().value_width(), 1)[..],
         ]
         .concat()
     })
@@ -405,9 +524,14 @@ fn folded_projection_bias(w: &Weights) -> Vec<f32> {
 fn plain_projection(w: &Weights) -> Vec<f32> {
     [
         &w.search_queries[..],
-        &w.search_keys[..],
+        &query_side(w, &w.search_keys, w.config().search_width(), w.config().dim)[..],
         &w.retrieval_queries[..],
-        &w.retrieval_values[..],
+        &query_side(
+            w,
+            &w.retrieval_values,
+            w.config().value_width(),
+            w.config().dim,
+        )[..],
     ]
     .concat()
 }
@@ -416,9 +540,14 @@ fn plain_projection(w: &Weights) -> Vec<f32> {
 fn folded_projection(w: &Weights) -> Vec<f32> {
     [
         &w.search_queries[..],
-        &w.search_keys[..],
+        &query_side(w, &w.search_keys, w.config().search_width(), w.config().dim)[..],
         &fold_retrieval_keys(w, &w.retrieval_queries, w.config().dim)[..],
-        &w.retrieval_values[..],
+        &query_side(
+            w,
+            &w.retrieval_values,
+            w.config().value_width(),
+            w.config().dim,
+        )[..],
     ]
     .concat()
 }

@@ -275,6 +275,12 @@ pub enum Error {
     #[error("KV cache: {0}")]
     CacheMismatch(String),
 
+    /// Cross-attention asked of the wrong layer or memory: a [`Memory`](crate::Memory) of
+    /// another layer, a self-attention layer asked to attend a memory, or a cross-attention
+    /// layer asked for self-attention.
+    #[error("memory: {0}")]
+    MemoryMismatch(String),
+
     /// Training objects used with a layer they were not made for: another layer's
     /// `Activations`, `Gradients` or `AdamW`, or a gradient of the wrong length.
     #[error("training: {0}")]

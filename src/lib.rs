@@ -43,6 +43,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod cross_memory;
 #[cfg(feature = "gpu")]
 mod device_parameters;
 #[cfg(feature = "gpu")]
@@ -84,7 +85,8 @@ pub mod weights;
 #[cfg(feature = "gpu")]
 mod workspace;
 
-pub use config::Config;
+pub use config::{Config, ExtraKeys, MemoryDims};
+pub use cross_memory::Memory;
 pub use error::{Error, Result};
 #[cfg(feature = "gpu")]
 #[allow(deprecated)]

@@ -173,8 +173,7 @@ impl GemmPlan {
                 input: texel_gemm_kernel(ctx, rows, input_k, core == OperandStorage::Texels),
                 output: texel_gemm_kernel(ctx, rows, output_k, false),
             },
-            (OperandStorage::Buffers, KernelFamily::Cpu) => GemmPlan::Buffers(GemmTiling::REGISTER),
-            (OperandStorage::Buffers, KernelFamily::Gpu) => GemmPlan::Buffers(GemmTiling::TILED),
+            (OperandStorage::Buffers, _) => GemmPlan::Buffers(buffer_gemm_tiling(ctx)),
         }
     }
 
@@ -184,6 +183,15 @@ impl GemmPlan {
             GemmPlan::Texels { .. } => OperandStorage::Texels,
             GemmPlan::Buffers(_) => OperandStorage::Buffers,
         }
+    }
+}
+
+/// The buffer GEMM of the device's family: register-blocked for CPU drivers, workgroup tiles
+/// for GPUs. Also a memory's projection (`crate::cross_memory`), whose operands are buffers.
+pub(crate) fn buffer_gemm_tiling(ctx: &GpuContext) -> GemmTiling {
+    match KernelFamily::of(ctx) {
+        KernelFamily::Cpu => GemmTiling::REGISTER,
+        KernelFamily::Gpu => GemmTiling::TILED,
     }
 }
 
@@ -444,6 +452,26 @@ pub enum CorePlan {
     Unfused,
     /// New queries over a KV cache, split-KV (prefill and decode).
     Cached(CachedPlan),
+    /// Queries over a [`Memory`](crate::Memory) (cross-attention, or self-attention with extra
+    /// key rows): the cached core's split-KV attention over the memory's projected keys and
+    /// values, which nothing appends to.
+    Memory(CachedPlan),
+}
+
+/// The error for a layer with a memory or extra key rows asked for a plan of self-attention
+/// without them (`what`: the operation).
+pub(crate) fn refuse_memory_layer(c: &Config, what: &str) -> Error {
+    let problem = match c.memory {
+        Some(_) => {
+            "a cross-attention layer attends a memory: make one with \
+                    CompositionalAttention::memory (or memory_kv) and call forward_cross"
+        }
+        None => {
+            "a layer with extra key rows (add_bias_kv, add_zero_attn) runs forward and \
+                 forward_cross only"
+        }
+    };
+    Error::MemoryMismatch(format!("{what}: {problem}"))
 }
 
 impl CorePlan {
@@ -454,6 +482,7 @@ impl CorePlan {
             CorePlan::Fused(_) => "fused",
             CorePlan::Unfused => "unfused",
             CorePlan::Cached(_) => "cached",
+            CorePlan::Memory(_) => "memory",
         }
     }
 }
@@ -498,6 +527,7 @@ pub(crate) enum BufferCore {
     Fused(FusedPlan),
     Unfused,
     Cached(CachedPlan),
+    Memory(CachedPlan),
 }
 
 impl Route {
@@ -606,6 +636,7 @@ impl ExecutionPlan {
                 BufferCore::Fused(fused) => CorePlan::Fused(fused.clone()),
                 BufferCore::Unfused => CorePlan::Unfused,
                 BufferCore::Cached(cached) => CorePlan::Cached(*cached),
+                BufferCore::Memory(memory) => CorePlan::Memory(*memory),
             },
         }
     }
@@ -630,6 +661,9 @@ impl ExecutionPlan {
         crate::shape::check_tokens(config, batch, seq)?;
         precision.check_supported(ctx)?;
         let c = config;
+        if c.attends_memory() {
+            return Err(refuse_memory_layer(c, "this plan"));
+        }
         if c.selection_mlp.is_some() && strategy == Strategy::Fused {
             return Err(Error::InvalidConfig {
                 field: "strategy",
@@ -745,7 +779,7 @@ impl ExecutionPlan {
                     c.value_width(),
                 )?;
             }
-            CorePlan::Cached(cached) => {
+            CorePlan::Cached(cached) | CorePlan::Memory(cached) => {
                 let keys = bytes_in(
                     self.precision,
                     "KV cache keys",
@@ -784,6 +818,9 @@ impl ExecutionPlan {
         crate::shape::check_tokens(config, batch, capacity)?;
         precision.check_supported(ctx)?;
         let c = config;
+        if c.attends_memory() {
+            return Err(refuse_memory_layer(c, "a KV cache"));
+        }
         if c.selection_mlp.is_some() {
             return Err(Error::InvalidConfig {
                 field: "selection_mlp",
@@ -811,13 +848,58 @@ impl ExecutionPlan {
         Ok(plan)
     }
 
+    /// The plan of `seq` query rows per sequence attending a [`Memory`](crate::Memory) of
+    /// `positions` key rows (its extra rows included), every query seeing every position the
+    /// memory lets it see: cross-attention, or self-attention with extra key rows.
+    pub fn resolve_memory(
+        ctx: &GpuContext,
+        config: &Config,
+        precision: Precision,
+        batch: usize,
+        seq: usize,
+        positions: usize,
+    ) -> Result<ExecutionPlan> {
+        config.validate()?;
+        crate::shape::check_tokens(config, batch, seq)?;
+        crate::shape::check_tokens(config, batch, positions)?;
+        precision.check_supported(ctx)?;
+        let c = config;
+        if c.selection_mlp.is_some() {
+            return Err(Error::InvalidConfig {
+                field: "selection_mlp",
+                value: format!("{:?}", c.selection_mlp),
+                reason: "attention over a memory (cross-attention, extra key rows) selects \
+                         retrievals by the dot product; an MLP score network runs in the \
+                         unfused self-attention only",
+            });
+        }
+        let layout =
+            ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
+        let memory = CachedPlan::resolve(ctx, &layout, positions)?;
+        let plan = ExecutionPlan {
+            batch,
+            seq,
+            strategy: Strategy::Fused,
+            precision,
+            family: KernelFamily::of(ctx),
+            route: Route::buffers(ctx, c, batch * seq, BufferCore::Memory(memory)),
+        };
+        plan.check_sizes(ctx, c, &layout)?;
+        log::debug!(
+            "memory plan for batch {batch} × seq {seq}: {}",
+            plan.describe()
+        );
+        Ok(plan)
+    }
+
     /// The projection weights the plan reads.
     pub fn projection_weights(&self) -> ProjectionWeights {
         match self.core() {
             CorePlan::Unfused => ProjectionWeights::Plain,
-            CorePlan::Blocked(_) | CorePlan::Fused(_) | CorePlan::Cached(_) => {
-                ProjectionWeights::RetrievalFolded
-            }
+            CorePlan::Blocked(_)
+            | CorePlan::Fused(_)
+            | CorePlan::Cached(_)
+            | CorePlan::Memory(_) => ProjectionWeights::RetrievalFolded,
         }
     }
 
@@ -838,7 +920,7 @@ impl ExecutionPlan {
     /// debugging path, read and write f32) and the blocked core (texel rows are f32).
     pub fn intermediates(&self) -> Precision {
         match self.core() {
-            CorePlan::Fused(_) | CorePlan::Cached(_) => self.precision,
+            CorePlan::Fused(_) | CorePlan::Cached(_) | CorePlan::Memory(_) => self.precision,
             CorePlan::Unfused | CorePlan::Blocked(_) => Precision::F32,
         }
     }
@@ -864,6 +946,10 @@ impl ExecutionPlan {
             CorePlan::Unfused => "unfused".to_string(),
             CorePlan::Cached(c) => format!(
                 "cached ({} splits of {} keys over {} positions)",
+                c.splits, c.keys_per_split, c.capacity
+            ),
+            CorePlan::Memory(c) => format!(
+                "memory ({} splits of {} keys over {} positions)",
                 c.splits, c.keys_per_split, c.capacity
             ),
         };

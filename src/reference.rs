@@ -489,6 +489,14 @@ fn forward_rows_observed(
     let stored = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(store).collect() };
     let config = weights.config();
     check_input(config, x, batch, seq, mask)?;
+    if config.attends_memory() {
+        return Err(Error::InvalidConfig {
+            field: "memory",
+            value: format!("{:?}, {:?}", config.memory, config.extra_keys),
+            reason: "this oracle is lucidrains' self-attention; cross-attention and the extra \
+                     key rows are computed by reference::general (forward_cross)",
+        });
+    }
     if let Some(&(b, i)) = rows.iter().find(|&&(b, i)| b >= batch || i >= seq) {
         return Err(Error::shape("rows", &[batch, seq], &[b, i]));
     }

@@ -100,6 +100,110 @@ pub(crate) fn check_io_buffers(
     Ok(())
 }
 
+/// Checks the caller's memory buffers (`encode_memory`): `keys [batch, memory_seq, kdim]`,
+/// `values [batch, memory_seq, vdim]` (f32) and `mask [batch, memory_seq]` (u32), each with
+/// `STORAGE` usage and room for its shape.
+pub(crate) fn check_memory_buffers(
+    config: &Config,
+    keys: &wgpu::Buffer,
+    values: Option<&wgpu::Buffer>,
+    mask: Option<&wgpu::Buffer>,
+    batch: usize,
+    memory_seq: usize,
+) -> Result<()> {
+    check_memory_tokens(config, batch, memory_seq)?;
+    let (kdim, vdim) = config.key_value_dims();
+    let mut buffers = vec![(
+        "memory keys",
+        keys,
+        4 * elements("memory keys", &[batch, memory_seq, kdim])?,
+        format!("kdim {kdim} × f32"),
+    )];
+    if let Some(values) = values {
+        buffers.push((
+            "memory values",
+            values,
+            4 * elements("memory values", &[batch, memory_seq, vdim])?,
+            format!("vdim {vdim} × f32"),
+        ));
+    }
+    if let Some(mask) = mask {
+        if Some(mask) == values || mask == keys {
+            return Err(Error::IoBuffer {
+                name: "memory mask",
+                problem: "the mask buffer is also a key or value input; it must be its own \
+                          buffer of u32 words"
+                    .into(),
+            });
+        }
+        buffers.push((
+            "memory mask",
+            mask,
+            4 * elements("memory mask", &[batch, memory_seq])?,
+            "u32".into(),
+        ));
+    }
+    for (name, buffer, needed, element) in buffers {
+        check_storage_buffer(name, buffer, needed, (batch, memory_seq, &element))?;
+    }
+    Ok(())
+}
+
+/// Checks a memory's host inputs: `keys [batch, memory_seq, kdim]`, `values [batch,
+/// memory_seq, vdim]` and `mask [batch, memory_seq]`, positive and representable sizes.
+pub(crate) fn check_memory_input(
+    config: &Config,
+    keys: &[f32],
+    values: Option<&[f32]>,
+    mask: Option<&[bool]>,
+    batch: usize,
+    memory_seq: usize,
+) -> Result<()> {
+    check_memory_tokens(config, batch, memory_seq)?;
+    let (kdim, vdim) = config.key_value_dims();
+    let mut inputs = vec![("memory keys", keys, kdim)];
+    inputs.extend(values.map(|values| ("memory values", values, vdim)));
+    for (name, data, width) in inputs {
+        if data.len() != batch * memory_seq * width {
+            return Err(Error::shape(
+                name,
+                &[batch, memory_seq, width],
+                &[data.len()],
+            ));
+        }
+    }
+    if let Some(mask) = mask
+        && mask.len() != batch * memory_seq
+    {
+        return Err(Error::shape(
+            "memory mask",
+            &[batch, memory_seq],
+            &[mask.len()],
+        ));
+    }
+    Ok(())
+}
+
+/// Fails unless `batch` and `memory_seq` are positive and `[batch, memory_seq, max(kdim,
+/// vdim)]` has a representable size on this target.
+fn check_memory_tokens(config: &Config, batch: usize, memory_seq: usize) -> Result<()> {
+    let (kdim, vdim) = config.key_value_dims();
+    let widest = Config {
+        dim: kdim.max(vdim),
+        ..*config
+    };
+    check_tokens(&widest, batch, memory_seq).map_err(|error| match error {
+        Error::Shape {
+            expected, found, ..
+        } => Error::Shape {
+            name: "memory".into(),
+            expected,
+            found,
+        },
+        other => other,
+    })
+}
+
 /// A caller's buffer bound as storage: `STORAGE` usage and at least `needed` bytes, the shape
 /// `batch × seq × element` named in the error.
 fn check_storage_buffer(

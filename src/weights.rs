@@ -9,7 +9,7 @@ use std::path::Path;
 
 use safetensors::SafeTensors;
 
-use crate::config::Config;
+use crate::config::{Config, ExtraKeys, MemoryDims};
 use crate::error::{Error, Result};
 use crate::host_memory;
 use crate::io::{self, F32Tensor};
@@ -21,9 +21,9 @@ pub const NORM_WEIGHT: &str = "norm.weight";
 pub const NORM_BIAS: &str = "norm.bias";
 /// `to_searches_queries.weight`: `W_sq [s·d, dim]`.
 pub const SEARCH_QUERIES: &str = "to_searches_queries.weight";
-/// `to_searches_keys.weight`: `W_sk [s·d, dim]`.
+/// `to_searches_keys.weight`: `W_sk [s·d, dim]` (`[s·d, kdim]` with `Config::memory`).
 pub const SEARCH_KEYS: &str = "to_searches_keys.weight";
-/// `to_retrieval_values.weight`: `W_rv [r·d, dim]`.
+/// `to_retrieval_values.weight`: `W_rv [r·d, dim]` (`[r·d, vdim]` with `Config::memory`).
 pub const RETRIEVAL_VALUES: &str = "to_retrieval_values.weight";
 /// `to_retrieval_queries.weight`: `W_rq [s·d, dim]`.
 pub const RETRIEVAL_QUERIES: &str = "to_retrieval_queries.weight";
@@ -41,12 +41,22 @@ pub const RETRIEVAL_VALUES_BIAS: &str = "to_retrieval_values.bias";
 pub const RETRIEVAL_QUERIES_BIAS: &str = "to_retrieval_queries.bias";
 /// `to_out.bias`: `b_o [dim]` (with `Config::bias`).
 pub const OUT_BIAS: &str = "to_out.bias";
+/// `bias_k`: the learned extra key row `[s·d]`, per search (with `ExtraKeys::bias_kv`; fairseq's
+/// `add_bias_kv`).
+pub const BIAS_K: &str = "bias_k";
+/// `bias_v`: the learned extra value row `[r·d]`, per retrieval (with `ExtraKeys::bias_kv`).
+pub const BIAS_V: &str = "bias_v";
+/// The safetensors metadata key that records a cross-attention layer (`Config::memory`) whose
+/// key and value inputs are as wide as `dim`, which the shapes cannot tell from self-attention.
+pub const MEMORY_KEY: &str = "memory";
+/// The safetensors metadata key of `ExtraKeys::zero_attn` (no tensor records it).
+pub const ZERO_ATTN_KEY: &str = "add_zero_attn";
 
 /// Every parameter name, in `state_dict` order. The biases exist only with `Config::bias` and
 /// the score network only with `Config::selection_mlp` (the general form lowered, SPEC.md §9;
 /// the PyTorch package has neither). `W_rk` has no bias: one
 /// would add the same logit to every retrieval and cancel in the selection softmax.
-pub const PARAMETER_NAMES: [&str; 15] = [
+pub const PARAMETER_NAMES: [&str; 17] = [
     NORM_WEIGHT,
     NORM_BIAS,
     SEARCH_QUERIES,
@@ -62,6 +72,8 @@ pub const PARAMETER_NAMES: [&str; 15] = [
     OUT_BIAS,
     SELECTION_MLP_HIDDEN,
     SELECTION_MLP_SCORE,
+    BIAS_K,
+    BIAS_V,
 ];
 
 /// `selection_mlp.hidden`: `W_h [hidden, d]` (with `Config::selection_mlp`).
@@ -132,6 +144,9 @@ pub struct Weights {
     pub biases: Option<Biases>,
     /// The MLP score network, present exactly when `config.selection_mlp`.
     pub selection_mlp: Option<SelectionMlp>,
+    /// The learned extra key and value rows `(bias_k [s·d], bias_v [r·d])`, present exactly
+    /// when `config.extra_keys.bias_kv` ([`Weights::with_bias_kv`]).
+    pub bias_kv: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// One row of [`Weights::parameters`]: a parameter's `state_dict` name, its shape under the
@@ -175,18 +190,19 @@ impl Weights {
             Ok(v)
         };
         let (dim, d) = (config.dim, config.dim_head);
+        let (kdim, vdim) = config.key_value_dims();
         let (sw, vw) = (config.search_width(), config.value_width());
         let search_queries = draw("search_queries", &[sw, dim], dim)?;
-        let search_keys = draw("search_keys", &[sw, dim], dim)?;
-        let retrieval_values = draw("retrieval_values", &[vw, dim], dim)?;
+        let search_keys = draw("search_keys", &[sw, kdim], kdim)?;
+        let retrieval_values = draw("retrieval_values", &[vw, vdim], vdim)?;
         let retrieval_queries = draw("retrieval_queries", &[sw, dim], dim)?;
         let retrieval_keys = draw("retrieval_keys", &[d, d], d)?;
         let out = draw("out", &[dim, sw], sw)?;
         let biases = match config.bias {
             true => Some(Biases {
                 search_queries: draw("search_queries.bias", &[sw], dim)?,
-                search_keys: draw("search_keys.bias", &[sw], dim)?,
-                retrieval_values: draw("retrieval_values.bias", &[vw], dim)?,
+                search_keys: draw("search_keys.bias", &[sw], kdim)?,
+                retrieval_values: draw("retrieval_values.bias", &[vw], vdim)?,
                 retrieval_queries: draw("retrieval_queries.bias", &[sw], dim)?,
                 out: draw("out.bias", &[dim], sw)?,
             }),
@@ -198,6 +214,10 @@ impl Weights {
                 score: draw("selection_mlp.score", &[hidden], hidden)?,
             }),
             None => None,
+        };
+        let bias_kv = match config.extra_keys.bias_kv {
+            true => Some((draw("bias_k", &[sw], d)?, draw("bias_v", &[vw], d)?)),
+            false => None,
         };
         let norm = match config.prenorm {
             true => Some((
@@ -217,12 +237,14 @@ impl Weights {
             retrieval_keys,
             out,
             biases,
+            bias_kv,
         })
     }
 
     /// Weights from their parts: `[W_sq, W_sk, W_rv, W_rq, W_rk, W_o]` (PyTorch layout), the
     /// LayerNorm `(γ, β)`, the biases and the MLP score network, each checked against `config`
-    /// (which must have `prenorm`, `bias` and `selection_mlp` exactly when they are present).
+    /// (which must have `prenorm`, `bias` and `selection_mlp` exactly when they are present,
+    /// and no `extra_keys.bias_kv`: [`Weights::with_bias_kv`] adds those rows).
     pub fn from_parts(
         config: Config,
         norm: Option<(Vec<f32>, Vec<f32>)>,
@@ -249,14 +271,40 @@ impl Weights {
             out,
             biases,
             selection_mlp,
+            bias_kv: None,
         };
+        if config.extra_keys.bias_kv {
+            return Err(Error::ConfigMismatch(
+                "Weights::from_parts takes a configuration without extra_keys.bias_kv; add the \
+                 learned rows with Weights::with_bias_kv"
+                    .into(),
+            ));
+        }
+        weights.checked()
+    }
+
+    /// The learned extra key and value rows (fairseq's `add_bias_kv`): `bias_k [s·d]` (per
+    /// search) and `bias_v [r·d]` (per retrieval). Sets `config.extra_keys.bias_kv`.
+    pub fn with_bias_kv(mut self, bias_k: Vec<f32>, bias_v: Vec<f32>) -> Result<Weights> {
+        self.config.extra_keys.bias_kv = true;
+        self.bias_kv = Some((bias_k, bias_v));
+        self.checked()
+    }
+
+    /// Checks every tensor against the configuration's table ([`Weights::parameters`]).
+    fn checked(self) -> Result<Weights> {
+        let config = self.config;
+        let weights = self;
+        config.validate()?;
         if weights.norm.is_some() != config.prenorm
             || weights.biases.is_some() != config.bias
             || weights.selection_mlp.is_some() != config.selection_mlp.is_some()
+            || weights.bias_kv.is_some() != config.extra_keys.bias_kv
         {
             return Err(Error::ConfigMismatch(
-                "LayerNorm weights, biases and the MLP score network must be present exactly \
-                 with prenorm, bias and selection_mlp"
+                "LayerNorm weights, biases, the MLP score network and the learned extra rows \
+                 must be present exactly with prenorm, bias, selection_mlp and \
+                 extra_keys.bias_kv"
                     .into(),
             ));
         }
@@ -358,13 +406,18 @@ impl Weights {
             }
         };
         let rv_shape = shape_of(RETRIEVAL_VALUES)?;
-        let value_width = match rv_shape[..] {
-            [rows, cols] if rows > 0 && rows % d == 0 && cols == dim => rows,
+        let (value_width, vdim) = match rv_shape[..] {
+            [rows, cols] if rows > 0 && rows % d == 0 && cols > 0 => (rows, cols),
             _ => {
                 return Err(Error::ConfigMismatch(format!(
-                    "{prefix}{RETRIEVAL_VALUES} has shape {rv_shape:?}; it must be [num_retrievals·{d}, {dim}]"
+                    "{prefix}{RETRIEVAL_VALUES} has shape {rv_shape:?}; it must be [num_retrievals·{d}, vdim]"
                 )));
             }
+        };
+        // The key input's width from W_sk (its rows are checked when it is fetched).
+        let kdim = match shape_of(SEARCH_KEYS)?[..] {
+            [_, cols] if cols > 0 => cols,
+            _ => dim,
         };
         let has_norm_weight = file.tensor(&format!("{prefix}{NORM_WEIGHT}")).is_ok();
         let has_norm_bias = file.tensor(&format!("{prefix}{NORM_BIAS}")).is_ok();
@@ -421,6 +474,27 @@ impl Weights {
             })?,
             None => crate::config::LAYER_NORM_EPS,
         };
+        let flag = |key: &str| {
+            let key = format!("{prefix}{key}");
+            metadata
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get(&key))
+                .map(String::as_str)
+                == Some("true")
+        };
+        let memory = (kdim != dim || vdim != dim || flag(MEMORY_KEY)).then_some(MemoryDims {
+            key_dim: kdim,
+            value_dim: vdim,
+        });
+        let has_bias_k = file.tensor(&format!("{prefix}{BIAS_K}")).is_ok();
+        if has_bias_k != file.tensor(&format!("{prefix}{BIAS_V}")).is_ok() {
+            let missing = if has_bias_k { BIAS_V } else { BIAS_K };
+            return Err(Error::MissingTensor {
+                name: format!("{prefix}{missing}"),
+                context: Some("add_bias_kv needs both bias_k and bias_v".into()),
+            });
+        }
         let config = Config::new(dim)
             .dim_head(d)
             .num_searches(search_width / d)
@@ -429,7 +503,12 @@ impl Weights {
             .causal(causal)
             .bias(bias)
             .selection_mlp(selection_mlp)
-            .layer_norm_eps(layer_norm_eps);
+            .layer_norm_eps(layer_norm_eps)
+            .memory(memory)
+            .extra_keys(ExtraKeys {
+                bias_kv: has_bias_k,
+                zero_attn: flag(ZERO_ATTN_KEY),
+            });
         config.validate()?;
 
         let norm = if config.prenorm {
@@ -440,8 +519,8 @@ impl Weights {
         Ok(Weights {
             norm,
             search_queries: fetch(SEARCH_QUERIES, &[search_width, dim])?,
-            search_keys: fetch(SEARCH_KEYS, &[search_width, dim])?,
-            retrieval_values: fetch(RETRIEVAL_VALUES, &[value_width, dim])?,
+            search_keys: fetch(SEARCH_KEYS, &[search_width, kdim])?,
+            retrieval_values: fetch(RETRIEVAL_VALUES, &[value_width, vdim])?,
             retrieval_queries: fetch(RETRIEVAL_QUERIES, &[search_width, dim])?,
             retrieval_keys: fetch(RETRIEVAL_KEYS, &[d, d])?,
             out: fetch(OUT, &[dim, search_width])?,
@@ -462,13 +541,21 @@ impl Weights {
                 }),
                 None => None,
             },
+            bias_kv: match has_bias_k {
+                true => Some((
+                    fetch(BIAS_K, &[search_width])?,
+                    fetch(BIAS_V, &[value_width])?,
+                )),
+                false => None,
+            },
             config,
         })
     }
 
     /// Serialises the parameters as safetensors bytes, `F32`, `state_dict` names. A LayerNorm
     /// epsilon other than PyTorch's default (a Keras checkpoint's 1e-3), which no tensor
-    /// records, goes in the file's metadata as `layer_norm_eps`, and loads back from there.
+    /// records, goes in the file's metadata as `layer_norm_eps`, and loads back from there; so
+    /// do a cross-attention layer (`memory`) and `add_zero_attn`.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let mut metadata = Vec::new();
         if self.config.layer_norm_eps != crate::config::LAYER_NORM_EPS {
@@ -476,6 +563,12 @@ impl Weights {
                 LAYER_NORM_EPS_KEY.to_string(),
                 self.config.layer_norm_eps.to_string(),
             ));
+        }
+        if self.config.memory.is_some() {
+            metadata.push((MEMORY_KEY.to_string(), "true".to_string()));
+        }
+        if self.config.extra_keys.zero_attn {
+            metadata.push((ZERO_ATTN_KEY.to_string(), "true".to_string()));
         }
         let metadata = (!metadata.is_empty()).then(|| string_map(metadata));
         Ok(safetensors::serialize(self.named_tensors(), metadata)?)
@@ -503,6 +596,7 @@ impl Weights {
     pub fn parameters(&self) -> Vec<Parameter<'_>> {
         let c = &self.config;
         let (dim, d, sw, vw) = (c.dim, c.dim_head, c.search_width(), c.value_width());
+        let (kdim, vdim) = c.key_value_dims();
         fn p<'a>(name: &'static str, shape: &[usize], data: &'a [f32]) -> Parameter<'a> {
             Parameter {
                 name,
@@ -516,8 +610,8 @@ impl Weights {
         }
         table.extend([
             p(SEARCH_QUERIES, &[sw, dim], &self.search_queries),
-            p(SEARCH_KEYS, &[sw, dim], &self.search_keys),
-            p(RETRIEVAL_VALUES, &[vw, dim], &self.retrieval_values),
+            p(SEARCH_KEYS, &[sw, kdim], &self.search_keys),
+            p(RETRIEVAL_VALUES, &[vw, vdim], &self.retrieval_values),
             p(RETRIEVAL_QUERIES, &[sw, dim], &self.retrieval_queries),
             p(RETRIEVAL_KEYS, &[d, d], &self.retrieval_keys),
             p(OUT, &[dim, sw], &self.out),
@@ -536,6 +630,9 @@ impl Weights {
                 p(SELECTION_MLP_HIDDEN, &[hidden, d], &m.hidden),
                 p(SELECTION_MLP_SCORE, &[hidden], &m.score),
             ]);
+        }
+        if let Some((bias_k, bias_v)) = &self.bias_kv {
+            table.extend([p(BIAS_K, &[sw], bias_k), p(BIAS_V, &[vw], bias_v)]);
         }
         table
     }

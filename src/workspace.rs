@@ -843,6 +843,31 @@ impl Recorder<'_> {
                 // The length update goes after everything that reads the length.
                 finish = Some(step.advance);
             }
+            Wiring::Buffers {
+                core: BufferCoreWeights::Memory(memory),
+                operands: BufferPair { proj, concat },
+                ..
+            } => {
+                // As a cached plan's cache, a memory plan's memory is passed by the `Memory`
+                // that resolved it (`layer::cross`).
+                let memory_buffers = cache.ok_or(crate::Error::InvalidConfig {
+                    field: "execution plan",
+                    value: String::new(),
+                    reason: "a memory plan is built with the memory it was resolved for",
+                })?;
+                let attended = ops::decode::bind_attention(
+                    ctx,
+                    &layout,
+                    memory,
+                    scale,
+                    proj,
+                    memory_buffers,
+                    concat,
+                )
+                .await?;
+                self.dispatches.extend(attended.dispatches);
+                self.held.buffers.extend(attended.partials);
+            }
         }
         Ok((finish, maps))
     }

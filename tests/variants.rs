@@ -613,10 +613,33 @@ fn fairseq_cross_cases_through_the_f64_reference() {
             stats.within(TOLERANCE),
             "{case}: the f64 reference against the original: {stats}"
         );
-        assert!(
-            matches!(checkpoint.layer_weights(), Err(Error::Unsupported { .. })),
-            "{case}: the layer refuses the form by name"
-        );
+        // The layer on the GPU, both kernel families: through a memory, or (self-attention
+        // with add_bias_kv) through forward.
+        let weights = checkpoint.layer_weights().unwrap();
+        let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+        for ctx in [gpu(), gpu_other_profile()] {
+            let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+            let label = format!("{case} [{:?} kernels]", ctx.kernel_family_request());
+            let y = match f32s("memory") {
+                Some((memory_shape, memory)) => {
+                    let n_kv = memory_shape[1];
+                    let memory = match f32s("value_input") {
+                        Some((_, values)) => layer
+                            .memory_kv_blocking(&memory, &values, batch, n_kv, mask.as_deref())
+                            .unwrap(),
+                        None => layer
+                            .memory_blocking(&memory, batch, n_kv, mask.as_deref())
+                            .unwrap(),
+                    };
+                    layer.forward_cross_blocking(&x, &memory, n_q).unwrap()
+                }
+                None => layer
+                    .forward_blocking(&x, batch, n_q, mask.as_deref())
+                    .unwrap(),
+            };
+            let stats = assert_close(&label, &y, &expected, TOLERANCE);
+            eprintln!("{label}: {stats}");
+        }
         checked += 1;
     }
     assert_eq!(checked, 3);

@@ -34,11 +34,20 @@ impl Checkpoint {
     /// [`Gradients::to_weights`](crate::Gradients::to_weights) reads back.
     ///
     /// Fails with [`Error::TrainingMismatch`] if `layer_gradients` is not of this checkpoint's
-    /// layer, and with [`Error::TrainingUnsupported`] for the MLP score network (which does
-    /// not train).
+    /// layer, and with [`Error::TrainingUnsupported`] for the MLP score network, cross-attention
+    /// and the extra key rows (which do not train).
     pub fn gradients(&self, layer_gradients: &Weights) -> Result<Checkpoint> {
         self.validate()?;
-        self.check_lowerable()?;
+        if self.form.attention.runs_cross_attention()
+            || self.weights.bias_kv.is_some()
+            || self.form.zero_attention
+        {
+            return Err(Error::TrainingUnsupported {
+                what: "cross-attention or extra key rows (add_bias_kv, add_zero_attn)".into(),
+                reason: "the layer trains self-attention without extra key rows; these forms run \
+                         inference only (Memory, forward_cross)",
+            });
+        }
         let expected = self.lowered_config();
         let got = layer_gradients.config();
         let key = |c: &crate::Config| {

@@ -24,7 +24,7 @@
 //! itself: the layer runs the same kernels as a lucidrains checkpoint, at the same speed.
 
 use crate::checkpoint::{Checkpoint, Linear, Selection, SelectionWeights};
-use crate::config::Config;
+use crate::config::{Config, ExtraKeys, MemoryDims};
 use crate::error::{Error, Result};
 use crate::host_memory::{self, try_tensor};
 use crate::weights::{Biases, SelectionMlp, Weights};
@@ -43,36 +43,6 @@ pub(super) enum Lowering {
 }
 
 impl Checkpoint {
-    /// Fails with [`Error::Unsupported`], naming the option, for what the layer's kernels do not
-    /// run yet: attention over a memory (`encoder_decoder_attention`, `kdim`/`vdim` other than
-    /// `embed_dim`) and the extra key rows (`add_bias_kv`, `add_zero_attn`). The f64 reference
-    /// computes all of them (`reference::general::forward_cross`).
-    pub(super) fn check_lowerable(&self) -> Result<()> {
-        let f = &self.form;
-        let refuse = |option: String| Error::Unsupported {
-            format: f.format.name(),
-            option,
-            reason: "the layer's kernels run self-attention without extra key rows; this form \
-                     runs in the f64 reference only (reference::general::forward_cross)",
-        };
-        if !f.attention.runs_self_attention(f.dim) {
-            let (kdim, vdim) = f.attention.input_dims(f.dim);
-            return Err(refuse(match f.attention {
-                crate::checkpoint::Attention::EncoderDecoder { .. } => {
-                    format!("encoder_decoder_attention=True (kdim {kdim})")
-                }
-                _ => format!("kdim={kdim}, vdim={vdim} (cross-attention)"),
-            }));
-        }
-        if self.weights.bias_kv.is_some() {
-            return Err(refuse("add_bias_kv=True".into()));
-        }
-        if f.zero_attention {
-            return Err(refuse("add_zero_attn=True".into()));
-        }
-        Ok(())
-    }
-
     /// Which [`Lowering`] this checkpoint takes.
     pub(super) fn lowering(&self) -> Lowering {
         let f = &self.form;
@@ -115,6 +85,56 @@ impl Checkpoint {
             .causal(f.causal)
             .bias(bias)
             .selection_mlp(mlp)
+            // A memory layer (its own key and value inputs), unless the form is also the causal
+            // self-attention that fairseq's general attention is when called with `x` thrice.
+            .memory(
+                (f.attention.runs_cross_attention()
+                    && !(f.causal && f.attention.runs_self_attention(f.dim)))
+                .then(|| {
+                    let (key_dim, value_dim) = f.attention.input_dims(f.dim);
+                    MemoryDims { key_dim, value_dim }
+                }),
+            )
+            .extra_keys(ExtraKeys {
+                bias_kv: w.bias_kv.is_some(),
+                zero_attn: f.zero_attention,
+            })
+    }
+
+    /// `config` without `extra_keys.bias_kv`, which [`Weights::from_parts`] takes (the learned
+    /// rows are added by [`Checkpoint::with_extra_keys`]).
+    fn without_bias_kv(&self, config: Config) -> Config {
+        config.extra_keys(ExtraKeys {
+            bias_kv: false,
+            ..config.extra_keys
+        })
+    }
+
+    /// `layer` (lowered without the learned rows, [`Checkpoint::without_bias_kv`]) with the
+    /// checkpoint's `add_bias_kv` rows, laid out as `lowering` lays heads out. `bias_k` is `embed_dim` wide (per
+    /// search head of `hd`), `bias_v` `attn_dim` wide (per retrieval of `vd`).
+    fn with_extra_keys(&self, layer: Weights, lowering: Lowering) -> Result<Weights> {
+        let f = &self.form;
+        let Some((bias_k, bias_v)) = &self.weights.bias_kv else {
+            return Ok(layer);
+        };
+        let (hd, vd) = (f.head_dim, f.value_dim);
+        let width = match lowering {
+            Lowering::Itself => hd,
+            Lowering::Padded { width } => width,
+        };
+        let padded = |rows: &[f32], count: usize, used: usize| -> Vec<f32> {
+            (0..count * width)
+                .map(|i| match i % width < used {
+                    true => rows[i / width * used + i % width],
+                    false => 0.0,
+                })
+                .collect()
+        };
+        layer.with_bias_kv(
+            padded(bias_k, f.searches, hd),
+            padded(bias_v, f.retrievals, vd),
+        )
     }
 
     /// The layer's weights for this checkpoint (see the module documentation). A checkpoint
@@ -122,7 +142,6 @@ impl Checkpoint {
     /// unfused strategy runs (a layer made from them starts with it).
     pub fn layer_weights(&self) -> Result<Weights> {
         self.validate()?;
-        self.check_lowerable()?;
         match (self.lowering(), &self.weights.selection) {
             (Lowering::Itself, SelectionWeights::DotProduct { value_k }) => {
                 self.lucidrains_weights(value_k)
@@ -134,7 +153,7 @@ impl Checkpoint {
     /// lucidrains' form as it is: `W_rk = W_vk`, `W_rq = W_vq`.
     fn lucidrains_weights(&self, value_k: &Linear) -> Result<Weights> {
         let w = &self.weights;
-        let config = self.lowered_config();
+        let config = self.without_bias_kv(self.lowered_config());
         let bias = config.bias;
         let bias_of = |l: &Linear| l.bias.clone().unwrap_or_else(|| vec![0.0; l.out]);
         Weights::from_parts(
@@ -157,6 +176,7 @@ impl Checkpoint {
             }),
             None,
         )
+        .and_then(|layer| self.with_extra_keys(layer, Lowering::Itself))
     }
 
     /// Every other form: padded to `w = max(hd, vd)`, scales and the selection folded.
@@ -185,10 +205,13 @@ impl Checkpoint {
 
         // `count` blocks of `width` rows, each filled with `used` rows `row(block, j)` (a
         // weight row and its bias) and padded with zeros.
-        let blocks = |count: usize,
-                      used: usize,
-                      row: &dyn Fn(usize, usize) -> (Vec<f64>, f64)|
+        // `cols`: the width of the input the rows read (`dim`, or the memory's kdim/vdim).
+        let blocks_of = |count: usize,
+                         used: usize,
+                         cols: usize,
+                         row: &dyn Fn(usize, usize) -> (Vec<f64>, f64)|
          -> Result<(Vec<f32>, Vec<f32>)> {
+            let dim = cols;
             let mut weight = try_tensor("the lowered weights", &[count, width, dim], 0.0f32)?;
             let mut bias = try_tensor("the lowered biases", &[count, width], 0.0f32)?;
             for block in 0..count {
@@ -203,6 +226,10 @@ impl Checkpoint {
             }
             Ok((weight, bias))
         };
+        let blocks = |count: usize, used: usize, row: &dyn Fn(usize, usize) -> (Vec<f64>, f64)| {
+            blocks_of(count, used, dim, row)
+        };
+        let (kdim, vdim) = f.attention.input_dims(dim);
         let copy_row = |l: &Linear, o: usize, scale: f64| -> (Vec<f64>, f64) {
             (
                 l.row(o).iter().map(|&v| v as f64 * scale).collect(),
@@ -213,8 +240,8 @@ impl Checkpoint {
         // Search queries carry hd^-½ in place of the kernels' w^-½.
         let q_scale = (hd as f64).powf(-0.5) / kernel_scale;
         let (sq, sq_b) = blocks(heads, hd, &|h, j| copy_row(&wt.q, h * hd + j, q_scale))?;
-        let (sk, sk_b) = blocks(heads, hd, &|h, j| copy_row(&wt.k, h * hd + j, 1.0))?;
-        let (rv, rv_b) = blocks(rules, vd, &|r, j| copy_row(&wt.v, r * vd + j, 1.0))?;
+        let (sk, sk_b) = blocks_of(heads, hd, kdim, &|h, j| copy_row(&wt.k, h * hd + j, 1.0))?;
+        let (rv, rv_b) = blocks_of(rules, vd, vdim, &|r, j| copy_row(&wt.v, r * vd + j, 1.0))?;
 
         let vq_row = |h: usize, t: usize| self.retrieval_query(h, t);
         // Q̃ of head h, element j < vd, with the selection scale against the kernels' w^-½.
@@ -286,8 +313,8 @@ impl Checkpoint {
         let identity: Vec<f32> = (0..width * width)
             .map(|i| (i / width == i % width) as u8 as f32)
             .collect();
-        Weights::from_parts(
-            config,
+        let layer = Weights::from_parts(
+            self.without_bias_kv(config),
             wt.norm.clone(),
             [sq, sk, rv, rq, identity, out],
             Some(Biases {
@@ -298,7 +325,8 @@ impl Checkpoint {
                 out: out_b,
             }),
             selection_mlp,
-        )
+        )?;
+        self.with_extra_keys(layer, Lowering::Padded { width })
     }
 
     /// `vq` of head `h`, row `t`, as an affine map of `x`: (weight `[dim]`, bias), as the

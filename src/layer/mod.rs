@@ -3,6 +3,7 @@
 //! (upload, the same recording, one submit, one readback). Attention maps (`maps.rs`) and
 //! generation over a KV cache (`generation.rs`) are the layer's other two entry points.
 
+mod cross;
 mod generation;
 mod maps;
 
@@ -460,6 +461,19 @@ impl CompositionalAttention {
     ) -> Result<TimedForward> {
         shape::check_input(&self.config, x, batch, seq, mask)?;
         io::check_finite("input", x)?;
+        if self.config.attends_memory() {
+            // Extra key rows: the input's own memory (one more submit; host wall time).
+            let start = crate::time::Instant::now();
+            let output = self.forward_over_own_memory(x, batch, seq, mask).await?;
+            let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+            return Ok(TimedForward {
+                output,
+                kernels: Vec::new(),
+                total_ms: wall_ms,
+                wall_ms,
+                source: TimingSource::HostWallClock,
+            });
+        }
         let ctx = self.ctx.clone();
         let dim = self.config.dim;
         let _serial = ctx.serial().await;

@@ -131,6 +131,102 @@ pub(crate) async fn bind(
     cache: &CacheBuffers,
     concat: &wgpu::Buffer,
 ) -> Result<BoundStep> {
+    let append = bind_append(
+        ctx,
+        layout,
+        plan.capacity,
+        proj,
+        new_mask,
+        cache,
+        &cache.state,
+    )
+    .await?;
+    let attended = bind_attention(ctx, layout, plan, scale, proj, cache, concat).await?;
+    let [.., advance] = variants(layout, cache.precision);
+    let advance = Dispatch::new(
+        ctx,
+        &advance,
+        bytemuck::bytes_of(&AdvanceParams {
+            seq: layout.seq as u32,
+            _pad: [0; 3],
+        }),
+        &[(&cache.state).into()],
+        1,
+    )
+    .await?;
+    let mut dispatches = vec![append];
+    dispatches.extend(attended.dispatches);
+    Ok(BoundStep {
+        dispatches,
+        advance,
+        partials: attended.partials,
+    })
+}
+
+/// Binds `cache_append` for the `layout.seq` tokens of `proj` (search keys at
+/// `layout.search_keys`, retrieval values at `layout.retrieval_values`, `row_stride` wide) with
+/// key mask `new_mask`, written at positions `at[0] + i` of a cache of `capacity` positions
+/// (`at`: the cache's length for a step, a memory's first position after its extra rows).
+pub(crate) async fn bind_append(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    capacity: usize,
+    proj: &wgpu::Buffer,
+    new_mask: impl Into<Buf<'_>>,
+    cache: &CacheBuffers,
+    at: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    let (b, n, s, r, d) = (
+        layout.batch,
+        layout.seq,
+        layout.searches,
+        layout.retrievals,
+        layout.head,
+    );
+    let [append, ..] = variants(layout, cache.precision);
+    let params = AppendParams {
+        batch: b as u32,
+        seq: n as u32,
+        searches: s as u32,
+        head: d as u32,
+        value_width: (r * d) as u32,
+        row_stride: layout.row_stride as u32,
+        k_offset: layout.search_keys as u32,
+        v_offset: layout.retrieval_values as u32,
+        capacity: capacity as u32,
+        _pad: [0; 3],
+    };
+    let elements = (b * n * (s * d + r * d + 1)) as u64;
+    Dispatch::new(
+        ctx,
+        &append,
+        bytemuck::bytes_of(&params),
+        &[
+            proj.into(),
+            new_mask.into().into(),
+            at.into(),
+            (&cache.keys).into(),
+            (&cache.values).into(),
+            (&cache.mask).into(),
+            (&cache.first_allowed).into(),
+        ],
+        elements.div_ceil(WG as u64),
+    )
+    .await
+}
+
+/// Binds the split attention of the `layout.seq` queries of `proj` over `cache` (each query at
+/// position `cache.state[0] + i` sees the positions up to its own) and the reduce into
+/// `concat`; allocates the split partials.
+pub(crate) async fn bind_attention(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    plan: &CachedPlan,
+    scale: f32,
+    proj: &wgpu::Buffer,
+    cache: &CacheBuffers,
+    concat: &wgpu::Buffer,
+) -> Result<BoundAttention> {
     let (b, n, s, r, d) = (
         layout.batch,
         layout.seq,
@@ -165,20 +261,7 @@ pub(crate) async fn bind(
         &[rows, plan.splits, r * d],
         None,
     )?;
-    let [append, attention, reduce, advance] = variants(layout, cache.precision);
-    let append_params = AppendParams {
-        batch: b as u32,
-        seq: n as u32,
-        searches: s as u32,
-        head: d as u32,
-        value_width: (r * d) as u32,
-        row_stride: layout.row_stride as u32,
-        k_offset: layout.search_keys as u32,
-        v_offset: layout.retrieval_values as u32,
-        capacity: plan.capacity as u32,
-        _pad: [0; 3],
-    };
-    let append_elements = (b * n * (s * d + r * d + 1)) as u64;
+    let [_, attention, reduce, _] = variants(layout, cache.precision);
     let attention_params = AttentionParams {
         batch: b as u32,
         seq: n as u32,
@@ -202,22 +285,6 @@ pub(crate) async fn bind(
         _pad: 0,
     };
     let dispatches = vec![
-        Dispatch::new(
-            ctx,
-            &append,
-            bytemuck::bytes_of(&append_params),
-            &[
-                proj.into(),
-                new_mask.into().into(),
-                (&cache.state).into(),
-                (&cache.keys).into(),
-                (&cache.values).into(),
-                (&cache.mask).into(),
-                (&cache.first_allowed).into(),
-            ],
-            append_elements.div_ceil(WG as u64),
-        )
-        .await?,
         Dispatch::new(
             ctx,
             &attention,
@@ -244,22 +311,16 @@ pub(crate) async fn bind(
         )
         .await?,
     ];
-    let advance = Dispatch::new(
-        ctx,
-        &advance,
-        bytemuck::bytes_of(&AdvanceParams {
-            seq: n as u32,
-            _pad: [0; 3],
-        }),
-        &[(&cache.state).into()],
-        1,
-    )
-    .await?;
-    Ok(BoundStep {
+    Ok(BoundAttention {
         dispatches,
-        advance,
         partials: [stats, acc],
     })
+}
+
+/// The split attention and reduce of [`bind_attention`], and the partials they write.
+pub(crate) struct BoundAttention {
+    pub dispatches: Vec<Dispatch>,
+    pub partials: [wgpu::Buffer; 2],
 }
 
 /// A bound step: the core's dispatches, the length update to record last, and the split

@@ -343,6 +343,22 @@ pub(crate) async fn buffer_dispatches(
     rhs: &wgpu::Buffer,
     out: impl Into<Buf<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    buffer_dispatches_onto(ctx, tiling, shape, precision, lhs, rhs, out, false).await
+}
+
+/// [`buffer_dispatches`] that adds `lhs·rhsᵀ` to what `out` holds where `add` (a second GEMM
+/// into the same output: a memory's value projection after its key projection).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn buffer_dispatches_onto(
+    ctx: &GpuContext,
+    tiling: GemmTiling,
+    shape: GemmShape,
+    precision: GemmPrecision,
+    lhs: impl Into<Buf<'_>>,
+    rhs: &wgpu::Buffer,
+    out: impl Into<Buf<'_>>,
+    add: bool,
+) -> Result<Vec<Dispatch>> {
     let (lhs, out) = (lhs.into(), out.into());
     let (rows, cols) = tiling.tile_shape();
     let tiles_m = shape.m.div_ceil(rows);
@@ -373,7 +389,7 @@ pub(crate) async fn buffer_dispatches(
             tiles_n: tiles_n as u32,
             k_begin: slice.start as u32,
             k_end: slice.end as u32,
-            accumulate: (index > 0) as u32,
+            accumulate: (add || index > 0) as u32,
             _pad: 0,
         };
         dispatches.push(

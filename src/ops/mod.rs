@@ -104,6 +104,31 @@ impl ProjectionLayout {
         }
     }
 
+    /// The projection of a memory's `seq` positions: keys and values only, `[SK | RV]`
+    /// (`row_stride = (s + r)·d`), which `cache_append` reads; it has no query columns (their
+    /// offsets are 0 and unread).
+    pub(crate) fn keys_values(
+        batch: usize,
+        seq: usize,
+        searches: usize,
+        retrievals: usize,
+        head: usize,
+    ) -> Self {
+        let search_width = searches * head;
+        ProjectionLayout {
+            batch,
+            seq,
+            searches,
+            retrievals,
+            head,
+            row_stride: search_width + retrievals * head,
+            search_queries: 0,
+            search_keys: 0,
+            retrieval_queries: 0,
+            retrieval_values: search_width,
+        }
+    }
+
     /// Copies columns `offset..offset + width` of every row of a host copy of `proj`.
     #[cfg(test)]
     pub(crate) fn column_block(&self, proj: &[f32], offset: usize, width: usize) -> Vec<f64> {

@@ -146,6 +146,7 @@ impl From<Error> for ApiError {
             Error::InvalidConfig { .. }
             | Error::NonFinite { .. }
             | Error::CacheMismatch(_)
+            | Error::MemoryMismatch(_)
             | Error::TrainingMismatch(_)
             | Error::TrainingUnsupported { .. }
             | Error::IoBuffer { .. } => Code::InvalidArgument,
