@@ -126,10 +126,13 @@ impl Config {
             .map_or((self.dim, self.dim), |m| (m.key_dim, m.value_dim))
     }
 
-    /// Whether keys and values are not simply the input's projections: a memory, or extra rows.
-    /// Such a layer attends through a [`Memory`](crate::Memory) (SPEC.md §9.2).
-    pub fn attends_memory(&self) -> bool {
-        self.memory.is_some() || self.extra_keys.rows() > 0
+    /// Whether the layer's self-attention is plain: keys and values projected from the input
+    /// (no memory, or a memory as wide as the input, such as fairseq's general attention with
+    /// `kdim = vdim = embed_dim`) and no extra key rows. Such a layer runs on the self-attention
+    /// cores, trains, generates over a KV cache and draws attention maps; every other layer
+    /// attends through a [`Memory`](crate::Memory) (SPEC.md §9.2).
+    pub fn plain_self_attention(&self) -> bool {
+        self.key_value_dims() == (self.dim, self.dim) && self.extra_keys.rows() == 0
     }
 
     /// Sets `selection_mlp`.

@@ -18,8 +18,6 @@
 //! made per call: every query sees the extra rows and, causal or not, the input's positions
 //! it may see (`Visibility`).
 
-use std::sync::Mutex;
-
 use crate::config::Config;
 use crate::device_weights::{MemoryProjection, MemoryWeights};
 use crate::error::{Error, Result};
@@ -42,7 +40,8 @@ pub struct Memory {
     pub(crate) extra_rows: usize,
     pub(crate) buffers: CacheBuffers,
     /// The workspaces of the query shapes that attended this memory (they bind its buffers).
-    pub(crate) workspaces: Mutex<WorkspaceCache>,
+    /// An async lock: a call holds it while it builds and records (awaiting pipelines).
+    pub(crate) workspaces: futures::lock::Mutex<WorkspaceCache>,
     /// The layer's weights version the memory was projected with.
     pub(crate) weights_version: u64,
 }
@@ -93,9 +92,10 @@ impl Memory {
     /// the query shapes that attended it.
     pub fn gpu_bytes(&self) -> u64 {
         let b = &self.buffers;
+        // A call in progress holds the lock: its workspaces are not counted then.
         let workspaces = self
             .workspaces
-            .lock()
+            .try_lock()
             .map_or(0, |workspaces| workspaces.bytes());
         [&b.keys, &b.values, &b.mask, &b.first_allowed, &b.state]
             .iter()
@@ -341,7 +341,7 @@ pub(crate) async fn record(
         len,
         extra_rows,
         buffers,
-        workspaces: Mutex::new(WorkspaceCache::new()),
+        workspaces: futures::lock::Mutex::new(WorkspaceCache::new()),
         weights_version,
     })
 }

@@ -477,8 +477,9 @@ impl Upload<'_> {
 }
 
 /// A key or value block of the packed projection from the query input `[rows, cols]`: the
-/// tensor itself, or zeros in a memory layer, whose keys and values come from the memory's own
-/// projection (`crate::cross_memory`) and whose `W_sk`, `W_rv` are not as wide as the input.
+/// tensor itself, or zeros in a cross-attention layer whose `W_sk`, `W_rv` are not as wide as
+/// the input (its keys and values come from the memory's own projection,
+/// `crate::cross_memory`).
 /// `rows` is the block's output width (`s·d` or `r·d`), `cols` its input's (`dim`, or 1 for a
 /// bias).
 fn query_side<'a>(
@@ -487,9 +488,10 @@ fn query_side<'a>(
     rows: usize,
     cols: usize,
 ) -> std::borrow::Cow<'a, [f32]> {
-    match w.config().memory {
-        None => std::borrow::Cow::Borrowed(tensor),
-        Some(_) => std::borrow::Cow::Owned(vec![0.0; rows * cols]),
+    let c = w.config();
+    match c.key_value_dims() == (c.dim, c.dim) {
+        true => std::borrow::Cow::Borrowed(tensor),
+        false => std::borrow::Cow::Owned(vec![0.0; rows * cols]),
     }
 }
 

@@ -178,7 +178,8 @@ pub struct Input {
 }
 
 impl Input {
-    /// Reads `input` (and `mask`, if present) from a safetensors file's bytes.
+    /// Reads `input` (and `mask`, if present) from a safetensors file's bytes; in a file with a
+    /// `memory`, `mask` is the memory's ([`MemoryInput`]) and the input has none.
     pub fn from_safetensors(bytes: &[u8]) -> Result<Input> {
         let file = SafeTensors::deserialize(bytes)?;
         let view = file.tensor(INPUT).map_err(|_| Error::MissingTensor {
@@ -189,7 +190,9 @@ impl Input {
             return Err(Error::shape(INPUT, &[0, 0, 0], view.shape()));
         };
         let x = tensor_to_f32(INPUT, &view)?;
+        // With a memory (cross-attention), `mask` is the memory's ([`MemoryInput`]).
         let mask = match file.tensor(MASK) {
+            Ok(_) if file.tensor(MEMORY).is_ok() => None,
             Ok(view) => {
                 if view.shape() != [batch, seq] {
                     return Err(Error::shape(MASK, &[batch, seq], view.shape()));
@@ -210,6 +213,70 @@ impl Input {
     /// Reads `input` and `mask` from a safetensors file.
     pub fn load(path: impl AsRef<Path>) -> Result<Input> {
         Self::from_safetensors(&read_file(path.as_ref())?)
+    }
+}
+
+/// The memory of a cross-attention input file: `memory [batch, memory_seq, kdim]`, optionally
+/// `value_input [batch, memory_seq, vdim]` (separate key and value inputs), and `mask [batch,
+/// memory_seq]` on the memory (U8/BOOL, 1 = may be attended).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryInput {
+    /// Batch size.
+    pub batch: usize,
+    /// Memory positions per sequence.
+    pub seq: usize,
+    /// The key input's width (`kdim`).
+    pub key_dim: usize,
+    /// Row-major `[batch, seq, key_dim]`.
+    pub keys: Vec<f32>,
+    /// `value_input`, row-major `[batch, seq, vdim]`, with its width; `None`: the keys' input.
+    pub values: Option<(Vec<f32>, usize)>,
+    /// Row-major `[batch, seq]`, `true` = the position may be attended.
+    pub mask: Option<Vec<bool>>,
+}
+
+impl MemoryInput {
+    /// Reads `memory`, `value_input` and the memory's `mask` from a safetensors file's bytes;
+    /// `None` if the file holds no `memory`.
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Option<MemoryInput>> {
+        let file = SafeTensors::deserialize(bytes)?;
+        let Ok(view) = file.tensor(MEMORY) else {
+            return Ok(None);
+        };
+        let &[batch, seq, key_dim] = view.shape() else {
+            return Err(Error::shape(MEMORY, &[0, 0, 0], view.shape()));
+        };
+        let keys = tensor_to_f32(MEMORY, &view)?;
+        let values = match file.tensor(VALUE_INPUT) {
+            Ok(view) => match *view.shape() {
+                [b, n, value_dim] if (b, n) == (batch, seq) => {
+                    Some((tensor_to_f32(VALUE_INPUT, &view)?, value_dim))
+                }
+                _ => return Err(Error::shape(VALUE_INPUT, &[batch, seq, 0], view.shape())),
+            },
+            Err(_) => None,
+        };
+        let mask = match file.tensor(MASK) {
+            Ok(view) => {
+                if view.shape() != [batch, seq] {
+                    return Err(Error::shape(
+                        "mask (on the memory)",
+                        &[batch, seq],
+                        view.shape(),
+                    ));
+                }
+                Some(tensor_to_mask(MASK, &view)?)
+            }
+            Err(_) => None,
+        };
+        Ok(Some(MemoryInput {
+            batch,
+            seq,
+            key_dim,
+            keys,
+            values,
+            mask,
+        }))
     }
 }
 

@@ -43,6 +43,7 @@
 
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "gpu")]
 mod cross_memory;
 #[cfg(feature = "gpu")]
 mod device_parameters;
@@ -86,6 +87,7 @@ pub mod weights;
 mod workspace;
 
 pub use config::{Config, ExtraKeys, MemoryDims};
+#[cfg(feature = "gpu")]
 pub use cross_memory::Memory;
 pub use error::{Error, Result};
 #[cfg(feature = "gpu")]

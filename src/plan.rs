@@ -461,14 +461,15 @@ pub enum CorePlan {
 /// The error for a layer with a memory or extra key rows asked for a plan of self-attention
 /// without them (`what`: the operation).
 pub(crate) fn refuse_memory_layer(c: &Config, what: &str) -> Error {
-    let problem = match c.memory {
-        Some(_) => {
-            "a cross-attention layer attends a memory: make one with \
-                    CompositionalAttention::memory (or memory_kv) and call forward_cross"
+    let problem = match c.key_value_dims() == (c.dim, c.dim) {
+        false => {
+            "a cross-attention layer whose key and value inputs are not as wide as its queries' \
+             attends a memory: make one with CompositionalAttention::memory (or memory_kv) and \
+             call forward_cross"
         }
-        None => {
+        true => {
             "a layer with extra key rows (add_bias_kv, add_zero_attn) runs forward and \
-                 forward_cross only"
+             forward_cross only"
         }
     };
     Error::MemoryMismatch(format!("{what}: {problem}"))
@@ -661,7 +662,7 @@ impl ExecutionPlan {
         crate::shape::check_tokens(config, batch, seq)?;
         precision.check_supported(ctx)?;
         let c = config;
-        if c.attends_memory() {
+        if !c.plain_self_attention() {
             return Err(refuse_memory_layer(c, "this plan"));
         }
         if c.selection_mlp.is_some() && strategy == Strategy::Fused {
@@ -818,7 +819,7 @@ impl ExecutionPlan {
         crate::shape::check_tokens(config, batch, capacity)?;
         precision.check_supported(ctx)?;
         let c = config;
-        if c.attends_memory() {
+        if !c.plain_self_attention() {
             return Err(refuse_memory_layer(c, "a KV cache"));
         }
         if c.selection_mlp.is_some() {

@@ -489,7 +489,7 @@ fn forward_rows_observed(
     let stored = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(store).collect() };
     let config = weights.config();
     check_input(config, x, batch, seq, mask)?;
-    if config.attends_memory() {
+    if !config.plain_self_attention() {
         return Err(Error::InvalidConfig {
             field: "memory",
             value: format!("{:?}, {:?}", config.memory, config.extra_keys),

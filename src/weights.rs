@@ -46,8 +46,9 @@ pub const OUT_BIAS: &str = "to_out.bias";
 pub const BIAS_K: &str = "bias_k";
 /// `bias_v`: the learned extra value row `[r·d]`, per retrieval (with `ExtraKeys::bias_kv`).
 pub const BIAS_V: &str = "bias_v";
-/// The safetensors metadata key that records a cross-attention layer (`Config::memory`) whose
-/// key and value inputs are as wide as `dim`, which the shapes cannot tell from self-attention.
+/// The safetensors metadata key (`"true"`) of a cross-attention layer (`Config::memory`): its
+/// `W_sk` and `W_rv` take their widths from the memory's inputs. Without it, a `W_sk` or `W_rv`
+/// of another width than `dim` is misshaped, not a memory's.
 pub const MEMORY_KEY: &str = "memory";
 /// The safetensors metadata key of `ExtraKeys::zero_attn` (no tensor records it).
 pub const ZERO_ATTN_KEY: &str = "add_zero_attn";
@@ -483,10 +484,13 @@ impl Weights {
                 .map(String::as_str)
                 == Some("true")
         };
-        let memory = (kdim != dim || vdim != dim || flag(MEMORY_KEY)).then_some(MemoryDims {
+        // Only the metadata makes a cross-attention layer: without it, W_sk and W_rv of another
+        // width than W_sq are misshaped, not a memory's.
+        let memory = flag(MEMORY_KEY).then_some(MemoryDims {
             key_dim: kdim,
             value_dim: vdim,
         });
+        let (kdim, vdim) = memory.map_or((dim, dim), |m| (m.key_dim, m.value_dim));
         let has_bias_k = file.tensor(&format!("{prefix}{BIAS_K}")).is_ok();
         if has_bias_k != file.tensor(&format!("{prefix}{BIAS_V}")).is_ok() {
             let missing = if has_bias_k { BIAS_V } else { BIAS_K };

@@ -368,17 +368,17 @@ fn unsupported_options_are_refused_by_name() {
         let got = Checkpoint::from_safetensors(&bytes, &options).map(|_| ());
         expect_unsupported(extra, option, got);
     }
-    // Read (the f64 reference runs them), refused by the layer's lowering.
-    for (extra, option) in [
-        (r#""add_zero_attn": true"#, "add_zero_attn=True"),
-        (
-            r#""encoder_decoder_attention": true"#,
-            "encoder_decoder_attention=True (kdim 32)",
-        ),
+    // Read, and lowered onto the layer (issue 19): the extra zero row, and a memory layer.
+    for (extra, memory) in [
+        (r#""add_zero_attn": true"#, false),
+        (r#""encoder_decoder_attention": true"#, true),
     ] {
         let options = with(&format!("{{{base}, {extra}}}"));
         let checkpoint = Checkpoint::from_safetensors(&bytes, &options).unwrap();
-        expect_unsupported(extra, option, checkpoint.layer_weights().map(|_| ()));
+        let config = *checkpoint.layer_weights().unwrap().config();
+        // Neither flag is fairseq's general attention: a memory layer as wide as its input.
+        assert!(config.memory.is_some(), "{extra}");
+        assert_eq!(config.extra_keys.zero_attn, !memory, "{extra}");
     }
     // What the file contradicts: kdim against k_proj's width, add_bias_kv without its rows.
     let options = with(&format!(r#"{{{base}, "kdim": 16}}"#));

@@ -38,14 +38,15 @@ impl Checkpoint {
     /// and the extra key rows (which do not train).
     pub fn gradients(&self, layer_gradients: &Weights) -> Result<Checkpoint> {
         self.validate()?;
-        if self.form.attention.runs_cross_attention()
+        if !self.form.attention.runs_self_attention(self.form.dim)
             || self.weights.bias_kv.is_some()
             || self.form.zero_attention
         {
             return Err(Error::TrainingUnsupported {
                 what: "cross-attention or extra key rows (add_bias_kv, add_zero_attn)".into(),
-                reason: "the layer trains self-attention without extra key rows; these forms run \
-                         inference only (Memory, forward_cross)",
+                reason: "the layer trains self-attention without extra key rows (fairseq's general \
+                         attention as wide as its input included); these forms run inference \
+                         only (Memory, forward_cross)",
             });
         }
         let expected = self.lowered_config();

@@ -85,8 +85,9 @@ impl Checkpoint {
             .causal(f.causal)
             .bias(bias)
             .selection_mlp(mlp)
-            // A memory layer (its own key and value inputs), unless the form is also the causal
-            // self-attention that fairseq's general attention is when called with `x` thrice.
+            // A memory layer (its own key and value inputs); fairseq's general attention as wide
+            // as its input also runs self-attention (Config::plain_self_attention), and the
+            // causal one is self-attention only (causal does not apply over a memory).
             .memory(
                 (f.attention.runs_cross_attention()
                     && !(f.causal && f.attention.runs_self_attention(f.dim)))

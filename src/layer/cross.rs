@@ -161,7 +161,7 @@ impl CompositionalAttention {
         let ctx = self.ctx.clone();
         let dim = self.config.dim;
         let _serial = ctx.serial().await;
-        let mut workspaces = lock(memory)?;
+        let mut workspaces = memory.workspaces.lock().await;
         let workspace = self.memory_workspace(&mut workspaces, memory, seq).await?;
         let (result, _) = run(&ctx, workspace, dim, x, None, false, None).await?;
         Ok(result.output)
@@ -196,7 +196,13 @@ impl CompositionalAttention {
         memory.check_layer(self.id, self.weights_version)?;
         self.ctx.check_alive("encode_cross")?;
         let ctx = self.ctx.clone();
-        let mut workspaces = lock(memory)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        let mut workspaces = pollster::block_on(memory.workspaces.lock());
+        // In a browser nothing else runs while this synchronous call does.
+        #[cfg(target_arch = "wasm32")]
+        let mut workspaces = memory.workspaces.try_lock().ok_or(Error::MemoryMismatch(
+            "encode_cross: another call on this memory is in progress".into(),
+        ))?;
         #[cfg(not(target_arch = "wasm32"))]
         let _serial = pollster::block_on(ctx.serial());
         #[cfg(not(target_arch = "wasm32"))]
@@ -229,7 +235,7 @@ impl CompositionalAttention {
         memory.check_layer(self.id, self.weights_version)?;
         let ctx = self.ctx.clone();
         let _serial = ctx.serial().await;
-        let mut workspaces = lock(memory)?;
+        let mut workspaces = memory.workspaces.lock().await;
         self.memory_workspace(&mut workspaces, memory, seq)
             .await
             .map(|_| ())
@@ -245,7 +251,7 @@ impl CompositionalAttention {
         seq: usize,
         mask: Option<&[bool]>,
     ) -> Result<Vec<f32>> {
-        if self.config.memory.is_some() {
+        if self.config.key_value_dims() != (self.config.dim, self.config.dim) {
             return Err(refuse_memory_layer(&self.config, "forward"));
         }
         let visibility = match self.config.causal {
@@ -263,7 +269,7 @@ impl CompositionalAttention {
         let ctx = self.ctx.clone();
         let dim = self.config.dim;
         let _serial = ctx.serial().await;
-        let mut workspaces = lock(&own)?;
+        let mut workspaces = own.workspaces.lock().await;
         let workspace = self.memory_workspace(&mut workspaces, &own, seq).await?;
         let (result, _) = run(&ctx, workspace, dim, x, None, false, None).await?;
         Ok(result.output)
@@ -424,12 +430,4 @@ impl CompositionalAttention {
                 strategy: "memory",
             })
     }
-}
-
-/// The memory's workspaces, locked for one call.
-fn lock(memory: &Memory) -> Result<std::sync::MutexGuard<'_, WorkspaceCache>> {
-    memory
-        .workspaces
-        .lock()
-        .map_err(|_| Error::MemoryMismatch("a call on this memory panicked; make it again".into()))
 }

@@ -461,7 +461,7 @@ impl CompositionalAttention {
     ) -> Result<TimedForward> {
         shape::check_input(&self.config, x, batch, seq, mask)?;
         io::check_finite("input", x)?;
-        if self.config.attends_memory() {
+        if !self.config.plain_self_attention() {
             // Extra key rows: the input's own memory (one more submit; host wall time).
             let start = crate::time::Instant::now();
             let output = self.forward_over_own_memory(x, batch, seq, mask).await?;

@@ -19,8 +19,8 @@
 //! back to its own tensors.
 //!
 //! What trains: the lucidrains and Keras forms (LayerNorm included) and the general form's
-//! biases, in f32 storage. An f16-storage layer and the MLP score network are refused with
-//! [`Error::TrainingUnsupported`].
+//! biases, in f32 storage. An f16-storage layer, the MLP score network, cross-attention and the
+//! extra key rows are refused with [`Error::TrainingUnsupported`].
 
 pub mod activations;
 pub mod adamw;
@@ -52,6 +52,13 @@ pub(crate) fn check_trainable(config: &Config, precision: Precision) -> Result<(
         return Err(Error::TrainingUnsupported {
             what: format!("the MLP score network (selection_mlp = {hidden})"),
             reason: "its backward is not written yet; the dot-product selection trains",
+        });
+    }
+    if !config.plain_self_attention() {
+        return Err(Error::TrainingUnsupported {
+            what: "attention over a memory (cross-attention, add_bias_kv, add_zero_attn)".into(),
+            reason: "its backward is not written yet; self-attention without extra key rows \
+                     trains",
         });
     }
     Ok(())

@@ -81,8 +81,10 @@ pub fn random_checkpoint(form: Form, bias: bool, seed: u64) -> Checkpoint {
     // Search weights with a gain, so that the search softmaxes are not all flat.
     let mut q = random_linear(&mut rng, h * hd, d, bias);
     q.weight.iter_mut().for_each(|w| *w *= 3.0);
-    let k = random_linear(&mut rng, h * hd, d, bias);
-    let v = random_linear(&mut rng, r * vd, d, bias);
+    // Keys and values from the memory's widths (the input's for self-attention).
+    let (kdim, vdim) = form.attention.input_dims(d);
+    let k = random_linear(&mut rng, h * hd, kdim, bias);
+    let v = random_linear(&mut rng, r * vd, vdim, bias);
     let value_q = match form.q_compose {
         true => random_linear(&mut rng, sel, hd, bias),
         false => random_linear(&mut rng, h * sel, d, bias),

@@ -2,11 +2,13 @@
 //! may come from any implementation the crate reads (`checkpoint`): lucidrains' by default,
 //! Keras, fairseq or xformers with `--config C.json` (the module's constructor arguments and
 //! `"format"`) or by their tensor names. With `--maps M.safetensors` it also writes the layer's
-//! attention maps (`forward_with_maps`), which `compattn plot` draws.
+//! attention maps (`forward_with_maps`), which `compattn plot` draws. An input file that holds
+//! `memory` (and `value_input`) runs cross-attention: the memory is projected once
+//! (`CompositionalAttention::memory`) and the input's queries attend it (`forward_cross`).
 
 use std::path::PathBuf;
 
-use compositional_attention::io::{self, Input};
+use compositional_attention::io::{self, Input, MemoryInput};
 use compositional_attention::testing::ErrorStats;
 use compositional_attention::{CompositionalAttention, Error, Strategy};
 
@@ -24,8 +26,10 @@ pub struct Args {
     #[command(flatten)]
     checkpoint: CheckpointArgs,
     /// Input: `input` [batch, seq, dim] and optionally `mask` [batch, seq] (U8/BOOL, 1 = may be
-    /// attended). If it also holds `output`, the result is compared with it. May be the weights
-    /// file.
+    /// attended). For cross-attention it also holds `memory` [batch, memory_seq, kdim] (and,
+    /// for separate key and value inputs, `value_input` [batch, memory_seq, vdim]), and `mask`
+    /// is then the memory's, [batch, memory_seq]. If it also holds `output`, the result is
+    /// compared with it. May be the weights file.
     #[arg(long, value_name = "X.safetensors")]
     input: PathBuf,
     /// How the attention core is computed (default: the library's default).
@@ -55,6 +59,16 @@ pub fn run(args: &Args) -> CliResult {
     let (weights, format) = args.checkpoint.load()?;
     let input_bytes = io::read_file(&args.input)?;
     let input = Input::from_safetensors(&input_bytes)?;
+    let memory = MemoryInput::from_safetensors(&input_bytes)?;
+    if memory.is_some() && args.maps.is_some() {
+        return Err(Error::InvalidConfig {
+            field: "--maps",
+            value: args.input.display().to_string(),
+            reason: "attention maps come from the unfused self-attention core; cross-attention \
+                     (an input file with `memory`) has none",
+        }
+        .into());
+    }
     let reference = io::read_output(&input_bytes)?;
     let c = weights.config();
     let (b, n, dim) = (input.batch, input.seq, input.dim);
@@ -97,14 +111,19 @@ pub fn run(args: &Args) -> CliResult {
     if let Some(strategy) = args.strategy {
         layer.set_strategy(strategy);
     }
-    println!("strategy: {}", layer.strategy());
-
-    let (first, first_time) = timed(|| pollster::block_on(layer.forward_input(&input)));
-    first?;
-    let (y, steady_time) = timed(|| pollster::block_on(layer.forward_input(&input)));
-    let y = y?;
-    println!("first call (compiles pipelines): {}", ms(first_time));
-    println!("steady-state: {}", ms(steady_time));
+    let y = match &memory {
+        Some(memory) => cross_attention(&mut layer, &input, memory)?,
+        None => {
+            println!("strategy: {}", layer.strategy());
+            let (first, first_time) = timed(|| pollster::block_on(layer.forward_input(&input)));
+            first?;
+            let (y, steady_time) = timed(|| pollster::block_on(layer.forward_input(&input)));
+            let y = y?;
+            println!("first call (compiles pipelines): {}", ms(first_time));
+            println!("steady-state: {}", ms(steady_time));
+            y
+        }
+    };
 
     io::write_file(&args.output, &io::output_to_safetensors(b, n, dim, &y)?)?;
     println!(
@@ -149,4 +168,50 @@ pub fn run(args: &Args) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// Cross-attention of `input`'s queries over `memory`: the memory projected once, then the
+/// queries attending it twice (the first call compiles the pipelines).
+fn cross_attention(
+    layer: &mut CompositionalAttention,
+    input: &Input,
+    memory: &MemoryInput,
+) -> Result<Vec<f32>, Error> {
+    let (b, n) = (input.batch, input.seq);
+    if memory.batch != b {
+        return Err(Error::Shape {
+            name: "memory".into(),
+            expected: vec![b, memory.seq, memory.key_dim],
+            found: vec![memory.batch, memory.seq, memory.key_dim],
+        });
+    }
+    println!(
+        "memory: [{b}, {}, {}]{}, mask {} (cross-attention)",
+        memory.seq,
+        memory.key_dim,
+        memory
+            .values
+            .as_ref()
+            .map_or(String::new(), |(_, vdim)| format!(
+                ", value_input [{b}, {}, {vdim}]",
+                memory.seq
+            )),
+        yes_no(memory.mask.is_some())
+    );
+    let mask = memory.mask.as_deref();
+    let (projected, memory_time) = timed(|| match &memory.values {
+        Some((values, _)) => layer.memory_kv_blocking(&memory.keys, values, b, memory.seq, mask),
+        None => layer.memory_blocking(&memory.keys, b, memory.seq, mask),
+    });
+    let projected = projected?;
+    let (first, first_time) = timed(|| layer.forward_cross_blocking(&input.x, &projected, n));
+    first?;
+    let (y, steady_time) = timed(|| layer.forward_cross_blocking(&input.x, &projected, n));
+    println!(
+        "memory projection (once; compiles its pipelines): {}",
+        ms(memory_time)
+    );
+    println!("first cross call (compiles pipelines): {}", ms(first_time));
+    println!("steady-state cross call: {}", ms(steady_time));
+    y
 }

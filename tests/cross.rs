@@ -1,0 +1,642 @@
+//! Attention over a memory on the GPU (issue 19; `src/cross_memory.rs`, `src/layer/cross.rs`):
+//! fairseq's cross-attention (encoder-decoder, separate key and value inputs of other widths)
+//! and its extra key rows (`add_bias_kv`, `add_zero_attn`, in self-attention too), against the
+//! f64 general reference (`reference::general`), on both kernel families:
+//!
+//! * random problems of every form: odd widths, `n_q = 1`, `n_kv = 1`, batch > 1, padding that
+//!   leaves only the extra rows, a fully masked memory, large magnitudes;
+//! * decoding through a memory row by row equals the whole cross forward;
+//! * the caller's buffers (`encode_memory`, `encode_cross`) equal the host path;
+//! * every wrong call is a typed error.
+//!
+//! The three `golden-variants/fairseq-cross` cases run in `tests/variants.rs`.
+
+mod common;
+
+use common::variants::{form, random_checkpoint};
+use common::{assert_close, gpu, gpu_other_profile, read_buffer, seed};
+use compositional_attention::checkpoint::{Attention, Checkpoint, Form, Format, Selection};
+use compositional_attention::rng::Rng;
+use compositional_attention::testing::normal;
+use compositional_attention::{
+    CompositionalAttention, Config, Error, ExtraKeys, MemoryDims, Precision, Weights, reference,
+};
+
+/// The f32 kernels against the f64 reference: the README's bar.
+const TOLERANCE: f64 = 1e-4;
+
+/// One random cross-attention problem.
+struct Problem {
+    checkpoint: Checkpoint,
+    batch: usize,
+    n_q: usize,
+    n_kv: usize,
+    /// Separate key and value inputs (`memory_kv`).
+    separate: bool,
+    mask: Option<Vec<bool>>,
+    magnitude: f32,
+}
+
+/// A fairseq checkpoint of `attention` with `[hd, vd, sel]` widths, selection and extra rows.
+fn checkpoint(
+    attention: Attention,
+    widths: [usize; 3],
+    selection: Selection,
+    (bias_kv, zero_attn): (bool, bool),
+    seed: u64,
+) -> Checkpoint {
+    let (dim, heads, rules) = (widths[0] * 3, 3, 2);
+    let mut checkpoint = random_checkpoint(
+        Form {
+            attention,
+            selection,
+            zero_attention: zero_attn,
+            ..form(Format::Fairseq, dim, heads, rules, widths)
+        },
+        true,
+        seed,
+    );
+    if bias_kv {
+        let mut rng = Rng::seed_from_u64(seed ^ 0xb1a5);
+        let (attn_dim, embed_dim) = (rules * widths[1], dim);
+        assert_eq!(
+            attn_dim, embed_dim,
+            "add_bias_kv needs attn_dim = embed_dim"
+        );
+        checkpoint.weights.bias_kv = Some((
+            normal(&mut rng, embed_dim, 1.0),
+            normal(&mut rng, attn_dim, 1.0),
+        ));
+    }
+    checkpoint.validate().unwrap();
+    checkpoint
+}
+
+/// Runs `problem` through a memory on both kernel families and compares with the reference.
+fn check(what: &str, problem: &Problem, seed: u64) {
+    let Problem {
+        checkpoint,
+        batch,
+        n_q,
+        n_kv,
+        separate,
+        mask,
+        magnitude,
+    } = problem;
+    let (batch, n_q, n_kv) = (*batch, *n_q, *n_kv);
+    let f = &checkpoint.form;
+    let (kdim, vdim) = f.attention.input_dims(f.dim);
+    let mut rng = Rng::seed_from_u64(seed);
+    let x = normal(&mut rng, batch * n_q * f.dim, *magnitude);
+    let keys = normal(&mut rng, batch * n_kv * kdim, *magnitude);
+    let values = separate.then(|| normal(&mut rng, batch * n_kv * vdim, *magnitude));
+    let expected = reference::general::forward_cross(
+        checkpoint,
+        &x,
+        batch,
+        n_q,
+        &keys,
+        values.as_deref(),
+        n_kv,
+        mask.as_deref(),
+    )
+    .unwrap();
+    let weights = checkpoint.layer_weights().unwrap();
+    for ctx in [gpu(), gpu_other_profile()] {
+        let label = format!("{what} [{:?} kernels]", ctx.kernel_family_request());
+        let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+        let memory = match &values {
+            Some(values) => layer.memory_kv_blocking(&keys, values, batch, n_kv, mask.as_deref()),
+            None => layer.memory_blocking(&keys, batch, n_kv, mask.as_deref()),
+        }
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!((memory.batch(), memory.len()), (batch, n_kv), "{label}");
+        let y = layer
+            .forward_cross_blocking(&x, &memory, n_q)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let stats = assert_close(&label, &y, &expected, TOLERANCE);
+        eprintln!("{label}: {stats}");
+    }
+}
+
+#[test]
+fn cross_attention_matches_the_f64_reference_on_random_problems() {
+    let (seed, what) = seed("cross_attention_matches_the_f64_reference_on_random_problems");
+    let encdec = |memory_dim| Attention::EncoderDecoder { memory_dim };
+    let general = |key_dim, value_dim| Attention::General { key_dim, value_dim };
+    // Sequence b keeps its first n_kv - 2b positions.
+    let padded = |batch: usize, n_kv: usize| -> Vec<bool> {
+        (0..batch * n_kv)
+            .map(|i| i % n_kv + 2 * (i / n_kv) < n_kv)
+            .collect()
+    };
+    let cases: Vec<(&str, Problem)> = vec![
+        (
+            "encoder-decoder, memory 13 wide, dot selection, padding, batch 2",
+            Problem {
+                checkpoint: checkpoint(
+                    encdec(13),
+                    [5, 5, 5],
+                    Selection::DotProduct,
+                    (false, false),
+                    seed,
+                ),
+                batch: 2,
+                n_q: 7,
+                n_kv: 9,
+                separate: false,
+                mask: Some(padded(2, 9)),
+                magnitude: 1.0,
+            },
+        ),
+        (
+            "separate key (11) and value (6) inputs, linear score network, odd widths",
+            Problem {
+                checkpoint: checkpoint(
+                    general(11, 6),
+                    [6, 5, 3],
+                    Selection::LinearScore,
+                    (false, false),
+                    seed ^ 1,
+                ),
+                batch: 3,
+                n_q: 5,
+                n_kv: 4,
+                separate: true,
+                mask: None,
+                magnitude: 1.0,
+            },
+        ),
+        (
+            "n_q = 1, n_kv = 1, add_zero_attn",
+            Problem {
+                checkpoint: checkpoint(
+                    encdec(7),
+                    [4, 4, 4],
+                    Selection::DotProduct,
+                    (false, true),
+                    seed ^ 2,
+                ),
+                batch: 2,
+                n_q: 1,
+                n_kv: 1,
+                separate: false,
+                mask: None,
+                magnitude: 1.0,
+            },
+        ),
+        (
+            "padding that leaves only the extra rows (add_bias_kv and add_zero_attn)",
+            Problem {
+                checkpoint: checkpoint(
+                    encdec(10),
+                    [4, 6, 4],
+                    Selection::DotProduct,
+                    (true, true),
+                    seed ^ 3,
+                ),
+                batch: 2,
+                n_q: 3,
+                n_kv: 5,
+                separate: false,
+                mask: Some((0..10).map(|i| i >= 5 && i % 2 == 0).collect()),
+                magnitude: 1.0,
+            },
+        ),
+        (
+            "a fully masked memory without extra rows: uniform over the memory",
+            Problem {
+                checkpoint: checkpoint(
+                    encdec(9),
+                    [4, 4, 4],
+                    Selection::DotProduct,
+                    (false, false),
+                    seed ^ 4,
+                ),
+                batch: 2,
+                n_q: 4,
+                n_kv: 6,
+                separate: false,
+                mask: Some((0..12).map(|i| i >= 6 && i % 4 == 0).collect()),
+                magnitude: 1.0,
+            },
+        ),
+        (
+            "large magnitudes, q_compose, n_kv 37 (splits)",
+            Problem {
+                checkpoint: {
+                    let mut c = checkpoint(
+                        encdec(16),
+                        [8, 8, 8],
+                        Selection::DotProduct,
+                        (false, false),
+                        seed ^ 5,
+                    );
+                    c.form.q_compose = true;
+                    c.weights.value_q = common::variants::random_linear(
+                        &mut Rng::seed_from_u64(seed ^ 6),
+                        8,
+                        8,
+                        true,
+                    );
+                    c.validate().unwrap();
+                    c
+                },
+                batch: 1,
+                n_q: 11,
+                n_kv: 37,
+                separate: false,
+                mask: None,
+                magnitude: 30.0,
+            },
+        ),
+    ];
+    for (name, problem) in &cases {
+        check(&format!("{what}: {name}"), problem, seed);
+    }
+}
+
+/// Self-attention with extra key rows runs through `forward` (a memory of the input itself):
+/// causal and not, with padding, a fully masked row and batch > 1.
+#[test]
+fn self_attention_with_extra_rows_matches_the_f64_reference() {
+    let (seed, what) = seed("self_attention_with_extra_rows_matches_the_f64_reference");
+    for (causal, extra) in [
+        (false, (true, false)),
+        (true, (true, true)),
+        (true, (false, true)),
+    ] {
+        let mut c = checkpoint(
+            Attention::SelfAttention,
+            [4, 6, 4],
+            Selection::DotProduct,
+            extra,
+            seed,
+        );
+        c.form.causal = causal;
+        let (batch, seq) = (2, 6);
+        let x = normal(
+            &mut Rng::seed_from_u64(seed ^ 9),
+            batch * seq * c.form.dim,
+            1.0,
+        );
+        // Sequence 0 has padding; sequence 1 is fully masked (only the extra rows remain).
+        let mask: Vec<bool> = (0..batch * seq).map(|i| i < seq && i % 3 != 2).collect();
+        let expected = reference::general::forward(&c, &x, batch, seq, Some(&mask)).unwrap();
+        let weights = c.layer_weights().unwrap();
+        assert_eq!(weights.config().causal, causal);
+        for ctx in [gpu(), gpu_other_profile()] {
+            let label = format!(
+                "{what}: causal {causal}, extra {extra:?} [{:?}]",
+                ctx.kernel_family_request()
+            );
+            let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+            let y = layer.forward_blocking(&x, batch, seq, Some(&mask)).unwrap();
+            let stats = assert_close(&label, &y, &expected, TOLERANCE);
+            eprintln!("{label}: {stats}");
+        }
+    }
+}
+
+/// A decode step of an encoder-decoder model: one query row at a time over the same memory
+/// equals the whole target at once.
+#[test]
+fn decoding_through_a_memory_row_by_row_equals_the_whole_cross_forward() {
+    let (seed, what) = seed("decoding_through_a_memory_row_by_row_equals_the_whole_cross_forward");
+    let c = checkpoint(
+        Attention::EncoderDecoder { memory_dim: 12 },
+        [4, 6, 4],
+        Selection::DotProduct,
+        (true, false),
+        seed,
+    );
+    let (batch, n_q, n_kv, dim) = (2, 5, 8, c.form.dim);
+    let mut rng = Rng::seed_from_u64(seed);
+    let x = normal(&mut rng, batch * n_q * dim, 1.0);
+    let memory_input = normal(&mut rng, batch * n_kv * 12, 1.0);
+    let mask: Vec<bool> = (0..batch * n_kv).map(|i| i % 5 != 3).collect();
+    let mut layer = CompositionalAttention::new(gpu(), &c.layer_weights().unwrap()).unwrap();
+    let memory = layer
+        .memory_blocking(&memory_input, batch, n_kv, Some(&mask))
+        .unwrap();
+    let whole = layer.forward_cross_blocking(&x, &memory, n_q).unwrap();
+    for i in 0..n_q {
+        let row: Vec<f32> = (0..batch)
+            .flat_map(|b| x[(b * n_q + i) * dim..][..dim].to_vec())
+            .collect();
+        let y = layer.forward_cross_blocking(&row, &memory, 1).unwrap();
+        for b in 0..batch {
+            let got = &y[b * dim..][..dim];
+            let want = &whole[(b * n_q + i) * dim..][..dim];
+            let diff = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff <= 1e-6,
+                "{what}: row {i} of sequence {b} differs by {diff}"
+            );
+        }
+    }
+}
+
+/// `encode_memory` and `encode_cross` on the caller's buffers (NaN-poisoned output) equal
+/// `memory` and `forward_cross`.
+#[test]
+fn callers_buffers_equal_the_host_path() {
+    use wgpu::util::DeviceExt;
+    let (seed, what) = seed("callers_buffers_equal_the_host_path");
+    let c = checkpoint(
+        Attention::General {
+            key_dim: 9,
+            value_dim: 7,
+        },
+        [4, 4, 4],
+        Selection::DotProduct,
+        (false, true),
+        seed,
+    );
+    let (batch, n_q, n_kv, dim) = (2, 3, 5, c.form.dim);
+    let mut rng = Rng::seed_from_u64(seed);
+    let x = normal(&mut rng, batch * n_q * dim, 1.0);
+    let keys = normal(&mut rng, batch * n_kv * 9, 1.0);
+    let values = normal(&mut rng, batch * n_kv * 7, 1.0);
+    let mask: Vec<bool> = (0..batch * n_kv).map(|i| i % 4 != 1).collect();
+    let ctx = gpu();
+    let mut layer = CompositionalAttention::new(ctx, &c.layer_weights().unwrap()).unwrap();
+    let memory = layer
+        .memory_kv_blocking(&keys, &values, batch, n_kv, Some(&mask))
+        .unwrap();
+    let expected: Vec<f64> = layer
+        .forward_cross_blocking(&x, &memory, n_q)
+        .unwrap()
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let device = ctx.device();
+    let storage = |label: &str, bytes: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+    };
+    let keys_buffer = storage("keys", bytemuck::cast_slice(&keys));
+    let values_buffer = storage("values", bytemuck::cast_slice(&values));
+    let words: Vec<u32> = mask.iter().map(|&m| m as u32).collect();
+    let mask_buffer = storage("mask", bytemuck::cast_slice(&words));
+    let input = storage("input", bytemuck::cast_slice(&x));
+    let output = storage(
+        "output",
+        bytemuck::cast_slice(&vec![f32::NAN; batch * n_q * dim]),
+    );
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let own = layer
+        .encode_memory(
+            &mut encoder,
+            &keys_buffer,
+            Some(&values_buffer),
+            Some(&mask_buffer),
+            batch,
+            n_kv,
+        )
+        .unwrap();
+    layer
+        .encode_cross(&mut encoder, &input, &own, &output, n_q)
+        .unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    let y = read_buffer(ctx, &output);
+    assert_close(&what, &y, &expected, 1e-6);
+    assert!(own.gpu_bytes() > 0);
+}
+
+/// f16 storage of the memory and the projections: within 1e-2 of max|output|.
+#[test]
+fn an_f16_memory_stays_within_f16_rounding() {
+    let ctx = gpu();
+    if Precision::F16.check_supported(ctx).is_err() {
+        eprintln!("skipped: the adapter lacks shader-f16");
+        return;
+    }
+    let (seed, what) = seed("an_f16_memory_stays_within_f16_rounding");
+    let c = checkpoint(
+        Attention::EncoderDecoder { memory_dim: 10 },
+        [4, 6, 4],
+        Selection::DotProduct,
+        (true, true),
+        seed,
+    );
+    let (batch, n_q, n_kv) = (2, 4, 7);
+    let mut rng = Rng::seed_from_u64(seed);
+    let x = normal(&mut rng, batch * n_q * c.form.dim, 1.0);
+    let keys = normal(&mut rng, batch * n_kv * 10, 1.0);
+    let expected =
+        reference::general::forward_cross(&c, &x, batch, n_q, &keys, None, n_kv, None).unwrap();
+    let weights = c.layer_weights().unwrap();
+    let mut layer = CompositionalAttention::with_precision(ctx, &weights, Precision::F16).unwrap();
+    let memory = layer.memory_blocking(&keys, batch, n_kv, None).unwrap();
+    let y = layer.forward_cross_blocking(&x, &memory, n_q).unwrap();
+    eprintln!("{what}: {}", assert_close(&what, &y, &expected, 1e-2));
+}
+
+/// Every wrong call is a typed error, before anything runs.
+#[test]
+fn wrong_calls_are_typed_errors() {
+    let (seed, what) = seed("wrong_calls_are_typed_errors");
+    let ctx = gpu();
+    let cross = Weights::random(
+        Config::new(12)
+            .dim_head(4)
+            .num_searches(3)
+            .num_retrievals(2)
+            .bias(true)
+            .memory(Some(MemoryDims {
+                key_dim: 10,
+                value_dim: 6,
+            })),
+        seed,
+    )
+    .unwrap();
+    let self_attention =
+        Weights::random(Config::new(12).dim_head(4).num_searches(3), seed).unwrap();
+    let mut layer = CompositionalAttention::new(ctx, &cross).unwrap();
+    let mut other = CompositionalAttention::new(ctx, &cross).unwrap();
+    let mut plain = CompositionalAttention::new(ctx, &self_attention).unwrap();
+    let (batch, n_q, n_kv) = (2, 3, 4);
+    let x = vec![0.5f32; batch * n_q * 12];
+    let keys = vec![0.25f32; batch * n_kv * 10];
+    let values = vec![-0.25f32; batch * n_kv * 6];
+    let memory = layer
+        .memory_kv_blocking(&keys, &values, batch, n_kv, None)
+        .unwrap();
+    let mismatch = |result: Result<_, Error>, case: &str| match result {
+        Err(Error::MemoryMismatch(message)) => eprintln!("{what}: {case}: {message}"),
+        Err(other) => panic!("{what}: {case}: expected MemoryMismatch, got {other}"),
+        Ok(_) => panic!("{what}: {case}: expected MemoryMismatch, got a result"),
+    };
+    mismatch(
+        other.forward_cross_blocking(&x, &memory, n_q).map(|_| ()),
+        "another layer's memory",
+    );
+    mismatch(
+        layer.forward_blocking(&x, batch, n_q, None).map(|_| ()),
+        "self-attention of a cross layer",
+    );
+    mismatch(
+        plain.memory_blocking(&x, batch, n_q, None).map(|_| ()),
+        "a memory of a self layer",
+    );
+    mismatch(
+        layer.memory_blocking(&keys, batch, n_kv, None).map(|_| ()),
+        "one input for kdim ≠ vdim",
+    );
+    // Generation: a cross layer is not causal; a causal layer with extra rows has no KV cache.
+    assert!(matches!(
+        layer.kv_cache(batch, 8),
+        Err(Error::InvalidConfig {
+            field: "causal",
+            ..
+        })
+    ));
+    let extra = Weights::random(
+        Config::new(12)
+            .dim_head(4)
+            .num_searches(3)
+            .causal(true)
+            .extra_keys(ExtraKeys {
+                bias_kv: false,
+                zero_attn: true,
+            }),
+        seed,
+    )
+    .unwrap();
+    let extra = CompositionalAttention::new(ctx, &extra).unwrap();
+    mismatch(
+        extra.kv_cache(batch, 8).map(|_| ()),
+        "a KV cache with extra rows",
+    );
+    assert!(matches!(
+        layer.memory_kv_blocking(&keys[1..], &values, batch, n_kv, None),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        layer.memory_kv_blocking(&keys, &values, batch, n_kv, Some(&[true; 3])),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        layer.memory_kv_blocking(&keys, &values, batch, 0, None),
+        Err(Error::Shape { .. })
+    ));
+    let mut poisoned = keys.clone();
+    poisoned[5] = f32::NAN;
+    assert!(matches!(
+        layer.memory_kv_blocking(&poisoned, &values, batch, n_kv, None),
+        Err(Error::NonFinite { .. })
+    ));
+    assert!(matches!(
+        layer.forward_cross_blocking(&x[1..], &memory, n_q),
+        Err(Error::Shape { .. })
+    ));
+    // A memory no device holds: an extra zero or three in memory_seq.
+    match layer.memory_kv_blocking(&keys, &values, batch, n_kv * 1_000_000_000, None) {
+        Err(Error::Shape { .. } | Error::LimitExceeded { .. }) => {}
+        other => panic!("{what}: a huge memory: {other:?}"),
+    }
+    // Causal does not apply over a memory; training does not run these forms.
+    assert!(matches!(
+        Config::new(12)
+            .causal(true)
+            .memory(Some(MemoryDims {
+                key_dim: 12,
+                value_dim: 12
+            }))
+            .validate(),
+        Err(Error::InvalidConfig {
+            field: "causal",
+            ..
+        })
+    ));
+    assert!(matches!(
+        layer.gradients(),
+        Err(Error::TrainingUnsupported { .. })
+    ));
+    assert!(matches!(
+        layer.forward_train_blocking(&x, batch, n_q, None, 1),
+        Err(Error::TrainingUnsupported { .. })
+    ));
+    // The caller's buffers: a missing STORAGE usage is an IoBuffer error.
+    let device = ctx.device();
+    let unusable = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("no storage"),
+        size: (keys.len() * 4) as u64,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    assert!(matches!(
+        layer.encode_memory(&mut encoder, &unusable, None, None, batch, n_kv),
+        Err(Error::IoBuffer { .. } | Error::MemoryMismatch(_))
+    ));
+}
+
+/// A layer with a memory and extra rows saves and loads back (shapes, `memory` and
+/// `add_zero_attn` metadata, `bias_k`/`bias_v`).
+#[test]
+fn cross_weights_round_trip_through_safetensors() {
+    let (seed, what) = seed("cross_weights_round_trip_through_safetensors");
+    let config = Config::new(12)
+        .dim_head(4)
+        .num_searches(3)
+        .num_retrievals(3)
+        .bias(true)
+        .memory(Some(MemoryDims {
+            key_dim: 12,
+            value_dim: 12,
+        }))
+        .extra_keys(ExtraKeys {
+            bias_kv: true,
+            zero_attn: true,
+        });
+    let weights = Weights::random(config, seed).unwrap();
+    assert!(weights.bias_kv.is_some(), "{what}");
+    let back = Weights::from_safetensors(&weights.to_safetensors().unwrap(), false, "").unwrap();
+    assert_eq!(back, weights, "{what}");
+}
+
+/// fairseq's general attention as wide as its input (neither flag, the constructor's default)
+/// runs both ways: `forward` is self-attention on the usual cores, and a memory of other
+/// inputs of the same width is attended by `forward_cross`.
+#[test]
+fn general_attention_as_wide_as_its_input_runs_both_ways() {
+    let (seed, what) = seed("general_attention_as_wide_as_its_input_runs_both_ways");
+    let c = checkpoint(
+        Attention::General {
+            key_dim: 12,
+            value_dim: 12,
+        },
+        [4, 4, 4],
+        Selection::DotProduct,
+        (false, false),
+        seed,
+    );
+    let (batch, seq, n_kv, dim) = (2, 5, 6, c.form.dim);
+    let mut rng = Rng::seed_from_u64(seed);
+    let x = normal(&mut rng, batch * seq * dim, 1.0);
+    let keys = normal(&mut rng, batch * n_kv * dim, 1.0);
+    let values = normal(&mut rng, batch * n_kv * dim, 1.0);
+    let weights = c.layer_weights().unwrap();
+    assert!(weights.config().memory.is_some() && weights.config().plain_self_attention());
+    let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
+    let own = reference::general::forward(&c, &x, batch, seq, None).unwrap();
+    let y = layer.forward_blocking(&x, batch, seq, None).unwrap();
+    assert_close(&format!("{what}: forward"), &y, &own, TOLERANCE);
+    let cross =
+        reference::general::forward_cross(&c, &x, batch, seq, &keys, Some(&values), n_kv, None)
+            .unwrap();
+    let memory = layer
+        .memory_kv_blocking(&keys, &values, batch, n_kv, None)
+        .unwrap();
+    let y = layer.forward_cross_blocking(&x, &memory, seq).unwrap();
+    assert_close(&format!("{what}: forward_cross"), &y, &cross, TOLERANCE);
+}
