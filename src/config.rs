@@ -228,6 +228,14 @@ impl Config {
                 });
             }
         }
+        if self.prenorm && !self.plain_self_attention() {
+            return Err(Error::InvalidConfig {
+                field: "prenorm",
+                value: "true".into(),
+                reason: "a memory or extra key rows come from fairseq's module, which has no \
+                         LayerNorm: the layer does not normalise a memory",
+            });
+        }
         if let Some(hidden) = self.selection_mlp
             && !(1..=self.dim_head).contains(&hidden)
         {

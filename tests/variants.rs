@@ -557,17 +557,13 @@ fn checkpoints_write_what_their_readers_read() {
 
 /// `tests/golden-variants/fairseq-cross/` (the official module run in f64): read through the
 /// fairseq reader, computed by the f64 reference (`forward_cross` for the encoder-decoder
-/// cases, `forward` for self-attention with `add_bias_kv`), within the README's 1e-4 of
-/// max|output|. The layer's kernels refuse these forms by name until they run them.
+/// cases, `forward` for self-attention with `add_bias_kv`) and by the layer on both kernel
+/// families (through a memory, or `forward`), within the README's 1e-4 of max|output|.
 #[test]
 fn fairseq_cross_cases_through_the_f64_reference() {
     let dir = case_dir().join("fairseq-cross");
     let mut checked = 0;
-    for case in [
-        "c01_encdec_same_width",
-        "c02_encdec_kdim_vdim",
-        "c07_self_add_bias_kv",
-    ] {
+    for case in common::variants::CROSS_CASES {
         let bytes = std::fs::read(dir.join(format!("{case}.safetensors"))).unwrap();
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap(),

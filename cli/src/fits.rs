@@ -52,6 +52,19 @@ pub fn cached(
         .map_err(|e| blame(e, options))
 }
 
+/// Refuses `seq` query rows over a memory of `positions` key rows that the device cannot hold.
+pub fn memory(
+    ctx: &GpuContext,
+    config: &Config,
+    precision: Precision,
+    (batch, seq, positions): (usize, usize, usize),
+    options: &[SizeOption],
+) -> Result<(), Failure> {
+    ExecutionPlan::resolve_memory(ctx, config, precision, batch, seq, positions)
+        .map(drop)
+        .map_err(|e| blame(e, options))
+}
+
 /// Refuses `bytes` of host memory for `what` that this machine cannot give.
 pub fn host(what: &str, bytes: u64, options: &[SizeOption]) -> Result<(), Failure> {
     host_memory::check_available(what, bytes, None).map_err(|e| blame(e, options))

@@ -183,6 +183,63 @@ fn forward_reproduces_the_reference_cases() {
     }
 }
 
+/// The fairseq cross-attention cases through `compattn forward --config`: an input file with
+/// `memory` runs cross-attention (its `mask` on the memory), within 1e-4 of the original's f64
+/// output; `--maps` over a memory is refused by name.
+#[test]
+fn forward_runs_cross_attention_from_the_input_file() {
+    let dir = TempDir::new("forward-cross");
+    let cases = variants::case_dir().join("fairseq-cross");
+    for case in variants::CROSS_CASES {
+        let file = cases.join(format!("{case}.safetensors"));
+        let config = dir.path(&format!("{case}.json"));
+        std::fs::write(&config, variants::constructor_json("fairseq-cross", case)).unwrap();
+        let out = dir.path(&format!("{case}-out.safetensors"));
+        let run = compattn(&[
+            "forward",
+            "--weights",
+            arg(&file),
+            "--config",
+            arg(&config),
+            "--input",
+            arg(&file),
+            "--output",
+            arg(&out),
+        ]);
+        run.assert_success();
+        assert!(
+            run.stdout.contains("within 1e-4: yes"),
+            "{}",
+            run.transcript()
+        );
+        let cross = case.starts_with("c0") && !case.contains("self");
+        assert_eq!(
+            run.stdout.contains("(cross-attention)"),
+            cross,
+            "{}",
+            run.transcript()
+        );
+        if cross {
+            let maps = dir.path(&format!("{case}-maps.safetensors"));
+            let run = compattn(&[
+                "forward",
+                "--weights",
+                arg(&file),
+                "--config",
+                arg(&config),
+                "--input",
+                arg(&file),
+                "--output",
+                arg(&out),
+                "--maps",
+                arg(&maps),
+            ]);
+            assert_ne!(run.code, Some(0), "{}", run.transcript());
+            assert!(run.stderr.contains("--maps"), "{}", run.transcript());
+        }
+    }
+}
+
 /// Every case of `tests/golden-variants/` (Keras, fairseq, xformers) through
 /// `compattn forward --config`, against the original module's f64 output; Keras also without
 /// a configuration (its shapes say everything), fairseq without one is an error naming what is
@@ -1668,6 +1725,83 @@ fn train_refuses_bad_data_and_options_naming_them() {
         arg(&out),
     ]);
     check(run, &["missing tensor `input`"]);
+}
+
+/// `bench --cross --json`: cross-attention beside self-attention at a tiny shape, every time
+/// positive, `cross_over_self` their ratio; a memory size past the device is refused naming
+/// `--memory-seq`.
+#[test]
+fn bench_cross_times_the_memory_cross_and_self_attention() {
+    let tiny = [
+        "--batch",
+        "2",
+        "--seq",
+        "9",
+        "--dim",
+        "16",
+        "--dim-head",
+        "4",
+        "--searches",
+        "2",
+        "--retrievals",
+        "2",
+        "--warmup",
+        "1",
+        "--iters",
+        "2",
+    ];
+    let run = compattn(
+        &[
+            &["bench", "--cross", "--memory-seq", "7", "--json"][..],
+            &tiny,
+        ]
+        .concat(),
+    );
+    let report = json_stdout(&run);
+    for key in [
+        "memory_ms",
+        "cross_ms",
+        "self_ms",
+        "cross_over_self",
+        "decode_ms",
+        "decode_loop_ms",
+        "reproject_loop_ms",
+    ] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {}",
+            run.transcript()
+        );
+    }
+    assert_eq!(report["memory_seq"], 7, "{}", run.transcript());
+    assert_eq!(report["bias"], true, "{}", run.transcript());
+    assert!(
+        report["memory_bytes"].as_u64() > Some(0),
+        "{}",
+        run.transcript()
+    );
+    let ratio = report["cross_ms"].as_f64().unwrap() / report["self_ms"].as_f64().unwrap();
+    let reported = report["cross_over_self"].as_f64().unwrap();
+    assert!(
+        (ratio - reported).abs() <= 1e-9 * ratio,
+        "{}",
+        run.transcript()
+    );
+    let run = compattn(
+        &[
+            &[
+                "bench",
+                "--cross",
+                "--no-bias",
+                "--memory-seq",
+                "400000000000",
+            ][..],
+            &tiny,
+        ]
+        .concat(),
+    );
+    assert_ne!(run.code, Some(0), "{}", run.transcript());
+    assert!(run.stderr.contains("--memory-seq"), "{}", run.transcript());
 }
 
 /// `bench --backward --json`: exactly the six keys, every number positive, at a tiny shape.

@@ -19,6 +19,14 @@ pub const CASES: [(&str, &str); 6] = [
     ("xformers", "x02_separate_proj_qk_rule"),
 ];
 
+/// The fairseq cross-attention cases (`fairseq-cross/`): the official module over a memory, and
+/// with `add_bias_kv` (issue 19).
+pub const CROSS_CASES: [&str; 3] = [
+    "c01_encdec_same_width",
+    "c02_encdec_kdim_vdim",
+    "c07_self_add_bias_kv",
+];
+
 /// `tests/golden-variants/` of the repository, from the library's tests or the command line's
 /// (`cli/tests/cli.rs` includes this file).
 pub fn case_dir() -> PathBuf {
@@ -40,7 +48,9 @@ pub fn constructor_json(folder: &str, case: &str) -> String {
         std::fs::read_to_string(case_dir().join(folder).join(format!("{case}.json"))).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut constructor = json["constructor"].as_object().unwrap().clone();
-    constructor.insert("format".into(), folder.into());
+    // fairseq-cross/ holds fairseq checkpoints.
+    let format = folder.strip_suffix("-cross").unwrap_or(folder);
+    constructor.insert("format".into(), format.into());
     serde_json::Value::Object(constructor).to_string()
 }
 

@@ -1,6 +1,7 @@
 //! `compattn bench`: the forward pass timed per strategy (fused, unfused, or the `f64` CPU
 //! reference), a sweep over sequence lengths drawn as an SVG plot, generation over a KV cache
-//! (`--decode`), the training forward and backward beside the forward (`--backward`), our
+//! (`--decode`), the training forward and backward beside the forward (`--backward`),
+//! cross-attention over a memory beside self-attention (`--cross`), our
 //! GEMM on its own (`--gemm`), and all of it at the configurations people train, in one run on
 //! whatever adapter is there (`--suite`). Each mode has its module; this one holds the arguments
 //! and picks the mode.
@@ -16,6 +17,7 @@
 
 mod backward_timing;
 mod case;
+mod cross_timing;
 mod decode_timing;
 mod forward_timing;
 mod gemm_timing;
@@ -63,7 +65,7 @@ pub struct Args {
         long,
         conflicts_with_all = ["gemm", "strategy", "sweep", "decode", "backward", "precision",
             "context", "seq", "batch", "dim", "dim_head", "searches", "retrievals", "causal",
-            "prenorm", "no_gemm"]
+            "prenorm", "no_gemm", "cross"]
     )]
     suite: bool,
     /// Where --suite writes its Markdown table (also printed).
@@ -89,6 +91,23 @@ pub struct Args {
     /// + gradients + activations). Needs f32 storage (--precision f32, the default).
     #[arg(long, conflicts_with_all = ["gemm", "strategy", "sweep", "decode"])]
     backward: bool,
+    /// Time cross-attention beside self-attention at the shape options: a memory of
+    /// --memory-seq positions projected once, --seq query rows attending it, the
+    /// self-attention forward at n = --seq on the same weights (both with fairseq's biases unless
+    /// --no-bias), one decode step, and a loop of
+    /// 16 decode steps over one memory against projecting it at every step. Reports memory_ms,
+    /// cross_ms, self_ms, cross_over_self, decode_ms, decode_loop_ms, reproject_loop_ms and
+    /// memory_bytes (host wall clock, results read back).
+    #[arg(long, conflicts_with_all = ["gemm", "strategy", "sweep", "decode", "backward", "causal"])]
+    cross: bool,
+    /// Positions of the memory --cross attends [default: 512].
+    #[arg(long, value_name = "M", requires = "cross")]
+    memory_seq: Option<usize>,
+    /// With --cross: both layers without biases (the PyTorch package's form, whose
+    /// self-attention runs the texel cores on CPU drivers) instead of fairseq's biased
+    /// projections, the form cross-attention checkpoints have.
+    #[arg(long, requires = "cross")]
+    no_bias: bool,
     /// How the layer stores its weights, KV cache and large intermediates: `f32`, or `f16`
     /// (needs the device feature shader-f16) [default: f32].
     #[arg(long, value_parser = crate::common::precision_parser(), conflicts_with = "gemm")]
@@ -203,6 +222,11 @@ pub fn run(args: &Args) -> CliResult {
     }
     if args.backward {
         return backward_timing::run(case, json);
+    }
+    if args.cross {
+        let memory_seq = args.memory_seq.unwrap_or(cross_timing::DEFAULT_MEMORY_SEQ);
+        at_least_one("--memory-seq", memory_seq)?;
+        return cross_timing::run(case, memory_seq, !args.no_bias, json);
     }
     if args.decode {
         let context = args.context.unwrap_or(decode_timing::DEFAULT_CONTEXT);
