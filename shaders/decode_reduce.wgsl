@@ -5,15 +5,18 @@
 //              G[ρ] = scale · Q̃[i] · Ret[ρ]       (Q̃ = RQ · W_rk, from the projection GEMM)
 //              concat[b, i, σ·d + k] = Σ_ρ softmax_ρ(G)[ρ] · Ret[ρ, k]
 //            Every row has at least one allowed key (itself, or all keys when uniform), so l ≥ 1.
+//            Without SELECT (an MLP score network, which retrieval_select.wgsl runs after), it
+//            stores the normalised Ret[ρ] instead: concat is then retrieved [b·s·seq, r·d] f32.
 // Bindings   @binding(0) params (uniform)  batch, seq, searches, splits, row_stride and
 //                        qt_offset (KVec units), scale
 //            @binding(1) proj           [b·seq, row_stride] packed projections of the new tokens,
 //                                       ProjVec (widened as read)
 //            @binding(2) partial_stats  [b·s·seq·splits] (m, l) f32
 //            @binding(3) partial_acc    [b·s·seq·splits, r·d] f32
-//            @binding(4) concat         [b·seq, s·d] ProjVec (narrowed as stored)
+//            @binding(4) concat         [b·seq, s·d] ProjVec (narrowed as stored); without
+//                                       SELECT, retrieved [(b·s + σ)·seq + i, r·d] (Proj = f32)
 // Dispatch   one invocation per (b, σ, i), WG per workgroup, numbered linearly over x and y.
-// Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0), the stored
+// Host constants  WG, D (= d), R (= r), SELECT (bool), KVec/VEC/kdot (vec4 when d % 4 == 0), the stored
 //            types Proj/ProjVec (f32 or f16; Cache too, unused here).
 
 struct Params {
@@ -72,6 +75,12 @@ fn main(
         }
     }
     let inv_total = 1.0 / max(total, 1e-30);
+    if (!SELECT) {
+        for (var c = 0u; c < VWV; c++) {
+            concat[row * VWV + c] = ProjVec(ret[c] * inv_total);
+        }
+        return;
+    }
     let token = b * params.seq + i;
     var logit: array<f32, R>;
     var logit_max = LOWEST;

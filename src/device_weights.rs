@@ -71,8 +71,12 @@ pub(crate) enum BufferCoreWeights<'a> {
     /// The unfused core and its selection: `W_rk`, or the MLP score network.
     Unfused(Selection<'a>),
     Cached(CachedPlan),
-    /// Queries over a memory, whose buffers the workspace is built with.
-    Memory(CachedPlan),
+    /// Queries over a memory, whose buffers the workspace is built with, and the MLP score
+    /// network that selects after it (with `Config::selection_mlp`).
+    Memory {
+        plan: CachedPlan,
+        mlp: Option<MlpWeights<'a>>,
+    },
 }
 
 /// The plan's [`Route`] with the weights each part reads: the one value the workspace builds
@@ -389,32 +393,28 @@ impl DeviceWeights {
                 let core = match core {
                     BufferCore::Fused(fused) => BufferCoreWeights::Fused(fused.clone()),
                     BufferCore::Cached(cached) => BufferCoreWeights::Cached(*cached),
-                    BufferCore::Memory(memory) => BufferCoreWeights::Memory(*memory),
-                    BufferCore::Unfused => BufferCoreWeights::Unfused(match &host.selection_mlp {
-                        Some(m) => {
-                            let (hidden, score) = filled(selection_mlp, || {
-                                Ok((
-                                    memory::storage_init(ctx, "selection_mlp.hidden", &m.hidden)?,
-                                    memory::storage_init(ctx, "selection_mlp.score", &m.score)?,
-                                ))
-                            })?;
-                            Selection::Mlp(MlpWeights {
-                                units: m.score.len(),
-                                hidden,
-                                score,
-                            })
-                        }
-                        None => Selection::DotProduct {
-                            scale: c.scale() as f32,
-                            w_rk: filled(retrieval_keys, || {
-                                memory::storage_init(
-                                    ctx,
-                                    "to_retrieval_keys.weight",
-                                    &host.retrieval_keys,
-                                )
-                            })?,
+                    BufferCore::Memory(memory) => BufferCoreWeights::Memory {
+                        plan: memory.splits,
+                        mlp: match memory.mlp_selection {
+                            true => upload_mlp(ctx, host, selection_mlp)?,
+                            false => None,
                         },
-                    }),
+                    },
+                    BufferCore::Unfused => {
+                        BufferCoreWeights::Unfused(match upload_mlp(ctx, host, selection_mlp)? {
+                            Some(mlp) => Selection::Mlp(mlp),
+                            None => Selection::DotProduct {
+                                scale: c.scale() as f32,
+                                w_rk: filled(retrieval_keys, || {
+                                    memory::storage_init(
+                                        ctx,
+                                        "to_retrieval_keys.weight",
+                                        &host.retrieval_keys,
+                                    )
+                                })?,
+                            },
+                        })
+                    }
                 };
                 RouteWeights::Buffers { gemm, biases, core }
             }
@@ -474,6 +474,29 @@ impl Upload<'_> {
             })?,
         })
     }
+}
+
+/// The MLP score network's weights `(W_h, w_s)` (with `Config::selection_mlp`), uploaded into
+/// `slot` on first use.
+fn upload_mlp<'a>(
+    ctx: &GpuContext,
+    host: &Weights,
+    slot: &'a mut Option<(wgpu::Buffer, wgpu::Buffer)>,
+) -> Result<Option<MlpWeights<'a>>> {
+    let Some(m) = &host.selection_mlp else {
+        return Ok(None);
+    };
+    let (hidden, score) = filled(slot, || {
+        Ok((
+            memory::storage_init(ctx, "selection_mlp.hidden", &m.hidden)?,
+            memory::storage_init(ctx, "selection_mlp.score", &m.score)?,
+        ))
+    })?;
+    Ok(Some(MlpWeights {
+        units: m.score.len(),
+        hidden,
+        score,
+    }))
 }
 
 /// A key or value block of the packed projection from the query input `[rows, cols]`: the

@@ -454,8 +454,17 @@ pub enum CorePlan {
     Cached(CachedPlan),
     /// Queries over a [`Memory`](crate::Memory) (cross-attention, or self-attention with extra
     /// key rows): the cached core's split-KV attention over the memory's projected keys and
-    /// values, which nothing appends to.
-    Memory(CachedPlan),
+    /// values, which nothing appends to; an MLP score network's selection
+    /// (`Config::selection_mlp`) runs after it (`retrieval_select`).
+    Memory(MemoryPlan),
+}
+
+/// The memory core's parameters: the split-KV plan over the memory's positions, and whether an
+/// MLP score network selects after it (it reads the plain retrieval queries, not `RQ·W_rk`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub splits: CachedPlan,
+    pub mlp_selection: bool,
 }
 
 /// The error for a layer with a memory or extra key rows asked for a plan of self-attention
@@ -528,7 +537,7 @@ pub(crate) enum BufferCore {
     Fused(FusedPlan),
     Unfused,
     Cached(CachedPlan),
-    Memory(CachedPlan),
+    Memory(MemoryPlan),
 }
 
 impl Route {
@@ -780,7 +789,7 @@ impl ExecutionPlan {
                     c.value_width(),
                 )?;
             }
-            CorePlan::Cached(cached) | CorePlan::Memory(cached) => {
+            CorePlan::Cached(cached) | CorePlan::Memory(MemoryPlan { splits: cached, .. }) => {
                 let keys = bytes_in(
                     self.precision,
                     "KV cache keys",
@@ -865,18 +874,20 @@ impl ExecutionPlan {
         crate::shape::check_tokens(config, batch, positions)?;
         precision.check_supported(ctx)?;
         let c = config;
-        if c.selection_mlp.is_some() {
+        if c.selection_mlp.is_some() && precision != Precision::F32 {
             return Err(Error::InvalidConfig {
                 field: "selection_mlp",
                 value: format!("{:?}", c.selection_mlp),
-                reason: "attention over a memory (cross-attention, extra key rows) selects \
-                         retrievals by the dot product; an MLP score network runs in the \
-                         unfused self-attention only",
+                reason: "the MLP score network's selection (retrieval_select) reads f32 \
+                         projections: attend a memory with it in f32 storage",
             });
         }
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        let memory = CachedPlan::resolve(ctx, &layout, positions)?;
+        let memory = MemoryPlan {
+            splits: CachedPlan::resolve(ctx, &layout, positions)?,
+            mlp_selection: c.selection_mlp.is_some(),
+        };
         let plan = ExecutionPlan {
             batch,
             seq,
@@ -900,7 +911,14 @@ impl ExecutionPlan {
             CorePlan::Blocked(_)
             | CorePlan::Fused(_)
             | CorePlan::Cached(_)
-            | CorePlan::Memory(_) => ProjectionWeights::RetrievalFolded,
+            | CorePlan::Memory(MemoryPlan {
+                mlp_selection: false,
+                ..
+            }) => ProjectionWeights::RetrievalFolded,
+            CorePlan::Memory(MemoryPlan {
+                mlp_selection: true,
+                ..
+            }) => ProjectionWeights::Plain,
         }
     }
 
@@ -949,9 +967,15 @@ impl ExecutionPlan {
                 "cached ({} splits of {} keys over {} positions)",
                 c.splits, c.keys_per_split, c.capacity
             ),
-            CorePlan::Memory(c) => format!(
-                "memory ({} splits of {} keys over {} positions)",
-                c.splits, c.keys_per_split, c.capacity
+            CorePlan::Memory(MemoryPlan {
+                splits: c,
+                mlp_selection,
+            }) => format!(
+                "memory ({} splits of {} keys over {} positions{})",
+                c.splits,
+                c.keys_per_split,
+                c.capacity,
+                if mlp_selection { ", MLP selection" } else { "" }
             ),
         };
         format!(

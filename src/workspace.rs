@@ -844,7 +844,7 @@ impl Recorder<'_> {
                 finish = Some(step.advance);
             }
             Wiring::Buffers {
-                core: BufferCoreWeights::Memory(memory),
+                core: BufferCoreWeights::Memory { plan: memory, mlp },
                 operands: BufferPair { proj, concat },
                 ..
             } => {
@@ -855,6 +855,20 @@ impl Recorder<'_> {
                     value: String::new(),
                     reason: "a memory plan is built with the memory it was resolved for",
                 })?;
+                // An MLP score network selects from the retrieved values the reduce stores.
+                let retrieved = match mlp {
+                    Some(_) => Some(memory::storage(
+                        ctx,
+                        "retrieved",
+                        &[layout.batch, c.num_searches, layout.seq, c.value_width()],
+                        None,
+                    )?),
+                    None => None,
+                };
+                let out = match &retrieved {
+                    Some(retrieved) => ops::decode::AttentionOut::Retrieved(retrieved),
+                    None => ops::decode::AttentionOut::Concat(concat),
+                };
                 let attended = ops::decode::bind_attention(
                     ctx,
                     &layout,
@@ -862,11 +876,32 @@ impl Recorder<'_> {
                     scale,
                     proj,
                     memory_buffers,
-                    concat,
+                    out,
                 )
                 .await?;
                 self.dispatches.extend(attended.dispatches);
                 self.held.buffers.extend(attended.partials);
+                if let (Some(mlp), Some(retrieved)) = (mlp, retrieved) {
+                    let g_scratch = memory::storage(
+                        ctx,
+                        "retrieval logits",
+                        &[layout.batch, c.num_searches, layout.seq, c.num_retrievals],
+                        None,
+                    )?;
+                    self.dispatches.push(
+                        ops::retrieval_select::dispatch(
+                            ctx,
+                            &layout,
+                            ops::retrieval_select::Selection::Mlp(*mlp),
+                            &retrieved,
+                            proj,
+                            &g_scratch,
+                            concat,
+                        )
+                        .await?,
+                    );
+                    self.held.buffers.extend([retrieved, g_scratch]);
+                }
             }
         }
         Ok((finish, maps))

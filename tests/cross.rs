@@ -37,12 +37,25 @@ struct Problem {
     magnitude: f32,
 }
 
-/// A fairseq checkpoint of `attention` with `[hd, vd, sel]` widths, selection and extra rows.
+/// A fairseq checkpoint of `attention` with `[hd, vd, sel]` widths, selection and extra rows,
+/// biases on every projection.
 fn checkpoint(
     attention: Attention,
     widths: [usize; 3],
     selection: Selection,
+    extra: (bool, bool),
+    seed: u64,
+) -> Checkpoint {
+    checkpoint_with(attention, widths, selection, extra, true, seed)
+}
+
+/// [`checkpoint`] with or without biases (fairseq's `bias=False`).
+fn checkpoint_with(
+    attention: Attention,
+    widths: [usize; 3],
+    selection: Selection,
     (bias_kv, zero_attn): (bool, bool),
+    bias: bool,
     seed: u64,
 ) -> Checkpoint {
     let (dim, heads, rules) = (widths[0] * 3, 3, 2);
@@ -53,7 +66,7 @@ fn checkpoint(
             zero_attention: zero_attn,
             ..form(Format::Fairseq, dim, heads, rules, widths)
         },
-        true,
+        bias,
         seed,
     );
     if bias_kv {
@@ -222,6 +235,43 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
             },
         ),
         (
+            "the MLP score network without biases, padding, add_zero_attn",
+            Problem {
+                checkpoint: checkpoint_with(
+                    encdec(11),
+                    [4, 5, 3],
+                    Selection::MlpScore,
+                    (false, true),
+                    false,
+                    seed ^ 7,
+                ),
+                batch: 2,
+                n_q: 6,
+                n_kv: 5,
+                separate: false,
+                mask: Some(padded(2, 5)),
+                magnitude: 1.0,
+            },
+        ),
+        (
+            "the MLP score network with biases, separate inputs",
+            Problem {
+                checkpoint: checkpoint(
+                    general(7, 9),
+                    [6, 4, 5],
+                    Selection::MlpScore,
+                    (false, false),
+                    seed ^ 8,
+                ),
+                batch: 1,
+                n_q: 4,
+                n_kv: 6,
+                separate: true,
+                mask: None,
+                magnitude: 1.0,
+            },
+        ),
+        (
             "large magnitudes, q_compose, n_kv 37 (splits)",
             Problem {
                 checkpoint: {
@@ -261,18 +311,13 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
 #[test]
 fn self_attention_with_extra_rows_matches_the_f64_reference() {
     let (seed, what) = seed("self_attention_with_extra_rows_matches_the_f64_reference");
-    for (causal, extra) in [
-        (false, (true, false)),
-        (true, (true, true)),
-        (true, (false, true)),
+    for (causal, extra, selection) in [
+        (false, (true, false), Selection::DotProduct),
+        (true, (true, true), Selection::DotProduct),
+        (true, (false, true), Selection::LinearScore),
+        (false, (false, true), Selection::MlpScore),
     ] {
-        let mut c = checkpoint(
-            Attention::SelfAttention,
-            [4, 6, 4],
-            Selection::DotProduct,
-            extra,
-            seed,
-        );
+        let mut c = checkpoint(Attention::SelfAttention, [4, 6, 4], selection, extra, seed);
         c.form.causal = causal;
         let (batch, seq) = (2, 6);
         let x = normal(

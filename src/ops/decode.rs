@@ -93,8 +93,13 @@ pub(crate) struct CacheBuffers {
 }
 
 /// The four kernels of a step whose cache, projections and concatenation are stored in
-/// `precision`.
-pub(crate) fn variants(layout: &ProjectionLayout, precision: Precision) -> [ShaderVariant; 4] {
+/// `precision`; the reduce selects the retrieval (`select`, the dot product) or stores the
+/// retrieved values for an MLP score network.
+pub(crate) fn variants(
+    layout: &ProjectionLayout,
+    precision: Precision,
+    select: bool,
+) -> [ShaderVariant; 4] {
     let vec = vector_width(layout.head) as u32;
     let heads = |kernel: &'static Kernel| {
         ShaderVariant::new(kernel)
@@ -111,7 +116,7 @@ pub(crate) fn variants(layout: &ProjectionLayout, precision: Precision) -> [Shad
             .stored("Proj", precision)
             .stored("Cache", precision),
         heads(&DECODE_ATTENTION),
-        heads(&DECODE_REDUCE),
+        heads(&DECODE_REDUCE).bool("SELECT", select),
         ShaderVariant::new(&CACHE_ADVANCE),
     ]
 }
@@ -141,8 +146,17 @@ pub(crate) async fn bind(
         &cache.state,
     )
     .await?;
-    let attended = bind_attention(ctx, layout, plan, scale, proj, cache, concat).await?;
-    let [.., advance] = variants(layout, cache.precision);
+    let attended = bind_attention(
+        ctx,
+        layout,
+        plan,
+        scale,
+        proj,
+        cache,
+        AttentionOut::Concat(concat),
+    )
+    .await?;
+    let [.., advance] = variants(layout, cache.precision, true);
     let advance = Dispatch::new(
         ctx,
         &advance,
@@ -183,7 +197,7 @@ pub(crate) async fn bind_append(
         layout.retrievals,
         layout.head,
     );
-    let [append, ..] = variants(layout, cache.precision);
+    let [append, ..] = variants(layout, cache.precision, true);
     let params = AppendParams {
         batch: b as u32,
         seq: n as u32,
@@ -215,9 +229,18 @@ pub(crate) async fn bind_append(
     .await
 }
 
+/// What the reduce writes.
+pub(crate) enum AttentionOut<'a> {
+    /// The concatenated searches `[b·seq, s·d]`, the retrieval selected by the dot product.
+    Concat(&'a wgpu::Buffer),
+    /// The normalised retrieved values `[b, s, seq, r·d]` (f32), for an MLP score network
+    /// (`retrieval_select`) to select from.
+    Retrieved(&'a wgpu::Buffer),
+}
+
 /// Binds the split attention of the `layout.seq` queries of `proj` over `cache` (each query at
-/// position `cache.state[0] + i` sees the positions up to its own) and the reduce into
-/// `concat`; allocates the split partials.
+/// position `cache.state[0] + i` sees the positions up to its own) and the reduce into `out`;
+/// allocates the split partials.
 pub(crate) async fn bind_attention(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
@@ -225,7 +248,7 @@ pub(crate) async fn bind_attention(
     scale: f32,
     proj: &wgpu::Buffer,
     cache: &CacheBuffers,
-    concat: &wgpu::Buffer,
+    out: AttentionOut<'_>,
 ) -> Result<BoundAttention> {
     let (b, n, s, r, d) = (
         layout.batch,
@@ -261,7 +284,11 @@ pub(crate) async fn bind_attention(
         &[rows, plan.splits, r * d],
         None,
     )?;
-    let [_, attention, reduce, _] = variants(layout, cache.precision);
+    let (select, out_buffer) = match out {
+        AttentionOut::Concat(buffer) => (true, buffer),
+        AttentionOut::Retrieved(buffer) => (false, buffer),
+    };
+    let [_, attention, reduce, _] = variants(layout, cache.precision, select);
     let attention_params = AttentionParams {
         batch: b as u32,
         seq: n as u32,
@@ -306,7 +333,12 @@ pub(crate) async fn bind_attention(
             ctx,
             &reduce,
             bytemuck::bytes_of(&reduce_params),
-            &[proj.into(), (&stats).into(), (&acc).into(), concat.into()],
+            &[
+                proj.into(),
+                (&stats).into(),
+                (&acc).into(),
+                out_buffer.into(),
+            ],
             (rows as u64).div_ceil(WG as u64),
         )
         .await?,

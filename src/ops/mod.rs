@@ -239,7 +239,7 @@ mod uniform_layouts {
         check!(blocked_attention::Params, blocked_variant);
         check!(blocked_attention::MixParams, mix_variant);
         for precision in Precision::ALL {
-            let [append, attention, reduce, advance] = decode::variants(&layout, precision);
+            let [append, attention, reduce, advance] = decode::variants(&layout, precision, true);
             check!(decode::AppendParams, append);
             check!(decode::AttentionParams, attention);
             check!(decode::ReduceParams, reduce);
