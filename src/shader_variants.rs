@@ -99,6 +99,48 @@ pub fn representative_problems() -> Vec<Problem> {
             batch: 1,
             seq: 4096,
         },
+        // Attention over a memory (issue 19): cross-attention with the extra rows and separate
+        // key and value widths, the MLP score network over a memory (decode_reduce without
+        // SELECT, then retrieval_select), and causal self-attention with extra rows.
+        Problem {
+            name: "cross",
+            config: c(24, 8, 3, 3)
+                .bias(true)
+                .memory(Some(crate::config::MemoryDims {
+                    key_dim: 20,
+                    value_dim: 12,
+                }))
+                .extra_keys(crate::config::ExtraKeys {
+                    bias_kv: true,
+                    zero_attn: true,
+                }),
+            batch: 2,
+            seq: 11,
+        },
+        Problem {
+            name: "cross_mlp",
+            config: c(24, 8, 2, 3)
+                .bias(true)
+                .selection_mlp(Some(5))
+                .memory(Some(crate::config::MemoryDims {
+                    key_dim: 16,
+                    value_dim: 16,
+                })),
+            batch: 1,
+            seq: 7,
+        },
+        Problem {
+            name: "extra_rows",
+            config: c(20, 5, 2, 2)
+                .bias(true)
+                .causal(true)
+                .extra_keys(crate::config::ExtraKeys {
+                    bias_kv: false,
+                    zero_attn: true,
+                }),
+            batch: 2,
+            seq: 9,
+        },
         // Past what the blocked CPU core covers in one dispatch on a loop-capped driver, so the
         // general fused kernel reads texels there (prepared only, never run: small widths).
         Problem {
@@ -130,6 +172,10 @@ pub async fn collect_variants(
     {
         let weights = Weights::random(problem.config, 0)?;
         let mut layer = CompositionalAttention::with_precision(ctx, &weights, precision)?;
+        if !problem.config.plain_self_attention() {
+            memory_variants(&mut layer, problem, precision).await?;
+            continue;
+        }
         for strategy in Strategy::ALL {
             layer.set_strategy(strategy);
             match layer.prepare(problem.batch, problem.seq).await {
@@ -161,4 +207,36 @@ pub async fn collect_variants(
         }
     }
     Ok(ctx.compiled_variants())
+}
+
+/// A layer that attends a memory: a memory of the problem's size (two inputs where the widths
+/// differ) attended by the whole problem and by one row, or (extra rows in self-attention) a
+/// forward. The MLP score network over a memory runs in f32 storage only.
+async fn memory_variants(
+    layer: &mut CompositionalAttention,
+    problem: &Problem,
+    precision: Precision,
+) -> Result<()> {
+    let c = problem.config;
+    let (b, n) = (problem.batch, problem.seq);
+    if c.selection_mlp.is_some() && precision != Precision::F32 {
+        return Ok(());
+    }
+    let x = vec![0.25f32; b * n * c.dim];
+    if c.memory.is_none() {
+        return layer.forward(&x, b, n, None).await.map(drop);
+    }
+    let (kdim, vdim) = c.key_value_dims();
+    let keys = vec![0.5f32; b * n * kdim];
+    let memory = match kdim == vdim {
+        true => layer.memory(&keys, b, n, None).await?,
+        false => {
+            let values = vec![-0.5f32; b * n * vdim];
+            layer.memory_kv(&keys, &values, b, n, None).await?
+        }
+    };
+    for seq in [n, 1] {
+        layer.prepare_cross(&memory, seq).await?;
+    }
+    Ok(())
 }
