@@ -24,8 +24,9 @@
 //            @binding(7) partial_stats  [b·s·seq·splits] (m, l) f32
 //            @binding(8) partial_acc    [b·s·seq·splits, r·d] f32
 //            Loads of stored (f32 or f16) operands widen to KVec; the arithmetic is f32.
-// Dispatch   one invocation per (b, σ, i, split), WG per workgroup, numbered linearly over x and
-//            y: index = ((b·s + σ)·seq + i)·splits + split.
+// Dispatch   one invocation per (b, σ, split, i), WG per workgroup, numbered linearly over x and
+//            y: index = ((b·s + σ)·splits + split)·seq + i (neighbouring lanes, neighbouring
+//            queries); the partials are stored at ((b·s + σ)·seq + i)·splits + split.
 // Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0), the stored
 //            types Proj/ProjVec and Cache/CacheVec (f32 or f16).
 
@@ -69,10 +70,14 @@ fn main(
     if (index >= params.batch * params.searches * params.seq * params.splits) {
         return;
     }
-    let split = index % params.splits;
-    let row = index / params.splits;           // (b·s + σ)·seq + i
-    let i = row % params.seq;
-    let bs = row / params.seq;
+    // Neighbouring invocations take neighbouring queries of one (b, σ, split), so every lane of
+    // a workgroup reads the same key and value at each step: one load broadcast to the SIMD
+    // lanes on CPU drivers, one cache line for the whole warp on GPUs.
+    let i = index % params.seq;
+    let split = (index / params.seq) % params.splits;
+    let bs = index / (params.seq * params.splits);
+    let row = bs * params.seq + i;             // (b·s + σ)·seq + i
+    let slot = row * params.splits + split;    // where decode_reduce reads this split
     let sigma = bs % params.searches;
     let b = bs / params.searches;
     let position = state[0] + i;
@@ -114,8 +119,8 @@ fn main(
             acc[c] = acc[c] * rescale + weight * KVec(values[value_base + c]);
         }
     }
-    partial_stats[index] = vec2<f32>(running_max, running_sum);
+    partial_stats[slot] = vec2<f32>(running_max, running_sum);
     for (var c = 0u; c < VWV; c++) {
-        partial_acc[index * VWV + c] = acc[c];
+        partial_acc[slot * VWV + c] = acc[c];
     }
 }
