@@ -839,23 +839,8 @@ impl ExecutionPlan {
                          layer with an MLP score network runs forward with Strategy::Unfused",
             });
         }
-        let layout =
-            ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        let cached = CachedPlan::resolve(ctx, &layout, capacity)?;
-        let plan = ExecutionPlan {
-            batch,
-            seq,
-            strategy: Strategy::Fused,
-            precision,
-            family: KernelFamily::of(ctx),
-            route: Route::buffers(ctx, c, batch * seq, BufferCore::Cached(cached)),
-        };
-        plan.check_sizes(ctx, c, &layout)?;
-        log::debug!(
-            "cached plan for batch {batch} × seq {seq}: {}",
-            plan.describe()
-        );
-        Ok(plan)
+        let core = |splits| BufferCore::Cached(splits);
+        Self::over_positions(ctx, c, precision, (batch, seq, capacity), core, "cached")
     }
 
     /// The plan of `seq` query rows per sequence attending a [`Memory`](crate::Memory) of
@@ -882,23 +867,40 @@ impl ExecutionPlan {
                          projections: attend a memory with it in f32 storage",
             });
         }
+        let mlp_selection = c.selection_mlp.is_some();
+        let core = |splits| {
+            BufferCore::Memory(MemoryPlan {
+                splits,
+                mlp_selection,
+            })
+        };
+        Self::over_positions(ctx, c, precision, (batch, seq, positions), core, "memory")
+    }
+
+    /// The plan of `seq` new query rows per sequence over `positions` stored keys (a KV cache or
+    /// a memory): the split-KV core `core` makes of its splits, on the buffer route.
+    fn over_positions(
+        ctx: &GpuContext,
+        c: &Config,
+        precision: Precision,
+        (batch, seq, positions): (usize, usize, usize),
+        core: impl FnOnce(CachedPlan) -> BufferCore,
+        what: &str,
+    ) -> Result<ExecutionPlan> {
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        let memory = MemoryPlan {
-            splits: CachedPlan::resolve(ctx, &layout, positions)?,
-            mlp_selection: c.selection_mlp.is_some(),
-        };
+        let splits = CachedPlan::resolve(ctx, &layout, positions)?;
         let plan = ExecutionPlan {
             batch,
             seq,
             strategy: Strategy::Fused,
             precision,
             family: KernelFamily::of(ctx),
-            route: Route::buffers(ctx, c, batch * seq, BufferCore::Memory(memory)),
+            route: Route::buffers(ctx, c, batch * seq, core(splits)),
         };
         plan.check_sizes(ctx, c, &layout)?;
         log::debug!(
-            "memory plan for batch {batch} × seq {seq}: {}",
+            "{what} plan for batch {batch} × seq {seq}: {}",
             plan.describe()
         );
         Ok(plan)

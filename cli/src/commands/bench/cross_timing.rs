@@ -8,9 +8,6 @@
 //! memory's projection waits for the device), so the figures compare like for like; medians of
 //! `--iters` samples after `--warmup` untimed ones (the first compiles the pipelines).
 
-use std::time::Instant;
-
-use compositional_attention::kernel_bench::summarize;
 use compositional_attention::rng::Rng;
 use compositional_attention::testing::normal;
 use compositional_attention::{
@@ -67,18 +64,9 @@ pub struct CrossReport {
 fn time_ms(
     warmup: usize,
     iters: usize,
-    mut f: impl FnMut() -> Result<(), Error>,
+    f: impl FnMut() -> Result<(), Error>,
 ) -> Result<f64, Error> {
-    for _ in 0..warmup {
-        f()?;
-    }
-    let mut samples = Vec::new();
-    for _ in 0..iters {
-        let start = Instant::now();
-        f()?;
-        samples.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(summarize(&samples).0)
+    super::decode_timing::time_ms(warmup, iters, f).map(|(median, _)| median)
 }
 
 /// Waits until the device has run everything submitted.

@@ -55,8 +55,8 @@ pub struct DecodeReport {
     pub timing: &'static str,
 }
 
-/// Median of `iters` runs of `f` after `warmup` untimed ones, in ms (host clock).
-fn time_ms(
+/// Median and minimum of `iters` runs of `f` after `warmup` untimed ones, in ms (host clock).
+pub(super) fn time_ms(
     warmup: usize,
     iters: usize,
     mut f: impl FnMut() -> Result<(), Error>,
