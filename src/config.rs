@@ -59,19 +59,25 @@ pub struct Config {
     pub extra_keys: ExtraKeys,
 }
 
-/// The widths of a cross-attention layer's key and value inputs ([`Config::memory`]):
-/// fairseq's `kdim` and `vdim`.
+/// A cross-attention layer's key and value inputs ([`Config::memory`]): fairseq's `kdim` and
+/// `vdim`, and which attention it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MemoryDims {
     /// `kdim`: the width of the input the search keys are projected from.
     pub key_dim: usize,
     /// `vdim`: the width of the input the retrieval values are projected from.
     pub value_dim: usize,
+    /// fairseq's `encoder_decoder_attention`: keys and values from one memory input (an
+    /// encoder's output), and no self-attention. `false`: its general attention (neither flag),
+    /// with separate key and value inputs, which also runs self-attention where both are as
+    /// wide as the input.
+    pub encoder_decoder: bool,
 }
 
 /// The extra key rows of fairseq's module ([`Config::extra_keys`]), always attendable, causal
 /// or not: a learned row (`bias_k`, `bias_v`: [`Weights::bias_kv`](crate::Weights)) and a zero
-/// row, in that order, after the keys the projections give.
+/// row. fairseq appends them after the keys the projections give; a `Memory` keeps them in
+/// front (the order does not change a softmax).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ExtraKeys {
     /// `add_bias_kv`: one learned key row and value row.
@@ -127,12 +133,21 @@ impl Config {
     }
 
     /// Whether the layer's self-attention is plain: keys and values projected from the input
-    /// (no memory, or a memory as wide as the input, such as fairseq's general attention with
-    /// `kdim = vdim = embed_dim`) and no extra key rows. Such a layer runs on the self-attention
-    /// cores, trains, generates over a KV cache and draws attention maps; every other layer
-    /// attends through a [`Memory`](crate::Memory) (SPEC.md §9.2).
+    /// (no memory, or fairseq's general attention with `kdim = vdim = embed_dim`) and no extra
+    /// key rows. Such a layer runs on the self-attention cores, trains, generates over a KV
+    /// cache and draws attention maps; every other layer attends through a
+    /// [`Memory`](crate::Memory) (SPEC.md §9.2).
     pub fn plain_self_attention(&self) -> bool {
-        self.key_value_dims() == (self.dim, self.dim) && self.extra_keys.rows() == 0
+        self.runs_self_attention() && self.extra_keys.rows() == 0
+    }
+
+    /// Whether the layer's keys and values may come from its own input: no memory, or fairseq's
+    /// general attention as wide as the input (not encoder-decoder attention).
+    pub fn runs_self_attention(&self) -> bool {
+        match self.memory {
+            None => true,
+            Some(m) => !m.encoder_decoder && (m.key_dim, m.value_dim) == (self.dim, self.dim),
+        }
     }
 
     /// Sets `selection_mlp`.
@@ -228,7 +243,7 @@ impl Config {
                 });
             }
         }
-        if self.prenorm && !self.plain_self_attention() {
+        if self.prenorm && (self.memory.is_some() || self.extra_keys.rows() > 0) {
             return Err(Error::InvalidConfig {
                 field: "prenorm",
                 value: "true".into(),

@@ -351,7 +351,7 @@ pub(crate) async fn record(
 fn extra_key_rows(host: &Weights) -> Vec<f32> {
     let c = host.config();
     let mut rows = Vec::new();
-    if let Some((bias_k, bias_v)) = &host.bias_kv {
+    if let (true, Some((bias_k, bias_v))) = (c.extra_keys.bias_kv, &host.bias_kv) {
         rows.extend_from_slice(bias_k);
         rows.extend_from_slice(bias_v);
     }

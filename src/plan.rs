@@ -470,15 +470,15 @@ pub struct MemoryPlan {
 /// The error for a layer with a memory or extra key rows asked for a plan of self-attention
 /// without them (`what`: the operation).
 pub(crate) fn refuse_memory_layer(c: &Config, what: &str) -> Error {
-    let problem = match c.key_value_dims() == (c.dim, c.dim) {
+    let problem = match c.runs_self_attention() {
         false => {
-            "a cross-attention layer whose key and value inputs are not as wide as its queries' \
-             attends a memory: make one with CompositionalAttention::memory (or memory_kv) and \
-             call forward_cross"
+            "a cross-attention layer (encoder-decoder attention, or key and value inputs not as \
+             wide as its queries') attends a memory: make one with \
+             CompositionalAttention::memory (or memory_kv) and call forward_cross"
         }
         true => {
-            "a layer with extra key rows (add_bias_kv, add_zero_attn) runs forward and \
-             forward_cross only"
+            "a layer with extra key rows (add_bias_kv, add_zero_attn) runs forward (and, with \
+             Config::memory, forward_cross) only"
         }
     };
     Error::MemoryMismatch(format!("{what}: {problem}"))
@@ -809,6 +809,15 @@ impl ExecutionPlan {
                 check_storage_size(ctx, "decode partial accumulators", partials, None)?;
             }
             CorePlan::Fused(_) => {}
+        }
+        // An MLP score network over a memory selects from the retrieved values, stored.
+        if let CorePlan::Memory(MemoryPlan {
+            mlp_selection: true,
+            ..
+        }) = self.core()
+        {
+            let retrieved = bytes("retrieved", &[b, c.num_searches, n, c.value_width()])?;
+            check_storage_size(ctx, "retrieved", retrieved, None)?;
         }
         Ok(())
     }

@@ -109,6 +109,7 @@ pub fn representative_problems() -> Vec<Problem> {
                 .memory(Some(crate::config::MemoryDims {
                     key_dim: 20,
                     value_dim: 12,
+                    encoder_decoder: false,
                 }))
                 .extra_keys(crate::config::ExtraKeys {
                     bias_kv: true,
@@ -125,6 +126,7 @@ pub fn representative_problems() -> Vec<Problem> {
                 .memory(Some(crate::config::MemoryDims {
                     key_dim: 16,
                     value_dim: 16,
+                    encoder_decoder: false,
                 })),
             batch: 1,
             seq: 7,

@@ -46,11 +46,11 @@ pub const OUT_BIAS: &str = "to_out.bias";
 pub const BIAS_K: &str = "bias_k";
 /// `bias_v`: the learned extra value row `[r·d]`, per retrieval (with `ExtraKeys::bias_kv`).
 pub const BIAS_V: &str = "bias_v";
-/// The safetensors metadata key (`"true"`) of a cross-attention layer (`Config::memory`): its
-/// `W_sk` and `W_rv` take their widths from the memory's inputs. Without it, a `W_sk` or `W_rv`
-/// of another width than `dim` is misshaped, not a memory's.
+/// The safetensors metadata key of a cross-attention layer (`Config::memory`), `"general"` or
+/// `"encoder_decoder"`: its `W_sk` and `W_rv` take their widths from the memory's inputs.
+/// Without it, a `W_sk` or `W_rv` of another width than `dim` is misshaped, not a memory's.
 pub const MEMORY_KEY: &str = "memory";
-/// The safetensors metadata key of `ExtraKeys::zero_attn` (no tensor records it).
+/// The safetensors metadata key of `ExtraKeys::zero_attn`, `"true"` (no tensor records it).
 pub const ZERO_ATTN_KEY: &str = "add_zero_attn";
 
 /// Every parameter name, in `state_dict` order. The biases exist only with `Config::bias` and
@@ -131,9 +131,9 @@ pub struct Weights {
     pub norm: Option<(Vec<f32>, Vec<f32>)>,
     /// `W_sq [s·d, dim]`.
     pub search_queries: Vec<f32>,
-    /// `W_sk [s·d, dim]`.
+    /// `W_sk [s·d, dim]` (`[s·d, kdim]` with `Config::memory`).
     pub search_keys: Vec<f32>,
-    /// `W_rv [r·d, dim]`.
+    /// `W_rv [r·d, dim]` (`[r·d, vdim]` with `Config::memory`).
     pub retrieval_values: Vec<f32>,
     /// `W_rq [s·d, dim]`.
     pub retrieval_queries: Vec<f32>,
@@ -294,6 +294,17 @@ impl Weights {
 
     /// Checks every tensor against the configuration's table ([`Weights::parameters`]).
     fn checked(self) -> Result<Weights> {
+        self.check_shapes()?;
+        for Parameter { name, data, .. } in self.parameters() {
+            io::check_finite(name, data)?;
+        }
+        Ok(self)
+    }
+
+    /// Checks that the tensors present and their lengths are the configuration's: the public
+    /// fields may have been changed since the weights were made (a layer checks this before it
+    /// places them).
+    pub(crate) fn check_shapes(&self) -> Result<()> {
         let config = self.config;
         let weights = self;
         config.validate()?;
@@ -313,9 +324,8 @@ impl Weights {
             if data.len() != shape.iter().product::<usize>() {
                 return Err(Error::shape(name, &shape, &[data.len()]));
             }
-            io::check_finite(name, data)?;
         }
-        Ok(weights)
+        Ok(())
     }
 
     /// The configuration these weights belong to.
@@ -475,21 +485,31 @@ impl Weights {
             })?,
             None => crate::config::LAYER_NORM_EPS,
         };
-        let flag = |key: &str| {
-            let key = format!("{prefix}{key}");
-            metadata
-                .metadata()
-                .as_ref()
-                .and_then(|m| m.get(&key))
-                .map(String::as_str)
-                == Some("true")
+        // A metadata value one of `allowed` (an unknown value is an error, not a default).
+        let word = |key: &'static str, allowed: &[&'static str]| -> Result<Option<&'static str>> {
+            let name = format!("{prefix}{key}");
+            match metadata.metadata().as_ref().and_then(|m| m.get(&name)) {
+                None => Ok(None),
+                Some(text) => match allowed.iter().find(|a| **a == text.as_str()) {
+                    Some(found) => Ok(Some(*found)),
+                    None => Err(Error::InvalidConfig {
+                        field: key,
+                        value: text.chars().take(40).collect(),
+                        reason: "the file's metadata holds a value the crate does not write \
+                                 (memory: \"general\" or \"encoder_decoder\"; add_zero_attn: \
+                                 \"true\" or \"false\")",
+                    }),
+                },
+            }
         };
         // Only the metadata makes a cross-attention layer: without it, W_sk and W_rv of another
         // width than W_sq are misshaped, not a memory's.
-        let memory = flag(MEMORY_KEY).then_some(MemoryDims {
+        let memory = word(MEMORY_KEY, &["general", "encoder_decoder"])?.map(|kind| MemoryDims {
             key_dim: kdim,
             value_dim: vdim,
+            encoder_decoder: kind == "encoder_decoder",
         });
+        let zero_attn = word(ZERO_ATTN_KEY, &["true", "false"])? == Some("true");
         let (kdim, vdim) = memory.map_or((dim, dim), |m| (m.key_dim, m.value_dim));
         let has_bias_k = file.tensor(&format!("{prefix}{BIAS_K}")).is_ok();
         if has_bias_k != file.tensor(&format!("{prefix}{BIAS_V}")).is_ok() {
@@ -511,7 +531,7 @@ impl Weights {
             .memory(memory)
             .extra_keys(ExtraKeys {
                 bias_kv: has_bias_k,
-                zero_attn: flag(ZERO_ATTN_KEY),
+                zero_attn,
             });
         config.validate()?;
 
@@ -568,8 +588,12 @@ impl Weights {
                 self.config.layer_norm_eps.to_string(),
             ));
         }
-        if self.config.memory.is_some() {
-            metadata.push((MEMORY_KEY.to_string(), "true".to_string()));
+        if let Some(memory) = self.config.memory {
+            let kind = match memory.encoder_decoder {
+                true => "encoder_decoder",
+                false => "general",
+            };
+            metadata.push((MEMORY_KEY.to_string(), kind.to_string()));
         }
         if self.config.extra_keys.zero_attn {
             metadata.push((ZERO_ATTN_KEY.to_string(), "true".to_string()));

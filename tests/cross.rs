@@ -499,6 +499,7 @@ fn wrong_calls_are_typed_errors() {
             .memory(Some(MemoryDims {
                 key_dim: 10,
                 value_dim: 6,
+                encoder_decoder: false,
             })),
         seed,
     )
@@ -594,7 +595,8 @@ fn wrong_calls_are_typed_errors() {
             .causal(true)
             .memory(Some(MemoryDims {
                 key_dim: 12,
-                value_dim: 12
+                value_dim: 12,
+                encoder_decoder: false,
             }))
             .validate(),
         Err(Error::InvalidConfig {
@@ -621,8 +623,57 @@ fn wrong_calls_are_typed_errors() {
     let mut encoder = device.create_command_encoder(&Default::default());
     assert!(matches!(
         layer.encode_memory(&mut encoder, &unusable, None, None, batch, n_kv),
-        Err(Error::IoBuffer { .. } | Error::MemoryMismatch(_))
+        Err(Error::IoBuffer { .. })
     ));
+    // A memory is not normalised: prenorm with a memory or extra rows is refused.
+    for config in [
+        Config::new(12).prenorm(true).memory(Some(MemoryDims {
+            key_dim: 12,
+            value_dim: 12,
+            encoder_decoder: false,
+        })),
+        Config::new(12).prenorm(true).extra_keys(ExtraKeys {
+            bias_kv: false,
+            zero_attn: true,
+        }),
+    ] {
+        assert!(
+            matches!(
+                config.validate(),
+                Err(Error::InvalidConfig {
+                    field: "prenorm",
+                    ..
+                })
+            ),
+            "{what}"
+        );
+    }
+    // Encoder-decoder attention as wide as its input: no self-attention, one memory input.
+    let encdec = Weights::random(
+        Config::new(12)
+            .dim_head(4)
+            .num_searches(3)
+            .memory(Some(MemoryDims {
+                key_dim: 12,
+                value_dim: 12,
+                encoder_decoder: true,
+            })),
+        seed,
+    )
+    .unwrap();
+    let mut encdec = CompositionalAttention::new(ctx, &encdec).unwrap();
+    let same = vec![0.5f32; batch * n_q * 12];
+    mismatch(
+        encdec.forward_blocking(&same, batch, n_q, None).map(|_| ()),
+        "self-attention of encoder-decoder attention",
+    );
+    mismatch(
+        encdec
+            .memory_kv_blocking(&same, &same, batch, n_q, None)
+            .map(|_| ()),
+        "two inputs for encoder-decoder attention",
+    );
+    assert!(encdec.memory_blocking(&same, batch, n_q, None).is_ok());
 }
 
 /// A layer with a memory and extra rows saves and loads back (shapes, `memory` and
@@ -638,6 +689,7 @@ fn cross_weights_round_trip_through_safetensors() {
         .memory(Some(MemoryDims {
             key_dim: 12,
             value_dim: 12,
+            encoder_decoder: false,
         }))
         .extra_keys(ExtraKeys {
             bias_kv: true,
@@ -647,6 +699,62 @@ fn cross_weights_round_trip_through_safetensors() {
     assert!(weights.bias_kv.is_some(), "{what}");
     let back = Weights::from_safetensors(&weights.to_safetensors().unwrap(), false, "").unwrap();
     assert_eq!(back, weights, "{what}");
+    // Other widths, encoder-decoder attention, no extra rows.
+    let narrow = Weights::random(
+        Config::new(12)
+            .dim_head(4)
+            .num_searches(3)
+            .memory(Some(MemoryDims {
+                key_dim: 7,
+                value_dim: 7,
+                encoder_decoder: true,
+            })),
+        seed,
+    )
+    .unwrap();
+    let bytes = narrow.to_safetensors().unwrap();
+    assert_eq!(
+        Weights::from_safetensors(&bytes, false, "").unwrap(),
+        narrow,
+        "{what}"
+    );
+    // The general form has no lowered memory layer: refused by name, not silently dropped.
+    assert!(matches!(
+        compositional_attention::checkpoint::Checkpoint::from_bytes(&bytes, &Default::default()),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        compositional_attention::checkpoint::Checkpoint::from_bytes(
+            &weights.to_safetensors().unwrap(),
+            &Default::default()
+        ),
+        Err(Error::Unsupported { .. })
+    ));
+    // A metadata value the crate does not write is an error, not a default.
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = file
+        .iter()
+        .map(|(name, view)| (name.to_string(), view))
+        .collect();
+    for (key, value) in [("memory", "yes"), ("add_zero_attn", "True")] {
+        // Whichever map type safetensors takes for metadata.
+        let mut metadata = Default::default();
+        Extend::extend(
+            &mut metadata,
+            [
+                ("memory".to_string(), "encoder_decoder".to_string()),
+                (key.to_string(), value.to_string()),
+            ],
+        );
+        let edited = safetensors::serialize(tensors.clone(), Some(metadata)).unwrap();
+        assert!(
+            matches!(
+                Weights::from_safetensors(&edited, false, ""),
+                Err(Error::InvalidConfig { .. })
+            ),
+            "{what}: {key} = {value}"
+        );
+    }
 }
 
 /// fairseq's general attention as wide as its input (neither flag, the constructor's default)

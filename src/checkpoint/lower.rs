@@ -93,7 +93,14 @@ impl Checkpoint {
                     && !(f.causal && f.attention.runs_self_attention(f.dim)))
                 .then(|| {
                     let (key_dim, value_dim) = f.attention.input_dims(f.dim);
-                    MemoryDims { key_dim, value_dim }
+                    MemoryDims {
+                        key_dim,
+                        value_dim,
+                        encoder_decoder: matches!(
+                            f.attention,
+                            crate::checkpoint::Attention::EncoderDecoder { .. }
+                        ),
+                    }
                 }),
             )
             .extra_keys(ExtraKeys {

@@ -72,6 +72,19 @@ pub(crate) fn lucidrains(weights: &Weights) -> Result<Checkpoint> {
         });
     }
     let c = *weights.config();
+    if c.memory.is_some() || c.extra_keys.rows() > 0 {
+        return Err(Error::Unsupported {
+            format: "lucidrains",
+            option: match c.memory {
+                Some(_) => crate::weights::MEMORY_KEY.to_string(),
+                None => "extra key rows (bias_k, add_zero_attn)".to_string(),
+            },
+            reason: "a saved layer with a memory or extra key rows is the lowered form of a \
+                     fairseq checkpoint and has no general form here; run it through \
+                     checkpoint::layer_weights_from_bytes (compattn forward, the browser's \
+                     load) or Weights::from_safetensors",
+        });
+    }
     let (dim, d) = (c.dim, c.dim_head);
     let b = weights.biases.as_ref();
     let lin = |w: &[f32], bias: Option<&Vec<f32>>, out: usize, inp: usize| {

@@ -1,4 +1,4 @@
-//! Attention over a memory (ARCHITECTURE decision 17; the memory itself is `crate::cross_memory`):
+//! Attention over a memory (ARCHITECTURE decision 19; the memory itself is `crate::cross_memory`):
 //! cross-attention of a layer whose keys and values come from other inputs (`Config::memory`),
 //! and self-attention of a layer with extra key rows (`Config::extra_keys`), which attends a
 //! memory of its own input.
@@ -102,9 +102,9 @@ impl CompositionalAttention {
     /// `keys [batch, memory_seq, kdim]` and `values [batch, memory_seq, vdim]` f32 (`None`: the
     /// keys' buffer, with `kdim = vdim`), `mask [batch, memory_seq]` u32 (0 = masked; `None`:
     /// every position). The memory is ready once the caller submits the encoder; it may be
-    /// attended in the same encoder ([`encode_cross`](Self::encode_cross)) or later. In a
-    /// browser the memory's pipelines must be compiled first: make one memory with
-    /// [`memory`](Self::memory) of any size.
+    /// attended in the same encoder ([`encode_cross`](Self::encode_cross)) or later. Native
+    /// only: in a browser, whose GPU work cannot be waited on synchronously, it is
+    /// [`Error::NotPrepared`]; make the memory with [`memory`](Self::memory) there.
     pub fn encode_memory(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -196,6 +196,9 @@ impl CompositionalAttention {
         memory.check_layer(self.id, self.weights_version)?;
         self.ctx.check_alive("encode_cross")?;
         let ctx = self.ctx.clone();
+        // The device's lock first, then the memory's, as every other call takes them.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _serial = pollster::block_on(ctx.serial());
         #[cfg(not(target_arch = "wasm32"))]
         let mut workspaces = pollster::block_on(memory.workspaces.lock());
         // In a browser nothing else runs while this synchronous call does.
@@ -203,8 +206,6 @@ impl CompositionalAttention {
         let mut workspaces = memory.workspaces.try_lock().ok_or(Error::MemoryMismatch(
             "encode_cross: another call on this memory is in progress".into(),
         ))?;
-        #[cfg(not(target_arch = "wasm32"))]
-        let _serial = pollster::block_on(ctx.serial());
         #[cfg(not(target_arch = "wasm32"))]
         let workspace = pollster::block_on(self.memory_workspace(&mut workspaces, memory, seq))?;
         #[cfg(target_arch = "wasm32")]
@@ -251,7 +252,7 @@ impl CompositionalAttention {
         seq: usize,
         mask: Option<&[bool]>,
     ) -> Result<Vec<f32>> {
-        if self.config.key_value_dims() != (self.config.dim, self.config.dim) {
+        if !self.config.runs_self_attention() {
             return Err(refuse_memory_layer(&self.config, "forward"));
         }
         let visibility = match self.config.causal {
@@ -286,8 +287,16 @@ impl CompositionalAttention {
         }
     }
 
-    /// Fails where one input is given for keys and values of different widths.
+    /// Fails where one input is given for keys and values of different widths, or two for
+    /// encoder-decoder attention (whose keys and values are one encoder's output).
     fn check_two_inputs(&self, two_inputs: bool) -> Result<()> {
+        if two_inputs && self.config.memory.is_some_and(|m| m.encoder_decoder) {
+            return Err(Error::MemoryMismatch(
+                "encoder-decoder attention projects keys and values from one memory (an \
+                 encoder's output): call memory, with no separate value input"
+                    .into(),
+            ));
+        }
         let (kdim, vdim) = self.config.key_value_dims();
         if !two_inputs && kdim != vdim {
             return Err(Error::MemoryMismatch(format!(

@@ -111,7 +111,7 @@ impl CompositionalAttention {
         precision: Precision,
     ) -> Result<Self> {
         let config = *weights.config();
-        config.validate()?;
+        weights.check_shapes()?;
         ctx.check_alive("creating a layer")?;
         precision.check_supported(ctx)?;
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -135,6 +135,7 @@ pub fn measure(
     let cross_config = self_config.memory(Some(MemoryDims {
         key_dim: dim,
         value_dim: dim,
+        encoder_decoder: false,
     }));
     let memory_option = SizeOption {
         name: "--memory-seq",

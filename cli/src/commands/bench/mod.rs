@@ -98,7 +98,7 @@ pub struct Args {
     /// 16 decode steps over one memory against projecting it at every step. Reports memory_ms,
     /// cross_ms, self_ms, cross_over_self, decode_ms, decode_loop_ms, reproject_loop_ms and
     /// memory_bytes (host wall clock, results read back).
-    #[arg(long, conflicts_with_all = ["gemm", "strategy", "sweep", "decode", "backward", "causal"])]
+    #[arg(long, conflicts_with_all = ["gemm", "strategy", "sweep", "decode", "backward", "causal", "prenorm"])]
     cross: bool,
     /// Positions of the memory --cross attends [default: 512].
     #[arg(long, value_name = "M", requires = "cross")]
