@@ -1,8 +1,9 @@
 //! The JavaScript API of the `compositional-attention` package: the class
 //! `CompositionalAttention` (a layer on a WebGPU device, loaded from a checkpoint file's bytes
 //! or built from random weights), its `KvCache` for generation, and `readCase` / `randomNormal`
-//! for the inputs. The TypeScript interfaces of the options and results are declared below in
-//! [`TS_INTERFACES`]; `web/README.md` ("JavaScript API") has a complete example.
+//! for the inputs (cross-attention, `memory` and `forwardCross`, is in `src/cross.rs`). The
+//! TypeScript interfaces of the options and results are declared below in [`TS_INTERFACES`];
+//! `web/README.md` ("JavaScript API") has a complete example.
 //!
 //! Every method validates its arguments before the crate sees them and turns every failure into
 //! a JavaScript `Error` carrying the crate's message; nothing panics on bad input.
@@ -13,7 +14,7 @@ use std::str::FromStr;
 use std::task::{Poll, Waker};
 
 use compositional_attention::checkpoint::{self, CheckpointOptions, Constructor, Format};
-use compositional_attention::io::{Input, read_output};
+use compositional_attention::io::{Input, MemoryInput, read_output};
 use compositional_attention::rng::{self, Rng};
 use compositional_attention::{
     AttentionMaps, CompileProgress, CompositionalAttention as Layer, Config, Error, GpuContext,
@@ -106,6 +107,18 @@ export interface LayerConfig {
   layerNormEps: number;
   /** Hidden width of the MLP score network (fairseq/xformers `nonlinear`), else null. */
   selectionMlp: number | null;
+  /** A cross-attention layer's key input width (fairseq's `kdim`; `memory`, `forwardCross`);
+   *  null for self-attention. */
+  keyDim: number | null;
+  /** A cross-attention layer's value input width (fairseq's `vdim`; `memoryKv` when it is not
+   *  `keyDim`); null for self-attention. */
+  valueDim: number | null;
+  /** fairseq's `encoder_decoder_attention`: keys and values from one memory (`memory`, never
+   *  `memoryKv`) and no self-attention (`forward`). False for every other layer. */
+  encoderDecoder: boolean;
+  /** Key rows every query attends beyond the input's or the memory's (fairseq's `add_bias_kv`,
+   *  `add_zero_attn`): 0, 1 or 2. */
+  extraKeyRows: number;
   /** Number of parameters. */
   parameters: number;
 }
@@ -128,7 +141,8 @@ export interface LayerInfo extends LayerConfig {
   gpuBytes: number;
 }
 
-/** Options of a call that takes its turn on the layer (`forward`, `prefill`, `decode`). */
+/** Options of a call that takes its turn on the layer (`forward`, `prefill`, `decode`,
+ *  `memory`, `memoryKv`, `forwardCross`). */
 export interface CallOptions {
   /** Aborts the call while it waits for its turn: it rejects with a `CompattnError` of code
    *  `"ABORTED"` and runs nothing. A call already running finishes. */
@@ -186,8 +200,16 @@ export interface Case {
   dim: number | null;
   /** `input`, row-major [batch, seq, dim]. */
   input: Float32Array | null;
-  /** `mask` [batch, seq], 1 = the key may be attended, 0 = masked. */
+  /** `mask`, 1 = may be attended, 0 = masked: [batch, seq] on the input's keys, or in a
+   *  cross-attention case (one with a `memory`) [batch, memorySeq] on the memory's positions. */
   mask: Uint8Array | null;
+  /** A cross-attention case's `memory` [batch, memorySeq, kdim], row-major: the input of the
+   *  keys and values (`layer.memory`), or of the keys when `valueInput` is there. */
+  memory: Float32Array | null;
+  /** `value_input` [batch, memorySeq, vdim]: separate values (`layer.memoryKv`). */
+  valueInput: Float32Array | null;
+  /** Memory positions per sequence, from `memory`. */
+  memorySeq: number | null;
   /** `output`, the reference output. */
   output: Float32Array | null;
   outputShape: number[] | null;
@@ -403,7 +425,7 @@ pub(crate) fn count(name: &str, value: f64) -> Result<usize, ApiError> {
     Ok(crate::whole_number(name, value, 1.0..=u32::MAX as f64, "≥ 1").map_err(err)? as usize)
 }
 
-fn product(what: &str, factors: &[usize]) -> Result<usize, ApiError> {
+pub(crate) fn product(what: &str, factors: &[usize]) -> Result<usize, ApiError> {
     factors
         .iter()
         .try_fold(1usize, |acc, &f| acc.checked_mul(f))
@@ -570,6 +592,19 @@ fn config_object(c: &Config) -> Object {
         "selectionMlp",
         c.selection_mlp.map_or(JsValue::NULL, |h| (h as f64).into()),
     );
+    // Cross-attention (`layer.memory`, `forwardCross`): the widths of the key and value inputs.
+    let (key_dim, value_dim) = match c.memory {
+        Some(m) => ((m.key_dim as f64).into(), (m.value_dim as f64).into()),
+        None => (JsValue::NULL, JsValue::NULL),
+    };
+    set(&o, "keyDim", key_dim);
+    set(&o, "valueDim", value_dim);
+    set(
+        &o,
+        "encoderDecoder",
+        c.memory.is_some_and(|m| m.encoder_decoder),
+    );
+    set(&o, "extraKeyRows", c.extra_keys.rows() as f64);
     set(&o, "parameters", c.parameter_count() as f64);
     o
 }
@@ -629,8 +664,9 @@ async fn turn(turns: &Rc<Turns>, signal: Option<&AbortSignal>) -> Result<Turn, A
 }
 
 /// Compositional Attention on a WebGPU device: load a checkpoint (`load`) or random weights
-/// (`random`), then `forward`, or `kvCache` + `prefill` + `decode` to generate. Calls on one
-/// layer run one at a time, in turn.
+/// (`random`), then `forward`, or `kvCache` + `prefill` + `decode` to generate, or (a
+/// cross-attention layer) `memory` + `forwardCross`. Calls on one layer run one at a time, in
+/// turn.
 #[wasm_bindgen(js_name = CompositionalAttention)]
 #[derive(Clone)]
 pub struct JsCompositionalAttention {
@@ -838,7 +874,7 @@ impl JsCompositionalAttention {
     }
 }
 
-fn to_promise(
+pub(crate) fn to_promise(
     future: impl std::future::Future<Output = Result<Vec<f32>, ApiError>> + 'static,
 ) -> Promise {
     future_to_promise(async move {
@@ -1244,8 +1280,9 @@ impl JsKvCache {
 }
 
 /// The case tensors of a safetensors file: `input` [batch, seq, dim], `mask` [batch, seq] and
-/// `output`, each null where absent (a Keras `.weights.h5` has none). A malformed file is an
-/// Error.
+/// `output`, and a cross-attention case's `memory`, `valueInput` and `memorySeq` (its `mask` is
+/// then the memory's, [batch, memorySeq]), each null where absent (a Keras `.weights.h5` has
+/// none). A malformed file is an Error.
 #[wasm_bindgen(js_name = readCase, unchecked_return_type = "Case")]
 pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, ApiError> {
     let o = Object::new();
@@ -1255,6 +1292,9 @@ pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, ApiError> {
         "dim",
         "input",
         "mask",
+        "memory",
+        "valueInput",
+        "memorySeq",
         "output",
         "outputShape",
     ] {
@@ -1268,6 +1308,18 @@ pub fn read_case(bytes: Vec<u8>) -> Result<JsValue, ApiError> {
         Err(Error::MissingTensor { name, .. }) if name == "input" => None,
         Err(e) => return Err(js_error(e)),
     };
+    // A cross-attention case: the memory (`Input` left its mask, the memory's, out).
+    if let Some(memory) = MemoryInput::from_safetensors(&bytes).map_err(js_error)? {
+        set(&o, "memory", Float32Array::from(memory.keys.as_slice()));
+        if let Some((values, _)) = &memory.values {
+            set(&o, "valueInput", Float32Array::from(values.as_slice()));
+        }
+        if let Some(mask) = &memory.mask {
+            let bytes: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
+            set(&o, "mask", Uint8Array::from(bytes.as_slice()));
+        }
+        set(&o, "memorySeq", memory.seq as f64);
+    }
     let output = read_output(&bytes).map_err(js_error)?;
     let mut shape = None;
     if let Some(input) = &input {

@@ -174,6 +174,8 @@ impl From<Error> for ApiError {
                  \"f16\"; use precision: \"f32\" (SwiftShader and GL-backed adapters have no \
                  shader-f16)"
             ),
+            // The crate names its Rust methods; the JavaScript API's are these.
+            Error::MemoryMismatch(_) => memory_in_js_terms(&error.to_string()),
             Error::DeviceLost { operation, reason } => format!(
                 "the GPU device is lost ({reason}); {operation} did not run: load the layer \
                  again (a new device is opened)"
@@ -182,4 +184,23 @@ impl From<Error> for ApiError {
         };
         ApiError::new(code, message)
     }
+}
+
+/// A cross-attention message of the crate (`Error::MemoryMismatch`) with its Rust names
+/// replaced by the JavaScript API's (`forward_cross` → `forwardCross`); a message naming
+/// none is unchanged.
+fn memory_in_js_terms(message: &str) -> String {
+    const NAMES: [(&str, &str); 5] = [
+        (
+            "CompositionalAttention::memory (or memory_kv)",
+            "layer.memory (or layer.memoryKv)",
+        ),
+        ("CompositionalAttention::memory", "layer.memory"),
+        ("memory_kv", "memoryKv"),
+        ("forward_cross", "forwardCross"),
+        ("Config::memory", "a memory in its checkpoint's config"),
+    ];
+    NAMES.iter().fold(message.to_string(), |text, (rust, js)| {
+        text.replace(rust, js)
+    })
 }

@@ -15,6 +15,7 @@
 //! ```
 
 mod api;
+mod cross;
 pub mod errors;
 #[cfg(target_arch = "wasm32")]
 mod interop;
@@ -25,6 +26,7 @@ pub use api::{
     CallOptions, JsCompositionalAttention, JsKvCache, JsMapsOptions, LoadOptions, PrepareOptions,
     RandomOptions, random_normal, read_case,
 };
+pub use cross::JsMemory;
 pub use errors::{ApiError, Code};
 #[cfg(feature = "page")]
 pub use page::{

@@ -828,6 +828,303 @@ mod js_api {
         assert_none_failed(&failures);
     }
 
+    macro_rules! cross_case {
+        ($name:literal) => {
+            (
+                $name,
+                include_bytes!(concat!(
+                    "../../tests/golden-variants/fairseq-cross/",
+                    $name,
+                    ".safetensors"
+                ))
+                .as_slice(),
+                include_str!(concat!(
+                    "../../tests/golden-variants/fairseq-cross/",
+                    $name,
+                    ".json"
+                )),
+            )
+        };
+    }
+
+    /// The fairseq cross-attention cases (`tests/golden-variants/fairseq-cross/`, the official
+    /// module in f64): name, safetensors bytes, JSON sidecar (its `constructor`).
+    const CROSS: [(&str, &[u8], &str); 3] = [
+        cross_case!("c01_encdec_same_width"),
+        cross_case!("c02_encdec_kdim_vdim"),
+        cross_case!("c07_self_add_bias_kv"),
+    ];
+
+    /// `load` of a fairseq-cross case with its sidecar's constructor as the `config` object.
+    async fn load_cross(bytes: &[u8], sidecar: &str) -> JsCompositionalAttention {
+        let sidecar = js_sys::JSON::parse(sidecar).unwrap();
+        let constructor = field(&sidecar, "constructor");
+        Reflect::set(&constructor, &"format".into(), &"fairseq".into()).unwrap();
+        load(bytes, &[("config", constructor)]).await
+    }
+
+    /// Query row `t` of every sequence of `v [batch, seq, dim]`: `[batch, 1, dim]`.
+    fn row<T: Copy>(v: &[T], [batch, seq, dim]: [usize; 3], t: usize) -> Vec<T> {
+        (0..batch)
+            .flat_map(|b| v[(b * seq + t) * dim..(b * seq + t + 1) * dim].to_vec())
+            .collect()
+    }
+
+    /// Cross-attention through the JavaScript API against the official fairseq module:
+    /// encoder-decoder attention over a padded memory as wide as the queries (c01) and over an
+    /// encoder output 40 wide for queries 24 wide (c02): `readCase`'s memory and mask,
+    /// `layer.memory`, `forwardCross` of every query row, then of one row at a time over the
+    /// same memory (a decode step); self-attention with `add_bias_kv` through `forward` with the
+    /// file's mask (c07). The config reports the key and value widths and the extra key rows;
+    /// the memory its sizes and GPU bytes. Tolerance 1e-4 of max|output|.
+    #[wasm_bindgen_test]
+    async fn cross_attention_matches_fairseq() {
+        use compattn_web::JsMemory;
+        use wasm_bindgen::convert::TryFromJsValue;
+        use wasm_bindgen_futures::JsFuture;
+        let mut failures = Vec::new();
+        for (name, bytes, sidecar) in CROSS {
+            let layer = load_cross(bytes, sidecar).await;
+            let config = layer.config();
+            let number = |o: &JsValue, key: &str| field(o, key).as_f64();
+            let case =
+                read_case(bytes.to_vec()).unwrap_or_else(|e| panic!("{name}: {}", message(e)));
+            let floats = |key: &str| {
+                let v = field(&case, key);
+                (!v.is_null()).then(|| Float32Array::from(v).to_vec())
+            };
+            let mask = Some(field(&case, "mask"))
+                .filter(|v| !v.is_null())
+                .map(|v| Uint8Array::from(v).to_vec());
+            let x = floats("input").unwrap();
+            let expected: Vec<f64> = floats("output")
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let (batch, seq) = (
+                number(&case, "batch").unwrap(),
+                number(&case, "seq").unwrap(),
+            );
+            assert!(floats("valueInput").is_none(), "{name}: one memory input");
+            let Some(memory) = floats("memory") else {
+                // Self-attention with add_bias_kv: forward, its mask on the input's keys.
+                assert!(field(&config, "keyDim").is_null(), "{name}");
+                assert!(field(&config, "valueDim").is_null(), "{name}");
+                assert_eq!(field(&config, "encoderDecoder"), false, "{name}");
+                assert_eq!(number(&config, "extraKeyRows"), Some(1.0), "{name}");
+                assert!(mask.is_some(), "{name}: the file's key padding");
+                match layer.forward_vec(x, batch, seq, mask).await {
+                    Ok(y) => check(&mut failures, &format!("forward: {name}"), &y, &expected),
+                    Err(e) => failures.push(format!("{name}: forward: {}", message(e))),
+                }
+                continue;
+            };
+            let memory_seq = number(&case, "memorySeq").unwrap();
+            let kdim = memory.len() as f64 / (batch * memory_seq);
+            assert_eq!(number(&config, "keyDim"), Some(kdim), "{name}");
+            assert_eq!(number(&config, "valueDim"), Some(kdim), "{name}");
+            assert_eq!(number(&config, "extraKeyRows"), Some(0.0), "{name}");
+            assert_eq!(field(&config, "encoderDecoder"), true, "{name}");
+            assert_eq!(
+                number(&layer.info(), "keyDim"),
+                Some(kdim),
+                "{name}: info() has the config's fields"
+            );
+            if let Some(mask) = &mask {
+                assert_eq!(
+                    mask.len() as f64,
+                    batch * memory_seq,
+                    "{name}: the memory's mask"
+                );
+            }
+            let made = JsFuture::from(layer.memory(memory, batch, memory_seq, mask, None)).await;
+            let memory = match made {
+                Ok(m) => JsMemory::try_from_js_value(m).expect("a Memory"),
+                Err(e) => {
+                    failures.push(format!("{name}: memory: {}", thrown(e).1));
+                    continue;
+                }
+            };
+            assert_eq!(
+                (
+                    memory.batch() as f64,
+                    memory.len() as f64,
+                    memory.extra_rows()
+                ),
+                (batch, memory_seq, 0),
+                "{name}"
+            );
+            let projected = memory.gpu_bytes();
+            assert!(projected > 0.0, "{name}");
+            match JsFuture::from(layer.forward_cross(x.clone(), &memory, seq, None)).await {
+                Ok(y) => check(
+                    &mut failures,
+                    &format!("memory + forwardCross: {name}"),
+                    &Float32Array::from(y).to_vec(),
+                    &expected,
+                ),
+                Err(e) => failures.push(format!("{name}: forwardCross: {}", thrown(e).1)),
+            }
+            assert!(
+                memory.gpu_bytes() > projected,
+                "{name}: the query shape's workspace counts in gpuBytes"
+            );
+            // One query row at a time over the same memory: the rows of the whole.
+            let shape = [batch as usize, seq as usize, layer.dim()];
+            for t in [0, shape[1] - 1] {
+                match layer
+                    .forward_cross_vec(row(&x, shape, t), &memory, 1.0)
+                    .await
+                {
+                    Ok(y) => check(
+                        &mut failures,
+                        &format!("forwardCross, seq 1, row {t}: {name}"),
+                        &y,
+                        &row(&expected, shape, t),
+                    ),
+                    Err(e) => failures.push(format!("{name} row {t}: {}", message(e))),
+                }
+            }
+        }
+        assert_none_failed(&failures);
+    }
+
+    /// Cross-attention's typed errors, `CompattnError`s in the JavaScript API's terms:
+    /// `forwardCross` and `memory` on a self-attention layer, another layer's memory, `forward`
+    /// on a layer whose memory is wider than its queries (`INVALID_ARGUMENT`); inputs of the
+    /// wrong length (`SHAPE`); an aborted `forwardCross` (`ABORTED`).
+    #[wasm_bindgen_test]
+    async fn cross_attention_errors_are_typed() {
+        use wasm_bindgen_futures::JsFuture;
+        let (c01, c02, c07) = (CROSS[0], CROSS[1], CROSS[2]);
+        let cross = load_cross(c01.1, c01.2).await;
+        let own_keys = load_cross(c07.1, c07.2).await;
+        let plain = random(&[("dim", 32.into()), ("dimHead", 8.into())]).await;
+        let (batch, seq, memory_seq, dim) = (2usize, 3usize, 4usize, 32usize);
+        let memory = cross
+            .memory_vec(
+                vec![0.25; batch * memory_seq * dim],
+                batch as f64,
+                memory_seq as f64,
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("memory: {}", message(e)));
+        let x = vec![0.5f32; batch * seq * dim];
+        let rejected = |promise: js_sys::Promise| async move {
+            thrown(JsFuture::from(promise).await.expect_err("a rejection"))
+        };
+        // forwardCross on self-attention layers (plain, and with add_bias_kv).
+        for layer in [&plain, &own_keys] {
+            let x = vec![0.5f32; batch * seq * layer.dim()];
+            let (c, e) = rejected(layer.forward_cross(x, &memory, seq as f64, None)).await;
+            assert_eq!(c, "INVALID_ARGUMENT", "{e}");
+            assert!(e.contains("forwardCross: a self-attention layer"), "{e}");
+        }
+        let (c, e) = rejected(plain.memory(vec![0.0; 8], 1.0, 1.0, None, None)).await;
+        assert!(c == "INVALID_ARGUMENT" && e.contains("memory:"), "{c}: {e}");
+        let (c, e) =
+            rejected(plain.memory_kv(vec![0.0; 8], vec![0.0; 8], 1.0, 1.0, None, None)).await;
+        assert!(
+            c == "INVALID_ARGUMENT" && e.contains("memoryKv:"),
+            "{c}: {e}"
+        );
+        // Another layer's memory.
+        let other = load_cross(c01.1, c01.2).await;
+        let (c, e) = rejected(other.forward_cross(x.clone(), &memory, seq as f64, None)).await;
+        assert!(
+            c == "INVALID_ARGUMENT" && e.contains("another layer"),
+            "{c}: {e}"
+        );
+        // Encoder-decoder attention takes one memory input and runs no self-attention.
+        let (c, e) = rejected(cross.memory_kv(
+            vec![0.25; batch * memory_seq * dim],
+            vec![0.25; batch * memory_seq * dim],
+            batch as f64,
+            memory_seq as f64,
+            None,
+            None,
+        ))
+        .await;
+        assert!(
+            c == "INVALID_ARGUMENT" && e.contains("call memory"),
+            "{c}: {e}"
+        );
+        let e = cross
+            .forward_vec(x.clone(), 2.0, 3.0, None)
+            .await
+            .unwrap_err();
+        assert_eq!(code(e.clone()), "INVALID_ARGUMENT", "{}", message(e));
+        // forward on a layer whose memory is 40 wide, its queries 24: the crate's refusal, in
+        // the JavaScript API's terms.
+        let wide = load_cross(c02.1, c02.2).await;
+        let e = wide
+            .forward_vec(vec![0.5; 24], 1.0, 1.0, None)
+            .await
+            .unwrap_err();
+        assert_eq!(code(e.clone()), "INVALID_ARGUMENT");
+        let e = message(e);
+        assert!(
+            e.contains("forwardCross") && e.contains("layer.memory") && !e.contains("_cross"),
+            "{e}"
+        );
+        // Lengths: the memory, its mask, the queries.
+        let e = cross
+            .memory_vec(vec![0.0; 7], 1.0, 1.0, None)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(code(e.clone()), "SHAPE");
+        assert!(message(e).contains("memory: expected batch·memorySeq·kdim = 1·1·32 = 32"));
+        let e = cross
+            .memory_vec(vec![0.0; 64], 1.0, 2.0, Some(vec![1; 3]))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(code(e.clone()), "SHAPE");
+        assert!(message(e).contains("mask: expected batch·memorySeq = 1·2 = 2"));
+        let e = cross
+            .forward_cross_vec(vec![0.0; 7], &memory, 1.0)
+            .await
+            .unwrap_err();
+        assert_eq!(code(e.clone()), "SHAPE");
+        assert!(message(e).contains("x: expected batch·seq·dim = 2·1·32 = 64"));
+        let e = cross
+            .forward_cross_vec(vec![0.0; 64], &memory, 0.0)
+            .await
+            .unwrap_err();
+        assert!(message(e).contains("seq must be a whole number"));
+        // Aborted before its turn: runs nothing; the memory still serves the next call.
+        let controller =
+            js_sys::Function::new_no_args("const c = new AbortController(); c.abort(); return c")
+                .call0(&JsValue::NULL)
+                .unwrap();
+        let options: JsValue = object(&[("signal", field(&controller, "signal"))]).into();
+        let (c, _) = rejected(cross.forward_cross(
+            x.clone(),
+            &memory,
+            seq as f64,
+            Some(options.clone().unchecked_into()),
+        ))
+        .await;
+        assert_eq!(c, "ABORTED");
+        let (c, _) = rejected(cross.memory(
+            vec![0.25; batch * memory_seq * dim],
+            batch as f64,
+            memory_seq as f64,
+            None,
+            Some(options.unchecked_into()),
+        ))
+        .await;
+        assert_eq!(c, "ABORTED");
+        let y = cross
+            .forward_cross_vec(x, &memory, seq as f64)
+            .await
+            .unwrap_or_else(|e| panic!("{}", message(e)));
+        assert_eq!(y.len(), batch * seq * dim);
+    }
+
     /// `kvCache` + `prefill` + `decode` give the rows of the full causal forward.
     #[wasm_bindgen_test]
     async fn decode_matches_the_causal_forward() {
