@@ -297,7 +297,9 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
                 n_kv: 37,
                 separate: false,
                 mask: None,
-                magnitude: 30.0,
+                // As in tests/forward.rs: at 30 an f32 logit's rounding, amplified by a
+                // near one-hot softmax, passed 1e-4 for some seeds (conditioning, not a bug).
+                magnitude: 12.0,
             },
         ),
     ];
