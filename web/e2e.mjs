@@ -294,16 +294,27 @@ try {
     const files = await Promise.all(['tiny', 'padding_mask'].map(async (name) =>
       [...await readFile(`${REPO}tests/golden/${name}.safetensors`)]));
     const before = Number(await page.getAttribute('#case-result', 'data-finished'));
-    const drop = (bytes, name) => page.evaluate(([bytes, name]) => {
-      const transfer = new DataTransfer();
-      transfer.items.add(new File([new Uint8Array(bytes)], name));
-      document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, cancelable: true }));
-    }, [bytes, name]);
-    // The longer run first (padding_mask: a batch of 2 with its maps), so the second drop lands
-    // while it runs.
-    await drop(files[1], 'first.safetensors');
-    await page.waitForFunction(() => document.getElementById('case-result').dataset.state === 'running');
-    await drop(files[0], 'second.safetensors');
+    // The longer run first (padding_mask: a batch of 2 with its maps). The second drop is made
+    // in the page the moment the first run's state turns to running (a MutationObserver), so it
+    // lands while that run is in progress however fast the run is; a drop from here after a
+    // round trip to the page could land after the run had finished.
+    await page.evaluate(([first, second]) => new Promise((resolve) => {
+      const dropFile = (bytes, name) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], name));
+        document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, cancelable: true }));
+      };
+      const result = document.getElementById('case-result');
+      const observer = new MutationObserver(() => {
+        if (result.dataset.state === 'running') {
+          observer.disconnect();
+          dropFile(second, 'second.safetensors');
+          resolve();
+        }
+      });
+      observer.observe(result, { attributes: true, attributeFilter: ['data-state'] });
+      dropFile(first, 'first.safetensors');
+    }), [files[1], files[0]]);
     await page.waitForFunction(
       (n) => Number(document.getElementById('case-result').dataset.finished) >= n + 2,
       before,
