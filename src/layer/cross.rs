@@ -117,6 +117,7 @@ impl CompositionalAttention {
         self.check_memory_layer("encode_memory")?;
         shape::check_memory_buffers(&self.config, keys, values, mask, batch, memory_seq)?;
         self.check_two_inputs(values.is_some())?;
+        self.check_memory_sizes(batch, memory_seq)?;
         self.ctx.check_alive("encode_memory")?;
         let request = MemoryRequest {
             batch,
@@ -375,13 +376,13 @@ impl CompositionalAttention {
         cross_memory::check_sizes(&self.ctx, &self.config, self.precision, batch, len)
     }
 
-    /// Records the projection of `request` into `encoder` (sizes checked here too).
+    /// Records the projection of `request` into `encoder` (the caller checked the sizes,
+    /// [`check_memory_sizes`](Self::check_memory_sizes)).
     async fn record_memory(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         request: MemoryRequest<'_>,
     ) -> Result<Memory> {
-        self.check_memory_sizes(request.batch, request.len)?;
         self.sync_parameters().await?;
         let ctx = self.ctx.clone();
         let precision = self.precision;
