@@ -4,9 +4,14 @@
 //              A[j]   = softmax over allowed keys j of scale · SQ[i] · SK[j]      (online, f32)
 //              retrieved[b, σ, i, c] = Σ_j A[j] · RV[j, c]      (normalised; for every retrieval,
 //                                                                   since c runs over r·d)
-//            allowed(j) = mask[b, j] != 0 && (!causal || j <= i). A row with no allowed key gets
-//            value_mean[b, c] (uniform weights over all n keys, the reference's semantics). The
-//            retrieval selection follows in retrieval_mix.wgsl. Nothing n × n is stored.
+//            allowed(j) = mask[b, j] != 0 && (!causal || j <= i + causal_offset). A row with no
+//            allowed key gets value_mean[b, c] (uniform weights over all keys, the reference's
+//            semantics). The retrieval selection follows in retrieval_mix.wgsl. Nothing n × n is
+//            stored. Keys and values come from the queries' own projections (self-attention:
+//            `keys` and `values` are `proj`) or from a memory's texel rows (cross-attention,
+//            and self-attention behind extra key rows, src/cross_memory.rs): key row
+//            b·k_batch_rows + σ·k_head_rows + j at texels k_offset + σ·k_head_texels + t, value
+//            row b·kv_seq + j at texels v_offset + c.
 // Why        On CPU drivers (lavapipe, SwiftShader) invocations are SIMD lanes and every operand
 //            fetch is a gather; arrays indexed in loops live in memory. Here each lane holds 8
 //            queries × 4·COLS value columns as named 4 × 4 matrices and computes scores for 16
@@ -15,9 +20,11 @@
 //            columns (r·d / (4·COLS) blocks): more arithmetic, far fewer fetches per multiply-add.
 // Bindings   @binding(0) params (uniform)  see Params; offsets and widths count texels
 //            @binding(1) proj        [b·n, (3s + r)·d] texel rows  packed [SQ | SK | Q̃ | RV]
-//            @binding(2) mask        [b, n] u32, 1 = key may be attended
+//            @binding(2) mask        [b, kv_seq] u32, 1 = key may be attended
 //            @binding(3) value_mean  [b, r·d / 4] vec4
 //            @binding(4) retrieved   [b·s·n, r·d] texel rows, written
+//            @binding(5) key_rows    texel rows holding SK (`proj`, or a memory's [b·s·L, d])
+//            @binding(6) value_rows  texel rows holding RV (`proj`, or a memory's [b·L, r·d])
 // Dispatch   one workgroup per (b, σ, tile of 8·WG queries, block of 4·COLS value columns), group =
 //            ((b·s + σ)·tiles + tile)·col_blocks + col_block, numbered linearly over x and y.
 //            Lane `lane` owns queries tile·8·WG + q·WG + lane (q < 8: rows of blocks 0 and 1).
@@ -37,7 +44,11 @@ struct Params {
     tiles: u32,
     col_blocks: u32,
     causal: u32,
-    _pad: u32,
+    kv_seq: u32,
+    k_batch_rows: u32,
+    k_head_rows: u32,
+    k_head_texels: u32,
+    causal_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -45,6 +56,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
 @group(0) @binding(3) var<storage, read> value_mean: array<vec4<f32>>;
 @group(0) @binding(4) var retrieved: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(5) var key_rows: texture_2d_array<f32>;
+@group(0) @binding(6) var value_rows: texture_2d_array<f32>;
 
 const BK: u32 = 16u;
 // -FLT_MAX, spelled so that every WGSL front end accepts it as exactly representable.
@@ -54,37 +67,48 @@ var<private> batch_index: u32;
 var<private> head: u32;
 var<private> col0: u32;
 
-fn token(j: u32) -> u32 {
-    return batch_index * params.seq + min(j, params.seq - 1u);
+fn query_texel(row: u32, column: u32) -> vec4<f32> {
+    let r = batch_index * params.seq + min(row, params.seq - 1u);
+    return textureLoad(proj, texel_coords(r, column), texel_layer(r), 0);
 }
 
-fn texel(row: u32, column: u32) -> vec4<f32> {
-    let r = token(row);
-    return textureLoad(proj, texel_coords(r, column), texel_layer(r), 0);
+// The row of key (or value) position j of this sequence, clamped to the last.
+fn position(j: u32) -> u32 {
+    return min(j, params.kv_seq - 1u);
+}
+
+fn key_texel(j: u32, column: u32) -> vec4<f32> {
+    let r = batch_index * params.k_batch_rows + head * params.k_head_rows + position(j);
+    return textureLoad(key_rows, texel_coords(r, column), texel_layer(r), 0);
+}
+
+fn value_texel(j: u32, column: u32) -> vec4<f32> {
+    let r = batch_index * params.kv_seq + position(j);
+    return textureLoad(value_rows, texel_coords(r, column), texel_layer(r), 0);
 }
 
 // Queries r, r + WG, r + 2·WG, r + 3·WG at head texel t, scaled (SQ · d^-1/2, as SPEC orders
 // it), as [component][query].
 fn query_block(r: u32, t: u32) -> mat4x4<f32> {
     let c = params.q_offset + head * DV + t;
-    let rows = mat4x4<f32>(texel(r, c), texel(r + WG, c), texel(r + 2u * WG, c), texel(r + 3u * WG, c));
+    let rows = mat4x4<f32>(query_texel(r, c), query_texel(r + WG, c), query_texel(r + 2u * WG, c), query_texel(r + 3u * WG, c));
     return transpose(rows * params.scale);
 }
 
 // Keys j .. j + 3 at head texel t, as [key][component].
 fn key_block(j: u32, t: u32) -> mat4x4<f32> {
-    let c = params.k_offset + head * DV + t;
-    return mat4x4<f32>(texel(j, c), texel(j + 1u, c), texel(j + 2u, c), texel(j + 3u, c));
+    let c = params.k_offset + head * params.k_head_texels + t;
+    return mat4x4<f32>(key_texel(j, c), key_texel(j + 1u, c), key_texel(j + 2u, c), key_texel(j + 3u, c));
 }
 
 // Values of keys j .. j + 3 at this block's value texel cb, as [column][key].
 fn value_block(j: u32, cb: u32) -> mat4x4<f32> {
     let c = params.v_offset + min(col0 + cb, params.value_texels - 1u);
-    return transpose(mat4x4<f32>(texel(j, c), texel(j + 1u, c), texel(j + 2u, c), texel(j + 3u, c)));
+    return transpose(mat4x4<f32>(value_texel(j, c), value_texel(j + 1u, c), value_texel(j + 2u, c), value_texel(j + 3u, c)));
 }
 
 fn key_allowed(j: u32, end: u32) -> bool {
-    return j < end && mask[token(j)] != 0u;
+    return j < end && mask[batch_index * params.kv_seq + position(j)] != 0u;
 }
 
 fn keys_allowed(j: u32, end: u32) -> vec4<bool> {
@@ -93,7 +117,7 @@ fn keys_allowed(j: u32, end: u32) -> vec4<bool> {
 
 // Scores of key j for four queries, LOWEST where the key is not visible to the query.
 fn visible(scores: vec4<f32>, allowed: bool, j: u32, rows: vec4<u32>) -> vec4<f32> {
-    let future = vec4<bool>(params.causal != 0u) & (vec4<u32>(j) > rows);
+    let future = vec4<bool>(params.causal != 0u) & (vec4<u32>(j) > rows + vec4<u32>(params.causal_offset));
     return select(vec4<f32>(LOWEST), scores, vec4<bool>(allowed) & !future);
 }
 
@@ -226,8 +250,9 @@ fn main(
     var o0_15 = mat4x4<f32>();
     var o1_15 = mat4x4<f32>();
 
-    // Causal: no query of this tile sees a key past its last row.
-    let key_end = select(params.seq, min(params.seq, (tile + 1u) * 8u * WG), params.causal != 0u);
+    // Causal: no query of this tile sees a key past its last row (behind the extra rows).
+    let last = (tile + 1u) * 8u * WG + params.causal_offset;
+    let key_end = select(params.kv_seq, min(params.kv_seq, last), params.causal != 0u);
     for (var j0 = 0u; j0 < key_end; j0 += BK) {
         // Scores s_bk: queries of block b against keys j0 + 4k .. + 3; [key][query].
         var s00 = mat4x4<f32>();

@@ -24,10 +24,13 @@ use crate::error::{Error, Result};
 use crate::gpu::dispatch::{Dispatch, record_pass};
 use crate::gpu::{GpuContext, memory};
 use crate::ops::ProjectionLayout;
+use crate::ops::blocked_attention::MemoryRows;
 use crate::ops::decode::CacheBuffers;
 use crate::ops::gemm::{GemmPrecision, GemmShape};
+use crate::plan::{CorePlan, ExecutionPlan};
 use crate::precision::Precision;
 use crate::weights::Weights;
+use crate::workspace::StoredKeys;
 use crate::workspace::WorkspaceCache;
 
 /// Keys and values projected once from a memory, on the GPU, for
@@ -39,6 +42,9 @@ pub struct Memory {
     pub(crate) len: usize,
     pub(crate) extra_rows: usize,
     pub(crate) buffers: CacheBuffers,
+    /// The keys and values again as texel rows, where the layer attends memories with the
+    /// blocked core (`ExecutionPlan::memory_rows_plan`).
+    pub(crate) rows: Option<MemoryRows>,
     /// The workspaces of the query shapes that attended this memory (they bind its buffers).
     /// An async lock: a call holds it while it builds and records (awaiting pipelines).
     pub(crate) workspaces: futures::lock::Mutex<WorkspaceCache>,
@@ -101,7 +107,17 @@ impl Memory {
             .iter()
             .map(|buffer| buffer.size())
             .sum::<u64>()
+            + self.rows.as_ref().map_or(0, MemoryRows::bytes)
             + workspaces
+    }
+
+    /// The keys and values `plan`'s core reads: the texel rows for the blocked core, else the
+    /// cache layout.
+    pub(crate) fn stored_keys(&self, plan: &ExecutionPlan) -> StoredKeys<'_> {
+        match (plan.core(), &self.rows) {
+            (CorePlan::BlockedMemory(_), Some(rows)) => StoredKeys::Rows(rows),
+            _ => StoredKeys::Cache(&self.buffers),
+        }
     }
 
     /// Positions a query attends over: the extra rows and the memory's.
@@ -333,6 +349,28 @@ pub(crate) async fn record(
         crate::ops::decode::bind_append(ctx, &layout, positions, &held[0], mask, &buffers, &at)
             .await?,
     );
+    // Where the layer attends memories with the blocked core, its texel rows.
+    let rows = match ExecutionPlan::memory_rows_plan(ctx, c, precision, batch, positions) {
+        Some(_) => {
+            let causal_offset = match request.visibility {
+                Visibility::All => None,
+                Visibility::Causal => Some(extra_rows),
+            };
+            let (rows, fill) = crate::ops::blocked_attention::memory_rows(
+                ctx,
+                (batch, positions),
+                (s, r, d),
+                &buffers.keys,
+                &buffers.values,
+                &buffers.mask,
+                causal_offset,
+            )
+            .await?;
+            dispatches.extend(fill);
+            Some(rows)
+        }
+        None => None,
+    };
     // The recorded commands keep the buffers they use (`held`, `all`, `at`) alive.
     record_pass(encoder, "memory projection", &dispatches);
     Ok(Memory {
@@ -341,6 +379,7 @@ pub(crate) async fn record(
         len,
         extra_rows,
         buffers,
+        rows,
         workspaces: futures::lock::Mutex::new(WorkspaceCache::new()),
         weights_version,
     })

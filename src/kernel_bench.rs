@@ -288,10 +288,12 @@ impl KernelBench {
                     &layout,
                     blocked,
                     scale,
-                    c.causal,
                     proj_t,
-                    &mask,
-                    &value_mean,
+                    ops::blocked_attention::KeyValues::Own {
+                        causal: c.causal,
+                        mask: (&mask).into(),
+                        value_mean: &value_mean,
+                    },
                     concat_t,
                 )
                 .await?;

@@ -452,12 +452,26 @@ pub enum CorePlan {
     Unfused,
     /// New queries over a KV cache, split-KV (prefill and decode).
     Cached(CachedPlan),
+    /// Queries over a [`Memory`](crate::Memory) with the blocked core, where the layer's core
+    /// reads texels (an unbiased f32 layer with the dot selection on a CPU driver) and at least
+    /// [`BLOCKED_MEMORY_MIN_QUERIES`] query rows attend: the memory also holds its keys and
+    /// values as texel rows (`ops::blocked_attention::MemoryRows`), made once.
+    BlockedMemory(BlockedPlan),
     /// Queries over a [`Memory`](crate::Memory) (cross-attention, or self-attention with extra
-    /// key rows): the cached core's split-KV attention over the memory's projected keys and
+    /// key rows) everywhere else: the cached core's split-KV attention over the memory's projected keys and
     /// values, which nothing appends to; an MLP score network's selection
     /// (`Config::selection_mlp`) runs after it (`retrieval_select`).
     Memory(MemoryPlan),
 }
+
+/// Query rows per sequence from which a memory with texel rows is attended with the blocked
+/// core ([`CorePlan::BlockedMemory`]); fewer rows (a decode step) take the split-KV core, whose
+/// splits spread a few rows over the device while the blocked core's 64-query tiles would
+/// stand mostly idle. Measured on lavapipe over a memory of 512 (dim 512, d 64, s 8, r 2; `compattn
+/// bench --cross --seq N --memory-seq 512 --no-bias`): at 1 row 2.9 ms split-KV against 7.7
+/// blocked, at 8 rows about 12 ms both, at 16 rows 13.3 against 9.6, at 64 rows 42.7 against
+/// 12.9.
+pub const BLOCKED_MEMORY_MIN_QUERIES: usize = 8;
 
 /// The memory core's parameters: the split-KV plan over the memory's positions, and whether an
 /// MLP score network selects after it (it reads the plain retrieval queries, not `RQ·W_rk`).
@@ -492,6 +506,7 @@ impl CorePlan {
             CorePlan::Fused(_) => "fused",
             CorePlan::Unfused => "unfused",
             CorePlan::Cached(_) => "cached",
+            CorePlan::BlockedMemory(_) => "blocked memory",
             CorePlan::Memory(_) => "memory",
         }
     }
@@ -526,6 +541,8 @@ pub(crate) enum Route {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum TexelCore {
     Blocked(BlockedPlan),
+    /// The blocked core over a memory's texel rows.
+    BlockedMemory(BlockedPlan),
     /// The fused core with `storage` [`OperandStorage::Texels`].
     Fused(FusedPlan),
 }
@@ -640,6 +657,7 @@ impl ExecutionPlan {
         match &self.route {
             Route::Texels { core, .. } => match core {
                 TexelCore::Blocked(blocked) => CorePlan::Blocked(*blocked),
+                TexelCore::BlockedMemory(blocked) => CorePlan::BlockedMemory(*blocked),
                 TexelCore::Fused(fused) => CorePlan::Fused(fused.clone()),
             },
             Route::Buffers { core, .. } => match core {
@@ -781,7 +799,7 @@ impl ExecutionPlan {
                 let carry = bytes("fused carry", &[b, c.num_searches, n, c.value_width()])?;
                 check_storage_size(ctx, "fused carry (accumulators)", carry, None)?;
             }
-            CorePlan::Blocked(_) => {
+            CorePlan::Blocked(_) | CorePlan::BlockedMemory(_) => {
                 crate::gpu::texture::TexelShape::new(
                     ctx,
                     "retrieved",
@@ -876,6 +894,27 @@ impl ExecutionPlan {
                          projections: attend a memory with it in f32 storage",
             });
         }
+        if let Some(blocked) = Self::memory_rows_plan(ctx, c, precision, batch, positions)
+            .filter(|_| seq >= BLOCKED_MEMORY_MIN_QUERIES)
+        {
+            let layout =
+                ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
+            let rows = batch * seq;
+            let plan = ExecutionPlan {
+                batch,
+                seq,
+                strategy: Strategy::Fused,
+                precision,
+                family: KernelFamily::of(ctx),
+                route: Route::texels(ctx, c, rows, TexelCore::BlockedMemory(blocked)),
+            };
+            plan.check_sizes(ctx, c, &layout)?;
+            log::debug!(
+                "memory plan for batch {batch} × seq {seq}: {}",
+                plan.describe()
+            );
+            return Ok(plan);
+        }
         let mlp_selection = c.selection_mlp.is_some();
         let core = |splits| {
             BufferCore::Memory(MemoryPlan {
@@ -884,6 +923,42 @@ impl ExecutionPlan {
             })
         };
         Self::over_positions(ctx, c, precision, (batch, seq, positions), core, "memory")
+    }
+
+    /// The blocked core's plan over a memory of `positions` rows, where a layer of `config` in
+    /// `precision` attends its memories with it ([`CorePlan::BlockedMemory`]): where its
+    /// self-attention would run the blocked core (texel operands: f32, no biases) and the
+    /// selection is the dot product. A memory holds texel rows exactly when this is `Some`, and
+    /// [`ExecutionPlan::resolve_memory`] then plans every query shape over them.
+    pub(crate) fn memory_rows_plan(
+        ctx: &GpuContext,
+        config: &Config,
+        precision: Precision,
+        batch: usize,
+        positions: usize,
+    ) -> Option<BlockedPlan> {
+        use crate::gpu::texture::TexelShape;
+        let c = config;
+        let texels = OperandStorage::of_operands(ctx) == OperandStorage::Texels
+            && !c.bias
+            && precision == Precision::F32
+            && c.selection_mlp.is_none();
+        // The rows as textures: keys [b·s·L, d], values [b·L, r·d] (the caller checked that
+        // b·L fits; these products are then representable).
+        let rows = batch.checked_mul(positions)?;
+        let fits = TexelShape::new(
+            ctx,
+            "memory key rows",
+            rows.checked_mul(c.num_searches)?,
+            c.dim_head,
+        )
+        .is_ok()
+            && TexelShape::new(ctx, "memory value rows", rows, c.value_width()).is_ok();
+        let keys =
+            ProjectionLayout::new(1, positions, c.num_searches, c.num_retrievals, c.dim_head);
+        (texels && fits)
+            .then(|| BlockedPlan::resolve(ctx, &keys))
+            .flatten()
     }
 
     /// The plan of `seq` new query rows per sequence over `positions` stored keys (a KV cache or
@@ -920,6 +995,7 @@ impl ExecutionPlan {
         match self.core() {
             CorePlan::Unfused => ProjectionWeights::Plain,
             CorePlan::Blocked(_)
+            | CorePlan::BlockedMemory(_)
             | CorePlan::Fused(_)
             | CorePlan::Cached(_)
             | CorePlan::Memory(MemoryPlan {
@@ -951,7 +1027,7 @@ impl ExecutionPlan {
     pub fn intermediates(&self) -> Precision {
         match self.core() {
             CorePlan::Fused(_) | CorePlan::Cached(_) | CorePlan::Memory(_) => self.precision,
-            CorePlan::Unfused | CorePlan::Blocked(_) => Precision::F32,
+            CorePlan::Unfused | CorePlan::Blocked(_) | CorePlan::BlockedMemory(_) => Precision::F32,
         }
     }
 
@@ -967,6 +1043,10 @@ impl ExecutionPlan {
     pub fn describe(&self) -> String {
         let core = match self.core() {
             CorePlan::Blocked(b) => format!("blocked ({} value texels per block)", b.block_texels),
+            CorePlan::BlockedMemory(b) => format!(
+                "blocked over a memory's texel rows ({} value texels per block)",
+                b.block_texels
+            ),
             CorePlan::Fused(f) => format!(
                 "fused {:?} on {:?}, {} key chunk(s)",
                 f.tiling,

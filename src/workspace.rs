@@ -20,6 +20,7 @@ use crate::gpu::dispatch::{self, Buf, CompileProgress, Dispatch, IoBuffers, IoSl
 use crate::gpu::memory;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::timing::PassTimer;
+use crate::ops::blocked_attention::MemoryRows;
 use crate::ops::decode::CacheBuffers;
 use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
@@ -27,6 +28,16 @@ use crate::ops::retrieval_select::Selection;
 use crate::ops::{self, ProjectionLayout, Rows};
 use crate::plan::{ExecutionPlan, FusedPlan, Strategy, TexelCore, UNFUSED_SIZE_HINT};
 use crate::precision::Precision;
+
+/// Keys and values a plan attends that its own input does not project, passed by what owns
+/// them (a `KvCache`, a `Memory`): the one pairing the plan's types cannot hold.
+#[derive(Clone, Copy)]
+pub(crate) enum StoredKeys<'a> {
+    /// In the cache layout: a KV cache's, or a memory's (the split-KV cores).
+    Cache(&'a CacheBuffers),
+    /// A memory's texel rows (the blocked core over a memory).
+    Rows(&'a MemoryRows),
+}
 
 /// Intermediate buffers and textures the dispatches are bound to.
 #[derive(Default)]
@@ -186,7 +197,7 @@ impl Workspace {
         config: &Config,
         weights: PlanWeights<'_>,
         plan: ExecutionPlan,
-        cache: Option<&CacheBuffers>,
+        stored_keys: Option<StoredKeys<'_>>,
         progress: &mut dyn FnMut(CompileProgress),
     ) -> Result<Workspace> {
         let start = crate::time::Instant::now();
@@ -211,7 +222,7 @@ impl Workspace {
         let normed = recorder.prenorm(norm).await?;
         let input = normed.as_ref().map_or(Buf::Io(IoSlot::Input), Buf::Owned);
         recorder.projections(input, &wiring).await?;
-        let (finish, maps) = recorder.core(&wiring, cache).await?;
+        let (finish, maps) = recorder.core(&wiring, stored_keys).await?;
         recorder.output(&wiring).await?;
         let Recorder {
             mut held,
@@ -744,8 +755,12 @@ impl Recorder<'_> {
     async fn core(
         &mut self,
         wiring: &Wiring<'_>,
-        cache: Option<&CacheBuffers>,
+        stored_keys: Option<StoredKeys<'_>>,
     ) -> Result<(Option<Dispatch>, Option<MapsBuffers>)> {
+        let cache = match stored_keys {
+            Some(StoredKeys::Cache(cache)) => Some(cache),
+            _ => None,
+        };
         let (ctx, c, plan) = (self.ctx, self.config, self.plan);
         let layout = self.layout;
         let scale = c.scale() as f32;
@@ -764,15 +779,43 @@ impl Recorder<'_> {
                     &layout,
                     *blocked,
                     scale,
-                    c.causal,
                     proj,
-                    IoSlot::Mask,
-                    &value_mean,
+                    ops::blocked_attention::KeyValues::Own {
+                        causal: c.causal,
+                        mask: IoSlot::Mask.into(),
+                        value_mean: &value_mean,
+                    },
                     concat,
                 )
                 .await?;
                 self.dispatches.extend(bound.dispatches);
                 self.held.buffers.push(value_mean);
+                self.held.texels.push(bound.retrieved);
+            }
+            Wiring::Texels {
+                core: TexelCore::BlockedMemory(blocked),
+                operands: TexelPair { proj, concat },
+                ..
+            } => {
+                // The memory's texel rows are passed by the `Memory` that resolved the plan.
+                let Some(StoredKeys::Rows(rows)) = stored_keys else {
+                    return Err(crate::Error::InvalidConfig {
+                        field: "execution plan",
+                        value: String::new(),
+                        reason: "a blocked memory plan is built with the memory's texel rows",
+                    });
+                };
+                let bound = ops::blocked_attention::bind(
+                    ctx,
+                    &layout,
+                    *blocked,
+                    scale,
+                    proj,
+                    ops::blocked_attention::KeyValues::Memory(rows),
+                    concat,
+                )
+                .await?;
+                self.dispatches.extend(bound.dispatches);
                 self.held.texels.push(bound.retrieved);
             }
             Wiring::Texels {

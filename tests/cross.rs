@@ -16,10 +16,12 @@ mod common;
 use common::variants::{form, random_checkpoint};
 use common::{assert_close, gpu, gpu_other_profile, read_buffer, seed};
 use compositional_attention::checkpoint::{Attention, Checkpoint, Form, Format, Selection};
+use compositional_attention::plan::{BLOCKED_MEMORY_MIN_QUERIES, CorePlan, OperandStorage};
 use compositional_attention::rng::Rng;
 use compositional_attention::testing::normal;
 use compositional_attention::{
-    CompositionalAttention, Config, Error, ExtraKeys, MemoryDims, Precision, Weights, reference,
+    CompositionalAttention, Config, Error, ExtraKeys, GpuContext, MemoryDims, Precision, Weights,
+    reference,
 };
 
 /// The f32 kernels against the f64 reference: the README's bar.
@@ -85,6 +87,39 @@ fn checkpoint_with(
     checkpoint
 }
 
+/// An unbiased fairseq checkpoint of `attention` that lowers onto the layer as it is (two
+/// searches and two retrievals of `d`, the dot selection), so that an f32 layer on a CPU driver
+/// runs its cross-attention through the blocked core (`CorePlan::BlockedMemory`); with the
+/// extra rows `extra` (`add_bias_kv` needs `attn_dim = embed_dim`: 2·d both).
+fn unbiased_checkpoint(
+    attention: Attention,
+    d: usize,
+    extra: (bool, bool),
+    seed: u64,
+) -> Checkpoint {
+    let (heads, rules) = (2, 2);
+    let (bias_kv, zero_attn) = extra;
+    let mut checkpoint = random_checkpoint(
+        Form {
+            attention,
+            selection: Selection::DotProduct,
+            zero_attention: zero_attn,
+            ..form(Format::Fairseq, heads * d, heads, rules, [d, d, d])
+        },
+        false,
+        seed,
+    );
+    if bias_kv {
+        let mut rng = Rng::seed_from_u64(seed ^ 0xb1a5);
+        checkpoint.weights.bias_kv = Some((
+            normal(&mut rng, heads * d, 1.0),
+            normal(&mut rng, rules * d, 1.0),
+        ));
+    }
+    checkpoint.validate().unwrap();
+    checkpoint
+}
+
 /// Runs `problem` through a memory on both kernel families and compares with the reference.
 fn check(what: &str, problem: &Problem, seed: u64) {
     let Problem {
@@ -124,12 +159,38 @@ fn check(what: &str, problem: &Problem, seed: u64) {
         }
         .unwrap_or_else(|e| panic!("{label}: {e}"));
         assert_eq!((memory.batch(), memory.len()), (batch, n_kv), "{label}");
+        let label = format!("{label} [{}]", expect_core(ctx, &layer, &memory, n_q));
         let y = layer
             .forward_cross_blocking(&x, &memory, n_q)
             .unwrap_or_else(|e| panic!("{label}: {e}"));
         let stats = assert_close(&label, &y, &expected, TOLERANCE);
         eprintln!("{label}: {stats}");
     }
+}
+
+/// The core `forward_cross` runs `n_q` rows over `memory` with: the blocked core over the
+/// memory's texel rows wherever the layer's self-attention core reads texels (an unbiased f32
+/// layer with the dot selection, heads of whole texels, on a CPU driver with texel loads) and
+/// enough rows attend, the split-KV core elsewhere. Its name, for the label.
+fn expect_core(
+    ctx: &GpuContext,
+    layer: &CompositionalAttention,
+    memory: &compositional_attention::Memory,
+    n_q: usize,
+) -> &'static str {
+    let c = layer.config();
+    let texels = OperandStorage::of_operands(ctx) == OperandStorage::Texels
+        && !c.bias
+        && c.selection_mlp.is_none()
+        && c.dim_head.is_multiple_of(4)
+        && layer.precision() == Precision::F32
+        && n_q >= BLOCKED_MEMORY_MIN_QUERIES;
+    let core = layer.cross_plan(memory, n_q).unwrap().core();
+    match texels {
+        true => assert!(matches!(core, CorePlan::BlockedMemory(_)), "{core:?}"),
+        false => assert!(matches!(core, CorePlan::Memory(_)), "{core:?}"),
+    }
+    core.name()
 }
 
 #[test]
@@ -235,6 +296,55 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
             },
         ),
         (
+            "no biases (the blocked core on CPU drivers), padding, batch 2, d 8, n_q 70",
+            Problem {
+                checkpoint: unbiased_checkpoint(encdec(13), 8, (false, false), seed ^ 10),
+                batch: 2,
+                n_q: 70,
+                n_kv: 19,
+                separate: false,
+                mask: Some(padded(2, 19)),
+                magnitude: 1.0,
+            },
+        ),
+        (
+            "no biases, separate key (11) and value (6) inputs, add_zero_attn, n_q = 1, d 12",
+            Problem {
+                checkpoint: unbiased_checkpoint(general(11, 6), 12, (false, true), seed ^ 11),
+                batch: 2,
+                n_q: 1,
+                n_kv: 23,
+                separate: true,
+                mask: None,
+                magnitude: 1.0,
+            },
+        ),
+        (
+            "no biases, a fully masked memory without extra rows (sequence 1), padding",
+            Problem {
+                checkpoint: unbiased_checkpoint(encdec(9), 4, (false, false), seed ^ 12),
+                batch: 3,
+                n_q: 8,
+                n_kv: 5,
+                separate: false,
+                mask: Some((0..15).map(|i| i / 5 != 1 && i % 5 != 3).collect()),
+                magnitude: 1.0,
+            },
+        ),
+        (
+            "no biases, padding that leaves only the extra rows (add_bias_kv and add_zero_attn), \
+             large magnitudes",
+            Problem {
+                checkpoint: unbiased_checkpoint(encdec(10), 8, (true, true), seed ^ 13),
+                batch: 2,
+                n_q: 9,
+                n_kv: 6,
+                separate: false,
+                mask: Some((0..12).map(|i| i >= 6 && i % 2 == 0).collect()),
+                magnitude: 12.0,
+            },
+        ),
+        (
             "the MLP score network without biases, padding, add_zero_attn",
             Problem {
                 checkpoint: checkpoint_with(
@@ -313,15 +423,44 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
 #[test]
 fn self_attention_with_extra_rows_matches_the_f64_reference() {
     let (seed, what) = seed("self_attention_with_extra_rows_matches_the_f64_reference");
-    for (causal, extra, selection) in [
-        (false, (true, false), Selection::DotProduct),
-        (true, (true, true), Selection::DotProduct),
-        (true, (false, true), Selection::LinearScore),
-        (false, (false, true), Selection::MlpScore),
+    // Biased forms, and unbiased ones that run the blocked core on CPU drivers (the causal ones
+    // see the extra rows and their own prefix: `MemoryRows::causal_offset`).
+    let biased =
+        |extra, selection| checkpoint(Attention::SelfAttention, [4, 6, 4], selection, extra, seed);
+    let unbiased = |extra| unbiased_checkpoint(Attention::SelfAttention, 8, extra, seed);
+    // (seq 70: more than one 64-query tile of the blocked core.)
+    for (causal, extra, c, seq) in [
+        (
+            false,
+            (true, false),
+            biased((true, false), Selection::DotProduct),
+            6,
+        ),
+        (
+            true,
+            (true, true),
+            biased((true, true), Selection::DotProduct),
+            6,
+        ),
+        (
+            true,
+            (false, true),
+            biased((false, true), Selection::LinearScore),
+            6,
+        ),
+        (
+            false,
+            (false, true),
+            biased((false, true), Selection::MlpScore),
+            6,
+        ),
+        (true, (true, true), unbiased((true, true)), 70),
+        (true, (false, true), unbiased((false, true)), 9),
+        (false, (true, false), unbiased((true, false)), 70),
     ] {
-        let mut c = checkpoint(Attention::SelfAttention, [4, 6, 4], selection, extra, seed);
+        let mut c = c;
         c.form.causal = causal;
-        let (batch, seq) = (2, 6);
+        let batch = 2;
         let x = normal(
             &mut Rng::seed_from_u64(seed ^ 9),
             batch * seq * c.form.dim,
@@ -334,7 +473,8 @@ fn self_attention_with_extra_rows_matches_the_f64_reference() {
         assert_eq!(weights.config().causal, causal);
         for ctx in [gpu(), gpu_other_profile()] {
             let label = format!(
-                "{what}: causal {causal}, extra {extra:?} [{:?}]",
+                "{what}: causal {causal}, extra {extra:?}, seq {seq}, bias {} [{:?}]",
+                weights.config().bias,
                 ctx.kernel_family_request()
             );
             let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
@@ -392,19 +532,28 @@ fn decoding_through_a_memory_row_by_row_equals_the_whole_cross_forward() {
 /// `memory` and `forward_cross`.
 #[test]
 fn callers_buffers_equal_the_host_path() {
-    use wgpu::util::DeviceExt;
     let (seed, what) = seed("callers_buffers_equal_the_host_path");
-    let c = checkpoint(
-        Attention::General {
-            key_dim: 9,
-            value_dim: 7,
-        },
+    let general = Attention::General {
+        key_dim: 9,
+        value_dim: 7,
+    };
+    let biased = checkpoint(
+        general,
         [4, 4, 4],
         Selection::DotProduct,
         (false, true),
         seed,
     );
-    let (batch, n_q, n_kv, dim) = (2, 3, 5, c.form.dim);
+    // Unbiased, 9 query rows: the blocked core over the memory's texel rows on CPU drivers.
+    let unbiased = unbiased_checkpoint(general, 4, (false, true), seed);
+    for (c, n_q) in [(biased, 3), (unbiased, 9)] {
+        callers_buffers_case(&format!("{what}, n_q {n_q}"), &c, n_q, seed);
+    }
+}
+
+fn callers_buffers_case(what: &str, c: &Checkpoint, n_q: usize, seed: u64) {
+    use wgpu::util::DeviceExt;
+    let (batch, n_kv, dim) = (2, 5, c.form.dim);
     let mut rng = Rng::seed_from_u64(seed);
     let x = normal(&mut rng, batch * n_q * dim, 1.0);
     let keys = normal(&mut rng, batch * n_kv * 9, 1.0);
@@ -454,7 +603,7 @@ fn callers_buffers_equal_the_host_path() {
         .unwrap();
     ctx.queue().submit([encoder.finish()]);
     let y = read_buffer(ctx, &output);
-    assert_close(&what, &y, &expected, 1e-6);
+    assert_close(what, &y, &expected, 1e-6);
     assert!(own.gpu_bytes() > 0);
 }
 

@@ -229,6 +229,28 @@ impl CompositionalAttention {
         )
     }
 
+    /// The plan [`forward_cross`](Self::forward_cross) of `seq` query rows over `memory` runs:
+    /// the blocked core over the memory's texel rows where the layer's core reads texels (an
+    /// unbiased f32 layer on a CPU driver), else the split-KV core over its cache layout.
+    /// Allocates nothing.
+    pub fn cross_plan(&self, memory: &Memory, seq: usize) -> Result<ExecutionPlan> {
+        self.check_memory_layer("cross_plan")?;
+        memory.check_layer(self.id, self.weights_version)?;
+        self.plan_over(memory, seq)
+    }
+
+    /// The plan of `seq` query rows over `memory`.
+    fn plan_over(&self, memory: &Memory, seq: usize) -> Result<ExecutionPlan> {
+        ExecutionPlan::resolve_memory(
+            &self.ctx,
+            &self.config,
+            self.precision,
+            memory.batch,
+            seq,
+            memory.positions(),
+        )
+    }
+
     /// Builds the workspace of `seq` query rows over `memory`, unless it is alive. In a
     /// browser, call this before [`encode_cross`](Self::encode_cross) for each query shape.
     pub async fn prepare_cross(&mut self, memory: &Memory, seq: usize) -> Result<()> {
@@ -411,22 +433,16 @@ impl CompositionalAttention {
         let batch = memory.batch;
         self.sync_parameters().await?;
         if workspaces.get(batch, seq, Strategy::Fused).is_none() {
-            let plan = ExecutionPlan::resolve_memory(
-                &self.ctx,
-                &self.config,
-                self.precision,
-                batch,
-                seq,
-                memory.positions(),
-            )?;
+            let plan = self.plan_over(memory, seq)?;
             workspaces.make_room();
             let weights = self.weights.for_plan(&self.ctx, &plan)?;
+            let stored_keys = memory.stored_keys(&plan);
             let workspace = Workspace::build(
                 &self.ctx,
                 &self.config,
                 weights,
                 plan,
-                Some(&memory.buffers),
+                Some(stored_keys),
                 &mut |_| {},
             )
             .await?;

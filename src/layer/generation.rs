@@ -182,7 +182,7 @@ impl CompositionalAttention {
             )?;
             cache.workspaces.make_room();
             let weights = self.weights.for_plan(&self.ctx, &plan)?;
-            let buffers = Some(&cache.buffers);
+            let buffers = Some(crate::workspace::StoredKeys::Cache(&cache.buffers));
             let workspace =
                 Workspace::build(&self.ctx, &self.config, weights, plan, buffers, &mut |_| {})
                     .await?;

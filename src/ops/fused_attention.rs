@@ -350,10 +350,12 @@ mod tests {
                 &layout,
                 blocked,
                 scale,
-                causal,
                 &proj_texels,
-                &mask_buffer,
-                &means,
+                crate::ops::blocked_attention::KeyValues::Own {
+                    causal,
+                    mask: (&mask_buffer).into(),
+                    value_mean: &means,
+                },
                 &concat_texels,
             ));
             (core.dispatches, Some(core.retrieved))
