@@ -5,22 +5,31 @@
 //              Ret[ρ] = Σ_j A[j] · RV[j, ρ·d ..]                 for all ρ at once
 //              G[ρ]   = scale · Q̃[i] · Ret[ρ]      with Q̃ = RQ · W_rk, precomputed by the GEMM
 //              concat[b, i, σ·d + k] = Σ_ρ softmax_ρ(G)[ρ] · Ret[ρ, k]
-//            allowed(j) = mask[b, j] != 0 && (!causal || j <= i). A row with no allowed key
-//            uses Ret = value_mean[b] (uniform weights over all n keys, the reference's
-//            semantics). Nothing n × n is stored; masked scores never enter kept arithmetic.
+//            allowed(j) = mask[b, j] != 0 && (!causal || j <= i + causal_offset). A row with no
+//            allowed key uses Ret = value_mean[b] (uniform weights over all keys, the
+//            reference's semantics). Nothing n × n is stored; masked scores never enter kept
+//            arithmetic. Keys and values come from the queries' own projections (self-attention
+//            binds `proj` as `keys` and `values`) or from a memory's cache layout (cross-
+//            attention, and self-attention behind extra key rows; src/cross_memory.rs): key
+//            position j of search σ at row b·k_batch_rows + σ·k_head_rows + j, elements
+//            k_offset + σ·k_head_cols + k, of rows k_stride apart; its values at row
+//            b·kv_seq + j, elements v_offset + c, of rows v_stride apart.
 //            One dispatch covers keys [key_begin, key_end); where the driver caps loop
 //            iterations per invocation, the host splits the keys over several dispatches that
 //            carry the running max, sum and accumulators in `carry_*` (first/last flags).
 // Bindings   @binding(0) params (uniform)  see Params; strides and offsets count KVec elements
 //            @binding(1) proj         [b·n, row_stride]  packed [SQ | SK | Q̃ | RV] columns
-//            @binding(2) mask         [b, n] u32, 0 = key masked
+//            @binding(2) mask         [b, kv_seq] u32, 0 = key masked
 //            @binding(3) value_mean   [b, r·d]  mean of RV over all keys (fully masked rows)
 //            @binding(4) concat       [b, n, s·d]  searches concatenated for the output GEMM
-//            @binding(5) carry_acc    [b·s·n, r·d]  accumulators between key chunks (split keys)
-//            @binding(6) carry_stats  [b·s·n] (running max, running sum)         (split keys)
-//            `proj` and `concat` are storage buffers or texel rows, declared by the io piece the
-//            host places first: io/fused_buffers.wgsl or io/fused_texels.wgsl (which also
-//            define proj_at and store_concat); the carry by io/fused_carry.wgsl or, where one
+//            @binding(5) keys         rows holding SK (`proj`, or a memory's [b, s, L, d])
+//            @binding(6) values       rows holding RV (`proj`, or a memory's [b, L, r·d])
+//            @binding(7) carry_acc    [b·s·n, r·d]  accumulators between key chunks (split keys)
+//            @binding(8) carry_stats  [b·s·n] (running max, running sum)         (split keys)
+//            `proj`, `keys`, `values` and `concat` are storage buffers or texel rows, declared
+//            by the io piece the host places first: io/fused_buffers.wgsl or
+//            io/fused_texels.wgsl (which also define proj_at, key_at_row, value_at_row and
+//            store_concat); the carry by io/fused_carry.wgsl or, where one
 //            dispatch covers every key, io/fused_single_pass.wgsl (no bindings).
 // Dispatch   one workgroup per (b, σ, tile of WG·QPI queries), group = (b·s + σ)·tiles + tile,
 //            numbered linearly over x and y. Invocation `lane` owns the queries
@@ -48,6 +57,13 @@ struct Params {
     key_end: u32,
     first: u32,
     last: u32,
+    kv_seq: u32,
+    k_stride: u32,
+    k_batch_rows: u32,
+    k_head_rows: u32,
+    k_head_cols: u32,
+    v_stride: u32,
+    causal_offset: u32,
     _pad: u32,
 }
 
@@ -68,42 +84,59 @@ var<workgroup> mask_tile: array<u32, select(1u, BK, STAGE)>;
 var<private> batch_index: u32;
 var<private> head: u32;
 
-fn token(j: u32) -> u32 {
-    return batch_index * params.seq + min(j, params.seq - 1u);
+// The row of query i of this sequence in `proj` (clamped to the last).
+fn token(i: u32) -> u32 {
+    return batch_index * params.seq + min(i, params.seq - 1u);
+}
+
+// The row of value (and mask) position j of this sequence (clamped to the last).
+fn kv_token(j: u32) -> u32 {
+    return batch_index * params.kv_seq + min(j, params.kv_seq - 1u);
+}
+
+// Element k of key position j of this search.
+fn key_element(j: u32, k: u32) -> KVec {
+    let row = batch_index * params.k_batch_rows + head * params.k_head_rows + min(j, params.kv_seq - 1u);
+    return key_at_row(row, params.k_offset + head * params.k_head_cols + k);
+}
+
+// Element c of the values of position j.
+fn value_element(j: u32, c: u32) -> KVec {
+    return value_at_row(kv_token(j), params.v_offset + c);
 }
 
 fn key_at(t0: u32, t: u32, k: u32) -> KVec {
     if (STAGE) {
         return key_tile[t * DV + k];
     }
-    return proj_at(token(t0 + t), params.k_offset + head * DV + k);
+    return key_element(t0 + t, k);
 }
 
 fn value_at(t0: u32, t: u32, c: u32) -> KVec {
     if (STAGE) {
         return value_tile[t * VWV + c];
     }
-    return proj_at(token(t0 + t), params.v_offset + c);
+    return value_element(t0 + t, c);
 }
 
 fn key_allowed(t0: u32, t: u32, end: u32) -> bool {
     if (STAGE) {
         return mask_tile[t] != 0u;
     }
-    return t0 + t < end && mask[token(t0 + t)] != 0u;
+    return t0 + t < end && mask[kv_token(t0 + t)] != 0u;
 }
 
 // Copies keys t0 .. t0 + BK (their SK block, RV columns and mask bits) to workgroup memory.
 fn stage_tile(t0: u32, end: u32, lane: u32) {
     workgroupBarrier();
     for (var e = lane; e < BK * DV; e += WG) {
-        key_tile[e] = proj_at(token(t0 + e / DV), params.k_offset + head * DV + e % DV);
+        key_tile[e] = key_element(t0 + e / DV, e % DV);
     }
     for (var e = lane; e < BK * VWV; e += WG) {
-        value_tile[e] = proj_at(token(t0 + e / VWV), params.v_offset + e % VWV);
+        value_tile[e] = value_element(t0 + e / VWV, e % VWV);
     }
     for (var t = lane; t < BK; t += WG) {
-        mask_tile[t] = select(0u, mask[token(t0 + t)], t0 + t < end);
+        mask_tile[t] = select(0u, mask[kv_token(t0 + t)], t0 + t < end);
     }
     workgroupBarrier();
 }
@@ -160,8 +193,9 @@ fn main(
         }
     }
 
-    // Causal: no query of this tile sees a key past its last row.
-    let key_end = select(params.key_end, min(params.key_end, (tile + 1u) * ROWS), params.causal != 0u);
+    // Causal: no query of this tile sees a key past its last row (behind the extra rows).
+    let last_key = (tile + 1u) * ROWS + params.causal_offset;
+    let key_end = select(params.key_end, min(params.key_end, last_key), params.causal != 0u);
     for (var t0 = params.key_begin; t0 < key_end; t0 += BK) {
         if (STAGE) {
             stage_tile(t0, key_end, lane);
@@ -182,7 +216,7 @@ fn main(
                 }
             }
             for (var qi = 0u; qi < QPI; qi++) {
-                let visible = allowed && !(params.causal != 0u && t0 + t > row[qi]);
+                let visible = allowed && !(params.causal != 0u && t0 + t > row[qi] + params.causal_offset);
                 score[qi][t] = select(LOWEST, dot[qi], visible);
                 tile_max[qi] = max(tile_max[qi], score[qi][t]);
             }

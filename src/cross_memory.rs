@@ -24,14 +24,23 @@ use crate::error::{Error, Result};
 use crate::gpu::dispatch::{Dispatch, record_pass};
 use crate::gpu::{GpuContext, memory};
 use crate::ops::ProjectionLayout;
-use crate::ops::blocked_attention::MemoryRows;
 use crate::ops::decode::CacheBuffers;
 use crate::ops::gemm::{GemmPrecision, GemmShape};
-use crate::plan::{CorePlan, ExecutionPlan};
+use crate::ops::key_values::{MemoryKeys, MemoryRows};
+use crate::plan::{CorePlan, ExecutionPlan, MemoryCore};
 use crate::precision::Precision;
 use crate::weights::Weights;
 use crate::workspace::StoredKeys;
 use crate::workspace::WorkspaceCache;
+
+/// A memory's value mean and, for the blocked core, its texel rows.
+pub(crate) struct Attended {
+    /// `[b, r·d]` f32: the mean of the values over every position.
+    value_mean: wgpu::Buffer,
+    rows: Option<MemoryRows>,
+    /// `Some(e)`: causal self-attention behind `e` extra rows.
+    causal_offset: Option<usize>,
+}
 
 /// Keys and values projected once from a memory, on the GPU, for
 /// [`CompositionalAttention::forward_cross`](crate::CompositionalAttention::forward_cross).
@@ -42,9 +51,9 @@ pub struct Memory {
     pub(crate) len: usize,
     pub(crate) extra_rows: usize,
     pub(crate) buffers: CacheBuffers,
-    /// The keys and values again as texel rows, where the layer attends memories with the
-    /// blocked core (`ExecutionPlan::memory_rows_plan`).
-    pub(crate) rows: Option<MemoryRows>,
+    /// What the blocked and fused cores read beyond the cache layout, where the layer attends
+    /// memories with one of them (`ExecutionPlan::memory_core`).
+    pub(crate) attended: Option<Attended>,
     /// The workspaces of the query shapes that attended this memory (they bind its buffers).
     /// An async lock: a call holds it while it builds and records (awaiting pipelines).
     pub(crate) workspaces: futures::lock::Mutex<WorkspaceCache>,
@@ -107,15 +116,25 @@ impl Memory {
             .iter()
             .map(|buffer| buffer.size())
             .sum::<u64>()
-            + self.rows.as_ref().map_or(0, MemoryRows::bytes)
+            + self.attended.as_ref().map_or(0, |a| {
+                a.value_mean.size() + a.rows.as_ref().map_or(0, MemoryRows::bytes)
+            })
             + workspaces
     }
 
-    /// The keys and values `plan`'s core reads: the texel rows for the blocked core, else the
-    /// cache layout.
+    /// The keys and values `plan`'s core reads: with the value mean (and texel rows) for the
+    /// blocked and fused cores, the cache layout alone for the split-KV core.
     pub(crate) fn stored_keys(&self, plan: &ExecutionPlan) -> StoredKeys<'_> {
-        match (plan.core(), &self.rows) {
-            (CorePlan::BlockedMemory(_), Some(rows)) => StoredKeys::Rows(rows),
+        match (plan.core(), &self.attended) {
+            (CorePlan::BlockedMemory(_) | CorePlan::FusedMemory(_), Some(attended)) => {
+                StoredKeys::Memory(MemoryKeys {
+                    cache: &self.buffers,
+                    value_mean: &attended.value_mean,
+                    positions: self.positions(),
+                    causal_offset: attended.causal_offset,
+                    rows: attended.rows.as_ref(),
+                })
+            }
             _ => StoredKeys::Cache(&self.buffers),
         }
     }
@@ -349,25 +368,31 @@ pub(crate) async fn record(
         crate::ops::decode::bind_append(ctx, &layout, positions, &held[0], mask, &buffers, &at)
             .await?,
     );
-    // Where the layer attends memories with the blocked core, its texel rows.
-    let rows = match ExecutionPlan::memory_rows_plan(ctx, c, precision, batch, positions) {
-        Some(_) => {
-            let causal_offset = match request.visibility {
-                Visibility::All => None,
-                Visibility::Causal => Some(extra_rows),
+    // Where the layer attends memories with the blocked or fused core, the value mean (and the
+    // blocked core's texel rows).
+    let attended = match ExecutionPlan::memory_core(ctx, c, precision, batch, positions) {
+        Some(core) => {
+            let keys = ProjectionLayout::new(batch, positions, s, r, d);
+            let (value_mean, mean) =
+                crate::ops::key_values::memory_value_mean(ctx, &keys, &buffers).await?;
+            dispatches.push(mean);
+            let rows = match core {
+                MemoryCore::Blocked(_) => {
+                    let (rows, keys_copy, values_copy) =
+                        crate::ops::key_values::memory_rows(ctx, &keys, &buffers).await?;
+                    dispatches.extend([keys_copy, values_copy]);
+                    Some(rows)
+                }
+                MemoryCore::Fused(_) => None,
             };
-            let (rows, fill) = crate::ops::blocked_attention::memory_rows(
-                ctx,
-                (batch, positions),
-                (s, r, d),
-                &buffers.keys,
-                &buffers.values,
-                &buffers.mask,
-                causal_offset,
-            )
-            .await?;
-            dispatches.extend(fill);
-            Some(rows)
+            Some(Attended {
+                value_mean,
+                rows,
+                causal_offset: match request.visibility {
+                    Visibility::All => None,
+                    Visibility::Causal => Some(extra_rows),
+                },
+            })
         }
         None => None,
     };
@@ -379,7 +404,7 @@ pub(crate) async fn record(
         len,
         extra_rows,
         buffers,
-        rows,
+        attended,
         workspaces: futures::lock::Mutex::new(WorkspaceCache::new()),
         weights_version,
     })

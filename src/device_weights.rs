@@ -68,6 +68,8 @@ pub(crate) struct PlanBiases<'a> {
 /// A buffer core with the weights it reads on its own.
 pub(crate) enum BufferCoreWeights<'a> {
     Fused(FusedPlan),
+    /// The fused core over a memory's cache buffers, passed when the workspace is built.
+    FusedMemory(FusedPlan),
     /// The unfused core and its selection: `W_rk`, or the MLP score network.
     Unfused(Selection<'a>),
     Cached(CachedPlan),
@@ -392,6 +394,7 @@ impl DeviceWeights {
                 };
                 let core = match core {
                     BufferCore::Fused(fused) => BufferCoreWeights::Fused(fused.clone()),
+                    BufferCore::FusedMemory(fused) => BufferCoreWeights::FusedMemory(fused.clone()),
                     BufferCore::Cached(cached) => BufferCoreWeights::Cached(*cached),
                     BufferCore::Memory(memory) => BufferCoreWeights::Memory {
                         plan: memory.splits,

@@ -271,10 +271,12 @@ impl KernelBench {
                     &layout,
                     &fused,
                     scale,
-                    c.causal,
                     fused_io,
-                    &mask,
-                    &value_mean,
+                    ops::key_values::KeyValues::Own {
+                        causal: c.causal,
+                        mask: (&mask).into(),
+                        value_mean: &value_mean,
+                    },
                     carry.as_ref(),
                 )
                 .await?,
@@ -289,7 +291,7 @@ impl KernelBench {
                     blocked,
                     scale,
                     proj_t,
-                    ops::blocked_attention::KeyValues::Own {
+                    ops::key_values::KeyValues::Own {
                         causal: c.causal,
                         mask: (&mask).into(),
                         value_mean: &value_mean,

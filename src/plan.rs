@@ -457,6 +457,11 @@ pub enum CorePlan {
     /// [`BLOCKED_MEMORY_MIN_QUERIES`] query rows attend: the memory also holds its keys and
     /// values as texel rows (`ops::blocked_attention::MemoryRows`), made once.
     BlockedMemory(BlockedPlan),
+    /// Queries over a [`Memory`](crate::Memory) with the general fused kernel reading its cache
+    /// buffers, where the core reads buffers (the GPU family; biased or f16 layers on CPU
+    /// drivers), the selection is the dot product and at least [`BLOCKED_MEMORY_MIN_QUERIES`]
+    /// query rows attend. Its key chunks cover the memory's positions.
+    FusedMemory(FusedPlan),
     /// Queries over a [`Memory`](crate::Memory) (cross-attention, or self-attention with extra
     /// key rows) everywhere else: the cached core's split-KV attention over the memory's projected keys and
     /// values, which nothing appends to; an MLP score network's selection
@@ -464,14 +469,24 @@ pub enum CorePlan {
     Memory(MemoryPlan),
 }
 
-/// Query rows per sequence from which a memory with texel rows is attended with the blocked
-/// core ([`CorePlan::BlockedMemory`]); fewer rows (a decode step) take the split-KV core, whose
-/// splits spread a few rows over the device while the blocked core's 64-query tiles would
-/// stand mostly idle. Measured on lavapipe over a memory of 512 (dim 512, d 64, s 8, r 2; `compattn
+/// Query rows per sequence from which a memory is attended with the blocked core
+/// ([`CorePlan::BlockedMemory`]) or the fused kernel ([`CorePlan::FusedMemory`]); fewer rows (a
+/// decode step) take the split-KV core, whose splits spread a few rows over the device while
+/// the other cores' query tiles would stand mostly idle. Measured on lavapipe over a memory of 512 (dim 512, d 64, s 8, r 2; `compattn
 /// bench --cross --seq N --memory-seq 512 --no-bias`): at 1 row 2.9 ms split-KV against 7.7
 /// blocked, at 8 rows about 12 ms both, at 16 rows 13.3 against 9.6, at 64 rows 42.7 against
 /// 12.9.
 pub const BLOCKED_MEMORY_MIN_QUERIES: usize = 8;
+
+/// The core that attends a memory from [`BLOCKED_MEMORY_MIN_QUERIES`] query rows
+/// ([`ExecutionPlan::memory_core`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MemoryCore {
+    /// The blocked core over the memory's texel rows.
+    Blocked(BlockedPlan),
+    /// The fused kernel over the memory's cache buffers (key chunks over its positions).
+    Fused(FusedPlan),
+}
 
 /// The memory core's parameters: the split-KV plan over the memory's positions, and whether an
 /// MLP score network selects after it (it reads the plain retrieval queries, not `RQ·W_rk`).
@@ -507,6 +522,7 @@ impl CorePlan {
             CorePlan::Unfused => "unfused",
             CorePlan::Cached(_) => "cached",
             CorePlan::BlockedMemory(_) => "blocked memory",
+            CorePlan::FusedMemory(_) => "fused memory",
             CorePlan::Memory(_) => "memory",
         }
     }
@@ -552,6 +568,8 @@ pub(crate) enum TexelCore {
 pub(crate) enum BufferCore {
     /// The fused core with `storage` [`OperandStorage::Buffers`].
     Fused(FusedPlan),
+    /// The fused core over a memory's cache buffers.
+    FusedMemory(FusedPlan),
     Unfused,
     Cached(CachedPlan),
     Memory(MemoryPlan),
@@ -662,6 +680,7 @@ impl ExecutionPlan {
             },
             Route::Buffers { core, .. } => match core {
                 BufferCore::Fused(fused) => CorePlan::Fused(fused.clone()),
+                BufferCore::FusedMemory(fused) => CorePlan::FusedMemory(fused.clone()),
                 BufferCore::Unfused => CorePlan::Unfused,
                 BufferCore::Cached(cached) => CorePlan::Cached(*cached),
                 BufferCore::Memory(memory) => CorePlan::Memory(*memory),
@@ -795,7 +814,7 @@ impl ExecutionPlan {
                 let logits = bytes("search logits", &[b, c.num_searches, n, n])?;
                 check_storage_size(ctx, "search logits", logits, Some(UNFUSED_SIZE_HINT))?;
             }
-            CorePlan::Fused(fused) if fused.splits_keys() => {
+            CorePlan::Fused(fused) | CorePlan::FusedMemory(fused) if fused.splits_keys() => {
                 let carry = bytes("fused carry", &[b, c.num_searches, n, c.value_width()])?;
                 check_storage_size(ctx, "fused carry (accumulators)", carry, None)?;
             }
@@ -826,7 +845,7 @@ impl ExecutionPlan {
                 )?;
                 check_storage_size(ctx, "decode partial accumulators", partials, None)?;
             }
-            CorePlan::Fused(_) => {}
+            CorePlan::Fused(_) | CorePlan::FusedMemory(_) => {}
         }
         // An MLP score network over a memory selects from the retrieved values, stored.
         if let CorePlan::Memory(MemoryPlan {
@@ -894,19 +913,27 @@ impl ExecutionPlan {
                          projections: attend a memory with it in f32 storage",
             });
         }
-        if let Some(blocked) = Self::memory_rows_plan(ctx, c, precision, batch, positions)
-            .filter(|_| seq >= BLOCKED_MEMORY_MIN_QUERIES)
-        {
+        let core = Self::memory_core(ctx, c, precision, batch, positions)
+            .filter(|_| seq >= BLOCKED_MEMORY_MIN_QUERIES);
+        if let Some(core) = core {
             let layout =
                 ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
             let rows = batch * seq;
+            let route = match core {
+                MemoryCore::Blocked(blocked) => {
+                    Route::texels(ctx, c, rows, TexelCore::BlockedMemory(blocked))
+                }
+                MemoryCore::Fused(fused) => {
+                    Route::buffers(ctx, c, rows, BufferCore::FusedMemory(fused))
+                }
+            };
             let plan = ExecutionPlan {
                 batch,
                 seq,
                 strategy: Strategy::Fused,
                 precision,
                 family: KernelFamily::of(ctx),
-                route: Route::texels(ctx, c, rows, TexelCore::BlockedMemory(blocked)),
+                route,
             };
             plan.check_sizes(ctx, c, &layout)?;
             log::debug!(
@@ -925,40 +952,50 @@ impl ExecutionPlan {
         Self::over_positions(ctx, c, precision, (batch, seq, positions), core, "memory")
     }
 
-    /// The blocked core's plan over a memory of `positions` rows, where a layer of `config` in
-    /// `precision` attends its memories with it ([`CorePlan::BlockedMemory`]): where its
-    /// self-attention would run the blocked core (texel operands: f32, no biases) and the
-    /// selection is the dot product. A memory holds texel rows exactly when this is `Some`, and
-    /// [`ExecutionPlan::resolve_memory`] then plans every query shape over them.
-    pub(crate) fn memory_rows_plan(
+    /// The core a layer of `config` in `precision` attends a memory of `batch × positions` rows
+    /// with, from [`BLOCKED_MEMORY_MIN_QUERIES`] query rows: the blocked core over texel-row
+    /// copies of its keys and values where the layer's self-attention reads texels (f32, no
+    /// biases, on a CPU driver), else the fused kernel over its cache buffers; `None` for the
+    /// MLP score network (its selection runs after the split-KV core). A memory holds texel
+    /// rows exactly when this is [`MemoryCore::Blocked`].
+    pub(crate) fn memory_core(
         ctx: &GpuContext,
         config: &Config,
         precision: Precision,
         batch: usize,
         positions: usize,
-    ) -> Option<BlockedPlan> {
+    ) -> Option<MemoryCore> {
         use crate::gpu::texture::TexelShape;
         let c = config;
+        if c.selection_mlp.is_some() {
+            return None;
+        }
+        let keys = ProjectionLayout::new(
+            batch,
+            positions,
+            c.num_searches,
+            c.num_retrievals,
+            c.dim_head,
+        );
         let texels = OperandStorage::of_operands(ctx) == OperandStorage::Texels
             && !c.bias
-            && precision == Precision::F32
-            && c.selection_mlp.is_none();
+            && precision == Precision::F32;
         // The rows as textures: keys [b·s·L, d], values [b·L, r·d] (the caller checked that
         // b·L fits; these products are then representable).
         let rows = batch.checked_mul(positions)?;
-        let fits = TexelShape::new(
-            ctx,
-            "memory key rows",
-            rows.checked_mul(c.num_searches)?,
-            c.dim_head,
-        )
-        .is_ok()
-            && TexelShape::new(ctx, "memory value rows", rows, c.value_width()).is_ok();
-        let keys =
-            ProjectionLayout::new(1, positions, c.num_searches, c.num_retrievals, c.dim_head);
-        (texels && fits)
-            .then(|| BlockedPlan::resolve(ctx, &keys))
-            .flatten()
+        let fits = |rows: Option<usize>, cols| {
+            rows.is_some_and(|rows| TexelShape::new(ctx, "memory rows", rows, cols).is_ok())
+        };
+        let blocked = texels
+            && fits(rows.checked_mul(c.num_searches), c.dim_head)
+            && fits(Some(rows), c.value_width());
+        if let Some(blocked) = blocked.then(|| BlockedPlan::resolve(ctx, &keys)).flatten() {
+            return Some(MemoryCore::Blocked(blocked));
+        }
+        let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals).ok()?;
+        FusedPlan::resolve(ctx, &keys, tiling, OperandStorage::Buffers)
+            .ok()
+            .map(MemoryCore::Fused)
     }
 
     /// The plan of `seq` new query rows per sequence over `positions` stored keys (a KV cache or
@@ -997,6 +1034,7 @@ impl ExecutionPlan {
             CorePlan::Blocked(_)
             | CorePlan::BlockedMemory(_)
             | CorePlan::Fused(_)
+            | CorePlan::FusedMemory(_)
             | CorePlan::Cached(_)
             | CorePlan::Memory(MemoryPlan {
                 mlp_selection: false,
@@ -1026,7 +1064,10 @@ impl ExecutionPlan {
     /// debugging path, read and write f32) and the blocked core (texel rows are f32).
     pub fn intermediates(&self) -> Precision {
         match self.core() {
-            CorePlan::Fused(_) | CorePlan::Cached(_) | CorePlan::Memory(_) => self.precision,
+            CorePlan::Fused(_)
+            | CorePlan::FusedMemory(_)
+            | CorePlan::Cached(_)
+            | CorePlan::Memory(_) => self.precision,
             CorePlan::Unfused | CorePlan::Blocked(_) | CorePlan::BlockedMemory(_) => Precision::F32,
         }
     }
@@ -1051,6 +1092,11 @@ impl ExecutionPlan {
                 "fused {:?} on {:?}, {} key chunk(s)",
                 f.tiling,
                 f.storage,
+                f.key_chunks.len()
+            ),
+            CorePlan::FusedMemory(f) => format!(
+                "fused over a memory {:?}, {} key chunk(s)",
+                f.tiling,
                 f.key_chunks.len()
             ),
             CorePlan::Unfused => "unfused".to_string(),

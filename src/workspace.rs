@@ -20,10 +20,10 @@ use crate::gpu::dispatch::{self, Buf, CompileProgress, Dispatch, IoBuffers, IoSl
 use crate::gpu::memory;
 use crate::gpu::texture::TexelRows;
 use crate::gpu::timing::PassTimer;
-use crate::ops::blocked_attention::MemoryRows;
 use crate::ops::decode::CacheBuffers;
 use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
+use crate::ops::key_values::{KeyValues, MemoryKeys};
 use crate::ops::retrieval_select::Selection;
 use crate::ops::{self, ProjectionLayout, Rows};
 use crate::plan::{ExecutionPlan, FusedPlan, Strategy, TexelCore, UNFUSED_SIZE_HINT};
@@ -33,10 +33,11 @@ use crate::precision::Precision;
 /// them (a `KvCache`, a `Memory`): the one pairing the plan's types cannot hold.
 #[derive(Clone, Copy)]
 pub(crate) enum StoredKeys<'a> {
-    /// In the cache layout: a KV cache's, or a memory's (the split-KV cores).
+    /// A KV cache's (the cached core).
     Cache(&'a CacheBuffers),
-    /// A memory's texel rows (the blocked core over a memory).
-    Rows(&'a MemoryRows),
+    /// A memory's: its cache layout (the split-KV and fused cores) and, on CPU drivers, its
+    /// texel rows (the blocked core).
+    Memory(MemoryKeys<'a>),
 }
 
 /// Intermediate buffers and textures the dispatches are bound to.
@@ -759,7 +760,17 @@ impl Recorder<'_> {
     ) -> Result<(Option<Dispatch>, Option<MapsBuffers>)> {
         let cache = match stored_keys {
             Some(StoredKeys::Cache(cache)) => Some(cache),
-            _ => None,
+            Some(StoredKeys::Memory(memory)) => Some(memory.cache),
+            None => None,
+        };
+        // A memory plan's memory is passed by the `Memory` that resolved it (`layer::cross`).
+        let memory_keys = || match stored_keys {
+            Some(StoredKeys::Memory(memory)) => Ok(memory),
+            _ => Err(crate::Error::InvalidConfig {
+                field: "execution plan",
+                value: String::new(),
+                reason: "a memory plan is built with the memory it was resolved for",
+            }),
         };
         let (ctx, c, plan) = (self.ctx, self.config, self.plan);
         let layout = self.layout;
@@ -780,7 +791,7 @@ impl Recorder<'_> {
                     *blocked,
                     scale,
                     proj,
-                    ops::blocked_attention::KeyValues::Own {
+                    ops::key_values::KeyValues::Own {
                         causal: c.causal,
                         mask: IoSlot::Mask.into(),
                         value_mean: &value_mean,
@@ -797,21 +808,13 @@ impl Recorder<'_> {
                 operands: TexelPair { proj, concat },
                 ..
             } => {
-                // The memory's texel rows are passed by the `Memory` that resolved the plan.
-                let Some(StoredKeys::Rows(rows)) = stored_keys else {
-                    return Err(crate::Error::InvalidConfig {
-                        field: "execution plan",
-                        value: String::new(),
-                        reason: "a blocked memory plan is built with the memory's texel rows",
-                    });
-                };
                 let bound = ops::blocked_attention::bind(
                     ctx,
                     &layout,
                     *blocked,
                     scale,
                     proj,
-                    ops::blocked_attention::KeyValues::Memory(rows),
+                    KeyValues::Memory(memory_keys()?),
                     concat,
                 )
                 .await?;
@@ -824,8 +827,10 @@ impl Recorder<'_> {
                 ..
             } => {
                 let value_mean = self.value_mean(wiring).await?;
-                self.fused(fused, FusedIo::Texels { proj, concat }, value_mean)
+                let own = self.own_keys(&value_mean);
+                self.fused(fused, FusedIo::Texels { proj, concat }, own)
                     .await?;
+                self.held.buffers.push(value_mean);
             }
             Wiring::Buffers {
                 core: BufferCoreWeights::Fused(fused),
@@ -838,7 +843,22 @@ impl Recorder<'_> {
                     concat,
                     precision: stored,
                 };
-                self.fused(fused, io, value_mean).await?;
+                let own = self.own_keys(&value_mean);
+                self.fused(fused, io, own).await?;
+                self.held.buffers.push(value_mean);
+            }
+            Wiring::Buffers {
+                core: BufferCoreWeights::FusedMemory(fused),
+                operands: BufferPair { proj, concat },
+                ..
+            } => {
+                let io = FusedIo::Buffers {
+                    proj,
+                    concat,
+                    precision: stored,
+                };
+                self.fused(fused, io, KeyValues::Memory(memory_keys()?))
+                    .await?;
             }
             Wiring::Buffers {
                 core: BufferCoreWeights::Unfused(selection),
@@ -963,13 +983,23 @@ impl Recorder<'_> {
         Ok(value_mean)
     }
 
+    /// The keys and values of the queries' own projections, with the layer's mask and
+    /// `causal`.
+    fn own_keys<'v>(&self, value_mean: &'v wgpu::Buffer) -> KeyValues<'v> {
+        KeyValues::Own {
+            causal: self.config.causal,
+            mask: IoSlot::Mask.into(),
+            value_mean,
+        }
+    }
+
     /// The fused core's dispatches (with the carry between key chunks where the plan splits
     /// the keys).
     async fn fused(
         &mut self,
         fused: &FusedPlan,
         io: FusedIo<'_>,
-        value_mean: wgpu::Buffer,
+        keys_values: KeyValues<'_>,
     ) -> Result<()> {
         let (ctx, c) = (self.ctx, self.config);
         let layout = self.layout;
@@ -980,15 +1010,12 @@ impl Recorder<'_> {
                 &layout,
                 fused,
                 c.scale() as f32,
-                c.causal,
                 io,
-                IoSlot::Mask,
-                &value_mean,
+                keys_values,
                 carry.as_ref(),
             )
             .await?,
         );
-        self.held.buffers.push(value_mean);
         self.held.buffers.extend(
             carry
                 .map(|carry| [carry.acc, carry.stats])

@@ -168,10 +168,12 @@ fn check(what: &str, problem: &Problem, seed: u64) {
     }
 }
 
-/// The core `forward_cross` runs `n_q` rows over `memory` with: the blocked core over the
+/// The core `forward_cross` runs `n_q` rows over `memory` with, from
+/// `BLOCKED_MEMORY_MIN_QUERIES` rows and with the dot selection: the blocked core over the
 /// memory's texel rows wherever the layer's self-attention core reads texels (an unbiased f32
-/// layer with the dot selection, heads of whole texels, on a CPU driver with texel loads) and
-/// enough rows attend, the split-KV core elsewhere. Its name, for the label.
+/// layer, heads of whole texels, on a CPU driver with texel loads), else the fused kernel over
+/// its cache buffers; the split-KV core for fewer rows and for the MLP score network. Its name,
+/// for the label.
 fn expect_core(
     ctx: &GpuContext,
     layer: &CompositionalAttention,
@@ -181,14 +183,14 @@ fn expect_core(
     let c = layer.config();
     let texels = OperandStorage::of_operands(ctx) == OperandStorage::Texels
         && !c.bias
-        && c.selection_mlp.is_none()
         && c.dim_head.is_multiple_of(4)
-        && layer.precision() == Precision::F32
-        && n_q >= BLOCKED_MEMORY_MIN_QUERIES;
+        && layer.precision() == Precision::F32;
     let core = layer.cross_plan(memory, n_q).unwrap().core();
-    match texels {
-        true => assert!(matches!(core, CorePlan::BlockedMemory(_)), "{core:?}"),
-        false => assert!(matches!(core, CorePlan::Memory(_)), "{core:?}"),
+    let split = c.selection_mlp.is_some() || n_q < BLOCKED_MEMORY_MIN_QUERIES;
+    match (split, texels) {
+        (true, _) => assert!(matches!(core, CorePlan::Memory(_)), "{core:?}"),
+        (false, true) => assert!(matches!(core, CorePlan::BlockedMemory(_)), "{core:?}"),
+        (false, false) => assert!(matches!(core, CorePlan::FusedMemory(_)), "{core:?}"),
     }
     core.name()
 }
@@ -216,7 +218,7 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
                     seed,
                 ),
                 batch: 2,
-                n_q: 7,
+                n_q: 9,
                 n_kv: 9,
                 separate: false,
                 mask: Some(padded(2, 9)),
@@ -234,7 +236,7 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
                     seed ^ 1,
                 ),
                 batch: 3,
-                n_q: 5,
+                n_q: 8,
                 n_kv: 4,
                 separate: true,
                 mask: None,
@@ -270,7 +272,7 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
                     seed ^ 3,
                 ),
                 batch: 2,
-                n_q: 3,
+                n_q: 10,
                 n_kv: 5,
                 separate: false,
                 mask: Some((0..10).map(|i| i >= 5 && i % 2 == 0).collect()),
@@ -288,7 +290,7 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
                     seed ^ 4,
                 ),
                 batch: 2,
-                n_q: 4,
+                n_q: 8,
                 n_kv: 6,
                 separate: false,
                 mask: Some((0..12).map(|i| i >= 6 && i % 4 == 0).collect()),
@@ -418,6 +420,45 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
     }
 }
 
+/// A memory longer than one dispatch's key loop on drivers that cap loop iterations: the fused
+/// kernel carries its running state between key chunks (O(n) memory, as self-attention's).
+#[test]
+fn a_long_memory_is_attended_in_key_chunks() {
+    let (seed, what) = seed("a_long_memory_is_attended_in_key_chunks");
+    let problem = Problem {
+        checkpoint: checkpoint(
+            Attention::EncoderDecoder { memory_dim: 12 },
+            [16, 16, 16],
+            Selection::DotProduct,
+            (false, true),
+            seed,
+        ),
+        batch: 1,
+        n_q: 9,
+        n_kv: 1500,
+        separate: false,
+        mask: Some((0..1500).map(|i| i % 7 != 3).collect()),
+        magnitude: 1.0,
+    };
+    let weights = problem.checkpoint.layer_weights().unwrap();
+    let mut chunked = false;
+    for ctx in [gpu(), gpu_other_profile()] {
+        let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+        let memory = layer
+            .memory_blocking(&vec![0.5; 1500 * 12], 1, 1500, None)
+            .unwrap();
+        let plan = layer.cross_plan(&memory, 9).unwrap();
+        eprintln!("{what}: {}", plan.describe());
+        chunked |= matches!(plan.core(), CorePlan::FusedMemory(fused) if fused.splits_keys());
+    }
+    // On a driver that caps loops (lavapipe, llvmpipe) the CPU family's direct-read tiling
+    // splits 1500 keys; a GPU caps nothing.
+    if gpu().loop_budget().is_some() {
+        assert!(chunked, "{what}: no plan split the memory's keys");
+    }
+    check(&what, &problem, seed);
+}
+
 /// Self-attention with extra key rows runs through `forward` (a memory of the input itself):
 /// causal and not, with padding, a fully masked row and batch > 1.
 #[test]
@@ -440,7 +481,7 @@ fn self_attention_with_extra_rows_matches_the_f64_reference() {
             true,
             (true, true),
             biased((true, true), Selection::DotProduct),
-            6,
+            11,
         ),
         (
             true,

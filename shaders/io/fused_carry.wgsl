@@ -2,11 +2,11 @@
 // where the driver caps loop iterations and the host splits the keys over several dispatches.
 // Placed before the kernel instead of io/fused_single_pass.wgsl.
 //
-// Bindings   @binding(5) carry_acc    [b·s·n, r·d] KVec accumulators
-//            @binding(6) carry_stats  [b·s·n] (running max, running sum)
+// Bindings   @binding(7) carry_acc    [b·s·n, r·d] KVec accumulators
+//            @binding(8) carry_stats  [b·s·n] (running max, running sum)
 
-@group(0) @binding(5) var<storage, read_write> carry_acc: array<KVec>;
-@group(0) @binding(6) var<storage, read_write> carry_stats: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read_write> carry_acc: array<KVec>;
+@group(0) @binding(8) var<storage, read_write> carry_stats: array<vec2<f32>>;
 
 fn load_carry_stats(carry: u32) -> vec2<f32> {
     return carry_stats[carry];

@@ -14,12 +14,13 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Buf, Dispatch};
+use crate::gpu::dispatch::Dispatch;
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 use crate::ops::kernel_params::BlockedPlan;
+use crate::ops::key_values::{KeyValues, MemoryKeys};
 
 static BLOCKED_ATTENTION: Kernel = kernel!("blocked_attention", includes: ["texel_rows"]);
 static RETRIEVAL_MIX: Kernel = kernel!("retrieval_mix", includes: ["texel_rows"]);
@@ -90,92 +91,6 @@ pub(crate) struct BlockedCore {
     pub retrieved: TexelRows,
 }
 
-/// A memory's keys and values as the blocked core reads them, made once per memory
-/// (`crate::cross_memory`) from its cache-layout buffers by [`memory_rows`].
-pub(crate) struct MemoryRows {
-    /// `[b·s·L, d]`: search σ of sequence b at rows `(b·s + σ)·L ..`, as the cache stores them.
-    pub keys: TexelRows,
-    /// `[b·L, r·d]`.
-    pub values: TexelRows,
-    /// `[b, L]` u32, 0 = masked: the memory's own mask buffer.
-    pub mask: wgpu::Buffer,
-    /// `[b, r·d]`: the mean of the values over the `L` positions, for a query with none allowed
-    /// (only possible without extra rows, where those are the memory's positions).
-    pub value_mean: wgpu::Buffer,
-    /// `L`: the extra rows and the memory's positions.
-    pub positions: usize,
-    /// `Some(e)`: causal self-attention behind `e` extra rows (query `i` sees positions up to
-    /// `i + e`); `None`: every query sees every position.
-    pub causal_offset: Option<usize>,
-}
-
-impl MemoryRows {
-    pub(crate) fn bytes(&self) -> u64 {
-        self.keys.bytes() + self.values.bytes() + self.value_mean.size()
-    }
-}
-
-/// Allocates a memory's [`MemoryRows`] and binds their fill from its f32 cache-layout `keys
-/// [b, s, L, d]` and `values [b, L, r·d]`: two texel copies and the value mean.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn memory_rows(
-    ctx: &GpuContext,
-    (batch, positions): (usize, usize),
-    (searches, retrievals, head): (usize, usize, usize),
-    keys: &wgpu::Buffer,
-    values: &wgpu::Buffer,
-    mask: &wgpu::Buffer,
-    causal_offset: Option<usize>,
-) -> Result<(MemoryRows, Vec<Dispatch>)> {
-    use crate::ops::{texture_copy, value_mean};
-    use crate::precision::Precision;
-    let value_width = retrievals * head;
-    let rows = MemoryRows {
-        keys: TexelRows::new(ctx, "memory key rows", batch * searches * positions, head)?,
-        values: TexelRows::new(ctx, "memory value rows", batch * positions, value_width)?,
-        mask: mask.clone(),
-        value_mean: crate::gpu::memory::storage(
-            ctx,
-            "memory value mean",
-            &[batch, value_width],
-            None,
-        )?,
-        positions,
-        causal_offset,
-    };
-    let values_layout = ProjectionLayout {
-        row_stride: value_width,
-        retrieval_values: 0,
-        ..ProjectionLayout::keys_values(batch, positions, searches, retrievals, head)
-    };
-    let dispatches = vec![
-        texture_copy::dispatch(ctx, keys, Precision::F32, &rows.keys).await?,
-        texture_copy::dispatch(ctx, values, Precision::F32, &rows.values).await?,
-        value_mean::dispatch(
-            ctx,
-            &values_layout,
-            crate::ops::Rows::Texels(&rows.values),
-            Precision::F32,
-            &rows.value_mean,
-        )
-        .await?,
-    ];
-    Ok((rows, dispatches))
-}
-
-/// Where the blocked core's keys and values are.
-pub(crate) enum KeyValues<'a> {
-    /// In the queries' own projections (self-attention), with the key mask `[b, n]`, the value
-    /// mean `[b, r·d]` of those positions and the layer's `causal`.
-    Own {
-        causal: bool,
-        mask: Buf<'a>,
-        value_mean: &'a wgpu::Buffer,
-    },
-    /// A memory's texel rows.
-    Memory(&'a MemoryRows),
-}
-
 /// Allocates `retrieved [b·s·n, r·d]` and binds both kernels: `retrieved` from `proj` (whose RQ
 /// block holds `RQ·W_rk`) and `keys_values`, then `concat [b·n, s·d]`, as `plan`
 /// (`BlockedPlan::resolve`) says.
@@ -199,63 +114,37 @@ pub(crate) async fn bind(
     let tiles = layout.seq.div_ceil(ROWS);
     let col_blocks = value_texels.div_ceil(plan.block_texels);
     let batch_searches = layout.batch * layout.searches;
-    let dv = layout.head / 4;
-    // Keys in `proj` step by sequence and by texel block per search; a memory's step by rows.
-    let (kv_seq, k_batch_rows, k_head_rows, k_head_texels, k_offset, v_offset) = match &keys_values
-    {
-        KeyValues::Own { .. } => (
-            layout.seq,
-            layout.seq,
-            0,
-            dv,
-            layout.search_keys / 4,
-            layout.retrieval_values / 4,
-        ),
-        KeyValues::Memory(rows) => (
-            rows.positions,
-            layout.searches * rows.positions,
-            rows.positions,
-            0,
-            0,
-            0,
-        ),
-    };
-    let (causal, causal_offset) = match &keys_values {
-        KeyValues::Own { causal, .. } => (*causal, 0),
-        KeyValues::Memory(rows) => (
-            rows.causal_offset.is_some(),
-            rows.causal_offset.unwrap_or(0),
-        ),
-    };
-    let (key_view, value_view, mask, value_mean): (_, _, Buf<'_>, &wgpu::Buffer) = match keys_values
-    {
-        KeyValues::Own {
-            mask, value_mean, ..
-        } => (proj.view(), proj.view(), mask, value_mean),
-        KeyValues::Memory(rows) => (
-            rows.keys.view(),
-            rows.values.view(),
-            (&rows.mask).into(),
-            &rows.value_mean,
-        ),
+    let at = keys_values.addressing(layout, 4);
+    let (key_view, value_view) = match &keys_values {
+        KeyValues::Own { .. } => (proj.view(), proj.view()),
+        KeyValues::Memory(MemoryKeys {
+            rows: Some(rows), ..
+        }) => (rows.keys.view(), rows.values.view()),
+        KeyValues::Memory(_) => {
+            return Err(crate::Error::InvalidConfig {
+                field: "execution plan",
+                value: String::new(),
+                reason: "the blocked core reads a memory's texel rows, which it does not hold",
+            });
+        }
     };
     let params = Params {
         batch: layout.batch as u32,
         seq: layout.seq as u32,
         searches: layout.searches as u32,
         q_offset: (layout.search_queries / 4) as u32,
-        k_offset: k_offset as u32,
-        v_offset: v_offset as u32,
+        k_offset: at.k_offset as u32,
+        v_offset: at.v_offset as u32,
         value_texels: value_texels as u32,
         scale,
         tiles: tiles as u32,
         col_blocks: col_blocks as u32,
-        causal: causal as u32,
-        kv_seq: kv_seq as u32,
-        k_batch_rows: k_batch_rows as u32,
-        k_head_rows: k_head_rows as u32,
-        k_head_texels: k_head_texels as u32,
-        causal_offset: causal_offset as u32,
+        causal: at.causal as u32,
+        kv_seq: at.kv_seq as u32,
+        k_batch_rows: at.k_batch_rows as u32,
+        k_head_rows: at.k_head_rows as u32,
+        k_head_texels: at.k_head_cols as u32,
+        causal_offset: at.causal_offset as u32,
     };
     let rows = batch_searches * layout.seq;
     let mix_params = MixParams {
@@ -273,8 +162,8 @@ pub(crate) async fn bind(
             bytemuck::bytes_of(&params),
             &[
                 proj.view().into(),
-                mask.into(),
-                value_mean.into(),
+                keys_values.mask().into(),
+                keys_values.value_mean().into(),
                 retrieved.view().into(),
                 key_view.into(),
                 value_view.into(),

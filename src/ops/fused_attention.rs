@@ -16,12 +16,13 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Bind, Buf, Dispatch};
+use crate::gpu::dispatch::{Bind, Dispatch};
 use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 use crate::ops::kernel_params::{FusedPlan, vector_width};
+use crate::ops::key_values::KeyValues;
 use crate::precision::Precision;
 
 static FUSED_ATTENTION: Kernel = kernel!("fused_attention", includes: ["texel_rows"]);
@@ -47,6 +48,13 @@ uniform! {
         key_end: u32,
         first: u32,
         last: u32,
+        kv_seq: u32,
+        k_stride: u32,
+        k_batch_rows: u32,
+        k_head_rows: u32,
+        k_head_cols: u32,
+        v_stride: u32,
+        causal_offset: u32,
         _pad: u32,
     }
 }
@@ -82,6 +90,7 @@ pub(crate) fn variant(
 }
 
 /// The projections the kernel reads and the concatenation it writes, in the plan's storage.
+#[derive(Clone, Copy)]
 pub(crate) enum FusedIo<'a> {
     /// Packed projections `[b·n, (3s + r)·d]` (RQ block holding `RQ·W_rk`) and `[b, n, s·d]`,
     /// both stored in `precision`.
@@ -128,28 +137,57 @@ impl Carry {
     }
 }
 
-/// Binds the fused kernel: one dispatch per key chunk of the plan, writing the concatenation.
-/// `carry` must be [`Carry::for_plan`]'s.
-#[allow(clippy::too_many_arguments)]
+/// Binds the fused kernel: one dispatch per key chunk of the plan (whose chunks cover the keys
+/// of `keys_values`), writing the concatenation. `carry` must be [`Carry::for_plan`]'s. A
+/// memory's keys and values are read from its cache buffers, so only with buffer io.
 pub(crate) async fn dispatches(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
     plan: &FusedPlan,
     scale: f32,
-    causal: bool,
     io: FusedIo<'_>,
-    mask: impl Into<Buf<'_>>,
-    value_mean: &wgpu::Buffer,
+    keys_values: KeyValues<'_>,
     carry: Option<&Carry>,
 ) -> Result<Vec<Dispatch>> {
     let v = vector_width(layout.head);
     let tiles = layout.seq.div_ceil(plan.tiling.rows());
     let count = plan.key_chunks.len();
-    let (proj, concat): (Bind<'_>, Bind<'_>) = match io {
-        FusedIo::Buffers { proj, concat, .. } => (proj.into(), concat.into()),
-        FusedIo::Texels { proj, concat } => (proj.view().into(), concat.view().into()),
+    let at = keys_values.addressing(layout, v);
+    let (proj, concat, keys, values): (Bind<'_>, Bind<'_>, Bind<'_>, Bind<'_>) = match (
+        io,
+        &keys_values,
+    ) {
+        (FusedIo::Buffers { proj, concat, .. }, KeyValues::Own { .. }) => {
+            (proj.into(), concat.into(), proj.into(), proj.into())
+        }
+        (FusedIo::Texels { proj, concat }, KeyValues::Own { .. }) => (
+            proj.view().into(),
+            concat.view().into(),
+            proj.view().into(),
+            proj.view().into(),
+        ),
+        (FusedIo::Buffers { proj, concat, .. }, KeyValues::Memory(memory)) => (
+            proj.into(),
+            concat.into(),
+            (&memory.cache.keys).into(),
+            (&memory.cache.values).into(),
+        ),
+        (FusedIo::Texels { .. }, KeyValues::Memory(_)) => {
+            return Err(crate::Error::InvalidConfig {
+                field: "execution plan",
+                value: String::new(),
+                reason: "the fused kernel reads a memory's cache buffers with buffer                              projections only",
+            });
+        }
     };
-    let mut binds = vec![proj, mask.into().into(), value_mean.into(), concat];
+    let mut binds = vec![
+        proj,
+        keys_values.mask().into(),
+        keys_values.value_mean().into(),
+        concat,
+        keys,
+        values,
+    ];
     if let Some(carry) = carry {
         binds.extend([Bind::from(&carry.acc), Bind::from(&carry.stats)]);
     }
@@ -166,16 +204,23 @@ pub(crate) async fn dispatches(
             searches: layout.searches as u32,
             row_stride: (layout.row_stride / v) as u32,
             q_offset: (layout.search_queries / v) as u32,
-            k_offset: (layout.search_keys / v) as u32,
+            k_offset: at.k_offset as u32,
             qt_offset: (layout.retrieval_queries / v) as u32,
-            v_offset: (layout.retrieval_values / v) as u32,
+            v_offset: at.v_offset as u32,
             scale,
             tiles: tiles as u32,
-            causal: causal as u32,
+            causal: at.causal as u32,
             key_begin: keys.start as u32,
             key_end: keys.end as u32,
             first: (index == 0) as u32,
             last: (index + 1 == count) as u32,
+            kv_seq: at.kv_seq as u32,
+            k_stride: at.k_stride as u32,
+            k_batch_rows: at.k_batch_rows as u32,
+            k_head_rows: at.k_head_rows as u32,
+            k_head_cols: at.k_head_cols as u32,
+            v_stride: at.v_stride as u32,
+            causal_offset: at.causal_offset as u32,
             _pad: 0,
         };
         dispatches.push(
@@ -351,7 +396,7 @@ mod tests {
                 blocked,
                 scale,
                 &proj_texels,
-                crate::ops::blocked_attention::KeyValues::Own {
+                KeyValues::Own {
                     causal,
                     mask: (&mask_buffer).into(),
                     value_mean: &means,
@@ -365,10 +410,12 @@ mod tests {
                 &layout,
                 &plan,
                 scale,
-                causal,
                 io,
-                &mask_buffer,
-                &means,
+                KeyValues::Own {
+                    causal,
+                    mask: (&mask_buffer).into(),
+                    value_mean: &means,
+                },
                 carry.as_ref(),
             ));
             (fused, None)

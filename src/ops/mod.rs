@@ -40,6 +40,7 @@ pub(crate) mod dropout_mask;
 pub(crate) mod fused_attention;
 pub(crate) mod gemm;
 pub(crate) mod kernel_params;
+pub(crate) mod key_values;
 pub(crate) mod layer_norm;
 pub(crate) mod layer_norm_backward;
 pub(crate) mod masked_softmax;
