@@ -37,7 +37,7 @@
 //            accumulator in registers, so every key and value element read feeds QPI FMAs.
 // Host constants  WG, QPI, BK (keys per tile), D (= d), R (= r), KVec/VEC/kdot (vec4 when
 //            d % 4 == 0), STAGE (bool: copy each key tile to workgroup memory, for GPUs; false
-//            reads keys straight from `proj` at lane-uniform addresses, for CPU drivers), RPL
+//            reads keys straight from `keys` at lane-uniform addresses, for CPU drivers), RPL
 //            (rows per texture layer).
 // Includes   common/texel_rows.wgsl; one io piece for proj/concat and one for the carry (above).
 

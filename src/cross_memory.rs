@@ -27,7 +27,7 @@ use crate::ops::ProjectionLayout;
 use crate::ops::decode::CacheBuffers;
 use crate::ops::gemm::{GemmPrecision, GemmShape};
 use crate::ops::key_values::{MemoryKeys, MemoryRows};
-use crate::plan::{CorePlan, ExecutionPlan, MemoryCore};
+use crate::plan::{BLOCKED_MEMORY_MIN_QUERIES, CorePlan, ExecutionPlan, MemoryCore};
 use crate::precision::Precision;
 use crate::weights::Weights;
 use crate::workspace::StoredKeys;
@@ -171,6 +171,10 @@ pub(crate) struct MemoryRequest<'a> {
     /// `[batch, len]` u32, 0 = masked; `None`: every position.
     pub mask: Option<&'a wgpu::Buffer>,
     pub visibility: Visibility,
+    /// The query rows per sequence that will attend the memory, where known (self-attention
+    /// over its own input): below `BLOCKED_MEMORY_MIN_QUERIES` only the split-KV core reads it,
+    /// so the blocked and fused cores' extras are not made.
+    pub queries: Option<usize>,
 }
 
 /// Refuses, before anything is allocated, a memory whose buffers the device cannot hold.
@@ -370,7 +374,11 @@ pub(crate) async fn record(
     );
     // Where the layer attends memories with the blocked or fused core, the value mean (and the
     // blocked core's texel rows).
-    let attended = match ExecutionPlan::memory_core(ctx, c, precision, batch, positions) {
+    let core = match request.queries {
+        Some(queries) if queries < BLOCKED_MEMORY_MIN_QUERIES => None,
+        _ => ExecutionPlan::memory_core(ctx, c, precision, batch, positions),
+    };
+    let attended = match core {
         Some(core) => {
             let keys = ProjectionLayout::new(batch, positions, s, r, d);
             let (value_mean, mean) =

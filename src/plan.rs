@@ -452,10 +452,11 @@ pub enum CorePlan {
     Unfused,
     /// New queries over a KV cache, split-KV (prefill and decode).
     Cached(CachedPlan),
-    /// Queries over a [`Memory`](crate::Memory) with the blocked core, where the layer's core
-    /// reads texels (an unbiased f32 layer with the dot selection on a CPU driver) and at least
+    /// Queries over a [`Memory`](crate::Memory) with the blocked core, where the layer's
+    /// self-attention runs it (an unbiased f32 layer without the MLP score network, heads of
+    /// whole texels, on a CPU driver, the memory within the core's loop budget) and at least
     /// [`BLOCKED_MEMORY_MIN_QUERIES`] query rows attend: the memory also holds its keys and
-    /// values as texel rows (`ops::blocked_attention::MemoryRows`), made once.
+    /// values as texel rows (`ops::key_values::MemoryRows`), made once.
     BlockedMemory(BlockedPlan),
     /// Queries over a [`Memory`](crate::Memory) with the general fused kernel reading its cache
     /// buffers, where the core reads buffers (the GPU family; biased or f16 layers on CPU
@@ -967,7 +968,10 @@ impl ExecutionPlan {
     ) -> Option<MemoryCore> {
         use crate::gpu::texture::TexelShape;
         let c = config;
-        if c.selection_mlp.is_some() {
+        // The MLP score network selects after the split-KV core; the others read the memory's
+        // value mean, one reduction over its positions.
+        if c.selection_mlp.is_some() || crate::ops::value_mean::check_fits(ctx, positions).is_err()
+        {
             return None;
         }
         let keys = ProjectionLayout::new(

@@ -347,9 +347,11 @@ impl GpuContext {
 
     /// What every kernel variant of this device's family needs beyond WebGPU's guarantees for a
     /// device opened with lower limits (`wgpu::Limits::downlevel_defaults`, say): compute
-    /// shaders, six storage buffers per stage (the fused kernel splitting keys, the unfused
-    /// selection), a 256-invocation, 8 KiB tiled GEMM, and in the CPU family with texel operands,
-    /// two sampled and one storage texture per stage. Per-problem sizes (buffers, textures,
+    /// shaders, eight storage buffers per stage (WebGPU's default: the fused kernel splitting
+    /// keys, with its keys and values bound apart, and the decode kernels), a 96-byte uniform
+    /// block (the fused kernel's), a 256-invocation, 8 KiB tiled GEMM, and in the CPU family with
+    /// texel operands, three sampled textures (the blocked core's queries, keys and values) and
+    /// one storage texture per stage. Per-problem sizes (buffers, textures,
     /// workgroup counts) are checked when a plan is built.
     fn check_requirements(&self) -> Result<()> {
         let limits = &self.inner.limits;
@@ -366,7 +368,7 @@ impl GpuContext {
             (
                 "max_storage_buffers_per_shader_stage",
                 limits.max_storage_buffers_per_shader_stage,
-                6,
+                8,
             ),
             (
                 "max_compute_invocations_per_workgroup",
@@ -396,7 +398,7 @@ impl GpuContext {
             (
                 "max_uniform_buffer_binding_size",
                 limits.max_uniform_buffer_binding_size.min(u32::MAX as u64) as u32,
-                64,
+                96,
             ),
         ];
         // The CPU family reads GEMM operands as texels where texel loads work
@@ -406,7 +408,7 @@ impl GpuContext {
                 (
                     "max_sampled_textures_per_shader_stage",
                     limits.max_sampled_textures_per_shader_stage,
-                    2,
+                    3,
                 ),
                 (
                     "max_storage_textures_per_shader_stage",

@@ -49,7 +49,7 @@ impl CompositionalAttention {
             batch,
             len: memory_seq,
         };
-        self.memory_from_host(host, Visibility::All).await
+        self.memory_from_host(host, Visibility::All, None).await
     }
 
     /// [`memory`](Self::memory) with separate key and value inputs (fairseq's general
@@ -70,7 +70,7 @@ impl CompositionalAttention {
             batch,
             len: memory_seq,
         };
-        self.memory_from_host(host, Visibility::All).await
+        self.memory_from_host(host, Visibility::All, None).await
     }
 
     /// Blocking [`memory`](Self::memory) (native only).
@@ -126,6 +126,7 @@ impl CompositionalAttention {
             values,
             mask,
             visibility: Visibility::All,
+            queries: None,
         };
         let ctx = self.ctx.clone();
         #[cfg(not(target_arch = "wasm32"))]
@@ -230,9 +231,10 @@ impl CompositionalAttention {
     }
 
     /// The plan [`forward_cross`](Self::forward_cross) of `seq` query rows over `memory` runs:
-    /// the blocked core over the memory's texel rows where the layer's core reads texels (an
-    /// unbiased f32 layer on a CPU driver), else the split-KV core over its cache layout.
-    /// Allocates nothing.
+    /// from [`BLOCKED_MEMORY_MIN_QUERIES`](crate::plan::BLOCKED_MEMORY_MIN_QUERIES) rows, the
+    /// blocked core over the memory's texel rows where the layer's self-attention runs it (an
+    /// unbiased f32 layer on a CPU driver), else the fused kernel over its cache buffers; the
+    /// split-KV core for fewer rows and for the MLP score network. Allocates nothing.
     pub fn cross_plan(&self, memory: &Memory, seq: usize) -> Result<ExecutionPlan> {
         self.check_memory_layer("cross_plan")?;
         memory.check_layer(self.id, self.weights_version)?;
@@ -289,7 +291,7 @@ impl CompositionalAttention {
             batch,
             len: seq,
         };
-        let own = self.memory_from_host(host, visibility).await?;
+        let own = self.memory_from_host(host, visibility, Some(seq)).await?;
         let ctx = self.ctx.clone();
         let dim = self.config.dim;
         let _serial = ctx.serial().await;
@@ -335,6 +337,7 @@ impl CompositionalAttention {
         &mut self,
         host: HostMemory<'_>,
         visibility: Visibility,
+        queries: Option<usize>,
     ) -> Result<Memory> {
         let HostMemory {
             keys,
@@ -368,6 +371,7 @@ impl CompositionalAttention {
             values: values.as_ref(),
             mask: mask.as_ref(),
             visibility,
+            queries,
         };
         let mut encoder = ctx
             .device()

@@ -159,9 +159,21 @@ impl CompositionalAttention {
     }
 
     /// The plan a forward at `batch × seq` would run with the current strategy: kernel family,
-    /// GEMM, core, tiles, storage and key chunks. Allocates nothing.
+    /// GEMM, core, tiles, storage and key chunks. A layer with extra key rows attends a memory
+    /// of its own input: its plan is that memory's ([`ExecutionPlan::resolve_memory`] over
+    /// `extra rows + seq` positions). Allocates nothing.
     pub fn plan(&self, batch: usize, seq: usize) -> Result<ExecutionPlan> {
         shape::check_tokens(&self.config, batch, seq)?;
+        if self.config.runs_self_attention() && !self.config.plain_self_attention() {
+            return ExecutionPlan::resolve_memory(
+                &self.ctx,
+                &self.config,
+                self.precision,
+                batch,
+                seq,
+                self.config.extra_keys.rows() + seq,
+            );
+        }
         ExecutionPlan::resolve(
             &self.ctx,
             &self.config,

@@ -176,7 +176,7 @@ pub(crate) async fn dispatches(
             return Err(crate::Error::InvalidConfig {
                 field: "execution plan",
                 value: String::new(),
-                reason: "the fused kernel reads a memory's cache buffers with buffer                              projections only",
+                reason: "the fused kernel reads a memory's cache buffers with buffer projections only",
             });
         }
     };

@@ -44,6 +44,12 @@ pub(crate) fn variant(ctx: &GpuContext, texels: bool, precision: Precision) -> S
 
 /// Binds `value_mean [b, r·d]` (f32) = mean over tokens of the RV block of `proj`, a buffer
 /// stored in `precision` or texel rows.
+/// Fails where the mean over `seq` keys needs more loop iterations than the driver allows.
+pub(crate) fn check_fits(ctx: &GpuContext, seq: usize) -> Result<()> {
+    let loops = seq.div_ceil(WG as usize) as u64 + WG.ilog2() as u64;
+    check_loop_budget(ctx, "value mean", loops, "a shorter sequence")
+}
+
 pub(crate) async fn dispatch(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
@@ -51,8 +57,7 @@ pub(crate) async fn dispatch(
     precision: Precision,
     value_mean: &wgpu::Buffer,
 ) -> Result<Dispatch> {
-    let loops = layout.seq.div_ceil(WG as usize) as u64 + WG.ilog2() as u64;
-    check_loop_budget(ctx, "value mean", loops, "a shorter sequence")?;
+    check_fits(ctx, layout.seq)?;
     let width = layout.retrievals * layout.head;
     let params = Params {
         batch: layout.batch as u32,
