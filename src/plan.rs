@@ -917,8 +917,6 @@ impl ExecutionPlan {
         let core = Self::memory_core(ctx, c, precision, batch, positions)
             .filter(|_| seq >= BLOCKED_MEMORY_MIN_QUERIES);
         if let Some(core) = core {
-            let layout =
-                ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
             let rows = batch * seq;
             let route = match core {
                 MemoryCore::Blocked(blocked) => {
@@ -928,20 +926,7 @@ impl ExecutionPlan {
                     Route::buffers(ctx, c, rows, BufferCore::FusedMemory(fused))
                 }
             };
-            let plan = ExecutionPlan {
-                batch,
-                seq,
-                strategy: Strategy::Fused,
-                precision,
-                family: KernelFamily::of(ctx),
-                route,
-            };
-            plan.check_sizes(ctx, c, &layout)?;
-            log::debug!(
-                "memory plan for batch {batch} × seq {seq}: {}",
-                plan.describe()
-            );
-            return Ok(plan);
+            return Self::checked(ctx, c, precision, (batch, seq), route, "memory");
         }
         let mlp_selection = c.selection_mlp.is_some();
         let core = |splits| {
@@ -1015,13 +1000,29 @@ impl ExecutionPlan {
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         let splits = CachedPlan::resolve(ctx, &layout, positions)?;
+        let route = Route::buffers(ctx, c, batch * seq, core(splits));
+        Self::checked(ctx, c, precision, (batch, seq), route, what)
+    }
+
+    /// The fused strategy's plan of `route` at `batch × seq`, its sizes checked against the
+    /// device's limits.
+    fn checked(
+        ctx: &GpuContext,
+        c: &Config,
+        precision: Precision,
+        (batch, seq): (usize, usize),
+        route: Route,
+        what: &str,
+    ) -> Result<ExecutionPlan> {
+        let layout =
+            ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         let plan = ExecutionPlan {
             batch,
             seq,
             strategy: Strategy::Fused,
             precision,
             family: KernelFamily::of(ctx),
-            route: Route::buffers(ctx, c, batch * seq, core(splits)),
+            route,
         };
         plan.check_sizes(ctx, c, &layout)?;
         log::debug!(

@@ -683,7 +683,7 @@ pub struct JsCompositionalAttention {
     /// The layer's own buffers behind the last `forwardGpu`/`prefillGpu`/`decodeGpu`, kept for
     /// the next call of the same sizes (a decode loop binds them once).
     #[cfg(target_arch = "wasm32")]
-    pub(crate) page_io: Rc<RefCell<Option<crate::interop::OwnIo>>>,
+    pub(crate) page_io: Rc<RefCell<Option<crate::own_io::OwnIo>>>,
 }
 
 impl JsCompositionalAttention {

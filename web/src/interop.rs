@@ -16,6 +16,7 @@ use compositional_attention::{CompositionalAttention as Layer, Strategy};
 
 use crate::api::{JsCompositionalAttention, JsKvCache, busy, call_signal, count, too_large};
 use crate::errors::{ApiError, Code};
+use crate::own_io::OwnIo;
 
 #[wasm_bindgen(module = "/js/interop.js")]
 extern "C" {
@@ -182,42 +183,6 @@ impl PageIo {
     }
 }
 
-/// The layer's own buffers behind a [`PageIo`] (wgpu cannot bind the page's: module doc).
-/// A layer keeps the last ones for the next call of the same sizes: calls take turns and the
-/// copies run in queue order, so the next call's copy in follows this call's copy out.
-pub(crate) struct OwnIo {
-    input: wgpu::Buffer,
-    output: wgpu::Buffer,
-    mask: Option<wgpu::Buffer>,
-}
-
-impl OwnIo {
-    /// Whether these buffers serve `io` (the same sizes, a mask where it has one).
-    fn serves(&self, io: &PageIo) -> bool {
-        self.input.size() == io.tensor
-            && self.output.size() == io.tensor
-            && self.mask.as_ref().map(wgpu::Buffer::size) == io.mask.as_ref().map(|_| io.keys)
-    }
-
-    fn new(ctx: &compositional_attention::GpuContext, io: &PageIo) -> OwnIo {
-        let own = |what: &str, bytes: u64| {
-            ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some(&format!("{} {what}", io.call)),
-                size: bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            })
-        };
-        OwnIo {
-            input: own("input", io.tensor),
-            output: own("output", io.tensor),
-            mask: io.mask.as_ref().map(|_| own("mask", io.keys)),
-        }
-    }
-}
-
 impl JsCompositionalAttention {
     async fn forward_gpu_async(
         &self,
@@ -301,8 +266,8 @@ impl JsCompositionalAttention {
         let device = self.gpu_device();
         let ctx = layer.context().clone();
         let buffers = match self.page_io.take() {
-            Some(kept) if kept.serves(io) => kept,
-            _ => OwnIo::new(&ctx, io),
+            Some(kept) if kept.serves(io.tensor, io.mask.as_ref().map(|_| io.keys)) => kept,
+            _ => OwnIo::new(&ctx, io.call, io.tensor, io.mask.as_ref().map(|_| io.keys)),
         };
         let handle = |b: &wgpu::Buffer| -> JsValue {
             b.as_webgpu().map_or(JsValue::NULL, |h| h.clone().into())

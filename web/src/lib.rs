@@ -19,6 +19,8 @@ mod cross;
 pub mod errors;
 #[cfg(target_arch = "wasm32")]
 mod interop;
+#[cfg(target_arch = "wasm32")]
+mod own_io;
 #[cfg(feature = "page")]
 mod page;
 mod training;
