@@ -72,7 +72,12 @@ pub(crate) enum BufferCoreWeights<'a> {
     FusedMemory(FusedPlan),
     /// The unfused core and its selection: `W_rk`, or the MLP score network.
     Unfused(Selection<'a>),
-    Cached(CachedPlan),
+    /// The split-KV core over a KV cache (its buffers passed when the workspace is built), and
+    /// the MLP score network that selects after it (with `Config::selection_mlp`).
+    Cached {
+        plan: CachedPlan,
+        mlp: Option<MlpWeights<'a>>,
+    },
     /// Queries over a memory, whose buffers the workspace is built with, and the MLP score
     /// network that selects after it (with `Config::selection_mlp`).
     Memory {
@@ -395,7 +400,13 @@ impl DeviceWeights {
                 let core = match core {
                     BufferCore::Fused(fused) => BufferCoreWeights::Fused(fused.clone()),
                     BufferCore::FusedMemory(fused) => BufferCoreWeights::FusedMemory(fused.clone()),
-                    BufferCore::Cached(cached) => BufferCoreWeights::Cached(*cached),
+                    BufferCore::Cached(cached) => BufferCoreWeights::Cached {
+                        plan: cached.splits,
+                        mlp: match cached.mlp_selection {
+                            true => upload_mlp(ctx, host, selection_mlp)?,
+                            false => None,
+                        },
+                    },
                     BufferCore::Memory(memory) => BufferCoreWeights::Memory {
                         plan: memory.splits,
                         mlp: match memory.mlp_selection {

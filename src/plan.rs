@@ -450,8 +450,9 @@ pub enum CorePlan {
     Fused(FusedPlan),
     /// Logits, softmax, aggregation and selection, each a kernel; `b·s·n²` logits stored.
     Unfused,
-    /// New queries over a KV cache, split-KV (prefill and decode).
-    Cached(CachedPlan),
+    /// New queries over a KV cache, split-KV (prefill and decode); an MLP score network's
+    /// selection (`Config::selection_mlp`) runs after it (`retrieval_select`).
+    Cached(SplitKvPlan),
     /// Queries over a [`Memory`](crate::Memory) with the blocked core, where the layer's
     /// self-attention runs it (an unbiased f32 layer without the MLP score network, heads of
     /// whole texels, on a CPU driver, the memory within the core's loop budget) and at least
@@ -467,7 +468,7 @@ pub enum CorePlan {
     /// key rows) everywhere else: the cached core's split-KV attention over the memory's projected keys and
     /// values, which nothing appends to; an MLP score network's selection
     /// (`Config::selection_mlp`) runs after it (`retrieval_select`).
-    Memory(MemoryPlan),
+    Memory(SplitKvPlan),
 }
 
 /// Query rows per sequence from which a memory is attended with the blocked core
@@ -489,13 +490,19 @@ pub(crate) enum MemoryCore {
     Fused(FusedPlan),
 }
 
-/// The memory core's parameters: the split-KV plan over the memory's positions, and whether an
-/// MLP score network selects after it (it reads the plain retrieval queries, not `RQ·W_rk`).
+/// The split-KV core's parameters (over a KV cache or a memory): the splits over the stored
+/// positions, and whether an MLP score network selects after it (`decode_reduce` stores the
+/// retrieved values, `retrieval_select` reads them with the plain retrieval queries, not
+/// `RQ·W_rk`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryPlan {
+pub struct SplitKvPlan {
     pub splits: CachedPlan,
     pub mlp_selection: bool,
 }
+
+/// The name [`SplitKvPlan`] had while only a memory's core used it.
+#[deprecated(note = "renamed plan::SplitKvPlan")]
+pub type MemoryPlan = SplitKvPlan;
 
 /// The error for a layer with a memory or extra key rows asked for a plan of self-attention
 /// without them (`what`: the operation).
@@ -572,8 +579,8 @@ pub(crate) enum BufferCore {
     /// The fused core over a memory's cache buffers.
     FusedMemory(FusedPlan),
     Unfused,
-    Cached(CachedPlan),
-    Memory(MemoryPlan),
+    Cached(SplitKvPlan),
+    Memory(SplitKvPlan),
 }
 
 impl Route {
@@ -827,7 +834,8 @@ impl ExecutionPlan {
                     c.value_width(),
                 )?;
             }
-            CorePlan::Cached(cached) | CorePlan::Memory(MemoryPlan { splits: cached, .. }) => {
+            CorePlan::Cached(SplitKvPlan { splits: cached, .. })
+            | CorePlan::Memory(SplitKvPlan { splits: cached, .. }) => {
                 let keys = bytes_in(
                     self.precision,
                     "KV cache keys",
@@ -848,8 +856,12 @@ impl ExecutionPlan {
             }
             CorePlan::Fused(_) | CorePlan::FusedMemory(_) => {}
         }
-        // An MLP score network over a memory selects from the retrieved values, stored.
-        if let CorePlan::Memory(MemoryPlan {
+        // An MLP score network after the split-KV core selects from the retrieved values, stored.
+        if let CorePlan::Cached(SplitKvPlan {
+            mlp_selection: true,
+            ..
+        })
+        | CorePlan::Memory(SplitKvPlan {
             mlp_selection: true,
             ..
         }) = self.core()
@@ -878,15 +890,21 @@ impl ExecutionPlan {
         if !c.plain_self_attention() {
             return Err(refuse_memory_layer(c, "a KV cache"));
         }
-        if c.selection_mlp.is_some() {
+        if c.selection_mlp.is_some() && precision != Precision::F32 {
             return Err(Error::InvalidConfig {
                 field: "selection_mlp",
                 value: format!("{:?}", c.selection_mlp),
-                reason: "generation (prefill, decode) selects retrievals by the dot product; a \
-                         layer with an MLP score network runs forward with Strategy::Unfused",
+                reason: "the MLP score network's selection (retrieval_select) reads f32 \
+                         projections: generate with it in f32 storage",
             });
         }
-        let core = |splits| BufferCore::Cached(splits);
+        let mlp_selection = c.selection_mlp.is_some();
+        let core = |splits| {
+            BufferCore::Cached(SplitKvPlan {
+                splits,
+                mlp_selection,
+            })
+        };
         Self::over_positions(ctx, c, precision, (batch, seq, capacity), core, "cached")
     }
 
@@ -930,7 +948,7 @@ impl ExecutionPlan {
         }
         let mlp_selection = c.selection_mlp.is_some();
         let core = |splits| {
-            BufferCore::Memory(MemoryPlan {
+            BufferCore::Memory(SplitKvPlan {
                 splits,
                 mlp_selection,
             })
@@ -1040,12 +1058,19 @@ impl ExecutionPlan {
             | CorePlan::BlockedMemory(_)
             | CorePlan::Fused(_)
             | CorePlan::FusedMemory(_)
-            | CorePlan::Cached(_)
-            | CorePlan::Memory(MemoryPlan {
+            | CorePlan::Cached(SplitKvPlan {
+                mlp_selection: false,
+                ..
+            })
+            | CorePlan::Memory(SplitKvPlan {
                 mlp_selection: false,
                 ..
             }) => ProjectionWeights::RetrievalFolded,
-            CorePlan::Memory(MemoryPlan {
+            CorePlan::Cached(SplitKvPlan {
+                mlp_selection: true,
+                ..
+            })
+            | CorePlan::Memory(SplitKvPlan {
                 mlp_selection: true,
                 ..
             }) => ProjectionWeights::Plain,
@@ -1105,11 +1130,17 @@ impl ExecutionPlan {
                 f.key_chunks.len()
             ),
             CorePlan::Unfused => "unfused".to_string(),
-            CorePlan::Cached(c) => format!(
-                "cached ({} splits of {} keys over {} positions)",
-                c.splits, c.keys_per_split, c.capacity
+            CorePlan::Cached(SplitKvPlan {
+                splits: c,
+                mlp_selection,
+            }) => format!(
+                "cached ({} splits of {} keys over {} positions{})",
+                c.splits,
+                c.keys_per_split,
+                c.capacity,
+                if mlp_selection { ", MLP selection" } else { "" }
             ),
-            CorePlan::Memory(MemoryPlan {
+            CorePlan::Memory(SplitKvPlan {
                 splits: c,
                 mlp_selection,
             }) => format!(

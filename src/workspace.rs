@@ -24,7 +24,7 @@ use crate::ops::decode::CacheBuffers;
 use crate::ops::fused_attention::{Carry, FusedIo};
 use crate::ops::gemm::{GemmOperands, GemmPrecision, GemmShape};
 use crate::ops::key_values::{KeyValues, MemoryKeys};
-use crate::ops::retrieval_select::Selection;
+use crate::ops::retrieval_select::{MlpWeights, Selection};
 use crate::ops::{self, ProjectionLayout, Rows};
 use crate::plan::{ExecutionPlan, FusedPlan, Strategy, TexelCore, UNFUSED_SIZE_HINT};
 use crate::precision::Precision;
@@ -879,7 +879,7 @@ impl Recorder<'_> {
                 maps = Some(core_maps);
             }
             Wiring::Buffers {
-                core: BufferCoreWeights::Cached(cached),
+                core: BufferCoreWeights::Cached { plan: cached, mlp },
                 operands: BufferPair { proj, concat },
                 ..
             } => {
@@ -890,19 +890,18 @@ impl Recorder<'_> {
                     value: String::new(),
                     reason: "a cached plan is built with the KV cache it was resolved for",
                 })?;
-                let step = ops::decode::bind(
-                    ctx,
-                    &layout,
-                    cached,
-                    scale,
-                    proj,
-                    IoSlot::Mask,
-                    cache,
-                    concat,
-                )
-                .await?;
+                let retrieved = self.split_kv_retrieved(mlp.as_ref())?;
+                let out = match &retrieved {
+                    Some(retrieved) => ops::decode::AttentionOut::Retrieved(retrieved),
+                    None => ops::decode::AttentionOut::Concat(concat),
+                };
+                let step =
+                    ops::decode::bind(ctx, &layout, cached, scale, proj, IoSlot::Mask, cache, out)
+                        .await?;
                 self.dispatches.extend(step.dispatches);
                 self.held.buffers.extend(step.partials);
+                self.mlp_selection(mlp.as_ref(), retrieved, proj, concat)
+                    .await?;
                 // The length update goes after everything that reads the length.
                 finish = Some(step.advance);
             }
@@ -918,16 +917,7 @@ impl Recorder<'_> {
                     value: String::new(),
                     reason: "a memory plan is built with the memory it was resolved for",
                 })?;
-                // An MLP score network selects from the retrieved values the reduce stores.
-                let retrieved = match mlp {
-                    Some(_) => Some(memory::storage(
-                        ctx,
-                        "retrieved",
-                        &[layout.batch, c.num_searches, layout.seq, c.value_width()],
-                        None,
-                    )?),
-                    None => None,
-                };
+                let retrieved = self.split_kv_retrieved(mlp.as_ref())?;
                 let out = match &retrieved {
                     Some(retrieved) => ops::decode::AttentionOut::Retrieved(retrieved),
                     None => ops::decode::AttentionOut::Concat(concat),
@@ -944,30 +934,61 @@ impl Recorder<'_> {
                 .await?;
                 self.dispatches.extend(attended.dispatches);
                 self.held.buffers.extend(attended.partials);
-                if let (Some(mlp), Some(retrieved)) = (mlp, retrieved) {
-                    let g_scratch = memory::storage(
-                        ctx,
-                        "retrieval logits",
-                        &[layout.batch, c.num_searches, layout.seq, c.num_retrievals],
-                        None,
-                    )?;
-                    self.dispatches.push(
-                        ops::retrieval_select::dispatch(
-                            ctx,
-                            &layout,
-                            ops::retrieval_select::Selection::Mlp(*mlp),
-                            &retrieved,
-                            proj,
-                            &g_scratch,
-                            concat,
-                        )
-                        .await?,
-                    );
-                    self.held.buffers.extend([retrieved, g_scratch]);
-                }
+                self.mlp_selection(mlp.as_ref(), retrieved, proj, concat)
+                    .await?;
             }
         }
         Ok((finish, maps))
+    }
+
+    /// Where the split-KV core stores its retrieved values `[b, s, n, r·d]` for an MLP score
+    /// network to select from (`None`: it selects by the dot product itself).
+    fn split_kv_retrieved(&self, mlp: Option<&MlpWeights<'_>>) -> Result<Option<wgpu::Buffer>> {
+        let (c, layout) = (self.config, self.layout);
+        mlp.map(|_| {
+            memory::storage(
+                self.ctx,
+                "retrieved",
+                &[layout.batch, c.num_searches, layout.seq, c.value_width()],
+                None,
+            )
+        })
+        .transpose()
+    }
+
+    /// The MLP score network's selection from `retrieved` into the concatenation, after the
+    /// split-KV core (nothing without one).
+    async fn mlp_selection(
+        &mut self,
+        mlp: Option<&MlpWeights<'_>>,
+        retrieved: Option<wgpu::Buffer>,
+        proj: &wgpu::Buffer,
+        concat: &wgpu::Buffer,
+    ) -> Result<()> {
+        let (Some(mlp), Some(retrieved)) = (mlp, retrieved) else {
+            return Ok(());
+        };
+        let (ctx, c, layout) = (self.ctx, self.config, self.layout);
+        let g_scratch = memory::storage(
+            ctx,
+            "retrieval logits",
+            &[layout.batch, c.num_searches, layout.seq, c.num_retrievals],
+            None,
+        )?;
+        self.dispatches.push(
+            ops::retrieval_select::dispatch(
+                ctx,
+                &layout,
+                ops::retrieval_select::Selection::Mlp(*mlp),
+                &retrieved,
+                proj,
+                &g_scratch,
+                concat,
+            )
+            .await?,
+        );
+        self.held.buffers.extend([retrieved, g_scratch]);
+        Ok(())
     }
 
     /// The mean of the values `[b, r·d]`, which the fused and blocked cores' fully masked rows

@@ -372,3 +372,26 @@ fn cache_errors_are_typed() {
         layer.decode_blocking(&mut fresh, &one, None).unwrap()
     );
 }
+
+/// The MLP score network (fairseq's `nonlinear=True`): the split-KV core stores the retrieved
+/// values and `retrieval_select` runs the network on them, for prefill chunks and decode steps,
+/// with padding.
+#[test]
+fn mlp_score_network_prefill_and_decode() {
+    check(
+        config(20, 5, 2, 3).selection_mlp(Some(4)),
+        2,
+        13,
+        Some(&[13, 8]),
+        &[5],
+        "MLP score network",
+    );
+    check(
+        config(16, 4, 2, 2).selection_mlp(Some(3)).bias(true),
+        1,
+        7,
+        None,
+        &[],
+        "MLP score network with biases, decode only",
+    );
+}

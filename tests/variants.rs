@@ -268,12 +268,20 @@ fn the_mlp_score_network_runs_unfused() {
     );
     let weights = checkpoint.layer_weights().unwrap();
     assert_eq!(weights.config().selection_mlp, Some(4));
-    let layer = CompositionalAttention::new(gpu(), &weights).unwrap();
+    let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
     assert_eq!(layer.strategy(), Strategy::Unfused);
-    match layer.kv_cache(1, 8) {
-        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "selection_mlp"),
-        other => panic!("expected generation refused, got {other:?}"),
-    }
+    // Generation runs it after the split-KV core: a prefill equals the causal forward
+    // (tests/decode.rs checks decode steps against the reference on prefixes).
+    let x = normal(&mut Rng::seed_from_u64(7), 8 * 16, 1.0);
+    let forward: Vec<f64> = layer
+        .forward_blocking(&x, 1, 8, None)
+        .unwrap()
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let mut cache = layer.kv_cache(1, 8).unwrap();
+    let prefilled = layer.prefill_blocking(&mut cache, &x, 8, None).unwrap();
+    assert_close("MLP score network, prefill", &prefilled, &forward, 1e-4);
     // The lowered weights round-trip through safetensors, score network included.
     let bytes = weights.to_safetensors().unwrap();
     let loaded = compositional_attention::Weights::from_safetensors(&bytes, true, "").unwrap();

@@ -134,7 +134,7 @@ pub(crate) async fn bind(
     proj: &wgpu::Buffer,
     new_mask: impl Into<Buf<'_>>,
     cache: &CacheBuffers,
-    concat: &wgpu::Buffer,
+    out: AttentionOut<'_>,
 ) -> Result<BoundStep> {
     let append = bind_append(
         ctx,
@@ -146,16 +146,7 @@ pub(crate) async fn bind(
         &cache.state,
     )
     .await?;
-    let attended = bind_attention(
-        ctx,
-        layout,
-        plan,
-        scale,
-        proj,
-        cache,
-        AttentionOut::Concat(concat),
-    )
-    .await?;
+    let attended = bind_attention(ctx, layout, plan, scale, proj, cache, out).await?;
     let [.., advance] = variants(layout, cache.precision, true);
     let advance = Dispatch::new(
         ctx,
