@@ -38,7 +38,9 @@
 // Host constants  WG, QPI, BK (keys per tile), D (= d), R (= r), KVec/VEC/kdot (vec4 when
 //            d % 4 == 0), STAGE (bool: copy each key tile to workgroup memory, for GPUs; false
 //            reads keys straight from `keys` at lane-uniform addresses, for CPU drivers), RPL
-//            (rows per texture layer).
+//            (rows per texture layer), SELECT (bool: true selects by Q̃·Ret and stores the
+//            concatenation; false stores the normalised retrieved vectors Ret [b, s, n, r·d]
+//            through the `concat` binding, for an MLP score network's retrieval_select).
 // Includes   common/texel_rows.wgsl; one io piece for proj/concat and one for the carry (above).
 
 struct Params {
@@ -266,6 +268,16 @@ fn main(
         // running_sum is 0 (no allowed key: uniform row) or at least 1 (the max key's exp(0)).
         let fully_masked = running_sum[qi] == 0.0;
         let inv_sum = 1.0 / max(running_sum[qi], 1.0);
+        if (!SELECT) {
+            // The MLP score network selects after this kernel, from the stored vectors.
+            if (row[qi] < n) {
+                for (var c = 0u; c < VWV; c++) {
+                    let value = select(acc[qi][c] * inv_sum, value_mean[batch_index * VWV + c], fully_masked);
+                    store_retrieved(bs * n + row[qi], c, value);
+                }
+            }
+            continue;
+        }
         let query_row = token(row[qi]);
         var logit_max = LOWEST;
         for (var rho = 0u; rho < R; rho++) {

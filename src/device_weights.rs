@@ -67,7 +67,11 @@ pub(crate) struct PlanBiases<'a> {
 
 /// A buffer core with the weights it reads on its own.
 pub(crate) enum BufferCoreWeights<'a> {
-    Fused(FusedPlan),
+    /// The fused core, and the MLP score network that selects after it (`plan.stores_retrieved`).
+    Fused {
+        plan: FusedPlan,
+        mlp: Option<MlpWeights<'a>>,
+    },
     /// The fused core over a memory's cache buffers, passed when the workspace is built.
     FusedMemory(FusedPlan),
     /// The unfused core and its selection: `W_rk`, or the MLP score network.
@@ -398,7 +402,13 @@ impl DeviceWeights {
                     None => None,
                 };
                 let core = match core {
-                    BufferCore::Fused(fused) => BufferCoreWeights::Fused(fused.clone()),
+                    BufferCore::Fused(fused) => BufferCoreWeights::Fused {
+                        plan: fused.clone(),
+                        mlp: match fused.stores_retrieved {
+                            true => upload_mlp(ctx, host, selection_mlp)?,
+                            false => None,
+                        },
+                    },
                     BufferCore::FusedMemory(fused) => BufferCoreWeights::FusedMemory(fused.clone()),
                     BufferCore::Cached(cached) => BufferCoreWeights::Cached {
                         plan: cached.splits,

@@ -353,6 +353,7 @@ impl FusedPlan {
             tiling,
             storage,
             key_chunks,
+            stores_retrieved: false,
         })
     }
 }
@@ -719,21 +720,23 @@ impl ExecutionPlan {
         if !c.plain_self_attention() {
             return Err(refuse_memory_layer(c, "this plan"));
         }
-        if c.selection_mlp.is_some() && strategy == Strategy::Fused {
+        let mlp = c.selection_mlp.is_some();
+        if mlp && strategy == Strategy::Fused && precision != Precision::F32 {
             return Err(Error::InvalidConfig {
-                field: "strategy",
-                value: "fused".into(),
-                reason: "the fused cores select retrievals by the dot product Q̃·Ret; an MLP \
-                         score network (Config::selection_mlp) runs in Strategy::Unfused, \
-                         which a layer with one starts with",
+                field: "selection_mlp",
+                value: format!("{:?}", c.selection_mlp),
+                reason: "the MLP score network's selection (retrieval_select) reads f32 \
+                         projections: run it in f32 storage",
             });
         }
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
         // Texel projections are f32 and biases are added to buffers (ops::bias_add): an f16 or
         // biased layer's core reads buffers.
+        // An MLP score network selects after the fused kernel on buffers (retrieval_select).
         let texel_core = OperandStorage::of_operands(ctx) == OperandStorage::Texels
             && !c.bias
+            && !mlp
             && precision == Precision::F32;
         let blocked = match texel_core {
             true => BlockedPlan::resolve(ctx, &layout),
@@ -751,8 +754,10 @@ impl ExecutionPlan {
                             FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Texels)?;
                         Route::texels(ctx, c, rows, TexelCore::Fused(fused))
                     } else {
-                        let fused =
-                            FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Buffers)?;
+                        let fused = FusedPlan {
+                            stores_retrieved: mlp,
+                            ..FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Buffers)?
+                        };
                         Route::buffers(ctx, c, rows, BufferCore::Fused(fused))
                     }
                 }
@@ -856,16 +861,14 @@ impl ExecutionPlan {
             }
             CorePlan::Fused(_) | CorePlan::FusedMemory(_) => {}
         }
-        // An MLP score network after the split-KV core selects from the retrieved values, stored.
-        if let CorePlan::Cached(SplitKvPlan {
-            mlp_selection: true,
-            ..
-        })
-        | CorePlan::Memory(SplitKvPlan {
-            mlp_selection: true,
-            ..
-        }) = self.core()
-        {
+        // An MLP score network after the split-KV or fused core selects from the retrieved
+        // values, stored.
+        let stores_retrieved = match self.core() {
+            CorePlan::Cached(split) | CorePlan::Memory(split) => split.mlp_selection,
+            CorePlan::Fused(fused) => fused.stores_retrieved,
+            _ => false,
+        };
+        if stores_retrieved {
             let retrieved = bytes("retrieved", &[b, c.num_searches, n, c.value_width()])?;
             check_storage_size(ctx, "retrieved", retrieved, None)?;
         }
@@ -1054,6 +1057,7 @@ impl ExecutionPlan {
     pub fn projection_weights(&self) -> ProjectionWeights {
         match self.core() {
             CorePlan::Unfused => ProjectionWeights::Plain,
+            CorePlan::Fused(fused) if fused.stores_retrieved => ProjectionWeights::Plain,
             CorePlan::Blocked(_)
             | CorePlan::BlockedMemory(_)
             | CorePlan::Fused(_)

@@ -833,19 +833,24 @@ impl Recorder<'_> {
                 self.held.buffers.push(value_mean);
             }
             Wiring::Buffers {
-                core: BufferCoreWeights::Fused(fused),
+                core: BufferCoreWeights::Fused { plan: fused, mlp },
                 operands: BufferPair { proj, concat },
                 ..
             } => {
                 let value_mean = self.value_mean(wiring).await?;
+                // With an MLP score network the kernel stores the retrieved vectors, and the
+                // network selects after it.
+                let retrieved = self.retrieved_for_mlp(mlp.as_ref())?;
                 let io = FusedIo::Buffers {
                     proj,
-                    concat,
+                    concat: retrieved.as_ref().unwrap_or(concat),
                     precision: stored,
                 };
                 let own = self.own_keys(&value_mean);
                 self.fused(fused, io, own).await?;
                 self.held.buffers.push(value_mean);
+                self.mlp_selection(mlp.as_ref(), retrieved, proj, concat)
+                    .await?;
             }
             Wiring::Buffers {
                 core: BufferCoreWeights::FusedMemory(fused),
@@ -890,7 +895,7 @@ impl Recorder<'_> {
                     value: String::new(),
                     reason: "a cached plan is built with the KV cache it was resolved for",
                 })?;
-                let retrieved = self.split_kv_retrieved(mlp.as_ref())?;
+                let retrieved = self.retrieved_for_mlp(mlp.as_ref())?;
                 let out = match &retrieved {
                     Some(retrieved) => ops::decode::AttentionOut::Retrieved(retrieved),
                     None => ops::decode::AttentionOut::Concat(concat),
@@ -917,7 +922,7 @@ impl Recorder<'_> {
                     value: String::new(),
                     reason: "a memory plan is built with the memory it was resolved for",
                 })?;
-                let retrieved = self.split_kv_retrieved(mlp.as_ref())?;
+                let retrieved = self.retrieved_for_mlp(mlp.as_ref())?;
                 let out = match &retrieved {
                     Some(retrieved) => ops::decode::AttentionOut::Retrieved(retrieved),
                     None => ops::decode::AttentionOut::Concat(concat),
@@ -941,9 +946,9 @@ impl Recorder<'_> {
         Ok((finish, maps))
     }
 
-    /// Where the split-KV core stores its retrieved values `[b, s, n, r·d]` for an MLP score
-    /// network to select from (`None`: it selects by the dot product itself).
-    fn split_kv_retrieved(&self, mlp: Option<&MlpWeights<'_>>) -> Result<Option<wgpu::Buffer>> {
+    /// Where the split-KV or fused core stores its retrieved values `[b, s, n, r·d]` for an MLP
+    /// score network to select from (`None`: it selects by the dot product itself).
+    fn retrieved_for_mlp(&self, mlp: Option<&MlpWeights<'_>>) -> Result<Option<wgpu::Buffer>> {
         let (c, layout) = (self.config, self.layout);
         mlp.map(|_| {
             memory::storage(
@@ -957,7 +962,7 @@ impl Recorder<'_> {
     }
 
     /// The MLP score network's selection from `retrieved` into the concatenation, after the
-    /// split-KV core (nothing without one).
+    /// split-KV or fused core (nothing without one).
     async fn mlp_selection(
         &mut self,
         mlp: Option<&MlpWeights<'_>>,

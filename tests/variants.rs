@@ -86,7 +86,6 @@ fn check_everywhere(
     expected: &[f64],
     tol: f64,
 ) {
-    let mlp = weights.config().selection_mlp.is_some();
     for ctx in [gpu(), gpu_other_profile()] {
         let mut layer = CompositionalAttention::new(ctx, weights).unwrap();
         for strategy in Strategy::ALL {
@@ -96,14 +95,6 @@ fn check_everywhere(
                 "{what} [{strategy}, {:?} kernels]",
                 ctx.kernel_family_request()
             );
-            if mlp && strategy == Strategy::Fused {
-                match result {
-                    Err(Error::InvalidConfig {
-                        field: "strategy", ..
-                    }) => continue,
-                    other => panic!("{label}: expected the fused strategy refused, got {other:?}"),
-                }
-            }
             let stats = assert_close(&label, &result.unwrap(), expected, tol);
             eprintln!("{label}: {stats}");
         }
@@ -233,10 +224,11 @@ fn forms_without_biases_and_with_prenorm() {
     check_form(f, false, 1, 1, None, "linear score without biases, n = 1");
 }
 
-/// The MLP score network (`nonlinear=True`): the unfused strategy runs it (a layer made from
-/// such a checkpoint starts with it), the fused strategy and generation refuse it by name.
+/// The MLP score network (`nonlinear=True`) runs on both strategies: the fused kernel stores the
+/// retrieved vectors and `retrieval_select` runs the network on them (a layer made from such a
+/// checkpoint starts fused, as every layer); generation runs it too.
 #[test]
-fn the_mlp_score_network_runs_unfused() {
+fn the_mlp_score_network_runs_fused_and_unfused() {
     let f = Form {
         selection: Selection::MlpScore,
         causal: true,
@@ -269,7 +261,8 @@ fn the_mlp_score_network_runs_unfused() {
     let weights = checkpoint.layer_weights().unwrap();
     assert_eq!(weights.config().selection_mlp, Some(4));
     let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
-    assert_eq!(layer.strategy(), Strategy::Unfused);
+    assert_eq!(layer.strategy(), Strategy::Fused);
+    assert!(layer.plan(1, 8).unwrap().core().name() == "fused");
     // Generation runs it after the split-KV core: a prefill equals the causal forward
     // (tests/decode.rs checks decode steps against the reference on prefixes).
     let x = normal(&mut Rng::seed_from_u64(7), 8 * 16, 1.0);

@@ -28,6 +28,11 @@ fn value_at_row(row: u32, column: u32) -> KVec {
     return KVec(values[row * params.v_stride + column]);
 }
 
+// Stores element `column` (in KVec units) of retrieved row `row` ([b·s·n, r·d], SELECT false).
+fn store_retrieved(row: u32, column: u32, value: KVec) {
+    concat[row * VWV + column] = ProjVec(value);
+}
+
 // Stores element `column` (in KVec units, search σ at σ·DV) of token `row`'s output row.
 fn store_concat(row: u32, column: u32, value: KVec) {
     concat[row * params.searches * DV + column] = ProjVec(value);

@@ -24,6 +24,10 @@ fn value_at_row(row: u32, column: u32) -> KVec {
     return kvec(textureLoad(values, texel_coords(row, column), texel_layer(row), 0));
 }
 
+fn store_retrieved(row: u32, column: u32, value: KVec) {
+    textureStore(concat, texel_coords(row, column), texel_layer(row), vec4<f32>(value));
+}
+
 fn store_concat(row: u32, column: u32, value: KVec) {
     textureStore(concat, texel_coords(row, column), texel_layer(row), vec4<f32>(value));
 }

@@ -121,11 +121,7 @@ impl CompositionalAttention {
             config,
             precision,
             weights: DeviceWeights::new(weights),
-            // Only the unfused selection runs an MLP score network (ExecutionPlan::resolve).
-            strategy: match config.selection_mlp {
-                Some(_) => Strategy::Unfused,
-                None => Strategy::default(),
-            },
+            strategy: Strategy::default(),
             workspaces: WorkspaceCache::new(),
             parameters: None,
             parameters_ahead: false,

@@ -82,6 +82,7 @@ pub(crate) fn variant(
         .u32("QPI", tiling.qpi)
         .u32("BK", tiling.bk)
         .bool("STAGE", tiling.stage)
+        .bool("SELECT", !plan.stores_retrieved)
         .u32("D", layout.head as u32)
         .u32("R", layout.retrievals as u32)
         .vector(vector_width(layout.head) as u32)

@@ -118,6 +118,9 @@ pub struct FusedPlan {
     /// The key range of each dispatch: one range, or several where the driver caps loop
     /// iterations per invocation, carrying the online-softmax state between them.
     pub key_chunks: Vec<Range<usize>>,
+    /// An MLP score network selects after the kernel (`retrieval_select`): the kernel stores
+    /// the normalised retrieved vectors `[b, s, n, r·d]` instead of selecting by `Q̃·Ret`.
+    pub stores_retrieved: bool,
 }
 
 impl FusedPlan {
