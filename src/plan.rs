@@ -723,10 +723,11 @@ impl ExecutionPlan {
         let mlp = c.selection_mlp.is_some();
         if mlp && strategy == Strategy::Fused && precision != Precision::F32 {
             return Err(Error::InvalidConfig {
-                field: "selection_mlp",
-                value: format!("{:?}", c.selection_mlp),
-                reason: "the MLP score network's selection (retrieval_select) reads f32 \
-                         projections: run it in f32 storage",
+                field: "strategy",
+                value: "fused".into(),
+                reason: "the MLP score network selects after the fused kernel in f32 storage \
+                         only (retrieval_select reads f32 projections); an f16 layer with one \
+                         runs Strategy::Unfused, which it starts with",
             });
         }
         let layout =

@@ -183,7 +183,7 @@ pub async fn collect_variants(
             match layer.prepare(problem.batch, problem.seq).await {
                 // A problem too large for one strategy on this device (the unfused n × n
                 // buffers), or a form one strategy does not run (an MLP score network in the
-                // fused cores), still contributes the other strategy's variants.
+                // fused core in f16), still contributes the other strategy's variants.
                 Ok(())
                 | Err(Error::LimitExceeded { .. })
                 | Err(Error::InvalidConfig {
@@ -200,8 +200,10 @@ pub async fn collect_variants(
                 Err(e) => return Err(e),
             }
         }
-        // Causal layers generate: a prefill of the whole problem and a decode step.
-        if problem.config.causal {
+        // Causal layers generate: a prefill of the whole problem and a decode step (with an
+        // MLP score network, in f32 storage only).
+        let mlp_in_f16 = problem.config.selection_mlp.is_some() && precision != Precision::F32;
+        if problem.config.causal && !mlp_in_f16 {
             let mut cache = layer.kv_cache(problem.batch, problem.seq)?;
             for seq in [problem.seq, 1] {
                 layer.prepare_cached(&mut cache, seq).await?;

@@ -263,6 +263,24 @@ fn the_mlp_score_network_runs_fused_and_unfused() {
     let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
     assert_eq!(layer.strategy(), Strategy::Fused);
     assert!(layer.plan(1, 8).unwrap().core().name() == "fused");
+    // In f16 storage it starts unfused (f32 intermediates); the fused strategy names itself.
+    if compositional_attention::Precision::F16
+        .check_supported(gpu())
+        .is_ok()
+    {
+        let mut f16 = CompositionalAttention::with_precision(
+            gpu(),
+            &weights,
+            compositional_attention::Precision::F16,
+        )
+        .unwrap();
+        assert_eq!(f16.strategy(), Strategy::Unfused);
+        f16.set_strategy(Strategy::Fused);
+        match f16.plan(1, 8) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "strategy"),
+            other => panic!("expected the fused strategy refused in f16, got {other:?}"),
+        }
+    }
     // Generation runs it after the split-KV core: a prefill equals the causal forward
     // (tests/decode.rs checks decode steps against the reference on prefixes).
     let x = normal(&mut Rng::seed_from_u64(7), 8 * 16, 1.0);

@@ -121,7 +121,12 @@ impl CompositionalAttention {
             config,
             precision,
             weights: DeviceWeights::new(weights),
-            strategy: Strategy::default(),
+            // The MLP score network selects after the fused kernel in f32 storage only
+            // (ExecutionPlan::resolve); in f16 the unfused strategy (f32 intermediates) runs it.
+            strategy: match (config.selection_mlp, precision) {
+                (Some(_), Precision::F16) => Strategy::Unfused,
+                _ => Strategy::default(),
+            },
             workspaces: WorkspaceCache::new(),
             parameters: None,
             parameters_ahead: false,
