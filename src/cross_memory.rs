@@ -42,6 +42,12 @@ pub(crate) struct Attended {
     causal_offset: Option<usize>,
 }
 
+impl Attended {
+    fn bytes(&self) -> u64 {
+        self.value_mean.size() + self.rows.as_ref().map_or(0, MemoryRows::bytes)
+    }
+}
+
 /// Keys and values projected once from a memory, on the GPU, for
 /// [`CompositionalAttention::forward_cross`](crate::CompositionalAttention::forward_cross).
 /// See the module documentation.
@@ -116,9 +122,7 @@ impl Memory {
             .iter()
             .map(|buffer| buffer.size())
             .sum::<u64>()
-            + self.attended.as_ref().map_or(0, |a| {
-                a.value_mean.size() + a.rows.as_ref().map_or(0, MemoryRows::bytes)
-            })
+            + self.attended.as_ref().map_or(0, Attended::bytes)
             + workspaces
     }
 

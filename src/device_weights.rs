@@ -401,44 +401,45 @@ impl DeviceWeights {
                     }),
                     None => None,
                 };
+                // The MLP score network, for the unfused selection and the cores that store the
+                // retrieved vectors for it (uploaded once, `None` without one).
+                let selects_with_mlp = match core {
+                    BufferCore::Fused(fused) => fused.stores_retrieved,
+                    BufferCore::Cached(split) | BufferCore::Memory(split) => split.mlp_selection,
+                    BufferCore::Unfused => true,
+                    BufferCore::FusedMemory(_) => false,
+                };
+                let mlp = match selects_with_mlp {
+                    true => upload_mlp(ctx, host, selection_mlp)?,
+                    false => None,
+                };
                 let core = match core {
                     BufferCore::Fused(fused) => BufferCoreWeights::Fused {
                         plan: fused.clone(),
-                        mlp: match fused.stores_retrieved {
-                            true => upload_mlp(ctx, host, selection_mlp)?,
-                            false => None,
-                        },
+                        mlp,
                     },
                     BufferCore::FusedMemory(fused) => BufferCoreWeights::FusedMemory(fused.clone()),
                     BufferCore::Cached(cached) => BufferCoreWeights::Cached {
                         plan: cached.splits,
-                        mlp: match cached.mlp_selection {
-                            true => upload_mlp(ctx, host, selection_mlp)?,
-                            false => None,
-                        },
+                        mlp,
                     },
                     BufferCore::Memory(memory) => BufferCoreWeights::Memory {
                         plan: memory.splits,
-                        mlp: match memory.mlp_selection {
-                            true => upload_mlp(ctx, host, selection_mlp)?,
-                            false => None,
-                        },
+                        mlp,
                     },
-                    BufferCore::Unfused => {
-                        BufferCoreWeights::Unfused(match upload_mlp(ctx, host, selection_mlp)? {
-                            Some(mlp) => Selection::Mlp(mlp),
-                            None => Selection::DotProduct {
-                                scale: c.scale() as f32,
-                                w_rk: filled(retrieval_keys, || {
-                                    memory::storage_init(
-                                        ctx,
-                                        "to_retrieval_keys.weight",
-                                        &host.retrieval_keys,
-                                    )
-                                })?,
-                            },
-                        })
-                    }
+                    BufferCore::Unfused => BufferCoreWeights::Unfused(match mlp {
+                        Some(mlp) => Selection::Mlp(mlp),
+                        None => Selection::DotProduct {
+                            scale: c.scale() as f32,
+                            w_rk: filled(retrieval_keys, || {
+                                memory::storage_init(
+                                    ctx,
+                                    "to_retrieval_keys.weight",
+                                    &host.retrieval_keys,
+                                )
+                            })?,
+                        },
+                    }),
                 };
                 RouteWeights::Buffers { gemm, biases, core }
             }

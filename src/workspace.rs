@@ -791,11 +791,7 @@ impl Recorder<'_> {
                     *blocked,
                     scale,
                     proj,
-                    ops::key_values::KeyValues::Own {
-                        causal: c.causal,
-                        mask: IoSlot::Mask.into(),
-                        value_mean: &value_mean,
-                    },
+                    self.own_keys(&value_mean),
                     concat,
                 )
                 .await?;
@@ -896,10 +892,7 @@ impl Recorder<'_> {
                     reason: "a cached plan is built with the KV cache it was resolved for",
                 })?;
                 let retrieved = self.retrieved_for_mlp(mlp.as_ref())?;
-                let out = match &retrieved {
-                    Some(retrieved) => ops::decode::AttentionOut::Retrieved(retrieved),
-                    None => ops::decode::AttentionOut::Concat(concat),
-                };
+                let out = ops::decode::AttentionOut::of(retrieved.as_ref(), concat);
                 let step =
                     ops::decode::bind(ctx, &layout, cached, scale, proj, IoSlot::Mask, cache, out)
                         .await?;
@@ -923,10 +916,7 @@ impl Recorder<'_> {
                     reason: "a memory plan is built with the memory it was resolved for",
                 })?;
                 let retrieved = self.retrieved_for_mlp(mlp.as_ref())?;
-                let out = match &retrieved {
-                    Some(retrieved) => ops::decode::AttentionOut::Retrieved(retrieved),
-                    None => ops::decode::AttentionOut::Concat(concat),
-                };
+                let out = ops::decode::AttentionOut::of(retrieved.as_ref(), concat);
                 let attended = ops::decode::bind_attention(
                     ctx,
                     &layout,

@@ -229,6 +229,16 @@ pub(crate) enum AttentionOut<'a> {
     Retrieved(&'a wgpu::Buffer),
 }
 
+impl<'a> AttentionOut<'a> {
+    /// Into `retrieved` where an MLP score network selects afterwards, else into `concat`.
+    pub(crate) fn of(retrieved: Option<&'a wgpu::Buffer>, concat: &'a wgpu::Buffer) -> Self {
+        match retrieved {
+            Some(retrieved) => AttentionOut::Retrieved(retrieved),
+            None => AttentionOut::Concat(concat),
+        }
+    }
+}
+
 /// Binds the split attention of the `layout.seq` queries of `proj` over `cache` (each query at
 /// position `cache.state[0] + i` sees the positions up to its own) and the reduce into `out`;
 /// allocates the split partials.

@@ -55,7 +55,8 @@ impl MemoryRows {
     }
 }
 
-/// Allocates a memory's [`MemoryRows`] and binds their fill from its f32 cache.
+/// Allocates a memory's [`MemoryRows`] and binds their fill from its cache (f32: the blocked
+/// core runs f32 layers only).
 pub(crate) async fn memory_rows(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
