@@ -22,14 +22,15 @@
 //            @binding(1) proj        [b·n, (3s + r)·d] texel rows  packed [SQ | SK | Q̃ | RV]
 //            @binding(2) mask        [b, kv_seq] u32, 1 = key may be attended
 //            @binding(3) value_mean  [b, r·d / 4] vec4
-//            @binding(4) retrieved   [b·s·n, r·d] texel rows, written
+//            @binding(4) retrieved   [b·s·n, r·d] texel rows, written (rgba32float, or rgba16float
+//                                    for an f16 layer: alias RetrievedTexels)
 //            @binding(5) key_rows    texel rows holding SK (`proj`, or a memory's [b·s·L, d])
 //            @binding(6) value_rows  texel rows holding RV (`proj`, or a memory's [b·L, r·d])
 // Dispatch   one workgroup per (b, σ, tile of 8·WG queries, block of 4·COLS value columns), group =
 //            ((b·s + σ)·tiles + tile)·col_blocks + col_block, numbered linearly over x and y.
 //            Lane `lane` owns queries tile·8·WG + q·WG + lane (q < 8: rows of blocks 0 and 1).
 // Host constants  WG, DV (= d / 4), COLS (value texels per block: 4, 8 or 16),
-//            RPL.
+//            RPL; alias RetrievedTexels (the written texel format).
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
@@ -55,7 +56,7 @@ struct Params {
 @group(0) @binding(1) var proj: texture_2d_array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
 @group(0) @binding(3) var<storage, read> value_mean: array<vec4<f32>>;
-@group(0) @binding(4) var retrieved: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(4) var retrieved: RetrievedTexels;
 @group(0) @binding(5) var key_rows: texture_2d_array<f32>;
 @group(0) @binding(6) var value_rows: texture_2d_array<f32>;
 
@@ -185,7 +186,7 @@ fn store(o: mat4x4<f32>, r: u32, cb: u32, running_sum: vec4<f32>) {
             // running_sum is 0 (no allowed key: uniform row) or at least 1.
             let value = select(rows[q] / max(running_sum[q], 1.0), mean, running_sum[q] == 0.0);
             let out_row = (batch_index * params.searches + head) * params.seq + row;
-            textureStore(retrieved, texel_coords(out_row, t), texel_layer(out_row), value);
+            textureStore(retrieved, texel_coords(out_row, t), texel_layer(out_row), to_RetrievedTexels(value));
         }
     }
 }

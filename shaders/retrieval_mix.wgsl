@@ -8,9 +8,10 @@
 // Bindings   @binding(0) params (uniform)  rows (= b·s·n), seq, searches, qt_offset (texels), scale
 //            @binding(1) proj       [b·n, (3s + r)·d] texel rows
 //            @binding(2) retrieved  [b·s·n, r·d] texel rows
-//            @binding(3) concat     [b·n, s·d] texel rows, written
+//            @binding(3) concat     [b·n, s·d] texel rows, written (rgba32float, or rgba16float
+//                                   for an f16 layer: alias ConcatTexels)
 // Dispatch   one invocation per (b, σ, i), WG per workgroup, numbered linearly over x and y.
-// Host constants  WG, DV (= d / 4), R, RPL.
+// Host constants  WG, DV (= d / 4), R, RPL; alias ConcatTexels (the written texel format).
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
@@ -27,7 +28,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var proj: texture_2d_array<f32>;
 @group(0) @binding(2) var retrieved: texture_2d_array<f32>;
-@group(0) @binding(3) var concat: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(3) var concat: ConcatTexels;
 
 const LOWEST: f32 = -3.4028234663852886e38;
 
@@ -76,6 +77,6 @@ fn main(
             o += logit[rho] * retrieved_texel(row, rho * DV + t);
         }
         let texel = head * DV + t;
-        textureStore(concat, texel_coords(token, texel), texel_layer(token), o / weight_sum);
+        textureStore(concat, texel_coords(token, texel), texel_layer(token), to_ConcatTexels(o / weight_sum));
     }
 }

@@ -732,13 +732,14 @@ impl ExecutionPlan {
         }
         let layout =
             ProjectionLayout::new(batch, seq, c.num_searches, c.num_retrievals, c.dim_head);
-        // Texel projections are f32 and biases are added to buffers (ops::bias_add): an f16 or
-        // biased layer's core reads buffers.
-        // An MLP score network selects after the fused kernel on buffers (retrieval_select).
+        // Biases are added to buffers (ops::bias_add): a biased layer's core reads buffers. An
+        // MLP score network selects after the fused kernel on buffers (retrieval_select). The
+        // blocked core writes texel rows in the layer's precision (rgba16float for f16, so f16
+        // storage runs the CPU family's fast core); the general fused kernel's texel variant
+        // writes f32 texels only, so an f16 layer it would run reads f16 buffers instead.
         let texel_core = OperandStorage::of_operands(ctx) == OperandStorage::Texels
             && !c.bias
-            && !mlp
-            && precision == Precision::F32;
+            && !mlp;
         let blocked = match texel_core {
             true => BlockedPlan::resolve(ctx, &layout),
             false => None,
@@ -750,7 +751,10 @@ impl ExecutionPlan {
                 Some(blocked) => Route::texels(ctx, c, rows, TexelCore::Blocked(blocked)),
                 None => {
                     let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
-                    if texel_core && c.dim_head.is_multiple_of(4) {
+                    if texel_core
+                        && precision == Precision::F32
+                        && c.dim_head.is_multiple_of(4)
+                    {
                         let fused =
                             FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Texels)?;
                         Route::texels(ctx, c, rows, TexelCore::Fused(fused))
@@ -1095,15 +1099,18 @@ impl ExecutionPlan {
     }
 
     /// The precision of the projections the core reads and the concatenation it writes: the
-    /// layer's in the fused and cached cores, f32 in the unfused core (its kernels, a
-    /// debugging path, read and write f32) and the blocked core (texel rows are f32).
+    /// layer's in the fused, blocked and cached cores (buffers of that type, or `rgba16float`
+    /// texel rows for f16), f32 in the unfused core (its kernels, a debugging path, read and
+    /// write f32).
     pub fn intermediates(&self) -> Precision {
         match self.core() {
             CorePlan::Fused(_)
             | CorePlan::FusedMemory(_)
+            | CorePlan::Blocked(_)
+            | CorePlan::BlockedMemory(_)
             | CorePlan::Cached(_)
             | CorePlan::Memory(_) => self.precision,
-            CorePlan::Unfused | CorePlan::Blocked(_) | CorePlan::BlockedMemory(_) => Precision::F32,
+            CorePlan::Unfused => Precision::F32,
         }
     }
 

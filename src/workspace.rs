@@ -87,7 +87,8 @@ enum Wiring<'w> {
 }
 
 impl<'w> Wiring<'w> {
-    /// Allocates the core's operands for `route`; `precision`: of buffers (texel rows are f32).
+    /// Allocates the core's operands for `route` in `precision` (the plan's intermediates):
+    /// buffers of that element type, or texel rows of that format.
     fn new(
         ctx: &GpuContext,
         layout: &ProjectionLayout,
@@ -101,8 +102,20 @@ impl<'w> Wiring<'w> {
                 gemm,
                 core,
                 operands: TexelPair {
-                    proj: TexelRows::new(ctx, "projections", rows, layout.row_stride)?,
-                    concat: TexelRows::new(ctx, "concatenated searches", rows, search_width)?,
+                    proj: TexelRows::new_in(
+                        ctx,
+                        "projections",
+                        rows,
+                        layout.row_stride,
+                        precision,
+                    )?,
+                    concat: TexelRows::new_in(
+                        ctx,
+                        "concatenated searches",
+                        rows,
+                        search_width,
+                        precision,
+                    )?,
                 },
             },
             RouteWeights::Buffers { gemm, biases, core } => Wiring::Buffers {

@@ -99,8 +99,46 @@ fn check_forward(
     assert_eq!(layer.precision(), Precision::F16);
     for strategy in Strategy::ALL {
         layer.set_strategy(strategy);
+        let core = layer.plan(batch, seq).unwrap().core().name();
         let y = layer.forward_blocking(&input.x, batch, seq, mask).unwrap();
-        assert_within_floor(&format!("{what}, {strategy}"), &y, &exact, &stored);
+        assert_within_floor(&format!("{what}, {strategy} ({core})"), &y, &exact, &stored);
+    }
+}
+
+/// An f16 layer runs the core an f32 layer of its configuration runs, with its projections,
+/// retrieved vectors and concatenation stored in f16: on CPU drivers the blocked core over
+/// `rgba16float` texel rows, not a slower kernel over f16 buffers (issue 18, target 3).
+#[test]
+fn f16_runs_the_core_f32_runs() {
+    let ctx = gpu();
+    if !has_f16(ctx) {
+        return;
+    }
+    let (seed, what) = seed("f16 core");
+    let (batch, seq) = (2, 70);
+    for c in [config(64, 16, 4, 2), config(96, 32, 2, 3).causal(true)] {
+        let (weights, input) = random_problem(c, batch, seq, None, 1.0, seed).unwrap();
+        let mut half =
+            CompositionalAttention::with_precision(ctx, &weights, Precision::F16).unwrap();
+        let full = CompositionalAttention::new(ctx, &weights).unwrap();
+        let (half_plan, full_plan) = (
+            half.plan(batch, seq).unwrap(),
+            full.plan(batch, seq).unwrap(),
+        );
+        assert_eq!(half_plan.core(), full_plan.core(), "{what}: {c:?}");
+        assert_eq!(half_plan.core_storage(), full_plan.core_storage(), "{what}");
+        assert_eq!(half_plan.intermediates(), Precision::F16, "{what}");
+        let (exact, stored) = references(
+            &weights,
+            &input.x,
+            batch,
+            seq,
+            None,
+            &all_rows(batch, seq),
+        );
+        let y = half.forward_blocking(&input.x, batch, seq, None).unwrap();
+        let core = half_plan.core().name();
+        assert_within_floor(&format!("{what} ({core})"), &y, &exact, &stored);
     }
 }
 

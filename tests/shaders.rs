@@ -258,9 +258,11 @@ fn every_variant_parses_and_validates_with_webgpu_capabilities() {
     });
 }
 
-/// Whether the module stores f16 (a variant of `Precision::F16`).
+/// Whether the module stores f16 (a variant of `Precision::F16`): an f16 type, or a conversion
+/// to f16 (a store to `rgba16float` texel rows rounds through `vec4<f16>`, a conversion that
+/// names no type).
 fn uses_f16(module: &naga::Module) -> bool {
-    module.types.iter().any(|(_, ty)| {
+    let f16_type = module.types.iter().any(|(_, ty)| {
         matches!(
             ty.inner,
             naga::TypeInner::Scalar(naga::Scalar::F16)
@@ -269,7 +271,25 @@ fn uses_f16(module: &naga::Module) -> bool {
                     ..
                 }
         )
-    })
+    });
+    let to_f16 = |function: &naga::Function| {
+        function.expressions.iter().any(|(_, expression)| {
+            matches!(
+                expression,
+                naga::Expression::As {
+                    kind: naga::ScalarKind::Float,
+                    convert: Some(2),
+                    ..
+                }
+            )
+        })
+    };
+    f16_type
+        || module.functions.iter().any(|(_, function)| to_f16(function))
+        || module
+            .entry_points
+            .iter()
+            .any(|entry| to_f16(&entry.function))
 }
 
 #[test]

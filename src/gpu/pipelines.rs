@@ -82,6 +82,11 @@ pub enum Constant {
     /// The element type of a stored operand: `alias NAME = f32 | f16;`, and where the variant
     /// has a vector width, `alias NAMEVec` of that width.
     Stored(Precision),
+    /// A written texel matrix of a stored precision: `alias NAME =
+    /// texture_storage_2d_array<rgba32float | rgba16float, write>;` (WGSL spells the texel
+    /// format in the type, so an f16 layer's texel rows need their own declaration), and
+    /// `fn to_NAME(v: vec4<f32>) -> vec4<f32>`, which rounds to the stored precision.
+    TexelStore(Precision),
 }
 
 /// A kernel plus its constants: exactly one compute pipeline.
@@ -145,6 +150,18 @@ impl ShaderVariant {
         self
     }
 
+    /// Declares the type of a written texel matrix (`shaders/` call these `...Texels`) stored
+    /// in `precision`: `rgba32float`, or `rgba16float` for f16, and `fn to_NAME`, through which
+    /// the kernel passes every value it stores. For f16 that rounds to nearest in the shader
+    /// (`vec4<f16>(v)`, as a buffer store does): Vulkan lets a store to an `rgba16float` image
+    /// round either way, and lavapipe's rounding doubled the f16 forward's error against the
+    /// same layer on f16 buffers (tests/precision.rs). `textureLoad` widens back, so the kernel
+    /// text is the same for both precisions.
+    pub fn texel_store(mut self, name: &'static str, precision: Precision) -> Self {
+        self.constants.push((name, Constant::TexelStore(precision)));
+        self
+    }
+
     /// The kernel's file stem.
     pub fn kernel_name(&self) -> &'static str {
         self.kernel.name
@@ -167,7 +184,9 @@ impl ShaderVariant {
                 Constant::Bool(v) => v.to_string(),
                 Constant::Type(t) => t.replace(['<', '>'], ""),
                 Constant::Vector(width) => width.to_string(),
-                Constant::Stored(precision) => precision.name().to_string(),
+                Constant::Stored(precision) | Constant::TexelStore(precision) => {
+                    precision.name().to_string()
+                }
             };
             let _ = write!(label, "_{name}{value}");
         }
@@ -177,10 +196,12 @@ impl ShaderVariant {
     /// The complete WGSL text the host submits: the preamble, then the kernel file.
     pub fn wgsl(&self) -> String {
         // Directives come before every declaration.
-        let needs_f16 = self
-            .constants
-            .iter()
-            .any(|(_, value)| *value == Constant::Stored(Precision::F16));
+        let needs_f16 = self.constants.iter().any(|(_, value)| {
+            matches!(
+                value,
+                Constant::Stored(Precision::F16) | Constant::TexelStore(Precision::F16)
+            )
+        });
         let mut text = format!(
             "{}// {}.wgsl, specialised by the host (src/gpu/pipelines.rs)\n",
             if needs_f16 { "enable f16;\n" } else { "" },
@@ -207,6 +228,17 @@ impl ShaderVariant {
                      fn kdot(a: KVec, b: KVec) -> f32 {{ return a * b; }}\n\
                      fn kvec(texel: vec4<f32>) -> KVec {{ return texel.x; }}"
                 ),
+                Constant::TexelStore(precision) => {
+                    let (format, rounded) = match precision {
+                        Precision::F32 => ("rgba32float", "v"),
+                        Precision::F16 => ("rgba16float", "vec4<f32>(vec4<f16>(v))"),
+                    };
+                    writeln!(
+                        text,
+                        "alias {name} = texture_storage_2d_array<{format}, write>;\n\
+                         fn to_{name}(v: vec4<f32>) -> vec4<f32> {{ return {rounded}; }}"
+                    )
+                }
                 Constant::Stored(precision) => {
                     let scalar = precision.wgsl();
                     match width {

@@ -91,7 +91,7 @@ impl TexelRows {
     }
 
     /// An uninitialised texel matrix of `precision` (`rgba16float` for f16).
-    fn new_in(
+    pub(crate) fn new_in(
         ctx: &GpuContext,
         label: &str,
         rows: usize,
@@ -208,6 +208,11 @@ impl TexelRows {
     #[cfg(test)]
     pub(crate) fn texture(&self) -> &wgpu::Texture {
         &self.texture
+    }
+
+    /// The precision of its texels: `rgba32float` or `rgba16float`.
+    pub(crate) fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The 2-D array view kernels bind.

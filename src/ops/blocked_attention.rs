@@ -21,6 +21,7 @@ use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
 use crate::ops::kernel_params::BlockedPlan;
 use crate::ops::key_values::{KeyValues, MemoryKeys};
+use crate::precision::Precision;
 
 static BLOCKED_ATTENTION: Kernel = kernel!("blocked_attention", includes: ["texel_rows"]);
 static RETRIEVAL_MIX: Kernel = kernel!("retrieval_mix", includes: ["texel_rows"]);
@@ -63,10 +64,13 @@ uniform! {
     }
 }
 
+/// The two kernels; `precision`: of the texel rows they write (`retrieved`, `concat`), the
+/// layer's intermediates (`ExecutionPlan::intermediates`).
 pub(crate) fn variants(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
     plan: BlockedPlan,
+    precision: Precision,
 ) -> [ShaderVariant; 2] {
     let dv = (layout.head / 4) as u32;
     [
@@ -74,12 +78,14 @@ pub(crate) fn variants(
             .u32("WG", WG)
             .u32("DV", dv)
             .u32("COLS", plan.block_texels as u32)
-            .u32("RPL", rows_per_layer(ctx)),
+            .u32("RPL", rows_per_layer(ctx))
+            .texel_store("RetrievedTexels", precision),
         ShaderVariant::new(&RETRIEVAL_MIX)
             .u32("WG", MIX_WG)
             .u32("DV", dv)
             .u32("R", layout.retrievals as u32)
-            .u32("RPL", rows_per_layer(ctx)),
+            .u32("RPL", rows_per_layer(ctx))
+            .texel_store("ConcatTexels", precision),
     ]
 }
 
@@ -93,7 +99,8 @@ pub(crate) struct BlockedCore {
 
 /// Allocates `retrieved [b·s·n, r·d]` and binds both kernels: `retrieved` from `proj` (whose RQ
 /// block holds `RQ·W_rk`) and `keys_values`, then `concat [b·n, s·d]`, as `plan`
-/// (`BlockedPlan::resolve`) says.
+/// (`BlockedPlan::resolve`) says. `retrieved` is stored as `concat` is: `rgba16float` texels for
+/// an f16 layer, whose projections and concatenation are f16 on every fused core.
 pub(crate) async fn bind(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
@@ -103,13 +110,15 @@ pub(crate) async fn bind(
     keys_values: KeyValues<'_>,
     concat: &TexelRows,
 ) -> Result<BlockedCore> {
-    let retrieved = TexelRows::new(
+    let precision = concat.precision();
+    let retrieved = TexelRows::new_in(
         ctx,
         "retrieved",
         layout.batch * layout.searches * layout.seq,
         layout.retrievals * layout.head,
+        precision,
     )?;
-    let [blocked, mix] = variants(ctx, layout, plan);
+    let [blocked, mix] = variants(ctx, layout, plan, precision);
     let value_texels = layout.retrievals * layout.head / 4;
     let tiles = layout.seq.div_ceil(ROWS);
     let col_blocks = value_texels.div_ceil(plan.block_texels);

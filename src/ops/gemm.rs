@@ -79,7 +79,7 @@ pub(crate) enum GemmOperands<'a> {
     },
     /// `gemm_texture.wgsl`: texel-row operands (the shape is theirs; `rgba16float` weights of
     /// an f16 layer read the same); the output is a buffer stored in `out_precision` or, for a
-    /// consumer that reads texels, f32 texel rows.
+    /// consumer that reads texels, texel rows in their own format.
     Texels {
         /// The texel kernel the plan chose for this GEMM's rows (`plan::GemmPlan::Texels`).
         kernel: TexelGemmKernel,
@@ -202,7 +202,7 @@ pub(crate) fn gemv_variant(ctx: &GpuContext, precision: Precision) -> ShaderVari
 /// Workgroup size of the texel GEMM: one 8-lane SIMD vector of rows on lavapipe.
 const TEXEL_WG: u32 = 8;
 
-/// `precision`: of a buffer output (texel outputs are f32).
+/// `precision`: of the output, a buffer or texel rows (`rgba16float` for f16).
 pub(crate) fn texel_variant(
     ctx: &GpuContext,
     out_texels: bool,
@@ -213,7 +213,7 @@ pub(crate) fn texel_variant(
         .u32("WG", TEXEL_WG)
         .u32("RPL", rows_per_layer(ctx));
     if out_texels {
-        variant
+        variant.texel_store("OutTexels", precision)
     } else {
         variant.stored("Out", precision)
     }
@@ -301,9 +301,10 @@ pub(crate) async fn texel_dispatches_into(
             hint: None,
         });
     }
-    let out: Bind<'_> = match out {
-        Rows::Buffer(buffer) => buffer.into(),
-        Rows::Texels(texels) => texels.view().into(),
+    // Texel rows carry their own format; `out_precision` is a buffer's.
+    let (out, out_precision): (Bind<'_>, _) = match out {
+        Rows::Buffer(buffer) => (buffer.into(), out_precision),
+        Rows::Texels(texels) => (texels.view().into(), texels.precision()),
     };
     let variant = texel_variant(ctx, out_texels, out_precision);
     let mut dispatches = Vec::with_capacity(slices.len());

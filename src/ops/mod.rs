@@ -162,7 +162,7 @@ mod uniform_layouts {
         };
         let fused = FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Buffers).unwrap();
         let blocked = BlockedPlan { block_texels: 4 };
-        let [blocked_variant, mix_variant] = blocked_attention::variants(ctx, &layout, blocked);
+        let [blocked_variant, mix_variant] = blocked_attention::variants(ctx, &layout, blocked, Precision::F32);
         let shape = gemm::GemmShape { m: 4, n: 4, k: 4 };
         let wgsl =
             |variant: crate::gpu::pipelines::ShaderVariant| (variant.label(), variant.wgsl());
