@@ -16,8 +16,13 @@
 //            fetch is a gather; arrays indexed in loops live in memory. Here each lane holds 8
 //            queries × 4·COLS value columns as named 4 × 4 matrices and computes scores for 16
 //            keys at a time as 4 × 4 matrix products, like gemm_texture.wgsl: 23 to 30
-//            multiply-adds per texel fetched. Scores are recomputed for each block of value
-//            columns (r·d / (4·COLS) blocks): more arithmetic, far fewer fetches per multiply-add.
+//            multiply-adds per texel fetched. Value columns past one block's 4·COLS are split
+//            over SLICES groups of WG lanes (ARCHITECTURE decision 18): lane `lane` of every
+//            slice owns the same 8 queries, and each key tile's scores are computed once, each
+//            4-key block by one slice, and shared through workgroup memory, where a workgroup
+//            per block would recompute them SLICES times (8 times at r·d = 512). A workgroup
+//            runs on one CPU thread on lavapipe, so a slice that computes no block is not idle
+//            hardware: the work is what it costs.
 // Bindings   @binding(0) params (uniform)  see Params; offsets and widths count texels
 //            @binding(1) proj        [b·n, (3s + r)·d] texel rows  packed [SQ | SK | Q̃ | RV]
 //            @binding(2) mask        [b, kv_seq] u32, 1 = key may be attended
@@ -26,11 +31,14 @@
 //                                    for an f16 layer: alias RetrievedTexels)
 //            @binding(5) key_rows    texel rows holding SK (`proj`, or a memory's [b·s·L, d])
 //            @binding(6) value_rows  texel rows holding RV (`proj`, or a memory's [b·L, r·d])
-// Dispatch   one workgroup per (b, σ, tile of 8·WG queries, block of 4·COLS value columns), group =
-//            ((b·s + σ)·tiles + tile)·col_blocks + col_block, numbered linearly over x and y.
-//            Lane `lane` owns queries tile·8·WG + q·WG + lane (q < 8: rows of blocks 0 and 1).
-// Host constants  WG, DV (= d / 4), COLS (value texels per block: 4, 8 or 16),
-//            RPL; alias RetrievedTexels (the written texel format).
+// Dispatch   one workgroup of LANES = WG·SLICES invocations per (b, σ, tile of 8·WG queries, group
+//            of SLICES blocks of 4·COLS value columns), group = ((b·s + σ)·tiles + tile)·
+//            slice_groups + slice_group, numbered linearly over x and y. Invocation `index` is
+//            lane index % WG of slice index / WG, which computes value block
+//            slice_group·SLICES + slice; the lane owns queries tile·8·WG + q·WG + lane (q < 8:
+//            rows of blocks 0 and 1).
+// Host constants  WG, DV (= d / 4), COLS (value texels per block: 4, 8 or 16), SLICES (1 to 8),
+//            LANES (= WG·SLICES), RPL; alias RetrievedTexels (the written texel format).
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
@@ -43,7 +51,7 @@ struct Params {
     value_texels: u32,
     scale: f32,
     tiles: u32,
-    col_blocks: u32,
+    slice_groups: u32,
     causal: u32,
     kv_seq: u32,
     k_batch_rows: u32,
@@ -61,6 +69,10 @@ struct Params {
 @group(0) @binding(6) var value_rows: texture_2d_array<f32>;
 
 const BK: u32 = 16u;
+
+// One key tile's scores, [key block][query block][lane] as [key][query] blocks, written by the
+// slice that computes each key block and read by every slice (SLICES > 1 only).
+var<workgroup> tile_scores: array<mat4x4<f32>, 8u * WG>;
 // -FLT_MAX, spelled so that every WGSL front end accepts it as exactly representable.
 const LOWEST: f32 = -3.4028234663852886e38;
 
@@ -120,6 +132,55 @@ fn keys_allowed(j: u32, end: u32) -> vec4<bool> {
 fn visible(scores: vec4<f32>, allowed: bool, j: u32, rows: vec4<u32>) -> vec4<f32> {
     let future = vec4<bool>(params.causal != 0u) & (vec4<u32>(j) > rows + vec4<u32>(params.causal_offset));
     return select(vec4<f32>(LOWEST), scores, vec4<bool>(allowed) & !future);
+}
+
+// Scores of keys j .. j + 3 for the queries of blocks 0 (rows0) and 1 (rows1), masked:
+// [key][query] each.
+struct ScorePair {
+    q0: mat4x4<f32>,
+    q1: mat4x4<f32>,
+}
+
+fn block_scores(r0: u32, r1: u32, j: u32, end: u32, rows0: vec4<u32>, rows1: vec4<u32>) -> ScorePair {
+    var s0 = mat4x4<f32>();
+    var s1 = mat4x4<f32>();
+    for (var t = 0u; t < DV; t++) {
+        let k = key_block(j, t);
+        s0 += query_block(r0, t) * k;
+        s1 += query_block(r1, t) * k;
+    }
+    let allowed = keys_allowed(j, end);
+    return ScorePair(masked(s0, j, allowed, rows0), masked(s1, j, allowed, rows1));
+}
+
+// Scores of keys j .. j + 7 (two blocks) for both query blocks, reading each query texel once:
+// what a slice of two computes.
+struct ScoreQuad {
+    a: ScorePair,
+    b: ScorePair,
+}
+
+fn two_block_scores(r0: u32, r1: u32, j: u32, end: u32, rows0: vec4<u32>, rows1: vec4<u32>) -> ScoreQuad {
+    var s0a = mat4x4<f32>();
+    var s1a = mat4x4<f32>();
+    var s0b = mat4x4<f32>();
+    var s1b = mat4x4<f32>();
+    for (var t = 0u; t < DV; t++) {
+        let q0 = query_block(r0, t);
+        let q1 = query_block(r1, t);
+        let ka = key_block(j, t);
+        let kb = key_block(j + 4u, t);
+        s0a += q0 * ka;
+        s1a += q1 * ka;
+        s0b += q0 * kb;
+        s1b += q1 * kb;
+    }
+    let allowed_a = keys_allowed(j, end);
+    let allowed_b = keys_allowed(j + 4u, end);
+    return ScoreQuad(
+        ScorePair(masked(s0a, j, allowed_a, rows0), masked(s1a, j, allowed_a, rows1)),
+        ScorePair(masked(s0b, j + 4u, allowed_b, rows0), masked(s1b, j + 4u, allowed_b, rows1)),
+    );
 }
 
 // A [key][query] score block with invisible entries set to LOWEST.
@@ -191,22 +252,24 @@ fn store(o: mat4x4<f32>, r: u32, cb: u32, running_sum: vec4<f32>) {
     }
 }
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(LANES)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lane: u32,
+    @builtin(local_invocation_index) index: u32,
 ) {
     let linear = group.x + group.y * groups.x;
-    let col_block = linear % params.col_blocks;
-    let tile = (linear / params.col_blocks) % params.tiles;
-    let bs = linear / (params.col_blocks * params.tiles);
+    let slice_group = linear % params.slice_groups;
+    let tile = (linear / params.slice_groups) % params.tiles;
+    let bs = linear / (params.slice_groups * params.tiles);
     if (bs >= params.batch * params.searches) {
         return;
     }
+    let slice = index / WG;
+    let lane = index % WG;
     batch_index = bs / params.searches;
     head = bs % params.searches;
-    col0 = col_block * COLS;
+    col0 = (slice_group * SLICES + slice) * COLS;
     let r0 = tile * 8u * WG + lane;
     let r1 = r0 + 4u * WG;
     let rows0 = vec4<u32>(r0, r0 + WG, r0 + 2u * WG, r0 + 3u * WG);
@@ -264,34 +327,64 @@ fn main(
         var s11 = mat4x4<f32>();
         var s12 = mat4x4<f32>();
         var s13 = mat4x4<f32>();
-        for (var t = 0u; t < DV; t++) {
-            let q0 = query_block(r0, t);
-            let q1 = query_block(r1, t);
-            let k0 = key_block(j0, t);
-            let k1 = key_block(j0 + 4u, t);
-            let k2 = key_block(j0 + 8u, t);
-            let k3 = key_block(j0 + 12u, t);
-            s00 += q0 * k0;
-            s01 += q0 * k1;
-            s02 += q0 * k2;
-            s03 += q0 * k3;
-            s10 += q1 * k0;
-            s11 += q1 * k1;
-            s12 += q1 * k2;
-            s13 += q1 * k3;
+        if (SLICES == 1u) {
+            for (var t = 0u; t < DV; t++) {
+                let q0 = query_block(r0, t);
+                let q1 = query_block(r1, t);
+                let k0 = key_block(j0, t);
+                let k1 = key_block(j0 + 4u, t);
+                let k2 = key_block(j0 + 8u, t);
+                let k3 = key_block(j0 + 12u, t);
+                s00 += q0 * k0;
+                s01 += q0 * k1;
+                s02 += q0 * k2;
+                s03 += q0 * k3;
+                s10 += q1 * k0;
+                s11 += q1 * k1;
+                s12 += q1 * k2;
+                s13 += q1 * k3;
+            }
+            let a0 = keys_allowed(j0, key_end);
+            let a1 = keys_allowed(j0 + 4u, key_end);
+            let a2 = keys_allowed(j0 + 8u, key_end);
+            let a3 = keys_allowed(j0 + 12u, key_end);
+            s00 = masked(s00, j0, a0, rows0);
+            s01 = masked(s01, j0 + 4u, a1, rows0);
+            s02 = masked(s02, j0 + 8u, a2, rows0);
+            s03 = masked(s03, j0 + 12u, a3, rows0);
+            s10 = masked(s10, j0, a0, rows1);
+            s11 = masked(s11, j0 + 4u, a1, rows1);
+            s12 = masked(s12, j0 + 8u, a2, rows1);
+            s13 = masked(s13, j0 + 12u, a3, rows1);
+        } else {
+            // Each 4-key block once, by one slice; then every slice reads all four.
+            if (SLICES == 2u) {
+                let kb = 2u * slice;
+                let quad = two_block_scores(r0, r1, j0 + 4u * kb, key_end, rows0, rows1);
+                tile_scores[(2u * kb) * WG + lane] = quad.a.q0;
+                tile_scores[(2u * kb + 1u) * WG + lane] = quad.a.q1;
+                tile_scores[(2u * kb + 2u) * WG + lane] = quad.b.q0;
+                tile_scores[(2u * kb + 3u) * WG + lane] = quad.b.q1;
+            } else {
+                // One block per slice from four slices; with three, slice 0 also takes block 3.
+                for (var kb = slice; kb < 4u; kb += SLICES) {
+                    let pair = block_scores(r0, r1, j0 + 4u * kb, key_end, rows0, rows1);
+                    tile_scores[(2u * kb) * WG + lane] = pair.q0;
+                    tile_scores[(2u * kb + 1u) * WG + lane] = pair.q1;
+                }
+            }
+            workgroupBarrier();
+            s00 = tile_scores[0u * WG + lane];
+            s10 = tile_scores[1u * WG + lane];
+            s01 = tile_scores[2u * WG + lane];
+            s11 = tile_scores[3u * WG + lane];
+            s02 = tile_scores[4u * WG + lane];
+            s12 = tile_scores[5u * WG + lane];
+            s03 = tile_scores[6u * WG + lane];
+            s13 = tile_scores[7u * WG + lane];
+            // Every slice has its copy before the next tile overwrites the shared one.
+            workgroupBarrier();
         }
-        let a0 = keys_allowed(j0, key_end);
-        let a1 = keys_allowed(j0 + 4u, key_end);
-        let a2 = keys_allowed(j0 + 8u, key_end);
-        let a3 = keys_allowed(j0 + 12u, key_end);
-        s00 = masked(s00, j0, a0, rows0);
-        s01 = masked(s01, j0 + 4u, a1, rows0);
-        s02 = masked(s02, j0 + 8u, a2, rows0);
-        s03 = masked(s03, j0 + 12u, a3, rows0);
-        s10 = masked(s10, j0, a0, rows1);
-        s11 = masked(s11, j0 + 4u, a1, rows1);
-        s12 = masked(s12, j0 + 8u, a2, rows1);
-        s13 = masked(s13, j0 + 12u, a3, rows1);
 
         // Online softmax, one rescale per tile; before the first allowed key keep it at 1.
         let new0 = max(max0, max(max(block_max(s00), block_max(s01)), max(block_max(s02), block_max(s03))));

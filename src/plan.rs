@@ -361,8 +361,17 @@ impl FusedPlan {
 impl BlockedPlan {
     /// The blocked core where it can run: texel operands, heads on texel boundaries, and the
     /// whole key range in one dispatch under the driver's loop budget (the key loop has one
-    /// iteration per 16 keys plus the head loop, so this holds below tens of thousands of keys).
+    /// iteration per 16 keys plus the head loop for the key blocks a slice scores, so this holds
+    /// below tens of thousands of keys).
     pub(crate) fn resolve(ctx: &GpuContext, layout: &ProjectionLayout) -> Option<BlockedPlan> {
+        let block_texels = blocked_block_texels(layout);
+        let blocks = (layout.retrievals * layout.head).div_ceil(4 * block_texels);
+        let slices = blocked_slices(blocks);
+        // A slice scores its key blocks of a tile in one head loop (two with three slices).
+        let head_loops = match slices {
+            3 => 2,
+            _ => 1,
+        };
         let dv = layout.head as u64 / 4;
         let fits = OperandStorage::of_operands(ctx) == OperandStorage::Texels
             && layout.head.is_multiple_of(4)
@@ -370,22 +379,41 @@ impl BlockedPlan {
                 ctx,
                 "blocked attention",
                 layout.seq,
-                1 + dv.div_ceil(16),
+                1 + (dv * head_loops).div_ceil(16),
                 64,
                 16,
             )
             .is_ok_and(|chunks| chunks.len() == 1);
-        fits.then(|| BlockedPlan {
-            block_texels: blocked_block_texels(layout),
+        fits.then_some(BlockedPlan {
+            block_texels,
+            slices,
         })
     }
 }
 
-/// Value texels per workgroup of the blocked core. Scores are recomputed once per block, so
-/// wider blocks do less arithmetic: at `r·d = 128` a block of 16 texels (64 columns) runs the
-/// scores twice where 8 texels ran them four times, and measured 1.6× faster on lavapipe
-/// despite holding twice the accumulators. Narrow values take the smallest block that covers
-/// them.
+/// Most slices (groups of 8 lanes) of one blocked-core workgroup: 8 × 64 value columns, so the
+/// paper's 8 × 8 layer at `d = 64` (`r·d = 512`) scores each key once. 64 invocations and
+/// 4 KiB of workgroup memory, within WebGPU's defaults.
+const BLOCKED_MAX_SLICES: usize = 8;
+
+/// Slices of the blocked core for `blocks` blocks of value columns: all of them, up to
+/// [`BLOCKED_MAX_SLICES`]. `COMPATTN_BLOCKED_SLICES=N` caps them instead, for experiments
+/// (`1` is the core before slices: one workgroup per block, scores recomputed per block).
+fn blocked_slices(blocks: usize) -> usize {
+    let cap = std::env::var("COMPATTN_BLOCKED_SLICES")
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok())
+        .filter(|&cap| cap >= 1)
+        .unwrap_or(BLOCKED_MAX_SLICES)
+        .min(BLOCKED_MAX_SLICES);
+    blocks.clamp(1, cap)
+}
+
+/// Value texels per block (per lane) of the blocked core. Before blocks shared their scores
+/// (slices), scores were recomputed once per block, so wider blocks did less arithmetic: at
+/// `r·d = 128` a block of 16 texels (64 columns) ran the scores twice where 8 texels ran them
+/// four times, and measured 1.6× faster on lavapipe despite holding twice the accumulators.
+/// Narrow values take the smallest block that covers them.
 fn blocked_block_texels(layout: &ProjectionLayout) -> usize {
     match layout.retrievals * layout.head {
         64.. => 16,
@@ -737,9 +765,8 @@ impl ExecutionPlan {
         // blocked core writes texel rows in the layer's precision (rgba16float for f16, so f16
         // storage runs the CPU family's fast core); the general fused kernel's texel variant
         // writes f32 texels only, so an f16 layer it would run reads f16 buffers instead.
-        let texel_core = OperandStorage::of_operands(ctx) == OperandStorage::Texels
-            && !c.bias
-            && !mlp;
+        let texel_core =
+            OperandStorage::of_operands(ctx) == OperandStorage::Texels && !c.bias && !mlp;
         let blocked = match texel_core {
             true => BlockedPlan::resolve(ctx, &layout),
             false => None,
@@ -751,10 +778,7 @@ impl ExecutionPlan {
                 Some(blocked) => Route::texels(ctx, c, rows, TexelCore::Blocked(blocked)),
                 None => {
                     let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
-                    if texel_core
-                        && precision == Precision::F32
-                        && c.dim_head.is_multiple_of(4)
-                    {
+                    if texel_core && precision == Precision::F32 && c.dim_head.is_multiple_of(4) {
                         let fused =
                             FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Texels)?;
                         Route::texels(ctx, c, rows, TexelCore::Fused(fused))
@@ -966,8 +990,8 @@ impl ExecutionPlan {
 
     /// The core a layer of `config` in `precision` attends a memory of `batch × positions` rows
     /// with, from [`BLOCKED_MEMORY_MIN_QUERIES`] query rows: the blocked core over texel-row
-    /// copies of its keys and values where the layer's self-attention reads texels (f32, no
-    /// biases, on a CPU driver), else the fused kernel over its cache buffers; `None` for the
+    /// copies of its keys and values for an f32 layer whose self-attention reads texels (no
+    /// biases, on a CPU driver; an f16 layer's memory keeps no texel rows), else the fused kernel over its cache buffers; `None` for the
     /// MLP score network (its selection runs after the split-KV core). A memory holds texel
     /// rows exactly when this is [`MemoryCore::Blocked`].
     pub(crate) fn memory_core(
@@ -1125,10 +1149,13 @@ impl ExecutionPlan {
     /// One line for logs: family, GEMM, core and its tiles.
     pub fn describe(&self) -> String {
         let core = match self.core() {
-            CorePlan::Blocked(b) => format!("blocked ({} value texels per block)", b.block_texels),
+            CorePlan::Blocked(b) => format!(
+                "blocked ({} value texels per block, {} slice(s) sharing scores)",
+                b.block_texels, b.slices
+            ),
             CorePlan::BlockedMemory(b) => format!(
-                "blocked over a memory's texel rows ({} value texels per block)",
-                b.block_texels
+                "blocked over a memory's texel rows ({} value texels per block, {} slice(s))",
+                b.block_texels, b.slices
             ),
             CorePlan::Fused(f) => format!(
                 "fused {:?} on {:?}, {} key chunk(s)",

@@ -128,14 +128,8 @@ fn f16_runs_the_core_f32_runs() {
         assert_eq!(half_plan.core(), full_plan.core(), "{what}: {c:?}");
         assert_eq!(half_plan.core_storage(), full_plan.core_storage(), "{what}");
         assert_eq!(half_plan.intermediates(), Precision::F16, "{what}");
-        let (exact, stored) = references(
-            &weights,
-            &input.x,
-            batch,
-            seq,
-            None,
-            &all_rows(batch, seq),
-        );
+        let (exact, stored) =
+            references(&weights, &input.x, batch, seq, None, &all_rows(batch, seq));
         let y = half.forward_blocking(&input.x, batch, seq, None).unwrap();
         let core = half_plan.core().name();
         assert_within_floor(&format!("{what} ({core})"), &y, &exact, &stored);

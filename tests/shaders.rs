@@ -285,7 +285,10 @@ fn uses_f16(module: &naga::Module) -> bool {
         })
     };
     f16_type
-        || module.functions.iter().any(|(_, function)| to_f16(function))
+        || module
+            .functions
+            .iter()
+            .any(|(_, function)| to_f16(function))
         || module
             .entry_points
             .iter()

@@ -70,6 +70,7 @@ pub(crate) use kernel;
 
 /// One specialisation constant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Constant {
     /// `const NAME: u32 = V;`
     U32(u32),
@@ -152,10 +153,10 @@ impl ShaderVariant {
 
     /// Declares the type of a written texel matrix (`shaders/` call these `...Texels`) stored
     /// in `precision`: `rgba32float`, or `rgba16float` for f16, and `fn to_NAME`, through which
-    /// the kernel passes every value it stores. For f16 that rounds to nearest in the shader
-    /// (`vec4<f16>(v)`, as a buffer store does): Vulkan lets a store to an `rgba16float` image
-    /// round either way, and lavapipe's rounding doubled the f16 forward's error against the
-    /// same layer on f16 buffers (tests/precision.rs). `textureLoad` widens back, so the kernel
+    /// the kernel passes every value it stores. For f16 that converts in the shader
+    /// (`vec4<f16>(v)`, as a buffer store does; lavapipe rounds that to nearest): a store to an
+    /// `rgba16float` image may round either way, and lavapipe's store doubled the f16 forward's
+    /// error against the same layer on f16 buffers (tests/precision.rs). `textureLoad` widens back, so the kernel
     /// text is the same for both precisions.
     pub fn texel_store(mut self, name: &'static str, precision: Precision) -> Self {
         self.constants.push((name, Constant::TexelStore(precision)));

@@ -1,6 +1,6 @@
 //! Matrices stored as `rgba32float` texels, the operand format of the CPU-driver kernels
-//! (`rgba16float` for the weights of an f16 layer: `textureLoad` widens them to f32 as it
-//! fetches, so the kernels that read texels are the same for both).
+//! (`rgba16float` for an f16 layer's weights and the blocked core's operands: `textureLoad`
+//! widens them to f32 as it fetches, so the kernels that read texels are the same for both).
 //!
 //! Why textures: lavapipe and llvmpipe turn every storage-buffer or workgroup-memory load into
 //! a loop over the SIMD lanes with a branch and a bounds check per lane and component, while a

@@ -5,8 +5,10 @@
 //! On lavapipe the general fused kernel is bound by operand fetches: each key and value texel it
 //! fetches feeds only a few multiply-adds per lane, and holding more queries per lane needs
 //! arrays indexed in loops, which that driver keeps in memory. This variant holds 8 queries × up to
-//! 64 value columns per lane in named 4 × 4 matrices, like the texel GEMM, and recomputes the
-//! scores for every block of value columns. It writes the normalised retrieved vectors
+//! 64 value columns per lane in named 4 × 4 matrices, like the texel GEMM. Wider values are split
+//! over slices of lanes, one per 64-column block, that share each key tile's scores through
+//! workgroup memory (ARCHITECTURE decision 18), so the scores are computed once for up to
+//! 512 value columns. It writes the normalised retrieved vectors
 //! (`b·s·n·r·d`, linear in `n`) for a small selection kernel instead of selecting in-register.
 //! It runs where operands are texels, `d % 4 == 0`, and one dispatch covers every key within
 //! the driver's loop budget (`BlockedPlan::resolve` in `src/plan.rs`); the general fused kernel
@@ -26,7 +28,8 @@ use crate::precision::Precision;
 static BLOCKED_ATTENTION: Kernel = kernel!("blocked_attention", includes: ["texel_rows"]);
 static RETRIEVAL_MIX: Kernel = kernel!("retrieval_mix", includes: ["texel_rows"]);
 
-/// Lanes per workgroup: one 8-wide SIMD vector on lavapipe; each lane owns 8 queries.
+/// Lanes per slice: one 8-wide SIMD vector on lavapipe; each lane owns 8 queries. A workgroup
+/// is `BlockedPlan::slices` slices.
 const WG: u32 = 8;
 const ROWS: usize = 8 * WG as usize;
 /// Invocations per workgroup of the selection kernel.
@@ -43,7 +46,7 @@ uniform! {
         value_texels: u32,
         scale: f32,
         tiles: u32,
-        col_blocks: u32,
+        slice_groups: u32,
         causal: u32,
         kv_seq: u32,
         k_batch_rows: u32,
@@ -78,6 +81,8 @@ pub(crate) fn variants(
             .u32("WG", WG)
             .u32("DV", dv)
             .u32("COLS", plan.block_texels as u32)
+            .u32("SLICES", plan.slices as u32)
+            .u32("LANES", WG * plan.slices as u32)
             .u32("RPL", rows_per_layer(ctx))
             .texel_store("RetrievedTexels", precision),
         ShaderVariant::new(&RETRIEVAL_MIX)
@@ -121,7 +126,9 @@ pub(crate) async fn bind(
     let [blocked, mix] = variants(ctx, layout, plan, precision);
     let value_texels = layout.retrievals * layout.head / 4;
     let tiles = layout.seq.div_ceil(ROWS);
-    let col_blocks = value_texels.div_ceil(plan.block_texels);
+    let slice_groups = value_texels
+        .div_ceil(plan.block_texels)
+        .div_ceil(plan.slices);
     let batch_searches = layout.batch * layout.searches;
     let at = keys_values.addressing(layout, 4);
     let (key_view, value_view) = match &keys_values {
@@ -147,7 +154,7 @@ pub(crate) async fn bind(
         value_texels: value_texels as u32,
         scale,
         tiles: tiles as u32,
-        col_blocks: col_blocks as u32,
+        slice_groups: slice_groups as u32,
         causal: at.causal as u32,
         kv_seq: at.kv_seq as u32,
         k_batch_rows: at.k_batch_rows as u32,
@@ -177,7 +184,7 @@ pub(crate) async fn bind(
                 key_view.into(),
                 value_view.into(),
             ],
-            (batch_searches * tiles * col_blocks) as u64,
+            (batch_searches * tiles * slice_groups) as u64,
         )
         .await?,
         Dispatch::new(

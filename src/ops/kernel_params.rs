@@ -139,8 +139,12 @@ pub(crate) fn vector_width(head: usize) -> usize {
 /// The blocked CPU core (`blocked_attention.wgsl` + `retrieval_mix.wgsl`) at one shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockedPlan {
-    /// Value texels per workgroup (4 value columns each); scores are recomputed once per block.
+    /// Value texels per block (4 value columns each): the accumulators one lane holds.
     pub block_texels: usize,
+    /// Blocks of value columns per workgroup, one group of lanes each, sharing every key tile's
+    /// scores through workgroup memory (ARCHITECTURE decision 18); scores are recomputed once
+    /// per group of `slices` blocks.
+    pub slices: usize,
 }
 
 /// The split-KV core over a KV cache (`src/ops/decode.rs`): prefill chunks and decode steps.

@@ -161,8 +161,12 @@ mod uniform_layouts {
             stage: false,
         };
         let fused = FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Buffers).unwrap();
-        let blocked = BlockedPlan { block_texels: 4 };
-        let [blocked_variant, mix_variant] = blocked_attention::variants(ctx, &layout, blocked, Precision::F32);
+        let blocked = BlockedPlan {
+            block_texels: 4,
+            slices: 2,
+        };
+        let [blocked_variant, mix_variant] =
+            blocked_attention::variants(ctx, &layout, blocked, Precision::F32);
         let shape = gemm::GemmShape { m: 4, n: 4, k: 4 };
         let wgsl =
             |variant: crate::gpu::pipelines::ShaderVariant| (variant.label(), variant.wgsl());

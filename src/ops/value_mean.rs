@@ -29,7 +29,7 @@ uniform! {
     }
 }
 
-/// `precision`: of a buffer `proj` (texel rows are f32).
+/// `precision`: of a buffer `proj` (texel rows widen to f32 whatever their format).
 pub(crate) fn variant(ctx: &GpuContext, texels: bool, precision: Precision) -> ShaderVariant {
     let variant = ShaderVariant::new(&VALUE_MEAN)
         .piece(if texels { &PROJ_TEXELS } else { &PROJ_BUFFERS })
