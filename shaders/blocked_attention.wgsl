@@ -38,7 +38,8 @@
 //            slice_group·SLICES + slice; the lane owns queries tile·8·WG + q·WG + lane (q < 8:
 //            rows of blocks 0 and 1).
 // Host constants  WG, DV (= d / 4), COLS (value texels per block: 4, 8 or 16), SLICES (1 to 8),
-//            LANES (= WG·SLICES), RPL; alias RetrievedTexels (the written texel format).
+//            LANES (= WG·SLICES), SHARED (8·WG, or 1 for one slice), RPL; alias
+//            RetrievedTexels (the written texel format).
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
@@ -71,8 +72,9 @@ struct Params {
 const BK: u32 = 16u;
 
 // One key tile's scores, [key block][query block][lane] as [key][query] blocks, written by the
-// slice that computes each key block and read by every slice (SLICES > 1 only).
-var<workgroup> tile_scores: array<mat4x4<f32>, 8u * WG>;
+// slice that computes each key block and read by every slice. SHARED = 8·WG where SLICES > 1,
+// and 1 for a lone slice, which never touches it: workgroup memory is zeroed per workgroup.
+var<workgroup> tile_scores: array<mat4x4<f32>, SHARED>;
 // -FLT_MAX, spelled so that every WGSL front end accepts it as exactly representable.
 const LOWEST: f32 = -3.4028234663852886e38;
 

@@ -397,8 +397,10 @@ impl BlockedPlan {
 const BLOCKED_MAX_SLICES: usize = 8;
 
 /// Slices of the blocked core for `blocks` blocks of value columns: all of them, up to
-/// [`BLOCKED_MAX_SLICES`]. `COMPATTN_BLOCKED_SLICES=N` caps them instead, for experiments
-/// (`1` is the core before slices: one workgroup per block, scores recomputed per block).
+/// [`BLOCKED_MAX_SLICES`]; past that, as few groups as that allows, balanced (9 blocks: two
+/// groups of 5 slices, not 8 and 1 with 7 slices on no columns). `COMPATTN_BLOCKED_SLICES=N`
+/// caps them instead, for experiments (`1` is the core before slices: one workgroup per block,
+/// scores recomputed per block).
 fn blocked_slices(blocks: usize) -> usize {
     let cap = std::env::var("COMPATTN_BLOCKED_SLICES")
         .ok()
@@ -406,7 +408,8 @@ fn blocked_slices(blocks: usize) -> usize {
         .filter(|&cap| cap >= 1)
         .unwrap_or(BLOCKED_MAX_SLICES)
         .min(BLOCKED_MAX_SLICES);
-    blocks.clamp(1, cap)
+    let blocks = blocks.max(1);
+    blocks.div_ceil(blocks.div_ceil(cap))
 }
 
 /// Value texels per block (per lane) of the blocked core. Before blocks shared their scores

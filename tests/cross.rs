@@ -322,6 +322,19 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
             },
         ),
         (
+            "no biases, values 192 wide (three slices of the blocked core share their scores), \
+             a fully masked memory (sequence 1), padding, n_q 70",
+            Problem {
+                checkpoint: unbiased_checkpoint(encdec(7), 96, (false, false), seed ^ 14),
+                batch: 2,
+                n_q: 70,
+                n_kv: 21,
+                separate: false,
+                mask: Some((0..42).map(|i| i < 21 && i % 4 != 1).collect()),
+                magnitude: 1.0,
+            },
+        ),
+        (
             "no biases, a fully masked memory without extra rows (sequence 1), padding",
             Problem {
                 checkpoint: unbiased_checkpoint(encdec(9), 4, (false, false), seed ^ 12),
@@ -469,6 +482,8 @@ fn self_attention_with_extra_rows_matches_the_f64_reference() {
     let biased =
         |extra, selection| checkpoint(Attention::SelfAttention, [4, 6, 4], selection, extra, seed);
     let unbiased = |extra| unbiased_checkpoint(Attention::SelfAttention, 8, extra, seed);
+    // Values 2 × 40 wide: two slices of the blocked core share their scores.
+    let wide = |extra| unbiased_checkpoint(Attention::SelfAttention, 40, extra, seed ^ 3);
     // (seq 70: more than one 64-query tile of the blocked core; `layer.plan` says which core.)
     for (causal, extra, c, seq) in [
         (
@@ -498,6 +513,7 @@ fn self_attention_with_extra_rows_matches_the_f64_reference() {
         (true, (true, true), unbiased((true, true)), 70),
         (true, (false, true), unbiased((false, true)), 9),
         (false, (true, false), unbiased((true, false)), 70),
+        (true, (true, true), wide((true, true)), 70),
     ] {
         let mut c = c;
         c.form.causal = causal;

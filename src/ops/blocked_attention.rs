@@ -83,6 +83,7 @@ pub(crate) fn variants(
             .u32("COLS", plan.block_texels as u32)
             .u32("SLICES", plan.slices as u32)
             .u32("LANES", WG * plan.slices as u32)
+            .u32("SHARED", if plan.slices > 1 { 8 * WG } else { 1 })
             .u32("RPL", rows_per_layer(ctx))
             .texel_store("RetrievedTexels", precision),
         ShaderVariant::new(&RETRIEVAL_MIX)
