@@ -9,9 +9,11 @@
 //                            GEMMs read op(A) and op(B)ᵀ as texel rows, ops/matmul.rs)
 // Bindings   @binding(0) params (uniform)  rows, cols, width (texels per row), offset, stride
 //            @binding(1) src  Src (f32, or an f16 layer's concatenation), widened
-//            @binding(2) dst  [rows, cols] texel rows, rgba32float, written
+//            @binding(2) dst  [rows, cols] texel rows, written (DstTexels: rgba32float, or
+//                             rgba16float for an f16 memory's key and value rows)
 // Dispatch   one invocation per texel, WG per workgroup, numbered linearly over x and y.
-// Host constants  WG, RPL, TRANSPOSED; the stored type Src (f32 or f16, with `enable f16;`).
+// Host constants  WG, RPL, TRANSPOSED; the stored type Src (f32 or f16, with `enable f16;`);
+//            alias DstTexels (the written texel format).
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
@@ -27,7 +29,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<Src>;
-@group(0) @binding(2) var dst: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(2) var dst: DstTexels;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -49,5 +51,5 @@ fn main(
             value[c] = f32(src[params.offset + index]);
         }
     }
-    textureStore(dst, texel_coords(row, texel), texel_layer(row), value);
+    textureStore(dst, texel_coords(row, texel), texel_layer(row), to_DstTexels(value));
 }

@@ -380,7 +380,7 @@ pub(crate) async fn record(
     // blocked core's texel rows).
     let core = match request.queries {
         Some(queries) if queries < BLOCKED_MEMORY_MIN_QUERIES => None,
-        _ => ExecutionPlan::memory_core(ctx, c, precision, batch, positions),
+        _ => ExecutionPlan::memory_core(ctx, c, batch, positions),
     };
     let attended = match core {
         Some(core) => {

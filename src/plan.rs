@@ -967,7 +967,7 @@ impl ExecutionPlan {
                          projections: attend a memory with it in f32 storage",
             });
         }
-        let core = Self::memory_core(ctx, c, precision, batch, positions)
+        let core = Self::memory_core(ctx, c, batch, positions)
             .filter(|_| seq >= BLOCKED_MEMORY_MIN_QUERIES);
         if let Some(core) = core {
             let rows = batch * seq;
@@ -991,16 +991,15 @@ impl ExecutionPlan {
         Self::over_positions(ctx, c, precision, (batch, seq, positions), core, "memory")
     }
 
-    /// The core a layer of `config` in `precision` attends a memory of `batch × positions` rows
-    /// with, from [`BLOCKED_MEMORY_MIN_QUERIES`] query rows: the blocked core over texel-row
-    /// copies of its keys and values for an f32 layer whose self-attention reads texels (no
-    /// biases, on a CPU driver; an f16 layer's memory keeps no texel rows), else the fused kernel over its cache buffers; `None` for the
-    /// MLP score network (its selection runs after the split-KV core). A memory holds texel
-    /// rows exactly when this is [`MemoryCore::Blocked`].
+    /// The core a layer of `config` attends a memory of `batch × positions` rows with, from
+    /// [`BLOCKED_MEMORY_MIN_QUERIES`] query rows: the blocked core over texel-row copies of its
+    /// keys and values where the layer's self-attention reads texels (no biases, on a CPU
+    /// driver; the rows are `rgba16float` for an f16 layer), else the fused kernel over its
+    /// cache buffers; `None` for the MLP score network (its selection runs after the split-KV
+    /// core). A memory holds texel rows exactly when this is [`MemoryCore::Blocked`].
     pub(crate) fn memory_core(
         ctx: &GpuContext,
         config: &Config,
-        precision: Precision,
         batch: usize,
         positions: usize,
     ) -> Option<MemoryCore> {
@@ -1019,9 +1018,8 @@ impl ExecutionPlan {
             c.num_retrievals,
             c.dim_head,
         );
-        let texels = OperandStorage::of_operands(ctx) == OperandStorage::Texels
-            && !c.bias
-            && precision == Precision::F32;
+        // An f16 layer's rows are rgba16float, as its cache is f16 (exact copies).
+        let texels = OperandStorage::of_operands(ctx) == OperandStorage::Texels && !c.bias;
         // The rows as textures: keys [b·s·L, d], values [b·L, r·d] (the caller checked that
         // b·L fits; these products are then representable).
         let rows = batch.checked_mul(positions)?;

@@ -170,7 +170,7 @@ fn check(what: &str, problem: &Problem, seed: u64) {
 
 /// The core `forward_cross` runs `n_q` rows over `memory` with, from
 /// `BLOCKED_MEMORY_MIN_QUERIES` rows and with the dot selection: the blocked core over the
-/// memory's texel rows wherever the layer's self-attention core reads texels (an unbiased f32
+/// memory's texel rows wherever the layer's self-attention core reads texels (an unbiased
 /// layer, heads of whole texels, on a CPU driver with texel loads), else the fused kernel over
 /// its cache buffers; the split-KV core for fewer rows and for the MLP score network. Its name,
 /// for the label.
@@ -183,8 +183,7 @@ fn expect_core(
     let c = layer.config();
     let texels = OperandStorage::of_operands(ctx) == OperandStorage::Texels
         && !c.bias
-        && c.dim_head.is_multiple_of(4)
-        && layer.precision() == Precision::F32;
+        && c.dim_head.is_multiple_of(4);
     let core = layer.cross_plan(memory, n_q).unwrap().core();
     let split = c.selection_mlp.is_some() || n_q < BLOCKED_MEMORY_MIN_QUERIES;
     match (split, texels) {
@@ -701,15 +700,24 @@ fn an_f16_memory_stays_within_f16_rounding() {
         return;
     }
     let (seed, what) = seed("an_f16_memory_stays_within_f16_rounding");
-    let c = checkpoint(
+    let biased = checkpoint(
         Attention::EncoderDecoder { memory_dim: 10 },
         [4, 6, 4],
         Selection::DotProduct,
         (true, true),
         seed,
     );
-    // 3 rows: the split-KV core; 9: the fused kernel reading the f16 cache.
-    for n_q in [3, 9] {
+    // Unbiased, values 2 × 40 wide: on CPU drivers the blocked core over rgba16float rows of
+    // the memory, two slices.
+    let unbiased = unbiased_checkpoint(
+        Attention::EncoderDecoder { memory_dim: 10 },
+        40,
+        (true, true),
+        seed ^ 1,
+    );
+    // 3 rows: the split-KV core; 9 and 70: the fused kernel reading the f16 cache, or the
+    // blocked core.
+    for (c, n_q) in [(&biased, 3), (&biased, 9), (&unbiased, 70)] {
         let (batch, n_kv) = (2, 7);
         let mut rng = Rng::seed_from_u64(seed ^ n_q as u64);
         let x = normal(&mut rng, batch * n_q * c.form.dim, 1.0);

@@ -65,17 +65,19 @@ pub(crate) async fn memory_rows(
     let positions = layout.seq;
     let (batch, head) = (layout.batch, layout.head);
     let rows = MemoryRows {
-        keys: TexelRows::new(
+        keys: TexelRows::new_in(
             ctx,
             "memory key rows",
             batch * layout.searches * positions,
             head,
+            cache.precision,
         )?,
-        values: TexelRows::new(
+        values: TexelRows::new_in(
             ctx,
             "memory value rows",
             batch * positions,
             layout.retrievals * head,
+            cache.precision,
         )?,
     };
     let keys = texture_copy::dispatch(ctx, &cache.keys, cache.precision, &rows.keys).await?;

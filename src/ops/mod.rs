@@ -207,7 +207,7 @@ mod uniform_layouts {
             for transposed in [false, true] {
                 check!(
                     texture_copy::Params,
-                    texture_copy::variant(ctx, precision, transposed)
+                    texture_copy::variant(ctx, precision, transposed, precision)
                 );
             }
             check!(

@@ -25,13 +25,20 @@ uniform! {
     }
 }
 
-/// `precision`: of the source buffer; `transposed`: the source holds the matrix's transpose.
-pub(crate) fn variant(ctx: &GpuContext, precision: Precision, transposed: bool) -> ShaderVariant {
+/// `precision`: of the source buffer; `transposed`: the source holds the matrix's transpose;
+/// `dst`: the format of the texel rows written (`rgba16float` for f16).
+pub(crate) fn variant(
+    ctx: &GpuContext,
+    precision: Precision,
+    transposed: bool,
+    dst: Precision,
+) -> ShaderVariant {
     ShaderVariant::new(&TEXTURE_COPY)
         .u32("WG", WG)
         .u32("RPL", rows_per_layer(ctx))
         .bool("TRANSPOSED", transposed)
         .stored("Src", precision)
+        .texel_store("DstTexels", dst)
 }
 
 /// Where a source matrix lies in its buffer: from element `offset`, `stride` elements between
@@ -43,7 +50,8 @@ pub(crate) struct SourceBlock {
     pub transposed: bool,
 }
 
-/// Binds `dst` (f32 texel rows) ← `src` (`[dst.rows, dst.cols]`, stored in `precision`).
+/// Binds `dst` (texel rows, in their own format) ← `src` (`[dst.rows, dst.cols]`, stored in
+/// `precision`).
 pub(crate) async fn dispatch(
     ctx: &GpuContext,
     src: impl Into<Buf<'_>>,
@@ -58,8 +66,8 @@ pub(crate) async fn dispatch(
     dispatch_block(ctx, src, precision, block, dst).await
 }
 
-/// Binds `dst` (f32 texel rows, `[rows, cols]`) ← the `block` of `src` (stored in
-/// `precision`). The host checked that every index fits 32 bits (`ops::matmul`).
+/// Binds `dst` (texel rows `[rows, cols]`, in their own format) ← the `block` of `src` (stored
+/// in `precision`). The host checked that every index fits 32 bits (`ops::matmul`).
 pub(crate) async fn dispatch_block(
     ctx: &GpuContext,
     src: impl Into<Buf<'_>>,
@@ -79,7 +87,7 @@ pub(crate) async fn dispatch_block(
     let texels = shape.rows as u64 * shape.width as u64;
     Dispatch::new(
         ctx,
-        &variant(ctx, precision, block.transposed),
+        &variant(ctx, precision, block.transposed, dst.precision()),
         bytemuck::bytes_of(&params),
         &[src.into().into(), dst.view().into()],
         texels.div_ceil(WG as u64),
