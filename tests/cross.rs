@@ -723,7 +723,7 @@ fn an_f16_memory_stays_within_f16_rounding() {
         let x = normal(&mut rng, batch * n_q * c.form.dim, 1.0);
         let keys = normal(&mut rng, batch * n_kv * 10, 1.0);
         let expected =
-            reference::general::forward_cross(&c, &x, batch, n_q, &keys, None, n_kv, None).unwrap();
+            reference::general::forward_cross(c, &x, batch, n_q, &keys, None, n_kv, None).unwrap();
         let weights = c.layer_weights().unwrap();
         let mut layer =
             CompositionalAttention::with_precision(ctx, &weights, Precision::F16).unwrap();
