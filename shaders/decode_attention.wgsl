@@ -25,8 +25,9 @@
 //            @binding(8) partial_acc    [b·s·seq·splits, r·d] f32
 //            Loads of stored (f32 or f16) operands widen to KVec; the arithmetic is f32.
 // Dispatch   one invocation per (b, σ, split, i), WG per workgroup, numbered linearly over x and
-//            y: index = ((b·s + σ)·splits + split)·seq + i (neighbouring lanes, neighbouring
-//            queries); the partials are stored at ((b·s + σ)·seq + i)·splits + split.
+//            y: index = ((b·splits + split)·s + σ)·seq + i (neighbouring lanes: neighbouring
+//            queries, then searches); the partials are stored at ((b·s + σ)·seq + i)·splits +
+//            split.
 // Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0), the stored
 //            types Proj/ProjVec and Cache/CacheVec (f32 or f16).
 
@@ -70,16 +71,17 @@ fn main(
     if (index >= params.batch * params.searches * params.seq * params.splits) {
         return;
     }
-    // Neighbouring invocations take neighbouring queries of one (b, σ, split), so every lane of
-    // a workgroup reads the same key and value at each step: one load broadcast to the SIMD
-    // lanes on CPU drivers, one cache line for the whole warp on GPUs.
+    // Neighbouring invocations take neighbouring queries, then neighbouring searches, of one
+    // (b, split): at each step the lanes of a workgroup read the same value row, and for one
+    // search the same key (a decode step's single query included, whose lanes are its
+    // searches), one cache line for all of them.
     let i = index % params.seq;
-    let split = (index / params.seq) % params.splits;
-    let bs = index / (params.seq * params.splits);
+    let sigma = (index / params.seq) % params.searches;
+    let split = (index / (params.seq * params.searches)) % params.splits;
+    let b = index / (params.seq * params.searches * params.splits);
+    let bs = b * params.searches + sigma;
     let row = bs * params.seq + i;             // (b·s + σ)·seq + i
     let slot = row * params.splits + split;    // where decode_reduce reads this split
-    let sigma = bs % params.searches;
-    let b = bs / params.searches;
     let position = state[0] + i;
     let uniform_row = first_allowed[b] > position;
 
