@@ -486,14 +486,13 @@ pub enum CorePlan {
     /// selection (`Config::selection_mlp`) runs after it (`retrieval_select`).
     Cached(SplitKvPlan),
     /// Queries over a [`Memory`](crate::Memory) with the blocked core, where the layer's
-    /// self-attention runs it (an unbiased f32 layer without the MLP score network, heads of
-    /// whole texels, on a CPU driver, the memory within the core's loop budget) and at least
+    /// self-attention runs it (an unbiased layer without the MLP score network, heads of whole
+    /// texels, on a CPU driver, the memory within the core's loop budget) and at least
     /// [`BLOCKED_MEMORY_MIN_QUERIES`] query rows attend: the memory also holds its keys and
     /// values as texel rows (`ops::key_values::MemoryRows`), made once.
     BlockedMemory(BlockedPlan),
     /// Queries over a [`Memory`](crate::Memory) with the general fused kernel reading its cache
-    /// buffers, where the core reads buffers (the GPU family; biased or f16 layers on CPU
-    /// drivers), the selection is the dot product and at least [`BLOCKED_MEMORY_MIN_QUERIES`]
+    /// buffers, where the core reads buffers (the GPU family; biased layers on CPU drivers), the selection is the dot product and at least [`BLOCKED_MEMORY_MIN_QUERIES`]
     /// query rows attend. Its key chunks cover the memory's positions.
     FusedMemory(FusedPlan),
     /// Queries over a [`Memory`](crate::Memory) (cross-attention, or self-attention with extra
@@ -581,7 +580,8 @@ impl CorePlan {
 /// a GEMM or storage it cannot read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// Projections and concatenation in texel rows (an unbiased f32 layer on a texel device).
+    /// Projections and concatenation in texel rows (an unbiased layer on a texel device: f32,
+    /// or f16 for the blocked cores).
     Texels {
         /// The input projection's texel kernel (it writes texel rows, so never the GEMV).
         input: TexelGemmKernel,

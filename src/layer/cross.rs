@@ -233,7 +233,7 @@ impl CompositionalAttention {
     /// The plan [`forward_cross`](Self::forward_cross) of `seq` query rows over `memory` runs:
     /// from [`BLOCKED_MEMORY_MIN_QUERIES`](crate::plan::BLOCKED_MEMORY_MIN_QUERIES) rows, the
     /// blocked core over the memory's texel rows where the layer's self-attention runs it (an
-    /// unbiased f32 layer on a CPU driver), else the fused kernel over its cache buffers; the
+    /// unbiased layer on a CPU driver), else the fused kernel over its cache buffers; the
     /// split-KV core for fewer rows and for the MLP score network. Allocates nothing.
     pub fn cross_plan(&self, memory: &Memory, seq: usize) -> Result<ExecutionPlan> {
         self.check_memory_layer("cross_plan")?;
