@@ -492,8 +492,9 @@ pub enum CorePlan {
     /// values as texel rows (`ops::key_values::MemoryRows`), made once.
     BlockedMemory(BlockedPlan),
     /// Queries over a [`Memory`](crate::Memory) with the general fused kernel reading its cache
-    /// buffers, where the core reads buffers (the GPU family; biased layers on CPU drivers), the selection is the dot product and at least [`BLOCKED_MEMORY_MIN_QUERIES`]
-    /// query rows attend. Its key chunks cover the memory's positions.
+    /// buffers, where the core reads buffers (the GPU family; biased layers on CPU drivers),
+    /// the selection is the dot product and at least [`BLOCKED_MEMORY_MIN_QUERIES`] query rows
+    /// attend. Its key chunks cover the memory's positions.
     FusedMemory(FusedPlan),
     /// Queries over a [`Memory`](crate::Memory) (cross-attention, or self-attention with extra
     /// key rows) everywhere else: the cached core's split-KV attention over the memory's projected keys and

@@ -156,8 +156,8 @@ impl ShaderVariant {
     /// the kernel passes every value it stores. For f16 that converts in the shader
     /// (`vec4<f16>(v)`, as a buffer store does; lavapipe rounds that to nearest): a store to an
     /// `rgba16float` image may round either way, and lavapipe's store doubled the f16 forward's
-    /// error against the same layer on f16 buffers (tests/precision.rs). `textureLoad` widens back, so the kernel
-    /// text is the same for both precisions.
+    /// error against the same layer on f16 buffers (tests/precision.rs). `textureLoad` widens
+    /// back, so the kernel text is the same for both precisions.
     pub fn texel_store(mut self, name: &'static str, precision: Precision) -> Self {
         self.constants.push((name, Constant::TexelStore(precision)));
         self
