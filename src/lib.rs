@@ -96,7 +96,9 @@ pub use gpu::KernelProfile;
 #[cfg(feature = "gpu")]
 pub use gpu::timing::TimingSource;
 #[cfg(feature = "gpu")]
-pub use gpu::{CompileProgress, GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
+pub use gpu::{
+    CompileProgress, GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy, TuneMode,
+};
 pub use io::Input;
 #[cfg(feature = "gpu")]
 pub use kv_cache::KvCache;
@@ -104,7 +106,7 @@ pub use kv_cache::KvCache;
 #[allow(deprecated)]
 pub use layer::Profile;
 #[cfg(feature = "gpu")]
-pub use layer::{CompositionalAttention, KernelTime, TimedForward};
+pub use layer::{CompositionalAttention, KernelTime, TimedForward, TuneReport, TunedTime};
 pub use maps::{AttentionMaps, MapsOptions};
 #[cfg(feature = "gpu")]
 pub use plan::{ExecutionPlan, Strategy};

@@ -157,11 +157,20 @@ pub fn representative_problems() -> Vec<Problem> {
 /// Prepares a layer for each problem with every strategy on `ctx` (skipping a strategy the
 /// device's limits rule out for that problem), a training step, and for causal problems a
 /// prefill and a decode step over a KV cache, in f32 and, where the device has `shader-f16`, in f16 storage; and
-/// returns every pipeline variant compiled on `ctx` so far, sorted by label.
+/// returns every pipeline variant compiled on `ctx` so far, sorted by label. The plans are the
+/// built-in ones: tuning is off while it runs (`GpuContext::tune_mode`), so nothing is measured.
 pub async fn collect_variants(
     ctx: &GpuContext,
     problems: &[Problem],
 ) -> Result<Vec<ShaderVariant>> {
+    let mode = ctx.tune_mode();
+    ctx.set_tune_mode(crate::gpu::TuneMode::Off);
+    let variants = collect_built_in(ctx, problems).await;
+    ctx.set_tune_mode(mode);
+    variants
+}
+
+async fn collect_built_in(ctx: &GpuContext, problems: &[Problem]) -> Result<Vec<ShaderVariant>> {
     // f16 storage where the device has it: its variants of the same kernels.
     let precisions: &[Precision] = if ctx.supports_f16() {
         &Precision::ALL

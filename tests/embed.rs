@@ -13,7 +13,7 @@ use common::{assert_close, gpu, read_buffer as read, seed};
 use compositional_attention::plan::{CorePlan, ProjectionWeights};
 use compositional_attention::testing::random_problem;
 use compositional_attention::{
-    CompositionalAttention, Config, Error, GpuContext, GpuOptions, Strategy, Weights, reference,
+    CompositionalAttention, Config, Error, GpuContext, Strategy, Weights, reference,
 };
 use wgpu::util::DeviceExt;
 
@@ -208,7 +208,7 @@ fn bad_io_buffers_are_refused() {
 /// uncaptured-error handler, and still returns its own errors typed.
 #[test]
 fn from_device_keeps_the_callers_device_and_handler() {
-    let options = GpuOptions::from_env().unwrap();
+    let options = common::options();
     let probe = pollster::block_on(GpuContext::new(&options)).unwrap();
     let adapter = probe.adapter().clone();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -222,7 +222,7 @@ fn from_device_keeps_the_callers_device_and_handler() {
     device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
         sink.lock().unwrap().push(e.to_string())
     }));
-    let ctx = GpuContext::from_device(&adapter, device.clone(), queue).unwrap();
+    let ctx = common::untuned(GpuContext::from_device(&adapter, device.clone(), queue).unwrap());
     assert!(!ctx.owns_device());
     assert_eq!(ctx.limits(), &device.limits());
     assert!(!ctx.has_timestamps() || device.features().contains(wgpu::Features::TIMESTAMP_QUERY));
@@ -273,7 +273,7 @@ fn from_device_keeps_the_callers_device_and_handler() {
 /// A device opened with lower limits than the kernels need is refused, naming the limit.
 #[test]
 fn from_device_names_what_the_device_lacks() {
-    let probe = pollster::block_on(GpuContext::new(&GpuOptions::from_env().unwrap())).unwrap();
+    let probe = pollster::block_on(GpuContext::new(&common::options())).unwrap();
     let adapter = probe.adapter().clone();
     let limits = wgpu::Limits {
         max_storage_buffers_per_shader_stage: 4,
@@ -405,7 +405,7 @@ fn huge_sizes_are_errors_not_overflows() {
 /// pipeline ready, and an alive shape reports nothing.
 #[test]
 fn prepare_counts_the_pipelines_it_compiles() {
-    let ctx = pollster::block_on(GpuContext::new(&GpuOptions::from_env().unwrap())).unwrap();
+    let ctx = pollster::block_on(GpuContext::new(&common::options())).unwrap();
     let (seed, what) = seed("prepare progress");
     let config = Config::new(36)
         .dim_head(10)

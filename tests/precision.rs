@@ -342,7 +342,9 @@ fn f16_without_shader_f16_is_a_typed_error() {
         ..Default::default()
     }))
     .unwrap();
-    contexts.push(GpuContext::from_device(&adapter, device, queue).unwrap());
+    contexts.push(common::untuned(
+        GpuContext::from_device(&adapter, device, queue).unwrap(),
+    ));
     for ctx in contexts {
         assert!(!ctx.supports_f16());
         let error = CompositionalAttention::with_precision(&ctx, &weights, Precision::F16)

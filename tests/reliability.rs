@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use common::{gpu, seed};
 use compositional_attention::testing::random_problem;
 use compositional_attention::{
-    CompositionalAttention, Config, Error, GpuContext, GpuOptions, KvCache, Strategy,
+    CompositionalAttention, Config, Error, GpuContext, KvCache, Strategy,
 };
 
 fn config() -> Config {
@@ -102,7 +102,7 @@ fn eight_threads_share_one_context() {
 /// no panic, no hang in poll or map.
 #[test]
 fn a_lost_device_gives_typed_errors() {
-    let ctx = pollster::block_on(GpuContext::new(&GpuOptions::from_env().unwrap())).unwrap();
+    let ctx = pollster::block_on(GpuContext::new(&common::options())).unwrap();
     let c = config().causal(true);
     let (weights, input) = random_problem(c, 1, 7, None, 1.0, 3).unwrap();
     let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
@@ -152,14 +152,14 @@ fn a_lost_device_gives_typed_errors() {
 /// after the loss reports it, and every call after that.
 #[test]
 fn a_lost_callers_device_is_reported_by_the_next_readback() {
-    let probe = pollster::block_on(GpuContext::new(&GpuOptions::from_env().unwrap())).unwrap();
+    let probe = pollster::block_on(GpuContext::new(&common::options())).unwrap();
     let adapter = probe.adapter().clone();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         required_limits: adapter.limits(),
         ..Default::default()
     }))
     .unwrap();
-    let ctx = GpuContext::from_device(&adapter, device.clone(), queue).unwrap();
+    let ctx = common::untuned(GpuContext::from_device(&adapter, device.clone(), queue).unwrap());
     let (weights, input) = random_problem(config(), 1, 5, None, 1.0, 4).unwrap();
     let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
     layer.forward_blocking(&input.x, 1, 5, None).unwrap();
@@ -176,7 +176,7 @@ fn a_lost_callers_device_is_reported_by_the_next_readback() {
 /// A wait longer than the context's timeout is an error, not a hang.
 #[test]
 fn waits_have_a_timeout() {
-    let ctx = pollster::block_on(GpuContext::new(&GpuOptions::from_env().unwrap())).unwrap();
+    let ctx = pollster::block_on(GpuContext::new(&common::options())).unwrap();
     assert_eq!(
         ctx.wait_timeout(),
         compositional_attention::gpu::context::DEFAULT_WAIT_TIMEOUT

@@ -28,7 +28,9 @@ use std::sync::OnceLock;
 use compositional_attention::gpu::pipelines::ShaderVariant;
 use compositional_attention::plan::OperandStorage;
 use compositional_attention::shader_variants::{self, collect_variants};
-use compositional_attention::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
+use compositional_attention::{
+    GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy, TuneMode,
+};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
@@ -51,6 +53,8 @@ fn variants() -> &'static BTreeMap<String, Collected> {
                 let options = GpuOptions {
                     limits,
                     kernels,
+                    tune: TuneMode::Off,
+                    tune_cache: None,
                     ..GpuOptions::from_env().expect("GPU options from the environment")
                 };
                 let ctx = pollster::block_on(GpuContext::new(&options))
@@ -511,6 +515,8 @@ fn every_variant_fits_its_device_and_webgpu_variants_fit_webgpu_defaults() {
 fn not_used_by_the_layer() -> &'static [&'static str] {
     let options = GpuOptions {
         kernels: KernelFamilyRequest::Cpu,
+        tune: TuneMode::Off,
+        tune_cache: None,
         ..GpuOptions::from_env().expect("GPU options from the environment")
     };
     let ctx = pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter");
@@ -545,6 +551,8 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
 fn the_representative_problems_reach_every_io_piece() {
     let options = GpuOptions {
         kernels: KernelFamilyRequest::Cpu,
+        tune: TuneMode::Off,
+        tune_cache: None,
         ..GpuOptions::from_env().expect("GPU options from the environment")
     };
     let ctx = pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter");
@@ -735,6 +743,7 @@ fn a_strict_webgpu_instance_compiles_and_runs_every_variant() {
             kernels,
         ))
         .unwrap_or_else(|e| panic!("opening a strict WebGPU device failed: {e}"));
+        ctx.set_tune_mode(TuneMode::Off);
         let found = pollster::block_on(collect_variants(&ctx, &problems))
             .unwrap_or_else(|e| panic!("{kernels:?} kernels on a strict WebGPU device: {e}"));
         eprintln!(

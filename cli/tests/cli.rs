@@ -87,8 +87,11 @@ fn compattn(args: &[&str]) -> Run {
 }
 
 fn compattn_with_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    // Tuning off (the built-in tilings, nothing written to the user's cache), unless a test
+    // sets it.
     let output = Command::new(env!("CARGO_BIN_EXE_compattn"))
         .args(args)
+        .env("COMPATTN_TUNE", "off")
         .envs(env.iter().copied())
         .output()
         .expect("the compattn binary runs");

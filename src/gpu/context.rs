@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::pipelines::PipelineCache;
+use crate::gpu::tuning_store::{TuneMode, TuningStore, default_cache_path};
 
 /// Printed when no adapter exists: on a machine without a GPU, Mesa's CPU drivers provide one.
 pub const INSTALL_HINT: &str = "Install a Vulkan or OpenGL driver; on a machine without a GPU, Mesa's CPU \
@@ -99,11 +100,17 @@ pub struct GpuOptions {
     /// The longest a wait on the GPU may take before it is an [`Error::Timeout`]
     /// (`COMPATTN_WAIT_TIMEOUT_S`); `None`: [`DEFAULT_WAIT_TIMEOUT`].
     pub wait_timeout: Option<std::time::Duration>,
+    /// Whether plans use tilings measured on this adapter (`COMPATTN_TUNE`); see [`TuneMode`].
+    pub tune: TuneMode,
+    /// Where measured tilings are kept between processes; `None`: in memory only.
+    /// [`GpuOptions::from_env`] sets [`default_cache_path`](crate::gpu::default_cache_path).
+    pub tune_cache: Option<std::path::PathBuf>,
 }
 
 impl GpuOptions {
     /// Options from the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`,
-    /// `COMPATTN_KERNELS`, `WGPU_POWER_PREF`, `COMPATTN_WAIT_TIMEOUT_S`.
+    /// `COMPATTN_KERNELS`, `WGPU_POWER_PREF`, `COMPATTN_WAIT_TIMEOUT_S`, `COMPATTN_TUNE` and
+    /// `COMPATTN_TUNE_CACHE` (or the platform's cache folder; [`default_cache_path`](crate::gpu::default_cache_path)).
     pub fn from_env() -> Result<Self> {
         Ok(GpuOptions {
             backends: backends_from_env()?,
@@ -121,6 +128,8 @@ impl GpuOptions {
                     }),
                 })
                 .transpose()?,
+            tune: TuneMode::from_env()?,
+            tune_cache: default_cache_path(),
         })
     }
 }
@@ -183,6 +192,8 @@ struct Inner {
     lost: Arc<Mutex<Option<String>>>,
     /// The longest a wait on the GPU may take, in milliseconds.
     wait_timeout_ms: std::sync::atomic::AtomicU64,
+    /// Tilings measured on this adapter, by shape class (`plan::tuned`).
+    tuning: TuningStore,
 }
 
 /// The default [`GpuContext::wait_timeout`]: generous, since one forward of a long sequence on a
@@ -214,6 +225,8 @@ impl GpuContext {
         if let Some(timeout) = options.wait_timeout {
             ctx.set_wait_timeout(timeout);
         }
+        ctx.set_tune_mode(options.tune);
+        ctx.set_tune_cache_path(options.tune_cache.clone());
         Ok(ctx)
     }
 
@@ -228,13 +241,18 @@ impl GpuContext {
         pollster::block_on(Self::from_env())
     }
 
-    /// Opens a device on an adapter the caller picked.
+    /// Opens a device on an adapter the caller picked. Tuning follows `COMPATTN_TUNE` and
+    /// `COMPATTN_TUNE_CACHE` ([`GpuContext::set_tune_mode`] changes it).
     pub async fn from_adapter(
         adapter: wgpu::Adapter,
         policy: LimitsPolicy,
         kernels: KernelFamilyRequest,
     ) -> Result<Self> {
-        Self::open(adapter, policy, kernels).await
+        let tune = TuneMode::from_env()?;
+        let ctx = Self::open(adapter, policy, kernels).await?;
+        ctx.set_tune_mode(tune);
+        ctx.set_tune_cache_path(default_cache_path());
+        Ok(ctx)
     }
 
     async fn open(
@@ -310,8 +328,11 @@ impl GpuContext {
         kernels: KernelFamilyRequest,
     ) -> Result<GpuContext> {
         let limits = device.limits();
+        let tune = TuneMode::from_env()?;
         let ctx = Self::assemble(adapter.clone(), (device, queue), limits, None, kernels);
         ctx.check_requirements()?;
+        ctx.set_tune_mode(tune);
+        ctx.set_tune_cache_path(default_cache_path());
         log::info!("using the caller's device on {}", ctx.describe());
         Ok(ctx)
     }
@@ -325,6 +346,8 @@ impl GpuContext {
     ) -> GpuContext {
         let info = adapter.get_info();
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
+        // Memory only and off until the constructor applies the options.
+        let tuning = TuningStore::new(&info, TuneMode::Off, None);
         GpuContext {
             defer_compiles: false,
             inner: Arc::new(Inner {
@@ -341,6 +364,7 @@ impl GpuContext {
                 wait_timeout_ms: std::sync::atomic::AtomicU64::new(
                     DEFAULT_WAIT_TIMEOUT.as_millis() as u64,
                 ),
+                tuning,
             }),
         }
     }
@@ -550,6 +574,36 @@ impl GpuContext {
             timeout.as_millis().clamp(1, u64::MAX as u128) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Whether plans on this context use tilings measured on its adapter ([`TuneMode`]).
+    pub fn tune_mode(&self) -> TuneMode {
+        self.inner.tuning.mode()
+    }
+
+    /// Sets [`GpuContext::tune_mode`] for every layer on this context from now on; workspaces
+    /// already built keep their plans.
+    pub fn set_tune_mode(&self, mode: TuneMode) {
+        self.inner.tuning.set_mode(mode);
+    }
+
+    /// The file measured tilings are kept in between processes; `None`: memory only.
+    pub fn tune_cache_path(&self) -> Option<std::path::PathBuf> {
+        self.inner.tuning.path()
+    }
+
+    /// Sets [`GpuContext::tune_cache_path`] (`None`: memory only).
+    pub fn set_tune_cache_path(&self, path: Option<std::path::PathBuf>) {
+        self.inner.tuning.set_path(path);
+    }
+
+    /// The tilings this context holds, shape class → choice, as `compattn` reports them.
+    pub fn tuned_choices(&self) -> std::collections::BTreeMap<String, String> {
+        self.inner.tuning.entries()
+    }
+
+    pub(crate) fn tuning(&self) -> &TuningStore {
+        &self.inner.tuning
     }
 
     /// Whether this crate opened the device (and installed its own uncaptured-error handler).

@@ -8,6 +8,7 @@
 //! | `dispatch` | a kernel bound to its buffers, and the linear workgroup grid |
 //! | `texture` | matrices as `rgba32float` texels, the CPU-driver operand format |
 //! | [`timing`] | timestamp queries per compute pass |
+//! | [`tuning_store`] | tilings measured on this adapter, in memory and on disk |
 //! | `uniform` | each kernel's `Params` block, declared once and checked against its WGSL |
 
 pub mod context;
@@ -18,9 +19,11 @@ pub mod pipelines;
 pub(crate) mod test_device;
 pub(crate) mod texture;
 pub mod timing;
+pub mod tuning_store;
 pub(crate) mod uniform;
 
 #[allow(deprecated)]
 pub use context::KernelProfile;
 pub use context::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
 pub use dispatch::CompileProgress;
+pub use tuning_store::{TuneMode, default_cache_path};

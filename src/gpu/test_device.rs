@@ -16,6 +16,9 @@ pub(crate) fn context() -> &'static GpuContext {
     static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
     CONTEXT.get_or_init(|| match GpuContext::from_env_blocking() {
         Ok(ctx) => {
+            // Kernel tests run the built-in tilings (layer::tune's tests turn tuning on).
+            ctx.set_tune_mode(crate::gpu::TuneMode::Off);
+            ctx.set_tune_cache_path(None);
             eprintln!("kernel tests on {}", ctx.describe());
             ctx
         }

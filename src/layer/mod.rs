@@ -6,6 +6,9 @@
 mod cross;
 mod generation;
 mod maps;
+mod tune;
+
+pub use tune::{TuneReport, TunedTime};
 
 use crate::config::Config;
 use crate::device_parameters::DeviceParameters;
@@ -322,6 +325,7 @@ impl CompositionalAttention {
         shape::check_tokens(&self.config, batch, seq)?;
         self.sync_parameters().await?;
         if self.workspaces.get(batch, seq, strategy).is_none() {
+            self.tune_if_new(batch, seq, strategy, progress).await?;
             let plan = ExecutionPlan::resolve(
                 &self.ctx,
                 &self.config,

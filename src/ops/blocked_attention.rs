@@ -11,7 +11,7 @@
 //! 512 value columns. It writes the normalised retrieved vectors
 //! (`b·s·n·r·d`, linear in `n`) for a small selection kernel instead of selecting in-register.
 //! It runs where operands are texels, `d % 4 == 0`, and one dispatch covers every key within
-//! the driver's loop budget (`BlockedPlan::resolve` in `src/plan.rs`); the general fused kernel
+//! the driver's loop budget (`BlockedPlan::resolve` in `src/plan/mod.rs`); the general fused kernel
 //! covers the rest.
 
 use crate::error::Result;

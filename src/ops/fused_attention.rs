@@ -1,7 +1,7 @@
 //! The fused attention core (`shaders/fused_attention.wgsl`): search softmax, aggregation over
 //! all retrievals and the retrieval selection in one kernel, with no `n × n` buffer.
 //!
-//! The kernel has two ways to read keys; `src/plan.rs` (`FusedTiling::choose`) picks one per
+//! The kernel has two ways to read keys; `src/plan/mod.rs` (`FusedTiling::choose`) picks one per
 //! device:
 //! * staged: each key tile is copied to workgroup memory once and read by every invocation,
 //!   the standard flash-attention structure that real GPUs need (coalesced loads, reuse);

@@ -2,7 +2,7 @@
 //! output projection. Weights stay in PyTorch's `[out, in]` layout, so both operands are read
 //! along their rows, the reduction axis.
 //!
-//! Four kernels; `src/plan.rs` (`GemmPlan`) chooses which one runs for each GEMM:
+//! Four kernels; `src/plan/mod.rs` (`GemmPlan`) chooses which one runs for each GEMM:
 //! * `shaders/gemm.wgsl`, register-blocked with lane-uniform weight reads, for CPU drivers
 //!   (lavapipe, SwiftShader): invocations there are SIMD lanes, a load that every lane makes at
 //!   the same address is done once, and workgroup memory is ordinary memory behind barriers;

@@ -1,6 +1,6 @@
 //! The parameter types of the kernels in `ops`: the tilings of their pipelines, the storage of
 //! their operands and the per-shape parameters of the attention cores. They are defined with the
-//! kernels that read them; `plan.rs` decides which values they take for a device and a shape
+//! kernels that read them; `src/plan/mod.rs` decides which values they take for a device and a shape
 //! (their `resolve`/`choose` constructors live there), and re-exports them.
 
 use std::ops::Range;

@@ -1,5 +1,5 @@
 //! One module per kernel: its WGSL file in `shaders/` (and its io pieces in `shaders/io/`), the
-//! host code that specialises and binds it as the execution plan (`src/plan.rs`) says, and its
+//! host code that specialises and binds it as the execution plan (`src/plan/mod.rs`) says, and its
 //! tests against the CPU reference of that one step.
 //!
 //! | module | shader | step |

@@ -7,12 +7,29 @@ pub mod variants;
 use std::sync::OnceLock;
 
 use compositional_attention::testing::{self, ErrorStats};
-use compositional_attention::{GpuContext, GpuOptions, KernelFamilyRequest};
+use compositional_attention::{GpuContext, GpuOptions, KernelFamilyRequest, TuneMode};
+
+/// [`GpuOptions::from_env`] with tuning off: the tests run the built-in tilings, so their results
+/// are deterministic (tests/tuning.rs turns it on, with a cache file of its own).
+pub fn options() -> GpuOptions {
+    GpuOptions {
+        tune: TuneMode::Off,
+        tune_cache: None,
+        ..GpuOptions::from_env().expect("GPU options from the environment")
+    }
+}
+
+/// `ctx` (a caller's device, which reads `COMPATTN_TUNE`) with tuning off, as [`options`].
+pub fn untuned(ctx: GpuContext) -> GpuContext {
+    ctx.set_tune_mode(TuneMode::Off);
+    ctx.set_tune_cache_path(None);
+    ctx
+}
 
 /// The device under test (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS` pick it).
 pub fn gpu() -> &'static GpuContext {
     static GPU: OnceLock<GpuContext> = OnceLock::new();
-    GPU.get_or_init(|| match GpuContext::from_env_blocking() {
+    GPU.get_or_init(|| match pollster::block_on(GpuContext::new(&options())) {
         Ok(ctx) => {
             eprintln!("testing on {}", ctx.describe());
             ctx
@@ -26,7 +43,7 @@ pub fn gpu() -> &'static GpuContext {
 pub fn gpu_other_profile() -> &'static GpuContext {
     static GPU: OnceLock<GpuContext> = OnceLock::new();
     GPU.get_or_init(|| {
-        let mut options = GpuOptions::from_env().expect("environment");
+        let mut options = options();
         options.kernels = if gpu().cpu_kernels() {
             KernelFamilyRequest::Gpu
         } else {

@@ -140,11 +140,14 @@ pub fn parse_limits(limits: &str) -> Result<LimitsPolicy, String> {
     }
 }
 
-/// Options for the browser's device: WebGPU only, limits as asked.
+/// Options for the browser's device: WebGPU only, limits as asked, the built-in tilings
+/// (tuning, which the crate keeps in memory only in a browser, has no JavaScript option yet).
 pub fn browser_options(limits: LimitsPolicy) -> GpuOptions {
     GpuOptions {
         backends: Some(wgpu::Backends::BROWSER_WEBGPU),
         limits,
+        tune: compositional_attention::TuneMode::Off,
+        tune_cache: None,
         ..GpuOptions::default()
     }
 }

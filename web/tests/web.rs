@@ -17,7 +17,7 @@ use compositional_attention::io::{Input, read_output};
 use compositional_attention::testing::{self, ErrorStats};
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, GpuOptions, LimitsPolicy, Precision,
-    Strategy, Weights, reference,
+    Strategy, TuneMode, Weights, reference,
 };
 use wasm_bindgen_test::*;
 
@@ -384,9 +384,12 @@ async fn random_problems_on_every_strategy() {
 /// crate's `run_on`, which the demo page calls through `Session.run`.
 #[wasm_bindgen_test]
 async fn page_path_with_adapter_limits() {
-    let ctx = GpuContext::new(&GpuOptions::default())
-        .await
-        .expect("GpuOptions::default() opens the browser's adapter");
+    let ctx = GpuContext::new(&GpuOptions {
+        tune: TuneMode::Off,
+        ..GpuOptions::default()
+    })
+    .await
+    .expect("GpuOptions::default() opens the browser's adapter");
     assert_eq!(ctx.info().backend, wgpu::Backend::BrowserWebGpu);
     for strategy in Strategy::ALL {
         let options = RunOptions {

@@ -92,6 +92,13 @@ pub fn run() -> CliResult {
         with_size(ctx.limits().max_storage_buffer_binding_size),
         with_size(ctx.limits().max_compute_workgroup_storage_size.into()),
     );
+    println!(
+        "    tuning COMPATTN_TUNE={}, cache {}",
+        ctx.tune_mode().name(),
+        ctx.tune_cache_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none (memory only)".into())
+    );
     Ok(())
 }
 

@@ -9,6 +9,10 @@ pub struct Machine {
     pub backend: String,
     /// Name and backend only, for the plot's title.
     pub short: String,
+    /// `COMPATTN_TUNE` as the context runs it: `off`, `on` or `force` (`off` for the CPU
+    /// reference). With tuning on, the warm-up forwards of a new shape class measure its
+    /// candidate tilings, and the timed forwards run the fastest.
+    pub tune: &'static str,
 }
 
 impl Machine {
@@ -20,12 +24,14 @@ impl Machine {
                     adapter: ctx.describe(),
                     backend: format!("{:?}", info.backend).to_lowercase(),
                     short: format!("{}, {:?}", info.name, info.backend),
+                    tune: ctx.tune_mode().name(),
                 }
             }
             None => Machine {
                 adapter: "host CPU (f64 reference, one thread)".into(),
                 backend: "cpu".into(),
                 short: "host CPU".into(),
+                tune: "off",
             },
         }
     }

@@ -54,6 +54,9 @@ pub struct Report {
     pub timing: &'static str,
     pub adapter: String,
     pub backend: String,
+    /// `COMPATTN_TUNE` as the run used it: `off`, `on` or `force`. The kernels' labels name
+    /// the tilings that ran.
+    pub tune: &'static str,
     pub gpu_bytes: u64,
     pub kernels: Vec<KernelReport>,
     /// Kernels of the attention core (all but GEMMs, texel copies and the LayerNorm), summed.
@@ -132,6 +135,7 @@ pub fn report(
         timing: measurement.source.name(),
         adapter: machine.adapter.clone(),
         backend: machine.backend.clone(),
+        tune: machine.tune,
         gpu_bytes: measurement.gpu_bytes,
         kernels,
         core_ms,
@@ -170,6 +174,7 @@ pub fn print_report(r: &Report) {
     }
     if r.strategy != "cpu" {
         println!("{:<14} {}", "GPU buffers", fmt_mib(r.gpu_bytes));
+        println!("{:<14} COMPATTN_TUNE={}", "tuning", r.tune);
     }
     if !r.kernels.is_empty() {
         let width = r

@@ -20,6 +20,8 @@ pub use crate::ops::kernel_params::{
 };
 use crate::precision::Precision;
 
+pub(crate) mod tuned;
+
 /// How the attention core is computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Strategy {
@@ -362,11 +364,22 @@ impl BlockedPlan {
     /// The blocked core where it can run: texel operands, heads on texel boundaries, and the
     /// whole key range in one dispatch under the driver's loop budget (the key loop has one
     /// iteration per 16 keys plus the head loop for the key blocks a slice scores, so this holds
-    /// below tens of thousands of keys).
+    /// below tens of thousands of keys). Its block width and slices are the built-in ones; a
+    /// tuned choice replaces them in [`ExecutionPlan::resolve`] (`plan::tuned`).
     pub(crate) fn resolve(ctx: &GpuContext, layout: &ProjectionLayout) -> Option<BlockedPlan> {
         let block_texels = blocked_block_texels(layout);
         let blocks = (layout.retrievals * layout.head).div_ceil(4 * block_texels);
-        let slices = blocked_slices(blocks);
+        Self::fitting(ctx, layout, block_texels, blocked_slices(blocks))
+    }
+
+    /// The blocked core with `block_texels` value texels per lane and `slices` slices, where it
+    /// can run (see [`BlockedPlan::resolve`]).
+    pub(crate) fn fitting(
+        ctx: &GpuContext,
+        layout: &ProjectionLayout,
+        block_texels: usize,
+        slices: usize,
+    ) -> Option<BlockedPlan> {
         // A slice scores its key blocks of a tile in one head loop (two with three slices).
         let head_loops = match slices {
             3 => 2,
@@ -375,6 +388,8 @@ impl BlockedPlan {
         let dv = layout.head as u64 / 4;
         let fits = OperandStorage::of_operands(ctx) == OperandStorage::Texels
             && layout.head.is_multiple_of(4)
+            && [4, 8, 16].contains(&block_texels)
+            && (1..=BLOCKED_MAX_SLICES).contains(&slices)
             && split_for_loop_budget(
                 ctx,
                 "blocked attention",
@@ -394,7 +409,7 @@ impl BlockedPlan {
 /// Most slices (groups of 8 lanes) of one blocked-core workgroup: 8 × 64 value columns, so the
 /// paper's 8 × 8 layer at `d = 64` (`r·d = 512`) scores each key once. 64 invocations and
 /// 4 KiB of workgroup memory, within WebGPU's defaults.
-const BLOCKED_MAX_SLICES: usize = 8;
+pub(crate) const BLOCKED_MAX_SLICES: usize = 8;
 
 /// Slices of the blocked core for `blocks` blocks of value columns: all of them, up to
 /// [`BLOCKED_MAX_SLICES`]; past that, as few groups as that allows, balanced (9 blocks: two
@@ -402,14 +417,24 @@ const BLOCKED_MAX_SLICES: usize = 8;
 /// caps them instead, for experiments (`1` is the core before slices: one workgroup per block,
 /// scores recomputed per block).
 fn blocked_slices(blocks: usize) -> usize {
-    let cap = std::env::var("COMPATTN_BLOCKED_SLICES")
+    balanced_slices(blocks, blocked_slices_cap().unwrap_or(BLOCKED_MAX_SLICES))
+}
+
+/// `COMPATTN_BLOCKED_SLICES`, where set to a positive number: an experiment's cap, which also
+/// turns tuning of the blocked core off (`plan::tuned`).
+pub(crate) fn blocked_slices_cap() -> Option<usize> {
+    std::env::var("COMPATTN_BLOCKED_SLICES")
         .ok()
         .and_then(|value| value.parse::<usize>().ok())
         .filter(|&cap| cap >= 1)
-        .unwrap_or(BLOCKED_MAX_SLICES)
-        .min(BLOCKED_MAX_SLICES);
+        .map(|cap| cap.min(BLOCKED_MAX_SLICES))
+}
+
+/// Slices for `blocks` blocks of value columns with at most `cap` per group, the groups
+/// balanced (see [`blocked_slices`]).
+pub(crate) fn balanced_slices(blocks: usize, cap: usize) -> usize {
     let blocks = blocks.max(1);
-    blocks.div_ceil(blocks.div_ceil(cap))
+    blocks.div_ceil(blocks.div_ceil(cap.clamp(1, BLOCKED_MAX_SLICES)))
 }
 
 /// Value texels per block (per lane) of the blocked core. Before blocks shared their scores
@@ -417,7 +442,7 @@ fn blocked_slices(blocks: usize) -> usize {
 /// `r·d = 128` a block of 16 texels (64 columns) ran the scores twice where 8 texels ran them
 /// four times, and measured 1.6× faster on lavapipe despite holding twice the accumulators.
 /// Narrow values take the smallest block that covers them.
-fn blocked_block_texels(layout: &ProjectionLayout) -> usize {
+pub(crate) fn blocked_block_texels(layout: &ProjectionLayout) -> usize {
     match layout.retrievals * layout.head {
         64.. => 16,
         32.. => 8,
@@ -771,8 +796,11 @@ impl ExecutionPlan {
         // writes f32 texels only, so an f16 layer it would run reads f16 buffers instead.
         let texel_core =
             OperandStorage::of_operands(ctx) == OperandStorage::Texels && !c.bias && !mlp;
+        // A tiling measured on this adapter for the shape class (plan::tuned) replaces the
+        // built-in one where it is still valid here.
         let blocked = match texel_core {
-            true => BlockedPlan::resolve(ctx, &layout),
+            true => tuned::stored_blocked(ctx, c, precision, &layout)
+                .or_else(|| BlockedPlan::resolve(ctx, &layout)),
             false => None,
         };
         let rows = batch * seq;
@@ -781,8 +809,13 @@ impl ExecutionPlan {
             Strategy::Fused => match blocked {
                 Some(blocked) => Route::texels(ctx, c, rows, TexelCore::Blocked(blocked)),
                 None => {
-                    let tiling = FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?;
-                    if texel_core && precision == Precision::F32 && c.dim_head.is_multiple_of(4) {
+                    let texels =
+                        texel_core && precision == Precision::F32 && c.dim_head.is_multiple_of(4);
+                    let tiling = match tuned::stored_fused(ctx, c, precision, &layout, texels) {
+                        Some(tiling) => tiling,
+                        None => FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?,
+                    };
+                    if texels {
                         let fused =
                             FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Texels)?;
                         Route::texels(ctx, c, rows, TexelCore::Fused(fused))
@@ -815,6 +848,64 @@ impl ExecutionPlan {
             );
         }
         Ok(plan)
+    }
+
+    /// The shape class of this plan's core and its candidate tilings, where the core has more
+    /// than one (`plan::tuned`): the blocked core and the general fused kernel of a forward.
+    pub(crate) fn tuning_candidates(
+        &self,
+        ctx: &GpuContext,
+        config: &Config,
+    ) -> Option<(String, Vec<tuned::TunedChoice>)> {
+        let layout = ProjectionLayout::new(
+            self.batch,
+            self.seq,
+            config.num_searches,
+            config.num_retrievals,
+            config.dim_head,
+        );
+        let (core, candidates) = match &self.route {
+            Route::Texels {
+                core: TexelCore::Blocked(_),
+                ..
+            } => (
+                tuned::TunedCore::Blocked,
+                tuned::blocked_candidates(ctx, &layout),
+            ),
+            Route::Texels {
+                core: TexelCore::Fused(_),
+                ..
+            } => (
+                tuned::TunedCore::Fused { texels: true },
+                tuned::fused_candidates(ctx, config.dim_head, config.num_retrievals),
+            ),
+            Route::Buffers {
+                core: BufferCore::Fused(_),
+                ..
+            } => (
+                tuned::TunedCore::Fused { texels: false },
+                tuned::fused_candidates(ctx, config.dim_head, config.num_retrievals),
+            ),
+            _ => return None,
+        };
+        let class = tuned::shape_class(ctx, config, self.precision, &layout, core);
+        (candidates.len() > 1).then_some((class, candidates))
+    }
+
+    /// Whether this plan's core runs `choice` (the tuner checks that a candidate it stored was
+    /// taken).
+    pub(crate) fn runs(&self, choice: &tuned::TunedChoice) -> bool {
+        match (self.core(), choice) {
+            (
+                CorePlan::Blocked(plan),
+                tuned::TunedChoice::Blocked {
+                    block_texels,
+                    slices,
+                },
+            ) => plan.block_texels == *block_texels && plan.slices == *slices,
+            (CorePlan::Fused(plan), tuned::TunedChoice::Fused(tiling)) => plan.tiling == *tiling,
+            _ => false,
+        }
     }
 
     /// Host bytes a [`forward`](crate::CompositionalAttention::forward) of this plan holds: the

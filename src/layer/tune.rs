@@ -1,0 +1,399 @@
+//! Measuring the candidate tilings of a shape class (issue 18, target 4; ARCHITECTURE
+//! decision 20): the layer times each candidate's whole forward on its own weights, keeps the
+//! fastest in the context's store, and the plan takes it from then on (`plan::tuned`).
+//!
+//! It runs on the first forward (or `prepare`, or `encode`) of a shape class whose choice is
+//! not stored, when the context's [`TuneMode`] is not `Off`, and on an explicit
+//! [`CompositionalAttention::tune`].
+
+use super::{CompositionalAttention, run};
+use crate::error::Result;
+use crate::gpu::{CompileProgress, TuneMode};
+use crate::plan::ExecutionPlan;
+use crate::plan::tuned::TunedChoice;
+use crate::workspace::Workspace;
+
+/// Forwards timed per candidate after the one that warms it up; the fastest counts (the least
+/// disturbed by other work on the machine).
+const TIMED_RUNS: usize = 3;
+
+/// Rounds in which the two fastest candidates are timed again, alternately.
+const RUN_OFF_ROUNDS: usize = 2;
+
+/// One candidate's time in a [`TuneReport`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TunedTime {
+    /// The tiling, as the cache file stores it (`blocked texels=16 slices=8`, `fused
+    /// 64,1,32,1`).
+    pub choice: String,
+    /// Its fastest forward, host wall time from upload to readback, in milliseconds.
+    pub ms: f64,
+}
+
+/// What [`CompositionalAttention::tune`] measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TuneReport {
+    /// The shape class the choice is kept for (core, kernel family, precision, widths, tokens
+    /// rounded up to a power of two).
+    pub class: String,
+    /// Every candidate that ran, fastest first; the built-in tiling is among them.
+    pub candidates: Vec<TunedTime>,
+    /// The fastest, now stored.
+    pub chosen: String,
+}
+
+impl CompositionalAttention {
+    /// Times every candidate tiling of the core a forward at `batch × seq` runs, on random
+    /// inputs, and keeps the fastest for its shape class: in this context's memory and,
+    /// natively, in the cache file ([`GpuContext::tune_cache_path`](crate::GpuContext::tune_cache_path)).
+    /// Workspaces built before are dropped, so the next forward runs the choice.
+    ///
+    /// `Ok(None)` where there is nothing to choose (the unfused strategy, a KV cache or memory,
+    /// a core with one tiling, a tiling set by `COMPATTN_FUSED_TILING` or
+    /// `COMPATTN_BLOCKED_SLICES`) or tuning is [`TuneMode::Off`]. A forward does this by itself
+    /// on first use of a shape class unless tuning is off; call it to tune ahead (a warm-up).
+    pub async fn tune(&mut self, batch: usize, seq: usize) -> Result<Option<TuneReport>> {
+        self.measure(batch, seq, self.strategy, &mut |_| {}).await
+    }
+
+    /// Blocking [`CompositionalAttention::tune`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn tune_blocking(&mut self, batch: usize, seq: usize) -> Result<Option<TuneReport>> {
+        pollster::block_on(self.tune(batch, seq))
+    }
+
+    /// Measures the shape class of `batch × seq` where tuning is on and its choice is not stored
+    /// yet (in memory, or in the file in `On` mode).
+    pub(super) async fn tune_if_new(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        strategy: crate::Strategy,
+        progress: &mut dyn FnMut(CompileProgress),
+    ) -> Result<()> {
+        if self.ctx.tune_mode() == TuneMode::Off || !self.config.plain_self_attention() {
+            return Ok(());
+        }
+        let plan = self.resolve(batch, seq, strategy)?;
+        if let Some((class, _)) = plan.tuning_candidates(&self.ctx, &self.config)
+            && self.ctx.tuning().get(&class).is_none()
+        {
+            self.measure(batch, seq, strategy, progress).await?;
+        }
+        Ok(())
+    }
+
+    fn resolve(
+        &self,
+        batch: usize,
+        seq: usize,
+        strategy: crate::Strategy,
+    ) -> Result<ExecutionPlan> {
+        ExecutionPlan::resolve(
+            &self.ctx,
+            &self.config,
+            self.precision,
+            strategy,
+            batch,
+            seq,
+        )
+    }
+
+    async fn measure(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        strategy: crate::Strategy,
+        progress: &mut dyn FnMut(CompileProgress),
+    ) -> Result<Option<TuneReport>> {
+        crate::shape::check_tokens(&self.config, batch, seq)?;
+        if self.ctx.tune_mode() == TuneMode::Off || !self.config.plain_self_attention() {
+            return Ok(None);
+        }
+        self.sync_parameters().await?;
+        // The candidates of the core the plan runs now.
+        let Some((class, candidates)) = self
+            .resolve(batch, seq, strategy)?
+            .tuning_candidates(&self.ctx, &self.config)
+        else {
+            return Ok(None);
+        };
+        let ctx = self.ctx.clone();
+        let dim = self.config.dim;
+        let mut rng = crate::rng::Rng::seed_from_u64(0x7u64 << 32 | (batch * seq) as u64);
+        let mut x: Vec<f32> =
+            crate::host_memory::try_with_capacity("tuning input", batch * seq * dim)?;
+        x.extend((0..batch * seq * dim).map(|_| rng.uniform_f32(-1.0, 1.0)));
+        self.workspaces.clear();
+        let mut times = Vec::new();
+        let mut first_error = None;
+        for choice in candidates {
+            ctx.tuning().set_in_memory(&class, &choice.encode());
+            match self
+                .time_candidate(&choice, batch, seq, strategy, &x, progress)
+                .await
+            {
+                Ok(Some(ms)) => times.push(TunedTime {
+                    choice: choice.encode(),
+                    ms,
+                }),
+                Ok(None) => {}
+                Err(error) => {
+                    ctx.check_alive("tuning")?;
+                    log::warn!("tuning {class}: {} failed: {error}", choice.encode());
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        // A run-off: the two fastest again, alternately, so that a burst of other work on the
+        // machine during one candidate's turn does not decide alone.
+        times.sort_by(|a, b| a.ms.total_cmp(&b.ms));
+        let finalists: Vec<TunedChoice> = times
+            .iter()
+            .take(2)
+            .filter_map(|t| TunedChoice::decode(&t.choice))
+            .collect();
+        for _ in 0..RUN_OFF_ROUNDS.min(finalists.len().saturating_sub(1)) {
+            for (i, choice) in finalists.iter().enumerate() {
+                ctx.tuning().set_in_memory(&class, &choice.encode());
+                let ms = self
+                    .time_candidate(choice, batch, seq, strategy, &x, progress)
+                    .await?;
+                if let Some(ms) = ms {
+                    times[i].ms = times[i].ms.min(ms);
+                }
+            }
+        }
+        times.sort_by(|a, b| a.ms.total_cmp(&b.ms));
+        let Some(best) = times.first().cloned() else {
+            ctx.tuning().remove(&class);
+            return match first_error {
+                Some(error) => Err(error),
+                None => Ok(None),
+            };
+        };
+        ctx.tuning().set(&class, &best.choice);
+        let measured: Vec<String> = times
+            .iter()
+            .map(|t| format!("{} {:.2} ms", t.choice, t.ms))
+            .collect();
+        log::info!(
+            "tuned {class}: {} of [{}]",
+            best.choice,
+            measured.join(", ")
+        );
+        Ok(Some(TuneReport {
+            class,
+            candidates: times,
+            chosen: best.choice,
+        }))
+    }
+
+    /// The fastest of [`TIMED_RUNS`] forwards with `choice` stored, after one that warms it up;
+    /// `None` if the plan did not take it.
+    async fn time_candidate(
+        &mut self,
+        choice: &TunedChoice,
+        batch: usize,
+        seq: usize,
+        strategy: crate::Strategy,
+        x: &[f32],
+        progress: &mut dyn FnMut(CompileProgress),
+    ) -> Result<Option<f64>> {
+        let plan = self.resolve(batch, seq, strategy)?;
+        if !plan.runs(choice) {
+            return Ok(None);
+        }
+        let weights = self.weights.for_plan(&self.ctx, &plan)?;
+        let mut workspace =
+            Workspace::build(&self.ctx, &self.config, weights, plan, None, progress).await?;
+        let dim = self.config.dim;
+        run(&self.ctx, &mut workspace, dim, x, None, false, None).await?;
+        let mut best = f64::INFINITY;
+        for _ in 0..TIMED_RUNS {
+            let (timed, _) = run(&self.ctx, &mut workspace, dim, x, None, false, None).await?;
+            best = best.min(timed.wall_ms);
+        }
+        Ok(Some(best))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gpu::test_device::rng;
+    use crate::gpu::{GpuContext, GpuOptions, KernelFamilyRequest, TuneMode};
+    use crate::plan::CorePlan;
+    use crate::testing::{ErrorStats, random_problem};
+    use crate::{CompositionalAttention, Config, reference};
+
+    /// A context of its own with tuning on: in memory only, or over `cache`.
+    fn tuned_context(
+        kernels: KernelFamilyRequest,
+        mode: TuneMode,
+        cache: Option<std::path::PathBuf>,
+    ) -> GpuContext {
+        let options = GpuOptions {
+            kernels,
+            tune: mode,
+            tune_cache: cache,
+            ..GpuOptions::from_env().expect("GPU options from the environment")
+        };
+        pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter")
+    }
+
+    /// 3 sequences of 37 rows (whole, padded, fully masked), causal; values 5 × 16 wide, so the
+    /// blocked core has two 64-column blocks (or three of 32) and no size is a tile multiple.
+    fn problem(seed: u64) -> (crate::Weights, crate::Input, Vec<f64>) {
+        let config = Config::new(40)
+            .dim_head(16)
+            .num_searches(3)
+            .num_retrievals(5)
+            .causal(true);
+        let (weights, input) =
+            random_problem(config, 3, 37, Some(&[37, 20, 0]), 2.0, seed).expect("a problem");
+        let expected = reference::forward(&weights, &input.x, 3, 37, input.mask.as_deref())
+            .expect("the reference");
+        (weights, input, expected)
+    }
+
+    /// A tuned plan changes results by f32 rounding at most: every candidate of the blocked
+    /// core (CPU family) and of the fused kernel (GPU family) matches the f64 reference, and
+    /// the built-in plan's output within 1e-5 of its scale.
+    #[test]
+    fn every_candidate_computes_the_built_in_result() {
+        let (mut rng, what) = rng("every_candidate_computes_the_built_in_result");
+        let (weights, input, expected) = problem(rng.next_u64());
+        for kernels in [KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu] {
+            let ctx = tuned_context(kernels, TuneMode::On, None);
+            let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
+            let plan = layer.plan(3, 37).unwrap();
+            let Some((class, candidates)) = plan.tuning_candidates(&ctx, &weights.config().clone())
+            else {
+                // The GL backend's CPU family reads buffers: its fused kernel has candidates,
+                // but a WebGPU-limited one may have a single tiling.
+                eprintln!("{what}: {kernels:?}: no candidates for {}", plan.describe());
+                continue;
+            };
+            let mut built_in: Option<Vec<f32>> = None;
+            for choice in &candidates {
+                ctx.tuning().set_in_memory(&class, &choice.encode());
+                layer.workspaces.clear();
+                let plan = layer.plan(3, 37).unwrap();
+                assert!(
+                    plan.runs(choice),
+                    "{what}: {} not taken: {}",
+                    choice.encode(),
+                    plan.describe()
+                );
+                let y = layer
+                    .forward_blocking(&input.x, 3, 37, input.mask.as_deref())
+                    .unwrap();
+                let stats = ErrorStats::compare(&y, &expected);
+                let name = format!("{what}: {kernels:?} {class}: {}", choice.encode());
+                assert!(stats.within(1e-4), "{name}: {stats}");
+                match &built_in {
+                    None => built_in = Some(y),
+                    Some(first) => {
+                        let against: Vec<f64> = first.iter().map(|&v| v as f64).collect();
+                        let stats = ErrorStats::compare(&y, &against);
+                        assert!(
+                            stats.max_abs_relative() <= 1e-5,
+                            "{name} against the built-in: {stats}"
+                        );
+                    }
+                }
+            }
+            eprintln!("{class}: {} candidates", candidates.len());
+        }
+    }
+
+    /// `tune` measures, keeps the fastest in memory and in the file, and the plan takes it; a
+    /// new context in `On` mode reads the file, `Force` and `Off` do not, and a file that does
+    /// not parse or holds a foreign choice leaves the built-in plan.
+    #[test]
+    fn tuning_is_kept_and_read_back() {
+        let (mut rng, what) = rng("tuning_is_kept_and_read_back");
+        let (weights, input, expected) = problem(rng.next_u64());
+        let dir = std::env::temp_dir().join(format!(
+            "compattn-tuning-{}-{}",
+            std::process::id(),
+            rng.next_u64()
+        ));
+        let path = dir.join("tuning.json");
+        let cpu = KernelFamilyRequest::Cpu;
+        let ctx = tuned_context(cpu, TuneMode::On, Some(path.clone()));
+        let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
+        let built_in = layer.plan(3, 37).unwrap();
+        let Some(report) = layer.tune_blocking(3, 37).unwrap() else {
+            eprintln!("{what}: nothing to tune in {}", built_in.describe());
+            return;
+        };
+        assert!(report.candidates.len() >= 2, "{what}: {report:?}");
+        assert!(report.candidates.iter().any(|t| t.choice == report.chosen));
+        assert!(
+            report
+                .candidates
+                .iter()
+                .all(|t| t.ms.is_finite() && t.ms > 0.0)
+        );
+        assert_eq!(ctx.tuned_choices().get(&report.class), Some(&report.chosen));
+        let file = std::fs::read_to_string(&path).expect("the cache file");
+        assert!(
+            file.contains(&report.class) && file.contains(&report.chosen),
+            "{file}"
+        );
+        let chosen = super::TunedChoice::decode(&report.chosen).unwrap();
+        assert!(layer.plan(3, 37).unwrap().runs(&chosen));
+        let y = layer
+            .forward_blocking(&input.x, 3, 37, input.mask.as_deref())
+            .unwrap();
+        let stats = ErrorStats::compare(&y, &expected);
+        assert!(stats.within(1e-4), "{what}: tuned forward: {stats}");
+
+        // A choice other than the built-in one, written by hand, to tell reading from not.
+        let other = match built_in.core() {
+            CorePlan::Blocked(b) => format!("blocked texels={} slices=1", b.block_texels),
+            CorePlan::Fused(f) => format!(
+                "fused {},{},{},{}",
+                f.tiling.wg,
+                f.tiling.qpi,
+                (f.tiling.bk / 2).max(4),
+                f.tiling.stage as u8
+            ),
+            _ => unreachable!("a tuned core"),
+        };
+        let text = file.replace(&report.chosen, &other);
+        std::fs::write(&path, &text).unwrap();
+        let other_choice = super::TunedChoice::decode(&other).unwrap();
+        let plan_in = |mode| {
+            let ctx = tuned_context(cpu, mode, Some(path.clone()));
+            CompositionalAttention::new(&ctx, &weights)
+                .unwrap()
+                .plan(3, 37)
+                .unwrap()
+        };
+        assert!(
+            plan_in(TuneMode::On).runs(&other_choice),
+            "{what}: On reads the file"
+        );
+        assert_eq!(
+            plan_in(TuneMode::Force),
+            built_in,
+            "{what}: Force does not read it"
+        );
+        assert_eq!(
+            plan_in(TuneMode::Off),
+            built_in,
+            "{what}: Off does not read it"
+        );
+        for broken in [
+            "{ not json".to_string(),
+            text.replace(&other, "blocked texels=5 slices=99"),
+            text.replace(env!("CARGO_PKG_VERSION"), "0.0.0-other"),
+        ] {
+            std::fs::write(&path, &broken).unwrap();
+            assert_eq!(plan_in(TuneMode::On), built_in, "{what}: {broken}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
