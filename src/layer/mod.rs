@@ -178,11 +178,16 @@ impl CompositionalAttention {
                 self.config.extra_keys.rows() + seq,
             );
         }
+        self.plan_for(batch, seq, self.strategy)
+    }
+
+    /// The self-attention plan at `batch × seq` with `strategy` (a tuned tiling included).
+    fn plan_for(&self, batch: usize, seq: usize, strategy: Strategy) -> Result<ExecutionPlan> {
         ExecutionPlan::resolve(
             &self.ctx,
             &self.config,
             self.precision,
-            self.strategy,
+            strategy,
             batch,
             seq,
         )
@@ -326,14 +331,7 @@ impl CompositionalAttention {
         self.sync_parameters().await?;
         if self.workspaces.get(batch, seq, strategy).is_none() {
             self.tune_if_new(batch, seq, strategy, progress).await?;
-            let plan = ExecutionPlan::resolve(
-                &self.ctx,
-                &self.config,
-                self.precision,
-                strategy,
-                batch,
-                seq,
-            )?;
+            let plan = self.plan_for(batch, seq, strategy)?;
             // Free the least recently used shape before allocating the new one.
             self.workspaces.make_room();
             let weights = self.weights.for_plan(&self.ctx, &plan)?;

@@ -9,7 +9,6 @@
 use super::{CompositionalAttention, run};
 use crate::error::Result;
 use crate::gpu::{CompileProgress, TuneMode};
-use crate::plan::ExecutionPlan;
 use crate::plan::tuned::TunedChoice;
 use crate::workspace::Workspace;
 
@@ -74,29 +73,13 @@ impl CompositionalAttention {
         if self.ctx.tune_mode() == TuneMode::Off || !self.config.plain_self_attention() {
             return Ok(());
         }
-        let plan = self.resolve(batch, seq, strategy)?;
+        let plan = self.plan_for(batch, seq, strategy)?;
         if let Some((class, _)) = plan.tuning_candidates(&self.ctx, &self.config)
             && self.ctx.tuning().get(&class).is_none()
         {
             self.measure(batch, seq, strategy, progress).await?;
         }
         Ok(())
-    }
-
-    fn resolve(
-        &self,
-        batch: usize,
-        seq: usize,
-        strategy: crate::Strategy,
-    ) -> Result<ExecutionPlan> {
-        ExecutionPlan::resolve(
-            &self.ctx,
-            &self.config,
-            self.precision,
-            strategy,
-            batch,
-            seq,
-        )
     }
 
     async fn measure(
@@ -113,7 +96,7 @@ impl CompositionalAttention {
         self.sync_parameters().await?;
         // The candidates of the core the plan runs now.
         let Some((class, candidates)) = self
-            .resolve(batch, seq, strategy)?
+            .plan_for(batch, seq, strategy)?
             .tuning_candidates(&self.ctx, &self.config)
         else {
             return Ok(None);
@@ -200,7 +183,7 @@ impl CompositionalAttention {
         x: &[f32],
         progress: &mut dyn FnMut(CompileProgress),
     ) -> Result<Option<f64>> {
-        let plan = self.resolve(batch, seq, strategy)?;
+        let plan = self.plan_for(batch, seq, strategy)?;
         if !plan.runs(choice) {
             return Ok(None);
         }
