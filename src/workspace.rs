@@ -558,6 +558,11 @@ impl WorkspaceCache {
         self.capacity
     }
 
+    /// Frees the workspaces whose plan `stale` says no longer holds.
+    pub(crate) fn drop_where(&mut self, stale: impl Fn(&ExecutionPlan) -> bool) {
+        self.workspaces.retain(|w| !stale(&w.plan));
+    }
+
     /// Frees every workspace.
     pub(crate) fn clear(&mut self) {
         self.workspaces.clear();

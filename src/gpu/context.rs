@@ -101,16 +101,17 @@ pub struct GpuOptions {
     /// (`COMPATTN_WAIT_TIMEOUT_S`); `None`: [`DEFAULT_WAIT_TIMEOUT`].
     pub wait_timeout: Option<std::time::Duration>,
     /// Whether plans use tilings measured on this adapter (`COMPATTN_TUNE`); see [`TuneMode`].
+    /// `GpuOptions::default()` has [`TuneMode::On`], memory only.
     pub tune: TuneMode,
     /// Where measured tilings are kept between processes; `None`: in memory only.
-    /// [`GpuOptions::from_env`] sets [`default_cache_path`](crate::gpu::default_cache_path).
+    /// [`GpuOptions::from_env`] sets [`default_cache_path`].
     pub tune_cache: Option<std::path::PathBuf>,
 }
 
 impl GpuOptions {
     /// Options from the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`,
     /// `COMPATTN_KERNELS`, `WGPU_POWER_PREF`, `COMPATTN_WAIT_TIMEOUT_S`, `COMPATTN_TUNE` and
-    /// `COMPATTN_TUNE_CACHE` (or the platform's cache folder; [`default_cache_path`](crate::gpu::default_cache_path)).
+    /// `COMPATTN_TUNE_CACHE` (or the platform's cache folder; [`default_cache_path`]).
     pub fn from_env() -> Result<Self> {
         Ok(GpuOptions {
             backends: backends_from_env()?,
@@ -242,7 +243,8 @@ impl GpuContext {
     }
 
     /// Opens a device on an adapter the caller picked. Tuning follows `COMPATTN_TUNE` and
-    /// `COMPATTN_TUNE_CACHE` ([`GpuContext::set_tune_mode`] changes it).
+    /// `COMPATTN_TUNE_CACHE` (a value other than `off`, `on` or `force` is an
+    /// [`Error::InvalidConfig`]); [`GpuContext::set_tune_mode`] changes it.
     pub async fn from_adapter(
         adapter: wgpu::Adapter,
         policy: LimitsPolicy,
@@ -311,7 +313,9 @@ impl GpuContext {
     /// device lacks. The caller's uncaptured-error handler stays in place; this crate's own
     /// operations run inside error scopes, so their errors still come back as typed
     /// [`Error`]s. The kernel family follows the adapter ([`KernelFamilyRequest::Auto`]); see
-    /// [`GpuContext::from_device_with`] to force one.
+    /// [`GpuContext::from_device_with`] to force one. Tuning follows `COMPATTN_TUNE` and
+    /// `COMPATTN_TUNE_CACHE` (a value other than `off`, `on` or `force` is an
+    /// [`Error::InvalidConfig`]); [`GpuContext::set_tune_mode`] changes it.
     pub fn from_device(
         adapter: &wgpu::Adapter,
         device: wgpu::Device,

@@ -123,7 +123,9 @@ impl TuningStore {
     }
 
     /// Sets the cache file (`None`: memory only); its entries are read again on next lookup.
+    /// In a browser there is no file system: always memory only.
     pub(crate) fn set_path(&self, path: Option<PathBuf>) {
+        let path = path.filter(|_| !cfg!(target_arch = "wasm32"));
         if let Ok(mut p) = self.path.lock() {
             *p = path;
         }
@@ -168,17 +170,11 @@ impl TuningStore {
         }
     }
 
-    /// Stores `choice` for `class` in memory only: the tuner trying a candidate.
+    /// Stores `choice` for `class` in memory only (tests pinning a tiling).
+    #[cfg(test)]
     pub(crate) fn set_in_memory(&self, class: &str, choice: &str) {
         if let Ok(mut state) = self.state.lock() {
             state.entries.insert(class.to_string(), choice.to_string());
-        }
-    }
-
-    /// Forgets `class` in memory (the file keeps it).
-    pub(crate) fn remove(&self, class: &str) {
-        if let Ok(mut state) = self.state.lock() {
-            state.entries.remove(class);
         }
     }
 
@@ -223,6 +219,12 @@ impl TuningStore {
     }
 
     fn write_file(&self, path: &std::path::Path, class: &str, choice: &str) -> std::io::Result<()> {
+        // One writer at a time in this process (contexts share the file); each write goes to a
+        // temporary file of its own and is renamed into place. Between processes the last
+        // rename wins, which costs at most the other's measuring in a later run.
+        static WRITING: Mutex<()> = Mutex::new(());
+        static TEMPORARIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
         let mut json = Self::read_json(path).unwrap_or_else(|| {
             serde_json::json!({
                 "format": FORMAT,
@@ -244,8 +246,16 @@ impl TuningStore {
             std::fs::create_dir_all(dir)?;
         }
         let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
-        let temporary = path.with_extension(format!("json.{}.tmp", std::process::id()));
-        std::fs::write(&temporary, text)?;
-        std::fs::rename(&temporary, path)
+        let temporary = path.with_extension(format!(
+            "json.{}.{}.tmp",
+            std::process::id(),
+            TEMPORARIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let written =
+            std::fs::write(&temporary, text).and_then(|_| std::fs::rename(&temporary, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        written
     }
 }

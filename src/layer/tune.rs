@@ -9,7 +9,8 @@
 use super::{CompositionalAttention, run};
 use crate::error::Result;
 use crate::gpu::{CompileProgress, TuneMode};
-use crate::plan::tuned::TunedChoice;
+use crate::plan::ExecutionPlan;
+use crate::plan::tuned::{Tiling, TunedChoice};
 use crate::workspace::Workspace;
 
 /// Forwards timed per candidate after the one that warms it up; the fastest counts (the least
@@ -45,13 +46,20 @@ impl CompositionalAttention {
     /// Times every candidate tiling of the core a forward at `batch × seq` runs, on random
     /// inputs, and keeps the fastest for its shape class: in this context's memory and,
     /// natively, in the cache file ([`GpuContext::tune_cache_path`](crate::GpuContext::tune_cache_path)).
-    /// Workspaces built before are dropped, so the next forward runs the choice.
+    /// Workspaces of the class built before with another tiling are dropped, so the next
+    /// forward runs the choice; other shapes' workspaces stay (a browser's `prepare`d shapes
+    /// stay prepared).
     ///
     /// `Ok(None)` where there is nothing to choose (the unfused strategy, a KV cache or memory,
     /// a core with one tiling, a tiling set by `COMPATTN_FUSED_TILING` or
     /// `COMPATTN_BLOCKED_SLICES`) or tuning is [`TuneMode::Off`]. A forward does this by itself
     /// on first use of a shape class unless tuning is off; call it to tune ahead (a warm-up).
     pub async fn tune(&mut self, batch: usize, seq: usize) -> Result<Option<TuneReport>> {
+        self.ctx.check_alive("tune")?;
+        let ctx = self.ctx.clone();
+        // GL serialises GPU work (GpuContext::serial); forward and prepare hold it around
+        // workspace_for, which measures inside it.
+        let _serial = ctx.serial().await;
         self.measure(batch, seq, self.strategy, &mut |_| {}).await
     }
 
@@ -107,11 +115,11 @@ impl CompositionalAttention {
         let mut x: Vec<f32> =
             crate::host_memory::try_with_capacity("tuning input", batch * seq * dim)?;
         x.extend((0..batch * seq * dim).map(|_| rng.uniform_f32(-1.0, 1.0)));
-        self.workspaces.clear();
+        // Each candidate is passed to the plan, never stored, so another layer on this context
+        // only ever runs a tiling that won.
         let mut times = Vec::new();
         let mut first_error = None;
         for choice in candidates {
-            ctx.tuning().set_in_memory(&class, &choice.encode());
             match self
                 .time_candidate(&choice, batch, seq, strategy, &x, progress)
                 .await
@@ -138,24 +146,36 @@ impl CompositionalAttention {
             .collect();
         for _ in 0..RUN_OFF_ROUNDS.min(finalists.len().saturating_sub(1)) {
             for (i, choice) in finalists.iter().enumerate() {
-                ctx.tuning().set_in_memory(&class, &choice.encode());
-                let ms = self
+                // A failure here leaves the first round's time.
+                match self
                     .time_candidate(choice, batch, seq, strategy, &x, progress)
-                    .await?;
-                if let Some(ms) = ms {
-                    times[i].ms = times[i].ms.min(ms);
+                    .await
+                {
+                    Ok(Some(ms)) => times[i].ms = times[i].ms.min(ms),
+                    Ok(None) => {}
+                    Err(error) => {
+                        ctx.check_alive("tuning")?;
+                        log::warn!("tuning {class}: {} failed: {error}", choice.encode());
+                    }
                 }
             }
         }
         times.sort_by(|a, b| a.ms.total_cmp(&b.ms));
         let Some(best) = times.first().cloned() else {
-            ctx.tuning().remove(&class);
             return match first_error {
                 Some(error) => Err(error),
                 None => Ok(None),
             };
         };
         ctx.tuning().set(&class, &best.choice);
+        // Workspaces of this class built with another tiling would keep running it.
+        if let Some(chosen) = TunedChoice::decode(&best.choice) {
+            let config = self.config;
+            self.workspaces.drop_where(|plan| {
+                plan.tuning_candidates(&ctx, &config)
+                    .is_some_and(|(c, _)| c == class && !plan.runs(&chosen))
+            });
+        }
         let measured: Vec<String> = times
             .iter()
             .map(|t| format!("{} {:.2} ms", t.choice, t.ms))
@@ -172,8 +192,8 @@ impl CompositionalAttention {
         }))
     }
 
-    /// The fastest of [`TIMED_RUNS`] forwards with `choice` stored, after one that warms it up;
-    /// `None` if the plan did not take it.
+    /// The fastest of [`TIMED_RUNS`] forwards with the plan given `choice`, after one that warms
+    /// it up; `None` if the plan did not take it.
     async fn time_candidate(
         &mut self,
         choice: &TunedChoice,
@@ -183,7 +203,14 @@ impl CompositionalAttention {
         x: &[f32],
         progress: &mut dyn FnMut(CompileProgress),
     ) -> Result<Option<f64>> {
-        let plan = self.plan_for(batch, seq, strategy)?;
+        let plan = ExecutionPlan::resolve_tiled(
+            &self.ctx,
+            &self.config,
+            self.precision,
+            strategy,
+            (batch, seq),
+            Tiling::Candidate(choice),
+        )?;
         if !plan.runs(choice) {
             return Ok(None);
         }
@@ -292,7 +319,8 @@ mod tests {
 
     /// `tune` measures, keeps the fastest in memory and in the file, and the plan takes it; a
     /// new context in `On` mode reads the file, `Force` and `Off` do not, and a file that does
-    /// not parse or holds a foreign choice leaves the built-in plan.
+    /// not parse, comes from another crate version or holds a choice that is not a candidate
+    /// leaves the built-in plan. Both kernel families (the blocked core, the fused kernel).
     #[test]
     fn tuning_is_kept_and_read_back() {
         let (mut rng, what) = rng("tuning_is_kept_and_read_back");
@@ -303,80 +331,159 @@ mod tests {
             rng.next_u64()
         ));
         let path = dir.join("tuning.json");
-        let cpu = KernelFamilyRequest::Cpu;
-        let ctx = tuned_context(cpu, TuneMode::On, Some(path.clone()));
+        for kernels in [KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu] {
+            let _ = std::fs::remove_file(&path);
+            let ctx = tuned_context(kernels, TuneMode::On, Some(path.clone()));
+            let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
+            let built_in = layer.plan(3, 37).unwrap();
+            let report = layer
+                .tune_blocking(3, 37)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}: nothing to tune in {}", built_in.describe()));
+            let what = format!("{what}: {kernels:?} {}", report.class);
+            assert!(report.candidates.len() >= 2, "{what}: {report:?}");
+            assert_eq!(
+                report.candidates[0].choice, report.chosen,
+                "{what}: fastest first"
+            );
+            assert!(
+                report
+                    .candidates
+                    .iter()
+                    .all(|t| t.ms.is_finite() && t.ms > 0.0)
+            );
+            assert_eq!(ctx.tuned_choices().get(&report.class), Some(&report.chosen));
+            let file = std::fs::read_to_string(&path).expect("the cache file");
+            assert!(
+                file.contains(&report.class) && file.contains(&report.chosen),
+                "{file}"
+            );
+            let chosen = super::TunedChoice::decode(&report.chosen).unwrap();
+            assert!(layer.plan(3, 37).unwrap().runs(&chosen), "{what}");
+            let y = layer
+                .forward_blocking(&input.x, 3, 37, input.mask.as_deref())
+                .unwrap();
+            let stats = ErrorStats::compare(&y, &expected);
+            assert!(stats.within(1e-4), "{what}: tuned forward: {stats}");
+
+            // Another candidate than the built-in tiling, written by hand, to tell reading
+            // from not reading.
+            let other = match built_in.core() {
+                CorePlan::Blocked(b) => format!("blocked texels={} slices=1", b.block_texels),
+                CorePlan::Fused(f) => format!(
+                    "fused {},{},{},{}",
+                    f.tiling.wg,
+                    f.tiling.qpi,
+                    (f.tiling.bk / 2).max(4),
+                    f.tiling.stage as u8
+                ),
+                _ => unreachable!("a tuned core"),
+            };
+            let text = file.replace(&report.chosen, &other);
+            std::fs::write(&path, &text).unwrap();
+            let other_choice = super::TunedChoice::decode(&other).unwrap();
+            let plan_in = |mode| {
+                let ctx = tuned_context(kernels, mode, Some(path.clone()));
+                CompositionalAttention::new(&ctx, &weights)
+                    .unwrap()
+                    .plan(3, 37)
+                    .unwrap()
+            };
+            assert!(
+                plan_in(TuneMode::On).runs(&other_choice),
+                "{what}: On reads the file"
+            );
+            assert_eq!(
+                plan_in(TuneMode::Force),
+                built_in,
+                "{what}: Force does not read it"
+            );
+            assert_eq!(
+                plan_in(TuneMode::Off),
+                built_in,
+                "{what}: Off does not read it"
+            );
+            // Entries that are not candidates, though they parse (and the fused one passes
+            // FusedTiling::check on native): ignored.
+            for broken in [
+                "{ not json".to_string(),
+                text.replace(&other, "blocked texels=5 slices=99"),
+                text.replace(&other, "blocked texels=16 slices=7"),
+                text.replace(&other, "fused 8,1,100000,0"),
+                text.replace(env!("CARGO_PKG_VERSION"), "0.0.0-other"),
+            ] {
+                std::fs::write(&path, &broken).unwrap();
+                assert_eq!(plan_in(TuneMode::On), built_in, "{what}: {broken}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The first forward of a new class measures by itself (in `On` mode, memory only here) and
+    /// keeps other shapes' workspaces; `Off` measures nothing and `tune` says so; a cache file
+    /// that cannot be written costs nothing but a warning.
+    #[test]
+    fn first_use_tunes_and_off_does_not() {
+        let (mut rng, what) = rng("first_use_tunes_and_off_does_not");
+        let (weights, input, expected) = problem(rng.next_u64());
+        let ctx = tuned_context(KernelFamilyRequest::Auto, TuneMode::On, None);
         let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
-        let built_in = layer.plan(3, 37).unwrap();
-        let Some(report) = layer.tune_blocking(3, 37).unwrap() else {
-            eprintln!("{what}: nothing to tune in {}", built_in.describe());
-            return;
-        };
-        assert!(report.candidates.len() >= 2, "{what}: {report:?}");
-        assert!(report.candidates.iter().any(|t| t.choice == report.chosen));
-        assert!(
-            report
-                .candidates
-                .iter()
-                .all(|t| t.ms.is_finite() && t.ms > 0.0)
-        );
-        assert_eq!(ctx.tuned_choices().get(&report.class), Some(&report.chosen));
-        let file = std::fs::read_to_string(&path).expect("the cache file");
-        assert!(
-            file.contains(&report.class) && file.contains(&report.chosen),
-            "{file}"
-        );
-        let chosen = super::TunedChoice::decode(&report.chosen).unwrap();
-        assert!(layer.plan(3, 37).unwrap().runs(&chosen));
+        // Another class first (a different sequence-length bucket), prepared and kept.
+        layer.prepare_blocking(1, 300).unwrap();
+        let before = ctx.tuned_choices();
         let y = layer
             .forward_blocking(&input.x, 3, 37, input.mask.as_deref())
             .unwrap();
         let stats = ErrorStats::compare(&y, &expected);
-        assert!(stats.within(1e-4), "{what}: tuned forward: {stats}");
-
-        // A choice other than the built-in one, written by hand, to tell reading from not.
-        let other = match built_in.core() {
-            CorePlan::Blocked(b) => format!("blocked texels={} slices=1", b.block_texels),
-            CorePlan::Fused(f) => format!(
-                "fused {},{},{},{}",
-                f.tiling.wg,
-                f.tiling.qpi,
-                (f.tiling.bk / 2).max(4),
-                f.tiling.stage as u8
-            ),
-            _ => unreachable!("a tuned core"),
-        };
-        let text = file.replace(&report.chosen, &other);
-        std::fs::write(&path, &text).unwrap();
-        let other_choice = super::TunedChoice::decode(&other).unwrap();
-        let plan_in = |mode| {
-            let ctx = tuned_context(cpu, mode, Some(path.clone()));
-            CompositionalAttention::new(&ctx, &weights)
-                .unwrap()
-                .plan(3, 37)
-                .unwrap()
-        };
-        assert!(
-            plan_in(TuneMode::On).runs(&other_choice),
-            "{what}: On reads the file"
-        );
-        assert_eq!(
-            plan_in(TuneMode::Force),
-            built_in,
-            "{what}: Force does not read it"
-        );
-        assert_eq!(
-            plan_in(TuneMode::Off),
-            built_in,
-            "{what}: Off does not read it"
-        );
-        for broken in [
-            "{ not json".to_string(),
-            text.replace(&other, "blocked texels=5 slices=99"),
-            text.replace(env!("CARGO_PKG_VERSION"), "0.0.0-other"),
-        ] {
-            std::fs::write(&path, &broken).unwrap();
-            assert_eq!(plan_in(TuneMode::On), built_in, "{what}: {broken}");
+        assert!(stats.within(1e-4), "{what}: {stats}");
+        let plan = layer.plan(3, 37).unwrap();
+        if let Some((class, _)) = plan.tuning_candidates(&ctx, weights.config()) {
+            assert!(
+                !before.contains_key(&class),
+                "{what}: {class} measured early"
+            );
+            assert!(
+                ctx.tuned_choices().contains_key(&class),
+                "{what}: {class} not measured"
+            );
+            assert!(
+                layer
+                    .workspaces
+                    .shapes()
+                    .iter()
+                    .any(|&(b, n, _)| (b, n) == (1, 300)),
+                "{what}: the other shape's workspace was dropped: {:?}",
+                layer.workspaces.shapes()
+            );
         }
-        let _ = std::fs::remove_dir_all(&dir);
+
+        let off = tuned_context(KernelFamilyRequest::Auto, TuneMode::Off, None);
+        let mut layer = CompositionalAttention::new(&off, &weights).unwrap();
+        assert_eq!(
+            layer.tune_blocking(3, 37).unwrap(),
+            None,
+            "{what}: Off tunes"
+        );
+        layer
+            .forward_blocking(&input.x, 3, 37, input.mask.as_deref())
+            .unwrap();
+        assert!(
+            off.tuned_choices().is_empty(),
+            "{what}: Off stored a choice"
+        );
+
+        // A cache path under a regular file: its folder cannot be made.
+        let file = std::env::temp_dir().join(format!("compattn-not-a-dir-{}", rng.next_u64()));
+        std::fs::write(&file, "a file").unwrap();
+        let unwritable = tuned_context(
+            KernelFamilyRequest::Auto,
+            TuneMode::On,
+            Some(file.join("tuning.json")),
+        );
+        let mut layer = CompositionalAttention::new(&unwritable, &weights).unwrap();
+        layer
+            .tune_blocking(3, 37)
+            .expect("tuning without a writable cache");
+        let _ = std::fs::remove_file(&file);
     }
 }

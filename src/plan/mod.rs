@@ -760,7 +760,10 @@ impl ExecutionPlan {
     }
 
     /// Resolves the plan for `config` at `batch × seq` with `strategy` on `ctx`. Fails with a
-    /// typed error when no kernel of the strategy can run the problem here.
+    /// typed error when no kernel of the strategy can run the problem here. Where the context
+    /// holds a tiling measured for the shape class ([`GpuContext::tune_mode`], ARCHITECTURE
+    /// decision 20) and it is still one of the class's candidates, the plan takes it; the same
+    /// call can therefore give another tiling after a layer on this context has tuned.
     pub fn resolve(
         ctx: &GpuContext,
         config: &Config,
@@ -768,6 +771,27 @@ impl ExecutionPlan {
         strategy: Strategy,
         batch: usize,
         seq: usize,
+    ) -> Result<ExecutionPlan> {
+        Self::resolve_tiled(
+            ctx,
+            config,
+            precision,
+            strategy,
+            (batch, seq),
+            tuned::Tiling::Stored,
+        )
+    }
+
+    /// [`ExecutionPlan::resolve`] with the core's tiling from `tiling`: the context's stored
+    /// choice, or a candidate the tuner is timing (which the store never sees, so other layers
+    /// on the context do not run it).
+    pub(crate) fn resolve_tiled(
+        ctx: &GpuContext,
+        config: &Config,
+        precision: Precision,
+        strategy: Strategy,
+        (batch, seq): (usize, usize),
+        tiling: tuned::Tiling<'_>,
     ) -> Result<ExecutionPlan> {
         config.validate()?;
         // Before any product of the sizes: batch · seq · dim must be representable here.
@@ -797,11 +821,11 @@ impl ExecutionPlan {
         let texel_core =
             OperandStorage::of_operands(ctx) == OperandStorage::Texels && !c.bias && !mlp;
         // A tiling measured on this adapter for the shape class (plan::tuned) replaces the
-        // built-in one where it is still valid here.
-        let blocked = match texel_core {
-            true => tuned::stored_blocked(ctx, c, precision, &layout)
+        // built-in one where it is still one of the class's candidates.
+        let blocked = match (strategy, texel_core) {
+            (Strategy::Fused, true) => tuned::blocked(ctx, c, precision, &layout, tiling)
                 .or_else(|| BlockedPlan::resolve(ctx, &layout)),
-            false => None,
+            _ => None,
         };
         let rows = batch * seq;
         let route = match strategy {
@@ -811,18 +835,28 @@ impl ExecutionPlan {
                 None => {
                     let texels =
                         texel_core && precision == Precision::F32 && c.dim_head.is_multiple_of(4);
-                    let tiling = match tuned::stored_fused(ctx, c, precision, &layout, texels) {
-                        Some(tiling) => tiling,
-                        None => FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?,
+                    let storage = match texels {
+                        true => OperandStorage::Texels,
+                        false => OperandStorage::Buffers,
+                    };
+                    // A tuned tiling the key chunks cannot hold falls back to the built-in one.
+                    let tuned = tuned::fused(ctx, c, precision, &layout, texels, tiling)
+                        .and_then(|t| FusedPlan::resolve(ctx, &layout, t, storage).ok());
+                    let fused = match tuned {
+                        Some(fused) => fused,
+                        None => FusedPlan::resolve(
+                            ctx,
+                            &layout,
+                            FusedTiling::choose(ctx, c.dim_head, c.num_retrievals)?,
+                            storage,
+                        )?,
                     };
                     if texels {
-                        let fused =
-                            FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Texels)?;
                         Route::texels(ctx, c, rows, TexelCore::Fused(fused))
                     } else {
                         let fused = FusedPlan {
                             stores_retrieved: mlp,
-                            ..FusedPlan::resolve(ctx, &layout, tiling, OperandStorage::Buffers)?
+                            ..fused
                         };
                         Route::buffers(ctx, c, rows, BufferCore::Fused(fused))
                     }

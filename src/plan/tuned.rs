@@ -34,8 +34,10 @@ pub(crate) enum TunedCore {
 }
 
 /// The key of a stored choice: the core, the kernel family, the precision, the layer's widths
-/// and the token count rounded up to a power of two (a shape class: nearby lengths share a
-/// choice; the adapter and driver are the store's own key).
+/// and flags (causal, biases, the MLP score network), the sequence length and the token count
+/// each rounded up to a power of two (a shape class: nearby shapes share a choice), and the
+/// workgroup limits the candidates were checked against. The adapter and driver are the
+/// store's own key.
 pub(crate) fn shape_class(
     ctx: &GpuContext,
     config: &Config,
@@ -52,10 +54,29 @@ pub(crate) fn shape_class(
         TunedCore::Fused { texels: true } => "fused-texels",
         TunedCore::Fused { texels: false } => "fused-buffers",
     };
+    let seq = layout.seq.max(1).next_power_of_two();
     let tokens = (layout.batch * layout.seq).max(1).next_power_of_two();
+    let mut flags = String::new();
+    for (flag, set) in [
+        (" causal", config.causal),
+        (" bias", config.bias),
+        (" mlp", config.selection_mlp.is_some()),
+    ] {
+        if set {
+            flags.push_str(flag);
+        }
+    }
+    // The limits that bound the candidates (WebGPU's defaults or the adapter's).
+    let limits = ctx.limits();
     format!(
-        "{core} {family} {precision} D{} d{} s{} r{} tokens<={tokens}",
-        config.dim, layout.head, layout.searches, layout.retrievals
+        "{core} {family} {precision} D{} d{} s{} r{}{flags} seq<={seq} tokens<={tokens} \
+         limits{}/{}",
+        config.dim,
+        layout.head,
+        layout.searches,
+        layout.retrievals,
+        limits.max_compute_invocations_per_workgroup,
+        limits.max_compute_workgroup_storage_size
     )
 }
 
@@ -107,43 +128,69 @@ impl TunedChoice {
     }
 }
 
-/// The stored blocked-core tiling for this class, where there is one and it runs here
-/// (`None` also while `COMPATTN_BLOCKED_SLICES` sets an experiment's cap).
-pub(crate) fn stored_blocked(
+/// Where [`ExecutionPlan::resolve_tiled`](super::ExecutionPlan::resolve_tiled) takes the core's
+/// tiling from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Tiling<'a> {
+    /// The context's stored choice for the shape class, if any (else the built-in tiling).
+    Stored,
+    /// A candidate the tuner is timing.
+    Candidate(&'a TunedChoice),
+}
+
+/// The blocked-core tiling `tiling` names for this layout, where it is one of the class's
+/// candidates and runs here (`None` also while `COMPATTN_BLOCKED_SLICES` sets an experiment's
+/// cap).
+pub(crate) fn blocked(
     ctx: &GpuContext,
     config: &Config,
     precision: Precision,
     layout: &ProjectionLayout,
+    tiling: Tiling<'_>,
 ) -> Option<BlockedPlan> {
-    if blocked_slices_cap().is_some() {
-        return None;
-    }
-    let class = shape_class(ctx, config, precision, layout, TunedCore::Blocked);
-    match TunedChoice::decode(&ctx.tuning().get(&class)?)? {
+    let choice = match tiling {
+        Tiling::Candidate(choice) => *choice,
+        Tiling::Stored => {
+            let class = shape_class(ctx, config, precision, layout, TunedCore::Blocked);
+            TunedChoice::decode(&ctx.tuning().get(&class)?)?
+        }
+    };
+    match choice {
         TunedChoice::Blocked {
             block_texels,
             slices,
-        } => BlockedPlan::fitting(ctx, layout, block_texels, slices),
-        TunedChoice::Fused(_) => None,
+        } if blocked_candidates(ctx, layout).contains(&choice) => {
+            BlockedPlan::fitting(ctx, layout, block_texels, slices)
+        }
+        _ => None,
     }
 }
 
-/// The stored fused tiling for this class, where there is one and it passes
-/// [`FusedTiling::check`] here (`None` also while `COMPATTN_FUSED_TILING` sets one).
-pub(crate) fn stored_fused(
+/// The fused tiling `tiling` names for this class, where it is one of the class's candidates
+/// (which pass [`FusedTiling::check`] here; `None` also while `COMPATTN_FUSED_TILING` sets
+/// one). A stored entry edited by hand is ignored, not trusted.
+pub(crate) fn fused(
     ctx: &GpuContext,
     config: &Config,
     precision: Precision,
     layout: &ProjectionLayout,
     texels: bool,
+    tiling: Tiling<'_>,
 ) -> Option<FusedTiling> {
-    if fused_tiling_set() {
-        return None;
-    }
-    let class = shape_class(ctx, config, precision, layout, TunedCore::Fused { texels });
-    match TunedChoice::decode(&ctx.tuning().get(&class)?)? {
-        TunedChoice::Fused(tiling) => tiling.check(ctx, layout.head, layout.retrievals).ok(),
-        TunedChoice::Blocked { .. } => None,
+    let choice = match tiling {
+        Tiling::Candidate(choice) => *choice,
+        Tiling::Stored => {
+            let class = shape_class(ctx, config, precision, layout, TunedCore::Fused { texels });
+            TunedChoice::decode(&ctx.tuning().get(&class)?)?
+        }
+    };
+    match choice {
+        TunedChoice::Fused(tiling)
+            if fused_candidates(ctx, layout.head, layout.retrievals).contains(&choice) =>
+        {
+            Some(tiling)
+        }
+        _ => None,
     }
 }
 

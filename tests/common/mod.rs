@@ -9,8 +9,9 @@ use std::sync::OnceLock;
 use compositional_attention::testing::{self, ErrorStats};
 use compositional_attention::{GpuContext, GpuOptions, KernelFamilyRequest, TuneMode};
 
-/// [`GpuOptions::from_env`] with tuning off: the tests run the built-in tilings, so their results
-/// are deterministic (tests/tuning.rs turns it on, with a cache file of its own).
+/// [`GpuOptions::from_env`] with tuning off: the tests run the built-in tilings, so their
+/// results are deterministic (the tuner's own tests, in src/layer/tune.rs, turn it on with
+/// contexts and cache files of their own).
 pub fn options() -> GpuOptions {
     GpuOptions {
         tune: TuneMode::Off,
