@@ -26,6 +26,9 @@ use crate::ops::key_values::{KeyValues, MemoryKeys};
 use crate::precision::Precision;
 
 static BLOCKED_ATTENTION: Kernel = kernel!("blocked_attention", includes: ["texel_rows"]);
+
+/// The attention kernel's name, which starts its variants' labels (the tuner times it alone).
+pub(crate) const KERNEL_NAME: &str = BLOCKED_ATTENTION.name;
 static RETRIEVAL_MIX: Kernel = kernel!("retrieval_mix", includes: ["texel_rows"]);
 
 /// Lanes per slice: one 8-wide SIMD vector on lavapipe; each lane owns 8 queries. A workgroup

@@ -26,6 +26,9 @@ use crate::ops::key_values::KeyValues;
 use crate::precision::Precision;
 
 static FUSED_ATTENTION: Kernel = kernel!("fused_attention", includes: ["texel_rows"]);
+
+/// The kernel's name, which starts its variants' labels (the tuner times it alone).
+pub(crate) const KERNEL_NAME: &str = FUSED_ATTENTION.name;
 static IO_BUFFERS: Piece = piece!("fused_buffers");
 static IO_TEXELS: Piece = piece!("fused_texels");
 static CARRY: Piece = piece!("fused_carry");

@@ -884,8 +884,9 @@ impl ExecutionPlan {
         Ok(plan)
     }
 
-    /// The shape class of this plan's core and its candidate tilings, where the core has more
-    /// than one (`plan::tuned`): the blocked core and the general fused kernel of a forward.
+    /// The shape class of this plan's core and its candidate tilings, the built-in one first,
+    /// where the core has more than one (`plan::tuned`): the blocked core and the general fused
+    /// kernel of a forward.
     pub(crate) fn tuning_candidates(
         &self,
         ctx: &GpuContext,

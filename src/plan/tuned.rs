@@ -90,6 +90,15 @@ pub(crate) enum TunedChoice {
 }
 
 impl TunedChoice {
+    /// The kernel the choice tiles: the only one whose time differs between candidates (the
+    /// GEMMs and the selection are the same), so the tuner times it alone.
+    pub(crate) fn kernel_name(&self) -> &'static str {
+        match self {
+            TunedChoice::Blocked { .. } => crate::ops::blocked_attention::KERNEL_NAME,
+            TunedChoice::Fused(_) => crate::ops::fused_attention::KERNEL_NAME,
+        }
+    }
+
     /// The stored form: `blocked texels=16 slices=8` or `fused 64,1,32,1` (wg, qpi, bk, stage:
     /// `COMPATTN_FUSED_TILING`'s form).
     pub(crate) fn encode(&self) -> String {
