@@ -330,10 +330,15 @@ impl CompositionalAttention {
         shape::check_tokens(&self.config, batch, seq)?;
         self.sync_parameters().await?;
         if self.workspaces.get(batch, seq, strategy).is_none() {
-            self.tune_if_new(batch, seq, strategy, progress).await?;
-            let plan = self.plan_for(batch, seq, strategy)?;
-            // Free the least recently used shape before allocating the new one.
+            // Free the least recently used shape before the tuner's and the new workspace.
             self.workspaces.make_room();
+            // Tuning only chooses among tilings: where it fails (out of memory, say), the
+            // forward goes on with the built-in one; a lost device stops it.
+            if let Err(error) = self.tune_if_new(batch, seq, strategy, progress).await {
+                self.ctx.check_alive("tuning")?;
+                log::warn!("tuning batch {batch} × seq {seq} failed, built-in tiling: {error}");
+            }
+            let plan = self.plan_for(batch, seq, strategy)?;
             let weights = self.weights.for_plan(&self.ctx, &plan)?;
             let workspace =
                 Workspace::build(&self.ctx, &self.config, weights, plan, None, progress).await?;

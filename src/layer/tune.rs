@@ -1,6 +1,8 @@
 //! Measuring the candidate tilings of a shape class (issue 18, target 4; ARCHITECTURE
-//! decision 20): the layer times each candidate's whole forward on its own weights, keeps the
-//! fastest in the context's store, and the plan takes it from then on (`plan::tuned`).
+//! decision 20): the layer runs each candidate's whole forward on its own weights and times the
+//! tiled kernel alone; the fastest must beat the built-in tiling by more than 5 % in a run-off
+//! to replace it; the context's store keeps the winner, and the plan takes it from then on
+//! (`plan::tuned`).
 //!
 //! It runs on the first forward (or `prepare`, or `encode`) of a shape class whose choice is
 //! not stored, when the context's [`TuneMode`] is not `Off`, and on an explicit
@@ -44,8 +46,8 @@ pub struct TuneReport {
     /// Every candidate that ran, the chosen one first, then the others fastest first; the
     /// built-in tiling is among them.
     pub candidates: Vec<TunedTime>,
-    /// The fastest, now stored: a candidate at least 5 % faster than the built-in tiling in a
-    /// run-off against it, else the built-in tiling.
+    /// The choice now stored: the fastest candidate if it ran more than 5 % faster than the
+    /// built-in tiling in a run-off against it, else the built-in tiling.
     pub chosen: String,
 }
 

@@ -790,6 +790,24 @@ impl ExecutionPlan {
         config: &Config,
         precision: Precision,
         strategy: Strategy,
+        shape: (usize, usize),
+        tiling: tuned::Tiling<'_>,
+    ) -> Result<ExecutionPlan> {
+        let resolve = |tiling| Self::resolve_with(ctx, config, precision, strategy, shape, tiling);
+        match (resolve(tiling), tiling) {
+            (Ok(plan), _) => Ok(plan),
+            (Err(error), tuned::Tiling::BuiltIn) => Err(error),
+            // A class spans shapes up to the next powers of two: a tiling measured on a shorter
+            // one may split keys, or need a buffer, that the built-in one does not here.
+            (Err(_), _) => resolve(tuned::Tiling::BuiltIn),
+        }
+    }
+
+    fn resolve_with(
+        ctx: &GpuContext,
+        config: &Config,
+        precision: Precision,
+        strategy: Strategy,
         (batch, seq): (usize, usize),
         tiling: tuned::Tiling<'_>,
     ) -> Result<ExecutionPlan> {

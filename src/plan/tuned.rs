@@ -143,6 +143,8 @@ impl TunedChoice {
 pub(crate) enum Tiling<'a> {
     /// The context's stored choice for the shape class, if any (else the built-in tiling).
     Stored,
+    /// The built-in tiling, whatever is stored.
+    BuiltIn,
     /// A candidate the tuner is timing.
     Candidate(&'a TunedChoice),
 }
@@ -159,6 +161,7 @@ pub(crate) fn blocked(
 ) -> Option<BlockedPlan> {
     let choice = match tiling {
         Tiling::Candidate(choice) => *choice,
+        Tiling::BuiltIn => return None,
         Tiling::Stored => {
             let class = shape_class(ctx, config, precision, layout, TunedCore::Blocked);
             TunedChoice::decode(&ctx.tuning().get(&class)?)?
@@ -188,6 +191,7 @@ pub(crate) fn fused(
 ) -> Option<FusedTiling> {
     let choice = match tiling {
         Tiling::Candidate(choice) => *choice,
+        Tiling::BuiltIn => return None,
         Tiling::Stored => {
             let class = shape_class(ctx, config, precision, layout, TunedCore::Fused { texels });
             TunedChoice::decode(&ctx.tuning().get(&class)?)?
