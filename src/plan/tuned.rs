@@ -149,6 +149,26 @@ pub(crate) enum Tiling<'a> {
     Candidate(&'a TunedChoice),
 }
 
+/// The choice `tiling` names for `core`'s class: the candidate, or the stored entry that parses;
+/// `None` for the built-in tiling.
+fn named(
+    ctx: &GpuContext,
+    config: &Config,
+    precision: Precision,
+    layout: &ProjectionLayout,
+    core: TunedCore,
+    tiling: Tiling<'_>,
+) -> Option<TunedChoice> {
+    match tiling {
+        Tiling::Candidate(choice) => Some(*choice),
+        Tiling::BuiltIn => None,
+        Tiling::Stored => {
+            let class = shape_class(ctx, config, precision, layout, core);
+            TunedChoice::decode(&ctx.tuning().get(&class)?)
+        }
+    }
+}
+
 /// The blocked-core tiling `tiling` names for this layout, where it is one of the class's
 /// candidates and runs here (`None` also while `COMPATTN_BLOCKED_SLICES` sets an experiment's
 /// cap).
@@ -159,14 +179,7 @@ pub(crate) fn blocked(
     layout: &ProjectionLayout,
     tiling: Tiling<'_>,
 ) -> Option<BlockedPlan> {
-    let choice = match tiling {
-        Tiling::Candidate(choice) => *choice,
-        Tiling::BuiltIn => return None,
-        Tiling::Stored => {
-            let class = shape_class(ctx, config, precision, layout, TunedCore::Blocked);
-            TunedChoice::decode(&ctx.tuning().get(&class)?)?
-        }
-    };
+    let choice = named(ctx, config, precision, layout, TunedCore::Blocked, tiling)?;
     match choice {
         TunedChoice::Blocked {
             block_texels,
@@ -189,14 +202,8 @@ pub(crate) fn fused(
     texels: bool,
     tiling: Tiling<'_>,
 ) -> Option<FusedTiling> {
-    let choice = match tiling {
-        Tiling::Candidate(choice) => *choice,
-        Tiling::BuiltIn => return None,
-        Tiling::Stored => {
-            let class = shape_class(ctx, config, precision, layout, TunedCore::Fused { texels });
-            TunedChoice::decode(&ctx.tuning().get(&class)?)?
-        }
-    };
+    let core = TunedCore::Fused { texels };
+    let choice = named(ctx, config, precision, layout, core, tiling)?;
     match choice {
         TunedChoice::Fused(tiling)
             if fused_candidates(ctx, layout.head, layout.retrievals).contains(&choice) =>
