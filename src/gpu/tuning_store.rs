@@ -77,6 +77,7 @@ pub fn default_cache_path() -> Option<PathBuf> {
 }
 
 /// The version of the cache file's layout.
+#[cfg(not(target_arch = "wasm32"))]
 const FORMAT: u64 = 1;
 
 /// The tuned choices of one context: shape class → choice, both opaque strings.
@@ -84,6 +85,7 @@ pub(crate) struct TuningStore {
     mode: Mutex<TuneMode>,
     path: Mutex<Option<PathBuf>>,
     /// Which adapter the entries are for, in the file: name, backend, driver and its version.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     adapter: String,
     state: Mutex<State>,
 }
@@ -144,6 +146,7 @@ impl TuningStore {
         let mut state = self.state.lock().ok()?;
         if !state.loaded && mode == TuneMode::On {
             state.loaded = true;
+            #[cfg(not(target_arch = "wasm32"))]
             if let Some(path) = self.path() {
                 for (k, v) in self.read_file(&path) {
                     state.entries.entry(k).or_insert(v);
@@ -160,6 +163,7 @@ impl TuningStore {
         if let Ok(mut state) = self.state.lock() {
             state.entries.insert(class.to_string(), choice.to_string());
         }
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(path) = self.path()
             && let Err(error) = self.write_file(&path, class, choice)
         {
@@ -188,6 +192,7 @@ impl TuningStore {
 
     /// The whole file as JSON, or `None` where it is missing, unreadable or of another format or
     /// crate version.
+    #[cfg(not(target_arch = "wasm32"))]
     fn read_json(path: &std::path::Path) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(path).ok()?;
         let json: serde_json::Value = match serde_json::from_str(&text) {
@@ -202,6 +207,7 @@ impl TuningStore {
         current.then_some(json)
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     fn read_file(&self, path: &std::path::Path) -> Vec<(String, String)> {
         let Some(json) = Self::read_json(path) else {
             return Vec::new();
@@ -218,6 +224,7 @@ impl TuningStore {
             .unwrap_or_default()
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     fn write_file(&self, path: &std::path::Path, class: &str, choice: &str) -> std::io::Result<()> {
         // One writer at a time in this process (contexts share the file); each write goes to a
         // temporary file of its own and is renamed into place. Between processes the last

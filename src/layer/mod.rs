@@ -333,7 +333,9 @@ impl CompositionalAttention {
             // Free the least recently used shape before the tuner's and the new workspace.
             self.workspaces.make_room();
             // Tuning only chooses among tilings: where it fails (out of memory, say), the
-            // forward goes on with the built-in one; a lost device stops it.
+            // forward goes on with the built-in one; a lost device stops it. In a browser only
+            // `tune` measures (layer::tune).
+            #[cfg(not(target_arch = "wasm32"))]
             if let Err(error) = self.tune_if_new(batch, seq, strategy, progress).await {
                 self.ctx.check_alive("tuning")?;
                 log::warn!("tuning batch {batch} × seq {seq} failed, built-in tiling: {error}");

@@ -5,8 +5,8 @@
 //! (`plan::tuned`).
 //!
 //! It runs on the first forward (or `prepare`, or `encode`) of a shape class whose choice is
-//! not stored, when the context's [`TuneMode`] is not `Off`, and on an explicit
-//! [`CompositionalAttention::tune`].
+//! not stored, when the context's [`TuneMode`] is not `Off` (natively; in a browser only when
+//! asked), and on an explicit [`CompositionalAttention::tune`].
 
 use super::{CompositionalAttention, run};
 use crate::error::Result;
@@ -61,8 +61,9 @@ impl CompositionalAttention {
     ///
     /// `Ok(None)` where there is nothing to choose (the unfused strategy, a KV cache or memory,
     /// a core with one tiling, a tiling set by `COMPATTN_FUSED_TILING` or
-    /// `COMPATTN_BLOCKED_SLICES`) or tuning is [`TuneMode::Off`]. A forward does this by itself
-    /// on first use of a shape class unless tuning is off; call it to tune ahead (a warm-up).
+    /// `COMPATTN_BLOCKED_SLICES`) or tuning is [`TuneMode::Off`]. Natively a forward does this
+    /// by itself on first use of a shape class unless tuning is off; call it to tune ahead (a
+    /// warm-up). In a browser only this call measures; the choice stays in memory.
     pub async fn tune(&mut self, batch: usize, seq: usize) -> Result<Option<TuneReport>> {
         self.ctx.check_alive("tune")?;
         let ctx = self.ctx.clone();
@@ -79,7 +80,11 @@ impl CompositionalAttention {
     }
 
     /// Measures the shape class of `batch × seq` where tuning is on and its choice is not stored
-    /// yet (in memory, or in the file in `On` mode).
+    /// yet (in memory, or in the file in `On` mode). Native only: in a browser the first use
+    /// never measures (the JavaScript package's size budget: this call's state machine in every
+    /// forward was 21 KB of wasm; and a page's first frame), and a program calls
+    /// [`CompositionalAttention::tune`] instead.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(super) async fn tune_if_new(
         &mut self,
         batch: usize,
