@@ -4,21 +4,30 @@
 // Bindings   @binding(0) params (uniform)  m, n, tiles_n, the texel slice [k_begin, k_end) of
 //                        the reduction this dispatch adds (the host splits K only where the
 //                        driver caps loop iterations), accumulate (add to the buffer output),
-//                        and where a buffer output's rows lie: row r from element
-//                        out_offset + r·out_stride (training writes column blocks, ops/matmul.rs)
-//            @binding(1) lhs      [M, K] texel rows (columns past K are 0)
-//            @binding(2) rhs      [N, K] texel rows (PyTorch weight layout, padded likewise)
+//                        where a buffer output's rows lie: row r from element
+//                        out_offset + r·out_stride (training writes column blocks, ops/matmul.rs),
+//                        and k, the reduction's length (rows of a stored transpose past it
+//                        read as 0)
+//            @binding(1) lhs      [M, K] texel rows (columns past K are 0), or with LHS_T its
+//                                 transpose [K, M] as texel rows
+//            @binding(2) rhs      [N, K] texel rows (PyTorch weight layout, padded likewise),
+//                                 or with RHS_T its transpose [K, N]
 //            @binding(3) out      [M, N]: an f32 buffer (io/gemm_out_buffer.wgsl) or texel rows
 //                                 with N % 4 == 0 (io/gemm_out_texels.wgsl); the host places
 //                                 one of the two pieces first, which declares `out` and `store`
 // Dispatch   one workgroup per (WG·8 rows) × 16 columns, numbered linearly over x and y:
-//            group = tile_m · tiles_n + tile_n. Invocation `lane` owns rows row0 + t·WG
-//            (t < 8, two blocks of four) and the 16 columns of the tile, held as eight 4 × 4
-//            matrix accumulators. Each step over 4 values of k fetches 8 + 16 texels and does
-//            512 multiply-adds as 4 × 4 matrix products: on a SIMD CPU the lanes are 8
-//            consecutive rows, texel fetches are vector gathers, and no private array is
-//            indexed dynamically.
-// Host constants  WG, RPL.
+//            group = tile_m · tiles_n + tile_n. Invocation `lane` owns eight rows of the tile
+//            (two blocks of four, `lane_row`) and its 16 columns, held as eight 4 × 4 matrix
+//            accumulators. Each step over 4 values of k fetches 8 + 16 texels and does 512
+//            multiply-adds as 4 × 4 matrix products: on a SIMD CPU the lanes are 8 consecutive
+//            rows (with LHS_T 8 consecutive texels of a row), texel fetches are vector gathers,
+//            and no private array is indexed dynamically.
+//            Why the stored transposes: training's backward multiplies by the transpose of a
+//            [rows, n] matrix it has just written (dLᵀ·SQ, Ãᵀ·dRet) and by operands whose
+//            untransposed copies it already holds; reading them transposed here costs one 4 × 4
+//            transpose per block, where writing or copying the transpose cost a strided texel
+//            store per value on lavapipe (ops/attention_chunk_texels.rs, ARCHITECTURE decision 17).
+// Host constants  WG, RPL, LHS_T, RHS_T (bool).
 // Includes   common/texel_rows.wgsl.
 
 struct Params {
@@ -30,15 +39,35 @@ struct Params {
     accumulate: u32,
     out_offset: u32,
     out_stride: u32,
+    k: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var lhs: texture_2d_array<f32>;
 @group(0) @binding(2) var rhs: texture_2d_array<f32>;
 
-// Rows (k-texel k of four rows r, r + WG, r + 2·WG, r + 3·WG) as a matrix whose columns are
-// the rows' texels, transposed: entry [i][j] = lhs[row i, 4k + j].
-fn lhs_block(r: u32, k: u32) -> mat4x4<f32> {
+// Row i < 8 of the lane's rows in the tile from row `base`: lane + i·WG, so that the lanes of a
+// SIMD vector read consecutive rows; with LHS_T, blocks of four consecutive rows (one texel of
+// the stored transpose): base + (i / 4)·4·WG + 4·lane + i % 4.
+fn lane_row(base: u32, lane: u32, i: u32) -> u32 {
+    if (LHS_T) {
+        return base + (i / 4u) * 4u * WG + 4u * lane + i % 4u;
+    }
+    return base + lane + i * WG;
+}
+
+// Block `blk` of the lane's rows (lane_row 4·blk .. 4·blk + 3) at k-texel k, as a matrix with
+// entry [j][i] = lhs[row i, 4k + j].
+fn lhs_block(base: u32, lane: u32, blk: u32, k: u32) -> mat4x4<f32> {
+    if (LHS_T) {
+        // Column j is row 4k + j of the stored transpose at the texel of the four rows.
+        let q = min(base / 4u + blk * WG + lane, (params.m - 1u) / 4u);
+        return mat4x4<f32>(lhs_t_texel(4u * k, q), lhs_t_texel(4u * k + 1u, q), lhs_t_texel(4u * k + 2u, q), lhs_t_texel(4u * k + 3u, q));
+    }
+    let r = lane_row(base, lane, 4u * blk);
     return transpose(mat4x4<f32>(lhs_texel(r, k), lhs_texel(r + WG, k), lhs_texel(r + 2u * WG, k), lhs_texel(r + 3u * WG, k)));
 }
 
@@ -47,14 +76,30 @@ fn lhs_texel(row: u32, k: u32) -> vec4<f32> {
     return textureLoad(lhs, texel_coords(r, k), texel_layer(r), 0);
 }
 
+// Texel q of row `row` of the stored transpose; rows past K are 0.
+fn lhs_t_texel(row: u32, q: u32) -> vec4<f32> {
+    let r = min(row, params.k - 1u);
+    return select(vec4<f32>(0.0), textureLoad(lhs, texel_coords(r, q), texel_layer(r), 0), row < params.k);
+}
+
 // Columns c .. c + 3 at k-texel k: column j of the matrix is weight row c + j.
 fn rhs_block(c: u32, k: u32) -> mat4x4<f32> {
+    if (RHS_T) {
+        // Rows 4k + i of the stored transpose hold columns c .. c + 3 at k = 4k + i.
+        let q = min(c / 4u, (params.n - 1u) / 4u);
+        return transpose(mat4x4<f32>(rhs_t_texel(4u * k, q), rhs_t_texel(4u * k + 1u, q), rhs_t_texel(4u * k + 2u, q), rhs_t_texel(4u * k + 3u, q)));
+    }
     return mat4x4<f32>(rhs_texel(c, k), rhs_texel(c + 1u, k), rhs_texel(c + 2u, k), rhs_texel(c + 3u, k));
 }
 
 fn rhs_texel(col: u32, k: u32) -> vec4<f32> {
     let c = min(col, params.n - 1u);
     return textureLoad(rhs, texel_coords(c, k), texel_layer(c), 0);
+}
+
+fn rhs_t_texel(row: u32, q: u32) -> vec4<f32> {
+    let r = min(row, params.k - 1u);
+    return select(vec4<f32>(0.0), textureLoad(rhs, texel_coords(r, q), texel_layer(r), 0), row < params.k);
 }
 
 @compute @workgroup_size(WG)
@@ -64,12 +109,12 @@ fn main(
     @builtin(local_invocation_index) lane: u32,
 ) {
     let tile = group.x + group.y * groups.x;
-    let row0 = (tile / params.tiles_n) * WG * 8u + lane;
+    let base = (tile / params.tiles_n) * WG * 8u;
     let col0 = (tile % params.tiles_n) * 16u;
     if (col0 >= params.n) {
         return;
     }
-    // acc_tc: rows of block t (t·4·WG ..), columns col0 + 4c .. + 3; entry [j][i] = (row i, col j).
+    // acc_tc: rows of block t (lane_row 4t ..), columns col0 + 4c .. + 3; entry [j][i] = (row i, col j).
     var acc00 = mat4x4<f32>();
     var acc01 = mat4x4<f32>();
     var acc02 = mat4x4<f32>();
@@ -79,8 +124,8 @@ fn main(
     var acc12 = mat4x4<f32>();
     var acc13 = mat4x4<f32>();
     for (var k = params.k_begin; k < params.k_end; k++) {
-        let a0 = lhs_block(row0, k);
-        let a1 = lhs_block(row0 + 4u * WG, k);
+        let a0 = lhs_block(base, lane, 0u, k);
+        let a1 = lhs_block(base, lane, 1u, k);
         let b0 = rhs_block(col0, k);
         let b1 = rhs_block(col0 + 4u, k);
         let b2 = rhs_block(col0 + 8u, k);
@@ -100,8 +145,8 @@ fn main(
     let rows1 = array<mat4x4<f32>, 4>(transpose(acc10), transpose(acc11), transpose(acc12), transpose(acc13));
     for (var i = 0u; i < 4u; i++) {
         for (var c = 0u; c < 4u; c++) {
-            store(row0 + i * WG, col0 + 4u * c, rows0[c][i]);
-            store(row0 + (4u + i) * WG, col0 + 4u * c, rows1[c][i]);
+            store(lane_row(base, lane, i), col0 + 4u * c, rows0[c][i]);
+            store(lane_row(base, lane, 4u + i), col0 + 4u * c, rows1[c][i]);
         }
     }
 }

@@ -5,17 +5,26 @@
 //! Why: the buffer route's elementwise kernels read and write the chunk's scores in storage
 //! buffers, and its GEMMs then copied them into texels, the large ones transposed. On lavapipe
 //! that traffic cost as much as the GEMMs (BENCHMARKS.md). Here the score GEMMs write texel
-//! rows, the elementwise kernels read texels and write the texel rows the next GEMMs read, the
-//! backward's kernel writes the two transposes itself (as 4 × 4 blocks), and only the small
-//! `[rows, d]` and `[n, d]` operands are copied from the projections.
+//! rows, the elementwise kernels read texels and write the texel rows the next GEMMs read, and
+//! only the small `[rows, d]` and `[n, d]` operands are copied from the projections: `SK_b`
+//! once per (batch, search) and `RV_b` once per batch. Where a product needs the transpose of
+//! a matrix (`dLᵀ·SQ_C`, `Ãᵀ·dRet_C`, `dL·SK_b`), the texel GEMM reads the stored matrix
+//! transposed ([`TexelOperand::Transposed`]): the backward's elementwise kernel once wrote
+//! `dLᵀ` and `Ãᵀ` itself, and those texel stores to scattered rows were half of its time on
+//! lavapipe, with transposing copies of `SK_b`, `SQ_C` and `dRet_C` beside them.
 //!
-//! Per (batch b, search σ, chunk of query rows C), with `ᵀ` where a texel matrix is stored
-//! transposed (the texel GEMM computes `lhs·rhsᵀ`):
+//! Per (batch b, search σ, chunk of query rows C); the texel GEMM computes `lhs·rhsᵀ`, and
+//! `[X]ᵀ` marks an operand it reads from the stored `X`:
 //! ```text
 //! forward   S = SQ_C·SK_bᵀ;  softmax → stats, Ã;  Ret_C = Ã·(RV_bᵀ)ᵀ
-//! backward  S = SQ_C·SK_bᵀ;  dA = dRet_C·RV_bᵀ;  → dL, Ãᵀ, dLᵀ;
-//!           dSQ_C = dL·(SK_bᵀ)ᵀ;  dSK_b += dLᵀ·(SQ_Cᵀ)ᵀ;  dRV_b += Ãᵀ·(dRet_Cᵀ)ᵀ
+//! backward  S = SQ_C·SK_bᵀ;  dA = dRet_C·RV_bᵀ;  → dL, Ã;
+//!           dSQ_C = dL·[SK_b]ᵀᵀ;  dSK_b += [dL]ᵀ·[SQ_C]ᵀᵀ;  dRV_b += [Ã]ᵀ·[dRet_C]ᵀᵀ
 //! ```
+//!
+//! Measured and not kept: one kernel computing `S` and `dA` and the elementwise step as their
+//! epilogue (no `[c, n]` round trip for `S` and `dA`) ran 1.5× slower than the two GEMMs and the
+//! elementwise kernel on lavapipe, because its epilogue stores texels to eight rows at once
+//! (one per lane), where the elementwise kernel's lanes store consecutive texels of one row.
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
@@ -24,7 +33,7 @@ use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::ops::Rows;
 use crate::ops::attention_train::CoreProblem;
-use crate::ops::gemm::OutBlock;
+use crate::ops::gemm::{OutBlock, TexelOperand};
 use crate::ops::matmul::{self, Operand, TexelPacks};
 
 static SOFTMAX_TEXELS: Kernel = kernel!(
@@ -80,27 +89,59 @@ fn block(offset: usize, stride: usize, accumulate: bool) -> OutBlock {
     }
 }
 
-/// `S = SQ_C·SK_bᵀ` into the `scores` texels of `[c, n]`.
-async fn scores(
+/// The texel copies of a chunk's queries `SQ_C [c, d]` and its keys `SK_b [n, d]`.
+struct ChunkSearch {
+    sq: TexelRows,
+    sk: TexelRows,
+}
+
+/// Copies `SQ_C` and, where `copy_keys` (the chunk is the first of its (batch, search): later
+/// ones find the copy in place), `SK_b` from the projections into texel rows.
+async fn search_operands(
     ctx: &GpuContext,
     packs: &TexelPacks,
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
     (b, sigma, rows): (usize, usize, &std::ops::Range<usize>),
-) -> Result<(TexelRows, Vec<Dispatch>)> {
+    copy_keys: bool,
+) -> Result<(ChunkSearch, Vec<Dispatch>)> {
     let l = &problem.layout;
     let (n, d, rs, c) = (l.seq, l.head, l.row_stride, rows.len());
     let (q, k, _) = problem.chunk_offsets(b, sigma, rows.start);
     let (sq, copy_q) = packs
         .pack(ctx, "chunk SQ", (c, d), plain(proj, q, rs))
         .await?;
-    let (sk, copy_k) = packs
-        .pack(ctx, "chunk SK", (n, d), plain(proj, k, rs))
-        .await?;
+    let (sk, copies) = match copy_keys {
+        true => {
+            let (sk, copy_k) = packs
+                .pack(ctx, "chunk SK", (n, d), plain(proj, k, rs))
+                .await?;
+            (sk, vec![copy_q, copy_k])
+        }
+        false => (packs.texels(ctx, "chunk SK", n, d)?, vec![copy_q]),
+    };
+    Ok((ChunkSearch { sq, sk }, copies))
+}
+
+/// `S = SQ_C·SK_bᵀ` into the `scores` texels of `[c, n]`.
+async fn scores(
+    ctx: &GpuContext,
+    packs: &TexelPacks,
+    problem: &CoreProblem,
+    proj: &wgpu::Buffer,
+    chunk: (usize, usize, &std::ops::Range<usize>),
+) -> Result<(TexelRows, Vec<Dispatch>)> {
+    let (c, n) = (chunk.2.len(), problem.layout.seq);
+    let copy_keys = chunk.2.start == 0;
+    let (search, copies) = search_operands(ctx, packs, problem, proj, chunk, copy_keys).await?;
     let scores = packs.texels(ctx, "chunk scores", c, n)?;
-    let mut dispatches = vec![copy_q, copy_k];
-    let whole = block(0, n, false);
-    dispatches.extend(matmul::texel_product(ctx, &sq, &sk, Rows::Texels(&scores), whole).await?);
+    let mut dispatches = copies;
+    let (lhs, rhs, out) = (
+        (&search.sq).into(),
+        (&search.sk).into(),
+        Rows::Texels(&scores),
+    );
+    dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out, block(0, n, false)).await?);
     Ok((scores, dispatches))
 }
 
@@ -148,7 +189,8 @@ pub(crate) async fn forward(
         dispatches.push(copy_v);
         let out = Rows::Buffer(ret.into());
         let ret_block = block(row0 * vw, vw, false);
-        dispatches.extend(matmul::texel_product(ctx, &weights, &rv_t, out, ret_block).await?);
+        let (lhs, rhs) = ((&weights).into(), (&rv_t).into());
+        dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out, ret_block).await?);
     }
     Ok(dispatches)
 }
@@ -167,33 +209,46 @@ pub(crate) async fn backward(
     step: usize,
 ) -> Result<Vec<Dispatch>> {
     let l = problem.layout;
-    let (n, d, vw, rs) = (l.seq, l.head, problem.value_width(), l.row_stride);
+    let (n, vw, rs) = (l.seq, problem.value_width(), l.row_stride);
     let mut dispatches = Vec::new();
     for (b, sigma, rows) in problem.chunks(step) {
         let c = rows.len();
         let (q, k, v) = problem.chunk_offsets(b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
-        let (scores, score_dispatches) =
-            scores(ctx, packs, problem, proj, (b, sigma, &rows)).await?;
-        dispatches.extend(score_dispatches);
-        // dA = dRet_C·RV_bᵀ.
+        // The first chunk of (b, σ) copies SK_b, the first of b RV_b; later chunks find the
+        // copies in their textures.
+        let chunk = (b, sigma, &rows);
+        let (search, copies) =
+            search_operands(ctx, packs, problem, proj, chunk, rows.start == 0).await?;
+        dispatches.extend(copies);
         let d_ret_rows = plain(d_ret, row0 * vw, vw);
         let (d_ret_c, copy_dr) = packs.pack(ctx, "chunk dRet", (c, vw), d_ret_rows).await?;
-        let (rv, copy_v) = packs
-            .pack(ctx, "chunk RV", (n, vw), plain(proj, v, rs))
-            .await?;
+        dispatches.push(copy_dr);
+        let rv = match sigma == 0 && rows.start == 0 {
+            true => {
+                let (rv, copy_v) = packs
+                    .pack(ctx, "chunk RV", (n, vw), plain(proj, v, rs))
+                    .await?;
+                dispatches.push(copy_v);
+                rv
+            }
+            false => packs.texels(ctx, "chunk RV", n, vw)?,
+        };
+        // S = SQ_C·SK_bᵀ and dA = dRet_C·RV_bᵀ.
+        let scores = packs.texels(ctx, "chunk scores", c, n)?;
         let d_weights = packs.texels(ctx, "chunk dA", c, n)?;
-        dispatches.extend([copy_dr, copy_v]);
-        let whole = block(0, n, false);
-        dispatches.extend(
-            matmul::texel_product(ctx, &d_ret_c, &rv, Rows::Texels(&d_weights), whole).await?,
-        );
-        // dL, Ãᵀ and dLᵀ.
+        for (lhs, rhs, out) in [
+            (&search.sq, &search.sk, &scores),
+            (&d_ret_c, &rv, &d_weights),
+        ] {
+            let (lhs, rhs, out) = (lhs.into(), rhs.into(), Rows::Texels(out));
+            dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out, block(0, n, false)).await?);
+        }
+        // dL and Ã.
         let d_logits = packs.texels(ctx, "chunk dL", c, n)?;
-        let weights_t = packs.texels(ctx, "chunk Ãᵀ", n, c)?;
-        let d_logits_t = packs.texels(ctx, "chunk dLᵀ", n, c)?;
+        let weights = packs.texels(ctx, "chunk weights", c, n)?;
         let params = problem.chunk_params((b, sigma), rows.clone());
-        let blocks = (c.div_ceil(4) * n.div_ceil(4)) as u64;
+        let texels = (c * n.div_ceil(4)) as u64;
         dispatches.push(
             Dispatch::new(
                 ctx,
@@ -205,36 +260,26 @@ pub(crate) async fn backward(
                     scores.view().into(),
                     d_weights.view().into(),
                     d_logits.view().into(),
-                    weights_t.view().into(),
-                    d_logits_t.view().into(),
+                    weights.view().into(),
                 ],
-                blocks.div_ceil(WG as u64),
+                texels.div_ceil(WG as u64),
             )
             .await?,
         );
         let out = || Rows::Buffer(d_proj.into());
-        // dSQ_C = dL·SK_b (each query row's once), SK_bᵀ [d, n] as the right operand's rows.
-        let (sk_t, copy_k) = packs
-            .pack(ctx, "chunk SKᵀ", (d, n), transposed(proj, k, rs))
-            .await?;
-        dispatches.push(copy_k);
-        dispatches.extend(
-            matmul::texel_product(ctx, &d_logits, &sk_t, out(), block(q, rs, false)).await?,
-        );
-        // dSK_b += dLᵀ·SQ_C (the first chunk of (b, σ) writes), SQ_Cᵀ [d, c].
-        let (sq_t, copy_q) = packs
-            .pack(ctx, "chunk SQᵀ", (d, c), transposed(proj, q, rs))
-            .await?;
-        dispatches.push(copy_q);
+        let stored_t = TexelOperand::Transposed;
+        // dSQ_C = dL·SK_b (each query row's once): the right operand's rows are SK_bᵀ's.
+        let (lhs, rhs) = ((&d_logits).into(), stored_t(&search.sk));
+        let dsq = block(q, rs, false);
+        dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out(), dsq).await?);
+        // dSK_b += dLᵀ·SQ_C (the first chunk of (b, σ) writes).
+        let (lhs, rhs) = (stored_t(&d_logits), stored_t(&search.sq));
         let dsk = block(k, rs, rows.start > 0);
-        dispatches.extend(matmul::texel_product(ctx, &d_logits_t, &sq_t, out(), dsk).await?);
-        // dRV_b += Ãᵀ·dRet_C, summed over every search and chunk (the first of b writes),
-        // dRet_Cᵀ [vw, c].
-        let d_ret_t = transposed(d_ret, row0 * vw, vw);
-        let (d_ret_ct, copy_drt) = packs.pack(ctx, "chunk dRetᵀ", (vw, c), d_ret_t).await?;
-        dispatches.push(copy_drt);
+        dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out(), dsk).await?);
+        // dRV_b += Ãᵀ·dRet_C, summed over every search and chunk (the first of b writes).
+        let (lhs, rhs) = (stored_t(&weights), stored_t(&d_ret_c));
         let drv = block(v, rs, sigma > 0 || rows.start > 0);
-        dispatches.extend(matmul::texel_product(ctx, &weights_t, &d_ret_ct, out(), drv).await?);
+        dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out(), drv).await?);
     }
     Ok(dispatches)
 }

@@ -176,6 +176,10 @@ uniform! {
         accumulate: u32,
         out_offset: u32,
         out_stride: u32,
+        k: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -202,16 +206,63 @@ pub(crate) fn gemv_variant(ctx: &GpuContext, precision: Precision) -> ShaderVari
 /// Workgroup size of the texel GEMM: one 8-lane SIMD vector of rows on lavapipe.
 const TEXEL_WG: u32 = 8;
 
-/// `precision`: of the output, a buffer or texel rows (`rgba16float` for f16).
+/// How a texel GEMM operand is stored: as the rows of `[outer, K]` (the kernel's own layout:
+/// lhs `[M, K]`, rhs `[N, K]`), or as its transpose `[K, outer]`, which `gemm_texture.wgsl`
+/// reads transposed (`LHS_T`, `RHS_T`) so that nobody writes or copies the transpose.
+#[derive(Clone, Copy)]
+pub(crate) enum TexelOperand<'a> {
+    Rows(&'a TexelRows),
+    Transposed(&'a TexelRows),
+}
+
+impl<'a> From<&'a TexelRows> for TexelOperand<'a> {
+    fn from(rows: &'a TexelRows) -> Self {
+        TexelOperand::Rows(rows)
+    }
+}
+
+impl<'a> TexelOperand<'a> {
+    fn texels(self) -> &'a TexelRows {
+        match self {
+            TexelOperand::Rows(t) | TexelOperand::Transposed(t) => t,
+        }
+    }
+
+    fn transposed(self) -> bool {
+        matches!(self, TexelOperand::Transposed(_))
+    }
+
+    /// `M` of a left operand, `N` of a right one.
+    fn outer(self) -> usize {
+        match self {
+            TexelOperand::Rows(t) => t.shape.rows,
+            TexelOperand::Transposed(t) => t.shape.cols,
+        }
+    }
+
+    /// The reduction's length `K`.
+    fn reduction(self) -> usize {
+        match self {
+            TexelOperand::Rows(t) => t.shape.cols,
+            TexelOperand::Transposed(t) => t.shape.rows,
+        }
+    }
+}
+
+/// `precision`: of the output, a buffer or texel rows (`rgba16float` for f16);
+/// `(lhs_t, rhs_t)`: which operands are stored transposed ([`TexelOperand::Transposed`]).
 pub(crate) fn texel_variant(
     ctx: &GpuContext,
     out_texels: bool,
     precision: Precision,
+    (lhs_t, rhs_t): (bool, bool),
 ) -> ShaderVariant {
     let variant = ShaderVariant::new(&GEMM_TEXTURE)
         .piece(if out_texels { &OUT_TEXELS } else { &OUT_BUFFER })
         .u32("WG", TEXEL_WG)
-        .u32("RPL", rows_per_layer(ctx));
+        .u32("RPL", rows_per_layer(ctx))
+        .bool("LHS_T", lhs_t)
+        .bool("RHS_T", rhs_t);
     if out_texels {
         variant.texel_store("OutTexels", precision)
     } else {
@@ -234,7 +285,16 @@ pub(crate) async fn texel_dispatches(
         stride: rhs.shape.rows,
         accumulate: false,
     };
-    texel_dispatches_into(ctx, kernel, lhs, rhs, out, out_precision, block).await
+    texel_dispatches_into(
+        ctx,
+        kernel,
+        lhs.into(),
+        rhs.into(),
+        out,
+        out_precision,
+        block,
+    )
+    .await
 }
 
 /// Where a texel GEMM's buffer output lies: row `r` from element `offset + r·stride`; with
@@ -246,29 +306,30 @@ pub(crate) struct OutBlock {
     pub accumulate: bool,
 }
 
-/// [`texel_dispatches`] into the `block` of a buffer output (ignored for a texel output). The
-/// caller checked that its indices fit 32 bits (`ops::matmul`).
+/// [`texel_dispatches`] into the `block` of a buffer output (ignored for a texel output), with
+/// either operand stored transposed. The caller checked that its indices fit 32 bits
+/// (`ops::matmul`).
 pub(crate) async fn texel_dispatches_into(
     ctx: &GpuContext,
     kernel: TexelGemmKernel,
-    lhs: &TexelRows,
-    rhs: &TexelRows,
+    lhs: TexelOperand<'_>,
+    rhs: TexelOperand<'_>,
     out: Rows<'_>,
     out_precision: Precision,
     block: OutBlock,
 ) -> Result<Vec<Dispatch>> {
-    let (m, n, k_texels) = (lhs.shape.rows, rhs.shape.rows, lhs.shape.width as usize);
-    if lhs.shape.cols != rhs.shape.cols {
-        return Err(Error::shape(
-            "GEMM weight",
-            &[n, lhs.shape.cols],
-            &[n, rhs.shape.cols],
-        ));
+    let (m, n, k) = (lhs.outer(), rhs.outer(), lhs.reduction());
+    let k_texels = k.div_ceil(4);
+    if rhs.reduction() != k {
+        return Err(Error::shape("GEMM weight", &[n, k], &[n, rhs.reduction()]));
     }
+    let transposed = (lhs.transposed(), rhs.transposed());
+    let (lhs, rhs) = (lhs.texels(), rhs.texels());
     // `Vector` writes a whole buffer; the plan chooses it only for a buffer output. A block of
     // a wider output goes to the blocked kernel, which reads `block`.
     let whole = block.offset == 0 && block.stride == n && !block.accumulate;
-    if let (Rows::Buffer(out), TexelGemmKernel::Vector, true) = (out, kernel, whole) {
+    let plain = transposed == (false, false);
+    if let (Rows::Buffer(out), TexelGemmKernel::Vector, true, true) = (out, kernel, whole, plain) {
         let params = GemvParams {
             m: m as u32,
             n: n as u32,
@@ -306,7 +367,7 @@ pub(crate) async fn texel_dispatches_into(
         Rows::Buffer(buffer) => (buffer.into(), out_precision),
         Rows::Texels(texels) => (texels.view().into(), texels.precision()),
     };
-    let variant = texel_variant(ctx, out_texels, out_precision);
+    let variant = texel_variant(ctx, out_texels, out_precision, transposed);
     let mut dispatches = Vec::with_capacity(slices.len());
     for (index, slice) in slices.into_iter().enumerate() {
         let params = TexelParams {
@@ -318,6 +379,10 @@ pub(crate) async fn texel_dispatches_into(
             accumulate: (block.accumulate || index > 0) as u32,
             out_offset: block.offset as u32,
             out_stride: block.stride as u32,
+            k: k as u32,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
         };
         dispatches.push(
             Dispatch::new(
@@ -559,6 +624,77 @@ mod tests {
             &expected,
             1e-5,
         );
+        check_stored_transposes(m, n, k, &lhs, &rhs, &expected, &what);
+    }
+
+    /// Either operand stored as its transpose (`[K, M]`, `[K, N]`) and read transposed, into a
+    /// column block of a wider buffer whose other entries keep their poison: written, then
+    /// accumulated onto.
+    fn check_stored_transposes(
+        m: usize,
+        n: usize,
+        k: usize,
+        lhs: &[f32],
+        rhs: &[f32],
+        expected: &[f64],
+        what: &str,
+    ) {
+        let ctx = context();
+        let transpose = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+            (0..rows * cols)
+                .map(|i| x[(i % rows) * cols + i / rows])
+                .collect()
+        };
+        let (lhs_rows, rhs_rows, lhs_stored_t, rhs_stored_t) = {
+            let _serial = pollster::block_on(ctx.serial());
+            (
+                TexelRows::with_data(ctx, "lhs", m, k, lhs).unwrap(),
+                TexelRows::with_data(ctx, "rhs", n, k, rhs).unwrap(),
+                TexelRows::with_data(ctx, "lhsᵀ", k, m, &transpose(lhs, m, k)).unwrap(),
+                TexelRows::with_data(ctx, "rhsᵀ", k, n, &transpose(rhs, n, k)).unwrap(),
+            )
+        };
+        let (offset, stride) = (2, n + 3);
+        for (lhs_t, rhs_t) in [(true, false), (false, true), (true, true)] {
+            let lhs_operand = match lhs_t {
+                true => TexelOperand::Transposed(&lhs_stored_t),
+                false => TexelOperand::Rows(&lhs_rows),
+            };
+            let rhs_operand = match rhs_t {
+                true => TexelOperand::Transposed(&rhs_stored_t),
+                false => TexelOperand::Rows(&rhs_rows),
+            };
+            let out = poisoned(offset + m * stride);
+            for accumulate in [false, true] {
+                let block = OutBlock {
+                    offset,
+                    stride,
+                    accumulate,
+                };
+                let d = build_all(texel_dispatches_into(
+                    ctx,
+                    TexelGemmKernel::Blocked,
+                    lhs_operand,
+                    rhs_operand,
+                    Rows::Buffer((&out).into()),
+                    Precision::F32,
+                    block,
+                ));
+                run(&d.iter().collect::<Vec<_>>());
+            }
+            let all = download(&out, offset + m * stride);
+            let label = format!("{what} (stored transposes: lhs {lhs_t}, rhs {rhs_t})");
+            let block: Vec<f32> = (0..m * n)
+                .map(|i| all[offset + (i / n) * stride + i % n])
+                .collect();
+            let twice: Vec<f64> = expected.iter().map(|e| 2.0 * e).collect();
+            assert_close(&label, &block, &twice, 1e-5);
+            let outside = (0..offset + m * stride)
+                .filter(|&i| i < offset || (i - offset) % stride >= n)
+                .filter(|&i| !all[i].is_nan())
+                .count();
+            assert_eq!(outside, 0, "{label}: wrote outside its block");
+        }
     }
 
     /// An f16 layer's texel GEMM: `rgba16float` weights (f16-exact data), an f32 texel input,

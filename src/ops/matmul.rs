@@ -25,7 +25,7 @@ use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, TexelShape};
 use crate::gpu::uniform::uniform;
 use crate::ops::Rows;
-use crate::ops::gemm::{self, OutBlock};
+use crate::ops::gemm::{self, OutBlock, TexelOperand};
 use crate::ops::kernel_params::TexelGemmKernel;
 use crate::ops::texture_copy::{self, SourceBlock};
 use crate::precision::Precision;
@@ -194,13 +194,13 @@ pub(crate) async fn dispatches(
         };
         let (rhs, copy_b) = packs.pack(ctx, "matmul rhs", (n, k), b_rows).await?;
         let mut dispatches = vec![copy_a, copy_b];
+        let buffer_out = Rows::Buffer(c.buffer.into());
         let out = OutBlock {
             offset: c.offset,
             stride: c.stride,
             accumulate,
         };
-        dispatches
-            .extend(texel_product(ctx, &lhs, &rhs, Rows::Buffer(c.buffer.into()), out).await?);
+        dispatches.extend(texel_product(ctx, (&lhs).into(), (&rhs).into(), buffer_out, out).await?);
         return Ok(dispatches);
     }
     buffer_dispatches(ctx, m, n, k, a, b, c, accumulate).await
@@ -211,12 +211,12 @@ pub(crate) fn fits(ctx: &GpuContext, rows: usize, cols: usize) -> bool {
     TexelShape::new(ctx, "matmul operand", rows, cols).is_ok()
 }
 
-/// `out (+)= lhs·rhsᵀ` with both operands texel rows (`gemm_texture.wgsl`), into a block of a
-/// buffer or into texel rows.
+/// `out (+)= lhs·rhsᵀ` with both operands texel rows, either stored transposed
+/// (`gemm_texture.wgsl`), into a block of a buffer or into texel rows.
 pub(crate) async fn texel_product(
     ctx: &GpuContext,
-    lhs: &TexelRows,
-    rhs: &TexelRows,
+    lhs: TexelOperand<'_>,
+    rhs: TexelOperand<'_>,
     out: Rows<'_>,
     block: OutBlock,
 ) -> Result<Vec<Dispatch>> {

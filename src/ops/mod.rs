@@ -212,7 +212,7 @@ mod uniform_layouts {
             }
             check!(
                 gemm::TexelParams,
-                gemm::texel_variant(ctx, false, precision)
+                gemm::texel_variant(ctx, false, precision, (true, true))
             );
             check!(gemm::GemvParams, gemm::gemv_variant(ctx, precision));
         }
