@@ -20,8 +20,11 @@
 //            (two blocks of four, `lane_row`) and its 16 columns, held as eight 4 × 4 matrix
 //            accumulators. Each step over 4 values of k fetches 8 + 16 texels and does 512
 //            multiply-adds as 4 × 4 matrix products: on a SIMD CPU the lanes are 8 consecutive
-//            rows (with LHS_T 8 consecutive texels of a row), texel fetches are vector gathers,
-//            and no private array is indexed dynamically.
+//            rows (with LHS_T 8 consecutive blocks of four rows), texel fetches are vector
+//            gathers, and no private array is indexed dynamically: the stores are straight-line
+//            calls with constant indices, because a store loop over private arrays that the
+//            driver does not unroll indexes them per lane (on lavapipe such a loop ran at half
+//            the speed of the products).
 //            Why the stored transposes: training's backward multiplies by the transpose of a
 //            [rows, n] matrix it has just written (dLᵀ·SQ, Ãᵀ·dRet) and by operands whose
 //            untransposed copies it already holds; reading them transposed here costs one 4 × 4
@@ -102,6 +105,17 @@ fn rhs_t_texel(row: u32, q: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), textureLoad(rhs, texel_coords(r, q), texel_layer(r), 0), row < params.k);
 }
 
+// Columns c .. c + 3 of an accumulator block's four rows from `row` (entry [j][i] = (row i,
+// column c + j)): one texel or four values per row.
+fn store_rows(row: u32, c: u32, block: mat4x4<f32>) {
+    let rows = transpose(block);
+    let step = select(WG, 1u, LHS_T);
+    store(row, c, rows[0]);
+    store(row + step, c, rows[1]);
+    store(row + 2u * step, c, rows[2]);
+    store(row + 3u * step, c, rows[3]);
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
@@ -139,14 +153,14 @@ fn main(
         acc12 += a1 * b2;
         acc13 += a1 * b3;
     }
-    // (a · b)[j][i] = Σ_k a[k][i] b[j][k] = Σ_k lhs[row i, k] · rhs[col j, k]: transpose to
-    // get one row per vector.
-    let rows0 = array<mat4x4<f32>, 4>(transpose(acc00), transpose(acc01), transpose(acc02), transpose(acc03));
-    let rows1 = array<mat4x4<f32>, 4>(transpose(acc10), transpose(acc11), transpose(acc12), transpose(acc13));
-    for (var i = 0u; i < 4u; i++) {
-        for (var c = 0u; c < 4u; c++) {
-            store(lane_row(base, lane, i), col0 + 4u * c, rows0[c][i]);
-            store(lane_row(base, lane, 4u + i), col0 + 4u * c, rows1[c][i]);
-        }
-    }
+    let r0 = lane_row(base, lane, 0u);
+    let r1 = lane_row(base, lane, 4u);
+    store_rows(r0, col0, acc00);
+    store_rows(r0, col0 + 4u, acc01);
+    store_rows(r0, col0 + 8u, acc02);
+    store_rows(r0, col0 + 12u, acc03);
+    store_rows(r1, col0, acc10);
+    store_rows(r1, col0 + 4u, acc11);
+    store_rows(r1, col0 + 8u, acc12);
+    store_rows(r1, col0 + 12u, acc13);
 }
