@@ -11,10 +11,17 @@ fn store(row: u32, col: u32, values: vec4<f32>) {
     if (row >= params.m) {
         return;
     }
-    for (var j = 0u; j < 4u; j++) {
-        if (col + j < params.n) {
-            let index = params.out_offset + row * params.out_stride + col + j;
-            out[index] = Out(select(values[j], f32(out[index]) + values[j], params.accumulate != 0u));
-        }
+    // Four straight-line stores: a loop indexing `values` dynamically that the driver does not
+    // unroll costs a per-lane extract (gemm_texture.wgsl's note on its stores).
+    let base = params.out_offset + row * params.out_stride + col;
+    store_value(col, base, values.x);
+    store_value(col + 1u, base + 1u, values.y);
+    store_value(col + 2u, base + 2u, values.z);
+    store_value(col + 3u, base + 3u, values.w);
+}
+
+fn store_value(col: u32, index: u32, value: f32) {
+    if (col < params.n) {
+        out[index] = Out(select(value, f32(out[index]) + value, params.accumulate != 0u));
     }
 }
