@@ -16,7 +16,7 @@
 //! Per (batch b, search σ, chunk of query rows C); the texel GEMM computes `lhs·rhsᵀ`, and
 //! `[X]ᵀ` marks an operand it reads from the stored `X`:
 //! ```text
-//! forward   S = SQ_C·SK_bᵀ;  softmax → stats, Ã;  Ret_C = Ã·(RV_bᵀ)ᵀ
+//! forward   S = SQ_C·SK_bᵀ;  softmax → stats, Ã;  Ret_C = Ã·[RV_b]ᵀᵀ
 //! backward  S = SQ_C·SK_bᵀ;  dA = dRet_C·RV_bᵀ;  → dL, Ã;
 //!           dSQ_C = dL·[SK_b]ᵀᵀ;  dSK_b += [dL]ᵀ·[SQ_C]ᵀᵀ;  dRV_b += [Ã]ᵀ·[dRet_C]ᵀᵀ
 //! ```
@@ -70,13 +70,6 @@ fn plain(buffer: &wgpu::Buffer, offset: usize, stride: usize) -> Operand<'_> {
         offset,
         stride,
         transposed: false,
-    }
-}
-
-fn transposed(buffer: &wgpu::Buffer, offset: usize, stride: usize) -> Operand<'_> {
-    Operand {
-        transposed: true,
-        ..plain(buffer, offset, stride)
     }
 }
 
@@ -182,14 +175,21 @@ pub(crate) async fn forward(
             )
             .await?,
         );
-        // Ret_C = Ã·RV_b, with RV_bᵀ [vw, n] as the right operand's rows.
-        let (rv_t, copy_v) = packs
-            .pack(ctx, "chunk RVᵀ", (vw, n), transposed(proj, v, rs))
-            .await?;
-        dispatches.push(copy_v);
+        // Ret_C = Ã·RV_b: the GEMM reads RV_b [n, vw] transposed as its right operand's rows,
+        // copied by the first chunk of b.
+        let rv = match sigma == 0 && rows.start == 0 {
+            true => {
+                let (rv, copy_v) = packs
+                    .pack(ctx, "chunk RV", (n, vw), plain(proj, v, rs))
+                    .await?;
+                dispatches.push(copy_v);
+                rv
+            }
+            false => packs.texels(ctx, "chunk RV", n, vw)?,
+        };
         let out = Rows::Buffer(ret.into());
         let ret_block = block(row0 * vw, vw, false);
-        let (lhs, rhs) = ((&weights).into(), (&rv_t).into());
+        let (lhs, rhs) = ((&weights).into(), TexelOperand::Transposed(&rv));
         dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out, ret_block).await?);
     }
     Ok(dispatches)
