@@ -13,7 +13,8 @@
 //            @binding(2) rhs      [N, K] texel rows (PyTorch weight layout, padded likewise),
 //                                 or with RHS_T its transpose [K, N]
 //            @binding(3) out      [M, N]: an f32 buffer (io/gemm_out_buffer.wgsl) or texel rows
-//                                 with N % 4 == 0 (io/gemm_out_texels.wgsl); the host places
+//                                 (io/gemm_out_texels.wgsl: where N % 4 != 0, the columns past
+//                                 N of a row's last texel are not zero); the host places
 //                                 one of the two pieces first, which declares `out` and `store`
 // Dispatch   one workgroup per (WG·8 rows) × 16 columns, numbered linearly over x and y:
 //            group = tile_m · tiles_n + tile_n. Invocation `lane` owns eight rows of the tile

@@ -6,9 +6,10 @@
 //! buffers, and its GEMMs then copied them into texels, the large ones transposed. On lavapipe
 //! that traffic cost as much as the GEMMs (BENCHMARKS.md). Here the score GEMMs write texel
 //! rows, the elementwise kernels read texels and write the texel rows the next GEMMs read, and
-//! only the small `[rows, d]` and `[n, d]` operands are copied from the projections: `SK_b`
-//! once per (batch, search) and `RV_b` once per batch. Where a product needs the transpose of
-//! a matrix (`dLᵀ·SQ_C`, `Ãᵀ·dRet_C`, `dL·SK_b`), the texel GEMM reads the stored matrix
+//! only the `[rows, d]`, `[rows, r·d]`, `[n, d]` and `[n, r·d]` operands are copied from the
+//! projections and `dRet`: `SK_b` once per (batch, search) and `RV_b` once per batch. Where a
+//! product needs the transpose of a matrix (`Ã·RV_b`, `dLᵀ·SQ_C`, `Ãᵀ·dRet_C`, `dL·SK_b`), the
+//! texel GEMM reads the stored matrix
 //! transposed ([`TexelOperand::Transposed`]): the backward's elementwise kernel once wrote
 //! `dLᵀ` and `Ãᵀ` itself, and those texel stores to scattered rows were half of its time on
 //! lavapipe, with transposing copies of `SK_b`, `SQ_C` and `dRet_C` beside them.
@@ -59,7 +60,10 @@ pub(crate) fn backward_variant(ctx: &GpuContext) -> ShaderVariant {
         .u32("RPL", rows_per_layer(ctx))
 }
 
-/// Whether chunks of `step` rows over `n` keys fit texel rows on this device, both ways round.
+/// Whether chunks of `step` rows over `n` keys fit texel rows on this device. The `[n, step]`
+/// check is conservative since no `[n, step]` matrix is made any more (the GEMM reads
+/// transposes in place): it stands in for the `[n, d]` and `[n, r·d]` copies, which need `n`
+/// rows.
 pub(crate) fn fits(ctx: &GpuContext, step: usize, n: usize) -> bool {
     matmul::fits(ctx, step, n) && matmul::fits(ctx, n, step)
 }
@@ -116,6 +120,29 @@ async fn search_operands(
     Ok((ChunkSearch { sq, sk }, copies))
 }
 
+/// `RV_b [n, r·d]` as texel rows: copied by the first chunk of batch `b` (the copy goes onto
+/// `dispatches`); the later chunks of `b` find it in its texture.
+async fn batch_values(
+    ctx: &GpuContext,
+    packs: &TexelPacks,
+    problem: &CoreProblem,
+    proj: &wgpu::Buffer,
+    (b, sigma, rows): (usize, usize, &std::ops::Range<usize>),
+    dispatches: &mut Vec<Dispatch>,
+) -> Result<TexelRows> {
+    let l = &problem.layout;
+    let (n, vw) = (l.seq, problem.value_width());
+    if sigma > 0 || rows.start > 0 {
+        return packs.texels(ctx, "chunk RV", n, vw);
+    }
+    let (_, _, v) = problem.chunk_offsets(b, sigma, rows.start);
+    let (rv, copy) = packs
+        .pack(ctx, "chunk RV", (n, vw), plain(proj, v, l.row_stride))
+        .await?;
+    dispatches.push(copy);
+    Ok(rv)
+}
+
 /// `S = SQ_C·SK_bᵀ` into the `scores` texels of `[c, n]`.
 async fn scores(
     ctx: &GpuContext,
@@ -149,11 +176,10 @@ pub(crate) async fn forward(
     step: usize,
 ) -> Result<Vec<Dispatch>> {
     let l = problem.layout;
-    let (n, vw, rs) = (l.seq, problem.value_width(), l.row_stride);
+    let (n, vw) = (l.seq, problem.value_width());
     let mut dispatches = Vec::new();
     for (b, sigma, rows) in problem.chunks(step) {
         let c = rows.len();
-        let (_, _, v) = problem.chunk_offsets(b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
         let (scores, score_dispatches) =
             scores(ctx, packs, problem, proj, (b, sigma, &rows)).await?;
@@ -175,18 +201,16 @@ pub(crate) async fn forward(
             )
             .await?,
         );
-        // Ret_C = Ã·RV_b: the GEMM reads RV_b [n, vw] transposed as its right operand's rows,
-        // copied by the first chunk of b.
-        let rv = match sigma == 0 && rows.start == 0 {
-            true => {
-                let (rv, copy_v) = packs
-                    .pack(ctx, "chunk RV", (n, vw), plain(proj, v, rs))
-                    .await?;
-                dispatches.push(copy_v);
-                rv
-            }
-            false => packs.texels(ctx, "chunk RV", n, vw)?,
-        };
+        // Ret_C = Ã·RV_b: the GEMM reads RV_b [n, vw] transposed as its right operand's rows.
+        let rv = batch_values(
+            ctx,
+            packs,
+            problem,
+            proj,
+            (b, sigma, &rows),
+            &mut dispatches,
+        )
+        .await?;
         let out = Rows::Buffer(ret.into());
         let ret_block = block(row0 * vw, vw, false);
         let (lhs, rhs) = ((&weights).into(), TexelOperand::Transposed(&rv));
@@ -224,16 +248,7 @@ pub(crate) async fn backward(
         let d_ret_rows = plain(d_ret, row0 * vw, vw);
         let (d_ret_c, copy_dr) = packs.pack(ctx, "chunk dRet", (c, vw), d_ret_rows).await?;
         dispatches.push(copy_dr);
-        let rv = match sigma == 0 && rows.start == 0 {
-            true => {
-                let (rv, copy_v) = packs
-                    .pack(ctx, "chunk RV", (n, vw), plain(proj, v, rs))
-                    .await?;
-                dispatches.push(copy_v);
-                rv
-            }
-            false => packs.texels(ctx, "chunk RV", n, vw)?,
-        };
+        let rv = batch_values(ctx, packs, problem, proj, chunk, &mut dispatches).await?;
         // S = SQ_C·SK_bᵀ and dA = dRet_C·RV_bᵀ.
         let scores = packs.texels(ctx, "chunk scores", c, n)?;
         let d_weights = packs.texels(ctx, "chunk dA", c, n)?;

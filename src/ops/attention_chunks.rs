@@ -61,7 +61,7 @@ fn chunk_rows(ctx: &GpuContext, n: usize) -> usize {
 }
 
 /// How the chunks run: through texel rows (`ops::attention_chunk_texels`) where the products'
-/// operands are texels and a chunk's matrices fit a texture both ways round, else through
+/// operands are texels and a chunk's matrices fit a texture (`attention_chunk_texels::fits`), else through
 /// storage buffers; with the query rows per chunk.
 fn route<'p>(
     ctx: &GpuContext,
