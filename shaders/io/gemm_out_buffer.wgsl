@@ -11,8 +11,9 @@ fn store(row: u32, col: u32, values: vec4<f32>) {
     if (row >= params.m) {
         return;
     }
-    // Four straight-line stores: a loop indexing `values` dynamically that the driver does not
-    // unroll costs a per-lane extract (gemm_texture.wgsl's note on its stores).
+    // Four straight-line stores, so that nothing depends on the driver unrolling a loop that
+    // indexes `values` (gemm_texture.wgsl's note on its stores); on lavapipe the two forms
+    // measured within the noise.
     let base = params.out_offset + row * params.out_stride + col;
     store_value(col, base, values.x);
     store_value(col + 1u, base + 1u, values.y);

@@ -9,10 +9,10 @@
 //! only the `[rows, d]`, `[rows, r·d]`, `[n, d]` and `[n, r·d]` operands are copied from the
 //! projections and `dRet`: `SK_b` once per (batch, search) and `RV_b` once per batch. Where a
 //! product needs the transpose of a matrix (`Ã·RV_b`, `dLᵀ·SQ_C`, `Ãᵀ·dRet_C`, `dL·SK_b`), the
-//! texel GEMM reads the stored matrix
-//! transposed ([`TexelOperand::Transposed`]): the backward's elementwise kernel once wrote
-//! `dLᵀ` and `Ãᵀ` itself, and those texel stores to scattered rows were half of its time on
-//! lavapipe, with transposing copies of `SK_b`, `SQ_C` and `dRet_C` beside them.
+//! texel GEMM reads the stored matrix transposed ([`TexelOperand::Transposed`]): the
+//! backward's elementwise kernel once wrote `dLᵀ` and `Ãᵀ` itself, and those texel stores to
+//! scattered rows were half of its time on lavapipe, with transposing copies of `SK_b`, `SQ_C`
+//! and `dRet_C` beside them.
 //!
 //! Per (batch b, search σ, chunk of query rows C); the texel GEMM computes `lhs·rhsᵀ`, and
 //! `[X]ᵀ` marks an operand it reads from the stored `X`:
@@ -92,77 +92,72 @@ struct ChunkSearch {
     sk: TexelRows,
 }
 
-/// Copies `SQ_C` and, where `copy_keys` (the chunk is the first of its (batch, search): later
-/// ones find the copy in place), `SK_b` from the projections into texel rows.
-async fn search_operands(
+/// A chunk: batch `b`, search `σ`, its query rows.
+type Chunk<'r> = (usize, usize, &'r std::ops::Range<usize>);
+
+/// The texel rows of `slot` `[rows, cols]`, copied from `source` by the chunk for which `first`
+/// holds (the copy goes onto `dispatches`); the later chunks find them in their texture, which
+/// no other product writes.
+async fn copied_once(
+    ctx: &GpuContext,
+    packs: &TexelPacks,
+    slot: &'static str,
+    (rows, cols): (usize, usize),
+    source: Operand<'_>,
+    first: bool,
+    dispatches: &mut Vec<Dispatch>,
+) -> Result<TexelRows> {
+    if !first {
+        return packs.texels(ctx, slot, rows, cols);
+    }
+    let (texels, copy) = packs.pack(ctx, slot, (rows, cols), source).await?;
+    dispatches.push(copy);
+    Ok(texels)
+}
+
+/// `RV_b [n, r·d]` as texel rows, copied by the first chunk of batch `b`.
+async fn batch_values(
     ctx: &GpuContext,
     packs: &TexelPacks,
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
-    (b, sigma, rows): (usize, usize, &std::ops::Range<usize>),
-    copy_keys: bool,
-) -> Result<(ChunkSearch, Vec<Dispatch>)> {
+    (b, sigma, rows): Chunk<'_>,
+    dispatches: &mut Vec<Dispatch>,
+) -> Result<TexelRows> {
+    let l = &problem.layout;
+    let (_, _, v) = problem.chunk_offsets(b, sigma, rows.start);
+    let source = plain(proj, v, l.row_stride);
+    let first = sigma == 0 && rows.start == 0;
+    let shape = (l.seq, problem.value_width());
+    copied_once(ctx, packs, "chunk RV", shape, source, first, dispatches).await
+}
+
+/// `S = SQ_C·SK_bᵀ` into the `scores` texels of `[c, n]` (onto `dispatches`), after copying
+/// `SQ_C` and, by the first chunk of (b, σ), `SK_b`; returns the scores and the two copies.
+async fn scores(
+    ctx: &GpuContext,
+    packs: &TexelPacks,
+    problem: &CoreProblem,
+    proj: &wgpu::Buffer,
+    (b, sigma, rows): Chunk<'_>,
+    dispatches: &mut Vec<Dispatch>,
+) -> Result<(TexelRows, ChunkSearch)> {
     let l = &problem.layout;
     let (n, d, rs, c) = (l.seq, l.head, l.row_stride, rows.len());
     let (q, k, _) = problem.chunk_offsets(b, sigma, rows.start);
     let (sq, copy_q) = packs
         .pack(ctx, "chunk SQ", (c, d), plain(proj, q, rs))
         .await?;
-    let (sk, copies) = match copy_keys {
-        true => {
-            let (sk, copy_k) = packs
-                .pack(ctx, "chunk SK", (n, d), plain(proj, k, rs))
-                .await?;
-            (sk, vec![copy_q, copy_k])
-        }
-        false => (packs.texels(ctx, "chunk SK", n, d)?, vec![copy_q]),
-    };
-    Ok((ChunkSearch { sq, sk }, copies))
-}
-
-/// `RV_b [n, r·d]` as texel rows: copied by the first chunk of batch `b` (the copy goes onto
-/// `dispatches`); the later chunks of `b` find it in its texture.
-async fn batch_values(
-    ctx: &GpuContext,
-    packs: &TexelPacks,
-    problem: &CoreProblem,
-    proj: &wgpu::Buffer,
-    (b, sigma, rows): (usize, usize, &std::ops::Range<usize>),
-    dispatches: &mut Vec<Dispatch>,
-) -> Result<TexelRows> {
-    let l = &problem.layout;
-    let (n, vw) = (l.seq, problem.value_width());
-    if sigma > 0 || rows.start > 0 {
-        return packs.texels(ctx, "chunk RV", n, vw);
-    }
-    let (_, _, v) = problem.chunk_offsets(b, sigma, rows.start);
-    let (rv, copy) = packs
-        .pack(ctx, "chunk RV", (n, vw), plain(proj, v, l.row_stride))
-        .await?;
-    dispatches.push(copy);
-    Ok(rv)
-}
-
-/// `S = SQ_C·SK_bᵀ` into the `scores` texels of `[c, n]`.
-async fn scores(
-    ctx: &GpuContext,
-    packs: &TexelPacks,
-    problem: &CoreProblem,
-    proj: &wgpu::Buffer,
-    chunk: (usize, usize, &std::ops::Range<usize>),
-) -> Result<(TexelRows, Vec<Dispatch>)> {
-    let (c, n) = (chunk.2.len(), problem.layout.seq);
-    let copy_keys = chunk.2.start == 0;
-    let (search, copies) = search_operands(ctx, packs, problem, proj, chunk, copy_keys).await?;
+    dispatches.push(copy_q);
+    let first = rows.start == 0;
+    let sk_source = plain(proj, k, rs);
+    let sk = copied_once(ctx, packs, "chunk SK", (n, d), sk_source, first, dispatches).await?;
     let scores = packs.texels(ctx, "chunk scores", c, n)?;
-    let mut dispatches = copies;
-    let (lhs, rhs, out) = (
-        (&search.sq).into(),
-        (&search.sk).into(),
-        Rows::Texels(&scores),
+    let out = Rows::Texels(&scores);
+    dispatches.extend(
+        matmul::texel_product(ctx, (&sq).into(), (&sk).into(), out, block(0, n, false)).await?,
     );
-    dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out, block(0, n, false)).await?);
-    Ok((scores, dispatches))
+    Ok((scores, ChunkSearch { sq, sk }))
 }
 
 /// The forward: `stats` and `ret` of every row, in chunks of `step` query rows.
@@ -181,9 +176,8 @@ pub(crate) async fn forward(
     for (b, sigma, rows) in problem.chunks(step) {
         let c = rows.len();
         let row0 = (b * l.searches + sigma) * n + rows.start;
-        let (scores, score_dispatches) =
-            scores(ctx, packs, problem, proj, (b, sigma, &rows)).await?;
-        dispatches.extend(score_dispatches);
+        let chunk = (b, sigma, &rows);
+        let (scores, _) = scores(ctx, packs, problem, proj, chunk, &mut dispatches).await?;
         let weights = packs.texels(ctx, "chunk weights", c, n)?;
         let params = problem.chunk_params((b, sigma), rows.clone());
         dispatches.push(
@@ -202,15 +196,7 @@ pub(crate) async fn forward(
             .await?,
         );
         // Ret_C = Ã·RV_b: the GEMM reads RV_b [n, vw] transposed as its right operand's rows.
-        let rv = batch_values(
-            ctx,
-            packs,
-            problem,
-            proj,
-            (b, sigma, &rows),
-            &mut dispatches,
-        )
-        .await?;
+        let rv = batch_values(ctx, packs, problem, proj, chunk, &mut dispatches).await?;
         let out = Rows::Buffer(ret.into());
         let ret_block = block(row0 * vw, vw, false);
         let (lhs, rhs) = ((&weights).into(), TexelOperand::Transposed(&rv));
@@ -239,26 +225,17 @@ pub(crate) async fn backward(
         let c = rows.len();
         let (q, k, v) = problem.chunk_offsets(b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
-        // The first chunk of (b, σ) copies SK_b, the first of b RV_b; later chunks find the
-        // copies in their textures.
+        // S = SQ_C·SK_bᵀ and dA = dRet_C·RV_bᵀ. The first chunk of (b, σ) copies SK_b, the
+        // first of b RV_b; later chunks find the copies in their textures.
         let chunk = (b, sigma, &rows);
-        let (search, copies) =
-            search_operands(ctx, packs, problem, proj, chunk, rows.start == 0).await?;
-        dispatches.extend(copies);
+        let (scores, search) = scores(ctx, packs, problem, proj, chunk, &mut dispatches).await?;
         let d_ret_rows = plain(d_ret, row0 * vw, vw);
         let (d_ret_c, copy_dr) = packs.pack(ctx, "chunk dRet", (c, vw), d_ret_rows).await?;
         dispatches.push(copy_dr);
         let rv = batch_values(ctx, packs, problem, proj, chunk, &mut dispatches).await?;
-        // S = SQ_C·SK_bᵀ and dA = dRet_C·RV_bᵀ.
-        let scores = packs.texels(ctx, "chunk scores", c, n)?;
         let d_weights = packs.texels(ctx, "chunk dA", c, n)?;
-        for (lhs, rhs, out) in [
-            (&search.sq, &search.sk, &scores),
-            (&d_ret_c, &rv, &d_weights),
-        ] {
-            let (lhs, rhs, out) = (lhs.into(), rhs.into(), Rows::Texels(out));
-            dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out, block(0, n, false)).await?);
-        }
+        let (lhs, rhs, out) = ((&d_ret_c).into(), (&rv).into(), Rows::Texels(&d_weights));
+        dispatches.extend(matmul::texel_product(ctx, lhs, rhs, out, block(0, n, false)).await?);
         // dL and Ã.
         let d_logits = packs.texels(ctx, "chunk dL", c, n)?;
         let weights = packs.texels(ctx, "chunk weights", c, n)?;
