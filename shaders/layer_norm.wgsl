@@ -12,7 +12,8 @@
 //            @binding(4) out    [rows, dim]
 // Dispatch   one workgroup of WG invocations per row, numbered linearly over x and y.
 // Host constants  WG (a power of two, at most 256).
-// Includes   common/workgroup_reduce.wgsl (workgroup_sum, workgroup_max).
+// Includes   common/workgroup_reduce.wgsl or common/subgroup_reduce.wgsl (the host's
+//            Reduction: Invocation, workgroup_sum, workgroup_max).
 
 struct Params {
     rows: u32,
@@ -31,8 +32,9 @@ struct Params {
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lane: u32,
+    invocation: Invocation,
 ) {
+    let lane = invocation.index;
     let row = group.x + group.y * groups.x;
     if (row >= params.rows) {
         return;
@@ -45,14 +47,14 @@ fn main(
     for (var c = lane; c < params.dim; c += WG) {
         sum += x[base + c] - shift;
     }
-    let mean = shift + workgroup_sum(lane, sum) / width;
+    let mean = shift + workgroup_sum(invocation, sum) / width;
 
     var squares = 0.0;
     for (var c = lane; c < params.dim; c += WG) {
         let centred = x[base + c] - mean;
         squares += centred * centred;
     }
-    let inv_std = inverseSqrt(workgroup_sum(lane, squares) / width + params.eps);
+    let inv_std = inverseSqrt(workgroup_sum(invocation, squares) / width + params.eps);
 
     for (var c = lane; c < params.dim; c += WG) {
         out[base + c] = (x[base + c] - mean) * inv_std * gamma[c] + beta[c];

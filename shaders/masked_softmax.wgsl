@@ -12,7 +12,8 @@
 //            @binding(3) weights  [b, s, n, n]
 // Dispatch   one workgroup of WG invocations per row, numbered linearly over x and y.
 // Host constants  WG (a power of two, at most 256).
-// Includes   common/workgroup_reduce.wgsl (workgroup_sum, workgroup_max).
+// Includes   common/workgroup_reduce.wgsl or common/subgroup_reduce.wgsl (the host's
+//            Reduction: Invocation, workgroup_sum, workgroup_max).
 
 struct Params {
     rows: u32,
@@ -33,8 +34,9 @@ const LOWEST: f32 = -3.4028234663852886e38;
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lane: u32,
+    invocation: Invocation,
 ) {
+    let lane = invocation.index;
     let row = group.x + group.y * groups.x;
     if (row >= params.rows) {
         return;
@@ -54,8 +56,8 @@ fn main(
             allowed_count += 1.0;
         }
     }
-    let m = workgroup_max(lane, row_max);
-    let any_allowed = workgroup_sum(lane, allowed_count) > 0.0;
+    let m = workgroup_max(invocation, row_max);
+    let any_allowed = workgroup_sum(invocation, allowed_count) > 0.0;
 
     if (!any_allowed) {
         let uniform_weight = 1.0 / f32(n);
@@ -71,7 +73,7 @@ fn main(
             sum += exp(logits[base + j] - m);
         }
     }
-    let inv_sum = 1.0 / workgroup_sum(lane, sum);
+    let inv_sum = 1.0 / workgroup_sum(invocation, sum);
 
     for (var j = lane; j < n; j += WG) {
         var w = 0.0;

@@ -17,7 +17,7 @@
 //            lanes stride over the keys (n / WG iterations each, within any loop cap).
 // Host constants  WG (a power of two).
 // Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl,
-//            common/workgroup_reduce.wgsl.
+//            common/workgroup_reduce.wgsl or common/subgroup_reduce.wgsl (the host's Reduction).
 
 @group(0) @binding(1) var<storage, read> mask: array<u32>;
 @group(0) @binding(2) var<storage, read_write> stats: array<vec4<f32>>;
@@ -29,8 +29,9 @@ const LOWEST: f32 = -3.4028234663852886e38;
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lane: u32,
+    invocation: Invocation,
 ) {
+    let lane = invocation.index;
     // Uniform per workgroup, so every lane reaches the reductions' barriers.
     let g = group.x + group.y * groups.x;
     let rows = params.end - params.begin;
@@ -46,14 +47,14 @@ fn main(
             top = max(top, params.scale * scores[base + j]);
         }
     }
-    let m = workgroup_max(lane, top);
+    let m = workgroup_max(invocation, top);
     var sum = 0.0;
     for (var j = lane; j < n; j += WG) {
         if (key_allowed(b, i, j)) {
             sum += exp(params.scale * scores[base + j] - m);
         }
     }
-    let l = workgroup_sum(lane, sum);
+    let l = workgroup_sum(invocation, sum);
     if (!in_chunk) {
         return;
     }

@@ -18,7 +18,8 @@
 //            lanes stride over the row's texels (n / (4·WG) iterations each).
 // Host constants  WG (a power of two), RPL.
 // Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl,
-//            common/workgroup_reduce.wgsl, common/texel_rows.wgsl.
+//            common/workgroup_reduce.wgsl or common/subgroup_reduce.wgsl (the host's Reduction),
+//            common/texel_rows.wgsl.
 
 @group(0) @binding(1) var<storage, read> mask: array<u32>;
 @group(0) @binding(2) var<storage, read_write> stats: array<vec4<f32>>;
@@ -35,8 +36,9 @@ fn score_texel(g: u32, t: u32) -> vec4<f32> {
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lane: u32,
+    invocation: Invocation,
 ) {
+    let lane = invocation.index;
     // Uniform per workgroup, so every lane reaches the reductions' barriers.
     let group_index = group.x + group.y * groups.x;
     let rows = params.end - params.begin;
@@ -51,12 +53,12 @@ fn main(
     for (var t = lane; t < width; t += WG) {
         top = max(top, select(vec4<f32>(LOWEST), score_texel(g, t), allowed_keys(b, i, t)));
     }
-    let m = workgroup_max(lane, max(max(top.x, top.y), max(top.z, top.w)));
+    let m = workgroup_max(invocation, max(max(top.x, top.y), max(top.z, top.w)));
     var sum = vec4<f32>(0.0);
     for (var t = lane; t < width; t += WG) {
         sum += select(vec4<f32>(0.0), exp(score_texel(g, t) - m), allowed_keys(b, i, t));
     }
-    let l = workgroup_sum(lane, sum.x + sum.y + sum.z + sum.w);
+    let l = workgroup_sum(invocation, sum.x + sum.y + sum.z + sum.w);
     if (!in_chunk) {
         return;
     }

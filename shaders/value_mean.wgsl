@@ -12,7 +12,8 @@
 // Dispatch   one workgroup of WG invocations per (b, c), numbered linearly over x and y; the
 //            invocations stride over the n keys (n / WG loop iterations each) and reduce.
 // Host constants  WG (a power of two), RPL (rows per texture layer).
-// Includes   common/workgroup_reduce.wgsl, common/texel_rows.wgsl.
+// Includes   common/workgroup_reduce.wgsl or common/subgroup_reduce.wgsl (the host's
+//            Reduction), common/texel_rows.wgsl.
 
 struct Params {
     batch: u32,
@@ -32,8 +33,9 @@ struct Params {
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lane: u32,
+    invocation: Invocation,
 ) {
+    let lane = invocation.index;
     let index = group.x + group.y * groups.x;
     if (index >= params.batch * params.value_width) {
         return;
@@ -44,7 +46,7 @@ fn main(
     for (var j = lane; j < params.seq; j += WG) {
         sum += proj_at(b * params.seq + j, params.v_offset + c);
     }
-    let total = workgroup_sum(lane, sum);
+    let total = workgroup_sum(invocation, sum);
     if (lane == 0u) {
         value_mean[index] = total / f32(params.seq);
     }

@@ -8,12 +8,15 @@
 //!
 //! * parse and validate with naga at WebGPU's capabilities (no optional feature: no subgroups,
 //!   no 64-bit types; `f16` only in the f16-storage variants, which declare `enable f16;` and
-//!   are validated with exactly that capability added);
+//!   are validated with exactly that capability added; subgroup operations only in the
+//!   variants of `Reduction::Subgroup`, validated with the subgroup capabilities added, and
+//!   only from a device opened with the adapter's limits, never WebGPU's defaults);
 //! * translate with every naga back end wgpu uses, with the options wgpu's back ends pass: MSL
 //!   (Metal 2.0 and 1.2), HLSL (DX12, shader models 5.1 and 6.0), SPIR-V 1.0 (Vulkan), GLSL ES
 //!   3.10 and GLSL 4.30 (OpenGL ES and desktop OpenGL). The f16 variants translate where wgpu
 //!   offers `shader-f16`: MSL, HLSL shader model 6.2 (DX12 with DXC) and SPIR-V; wgpu's GL
-//!   backend never offers it, so they are not written as GLSL;
+//!   backend never offers it, so they are not written as GLSL. The subgroup variants translate
+//!   where wgpu offers `SUBGROUP`: MSL 2.1, HLSL shader model 6.0 and SPIR-V 1.3;
 //! * fit the limits of the device it was specialised for and, where that device was opened with
 //!   `LimitsPolicy::WebGpuDefaults`, WebGPU's default limits themselves: workgroup size,
 //!   workgroup memory, buffers and textures per stage, bind groups.
@@ -83,18 +86,38 @@ fn variants() -> &'static BTreeMap<String, Collected> {
     })
 }
 
-/// Parses and validates a variant with WebGPU's capabilities.
+/// Parses and validates a variant with WebGPU's capabilities (plus subgroups for the variants of
+/// `Reduction::Subgroup`).
+fn parse_variant(
+    label: &str,
+    variant: &ShaderVariant,
+) -> Result<(naga::Module, ModuleInfo), String> {
+    parse_with(label, &variant.wgsl(), variant.uses_subgroups())
+}
+
+/// Parses and validates WGSL with WebGPU's capabilities.
 fn parse(label: &str, wgsl: &str) -> Result<(naga::Module, ModuleInfo), String> {
+    parse_with(label, wgsl, false)
+}
+
+fn parse_with(
+    label: &str,
+    wgsl: &str,
+    subgroups: bool,
+) -> Result<(naga::Module, ModuleInfo), String> {
     let module = naga::front::wgsl::parse_str(wgsl)
         .map_err(|e| format!("{label}: WGSL parse: {}", e.emit_to_string(wgsl)))?;
     // The default capabilities are WebGPU's core (multisampled shading and cube-map arrays):
     // anything optional (f16, subgroups, f64, 64-bit integers) fails validation. The f16
     // variants get `shader-f16`'s capability and nothing more.
-    let capabilities = if wgsl.starts_with("enable f16;") {
+    let mut capabilities = if wgsl.starts_with("enable f16;") {
         Capabilities::default() | Capabilities::SHADER_FLOAT16
     } else {
         Capabilities::default()
     };
+    if subgroups {
+        capabilities |= Capabilities::SUBGROUP;
+    }
     let info = Validator::new(ValidationFlags::all(), capabilities)
         .validate(&module)
         .map_err(|e| format!("{label}: naga validation: {}", e.emit_to_string(wgsl)))?;
@@ -116,11 +139,16 @@ fn bounds_checks() -> BoundsCheckPolicies {
 /// The single compute entry point every kernel has.
 const ENTRY: &str = "main";
 
-fn to_msl(module: &naga::Module, info: &ModuleInfo) -> Result<(), String> {
+/// MSL at `lang_version`, then at 1.2 (macOS 10.12) as the floor where `floor`: wgpu writes the
+/// newest version the OS has.
+fn to_msl(
+    module: &naga::Module,
+    info: &ModuleInfo,
+    lang_version: (u8, u8),
+    floor: bool,
+) -> Result<(), String> {
     let options = msl::Options {
-        // Metal 2.0 (macOS 10.13, iOS 11), then 1.2 (macOS 10.12) below as the floor: wgpu
-        // writes the newest version the OS has.
-        lang_version: (2, 0),
+        lang_version,
         bounds_check_policies: bounds_checks(),
         zero_initialize_workgroup_memory: false,
         ..msl::Options::default()
@@ -132,6 +160,9 @@ fn to_msl(module: &naga::Module, info: &ModuleInfo) -> Result<(), String> {
     msl::write_string(module, info, &options, &pipeline)
         .map_err(|e| format!("{e}"))
         .and_then(|(text, _)| nonempty(&text))?;
+    if !floor {
+        return Ok(());
+    }
     let floor = msl::Options {
         lang_version: (1, 2),
         ..options
@@ -161,10 +192,15 @@ fn to_hlsl(
     nonempty(&text)
 }
 
-fn to_spirv(module: &naga::Module, info: &ModuleInfo) -> Result<(), String> {
+/// SPIR-V at `lang_version`: 1.0 is what wgpu emits without optional features, 1.3 with
+/// subgroups.
+fn to_spirv(
+    module: &naga::Module,
+    info: &ModuleInfo,
+    lang_version: (u8, u8),
+) -> Result<(), String> {
     let options = spv::Options {
-        // Vulkan 1.0's SPIR-V, what wgpu emits without optional features.
-        lang_version: (1, 0),
+        lang_version,
         bounds_check_policies: bounds_checks(),
         zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
         ..spv::Options::default()
@@ -227,7 +263,7 @@ fn for_every_variant(what: &str, check: impl Fn(&str, &naga::Module, &ModuleInfo
     assert!(!variants.is_empty(), "no variants were collected");
     let mut failures = Vec::new();
     for (label, collected) in variants {
-        match parse(label, &collected.variant.wgsl()) {
+        match parse_variant(label, &collected.variant) {
             Ok((module, info)) => failures.extend(check(label, &module, &info)),
             Err(e) => failures.push(e),
         }
@@ -302,15 +338,37 @@ fn uses_f16(module: &naga::Module) -> bool {
 #[test]
 fn every_variant_translates_to_msl_hlsl_spirv_and_glsl() {
     for_every_variant("translation", |label, module, info| {
+        let failed = |results: Vec<(&str, Result<(), String>)>| -> Vec<String> {
+            results
+                .into_iter()
+                .filter_map(|(back_end, result)| {
+                    result.err().map(|e| format!("{label}: {back_end}: {e}"))
+                })
+                .collect()
+        };
+        if label.contains("_REDUCTIONsubgroup") {
+            // Where wgpu offers subgroups: Metal 2.1 (simdgroup functions), DX12 shader model
+            // 6.0 (wave intrinsics; 6.2 with f16), Vulkan 1.1 (SPIR-V 1.3's group operations).
+            let model = if uses_f16(module) {
+                hlsl::ShaderModel::V6_2
+            } else {
+                hlsl::ShaderModel::V6_0
+            };
+            return failed(vec![
+                ("MSL 2.1", to_msl(module, info, (2, 1), false)),
+                ("HLSL SM 6.0/6.2", to_hlsl(module, info, model)),
+                ("SPIR-V 1.3", to_spirv(module, info, (1, 3))),
+            ]);
+        }
         if uses_f16(module) {
             // Where wgpu offers shader-f16: Metal, DX12 with DXC (shader model 6.2), Vulkan.
             let results = [
-                ("MSL", to_msl(module, info)),
+                ("MSL", to_msl(module, info, (2, 0), true)),
                 (
                     "HLSL SM 6.2",
                     to_hlsl(module, info, hlsl::ShaderModel::V6_2),
                 ),
-                ("SPIR-V", to_spirv(module, info)),
+                ("SPIR-V", to_spirv(module, info, (1, 0))),
             ];
             return results
                 .into_iter()
@@ -320,7 +378,8 @@ fn every_variant_translates_to_msl_hlsl_spirv_and_glsl() {
                 .collect();
         }
         let results = [
-            ("MSL", to_msl(module, info)),
+            // Metal 2.0 (macOS 10.13, iOS 11) and the 1.2 floor.
+            ("MSL", to_msl(module, info, (2, 0), true)),
             (
                 "HLSL SM 5.1",
                 to_hlsl(module, info, hlsl::ShaderModel::V5_1),
@@ -329,7 +388,7 @@ fn every_variant_translates_to_msl_hlsl_spirv_and_glsl() {
                 "HLSL SM 6.0",
                 to_hlsl(module, info, hlsl::ShaderModel::V6_0),
             ),
-            ("SPIR-V", to_spirv(module, info)),
+            ("SPIR-V", to_spirv(module, info, (1, 0))),
             // OpenGL ES 3.1 (the first with compute shaders; Android, ANGLE) and desktop
             // OpenGL 4.3 (Mesa's llvmpipe, with image bounds checks).
             (
@@ -494,6 +553,11 @@ fn every_variant_fits_its_device_and_webgpu_variants_fit_webgpu_defaults() {
                 ));
             }
             if *policy == LimitsPolicy::WebGpuDefaults {
+                if collected.variant.uses_subgroups() {
+                    failures.push(format!(
+                        "{label} ({kernels:?}, {policy:?}): subgroups under WebGPU's defaults"
+                    ));
+                }
                 for e in exceeded(&needs, &webgpu) {
                     failures.push(format!(
                         "{label} ({kernels:?}, {policy:?}): WebGPU's default {e}"

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::pipelines::PipelineCache;
+use crate::gpu::pipelines::{PipelineCache, Reduction};
 use crate::gpu::tuning_store::{TuneMode, TuningStore, default_cache_path};
 
 /// Printed when no adapter exists: on a machine without a GPU, Mesa's CPU drivers provide one.
@@ -40,6 +40,36 @@ impl LimitsPolicy {
                 field: "COMPATTN_LIMITS",
                 value: other.to_string(),
                 reason: "must be `adapter` or `webgpu`",
+            }),
+        }
+    }
+}
+
+/// Whether kernels use subgroup operations (`wgpu::Features::SUBGROUP`) where the device has
+/// them. Only the workgroup-wide reductions of the row kernels do ([`Reduction`]); each has the
+/// workgroup-memory tree as its fallback, and both give the same result to f32 rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SubgroupPolicy {
+    /// Request `SUBGROUP` where the adapter has it and [`LimitsPolicy::Adapter`] applies, and
+    /// use it on native back ends (a browser's WGSL compiler takes subgroups behind an `enable`
+    /// directive that wgpu 30's does not accept, so the browser keeps the fallback).
+    #[default]
+    WhereAvailable,
+    /// Never: the workgroup-memory reductions everywhere (to compare, or to test the fallback
+    /// on an adapter that has subgroups).
+    Off,
+}
+
+impl SubgroupPolicy {
+    /// `COMPATTN_SUBGROUPS=on|off` (unset: `on`, [`SubgroupPolicy::WhereAvailable`]).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("COMPATTN_SUBGROUPS").as_deref() {
+            Err(_) | Ok("") | Ok("on") => Ok(SubgroupPolicy::WhereAvailable),
+            Ok("off") => Ok(SubgroupPolicy::Off),
+            Ok(other) => Err(Error::InvalidConfig {
+                field: "COMPATTN_SUBGROUPS",
+                value: other.to_string(),
+                reason: "must be `on` or `off`",
             }),
         }
     }
@@ -95,6 +125,8 @@ pub struct GpuOptions {
     pub limits: LimitsPolicy,
     /// Which kernel variants to run; see [`KernelFamilyRequest`].
     pub kernels: KernelFamilyRequest,
+    /// Whether reductions use subgroups where the device has them; see [`SubgroupPolicy`].
+    pub subgroups: SubgroupPolicy,
     /// Passed to `request_adapter` when no name is given.
     pub power_preference: wgpu::PowerPreference,
     /// The longest a wait on the GPU may take before it is an [`Error::Timeout`]
@@ -110,7 +142,8 @@ pub struct GpuOptions {
 
 impl GpuOptions {
     /// Options from the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`,
-    /// `COMPATTN_KERNELS`, `WGPU_POWER_PREF`, `COMPATTN_WAIT_TIMEOUT_S`, `COMPATTN_TUNE` and
+    /// `COMPATTN_KERNELS`, `COMPATTN_SUBGROUPS`, `WGPU_POWER_PREF`, `COMPATTN_WAIT_TIMEOUT_S`,
+    /// `COMPATTN_TUNE` and
     /// `COMPATTN_TUNE_CACHE` (or the platform's cache folder; [`default_cache_path`]).
     pub fn from_env() -> Result<Self> {
         Ok(GpuOptions {
@@ -118,6 +151,7 @@ impl GpuOptions {
             adapter_name: env_var("WGPU_ADAPTER_NAME"),
             limits: LimitsPolicy::from_env()?,
             kernels: KernelFamilyRequest::from_env()?,
+            subgroups: SubgroupPolicy::from_env()?,
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
             wait_timeout: env_var("COMPATTN_WAIT_TIMEOUT_S")
                 .map(|v| match v.parse::<f64>() {
@@ -195,6 +229,8 @@ struct Inner {
     wait_timeout_ms: std::sync::atomic::AtomicU64,
     /// Tilings measured on this adapter, by shape class (`plan::tuned`).
     tuning: TuningStore,
+    /// How row kernels reduce across a workgroup ([`GpuContext::reduction`]).
+    reduction: Reduction,
 }
 
 /// The default [`GpuContext::wait_timeout`]: generous, since one forward of a long sequence on a
@@ -222,7 +258,7 @@ impl GpuContext {
                 Err(_) => select_adapter(wgpu::Backends::all(), options).await?,
             },
         };
-        let ctx = Self::open(adapter, options.limits, options.kernels).await?;
+        let ctx = Self::open(adapter, options.limits, options.kernels, options.subgroups).await?;
         if let Some(timeout) = options.wait_timeout {
             ctx.set_wait_timeout(timeout);
         }
@@ -244,14 +280,15 @@ impl GpuContext {
 
     /// Opens a device on an adapter the caller picked. Tuning follows `COMPATTN_TUNE` and
     /// `COMPATTN_TUNE_CACHE` (a value other than `off`, `on` or `force` is an
-    /// [`Error::InvalidConfig`]); [`GpuContext::set_tune_mode`] changes it.
+    /// [`Error::InvalidConfig`]); [`GpuContext::set_tune_mode`] changes it. Subgroups follow
+    /// `COMPATTN_SUBGROUPS` ([`SubgroupPolicy::from_env`]).
     pub async fn from_adapter(
         adapter: wgpu::Adapter,
         policy: LimitsPolicy,
         kernels: KernelFamilyRequest,
     ) -> Result<Self> {
         let tune = TuneMode::from_env()?;
-        let ctx = Self::open(adapter, policy, kernels).await?;
+        let ctx = Self::open(adapter, policy, kernels, SubgroupPolicy::from_env()?).await?;
         ctx.set_tune_mode(tune);
         ctx.set_tune_cache_path(default_cache_path());
         Ok(ctx)
@@ -261,6 +298,7 @@ impl GpuContext {
         adapter: wgpu::Adapter,
         policy: LimitsPolicy,
         kernels: KernelFamilyRequest,
+        subgroups: SubgroupPolicy,
     ) -> Result<Self> {
         let adapter_limits = adapter.limits();
         let limits = match policy {
@@ -270,10 +308,14 @@ impl GpuContext {
             }
         };
         // The optional features used where the adapter has them: timestamp queries
-        // (benchmarks) and shader-f16 (Precision::F16 storage). The f32 kernels need nothing
-        // beyond WebGPU's core.
-        let required_features =
-            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
+        // (benchmarks), shader-f16 (Precision::F16 storage) and subgroups (the row kernels'
+        // reductions; not under WebGPU's defaults, which stand for what a browser grants). The
+        // f32 kernels need nothing beyond WebGPU's core.
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        if policy == LimitsPolicy::Adapter && subgroups == SubgroupPolicy::WhereAvailable {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        let required_features = adapter.features() & wanted;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("compositional-attention"),
@@ -293,7 +335,13 @@ impl GpuContext {
                 errors.push(error.to_string());
             }
         }));
-        let ctx = Self::assemble(adapter, (device, queue), limits, Some(uncaptured), kernels);
+        let ctx = Self::assemble(
+            adapter,
+            (device, queue),
+            limits,
+            Some(uncaptured),
+            (kernels, subgroups),
+        );
         // Record why the device went (destroyed, driver reset): every later call reports it.
         let lost = ctx.inner.lost.clone();
         ctx.inner
@@ -333,7 +381,14 @@ impl GpuContext {
     ) -> Result<GpuContext> {
         let limits = device.limits();
         let tune = TuneMode::from_env()?;
-        let ctx = Self::assemble(adapter.clone(), (device, queue), limits, None, kernels);
+        let subgroups = SubgroupPolicy::from_env()?;
+        let ctx = Self::assemble(
+            adapter.clone(),
+            (device, queue),
+            limits,
+            None,
+            (kernels, subgroups),
+        );
         ctx.check_requirements()?;
         ctx.set_tune_mode(tune);
         ctx.set_tune_cache_path(default_cache_path());
@@ -346,9 +401,19 @@ impl GpuContext {
         (device, queue): (wgpu::Device, wgpu::Queue),
         limits: wgpu::Limits,
         uncaptured: Option<Arc<Mutex<Vec<String>>>>,
-        family_request: KernelFamilyRequest,
+        (family_request, subgroups): (KernelFamilyRequest, SubgroupPolicy),
     ) -> GpuContext {
         let info = adapter.get_info();
+        // wgpu 30's WGSL front end takes subgroup operations without the `enable subgroups;`
+        // directive that a browser's compiler requires, so only native back ends use them.
+        let reduction = if subgroups == SubgroupPolicy::WhereAvailable
+            && device.features().contains(wgpu::Features::SUBGROUP)
+            && info.backend != wgpu::Backend::BrowserWebGpu
+        {
+            Reduction::Subgroup
+        } else {
+            Reduction::Workgroup
+        };
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
         // Memory only and off until the constructor applies the options.
         let tuning = TuningStore::new(&info, TuneMode::Off, None);
@@ -369,6 +434,7 @@ impl GpuContext {
                     DEFAULT_WAIT_TIMEOUT.as_millis() as u64,
                 ),
                 tuning,
+                reduction,
             }),
         }
     }
@@ -624,6 +690,13 @@ impl GpuContext {
             .contains(wgpu::Features::SHADER_F16)
     }
 
+    /// How row kernels reduce across a workgroup on this device: through subgroups where it has
+    /// `wgpu::Features::SUBGROUP` on a native back end and [`SubgroupPolicy`] allows, else
+    /// through workgroup memory.
+    pub fn reduction(&self) -> Reduction {
+        self.inner.reduction
+    }
+
     /// Whether GPU timestamps can time passes on this device.
     pub fn has_timestamps(&self) -> bool {
         self.inner
@@ -860,6 +933,33 @@ mod tests {
             }))
         }))
         .unwrap();
+    }
+
+    /// The row kernels reduce through subgroups exactly where the device has them, the back end
+    /// is native and the policies allow (so lavapipe runs the subgroup path for real), and
+    /// `SubgroupPolicy::Off` keeps the workgroup tree on the same adapter.
+    #[test]
+    fn subgroups_are_used_where_the_device_has_them() {
+        let ctx = context();
+        let expected = if ctx.adapter().features().contains(wgpu::Features::SUBGROUP)
+            && ctx.info().backend != wgpu::Backend::BrowserWebGpu
+            && LimitsPolicy::from_env().unwrap() == LimitsPolicy::Adapter
+            && SubgroupPolicy::from_env().unwrap() == SubgroupPolicy::WhereAvailable
+        {
+            Reduction::Subgroup
+        } else {
+            Reduction::Workgroup
+        };
+        assert_eq!(ctx.reduction(), expected, "on {}", ctx.describe());
+        let off = pollster::block_on(GpuContext::open(
+            ctx.adapter().clone(),
+            LimitsPolicy::from_env().unwrap(),
+            KernelFamilyRequest::Auto,
+            SubgroupPolicy::Off,
+        ))
+        .unwrap();
+        assert_eq!(off.reduction(), Reduction::Workgroup);
+        assert!(!off.device().features().contains(wgpu::Features::SUBGROUP));
     }
 
     #[test]

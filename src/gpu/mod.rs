@@ -24,6 +24,7 @@ pub(crate) mod uniform;
 
 #[allow(deprecated)]
 pub use context::KernelProfile;
-pub use context::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy};
+pub use context::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy, SubgroupPolicy};
 pub use dispatch::CompileProgress;
+pub use pipelines::Reduction;
 pub use tuning_store::{TuneMode, default_cache_path};

@@ -88,6 +88,47 @@ pub enum Constant {
     /// format in the type, so an f16 layer's texel rows need their own declaration), and
     /// `fn to_NAME(v: vec4<f32>) -> vec4<f32>`, which rounds to the stored precision.
     TexelStore(Precision),
+    /// How the kernel reduces across its workgroup: places `shaders/common/workgroup_reduce.wgsl`
+    /// or `subgroup_reduce.wgsl` (the same `Invocation`, `workgroup_sum` and `workgroup_max`)
+    /// before the kernel's includes.
+    Reduction(Reduction),
+}
+
+/// How row kernels reduce across a workgroup (softmax max and sum, LayerNorm's moments, means).
+///
+/// Chosen per device by [`GpuContext::reduction`](crate::gpu::GpuContext::reduction), the one
+/// place that decides it; both give the same result to f32 rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// A tree through workgroup memory, `log2(WG) + 2` barriers: WebGPU's core, every device.
+    Workgroup,
+    /// `subgroupAdd` / `subgroupMax`, then one slot per subgroup: two barriers. Needs
+    /// `wgpu::Features::SUBGROUP` and the `subgroup_id` builtin (native back ends).
+    Subgroup,
+}
+
+impl Reduction {
+    /// The WGSL that declares `Invocation`, `workgroup_sum` and `workgroup_max`.
+    fn source(self) -> &'static str {
+        match self {
+            Reduction::Workgroup => include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/shaders/common/workgroup_reduce.wgsl"
+            )),
+            Reduction::Subgroup => include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/shaders/common/subgroup_reduce.wgsl"
+            )),
+        }
+    }
+
+    /// The name in variant labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduction::Workgroup => "workgroup",
+            Reduction::Subgroup => "subgroup",
+        }
+    }
 }
 
 /// A kernel plus its constants: exactly one compute pipeline.
@@ -163,6 +204,21 @@ impl ShaderVariant {
         self
     }
 
+    /// Declares the kernel's workgroup reduction (`Invocation`, `workgroup_sum`,
+    /// `workgroup_max`) for kernels that reduce across a workgroup.
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        self.constants
+            .push(("REDUCTION", Constant::Reduction(reduction)));
+        self
+    }
+
+    /// Whether the text uses subgroup operations (`wgpu::Features::SUBGROUP`).
+    pub fn uses_subgroups(&self) -> bool {
+        self.constants
+            .iter()
+            .any(|(_, value)| matches!(value, Constant::Reduction(Reduction::Subgroup)))
+    }
+
     /// The kernel's file stem.
     pub fn kernel_name(&self) -> &'static str {
         self.kernel.name
@@ -188,6 +244,7 @@ impl ShaderVariant {
                 Constant::Stored(precision) | Constant::TexelStore(precision) => {
                     precision.name().to_string()
                 }
+                Constant::Reduction(reduction) => reduction.name().to_string(),
             };
             let _ = write!(label, "_{name}{value}");
         }
@@ -256,12 +313,20 @@ impl ShaderVariant {
                         None => writeln!(text, "alias {name} = {scalar};"),
                     }
                 }
+                // Placed with the includes, after every constant it may use.
+                Constant::Reduction(_) => Ok(()),
             };
         }
         text.push('\n');
         for piece in &self.pieces {
             text.push_str(piece.source);
             text.push('\n');
+        }
+        for (_, value) in &self.constants {
+            if let Constant::Reduction(reduction) = value {
+                text.push_str(reduction.source());
+                text.push('\n');
+            }
         }
         for include in self.kernel.includes {
             text.push_str(include);

@@ -39,7 +39,7 @@ use crate::ops::matmul::{self, Operand, TexelPacks};
 
 static SOFTMAX_TEXELS: Kernel = kernel!(
     "search_chunk_softmax_texels",
-    includes: ["philox", "train_params", "search_weights", "workgroup_reduce", "texel_rows"]
+    includes: ["philox", "train_params", "search_weights", "texel_rows"]
 );
 static BACKWARD_TEXELS: Kernel = kernel!(
     "search_chunk_backward_texels",
@@ -52,6 +52,7 @@ pub(crate) fn softmax_variant(ctx: &GpuContext) -> ShaderVariant {
     ShaderVariant::new(&SOFTMAX_TEXELS)
         .u32("WG", WG)
         .u32("RPL", rows_per_layer(ctx))
+        .reduction(ctx.reduction())
 }
 
 pub(crate) fn backward_variant(ctx: &GpuContext) -> ShaderVariant {

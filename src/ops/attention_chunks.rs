@@ -29,7 +29,7 @@ use crate::ops::matmul::{self, Operand, Operands, Target, TexelPacks};
 
 static SEARCH_CHUNK_SOFTMAX: Kernel = kernel!(
     "search_chunk_softmax",
-    includes: ["philox", "train_params", "search_weights", "workgroup_reduce"]
+    includes: ["philox", "train_params", "search_weights"]
 );
 static SEARCH_CHUNK_BACKWARD: Kernel = kernel!(
     "search_chunk_backward",
@@ -41,8 +41,10 @@ const WG: u32 = 64;
 /// The most bytes one chunk's scores take (and its gradient again): 16 MiB.
 const SCRATCH_BYTES: u64 = 16 << 20;
 
-pub(crate) fn softmax_variant() -> ShaderVariant {
-    ShaderVariant::new(&SEARCH_CHUNK_SOFTMAX).u32("WG", WG)
+pub(crate) fn softmax_variant(ctx: &GpuContext) -> ShaderVariant {
+    ShaderVariant::new(&SEARCH_CHUNK_SOFTMAX)
+        .u32("WG", WG)
+        .reduction(ctx.reduction())
 }
 
 pub(crate) fn backward_variant() -> ShaderVariant {
@@ -166,7 +168,7 @@ pub(crate) async fn forward(
         dispatches.push(
             Dispatch::new(
                 ctx,
-                &softmax_variant(),
+                &softmax_variant(ctx),
                 bytemuck::bytes_of(&params),
                 &[mask.into(), stats.into(), scratch.into()],
                 rows.len() as u64,

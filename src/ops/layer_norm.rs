@@ -8,7 +8,7 @@ use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::uniform::uniform;
 
-static LAYER_NORM: Kernel = kernel!("layer_norm", includes: ["workgroup_reduce"]);
+static LAYER_NORM: Kernel = kernel!("layer_norm");
 
 /// Invocations per row: enough to stride a typical width (256–4096) in a few steps.
 const WG: u32 = 64;
@@ -22,8 +22,10 @@ uniform! {
     }
 }
 
-pub(crate) fn variant() -> ShaderVariant {
-    ShaderVariant::new(&LAYER_NORM).u32("WG", WG)
+pub(crate) fn variant(ctx: &GpuContext) -> ShaderVariant {
+    ShaderVariant::new(&LAYER_NORM)
+        .u32("WG", WG)
+        .reduction(ctx.reduction())
 }
 
 /// Binds `out [rows, dim] = LayerNorm(x)` with affine `gamma`, `beta`.
@@ -46,7 +48,7 @@ pub(crate) async fn dispatch(
     };
     Dispatch::new(
         ctx,
-        &variant(),
+        &variant(ctx),
         bytemuck::bytes_of(&params),
         &[x.into().into(), gamma.into(), beta.into(), out.into()],
         rows as u64,

@@ -8,7 +8,7 @@ use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::uniform::uniform;
 
-static MASKED_SOFTMAX: Kernel = kernel!("masked_softmax", includes: ["workgroup_reduce"]);
+static MASKED_SOFTMAX: Kernel = kernel!("masked_softmax");
 
 const WG: u32 = 64;
 
@@ -21,8 +21,10 @@ uniform! {
     }
 }
 
-pub(crate) fn variant() -> ShaderVariant {
-    ShaderVariant::new(&MASKED_SOFTMAX).u32("WG", WG)
+pub(crate) fn variant(ctx: &GpuContext) -> ShaderVariant {
+    ShaderVariant::new(&MASKED_SOFTMAX)
+        .u32("WG", WG)
+        .reduction(ctx.reduction())
 }
 
 /// Binds `weights [b, s, n, n] = softmax(logits)` with `mask [b, n]` (u32, 1 = allowed).
@@ -54,7 +56,7 @@ pub(crate) async fn dispatch(
     };
     Dispatch::new(
         ctx,
-        &variant(),
+        &variant(ctx),
         bytemuck::bytes_of(&params),
         &[logits.into(), mask.into().into(), weights.into()],
         rows as u64,

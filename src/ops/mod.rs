@@ -177,7 +177,7 @@ mod uniform_layouts {
                 differences.extend(layout_differences::<$ty>(&label, &text));
             }};
         }
-        check!(layer_norm::Params, layer_norm::variant());
+        check!(layer_norm::Params, layer_norm::variant(ctx));
         check!(layer_norm_backward::Params, layer_norm_backward::variant());
         check!(adamw::Params, adamw::variant());
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -186,7 +186,10 @@ mod uniform_layouts {
         for variant in attention_train::variants(&layout) {
             check!(attention_train::Params, variant);
         }
-        check!(attention_train::Params, attention_chunks::softmax_variant());
+        check!(
+            attention_train::Params,
+            attention_chunks::softmax_variant(ctx)
+        );
         check!(
             attention_train::Params,
             attention_chunks::backward_variant()
@@ -227,7 +230,7 @@ mod uniform_layouts {
         }
 
         check!(search_scores::Params, search_scores::variant());
-        check!(masked_softmax::Params, masked_softmax::variant());
+        check!(masked_softmax::Params, masked_softmax::variant(ctx));
         check!(search_values::Params, search_values::variant());
         check!(retrieval_select::Params, retrieval_select::variant(false));
         check!(retrieval_select::Params, retrieval_select::variant(true));
@@ -264,7 +267,7 @@ mod uniform_layouts {
                 _pad: u32,
             }
         }
-        let text = layer_norm::variant().wgsl();
+        let text = layer_norm::variant(context()).wgsl();
         assert!(!layout_differences::<Swapped>("swapped", &text).is_empty());
     }
 }

@@ -11,7 +11,7 @@ use crate::gpu::uniform::uniform;
 use crate::ops::{ProjectionLayout, Rows};
 use crate::precision::Precision;
 
-static VALUE_MEAN: Kernel = kernel!("value_mean", includes: ["workgroup_reduce", "texel_rows"]);
+static VALUE_MEAN: Kernel = kernel!("value_mean", includes: ["texel_rows"]);
 static PROJ_BUFFERS: Piece = piece!("value_mean_buffers");
 static PROJ_TEXELS: Piece = piece!("value_mean_texels");
 
@@ -34,7 +34,8 @@ pub(crate) fn variant(ctx: &GpuContext, texels: bool, precision: Precision) -> S
     let variant = ShaderVariant::new(&VALUE_MEAN)
         .piece(if texels { &PROJ_TEXELS } else { &PROJ_BUFFERS })
         .u32("WG", WG)
-        .u32("RPL", rows_per_layer(ctx));
+        .u32("RPL", rows_per_layer(ctx))
+        .reduction(ctx.reduction());
     if texels {
         variant
     } else {
