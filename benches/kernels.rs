@@ -1,5 +1,5 @@
-//! Criterion benchmarks: our GEMM, every attention kernel of both strategies, the whole forward
-//! per strategy, what attention maps cost, and the `f64` CPU reference.
+//! Criterion benchmarks: our GEMM, every attention kernel of both strategies, a decode step's
+//! attention over the cache, the whole forward per strategy, what attention maps cost, and the `f64` CPU reference.
 //!
 //! GPU entries report **GPU time**: each iteration's time is what `KernelBench::sample_ms` or
 //! `CompositionalAttention::profile` measured (timestamp queries where the adapter has them, else
@@ -189,6 +189,29 @@ fn attention_kernels(c: &mut Criterion) {
     group.finish();
 }
 
+/// A decode step's attention over the cache (`decode_attention` and `decode_reduce`) at issue
+/// 8's configuration (dim 512, d 64, s 8, r 2), contexts 512 and 2048.
+fn decode_attention(c: &mut Criterion) {
+    let Some(ctx) = gpu() else { return };
+    let config = Config::new(512)
+        .dim_head(64)
+        .num_searches(8)
+        .num_retrievals(2);
+    let mut group = c.benchmark_group("decode_attention");
+    configure(&mut group);
+    for context in [512, 2048] {
+        let mut slot = None;
+        group.throughput(flops(2.0 * (8 * context * (64 + 2 * 64)) as f64));
+        group.bench_function(BenchmarkId::from_parameter(context), |b| {
+            let bench = lazily(&mut slot, &format!("decode_attention/{context}"), || {
+                pollster::block_on(KernelBench::decode_attention(ctx, &config, context))
+            });
+            b.iter_custom(|iters| kernel_time(bench, iters))
+        });
+    }
+    group.finish();
+}
+
 fn forward(c: &mut Criterion) {
     let Some(ctx) = gpu() else { return };
     let config = config();
@@ -308,6 +331,7 @@ criterion_group!(
     benches,
     gemm,
     attention_kernels,
+    decode_attention,
     forward,
     maps,
     cpu_reference

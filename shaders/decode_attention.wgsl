@@ -28,6 +28,18 @@
 //            y: index = ((b·splits + split)·s + σ)·seq + i (neighbouring lanes: neighbouring
 //            queries, then searches); the partials are stored at ((b·s + σ)·seq + i)·splits +
 //            split.
+// Bounds     compiled without runtime bounds checks on native back ends (BoundsChecks::Proven,
+//            measured faster on lavapipe: BENCHMARKS.md); src/ops/decode.rs checks every
+//            buffer's size against the plan before binding. With index < b·s·seq·splits (the
+//            guard), so i < seq, σ < s, split < splits, b < batch, in KVec/CacheVec units:
+//              proj      token·row_stride + q_offset + σ·DV + k < b·seq·row_stride, as
+//                        q_offset + s·DV ≤ row_stride and token < b·seq;
+//              keys      (bs·capacity + j)·DV + k < b·s·capacity·DV, as j < end ≤ capacity;
+//              values    (b·capacity + j)·VWV + c < b·capacity·VWV; mask b·capacity + j likewise;
+//              partials  slot = row·splits + split < b·s·seq·splits, their allocated rows;
+//              state[0], first_allowed[b < batch]; query[k < DV], acc[c < VWV].
+//            state[0], the length the GPU writes, moves only `position`: every key index is
+//            capped by capacity whatever it holds.
 // Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0), the stored
 //            types Proj/ProjVec and Cache/CacheVec (f32 or f16).
 

@@ -334,6 +334,73 @@ impl KernelBench {
             .collect())
     }
 
+    /// One decode step's attention over a cache holding `context` positions, without the
+    /// projections: the split-KV kernel (`decode_attention`) and the combine that selects the
+    /// retrieval (`decode_reduce`), on random keys, values and query, batch 1, f32 storage.
+    /// FLOPs: `2·s·context·(d + r·d)` (scores and the weighted values).
+    pub async fn decode_attention(
+        ctx: &GpuContext,
+        config: &Config,
+        context: usize,
+    ) -> Result<KernelBench> {
+        config.validate()?;
+        let _serial = ctx.serial().await;
+        let c = config;
+        let (s, r, d) = (c.num_searches, c.num_retrievals, c.dim_head);
+        let mut rng = StdRng::seed_from_u64(3);
+        let layout = ProjectionLayout::new(1, 1, s, r, d);
+        let capacity = context + 1;
+        let plan = crate::plan::CachedPlan::resolve(ctx, &layout, capacity)?;
+        let proj = memory::storage_init(ctx, "proj", &normal(&mut rng, layout.row_stride, 1.0))?;
+        let cache = ops::decode::CacheBuffers {
+            precision: Precision::F32,
+            keys: memory::storage_init(ctx, "keys", &normal(&mut rng, s * capacity * d, 1.0))?,
+            values: memory::storage_init(ctx, "values", &normal(&mut rng, capacity * r * d, 1.0))?,
+            mask: memory::storage_init(ctx, "mask", &vec![1u32; capacity])?,
+            first_allowed: memory::storage_init(ctx, "first allowed", &[0u32])?,
+            state: memory::storage_init(ctx, "length", &[context as u32])?,
+        };
+        let concat = memory::storage(ctx, "concat", &[s * d], None)?;
+        let bound = ops::decode::bind_attention(
+            ctx,
+            &layout,
+            &plan,
+            c.scale() as f32,
+            &proj,
+            &cache,
+            ops::decode::AttentionOut::Concat(&concat),
+        )
+        .await?;
+        let flops = 2.0 * (s * context * (d + r * d)) as f64;
+        let [stats, acc] = bound.partials;
+        let ops::decode::CacheBuffers {
+            keys,
+            values,
+            mask,
+            first_allowed,
+            state,
+            ..
+        } = cache;
+        let buffers = vec![
+            proj,
+            keys,
+            values,
+            mask,
+            first_allowed,
+            state,
+            concat,
+            stats,
+            acc,
+        ];
+        Ok(Self::new(
+            ctx,
+            "decode_attention".into(),
+            flops,
+            bound.dispatches,
+            buffers,
+        ))
+    }
+
     fn new(
         ctx: &GpuContext,
         name: String,

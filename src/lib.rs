@@ -97,8 +97,8 @@ pub use gpu::KernelProfile;
 pub use gpu::timing::TimingSource;
 #[cfg(feature = "gpu")]
 pub use gpu::{
-    CompileProgress, GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy, Reduction,
-    SubgroupPolicy, TuneMode,
+    BoundsCheckPolicy, BoundsChecks, CompileProgress, GpuContext, GpuOptions, KernelFamilyRequest,
+    LimitsPolicy, Reduction, SubgroupPolicy, TuneMode,
 };
 pub use io::Input;
 #[cfg(feature = "gpu")]

@@ -233,6 +233,47 @@ fn contexts_past_one_split() {
     );
 }
 
+/// Shapes drawn from the test's seed around `decode_attention`, the kernel that runs without
+/// runtime bounds checks (`BoundsChecks::Proven`): head widths of either vector width, one to
+/// four searches and retrievals, batches with ragged masks, prefill chunks of any length and
+/// contexts across split boundaries. An index out of range would read a neighbour's data (or
+/// the poison of an unwritten partial) and fail the comparison.
+#[test]
+fn random_shapes_around_the_unchecked_kernel() {
+    let (seed, what) = seed("random decode shapes");
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut draw = |n: usize| {
+        // splitmix64
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    };
+    for case in 0..4 {
+        let d = [1, 3, 4, 5, 8, 12][draw(6)];
+        let (s, r) = (1 + draw(4), 1 + draw(4));
+        let dim = 4 + draw(28);
+        let batch = 1 + draw(3);
+        let seq = 2 + draw(if case == 0 { 200 } else { 40 });
+        let lengths: Vec<usize> = (0..batch).map(|_| 1 + draw(seq)).collect();
+        let chunks = [1 + draw(seq), 1 + draw(seq)];
+        let name = format!(
+            "{what}: case {case}, dim {dim}, d {d}, s {s}, r {r}, b {batch}, n {seq}, \
+             lengths {lengths:?}, chunks {chunks:?}"
+        );
+        eprintln!("{name}");
+        check(
+            config(dim, d, s, r),
+            batch,
+            seq,
+            Some(&lengths),
+            &chunks,
+            &name,
+        );
+    }
+}
+
 /// The causal reference cases of tests/golden, generated token by token.
 #[test]
 fn golden_causal_case_token_by_token() {

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::pipelines::{PipelineCache, Reduction};
+use crate::gpu::pipelines::{BoundsChecks, PipelineCache, Reduction, ShaderVariant};
 use crate::gpu::tuning_store::{TuneMode, TuningStore, default_cache_path};
 
 /// Printed when no adapter exists: on a machine without a GPU, Mesa's CPU drivers provide one.
@@ -75,6 +75,53 @@ impl SubgroupPolicy {
     }
 }
 
+/// Which kernels run without wgpu's runtime bounds checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BoundsCheckPolicy {
+    /// Kernels declared [`BoundsChecks::Proven`] (every index proven in range; measured faster)
+    /// run unchecked on native back ends; every other kernel is checked.
+    #[default]
+    ProvenUnchecked,
+    /// Every kernel checked: to rule the unchecked kernels out when chasing a fault.
+    AllChecked,
+}
+
+impl BoundsCheckPolicy {
+    /// `COMPATTN_BOUNDS_CHECKS=proven|all` (unset: `proven`,
+    /// [`BoundsCheckPolicy::ProvenUnchecked`]).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("COMPATTN_BOUNDS_CHECKS").as_deref() {
+            Err(_) | Ok("") | Ok("proven") => Ok(BoundsCheckPolicy::ProvenUnchecked),
+            Ok("all") => Ok(BoundsCheckPolicy::AllChecked),
+            Ok(other) => Err(Error::InvalidConfig {
+                field: "COMPATTN_BOUNDS_CHECKS",
+                value: other.to_string(),
+                reason: "must be `proven` or `all`",
+            }),
+        }
+    }
+}
+
+/// What a context decides once, when it is made: the kernel family asked for, subgroups, bounds
+/// checks.
+#[derive(Clone, Copy, Debug)]
+struct Choices {
+    kernels: KernelFamilyRequest,
+    subgroups: SubgroupPolicy,
+    bounds_checks: BoundsCheckPolicy,
+}
+
+impl Choices {
+    /// `kernels` with the rest from the environment.
+    fn from_env(kernels: KernelFamilyRequest) -> Result<Self> {
+        Ok(Choices {
+            kernels,
+            subgroups: SubgroupPolicy::from_env()?,
+            bounds_checks: BoundsCheckPolicy::from_env()?,
+        })
+    }
+}
+
 /// Which family of kernel variants to run.
 ///
 /// CPU drivers (lavapipe, llvmpipe, SwiftShader) run invocations as SIMD lanes: they want big
@@ -127,6 +174,8 @@ pub struct GpuOptions {
     pub kernels: KernelFamilyRequest,
     /// Whether reductions use subgroups where the device has them; see [`SubgroupPolicy`].
     pub subgroups: SubgroupPolicy,
+    /// Which kernels run without runtime bounds checks; see [`BoundsCheckPolicy`].
+    pub bounds_checks: BoundsCheckPolicy,
     /// Passed to `request_adapter` when no name is given.
     pub power_preference: wgpu::PowerPreference,
     /// The longest a wait on the GPU may take before it is an [`Error::Timeout`]
@@ -142,8 +191,8 @@ pub struct GpuOptions {
 
 impl GpuOptions {
     /// Options from the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`,
-    /// `COMPATTN_KERNELS`, `COMPATTN_SUBGROUPS`, `WGPU_POWER_PREF`, `COMPATTN_WAIT_TIMEOUT_S`,
-    /// `COMPATTN_TUNE` and
+    /// `COMPATTN_KERNELS`, `COMPATTN_SUBGROUPS`, `COMPATTN_BOUNDS_CHECKS`, `WGPU_POWER_PREF`,
+    /// `COMPATTN_WAIT_TIMEOUT_S`, `COMPATTN_TUNE` and
     /// `COMPATTN_TUNE_CACHE` (or the platform's cache folder; [`default_cache_path`]).
     pub fn from_env() -> Result<Self> {
         Ok(GpuOptions {
@@ -152,6 +201,7 @@ impl GpuOptions {
             limits: LimitsPolicy::from_env()?,
             kernels: KernelFamilyRequest::from_env()?,
             subgroups: SubgroupPolicy::from_env()?,
+            bounds_checks: BoundsCheckPolicy::from_env()?,
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
             wait_timeout: env_var("COMPATTN_WAIT_TIMEOUT_S")
                 .map(|v| match v.parse::<f64>() {
@@ -231,6 +281,8 @@ struct Inner {
     tuning: TuningStore,
     /// How row kernels reduce across a workgroup ([`GpuContext::reduction`]).
     reduction: Reduction,
+    /// Which kernels run without runtime bounds checks ([`GpuContext::bounds_checks`]).
+    bounds_checks: BoundsCheckPolicy,
 }
 
 /// The default [`GpuContext::wait_timeout`]: generous, since one forward of a long sequence on a
@@ -258,7 +310,12 @@ impl GpuContext {
                 Err(_) => select_adapter(wgpu::Backends::all(), options).await?,
             },
         };
-        let ctx = Self::open(adapter, options.limits, options.kernels, options.subgroups).await?;
+        let choices = Choices {
+            kernels: options.kernels,
+            subgroups: options.subgroups,
+            bounds_checks: options.bounds_checks,
+        };
+        let ctx = Self::open(adapter, options.limits, choices).await?;
         if let Some(timeout) = options.wait_timeout {
             ctx.set_wait_timeout(timeout);
         }
@@ -281,25 +338,21 @@ impl GpuContext {
     /// Opens a device on an adapter the caller picked. Tuning follows `COMPATTN_TUNE` and
     /// `COMPATTN_TUNE_CACHE` (a value other than `off`, `on` or `force` is an
     /// [`Error::InvalidConfig`]); [`GpuContext::set_tune_mode`] changes it. Subgroups follow
-    /// `COMPATTN_SUBGROUPS` ([`SubgroupPolicy::from_env`]).
+    /// `COMPATTN_SUBGROUPS` ([`SubgroupPolicy::from_env`]), bounds checks
+    /// `COMPATTN_BOUNDS_CHECKS` ([`BoundsCheckPolicy::from_env`]).
     pub async fn from_adapter(
         adapter: wgpu::Adapter,
         policy: LimitsPolicy,
         kernels: KernelFamilyRequest,
     ) -> Result<Self> {
         let tune = TuneMode::from_env()?;
-        let ctx = Self::open(adapter, policy, kernels, SubgroupPolicy::from_env()?).await?;
+        let ctx = Self::open(adapter, policy, Choices::from_env(kernels)?).await?;
         ctx.set_tune_mode(tune);
         ctx.set_tune_cache_path(default_cache_path());
         Ok(ctx)
     }
 
-    async fn open(
-        adapter: wgpu::Adapter,
-        policy: LimitsPolicy,
-        kernels: KernelFamilyRequest,
-        subgroups: SubgroupPolicy,
-    ) -> Result<Self> {
+    async fn open(adapter: wgpu::Adapter, policy: LimitsPolicy, choices: Choices) -> Result<Self> {
         let adapter_limits = adapter.limits();
         let limits = match policy {
             LimitsPolicy::Adapter => adapter_limits,
@@ -312,7 +365,7 @@ impl GpuContext {
         // reductions; not under WebGPU's defaults, which stand for what a browser grants). The
         // f32 kernels need nothing beyond WebGPU's core.
         let mut wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
-        if policy == LimitsPolicy::Adapter && subgroups == SubgroupPolicy::WhereAvailable {
+        if policy == LimitsPolicy::Adapter && choices.subgroups == SubgroupPolicy::WhereAvailable {
             wanted |= wgpu::Features::SUBGROUP;
         }
         let required_features = adapter.features() & wanted;
@@ -335,13 +388,7 @@ impl GpuContext {
                 errors.push(error.to_string());
             }
         }));
-        let ctx = Self::assemble(
-            adapter,
-            (device, queue),
-            limits,
-            Some(uncaptured),
-            (kernels, subgroups),
-        );
+        let ctx = Self::assemble(adapter, (device, queue), limits, Some(uncaptured), choices);
         // Record why the device went (destroyed, driver reset): every later call reports it.
         let lost = ctx.inner.lost.clone();
         ctx.inner
@@ -381,13 +428,12 @@ impl GpuContext {
     ) -> Result<GpuContext> {
         let limits = device.limits();
         let tune = TuneMode::from_env()?;
-        let subgroups = SubgroupPolicy::from_env()?;
         let ctx = Self::assemble(
             adapter.clone(),
             (device, queue),
             limits,
             None,
-            (kernels, subgroups),
+            Choices::from_env(kernels)?,
         );
         ctx.check_requirements()?;
         ctx.set_tune_mode(tune);
@@ -401,12 +447,12 @@ impl GpuContext {
         (device, queue): (wgpu::Device, wgpu::Queue),
         limits: wgpu::Limits,
         uncaptured: Option<Arc<Mutex<Vec<String>>>>,
-        (family_request, subgroups): (KernelFamilyRequest, SubgroupPolicy),
+        choices: Choices,
     ) -> GpuContext {
         let info = adapter.get_info();
         // wgpu 30's WGSL front end takes subgroup operations without the `enable subgroups;`
         // directive that a browser's compiler requires, so only native back ends use them.
-        let reduction = if subgroups == SubgroupPolicy::WhereAvailable
+        let reduction = if choices.subgroups == SubgroupPolicy::WhereAvailable
             && device.features().contains(wgpu::Features::SUBGROUP)
             && info.backend != wgpu::Backend::BrowserWebGpu
         {
@@ -428,13 +474,14 @@ impl GpuContext {
                 pipelines: PipelineCache::default(),
                 uncaptured,
                 serial,
-                family_request,
+                family_request: choices.kernels,
                 lost: Arc::new(Mutex::new(None)),
                 wait_timeout_ms: std::sync::atomic::AtomicU64::new(
                     DEFAULT_WAIT_TIMEOUT.as_millis() as u64,
                 ),
                 tuning,
                 reduction,
+                bounds_checks: choices.bounds_checks,
             }),
         }
     }
@@ -697,6 +744,20 @@ impl GpuContext {
         self.inner.reduction
     }
 
+    /// Whether `variant` is compiled without runtime bounds checks here: where its kernel is
+    /// [`BoundsChecks::Proven`], the [`BoundsCheckPolicy`] allows, and the back end is native
+    /// (a browser checks every access whatever it is asked).
+    pub fn bounds_checks(&self, variant: &ShaderVariant) -> BoundsChecks {
+        if variant.bounds_checks() == BoundsChecks::Proven
+            && self.inner.bounds_checks == BoundsCheckPolicy::ProvenUnchecked
+            && self.inner.info.backend != wgpu::Backend::BrowserWebGpu
+        {
+            BoundsChecks::Proven
+        } else {
+            BoundsChecks::Checked
+        }
+    }
+
     /// Whether GPU timestamps can time passes on this device.
     pub fn has_timestamps(&self) -> bool {
         self.inner
@@ -951,11 +1012,14 @@ mod tests {
             Reduction::Workgroup
         };
         assert_eq!(ctx.reduction(), expected, "on {}", ctx.describe());
+        let choices = Choices {
+            subgroups: SubgroupPolicy::Off,
+            ..Choices::from_env(KernelFamilyRequest::Auto).unwrap()
+        };
         let off = pollster::block_on(GpuContext::open(
             ctx.adapter().clone(),
             LimitsPolicy::from_env().unwrap(),
-            KernelFamilyRequest::Auto,
-            SubgroupPolicy::Off,
+            choices,
         ))
         .unwrap();
         assert_eq!(off.reduction(), Reduction::Workgroup);
@@ -969,6 +1033,7 @@ mod tests {
             name: "broken",
             source: "@compute @workgroup_size(1) fn main() { let x: u32 = UNDEFINED; }",
             includes: &[],
+            bounds_checks: crate::gpu::pipelines::BoundsChecks::Checked,
         };
         let ctx = context();
         for _ in 0..2 {

@@ -24,7 +24,9 @@ pub(crate) mod uniform;
 
 #[allow(deprecated)]
 pub use context::KernelProfile;
-pub use context::{GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy, SubgroupPolicy};
+pub use context::{
+    BoundsCheckPolicy, GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy, SubgroupPolicy,
+};
 pub use dispatch::CompileProgress;
-pub use pipelines::Reduction;
+pub use pipelines::{BoundsChecks, Reduction};
 pub use tuning_store::{TuneMode, default_cache_path};

@@ -24,6 +24,23 @@ pub struct Kernel {
     pub source: &'static str,
     /// Shared WGSL pieces (`shaders/common/`) placed before `source`; WGSL has no `#include`.
     pub includes: &'static [&'static str],
+    /// Whether wgpu wraps the kernel's memory accesses in runtime bounds checks.
+    pub bounds_checks: BoundsChecks,
+}
+
+/// Whether wgpu adds runtime bounds checks to a kernel's loads and stores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BoundsChecks {
+    /// wgpu's default (`create_shader_module`): every index is clamped at run time, so a wrong
+    /// index reads a wrong element but never memory outside the binding.
+    #[default]
+    Checked,
+    /// None (`create_shader_module_trusted` with `ShaderRuntimeChecks::unchecked()`), on native
+    /// back ends. Only for a kernel whose WGSL header proves every index in range of the
+    /// buffers its host code sizes, and only where that measured faster (BENCHMARKS.md, issue
+    /// 18 target 5). `COMPATTN_BOUNDS_CHECKS=all` puts the checks back
+    /// ([`GpuContext::bounds_checks`](crate::gpu::GpuContext::bounds_checks)).
+    Proven,
 }
 
 /// A piece of WGSL placed before a kernel by one variant and not another: the declaration of an
@@ -54,15 +71,23 @@ macro_rules! piece {
 }
 pub(crate) use piece;
 
-/// Declares a [`Kernel`] for `shaders/<name>.wgsl`, optionally with pieces of `shaders/common/`.
+/// Declares a [`Kernel`] for `shaders/<name>.wgsl`, optionally with pieces of `shaders/common/`,
+/// and `bounds_checks: Proven` for a kernel whose indexing is proven in range ([`BoundsChecks`]).
 macro_rules! kernel {
     ($name:literal $(, includes: [$($include:literal),*])?) => {
+        $crate::gpu::pipelines::kernel!(@ $name, [$($($include),*)?], Checked)
+    };
+    ($name:literal $(, includes: [$($include:literal),*])?, bounds_checks: $checks:ident) => {
+        $crate::gpu::pipelines::kernel!(@ $name, [$($($include),*)?], $checks)
+    };
+    (@ $name:literal, [$($include:literal),*], $checks:ident) => {
         $crate::gpu::pipelines::Kernel {
             name: $name,
             source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
-            includes: &[$($(include_str!(concat!(
+            includes: &[$(include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"), "/shaders/common/", $include, ".wgsl"
-            ))),*)?],
+            ))),*],
+            bounds_checks: $crate::gpu::pipelines::BoundsChecks::$checks,
         }
     };
 }
@@ -219,6 +244,11 @@ impl ShaderVariant {
             .any(|(_, value)| matches!(value, Constant::Reduction(Reduction::Subgroup)))
     }
 
+    /// Whether the kernel's indexing is proven in range ([`BoundsChecks::Proven`]).
+    pub fn bounds_checks(&self) -> BoundsChecks {
+        self.kernel.bounds_checks
+    }
+
     /// The kernel's file stem.
     pub fn kernel_name(&self) -> &'static str {
         self.kernel.name
@@ -368,12 +398,22 @@ impl GpuContext {
         let start = crate::time::Instant::now();
         let pipeline = self
             .scoped(&format!("compiling {label}"), || {
-                let module = self
-                    .device()
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(&label),
-                        source: wgpu::ShaderSource::Wgsl(variant.wgsl().into()),
-                    });
+                let desc = wgpu::ShaderModuleDescriptor {
+                    label: Some(&label),
+                    source: wgpu::ShaderSource::Wgsl(variant.wgsl().into()),
+                };
+                let module = match self.bounds_checks(variant) {
+                    BoundsChecks::Checked => self.device().create_shader_module(desc),
+                    // SAFETY: a `Proven` kernel's header proves every index in range of the
+                    // buffers its host code sizes from the same plan (BoundsChecks::Proven);
+                    // naga still parses and validates the module.
+                    BoundsChecks::Proven => unsafe {
+                        self.device().create_shader_module_trusted(
+                            desc,
+                            wgpu::ShaderRuntimeChecks::unchecked(),
+                        )
+                    },
+                };
                 Ok(self
                     .device()
                     .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

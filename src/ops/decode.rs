@@ -8,7 +8,7 @@
 //! advances the cache's length on the GPU. The length lives in a GPU buffer so that steps
 //! recorded back to back into one encoder each see their own.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Buf, Dispatch, check_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
@@ -18,7 +18,7 @@ use crate::ops::kernel_params::{CachedPlan, vector_width};
 use crate::precision::Precision;
 
 static CACHE_APPEND: Kernel = kernel!("cache_append");
-static DECODE_ATTENTION: Kernel = kernel!("decode_attention");
+static DECODE_ATTENTION: Kernel = kernel!("decode_attention", bounds_checks: Proven);
 static DECODE_REDUCE: Kernel = kernel!("decode_reduce");
 static CACHE_ADVANCE: Kernel = kernel!("cache_advance");
 
@@ -239,6 +239,66 @@ impl<'a> AttentionOut<'a> {
     }
 }
 
+/// `decode_attention` runs without runtime bounds checks (`BoundsChecks::Proven`): its header
+/// proves every index in range of buffers at least as large as the plan's shapes, so those sizes
+/// are checked here, where a mismatch is a typed error rather than an access out of range.
+fn check_attention_bindings(
+    layout: &ProjectionLayout,
+    plan: &CachedPlan,
+    proj: &wgpu::Buffer,
+    cache: &CacheBuffers,
+) -> Result<()> {
+    let (b, n, s, r, d) = (
+        layout.batch,
+        layout.seq,
+        layout.searches,
+        layout.retrievals,
+        layout.head,
+    );
+    let (cap, bytes) = (plan.capacity as u64, cache.precision.bytes());
+    let queries_end = (layout.search_queries + s * d) as u64;
+    let needed = [
+        (
+            "projections",
+            proj,
+            (b * n * layout.row_stride) as u64 * bytes,
+        ),
+        (
+            "keys",
+            &cache.keys,
+            b as u64 * s as u64 * cap * d as u64 * bytes,
+        ),
+        (
+            "values",
+            &cache.values,
+            b as u64 * cap * (r * d) as u64 * bytes,
+        ),
+        ("key mask", &cache.mask, b as u64 * cap * 4),
+        (
+            "first allowed positions",
+            &cache.first_allowed,
+            b as u64 * 4,
+        ),
+        ("length", &cache.state, 4),
+    ];
+    let short: Vec<String> = needed
+        .iter()
+        .filter(|(_, buffer, bytes)| buffer.size() < *bytes)
+        .map(|(name, buffer, bytes)| format!("{name}: {} bytes, needs {bytes}", buffer.size()))
+        .collect();
+    if !short.is_empty() || queries_end > layout.row_stride as u64 {
+        return Err(Error::CacheMismatch(format!(
+            "the decode kernel's buffers do not match its plan (capacity {cap}, {} splits of {}, \
+             queries end at column {queries_end} of {}): {}",
+            plan.splits,
+            plan.keys_per_split,
+            layout.row_stride,
+            short.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Binds the split attention of the `layout.seq` queries of `proj` over `cache` (each query at
 /// position `cache.state[0] + i` sees the positions up to its own) and the reduce into `out`;
 /// allocates the split partials.
@@ -272,6 +332,7 @@ pub(crate) async fn bind_attention(
         plan.splits as u64 * (2 + vwv) + r as u64 * (2 + dv) + dv * (1 + r as u64) + vwv,
         "a smaller cache (fewer splits)",
     )?;
+    check_attention_bindings(layout, plan, proj, cache)?;
     let rows = b * s * n;
     let stats = crate::gpu::memory::storage(
         ctx,
