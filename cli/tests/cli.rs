@@ -545,12 +545,17 @@ fn shaders_writes_every_variant_as_valid_wgsl() {
         let text = std::fs::read_to_string(file).unwrap();
         let module = naga::front::wgsl::parse_str(&text)
             .unwrap_or_else(|e| panic!("{}: {}", file.display(), e.emit_to_string(&text)));
-        // The f16-storage variants declare `enable f16;` and get that one capability.
-        let capabilities = if text.starts_with("enable f16;") {
+        // The f16-storage variants declare `enable f16;` and get that one capability; the
+        // variants that reduce through subgroups (`_REDUCTIONsubgroup` in the name) get the
+        // subgroup capability (naga takes no `enable subgroups;`).
+        let mut capabilities = if text.starts_with("enable f16;") {
             naga::valid::Capabilities::default() | naga::valid::Capabilities::SHADER_FLOAT16
         } else {
             naga::valid::Capabilities::default()
         };
+        if file.to_string_lossy().contains("_REDUCTIONsubgroup") {
+            capabilities |= naga::valid::Capabilities::SUBGROUP;
+        }
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{}: {}", file.display(), e.emit_to_string(&text)));

@@ -291,9 +291,15 @@ impl ShaderVariant {
             )
         });
         let mut text = format!(
-            "{}// {}.wgsl, specialised by the host (src/gpu/pipelines.rs)\n",
+            "{}// {}.wgsl, specialised by the host (src/gpu/pipelines.rs)\n{}",
             if needs_f16 { "enable f16;\n" } else { "" },
-            self.kernel.name
+            self.kernel.name,
+            if self.uses_subgroups() {
+                "// Needs wgpu::Features::SUBGROUP: naga takes subgroup operations without a \
+                 directive; Tint needs `enable subgroups;`.\n"
+            } else {
+                ""
+            }
         );
         let width = self.constants.iter().find_map(|(_, value)| match value {
             Constant::Vector(width) => Some(*width),

@@ -248,37 +248,25 @@ fn check_attention_bindings(
     proj: &wgpu::Buffer,
     cache: &CacheBuffers,
 ) -> Result<()> {
-    let (b, n, s, r, d) = (
-        layout.batch,
-        layout.seq,
-        layout.searches,
-        layout.retrievals,
-        layout.head,
+    let l = layout;
+    let (b, cap, bytes) = (
+        l.batch as u64,
+        plan.capacity as u64,
+        cache.precision.bytes(),
     );
-    let (cap, bytes) = (plan.capacity as u64, cache.precision.bytes());
-    let queries_end = (layout.search_queries + s * d) as u64;
+    let search_width = (l.searches * l.head) as u64;
+    let value_width = (l.retrievals * l.head) as u64;
+    let queries_end = l.search_queries as u64 + search_width;
     let needed = [
         (
             "projections",
             proj,
-            (b * n * layout.row_stride) as u64 * bytes,
+            b * (l.seq * l.row_stride) as u64 * bytes,
         ),
-        (
-            "keys",
-            &cache.keys,
-            b as u64 * s as u64 * cap * d as u64 * bytes,
-        ),
-        (
-            "values",
-            &cache.values,
-            b as u64 * cap * (r * d) as u64 * bytes,
-        ),
-        ("key mask", &cache.mask, b as u64 * cap * 4),
-        (
-            "first allowed positions",
-            &cache.first_allowed,
-            b as u64 * 4,
-        ),
+        ("keys", &cache.keys, b * cap * search_width * bytes),
+        ("values", &cache.values, b * cap * value_width * bytes),
+        ("key mask", &cache.mask, b * cap * 4),
+        ("first allowed positions", &cache.first_allowed, b * 4),
         ("length", &cache.state, 4),
     ];
     let short: Vec<String> = needed
