@@ -39,7 +39,10 @@
 //              partials  slot = row·splits + split < b·s·seq·splits, their allocated rows;
 //              state[0], first_allowed[b < batch]; query[k < DV], acc[c < VWV].
 //            state[0], the length the GPU writes, moves only `position`: every key index is
-//            capped by capacity whatever it holds.
+//            capped by capacity whatever it holds. The module also runs without integer-division
+//            guards and forced loop bounds: every divisor (seq, searches, splits) is at least 1
+//            because index < their product, and every loop ends (constant bounds DV and VWV, keys
+//            below end ≤ capacity).
 // Host constants  WG, D (= d), R (= r), KVec/VEC/kdot (vec4 when d % 4 == 0), the stored
 //            types Proj/ProjVec and Cache/CacheVec (f32 or f16).
 

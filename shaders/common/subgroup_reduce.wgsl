@@ -2,12 +2,16 @@
 // of common/workgroup_reduce.wgsl where the device has wgpu::Features::SUBGROUP (native Vulkan,
 // Metal, DX12; the host picks, src/gpu/pipelines.rs `Reduction`).
 //
-// Computes   each subgroup reduces in registers (subgroupAdd / subgroupMax), its first invocation
-//            stores the result in slot `subgroup_id`, and invocation 0 folds the slots in order
-//            0, 1, 2 ... (a fixed order: the same inputs give the same bits on every run).
-//            Two barriers per reduction (one, and workgroupUniformLoad's) where the tree of
-//            workgroup_reduce.wgsl takes log2(WG) + 2; the sum's rounding differs from the
-//            tree's by f32 rounding only.
+// Computes   each subgroup reduces in registers (subgroupAdd / subgroupMax), its lowest active
+//            invocation stores the result in slot `subgroup_id`, and invocation 0 folds the slots
+//            in order 0, 1, 2 ... (a fixed order: the same inputs give the same bits on every
+//            run). One barrier and workgroupUniformLoad's (which naga emits as barrier, load,
+//            barrier: 3 in all) where the tree of workgroup_reduce.wgsl takes log2(WG) + 4 as
+//            emitted (10 at WG 64); the sum differs from the tree's by f32 rounding only.
+//            The leader is found with subgroupMin rather than assumed to be invocation 0 of its
+//            subgroup, which Vulkan promises to be active only for full subgroups. On DX12 naga
+//            derives subgroup_id as local_invocation_index / WaveGetLaneCount(), which assumes
+//            waves packed in order (what drivers do; D3D12 does not promise it).
 // Needs the including kernel's WG. The kernel takes an `Invocation` argument (declared here,
 // with the subgroup builtins) and passes it on. Every invocation must call these in uniform
 // control flow; the result is uniform (workgroupUniformLoad).
@@ -30,7 +34,7 @@ var<workgroup> folded: f32;
 
 fn workgroup_sum(invocation: Invocation, value: f32) -> f32 {
     let part = subgroupAdd(value);
-    if (invocation.in_subgroup == 0u) {
+    if (invocation.in_subgroup == subgroupMin(invocation.in_subgroup)) {
         partial[invocation.subgroup] = part;
     }
     workgroupBarrier();
@@ -46,7 +50,7 @@ fn workgroup_sum(invocation: Invocation, value: f32) -> f32 {
 
 fn workgroup_max(invocation: Invocation, value: f32) -> f32 {
     let part = subgroupMax(value);
-    if (invocation.in_subgroup == 0u) {
+    if (invocation.in_subgroup == subgroupMin(invocation.in_subgroup)) {
         partial[invocation.subgroup] = part;
     }
     workgroupBarrier();

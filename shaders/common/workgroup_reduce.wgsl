@@ -6,7 +6,8 @@
 // an `Invocation` argument (declared here: the builtins the reduction needs) and passes it on.
 // Every invocation must call these in uniform control flow; the result is uniform
 // (workgroupUniformLoad), so callers may branch on it around later barriers, which Tint and
-// naga both check. A tree of log2(WG) barrier-separated steps.
+// naga both check. A tree of log2(WG) barrier-separated steps: log2(WG) + 4 barriers per call as
+// naga emits them (workgroupUniformLoad is barrier, load, barrier).
 
 struct Invocation {
     @builtin(local_invocation_index) index: u32,

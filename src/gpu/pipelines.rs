@@ -35,10 +35,11 @@ pub enum BoundsChecks {
     /// index reads a wrong element but never memory outside the binding.
     #[default]
     Checked,
-    /// None (`create_shader_module_trusted` with `ShaderRuntimeChecks::unchecked()`), on native
-    /// back ends. Only for a kernel whose WGSL header proves every index in range of the
-    /// buffers its host code sizes, and only where that measured faster (BENCHMARKS.md, issue
-    /// 18 target 5). `COMPATTN_BOUNDS_CHECKS=all` puts the checks back
+    /// None (`create_shader_module_trusted` with `ShaderRuntimeChecks::unchecked()`: no index
+    /// clamps, no forced loop bounds, no integer-division guards), on native back ends. Only
+    /// for a kernel whose WGSL header proves every index in range of the buffers its host code
+    /// checks, every divisor non-zero and every loop bounded, and only where that measured
+    /// faster (BENCHMARKS.md, issue 18 target 5). `COMPATTN_BOUNDS_CHECKS=all` puts the checks back
     /// ([`GpuContext::bounds_checks`](crate::gpu::GpuContext::bounds_checks)).
     Proven,
 }
@@ -125,9 +126,10 @@ pub enum Constant {
 /// place that decides it; both give the same result to f32 rounding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reduction {
-    /// A tree through workgroup memory, `log2(WG) + 2` barriers: WebGPU's core, every device.
+    /// A tree through workgroup memory, `log2(WG) + 4` barriers as naga emits them: WebGPU's
+    /// core, every device.
     Workgroup,
-    /// `subgroupAdd` / `subgroupMax`, then one slot per subgroup: two barriers. Needs
+    /// `subgroupAdd` / `subgroupMax`, then one slot per subgroup: three barriers. Needs
     /// `wgpu::Features::SUBGROUP` and the `subgroup_id` builtin (native back ends).
     Subgroup,
 }
@@ -410,9 +412,11 @@ impl GpuContext {
                 };
                 let module = match self.bounds_checks(variant) {
                     BoundsChecks::Checked => self.device().create_shader_module(desc),
-                    // SAFETY: a `Proven` kernel's header proves every index in range of the
-                    // buffers its host code sizes from the same plan (BoundsChecks::Proven);
-                    // naga still parses and validates the module.
+                    // SAFETY: `unchecked()` drops the index clamps, the loop bounding and the
+                    // integer-division guards. A `Proven` kernel's header proves every index in
+                    // range of the buffers its host code checks against the same plan, every
+                    // divisor non-zero and every loop bounded (BoundsChecks::Proven); naga still
+                    // parses and validates the module.
                     BoundsChecks::Proven => unsafe {
                         self.device().create_shader_module_trusted(
                             desc,

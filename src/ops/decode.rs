@@ -277,11 +277,15 @@ fn check_attention_bindings(
     if !short.is_empty() || queries_end > layout.row_stride as u64 {
         return Err(Error::CacheMismatch(format!(
             "the decode kernel's buffers do not match its plan (capacity {cap}, {} splits of {}, \
-             queries end at column {queries_end} of {}): {}",
+             queries end at column {queries_end} of {}){}",
             plan.splits,
             plan.keys_per_split,
             layout.row_stride,
-            short.join(", ")
+            if short.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", short.join(", "))
+            }
         )));
     }
     Ok(())
@@ -411,4 +415,68 @@ pub(crate) struct BoundStep {
     pub dispatches: Vec<Dispatch>,
     pub advance: Dispatch,
     pub partials: [wgpu::Buffer; 2],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::BoundsCheckPolicy;
+    use crate::gpu::pipelines::BoundsChecks;
+    use crate::gpu::test_device::{context, upload};
+
+    /// The guard in front of the unchecked kernel fails on a buffer one element short and on a
+    /// query block past the row, naming what is wrong, and passes the plan's own sizes.
+    #[test]
+    fn attention_bindings_are_checked_against_the_plan() {
+        let ctx = context();
+        let layout = ProjectionLayout::new(2, 3, 2, 3, 4);
+        let plan = CachedPlan::resolve(ctx, &layout, 40).unwrap();
+        let cap = plan.capacity;
+        let zeros = |len: usize| upload(&vec![0f32; len]);
+        let proj = zeros(2 * 3 * layout.row_stride);
+        let cache = |keys: usize| CacheBuffers {
+            precision: Precision::F32,
+            keys: zeros(keys),
+            values: zeros(2 * cap * 3 * 4),
+            mask: upload(&vec![1u32; 2 * cap]),
+            first_allowed: upload(&[0u32; 2]),
+            state: upload(&[0u32]),
+        };
+        let full = 2 * 2 * cap * 4;
+        check_attention_bindings(&layout, &plan, &proj, &cache(full)).unwrap();
+        match check_attention_bindings(&layout, &plan, &proj, &cache(full - 1)) {
+            Err(Error::CacheMismatch(message)) => assert!(message.contains("keys"), "{message}"),
+            other => panic!("a short keys buffer passed: {other:?}"),
+        }
+        let shifted = ProjectionLayout {
+            search_queries: layout.row_stride - 1,
+            ..layout
+        };
+        match check_attention_bindings(&shifted, &plan, &proj, &cache(full)) {
+            Err(Error::CacheMismatch(message)) => {
+                assert!(message.contains("queries end"), "{message}")
+            }
+            other => panic!("queries past the row passed: {other:?}"),
+        }
+    }
+
+    /// Only the proven kernel runs unchecked, only natively, only under the default policy.
+    #[test]
+    fn only_the_proven_kernel_runs_without_bounds_checks() {
+        let ctx = context();
+        let layout = ProjectionLayout::new(1, 1, 2, 2, 8);
+        let [append, attention, reduce, advance] = variants(&layout, Precision::F32, true);
+        assert_eq!(attention.bounds_checks(), BoundsChecks::Proven);
+        let native = ctx.info().backend != wgpu::Backend::BrowserWebGpu;
+        let policy = BoundsCheckPolicy::from_env().unwrap();
+        let expected = if native && policy == BoundsCheckPolicy::ProvenUnchecked {
+            BoundsChecks::Proven
+        } else {
+            BoundsChecks::Checked
+        };
+        assert_eq!(ctx.bounds_checks(&attention), expected);
+        for checked in [append, reduce, advance] {
+            assert_eq!(ctx.bounds_checks(&checked), BoundsChecks::Checked);
+        }
+    }
 }
