@@ -456,7 +456,8 @@ impl GpuContext {
         let info = adapter.get_info();
         // wgpu 30's WGSL front end takes subgroup operations without the `enable subgroups;`
         // directive that a browser's compiler requires, so only native back ends use them.
-        let reduction = if choices.subgroups == SubgroupPolicy::WhereAvailable
+        let reduction = if cfg!(not(target_arch = "wasm32"))
+            && choices.subgroups == SubgroupPolicy::WhereAvailable
             && device.features().contains(wgpu::Features::SUBGROUP)
             && info.backend != wgpu::Backend::BrowserWebGpu
         {
@@ -752,7 +753,8 @@ impl GpuContext {
     /// [`BoundsChecks::Proven`], the [`BoundsCheckPolicy`] allows, and the back end is native
     /// (a browser checks every access whatever it is asked).
     pub fn bounds_checks(&self, variant: &ShaderVariant) -> BoundsChecks {
-        if variant.bounds_checks() == BoundsChecks::Proven
+        if cfg!(not(target_arch = "wasm32"))
+            && variant.bounds_checks() == BoundsChecks::Proven
             && self.inner.bounds_checks == BoundsCheckPolicy::ProvenUnchecked
             && self.inner.info.backend != wgpu::Backend::BrowserWebGpu
         {

@@ -142,10 +142,15 @@ impl Reduction {
                 env!("CARGO_MANIFEST_DIR"),
                 "/shaders/common/workgroup_reduce.wgsl"
             )),
+            #[cfg(not(target_arch = "wasm32"))]
             Reduction::Subgroup => include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/shaders/common/subgroup_reduce.wgsl"
             )),
+            // A browser never reduces through subgroups (GpuContext::reduction), so its module
+            // does not carry that text (the package's size is budgeted).
+            #[cfg(target_arch = "wasm32")]
+            Reduction::Subgroup => Reduction::Workgroup.source(),
         }
     }
 
