@@ -21,7 +21,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use compositional_attention::kernel_bench::{GemmKernel, KernelBench, attention_kernel_flops};
+use compositional_attention::kernel_bench::{
+    GemmKernel, KernelBench, attention_kernel_flops, decode_attention_flops,
+};
 use compositional_attention::testing::random_problem;
 use compositional_attention::{
     CompositionalAttention, Config, Error, GpuContext, MapsOptions, Strategy, reference,
@@ -201,7 +203,7 @@ fn decode_attention(c: &mut Criterion) {
     configure(&mut group);
     for context in [512, 2048] {
         let mut slot = None;
-        group.throughput(flops(2.0 * (8 * context * (64 + 2 * 64)) as f64));
+        group.throughput(flops(decode_attention_flops(&config, context)));
         group.bench_function(BenchmarkId::from_parameter(context), |b| {
             let bench = lazily(&mut slot, &format!("decode_attention/{context}"), || {
                 pollster::block_on(KernelBench::decode_attention(ctx, &config, context))

@@ -337,7 +337,7 @@ impl KernelBench {
     /// One decode step's attention over a cache holding `context` positions, without the
     /// projections: the split-KV kernel (`decode_attention`) and the combine that selects the
     /// retrieval (`decode_reduce`), on random keys, values and query, batch 1, f32 storage.
-    /// FLOPs: `2·s·context·(d + r·d)` (scores and the weighted values).
+    /// FLOPs: [`decode_attention_flops`].
     pub async fn decode_attention(
         ctx: &GpuContext,
         config: &Config,
@@ -371,7 +371,7 @@ impl KernelBench {
             ops::decode::AttentionOut::Concat(&concat),
         )
         .await?;
-        let flops = 2.0 * (s * context * (d + r * d)) as f64;
+        let flops = decode_attention_flops(config, context);
         let [stats, acc] = bound.partials;
         let ops::decode::CacheBuffers {
             keys,
@@ -519,6 +519,13 @@ pub fn summarize(samples: &[f64]) -> (f64, f64, f64) {
         sorted[mid]
     };
     (median, sorted[0], sorted[sorted.len() - 1])
+}
+
+/// FLOPs of [`KernelBench::decode_attention`]: `2·s·context·(d + r·d)`, the scores and the
+/// weighted values of one query over `context` cached positions.
+pub fn decode_attention_flops(config: &Config, context: usize) -> f64 {
+    let c = config;
+    2.0 * (c.num_searches * context * (c.dim_head + c.num_retrievals * c.dim_head)) as f64
 }
 
 /// FLOPs of one launch of the attention kernel `name` of [`KernelBench::attention_kernels`]; the

@@ -346,7 +346,7 @@ fn every_variant_translates_to_msl_hlsl_spirv_and_glsl() {
                 })
                 .collect()
         };
-        if label.contains("_REDUCTIONsubgroup") {
+        if variants()[label].variant.uses_subgroups() {
             // Where wgpu offers subgroups: Metal 2.1 (simdgroup functions), DX12 shader model
             // 6.0 (wave intrinsics; 6.2 with f16), Vulkan 1.1 (SPIR-V 1.3's group operations).
             let model = if uses_f16(module) {
