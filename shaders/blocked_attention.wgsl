@@ -4,10 +4,14 @@
 //              A[j]   = softmax over allowed keys j of scale · SQ[i] · SK[j]      (online, f32)
 //              retrieved[b, σ, i, c] = Σ_j A[j] · RV[j, c]      (normalised; for every retrieval,
 //                                                                   since c runs over r·d)
+//              m, l   = the row's softmax statistics: max of the allowed scores, Σ exp(score − m)
 //            allowed(j) = mask[b, j] != 0 && (!causal || j <= i + causal_offset). A row with no
 //            allowed key gets value_mean[b, c] (uniform weights over all keys, the reference's
-//            semantics). The retrieval selection follows in retrieval_mix.wgsl. Nothing n × n is
-//            stored. Keys and values come from the queries' own projections (self-attention:
+//            semantics) and l = 0. Inference's retrieval selection follows in retrieval_mix.wgsl;
+//            training's forward keeps the statistics and the retrieved values for its backward.
+//            Nothing n × n is stored. The output piece decides what is written: the retrieved
+//            texel rows (io/blocked_out_texels.wgsl), or Ret and the statistics in buffers
+//            (io/blocked_out_training.wgsl). Keys and values come from the queries' own projections (self-attention:
 //            `keys` and `values` are `proj`) or from a memory's texel rows (cross-attention,
 //            and self-attention behind extra key rows, src/cross_memory.rs): key row
 //            b·k_batch_rows + σ·k_head_rows + j at texels k_offset + σ·k_head_texels + t, value
@@ -27,10 +31,13 @@
 //            @binding(1) proj        [b·n, (3s + r)·d] texel rows  packed [SQ | SK | Q̃ | RV]
 //            @binding(2) mask        [b, kv_seq] u32, 1 = key may be attended
 //            @binding(3) value_mean  [b, r·d / 4] vec4
-//            @binding(4) retrieved   [b·s·n, r·d] texel rows, written (rgba32float, or rgba16float
-//                                    for an f16 layer: alias RetrievedTexels)
+//            @binding(4) retrieved   [b·s·n, r·d], written: texel rows (rgba32float, or
+//                                    rgba16float for an f16 layer: alias RetrievedTexels), or
+//                                    an f32 buffer for training (the output piece declares it)
 //            @binding(5) key_rows    texel rows holding SK (`proj`, or a memory's [b·s·L, d])
 //            @binding(6) value_rows  texel rows holding RV (`proj`, or a memory's [b·L, r·d])
+//            @binding(7) stats       [b·s·n] vec4<f32> (m, l, 0, 0), written by the first value
+//                                    block's lanes (training's output piece only)
 // Dispatch   one workgroup of LANES = WG·SLICES invocations per (b, σ, tile of 8·WG queries, group
 //            of SLICES blocks of 4·COLS value columns), group = ((b·s + σ)·tiles + tile)·
 //            slice_groups + slice_group, numbered linearly over x and y. Invocation `index` is
@@ -40,7 +47,8 @@
 // Host constants  WG, DV (= d / 4), COLS (value texels per block: 4, 8 or 16), SLICES (1 to 8),
 //            LANES (= WG·SLICES), SHARED (8·WG, or 1 for one slice), RPL; alias
 //            RetrievedTexels (the written texel format).
-// Includes   common/texel_rows.wgsl.
+// Includes   common/texel_rows.wgsl; an output piece (io/blocked_out_*.wgsl) declaring
+//            `retrieved` (and `stats`), store_retrieved and store_statistics.
 
 struct Params {
     batch: u32,
@@ -65,7 +73,6 @@ struct Params {
 @group(0) @binding(1) var proj: texture_2d_array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
 @group(0) @binding(3) var<storage, read> value_mean: array<vec4<f32>>;
-@group(0) @binding(4) var retrieved: RetrievedTexels;
 @group(0) @binding(5) var key_rows: texture_2d_array<f32>;
 @group(0) @binding(6) var value_rows: texture_2d_array<f32>;
 
@@ -235,6 +242,20 @@ fn rescaled(o: mat4x4<f32>, r: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(o[0] * r, o[1] * r, o[2] * r, o[3] * r);
 }
 
+// Writes the statistics of rows r, r + WG, r + 2·WG, r + 3·WG (the first value block's lanes
+// only: every block holds the same).
+fn store_row_statistics(r: u32, running_max: vec4<f32>, running_sum: vec4<f32>) {
+    if (col0 != 0u) {
+        return;
+    }
+    for (var q = 0u; q < 4u; q++) {
+        let row = r + q * WG;
+        if (row < params.seq) {
+            store_statistics((batch_index * params.searches + head) * params.seq + row, running_max[q], running_sum[q]);
+        }
+    }
+}
+
 // Writes a [column][query] block of retrieved values for rows r, r + WG, ... at value texel cb.
 fn store(o: mat4x4<f32>, r: u32, cb: u32, running_sum: vec4<f32>) {
     let rows = transpose(o);
@@ -248,8 +269,7 @@ fn store(o: mat4x4<f32>, r: u32, cb: u32, running_sum: vec4<f32>) {
         if (row < params.seq) {
             // running_sum is 0 (no allowed key: uniform row) or at least 1.
             let value = select(rows[q] / max(running_sum[q], 1.0), mean, running_sum[q] == 0.0);
-            let out_row = (batch_index * params.searches + head) * params.seq + row;
-            textureStore(retrieved, texel_coords(out_row, t), texel_layer(out_row), to_RetrievedTexels(value));
+            store_retrieved((batch_index * params.searches + head) * params.seq + row, t, value);
         }
     }
 }
@@ -461,6 +481,8 @@ fn main(
         }
     }
 
+    store_row_statistics(r0, max0, sum0);
+    store_row_statistics(r1, max1, sum1);
     store(o0_0, r0, 0u, sum0);
     store(o0_1, r0, 1u, sum0);
     store(o0_2, r0, 2u, sum0);

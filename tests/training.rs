@@ -59,7 +59,7 @@ fn both_families() -> [&'static GpuContext; 2] {
 
 fn family(ctx: &GpuContext) -> &'static str {
     if ctx.cpu_kernels() {
-        "CPU family: chunked core"
+        "CPU family: chunked core, blocked forward without dropout"
     } else {
         "GPU family: per-row core"
     }

@@ -17,7 +17,7 @@
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::Dispatch;
-use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
@@ -26,6 +26,8 @@ use crate::ops::key_values::{KeyValues, MemoryKeys};
 use crate::precision::Precision;
 
 static BLOCKED_ATTENTION: Kernel = kernel!("blocked_attention", includes: ["texel_rows"]);
+static OUT_TEXELS: Piece = piece!("blocked_out_texels");
+static OUT_TRAINING: Piece = piece!("blocked_out_training");
 
 /// The attention kernel's name, which starts its variants' labels (the tuner times it alone).
 pub(crate) const KERNEL_NAME: &str = BLOCKED_ATTENTION.name;
@@ -70,8 +72,42 @@ uniform! {
     }
 }
 
-/// The two kernels; `precision`: of the texel rows they write (`retrieved`, `concat`), the
-/// layer's intermediates (`ExecutionPlan::intermediates`).
+/// What the blocked kernel writes (its output piece, `shaders/io/blocked_out_*.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BlockedOutput {
+    /// The retrieved vectors as texel rows stored in this precision, for `retrieval_mix`.
+    Texels(Precision),
+    /// `Ret` and each row's softmax statistics in f32 buffers: training's forward.
+    Training,
+}
+
+/// The attention kernel writing `output`.
+pub(crate) fn attention_variant(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    plan: BlockedPlan,
+    output: BlockedOutput,
+) -> ShaderVariant {
+    let variant = ShaderVariant::new(&BLOCKED_ATTENTION)
+        .piece(match output {
+            BlockedOutput::Texels(_) => &OUT_TEXELS,
+            BlockedOutput::Training => &OUT_TRAINING,
+        })
+        .u32("WG", WG)
+        .u32("DV", (layout.head / 4) as u32)
+        .u32("COLS", plan.block_texels as u32)
+        .u32("SLICES", plan.slices as u32)
+        .u32("LANES", WG * plan.slices as u32)
+        .u32("SHARED", if plan.slices > 1 { 8 * WG } else { 1 })
+        .u32("RPL", rows_per_layer(ctx));
+    match output {
+        BlockedOutput::Texels(precision) => variant.texel_store("RetrievedTexels", precision),
+        BlockedOutput::Training => variant,
+    }
+}
+
+/// The two kernels of inference; `precision`: of the texel rows they write (`retrieved`,
+/// `concat`), the layer's intermediates (`ExecutionPlan::intermediates`).
 pub(crate) fn variants(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
@@ -80,15 +116,7 @@ pub(crate) fn variants(
 ) -> [ShaderVariant; 2] {
     let dv = (layout.head / 4) as u32;
     [
-        ShaderVariant::new(&BLOCKED_ATTENTION)
-            .u32("WG", WG)
-            .u32("DV", dv)
-            .u32("COLS", plan.block_texels as u32)
-            .u32("SLICES", plan.slices as u32)
-            .u32("LANES", WG * plan.slices as u32)
-            .u32("SHARED", if plan.slices > 1 { 8 * WG } else { 1 })
-            .u32("RPL", rows_per_layer(ctx))
-            .texel_store("RetrievedTexels", precision),
+        attention_variant(ctx, layout, plan, BlockedOutput::Texels(precision)),
         ShaderVariant::new(&RETRIEVAL_MIX)
             .u32("WG", MIX_WG)
             .u32("DV", dv)
@@ -128,13 +156,7 @@ pub(crate) async fn bind(
         precision,
     )?;
     let [blocked, mix] = variants(ctx, layout, plan, precision);
-    let value_texels = layout.retrievals * layout.head / 4;
-    let tiles = layout.seq.div_ceil(ROWS);
-    let slice_groups = value_texels
-        .div_ceil(plan.block_texels)
-        .div_ceil(plan.slices);
-    let batch_searches = layout.batch * layout.searches;
-    let at = keys_values.addressing(layout, 4);
+    let (params, groups) = attention_params(layout, plan, scale, &keys_values);
     let (key_view, value_view) = match &keys_values {
         KeyValues::Own { .. } => (proj.view(), proj.view()),
         KeyValues::Memory(MemoryKeys {
@@ -148,25 +170,7 @@ pub(crate) async fn bind(
             });
         }
     };
-    let params = Params {
-        batch: layout.batch as u32,
-        seq: layout.seq as u32,
-        searches: layout.searches as u32,
-        q_offset: (layout.search_queries / 4) as u32,
-        k_offset: at.k_offset as u32,
-        v_offset: at.v_offset as u32,
-        value_texels: value_texels as u32,
-        scale,
-        tiles: tiles as u32,
-        slice_groups: slice_groups as u32,
-        causal: at.causal as u32,
-        kv_seq: at.kv_seq as u32,
-        k_batch_rows: at.k_batch_rows as u32,
-        k_head_rows: at.k_head_rows as u32,
-        k_head_texels: at.k_head_cols as u32,
-        causal_offset: at.causal_offset as u32,
-    };
-    let rows = batch_searches * layout.seq;
+    let rows = layout.batch * layout.searches * layout.seq;
     let mix_params = MixParams {
         rows: rows as u32,
         seq: layout.seq as u32,
@@ -188,7 +192,7 @@ pub(crate) async fn bind(
                 key_view.into(),
                 value_view.into(),
             ],
-            (batch_searches * tiles * slice_groups) as u64,
+            groups,
         )
         .await?,
         Dispatch::new(
@@ -208,4 +212,77 @@ pub(crate) async fn bind(
         dispatches,
         retrieved,
     })
+}
+
+/// The attention kernel's parameters and workgroups for `layout`'s queries over `keys_values`.
+fn attention_params(
+    layout: &ProjectionLayout,
+    plan: BlockedPlan,
+    scale: f32,
+    keys_values: &KeyValues<'_>,
+) -> (Params, u64) {
+    let value_texels = layout.retrievals * layout.head / 4;
+    let tiles = layout.seq.div_ceil(ROWS);
+    let slice_groups = value_texels
+        .div_ceil(plan.block_texels)
+        .div_ceil(plan.slices);
+    let at = keys_values.addressing(layout, 4);
+    let params = Params {
+        batch: layout.batch as u32,
+        seq: layout.seq as u32,
+        searches: layout.searches as u32,
+        q_offset: (layout.search_queries / 4) as u32,
+        k_offset: at.k_offset as u32,
+        v_offset: at.v_offset as u32,
+        value_texels: value_texels as u32,
+        scale,
+        tiles: tiles as u32,
+        slice_groups: slice_groups as u32,
+        causal: at.causal as u32,
+        kv_seq: at.kv_seq as u32,
+        k_batch_rows: at.k_batch_rows as u32,
+        k_head_rows: at.k_head_rows as u32,
+        k_head_texels: at.k_head_cols as u32,
+        causal_offset: at.causal_offset as u32,
+    };
+    let groups = layout.batch * layout.searches * tiles * slice_groups;
+    (params, groups as u64)
+}
+
+/// Training's forward core without dropout (`src/training/forward.rs`): binds the attention
+/// kernel over `proj`'s texel rows (packed `[SQ | SK | RQ | RV]`, its own keys and values) to
+/// write `ret [b·s·n, r·d]` and `stats [b·s·n]` (`(m, l, 0, 0)`), the buffers the backward reads.
+/// A row with no allowed key retrieves `value_mean [b, r·d]` and gets `l = 0`.
+pub(crate) async fn bind_training(
+    ctx: &GpuContext,
+    layout: &ProjectionLayout,
+    plan: BlockedPlan,
+    (scale, causal): (f32, bool),
+    proj: &TexelRows,
+    (mask, value_mean): (&wgpu::Buffer, &wgpu::Buffer),
+    (stats, ret): (&wgpu::Buffer, &wgpu::Buffer),
+) -> Result<Dispatch> {
+    let keys_values = KeyValues::Own {
+        causal,
+        mask: mask.into(),
+        value_mean,
+    };
+    let (params, groups) = attention_params(layout, plan, scale, &keys_values);
+    let variant = attention_variant(ctx, layout, plan, BlockedOutput::Training);
+    Dispatch::new(
+        ctx,
+        &variant,
+        bytemuck::bytes_of(&params),
+        &[
+            proj.view().into(),
+            mask.into(),
+            value_mean.into(),
+            ret.into(),
+            proj.view().into(),
+            proj.view().into(),
+            stats.into(),
+        ],
+        groups,
+    )
+    .await
 }

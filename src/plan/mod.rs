@@ -122,6 +122,23 @@ impl TrainingCore {
             KernelFamily::Gpu => TrainingCore::PerRow,
         }
     }
+
+    /// Where the training forward runs the eval forward's blocked core instead of the chunked
+    /// one: a `Chunked` device, the blocked core's conditions ([`BlockedPlan::resolve`]) and no
+    /// dropout drawn (`p = 0` or none: the blocked kernel draws no masks). It writes the same
+    /// activations, and ran the target row's training forward in about half the chunked core's
+    /// time on lavapipe (BENCHMARKS.md); the backward is the chunked one either way.
+    pub(crate) fn blocked_forward(
+        ctx: &GpuContext,
+        layout: &ProjectionLayout,
+        dropout: Option<crate::dropout::Dropout>,
+    ) -> Option<BlockedPlan> {
+        let drawn = dropout.is_some_and(|d| d.p() > 0.0);
+        match (TrainingCore::of(ctx), drawn) {
+            (TrainingCore::Chunked, false) => BlockedPlan::resolve(ctx, layout),
+            _ => None,
+        }
+    }
 }
 
 impl OperandStorage {
@@ -1342,5 +1359,38 @@ impl ExecutionPlan {
             self.precision,
             self.gemm()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dropout::Dropout;
+    use crate::gpu::test_device::context;
+
+    /// The training forward takes the blocked core exactly where the eval forward's can run on a
+    /// chunked device and no mask is drawn; a drawn mask keeps the chunked core.
+    #[test]
+    fn training_forward_runs_the_blocked_core_only_without_dropout() {
+        let ctx = context();
+        let layout = ProjectionLayout::new(2, 37, 3, 2, 8);
+        let eligible = match TrainingCore::of(ctx) {
+            TrainingCore::Chunked => BlockedPlan::resolve(ctx, &layout),
+            TrainingCore::PerRow => None,
+        };
+        let none = Dropout::new(0.0, 7).unwrap();
+        let drawn = Dropout::new(0.25, 7).unwrap();
+        assert_eq!(TrainingCore::blocked_forward(ctx, &layout, None), eligible);
+        assert_eq!(
+            TrainingCore::blocked_forward(ctx, &layout, Some(none)),
+            eligible
+        );
+        assert_eq!(
+            TrainingCore::blocked_forward(ctx, &layout, Some(drawn)),
+            None
+        );
+        // Heads off texel boundaries never reach the blocked core.
+        let odd = ProjectionLayout::new(1, 16, 2, 2, 7);
+        assert_eq!(TrainingCore::blocked_forward(ctx, &odd, None), None);
     }
 }

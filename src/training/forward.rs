@@ -14,11 +14,13 @@ use crate::gpu::dispatch::{Dispatch, record_pass};
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
-use crate::ops::attention_chunks;
 use crate::ops::attention_train::{self, CoreProblem};
+use crate::ops::kernel_params::BlockedPlan;
 use crate::ops::matmul::{self, Operand, Operands, Target, TexelPacks};
 use crate::ops::{ProjectionLayout, layer_norm};
+use crate::ops::{Rows, attention_chunks, blocked_attention, value_mean};
 use crate::plan::{OperandStorage, TrainingCore};
+use crate::precision::Precision;
 use crate::shape;
 use crate::weights;
 
@@ -411,18 +413,22 @@ async fn forward_dispatches(
             .await?,
         ),
         TrainingCore::Chunked => {
-            let core = attention_chunks::forward(
-                ctx,
-                gemms.operands(),
-                &problem,
-                &act.proj,
-                &act.mask,
-                (&act.stats, &act.ret),
-                None,
-            )
-            .await?;
-            core_scratch = core.scratch_bytes;
-            dispatches.extend(core.dispatches);
+            if let Some(plan) = TrainingCore::blocked_forward(ctx, layout, problem.dropout) {
+                dispatches.extend(blocked_core(ctx, &packs, act, layout, plan).await?);
+            } else {
+                let core = attention_chunks::forward(
+                    ctx,
+                    gemms.operands(),
+                    &problem,
+                    &act.proj,
+                    &act.mask,
+                    (&act.stats, &act.ret),
+                    None,
+                )
+                .await?;
+                core_scratch = core.scratch_bytes;
+                dispatches.extend(core.dispatches);
+            }
         }
     }
     dispatches.push(
@@ -455,6 +461,51 @@ async fn forward_dispatches(
     // The texel copies are scratch too, alive with the attention core's.
     act.record_scratch(ones_bytes + core_scratch + packs.bytes());
     Ok(dispatches)
+}
+
+/// The blocked core of the eval forward writing `act`'s statistics and retrieved values: a
+/// texel copy of the projections (the kernel reads texel rows; the backward reads the buffer),
+/// the value mean a row with no allowed key retrieves, and the kernel. The copy is scratch
+/// (`packs`), the value mean too small to count.
+async fn blocked_core(
+    ctx: &GpuContext,
+    packs: &TexelPacks,
+    act: &Activations,
+    layout: &ProjectionLayout,
+    plan: BlockedPlan,
+) -> Result<Vec<Dispatch>> {
+    let tokens = act.batch * act.seq;
+    let whole = Operand {
+        buffer: &act.proj,
+        offset: 0,
+        stride: layout.row_stride,
+        transposed: false,
+    };
+    let (proj, copy) = packs
+        .pack(ctx, "training proj", (tokens, layout.row_stride), whole)
+        .await?;
+    let width = layout.retrievals * layout.head;
+    let value_mean = memory::storage(ctx, "training value mean", &[act.batch, width], None)?;
+    let mean = value_mean::dispatch(
+        ctx,
+        layout,
+        Rows::Texels(&proj),
+        Precision::F32,
+        &value_mean,
+    )
+    .await?;
+    let config = act.config;
+    let attention = blocked_attention::bind_training(
+        ctx,
+        layout,
+        plan,
+        (config.scale() as f32, config.causal),
+        &proj,
+        (&act.mask, &value_mean),
+        (&act.stats, &act.ret),
+    )
+    .await?;
+    Ok(vec![copy, mean, attention])
 }
 
 /// The attention core's problem for the activations' forward.
