@@ -177,22 +177,42 @@ pub(crate) async fn dispatches(
     c: Target<'_>,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
+    // Each operand as it is stored: op(A) [m, k] or its transpose, op(B)ᵀ [n, k] or its
+    // transpose.
+    let a_shape = if a.transposed { (k, m) } else { (m, k) };
+    let b_shape = if b.transposed { (n, k) } else { (k, n) };
     if let Operands::Texels(packs) = operands
         && m > 0
         && n > 0
-        && fits(ctx, m, k)
-        && fits(ctx, n, k)
+        && fits(ctx, a_shape.0, a_shape.1)
+        && fits(ctx, b_shape.0, b_shape.1)
     {
         for value in [c.offset, c.stride] {
             index("offset or stride", value)?;
         }
-        let (lhs, copy_a) = packs.pack(ctx, "matmul lhs", (m, k), a).await?;
-        // The texel GEMM reads its right operand as the rows of op(B)ᵀ.
-        let b_rows = Operand {
-            transposed: !b.transposed,
+        // The texel GEMM computes lhs·rhsᵀ from the rows of op(A) and of op(B)ᵀ, or from their
+        // stored transposes, which it reads transposed. So each operand is copied as it is
+        // stored, row by row: a copy that transposes reads a column per texel, and in the
+        // backward's products (dW = dPᵀ·h, dh = dP·W) those copies cost more than the GEMM's
+        // transposed reads (BENCHMARKS.md).
+        let a_stored = Operand {
+            transposed: false,
+            ..a
+        };
+        let b_stored = Operand {
+            transposed: false,
             ..b
         };
-        let (rhs, copy_b) = packs.pack(ctx, "matmul rhs", (n, k), b_rows).await?;
+        let (lhs, copy_a) = packs.pack(ctx, "matmul lhs", a_shape, a_stored).await?;
+        let (rhs, copy_b) = packs.pack(ctx, "matmul rhs", b_shape, b_stored).await?;
+        let lhs_operand = match a.transposed {
+            false => TexelOperand::Rows(&lhs),
+            true => TexelOperand::Transposed(&lhs),
+        };
+        let rhs_operand = match b.transposed {
+            true => TexelOperand::Rows(&rhs),
+            false => TexelOperand::Transposed(&rhs),
+        };
         let mut dispatches = vec![copy_a, copy_b];
         let buffer_out = Rows::Buffer(c.buffer.into());
         let out = OutBlock {
@@ -200,7 +220,7 @@ pub(crate) async fn dispatches(
             stride: c.stride,
             accumulate,
         };
-        dispatches.extend(texel_product(ctx, (&lhs).into(), (&rhs).into(), buffer_out, out).await?);
+        dispatches.extend(texel_product(ctx, lhs_operand, rhs_operand, buffer_out, out).await?);
         return Ok(dispatches);
     }
     buffer_dispatches(ctx, m, n, k, a, b, c, accumulate).await
