@@ -11,8 +11,8 @@
 //            training's forward keeps the statistics and the retrieved values for its backward.
 //            Nothing n × n is stored. The output piece decides what is written: the retrieved
 //            texel rows (io/blocked_out_texels.wgsl), or Ret and the statistics in buffers
-//            (io/blocked_out_training.wgsl). Keys and values come from the queries' own projections (self-attention:
-//            `keys` and `values` are `proj`) or from a memory's texel rows (cross-attention,
+//            (io/blocked_out_training.wgsl). Keys and values come from the queries' own
+//            projections (self-attention: `keys` and `values` are `proj`) or from a memory's texel rows (cross-attention,
 //            and self-attention behind extra key rows, src/cross_memory.rs): key row
 //            b·k_batch_rows + σ·k_head_rows + j at texels k_offset + σ·k_head_texels + t, value
 //            row b·kv_seq + j at texels v_offset + c.
@@ -45,8 +45,8 @@
 //            slice_group·SLICES + slice; the lane owns queries tile·8·WG + q·WG + lane (q < 8:
 //            rows of blocks 0 and 1).
 // Host constants  WG, DV (= d / 4), COLS (value texels per block: 4, 8 or 16), SLICES (1 to 8),
-//            LANES (= WG·SLICES), SHARED (8·WG, or 1 for one slice), RPL; alias
-//            RetrievedTexels (the written texel format).
+//            LANES (= WG·SLICES), SHARED (8·WG, or 1 for one slice), RPL; with
+//            io/blocked_out_texels.wgsl, alias RetrievedTexels (the written texel format).
 // Includes   common/texel_rows.wgsl; an output piece (io/blocked_out_*.wgsl) declaring
 //            `retrieved` (and `stats`), store_retrieved and store_statistics.
 

@@ -1,18 +1,17 @@
-// texture_copy.wgsl: a matrix (or a column block, or the transpose of one) from a storage
-// buffer into texel rows.
+// texture_copy.wgsl: a matrix (or a column block of one) from a storage buffer into texel rows.
 //
 // Computes   dst[row, texel] = (m[row, 4·texel], …, m[row, 4·texel + 3]), with columns at or
 //            past `cols` written as 0, for the CPU-driver kernels that read texels (see
 //            src/gpu/texture.rs for why), where
-//              m[row, col] = src[offset + row·stride + col]     (TRANSPOSED false)
-//              m[row, col] = src[offset + col·stride + row]     (TRANSPOSED true: training's
-//                            GEMMs read op(A) and op(B)ᵀ as texel rows, ops/matmul.rs)
+//              m[row, col] = src[offset + row·stride + col]
+//            (a product that needs a transpose reads the stored rows transposed:
+//            gemm_texture.wgsl's LHS_T/RHS_T, ops/matmul.rs)
 // Bindings   @binding(0) params (uniform)  rows, cols, width (texels per row), offset, stride
 //            @binding(1) src  Src (f32, or an f16 layer's concatenation), widened
 //            @binding(2) dst  [rows, cols] texel rows, written (DstTexels: rgba32float, or
 //                             rgba16float for an f16 memory's key and value rows)
 // Dispatch   one invocation per texel, WG per workgroup, numbered linearly over x and y.
-// Host constants  WG, RPL, TRANSPOSED; the stored type Src (f32 or f16, with `enable f16;`);
+// Host constants  WG, RPL; the stored type Src (f32 or f16, with `enable f16;`);
 //            alias DstTexels (the written texel format).
 // Includes   common/texel_rows.wgsl.
 
@@ -47,8 +46,7 @@ fn main(
     for (var c = 0u; c < 4u; c++) {
         let col = 4u * texel + c;
         if (col < params.cols) {
-            let index = select(row * params.stride + col, col * params.stride + row, TRANSPOSED);
-            value[c] = f32(src[params.offset + index]);
+            value[c] = f32(src[params.offset + row * params.stride + col]);
         }
     }
     textureStore(dst, texel_coords(row, texel), texel_layer(row), to_DstTexels(value));

@@ -52,7 +52,8 @@ fn check_against_reference(
 }
 
 /// The default kernel family of the device under test and the other one: on a CPU driver the
-/// chunked training core and the per-row one (`plan::TrainingCore`), and the reverse on a GPU.
+/// chunked training core (its forward the blocked core where no dropout is drawn) and the
+/// per-row one (`plan::TrainingCore`), and the reverse on a GPU.
 fn both_families() -> [&'static GpuContext; 2] {
     [gpu(), common::gpu_other_profile()]
 }
@@ -159,6 +160,33 @@ fn gradients_match_the_reference_biases_and_large_magnitudes() {
         (1, 13),
         None,
         8.0,
+    );
+}
+
+/// Value columns past one block of the blocked core (`r·d = 128`: two 64-column slices that
+/// share each key tile's scores), with biases, padding and a fully masked row: on CPU drivers
+/// the training forward runs the eval forward's blocked core here.
+#[test]
+fn gradients_match_the_reference_wide_values_with_biases() {
+    check_against_reference(
+        "gradients_match_the_reference_wide_values_with_biases",
+        config(24, 16, 3, 8).bias(true).causal(true),
+        (2, 21),
+        Some(&[21, 0]),
+        1.0,
+    );
+}
+
+/// Past 512 value columns (`r·d = 576`): the blocked core's value blocks form two groups of
+/// slices, and only the first block's lanes write the row statistics.
+#[test]
+fn gradients_match_the_reference_past_512_value_columns() {
+    check_against_reference(
+        "gradients_match_the_reference_past_512_value_columns",
+        config(40, 36, 2, 16).bias(true).prenorm(true),
+        (2, 11),
+        Some(&[11, 6]),
+        1.0,
     );
 }
 

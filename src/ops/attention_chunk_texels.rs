@@ -35,7 +35,7 @@ use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::ops::Rows;
 use crate::ops::attention_train::CoreProblem;
 use crate::ops::gemm::{OutBlock, TexelOperand};
-use crate::ops::matmul::{self, Operand, TexelPacks};
+use crate::ops::matmul::{self, Stored, TexelPacks};
 
 static SOFTMAX_TEXELS: Kernel = kernel!(
     "search_chunk_softmax_texels",
@@ -69,12 +69,11 @@ pub(crate) fn fits(ctx: &GpuContext, step: usize, n: usize) -> bool {
     matmul::fits(ctx, step, n) && matmul::fits(ctx, n, step)
 }
 
-fn plain(buffer: &wgpu::Buffer, offset: usize, stride: usize) -> Operand<'_> {
-    Operand {
+fn plain(buffer: &wgpu::Buffer, offset: usize, stride: usize) -> Stored<'_> {
+    Stored {
         buffer,
         offset,
         stride,
-        transposed: false,
     }
 }
 
@@ -104,7 +103,7 @@ async fn copied_once(
     packs: &TexelPacks,
     slot: &'static str,
     (rows, cols): (usize, usize),
-    source: Operand<'_>,
+    source: Stored<'_>,
     first: bool,
     dispatches: &mut Vec<Dispatch>,
 ) -> Result<TexelRows> {

@@ -12,7 +12,9 @@
 //! (`b·s·n·r·d`, linear in `n`) for a small selection kernel instead of selecting in-register.
 //! It runs where operands are texels, `d % 4 == 0`, and one dispatch covers every key within
 //! the driver's loop budget (`BlockedPlan::resolve` in `src/plan/mod.rs`); the general fused kernel
-//! covers the rest.
+//! covers the rest. Training's forward without dropout runs the same kernel with another output
+//! piece ([`bind_training`]): `Ret` and each row's softmax statistics in the buffers its
+//! backward reads, and no selection kernel (training selects with `selection_forward`).
 
 use crate::error::Result;
 use crate::gpu::GpuContext;

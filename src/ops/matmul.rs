@@ -9,11 +9,12 @@
 //! dispatches where the driver caps loop iterations (the later ones accumulate).
 //!
 //! Where the plan stores operands as texels (`plan::OperandStorage::Texels`, CPU drivers but
-//! GL), a product instead copies `op(A)` and `op(B)ᵀ` into texel rows (`texture_copy.wgsl`,
-//! which reads column blocks and transposes) and runs the forward's texel GEMM
-//! (`gemm_texture.wgsl`) into the output block: on lavapipe that GEMM runs about 4× faster
-//! than this one, and the copies cost `(m + n)·k` against its `m·n·k`. The copies live in
-//! [`TexelPacks`], one texture per shape and slot, reused by every product of a pass.
+//! GL), a product instead copies `A` and `B` into texel rows as they are stored
+//! (`texture_copy.wgsl`, which reads column blocks) and runs the forward's texel GEMM
+//! (`gemm_texture.wgsl`) into the output block, which reads a stored transpose transposed where
+//! the product needs `op(A)` or `op(B)ᵀ` as the other: on lavapipe that GEMM runs about 4×
+//! faster than this one, and the copies cost `(m + n)·k` against its `m·n·k`. The copies live
+//! in [`TexelPacks`], one texture per shape and slot, reused by every product of a pass.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,6 +65,25 @@ pub(crate) struct Operand<'a> {
     pub transposed: bool,
 }
 
+impl<'a> Operand<'a> {
+    /// The matrix as it is stored, whichever way the product reads it.
+    pub(crate) fn stored(self) -> Stored<'a> {
+        Stored {
+            buffer: self.buffer,
+            offset: self.offset,
+            stride: self.stride,
+        }
+    }
+}
+
+/// A matrix as it is stored: `buffer` from element `offset`, rows `stride` elements apart.
+#[derive(Clone, Copy)]
+pub(crate) struct Stored<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: usize,
+    pub stride: usize,
+}
+
 /// The output matrix: `buffer` from element `offset`, rows `stride` elements apart.
 #[derive(Clone, Copy)]
 pub(crate) struct Target<'a> {
@@ -78,7 +98,8 @@ pub(crate) enum Operands<'p> {
     /// `matmul.wgsl` on the storage buffers.
     Buffers,
     /// Texel copies in these packs and the texel GEMM; a product whose copies would not fit a
-    /// texture (a reduction wider than `4 × max_texture_dimension_2d`) reads buffers.
+    /// texture (an operand stored wider than `4 × max_texture_dimension_2d` columns, or with
+    /// more rows than the texture array holds) reads buffers.
     Texels(&'p TexelPacks),
 }
 
@@ -121,13 +142,15 @@ impl TexelPacks {
         Ok(pack)
     }
 
-    /// `op(a)` (`[rows, cols]`) copied into the texture of `slot`.
+    /// The stored matrix `a` (`[rows, cols]` as stored) copied into the texture of `slot`, row
+    /// by row: a product that needs its transpose reads the copy transposed
+    /// ([`TexelOperand::Transposed`]).
     pub(crate) async fn pack(
         &self,
         ctx: &GpuContext,
         slot: &'static str,
         (rows, cols): (usize, usize),
-        a: Operand<'_>,
+        a: Stored<'_>,
     ) -> Result<(TexelRows, Dispatch)> {
         for value in [a.offset, a.stride] {
             index("offset or stride", value)?;
@@ -136,7 +159,6 @@ impl TexelPacks {
         let block = SourceBlock {
             offset: a.offset,
             stride: a.stride,
-            transposed: a.transposed,
         };
         let copy =
             texture_copy::dispatch_block(ctx, a.buffer, Precision::F32, block, &texels).await?;
@@ -194,17 +216,9 @@ pub(crate) async fn dispatches(
         // stored transposes, which it reads transposed. So each operand is copied as it is
         // stored, row by row: a copy that transposes reads a column per texel, and in the
         // backward's products (dW = dPᵀ·h, dh = dP·W) those copies cost more than the GEMM's
-        // transposed reads (BENCHMARKS.md).
-        let a_stored = Operand {
-            transposed: false,
-            ..a
-        };
-        let b_stored = Operand {
-            transposed: false,
-            ..b
-        };
-        let (lhs, copy_a) = packs.pack(ctx, "matmul lhs", a_shape, a_stored).await?;
-        let (rhs, copy_b) = packs.pack(ctx, "matmul rhs", b_shape, b_stored).await?;
+        // transposed reads (BENCHMARKS.md, Training).
+        let (lhs, copy_a) = packs.pack(ctx, "matmul lhs", a_shape, a.stored()).await?;
+        let (rhs, copy_b) = packs.pack(ctx, "matmul rhs", b_shape, b.stored()).await?;
         let lhs_operand = match a.transposed {
             false => TexelOperand::Rows(&lhs),
             true => TexelOperand::Transposed(&lhs),
@@ -360,8 +374,9 @@ mod tests {
 
     /// Every transpose pair on a shape no multiple of any tile, into a column block of a wider
     /// C whose other columns keep their poison; then accumulated; then a reduction long enough
-    /// to split on a loop-capped driver (and too wide for a texture: the texel route falls back
-    /// to buffers); and the degenerate sizes.
+    /// to split on a loop-capped driver (stored as 70 000 columns, too wide for a texture, the
+    /// texel route falls back to buffers; stored as 70 000 rows, transposed A and untransposed
+    /// B, it runs the texel GEMM split over K); and the degenerate sizes.
     fn products_match_the_host(route: &str, operands: Operands<'_>) {
         let (mut rng, what) = rng("matmul");
         for &(m, n, k) in &[

@@ -207,12 +207,10 @@ mod uniform_layouts {
             check!(bias_add::Params, bias_add::variant(precision));
         }
         for precision in Precision::ALL {
-            for transposed in [false, true] {
-                check!(
-                    texture_copy::Params,
-                    texture_copy::variant(ctx, precision, transposed, precision)
-                );
-            }
+            check!(
+                texture_copy::Params,
+                texture_copy::variant(ctx, precision, precision)
+            );
             check!(
                 gemm::TexelParams,
                 gemm::texel_variant(ctx, false, precision, (true, true))

@@ -1,6 +1,7 @@
 //! A storage-buffer matrix into texel rows (`shaders/texture_copy.wgsl`): the bridge from
 //! kernels that write buffers to the texel GEMM of the CPU kernel profile. Training's GEMMs
-//! (`ops::matmul`) copy column blocks and transposes through it.
+//! (`ops::matmul`) copy column blocks through it, as they are stored: the texel GEMM reads a
+//! stored transpose itself, which costs less than a copy that transposes.
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
@@ -25,29 +26,22 @@ uniform! {
     }
 }
 
-/// `precision`: of the source buffer; `transposed`: the source holds the matrix's transpose;
-/// `dst`: the format of the texel rows written (`rgba16float` for f16).
-pub(crate) fn variant(
-    ctx: &GpuContext,
-    precision: Precision,
-    transposed: bool,
-    dst: Precision,
-) -> ShaderVariant {
+/// `precision`: of the source buffer; `dst`: the format of the texel rows written
+/// (`rgba16float` for f16).
+pub(crate) fn variant(ctx: &GpuContext, precision: Precision, dst: Precision) -> ShaderVariant {
     ShaderVariant::new(&TEXTURE_COPY)
         .u32("WG", WG)
         .u32("RPL", rows_per_layer(ctx))
-        .bool("TRANSPOSED", transposed)
         .stored("Src", precision)
         .texel_store("DstTexels", dst)
 }
 
 /// Where a source matrix lies in its buffer: from element `offset`, `stride` elements between
-/// its stored rows, and `transposed` when those stored rows are the matrix's columns.
+/// its rows.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SourceBlock {
     pub offset: usize,
     pub stride: usize,
-    pub transposed: bool,
 }
 
 /// Binds `dst` (texel rows, in their own format) ← `src` (`[dst.rows, dst.cols]`, stored in
@@ -61,7 +55,6 @@ pub(crate) async fn dispatch(
     let block = SourceBlock {
         offset: 0,
         stride: dst.shape.cols,
-        transposed: false,
     };
     dispatch_block(ctx, src, precision, block, dst).await
 }
@@ -87,7 +80,7 @@ pub(crate) async fn dispatch_block(
     let texels = shape.rows as u64 * shape.width as u64;
     Dispatch::new(
         ctx,
-        &variant(ctx, precision, block.transposed, dst.precision()),
+        &variant(ctx, precision, dst.precision()),
         bytemuck::bytes_of(&params),
         &[src.into().into(), dst.view().into()],
         texels.div_ceil(WG as u64),

@@ -125,17 +125,21 @@ impl TrainingCore {
 
     /// Where the training forward runs the eval forward's blocked core instead of the chunked
     /// one: a `Chunked` device, the blocked core's conditions ([`BlockedPlan::resolve`]) and no
-    /// dropout drawn (`p = 0` or none: the blocked kernel draws no masks). It writes the same
-    /// activations, and ran the target row's training forward in about half the chunked core's
-    /// time on lavapipe (BENCHMARKS.md); the backward is the chunked one either way.
+    /// dropout drawn (`p = 0` or none: the blocked kernel draws no masks), and a texel copy of
+    /// the projections that fits the device. It writes the same activations, and ran the
+    /// target row's training forward in about half the chunked core's time on lavapipe
+    /// (BENCHMARKS.md, Training); the backward is the chunked one either way.
     pub(crate) fn blocked_forward(
         ctx: &GpuContext,
         layout: &ProjectionLayout,
         dropout: Option<crate::dropout::Dropout>,
     ) -> Option<BlockedPlan> {
         let drawn = dropout.is_some_and(|d| d.p() > 0.0);
-        match (TrainingCore::of(ctx), drawn) {
-            (TrainingCore::Chunked, false) => BlockedPlan::resolve(ctx, layout),
+        // The kernel reads a texel copy of the projections.
+        let tokens = layout.batch * layout.seq;
+        let copy_fits = crate::ops::matmul::fits(ctx, tokens, layout.row_stride);
+        match (TrainingCore::of(ctx), drawn, copy_fits) {
+            (TrainingCore::Chunked, false, true) => BlockedPlan::resolve(ctx, layout),
             _ => None,
         }
     }

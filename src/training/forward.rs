@@ -16,7 +16,7 @@ use crate::io;
 use crate::layer::CompositionalAttention;
 use crate::ops::attention_train::{self, CoreProblem};
 use crate::ops::kernel_params::BlockedPlan;
-use crate::ops::matmul::{self, Operand, Operands, Target, TexelPacks};
+use crate::ops::matmul::{self, Operand, Operands, Stored, Target, TexelPacks};
 use crate::ops::{ProjectionLayout, layer_norm};
 use crate::ops::{Rows, attention_chunks, blocked_attention, value_mean};
 use crate::plan::{OperandStorage, TrainingCore};
@@ -475,11 +475,10 @@ async fn blocked_core(
     plan: BlockedPlan,
 ) -> Result<Vec<Dispatch>> {
     let tokens = act.batch * act.seq;
-    let whole = Operand {
+    let whole = Stored {
         buffer: &act.proj,
         offset: 0,
         stride: layout.row_stride,
-        transposed: false,
     };
     let (proj, copy) = packs
         .pack(ctx, "training proj", (tokens, layout.row_stride), whole)
