@@ -1,4 +1,5 @@
-// search_chunk_softmax.wgsl: the CPU family's training forward, between its two GEMMs: for a
+// search_chunk_softmax.wgsl: the CPU family's chunked training forward (with dropout, or where
+// the blocked core cannot run: plan::TrainingCore::blocked_forward), between its two GEMMs: for a
 // chunk of query rows of one (batch, search), the search softmax of each row from its raw
 // scores, kept as the statistics (m, l), and the dropped weights written over the scores for
 // the next GEMM (Ret = Ã·RV).

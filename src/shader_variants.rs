@@ -30,7 +30,9 @@ pub struct Problem {
 /// Problems that between them reach every kernel, io piece and kind of specialisation: vec4 and
 /// scalar head widths, one and several retrievals, `prenorm`, causal, biases, the README size, a
 /// sequence long enough to split keys on loop-capped drivers, and one too long for the blocked
-/// CPU core.
+/// CPU core. The scalar head widths also keep training's chunked forward
+/// (`search_chunk_softmax_texels`) reached on CPU drivers, where every vec4 head trains through
+/// the blocked core.
 pub fn representative_problems() -> Vec<Problem> {
     let c = |dim, d, s, r| {
         Config::new(dim)

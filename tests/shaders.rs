@@ -608,8 +608,8 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
 }
 
 /// Every io piece in `shaders/io/` (an operand's declaration in one storage) is placed before
-/// some kernel by some representative problem, except the texel pieces and the texel GEMM's
-/// pieces where the CPU family reads buffers (GL), and the carry and fused-texel pieces where no
+/// some kernel by some representative problem, except the texel pieces, the texel GEMM's and
+/// the blocked core's output pieces where the CPU family reads buffers (GL), and the carry and fused-texel pieces where no
 /// driver loop cap splits keys or limits the blocked core.
 #[test]
 fn the_representative_problems_reach_every_io_piece() {

@@ -60,7 +60,7 @@ fn both_families() -> [&'static GpuContext; 2] {
 
 fn family(ctx: &GpuContext) -> &'static str {
     if ctx.cpu_kernels() {
-        "CPU family: chunked core, blocked forward without dropout"
+        "CPU family: chunked core (blocked forward without dropout, texels)"
     } else {
         "GPU family: per-row core"
     }
@@ -164,8 +164,9 @@ fn gradients_match_the_reference_biases_and_large_magnitudes() {
 }
 
 /// Value columns past one block of the blocked core (`r·d = 128`: two 64-column slices that
-/// share each key tile's scores), with biases, padding and a fully masked row: on CPU drivers
-/// the training forward runs the eval forward's blocked core here.
+/// share each key tile's scores), with biases, causal and a fully masked batch row: on CPU
+/// drivers with texel operands (not GL) the training forward runs the eval forward's blocked
+/// core here.
 #[test]
 fn gradients_match_the_reference_wide_values_with_biases() {
     check_against_reference(
@@ -177,8 +178,9 @@ fn gradients_match_the_reference_wide_values_with_biases() {
     );
 }
 
-/// Past 512 value columns (`r·d = 576`): the blocked core's value blocks form two groups of
-/// slices, and only the first block's lanes write the row statistics.
+/// Past 512 value columns (`r·d = 576`), with biases, prenorm and padding: the blocked core's
+/// value blocks form two groups of slices, and only the first block's lanes write the row
+/// statistics (on CPU drivers with texel operands).
 #[test]
 fn gradients_match_the_reference_past_512_value_columns() {
     check_against_reference(

@@ -1373,7 +1373,8 @@ mod tests {
     use crate::gpu::test_device::context;
 
     /// The training forward takes the blocked core exactly where the eval forward's can run on a
-    /// chunked device and no mask is drawn; a drawn mask keeps the chunked core.
+    /// chunked device, no mask is drawn and the projections' texel copy fits (it does at this
+    /// size); a drawn mask keeps the chunked core.
     #[test]
     fn training_forward_runs_the_blocked_core_only_without_dropout() {
         let ctx = context();
