@@ -12,10 +12,10 @@
 //            Nothing n × n is stored. The output piece decides what is written: the retrieved
 //            texel rows (io/blocked_out_texels.wgsl), or Ret and the statistics in buffers
 //            (io/blocked_out_training.wgsl). Keys and values come from the queries' own
-//            projections (self-attention: `keys` and `values` are `proj`) or from a memory's texel rows (cross-attention,
-//            and self-attention behind extra key rows, src/cross_memory.rs): key row
-//            b·k_batch_rows + σ·k_head_rows + j at texels k_offset + σ·k_head_texels + t, value
-//            row b·kv_seq + j at texels v_offset + c.
+//            projections (self-attention: `keys` and `values` are `proj`) or from a memory's
+//            texel rows (cross-attention, and self-attention behind extra key rows,
+//            src/cross_memory.rs): key row b·k_batch_rows + σ·k_head_rows + j at texels
+//            k_offset + σ·k_head_texels + t, value row b·kv_seq + j at texels v_offset + c.
 // Why        On CPU drivers (lavapipe, SwiftShader) invocations are SIMD lanes and every operand
 //            fetch is a gather; arrays indexed in loops live in memory. Here each lane holds 8
 //            queries × 4·COLS value columns as named 4 × 4 matrices and computes scores for 16

@@ -13,11 +13,12 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::split_for_loop_budget;
 
-use crate::ops::ProjectionLayout;
+use crate::dropout::Dropout;
 pub(crate) use crate::ops::kernel_params::vector_width;
 pub use crate::ops::kernel_params::{
     BlockedPlan, CachedPlan, FusedPlan, FusedTiling, GemmTiling, OperandStorage, TexelGemmKernel,
 };
+use crate::ops::{ProjectionLayout, matmul};
 use crate::precision::Precision;
 
 pub(crate) mod tuned;
@@ -132,12 +133,12 @@ impl TrainingCore {
     pub(crate) fn blocked_forward(
         ctx: &GpuContext,
         layout: &ProjectionLayout,
-        dropout: Option<crate::dropout::Dropout>,
+        dropout: Option<Dropout>,
     ) -> Option<BlockedPlan> {
         let drawn = dropout.is_some_and(|d| d.p() > 0.0);
         // The kernel reads a texel copy of the projections.
         let tokens = layout.batch * layout.seq;
-        let copy_fits = crate::ops::matmul::fits(ctx, tokens, layout.row_stride);
+        let copy_fits = matmul::fits(ctx, tokens, layout.row_stride);
         match (TrainingCore::of(ctx), drawn, copy_fits) {
             (TrainingCore::Chunked, false, true) => BlockedPlan::resolve(ctx, layout),
             _ => None,
@@ -1369,7 +1370,6 @@ impl ExecutionPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dropout::Dropout;
     use crate::gpu::test_device::context;
 
     /// The training forward takes the blocked core exactly where the eval forward's can run on a
