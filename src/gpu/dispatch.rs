@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::memory;
 use crate::gpu::pipelines::ShaderVariant;
+use crate::gpu::texture::TexelUpload;
 
 /// A buffer a forward reads or writes that its caller provides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,6 +299,52 @@ pub(crate) async fn compile_pending(
         Ok(())
     })
     .await
+}
+
+/// One thing a training pass records, in order: a kernel launch, or a copy of a matrix into
+/// texel rows by the copy engine (`TexelRows::upload`: on CPU drivers a copy is several times
+/// faster than a kernel that stores texels, and training copies every product's operands).
+pub(crate) enum Step {
+    Kernel(Dispatch),
+    Upload(TexelUpload),
+}
+
+impl From<Dispatch> for Step {
+    fn from(dispatch: Dispatch) -> Self {
+        Step::Kernel(dispatch)
+    }
+}
+
+/// Kernel launches as steps.
+pub(crate) fn as_steps(dispatches: Vec<Dispatch>) -> Vec<Step> {
+    dispatches.into_iter().map(Step::from).collect()
+}
+
+/// Records `steps` in order: each run of kernels into one compute pass labelled `label`, each
+/// upload on the encoder between them (io-free dispatches only, as [`record_pass`]).
+pub(crate) fn record_steps(encoder: &mut wgpu::CommandEncoder, label: &str, steps: &[Step]) {
+    let mut rest = steps;
+    while let Some(first) = rest.first() {
+        if let Step::Upload(upload) = first {
+            upload.record(encoder);
+            rest = &rest[1..];
+            continue;
+        }
+        let end = rest
+            .iter()
+            .position(|step| matches!(step, Step::Upload(_)))
+            .unwrap_or(rest.len());
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: None,
+        });
+        for step in &rest[..end] {
+            if let Step::Kernel(dispatch) = step {
+                dispatch.record(&mut pass, None);
+            }
+        }
+        rest = &rest[end..];
+    }
 }
 
 /// Records `dispatches` in order into one compute pass labelled `label` (io-free dispatches

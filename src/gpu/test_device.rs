@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use crate::rng::Rng as StdRng;
 
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, Step, record_steps};
 use crate::gpu::{GpuContext, memory};
 use crate::precision::Precision;
 use crate::testing::{self, ErrorStats};
@@ -111,6 +111,19 @@ pub(crate) fn run(dispatches: &[&Dispatch]) {
         Ok(())
     }))
     .expect("dispatch");
+}
+
+/// Records `steps` as a training pass does (uploads between compute passes), submits and waits.
+pub(crate) fn run_steps(steps: &[Step]) {
+    let _serial = serial();
+    let ctx = context();
+    pollster::block_on(ctx.scoped("test steps", || {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        record_steps(&mut encoder, "test steps", steps);
+        ctx.queue().submit([encoder.finish()]);
+        Ok(())
+    }))
+    .expect("steps");
 }
 
 /// Copies `len` f32s of `buffer` back to the host.

@@ -220,6 +220,47 @@ impl TexelRows {
         &self.view
     }
 
+    /// A copy of the f32 matrix `m[row, col] = source[offset + row·stride + col]` into these
+    /// texel rows by the copy engine (`copy_buffer_to_texture`, one copy per texture layer),
+    /// or `None` where the copy engine cannot make it and `texture_copy.wgsl` must: an f16
+    /// texture, `cols % 4 != 0` (the last texel's padding must be zero, and a copy would carry
+    /// the next columns into it), an offset that is no whole texel, a row pitch that is no
+    /// multiple of wgpu's 256-byte `COPY_BYTES_PER_ROW_ALIGNMENT`, a source without `COPY_SRC`,
+    /// or one too short for the last row (the kernel clamps where a copy would fail).
+    ///
+    /// Why: on lavapipe a shader's `textureStore` goes lane by lane, while the copy engine
+    /// copies rows with memcpy: a `[512, 1024]` matrix took 0.8–1.1 ms by copy against
+    /// 3.3–4.6 ms by the kernel (BENCHMARKS.md, Training).
+    pub(crate) fn upload(
+        &self,
+        source: &wgpu::Buffer,
+        offset: usize,
+        stride: usize,
+    ) -> Option<TexelUpload> {
+        let shape = self.shape;
+        let pitch = stride.checked_mul(4)?;
+        let last_row_end = (shape.rows.max(1) - 1)
+            .checked_mul(stride)?
+            .checked_add(offset)?
+            .checked_add(shape.cols)?
+            .checked_mul(4)?;
+        let copyable = self.precision == Precision::F32
+            && shape.cols.is_multiple_of(4)
+            && shape.rows > 0
+            && offset.is_multiple_of(4)
+            && pitch.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize)
+            && u32::try_from(pitch).is_ok()
+            && source.usage().contains(wgpu::BufferUsages::COPY_SRC)
+            && last_row_end as u64 <= source.size();
+        copyable.then(|| TexelUpload {
+            source: source.clone(),
+            offset: offset as u64 * 4,
+            bytes_per_row: pitch as u32,
+            texture: self.texture.clone(),
+            shape,
+        })
+    }
+
     /// Bytes of GPU memory.
     pub(crate) fn bytes(&self) -> u64 {
         let size = self.texture.size();
@@ -228,6 +269,54 @@ impl TexelRows {
             * size.depth_or_array_layers as u64
             * 4
             * self.precision.bytes()
+    }
+}
+
+/// A buffer-to-texel-rows copy made by [`TexelRows::upload`], recorded on a command encoder
+/// between compute passes (`gpu::dispatch::Step`).
+pub(crate) struct TexelUpload {
+    source: wgpu::Buffer,
+    /// Bytes to row 0 of the source.
+    offset: u64,
+    bytes_per_row: u32,
+    texture: wgpu::Texture,
+    shape: TexelShape,
+}
+
+impl TexelUpload {
+    /// Records the copy: rows of each texture layer in one `copy_buffer_to_texture`.
+    pub(crate) fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        let shape = self.shape;
+        let per_layer = shape.rows_per_layer as usize;
+        for layer in 0..shape.layers {
+            let first = layer as usize * per_layer;
+            let count = (shape.rows - first).min(per_layer) as u32;
+            encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.source,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: self.offset + first as u64 * self.bytes_per_row as u64,
+                        bytes_per_row: Some(self.bytes_per_row),
+                        rows_per_image: Some(count),
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d {
+                        x: 0,
+                        y: 0,
+                        z: layer,
+                    },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d {
+                    width: shape.width,
+                    height: count,
+                    depth_or_array_layers: 1,
+                },
+            );
+        }
     }
 }
 

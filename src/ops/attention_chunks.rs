@@ -20,7 +20,7 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::Dispatch;
+use crate::gpu::dispatch::{Dispatch, Step};
 use crate::gpu::memory;
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::ops::attention_chunk_texels;
@@ -84,7 +84,7 @@ fn route<'p>(
 /// A chunked core's passes and the bytes of its own scratch buffers (the texel route's live in
 /// the caller's `TexelPacks`).
 pub(crate) struct ChunkPasses {
-    pub dispatches: Vec<Dispatch>,
+    pub steps: Vec<Step>,
     pub scratch_bytes: u64,
 }
 
@@ -114,7 +114,7 @@ async fn scores(
     proj: &wgpu::Buffer,
     (b, sigma, rows): (usize, usize, &std::ops::Range<usize>),
     scores: &wgpu::Buffer,
-) -> Result<Vec<Dispatch>> {
+) -> Result<Vec<Step>> {
     let l = &problem.layout;
     let (q, k, _) = problem.chunk_offsets(b, sigma, rows.start);
     let target = Target {
@@ -122,7 +122,7 @@ async fn scores(
         offset: 0,
         stride: l.seq,
     };
-    matmul::dispatches(
+    matmul::product_steps(
         ctx,
         operands,
         rows.len(),
@@ -149,11 +149,11 @@ pub(crate) async fn forward(
 ) -> Result<ChunkPasses> {
     let (texels, step) = route(ctx, operands, problem.layout.seq, step);
     if let Some(packs) = texels {
-        let dispatches =
+        let steps =
             attention_chunk_texels::forward(ctx, packs, problem, proj, mask, (stats, ret), step)
                 .await?;
         return Ok(ChunkPasses {
-            dispatches,
+            steps,
             scratch_bytes: 0,
         });
     }
@@ -161,11 +161,11 @@ pub(crate) async fn forward(
     let scratch = &buffers.0;
     let l = problem.layout;
     let vw = problem.value_width();
-    let mut dispatches = Vec::new();
+    let mut steps = Vec::new();
     for (b, sigma, rows) in problem.chunks(step) {
-        dispatches.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
+        steps.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
         let params = problem.chunk_params((b, sigma), rows.clone());
-        dispatches.push(
+        steps.push(
             Dispatch::new(
                 ctx,
                 &softmax_variant(ctx),
@@ -173,12 +173,13 @@ pub(crate) async fn forward(
                 &[mask.into(), stats.into(), scratch.into()],
                 rows.len() as u64,
             )
-            .await?,
+            .await?
+            .into(),
         );
         let (_, _, v) = problem.chunk_offsets(b, sigma, 0);
         let row0 = (b * l.searches + sigma) * l.seq + rows.start;
-        dispatches.extend(
-            matmul::dispatches(
+        steps.extend(
+            matmul::product_steps(
                 ctx,
                 operands,
                 rows.len(),
@@ -197,7 +198,7 @@ pub(crate) async fn forward(
         );
     }
     Ok(ChunkPasses {
-        dispatches,
+        steps,
         scratch_bytes: buffers.0.size() + buffers.1.size(),
     })
 }
@@ -218,7 +219,7 @@ pub(crate) async fn backward(
 ) -> Result<ChunkPasses> {
     let (texels, step) = route(ctx, operands, problem.layout.seq, step);
     if let Some(packs) = texels {
-        let dispatches = attention_chunk_texels::backward(
+        let steps = attention_chunk_texels::backward(
             ctx,
             packs,
             problem,
@@ -230,7 +231,7 @@ pub(crate) async fn backward(
         )
         .await?;
         return Ok(ChunkPasses {
-            dispatches,
+            steps,
             scratch_bytes: 0,
         });
     }
@@ -238,15 +239,15 @@ pub(crate) async fn backward(
     let (scratch, d_scratch) = (&buffers.0, &buffers.1);
     let l = problem.layout;
     let (n, d, vw, rs) = (l.seq, l.head, problem.value_width(), l.row_stride);
-    let mut dispatches = Vec::new();
+    let mut steps = Vec::new();
     for (b, sigma, rows) in problem.chunks(step) {
         let (q, k, v) = problem.chunk_offsets(b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
         let c = rows.len();
-        dispatches.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
+        steps.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
         // dA = dRet_C·RV_bᵀ.
-        dispatches.extend(
-            matmul::dispatches(
+        steps.extend(
+            matmul::product_steps(
                 ctx,
                 operands,
                 c,
@@ -264,7 +265,7 @@ pub(crate) async fn backward(
             .await?,
         );
         let params = problem.chunk_params((b, sigma), rows.clone());
-        dispatches.push(
+        steps.push(
             Dispatch::new(
                 ctx,
                 &backward_variant(),
@@ -272,7 +273,8 @@ pub(crate) async fn backward(
                 &[mask.into(), stats.into(), scratch.into(), d_scratch.into()],
                 ((c * n) as u64).div_ceil(WG as u64),
             )
-            .await?,
+            .await?
+            .into(),
         );
         let target = |offset| Target {
             buffer: d_proj,
@@ -280,8 +282,8 @@ pub(crate) async fn backward(
             stride: rs,
         };
         // dSQ_C = dL·SK_b (each query row's once).
-        dispatches.extend(
-            matmul::dispatches(
+        steps.extend(
+            matmul::product_steps(
                 ctx,
                 operands,
                 c,
@@ -295,8 +297,8 @@ pub(crate) async fn backward(
             .await?,
         );
         // dSK_b += dLᵀ·SQ_C (the first chunk of (b, σ) writes).
-        dispatches.extend(
-            matmul::dispatches(
+        steps.extend(
+            matmul::product_steps(
                 ctx,
                 operands,
                 n,
@@ -310,8 +312,8 @@ pub(crate) async fn backward(
             .await?,
         );
         // dRV_b += Ãᵀ·dRet_C, summed over every search and chunk (the first of b writes).
-        dispatches.extend(
-            matmul::dispatches(
+        steps.extend(
+            matmul::product_steps(
                 ctx,
                 operands,
                 n,
@@ -326,7 +328,7 @@ pub(crate) async fn backward(
         );
     }
     Ok(ChunkPasses {
-        dispatches,
+        steps,
         scratch_bytes: buffers.0.size() + buffers.1.size(),
     })
 }
@@ -374,8 +376,8 @@ mod tests {
                 (&stats, &ret),
                 Some(step),
             ))
-            .dispatches;
-            run(&forward.iter().collect::<Vec<_>>());
+            .steps;
+            run_steps(&forward);
             // A row term D of its own, as the selection's backward would write it.
             let mut row_stats = download(&stats, rows * 4);
             for (index, row) in row_stats.chunks_exact_mut(4).enumerate() {
@@ -392,8 +394,8 @@ mod tests {
                 &d_proj,
                 Some(step),
             ))
-            .dispatches;
-            run(&backward.iter().collect::<Vec<_>>());
+            .steps;
+            run_steps(&backward);
             (
                 download(&ret, rows * vw),
                 row_stats,

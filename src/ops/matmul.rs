@@ -9,8 +9,9 @@
 //! dispatches where the driver caps loop iterations (the later ones accumulate).
 //!
 //! Where the plan stores operands as texels (`plan::OperandStorage::Texels`, CPU drivers but
-//! GL), a product instead copies `A` and `B` into texel rows as they are stored
-//! (`texture_copy.wgsl`, which reads column blocks) and runs the forward's texel GEMM
+//! GL), a product instead copies `A` and `B` into texel rows as they are stored (by the copy
+//! engine where the layout allows, `TexelRows::upload`, else `texture_copy.wgsl`, which reads
+//! column blocks) and runs the forward's texel GEMM
 //! (`gemm_texture.wgsl`) into the output block, which reads a stored transpose transposed where
 //! the product needs `op(A)` or `op(B)ᵀ` as the other: on lavapipe that GEMM runs about 4×
 //! faster than this one, and the copies cost `(m + n)·k` against its `m·n·k`. The copies live
@@ -21,7 +22,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Dispatch, split_for_loop_budget};
+use crate::gpu::dispatch::{Dispatch, Step, as_steps, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, TexelShape};
 use crate::gpu::uniform::uniform;
@@ -144,25 +145,29 @@ impl TexelPacks {
 
     /// The stored matrix `a` (`[rows, cols]` as stored) copied into the texture of `slot`, row
     /// by row: a product that needs its transpose reads the copy transposed
-    /// ([`TexelOperand::Transposed`]).
+    /// ([`TexelOperand::Transposed`]). The copy engine makes the copy where it can
+    /// ([`TexelRows::upload`]), `texture_copy.wgsl` elsewhere.
     pub(crate) async fn pack(
         &self,
         ctx: &GpuContext,
         slot: &'static str,
         (rows, cols): (usize, usize),
         a: Stored<'_>,
-    ) -> Result<(TexelRows, Dispatch)> {
+    ) -> Result<(TexelRows, Step)> {
         for value in [a.offset, a.stride] {
             index("offset or stride", value)?;
         }
         let texels = self.texels(ctx, slot, rows, cols)?;
+        if let Some(upload) = texels.upload(a.buffer, a.offset, a.stride) {
+            return Ok((texels, Step::Upload(upload)));
+        }
         let block = SourceBlock {
             offset: a.offset,
             stride: a.stride,
         };
         let copy =
             texture_copy::dispatch_block(ctx, a.buffer, Precision::F32, block, &texels).await?;
-        Ok((texels, copy))
+        Ok((texels, copy.into()))
     }
 }
 
@@ -188,7 +193,7 @@ fn index(what: &str, value: usize) -> Result<u32> {
 /// dispatch, or one per slice of `k` where the driver caps loop iterations (texels: two copies
 /// first). `k = 0` writes zeros (or, accumulating, leaves C).
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn dispatches(
+pub(crate) async fn product_steps(
     ctx: &GpuContext,
     operands: Operands<'_>,
     m: usize,
@@ -198,7 +203,7 @@ pub(crate) async fn dispatches(
     b: Operand<'_>,
     c: Target<'_>,
     accumulate: bool,
-) -> Result<Vec<Dispatch>> {
+) -> Result<Vec<Step>> {
     // Each operand as it is stored: op(A) [m, k] or its transpose, op(B)ᵀ [n, k] or its
     // transpose.
     let a_shape = if a.transposed { (k, m) } else { (m, k) };
@@ -234,10 +239,13 @@ pub(crate) async fn dispatches(
             stride: c.stride,
             accumulate,
         };
-        dispatches.extend(texel_product(ctx, lhs_operand, rhs_operand, buffer_out, out).await?);
+        let product = texel_product(ctx, lhs_operand, rhs_operand, buffer_out, out).await?;
+        dispatches.extend(as_steps(product));
         return Ok(dispatches);
     }
-    buffer_dispatches(ctx, m, n, k, a, b, c, accumulate).await
+    Ok(as_steps(
+        buffer_dispatches(ctx, m, n, k, a, b, c, accumulate).await?,
+    ))
 }
 
 /// Whether a `[rows, cols]` matrix fits texel rows on this device.
@@ -404,7 +412,7 @@ mod tests {
                 );
                 let (a_buf, b_buf, c_buf) = (upload(&a), upload(&b), poisoned(c_len));
                 let run_product = |accumulate: bool| {
-                    let ds = build(dispatches(
+                    let ds = build(product_steps(
                         context(),
                         operands,
                         m,
@@ -432,7 +440,7 @@ mod tests {
                     if k > 60_000 && context().loop_budget().is_some() {
                         assert!(ds.len() > 1, "{what}: K = {k} did not split");
                     }
-                    run(&ds.iter().collect::<Vec<_>>());
+                    run_steps(&ds);
                     download(&c_buf, c_len)
                 };
                 let block = |c: &[f32]| -> Vec<f32> {
@@ -462,14 +470,25 @@ mod tests {
     fn products_in_one_pass_share_texel_copies() {
         let (mut rng, what) = rng("matmul packs");
         let packs = TexelPacks::new();
-        let (m, n, k) = (19, 23, 13);
-        for (route, operands) in routes(&packs) {
+        // Odd sizes copied by the kernel; whole texels at a 256-byte pitch by the copy engine.
+        for (m, n, k) in [(19, 23, 13), (19, 64, 64)] {
+            products_share_texel_copies(&mut rng, &what, &packs, (m, n, k));
+        }
+    }
+
+    fn products_share_texel_copies(
+        rng: &mut crate::rng::Rng,
+        what: &str,
+        packs: &TexelPacks,
+        (m, n, k): (usize, usize, usize),
+    ) {
+        for (route, operands) in routes(packs) {
             let mut all = Vec::new();
             let mut expected = Vec::new();
             let mut outputs = Vec::new();
             for _ in 0..2 {
-                let a = normal(&mut rng, m * k, 1.0);
-                let b = normal(&mut rng, k * n, 1.0);
+                let a = normal(rng, m * k, 1.0);
+                let b = normal(rng, k * n, 1.0);
                 expected.push(product((m, n, k), &a, (0, k, false), &b, (0, n, false)));
                 let (a_buf, b_buf, c_buf) = (upload(&a), upload(&b), poisoned(m * n));
                 let operand = |buffer, stride| Operand {
@@ -483,7 +502,7 @@ mod tests {
                     offset: 0,
                     stride: n,
                 };
-                all.extend(build(dispatches(
+                all.extend(build(product_steps(
                     context(),
                     operands,
                     m,
@@ -496,11 +515,66 @@ mod tests {
                 )));
                 outputs.push((a_buf, b_buf, c_buf));
             }
-            run(&all.iter().collect::<Vec<_>>());
+            run_steps(&all);
             for (i, ((_, _, c_buf), expected)) in outputs.iter().zip(&expected).enumerate() {
                 let c = download(c_buf, m * n);
-                assert_close(&format!("{what}: {route}, product {i}"), &c, expected, 1e-5);
+                let label = format!("{what}: {route}, {m}×{n}×{k}, product {i}");
+                assert_close(&label, &c, expected, 1e-5);
             }
+        }
+    }
+
+    /// Which copies the copy engine makes: whole texels, a texel-aligned offset, a 256-byte row
+    /// pitch and a source long enough; each condition broken alone falls back to the kernel.
+    /// An upload over several texture layers arrives whole.
+    #[test]
+    fn aligned_copies_go_through_the_copy_engine() {
+        if !context().texel_loads_work() {
+            return;
+        }
+        let (mut rng, what) = rng("texel uploads");
+        let packs = TexelPacks::new();
+        let source = upload(&normal(&mut rng, 64 * 200, 1.0));
+        for (rows, cols, offset, stride, uploads, case) in [
+            (10, 64, 0, 64, true, "whole rows"),
+            (10, 16, 4, 128, true, "a column block"),
+            (200, 64, 0, 64, true, "the whole source"),
+            (10, 62, 0, 64, false, "cols % 4 != 0"),
+            (10, 64, 2, 64, false, "an offset inside a texel"),
+            (10, 64, 0, 68, false, "a pitch of 272 bytes"),
+            (200, 64, 4, 64, false, "a source one texel short"),
+        ] {
+            let stored = Stored {
+                buffer: &source,
+                offset,
+                stride,
+            };
+            let (_, step) = build(packs.pack(context(), "upload", (rows, cols), stored));
+            assert_eq!(
+                matches!(step, Step::Upload(_)),
+                uploads,
+                "{what}: {case} ({rows} × {cols} from {offset}, stride {stride})"
+            );
+        }
+        let rows = crate::gpu::texture::rows_per_layer(context()) as usize + 3;
+        let (cols, stride) = (8, 64);
+        let data = normal(&mut rng, rows * stride, 1.0);
+        let source = upload(&data);
+        let stored = Stored {
+            buffer: &source,
+            offset: 0,
+            stride,
+        };
+        let (texels, step) = build(packs.pack(context(), "layers", (rows, cols), stored));
+        assert!(matches!(step, Step::Upload(_)), "{what}: {rows} rows");
+        run_steps(&[step]);
+        let got = download_texels(&texels);
+        for row in [0, 1, rows / 2, rows - 4, rows - 1] {
+            assert_eq!(
+                got[row * cols..][..cols],
+                data[row * stride..][..cols],
+                "{what}: row {row} of {rows}"
+            );
         }
     }
 }

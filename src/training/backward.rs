@@ -15,7 +15,7 @@
 
 use crate::device_parameters::DeviceParameters;
 use crate::error::{Error, Result};
-use crate::gpu::dispatch::{Dispatch, record_pass};
+use crate::gpu::dispatch::{Step, as_steps, record_steps};
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
@@ -31,7 +31,7 @@ use super::{Activations, Gradients};
 
 /// A backward's scratch buffers and passes.
 pub(super) struct BackwardPasses {
-    dispatches: Vec<Dispatch>,
+    steps: Vec<Step>,
 }
 
 impl CompositionalAttention {
@@ -55,7 +55,7 @@ impl CompositionalAttention {
         self.check_training_objects(act, grads)?;
         let ctx = self.context().clone();
         let parameters = self.device_parameters()?;
-        let dispatches = backward_dispatches(
+        let steps = backward_dispatches(
             &ctx,
             act,
             parameters,
@@ -64,7 +64,7 @@ impl CompositionalAttention {
             &grads.buffers,
         )
         .await?;
-        Ok(BackwardPasses { dispatches })
+        Ok(BackwardPasses { steps })
     }
 
     /// The backward of the forward that made `act`, for the loss whose gradient with respect
@@ -101,7 +101,7 @@ impl CompositionalAttention {
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("backward"),
                     });
-            record_pass(&mut encoder, "backward", &passes.dispatches);
+            record_steps(&mut encoder, "backward", &passes.steps);
             encoder.copy_buffer_to_buffer(&grad_input, 0, &staging, 0, 4 * len as u64);
             ctx.queue().submit([encoder.finish()]);
             Ok(())
@@ -155,7 +155,7 @@ impl CompositionalAttention {
         let _serial = pollster::block_on(ctx.serial());
         let passes = pollster::block_on(self.build_backward(act, grad_output, grad_input, grads))?;
         ctx.scoped_now("encode_backward", || {
-            record_pass(encoder, "backward", &passes.dispatches);
+            record_steps(encoder, "backward", &passes.steps);
             Ok(())
         })
     }
@@ -172,7 +172,7 @@ async fn column_sums(
     out: &wgpu::Buffer,
     out_offset: usize,
     accumulate: bool,
-) -> Result<Vec<Dispatch>> {
+) -> Result<Vec<Step>> {
     product(
         gemms,
         (1, cols, rows),
@@ -193,7 +193,7 @@ async fn backward_dispatches(
     grad_output: &wgpu::Buffer,
     grad_input: &wgpu::Buffer,
     grads: &DeviceParameters,
-) -> Result<Vec<Dispatch>> {
+) -> Result<Vec<Step>> {
     let config = act.config;
     let (dim, d, s, r) = (
         config.dim,
@@ -222,11 +222,11 @@ async fn backward_dispatches(
         + d_h.as_ref().map_or(0, wgpu::Buffer::size);
     let packs = TexelPacks::new();
     let gemms = Gemms::new(ctx, &packs);
-    let mut dispatches = Vec::new();
+    let mut steps: Vec<Step> = Vec::new();
 
     // 1. The output projection.
     let w_o = parameters.get(weights::OUT)?;
-    dispatches.extend(
+    steps.extend(
         product(
             gemms,
             (tokens, sw, dim),
@@ -237,7 +237,7 @@ async fn backward_dispatches(
         )
         .await?,
     );
-    dispatches.extend(
+    steps.extend(
         product(
             gemms,
             (dim, sw, tokens),
@@ -250,7 +250,7 @@ async fn backward_dispatches(
     );
     if config.bias {
         let out_bias = grads.get(weights::OUT_BIAS)?;
-        dispatches.extend(
+        steps.extend(
             column_sums(
                 gemms,
                 &ones,
@@ -267,7 +267,7 @@ async fn backward_dispatches(
 
     // 2–3. Selection, retrieval and search.
     let problem = core_problem(act, &layout);
-    dispatches.push(
+    steps.push(
         attention_train::selection_backward(
             ctx,
             &problem,
@@ -279,15 +279,16 @@ async fn backward_dispatches(
             &d_qt,
             &act.stats,
         )
-        .await?,
+        .await?
+        .into(),
     );
     match TrainingCore::of(ctx) {
-        TrainingCore::PerRow => dispatches.extend(
+        TrainingCore::PerRow => steps.extend(as_steps(
             attention_train::search_backward(
                 ctx, &problem, &act.proj, &act.mask, &act.stats, &d_ret, &d_proj,
             )
             .await?,
-        ),
+        )),
         TrainingCore::Chunked => {
             let core = attention_chunks::backward(
                 ctx,
@@ -301,7 +302,7 @@ async fn backward_dispatches(
             )
             .await?;
             scratch_bytes += core.scratch_bytes;
-            dispatches.extend(core.dispatches);
+            steps.extend(core.steps);
         }
     }
 
@@ -310,7 +311,7 @@ async fn backward_dispatches(
     let g_rk = grads.get(weights::RETRIEVAL_KEYS)?;
     for sigma in 0..s {
         let rq_columns = layout.retrieval_queries + sigma * d;
-        dispatches.extend(
+        steps.extend(
             product(
                 gemms,
                 (tokens, d, d),
@@ -321,7 +322,7 @@ async fn backward_dispatches(
             )
             .await?,
         );
-        dispatches.extend(
+        steps.extend(
             product(
                 gemms,
                 (d, d, tokens),
@@ -339,7 +340,7 @@ async fn backward_dispatches(
     let d_h_target = d_h.as_ref().unwrap_or(grad_input);
     for (index, (weight, bias, offset, width)) in projection_blocks(&layout).into_iter().enumerate()
     {
-        dispatches.extend(
+        steps.extend(
             product(
                 gemms,
                 (width, dim, tokens),
@@ -351,7 +352,7 @@ async fn backward_dispatches(
             .await?,
         );
         if config.bias {
-            dispatches.extend(
+            steps.extend(
                 column_sums(
                     gemms,
                     &ones,
@@ -365,7 +366,7 @@ async fn backward_dispatches(
                 .await?,
             );
         }
-        dispatches.extend(
+        steps.extend(
             product(
                 gemms,
                 (tokens, dim, width),
@@ -382,7 +383,7 @@ async fn backward_dispatches(
     if let Some(d_h) = &d_h {
         let scaled = storage("d_h ⊙ x̂", &[tokens, dim])?;
         scratch_bytes += scaled.size();
-        dispatches.push(
+        steps.push(
             layer_norm_backward::dispatch(
                 ctx,
                 tokens,
@@ -393,13 +394,14 @@ async fn backward_dispatches(
                 d_h,
                 (grad_input, &scaled),
             )
-            .await?,
+            .await?
+            .into(),
         );
         let (g_gamma, g_beta) = (
             grads.get(weights::NORM_WEIGHT)?,
             grads.get(weights::NORM_BIAS)?,
         );
-        dispatches.extend(
+        steps.extend(
             column_sums(
                 gemms,
                 &ones,
@@ -412,9 +414,8 @@ async fn backward_dispatches(
             )
             .await?,
         );
-        dispatches
-            .extend(column_sums(gemms, &ones, tokens, dim, (d_h, 0, dim), g_beta, 0, true).await?);
+        steps.extend(column_sums(gemms, &ones, tokens, dim, (d_h, 0, dim), g_beta, 0, true).await?);
     }
     act.record_scratch(scratch_bytes + packs.bytes());
-    Ok(dispatches)
+    Ok(steps)
 }

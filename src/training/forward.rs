@@ -10,7 +10,7 @@
 use crate::device_parameters::DeviceParameters;
 use crate::dropout::Dropout;
 use crate::error::Result;
-use crate::gpu::dispatch::{Dispatch, record_pass};
+use crate::gpu::dispatch::{Step, as_steps, record_steps};
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
@@ -49,7 +49,7 @@ impl<'a> Gemms<'a> {
     }
 }
 
-/// `c (+)= a·b` as matmul dispatches (`a`, `b`: buffer, offset, stride, transposed).
+/// `c (+)= a·b` as matmul steps (`a`, `b`: buffer, offset, stride, transposed).
 pub(super) async fn product(
     gemms: Gemms<'_>,
     (m, n, k): (usize, usize, usize),
@@ -57,7 +57,7 @@ pub(super) async fn product(
     b: (&wgpu::Buffer, usize, usize, bool),
     c: (&wgpu::Buffer, usize, usize),
     accumulate: bool,
-) -> Result<Vec<Dispatch>> {
+) -> Result<Vec<Step>> {
     let operand = |(buffer, offset, stride, transposed)| Operand {
         buffer,
         offset,
@@ -70,7 +70,7 @@ pub(super) async fn product(
         stride: c.2,
     };
     let (ctx, operands) = (gemms.ctx, gemms.operands);
-    matmul::dispatches(
+    matmul::product_steps(
         ctx,
         operands,
         m,
@@ -127,7 +127,7 @@ pub(super) async fn add_bias(
     bias: &wgpu::Buffer,
     rows: usize,
     (c, offset, stride, width): (&wgpu::Buffer, usize, usize, usize),
-) -> Result<Vec<Dispatch>> {
+) -> Result<Vec<Step>> {
     product(
         gemms,
         (rows, width, 1),
@@ -142,7 +142,7 @@ pub(super) async fn add_bias(
 /// A forward recorded into an encoder: its kept tensors and the passes that compute them.
 pub(super) struct ForwardTrain {
     pub activations: Activations,
-    dispatches: Vec<Dispatch>,
+    steps: Vec<Step>,
 }
 
 impl ForwardTrain {
@@ -159,7 +159,7 @@ impl ForwardTrain {
         if let Some(mask) = mask {
             encoder.copy_buffer_to_buffer(mask, 0, &act.mask, 0, act.mask.size());
         }
-        record_pass(encoder, "forward_train", &self.dispatches);
+        record_steps(encoder, "forward_train", &self.steps);
     }
 }
 
@@ -211,12 +211,8 @@ impl CompositionalAttention {
             concat: storage("training concat", &[tokens, sw])?,
             scratch_bytes: Default::default(),
         };
-        let dispatches =
-            forward_dispatches(&ctx, &activations, parameters, &layout, output).await?;
-        Ok(ForwardTrain {
-            activations,
-            dispatches,
-        })
+        let steps = forward_dispatches(&ctx, &activations, parameters, &layout, output).await?;
+        Ok(ForwardTrain { activations, steps })
     }
 
     /// A training forward: `x [batch, seq, dim]`, `mask [batch, seq]` (`true` = the key may be
@@ -331,19 +327,19 @@ async fn forward_dispatches(
     parameters: &DeviceParameters,
     layout: &ProjectionLayout,
     output: &wgpu::Buffer,
-) -> Result<Vec<Dispatch>> {
+) -> Result<Vec<Step>> {
     let config = act.config;
     let (dim, d, s) = (config.dim, config.dim_head, config.num_searches);
     let (tokens, sw) = (act.batch * act.seq, s * d);
     let packs = TexelPacks::new();
     let gemms = Gemms::new(ctx, &packs);
-    let mut dispatches = Vec::new();
+    let mut steps: Vec<Step> = Vec::new();
     // LayerNorm.
     let h = match &act.normed {
         Some(normed) => {
             let gamma = parameters.get(weights::NORM_WEIGHT)?;
             let beta = parameters.get(weights::NORM_BIAS)?;
-            dispatches.push(
+            steps.push(
                 layer_norm::dispatch(
                     ctx,
                     tokens,
@@ -353,7 +349,8 @@ async fn forward_dispatches(
                     (gamma, beta),
                     normed,
                 )
-                .await?,
+                .await?
+                .into(),
             );
             normed
         }
@@ -365,7 +362,7 @@ async fn forward_dispatches(
         .then(|| memory::storage_filled(ctx, "ones", tokens, 1.0f32))
         .transpose()?;
     for (weight, bias, offset, width) in projection_blocks(layout) {
-        dispatches.extend(
+        steps.extend(
             product(
                 gemms,
                 (tokens, width, dim),
@@ -378,14 +375,14 @@ async fn forward_dispatches(
         );
         if let Some(ones) = &ones {
             let target = (&act.proj, offset, layout.row_stride, width);
-            dispatches.extend(add_bias(gemms, ones, parameters.get(bias)?, tokens, target).await?);
+            steps.extend(add_bias(gemms, ones, parameters.get(bias)?, tokens, target).await?);
         }
     }
     let ones_bytes = ones.as_ref().map_or(0, wgpu::Buffer::size);
     // Q̃ = RQ·W_rk, per search.
     let w_rk = parameters.get(weights::RETRIEVAL_KEYS)?;
     for sigma in 0..s {
-        dispatches.extend(
+        steps.extend(
             product(
                 gemms,
                 (tokens, d, d),
@@ -406,15 +403,15 @@ async fn forward_dispatches(
     let problem = core_problem(act, layout);
     let mut core_scratch = 0;
     match TrainingCore::of(ctx) {
-        TrainingCore::PerRow => dispatches.extend(
+        TrainingCore::PerRow => steps.extend(as_steps(
             attention_train::forward_core(
                 ctx, &problem, &act.proj, &act.mask, &act.stats, &act.ret,
             )
             .await?,
-        ),
+        )),
         TrainingCore::Chunked => {
             if let Some(plan) = TrainingCore::blocked_forward(ctx, layout, problem.dropout) {
-                dispatches.extend(blocked_core(ctx, &packs, act, layout, plan).await?);
+                steps.extend(blocked_core(ctx, &packs, act, layout, plan).await?);
             } else {
                 let core = attention_chunks::forward(
                     ctx,
@@ -427,11 +424,11 @@ async fn forward_dispatches(
                 )
                 .await?;
                 core_scratch = core.scratch_bytes;
-                dispatches.extend(core.dispatches);
+                steps.extend(core.steps);
             }
         }
     }
-    dispatches.push(
+    steps.push(
         attention_train::selection_forward(
             ctx,
             &problem,
@@ -440,10 +437,11 @@ async fn forward_dispatches(
             &act.selection,
             &act.concat,
         )
-        .await?,
+        .await?
+        .into(),
     );
     // The output projection.
-    dispatches.extend(
+    steps.extend(
         product(
             gemms,
             (tokens, dim, sw),
@@ -456,11 +454,11 @@ async fn forward_dispatches(
     );
     if let Some(ones) = &ones {
         let bias = parameters.get(weights::OUT_BIAS)?;
-        dispatches.extend(add_bias(gemms, ones, bias, tokens, (output, 0, dim, dim)).await?);
+        steps.extend(add_bias(gemms, ones, bias, tokens, (output, 0, dim, dim)).await?);
     }
     // The texel copies are scratch too, alive with the attention core's.
     act.record_scratch(ones_bytes + core_scratch + packs.bytes());
-    Ok(dispatches)
+    Ok(steps)
 }
 
 /// The blocked core of the eval forward writing `act`'s statistics and retrieved values: a
@@ -473,7 +471,7 @@ async fn blocked_core(
     act: &Activations,
     layout: &ProjectionLayout,
     plan: BlockedPlan,
-) -> Result<Vec<Dispatch>> {
+) -> Result<Vec<Step>> {
     let tokens = act.batch * act.seq;
     let whole = Stored {
         buffer: &act.proj,
@@ -504,7 +502,7 @@ async fn blocked_core(
         (&act.stats, &act.ret),
     )
     .await?;
-    Ok(vec![copy, mean, attention])
+    Ok(vec![copy, mean.into(), attention.into()])
 }
 
 /// The attention core's problem for the activations' forward.
