@@ -302,8 +302,8 @@ pub(crate) async fn compile_pending(
 }
 
 /// One thing a training pass records, in order: a kernel launch, or a copy of a matrix into
-/// texel rows by the copy engine (`TexelRows::upload`: on CPU drivers a copy is several times
-/// faster than a kernel that stores texels, and training copies every product's operands).
+/// texel rows by the copy engine (`TexelRows::upload`: on lavapipe 3–5× faster than
+/// `texture_copy.wgsl`, and training copies every product's operands).
 pub(crate) enum Step {
     Kernel(Dispatch),
     Upload(TexelUpload),

@@ -224,13 +224,14 @@ impl TexelRows {
     /// texel rows by the copy engine (`copy_buffer_to_texture`, one copy per texture layer),
     /// or `None` where the copy engine cannot make it and `texture_copy.wgsl` must: an f16
     /// texture, `cols % 4 != 0` (the last texel's padding must be zero, and a copy would carry
-    /// the next columns into it), an offset that is no whole texel, a row pitch that is no
+    /// the next columns into it), rows overlapping (`stride < cols`, which a one-row operand
+    /// may pass), an offset that is no whole texel, a row pitch that is no
     /// multiple of wgpu's 256-byte `COPY_BYTES_PER_ROW_ALIGNMENT`, a source without `COPY_SRC`,
     /// or one too short for the last row (the kernel clamps where a copy would fail).
     ///
-    /// Why: on lavapipe a shader's `textureStore` goes lane by lane, while the copy engine
-    /// copies rows with memcpy: a `[512, 1024]` matrix took 0.8–1.1 ms by copy against
-    /// 3.3–4.6 ms by the kernel (BENCHMARKS.md, Training).
+    /// Why: on lavapipe the copy engine moves whole rows on the host, where the kernel runs an
+    /// invocation per texel: a `[512, 1024]` matrix took 0.8–1.1 ms by copy against 3.3–4.6 ms
+    /// by the kernel (BENCHMARKS.md, Training).
     pub(crate) fn upload(
         &self,
         source: &wgpu::Buffer,
@@ -247,6 +248,7 @@ impl TexelRows {
         let copyable = self.precision == Precision::F32
             && shape.cols.is_multiple_of(4)
             && shape.rows > 0
+            && stride >= shape.cols
             && offset.is_multiple_of(4)
             && pitch.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize)
             && u32::try_from(pitch).is_ok()

@@ -542,6 +542,7 @@ mod tests {
             (10, 62, 0, 64, false, "cols % 4 != 0"),
             (10, 64, 2, 64, false, "an offset inside a texel"),
             (10, 64, 0, 68, false, "a pitch of 272 bytes"),
+            (1, 128, 0, 64, false, "one row with a shorter stride"),
             (200, 64, 4, 64, false, "a source one texel short"),
         ] {
             let stored = Stored {
@@ -556,25 +557,27 @@ mod tests {
                 "{what}: {case} ({rows} × {cols} from {offset}, stride {stride})"
             );
         }
-        let rows = crate::gpu::texture::rows_per_layer(context()) as usize + 3;
-        let (cols, stride) = (8, 64);
-        let data = normal(&mut rng, rows * stride, 1.0);
-        let source = upload(&data);
-        let stored = Stored {
-            buffer: &source,
-            offset: 0,
-            stride,
-        };
-        let (texels, step) = build(packs.pack(context(), "layers", (rows, cols), stored));
-        assert!(matches!(step, Step::Upload(_)), "{what}: {rows} rows");
-        run_steps(&[step]);
-        let got = download_texels(&texels);
-        for row in [0, 1, rows / 2, rows - 4, rows - 1] {
-            assert_eq!(
-                got[row * cols..][..cols],
-                data[row * stride..][..cols],
-                "{what}: row {row} of {rows}"
-            );
+        // Round trips: every texture layer of a tall matrix, and a column block of a wider one.
+        let tall = crate::gpu::texture::rows_per_layer(context()) as usize + 3;
+        for (rows, cols, offset, stride) in [(tall, 8, 0, 64), (5, 16, 20, 128)] {
+            let data = normal(&mut rng, offset + rows * stride, 1.0);
+            let source = upload(&data);
+            let stored = Stored {
+                buffer: &source,
+                offset,
+                stride,
+            };
+            let (texels, step) = build(packs.pack(context(), "round trip", (rows, cols), stored));
+            assert!(matches!(step, Step::Upload(_)), "{what}: {rows} × {cols}");
+            run_steps(&[step]);
+            let got = download_texels(&texels);
+            for row in [0, 1, rows / 2, rows - 4, rows - 1] {
+                assert_eq!(
+                    got[row * cols..][..cols],
+                    data[offset + row * stride..][..cols],
+                    "{what}: row {row} of {rows} × {cols} from {offset}"
+                );
+            }
         }
     }
 }
