@@ -192,6 +192,21 @@ fn gradients_match_the_reference_past_512_value_columns() {
     );
 }
 
+/// Layouts the copy engine uploads (ops::matmul, `TexelRows::upload`: dim 64 and a packed row of
+/// 128 projections put `h`, `x`, the weights, `dy` and every projection block at 256-byte row
+/// pitches) beside ones the copy kernel handles (`[tokens, s·d = 32]`), with biases, prenorm,
+/// padding and a fully masked batch row.
+#[test]
+fn gradients_match_the_reference_through_uploaded_operands() {
+    check_against_reference(
+        "gradients_match_the_reference_through_uploaded_operands",
+        config(64, 16, 2, 2).bias(true).prenorm(true),
+        (3, 9),
+        Some(&[9, 5, 0]),
+        1.0,
+    );
+}
+
 #[test]
 fn gradients_match_the_reference_at_a_size_that_splits_loops() {
     // Long enough that the key and query loops split into several dispatches on a driver

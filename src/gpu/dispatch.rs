@@ -301,45 +301,49 @@ pub(crate) async fn compile_pending(
     .await
 }
 
-/// One thing a training pass records, in order: a kernel launch, or a copy of a matrix into
+/// One command a training pass records, in order: a kernel launch, or a copy of a matrix into
 /// texel rows by the copy engine (`TexelRows::upload`: on lavapipe 3–5× faster than
 /// `texture_copy.wgsl`, and training copies every product's operands).
-pub(crate) enum Step {
+pub(crate) enum Command {
     Kernel(Dispatch),
     Upload(TexelUpload),
 }
 
-impl From<Dispatch> for Step {
+impl From<Dispatch> for Command {
     fn from(dispatch: Dispatch) -> Self {
-        Step::Kernel(dispatch)
+        Command::Kernel(dispatch)
     }
 }
 
-/// Kernel launches as steps.
-pub(crate) fn as_steps(dispatches: Vec<Dispatch>) -> Vec<Step> {
-    dispatches.into_iter().map(Step::from).collect()
+/// Kernel launches as commands.
+pub(crate) fn as_commands(dispatches: Vec<Dispatch>) -> Vec<Command> {
+    dispatches.into_iter().map(Command::from).collect()
 }
 
-/// Records `steps` in order: each run of kernels into one compute pass labelled `label`, each
+/// Records `commands` in order: each run of kernels into one compute pass labelled `label`, each
 /// upload on the encoder between them (io-free dispatches only, as [`record_pass`]).
-pub(crate) fn record_steps(encoder: &mut wgpu::CommandEncoder, label: &str, steps: &[Step]) {
-    let mut rest = steps;
+pub(crate) fn record_commands(
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    commands: &[Command],
+) {
+    let mut rest = commands;
     while let Some(first) = rest.first() {
-        if let Step::Upload(upload) = first {
+        if let Command::Upload(upload) = first {
             upload.record(encoder);
             rest = &rest[1..];
             continue;
         }
         let end = rest
             .iter()
-            .position(|step| matches!(step, Step::Upload(_)))
+            .position(|step| matches!(step, Command::Upload(_)))
             .unwrap_or(rest.len());
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(label),
             timestamp_writes: None,
         });
         for step in &rest[..end] {
-            if let Step::Kernel(dispatch) = step {
+            if let Command::Kernel(dispatch) = step {
                 dispatch.record(&mut pass, None);
             }
         }

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use crate::rng::Rng as StdRng;
 
-use crate::gpu::dispatch::{Dispatch, Step, record_steps};
+use crate::gpu::dispatch::{Command, Dispatch, record_commands};
 use crate::gpu::{GpuContext, memory};
 use crate::precision::Precision;
 use crate::testing::{self, ErrorStats};
@@ -113,17 +113,17 @@ pub(crate) fn run(dispatches: &[&Dispatch]) {
     .expect("dispatch");
 }
 
-/// Records `steps` as a training pass does (uploads between compute passes), submits and waits.
-pub(crate) fn run_steps(steps: &[Step]) {
+/// Records `commands` as a training pass does (uploads between compute passes), submits and waits.
+pub(crate) fn run_commands(commands: &[Command]) {
     let _serial = serial();
     let ctx = context();
-    pollster::block_on(ctx.scoped("test steps", || {
+    pollster::block_on(ctx.scoped("test commands", || {
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
-        record_steps(&mut encoder, "test steps", steps);
+        record_commands(&mut encoder, "test commands", commands);
         ctx.queue().submit([encoder.finish()]);
         Ok(())
     }))
-    .expect("steps");
+    .expect("commands");
 }
 
 /// Copies `len` f32s of `buffer` back to the host.

@@ -223,15 +223,15 @@ impl TexelRows {
     /// A copy of the f32 matrix `m[row, col] = source[offset + row·stride + col]` into these
     /// texel rows by the copy engine (`copy_buffer_to_texture`, one copy per texture layer),
     /// or `None` where the copy engine cannot make it and `texture_copy.wgsl` must: an f16
-    /// texture, `cols % 4 != 0` (the last texel's padding must be zero, and a copy would carry
-    /// the next columns into it), rows overlapping (`stride < cols`, which a one-row operand
-    /// may pass), an offset that is no whole texel, a row pitch that is no
+    /// texture, no columns or `cols % 4 != 0` (the last texel's padding must be zero, and a
+    /// copy would carry the next columns into it), rows overlapping (`stride < cols`, which a
+    /// one-row operand may pass), an offset that is no whole texel, a row pitch that is no
     /// multiple of wgpu's 256-byte `COPY_BYTES_PER_ROW_ALIGNMENT`, a source without `COPY_SRC`,
-    /// or one too short for the last row (the kernel clamps where a copy would fail).
+    /// or one too short for the last row (wgpu would reject each of these copies).
     ///
     /// Why: on lavapipe the copy engine moves whole rows on the host, where the kernel runs an
-    /// invocation per texel: a `[512, 1024]` matrix took 0.8–1.1 ms by copy against 3.3–4.6 ms
-    /// by the kernel (BENCHMARKS.md, Training).
+    /// invocation per texel: a `[512, 1024]` matrix took 0.84–0.90 ms by copy against
+    /// 3.3–4.6 ms by the kernel (BENCHMARKS.md, Training).
     pub(crate) fn upload(
         &self,
         source: &wgpu::Buffer,
@@ -248,6 +248,7 @@ impl TexelRows {
         let copyable = self.precision == Precision::F32
             && shape.cols.is_multiple_of(4)
             && shape.rows > 0
+            && shape.cols > 0
             && stride >= shape.cols
             && offset.is_multiple_of(4)
             && pitch.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize)

@@ -29,7 +29,7 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Dispatch, Step, as_steps};
+use crate::gpu::dispatch::{Command, Dispatch, as_commands};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::ops::Rows;
@@ -96,7 +96,7 @@ struct ChunkSearch {
 type Chunk<'r> = (usize, usize, &'r std::ops::Range<usize>);
 
 /// The texel rows of `slot` `[rows, cols]`, copied from `source` by the chunk for which `first`
-/// holds (the copy goes onto `steps`); the later chunks find them in their texture, which
+/// holds (the copy goes onto `commands`); the later chunks find them in their texture, which
 /// no other product writes.
 async fn copied_once(
     ctx: &GpuContext,
@@ -105,13 +105,13 @@ async fn copied_once(
     (rows, cols): (usize, usize),
     source: Stored<'_>,
     first: bool,
-    steps: &mut Vec<Step>,
+    commands: &mut Vec<Command>,
 ) -> Result<TexelRows> {
     if !first {
         return packs.texels(ctx, slot, rows, cols);
     }
     let (texels, copy) = packs.pack(ctx, slot, (rows, cols), source).await?;
-    steps.push(copy);
+    commands.push(copy);
     Ok(texels)
 }
 
@@ -122,17 +122,17 @@ async fn batch_values(
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
     (b, sigma, rows): Chunk<'_>,
-    steps: &mut Vec<Step>,
+    commands: &mut Vec<Command>,
 ) -> Result<TexelRows> {
     let l = &problem.layout;
     let (_, _, v) = problem.chunk_offsets(b, sigma, rows.start);
     let source = plain(proj, v, l.row_stride);
     let first = sigma == 0 && rows.start == 0;
     let shape = (l.seq, problem.value_width());
-    copied_once(ctx, packs, "chunk RV", shape, source, first, steps).await
+    copied_once(ctx, packs, "chunk RV", shape, source, first, commands).await
 }
 
-/// `S = SQ_C·SK_bᵀ` into the `scores` texels of `[c, n]` (onto `steps`), after copying
+/// `S = SQ_C·SK_bᵀ` into the `scores` texels of `[c, n]` (onto `commands`), after copying
 /// `SQ_C` and, by the first chunk of (b, σ), `SK_b`; returns the scores and the two copies.
 async fn scores(
     ctx: &GpuContext,
@@ -140,7 +140,7 @@ async fn scores(
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
     (b, sigma, rows): Chunk<'_>,
-    steps: &mut Vec<Step>,
+    commands: &mut Vec<Command>,
 ) -> Result<(TexelRows, ChunkSearch)> {
     let l = &problem.layout;
     let (n, d, rs, c) = (l.seq, l.head, l.row_stride, rows.len());
@@ -148,15 +148,15 @@ async fn scores(
     let (sq, copy_q) = packs
         .pack(ctx, "chunk SQ", (c, d), plain(proj, q, rs))
         .await?;
-    steps.push(copy_q);
+    commands.push(copy_q);
     let first = rows.start == 0;
     let sk_source = plain(proj, k, rs);
-    let sk = copied_once(ctx, packs, "chunk SK", (n, d), sk_source, first, steps).await?;
+    let sk = copied_once(ctx, packs, "chunk SK", (n, d), sk_source, first, commands).await?;
     let scores = packs.texels(ctx, "chunk scores", c, n)?;
     let out = Rows::Texels(&scores);
     let product =
         matmul::texel_product(ctx, (&sq).into(), (&sk).into(), out, block(0, n, false)).await?;
-    steps.extend(as_steps(product));
+    commands.extend(as_commands(product));
     Ok((scores, ChunkSearch { sq, sk }))
 }
 
@@ -169,18 +169,18 @@ pub(crate) async fn forward(
     mask: &wgpu::Buffer,
     (stats, ret): (&wgpu::Buffer, &wgpu::Buffer),
     step: usize,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     let l = problem.layout;
     let (n, vw) = (l.seq, problem.value_width());
-    let mut steps = Vec::new();
+    let mut commands = Vec::new();
     for (b, sigma, rows) in problem.chunks(step) {
         let c = rows.len();
         let row0 = (b * l.searches + sigma) * n + rows.start;
         let chunk = (b, sigma, &rows);
-        let (scores, _) = scores(ctx, packs, problem, proj, chunk, &mut steps).await?;
+        let (scores, _) = scores(ctx, packs, problem, proj, chunk, &mut commands).await?;
         let weights = packs.texels(ctx, "chunk weights", c, n)?;
         let params = problem.chunk_params((b, sigma), rows.clone());
-        steps.push(
+        commands.push(
             Dispatch::new(
                 ctx,
                 &softmax_variant(ctx),
@@ -197,15 +197,15 @@ pub(crate) async fn forward(
             .into(),
         );
         // Ret_C = Ã·RV_b: the GEMM reads RV_b [n, vw] transposed as its right operand's rows.
-        let rv = batch_values(ctx, packs, problem, proj, chunk, &mut steps).await?;
+        let rv = batch_values(ctx, packs, problem, proj, chunk, &mut commands).await?;
         let out = Rows::Buffer(ret.into());
         let ret_block = block(row0 * vw, vw, false);
         let (lhs, rhs) = ((&weights).into(), TexelOperand::Transposed(&rv));
-        steps.extend(as_steps(
+        commands.extend(as_commands(
             matmul::texel_product(ctx, lhs, rhs, out, ret_block).await?,
         ));
     }
-    Ok(steps)
+    Ok(commands)
 }
 
 /// The backward: dSQ, dSK and dRV into `d_proj`'s columns from `d_ret` and the statistics
@@ -220,10 +220,10 @@ pub(crate) async fn backward(
     (stats, d_ret): (&wgpu::Buffer, &wgpu::Buffer),
     d_proj: &wgpu::Buffer,
     step: usize,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     let l = problem.layout;
     let (n, vw, rs) = (l.seq, problem.value_width(), l.row_stride);
-    let mut steps = Vec::new();
+    let mut commands = Vec::new();
     for (b, sigma, rows) in problem.chunks(step) {
         let c = rows.len();
         let (q, k, v) = problem.chunk_offsets(b, sigma, rows.start);
@@ -231,14 +231,14 @@ pub(crate) async fn backward(
         // S = SQ_C·SK_bᵀ and dA = dRet_C·RV_bᵀ. The first chunk of (b, σ) copies SK_b, the
         // first of b RV_b; later chunks find the copies in their textures.
         let chunk = (b, sigma, &rows);
-        let (scores, search) = scores(ctx, packs, problem, proj, chunk, &mut steps).await?;
+        let (scores, search) = scores(ctx, packs, problem, proj, chunk, &mut commands).await?;
         let d_ret_rows = plain(d_ret, row0 * vw, vw);
         let (d_ret_c, copy_dr) = packs.pack(ctx, "chunk dRet", (c, vw), d_ret_rows).await?;
-        steps.push(copy_dr);
-        let rv = batch_values(ctx, packs, problem, proj, chunk, &mut steps).await?;
+        commands.push(copy_dr);
+        let rv = batch_values(ctx, packs, problem, proj, chunk, &mut commands).await?;
         let d_weights = packs.texels(ctx, "chunk dA", c, n)?;
         let (lhs, rhs, out) = ((&d_ret_c).into(), (&rv).into(), Rows::Texels(&d_weights));
-        steps.extend(as_steps(
+        commands.extend(as_commands(
             matmul::texel_product(ctx, lhs, rhs, out, block(0, n, false)).await?,
         ));
         // dL and Ã.
@@ -246,7 +246,7 @@ pub(crate) async fn backward(
         let weights = packs.texels(ctx, "chunk weights", c, n)?;
         let params = problem.chunk_params((b, sigma), rows.clone());
         let texels = (c * n.div_ceil(4)) as u64;
-        steps.push(
+        commands.push(
             Dispatch::new(
                 ctx,
                 &backward_variant(ctx),
@@ -269,21 +269,21 @@ pub(crate) async fn backward(
         // dSQ_C = dL·SK_b (each query row's once): the right operand's rows are SK_bᵀ's.
         let (lhs, rhs) = ((&d_logits).into(), stored_t(&search.sk));
         let dsq = block(q, rs, false);
-        steps.extend(as_steps(
+        commands.extend(as_commands(
             matmul::texel_product(ctx, lhs, rhs, out(), dsq).await?,
         ));
         // dSK_b += dLᵀ·SQ_C (the first chunk of (b, σ) writes).
         let (lhs, rhs) = (stored_t(&d_logits), stored_t(&search.sq));
         let dsk = block(k, rs, rows.start > 0);
-        steps.extend(as_steps(
+        commands.extend(as_commands(
             matmul::texel_product(ctx, lhs, rhs, out(), dsk).await?,
         ));
         // dRV_b += Ãᵀ·dRet_C, summed over every search and chunk (the first of b writes).
         let (lhs, rhs) = (stored_t(&weights), stored_t(&d_ret_c));
         let drv = block(v, rs, sigma > 0 || rows.start > 0);
-        steps.extend(as_steps(
+        commands.extend(as_commands(
             matmul::texel_product(ctx, lhs, rhs, out(), drv).await?,
         ));
     }
-    Ok(steps)
+    Ok(commands)
 }

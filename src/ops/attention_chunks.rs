@@ -20,7 +20,7 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Dispatch, Step};
+use crate::gpu::dispatch::{Command, Dispatch};
 use crate::gpu::memory;
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::ops::attention_chunk_texels;
@@ -84,7 +84,7 @@ fn route<'p>(
 /// A chunked core's passes and the bytes of its own scratch buffers (the texel route's live in
 /// the caller's `TexelPacks`).
 pub(crate) struct ChunkPasses {
-    pub steps: Vec<Step>,
+    pub commands: Vec<Command>,
     pub scratch_bytes: u64,
 }
 
@@ -114,7 +114,7 @@ async fn scores(
     proj: &wgpu::Buffer,
     (b, sigma, rows): (usize, usize, &std::ops::Range<usize>),
     scores: &wgpu::Buffer,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     let l = &problem.layout;
     let (q, k, _) = problem.chunk_offsets(b, sigma, rows.start);
     let target = Target {
@@ -122,7 +122,7 @@ async fn scores(
         offset: 0,
         stride: l.seq,
     };
-    matmul::product_steps(
+    matmul::product_commands(
         ctx,
         operands,
         rows.len(),
@@ -149,11 +149,11 @@ pub(crate) async fn forward(
 ) -> Result<ChunkPasses> {
     let (texels, step) = route(ctx, operands, problem.layout.seq, step);
     if let Some(packs) = texels {
-        let steps =
+        let commands =
             attention_chunk_texels::forward(ctx, packs, problem, proj, mask, (stats, ret), step)
                 .await?;
         return Ok(ChunkPasses {
-            steps,
+            commands,
             scratch_bytes: 0,
         });
     }
@@ -161,11 +161,11 @@ pub(crate) async fn forward(
     let scratch = &buffers.0;
     let l = problem.layout;
     let vw = problem.value_width();
-    let mut steps = Vec::new();
+    let mut commands = Vec::new();
     for (b, sigma, rows) in problem.chunks(step) {
-        steps.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
+        commands.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
         let params = problem.chunk_params((b, sigma), rows.clone());
-        steps.push(
+        commands.push(
             Dispatch::new(
                 ctx,
                 &softmax_variant(ctx),
@@ -178,8 +178,8 @@ pub(crate) async fn forward(
         );
         let (_, _, v) = problem.chunk_offsets(b, sigma, 0);
         let row0 = (b * l.searches + sigma) * l.seq + rows.start;
-        steps.extend(
-            matmul::product_steps(
+        commands.extend(
+            matmul::product_commands(
                 ctx,
                 operands,
                 rows.len(),
@@ -198,7 +198,7 @@ pub(crate) async fn forward(
         );
     }
     Ok(ChunkPasses {
-        steps,
+        commands,
         scratch_bytes: buffers.0.size() + buffers.1.size(),
     })
 }
@@ -219,7 +219,7 @@ pub(crate) async fn backward(
 ) -> Result<ChunkPasses> {
     let (texels, step) = route(ctx, operands, problem.layout.seq, step);
     if let Some(packs) = texels {
-        let steps = attention_chunk_texels::backward(
+        let commands = attention_chunk_texels::backward(
             ctx,
             packs,
             problem,
@@ -231,7 +231,7 @@ pub(crate) async fn backward(
         )
         .await?;
         return Ok(ChunkPasses {
-            steps,
+            commands,
             scratch_bytes: 0,
         });
     }
@@ -239,15 +239,15 @@ pub(crate) async fn backward(
     let (scratch, d_scratch) = (&buffers.0, &buffers.1);
     let l = problem.layout;
     let (n, d, vw, rs) = (l.seq, l.head, problem.value_width(), l.row_stride);
-    let mut steps = Vec::new();
+    let mut commands = Vec::new();
     for (b, sigma, rows) in problem.chunks(step) {
         let (q, k, v) = problem.chunk_offsets(b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
         let c = rows.len();
-        steps.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
+        commands.extend(scores(ctx, operands, problem, proj, (b, sigma, &rows), scratch).await?);
         // dA = dRet_C·RV_bᵀ.
-        steps.extend(
-            matmul::product_steps(
+        commands.extend(
+            matmul::product_commands(
                 ctx,
                 operands,
                 c,
@@ -265,7 +265,7 @@ pub(crate) async fn backward(
             .await?,
         );
         let params = problem.chunk_params((b, sigma), rows.clone());
-        steps.push(
+        commands.push(
             Dispatch::new(
                 ctx,
                 &backward_variant(),
@@ -282,8 +282,8 @@ pub(crate) async fn backward(
             stride: rs,
         };
         // dSQ_C = dL·SK_b (each query row's once).
-        steps.extend(
-            matmul::product_steps(
+        commands.extend(
+            matmul::product_commands(
                 ctx,
                 operands,
                 c,
@@ -297,8 +297,8 @@ pub(crate) async fn backward(
             .await?,
         );
         // dSK_b += dLᵀ·SQ_C (the first chunk of (b, σ) writes).
-        steps.extend(
-            matmul::product_steps(
+        commands.extend(
+            matmul::product_commands(
                 ctx,
                 operands,
                 n,
@@ -312,8 +312,8 @@ pub(crate) async fn backward(
             .await?,
         );
         // dRV_b += Ãᵀ·dRet_C, summed over every search and chunk (the first of b writes).
-        steps.extend(
-            matmul::product_steps(
+        commands.extend(
+            matmul::product_commands(
                 ctx,
                 operands,
                 n,
@@ -328,7 +328,7 @@ pub(crate) async fn backward(
         );
     }
     Ok(ChunkPasses {
-        steps,
+        commands,
         scratch_bytes: buffers.0.size() + buffers.1.size(),
     })
 }
@@ -376,8 +376,8 @@ mod tests {
                 (&stats, &ret),
                 Some(step),
             ))
-            .steps;
-            run_steps(&forward);
+            .commands;
+            run_commands(&forward);
             // A row term D of its own, as the selection's backward would write it.
             let mut row_stats = download(&stats, rows * 4);
             for (index, row) in row_stats.chunks_exact_mut(4).enumerate() {
@@ -394,8 +394,8 @@ mod tests {
                 &d_proj,
                 Some(step),
             ))
-            .steps;
-            run_steps(&backward);
+            .commands;
+            run_commands(&backward);
             (
                 download(&ret, rows * vw),
                 row_stats,

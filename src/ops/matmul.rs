@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Dispatch, Step, as_steps, split_for_loop_budget};
+use crate::gpu::dispatch::{Command, Dispatch, as_commands, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::texture::{TexelRows, TexelShape};
 use crate::gpu::uniform::uniform;
@@ -107,8 +107,8 @@ pub(crate) enum Operands<'p> {
 /// The texel copies of products' operands (and the texel intermediates of training's chunked
 /// core): one `rgba32float` texture per `(rows, cols, slot)`, reused by every product that
 /// needs that slot and shape. Products run in the order they were bound
-/// and wgpu orders a dispatch's writes after the previous dispatch's reads, so a later
-/// product may overwrite a copy an earlier one has read.
+/// and wgpu orders each command's writes (a dispatch's or a copy's) after the previous
+/// commands' reads, so a later product may overwrite a copy an earlier one has read.
 #[derive(Default)]
 pub(crate) struct TexelPacks {
     packs: Mutex<HashMap<(usize, usize, &'static str), TexelRows>>,
@@ -153,13 +153,13 @@ impl TexelPacks {
         slot: &'static str,
         (rows, cols): (usize, usize),
         a: Stored<'_>,
-    ) -> Result<(TexelRows, Step)> {
+    ) -> Result<(TexelRows, Command)> {
         for value in [a.offset, a.stride] {
             index("offset or stride", value)?;
         }
         let texels = self.texels(ctx, slot, rows, cols)?;
         if let Some(upload) = texels.upload(a.buffer, a.offset, a.stride) {
-            return Ok((texels, Step::Upload(upload)));
+            return Ok((texels, Command::Upload(upload)));
         }
         let block = SourceBlock {
             offset: a.offset,
@@ -193,7 +193,7 @@ fn index(what: &str, value: usize) -> Result<u32> {
 /// dispatch, or one per slice of `k` where the driver caps loop iterations (texels: two copies
 /// first). `k = 0` writes zeros (or, accumulating, leaves C).
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn product_steps(
+pub(crate) async fn product_commands(
     ctx: &GpuContext,
     operands: Operands<'_>,
     m: usize,
@@ -203,7 +203,7 @@ pub(crate) async fn product_steps(
     b: Operand<'_>,
     c: Target<'_>,
     accumulate: bool,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     // Each operand as it is stored: op(A) [m, k] or its transpose, op(B)ᵀ [n, k] or its
     // transpose.
     let a_shape = if a.transposed { (k, m) } else { (m, k) };
@@ -232,7 +232,7 @@ pub(crate) async fn product_steps(
             true => TexelOperand::Rows(&rhs),
             false => TexelOperand::Transposed(&rhs),
         };
-        let mut dispatches = vec![copy_a, copy_b];
+        let mut commands = vec![copy_a, copy_b];
         let buffer_out = Rows::Buffer(c.buffer.into());
         let out = OutBlock {
             offset: c.offset,
@@ -240,10 +240,10 @@ pub(crate) async fn product_steps(
             accumulate,
         };
         let product = texel_product(ctx, lhs_operand, rhs_operand, buffer_out, out).await?;
-        dispatches.extend(as_steps(product));
-        return Ok(dispatches);
+        commands.extend(as_commands(product));
+        return Ok(commands);
     }
-    Ok(as_steps(
+    Ok(as_commands(
         buffer_dispatches(ctx, m, n, k, a, b, c, accumulate).await?,
     ))
 }
@@ -412,7 +412,7 @@ mod tests {
                 );
                 let (a_buf, b_buf, c_buf) = (upload(&a), upload(&b), poisoned(c_len));
                 let run_product = |accumulate: bool| {
-                    let ds = build(product_steps(
+                    let ds = build(product_commands(
                         context(),
                         operands,
                         m,
@@ -440,7 +440,7 @@ mod tests {
                     if k > 60_000 && context().loop_budget().is_some() {
                         assert!(ds.len() > 1, "{what}: K = {k} did not split");
                     }
-                    run_steps(&ds);
+                    run_commands(&ds);
                     download(&c_buf, c_len)
                 };
                 let block = |c: &[f32]| -> Vec<f32> {
@@ -502,7 +502,7 @@ mod tests {
                     offset: 0,
                     stride: n,
                 };
-                all.extend(build(product_steps(
+                all.extend(build(product_commands(
                     context(),
                     operands,
                     m,
@@ -515,7 +515,7 @@ mod tests {
                 )));
                 outputs.push((a_buf, b_buf, c_buf));
             }
-            run_steps(&all);
+            run_commands(&all);
             for (i, ((_, _, c_buf), expected)) in outputs.iter().zip(&expected).enumerate() {
                 let c = download(c_buf, m * n);
                 let label = format!("{what}: {route}, {m}×{n}×{k}, product {i}");
@@ -544,6 +544,7 @@ mod tests {
             (10, 64, 0, 68, false, "a pitch of 272 bytes"),
             (1, 128, 0, 64, false, "one row with a shorter stride"),
             (200, 64, 4, 64, false, "a source one texel short"),
+            (10, 0, 0, 64, false, "no columns"),
         ] {
             let stored = Stored {
                 buffer: &source,
@@ -552,11 +553,29 @@ mod tests {
             };
             let (_, step) = build(packs.pack(context(), "upload", (rows, cols), stored));
             assert_eq!(
-                matches!(step, Step::Upload(_)),
+                matches!(step, Command::Upload(_)),
                 uploads,
                 "{what}: {case} ({rows} × {cols} from {offset}, stride {stride})"
             );
         }
+        // A caller's buffer that cannot be a copy source (encode_backward's grad_output may be
+        // one) is copied by the kernel.
+        let storage_only = context().device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("storage only"),
+            size: 4 * 64 * 10,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let stored = Stored {
+            buffer: &storage_only,
+            offset: 0,
+            stride: 64,
+        };
+        let (_, command) = build(packs.pack(context(), "upload", (10, 64), stored));
+        assert!(
+            matches!(command, Command::Kernel(_)),
+            "{what}: a source without COPY_SRC"
+        );
         // Round trips: every texture layer of a tall matrix, and a column block of a wider one.
         let tall = crate::gpu::texture::rows_per_layer(context()) as usize + 3;
         for (rows, cols, offset, stride) in [(tall, 8, 0, 64), (5, 16, 20, 128)] {
@@ -568,10 +587,13 @@ mod tests {
                 stride,
             };
             let (texels, step) = build(packs.pack(context(), "round trip", (rows, cols), stored));
-            assert!(matches!(step, Step::Upload(_)), "{what}: {rows} × {cols}");
-            run_steps(&[step]);
+            assert!(
+                matches!(step, Command::Upload(_)),
+                "{what}: {rows} × {cols}"
+            );
+            run_commands(&[step]);
             let got = download_texels(&texels);
-            for row in [0, 1, rows / 2, rows - 4, rows - 1] {
+            for row in 0..rows {
                 assert_eq!(
                     got[row * cols..][..cols],
                     data[offset + row * stride..][..cols],

@@ -1,7 +1,9 @@
 //! A storage-buffer matrix into texel rows (`shaders/texture_copy.wgsl`): the bridge from
 //! kernels that write buffers to the texel GEMM of the CPU kernel profile. Training's GEMMs
-//! (`ops::matmul`) copy column blocks through it, as they are stored: the texel GEMM reads a
-//! stored transpose itself, which costs less than a copy that transposes.
+//! (`ops::matmul`) copy column blocks as they are stored (the texel GEMM reads a stored
+//! transpose itself, which costs less than a copy that transposes): by the copy engine where
+//! the layout allows (`TexelRows::upload`, 3–5× faster on lavapipe), through this kernel
+//! otherwise (odd widths, unaligned row pitches, f16 sources, buffers without `COPY_SRC`).
 
 use crate::error::Result;
 use crate::gpu::GpuContext;

@@ -15,7 +15,7 @@
 
 use crate::device_parameters::DeviceParameters;
 use crate::error::{Error, Result};
-use crate::gpu::dispatch::{Step, as_steps, record_steps};
+use crate::gpu::dispatch::{Command, as_commands, record_commands};
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
@@ -31,7 +31,7 @@ use super::{Activations, Gradients};
 
 /// A backward's scratch buffers and passes.
 pub(super) struct BackwardPasses {
-    steps: Vec<Step>,
+    commands: Vec<Command>,
 }
 
 impl CompositionalAttention {
@@ -55,7 +55,7 @@ impl CompositionalAttention {
         self.check_training_objects(act, grads)?;
         let ctx = self.context().clone();
         let parameters = self.device_parameters()?;
-        let steps = backward_dispatches(
+        let commands = backward_commands(
             &ctx,
             act,
             parameters,
@@ -64,7 +64,7 @@ impl CompositionalAttention {
             &grads.buffers,
         )
         .await?;
-        Ok(BackwardPasses { steps })
+        Ok(BackwardPasses { commands })
     }
 
     /// The backward of the forward that made `act`, for the loss whose gradient with respect
@@ -101,7 +101,7 @@ impl CompositionalAttention {
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("backward"),
                     });
-            record_steps(&mut encoder, "backward", &passes.steps);
+            record_commands(&mut encoder, "backward", &passes.commands);
             encoder.copy_buffer_to_buffer(&grad_input, 0, &staging, 0, 4 * len as u64);
             ctx.queue().submit([encoder.finish()]);
             Ok(())
@@ -155,7 +155,7 @@ impl CompositionalAttention {
         let _serial = pollster::block_on(ctx.serial());
         let passes = pollster::block_on(self.build_backward(act, grad_output, grad_input, grads))?;
         ctx.scoped_now("encode_backward", || {
-            record_steps(encoder, "backward", &passes.steps);
+            record_commands(encoder, "backward", &passes.commands);
             Ok(())
         })
     }
@@ -172,7 +172,7 @@ async fn column_sums(
     out: &wgpu::Buffer,
     out_offset: usize,
     accumulate: bool,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     product(
         gemms,
         (1, cols, rows),
@@ -186,14 +186,14 @@ async fn column_sums(
 
 /// The backward's passes in data-flow order (reversed), adding to `grads` and writing
 /// `grad_input`.
-async fn backward_dispatches(
+async fn backward_commands(
     ctx: &GpuContext,
     act: &Activations,
     parameters: &DeviceParameters,
     grad_output: &wgpu::Buffer,
     grad_input: &wgpu::Buffer,
     grads: &DeviceParameters,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     let config = act.config;
     let (dim, d, s, r) = (
         config.dim,
@@ -222,11 +222,11 @@ async fn backward_dispatches(
         + d_h.as_ref().map_or(0, wgpu::Buffer::size);
     let packs = TexelPacks::new();
     let gemms = Gemms::new(ctx, &packs);
-    let mut steps: Vec<Step> = Vec::new();
+    let mut commands: Vec<Command> = Vec::new();
 
     // 1. The output projection.
     let w_o = parameters.get(weights::OUT)?;
-    steps.extend(
+    commands.extend(
         product(
             gemms,
             (tokens, sw, dim),
@@ -237,7 +237,7 @@ async fn backward_dispatches(
         )
         .await?,
     );
-    steps.extend(
+    commands.extend(
         product(
             gemms,
             (dim, sw, tokens),
@@ -250,7 +250,7 @@ async fn backward_dispatches(
     );
     if config.bias {
         let out_bias = grads.get(weights::OUT_BIAS)?;
-        steps.extend(
+        commands.extend(
             column_sums(
                 gemms,
                 &ones,
@@ -267,7 +267,7 @@ async fn backward_dispatches(
 
     // 2–3. Selection, retrieval and search.
     let problem = core_problem(act, &layout);
-    steps.push(
+    commands.push(
         attention_train::selection_backward(
             ctx,
             &problem,
@@ -283,7 +283,7 @@ async fn backward_dispatches(
         .into(),
     );
     match TrainingCore::of(ctx) {
-        TrainingCore::PerRow => steps.extend(as_steps(
+        TrainingCore::PerRow => commands.extend(as_commands(
             attention_train::search_backward(
                 ctx, &problem, &act.proj, &act.mask, &act.stats, &d_ret, &d_proj,
             )
@@ -302,7 +302,7 @@ async fn backward_dispatches(
             )
             .await?;
             scratch_bytes += core.scratch_bytes;
-            steps.extend(core.steps);
+            commands.extend(core.commands);
         }
     }
 
@@ -311,7 +311,7 @@ async fn backward_dispatches(
     let g_rk = grads.get(weights::RETRIEVAL_KEYS)?;
     for sigma in 0..s {
         let rq_columns = layout.retrieval_queries + sigma * d;
-        steps.extend(
+        commands.extend(
             product(
                 gemms,
                 (tokens, d, d),
@@ -322,7 +322,7 @@ async fn backward_dispatches(
             )
             .await?,
         );
-        steps.extend(
+        commands.extend(
             product(
                 gemms,
                 (d, d, tokens),
@@ -340,7 +340,7 @@ async fn backward_dispatches(
     let d_h_target = d_h.as_ref().unwrap_or(grad_input);
     for (index, (weight, bias, offset, width)) in projection_blocks(&layout).into_iter().enumerate()
     {
-        steps.extend(
+        commands.extend(
             product(
                 gemms,
                 (width, dim, tokens),
@@ -352,7 +352,7 @@ async fn backward_dispatches(
             .await?,
         );
         if config.bias {
-            steps.extend(
+            commands.extend(
                 column_sums(
                     gemms,
                     &ones,
@@ -366,7 +366,7 @@ async fn backward_dispatches(
                 .await?,
             );
         }
-        steps.extend(
+        commands.extend(
             product(
                 gemms,
                 (tokens, dim, width),
@@ -383,7 +383,7 @@ async fn backward_dispatches(
     if let Some(d_h) = &d_h {
         let scaled = storage("d_h ⊙ x̂", &[tokens, dim])?;
         scratch_bytes += scaled.size();
-        steps.push(
+        commands.push(
             layer_norm_backward::dispatch(
                 ctx,
                 tokens,
@@ -401,7 +401,7 @@ async fn backward_dispatches(
             grads.get(weights::NORM_WEIGHT)?,
             grads.get(weights::NORM_BIAS)?,
         );
-        steps.extend(
+        commands.extend(
             column_sums(
                 gemms,
                 &ones,
@@ -414,8 +414,9 @@ async fn backward_dispatches(
             )
             .await?,
         );
-        steps.extend(column_sums(gemms, &ones, tokens, dim, (d_h, 0, dim), g_beta, 0, true).await?);
+        commands
+            .extend(column_sums(gemms, &ones, tokens, dim, (d_h, 0, dim), g_beta, 0, true).await?);
     }
     act.record_scratch(scratch_bytes + packs.bytes());
-    Ok(steps)
+    Ok(commands)
 }

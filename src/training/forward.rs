@@ -10,7 +10,7 @@
 use crate::device_parameters::DeviceParameters;
 use crate::dropout::Dropout;
 use crate::error::Result;
-use crate::gpu::dispatch::{Step, as_steps, record_steps};
+use crate::gpu::dispatch::{Command, as_commands, record_commands};
 use crate::gpu::{GpuContext, memory};
 use crate::io;
 use crate::layer::CompositionalAttention;
@@ -49,7 +49,7 @@ impl<'a> Gemms<'a> {
     }
 }
 
-/// `c (+)= a·b` as matmul steps (`a`, `b`: buffer, offset, stride, transposed).
+/// `c (+)= a·b` as matmul commands (`a`, `b`: buffer, offset, stride, transposed).
 pub(super) async fn product(
     gemms: Gemms<'_>,
     (m, n, k): (usize, usize, usize),
@@ -57,7 +57,7 @@ pub(super) async fn product(
     b: (&wgpu::Buffer, usize, usize, bool),
     c: (&wgpu::Buffer, usize, usize),
     accumulate: bool,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     let operand = |(buffer, offset, stride, transposed)| Operand {
         buffer,
         offset,
@@ -70,7 +70,7 @@ pub(super) async fn product(
         stride: c.2,
     };
     let (ctx, operands) = (gemms.ctx, gemms.operands);
-    matmul::product_steps(
+    matmul::product_commands(
         ctx,
         operands,
         m,
@@ -127,7 +127,7 @@ pub(super) async fn add_bias(
     bias: &wgpu::Buffer,
     rows: usize,
     (c, offset, stride, width): (&wgpu::Buffer, usize, usize, usize),
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     product(
         gemms,
         (rows, width, 1),
@@ -142,7 +142,7 @@ pub(super) async fn add_bias(
 /// A forward recorded into an encoder: its kept tensors and the passes that compute them.
 pub(super) struct ForwardTrain {
     pub activations: Activations,
-    steps: Vec<Step>,
+    commands: Vec<Command>,
 }
 
 impl ForwardTrain {
@@ -159,7 +159,7 @@ impl ForwardTrain {
         if let Some(mask) = mask {
             encoder.copy_buffer_to_buffer(mask, 0, &act.mask, 0, act.mask.size());
         }
-        record_steps(encoder, "forward_train", &self.steps);
+        record_commands(encoder, "forward_train", &self.commands);
     }
 }
 
@@ -211,8 +211,11 @@ impl CompositionalAttention {
             concat: storage("training concat", &[tokens, sw])?,
             scratch_bytes: Default::default(),
         };
-        let steps = forward_dispatches(&ctx, &activations, parameters, &layout, output).await?;
-        Ok(ForwardTrain { activations, steps })
+        let commands = forward_commands(&ctx, &activations, parameters, &layout, output).await?;
+        Ok(ForwardTrain {
+            activations,
+            commands,
+        })
     }
 
     /// A training forward: `x [batch, seq, dim]`, `mask [batch, seq]` (`true` = the key may be
@@ -321,25 +324,25 @@ impl CompositionalAttention {
 }
 
 /// The forward's passes, in data-flow order, writing `output`.
-async fn forward_dispatches(
+async fn forward_commands(
     ctx: &GpuContext,
     act: &Activations,
     parameters: &DeviceParameters,
     layout: &ProjectionLayout,
     output: &wgpu::Buffer,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     let config = act.config;
     let (dim, d, s) = (config.dim, config.dim_head, config.num_searches);
     let (tokens, sw) = (act.batch * act.seq, s * d);
     let packs = TexelPacks::new();
     let gemms = Gemms::new(ctx, &packs);
-    let mut steps: Vec<Step> = Vec::new();
+    let mut commands: Vec<Command> = Vec::new();
     // LayerNorm.
     let h = match &act.normed {
         Some(normed) => {
             let gamma = parameters.get(weights::NORM_WEIGHT)?;
             let beta = parameters.get(weights::NORM_BIAS)?;
-            steps.push(
+            commands.push(
                 layer_norm::dispatch(
                     ctx,
                     tokens,
@@ -362,7 +365,7 @@ async fn forward_dispatches(
         .then(|| memory::storage_filled(ctx, "ones", tokens, 1.0f32))
         .transpose()?;
     for (weight, bias, offset, width) in projection_blocks(layout) {
-        steps.extend(
+        commands.extend(
             product(
                 gemms,
                 (tokens, width, dim),
@@ -375,14 +378,14 @@ async fn forward_dispatches(
         );
         if let Some(ones) = &ones {
             let target = (&act.proj, offset, layout.row_stride, width);
-            steps.extend(add_bias(gemms, ones, parameters.get(bias)?, tokens, target).await?);
+            commands.extend(add_bias(gemms, ones, parameters.get(bias)?, tokens, target).await?);
         }
     }
     let ones_bytes = ones.as_ref().map_or(0, wgpu::Buffer::size);
     // Q̃ = RQ·W_rk, per search.
     let w_rk = parameters.get(weights::RETRIEVAL_KEYS)?;
     for sigma in 0..s {
-        steps.extend(
+        commands.extend(
             product(
                 gemms,
                 (tokens, d, d),
@@ -403,7 +406,7 @@ async fn forward_dispatches(
     let problem = core_problem(act, layout);
     let mut core_scratch = 0;
     match TrainingCore::of(ctx) {
-        TrainingCore::PerRow => steps.extend(as_steps(
+        TrainingCore::PerRow => commands.extend(as_commands(
             attention_train::forward_core(
                 ctx, &problem, &act.proj, &act.mask, &act.stats, &act.ret,
             )
@@ -411,7 +414,7 @@ async fn forward_dispatches(
         )),
         TrainingCore::Chunked => {
             if let Some(plan) = TrainingCore::blocked_forward(ctx, layout, problem.dropout) {
-                steps.extend(blocked_core(ctx, &packs, act, layout, plan).await?);
+                commands.extend(blocked_core(ctx, &packs, act, layout, plan).await?);
             } else {
                 let core = attention_chunks::forward(
                     ctx,
@@ -424,11 +427,11 @@ async fn forward_dispatches(
                 )
                 .await?;
                 core_scratch = core.scratch_bytes;
-                steps.extend(core.steps);
+                commands.extend(core.commands);
             }
         }
     }
-    steps.push(
+    commands.push(
         attention_train::selection_forward(
             ctx,
             &problem,
@@ -441,7 +444,7 @@ async fn forward_dispatches(
         .into(),
     );
     // The output projection.
-    steps.extend(
+    commands.extend(
         product(
             gemms,
             (tokens, dim, sw),
@@ -454,11 +457,11 @@ async fn forward_dispatches(
     );
     if let Some(ones) = &ones {
         let bias = parameters.get(weights::OUT_BIAS)?;
-        steps.extend(add_bias(gemms, ones, bias, tokens, (output, 0, dim, dim)).await?);
+        commands.extend(add_bias(gemms, ones, bias, tokens, (output, 0, dim, dim)).await?);
     }
     // The texel copies are scratch too, alive with the attention core's.
     act.record_scratch(ones_bytes + core_scratch + packs.bytes());
-    Ok(steps)
+    Ok(commands)
 }
 
 /// The blocked core of the eval forward writing `act`'s statistics and retrieved values: a
@@ -471,7 +474,7 @@ async fn blocked_core(
     act: &Activations,
     layout: &ProjectionLayout,
     plan: BlockedPlan,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<Command>> {
     let tokens = act.batch * act.seq;
     let whole = Stored {
         buffer: &act.proj,
