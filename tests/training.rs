@@ -749,6 +749,63 @@ fn encoded_training_step_equals_the_host_calls() {
     ));
 }
 
+/// `encode_backward` on a grad_output without COPY_SRC, at widths whose operands the copy
+/// engine would otherwise upload (dim 64, a packed row of 128): the copy kernel takes that
+/// operand, and the backward equals the host call's on a twin layer.
+#[test]
+fn encoded_backward_reads_a_grad_output_that_cannot_be_copied() {
+    let (seed, what) = seed("encoded_backward_reads_a_grad_output_that_cannot_be_copied");
+    let config = config(64, 16, 2, 2).bias(true);
+    let (batch, seq) = (2, 9);
+    let (weights, input) = random_problem(config, batch, seq, Some(&[9, 4]), 1.0, seed).unwrap();
+    let mask = input.mask.as_deref().unwrap();
+    let len = batch * seq * config.dim;
+    let dy = normal(&mut Rng::seed_from_u64(seed ^ 7), len, 1.0);
+
+    let mut host = CompositionalAttention::new(gpu(), &weights).unwrap();
+    let mut host_grads = host.gradients().unwrap();
+    let (_, act) = host
+        .forward_train_blocking(&input.x, batch, seq, Some(mask), seed)
+        .unwrap();
+    let dx = host.backward_blocking(&act, &dy, &mut host_grads).unwrap();
+
+    let mut layer = CompositionalAttention::new(gpu(), &weights).unwrap();
+    layer.prepare_training_blocking(batch, seq).unwrap();
+    let mut grads = layer.gradients().unwrap();
+    let (_, act) = layer
+        .forward_train_blocking(&input.x, batch, seq, Some(mask), seed)
+        .unwrap();
+    let dy_buffer = gpu().device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("grad_output without COPY_SRC"),
+        size: 4 * len as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    gpu()
+        .queue()
+        .write_buffer(&dy_buffer, 0, bytemuck::cast_slice(&dy));
+    let dx_buffer = buffer_with(&vec![f32::NAN; len]);
+    let mut encoder = gpu().device().create_command_encoder(&Default::default());
+    layer
+        .encode_backward(&mut encoder, &act, &dy_buffer, &dx_buffer, &mut grads)
+        .unwrap();
+    gpu().queue().submit([encoder.finish()]);
+
+    let same = |name: &str, ours: &[f32], theirs: &[f32]| {
+        let theirs: Vec<f64> = theirs.iter().map(|&v| v as f64).collect();
+        let stats = ErrorStats::compare(ours, &theirs);
+        assert!(stats.within(1e-6), "{what}: {name}: {stats}");
+    };
+    same("grad_input", &common::read_buffer(gpu(), &dx_buffer), &dx);
+    let (ours, theirs) = (
+        grads.to_weights_blocking().unwrap(),
+        host_grads.to_weights_blocking().unwrap(),
+    );
+    for (a, b) in ours.parameters().iter().zip(theirs.parameters()) {
+        same(a.name, a.data, b.data);
+    }
+}
+
 /// A fairseq checkpoint of another form (odd widths, `q_compose`, the linear score network):
 /// the GPU trains its lowered layer (padded heads, the folded selection) as the reference
 /// does, and `Checkpoint::gradients` takes the GPU's gradients back to the checkpoint's own

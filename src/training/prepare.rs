@@ -5,6 +5,9 @@
 use crate::error::Result;
 use crate::gpu::memory;
 use crate::layer::CompositionalAttention;
+use crate::ops::kernel_params::OperandStorage;
+use crate::ops::texture_copy;
+use crate::precision::Precision;
 
 use super::AdamW;
 
@@ -25,6 +28,13 @@ impl CompositionalAttention {
             .await?;
         let opt = AdamW::new(self, 1e-3)?;
         opt.build_step(self, &grads).await?;
+        // A caller's buffer that cannot be a copy source (`encode_backward`'s grad_output
+        // without COPY_SRC) reaches texel rows through texture_copy.wgsl instead of the copy
+        // engine (`TexelRows::upload`), which the step built here may not have needed.
+        if OperandStorage::of_operands(&ctx) == OperandStorage::Texels {
+            ctx.pipeline(&texture_copy::variant(&ctx, Precision::F32, Precision::F32))
+                .await?;
+        }
         Ok(())
     }
 
