@@ -704,27 +704,23 @@ fn encoded_training_step_equals_the_host_calls() {
     opt.encode_step(&mut encoder, &mut layer, &grads).unwrap();
     gpu().queue().submit([encoder.finish()]);
 
-    let same = |name: &str, ours: &[f32], theirs: &[f32]| {
-        let theirs: Vec<f64> = theirs.iter().map(|&v| v as f64).collect();
-        let stats = ErrorStats::compare(ours, &theirs);
-        assert!(stats.within(1e-6), "{what}: {name}: {stats}");
-    };
-    same("output", &common::read_buffer(gpu(), &y_buffer), &y);
-    same("grad_input", &common::read_buffer(gpu(), &dx_buffer), &dx);
+    assert_same(&what, "output", &common::read_buffer(gpu(), &y_buffer), &y);
+    assert_same(
+        &what,
+        "grad_input",
+        &common::read_buffer(gpu(), &dx_buffer),
+        &dx,
+    );
     let (ours, theirs) = (
         grads.to_weights_blocking().unwrap(),
         host_grads.to_weights_blocking().unwrap(),
     );
-    for (a, b) in ours.parameters().iter().zip(theirs.parameters()) {
-        same(a.name, a.data, b.data);
-    }
+    assert_same_parameters(&what, &ours, &theirs);
     let (ours, theirs) = (
         layer.weights_blocking().unwrap(),
         host.weights_blocking().unwrap(),
     );
-    for (a, b) in ours.parameters().iter().zip(theirs.parameters()) {
-        same(a.name, a.data, b.data);
-    }
+    assert_same_parameters(&what, &ours, &theirs);
     // A gradient buffer that lacks COPY_SRC for the input copy is refused, typed.
     let storage_only = gpu().device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("storage only"),
@@ -791,18 +787,30 @@ fn encoded_backward_reads_a_grad_output_that_cannot_be_copied() {
         .unwrap();
     gpu().queue().submit([encoder.finish()]);
 
-    let same = |name: &str, ours: &[f32], theirs: &[f32]| {
-        let theirs: Vec<f64> = theirs.iter().map(|&v| v as f64).collect();
-        let stats = ErrorStats::compare(ours, &theirs);
-        assert!(stats.within(1e-6), "{what}: {name}: {stats}");
-    };
-    same("grad_input", &common::read_buffer(gpu(), &dx_buffer), &dx);
+    assert_same(
+        &what,
+        "grad_input",
+        &common::read_buffer(gpu(), &dx_buffer),
+        &dx,
+    );
     let (ours, theirs) = (
         grads.to_weights_blocking().unwrap(),
         host_grads.to_weights_blocking().unwrap(),
     );
+    assert_same_parameters(&what, &ours, &theirs);
+}
+
+/// `ours` within f32 rounding (1e-6) of `theirs`: a GPU-resident call against the host call.
+fn assert_same(what: &str, name: &str, ours: &[f32], theirs: &[f32]) {
+    let theirs: Vec<f64> = theirs.iter().map(|&v| v as f64).collect();
+    let stats = ErrorStats::compare(ours, &theirs);
+    assert!(stats.within(1e-6), "{what}: {name}: {stats}");
+}
+
+/// [`assert_same`] for every parameter (or gradient) of two layers, by name.
+fn assert_same_parameters(what: &str, ours: &Weights, theirs: &Weights) {
     for (a, b) in ours.parameters().iter().zip(theirs.parameters()) {
-        same(a.name, a.data, b.data);
+        assert_same(what, a.name, a.data, b.data);
     }
 }
 
