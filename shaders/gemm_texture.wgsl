@@ -6,16 +6,21 @@
 //                        driver caps loop iterations), accumulate (add to the buffer output),
 //                        where a buffer output's rows lie: row r from element
 //                        out_offset + r·out_stride (training writes column blocks, ops/matmul.rs),
-//                        and k, the reduction's length (rows of a stored transpose past it
-//                        read as 0)
+//                        k, the reduction's length (rows of a stored transpose past it
+//                        read as 0), and an epilogue's fields
 //            @binding(1) lhs      [M, K] texel rows (columns past K are 0), or with LHS_T its
 //                                 transpose [K, M] as texel rows
 //            @binding(2) rhs      [N, K] texel rows (PyTorch weight layout, padded likewise),
 //                                 or with RHS_T its transpose [K, N]
 //            @binding(3) out      [M, N]: an f32 buffer (io/gemm_out_buffer.wgsl) or texel rows
 //                                 (io/gemm_out_texels.wgsl: where N % 4 != 0, the columns past
-//                                 N of a row's last texel are not zero); the host places
-//                                 one of the two pieces first, which declares `out` and `store`
+//                                 N of a row's last texel are not zero), or texel rows of what
+//                                 an epilogue makes of the product (training's search weights,
+//                                 io/gemm_out_search_weights.wgsl, and logit gradients,
+//                                 io/gemm_out_logit_grads.wgsl, which bind more from
+//                                 @binding(4) and read the params' epilogue fields); the host
+//                                 places one of these pieces first, which declares `out` and
+//                                 `store`
 // Dispatch   one workgroup per (WG·8 rows) × 16 columns, numbered linearly over x and y:
 //            group = tile_m · tiles_n + tile_n. Invocation `lane` owns eight rows of the tile
 //            (two blocks of four, `lane_row`) and its 16 columns, held as eight 4 × 4 matrix
@@ -32,7 +37,7 @@
 //            transpose per block, where writing or copying the transpose cost a strided texel
 //            store per value on lavapipe (ops/attention_chunk_texels.rs, ARCHITECTURE decision 17).
 // Host constants  WG, RPL, LHS_T, RHS_T (bool).
-// Includes   common/texel_rows.wgsl.
+// Includes   common/texel_rows.wgsl, and those an epilogue piece calls (its `includes`).
 
 struct Params {
     m: u32,
@@ -44,6 +49,20 @@ struct Params {
     out_offset: u32,
     out_stride: u32,
     k: u32,
+    // An epilogue piece's (ops::gemm::EpilogueFields: the training core's fields of the same
+    // names, common/train_params.wgsl); zero for a plain product.
+    seq: u32,
+    searches: u32,
+    causal: u32,
+    begin: u32,
+    batch_index: u32,
+    search_index: u32,
+    dropout: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    threshold: u32,
+    scale: f32,
+    keep_scale: f32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,

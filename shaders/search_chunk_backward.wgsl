@@ -16,7 +16,8 @@
 // Dispatch   one invocation per element of the chunk, WG per workgroup, numbered linearly over x
 //            and y.
 // Host constants  WG.
-// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl.
+// Includes   common/philox.wgsl, common/train_params.wgsl, common/train_dropout.wgsl,
+//            common/search_weights.wgsl.
 
 @group(0) @binding(1) var<storage, read> mask: array<u32>;
 @group(0) @binding(2) var<storage, read> stats: array<vec4<f32>>;

@@ -19,8 +19,8 @@
 //            @binding(5) d_proj [b·n, row_stride] f32   SK and RV columns written
 // Dispatch   one invocation per key token, WG per workgroup, numbered linearly over x and y.
 // Host constants  WG, D (= d), VW (= r·d).
-// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl,
-//            common/search_rows.wgsl.
+// Includes   common/philox.wgsl, common/train_params.wgsl, common/train_dropout.wgsl,
+//            common/search_weights.wgsl, common/search_rows.wgsl.
 
 @group(0) @binding(1) var<storage, read> proj: array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;

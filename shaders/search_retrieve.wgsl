@@ -15,8 +15,8 @@
 // Dispatch   one invocation per row, WG per workgroup, numbered linearly over x and y; each
 //            holds its r·d accumulators in registers (private memory).
 // Host constants  WG, D (= d), VW (= r·d).
-// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl,
-//            common/search_rows.wgsl.
+// Includes   common/philox.wgsl, common/train_params.wgsl, common/train_dropout.wgsl,
+//            common/search_weights.wgsl, common/search_rows.wgsl.
 
 @group(0) @binding(1) var<storage, read> proj: array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;

@@ -12,8 +12,8 @@
 //            @binding(3) stats [b·s·n] vec4<f32>        read and written
 // Dispatch   one invocation per row, WG per workgroup, numbered linearly over x and y.
 // Host constants  WG, D (= d).
-// Includes   common/philox.wgsl, common/train_params.wgsl, common/search_weights.wgsl,
-//            common/search_rows.wgsl.
+// Includes   common/philox.wgsl, common/train_params.wgsl, common/train_dropout.wgsl,
+//            common/search_weights.wgsl, common/search_rows.wgsl.
 
 @group(0) @binding(1) var<storage, read> proj: array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;

@@ -13,7 +13,7 @@
 //            @binding(4) concat    [b·n, s·d] f32      written
 // Dispatch   one invocation per row, WG per workgroup, numbered linearly over x and y.
 // Host constants  WG, R (= r).
-// Includes   common/philox.wgsl, common/train_params.wgsl.
+// Includes   common/philox.wgsl, common/train_params.wgsl, common/train_dropout.wgsl.
 
 @group(0) @binding(1) var<storage, read> ret: array<f32>;
 @group(0) @binding(2) var<storage, read> qt: array<f32>;

@@ -84,6 +84,8 @@ mod time;
 pub mod training;
 pub mod weights;
 #[cfg(feature = "gpu")]
+mod wgsl_strip;
+#[cfg(feature = "gpu")]
 mod workspace;
 
 pub use config::{Config, ExtraKeys, MemoryDims};

@@ -14,6 +14,10 @@ use crate::plan::Strategy;
 use crate::precision::Precision;
 use crate::weights::Weights;
 
+/// What a wasm32 build embeds of each kernel (`build.rs`): the WGSL without comments,
+/// indentation and blank lines.
+pub use crate::wgsl_strip::stripped_wgsl;
+
 /// A configuration at one input shape.
 #[derive(Clone, Copy, Debug)]
 pub struct Problem {
@@ -28,7 +32,7 @@ pub struct Problem {
 }
 
 /// Problems that between them reach every kernel, io piece and kind of specialisation: vec4 and
-/// scalar head widths, one and several retrievals, `prenorm`, causal, biases, the README size, a
+/// scalar head widths, one and several retrievals, `prenorm`, causal, biases, dropout, the README size, a
 /// sequence long enough to split keys on loop-capped drivers, and one too long for the blocked
 /// CPU core. The scalar head widths also keep training's chunked forward
 /// (`search_chunk_softmax_texels`) reached on CPU drivers, where every vec4 head trains through
@@ -49,7 +53,9 @@ pub fn representative_problems() -> Vec<Problem> {
         },
         Problem {
             name: "odd_sizes",
-            config: c(40, 10, 3, 4),
+            // Dropout: the backward's texel epilogue then stores the dropped weights
+            // (io/gemm_out_dropped_texels.wgsl).
+            config: c(40, 10, 3, 4).dropout(0.1),
             batch: 2,
             seq: 29,
         },

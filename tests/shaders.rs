@@ -298,6 +298,54 @@ fn every_variant_parses_and_validates_with_webgpu_capabilities() {
     });
 }
 
+/// SPIR-V 1.0 of a validated module, without debug information (so the same module from two
+/// texts gives the same words).
+fn spirv_words(label: &str, wgsl: &str, subgroups: bool) -> Result<Vec<u32>, String> {
+    let (module, info) = parse_with(label, wgsl, subgroups)?;
+    let options = spv::Options {
+        lang_version: if subgroups { (1, 3) } else { (1, 0) },
+        bounds_check_policies: bounds_checks(),
+        zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
+        ..spv::Options::default()
+    };
+    let pipeline = spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: ENTRY.into(),
+    };
+    spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| format!("{label}: {e}"))
+}
+
+/// What a wasm32 build embeds (`shader_variants::stripped_wgsl`, applied by `build.rs`: no
+/// comments, indentation or blank lines, for the npm package's size budget) is the same program:
+/// every variant, stripped, validates and translates to the same SPIR-V words as written.
+#[test]
+fn every_variant_stripped_as_a_wasm_build_embeds_it_is_the_same_program() {
+    let variants = variants();
+    let mut failures = Vec::new();
+    let (mut written, mut embedded) = (0, 0);
+    for (label, collected) in variants {
+        let wgsl = collected.variant.wgsl();
+        let stripped = shader_variants::stripped_wgsl(&wgsl);
+        written += wgsl.len();
+        embedded += stripped.len();
+        let subgroups = collected.variant.uses_subgroups();
+        match (
+            spirv_words(label, &wgsl, subgroups),
+            spirv_words(label, &stripped, subgroups),
+        ) {
+            (Ok(a), Ok(b)) if a == b => {}
+            (Ok(_), Ok(_)) => failures.push(format!("{label}: stripping changed the SPIR-V")),
+            (Err(e), _) | (_, Err(e)) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The stripping does what it is for.
+    assert!(
+        2 * embedded < written + written / 4,
+        "stripped {embedded} of {written} bytes"
+    );
+}
+
 /// Whether the module stores f16 (a variant of `Precision::F16`): an f16 type, or a conversion
 /// to f16 (a store to `rgba16float` texel rows rounds through `vec4<f16>`, a conversion that
 /// names no type).
@@ -597,7 +645,6 @@ fn not_used_by_the_layer() -> &'static [&'static str] {
         &[
             "dropout_mask",
             "search_chunk_softmax_texels",
-            "search_chunk_backward_texels",
             "gemm_texture",
             "gemv_texture",
             "texture_copy",

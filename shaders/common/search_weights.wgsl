@@ -1,5 +1,6 @@
 // common/search_weights.wgsl: the search weights as the training kernels recompute them (the
-// kernel declares `mask`; common/train_params.wgsl comes first).
+// kernel or io piece declares `mask`, and its `params` has `seq` and `causal`:
+// common/train_params.wgsl's block, or gemm_texture.wgsl's epilogue fields).
 //
 // Layouts (src/ops/attention_train.rs; row = (b·s + σ)·n + i, token = b·n + i):
 //   proj   [b·n, row_stride]   columns [SQ | SK | RQ | RV] at q_offset, k_offset, -, v_offset
@@ -37,15 +38,4 @@ fn search_weights4(stats: vec4<f32>, t: u32, allowed: vec4<bool>, logits: vec4<f
         return select(vec4<f32>(0.0), vec4<f32>(1.0 / f32(params.seq)), in_row);
     }
     return select(vec4<f32>(0.0), exp(logits - stats.x) / stats.y, allowed);
-}
-
-// The dropout factors of keys 4t .. 4t + 3 of `row` (1 without dropout; past n unused).
-fn dropout_factors4(stream: u32, row: u32, t: u32) -> vec4<f32> {
-    var factor = vec4<f32>(1.0);
-    if (params.dropout != 0u) {
-        for (var c = 0u; c < 4u; c++) {
-            factor[c] = dropout_factor(stream, row, params.seq, min(4u * t + c, params.seq - 1u));
-        }
-    }
-    return factor;
 }

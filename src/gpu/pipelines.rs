@@ -15,7 +15,8 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::precision::Precision;
 
-/// A WGSL kernel embedded at compile time (so the same binary works in a browser).
+/// A WGSL kernel embedded at compile time (so the same binary works in a browser), from
+/// `build.rs`'s copy of `shaders/` (without comments in a wasm32 build).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Kernel {
     /// File stem in `shaders/`, also the pipeline label.
@@ -54,19 +55,26 @@ pub struct Piece {
     pub name: &'static str,
     /// The WGSL text.
     pub source: &'static str,
+    /// Shared WGSL (`shaders/common/`) the piece calls, placed once with the kernel's own
+    /// includes: an epilogue that only one variant of a kernel runs brings its functions along.
+    pub includes: &'static [&'static str],
 }
 
-/// Declares a [`Piece`] for `shaders/io/<name>.wgsl`.
+/// Declares a [`Piece`] for `shaders/io/<name>.wgsl`, optionally with pieces of
+/// `shaders/common/` it calls.
 macro_rules! piece {
-    ($name:literal) => {
+    ($name:literal $(, includes: [$($include:literal),*])?) => {
         $crate::gpu::pipelines::Piece {
             name: $name,
             source: include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
+                env!("OUT_DIR"),
                 "/shaders/io/",
                 $name,
                 ".wgsl"
             )),
+            includes: &[$($(include_str!(concat!(
+                env!("OUT_DIR"), "/shaders/common/", $include, ".wgsl"
+            ))),*)?],
         }
     };
 }
@@ -84,9 +92,9 @@ macro_rules! kernel {
     (@ $name:literal, [$($include:literal),*], $checks:ident) => {
         $crate::gpu::pipelines::Kernel {
             name: $name,
-            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+            source: include_str!(concat!(env!("OUT_DIR"), "/shaders/", $name, ".wgsl")),
             includes: &[$(include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"), "/shaders/common/", $include, ".wgsl"
+                env!("OUT_DIR"), "/shaders/common/", $include, ".wgsl"
             ))),*],
             bounds_checks: $crate::gpu::pipelines::BoundsChecks::$checks,
         }
@@ -139,12 +147,12 @@ impl Reduction {
     fn source(self) -> &'static str {
         match self {
             Reduction::Workgroup => include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
+                env!("OUT_DIR"),
                 "/shaders/common/workgroup_reduce.wgsl"
             )),
             #[cfg(not(target_arch = "wasm32"))]
             Reduction::Subgroup => include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
+                env!("OUT_DIR"),
                 "/shaders/common/subgroup_reduce.wgsl"
             )),
             // A browser never reduces through subgroups (GpuContext::reduction), so its module
@@ -371,9 +379,15 @@ impl ShaderVariant {
                 text.push('\n');
             }
         }
-        for include in self.kernel.includes {
-            text.push_str(include);
-            text.push('\n');
+        // The kernel's includes, then those of its pieces, each once (WGSL declares nothing twice).
+        let mut included: Vec<&str> = Vec::new();
+        let piece_includes = self.pieces.iter().flat_map(|piece| piece.includes);
+        for include in self.kernel.includes.iter().chain(piece_includes) {
+            if !included.contains(include) {
+                included.push(include);
+                text.push_str(include);
+                text.push('\n');
+            }
         }
         text.push_str(self.kernel.source);
         text

@@ -1,50 +1,59 @@
 //! Training's chunked attention core with its `[rows, n]` matrices as texel rows
-//! (`shaders/search_chunk_softmax_texels.wgsl`, `shaders/search_chunk_backward_texels.wgsl`,
-//! between texel GEMMs): the route `ops::attention_chunks` takes where texel loads work.
+//! (`shaders/search_chunk_softmax_texels.wgsl` between texel GEMMs in the forward; the backward's
+//! texel GEMMs with epilogues, `shaders/io/gemm_out_search_weights.wgsl` and
+//! `shaders/io/gemm_out_logit_grads.wgsl`): the route `ops::attention_chunks` takes where texel
+//! loads work.
 //!
 //! Why: the buffer route's elementwise kernels read and write the chunk's scores in storage
 //! buffers, and its GEMMs then copied them into texels, the large ones transposed. On lavapipe
 //! that traffic cost as much as the GEMMs (BENCHMARKS.md). Here the score GEMMs write texel
-//! rows, the elementwise kernels read texels and write the texel rows the next GEMMs read, and
-//! only the `[rows, d]`, `[rows, r·d]`, `[n, d]` and `[n, r·d]` operands are copied from the
-//! projections and `dRet`: `SK_b` once per (batch, search) and `RV_b` once per batch. Where a
-//! product needs the transpose of a matrix (`Ã·RV_b`, `dLᵀ·SQ_C`, `Ãᵀ·dRet_C`, `dL·SK_b`), the
-//! texel GEMM reads the stored matrix transposed ([`TexelOperand::Transposed`]): the
-//! backward's elementwise kernel once wrote `dLᵀ` and `Ãᵀ` itself, and those texel stores to
-//! scattered rows were half of its time on lavapipe, with transposing copies of `SK_b`, `SQ_C`
-//! and `dRet_C` beside them.
+//! rows, and only the `[rows, d]`, `[rows, r·d]`, `[n, d]` and `[n, r·d]` operands are copied
+//! from the projections and `dRet`: `SK_b` once per (batch, search) and `RV_b` once per batch.
+//! Where a product needs the transpose of a matrix (`Ã·RV_b`, `dLᵀ·SQ_C`, `Ãᵀ·dRet_C`,
+//! `dL·SK_b`), the texel GEMM reads the stored matrix transposed ([`TexelOperand::Transposed`]):
+//! writing `dLᵀ` and `Ãᵀ` was once half of the backward's elementwise time on lavapipe, with
+//! transposing copies of `SK_b`, `SQ_C` and `dRet_C` beside them. In the backward, the score
+//! product stores the weights `A` and the `dA` product the logit gradients `dL` through their
+//! epilogues, so neither `S` nor `dA` is ever stored and no elementwise kernel reads them back
+//! (ARCHITECTURE decision 17).
 //!
-//! Per (batch b, search σ, chunk of query rows C); the texel GEMM computes `lhs·rhsᵀ`, and
-//! `[X]ᵀ` marks an operand it reads from the stored `X`:
+//! Per (batch b, search σ, chunk of query rows C); the texel GEMM computes `lhs·rhsᵀ`, `[X]ᵀ`
+//! marks an operand it reads from the stored `X`, and `f(·)` an epilogue:
 //! ```text
 //! forward   S = SQ_C·SK_bᵀ;  softmax → stats, Ã;  Ret_C = Ã·[RV_b]ᵀᵀ
-//! backward  S = SQ_C·SK_bᵀ;  dA = dRet_C·RV_bᵀ;  → dL, Ã;
+//! backward  A = weights(SQ_C·SK_bᵀ);  dL, Ã = grads(dRet_C·RV_bᵀ, A)   (Ã = A without dropout);
 //!           dSQ_C = dL·[SK_b]ᵀᵀ;  dSK_b += [dL]ᵀ·[SQ_C]ᵀᵀ;  dRV_b += [Ã]ᵀ·[dRet_C]ᵀᵀ
 //! ```
 //!
-//! Measured and not kept: one kernel computing `S` and `dA` and the elementwise step as their
-//! epilogue (no `[c, n]` round trip for `S` and `dA`) ran 1.5× slower than the two GEMMs and the
-//! elementwise kernel on lavapipe, because its epilogue stores texels to eight rows at once
-//! (one per lane), where the elementwise kernel's lanes store consecutive texels of one row.
+//! Measured (BENCHMARKS.md, "The backward's epilogues"): the two epilogues against the two
+//! plain GEMMs and the elementwise kernel they replace, 4–14 % less time in the core on lavapipe:
+//! an epilogue's arithmetic costs there about what the elementwise kernel's did, and what it
+//! saves is the `[c, n]` round trips of `S` and `dA`. Measured and not kept: one kernel
+//! computing `S` and `dA` and the elementwise step as their epilogue ran 1.5× slower than the
+//! two GEMMs and the elementwise kernel on lavapipe.
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::{Command, Dispatch, as_commands};
-use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
+use crate::gpu::dispatch::{Bind, Command, Dispatch, as_commands};
+use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::ops::Rows;
 use crate::ops::attention_train::CoreProblem;
-use crate::ops::gemm::{OutBlock, TexelOperand};
+use crate::ops::gemm::{self, OutBlock, TexelEpilogue, TexelOperand};
 use crate::ops::matmul::{self, Stored, TexelPacks};
 
 static SOFTMAX_TEXELS: Kernel = kernel!(
     "search_chunk_softmax_texels",
-    includes: ["philox", "train_params", "search_weights", "texel_rows"]
+    includes: ["philox", "train_params", "train_dropout", "search_weights", "texel_rows"]
 );
-static BACKWARD_TEXELS: Kernel = kernel!(
-    "search_chunk_backward_texels",
-    includes: ["philox", "train_params", "search_weights", "texel_rows"]
+static SEARCH_WEIGHTS_OUT: Piece = piece!(
+    "gemm_out_search_weights",
+    includes: ["philox", "train_dropout", "search_weights"]
 );
+static LOGIT_GRADS_OUT: Piece =
+    piece!("gemm_out_logit_grads", includes: ["philox", "train_dropout"]);
+static DROPPED_TEXELS: Piece = piece!("gemm_out_dropped_texels");
+static DROPPED_NONE: Piece = piece!("gemm_out_dropped_none");
 
 const WG: u32 = 64;
 
@@ -55,10 +64,23 @@ pub(crate) fn softmax_variant(ctx: &GpuContext) -> ShaderVariant {
         .reduction(ctx.reduction())
 }
 
-pub(crate) fn backward_variant(ctx: &GpuContext) -> ShaderVariant {
-    ShaderVariant::new(&BACKWARD_TEXELS)
-        .u32("WG", WG)
-        .u32("RPL", rows_per_layer(ctx))
+/// The pieces of the backward's two epilogue products: the score product's (search weights) and
+/// the `dA` product's (logit gradients, storing the dropped weights where `drops`).
+fn epilogue_pieces(drops: bool) -> [&'static [&'static Piece]; 2] {
+    static WEIGHTS: [&Piece; 1] = [&SEARCH_WEIGHTS_OUT];
+    static GRADS_DROPPING: [&Piece; 2] = [&LOGIT_GRADS_OUT, &DROPPED_TEXELS];
+    static GRADS: [&Piece; 2] = [&LOGIT_GRADS_OUT, &DROPPED_NONE];
+    [&WEIGHTS, if drops { &GRADS_DROPPING } else { &GRADS }]
+}
+
+/// Every variant of the backward's epilogue products (`ops` checks their parameter blocks).
+#[cfg(test)]
+pub(crate) fn epilogue_variants(ctx: &GpuContext) -> Vec<ShaderVariant> {
+    [false, true]
+        .into_iter()
+        .flat_map(epilogue_pieces)
+        .map(|pieces| gemm::texel_epilogue_variant(ctx, pieces, (false, false)))
+        .collect()
 }
 
 /// Whether chunks of `step` rows over `n` keys fit texel rows on this device. The `[n, step]`
@@ -132,16 +154,15 @@ async fn batch_values(
     copied_once(ctx, packs, "chunk RV", shape, source, first, commands).await
 }
 
-/// `S = SQ_C·SK_bᵀ` into the `scores` texels of `[c, n]` (onto `commands`), after copying
-/// `SQ_C` and, by the first chunk of (b, σ), `SK_b`; returns the scores and the two copies.
-async fn scores(
+/// The texel copies of `SQ_C` and, by the first chunk of (b, σ), `SK_b` (onto `commands`).
+async fn chunk_search(
     ctx: &GpuContext,
     packs: &TexelPacks,
     problem: &CoreProblem,
     proj: &wgpu::Buffer,
     (b, sigma, rows): Chunk<'_>,
     commands: &mut Vec<Command>,
-) -> Result<(TexelRows, ChunkSearch)> {
+) -> Result<ChunkSearch> {
     let l = &problem.layout;
     let (n, d, rs, c) = (l.seq, l.head, l.row_stride, rows.len());
     let (q, k, _) = problem.chunk_offsets(b, sigma, rows.start);
@@ -152,12 +173,27 @@ async fn scores(
     let first = rows.start == 0;
     let sk_source = plain(proj, k, rs);
     let sk = copied_once(ctx, packs, "chunk SK", (n, d), sk_source, first, commands).await?;
+    Ok(ChunkSearch { sq, sk })
+}
+
+/// `S = SQ_C·SK_bᵀ` into the `scores` texels of `[c, n]` (onto `commands`, after the copies of
+/// [`chunk_search`]).
+async fn scores(
+    ctx: &GpuContext,
+    packs: &TexelPacks,
+    problem: &CoreProblem,
+    proj: &wgpu::Buffer,
+    chunk: Chunk<'_>,
+    commands: &mut Vec<Command>,
+) -> Result<TexelRows> {
+    let (n, c) = (problem.layout.seq, chunk.2.len());
+    let search = chunk_search(ctx, packs, problem, proj, chunk, commands).await?;
     let scores = packs.texels(ctx, "chunk scores", c, n)?;
     let out = Rows::Texels(&scores);
-    let product =
-        matmul::texel_product(ctx, (&sq).into(), (&sk).into(), out, block(0, n, false)).await?;
+    let (lhs, rhs) = ((&search.sq).into(), (&search.sk).into());
+    let product = matmul::texel_product(ctx, lhs, rhs, out, block(0, n, false)).await?;
     commands.extend(as_commands(product));
-    Ok((scores, ChunkSearch { sq, sk }))
+    Ok(scores)
 }
 
 /// The forward: `stats` and `ret` of every row, in chunks of `step` query rows.
@@ -177,7 +213,7 @@ pub(crate) async fn forward(
         let c = rows.len();
         let row0 = (b * l.searches + sigma) * n + rows.start;
         let chunk = (b, sigma, &rows);
-        let (scores, _) = scores(ctx, packs, problem, proj, chunk, &mut commands).await?;
+        let scores = scores(ctx, packs, problem, proj, chunk, &mut commands).await?;
         let weights = packs.texels(ctx, "chunk weights", c, n)?;
         let params = problem.chunk_params((b, sigma), rows.clone());
         commands.push(
@@ -224,46 +260,53 @@ pub(crate) async fn backward(
     let l = problem.layout;
     let (n, vw, rs) = (l.seq, problem.value_width(), l.row_stride);
     let mut commands = Vec::new();
+    let [weights_pieces, grads_pieces] = epilogue_pieces(problem.drops());
     for (b, sigma, rows) in problem.chunks(step) {
         let c = rows.len();
         let (q, k, v) = problem.chunk_offsets(b, sigma, rows.start);
         let row0 = (b * l.searches + sigma) * n + rows.start;
-        // S = SQ_C·SK_bᵀ and dA = dRet_C·RV_bᵀ. The first chunk of (b, σ) copies SK_b, the
-        // first of b RV_b; later chunks find the copies in their textures.
+        let fields = problem.epilogue_fields((b, sigma), rows.clone());
+        // A = weights(SQ_C·SK_bᵀ): the score product's epilogue. The first chunk of (b, σ)
+        // copies SK_b, the first of b RV_b; later chunks find the copies in their textures.
         let chunk = (b, sigma, &rows);
-        let (scores, search) = scores(ctx, packs, problem, proj, chunk, &mut commands).await?;
+        let search = chunk_search(ctx, packs, problem, proj, chunk, &mut commands).await?;
+        let weights = packs.texels(ctx, "chunk weights", c, n)?;
+        let epilogue = TexelEpilogue {
+            pieces: weights_pieces,
+            fields,
+            binds: vec![stats.into(), mask.into()],
+        };
+        let (lhs, rhs) = ((&search.sq).into(), (&search.sk).into());
+        commands.push(
+            gemm::texel_epilogue_dispatch(ctx, lhs, rhs, &weights, epilogue)
+                .await?
+                .into(),
+        );
+        // dL = grads(dRet_C·RV_bᵀ) and, with dropout, Ã: the dA product's epilogue.
         let d_ret_rows = plain(d_ret, row0 * vw, vw);
         let (d_ret_c, copy_dr) = packs.pack(ctx, "chunk dRet", (c, vw), d_ret_rows).await?;
         commands.push(copy_dr);
         let rv = batch_values(ctx, packs, problem, proj, chunk, &mut commands).await?;
-        let d_weights = packs.texels(ctx, "chunk dA", c, n)?;
-        let (lhs, rhs, out) = ((&d_ret_c).into(), (&rv).into(), Rows::Texels(&d_weights));
-        commands.extend(as_commands(
-            matmul::texel_product(ctx, lhs, rhs, out, block(0, n, false)).await?,
-        ));
-        // dL and Ã.
         let d_logits = packs.texels(ctx, "chunk dL", c, n)?;
-        let weights = packs.texels(ctx, "chunk weights", c, n)?;
-        let params = problem.chunk_params((b, sigma), rows.clone());
-        let texels = (c * n.div_ceil(4)) as u64;
+        let dropped = match problem.drops() {
+            true => Some(packs.texels(ctx, "chunk dropped weights", c, n)?),
+            false => None,
+        };
+        let mut binds: Vec<Bind<'_>> = vec![stats.into(), weights.view().into()];
+        binds.extend(dropped.iter().map(|t| Bind::from(t.view())));
+        let epilogue = TexelEpilogue {
+            pieces: grads_pieces,
+            fields,
+            binds,
+        };
+        let (lhs, rhs) = ((&d_ret_c).into(), (&rv).into());
         commands.push(
-            Dispatch::new(
-                ctx,
-                &backward_variant(ctx),
-                bytemuck::bytes_of(&params),
-                &[
-                    mask.into(),
-                    stats.into(),
-                    scores.view().into(),
-                    d_weights.view().into(),
-                    d_logits.view().into(),
-                    weights.view().into(),
-                ],
-                texels.div_ceil(WG as u64),
-            )
-            .await?
-            .into(),
+            gemm::texel_epilogue_dispatch(ctx, lhs, rhs, &d_logits, epilogue)
+                .await?
+                .into(),
         );
+        // Ã: the dropped weights, or A itself without dropout.
+        let dropped = dropped.as_ref().unwrap_or(&weights);
         let out = || Rows::Buffer(d_proj.into());
         let stored_t = TexelOperand::Transposed;
         // dSQ_C = dL·SK_b (each query row's once): the right operand's rows are SK_bᵀ's.
@@ -279,7 +322,7 @@ pub(crate) async fn backward(
             matmul::texel_product(ctx, lhs, rhs, out(), dsk).await?,
         ));
         // dRV_b += Ãᵀ·dRet_C, summed over every search and chunk (the first of b writes).
-        let (lhs, rhs) = (stored_t(&weights), stored_t(&d_ret_c));
+        let (lhs, rhs) = (stored_t(dropped), stored_t(&d_ret_c));
         let drv = block(v, rs, sigma > 0 || rows.start > 0);
         commands.extend(as_commands(
             matmul::texel_product(ctx, lhs, rhs, out(), drv).await?,

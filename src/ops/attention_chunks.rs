@@ -29,11 +29,11 @@ use crate::ops::matmul::{self, Operand, Operands, Target, TexelPacks};
 
 static SEARCH_CHUNK_SOFTMAX: Kernel = kernel!(
     "search_chunk_softmax",
-    includes: ["philox", "train_params", "search_weights"]
+    includes: ["philox", "train_params", "train_dropout", "search_weights"]
 );
 static SEARCH_CHUNK_BACKWARD: Kernel = kernel!(
     "search_chunk_backward",
-    includes: ["philox", "train_params", "search_weights"]
+    includes: ["philox", "train_params", "train_dropout", "search_weights"]
 );
 
 const WG: u32 = 64;
@@ -52,7 +52,8 @@ pub(crate) fn backward_variant() -> ShaderVariant {
 }
 
 /// The most bytes one `[rows, n]` texel matrix of the texel route takes: 8 MiB (its backward
-/// keeps five).
+/// keeps two, the weights and the logit gradients, and a third for the dropped weights with
+/// dropout; its forward two, the scores and the weights).
 const TEXEL_SCRATCH_BYTES: u64 = 8 << 20;
 
 /// Query rows per chunk at sequence length `n` in the buffer route: as many as fit

@@ -23,26 +23,27 @@ use crate::gpu::dispatch::{Dispatch, check_loop_budget, split_for_loop_budget};
 use crate::gpu::pipelines::{Kernel, ShaderVariant, kernel};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
+use crate::ops::gemm::EpilogueFields;
 
 static SEARCH_STATISTICS: Kernel = kernel!(
     "search_statistics",
-    includes: ["philox", "train_params", "search_weights", "search_rows"]
+    includes: ["philox", "train_params", "train_dropout", "search_weights", "search_rows"]
 );
 static SEARCH_RETRIEVE: Kernel = kernel!(
     "search_retrieve",
-    includes: ["philox", "train_params", "search_weights", "search_rows"]
+    includes: ["philox", "train_params", "train_dropout", "search_weights", "search_rows"]
 );
 static SELECTION_FORWARD: Kernel =
-    kernel!("selection_forward", includes: ["philox", "train_params"]);
+    kernel!("selection_forward", includes: ["philox", "train_params", "train_dropout"]);
 static SELECTION_BACKWARD: Kernel =
-    kernel!("selection_backward", includes: ["philox", "train_params"]);
+    kernel!("selection_backward", includes: ["philox", "train_params", "train_dropout"]);
 static SEARCH_QUERY_BACKWARD: Kernel = kernel!(
     "search_query_backward",
-    includes: ["philox", "train_params", "search_weights", "search_rows"]
+    includes: ["philox", "train_params", "train_dropout", "search_weights", "search_rows"]
 );
 static SEARCH_KEY_VALUE_BACKWARD: Kernel = kernel!(
     "search_key_value_backward",
-    includes: ["philox", "train_params", "search_weights", "search_rows"]
+    includes: ["philox", "train_params", "train_dropout", "search_weights", "search_rows"]
 );
 
 /// Invocations per workgroup: one row (or key) each.
@@ -143,6 +144,35 @@ impl CoreProblem {
             search_index: search as u32,
             ..self.params(rows, true)
         }
+    }
+
+    /// [`chunk_params`](Self::chunk_params) as the texel GEMM's epilogue reads them
+    /// (`ops::attention_chunk_texels`).
+    pub(crate) fn epilogue_fields(
+        &self,
+        chunk: (usize, usize),
+        rows: std::ops::Range<usize>,
+    ) -> EpilogueFields {
+        let p = self.chunk_params(chunk, rows);
+        EpilogueFields {
+            seq: p.seq,
+            searches: p.searches,
+            causal: p.causal,
+            begin: p.begin,
+            batch_index: p.batch_index,
+            search_index: p.search_index,
+            dropout: p.dropout,
+            seed_lo: p.seed_lo,
+            seed_hi: p.seed_hi,
+            threshold: p.threshold,
+            scale: p.scale,
+            keep_scale: p.keep_scale,
+        }
+    }
+
+    /// Whether the problem drops search weights (dropout with `p > 0`).
+    pub(crate) fn drops(&self) -> bool {
+        self.dropout.is_some_and(|d| d.p() > 0.0)
     }
 
     fn params(&self, range: std::ops::Range<usize>, first: bool) -> Params {

@@ -10,7 +10,9 @@
 //!   that reuse is what keeps the arithmetic units fed;
 //! * `shaders/gemm_texture.wgsl`, the CPU-driver kernel of the layer: both operands read as
 //!   texels (vector gathers on lavapipe, where storage-buffer loads go lane by lane; see
-//!   `src/gpu/texture.rs`), 8 × 16 outputs per invocation as 4 × 4 matrix products;
+//!   `src/gpu/texture.rs`), 8 × 16 outputs per invocation as 4 × 4 matrix products, stored by
+//!   an output piece: into a buffer, into texel rows, or through an epilogue that transforms
+//!   each product first ([`TexelEpilogue`]: training's search weights and logit gradients);
 //! * `shaders/gemv_texture.wgsl`, the same for a few rows (decode steps): one output per lane.
 
 use crate::error::{Error, Result};
@@ -177,10 +179,51 @@ uniform! {
         out_offset: u32,
         out_stride: u32,
         k: u32,
+        // An epilogue's (`EpilogueFields`; zero for a plain product).
+        seq: u32,
+        searches: u32,
+        causal: u32,
+        begin: u32,
+        batch_index: u32,
+        search_index: u32,
+        dropout: u32,
+        seed_lo: u32,
+        seed_hi: u32,
+        threshold: u32,
+        scale: f32,
+        keep_scale: f32,
         _pad0: u32,
         _pad1: u32,
         _pad2: u32,
     }
+}
+
+/// What an epilogue piece of the texel GEMM reads besides the product: the training core's
+/// parameters of the same names (`ops::attention_train::Params`, whose WGSL functions in
+/// `shaders/common/` read them as `params.<name>`), for one chunk of query rows.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EpilogueFields {
+    pub seq: u32,
+    pub searches: u32,
+    pub causal: u32,
+    pub begin: u32,
+    pub batch_index: u32,
+    pub search_index: u32,
+    pub dropout: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub threshold: u32,
+    pub scale: f32,
+    pub keep_scale: f32,
+}
+
+/// An output of the texel GEMM that transforms each product before storing it as `rgba32float`
+/// texel rows: the io pieces that declare `out` and `store` (and whatever they call), the fields
+/// they read, and the resources they bind from `@binding(4)` on, in binding order.
+pub(crate) struct TexelEpilogue<'a> {
+    pub pieces: &'a [&'static Piece],
+    pub fields: EpilogueFields,
+    pub binds: Vec<Bind<'a>>,
 }
 
 uniform! {
@@ -270,6 +313,136 @@ pub(crate) fn texel_variant(
     }
 }
 
+/// The texel GEMM with an epilogue's pieces in place of the plain output: f32 texel rows.
+pub(crate) fn texel_epilogue_variant(
+    ctx: &GpuContext,
+    pieces: &[&'static Piece],
+    (lhs_t, rhs_t): (bool, bool),
+) -> ShaderVariant {
+    pieces
+        .iter()
+        .fold(ShaderVariant::new(&GEMM_TEXTURE), |v, piece| v.piece(piece))
+        .u32("WG", TEXEL_WG)
+        .u32("RPL", rows_per_layer(ctx))
+        .bool("LHS_T", lhs_t)
+        .bool("RHS_T", rhs_t)
+        .texel_store("OutTexels", Precision::F32)
+}
+
+/// Binds `out [m, n] = epilogue(lhs [m, k] · rhs [n, k]ᵀ)` with both operands as texel rows, in
+/// one dispatch (an epilogue needs the whole reduction).
+pub(crate) async fn texel_epilogue_dispatch(
+    ctx: &GpuContext,
+    lhs: TexelOperand<'_>,
+    rhs: TexelOperand<'_>,
+    out: &TexelRows,
+    epilogue: TexelEpilogue<'_>,
+) -> Result<Dispatch> {
+    let (m, n, k) = (lhs.outer(), rhs.outer(), lhs.reduction());
+    if rhs.reduction() != k {
+        return Err(Error::shape("GEMM weight", &[n, k], &[n, rhs.reduction()]));
+    }
+    if (out.shape.rows, out.shape.cols) != (m, n) {
+        return Err(Error::shape(
+            "GEMM epilogue output",
+            &[m, n],
+            &[out.shape.rows, out.shape.cols],
+        ));
+    }
+    let slices = split_for_loop_budget(ctx, "texel GEMM", k.div_ceil(4), 1, 64, 1)?;
+    if slices.len() > 1 {
+        return Err(Error::LimitExceeded {
+            what: format!("texel GEMM epilogue {m} × {n} × {k}"),
+            required: slices.len() as u64,
+            limit: 1,
+            limit_name: "an epilogue needs one reduction slice",
+            hint: None,
+        });
+    }
+    let tiles = TexelTiles::new(m, n);
+    let block = OutBlock {
+        offset: 0,
+        stride: n,
+        accumulate: false,
+    };
+    let params = tiles.params(k, 0..k.div_ceil(4), block, epilogue.fields);
+    let variant =
+        texel_epilogue_variant(ctx, epilogue.pieces, (lhs.transposed(), rhs.transposed()));
+    let mut binds: Vec<Bind<'_>> = vec![
+        lhs.texels().view().into(),
+        rhs.texels().view().into(),
+        out.view().into(),
+    ];
+    binds.extend(epilogue.binds);
+    Dispatch::new(
+        ctx,
+        &variant,
+        bytemuck::bytes_of(&params),
+        &binds,
+        tiles.groups(),
+    )
+    .await
+}
+
+/// The texel GEMM's grid: workgroups of (TEXEL_WG · 8) rows × 16 columns.
+struct TexelTiles {
+    m: usize,
+    n: usize,
+    tiles_m: usize,
+    tiles_n: usize,
+}
+
+impl TexelTiles {
+    fn new(m: usize, n: usize) -> Self {
+        TexelTiles {
+            m,
+            n,
+            tiles_m: m.div_ceil((TEXEL_WG * 8) as usize),
+            tiles_n: n.div_ceil(16),
+        }
+    }
+
+    fn groups(&self) -> u64 {
+        (self.tiles_m * self.tiles_n) as u64
+    }
+
+    /// The parameters of the dispatch that adds the texels `slice` of the reduction.
+    fn params(
+        &self,
+        k: usize,
+        slice: std::ops::Range<usize>,
+        block: OutBlock,
+        fields: EpilogueFields,
+    ) -> TexelParams {
+        TexelParams {
+            m: self.m as u32,
+            n: self.n as u32,
+            tiles_n: self.tiles_n as u32,
+            k_begin: slice.start as u32,
+            k_end: slice.end as u32,
+            accumulate: block.accumulate as u32,
+            out_offset: block.offset as u32,
+            out_stride: block.stride as u32,
+            k: k as u32,
+            seq: fields.seq,
+            searches: fields.searches,
+            causal: fields.causal,
+            begin: fields.begin,
+            batch_index: fields.batch_index,
+            search_index: fields.search_index,
+            dropout: fields.dropout,
+            seed_lo: fields.seed_lo,
+            seed_hi: fields.seed_hi,
+            threshold: fields.threshold,
+            scale: fields.scale,
+            keep_scale: fields.keep_scale,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        }
+    }
+}
+
 /// Binds `out [m, n] = lhs [m, k] · rhs [n, k]ᵀ` with both operands as texel rows (the CPU
 /// profile's GEMM). Texel output needs a reduction that fits one dispatch.
 pub(crate) async fn texel_dispatches(
@@ -347,9 +520,7 @@ pub(crate) async fn texel_dispatches_into(
             .await?,
         ]);
     }
-    let rows_per_group = (TEXEL_WG * 8) as usize;
-    let tiles_m = m.div_ceil(rows_per_group);
-    let tiles_n = n.div_ceil(16);
+    let tiles = TexelTiles::new(m, n);
     // The block products are straight-line code: one loop iteration per texel of K.
     let slices = split_for_loop_budget(ctx, "texel GEMM", k_texels, 1, 64, 1)?;
     let out_texels = matches!(out, Rows::Texels(_));
@@ -370,27 +541,18 @@ pub(crate) async fn texel_dispatches_into(
     let variant = texel_variant(ctx, out_texels, out_precision, transposed);
     let mut dispatches = Vec::with_capacity(slices.len());
     for (index, slice) in slices.into_iter().enumerate() {
-        let params = TexelParams {
-            m: m as u32,
-            n: n as u32,
-            tiles_n: tiles_n as u32,
-            k_begin: slice.start as u32,
-            k_end: slice.end as u32,
-            accumulate: (block.accumulate || index > 0) as u32,
-            out_offset: block.offset as u32,
-            out_stride: block.stride as u32,
-            k: k as u32,
-            _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
+        let block = OutBlock {
+            accumulate: block.accumulate || index > 0,
+            ..block
         };
+        let params = tiles.params(k, slice, block, EpilogueFields::default());
         dispatches.push(
             Dispatch::new(
                 ctx,
                 &variant,
                 bytemuck::bytes_of(&params),
                 &[lhs.view().into(), rhs.view().into(), out],
-                (tiles_m * tiles_n) as u64,
+                tiles.groups(),
             )
             .await?,
         );

@@ -198,10 +198,9 @@ mod uniform_layouts {
             attention_train::Params,
             attention_chunk_texels::softmax_variant(ctx)
         );
-        check!(
-            attention_train::Params,
-            attention_chunk_texels::backward_variant(ctx)
-        );
+        for variant in attention_chunk_texels::epilogue_variants(ctx) {
+            check!(gemm::TexelParams, variant);
+        }
         check!(dropout_mask::Params, dropout_mask::variant());
         for precision in Precision::ALL {
             check!(bias_add::Params, bias_add::variant(precision));
