@@ -13,6 +13,10 @@ fn main() {
     println!("cargo:rerun-if-changed=src/wgsl_strip.rs");
     let strip = std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("wasm32");
     let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("shaders");
+    // A kernel deleted from shaders/ must not stay embeddable from an earlier build's copy.
+    if out.exists() {
+        std::fs::remove_dir_all(&out).expect("clearing OUT_DIR/shaders");
+    }
     for dir in ["", "common", "io"] {
         let source_dir = Path::new("shaders").join(dir);
         let out_dir = out.join(dir);

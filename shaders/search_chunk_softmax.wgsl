@@ -18,7 +18,8 @@
 //            lanes stride over the keys (n / WG iterations each, within any loop cap).
 // Host constants  WG (a power of two).
 // Includes   common/philox.wgsl, common/train_params.wgsl, common/train_dropout.wgsl,
-//            common/search_weights.wgsl, common/workgroup_reduce.wgsl, common/subgroup_reduce.wgsl.
+//            common/search_weights.wgsl, common/workgroup_reduce.wgsl or
+//            common/subgroup_reduce.wgsl (the host's Reduction).
 
 @group(0) @binding(1) var<storage, read> mask: array<u32>;
 @group(0) @binding(2) var<storage, read_write> stats: array<vec4<f32>>;

@@ -18,7 +18,8 @@
 //            lanes stride over the row's texels (n / (4·WG) iterations each).
 // Host constants  WG (a power of two), RPL.
 // Includes   common/philox.wgsl, common/train_params.wgsl, common/train_dropout.wgsl,
-//            common/search_weights.wgsl, common/workgroup_reduce.wgsl, common/subgroup_reduce.wgsl,
+//            common/search_weights.wgsl, common/workgroup_reduce.wgsl or
+//            common/subgroup_reduce.wgsl (the host's Reduction),
 //            common/texel_rows.wgsl.
 
 @group(0) @binding(1) var<storage, read> mask: array<u32>;

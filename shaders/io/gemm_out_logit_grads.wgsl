@@ -27,7 +27,8 @@
 
 // Stores dL (and Ã) of keys col .. col + 3 of chunk row `row` from their dA.
 fn store(row: u32, col: u32, d_a: vec4<f32>) {
-    if (row >= params.m) {
+    // A tile's 16 columns may pass the texture's ceil(n / 4) texels.
+    if (row >= params.m || col >= params.n) {
         return;
     }
     let t = col / 4u;

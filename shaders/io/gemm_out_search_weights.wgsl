@@ -14,7 +14,7 @@
 //            @binding(4) stats  [b·s·n] vec4<f32>  (m, l, D) of every row
 //            @binding(5) mask   [b, n] u32          0 = key masked
 // Params     the epilogue fields: seq, searches, causal, begin, batch_index, search_index, scale.
-// Includes   common/philox.wgsl, common/train_dropout.wgsl, common/search_weights.wgsl.
+// Includes   common/search_weights.wgsl.
 
 @group(0) @binding(3) var out: OutTexels;
 @group(0) @binding(4) var<storage, read> stats: array<vec4<f32>>;
@@ -22,7 +22,8 @@
 
 // Stores the weights of keys col .. col + 3 of chunk row `row` from their scores.
 fn store(row: u32, col: u32, scores: vec4<f32>) {
-    if (row >= params.m) {
+    // A tile's 16 columns may pass the texture's ceil(n / 4) texels.
+    if (row >= params.m || col >= params.n) {
         return;
     }
     let t = col / 4u;

@@ -45,10 +45,12 @@ pub enum BoundsChecks {
     Proven,
 }
 
-/// A piece of WGSL placed before a kernel by one variant and not another: the declaration of an
-/// operand in one storage (`shaders/io/`), with the functions that read or write it. Two pieces
-/// that stand for each other declare the same binding numbers and functions, so a kernel binds
-/// exactly the resources its variant uses and nothing is bound for show.
+/// A piece of WGSL placed before a kernel by one variant and not another (`shaders/io/`): the
+/// declaration of an operand in one storage, with the functions that read or write it, or an
+/// epilogue that transforms an output before storing it. Two pieces that stand for each other
+/// declare the same functions, and the same bindings where both need a resource (the piece that
+/// stores nothing binds nothing), so a kernel binds exactly the resources its variant uses and
+/// nothing is bound for show.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Piece {
     /// File stem in `shaders/io/`, also part of the variant's label.

@@ -26,7 +26,7 @@
 //! ```
 //!
 //! Measured (BENCHMARKS.md, "The backward's epilogues"): the two epilogues against the two
-//! plain GEMMs and the elementwise kernel they replace, 4–14 % less time in the core on lavapipe:
+//! plain GEMMs and the elementwise kernel they replace, 2–14 % less time in the core on lavapipe:
 //! an epilogue's arithmetic costs there about what the elementwise kernel's did, and what it
 //! saves is the `[c, n]` round trips of `S` and `dA`. Measured and not kept: one kernel
 //! computing `S` and `dA` and the elementwise step as their epilogue ran 1.5× slower than the
@@ -46,10 +46,7 @@ static SOFTMAX_TEXELS: Kernel = kernel!(
     "search_chunk_softmax_texels",
     includes: ["philox", "train_params", "train_dropout", "search_weights", "texel_rows"]
 );
-static SEARCH_WEIGHTS_OUT: Piece = piece!(
-    "gemm_out_search_weights",
-    includes: ["philox", "train_dropout", "search_weights"]
-);
+static SEARCH_WEIGHTS_OUT: Piece = piece!("gemm_out_search_weights", includes: ["search_weights"]);
 static LOGIT_GRADS_OUT: Piece =
     piece!("gemm_out_logit_grads", includes: ["philox", "train_dropout"]);
 static DROPPED_TEXELS: Piece = piece!("gemm_out_dropped_texels");
