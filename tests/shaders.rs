@@ -199,18 +199,7 @@ fn to_spirv(
     info: &ModuleInfo,
     lang_version: (u8, u8),
 ) -> Result<(), String> {
-    let options = spv::Options {
-        lang_version,
-        bounds_check_policies: bounds_checks(),
-        zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
-        ..spv::Options::default()
-    };
-    let pipeline = spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: ENTRY.into(),
-    };
-    let words =
-        spv::write_vec(module, info, &options, Some(&pipeline)).map_err(|e| format!("{e}"))?;
+    let words = spirv(module, info, lang_version)?;
     if words.first() == Some(&0x0723_0203) {
         Ok(())
     } else {
@@ -298,12 +287,15 @@ fn every_variant_parses_and_validates_with_webgpu_capabilities() {
     });
 }
 
-/// SPIR-V 1.0 of a validated module, without debug information (so the same module from two
-/// texts gives the same words).
-fn spirv_words(label: &str, wgsl: &str, subgroups: bool) -> Result<Vec<u32>, String> {
-    let (module, info) = parse_with(label, wgsl, subgroups)?;
+/// The SPIR-V words of a validated module as wgpu's Vulkan back end asks for them, without
+/// debug information (so the same module from two texts gives the same words).
+fn spirv(
+    module: &naga::Module,
+    info: &ModuleInfo,
+    lang_version: (u8, u8),
+) -> Result<Vec<u32>, String> {
     let options = spv::Options {
-        lang_version: if subgroups { (1, 3) } else { (1, 0) },
+        lang_version,
         bounds_check_policies: bounds_checks(),
         zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
         ..spv::Options::default()
@@ -312,7 +304,14 @@ fn spirv_words(label: &str, wgsl: &str, subgroups: bool) -> Result<Vec<u32>, Str
         shader_stage: naga::ShaderStage::Compute,
         entry_point: ENTRY.into(),
     };
-    spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| format!("{label}: {e}"))
+    spv::write_vec(module, info, &options, Some(&pipeline)).map_err(|e| format!("{e}"))
+}
+
+/// [`spirv`] of WGSL text: 1.0, or 1.3 with subgroups.
+fn spirv_words(label: &str, wgsl: &str, subgroups: bool) -> Result<Vec<u32>, String> {
+    let (module, info) = parse_with(label, wgsl, subgroups)?;
+    let lang_version = if subgroups { (1, 3) } else { (1, 0) };
+    spirv(&module, &info, lang_version).map_err(|e| format!("{label}: {e}"))
 }
 
 /// What a wasm32 build embeds (`shader_variants::stripped_wgsl`, applied by `build.rs`: no

@@ -297,7 +297,10 @@ try {
     // The longer run first (padding_mask: a batch of 2 with its maps). The second drop is made
     // in the page the moment the first run's state turns to running (a MutationObserver), so it
     // lands while that run is in progress however fast the run is; a drop from here after a
-    // round trip to the page could land after the run had finished.
+    // round trip to the page could land after the run had finished. The page holds the observer
+    // (window.dropObserver): Chromium may collect an observer that only the observed element
+    // refers to, and with it this promise ("Resulting promise was garbage collected", once in
+    // CI).
     await page.evaluate(([first, second]) => new Promise((resolve) => {
       const dropFile = (bytes, name) => {
         const transfer = new DataTransfer();
@@ -305,14 +308,15 @@ try {
         document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, cancelable: true }));
       };
       const result = document.getElementById('case-result');
-      const observer = new MutationObserver(() => {
+      window.dropObserver = new MutationObserver(() => {
         if (result.dataset.state === 'running') {
-          observer.disconnect();
+          window.dropObserver.disconnect();
+          delete window.dropObserver;
           dropFile(second, 'second.safetensors');
           resolve();
         }
       });
-      observer.observe(result, { attributes: true, attributeFilter: ['data-state'] });
+      window.dropObserver.observe(result, { attributes: true, attributeFilter: ['data-state'] });
       dropFile(first, 'first.safetensors');
     }), [files[1], files[0]]);
     await page.waitForFunction(
