@@ -18,7 +18,8 @@
 //! (ARCHITECTURE decision 17).
 //!
 //! Per (batch b, search σ, chunk of query rows C); the texel GEMM computes `lhs·rhsᵀ`, `[X]ᵀ`
-//! marks an operand it reads from the stored `X`, and `f(·)` an epilogue:
+//! marks an operand it reads from the stored `X`, and `weights(·)`, `grads(·)` the backward's two
+//! epilogues:
 //! ```text
 //! forward   S = SQ_C·SK_bᵀ;  softmax → stats, Ã;  Ret_C = Ã·[RV_b]ᵀᵀ
 //! backward  A = weights(SQ_C·SK_bᵀ);  dL, Ã = grads(dRet_C·RV_bᵀ, A)   (Ã = A without dropout);
