@@ -21,16 +21,21 @@
 //                                 @binding(4) and read the params' epilogue fields); the host
 //                                 places one of these pieces first, which declares `out` and
 //                                 `store`
-// Dispatch   one workgroup per (WG·8 rows) × 16 columns, numbered linearly over x and y:
-//            group = tile_m · tiles_n + tile_n. Invocation `lane` owns eight rows of the tile
-//            (two blocks of four, `lane_row`) and its 16 columns, held as eight 4 × 4 matrix
-//            accumulators. Each step over 4 values of k fetches 8 + 16 texels and does 512
+// Dispatch   one workgroup per (WG·16 rows) × 16 columns, numbered linearly over x and y:
+//            group = tile_m · tiles_n + tile_n. Invocation `lane` owns sixteen rows of the tile
+//            (four blocks of four, `lane_row`) and its 16 columns, held as sixteen 4 × 4 matrix
+//            accumulators. Each step over 4 values of k fetches 16 + 16 texels and does 1024
 //            multiply-adds as 4 × 4 matrix products: on a SIMD CPU the lanes are 8 consecutive
 //            rows (with LHS_T 8 consecutive blocks of four rows), texel fetches are vector
 //            gathers, and no private array is indexed dynamically: the stores are straight-line
 //            calls with constant indices, because a store loop over private arrays that the
 //            driver does not unroll indexes them per lane (on lavapipe such a loop ran at half
 //            the speed of the products).
+//            Why sixteen rows: lavapipe gathers every fetch lane by lane, uniform or not, so the
+//            fetches per multiply-add set the speed. Sixteen rows fetch 32 texels per 1024
+//            multiply-adds where eight fetched 24 per 512; measured on lavapipe (BENCHMARKS.md,
+//            "GEMM"), 10–25 % faster at 1024³ and on training's narrow and short-K products.
+//            Sixteen × 32 columns measured no faster than 16 × 16.
 //            Why the stored transposes: training's backward multiplies by the transpose of a
 //            [rows, n] matrix it has just written (dLᵀ·SQ, Ãᵀ·dRet) and by operands whose
 //            untransposed copies it already holds; reading them transposed here costs one 4 × 4
@@ -72,7 +77,7 @@ struct Params {
 @group(0) @binding(1) var lhs: texture_2d_array<f32>;
 @group(0) @binding(2) var rhs: texture_2d_array<f32>;
 
-// Row i < 8 of the lane's rows in the tile from row `base`: lane + i·WG, so that the lanes of a
+// Row i < 16 of the lane's rows in the tile from row `base`: lane + i·WG, so that the lanes of a
 // SIMD vector read consecutive rows; with LHS_T, blocks of four consecutive rows (one texel of
 // the stored transpose): base + (i / 4)·4·WG + 4·lane + i % 4.
 fn lane_row(base: u32, lane: u32, i: u32) -> u32 {
@@ -143,7 +148,7 @@ fn main(
     @builtin(local_invocation_index) lane: u32,
 ) {
     let tile = group.x + group.y * groups.x;
-    let base = (tile / params.tiles_n) * WG * 8u;
+    let base = (tile / params.tiles_n) * WG * 16u;
     let col0 = (tile % params.tiles_n) * 16u;
     if (col0 >= params.n) {
         return;
@@ -157,9 +162,19 @@ fn main(
     var acc11 = mat4x4<f32>();
     var acc12 = mat4x4<f32>();
     var acc13 = mat4x4<f32>();
+    var acc20 = mat4x4<f32>();
+    var acc21 = mat4x4<f32>();
+    var acc22 = mat4x4<f32>();
+    var acc23 = mat4x4<f32>();
+    var acc30 = mat4x4<f32>();
+    var acc31 = mat4x4<f32>();
+    var acc32 = mat4x4<f32>();
+    var acc33 = mat4x4<f32>();
     for (var k = params.k_begin; k < params.k_end; k++) {
         let a0 = lhs_block(base, lane, 0u, k);
         let a1 = lhs_block(base, lane, 1u, k);
+        let a2 = lhs_block(base, lane, 2u, k);
+        let a3 = lhs_block(base, lane, 3u, k);
         let b0 = rhs_block(col0, k);
         let b1 = rhs_block(col0 + 4u, k);
         let b2 = rhs_block(col0 + 8u, k);
@@ -172,9 +187,19 @@ fn main(
         acc11 += a1 * b1;
         acc12 += a1 * b2;
         acc13 += a1 * b3;
+        acc20 += a2 * b0;
+        acc21 += a2 * b1;
+        acc22 += a2 * b2;
+        acc23 += a2 * b3;
+        acc30 += a3 * b0;
+        acc31 += a3 * b1;
+        acc32 += a3 * b2;
+        acc33 += a3 * b3;
     }
     let r0 = lane_row(base, lane, 0u);
     let r1 = lane_row(base, lane, 4u);
+    let r2 = lane_row(base, lane, 8u);
+    let r3 = lane_row(base, lane, 12u);
     store_rows(r0, col0, acc00);
     store_rows(r0, col0 + 4u, acc01);
     store_rows(r0, col0 + 8u, acc02);
@@ -183,4 +208,12 @@ fn main(
     store_rows(r1, col0 + 4u, acc11);
     store_rows(r1, col0 + 8u, acc12);
     store_rows(r1, col0 + 12u, acc13);
+    store_rows(r2, col0, acc20);
+    store_rows(r2, col0 + 4u, acc21);
+    store_rows(r2, col0 + 8u, acc22);
+    store_rows(r2, col0 + 12u, acc23);
+    store_rows(r3, col0, acc30);
+    store_rows(r3, col0 + 4u, acc31);
+    store_rows(r3, col0 + 8u, acc32);
+    store_rows(r3, col0 + 12u, acc33);
 }

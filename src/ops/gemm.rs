@@ -384,7 +384,7 @@ pub(crate) async fn texel_epilogue_dispatch(
     .await
 }
 
-/// The texel GEMM's grid: workgroups of (TEXEL_WG · 8) rows × 16 columns.
+/// The texel GEMM's grid: workgroups of (TEXEL_WG · 16) rows × 16 columns.
 struct TexelTiles {
     m: usize,
     n: usize,
@@ -397,7 +397,7 @@ impl TexelTiles {
         TexelTiles {
             m,
             n,
-            tiles_m: m.div_ceil((TEXEL_WG * 8) as usize),
+            tiles_m: m.div_ceil((TEXEL_WG * 16) as usize),
             tiles_n: n.div_ceil(16),
         }
     }

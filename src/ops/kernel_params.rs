@@ -20,7 +20,7 @@ pub enum OperandStorage {
 /// Which texel GEMM kernel computes `m` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TexelGemmKernel {
-    /// `gemm_texture.wgsl`: 64 rows × 16 columns per workgroup in 4 × 4 blocks.
+    /// `gemm_texture.wgsl`: 128 rows × 16 columns per workgroup in 4 × 4 blocks.
     Blocked,
     /// `gemv_texture.wgsl`: one output per lane, for a few rows (decode steps): the blocked
     /// kernel would fetch every weight texel for one useful row in eight.
