@@ -4,7 +4,7 @@
 //!
 //! On lavapipe the general fused kernel is bound by operand fetches: each key and value texel it
 //! fetches feeds only a few multiply-adds per lane, and holding more queries per lane needs
-//! arrays indexed in loops, which that driver keeps in memory. This variant holds 8 queries × up to
+//! arrays indexed in loops, which that driver keeps in memory. This variant holds 16 queries × up to
 //! 64 value columns per lane in named 4 × 4 matrices, like the texel GEMM. Wider values are split
 //! over slices of lanes, one per 64-column block, that share each key tile's scores through
 //! workgroup memory (ARCHITECTURE decision 18), so the scores are computed once for up to
@@ -35,10 +35,10 @@ static OUT_TRAINING: Piece = piece!("blocked_out_training");
 pub(crate) const KERNEL_NAME: &str = BLOCKED_ATTENTION.name;
 static RETRIEVAL_MIX: Kernel = kernel!("retrieval_mix", includes: ["texel_rows"]);
 
-/// Lanes per slice: one 8-wide SIMD vector on lavapipe; each lane owns 8 queries. A workgroup
+/// Lanes per slice: one 8-wide SIMD vector on lavapipe; each lane owns 16 queries. A workgroup
 /// is `BlockedPlan::slices` slices.
 const WG: u32 = 8;
-const ROWS: usize = 8 * WG as usize;
+const ROWS: usize = 16 * WG as usize;
 /// Invocations per workgroup of the selection kernel.
 const MIX_WG: u32 = 64;
 
@@ -100,7 +100,7 @@ pub(crate) fn attention_variant(
         .u32("COLS", plan.block_texels as u32)
         .u32("SLICES", plan.slices as u32)
         .u32("LANES", WG * plan.slices as u32)
-        .u32("SHARED", if plan.slices > 1 { 8 * WG } else { 1 })
+        .u32("SHARED", if plan.slices > 1 { 16 * WG } else { 1 })
         .u32("RPL", rows_per_layer(ctx));
     match output {
         BlockedOutput::Texels(precision) => variant.texel_store("RetrievedTexels", precision),

@@ -430,7 +430,7 @@ impl BlockedPlan {
 
 /// Most slices (groups of 8 lanes) of one blocked-core workgroup: 8 × 64 value columns, so the
 /// paper's 8 × 8 layer at `d = 64` (`r·d = 512`) scores each key once. 64 invocations and
-/// 4 KiB of workgroup memory, within WebGPU's defaults.
+/// 8 KiB of workgroup memory (scores of 16 queries per lane), within WebGPU's 16 KiB default.
 pub(crate) const BLOCKED_MAX_SLICES: usize = 8;
 
 /// Slices of the blocked core for `blocks` blocks of value columns: all of them, up to
