@@ -21,8 +21,8 @@
 //            queries (four blocks of four) × 4·COLS value columns as named 4 × 4 matrices and
 //            computes scores for 16 keys at a time as 4 × 4 matrix products, like
 //            gemm_texture.wgsl: 36 to 43 multiply-adds per texel fetched at d = 64 (with 8
-//            queries, 23 to 26: on lavapipe the 16-query tile ran the core 1.4–2.1× faster,
-//            BENCHMARKS.md "Sixteen queries per lane"). Value columns past one block's 4·COLS are split
+//            queries, 23 to 26: on lavapipe the 16-query tile took 4–36 % less time, BENCHMARKS.md
+//            "Sixteen rows per lane"). Value columns past one block's 4·COLS are split
 //            over SLICES groups of WG lanes (ARCHITECTURE decision 18): lane `lane` of every
 //            slice owns the same 16 queries, and each key tile's scores are computed once, each
 //            4-key block by one slice, and shared through workgroup memory, where a workgroup
