@@ -20,7 +20,7 @@
 //            fetch is a gather; arrays indexed in loops live in memory. Here each lane holds 16
 //            queries (four blocks of four) × 4·COLS value columns as named 4 × 4 matrices and
 //            computes scores for 16 keys at a time as 4 × 4 matrix products, like
-//            gemm_texture.wgsl: 36 to 43 multiply-adds per texel fetched at d = 64 (with 8
+//            gemm_texture.wgsl: 36 to 44 multiply-adds per texel fetched at d = 64 (with 8
 //            queries, 23 to 26: on lavapipe the 16-query tile took 4–36 % less time, BENCHMARKS.md
 //            "Sixteen rows per lane"). Value columns past one block's 4·COLS are split
 //            over SLICES groups of WG lanes (ARCHITECTURE decision 18): lane `lane` of every

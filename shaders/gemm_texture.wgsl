@@ -34,8 +34,8 @@
 //            Why sixteen rows: lavapipe gathers every fetch lane by lane, uniform or not, so the
 //            fetches per multiply-add set the speed. Sixteen rows fetch 32 texels per 1024
 //            multiply-adds where eight fetched 24 per 512; measured on lavapipe (BENCHMARKS.md,
-//            "GEMM"), 10–25 % faster at 1024³ and on training's narrow and short-K products.
-//            Sixteen × 32 columns measured no faster than 16 × 16.
+//            "Sixteen rows per lane"), 18–27 % less time at 1024³ and on training's narrow and
+//            short-K products. Sixteen × 32 columns measured no faster than 16 × 16.
 //            Why the stored transposes: training's backward multiplies by the transpose of a
 //            [rows, n] matrix it has just written (dLᵀ·SQ, Ãᵀ·dRet) and by operands whose
 //            untransposed copies it already holds; reading them transposed here costs one 4 × 4

@@ -1,6 +1,7 @@
 // gemv_texture.wgsl: the projection GEMM for a few rows (decode steps, tiny batches) on CPU
-// drivers, y = x · Wᵀ, operands read as texels. The blocked texel GEMM computes 64 rows per
-// workgroup; with one row it fetches every weight texel for one useful output row in eight.
+// drivers, y = x · Wᵀ, operands read as texels. The blocked texel GEMM computes 128 rows per
+// workgroup, 16 per lane; with one row it fetches every weight texel for one useful output row
+// in sixteen.
 //
 // Computes   out[m, c] = Σ_k lhs[m, k] · rhs[c, k]      (M × N output, K reduction)
 // Bindings   @binding(0) params (uniform)  m, n, k_texels (texels of K)

@@ -297,11 +297,12 @@ fn cross_attention_matches_the_f64_reference_on_random_problems() {
             },
         ),
         (
-            "no biases (the blocked core on CPU drivers), padding, batch 2, d 8, n_q 70",
+            "no biases (the blocked core on CPU drivers, past one 128-query tile), padding, \
+             batch 2, d 8, n_q 140",
             Problem {
                 checkpoint: unbiased_checkpoint(encdec(13), 8, (false, false), seed ^ 10),
                 batch: 2,
-                n_q: 70,
+                n_q: 140,
                 n_kv: 19,
                 separate: false,
                 mask: Some(padded(2, 19)),
@@ -483,7 +484,7 @@ fn self_attention_with_extra_rows_matches_the_f64_reference() {
     let unbiased = |extra| unbiased_checkpoint(Attention::SelfAttention, 8, extra, seed);
     // Values 2 × 40 wide: two slices of the blocked core share their scores.
     let wide = |extra| unbiased_checkpoint(Attention::SelfAttention, 40, extra, seed ^ 3);
-    // (seq 70: more than one 64-query tile of the blocked core; `layer.plan` says which core.)
+    // (seq 140: more than one 128-query tile of the blocked core; `layer.plan` says which core.)
     for (causal, extra, c, seq) in [
         (
             false,
@@ -509,10 +510,10 @@ fn self_attention_with_extra_rows_matches_the_f64_reference() {
             biased((false, true), Selection::MlpScore),
             6,
         ),
-        (true, (true, true), unbiased((true, true)), 70),
+        (true, (true, true), unbiased((true, true)), 140),
         (true, (false, true), unbiased((false, true)), 9),
-        (false, (true, false), unbiased((true, false)), 70),
-        (true, (true, true), wide((true, true)), 70),
+        (false, (true, false), unbiased((true, false)), 140),
+        (true, (true, true), wide((true, true)), 140),
     ] {
         let mut c = c;
         c.form.causal = causal;

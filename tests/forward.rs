@@ -327,8 +327,8 @@ fn sixteen_thousand_tokens_fused() {
 /// The blocked core (CPU drivers) splits value columns past 64 over slices of lanes that share
 /// each key tile's scores through workgroup memory (ARCHITECTURE decision 18): two slices at
 /// `r·d = 128`, three (one scores two key blocks), five, eight with a partial last block, and
-/// two workgroups of five at `r·d = 576` (nine blocks). Causal, three sequences of 70 rows
-/// (past one 64-row tile): whole, padded, and fully masked (every row uniform).
+/// two workgroups of five at `r·d = 576` (nine blocks). Causal, three sequences of 140 rows
+/// (past one 128-query tile): whole, padded, and fully masked (every row uniform).
 #[test]
 fn value_columns_shared_over_slices() {
     use compositional_attention::plan::{BlockedPlan, CorePlan, OperandStorage};
@@ -340,14 +340,14 @@ fn value_columns_shared_over_slices() {
         (16, 36, 5),
     ] {
         let case = Case::new(48, dim_head, 2, retrievals)
-            .shape(3, 70)
+            .shape(3, 140)
             .causal()
-            .mask(&[70, 45, 0]);
+            .mask(&[140, 95, 0]);
         let name = format!("value_columns_shared_over_slices d {dim_head} r {retrievals}");
-        let (weights, _) = random_problem(case.config, 3, 70, None, 1.0, 1).unwrap();
+        let (weights, _) = random_problem(case.config, 3, 140, None, 1.0, 1).unwrap();
         let plan = CompositionalAttention::new(common::gpu(), &weights)
             .unwrap()
-            .plan(3, 70)
+            .plan(3, 140)
             .unwrap();
         // (An experiment's COMPATTN_BLOCKED_SLICES caps the slices.)
         let capped = std::env::var_os("COMPATTN_BLOCKED_SLICES").is_some();

@@ -495,7 +495,8 @@ impl GpuContext {
     /// device opened with lower limits (`wgpu::Limits::downlevel_defaults`, say): compute
     /// shaders, eight storage buffers per stage (WebGPU's default: the fused kernel splitting
     /// keys, with its keys and values bound apart, and the decode kernels), a 96-byte uniform
-    /// block (the fused kernel's), a 256-invocation, 8 KiB tiled GEMM, and in the CPU family with
+    /// block (the fused kernel's), a 256-invocation, 8 KiB tiled GEMM (and the blocked core's 8 KiB
+    /// of shared scores), and in the CPU family with
     /// texel operands, three sampled textures (the blocked core's queries, keys and values) and
     /// one storage texture per stage. Per-problem sizes (buffers, textures,
     /// workgroup counts) are checked when a plan is built.

@@ -10,7 +10,7 @@
 //!   that reuse is what keeps the arithmetic units fed;
 //! * `shaders/gemm_texture.wgsl`, the CPU-driver kernel of the layer: both operands read as
 //!   texels (vector gathers on lavapipe, where storage-buffer loads go lane by lane; see
-//!   `src/gpu/texture.rs`), 8 × 16 outputs per invocation as 4 × 4 matrix products, stored by
+//!   `src/gpu/texture.rs`), 16 × 16 outputs per invocation as 4 × 4 matrix products, stored by
 //!   an output piece: into a buffer, into texel rows, or through an epilogue that transforms
 //!   each product first ([`TexelEpilogue`]: training's search weights and logit gradients);
 //! * `shaders/gemv_texture.wgsl`, the same for a few rows (decode steps): one output per lane.

@@ -417,7 +417,9 @@ impl BlockedPlan {
                 "blocked attention",
                 layout.seq,
                 1 + (dv * head_loops).div_ceil(16),
-                64,
+                // Outside the key loop: the stores' loops, four rows for each of 4 query blocks
+                // × up to 16 value texels, and the statistics' (4 × 4).
+                272,
                 16,
             )
             .is_ok_and(|chunks| chunks.len() == 1);
