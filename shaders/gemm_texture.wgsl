@@ -19,8 +19,10 @@
 //                                 io/gemm_out_search_weights.wgsl, and logit gradients,
 //                                 io/gemm_out_logit_grads.wgsl, which bind more from
 //                                 @binding(4) and read the params' epilogue fields); the host
-//                                 places one of these pieces first, which declares `out` and
-//                                 `store`
+//                                 places one of these pieces first, which declares `out`,
+//                                 `store`, and what `store` reads once per row and once per
+//                                 four columns: `RowState`, `row_state`, `ColumnState`,
+//                                 `column_state`
 // Dispatch   one workgroup per (WG·16 rows) × 16 columns, numbered linearly over x and y:
 //            group = tile_m · tiles_n + tile_n. Invocation `lane` owns sixteen rows of the tile
 //            (four blocks of four, `lane_row`) and its 16 columns, held as sixteen 4 × 4 matrix
@@ -36,6 +38,13 @@
 //            multiply-adds where eight fetched 24 per 512; measured on lavapipe (BENCHMARKS.md,
 //            "Sixteen rows per lane"), 18–27 % less time at 1024³ and on training's narrow and
 //            short-K products. Sixteen × 32 columns measured no faster than 16 × 16.
+//            Why per-row and per-column state: an epilogue's loads that depend on the row alone
+//            (training's statistics) or on the column alone (the key mask) are made once per
+//            row and per four columns (16 row states and 4 column states per lane), not once
+//            per stored texel (64 per lane, each with the mask's four keys): lavapipe gathers
+//            every load lane by lane, and the search weights' epilogue took 2.2× the plain
+//            product's time with its loads per texel (BENCHMARKS.md, "The epilogues' loads
+//            hoisted").
 //            Why the stored transposes: training's backward multiplies by the transpose of a
 //            [rows, n] matrix it has just written (dLᵀ·SQ, Ãᵀ·dRet) and by operands whose
 //            untransposed copies it already holds; reading them transposed here costs one 4 × 4
@@ -130,15 +139,29 @@ fn rhs_t_texel(row: u32, q: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), textureLoad(rhs, texel_coords(r, q), texel_layer(r), 0), row < params.k);
 }
 
+// The output piece's row states of an accumulator block's four rows from `row`.
+struct BlockRows {
+    r0: RowState,
+    r1: RowState,
+    r2: RowState,
+    r3: RowState,
+}
+
+// The rows of a block are ROW_STEP apart: WG (lane_row), or 1 with LHS_T.
+const ROW_STEP: u32 = select(WG, 1u, LHS_T);
+
+fn block_rows(row: u32) -> BlockRows {
+    return BlockRows(row_state(row), row_state(row + ROW_STEP), row_state(row + 2u * ROW_STEP), row_state(row + 3u * ROW_STEP));
+}
+
 // Columns c .. c + 3 of an accumulator block's four rows from `row` (entry [j][i] = (row i,
 // column c + j)): one texel or four values per row.
-fn store_rows(row: u32, c: u32, block: mat4x4<f32>) {
-    let rows = transpose(block);
-    let step = select(WG, 1u, LHS_T);
-    store(row, c, rows[0]);
-    store(row + step, c, rows[1]);
-    store(row + 2u * step, c, rows[2]);
-    store(row + 3u * step, c, rows[3]);
+fn store_rows(row: u32, c: u32, block: mat4x4<f32>, rows: BlockRows, columns: ColumnState) {
+    let values = transpose(block);
+    store(row, c, values[0], rows.r0, columns);
+    store(row + ROW_STEP, c, values[1], rows.r1, columns);
+    store(row + 2u * ROW_STEP, c, values[2], rows.r2, columns);
+    store(row + 3u * ROW_STEP, c, values[3], rows.r3, columns);
 }
 
 @compute @workgroup_size(WG)
@@ -200,20 +223,28 @@ fn main(
     let r1 = lane_row(base, lane, 4u);
     let r2 = lane_row(base, lane, 8u);
     let r3 = lane_row(base, lane, 12u);
-    store_rows(r0, col0, acc00);
-    store_rows(r0, col0 + 4u, acc01);
-    store_rows(r0, col0 + 8u, acc02);
-    store_rows(r0, col0 + 12u, acc03);
-    store_rows(r1, col0, acc10);
-    store_rows(r1, col0 + 4u, acc11);
-    store_rows(r1, col0 + 8u, acc12);
-    store_rows(r1, col0 + 12u, acc13);
-    store_rows(r2, col0, acc20);
-    store_rows(r2, col0 + 4u, acc21);
-    store_rows(r2, col0 + 8u, acc22);
-    store_rows(r2, col0 + 12u, acc23);
-    store_rows(r3, col0, acc30);
-    store_rows(r3, col0 + 4u, acc31);
-    store_rows(r3, col0 + 8u, acc32);
-    store_rows(r3, col0 + 12u, acc33);
+    let rows0 = block_rows(r0);
+    let rows1 = block_rows(r1);
+    let rows2 = block_rows(r2);
+    let rows3 = block_rows(r3);
+    let cols0 = column_state(col0);
+    let cols1 = column_state(col0 + 4u);
+    let cols2 = column_state(col0 + 8u);
+    let cols3 = column_state(col0 + 12u);
+    store_rows(r0, col0, acc00, rows0, cols0);
+    store_rows(r0, col0 + 4u, acc01, rows0, cols1);
+    store_rows(r0, col0 + 8u, acc02, rows0, cols2);
+    store_rows(r0, col0 + 12u, acc03, rows0, cols3);
+    store_rows(r1, col0, acc10, rows1, cols0);
+    store_rows(r1, col0 + 4u, acc11, rows1, cols1);
+    store_rows(r1, col0 + 8u, acc12, rows1, cols2);
+    store_rows(r1, col0 + 12u, acc13, rows1, cols3);
+    store_rows(r2, col0, acc20, rows2, cols0);
+    store_rows(r2, col0 + 4u, acc21, rows2, cols1);
+    store_rows(r2, col0 + 8u, acc22, rows2, cols2);
+    store_rows(r2, col0 + 12u, acc23, rows2, cols3);
+    store_rows(r3, col0, acc30, rows3, cols0);
+    store_rows(r3, col0 + 4u, acc31, rows3, cols1);
+    store_rows(r3, col0 + 8u, acc32, rows3, cols2);
+    store_rows(r3, col0 + 12u, acc33, rows3, cols3);
 }

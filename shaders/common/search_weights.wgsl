@@ -24,11 +24,24 @@ fn search_weight(stats: vec4<f32>, allowed: bool, score: f32) -> f32 {
 
 // Which of keys 4t .. 4t + 3 row i may attend (false past n): the texel kernels' four keys.
 fn allowed_keys(b: u32, i: u32, t: u32) -> vec4<bool> {
-    var allowed = vec4<bool>(false);
+    return causal_keys(i, t, unmasked_keys(b, t));
+}
+
+// Which of keys 4t .. 4t + 3 batch b's mask allows (false past n), whatever the row: what a
+// kernel may read once for many rows.
+fn unmasked_keys(b: u32, t: u32) -> vec4<bool> {
+    var unmasked = vec4<bool>(false);
     for (var c = 0u; c < 4u; c++) {
-        allowed[c] = 4u * t + c < params.seq && key_allowed(b, i, 4u * t + c);
+        let j = 4u * t + c;
+        unmasked[c] = j < params.seq && mask[b * params.seq + j] != 0u;
     }
-    return allowed;
+    return unmasked;
+}
+
+// `unmasked` (unmasked_keys of keys 4t .. 4t + 3) limited to the keys row i may attend.
+fn causal_keys(i: u32, t: u32, unmasked: vec4<bool>) -> vec4<bool> {
+    let keys = vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u);
+    return unmasked & (vec4<bool>(params.causal == 0u) | keys <= vec4<u32>(i));
 }
 
 // search_weight of keys 4t .. 4t + 3 at once (`logits` scaled; 0 past n).

@@ -6,8 +6,20 @@
 
 @group(0) @binding(3) var<storage, read_write> out: array<Out>;
 
+// Nothing is read once per row or per four columns (gemm_texture.wgsl's epilogue state).
+alias RowState = u32;
+alias ColumnState = u32;
+
+fn row_state(row: u32) -> RowState {
+    return 0u;
+}
+
+fn column_state(col: u32) -> ColumnState {
+    return 0u;
+}
+
 // Stores columns col .. col + 3 of one row (`values[j]` is column col + j).
-fn store(row: u32, col: u32, values: vec4<f32>) {
+fn store(row: u32, col: u32, values: vec4<f32>, _row: RowState, _columns: ColumnState) {
     if (row >= params.m) {
         return;
     }

@@ -218,8 +218,10 @@ pub(crate) struct EpilogueFields {
 }
 
 /// An output of the texel GEMM that transforms each product before storing it as `rgba32float`
-/// texel rows: the io pieces that declare `out` and `store` (and whatever they call), the fields
-/// they read, and the resources they bind from `@binding(4)` on, in binding order.
+/// texel rows: the io pieces that declare `out`, `store` and what `store` reads once per row and
+/// once per four columns (`RowState`, `ColumnState` and their functions: `gemm_texture.wgsl`'s
+/// header says why), and whatever they call; the fields they read, and the resources they bind
+/// from `@binding(4)` on, in binding order.
 pub(crate) struct TexelEpilogue<'a> {
     pub pieces: &'a [&'static Piece],
     pub fields: EpilogueFields,
