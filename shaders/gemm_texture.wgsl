@@ -22,7 +22,8 @@
 //                                 places one of these pieces first, which declares `out`,
 //                                 `store`, and what `store` reads once per row and once per
 //                                 four columns: `RowState`, `row_state`, `ColumnState`,
-//                                 `column_state`
+//                                 `column_state` (the plain outputs take them from
+//                                 common/gemm_no_state.wgsl)
 // Dispatch   one workgroup per (WG·16 rows) × 16 columns, numbered linearly over x and y:
 //            group = tile_m · tiles_n + tile_n. Invocation `lane` owns sixteen rows of the tile
 //            (four blocks of four, `lane_row`) and its 16 columns, held as sixteen 4 × 4 matrix
@@ -42,8 +43,8 @@
 //            (training's statistics) or on the column alone (the key mask) are made once per
 //            row and per four columns (16 row states and 4 column states per lane), not once
 //            per stored texel (64 per lane, each with the mask's four keys): lavapipe gathers
-//            every load lane by lane, and the search weights' epilogue took 2.2× the plain
-//            product's time with its loads per texel (BENCHMARKS.md, "The epilogues' loads
+//            every load lane by lane, and the search weights' epilogue took 2.2× the time it
+//            took with those loads replaced by constants (BENCHMARKS.md, "The epilogues' loads
 //            hoisted").
 //            Why the stored transposes: training's backward multiplies by the transpose of a
 //            [rows, n] matrix it has just written (dLᵀ·SQ, Ãᵀ·dRet) and by operands whose
@@ -155,7 +156,8 @@ fn block_rows(row: u32) -> BlockRows {
 }
 
 // Columns c .. c + 3 of an accumulator block's four rows from `row` (entry [j][i] = (row i,
-// column c + j)): one texel or four values per row.
+// column c + j)): one texel or four values per row, with the rows' states (`block_rows(row)`)
+// and the four columns' (`column_state(c)`).
 fn store_rows(row: u32, c: u32, block: mat4x4<f32>, rows: BlockRows, columns: ColumnState) {
     let values = transpose(block);
     store(row, c, values[0], rows.r0, columns);

@@ -892,3 +892,149 @@ fn a_strict_webgpu_instance_compiles_and_runs_every_variant() {
         );
     }
 }
+
+/// The binary operators of WGSL's expression grammar, longest first.
+const BINARY_OPERATORS: [&str; 18] = [
+    "<<", ">>", "<=", ">=", "==", "!=", "&&", "||", "+", "-", "*", "/", "%", "<", ">", "&", "|",
+    "^",
+];
+
+/// The places in `wgsl` where a bitwise `&`, `|` or `^` stands beside another binary operator
+/// with no parentheses between them, as `a | b <= c`: WGSL's grammar makes a bitwise
+/// expression's operands unary expressions, so Tint (Chrome) and WebKit reject the module,
+/// where naga parses it with C's precedence and every native test passes.
+fn unparenthesised_bitwise(wgsl: &str) -> Vec<String> {
+    let code: String = wgsl
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    // Template lists (`vec4<u32>`, `array<f32, 4>`) are not comparisons: drop them first.
+    let mut text = code;
+    loop {
+        let mut out = String::with_capacity(text.len());
+        let mut changed = false;
+        let mut rest = text.as_str();
+        while let Some(open) = rest.find('<') {
+            let word_start = rest[..open]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |i| i + 1);
+            let word = &rest[word_start..open];
+            let typed = [
+                "vec", "mat", "array", "ptr", "texture_", "atomic", "bitcast",
+            ]
+            .iter()
+            .any(|p| word.starts_with(p));
+            let close = rest[open + 1..]
+                .find(|c: char| "<>();".contains(c))
+                .map(|i| open + 1 + i);
+            match close {
+                Some(close) if typed && rest.as_bytes()[close] == b'>' => {
+                    out.push_str(&rest[..open]);
+                    rest = &rest[close + 1..];
+                    changed = true;
+                }
+                _ => {
+                    out.push_str(&rest[..open + 1]);
+                    rest = &rest[open + 1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        text = out;
+        if !changed {
+            break;
+        }
+    }
+    let mut failures = Vec::new();
+    let mut levels: Vec<BTreeSet<&str>> = vec![BTreeSet::new()];
+    let check = |ops: &BTreeSet<&str>, failures: &mut Vec<String>, at: usize| {
+        if ops.iter().any(|op| matches!(*op, "&" | "|" | "^")) && ops.len() > 1 {
+            let line = text[..at].matches('\n').count() + 1;
+            failures.push(format!("line {line}: {ops:?} without parentheses"));
+        }
+    };
+    // Whether the previous token ends an operand (so an operator after it is binary).
+    let mut after_operand = false;
+    let mut i = 0;
+    let bytes = text.as_bytes();
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+            let start = i;
+            while i < bytes.len()
+                && ((bytes[i] as char).is_ascii_alphanumeric()
+                    || bytes[i] == b'_'
+                    || bytes[i] == b'.')
+            {
+                i += 1;
+            }
+            after_operand = &text[start..i] != "return";
+            continue;
+        }
+        if "([{".contains(c) {
+            levels.push(BTreeSet::new());
+            after_operand = false;
+        } else if ")]}".contains(c) {
+            if levels.len() > 1 {
+                let ops = levels.pop().unwrap_or_default();
+                check(&ops, &mut failures, i);
+            }
+            after_operand = c != '}';
+        } else if ";,=:".contains(c) && !text[i..].starts_with("==") {
+            let ops = std::mem::take(levels.last_mut().expect("a level"));
+            check(&ops, &mut failures, i);
+            after_operand = false;
+        } else if let Some(op) = BINARY_OPERATORS
+            .iter()
+            .find(|op| text[i..].starts_with(**op))
+        {
+            if after_operand && !text[i..].starts_with("->") {
+                levels.last_mut().expect("a level").insert(op);
+            }
+            after_operand = false;
+            i += op.len();
+            continue;
+        } else if !c.is_whitespace() {
+            after_operand = false;
+        }
+        i += 1;
+    }
+    failures
+}
+
+#[test]
+fn every_kernel_parenthesises_its_bitwise_operators_as_wgsl_requires() {
+    // The checker itself: what Tint rejects, and what it accepts.
+    for bad in [
+        "let a = b | c <= d;",
+        "let a = x & 3u + 1u;",
+        "return u & (v | k <= w);",
+    ] {
+        assert!(!unparenthesised_bitwise(bad).is_empty(), "missed {bad}");
+    }
+    for good in [
+        "let a = b | (c <= d);",
+        "let a = (x & 3u) + 1u;",
+        "let m = vec4<bool>(x == 0u) | (k <= vec4<u32>(i));",
+        "atomicAdd(&counts[i], 1u); let p = a & b & c; let q = a < b && c >= d;",
+        "fn f(a: ptr<function, array<f32, 4>>) -> vec4<f32> { return -a[0] * 2.0; }",
+    ] {
+        let found = unparenthesised_bitwise(good);
+        assert!(found.is_empty(), "{good}: {found:?}");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut failures = Vec::new();
+    for dir in [root.clone(), root.join("common"), root.join("io")] {
+        for entry in std::fs::read_dir(&dir).expect("shaders/") {
+            let path = entry.expect("an entry").path();
+            if path.extension().is_some_and(|e| e == "wgsl") {
+                let text = std::fs::read_to_string(&path).expect("a kernel");
+                for failure in unparenthesised_bitwise(&text) {
+                    failures.push(format!("{}: {failure}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

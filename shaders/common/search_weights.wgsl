@@ -41,7 +41,9 @@ fn unmasked_keys(b: u32, t: u32) -> vec4<bool> {
 // `unmasked` (unmasked_keys of keys 4t .. 4t + 3) limited to the keys row i may attend.
 fn causal_keys(i: u32, t: u32, unmasked: vec4<bool>) -> vec4<bool> {
     let keys = vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u);
-    return unmasked & (vec4<bool>(params.causal == 0u) | keys <= vec4<u32>(i));
+    // Parenthesised: WGSL (Tint) rejects `|` beside `<=` without them, where naga takes C's
+    // precedence.
+    return unmasked & (vec4<bool>(params.causal == 0u) | (keys <= vec4<u32>(i)));
 }
 
 // search_weight of keys 4t .. 4t + 3 at once (`logits` scaled; 0 past n).

@@ -45,7 +45,7 @@ fn column_state(col: u32) -> ColumnState {
 }
 
 // Stores dL (and Ã) of keys col .. col + 3 of chunk row `row` from their dA.
-fn store(row: u32, col: u32, d_a: vec4<f32>, stats_row: RowState, _columns: ColumnState) {
+fn store(row: u32, col: u32, d_a: vec4<f32>, stats_row: RowState, per_columns: ColumnState) {
     // A tile's 16 columns may pass the texture's ceil(n / 4) texels.
     if (row >= params.m || col >= params.n) {
         return;

@@ -24,7 +24,8 @@
 
 // A row's statistics (m, l, D), read once per row (a row past M reads the last).
 alias RowState = vec4<f32>;
-// Which of keys col .. col + 3 the mask allows and lie before n, read once per four columns.
+// Which of keys col .. col + 3 the mask allows and that lie before n, read once per four
+// columns.
 alias ColumnState = vec4<bool>;
 
 fn row_state(row: u32) -> RowState {

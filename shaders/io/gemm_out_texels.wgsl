@@ -6,23 +6,12 @@
 // third. Placed before the kernel by the host instead of io/gemm_out_buffer.wgsl.
 //
 // Bindings   @binding(3) out  [M, N / 4] texel rows
+// Includes   common/gemm_no_state.wgsl (it reads nothing once per row or per four columns).
 
 @group(0) @binding(3) var out: OutTexels;
 
-// Nothing is read once per row or per four columns (gemm_texture.wgsl's epilogue state).
-alias RowState = u32;
-alias ColumnState = u32;
-
-fn row_state(row: u32) -> RowState {
-    return 0u;
-}
-
-fn column_state(col: u32) -> ColumnState {
-    return 0u;
-}
-
 // Stores columns col .. col + 3 of one row (`values[j]` is column col + j).
-fn store(row: u32, col: u32, values: vec4<f32>, _row: RowState, _columns: ColumnState) {
+fn store(row: u32, col: u32, values: vec4<f32>, per_row: RowState, per_columns: ColumnState) {
     if (row >= params.m) {
         return;
     }

@@ -29,8 +29,8 @@ static GEMM: Kernel = kernel!("gemm");
 static GEMM_TILED: Kernel = kernel!("gemm_tiled");
 static GEMM_TEXTURE: Kernel = kernel!("gemm_texture", includes: ["texel_rows"]);
 static GEMV_TEXTURE: Kernel = kernel!("gemv_texture", includes: ["texel_rows"]);
-static OUT_BUFFER: Piece = piece!("gemm_out_buffer");
-static OUT_TEXELS: Piece = piece!("gemm_out_texels");
+static OUT_BUFFER: Piece = piece!("gemm_out_buffer", includes: ["gemm_no_state"]);
+static OUT_TEXELS: Piece = piece!("gemm_out_texels", includes: ["gemm_no_state"]);
 
 /// `[m, k] · [n, k]ᵀ → [m, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
