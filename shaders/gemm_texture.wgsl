@@ -12,6 +12,12 @@
 //                                 transpose [K, M] as texel rows
 //            @binding(2) rhs      [N, K] texel rows (PyTorch weight layout, padded likewise),
 //                                 or with RHS_T its transpose [K, N]
+//                                 Both are read through `load_LhsTexels`/`load_RhsTexels`: as
+//                                 read-only storage textures of their format where the device
+//                                 allows, else sampled (the host's TexelRead; on lavapipe the
+//                                 storage read skips the sampled fetch's per-lane mip level,
+//                                 about a quarter less time, BENCHMARKS.md "Texels read as
+//                                 storage")
 //            @binding(3) out      [M, N]: an f32 buffer (io/gemm_out_buffer.wgsl) or texel rows
 //                                 (io/gemm_out_texels.wgsl: where N % 4 != 0, the columns past
 //                                 N of a row's last texel are not zero), or texel rows of what
@@ -51,7 +57,8 @@
 //            untransposed copies it already holds; reading them transposed here costs one 4 × 4
 //            transpose per block, where writing or copying the transpose cost a strided texel
 //            store per value on lavapipe (ops/attention_chunk_texels.rs, ARCHITECTURE decision 17).
-// Host constants  WG, RPL, LHS_T, RHS_T (bool).
+// Host constants  WG, RPL, LHS_T, RHS_T (bool); LhsTexels, RhsTexels (TexelRead: the type and
+//            its load function).
 // Includes   common/texel_rows.wgsl, and those an epilogue piece calls (its `includes`).
 
 struct Params {
@@ -84,8 +91,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var lhs: texture_2d_array<f32>;
-@group(0) @binding(2) var rhs: texture_2d_array<f32>;
+@group(0) @binding(1) var lhs: LhsTexels;
+@group(0) @binding(2) var rhs: RhsTexels;
 
 // Row i < 16 of the lane's rows in the tile from row `base`: lane + i·WG, so that the lanes of a
 // SIMD vector read consecutive rows; with LHS_T, blocks of four consecutive rows (one texel of
@@ -111,13 +118,13 @@ fn lhs_block(base: u32, lane: u32, blk: u32, k: u32) -> mat4x4<f32> {
 
 fn lhs_texel(row: u32, k: u32) -> vec4<f32> {
     let r = min(row, params.m - 1u);
-    return textureLoad(lhs, texel_coords(r, k), texel_layer(r), 0);
+    return load_LhsTexels(texel_coords(r, k), texel_layer(r));
 }
 
 // Texel q of row `row` of the stored transpose; rows past K are 0.
 fn lhs_t_texel(row: u32, q: u32) -> vec4<f32> {
     let r = min(row, params.k - 1u);
-    return select(vec4<f32>(0.0), textureLoad(lhs, texel_coords(r, q), texel_layer(r), 0), row < params.k);
+    return select(vec4<f32>(0.0), load_LhsTexels(texel_coords(r, q), texel_layer(r)), row < params.k);
 }
 
 // Columns c .. c + 3 at k-texel k: column j of the matrix is weight row c + j.
@@ -132,12 +139,12 @@ fn rhs_block(c: u32, k: u32) -> mat4x4<f32> {
 
 fn rhs_texel(col: u32, k: u32) -> vec4<f32> {
     let c = min(col, params.n - 1u);
-    return textureLoad(rhs, texel_coords(c, k), texel_layer(c), 0);
+    return load_RhsTexels(texel_coords(c, k), texel_layer(c));
 }
 
 fn rhs_t_texel(row: u32, q: u32) -> vec4<f32> {
     let r = min(row, params.k - 1u);
-    return select(vec4<f32>(0.0), textureLoad(rhs, texel_coords(r, q), texel_layer(r), 0), row < params.k);
+    return select(vec4<f32>(0.0), load_RhsTexels(texel_coords(r, q), texel_layer(r)), row < params.k);
 }
 
 // The output piece's row states of an accumulator block's four rows from `row`.

@@ -10,8 +10,9 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::pipelines::{BoundsChecks, PipelineCache, Reduction, ShaderVariant};
+use crate::gpu::pipelines::{BoundsChecks, PipelineCache, Reduction, ShaderVariant, TexelRead};
 use crate::gpu::tuning_store::{TuneMode, TuningStore, default_cache_path};
+use crate::precision::Precision;
 
 /// Printed when no adapter exists: on a machine without a GPU, Mesa's CPU drivers provide one.
 pub const INSTALL_HINT: &str = "Install a Vulkan or OpenGL driver; on a machine without a GPU, Mesa's CPU \
@@ -102,13 +103,39 @@ impl BoundsCheckPolicy {
     }
 }
 
+/// Whether texel kernels may read their operands as read-only storage textures
+/// ([`TexelRead::Storage`]) where the device allows, or always as sampled textures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum TexelReadPolicy {
+    #[default]
+    WhereAvailable,
+    Sampled,
+}
+
+impl TexelReadPolicy {
+    /// `COMPATTN_TEXEL_READS=auto|sampled` (unset: `auto`): `sampled` keeps the sampled
+    /// fetches on a device that could read storage textures, to compare the two.
+    fn from_env() -> Result<Self> {
+        match std::env::var("COMPATTN_TEXEL_READS").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(TexelReadPolicy::WhereAvailable),
+            Ok("sampled") => Ok(TexelReadPolicy::Sampled),
+            Ok(other) => Err(Error::InvalidConfig {
+                field: "COMPATTN_TEXEL_READS",
+                value: other.to_string(),
+                reason: "must be `auto` or `sampled`",
+            }),
+        }
+    }
+}
+
 /// What a context decides once, when it is made: the kernel family asked for, subgroups, bounds
-/// checks.
+/// checks, texel reads.
 #[derive(Clone, Copy, Debug)]
 struct Choices {
     kernels: KernelFamilyRequest,
     subgroups: SubgroupPolicy,
     bounds_checks: BoundsCheckPolicy,
+    texel_reads: TexelReadPolicy,
 }
 
 impl Choices {
@@ -118,6 +145,7 @@ impl Choices {
             kernels,
             subgroups: SubgroupPolicy::from_env()?,
             bounds_checks: BoundsCheckPolicy::from_env()?,
+            texel_reads: TexelReadPolicy::from_env()?,
         })
     }
 }
@@ -283,6 +311,8 @@ struct Inner {
     reduction: Reduction,
     /// Which kernels run without runtime bounds checks ([`GpuContext::bounds_checks`]).
     bounds_checks: BoundsCheckPolicy,
+    /// Whether texel kernels read storage textures ([`GpuContext::texel_read`]).
+    storage_texel_reads: bool,
 }
 
 /// The default [`GpuContext::wait_timeout`]: generous, since one forward of a long sequence on a
@@ -314,6 +344,7 @@ impl GpuContext {
             kernels: options.kernels,
             subgroups: options.subgroups,
             bounds_checks: options.bounds_checks,
+            texel_reads: TexelReadPolicy::from_env()?,
         };
         let ctx = Self::open(adapter, options.limits, choices).await?;
         if let Some(timeout) = options.wait_timeout {
@@ -465,6 +496,16 @@ impl GpuContext {
         } else {
             Reduction::Workgroup
         };
+        // Read-only storage textures are WGSL's `readonly_and_readwrite_storage_textures`, which
+        // naga takes and a browser may not; the texel GEMM's epilogue with dropout binds four
+        // (both operands, its output and the dropped weights), WebGPU's default.
+        let storage_texel_reads = cfg!(not(target_arch = "wasm32"))
+            && choices.texel_reads == TexelReadPolicy::WhereAvailable
+            && !matches!(
+                info.backend,
+                wgpu::Backend::BrowserWebGpu | wgpu::Backend::Gl
+            )
+            && limits.max_storage_textures_per_shader_stage >= 4;
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
         // Memory only and off until the constructor applies the options.
         let tuning = TuningStore::new(&info, TuneMode::Off, None);
@@ -487,6 +528,7 @@ impl GpuContext {
                 tuning,
                 reduction,
                 bounds_checks: choices.bounds_checks,
+                storage_texel_reads,
             }),
         }
     }
@@ -748,6 +790,18 @@ impl GpuContext {
     /// through workgroup memory.
     pub fn reduction(&self) -> Reduction {
         self.inner.reduction
+    }
+
+    /// How the texel GEMM reads a texel matrix of `precision` on this device: as a read-only
+    /// storage texture on native Vulkan, Metal and DX12 devices with four storage textures per
+    /// stage (`COMPATTN_TEXEL_READS=sampled` keeps the sampled reads), else as a sampled texture.
+    /// Both read the same values.
+    pub fn texel_read(&self, precision: Precision) -> TexelRead {
+        if self.inner.storage_texel_reads {
+            TexelRead::Storage(precision)
+        } else {
+            TexelRead::Sampled
+        }
     }
 
     /// Whether `variant` is compiled without runtime bounds checks here: where its kernel is
@@ -1041,6 +1095,75 @@ mod tests {
         .unwrap();
         assert_eq!(off.reduction(), Reduction::Workgroup);
         assert!(!off.device().features().contains(wgpu::Features::SUBGROUP));
+    }
+
+    /// The texel GEMM reads storage textures exactly where the device allows (so lavapipe runs
+    /// that path for real), the `sampled` policy keeps sampled reads on the same adapter, and
+    /// both give the same forward bit for bit: f32, and an f16 layer (`rgba16float` weights read
+    /// as storage) where the device has f16. Odd sizes, a padded row, values of scale 3.
+    #[test]
+    fn texel_reads_are_storage_where_the_device_allows_and_read_the_same_values() {
+        use crate::{CompositionalAttention, Config, Weights};
+        let ctx = context();
+        let storage_expected = cfg!(not(target_arch = "wasm32"))
+            && !matches!(
+                ctx.info().backend,
+                wgpu::Backend::BrowserWebGpu | wgpu::Backend::Gl
+            )
+            && ctx.limits().max_storage_textures_per_shader_stage >= 4
+            && TexelReadPolicy::from_env().unwrap() == TexelReadPolicy::WhereAvailable;
+        for precision in Precision::ALL {
+            let expected = match storage_expected {
+                true => TexelRead::Storage(precision),
+                false => TexelRead::Sampled,
+            };
+            assert_eq!(ctx.texel_read(precision), expected, "on {}", ctx.describe());
+        }
+        let open = |texel_reads| {
+            let choices = Choices {
+                texel_reads,
+                ..Choices::from_env(KernelFamilyRequest::Cpu).unwrap()
+            };
+            pollster::block_on(GpuContext::open(
+                ctx.adapter().clone(),
+                LimitsPolicy::from_env().unwrap(),
+                choices,
+            ))
+            .unwrap()
+        };
+        let (storage, sampled) = (
+            open(TexelReadPolicy::WhereAvailable),
+            open(TexelReadPolicy::Sampled),
+        );
+        assert_eq!(sampled.texel_read(Precision::F32), TexelRead::Sampled);
+        let (mut rng, what) = crate::gpu::test_device::rng("texel reads");
+        let config = Config::new(40)
+            .dim_head(12)
+            .num_searches(3)
+            .num_retrievals(2);
+        let weights = Weights::random(config, rng.next_u64()).unwrap();
+        let (batch, seq) = (2, 37);
+        let x = crate::testing::normal(&mut rng, batch * seq * 40, 3.0);
+        let mask: Vec<bool> = (0..batch * seq).map(|i| i < seq + 20).collect();
+        for precision in Precision::ALL {
+            if precision == Precision::F16 && !storage.supports_f16() {
+                continue;
+            }
+            let forward = |ctx: &GpuContext| {
+                CompositionalAttention::with_precision(ctx, &weights, precision)
+                    .unwrap()
+                    .forward_blocking(&x, batch, seq, Some(&mask))
+                    .unwrap()
+            };
+            let (a, b) = (forward(&storage), forward(&sampled));
+            assert!(a.iter().all(|v| v.is_finite()), "{what}: {precision}");
+            let differ = a
+                .iter()
+                .zip(&b)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differ, 0, "{what}: {precision}: {differ} outputs differ");
+        }
     }
 
     #[test]

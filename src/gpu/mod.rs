@@ -28,5 +28,5 @@ pub use context::{
     BoundsCheckPolicy, GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy, SubgroupPolicy,
 };
 pub use dispatch::CompileProgress;
-pub use pipelines::{BoundsChecks, Reduction};
+pub use pipelines::{BoundsChecks, Reduction, TexelRead};
 pub use tuning_store::{TuneMode, default_cache_path};

@@ -124,10 +124,53 @@ pub enum Constant {
     /// format in the type, so an f16 layer's texel rows need their own declaration), and
     /// `fn to_NAME(v: vec4<f32>) -> vec4<f32>`, which rounds to the stored precision.
     TexelStore(Precision),
+    /// A read texel matrix ([`TexelRead`]) bound to the kernel's variable `var`:
+    /// `alias NAME = texture_2d_array<f32>;` or
+    /// `texture_storage_2d_array<rgba32float | rgba16float, read>;`, and
+    /// `fn load_NAME(coords: vec2<u32>, layer: u32) -> vec4<f32>`, which fetches from `var` and
+    /// through which the kernel makes every fetch (the two `textureLoad`s differ by the mip
+    /// level a sampled texture takes), so the kernel text is the same for both. The function
+    /// names the variable rather than taking the texture as an argument: naga's Metal back end
+    /// cannot write a storage texture argument's access.
+    TexelRead {
+        /// How it is read.
+        read: TexelRead,
+        /// The kernel's `var` of type `NAME`.
+        var: &'static str,
+    },
     /// How the kernel reduces across its workgroup: places `shaders/common/workgroup_reduce.wgsl`
     /// or `subgroup_reduce.wgsl` (the same `Invocation`, `workgroup_sum` and `workgroup_max`)
     /// before the kernel's includes.
     Reduction(Reduction),
+}
+
+/// How a kernel reads a texel matrix (`src/gpu/texture.rs`): both give the same values, f16
+/// texels widened exactly.
+///
+/// Chosen per device by [`GpuContext::texel_read`](crate::gpu::GpuContext::texel_read), the
+/// one place that decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TexelRead {
+    /// A sampled texture, `textureLoad(t, coords, layer, 0)`: WebGPU's core, every device.
+    Sampled,
+    /// A read-only storage texture of the matrix's format (`rgba32float`, or `rgba16float` for
+    /// f16), `textureLoad(t, coords, layer)`. Why: lavapipe fetches a sampled texel through a
+    /// function that handles a mip level per lane (its size, row and image strides gathered
+    /// lane by lane) and reads a storage texel without it; the texel GEMM took about a quarter
+    /// less time this way (BENCHMARKS.md, "Texels read as storage"). Needs WGSL's
+    /// `readonly_and_readwrite_storage_textures`, which naga has and a browser may not.
+    Storage(Precision),
+}
+
+impl TexelRead {
+    /// The name in variant labels.
+    fn name(self) -> &'static str {
+        match self {
+            TexelRead::Sampled => "sampled",
+            TexelRead::Storage(Precision::F32) => "storagef32",
+            TexelRead::Storage(Precision::F16) => "storagef16",
+        }
+    }
 }
 
 /// How row kernels reduce across a workgroup (softmax max and sum, LayerNorm's moments, means).
@@ -246,6 +289,15 @@ impl ShaderVariant {
         self
     }
 
+    /// Declares the type of a read texel matrix (`shaders/` call these `...Texels` too), which
+    /// the kernel gives its variable `var`, and `fn load_NAME(coords, layer)`, through which the
+    /// kernel fetches it ([`TexelRead`]).
+    pub fn texel_read(mut self, name: &'static str, var: &'static str, read: TexelRead) -> Self {
+        self.constants
+            .push((name, Constant::TexelRead { read, var }));
+        self
+    }
+
     /// Declares the kernel's workgroup reduction (`Invocation`, `workgroup_sum`,
     /// `workgroup_max`) for kernels that reduce across a workgroup.
     pub fn reduction(mut self, reduction: Reduction) -> Self {
@@ -292,6 +344,7 @@ impl ShaderVariant {
                     precision.name().to_string()
                 }
                 Constant::Reduction(reduction) => reduction.name().to_string(),
+                Constant::TexelRead { read, .. } => read.name().to_string(),
             };
             let _ = write!(label, "_{name}{value}");
         }
@@ -365,6 +418,23 @@ impl ShaderVariant {
                         }
                         None => writeln!(text, "alias {name} = {scalar};"),
                     }
+                }
+                Constant::TexelRead { read, var } => {
+                    let (ty, level) = match read {
+                        TexelRead::Sampled => ("texture_2d_array<f32>", ", 0"),
+                        TexelRead::Storage(Precision::F32) => {
+                            ("texture_storage_2d_array<rgba32float, read>", "")
+                        }
+                        TexelRead::Storage(Precision::F16) => {
+                            ("texture_storage_2d_array<rgba16float, read>", "")
+                        }
+                    };
+                    writeln!(
+                        text,
+                        "alias {name} = {ty};\n\
+                         fn load_{name}(coords: vec2<u32>, layer: u32) -> vec4<f32> \
+                         {{ return textureLoad({var}, coords, layer{level}); }}"
+                    )
                 }
                 // Placed with the includes, after every constant it may use.
                 Constant::Reduction(_) => Ok(()),

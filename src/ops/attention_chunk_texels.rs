@@ -77,7 +77,10 @@ pub(crate) fn epilogue_variants(ctx: &GpuContext) -> Vec<ShaderVariant> {
     [false, true]
         .into_iter()
         .flat_map(epilogue_pieces)
-        .map(|pieces| gemm::texel_epilogue_variant(ctx, pieces, (false, false)))
+        .map(|pieces| {
+            let read = ctx.texel_read(crate::precision::Precision::F32);
+            gemm::texel_epilogue_variant(ctx, pieces, (false, false), (read, read))
+        })
         .collect()
 }
 

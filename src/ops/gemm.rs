@@ -18,7 +18,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{Bind, Buf, Dispatch, split_for_loop_budget};
-use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
+use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, TexelRead, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::Rows;
@@ -294,20 +294,35 @@ impl<'a> TexelOperand<'a> {
     }
 }
 
+/// How the texel GEMM reads each operand on this device ([`GpuContext::texel_read`]):
+/// `(lhs, rhs)`.
+pub(crate) fn operand_reads(
+    ctx: &GpuContext,
+    lhs: &TexelRows,
+    rhs: &TexelRows,
+) -> (TexelRead, TexelRead) {
+    (
+        ctx.texel_read(lhs.precision()),
+        ctx.texel_read(rhs.precision()),
+    )
+}
+
 /// `precision`: of the output, a buffer or texel rows (`rgba16float` for f16);
-/// `(lhs_t, rhs_t)`: which operands are stored transposed ([`TexelOperand::Transposed`]).
+/// `(lhs_t, rhs_t)`: which operands are stored transposed ([`TexelOperand::Transposed`]);
+/// `reads`: how each operand is read ([`operand_reads`]).
 pub(crate) fn texel_variant(
     ctx: &GpuContext,
     out_texels: bool,
     precision: Precision,
-    (lhs_t, rhs_t): (bool, bool),
+    transposed: (bool, bool),
+    reads: (TexelRead, TexelRead),
 ) -> ShaderVariant {
-    let variant = ShaderVariant::new(&GEMM_TEXTURE)
-        .piece(if out_texels { &OUT_TEXELS } else { &OUT_BUFFER })
-        .u32("WG", TEXEL_WG)
-        .u32("RPL", rows_per_layer(ctx))
-        .bool("LHS_T", lhs_t)
-        .bool("RHS_T", rhs_t);
+    let variant = operands(
+        ctx,
+        ShaderVariant::new(&GEMM_TEXTURE).piece(if out_texels { &OUT_TEXELS } else { &OUT_BUFFER }),
+        transposed,
+        reads,
+    );
     if out_texels {
         variant.texel_store("OutTexels", precision)
     } else {
@@ -319,16 +334,30 @@ pub(crate) fn texel_variant(
 pub(crate) fn texel_epilogue_variant(
     ctx: &GpuContext,
     pieces: &[&'static Piece],
-    (lhs_t, rhs_t): (bool, bool),
+    transposed: (bool, bool),
+    reads: (TexelRead, TexelRead),
 ) -> ShaderVariant {
-    pieces
+    let variant = pieces
         .iter()
-        .fold(ShaderVariant::new(&GEMM_TEXTURE), |v, piece| v.piece(piece))
+        .fold(ShaderVariant::new(&GEMM_TEXTURE), |v, piece| v.piece(piece));
+    operands(ctx, variant, transposed, reads).texel_store("OutTexels", Precision::F32)
+}
+
+/// The constants every texel GEMM variant has: its tile, texel addressing, and how its
+/// operands are stored and read.
+fn operands(
+    ctx: &GpuContext,
+    variant: ShaderVariant,
+    (lhs_t, rhs_t): (bool, bool),
+    (lhs_read, rhs_read): (TexelRead, TexelRead),
+) -> ShaderVariant {
+    variant
         .u32("WG", TEXEL_WG)
         .u32("RPL", rows_per_layer(ctx))
         .bool("LHS_T", lhs_t)
         .bool("RHS_T", rhs_t)
-        .texel_store("OutTexels", Precision::F32)
+        .texel_read("LhsTexels", "lhs", lhs_read)
+        .texel_read("RhsTexels", "rhs", rhs_read)
 }
 
 /// Binds `out [m, n] = epilogue(lhs [m, k] · rhs [n, k]ᵀ)` with both operands as texel rows, in
@@ -368,8 +397,12 @@ pub(crate) async fn texel_epilogue_dispatch(
         accumulate: false,
     };
     let params = tiles.params(k, 0..k.div_ceil(4), block, epilogue.fields);
-    let variant =
-        texel_epilogue_variant(ctx, epilogue.pieces, (lhs.transposed(), rhs.transposed()));
+    let variant = texel_epilogue_variant(
+        ctx,
+        epilogue.pieces,
+        (lhs.transposed(), rhs.transposed()),
+        operand_reads(ctx, lhs.texels(), rhs.texels()),
+    );
     let mut binds: Vec<Bind<'_>> = vec![
         lhs.texels().view().into(),
         rhs.texels().view().into(),
@@ -540,7 +573,13 @@ pub(crate) async fn texel_dispatches_into(
         Rows::Buffer(buffer) => (buffer.into(), out_precision),
         Rows::Texels(texels) => (texels.view().into(), texels.precision()),
     };
-    let variant = texel_variant(ctx, out_texels, out_precision, transposed);
+    let variant = texel_variant(
+        ctx,
+        out_texels,
+        out_precision,
+        transposed,
+        operand_reads(ctx, lhs, rhs),
+    );
     let mut dispatches = Vec::with_capacity(slices.len());
     for (index, slice) in slices.into_iter().enumerate() {
         let block = OutBlock {

@@ -212,7 +212,13 @@ mod uniform_layouts {
             );
             check!(
                 gemm::TexelParams,
-                gemm::texel_variant(ctx, false, precision, (true, true))
+                gemm::texel_variant(
+                    ctx,
+                    false,
+                    precision,
+                    (true, true),
+                    (ctx.texel_read(precision), ctx.texel_read(precision))
+                )
             );
             check!(gemm::GemvParams, gemm::gemv_variant(ctx, precision));
         }
