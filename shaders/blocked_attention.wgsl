@@ -38,6 +38,10 @@
 //                                    an f32 buffer for training (the output piece declares it)
 //            @binding(5) key_rows    texel rows holding SK (`proj`, or a memory's [b·s·L, d])
 //            @binding(6) value_rows  texel rows holding RV (`proj`, or a memory's [b·L, r·d])
+//                                    proj, key_rows and value_rows are read through load_ProjTexels,
+//                                    load_KeyTexels, load_ValueTexels: read-only storage
+//                                    textures of their format where the device allows, else
+//                                    sampled (the host's TexelRead, as in gemm_texture.wgsl)
 //            @binding(7) stats       [b·s·n] vec4<f32> (m, l, 0, 0), written by the first value
 //                                    block's lanes (training's output piece only)
 // Dispatch   one workgroup of LANES = WG·SLICES invocations per (b, σ, tile of 16·WG queries, group
@@ -47,7 +51,8 @@
 //            slice_group·SLICES + slice; the lane owns queries tile·16·WG + q·WG + lane (q < 16:
 //            rows of blocks 0 .. 3, block b from q = 4b).
 // Host constants  WG, DV (= d / 4), COLS (value texels per block: 4, 8 or 16), SLICES (1 to 8),
-//            LANES (= WG·SLICES), SHARED (16·WG, or 1 for one slice), RPL; with
+//            LANES (= WG·SLICES), SHARED (16·WG, or 1 for one slice), RPL; ProjTexels,
+//            KeyTexels, ValueTexels (TexelRead: the type and its load function); with
 //            io/blocked_out_texels.wgsl, alias RetrievedTexels (the written texel format).
 // Includes   common/texel_rows.wgsl; an output piece (io/blocked_out_*.wgsl) declaring
 //            `retrieved` (and `stats`), store_retrieved and store_statistics.
@@ -72,11 +77,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var proj: texture_2d_array<f32>;
+@group(0) @binding(1) var proj: ProjTexels;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
 @group(0) @binding(3) var<storage, read> value_mean: array<vec4<f32>>;
-@group(0) @binding(5) var key_rows: texture_2d_array<f32>;
-@group(0) @binding(6) var value_rows: texture_2d_array<f32>;
+@group(0) @binding(5) var key_rows: KeyTexels;
+@group(0) @binding(6) var value_rows: ValueTexels;
 
 const BK: u32 = 16u;
 
@@ -93,7 +98,7 @@ var<private> col0: u32;
 
 fn query_texel(row: u32, column: u32) -> vec4<f32> {
     let r = batch_index * params.seq + min(row, params.seq - 1u);
-    return textureLoad(proj, texel_coords(r, column), texel_layer(r), 0);
+    return load_ProjTexels(texel_coords(r, column), texel_layer(r));
 }
 
 // The row of key (or value) position j of this sequence, clamped to the last.
@@ -103,12 +108,12 @@ fn position(j: u32) -> u32 {
 
 fn key_texel(j: u32, column: u32) -> vec4<f32> {
     let r = batch_index * params.k_batch_rows + head * params.k_head_rows + position(j);
-    return textureLoad(key_rows, texel_coords(r, column), texel_layer(r), 0);
+    return load_KeyTexels(texel_coords(r, column), texel_layer(r));
 }
 
 fn value_texel(j: u32, column: u32) -> vec4<f32> {
     let r = batch_index * params.kv_seq + position(j);
-    return textureLoad(value_rows, texel_coords(r, column), texel_layer(r), 0);
+    return load_ValueTexels(texel_coords(r, column), texel_layer(r));
 }
 
 // Queries r, r + WG, r + 2·WG, r + 3·WG at head texel t, scaled (SQ · d^-1/2, as SPEC orders

@@ -16,7 +16,7 @@
 //                                 read-only storage textures of their format where the device
 //                                 allows, else sampled (the host's TexelRead; on lavapipe the
 //                                 storage read skips the sampled fetch's per-lane mip level,
-//                                 about a quarter less time, BENCHMARKS.md "Texels read as
+//                                 about a fifth less time, BENCHMARKS.md "Texels read as
 //                                 storage")
 //            @binding(3) out      [M, N]: an f32 buffer (io/gemm_out_buffer.wgsl) or texel rows
 //                                 (io/gemm_out_texels.wgsl: where N % 4 != 0, the columns past

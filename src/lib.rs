@@ -100,7 +100,7 @@ pub use gpu::timing::TimingSource;
 #[cfg(feature = "gpu")]
 pub use gpu::{
     BoundsCheckPolicy, BoundsChecks, CompileProgress, GpuContext, GpuOptions, KernelFamilyRequest,
-    LimitsPolicy, Reduction, SubgroupPolicy, TexelRead, TuneMode,
+    LimitsPolicy, Reduction, SubgroupPolicy, TexelRead, TexelReadPolicy, TuneMode,
 };
 pub use io::Input;
 #[cfg(feature = "gpu")]

@@ -103,19 +103,25 @@ impl BoundsCheckPolicy {
     }
 }
 
-/// Whether texel kernels may read their operands as read-only storage textures
-/// ([`TexelRead::Storage`]) where the device allows, or always as sampled textures.
+/// Whether the texel kernels (the texel GEMM, the blocked core) read their operands as
+/// read-only storage textures where the device allows ([`TexelRead::Storage`]), or always as
+/// sampled textures. Both read the same values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum TexelReadPolicy {
+pub enum TexelReadPolicy {
+    /// Storage reads on a native Vulkan, Metal or DX12 device opened with the adapter's limits
+    /// ([`LimitsPolicy::Adapter`]) that has four storage textures per stage and read-only
+    /// storage for the texel formats; sampled reads elsewhere: in a browser (read-only storage
+    /// textures are a WGSL language extension there), under WebGPU's defaults (which stand for
+    /// what a browser grants, so that run tests the fallback), on OpenGL (no texel operands).
     #[default]
     WhereAvailable,
+    /// Sampled reads everywhere (to compare, or to test the fallback on any adapter).
     Sampled,
 }
 
 impl TexelReadPolicy {
-    /// `COMPATTN_TEXEL_READS=auto|sampled` (unset: `auto`): `sampled` keeps the sampled
-    /// fetches on a device that could read storage textures, to compare the two.
-    fn from_env() -> Result<Self> {
+    /// `COMPATTN_TEXEL_READS=auto|sampled` (unset: `auto`, [`TexelReadPolicy::WhereAvailable`]).
+    pub fn from_env() -> Result<Self> {
         match std::env::var("COMPATTN_TEXEL_READS").as_deref() {
             Err(_) | Ok("") | Ok("auto") => Ok(TexelReadPolicy::WhereAvailable),
             Ok("sampled") => Ok(TexelReadPolicy::Sampled),
@@ -204,6 +210,8 @@ pub struct GpuOptions {
     pub subgroups: SubgroupPolicy,
     /// Which kernels run without runtime bounds checks; see [`BoundsCheckPolicy`].
     pub bounds_checks: BoundsCheckPolicy,
+    /// How the texel kernels read their operands; see [`TexelReadPolicy`].
+    pub texel_reads: TexelReadPolicy,
     /// Passed to `request_adapter` when no name is given.
     pub power_preference: wgpu::PowerPreference,
     /// The longest a wait on the GPU may take before it is an [`Error::Timeout`]
@@ -219,7 +227,8 @@ pub struct GpuOptions {
 
 impl GpuOptions {
     /// Options from the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `COMPATTN_LIMITS`,
-    /// `COMPATTN_KERNELS`, `COMPATTN_SUBGROUPS`, `COMPATTN_BOUNDS_CHECKS`, `WGPU_POWER_PREF`,
+    /// `COMPATTN_KERNELS`, `COMPATTN_SUBGROUPS`, `COMPATTN_BOUNDS_CHECKS`,
+    /// `COMPATTN_TEXEL_READS`, `WGPU_POWER_PREF`,
     /// `COMPATTN_WAIT_TIMEOUT_S`, `COMPATTN_TUNE` and
     /// `COMPATTN_TUNE_CACHE` (or the platform's cache folder; [`default_cache_path`]).
     pub fn from_env() -> Result<Self> {
@@ -230,6 +239,7 @@ impl GpuOptions {
             kernels: KernelFamilyRequest::from_env()?,
             subgroups: SubgroupPolicy::from_env()?,
             bounds_checks: BoundsCheckPolicy::from_env()?,
+            texel_reads: TexelReadPolicy::from_env()?,
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
             wait_timeout: env_var("COMPATTN_WAIT_TIMEOUT_S")
                 .map(|v| match v.parse::<f64>() {
@@ -311,8 +321,9 @@ struct Inner {
     reduction: Reduction,
     /// Which kernels run without runtime bounds checks ([`GpuContext::bounds_checks`]).
     bounds_checks: BoundsCheckPolicy,
-    /// Whether texel kernels read storage textures ([`GpuContext::texel_read`]).
-    storage_texel_reads: bool,
+    /// Whether the texel kernels read `rgba32float` and `rgba16float` texel rows as storage
+    /// textures ([`GpuContext::texel_read_for`]).
+    storage_texel_reads: [bool; 2],
 }
 
 /// The default [`GpuContext::wait_timeout`]: generous, since one forward of a long sequence on a
@@ -344,7 +355,7 @@ impl GpuContext {
             kernels: options.kernels,
             subgroups: options.subgroups,
             bounds_checks: options.bounds_checks,
-            texel_reads: TexelReadPolicy::from_env()?,
+            texel_reads: options.texel_reads,
         };
         let ctx = Self::open(adapter, options.limits, choices).await?;
         if let Some(timeout) = options.wait_timeout {
@@ -423,6 +434,14 @@ impl GpuContext {
                 errors.push(error.to_string());
             }
         }));
+        // WebGPU's defaults stand for what a browser grants, whose texel reads are sampled.
+        let choices = match policy {
+            LimitsPolicy::Adapter => choices,
+            LimitsPolicy::WebGpuDefaults => Choices {
+                texel_reads: TexelReadPolicy::Sampled,
+                ..choices
+            },
+        };
         let ctx = Self::assemble(adapter, (device, queue), limits, Some(uncaptured), choices);
         // Record why the device went (destroyed, driver reset): every later call reports it.
         let lost = ctx.inner.lost.clone();
@@ -497,15 +516,27 @@ impl GpuContext {
             Reduction::Workgroup
         };
         // Read-only storage textures are WGSL's `readonly_and_readwrite_storage_textures`, which
-        // naga takes and a browser may not; the texel GEMM's epilogue with dropout binds four
-        // (both operands, its output and the dropped weights), WebGPU's default.
-        let storage_texel_reads = cfg!(not(target_arch = "wasm32"))
+        // naga takes and a browser may not; OpenGL reads no texel operands (`texel_loads_work`).
+        // The texel GEMM's epilogue with dropout and the blocked core writing texels bind four
+        // storage textures (WebGPU's default). Each format must allow read-only storage on the
+        // adapter too (DX12 ties it to typed UAV loads).
+        let read_only_storage = |format| {
+            adapter
+                .get_texture_format_features(format)
+                .flags
+                .contains(wgpu::TextureFormatFeatureFlags::STORAGE_READ_ONLY)
+        };
+        let storage_reads = cfg!(not(target_arch = "wasm32"))
             && choices.texel_reads == TexelReadPolicy::WhereAvailable
             && !matches!(
                 info.backend,
                 wgpu::Backend::BrowserWebGpu | wgpu::Backend::Gl
             )
             && limits.max_storage_textures_per_shader_stage >= 4;
+        let storage_texel_reads = [
+            storage_reads && read_only_storage(wgpu::TextureFormat::Rgba32Float),
+            storage_reads && read_only_storage(wgpu::TextureFormat::Rgba16Float),
+        ];
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
         // Memory only and off until the constructor applies the options.
         let tuning = TuningStore::new(&info, TuneMode::Off, None);
@@ -540,7 +571,9 @@ impl GpuContext {
     /// block (the fused kernel's), a 256-invocation, 8 KiB tiled GEMM (and the blocked core's 8 KiB
     /// of shared scores), and in the CPU family with
     /// texel operands, three sampled textures (the blocked core's queries, keys and values) and
-    /// one storage texture per stage. Per-problem sizes (buffers, textures,
+    /// two storage textures per stage (training's dropout epilogue writes two); the texel
+    /// kernels read their operands as storage textures only where there are four
+    /// ([`GpuContext::texel_read_for`]). Per-problem sizes (buffers, textures,
     /// workgroup counts) are checked when a plan is built.
     fn check_requirements(&self) -> Result<()> {
         let limits = &self.inner.limits;
@@ -602,7 +635,7 @@ impl GpuContext {
                 (
                     "max_storage_textures_per_shader_stage",
                     limits.max_storage_textures_per_shader_stage,
-                    1,
+                    2,
                 ),
             ]);
         }
@@ -792,15 +825,17 @@ impl GpuContext {
         self.inner.reduction
     }
 
-    /// How the texel GEMM reads a texel matrix of `precision` on this device: as a read-only
-    /// storage texture on native Vulkan, Metal and DX12 devices with four storage textures per
-    /// stage (`COMPATTN_TEXEL_READS=sampled` keeps the sampled reads), else as a sampled texture.
-    /// Both read the same values.
-    pub fn texel_read(&self, precision: Precision) -> TexelRead {
-        if self.inner.storage_texel_reads {
-            TexelRead::Storage(precision)
-        } else {
-            TexelRead::Sampled
+    /// How the texel kernels (the texel GEMM, the blocked core) read a texel matrix of
+    /// `precision` on this device: as a read-only storage texture where [`TexelReadPolicy`]
+    /// allows and the device has it, else as a sampled texture. Both read the same values.
+    pub fn texel_read_for(&self, precision: Precision) -> TexelRead {
+        let storage = match precision {
+            Precision::F32 => self.inner.storage_texel_reads[0],
+            Precision::F16 => self.inner.storage_texel_reads[1],
+        };
+        match storage {
+            true => TexelRead::Storage(precision),
+            false => TexelRead::Sampled,
         }
     }
 
@@ -1097,27 +1132,22 @@ mod tests {
         assert!(!off.device().features().contains(wgpu::Features::SUBGROUP));
     }
 
-    /// The texel GEMM reads storage textures exactly where the device allows (so lavapipe runs
-    /// that path for real), the `sampled` policy keeps sampled reads on the same adapter, and
-    /// both give the same forward bit for bit: f32, and an f16 layer (`rgba16float` weights read
-    /// as storage) where the device has f16. Odd sizes, a padded row, values of scale 3.
+    /// The texel kernels read storage textures exactly where the device allows, on lavapipe for
+    /// real (the test says so if Vulkan stops offering it there), the `sampled` policy keeps
+    /// sampled reads on the same adapter, and both give the same forward bit for bit through
+    /// the texel GEMM and the blocked core: f32, and an f16 layer (`rgba16float` texels read as
+    /// storage) where the device has f16. dim 42 (the reductions' last texel padded), a padded
+    /// and a whole sequence, values of scale 3.
     #[test]
     fn texel_reads_are_storage_where_the_device_allows_and_read_the_same_values() {
         use crate::{CompositionalAttention, Config, Weights};
         let ctx = context();
-        let storage_expected = cfg!(not(target_arch = "wasm32"))
-            && !matches!(
-                ctx.info().backend,
-                wgpu::Backend::BrowserWebGpu | wgpu::Backend::Gl
-            )
-            && ctx.limits().max_storage_textures_per_shader_stage >= 4
-            && TexelReadPolicy::from_env().unwrap() == TexelReadPolicy::WhereAvailable;
-        for precision in Precision::ALL {
-            let expected = match storage_expected {
-                true => TexelRead::Storage(precision),
-                false => TexelRead::Sampled,
-            };
-            assert_eq!(ctx.texel_read(precision), expected, "on {}", ctx.describe());
+        if LimitsPolicy::from_env().unwrap() == LimitsPolicy::WebGpuDefaults
+            || TexelReadPolicy::from_env().unwrap() == TexelReadPolicy::Sampled
+        {
+            for precision in Precision::ALL {
+                assert_eq!(ctx.texel_read_for(precision), TexelRead::Sampled);
+            }
         }
         let open = |texel_reads| {
             let choices = Choices {
@@ -1126,7 +1156,7 @@ mod tests {
             };
             pollster::block_on(GpuContext::open(
                 ctx.adapter().clone(),
-                LimitsPolicy::from_env().unwrap(),
+                LimitsPolicy::Adapter,
                 choices,
             ))
             .unwrap()
@@ -1135,15 +1165,23 @@ mod tests {
             open(TexelReadPolicy::WhereAvailable),
             open(TexelReadPolicy::Sampled),
         );
-        assert_eq!(sampled.texel_read(Precision::F32), TexelRead::Sampled);
+        assert_eq!(sampled.texel_read_for(Precision::F32), TexelRead::Sampled);
+        if ctx.info().backend == wgpu::Backend::Vulkan {
+            assert_eq!(
+                storage.texel_read_for(Precision::F32),
+                TexelRead::Storage(Precision::F32),
+                "on {}",
+                storage.describe()
+            );
+        }
         let (mut rng, what) = crate::gpu::test_device::rng("texel reads");
-        let config = Config::new(40)
+        let config = Config::new(42)
             .dim_head(12)
             .num_searches(3)
             .num_retrievals(2);
         let weights = Weights::random(config, rng.next_u64()).unwrap();
         let (batch, seq) = (2, 37);
-        let x = crate::testing::normal(&mut rng, batch * seq * 40, 3.0);
+        let x = crate::testing::normal(&mut rng, batch * seq * 42, 3.0);
         let mask: Vec<bool> = (0..batch * seq).map(|i| i < seq + 20).collect();
         for precision in Precision::ALL {
             if precision == Precision::F16 && !storage.supports_f16() {
@@ -1151,18 +1189,45 @@ mod tests {
             }
             let forward = |ctx: &GpuContext| {
                 CompositionalAttention::with_precision(ctx, &weights, precision)
-                    .unwrap()
-                    .forward_blocking(&x, batch, seq, Some(&mask))
-                    .unwrap()
+                    .and_then(|mut layer| layer.forward_blocking(&x, batch, seq, Some(&mask)))
+                    .unwrap_or_else(|e| panic!("{what}: {precision}: {e}"))
             };
             let (a, b) = (forward(&storage), forward(&sampled));
-            assert!(a.iter().all(|v| v.is_finite()), "{what}: {precision}");
+            assert!(
+                a.iter().chain(&b).all(|v| v.is_finite()),
+                "{what}: {precision}"
+            );
             let differ = a
                 .iter()
                 .zip(&b)
                 .filter(|(a, b)| a.to_bits() != b.to_bits())
                 .count();
             assert_eq!(differ, 0, "{what}: {precision}: {differ} outputs differ");
+        }
+        // The forward ran the texel kernels, reading as each context says.
+        for (ctx, read) in [(&storage, "storagef32"), (&sampled, "sampled")] {
+            let labels: Vec<String> = ctx
+                .inner
+                .pipelines
+                .built()
+                .iter()
+                .map(|v| v.label())
+                .collect();
+            if !ctx.texel_loads_work() {
+                continue;
+            }
+            let read = match ctx.texel_read_for(Precision::F32) {
+                TexelRead::Sampled => "sampled",
+                TexelRead::Storage(_) => read,
+            };
+            for kernel in ["gemm_texture", "blocked_attention"] {
+                assert!(
+                    labels
+                        .iter()
+                        .any(|l| l.starts_with(kernel) && l.contains(read)),
+                    "{what}: no {kernel} reading {read} among {labels:?}"
+                );
+            }
         }
     }
 

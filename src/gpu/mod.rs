@@ -26,6 +26,7 @@ pub(crate) mod uniform;
 pub use context::KernelProfile;
 pub use context::{
     BoundsCheckPolicy, GpuContext, GpuOptions, KernelFamilyRequest, LimitsPolicy, SubgroupPolicy,
+    TexelReadPolicy,
 };
 pub use dispatch::CompileProgress;
 pub use pipelines::{BoundsChecks, Reduction, TexelRead};

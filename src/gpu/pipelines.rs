@@ -147,8 +147,9 @@ pub enum Constant {
 /// How a kernel reads a texel matrix (`src/gpu/texture.rs`): both give the same values, f16
 /// texels widened exactly.
 ///
-/// Chosen per device by [`GpuContext::texel_read`](crate::gpu::GpuContext::texel_read), the
-/// one place that decides it.
+/// Chosen per device by
+/// [`GpuContext::texel_read_for`](crate::gpu::GpuContext::texel_read_for), the one place that
+/// decides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TexelRead {
     /// A sampled texture, `textureLoad(t, coords, layer, 0)`: WebGPU's core, every device.
@@ -156,7 +157,7 @@ pub enum TexelRead {
     /// A read-only storage texture of the matrix's format (`rgba32float`, or `rgba16float` for
     /// f16), `textureLoad(t, coords, layer)`. Why: lavapipe fetches a sampled texel through a
     /// function that handles a mip level per lane (its size, row and image strides gathered
-    /// lane by lane) and reads a storage texel without it; the texel GEMM took about a quarter
+    /// lane by lane) and reads a storage texel without it; the texel GEMM took about a fifth
     /// less time this way (BENCHMARKS.md, "Texels read as storage"). Needs WGSL's
     /// `readonly_and_readwrite_storage_textures`, which naga has and a browser may not.
     Storage(Precision),

@@ -7,7 +7,7 @@
 //! texel fetch is one vectorised gather. A GEMM that reads its operands as texels ran 7× faster
 //! there than the same GEMM reading storage buffers (BENCHMARKS.md). GPUs gain nothing from
 //! it, so only the CPU kernel profile uses this layout. A kernel may read texel rows as a
-//! sampled or as a read-only storage texture (`TexelRead`, `GpuContext::texel_read`): every
+//! sampled or as a read-only storage texture (`TexelRead`, `GpuContext::texel_read_for`): every
 //! texture here has both usages, and both reads give the same values.
 //!
 //! Layout: a row-major `[rows, cols]` matrix becomes a 2-D array texture `ceil(cols / 4)`

@@ -74,13 +74,12 @@ fn epilogue_pieces(drops: bool) -> [&'static [&'static Piece]; 2] {
 /// Every variant of the backward's epilogue products (`ops` checks their parameter blocks).
 #[cfg(test)]
 pub(crate) fn epilogue_variants(ctx: &GpuContext) -> Vec<ShaderVariant> {
+    // Training's texel rows are f32.
+    let read = ctx.texel_read_for(crate::precision::Precision::F32);
     [false, true]
         .into_iter()
         .flat_map(epilogue_pieces)
-        .map(|pieces| {
-            let read = ctx.texel_read(crate::precision::Precision::F32);
-            gemm::texel_epilogue_variant(ctx, pieces, (false, false), (read, read))
-        })
+        .map(|pieces| gemm::texel_epilogue_variant(ctx, pieces, (false, false), (read, read)))
         .collect()
 }
 

@@ -19,7 +19,7 @@
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::Dispatch;
-use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, kernel, piece};
+use crate::gpu::pipelines::{Kernel, Piece, ShaderVariant, TexelRead, kernel, piece};
 use crate::gpu::texture::{TexelRows, rows_per_layer};
 use crate::gpu::uniform::uniform;
 use crate::ops::ProjectionLayout;
@@ -83,12 +83,50 @@ pub(crate) enum BlockedOutput {
     Training,
 }
 
+/// How the attention kernel reads its three texel operands ([`GpuContext::texel_read_for`]): the
+/// queries' projections, the key rows and the value rows (the projections again, or a
+/// memory's rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OperandReads {
+    pub proj: TexelRead,
+    pub keys: TexelRead,
+    pub values: TexelRead,
+}
+
+impl OperandReads {
+    /// The reads of these texel rows on this device.
+    pub(crate) fn of(
+        ctx: &GpuContext,
+        proj: &TexelRows,
+        keys: &TexelRows,
+        values: &TexelRows,
+    ) -> Self {
+        OperandReads {
+            proj: ctx.texel_read_for(proj.precision()),
+            keys: ctx.texel_read_for(keys.precision()),
+            values: ctx.texel_read_for(values.precision()),
+        }
+    }
+
+    /// Every operand stored in `precision`.
+    #[cfg(test)]
+    pub(crate) fn all(ctx: &GpuContext, precision: Precision) -> Self {
+        let read = ctx.texel_read_for(precision);
+        OperandReads {
+            proj: read,
+            keys: read,
+            values: read,
+        }
+    }
+}
+
 /// The attention kernel writing `output`.
 pub(crate) fn attention_variant(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
     plan: BlockedPlan,
     output: BlockedOutput,
+    reads: OperandReads,
 ) -> ShaderVariant {
     let variant = ShaderVariant::new(&BLOCKED_ATTENTION)
         .piece(match output {
@@ -101,7 +139,10 @@ pub(crate) fn attention_variant(
         .u32("SLICES", plan.slices as u32)
         .u32("LANES", WG * plan.slices as u32)
         .u32("SHARED", if plan.slices > 1 { 16 * WG } else { 1 })
-        .u32("RPL", rows_per_layer(ctx));
+        .u32("RPL", rows_per_layer(ctx))
+        .texel_read("ProjTexels", "proj", reads.proj)
+        .texel_read("KeyTexels", "key_rows", reads.keys)
+        .texel_read("ValueTexels", "value_rows", reads.values);
     match output {
         BlockedOutput::Texels(precision) => variant.texel_store("RetrievedTexels", precision),
         BlockedOutput::Training => variant,
@@ -109,16 +150,18 @@ pub(crate) fn attention_variant(
 }
 
 /// The two kernels of inference; `precision`: of the texel rows they write (`retrieved`,
-/// `concat`), the layer's intermediates (`ExecutionPlan::intermediates`).
+/// `concat`), the layer's intermediates (`ExecutionPlan::intermediates`); `reads`: how the
+/// attention kernel reads its operands.
 pub(crate) fn variants(
     ctx: &GpuContext,
     layout: &ProjectionLayout,
     plan: BlockedPlan,
     precision: Precision,
+    reads: OperandReads,
 ) -> [ShaderVariant; 2] {
     let dv = (layout.head / 4) as u32;
     [
-        attention_variant(ctx, layout, plan, BlockedOutput::Texels(precision)),
+        attention_variant(ctx, layout, plan, BlockedOutput::Texels(precision), reads),
         ShaderVariant::new(&RETRIEVAL_MIX)
             .u32("WG", MIX_WG)
             .u32("DV", dv)
@@ -157,13 +200,12 @@ pub(crate) async fn bind(
         layout.retrievals * layout.head,
         precision,
     )?;
-    let [blocked, mix] = variants(ctx, layout, plan, precision);
     let (params, groups) = attention_params(layout, plan, scale, &keys_values);
-    let (key_view, value_view) = match &keys_values {
-        KeyValues::Own { .. } => (proj.view(), proj.view()),
+    let (keys, values) = match &keys_values {
+        KeyValues::Own { .. } => (proj, proj),
         KeyValues::Memory(MemoryKeys {
             rows: Some(rows), ..
-        }) => (rows.keys.view(), rows.values.view()),
+        }) => (&rows.keys, &rows.values),
         KeyValues::Memory(_) => {
             return Err(crate::Error::InvalidConfig {
                 field: "execution plan",
@@ -172,6 +214,8 @@ pub(crate) async fn bind(
             });
         }
     };
+    let reads = OperandReads::of(ctx, proj, keys, values);
+    let [blocked, mix] = variants(ctx, layout, plan, precision, reads);
     let rows = layout.batch * layout.searches * layout.seq;
     let mix_params = MixParams {
         rows: rows as u32,
@@ -191,8 +235,8 @@ pub(crate) async fn bind(
                 keys_values.mask().into(),
                 keys_values.value_mean().into(),
                 retrieved.view().into(),
-                key_view.into(),
-                value_view.into(),
+                keys.view().into(),
+                values.view().into(),
             ],
             groups,
         )
@@ -270,7 +314,8 @@ pub(crate) async fn bind_training(
         value_mean,
     };
     let (params, groups) = attention_params(layout, plan, scale, &keys_values);
-    let variant = attention_variant(ctx, layout, plan, BlockedOutput::Training);
+    let reads = OperandReads::of(ctx, proj, proj, proj);
+    let variant = attention_variant(ctx, layout, plan, BlockedOutput::Training, reads);
     Dispatch::new(
         ctx,
         &variant,

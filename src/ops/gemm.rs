@@ -294,7 +294,7 @@ impl<'a> TexelOperand<'a> {
     }
 }
 
-/// How the texel GEMM reads each operand on this device ([`GpuContext::texel_read`]):
+/// How the texel GEMM reads each operand on this device ([`GpuContext::texel_read_for`]):
 /// `(lhs, rhs)`.
 pub(crate) fn operand_reads(
     ctx: &GpuContext,
@@ -302,8 +302,8 @@ pub(crate) fn operand_reads(
     rhs: &TexelRows,
 ) -> (TexelRead, TexelRead) {
     (
-        ctx.texel_read(lhs.precision()),
-        ctx.texel_read(rhs.precision()),
+        ctx.texel_read_for(lhs.precision()),
+        ctx.texel_read_for(rhs.precision()),
     )
 }
 
@@ -317,7 +317,7 @@ pub(crate) fn texel_variant(
     transposed: (bool, bool),
     reads: (TexelRead, TexelRead),
 ) -> ShaderVariant {
-    let variant = operands(
+    let variant = tile_and_operands(
         ctx,
         ShaderVariant::new(&GEMM_TEXTURE).piece(if out_texels { &OUT_TEXELS } else { &OUT_BUFFER }),
         transposed,
@@ -340,12 +340,12 @@ pub(crate) fn texel_epilogue_variant(
     let variant = pieces
         .iter()
         .fold(ShaderVariant::new(&GEMM_TEXTURE), |v, piece| v.piece(piece));
-    operands(ctx, variant, transposed, reads).texel_store("OutTexels", Precision::F32)
+    tile_and_operands(ctx, variant, transposed, reads).texel_store("OutTexels", Precision::F32)
 }
 
 /// The constants every texel GEMM variant has: its tile, texel addressing, and how its
 /// operands are stored and read.
-fn operands(
+fn tile_and_operands(
     ctx: &GpuContext,
     variant: ShaderVariant,
     (lhs_t, rhs_t): (bool, bool),

@@ -165,8 +165,13 @@ mod uniform_layouts {
             block_texels: 4,
             slices: 2,
         };
-        let [blocked_variant, mix_variant] =
-            blocked_attention::variants(ctx, &layout, blocked, Precision::F32);
+        let [blocked_variant, mix_variant] = blocked_attention::variants(
+            ctx,
+            &layout,
+            blocked,
+            Precision::F32,
+            blocked_attention::OperandReads::all(ctx, Precision::F32),
+        );
         let shape = gemm::GemmShape { m: 4, n: 4, k: 4 };
         let wgsl =
             |variant: crate::gpu::pipelines::ShaderVariant| (variant.label(), variant.wgsl());
@@ -217,7 +222,7 @@ mod uniform_layouts {
                     false,
                     precision,
                     (true, true),
-                    (ctx.texel_read(precision), ctx.texel_read(precision))
+                    (ctx.texel_read_for(precision), ctx.texel_read_for(precision))
                 )
             );
             check!(gemm::GemvParams, gemm::gemv_variant(ctx, precision));
