@@ -108,11 +108,14 @@ impl BoundsCheckPolicy {
 /// sampled textures. Both read the same values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TexelReadPolicy {
-    /// Storage reads on a native Vulkan, Metal or DX12 device opened with the adapter's limits
-    /// ([`LimitsPolicy::Adapter`]) that has four storage textures per stage and read-only
-    /// storage for the texel formats; sampled reads elsewhere: in a browser (read-only storage
-    /// textures are a WGSL language extension there), under WebGPU's defaults (which stand for
-    /// what a browser grants, so that run tests the fallback), on OpenGL (no texel operands).
+    /// Storage reads of a format on a native Vulkan, Metal or DX12 device with four storage
+    /// textures per stage whose adapter has read-only storage for that format (`rgba32float`,
+    /// `rgba16float`): a device this crate opens with [`LimitsPolicy::Adapter`], or a caller's
+    /// device (`GpuContext::from_device`) with those limits, `wgpu::Limits::default()`'s
+    /// included. Sampled reads elsewhere: in a browser (read-only storage textures are a WGSL
+    /// language extension there), on a device this crate opens with
+    /// [`LimitsPolicy::WebGpuDefaults`] (which stands for what a browser grants, so that run
+    /// tests the fallback), on OpenGL (no texel operands).
     #[default]
     WhereAvailable,
     /// Sampled reads everywhere (to compare, or to test the fallback on any adapter).
@@ -381,7 +384,8 @@ impl GpuContext {
     /// `COMPATTN_TUNE_CACHE` (a value other than `off`, `on` or `force` is an
     /// [`Error::InvalidConfig`]); [`GpuContext::set_tune_mode`] changes it. Subgroups follow
     /// `COMPATTN_SUBGROUPS` ([`SubgroupPolicy::from_env`]), bounds checks
-    /// `COMPATTN_BOUNDS_CHECKS` ([`BoundsCheckPolicy::from_env`]).
+    /// `COMPATTN_BOUNDS_CHECKS` ([`BoundsCheckPolicy::from_env`]), texel reads
+    /// `COMPATTN_TEXEL_READS` ([`TexelReadPolicy::from_env`]).
     pub async fn from_adapter(
         adapter: wgpu::Adapter,
         policy: LimitsPolicy,
@@ -464,7 +468,9 @@ impl GpuContext {
     /// [`Error`]s. The kernel family follows the adapter ([`KernelFamilyRequest::Auto`]); see
     /// [`GpuContext::from_device_with`] to force one. Tuning follows `COMPATTN_TUNE` and
     /// `COMPATTN_TUNE_CACHE` (a value other than `off`, `on` or `force` is an
-    /// [`Error::InvalidConfig`]); [`GpuContext::set_tune_mode`] changes it.
+    /// [`Error::InvalidConfig`]); [`GpuContext::set_tune_mode`] changes it. `COMPATTN_SUBGROUPS`,
+    /// `COMPATTN_BOUNDS_CHECKS` and `COMPATTN_TEXEL_READS` apply as in
+    /// [`GpuContext::from_adapter`], within the device's own limits and features.
     pub fn from_device(
         adapter: &wgpu::Adapter,
         device: wgpu::Device,
@@ -1142,12 +1148,23 @@ mod tests {
     fn texel_reads_are_storage_where_the_device_allows_and_read_the_same_values() {
         use crate::{CompositionalAttention, Config, Weights};
         let ctx = context();
-        if LimitsPolicy::from_env().unwrap() == LimitsPolicy::WebGpuDefaults
-            || TexelReadPolicy::from_env().unwrap() == TexelReadPolicy::Sampled
-        {
+        let native = matches!(
+            ctx.info().backend,
+            wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12
+        );
+        let sampled_policy = LimitsPolicy::from_env().unwrap() == LimitsPolicy::WebGpuDefaults
+            || TexelReadPolicy::from_env().unwrap() == TexelReadPolicy::Sampled;
+        if sampled_policy || !native {
             for precision in Precision::ALL {
                 assert_eq!(ctx.texel_read_for(precision), TexelRead::Sampled);
             }
+        } else if ctx.info().backend == wgpu::Backend::Vulkan {
+            assert_eq!(
+                ctx.texel_read_for(Precision::F32),
+                TexelRead::Storage(Precision::F32),
+                "on {}",
+                ctx.describe()
+            );
         }
         let open = |texel_reads| {
             let choices = Choices {
@@ -1205,27 +1222,29 @@ mod tests {
             assert_eq!(differ, 0, "{what}: {precision}: {differ} outputs differ");
         }
         // The forward ran the texel kernels, reading as each context says.
-        for (ctx, read) in [(&storage, "storagef32"), (&sampled, "sampled")] {
-            let labels: Vec<String> = ctx
-                .inner
-                .pipelines
-                .built()
-                .iter()
-                .map(|v| v.label())
-                .collect();
+        for ctx in [&storage, &sampled] {
             if !ctx.texel_loads_work() {
                 continue;
             }
             let read = match ctx.texel_read_for(Precision::F32) {
                 TexelRead::Sampled => "sampled",
-                TexelRead::Storage(_) => read,
+                TexelRead::Storage(_) => "storagef32",
             };
-            for kernel in ["gemm_texture", "blocked_attention"] {
+            let labels: Vec<String> = ctx.pipelines().built().iter().map(|v| v.label()).collect();
+            for (kernel, operands) in [
+                ("gemm_texture", &["LhsTexels", "RhsTexels"][..]),
+                (
+                    "blocked_attention",
+                    &["ProjTexels", "KeyTexels", "ValueTexels"][..],
+                ),
+            ] {
+                let reads_so = |l: &&String| {
+                    l.starts_with(kernel)
+                        && operands.iter().all(|o| l.contains(&format!("_{o}{read}")))
+                };
                 assert!(
-                    labels
-                        .iter()
-                        .any(|l| l.starts_with(kernel) && l.contains(read)),
-                    "{what}: no {kernel} reading {read} among {labels:?}"
+                    labels.iter().any(|l| reads_so(&l)),
+                    "{what}: no {kernel} reading every operand {read} among {labels:?}"
                 );
             }
         }

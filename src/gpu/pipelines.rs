@@ -158,7 +158,8 @@ pub enum TexelRead {
     /// f16), `textureLoad(t, coords, layer)`. Why: lavapipe fetches a sampled texel through a
     /// function that handles a mip level per lane (its size, row and image strides gathered
     /// lane by lane) and reads a storage texel without it; the texel GEMM took about a fifth
-    /// less time this way (BENCHMARKS.md, "Texels read as storage"). Needs WGSL's
+    /// less time this way, the blocked core 3–28 % less (BENCHMARKS.md, "Texels read as
+    /// storage"). Needs WGSL's
     /// `readonly_and_readwrite_storage_textures`, which naga has and a browser may not.
     Storage(Precision),
 }
