@@ -545,7 +545,11 @@ impl GpuContext {
         ];
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
         // Memory only and off until the constructor applies the options.
-        let tuning = TuningStore::new(&info, TuneMode::Off, None);
+        let reads = match storage_texel_reads[0] {
+            true => "storage",
+            false => "sampled",
+        };
+        let tuning = TuningStore::new(&info, reads, TuneMode::Off, None);
         GpuContext {
             defer_compiles: false,
             inner: Arc::new(Inner {

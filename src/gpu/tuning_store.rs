@@ -1,5 +1,7 @@
 //! Where tuned tilings are kept (issue 18, target 4; ARCHITECTURE decision 20): per context, in
-//! memory for its life, and natively on disk, keyed by adapter, driver and shape class.
+//! memory for its life, and natively on disk, keyed by adapter, driver, the device's read of
+//! texel operands (`TexelRead`: a tiling measured with one read is not the other's) and shape
+//! class.
 //!
 //! This module only stores strings. What a shape class is, which tilings are candidates and
 //! what a stored choice means belong to the plan (`plan::tuned`); the measuring to the layer
@@ -84,7 +86,8 @@ const FORMAT: u64 = 1;
 pub(crate) struct TuningStore {
     mode: Mutex<TuneMode>,
     path: Mutex<Option<PathBuf>>,
-    /// Which adapter the entries are for, in the file: name, backend, driver and its version.
+    /// Which adapter the entries are for, in the file: name, backend, driver and its version,
+    /// and how its kernels read texel operands.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     adapter: String,
     state: Mutex<State>,
@@ -98,12 +101,19 @@ struct State {
 }
 
 impl TuningStore {
-    pub(crate) fn new(info: &wgpu::AdapterInfo, mode: TuneMode, path: Option<PathBuf>) -> Self {
+    /// `texel_reads`: how the device's texel kernels read their operands, in words (`sampled`,
+    /// `storage`), part of the key.
+    pub(crate) fn new(
+        info: &wgpu::AdapterInfo,
+        texel_reads: &str,
+        mode: TuneMode,
+        path: Option<PathBuf>,
+    ) -> Self {
         TuningStore {
             mode: Mutex::new(mode),
             path: Mutex::new(path),
             adapter: format!(
-                "{} | {:?} | {} | {}",
+                "{} | {:?} | {} | {} | texel reads {texel_reads}",
                 info.name, info.backend, info.driver, info.driver_info
             ),
             state: Mutex::new(State::default()),
