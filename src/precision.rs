@@ -49,6 +49,23 @@ impl Precision {
         }
     }
 
+    /// The texture format of texel rows stored in this precision (`src/gpu/texture.rs`):
+    /// `rgba32float`, or `rgba16float` for f16.
+    pub(crate) fn texel_format(self) -> wgpu::TextureFormat {
+        match self {
+            Precision::F32 => wgpu::TextureFormat::Rgba32Float,
+            Precision::F16 => wgpu::TextureFormat::Rgba16Float,
+        }
+    }
+
+    /// [`Precision::texel_format`] as WGSL names it in `texture_storage_2d_array<FORMAT, ..>`.
+    pub(crate) fn texel_format_wgsl(self) -> &'static str {
+        match self {
+            Precision::F32 => "rgba32float",
+            Precision::F16 => "rgba16float",
+        }
+    }
+
     /// `f32` or `f16`, for reports and the command line.
     pub fn name(self) -> &'static str {
         self.wgsl()

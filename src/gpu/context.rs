@@ -324,8 +324,8 @@ struct Inner {
     reduction: Reduction,
     /// Which kernels run without runtime bounds checks ([`GpuContext::bounds_checks`]).
     bounds_checks: BoundsCheckPolicy,
-    /// Whether the texel kernels read `rgba32float` and `rgba16float` texel rows as storage
-    /// textures ([`GpuContext::texel_read_for`]).
+    /// Whether the texel kernels read texel rows of each of `Precision::ALL` (in that order)
+    /// as storage textures ([`GpuContext::texel_read_for`]).
     storage_texel_reads: [bool; 2],
 }
 
@@ -539,10 +539,8 @@ impl GpuContext {
                 wgpu::Backend::BrowserWebGpu | wgpu::Backend::Gl
             )
             && limits.max_storage_textures_per_shader_stage >= 4;
-        let storage_texel_reads = [
-            storage_reads && read_only_storage(wgpu::TextureFormat::Rgba32Float),
-            storage_reads && read_only_storage(wgpu::TextureFormat::Rgba16Float),
-        ];
+        let storage_texel_reads = Precision::ALL
+            .map(|precision| storage_reads && read_only_storage(precision.texel_format()));
         let serial = (info.backend == wgpu::Backend::Gl).then(|| futures::lock::Mutex::new(()));
         // Memory only and off until the constructor applies the options.
         let reads = match storage_texel_reads[0] {

@@ -159,8 +159,8 @@ pub enum TexelRead {
     /// function that handles a mip level per lane (its size, row and image strides gathered
     /// lane by lane) and reads a storage texel without it; the texel GEMM took about a fifth
     /// less time this way, the blocked core 3–28 % less (BENCHMARKS.md, "Texels read as
-    /// storage"). Needs WGSL's
-    /// `readonly_and_readwrite_storage_textures`, which naga has and a browser may not.
+    /// storage"). Needs WGSL's `readonly_and_readwrite_storage_textures`, which naga has and a
+    /// browser may not.
     Storage(Precision),
 }
 
@@ -395,9 +395,10 @@ impl ShaderVariant {
                      fn kvec(texel: vec4<f32>) -> KVec {{ return texel.x; }}"
                 ),
                 Constant::TexelStore(precision) => {
-                    let (format, rounded) = match precision {
-                        Precision::F32 => ("rgba32float", "v"),
-                        Precision::F16 => ("rgba16float", "vec4<f32>(vec4<f16>(v))"),
+                    let format = precision.texel_format_wgsl();
+                    let rounded = match precision {
+                        Precision::F32 => "v",
+                        Precision::F16 => "vec4<f32>(vec4<f16>(v))",
                     };
                     writeln!(
                         text,
@@ -423,13 +424,14 @@ impl ShaderVariant {
                 }
                 Constant::TexelRead { read, var } => {
                     let (ty, level) = match read {
-                        TexelRead::Sampled => ("texture_2d_array<f32>", ", 0"),
-                        TexelRead::Storage(Precision::F32) => {
-                            ("texture_storage_2d_array<rgba32float, read>", "")
-                        }
-                        TexelRead::Storage(Precision::F16) => {
-                            ("texture_storage_2d_array<rgba16float, read>", "")
-                        }
+                        TexelRead::Sampled => ("texture_2d_array<f32>".to_string(), ", 0"),
+                        TexelRead::Storage(precision) => (
+                            format!(
+                                "texture_storage_2d_array<{}, read>",
+                                precision.texel_format_wgsl()
+                            ),
+                            "",
+                        ),
                     };
                     writeln!(
                         text,

@@ -101,10 +101,7 @@ impl TexelRows {
         precision: Precision,
     ) -> Result<Self> {
         let shape = TexelShape::new(ctx, label, rows, cols)?;
-        let format = match precision {
-            Precision::F32 => wgpu::TextureFormat::Rgba32Float,
-            Precision::F16 => wgpu::TextureFormat::Rgba16Float,
-        };
+        let format = precision.texel_format();
         let texture = ctx.device().create_texture(&wgpu::TextureDescriptor {
             label: Some(label),
             size: wgpu::Extent3d {
