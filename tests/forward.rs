@@ -324,6 +324,31 @@ fn sixteen_thousand_tokens_fused() {
     assert!(y.iter().all(|v| v.is_finite()), "{what}: non-finite output");
 }
 
+/// The same 256 MiB bound for both kernel families, from the buffers a 16 384-token forward
+/// allocates (`prepare` builds the workspace and runs nothing), so it costs no attention. CI's
+/// OpenGL run skips the test above (llvmpipe computes its n² work for over ten minutes) and
+/// keeps this one.
+#[test]
+fn sixteen_thousand_tokens_fit_in_either_kernel_family() {
+    let config = Config::new(256)
+        .dim_head(32)
+        .num_searches(4)
+        .num_retrievals(4);
+    let weights = compositional_attention::Weights::random(config, 5).unwrap();
+    for ctx in [common::gpu(), common::gpu_other_profile()] {
+        let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
+        layer.prepare_blocking(1, 16_384).unwrap();
+        let plan = layer.plan(1, 16_384).unwrap();
+        assert_eq!(plan.strategy(), Strategy::Fused);
+        let bytes = layer.gpu_bytes();
+        assert!(
+            bytes > 16_384 * 256 * 4 && bytes <= 256 << 20,
+            "{}: {bytes} bytes of GPU buffers for 16 384 tokens, not within (one input, 256 MiB]",
+            plan.describe()
+        );
+    }
+}
+
 /// The blocked core (CPU drivers) splits value columns past 64 over slices of lanes that share
 /// each key tile's scores through workgroup memory (ARCHITECTURE decision 18): two slices at
 /// `r·d = 128`, three (one scores two key blocks), five, eight with a partial last block, and
