@@ -5,7 +5,7 @@ mod common;
 
 use compositional_attention::plan::CorePlan;
 use compositional_attention::testing::random_problem;
-use compositional_attention::{CompositionalAttention, Config, Strategy, reference};
+use compositional_attention::{CompositionalAttention, Config, Strategy, Weights, reference};
 
 /// Tolerance on relative L2 and on max-abs relative to max|reference|.
 const TOL: f64 = 2e-5;
@@ -292,24 +292,32 @@ fn workspace_reuse_across_shapes() {
     }
 }
 
+/// The long-sequence requirement's problem: `LONG_SEQUENCE` tokens of this layer within
+/// `LONG_SEQUENCE_BYTES` of GPU buffers.
+fn long_sequence_config() -> Config {
+    Config::new(256)
+        .dim_head(32)
+        .num_searches(4)
+        .num_retrievals(4)
+}
+const LONG_SEQUENCE: usize = 16_384;
+const LONG_SEQUENCE_BYTES: u64 = 256 << 20;
+
 /// The issue's long-sequence requirement: n = 16384 on the fused strategy (the default) within
 /// 256 MiB of GPU buffers, with sample rows checked against the reference (which computes only
 /// those rows, so nothing n × n exists on either side).
 #[test]
 fn sixteen_thousand_tokens_fused() {
     let (seed, what) = common::seed("sixteen_thousand_tokens_fused");
-    let config = Config::new(256)
-        .dim_head(32)
-        .num_searches(4)
-        .num_retrievals(4);
-    let seq = 16_384;
+    let config = long_sequence_config();
+    let seq = LONG_SEQUENCE;
     let (weights, input) = random_problem(config, 1, seq, None, 1.0, seed).unwrap();
     let mut layer = CompositionalAttention::new(common::gpu(), &weights).unwrap();
     assert_eq!(layer.strategy(), Strategy::Fused);
     let y = pollster::block_on(layer.forward_input(&input)).unwrap();
     let bytes = layer.gpu_bytes();
     assert!(
-        bytes <= 256 << 20,
+        bytes <= LONG_SEQUENCE_BYTES,
         "{what}: {bytes} bytes of GPU buffers exceed 256 MiB"
     );
     let rows: Vec<(usize, usize)> = [0, 1, 4095, 8191, 12000, seq - 2, seq - 1]
@@ -332,17 +340,14 @@ fn sixteen_thousand_tokens_fused() {
 /// minutes) and keeps this one.
 #[test]
 fn sixteen_thousand_tokens_fit_in_either_kernel_family() {
-    let config = Config::new(256)
-        .dim_head(32)
-        .num_searches(4)
-        .num_retrievals(4);
-    let seq = 16_384u64;
+    let config = long_sequence_config();
+    let seq = LONG_SEQUENCE as u64;
     let host_io = 3 * seq * config.dim as u64 * 4 + 2 * seq * 4;
-    let weights = compositional_attention::Weights::random(config, 5).unwrap();
+    let weights = Weights::random(config, 5).unwrap();
     for ctx in [common::gpu(), common::gpu_other_profile()] {
         let mut layer = CompositionalAttention::new(ctx, &weights).unwrap();
-        layer.prepare_blocking(1, seq as usize).unwrap();
-        let plan = layer.plan(1, seq as usize).unwrap();
+        layer.prepare_blocking(1, LONG_SEQUENCE).unwrap();
+        let plan = layer.plan(1, LONG_SEQUENCE).unwrap();
         assert!(
             matches!(plan.core(), CorePlan::Fused(_) | CorePlan::Blocked(_)),
             "16 384 tokens must run a fused core: {}",
@@ -351,7 +356,7 @@ fn sixteen_thousand_tokens_fit_in_either_kernel_family() {
         let workspace = layer.gpu_bytes();
         let bytes = workspace + host_io;
         assert!(
-            workspace > 0 && bytes <= 256 << 20,
+            workspace > 0 && bytes <= LONG_SEQUENCE_BYTES,
             "{}: {workspace} bytes of weights and workspace and {host_io} of host I/O for 16 384 \
              tokens exceed 256 MiB",
             plan.describe()
