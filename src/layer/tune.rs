@@ -6,7 +6,10 @@
 //!
 //! It runs on the first forward (or `prepare`, or `encode`) of a shape class whose choice is
 //! not stored, when the context's [`TuneMode`] is not `Off` (natively; in a browser only when
-//! asked), and on an explicit [`CompositionalAttention::tune`].
+//! asked), and on an explicit [`CompositionalAttention::tune`]. A first use measures within
+//! [`FIRST_USE_BUDGET_MS`]: where the built-in tiling's forward says that measuring every
+//! candidate would take longer (long sequences on CPU drivers, where one forward takes
+//! seconds), it keeps the built-in tiling; an explicit `tune` measures whatever it costs.
 
 use super::{CompositionalAttention, run};
 use crate::error::Result;
@@ -25,6 +28,27 @@ const RUN_OFF_ROUNDS: usize = 3;
 
 /// How much faster than the built-in tiling a candidate must be to replace it.
 const WIN_MARGIN: f64 = 0.95;
+
+/// The longest a first use may spend measuring, in milliseconds, projected from the built-in
+/// tiling's first timed forward (wall time, compiles excluded) times the forwards that
+/// measuring every candidate takes. Without it the first forward of a 16 384-token layer on
+/// lavapipe measured for over twenty minutes (about 25 s a forward, four per candidate);
+/// with it the tuner stops after the built-in's second forward and keeps it.
+pub(crate) const FIRST_USE_BUDGET_MS: f64 = 30_000.0;
+
+/// Forwards that measuring `candidates` tilings runs after their warm-ups: the timed ones and
+/// a run-off.
+fn projected_forwards(candidates: usize) -> f64 {
+    (candidates * TIMED_RUNS + 2 * RUN_OFF_ROUNDS) as f64
+}
+
+/// One candidate's measurement: the time that ranks it and its fastest whole forward.
+struct Timed {
+    /// The tiled kernel's GPU time where there are timestamps, else `wall_ms`.
+    ms: f64,
+    /// The fastest forward's host wall time, upload to readback.
+    wall_ms: f64,
+}
 
 /// One candidate's time in a [`TuneReport`].
 #[derive(Clone, Debug, PartialEq)]
@@ -62,15 +86,18 @@ impl CompositionalAttention {
     /// `Ok(None)` where there is nothing to choose (the unfused strategy, a KV cache or memory,
     /// a core with one tiling, a tiling set by `COMPATTN_FUSED_TILING` or
     /// `COMPATTN_BLOCKED_SLICES`) or tuning is [`TuneMode::Off`]. Natively a forward does this
-    /// by itself on first use of a shape class unless tuning is off; call it to tune ahead (a
-    /// warm-up). In a browser only this call measures; the choice stays in memory.
+    /// by itself on first use of a shape class unless tuning is off, within
+    /// 30 s of measuring; this call measures every candidate whatever it costs (a long
+    /// sequence on a CPU driver: minutes). Call it to tune ahead (a warm-up). In a browser
+    /// only this call measures; the choice stays in memory.
     pub async fn tune(&mut self, batch: usize, seq: usize) -> Result<Option<TuneReport>> {
         self.ctx.check_alive("tune")?;
         let ctx = self.ctx.clone();
         // GL serialises GPU work (GpuContext::serial); forward and prepare hold it around
         // workspace_for, which measures inside it.
         let _serial = ctx.serial().await;
-        self.measure(batch, seq, self.strategy, &mut |_| {}).await
+        self.measure(batch, seq, self.strategy, None, &mut |_| {})
+            .await
     }
 
     /// Blocking [`CompositionalAttention::tune`] (native only).
@@ -99,16 +126,22 @@ impl CompositionalAttention {
         if let Some((class, _)) = plan.tuning_candidates(&self.ctx, &self.config)
             && self.ctx.tuning().get(&class).is_none()
         {
-            self.measure(batch, seq, strategy, progress).await?;
+            self.measure(batch, seq, strategy, Some(FIRST_USE_BUDGET_MS), progress)
+                .await?;
         }
         Ok(())
     }
 
-    async fn measure(
+    /// Measures the candidates of `batch × seq`'s shape class and stores the choice. With a
+    /// `budget_ms`, the built-in tiling is measured first and the others only if all of them
+    /// are projected to fit in it; otherwise the built-in tiling is stored as the choice, so
+    /// that later forwards (and processes) do not pay for the projection again.
+    pub(super) async fn measure(
         &mut self,
         batch: usize,
         seq: usize,
         strategy: crate::Strategy,
+        budget_ms: Option<f64>,
         progress: &mut dyn FnMut(CompileProgress),
     ) -> Result<Option<TuneReport>> {
         crate::shape::check_tokens(&self.config, batch, seq)?;
@@ -134,15 +167,39 @@ impl CompositionalAttention {
         let mut times = Vec::new();
         let mut first_error = None;
         let built_in_choice = candidates[0];
-        for choice in candidates {
+        let count = candidates.len();
+        // The longest built-in forward for which measuring every candidate fits the budget.
+        let longest_forward_ms = budget_ms.map_or(f64::INFINITY, |b| b / projected_forwards(count));
+        for (i, choice) in candidates.into_iter().enumerate() {
+            let stop_above_ms = if i == 0 {
+                longest_forward_ms
+            } else {
+                f64::INFINITY
+            };
             match self
-                .time_candidate(&choice, batch, seq, strategy, &x, progress)
+                .time_candidate(&choice, batch, seq, strategy, &x, stop_above_ms, progress)
                 .await
             {
-                Ok(Some(ms)) => times.push(TunedTime {
-                    choice: choice.encode(),
-                    ms,
-                }),
+                Ok(Some(timed)) => {
+                    times.push(TunedTime {
+                        choice: choice.encode(),
+                        ms: timed.ms,
+                    });
+                    if let Some(budget) = budget_ms
+                        && timed.wall_ms > stop_above_ms
+                    {
+                        let projected_ms = timed.wall_ms * projected_forwards(count);
+                        log::info!(
+                            "tuning {class}: measuring {count} tilings would take about {:.0} s \
+                             ({:.0} ms a forward), over the first use's {:.0} s: the built-in \
+                             tiling is kept (CompositionalAttention::tune measures them all)",
+                            projected_ms / 1e3,
+                            timed.wall_ms,
+                            budget / 1e3
+                        );
+                        break;
+                    }
+                }
                 Ok(None) => {}
                 Err(error) => {
                     ctx.check_alive("tuning")?;
@@ -172,10 +229,10 @@ impl CompositionalAttention {
                     };
                     // A failure here leaves the first round's time.
                     match self
-                        .time_candidate(&choice, batch, seq, strategy, &x, progress)
+                        .time_candidate(&choice, batch, seq, strategy, &x, f64::INFINITY, progress)
                         .await
                     {
-                        Ok(Some(ms)) => times[i].ms = times[i].ms.min(ms),
+                        Ok(Some(timed)) => times[i].ms = times[i].ms.min(timed.ms),
                         Ok(None) => {}
                         Err(error) => {
                             ctx.check_alive("tuning")?;
@@ -227,7 +284,9 @@ impl CompositionalAttention {
     }
 
     /// The fastest of [`TIMED_RUNS`] forwards with the plan given `choice`, after one that warms
-    /// it up; `None` if the plan did not take it.
+    /// it up (and compiles); `None` if the plan did not take it. Only one is timed if its wall
+    /// time exceeds `stop_above_ms` (the first use's budget).
+    #[allow(clippy::too_many_arguments)]
     async fn time_candidate(
         &mut self,
         choice: &TunedChoice,
@@ -235,8 +294,9 @@ impl CompositionalAttention {
         seq: usize,
         strategy: crate::Strategy,
         x: &[f32],
+        stop_above_ms: f64,
         progress: &mut dyn FnMut(CompileProgress),
-    ) -> Result<Option<f64>> {
+    ) -> Result<Option<Timed>> {
         let plan = ExecutionPlan::resolve_tiled(
             &self.ctx,
             &self.config,
@@ -257,6 +317,7 @@ impl CompositionalAttention {
         // (BENCHMARKS.md). Without timestamps, the host wall time of the whole forward.
         run(&self.ctx, &mut workspace, dim, x, None, true, None).await?;
         let mut best = f64::INFINITY;
+        let mut wall_ms = f64::INFINITY;
         for _ in 0..TIMED_RUNS {
             let (timed, _) = run(&self.ctx, &mut workspace, dim, x, None, true, None).await?;
             let kernel: f64 = timed
@@ -269,8 +330,12 @@ impl CompositionalAttention {
                 TimingSource::GpuTimestamps if kernel > 0.0 => kernel,
                 _ => timed.wall_ms,
             });
+            wall_ms = wall_ms.min(timed.wall_ms);
+            if wall_ms > stop_above_ms {
+                break;
+            }
         }
-        Ok(Some(best))
+        Ok(Some(Timed { ms: best, wall_ms }))
     }
 }
 
@@ -468,6 +533,58 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A first use whose projected measuring exceeds its budget times the built-in tiling once
+    /// (after its warm-up), stores it as the class's choice and measures nothing else; the
+    /// same call with room to spare measures the other candidates too. Both kernel families.
+    #[test]
+    fn first_use_over_budget_keeps_the_built_in_tiling() {
+        let (mut rng, what) = rng("first_use_over_budget_keeps_the_built_in_tiling");
+        let (weights, input, expected) = problem(rng.next_u64());
+        for kernels in [KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu] {
+            let ctx = tuned_context(kernels, TuneMode::On, None);
+            let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
+            let built_in = layer.plan(3, 37).unwrap();
+            let Some((class, candidates)) = built_in.tuning_candidates(&ctx, weights.config())
+            else {
+                eprintln!(
+                    "{what}: {kernels:?}: no candidates for {}",
+                    built_in.describe()
+                );
+                continue;
+            };
+            let strategy = layer.strategy;
+            let report = pollster::block_on(layer.measure(3, 37, strategy, Some(0.0), &mut |_| {}))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}: nothing measured for {class}"));
+            let what = format!("{what}: {kernels:?} {class}");
+            let built_in_choice = candidates[0].encode();
+            assert_eq!(report.chosen, built_in_choice, "{what}: {report:?}");
+            assert_eq!(report.candidates.len(), 1, "{what}: {report:?}");
+            assert!(report.candidates[0].ms > 0.0, "{what}: {report:?}");
+            assert_eq!(
+                ctx.tuned_choices().get(&class),
+                Some(&built_in_choice),
+                "{what}: the choice is stored"
+            );
+            assert_eq!(layer.plan(3, 37).unwrap(), built_in, "{what}");
+            let y = layer
+                .forward_blocking(&input.x, 3, 37, input.mask.as_deref())
+                .unwrap();
+            let stats = ErrorStats::compare(&y, &expected);
+            assert!(stats.within(1e-4), "{what}: {stats}");
+
+            let report =
+                pollster::block_on(layer.measure(3, 37, strategy, Some(f64::MAX), &mut |_| {}))
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(
+                report.candidates.len(),
+                candidates.len(),
+                "{what}: within the budget every candidate is measured: {report:?}"
+            );
+        }
     }
 
     /// The first forward of a new class measures by itself (in `On` mode, memory only here) and

@@ -8,6 +8,9 @@
 //! * forward (default): upload `x`, forward, read `y` back (`into_data`), per iteration.
 //! * `--train`: on an autodiff device: upload `x` and `dy`, forward, `loss = sum(y * dy)`,
 //!   `backward()`, read every parameter gradient and `dL/dx` back, per step.
+//! * `--matmul N`: burn's matmul alone, `[N, N] · [N, N]` on resident operands with the product
+//!   read back, per iteration: an anchor beside `compattn bench --gemm N` (tells burn's matmul
+//!   apart from the rest of its layer when burn's times move between machines).
 //!
 //! burn's defaults stay on: fusion and autotune. Autotune benchmarks kernel variants the first
 //! time it meets a shape, inside whichever call first runs it, so the untimed warm-up iterations
@@ -310,10 +313,12 @@ struct Args {
     iters: usize,
     train: bool,
     check: bool,
+    matmul: Option<usize>,
 }
 
 const USAGE: &str = "usage: burn-compattn [--check] [--train] [--batch B] [--seq N] [--dim D] \
-                     [--dim-head d] [--searches s] [--retrievals r] [--warmup W] [--iters I]";
+                     [--dim-head d] [--searches s] [--retrievals r] [--warmup W] [--iters I] \
+                     [--matmul N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -329,6 +334,7 @@ fn parse_args() -> Result<Args, String> {
         iters: 10,
         train: false,
         check: false,
+        matmul: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -347,6 +353,7 @@ fn parse_args() -> Result<Args, String> {
             "--iters" => a.iters = value("--iters")?,
             "--train" => a.train = true,
             "--check" => a.check = true,
+            "--matmul" => a.matmul = Some(value("--matmul")?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -360,6 +367,7 @@ fn parse_args() -> Result<Args, String> {
         c.searches,
         c.retrievals,
         a.iters,
+        a.matmul.unwrap_or(1),
     ]
     .contains(&0)
     {
@@ -476,11 +484,52 @@ fn time(args: &Args, base: &Device, adapter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `--matmul N`: the median wall time of `[N, N] · [N, N]` with the product read back.
+fn time_matmul(args: &Args, n: usize, device: &Device, adapter: &str) -> Result<(), String> {
+    let mut rng = Rng(0x3a7);
+    let square = |rng: &mut Rng| {
+        Tensor::<2>::from_data(
+            TensorData::new(rng.uniform_vec(n * n, -1.0, 1.0), [n, n]),
+            device,
+        )
+    };
+    let (a, b) = (square(&mut rng), square(&mut rng));
+    let mut warmup_ms = Vec::new();
+    let mut samples_ms = Vec::new();
+    let mut checksum = 0.0f64;
+    for round in 0..args.warmup + args.iters {
+        let start = Instant::now();
+        let c = a.clone().matmul(b.clone()).into_data();
+        checksum += c.as_slice::<f32>().map_err(|e| format!("{e:?}"))?[0] as f64;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if round < args.warmup {
+            warmup_ms.push(ms);
+        } else {
+            samples_ms.push(ms);
+        }
+    }
+    std::hint::black_box(checksum);
+    let median_ms = median(&samples_ms);
+    println!(
+        "{{\"mode\":\"matmul\",\"n\":{n},\"warmup\":{},\"iters\":{},\"median_ms\":{median_ms:.3},\
+         \"gflops\":{:.2},\"samples_ms\":{},\"warmup_ms\":{},\"adapter\":{}}}",
+        args.warmup,
+        args.iters,
+        2.0 * (n as f64).powi(3) / (median_ms * 1e6),
+        json_list(&samples_ms),
+        json_list(&warmup_ms),
+        json_str(adapter)
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let result = parse_args().and_then(|args| {
         let (device, adapter) = vulkan_device()?;
         if args.check {
             check(&device, &adapter)
+        } else if let Some(n) = args.matmul {
+            time_matmul(&args, n, &device, &adapter)
         } else {
             time(&args, &device, &adapter)
         }
