@@ -864,7 +864,7 @@ fn bench_suite_measures_every_part_and_writes_json_and_markdown() {
     let names: Vec<&str> = forwards.iter().filter_map(|f| f["name"].as_str()).collect();
     assert_eq!(
         names,
-        ["README", "r 4", "the paper's 8 × 8", "target"],
+        ["README", "r 4", "the paper's 8 × 8", "target", "r 1"],
         "{transcript}"
     );
     for part in forwards.iter().chain([&suite["long_sequence"]]) {
@@ -908,7 +908,7 @@ fn bench_suite_measures_every_part_and_writes_json_and_markdown() {
         assert_eq!(pipes, 7, "{line}\n{table}");
     }
     let rows = table.lines().filter(|l| l.starts_with("| ")).count();
-    assert_eq!(rows, 10, "a header and nine parts:\n{table}");
+    assert_eq!(rows, 11, "a header and ten parts:\n{table}");
     assert!(run.stdout.contains(table.trim()), "{transcript}");
 
     // Misuses: --json without a file, a suite with a size, --markdown alone, --json FILE elsewhere.

@@ -6,10 +6,12 @@
 //!
 //! It runs on the first forward (or `prepare`, or `encode`) of a shape class whose choice is
 //! not stored, when the context's [`TuneMode`] is not `Off` (natively; in a browser only when
-//! asked), and on an explicit [`CompositionalAttention::tune`]. A first use measures within
+//! asked), and on an explicit [`CompositionalAttention::tune`]. A first use measures for about
 //! [`FIRST_USE_BUDGET_MS`]: where the built-in tiling's forward says that measuring every
 //! candidate would take longer (long sequences on CPU drivers, where one forward takes
-//! seconds), it keeps the built-in tiling; an explicit `tune` measures whatever it costs.
+//! seconds), it keeps the built-in tiling, and it starts nothing more once the budget is spent;
+//! an explicit `tune` measures whatever it costs. A choice kept that way is stored like a
+//! measured one: `tune` (or `COMPATTN_TUNE=force` with a budget that fits) replaces it.
 
 use super::{CompositionalAttention, run};
 use crate::error::Result;
@@ -29,17 +31,18 @@ const RUN_OFF_ROUNDS: usize = 3;
 /// How much faster than the built-in tiling a candidate must be to replace it.
 const WIN_MARGIN: f64 = 0.95;
 
-/// The longest a first use may spend measuring, in milliseconds, projected from the built-in
-/// tiling's first timed forward (wall time, compiles excluded) times the forwards that
-/// measuring every candidate takes. Without it the first forward of a 16 384-token layer on
-/// lavapipe measured for over twenty minutes (about 25 s a forward, four per candidate);
-/// with it the tuner stops after the built-in's second forward and keeps it.
-pub(crate) const FIRST_USE_BUDGET_MS: f64 = 30_000.0;
+/// The longest a first use may spend measuring, in milliseconds. Two checks keep to it: the
+/// built-in tiling is timed first, and where its forward's wall time times every forward still
+/// to come ([`projected_forwards`]) exceeds the budget, it is kept after one timed forward; and
+/// no further candidate or run-off turn starts once the budget has been spent (compiles count
+/// there, and candidates slower than the built-in one). Without it the first forward of a
+/// 16 384-token layer on lavapipe measured for over twenty minutes (about 25 s a forward).
+pub(crate) const FIRST_USE_BUDGET_MS: f64 = 60_000.0;
 
-/// Forwards that measuring `candidates` tilings runs after their warm-ups: the timed ones and
-/// a run-off.
+/// Every forward that measuring `candidates` tilings runs: each candidate's warm-up and timed
+/// forwards, and as many again for each turn of the run-off.
 fn projected_forwards(candidates: usize) -> f64 {
-    (candidates * TIMED_RUNS + 2 * RUN_OFF_ROUNDS) as f64
+    ((candidates + 2 * RUN_OFF_ROUNDS) * (1 + TIMED_RUNS)) as f64
 }
 
 /// One candidate's measurement: the time that ranks it and its fastest whole forward.
@@ -48,6 +51,10 @@ struct Timed {
     ms: f64,
     /// The fastest forward's host wall time, upload to readback.
     wall_ms: f64,
+    /// Forwards timed (after the warm-up): [`TIMED_RUNS`], or 1 where the first was over the
+    /// caller's limit. Read by the tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    forwards: usize,
 }
 
 /// One candidate's time in a [`TuneReport`].
@@ -86,8 +93,8 @@ impl CompositionalAttention {
     /// `Ok(None)` where there is nothing to choose (the unfused strategy, a KV cache or memory,
     /// a core with one tiling, a tiling set by `COMPATTN_FUSED_TILING` or
     /// `COMPATTN_BLOCKED_SLICES`) or tuning is [`TuneMode::Off`]. Natively a forward does this
-    /// by itself on first use of a shape class unless tuning is off, within
-    /// 30 s of measuring; this call measures every candidate whatever it costs (a long
+    /// by itself on first use of a shape class unless tuning is off, for about 60 s at most
+    /// (the built-in tiling is kept where measuring would take longer); this call measures every candidate whatever it costs (a long
     /// sequence on a CPU driver: minutes). Call it to tune ahead (a warm-up). In a browser
     /// only this call measures; the choice stays in memory.
     pub async fn tune(&mut self, batch: usize, seq: usize) -> Result<Option<TuneReport>> {
@@ -168,10 +175,25 @@ impl CompositionalAttention {
         let mut first_error = None;
         let built_in_choice = candidates[0];
         let count = candidates.len();
-        // The longest built-in forward for which measuring every candidate fits the budget.
+        let started = crate::time::Instant::now();
+        let out_of_time = |what: &str| match budget_ms {
+            Some(budget) if started.elapsed().as_secs_f64() * 1e3 > budget => {
+                log::info!(
+                    "tuning {class}: the first use's {:.0} s are spent; {what}",
+                    budget / 1e3
+                );
+                true
+            }
+            _ => false,
+        };
+        // The longest first forward for which measuring every candidate fits the budget.
         let longest_forward_ms = budget_ms.map_or(f64::INFINITY, |b| b / projected_forwards(count));
-        for (i, choice) in candidates.into_iter().enumerate() {
-            let stop_above_ms = if i == 0 {
+        for choice in candidates {
+            if !times.is_empty() && out_of_time("the candidates measured so far compete") {
+                break;
+            }
+            // The first candidate that runs (the built-in one, unless it failed) sets the pace.
+            let stop_above_ms = if times.is_empty() {
                 longest_forward_ms
             } else {
                 f64::INFINITY
@@ -188,14 +210,14 @@ impl CompositionalAttention {
                     if let Some(budget) = budget_ms
                         && timed.wall_ms > stop_above_ms
                     {
-                        let projected_ms = timed.wall_ms * projected_forwards(count);
                         log::info!(
                             "tuning {class}: measuring {count} tilings would take about {:.0} s \
-                             ({:.0} ms a forward), over the first use's {:.0} s: the built-in \
-                             tiling is kept (CompositionalAttention::tune measures them all)",
-                            projected_ms / 1e3,
+                             ({:.0} ms a forward), over the first use's {:.0} s: {} is kept \
+                             (CompositionalAttention::tune measures them all)",
+                            timed.wall_ms * projected_forwards(count) / 1e3,
                             timed.wall_ms,
-                            budget / 1e3
+                            budget / 1e3,
+                            choice.encode()
                         );
                         break;
                     }
@@ -222,8 +244,14 @@ impl CompositionalAttention {
         if let (Some(b), Some(c)) = (built_in_at, challenger_at)
             && b != c
         {
-            for _ in 0..RUN_OFF_ROUNDS {
+            // A run-off cut short by the budget leaves the built-in tiling.
+            let mut confirmed = true;
+            'run_off: for _ in 0..RUN_OFF_ROUNDS {
                 for i in [c, b] {
+                    if out_of_time("the built-in tiling stays") {
+                        confirmed = false;
+                        break 'run_off;
+                    }
                     let Some(choice) = TunedChoice::decode(&times[i].choice) else {
                         continue;
                     };
@@ -241,7 +269,7 @@ impl CompositionalAttention {
                     }
                 }
             }
-            if times[c].ms >= WIN_MARGIN * times[b].ms {
+            if !confirmed || times[c].ms >= WIN_MARGIN * times[b].ms {
                 // Not clearly faster: the built-in tiling stays, first in the report.
                 let kept = times.remove(b);
                 times.sort_by(|a, b| a.ms.total_cmp(&b.ms));
@@ -318,6 +346,7 @@ impl CompositionalAttention {
         run(&self.ctx, &mut workspace, dim, x, None, true, None).await?;
         let mut best = f64::INFINITY;
         let mut wall_ms = f64::INFINITY;
+        let mut forwards = 0;
         for _ in 0..TIMED_RUNS {
             let (timed, _) = run(&self.ctx, &mut workspace, dim, x, None, true, None).await?;
             let kernel: f64 = timed
@@ -331,11 +360,16 @@ impl CompositionalAttention {
                 _ => timed.wall_ms,
             });
             wall_ms = wall_ms.min(timed.wall_ms);
+            forwards += 1;
             if wall_ms > stop_above_ms {
                 break;
             }
         }
-        Ok(Some(Timed { ms: best, wall_ms }))
+        Ok(Some(Timed {
+            ms: best,
+            wall_ms,
+            forwards,
+        }))
     }
 }
 
@@ -537,7 +571,8 @@ mod tests {
 
     /// A first use whose projected measuring exceeds its budget times the built-in tiling once
     /// (after its warm-up), stores it as the class's choice and measures nothing else; the
-    /// same call with room to spare measures the other candidates too. Both kernel families.
+    /// same call with room to spare measures the other candidates too; a candidate's timing
+    /// stops after one forward over its limit. Both kernel families.
     #[test]
     fn first_use_over_budget_keeps_the_built_in_tiling() {
         let (mut rng, what) = rng("first_use_over_budget_keeps_the_built_in_tiling");
@@ -584,6 +619,26 @@ mod tests {
                 candidates.len(),
                 "{what}: within the budget every candidate is measured: {report:?}"
             );
+
+            // A forward over the limit is the only one timed; under it, every timed run.
+            for (limit, forwards) in [(0.0, 1), (f64::INFINITY, super::TIMED_RUNS)] {
+                let timed = pollster::block_on(layer.time_candidate(
+                    &candidates[0],
+                    3,
+                    37,
+                    strategy,
+                    &input.x,
+                    limit,
+                    &mut |_| {},
+                ))
+                .unwrap()
+                .unwrap();
+                assert_eq!(timed.forwards, forwards, "{what}: limit {limit}");
+                assert!(
+                    timed.wall_ms > 0.0 && timed.ms > 0.0,
+                    "{what}: limit {limit}"
+                );
+            }
         }
     }
 

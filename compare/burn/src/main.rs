@@ -358,6 +358,11 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
+    if a.matmul.is_some() && (a.check || a.train) {
+        return Err(format!(
+            "--matmul runs alone: not with --check or --train\n{USAGE}"
+        ));
+    }
     let c = a.config;
     if [
         a.batch,

@@ -1,6 +1,7 @@
 //! `compattn bench --suite`: one command for a whole machine. On whatever adapter it finds, it
-//! times our GEMM; the forward at the README configuration, at `r = 4`, at the paper's 8 × 8 and
-//! at the target configuration; a decode step over 2048 cached positions; f16 storage against
+//! times our GEMM; the forward at the README configuration, at `r = 4`, at the paper's 8 × 8, at
+//! the target configuration and at `r = 1` (so that the cores' fractions cover `r·d` = 64, 128,
+//! 256 and 512, issue 18's target 2); a decode step over 2048 cached positions; f16 storage against
 //! f32; the long sequence; and a training step. Every figure comes with its fraction of our
 //! GEMM's GFLOP/s on the same adapter, measured in the same run. `--json F` and `--markdown F`
 //! write the results (the Markdown table is what BENCHMARKS.md takes); the table is also
@@ -69,8 +70,9 @@ const README: Shape = Shape {
     retrievals: 2,
 };
 
-/// The forward's configurations: the three issue 18 measures against burn, and the target.
-const FORWARDS: [Shape; 4] = [
+/// The forward's configurations: the three issue 18 measures against burn, the target, and
+/// `r·d` = 64 (the tuning table's r 1 row in BENCHMARKS.md).
+const FORWARDS: [Shape; 5] = [
     README,
     Shape {
         name: "r 4",
@@ -98,6 +100,15 @@ const FORWARDS: [Shape; 4] = [
         dim_head: 64,
         searches: 8,
         retrievals: 2,
+    },
+    Shape {
+        name: "r 1",
+        batch: 1,
+        seq: 1024,
+        dim: 512,
+        dim_head: 64,
+        searches: 8,
+        retrievals: 1,
     },
 ];
 
