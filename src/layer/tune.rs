@@ -31,11 +31,12 @@ const RUN_OFF_ROUNDS: usize = 3;
 /// How much faster than the built-in tiling a candidate must be to replace it.
 const WIN_MARGIN: f64 = 0.95;
 
-/// The longest a first use may spend measuring, in milliseconds. Two checks keep to it: the
-/// built-in tiling is timed first, and where its forward's wall time times every forward still
-/// to come ([`projected_forwards`]) exceeds the budget, it is kept after one timed forward; and
-/// no further candidate or run-off turn starts once the budget has been spent (compiles count
-/// there, and candidates slower than the built-in one). Without it the first forward of a
+/// What a first use may spend measuring, in milliseconds. Two checks keep near it: the built-in
+/// tiling is timed first, and where its forward's wall time times every forward of the
+/// measuring ([`projected_forwards`]) exceeds the budget, it is kept after one timed forward;
+/// and no candidate or run-off turn starts once the budget has been spent (compiles count
+/// there, and candidates slower than the built-in one). What has started runs to its end, so
+/// a long forward can overrun it by a few forwards. Without it the first forward of a
 /// 16 384-token layer on lavapipe measured for over twenty minutes (about 25 s a forward).
 pub(crate) const FIRST_USE_BUDGET_MS: f64 = 60_000.0;
 
@@ -93,10 +94,11 @@ impl CompositionalAttention {
     /// `Ok(None)` where there is nothing to choose (the unfused strategy, a KV cache or memory,
     /// a core with one tiling, a tiling set by `COMPATTN_FUSED_TILING` or
     /// `COMPATTN_BLOCKED_SLICES`) or tuning is [`TuneMode::Off`]. Natively a forward does this
-    /// by itself on first use of a shape class unless tuning is off, for about 60 s at most
-    /// (the built-in tiling is kept where measuring would take longer); this call measures every candidate whatever it costs (a long
-    /// sequence on a CPU driver: minutes). Call it to tune ahead (a warm-up). In a browser
-    /// only this call measures; the choice stays in memory.
+    /// by itself on first use of a shape class unless tuning is off, starting nothing new
+    /// after 60 s (the built-in tiling is kept where measuring would take longer); this call
+    /// measures every candidate whatever it costs (a long sequence on a CPU driver: minutes).
+    /// Call it to tune ahead (a warm-up). In a browser only this call measures; the choice
+    /// stays in memory.
     pub async fn tune(&mut self, batch: usize, seq: usize) -> Result<Option<TuneReport>> {
         self.ctx.check_alive("tune")?;
         let ctx = self.ctx.clone();
@@ -140,9 +142,11 @@ impl CompositionalAttention {
     }
 
     /// Measures the candidates of `batch × seq`'s shape class and stores the choice. With a
-    /// `budget_ms`, the built-in tiling is measured first and the others only if all of them
-    /// are projected to fit in it; otherwise the built-in tiling is stored as the choice, so
-    /// that later forwards (and processes) do not pay for the projection again.
+    /// `budget_ms` ([`FIRST_USE_BUDGET_MS`]), the first candidate that runs (the built-in
+    /// tiling, unless it fails) is measured first and the others only if all of them are
+    /// projected to fit; otherwise that candidate is stored as the choice, so that later
+    /// forwards (and processes) do not pay for the projection again. Once the budget is spent
+    /// no candidate or run-off turn starts, and the built-in tiling stays.
     pub(super) async fn measure(
         &mut self,
         batch: usize,
@@ -188,8 +192,13 @@ impl CompositionalAttention {
         };
         // The longest first forward for which measuring every candidate fits the budget.
         let longest_forward_ms = budget_ms.map_or(f64::INFINITY, |b| b / projected_forwards(count));
+        // Set when the budget ran out before every candidate was measured: no run-off then.
+        let mut cut_short = false;
         for choice in candidates {
-            if !times.is_empty() && out_of_time("the candidates measured so far compete") {
+            // Not checked before a first time exists: failures end quickly, and the first
+            // candidate that runs is bounded by the projection.
+            if !times.is_empty() && out_of_time("the built-in tiling stays") {
+                cut_short = true;
                 break;
             }
             // The first candidate that runs (the built-in one, unless it failed) sets the pace.
@@ -244,9 +253,10 @@ impl CompositionalAttention {
         if let (Some(b), Some(c)) = (built_in_at, challenger_at)
             && b != c
         {
-            // A run-off cut short by the budget leaves the built-in tiling.
-            let mut confirmed = true;
-            'run_off: for _ in 0..RUN_OFF_ROUNDS {
+            // A run-off cut short by the budget (or never run) leaves the built-in tiling.
+            let mut confirmed = !cut_short;
+            let rounds = if cut_short { 0 } else { RUN_OFF_ROUNDS };
+            'run_off: for _ in 0..rounds {
                 for i in [c, b] {
                     if out_of_time("the built-in tiling stays") {
                         confirmed = false;

@@ -435,11 +435,8 @@ fn time(args: &Args, base: &Device, adapter: &str) -> Result<(), String> {
     let p = Params::upload(&w, c, &device, args.train);
     let upload =
         |v: &[f32]| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [b, n, c.dim]), &device);
-    let mut warmup_ms = Vec::new();
-    let mut samples_ms = Vec::new();
-    let mut checksum = 0.0f64;
-    for round in 0..args.warmup + args.iters {
-        let start = Instant::now();
+    let (warmup_ms, samples_ms) = timed_rounds(args, || {
+        let mut checksum = 0.0f64;
         if args.train {
             let xt = upload(&x).require_grad();
             let dyt = upload(&dy);
@@ -462,14 +459,8 @@ fn time(args: &Args, base: &Device, adapter: &str) -> Result<(), String> {
             let y = forward(&p, upload(&x), c).into_data();
             checksum += y.as_slice::<f32>().map_err(|e| format!("{e:?}"))?[0] as f64;
         }
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        if round < args.warmup {
-            warmup_ms.push(ms);
-        } else {
-            samples_ms.push(ms);
-        }
-    }
-    std::hint::black_box(checksum);
+        Ok(checksum)
+    })?;
     println!(
         "{{\"mode\":\"{}\",\"batch\":{b},\"seq\":{n},\"dim\":{},\"dim_head\":{},\"searches\":{},\
          \"retrievals\":{},\"warmup\":{},\"iters\":{},\"median_ms\":{:.3},\"samples_ms\":{},\
@@ -489,6 +480,30 @@ fn time(args: &Args, base: &Device, adapter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `round` `--warmup` times, then `--iters` times, each timed on the host's wall clock:
+/// `(warmup_ms, samples_ms)`. `round` returns a value read back from the device, summed and
+/// kept so that no round's work is optimised away.
+fn timed_rounds(
+    args: &Args,
+    mut round: impl FnMut() -> Result<f64, String>,
+) -> Result<(Vec<f64>, Vec<f64>), String> {
+    let mut warmup_ms = Vec::new();
+    let mut samples_ms = Vec::new();
+    let mut checksum = 0.0f64;
+    for i in 0..args.warmup + args.iters {
+        let start = Instant::now();
+        checksum += round()?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if i < args.warmup {
+            warmup_ms.push(ms);
+        } else {
+            samples_ms.push(ms);
+        }
+    }
+    std::hint::black_box(checksum);
+    Ok((warmup_ms, samples_ms))
+}
+
 /// `--matmul N`: the median wall time of `[N, N] · [N, N]` with the product read back.
 fn time_matmul(args: &Args, n: usize, device: &Device, adapter: &str) -> Result<(), String> {
     let mut rng = Rng(0x3a7);
@@ -499,21 +514,10 @@ fn time_matmul(args: &Args, n: usize, device: &Device, adapter: &str) -> Result<
         )
     };
     let (a, b) = (square(&mut rng), square(&mut rng));
-    let mut warmup_ms = Vec::new();
-    let mut samples_ms = Vec::new();
-    let mut checksum = 0.0f64;
-    for round in 0..args.warmup + args.iters {
-        let start = Instant::now();
+    let (warmup_ms, samples_ms) = timed_rounds(args, || {
         let c = a.clone().matmul(b.clone()).into_data();
-        checksum += c.as_slice::<f32>().map_err(|e| format!("{e:?}"))?[0] as f64;
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        if round < args.warmup {
-            warmup_ms.push(ms);
-        } else {
-            samples_ms.push(ms);
-        }
-    }
-    std::hint::black_box(checksum);
+        Ok(c.as_slice::<f32>().map_err(|e| format!("{e:?}"))?[0] as f64)
+    })?;
     let median_ms = median(&samples_ms);
     println!(
         "{{\"mode\":\"matmul\",\"n\":{n},\"warmup\":{},\"iters\":{},\"median_ms\":{median_ms:.3},\
