@@ -40,6 +40,24 @@ const WIN_MARGIN: f64 = 0.95;
 /// 16 384-token layer on lavapipe measured for over twenty minutes (about 25 s a forward).
 pub(crate) const FIRST_USE_BUDGET_MS: f64 = 60_000.0;
 
+/// The two limits of a budgeted measuring, in milliseconds (both [`FIRST_USE_BUDGET_MS`] for a
+/// first use; apart in the tests, to check each alone).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Budget {
+    /// The projected time of the whole measuring over which the first candidate that runs is
+    /// kept after one timed forward.
+    projected_ms: f64,
+    /// The time after which no candidate or run-off turn starts.
+    deadline_ms: f64,
+}
+
+impl Budget {
+    pub(super) const FIRST_USE: Budget = Budget {
+        projected_ms: FIRST_USE_BUDGET_MS,
+        deadline_ms: FIRST_USE_BUDGET_MS,
+    };
+}
+
 /// Every forward that measuring `candidates` tilings runs: each candidate's warm-up and timed
 /// forwards, and as many again for each turn of the run-off.
 fn projected_forwards(candidates: usize) -> f64 {
@@ -135,14 +153,14 @@ impl CompositionalAttention {
         if let Some((class, _)) = plan.tuning_candidates(&self.ctx, &self.config)
             && self.ctx.tuning().get(&class).is_none()
         {
-            self.measure(batch, seq, strategy, Some(FIRST_USE_BUDGET_MS), progress)
+            self.measure(batch, seq, strategy, Some(Budget::FIRST_USE), progress)
                 .await?;
         }
         Ok(())
     }
 
     /// Measures the candidates of `batch × seq`'s shape class and stores the choice. With a
-    /// `budget_ms` ([`FIRST_USE_BUDGET_MS`]), the first candidate that runs (the built-in
+    /// `budget` ([`Budget::FIRST_USE`]), the first candidate that runs (the built-in
     /// tiling, unless it fails) is measured first and the others only if all of them are
     /// projected to fit; otherwise that candidate is stored as the choice, so that later
     /// forwards (and processes) do not pay for the projection again. Once the budget is spent
@@ -152,7 +170,7 @@ impl CompositionalAttention {
         batch: usize,
         seq: usize,
         strategy: crate::Strategy,
-        budget_ms: Option<f64>,
+        budget: Option<Budget>,
         progress: &mut dyn FnMut(CompileProgress),
     ) -> Result<Option<TuneReport>> {
         crate::shape::check_tokens(&self.config, batch, seq)?;
@@ -180,18 +198,22 @@ impl CompositionalAttention {
         let built_in_choice = candidates[0];
         let count = candidates.len();
         let started = crate::time::Instant::now();
-        let out_of_time = |what: &str| match budget_ms {
-            Some(budget) if started.elapsed().as_secs_f64() * 1e3 > budget => {
+        let out_of_time = |what: &str| match budget {
+            Some(Budget { deadline_ms, .. })
+                if started.elapsed().as_secs_f64() * 1e3 > deadline_ms =>
+            {
                 log::info!(
                     "tuning {class}: the first use's {:.0} s are spent; {what}",
-                    budget / 1e3
+                    deadline_ms / 1e3
                 );
                 true
             }
             _ => false,
         };
         // The longest first forward for which measuring every candidate fits the budget.
-        let longest_forward_ms = budget_ms.map_or(f64::INFINITY, |b| b / projected_forwards(count));
+        let longest_forward_ms = budget.map_or(f64::INFINITY, |b| {
+            b.projected_ms / projected_forwards(count)
+        });
         // Set when the budget ran out before every candidate was measured: no run-off then.
         let mut cut_short = false;
         for choice in candidates {
@@ -216,7 +238,7 @@ impl CompositionalAttention {
                         choice: choice.encode(),
                         ms: timed.ms,
                     });
-                    if let Some(budget) = budget_ms
+                    if let Some(Budget { projected_ms, .. }) = budget
                         && timed.wall_ms > stop_above_ms
                     {
                         log::info!(
@@ -225,7 +247,7 @@ impl CompositionalAttention {
                              (CompositionalAttention::tune measures them all)",
                             timed.wall_ms * projected_forwards(count) / 1e3,
                             timed.wall_ms,
-                            budget / 1e3,
+                            projected_ms / 1e3,
                             choice.encode()
                         );
                         break;
@@ -385,6 +407,7 @@ impl CompositionalAttention {
 
 #[cfg(test)]
 mod tests {
+    use super::Budget;
     use crate::gpu::test_device::rng;
     use crate::gpu::{GpuContext, GpuOptions, KernelFamilyRequest, TuneMode};
     use crate::plan::CorePlan;
@@ -579,55 +602,82 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A first use whose projected measuring exceeds its budget times the built-in tiling once
-    /// (after its warm-up), stores it as the class's choice and measures nothing else; the
-    /// same call with room to spare measures the other candidates too; a candidate's timing
-    /// stops after one forward over its limit. Both kernel families.
+    /// A first use keeps the built-in tiling, stores it as the class's choice and measures
+    /// nothing else where its projected measuring exceeds the budget (then the built-in tiling
+    /// is timed once after its warm-up) and where the budget's time is spent after the first
+    /// candidate, each limit alone; the same call with room to spare measures every
+    /// candidate; a candidate's timing stops after one forward over its limit. Both kernel
+    /// families.
     #[test]
     fn first_use_over_budget_keeps_the_built_in_tiling() {
         let (mut rng, what) = rng("first_use_over_budget_keeps_the_built_in_tiling");
         let (weights, input, expected) = problem(rng.next_u64());
         for kernels in [KernelFamilyRequest::Cpu, KernelFamilyRequest::Gpu] {
+            let over_projection = Budget {
+                projected_ms: 0.0,
+                deadline_ms: f64::MAX,
+            };
+            let past_deadline = Budget {
+                projected_ms: f64::MAX,
+                deadline_ms: 0.0,
+            };
+            for budget in [over_projection, past_deadline] {
+                let ctx = tuned_context(kernels, TuneMode::On, None);
+                let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
+                let built_in = layer.plan(3, 37).unwrap();
+                let Some((class, candidates)) = built_in.tuning_candidates(&ctx, weights.config())
+                else {
+                    eprintln!(
+                        "{what}: {kernels:?}: no candidates for {}",
+                        built_in.describe()
+                    );
+                    continue;
+                };
+                let strategy = layer.strategy;
+                let report =
+                    pollster::block_on(layer.measure(3, 37, strategy, Some(budget), &mut |_| {}))
+                        .unwrap()
+                        .unwrap_or_else(|| panic!("{what}: nothing measured for {class}"));
+                let what = format!("{what}: {kernels:?} {class} {budget:?}");
+                let built_in_choice = candidates[0].encode();
+                assert_eq!(report.chosen, built_in_choice, "{what}: {report:?}");
+                assert_eq!(report.candidates.len(), 1, "{what}: {report:?}");
+                assert!(report.candidates[0].ms > 0.0, "{what}: {report:?}");
+                assert_eq!(
+                    ctx.tuned_choices().get(&class),
+                    Some(&built_in_choice),
+                    "{what}: the choice is stored"
+                );
+                assert_eq!(layer.plan(3, 37).unwrap(), built_in, "{what}");
+                let y = layer
+                    .forward_blocking(&input.x, 3, 37, input.mask.as_deref())
+                    .unwrap();
+                let stats = ErrorStats::compare(&y, &expected);
+                assert!(stats.within(1e-4), "{what}: {stats}");
+            }
+
             let ctx = tuned_context(kernels, TuneMode::On, None);
             let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
-            let built_in = layer.plan(3, 37).unwrap();
-            let Some((class, candidates)) = built_in.tuning_candidates(&ctx, weights.config())
+            let Some((_, candidates)) = layer
+                .plan(3, 37)
+                .unwrap()
+                .tuning_candidates(&ctx, weights.config())
             else {
-                eprintln!(
-                    "{what}: {kernels:?}: no candidates for {}",
-                    built_in.describe()
-                );
                 continue;
             };
             let strategy = layer.strategy;
-            let report = pollster::block_on(layer.measure(3, 37, strategy, Some(0.0), &mut |_| {}))
-                .unwrap()
-                .unwrap_or_else(|| panic!("{what}: nothing measured for {class}"));
-            let what = format!("{what}: {kernels:?} {class}");
-            let built_in_choice = candidates[0].encode();
-            assert_eq!(report.chosen, built_in_choice, "{what}: {report:?}");
-            assert_eq!(report.candidates.len(), 1, "{what}: {report:?}");
-            assert!(report.candidates[0].ms > 0.0, "{what}: {report:?}");
-            assert_eq!(
-                ctx.tuned_choices().get(&class),
-                Some(&built_in_choice),
-                "{what}: the choice is stored"
-            );
-            assert_eq!(layer.plan(3, 37).unwrap(), built_in, "{what}");
-            let y = layer
-                .forward_blocking(&input.x, 3, 37, input.mask.as_deref())
-                .unwrap();
-            let stats = ErrorStats::compare(&y, &expected);
-            assert!(stats.within(1e-4), "{what}: {stats}");
-
+            let room = Budget {
+                projected_ms: f64::MAX,
+                deadline_ms: f64::MAX,
+            };
             let report =
-                pollster::block_on(layer.measure(3, 37, strategy, Some(f64::MAX), &mut |_| {}))
+                pollster::block_on(layer.measure(3, 37, strategy, Some(room), &mut |_| {}))
                     .unwrap()
                     .unwrap();
             assert_eq!(
                 report.candidates.len(),
                 candidates.len(),
-                "{what}: within the budget every candidate is measured: {report:?}"
+                "{what}: {kernels:?}: within the budget every candidate is measured: {report:?}"
             );
 
             // A forward over the limit is the only one timed; under it, every timed run.
