@@ -52,6 +52,8 @@ pub(super) struct Budget {
 }
 
 impl Budget {
+    /// A first use's (native only: in a browser only `tune` measures, without a budget).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(super) const FIRST_USE: Budget = Budget {
         projected_ms: FIRST_USE_BUDGET_MS,
         deadline_ms: FIRST_USE_BUDGET_MS,
