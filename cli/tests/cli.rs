@@ -875,6 +875,13 @@ fn bench_suite_measures_every_part_and_writes_json_and_markdown() {
             fraction > 0.0 && (fraction - expected).abs() <= 1e-9 * expected,
             "{part}\n{transcript}"
         );
+        // What ran, with the core's tiling, in the JSON and in the part's table row.
+        let plan = result["plan"].as_str().unwrap_or_default();
+        assert!(
+            plan.contains("family") && plan.contains("core "),
+            "{part}\n{transcript}"
+        );
+        assert!(run.stdout.contains(plan), "{plan}\n{transcript}");
     }
     assert!(
         suite["decode"]["result"]["decode_over_copy"]

@@ -39,6 +39,9 @@ pub struct Measurement {
     pub kernels: Vec<KernelSamples>,
     /// `CompositionalAttention::gpu_bytes` after the forwards; 0 for the CPU reference.
     pub gpu_bytes: u64,
+    /// What the layer ran (`ExecutionPlan::describe`: kernel family, storage, GEMM, core and
+    /// its tiling, the tuned one where tuning chose); `None` for the CPU reference.
+    pub plan: Option<String>,
 }
 
 /// The kernels of one forward, consecutive launches of one variant merged: `(label, launches,
@@ -101,6 +104,7 @@ pub fn measure(
         source: TimingSource::HostWallClock,
         kernels: Vec::new(),
         gpu_bytes: 0,
+        plan: None,
     };
     let strategy = match method {
         Method::Cpu => {
@@ -154,6 +158,7 @@ pub fn measure(
         }
     }
     measurement.gpu_bytes = layer.gpu_bytes();
+    measurement.plan = Some(layer.plan(batch, seq)?.describe());
     Ok(measurement)
 }
 

@@ -69,6 +69,10 @@ pub struct Report {
     pub fraction_of_gemm: Option<f64>,
     /// `core_gflops / gemm.gflops`.
     pub core_fraction_of_gemm: Option<f64>,
+    /// What the layer ran: kernel family, storage, GEMM, and the core with its tiling (the
+    /// tuned one where tuning chose). Absent for the CPU reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// The report of `measurement` (of `case`, on `machine`), compared with `gemm` if measured.
@@ -143,6 +147,7 @@ pub fn report(
         gemm: gemm.cloned(),
         fraction_of_gemm: gemm_gflops.map(|g| gflops / g),
         core_fraction_of_gemm: core_gflops.zip(gemm_gflops).map(|(c, g)| c / g),
+        plan: measurement.plan.clone(),
     }
 }
 
@@ -175,6 +180,9 @@ pub fn print_report(r: &Report) {
     if r.strategy != "cpu" {
         println!("{:<14} {}", "GPU buffers", fmt_mib(r.gpu_bytes));
         println!("{:<14} COMPATTN_TUNE={}", "tuning", r.tune);
+    }
+    if let Some(plan) = &r.plan {
+        println!("{:<14} {plan}", "plan");
     }
     if !r.kernels.is_empty() {
         let width = r

@@ -510,9 +510,10 @@ fn markdown(suite: &Suite) -> String {
                 figure(Some(r.gflops)),
                 figure(r.fraction_of_gemm),
                 format!(
-                    "core at {} of our GEMM; {}",
+                    "core at {} of our GEMM; {}; {}",
                     figure(r.core_fraction_of_gemm),
-                    r.timing
+                    r.timing,
+                    r.plan.as_deref().unwrap_or("–")
                 ),
             ]
         });
