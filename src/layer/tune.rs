@@ -38,7 +38,7 @@ const WIN_MARGIN: f64 = 0.95;
 /// there, and candidates slower than the built-in one). What has started runs to its end, so
 /// a long forward can overrun it by a few forwards. Without it the first forward of a
 /// 16 384-token layer on lavapipe measured for over twenty minutes (about 25 s a forward).
-pub(crate) const FIRST_USE_BUDGET_MS: f64 = 60_000.0;
+const FIRST_USE_BUDGET_MS: f64 = 60_000.0;
 
 /// The two limits of a budgeted measuring, in milliseconds (both [`FIRST_USE_BUDGET_MS`] for a
 /// first use; apart in the tests, to check each alone).
@@ -431,6 +431,26 @@ mod tests {
         pollster::block_on(GpuContext::new(&options)).expect("a GPU adapter")
     }
 
+    /// A layer of `weights` on a context of its own with tuning on (in memory), with the class
+    /// and candidates of its 3 × 37 plan; `None` where that plan has nothing to tune.
+    fn tuned_layer(
+        kernels: KernelFamilyRequest,
+        weights: &crate::Weights,
+    ) -> Option<(
+        GpuContext,
+        CompositionalAttention,
+        String,
+        Vec<super::TunedChoice>,
+    )> {
+        let ctx = tuned_context(kernels, TuneMode::On, None);
+        let layer = CompositionalAttention::new(&ctx, weights).unwrap();
+        let (class, candidates) = layer
+            .plan(3, 37)
+            .unwrap()
+            .tuning_candidates(&ctx, weights.config())?;
+        Some((ctx, layer, class, candidates))
+    }
+
     /// 3 sequences of 37 rows (whole, padded, fully masked), causal; values 5 × 16 wide, so the
     /// blocked core has two 64-column blocks (or three of 32) and no size is a tile multiple.
     fn problem(seed: u64) -> (crate::Weights, crate::Input, Vec<f64>) {
@@ -624,17 +644,12 @@ mod tests {
                 deadline_ms: 0.0,
             };
             for budget in [over_projection, past_deadline] {
-                let ctx = tuned_context(kernels, TuneMode::On, None);
-                let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
-                let built_in = layer.plan(3, 37).unwrap();
-                let Some((class, candidates)) = built_in.tuning_candidates(&ctx, weights.config())
+                let Some((ctx, mut layer, class, candidates)) = tuned_layer(kernels, &weights)
                 else {
-                    eprintln!(
-                        "{what}: {kernels:?}: no candidates for {}",
-                        built_in.describe()
-                    );
+                    eprintln!("{what}: {kernels:?}: no candidates");
                     continue;
                 };
+                let built_in = layer.plan(3, 37).unwrap();
                 let strategy = layer.strategy;
                 let report =
                     pollster::block_on(layer.measure(3, 37, strategy, Some(budget), &mut |_| {}))
@@ -658,13 +673,7 @@ mod tests {
                 assert!(stats.within(1e-4), "{what}: {stats}");
             }
 
-            let ctx = tuned_context(kernels, TuneMode::On, None);
-            let mut layer = CompositionalAttention::new(&ctx, &weights).unwrap();
-            let Some((_, candidates)) = layer
-                .plan(3, 37)
-                .unwrap()
-                .tuning_candidates(&ctx, weights.config())
-            else {
+            let Some((_ctx, mut layer, _, candidates)) = tuned_layer(kernels, &weights) else {
                 continue;
             };
             let strategy = layer.strategy;

@@ -58,8 +58,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     json: Option<PathBuf>,
     /// Run the whole suite on the adapter found: our GEMM; the forward at the README
-    /// configuration, r 4, the paper's 8 × 8, the target and r 1; a decode step at context 2048; f16
-    /// against f32; the long sequence; a training step. Prints a Markdown table (each figure with
+    /// configuration, r 4, the paper's 8 × 8, the target and r 1; a decode step at context
+    /// 2048; f16 against f32; the long sequence; a training step. Prints a Markdown table (each figure with
     /// its fraction of our GEMM); --json FILE and --markdown FILE write the results.
     #[arg(
         long,
