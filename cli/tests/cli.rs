@@ -778,6 +778,32 @@ fn soak_checks_every_forward_and_reports_flat_memory() {
     compattn(&["soak", "--forwards", "0"]).assert_error(1, &["--forwards"]);
 }
 
+/// Without `--no-gemm`, a GPU forward is compared with our GEMM sampled once after each of its
+/// timed forwards: as many GEMM samples as forwards, and the fraction against their median.
+#[test]
+fn bench_compares_with_our_gemm_timed_between_its_forwards() {
+    let tiny: Vec<&str> = TINY_BENCH
+        .iter()
+        .copied()
+        .filter(|a| *a != "--no-gemm")
+        .collect();
+    let mut args = vec!["bench", "--strategy", "fused", "--seq", "9"];
+    args.extend(tiny);
+    let run = compattn(&args);
+    let report = json_stdout(&run);
+    let transcript = run.transcript();
+    let gemm = &report["gemm"];
+    assert_eq!(gemm["samples"], report["iters"], "{report}\n{transcript}");
+    assert_eq!(gemm["size"], 1024, "{report}\n{transcript}");
+    let expected =
+        report["gflops"].as_f64().unwrap_or(f64::NAN) / gemm["gflops"].as_f64().unwrap_or(f64::NAN);
+    let fraction = report["fraction_of_gemm"].as_f64().unwrap_or(0.0);
+    assert!(
+        fraction > 0.0 && (fraction - expected).abs() <= 1e-9 * expected,
+        "{report}\n{transcript}"
+    );
+}
+
 #[test]
 fn bench_prints_a_table_without_json() {
     let run = compattn(&[
@@ -869,12 +895,26 @@ fn bench_suite_measures_every_part_and_writes_json_and_markdown() {
     );
     for part in forwards.iter().chain([&suite["long_sequence"]]) {
         let result = &part["result"];
+        // Each forward is compared with our GEMM sampled after each of its timed samples (one
+        // here, `--iters 1`), not with the suite's GEMM row.
+        let beside = &result["gemm"];
+        assert_eq!(beside["samples"], 1, "{part}\n{transcript}");
         let fraction = result["fraction_of_gemm"].as_f64().unwrap_or(0.0);
-        let expected = result["gflops"].as_f64().unwrap_or(f64::NAN) / gemm;
+        let expected = result["gflops"].as_f64().unwrap_or(f64::NAN)
+            / beside["gflops"].as_f64().unwrap_or(f64::NAN);
         assert!(
             fraction > 0.0 && (fraction - expected).abs() <= 1e-9 * expected,
             "{part}\n{transcript}"
         );
+        // The core's share exists where the adapter times kernels (not on GL).
+        if let Some(core_gflops) = result["core_gflops"].as_f64() {
+            let core = result["core_fraction_of_gemm"].as_f64().unwrap_or(0.0);
+            let expected = core_gflops / beside["gflops"].as_f64().unwrap_or(f64::NAN);
+            assert!(
+                core > 0.0 && (core - expected).abs() <= 1e-9 * expected,
+                "{part}\n{transcript}"
+            );
+        }
         // What ran, with the core's tiling, in the JSON and in the part's table row.
         let plan = result["plan"].as_str().unwrap_or_default();
         assert!(

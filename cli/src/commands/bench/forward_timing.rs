@@ -60,12 +60,14 @@ fn group_kernels(kernels: &[KernelTime]) -> Vec<(String, usize, f64)> {
     groups
 }
 
-/// `case`'s random problem at `seq` (seed [`SEED`]), timed with `method` behind a progress bar.
+/// `case`'s random problem at `seq` (seed [`SEED`]), timed with `method` behind a progress bar;
+/// `between` runs after each timed forward (see [`measure`]).
 pub fn measure_case(
     ctx: Option<&GpuContext>,
     case: &BenchCase,
     method: Method,
     seq: usize,
+    between: &mut dyn FnMut() -> Result<(), Error>,
 ) -> Result<Measurement, Error> {
     let (weights, input) = random_problem(case.config, case.batch, seq, None, 1.0, SEED)?;
     let progress = progress_bar(case.warmup.saturating_add(case.iters) as u64);
@@ -78,13 +80,17 @@ pub fn measure_case(
         &input,
         (case.warmup, case.iters),
         &progress,
+        between,
     );
     progress.finish_and_clear();
     measurement
 }
 
 /// `warmup + iters` forwards of `method` (a layer stored in `precision`) on `input`, one tick
-/// of `progress` each.
+/// of `progress` each. `between` runs after each timed GPU forward, outside its timing: what is
+/// to be compared with the forward is timed there, side by side (the suite's GEMM,
+/// `GemmBetween`).
+#[allow(clippy::too_many_arguments)]
 pub fn measure(
     ctx: Option<&GpuContext>,
     method: Method,
@@ -93,6 +99,7 @@ pub fn measure(
     input: &Input,
     (warmup, iters): (usize, usize),
     progress: &ProgressBar,
+    between: &mut dyn FnMut() -> Result<(), Error>,
 ) -> Result<Measurement, Error> {
     let (batch, seq) = (input.batch, input.seq);
     let mut measurement = Measurement {
@@ -141,6 +148,7 @@ pub fn measure(
         measurement.samples_ms.push(profile.total_ms);
         measurement.wall_ms.push(profile.wall_ms);
         measurement.source = profile.source;
+        between()?;
         let groups = group_kernels(&profile.kernels);
         if measurement.kernels.is_empty() {
             measurement.kernels = groups

@@ -1,6 +1,7 @@
 //! Our GEMM kernels timed on their own: `compattn bench --gemm N,...` (every kernel at every
-//! size), and [`time_our_gemm`], the one GEMM the forward's reports compare with ("fraction of
-//! our GEMM").
+//! size), and the one GEMM a forward's report compares with ("fraction of our GEMM"): timed up
+//! front by [`time_our_gemm`] (the suite's GEMM row, `--sweep`), or sampled between a forward's
+//! timed samples by [`GemmBetween`] (a single forward, each forward of the suite).
 
 use compositional_attention::kernel_bench::{GemmKernel, KernelBench, summarize};
 use compositional_attention::{Error, GpuContext, TimingSource};
@@ -33,6 +34,8 @@ pub struct GemmReport {
     pub max_ms: f64,
     pub gflops: f64,
     pub timing: &'static str,
+    /// Timed samples behind the median.
+    pub samples: usize,
 }
 
 fn gemm_kernel_name(kernel: GemmKernel) -> &'static str {
@@ -64,8 +67,19 @@ fn measure_gemm(
         samples.push(ms);
         source = from;
     }
-    let (median_ms, min_ms, max_ms) = summarize(&samples);
-    Ok(GemmReport {
+    Ok(report_of(&bench, kernel, size, &samples, source))
+}
+
+/// The report of `samples` (not empty) of `bench`, `kernel` at `size³`.
+fn report_of(
+    bench: &KernelBench,
+    kernel: GemmKernel,
+    size: usize,
+    samples: &[f64],
+    source: TimingSource,
+) -> GemmReport {
+    let (median_ms, min_ms, max_ms) = summarize(samples);
+    GemmReport {
         kernel: gemm_kernel_name(kernel),
         variant: bench.variant().to_string(),
         size,
@@ -75,16 +89,15 @@ fn measure_gemm(
         max_ms,
         gflops: bench.flops() / 1e9 / (median_ms / 1e3),
         timing: source.name(),
-    })
+        samples: samples.len(),
+    }
 }
 
-/// Times the GEMM the layer uses here at 1024³, for the forward's "fraction of our GEMM".
+/// Times the GEMM the layer uses here at 1024³, up front.
 pub fn time_our_gemm(ctx: &GpuContext, json: bool) -> Result<GemmReport, Error> {
     note(
         json,
-        &format!(
-            "timing our GEMM at {COMPARISON_SIZE}³ for comparison (--no-gemm skips it, but not in --suite)"
-        ),
+        &format!("timing our GEMM at {COMPARISON_SIZE}³ for comparison"),
     );
     measure_gemm(
         ctx,
@@ -93,6 +106,59 @@ pub fn time_our_gemm(ctx: &GpuContext, json: bool) -> Result<GemmReport, Error> 
         1,
         COMPARISON_SAMPLES,
     )
+}
+
+/// Our GEMM at 1024³ sampled once after each timed sample of a forward, so that the forward's
+/// "fraction of our GEMM" compares two kernels timed side by side. On a shared machine (a CPU
+/// driver on a VM whose neighbours come and go) the speed of both moves by up to 2× within
+/// minutes, and a GEMM timed once before a run of forwards turned the same forwards' fractions
+/// from 0.88–1.49 in one run into 0.53–1.03 in the next (BENCHMARKS.md, "The GEMM beside each
+/// forward").
+pub struct GemmBetween {
+    bench: KernelBench,
+    samples: Vec<f64>,
+    source: TimingSource,
+}
+
+impl GemmBetween {
+    /// Builds the GEMM and runs it once untimed (a CPU driver compiles at the first dispatch).
+    pub fn new(ctx: &GpuContext) -> Result<Self, Error> {
+        let mut bench = pollster::block_on(KernelBench::gemm(
+            ctx,
+            GemmKernel::Auto,
+            COMPARISON_SIZE,
+            COMPARISON_SIZE,
+            COMPARISON_SIZE,
+        ))?;
+        bench.sample_ms_blocking()?;
+        Ok(GemmBetween {
+            bench,
+            // Grown one per forward sample: a count of work, not a size to allocate.
+            samples: Vec::new(),
+            source: TimingSource::HostWallClock,
+        })
+    }
+
+    /// One timed sample.
+    pub fn sample(&mut self) -> Result<(), Error> {
+        let (ms, source) = self.bench.sample_ms_blocking()?;
+        self.samples.push(ms);
+        self.source = source;
+        Ok(())
+    }
+
+    /// The samples so far; `None` before the first.
+    pub fn report(&self) -> Option<GemmReport> {
+        (!self.samples.is_empty()).then(|| {
+            report_of(
+                &self.bench,
+                GemmKernel::Auto,
+                COMPARISON_SIZE,
+                &self.samples,
+                self.source,
+            )
+        })
+    }
 }
 
 #[derive(Serialize)]

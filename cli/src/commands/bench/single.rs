@@ -3,7 +3,7 @@
 
 use super::case::{BenchCase, Method};
 use super::forward_timing::measure_case;
-use super::gemm_timing::time_our_gemm;
+use super::gemm_timing::GemmBetween;
 use super::machine::Machine;
 use super::report::{print_report, report};
 use crate::common::{CliResult, open_gpu};
@@ -11,8 +11,8 @@ use crate::fits;
 use crate::output::{note, print_json};
 use crate::sizes::{problem_bytes, reference_bytes};
 
-/// Times `method` at `case`'s problem with its sequence length; compares with our GEMM unless
-/// `no_gemm`.
+/// Times `method` at `case`'s problem with its sequence length; compares with our GEMM, timed
+/// between the forward's samples, unless `no_gemm`.
 pub fn run(case: BenchCase, method: Method, no_gemm: bool, json: bool) -> CliResult {
     let seq = case.seq;
     let options = case.options;
@@ -47,11 +47,21 @@ pub fn run(case: BenchCase, method: Method, no_gemm: bool, json: bool) -> CliRes
             case.iters
         ),
     );
-    let measurement = measure_case(ctx.as_ref(), &case, method, seq)?;
-    let gemm = match &ctx {
-        Some(ctx) if !no_gemm => Some(time_our_gemm(ctx, json)?),
+    let mut gemm = match &ctx {
+        Some(ctx) if !no_gemm => {
+            note(
+                json,
+                "our GEMM at 1024³ is timed after each timed forward, for comparison (--no-gemm skips it)",
+            );
+            Some(GemmBetween::new(ctx)?)
+        }
         _ => None,
     };
+    let measurement = measure_case(ctx.as_ref(), &case, method, seq, &mut || match &mut gemm {
+        Some(gemm) => gemm.sample(),
+        None => Ok(()),
+    })?;
+    let gemm = gemm.as_ref().and_then(GemmBetween::report);
     let report = report(&case, &machine, &measurement, gemm.as_ref());
     if json {
         return Ok(print_json(&report)?);

@@ -23,7 +23,7 @@ use super::backward_timing::{self, BackwardReport};
 use super::case::{BenchCase, Method};
 use super::decode_timing::{self, DecodeReport};
 use super::forward_timing::measure_case;
-use super::gemm_timing::{GemmReport, time_our_gemm};
+use super::gemm_timing::{GemmBetween, GemmReport, time_our_gemm};
 use super::machine::Machine;
 use super::report::{Report, report};
 use crate::common::{CliResult, Failure, open_gpu};
@@ -272,13 +272,9 @@ fn case_of(shape: &Shape, seq: usize, precision: Precision, samples: (usize, usi
     }
 }
 
-/// The fused forward of `case`, timed and reported against `gemm`.
-fn forward(
-    ctx: &GpuContext,
-    case: &BenchCase,
-    gemm: Option<&GemmReport>,
-    json: bool,
-) -> Result<Report, Failure> {
+/// The fused forward of `case`, timed and reported against our GEMM sampled between its timed
+/// samples (`GemmBetween`).
+fn forward(ctx: &GpuContext, case: &BenchCase, json: bool) -> Result<Report, Failure> {
     let (config, batch, seq) = (case.config, case.batch, case.seq);
     fits::forward(
         ctx,
@@ -296,8 +292,20 @@ fn forward(
             case.precision
         ),
     );
-    let measurement = measure_case(Some(ctx), case, Method::Gpu(Strategy::Fused), seq)?;
-    Ok(report(case, &Machine::of(Some(ctx)), &measurement, gemm))
+    let mut gemm = GemmBetween::new(ctx)?;
+    let measurement = measure_case(
+        Some(ctx),
+        case,
+        Method::Gpu(Strategy::Fused),
+        seq,
+        &mut || gemm.sample(),
+    )?;
+    Ok(report(
+        case,
+        &Machine::of(Some(ctx)),
+        &measurement,
+        gemm.report().as_ref(),
+    ))
 }
 
 pub fn run(request: &SuiteRequest) -> CliResult {
@@ -322,7 +330,7 @@ pub fn run(request: &SuiteRequest) -> CliResult {
             Part::of(
                 shape.name,
                 shape.describe(format!("n {seq}")),
-                forward(&ctx, &case, gemm_report, json),
+                forward(&ctx, &case, json),
             )
         })
         .collect();
@@ -346,7 +354,7 @@ pub fn run(request: &SuiteRequest) -> CliResult {
     let f16 = Part::of(
         "f16 against f32",
         README.describe(format!("n {readme_seq}")),
-        precision_comparison(&ctx, readme_seq, samples, gemm_report, json),
+        precision_comparison(&ctx, readme_seq, samples, json),
     );
     let long_seq = seq_of(&LONG, quick);
     let long_sequence = Part::of(
@@ -355,7 +363,6 @@ pub fn run(request: &SuiteRequest) -> CliResult {
         forward(
             &ctx,
             &case_of(&LONG, long_seq, Precision::F32, (1, 1)),
-            gemm_report,
             json,
         ),
     );
@@ -433,21 +440,10 @@ fn precision_comparison(
     ctx: &GpuContext,
     seq: usize,
     samples: (usize, usize),
-    gemm: Option<&GemmReport>,
     json: bool,
 ) -> Result<PrecisionComparison, Failure> {
-    let f32 = forward(
-        ctx,
-        &case_of(&README, seq, Precision::F32, samples),
-        gemm,
-        json,
-    )?;
-    let f16 = forward(
-        ctx,
-        &case_of(&README, seq, Precision::F16, samples),
-        gemm,
-        json,
-    )?;
+    let f32 = forward(ctx, &case_of(&README, seq, Precision::F32, samples), json)?;
+    let f16 = forward(ctx, &case_of(&README, seq, Precision::F16, samples), json)?;
     Ok(PrecisionComparison {
         f32_ms: f32.median_ms,
         f16_ms: f16.median_ms,

@@ -148,6 +148,7 @@ pub fn run(case: BenchCase, request: SweepRequest<'_>) -> CliResult {
                     &input,
                     (warmup, iters),
                     &progress,
+                    &mut || Ok(()),
                 )
             },
         );
