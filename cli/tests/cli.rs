@@ -802,6 +802,26 @@ fn bench_compares_with_our_gemm_timed_between_its_forwards() {
         fraction > 0.0 && (fraction - expected).abs() <= 1e-9 * expected,
         "{report}\n{transcript}"
     );
+
+    // No GEMM with --no-gemm, nor for the CPU reference (no adapter is opened).
+    for (strategy, skip) in [("fused", true), ("cpu", false)] {
+        let mut args = vec!["bench", "--strategy", strategy, "--seq", "9"];
+        args.extend(
+            TINY_BENCH
+                .iter()
+                .copied()
+                .filter(|a| skip || *a != "--no-gemm"),
+        );
+        let run = compattn(&args);
+        let report = json_stdout(&run);
+        for key in ["gemm", "fraction_of_gemm", "core_fraction_of_gemm"] {
+            assert!(
+                report[key].is_null(),
+                "{key}: {report}\n{}",
+                run.transcript()
+            );
+        }
+    }
 }
 
 #[test]
@@ -956,6 +976,9 @@ fn bench_suite_measures_every_part_and_writes_json_and_markdown() {
     }
     let rows = table.lines().filter(|l| l.starts_with("| ")).count();
     assert_eq!(rows, 11, "a header and ten parts:\n{table}");
+    // Each forward row names the GEMM its fractions divide by (6 rows of forwards).
+    let beside = table.matches("our GEMM beside it ").count();
+    assert_eq!(beside, 6, "{table}");
     assert!(run.stdout.contains(table.trim()), "{transcript}");
 
     // Misuses: --json without a file, a suite with a size, --markdown alone, --json FILE elsewhere.

@@ -88,8 +88,7 @@ pub fn measure_case(
 
 /// `warmup + iters` forwards of `method` (a layer stored in `precision`) on `input`, one tick
 /// of `progress` each. `between` runs after each timed GPU forward, outside its timing: what is
-/// to be compared with the forward is timed there, side by side (the suite's GEMM,
-/// `GemmBetween`).
+/// to be compared with the forward is timed there, side by side (our GEMM, `GemmBetween`).
 #[allow(clippy::too_many_arguments)]
 pub fn measure(
     ctx: Option<&GpuContext>,

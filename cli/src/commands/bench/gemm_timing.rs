@@ -8,7 +8,7 @@ use compositional_attention::{Error, GpuContext, TimingSource};
 use serde::Serialize;
 
 use super::machine::Machine;
-use crate::common::{CliResult, open_gpu};
+use crate::common::{CliResult, Failure, open_gpu};
 use crate::fits;
 use crate::output::{fmt_ms, note, print_json, progress_bar};
 use crate::sizes::{SizeOption, at_least_one, list_of_positive};
@@ -97,7 +97,9 @@ fn report_of(
 pub fn time_our_gemm(ctx: &GpuContext, json: bool) -> Result<GemmReport, Error> {
     note(
         json,
-        &format!("timing our GEMM at {COMPARISON_SIZE}³ for comparison"),
+        &format!(
+            "timing our GEMM at {COMPARISON_SIZE}³ for comparison (--no-gemm skips it, but not in --suite)"
+        ),
     );
     measure_gemm(
         ctx,
@@ -111,9 +113,10 @@ pub fn time_our_gemm(ctx: &GpuContext, json: bool) -> Result<GemmReport, Error> 
 /// Our GEMM at 1024³ sampled once after each timed sample of a forward, so that the forward's
 /// "fraction of our GEMM" compares two kernels timed side by side. On a shared machine (a CPU
 /// driver on a VM whose neighbours come and go) the speed of both moves by up to 2× within
-/// minutes, and a GEMM timed once before a run of forwards turned the same forwards' fractions
-/// from 0.88–1.49 in one run into 0.53–1.03 in the next (BENCHMARKS.md, "The GEMM beside each
-/// forward").
+/// minutes: with one GEMM timing taken before the forwards, the same binary's suite gave the
+/// cores 0.88–1.49 of it in one run and 0.53–1.03 in the next (BENCHMARKS.md, "The GEMM beside
+/// each forward"). The forwards it brackets are timed after a GEMM that has just run, not on a
+/// machine left idle; `--no-gemm` times them without it.
 pub struct GemmBetween {
     bench: KernelBench,
     samples: Vec<f64>,
@@ -121,8 +124,26 @@ pub struct GemmBetween {
 }
 
 impl GemmBetween {
-    /// Builds the GEMM and runs it once untimed (a CPU driver compiles at the first dispatch).
-    pub fn new(ctx: &GpuContext) -> Result<Self, Error> {
+    /// Checks the GEMM's operands against the device and the host, builds it and runs it once
+    /// untimed (a CPU driver compiles at the first dispatch).
+    pub fn new(ctx: &GpuContext, json: bool) -> Result<Self, Failure> {
+        let fixed = SizeOption {
+            name: "--gemm",
+            value: COMPARISON_SIZE,
+            default: COMPARISON_SIZE,
+        };
+        fits::gemm(ctx, COMPARISON_SIZE, fixed).map_err(|e| {
+            Failure::Check(format!(
+                "our {COMPARISON_SIZE}³ GEMM, the forward's comparison, does not fit: {e} \
+                 (--no-gemm skips it)"
+            ))
+        })?;
+        note(
+            json,
+            &format!(
+                "our GEMM at {COMPARISON_SIZE}³ is timed after each timed forward, for comparison"
+            ),
+        );
         let mut bench = pollster::block_on(KernelBench::gemm(
             ctx,
             GemmKernel::Auto,
@@ -139,6 +160,11 @@ impl GemmBetween {
         })
     }
 
+    /// Forgets the samples, for the next forward.
+    pub fn restart(&mut self) {
+        self.samples.clear();
+    }
+
     /// One timed sample.
     pub fn sample(&mut self) -> Result<(), Error> {
         let (ms, source) = self.bench.sample_ms_blocking()?;
@@ -147,7 +173,7 @@ impl GemmBetween {
         Ok(())
     }
 
-    /// The samples so far; `None` before the first.
+    /// The samples since the last restart; `None` before the first.
     pub fn report(&self) -> Option<GemmReport> {
         (!self.samples.is_empty()).then(|| {
             report_of(

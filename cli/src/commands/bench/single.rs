@@ -48,13 +48,7 @@ pub fn run(case: BenchCase, method: Method, no_gemm: bool, json: bool) -> CliRes
         ),
     );
     let mut gemm = match &ctx {
-        Some(ctx) if !no_gemm => {
-            note(
-                json,
-                "our GEMM at 1024³ is timed after each timed forward, for comparison (--no-gemm skips it)",
-            );
-            Some(GemmBetween::new(ctx)?)
-        }
+        Some(ctx) if !no_gemm => Some(GemmBetween::new(ctx, json)?),
         _ => None,
     };
     let measurement = measure_case(ctx.as_ref(), &case, method, seq, &mut || match &mut gemm {

@@ -272,9 +272,14 @@ fn case_of(shape: &Shape, seq: usize, precision: Precision, samples: (usize, usi
     }
 }
 
-/// The fused forward of `case`, timed and reported against our GEMM sampled between its timed
-/// samples (`GemmBetween`).
-fn forward(ctx: &GpuContext, case: &BenchCase, json: bool) -> Result<Report, Failure> {
+/// The fused forward of `case`, timed and reported against `beside`, our GEMM sampled after each
+/// of its timed forwards. A GEMM that fails there drops the comparison, not the forward.
+fn forward(
+    ctx: &GpuContext,
+    case: &BenchCase,
+    beside: &mut Option<GemmBetween>,
+    json: bool,
+) -> Result<Report, Failure> {
     let (config, batch, seq) = (case.config, case.batch, case.seq);
     fits::forward(
         ctx,
@@ -292,19 +297,35 @@ fn forward(ctx: &GpuContext, case: &BenchCase, json: bool) -> Result<Report, Fai
             case.precision
         ),
     );
-    let mut gemm = GemmBetween::new(ctx)?;
+    if let Some(gemm) = beside.as_mut() {
+        gemm.restart();
+    }
+    let mut lost = None;
     let measurement = measure_case(
         Some(ctx),
         case,
         Method::Gpu(Strategy::Fused),
         seq,
-        &mut || gemm.sample(),
+        &mut || {
+            if let (Some(gemm), None) = (beside.as_mut(), &lost) {
+                lost = gemm.sample().err();
+            }
+            Ok(())
+        },
     )?;
+    if let Some(error) = lost {
+        note(
+            json,
+            &format!("our GEMM failed beside this forward ({error}): no comparison from here on"),
+        );
+        *beside = None;
+    }
+    let gemm = beside.as_ref().and_then(GemmBetween::report);
     Ok(report(
         case,
         &Machine::of(Some(ctx)),
         &measurement,
-        gemm.report().as_ref(),
+        gemm.as_ref(),
     ))
 }
 
@@ -322,6 +343,13 @@ pub fn run(request: &SuiteRequest) -> CliResult {
         time_our_gemm(&ctx, json).map_err(Failure::from),
     );
     let gemm_report = gemm.result.as_ref();
+    // Our GEMM again beside each forward, where the row above could time it.
+    let mut beside = match gemm_report {
+        Some(_) => GemmBetween::new(&ctx, json)
+            .map_err(|error| note(json, &format!("no GEMM beside the forwards: {error}")))
+            .ok(),
+        None => None,
+    };
     let forwards = FORWARDS
         .iter()
         .map(|shape| {
@@ -330,7 +358,7 @@ pub fn run(request: &SuiteRequest) -> CliResult {
             Part::of(
                 shape.name,
                 shape.describe(format!("n {seq}")),
-                forward(&ctx, &case, json),
+                forward(&ctx, &case, &mut beside, json),
             )
         })
         .collect();
@@ -354,7 +382,7 @@ pub fn run(request: &SuiteRequest) -> CliResult {
     let f16 = Part::of(
         "f16 against f32",
         README.describe(format!("n {readme_seq}")),
-        precision_comparison(&ctx, readme_seq, samples, json),
+        precision_comparison(&ctx, readme_seq, samples, &mut beside, json),
     );
     let long_seq = seq_of(&LONG, quick);
     let long_sequence = Part::of(
@@ -363,6 +391,7 @@ pub fn run(request: &SuiteRequest) -> CliResult {
         forward(
             &ctx,
             &case_of(&LONG, long_seq, Precision::F32, (1, 1)),
+            &mut beside,
             json,
         ),
     );
@@ -440,15 +469,39 @@ fn precision_comparison(
     ctx: &GpuContext,
     seq: usize,
     samples: (usize, usize),
+    beside: &mut Option<GemmBetween>,
     json: bool,
 ) -> Result<PrecisionComparison, Failure> {
-    let f32 = forward(ctx, &case_of(&README, seq, Precision::F32, samples), json)?;
-    let f16 = forward(ctx, &case_of(&README, seq, Precision::F16, samples), json)?;
+    let f32 = forward(
+        ctx,
+        &case_of(&README, seq, Precision::F32, samples),
+        beside,
+        json,
+    )?;
+    let f16 = forward(
+        ctx,
+        &case_of(&README, seq, Precision::F16, samples),
+        beside,
+        json,
+    )?;
     Ok(PrecisionComparison {
         f32_ms: f32.median_ms,
         f16_ms: f16.median_ms,
         f16_over_f32: f16.median_ms / f32.median_ms,
     })
+}
+
+/// The GEMM a forward's fractions divide by, as its row's table cell says it.
+fn beside_gemm(gemm: Option<&GemmReport>) -> String {
+    match gemm {
+        Some(g) => format!(
+            "our GEMM beside it {} ms, {} GFLOP/s ({} samples)",
+            figure(Some(g.median_ms)),
+            figure(Some(g.gflops)),
+            g.samples
+        ),
+        None => "no GEMM beside it".into(),
+    }
 }
 
 /// `x` to 3 significant figures, or `–`.
@@ -468,7 +521,8 @@ fn markdown(suite: &Suite) -> String {
     let _ = writeln!(
         out,
         "`compattn bench --suite{}` on {} ({}), {} warm-up + {} timed runs each (the long \
-         sequence: 1 + 1)\n",
+         sequence: 1 + 1); each forward's fractions are of our GEMM timed after each of its \
+         timed runs, the training step's of the GEMM row's\n",
         if suite.quick { " --quick" } else { "" },
         suite.adapter,
         suite.backend,
@@ -506,8 +560,9 @@ fn markdown(suite: &Suite) -> String {
                 figure(Some(r.gflops)),
                 figure(r.fraction_of_gemm),
                 format!(
-                    "core at {} of our GEMM; {}; {}",
+                    "core at {} of our GEMM; {}; {}; {}",
                     figure(r.core_fraction_of_gemm),
+                    beside_gemm(r.gemm.as_ref()),
                     r.timing,
                     r.plan.as_deref().unwrap_or("–")
                 ),
