@@ -25,8 +25,9 @@
 //            "Sixteen rows per lane"). Value columns past one block's 4·COLS are split
 //            over SLICES groups of WG lanes (ARCHITECTURE decision 18): lane `lane` of every
 //            slice owns the same 16 queries, and each key tile's scores are computed once, each
-//            4-key block by one slice, and shared through workgroup memory, where a workgroup
-//            per block would recompute them SLICES times (8 times at r·d = 512). A workgroup
+//            4-key block by one slice (with 4 slices, all four by slice 0: SCORE_ALONE), and
+//            shared through workgroup memory, where a workgroup per block would recompute them
+//            SLICES times (8 times at r·d = 512). A workgroup
 //            runs on one CPU thread on lavapipe, so a slice that computes no block is not idle
 //            hardware: the work is what it costs.
 // Bindings   @binding(0) params (uniform)  see Params; offsets and widths count texels
@@ -84,6 +85,12 @@ struct Params {
 @group(0) @binding(6) var value_rows: ValueTexels;
 
 const BK: u32 = 16u;
+// Whether slice 0 scores each key tile alone (16 query and 16 key texels a head texel, each read
+// once) and shares it, where the slices would otherwise score a 4-key block each (reading all 16
+// query texels each). A workgroup runs on one CPU thread on lavapipe, so this costs no
+// parallelism there; measured (BENCHMARKS.md, "One slice scores the tile") faster with 4 slices
+// in 8 rounds of 8, and not with 2 (each scores 8 keys) or 8 (within the noise, slower in half).
+const SCORE_ALONE: bool = SLICES == 1u || SLICES == 4u;
 
 // One key tile's scores, [key block][query block][lane] as [key][query] blocks, written by the
 // slice that computes each key block and read by every slice. SHARED = 16·WG where SLICES > 1,
@@ -420,56 +427,79 @@ fn main(
         var s31 = mat4x4<f32>();
         var s32 = mat4x4<f32>();
         var s33 = mat4x4<f32>();
-        if (SLICES == 1u) {
-            for (var t = 0u; t < DV; t++) {
-                let q0 = query_block(r0, t);
-                let q1 = query_block(r1, t);
-                let q2 = query_block(r2, t);
-                let q3 = query_block(r3, t);
-                let k0 = key_block(j0 + 0u, t);
-                let k1 = key_block(j0 + 4u, t);
-                let k2 = key_block(j0 + 8u, t);
-                let k3 = key_block(j0 + 12u, t);
-                s00 += q0 * k0;
-                s01 += q0 * k1;
-                s02 += q0 * k2;
-                s03 += q0 * k3;
-                s10 += q1 * k0;
-                s11 += q1 * k1;
-                s12 += q1 * k2;
-                s13 += q1 * k3;
-                s20 += q2 * k0;
-                s21 += q2 * k1;
-                s22 += q2 * k2;
-                s23 += q2 * k3;
-                s30 += q3 * k0;
-                s31 += q3 * k1;
-                s32 += q3 * k2;
-                s33 += q3 * k3;
+        // Slice 0 scores the whole tile (the lone slice, and SCORE_ALONE), in a loop that runs
+        // once for it and not at all for the other slices' lanes.
+        if (SCORE_ALONE) {
+            for (var once = slice; once == 0u; once = 1u) {
+                for (var t = 0u; t < DV; t++) {
+                    let q0 = query_block(r0, t);
+                    let q1 = query_block(r1, t);
+                    let q2 = query_block(r2, t);
+                    let q3 = query_block(r3, t);
+                    let k0 = key_block(j0 + 0u, t);
+                    let k1 = key_block(j0 + 4u, t);
+                    let k2 = key_block(j0 + 8u, t);
+                    let k3 = key_block(j0 + 12u, t);
+                    s00 += q0 * k0;
+                    s01 += q0 * k1;
+                    s02 += q0 * k2;
+                    s03 += q0 * k3;
+                    s10 += q1 * k0;
+                    s11 += q1 * k1;
+                    s12 += q1 * k2;
+                    s13 += q1 * k3;
+                    s20 += q2 * k0;
+                    s21 += q2 * k1;
+                    s22 += q2 * k2;
+                    s23 += q2 * k3;
+                    s30 += q3 * k0;
+                    s31 += q3 * k1;
+                    s32 += q3 * k2;
+                    s33 += q3 * k3;
+                }
+                let a0 = keys_allowed(j0 + 0u, key_end);
+                let a1 = keys_allowed(j0 + 4u, key_end);
+                let a2 = keys_allowed(j0 + 8u, key_end);
+                let a3 = keys_allowed(j0 + 12u, key_end);
+                s00 = masked(s00, j0 + 0u, a0, rows0);
+                s01 = masked(s01, j0 + 4u, a1, rows0);
+                s02 = masked(s02, j0 + 8u, a2, rows0);
+                s03 = masked(s03, j0 + 12u, a3, rows0);
+                s10 = masked(s10, j0 + 0u, a0, rows1);
+                s11 = masked(s11, j0 + 4u, a1, rows1);
+                s12 = masked(s12, j0 + 8u, a2, rows1);
+                s13 = masked(s13, j0 + 12u, a3, rows1);
+                s20 = masked(s20, j0 + 0u, a0, rows2);
+                s21 = masked(s21, j0 + 4u, a1, rows2);
+                s22 = masked(s22, j0 + 8u, a2, rows2);
+                s23 = masked(s23, j0 + 12u, a3, rows2);
+                s30 = masked(s30, j0 + 0u, a0, rows3);
+                s31 = masked(s31, j0 + 4u, a1, rows3);
+                s32 = masked(s32, j0 + 8u, a2, rows3);
+                s33 = masked(s33, j0 + 12u, a3, rows3);
             }
-            let a0 = keys_allowed(j0 + 0u, key_end);
-            let a1 = keys_allowed(j0 + 4u, key_end);
-            let a2 = keys_allowed(j0 + 8u, key_end);
-            let a3 = keys_allowed(j0 + 12u, key_end);
-            s00 = masked(s00, j0 + 0u, a0, rows0);
-            s01 = masked(s01, j0 + 4u, a1, rows0);
-            s02 = masked(s02, j0 + 8u, a2, rows0);
-            s03 = masked(s03, j0 + 12u, a3, rows0);
-            s10 = masked(s10, j0 + 0u, a0, rows1);
-            s11 = masked(s11, j0 + 4u, a1, rows1);
-            s12 = masked(s12, j0 + 8u, a2, rows1);
-            s13 = masked(s13, j0 + 12u, a3, rows1);
-            s20 = masked(s20, j0 + 0u, a0, rows2);
-            s21 = masked(s21, j0 + 4u, a1, rows2);
-            s22 = masked(s22, j0 + 8u, a2, rows2);
-            s23 = masked(s23, j0 + 12u, a3, rows2);
-            s30 = masked(s30, j0 + 0u, a0, rows3);
-            s31 = masked(s31, j0 + 4u, a1, rows3);
-            s32 = masked(s32, j0 + 8u, a2, rows3);
-            s33 = masked(s33, j0 + 12u, a3, rows3);
-        } else {
-            // Each 4-key block once, by one slice; then every slice reads all four.
-            if (SLICES == 2u) {
+        }
+        if (SLICES > 1u) {
+            if (SCORE_ALONE) {
+                if (slice == 0u) {
+                    tile_scores[0u * WG + lane] = s00;
+                    tile_scores[1u * WG + lane] = s10;
+                    tile_scores[2u * WG + lane] = s20;
+                    tile_scores[3u * WG + lane] = s30;
+                    tile_scores[4u * WG + lane] = s01;
+                    tile_scores[5u * WG + lane] = s11;
+                    tile_scores[6u * WG + lane] = s21;
+                    tile_scores[7u * WG + lane] = s31;
+                    tile_scores[8u * WG + lane] = s02;
+                    tile_scores[9u * WG + lane] = s12;
+                    tile_scores[10u * WG + lane] = s22;
+                    tile_scores[11u * WG + lane] = s32;
+                    tile_scores[12u * WG + lane] = s03;
+                    tile_scores[13u * WG + lane] = s13;
+                    tile_scores[14u * WG + lane] = s23;
+                    tile_scores[15u * WG + lane] = s33;
+                }
+            } else if (SLICES == 2u) {
                 let kb = 2u * slice;
                 let two = two_block_scores(r0, r1, r2, r3, j0 + 4u * kb, key_end, rows0, rows1, rows2, rows3);
                 tile_scores[(4u * kb + 0u) * WG + lane] = two.a.q0;

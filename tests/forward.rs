@@ -366,8 +366,9 @@ fn sixteen_thousand_tokens_fit_in_either_kernel_family() {
 
 /// The blocked core (CPU drivers) splits value columns past 64 over slices of lanes that share
 /// each key tile's scores through workgroup memory (ARCHITECTURE decision 18): two slices at
-/// `r·d = 128`, three (one scores two key blocks), five, eight with a partial last block, and
-/// two workgroups of five at `r·d = 576` (nine blocks). Causal, three sequences of 140 rows
+/// `r·d = 128`, three (one scores two key blocks), four (slice 0 scores the whole tile, the
+/// kernel's `SCORE_ALONE`), five, eight with a partial last block, and two workgroups of five at
+/// `r·d = 576` (nine blocks). Causal, three sequences of 140 rows
 /// (past one 128-query tile): whole, padded, and fully masked (every row uniform).
 #[test]
 fn value_columns_shared_over_slices() {
@@ -375,6 +376,7 @@ fn value_columns_shared_over_slices() {
     for (dim_head, retrievals, slices) in [
         (32, 4, 2),
         (16, 12, 3),
+        (16, 16, 4),
         (64, 5, 5),
         (32, 15, 8),
         (16, 36, 5),
