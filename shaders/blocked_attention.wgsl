@@ -89,7 +89,7 @@ const BK: u32 = 16u;
 // once) and shares it, where the slices would otherwise score a 4-key block each (reading all 16
 // query texels each). A workgroup runs on one CPU thread on lavapipe, so this costs no
 // parallelism there; measured (BENCHMARKS.md, "One slice scores the tile") faster with 4 slices
-// in 8 rounds of 8, and not with 2 (each scores 8 keys) or 8 (within the noise, slower in half).
+// in 8 rounds of 8, and not with 2 (each scores 8 keys) or 8 (slower in 5 rounds of 8).
 const SCORE_ALONE: bool = SLICES == 1u || SLICES == 4u;
 
 // One key tile's scores, [key block][query block][lane] as [key][query] blocks, written by the
@@ -511,7 +511,7 @@ fn main(
                 tile_scores[(4u * kb + 6u) * WG + lane] = two.b.q2;
                 tile_scores[(4u * kb + 7u) * WG + lane] = two.b.q3;
             } else {
-                // One block per slice from four slices; with three, slice 0 also takes block 3.
+                // One block per slice from five slices up; with three, slice 0 also takes block 3.
                 for (var kb = slice; kb < 4u; kb += SLICES) {
                     let block = block_scores(r0, r1, r2, r3, j0 + 4u * kb, key_end, rows0, rows1, rows2, rows3);
                     tile_scores[(4u * kb + 0u) * WG + lane] = block.q0;
